@@ -1,0 +1,74 @@
+"""Suanli's trust core, shared by agents, the coordinator and auditors.
+
+Each module has one job; use them by module (`shared.merkle.root`, `shared.money.parse_yuan`).
+The errors and the few types every caller needs are also re-exported here.
+"""
+
+from shared import (
+    auction,
+    canonical,
+    checkpoint,
+    envelope,
+    errors,
+    identity,
+    merkle,
+    money,
+    note,
+    receipts,
+    uscc,
+)
+from shared.auction import AuctionError
+from shared.checkpoint import Checkpoint
+from shared.envelope import Opened
+from shared.errors import (
+    EncodingError,
+    EnvelopeError,
+    KeyMaterialError,
+    MoneyError,
+    NoteError,
+    ProofError,
+    ReceiptError,
+    ReceiptRuleError,
+    SignatureError,
+    SuanliError,
+)
+from shared.identity import PrivateKey, PublicKey, VerifierKey
+from shared.receipts import Receipt, SealedReceipt
+from shared.uscc import UsccError
+
+PUBLIC_MODULES = (
+    "auction",
+    "canonical",
+    "checkpoint",
+    "envelope",
+    "errors",
+    "identity",
+    "merkle",
+    "money",
+    "note",
+    "receipts",
+    "uscc",
+)
+
+__all__ = [
+    *PUBLIC_MODULES,
+    "AuctionError",
+    "Checkpoint",
+    "EncodingError",
+    "EnvelopeError",
+    "KeyMaterialError",
+    "MoneyError",
+    "NoteError",
+    "Opened",
+    "PrivateKey",
+    "ProofError",
+    "PublicKey",
+    "Receipt",
+    "ReceiptError",
+    "ReceiptRuleError",
+    "SealedReceipt",
+    "SignatureError",
+    "SuanliError",
+    "UsccError",
+    "VerifierKey",
+]
