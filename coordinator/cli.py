@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import ssl
+import sys
 from importlib.metadata import version
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator import accounts
+from coordinator.app import make_app
+from coordinator.config import Settings, load_settings
+from coordinator.db import connect, transaction
+from coordinator.service import wall_clock_ms
+from shared.errors import SuanliError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,8 +27,139 @@ def build_parser() -> argparse.ArgumentParser:
         "debits vouchers and publishes a transparency log.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the coordinator service",
+                                epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--db", required=True, type=Path, help="SQLite database file")
+    serve.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8420)")
+    serve.add_argument("--config", type=Path, help="coordinator.toml")
+    serve.add_argument("--tls-cert", help="PEM certificate chain; serve HTTPS")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.set_defaults(run=cmd_serve)
+
+    admin = commands.add_parser("admin", help="manage accounts in the database")
+    admin.add_argument("--db", required=True, type=Path, help="SQLite database file")
+    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    tasks = admin.add_subparsers(dest="task", metavar="TASK", required=True)
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="machine-readable output")
+    for name, what in (("add-provider", "a GPU provider; prints an enrolment token"),
+                       ("add-enterprise", "an enterprise; prints its API token")):
+        task = tasks.add_parser(name, help=f"register {what}", parents=[json_flag])
+        task.add_argument("--name", required=True)
+        task.add_argument("--uscc", required=True, help="Unified Social Credit Code (18 characters)")
+        if name == "add-provider":
+            task.add_argument("--max-hosts", type=int, default=1,
+                              help="hosts the enrolment token may enrol (default 1)")
+        task.set_defaults(run=cmd_add_provider if name == "add-provider" else cmd_add_enterprise)
+    auditor = tasks.add_parser("add-auditor", help="register an auditor; prints a read-only token",
+                               parents=[json_flag])
+    auditor.add_argument("--name", required=True)
+    auditor.set_defaults(run=cmd_add_auditor)
+    enrolment = tasks.add_parser("enrolment-token", parents=[json_flag],
+                                 help="issue another enrolment token to a provider")
+    enrolment.add_argument("--provider", required=True, help="provider id")
+    enrolment.add_argument("--max-hosts", type=int, default=1)
+    enrolment.add_argument("--expires-days", type=int, help="token lifetime in days")
+    enrolment.set_defaults(run=cmd_enrolment_token)
+    listing = tasks.add_parser("list", help="list providers, enterprises and auditors",
+                               parents=[json_flag])
+    listing.set_defaults(run=cmd_list)
     return parser
+
+
+def _settings_help() -> str:
+    lines = ["settings (coordinator.toml, [coordinator] table):"]
+    for name, default, help in Settings.describe():
+        lines.append(f"  {name} = {default!r}\n      {help}")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config).with_overrides(
+        listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SuanliError(f"--listen {settings.listen!r} must be HOST:PORT")
+    ssl_context = None
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise SuanliError("HTTPS needs both --tls-cert and --tls-key")
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "serving plain HTTP on %s: agents and clients will refuse to send credentials "
+            "to it; give --tls-cert and --tls-key", host)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = make_app(settings, str(args.db))
+    web.run_app(app, host=host.strip("[]"), port=int(port), ssl_context=ssl_context,
+                print=lambda text: print(text, flush=True), access_log=None)
+    return 0
+
+
+def _print(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def cmd_add_provider(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        provider_id, token = accounts.add_provider(db, args.name, args.uscc, wall_clock_ms(), args.max_hosts)
+    _print(args, {"provider_id": provider_id, "enrolment_token": token},
+           f"provider {provider_id}\nenrolment token (shown once): {token}")
+    return 0
+
+
+def cmd_add_enterprise(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, wall_clock_ms())
+    _print(args, {"enterprise_id": enterprise_id, "token": token},
+           f"enterprise {enterprise_id}\nAPI token (shown once): {token}")
+    return 0
+
+
+def cmd_add_auditor(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        auditor_id, token = accounts.add_auditor(db, args.name, wall_clock_ms())
+    _print(args, {"auditor_id": auditor_id, "token": token},
+           f"auditor {auditor_id}\nread-only token (shown once): {token}")
+    return 0
+
+
+def cmd_enrolment_token(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    now = wall_clock_ms()
+    expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
+    with transaction(db):
+        token = accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
+    _print(args, {"provider_id": args.provider, "enrolment_token": token},
+           f"enrolment token for {args.provider} (shown once): {token}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    listing = accounts.list_accounts(connect(args.db))
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, rows in listing.items():
+        table = Table(title=kind)
+        columns = [c for c in (rows[0].keys() if rows else ["id", "name"]) if c != "created_at_ms"]
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(row[c]) for c in columns))
+        console.print(table)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,4 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    try:
+        return int(args.run(args))
+    except (SuanliError, ValueError) as exc:
+        print(f"suanli-coordinator: {exc}", file=sys.stderr)
+        return 1

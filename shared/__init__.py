@@ -10,11 +10,14 @@ from shared import (
     checkpoint,
     envelope,
     errors,
+    gpu_models,
     identity,
     merkle,
     money,
     note,
     receipts,
+    signed_request,
+    transport,
     uscc,
 )
 from shared.auction import AuctionError
@@ -32,8 +35,10 @@ from shared.errors import (
     SignatureError,
     SuanliError,
 )
+from shared.gpu_models import GpuModelError
 from shared.identity import PrivateKey, PublicKey, VerifierKey
 from shared.receipts import Receipt, SealedReceipt
+from shared.transport import TransportError
 from shared.uscc import UsccError
 
 PUBLIC_MODULES = (
@@ -42,11 +47,14 @@ PUBLIC_MODULES = (
     "checkpoint",
     "envelope",
     "errors",
+    "gpu_models",
     "identity",
     "merkle",
     "money",
     "note",
     "receipts",
+    "signed_request",
+    "transport",
     "uscc",
 )
 
@@ -56,6 +64,7 @@ __all__ = [
     "Checkpoint",
     "EncodingError",
     "EnvelopeError",
+    "GpuModelError",
     "KeyMaterialError",
     "MoneyError",
     "NoteError",
@@ -69,6 +78,7 @@ __all__ = [
     "SealedReceipt",
     "SignatureError",
     "SuanliError",
+    "TransportError",
     "UsccError",
     "VerifierKey",
 ]

@@ -1,0 +1,135 @@
+"""Who is who: providers, enterprises and auditors, and the tokens that stand for them.
+
+Tokens are random, shown once, and stored only as SHA-256 hashes. These functions take a
+`sqlite_utils.Database`, so the admin command runs them directly on the file and the server
+runs them on its writer thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from coordinator.errors import Conflict, NotFound, Unauthenticated
+from shared.uscc import validate_uscc
+
+TOKEN_PREFIX = {"enterprise": "sk_ent_", "auditor": "sk_aud_", "enrolment": "sk_enr_"}
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    subject_id: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise ValueError(f"a name must be 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def _issue(db: sqlite_utils.Database, role: str, subject_id: str, now_ms: int,
+           uses: int | None = None, expires_at_ms: int | None = None) -> str:
+    token = TOKEN_PREFIX[role] + secrets.token_urlsafe(32)
+    db["tokens"].insert({
+        "token_hash": hash_token(token), "role": role, "subject_id": subject_id,
+        "uses_left": uses, "expires_at_ms": expires_at_ms, "revoked": 0,
+        "created_at_ms": now_ms,
+    })
+    return token
+
+
+def add_provider(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int,
+                 max_hosts: int = 1) -> tuple[str, str]:
+    """Register a provider; returns (provider_id, enrolment token for max_hosts hosts)."""
+    provider_id = new_id("prov")
+    db["providers"].insert({"id": provider_id, "name": _check_name(name),
+                            "uscc": validate_uscc(uscc), "created_at_ms": now_ms})
+    return provider_id, _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts)
+
+
+def issue_enrolment_token(db: sqlite_utils.Database, provider_id: str, now_ms: int,
+                          max_hosts: int = 1, expires_at_ms: int | None = None) -> str:
+    if not db["providers"].count_where("id = ?", [provider_id]):
+        raise NotFound(f"no provider {provider_id}")
+    return _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts, expires_at_ms=expires_at_ms)
+
+
+def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int) -> tuple[str, str]:
+    """Register an enterprise (one per USCC); returns (enterprise_id, API token)."""
+    code = validate_uscc(uscc)
+    existing = list(db.query("SELECT id FROM enterprises WHERE uscc = ?", [code]))
+    if existing:
+        raise Conflict(f"USCC {code} already has an enterprise account ({existing[0]['id']})")
+    enterprise_id = new_id("ent")
+    db["enterprises"].insert({"id": enterprise_id, "name": _check_name(name), "uscc": code,
+                              "created_at_ms": now_ms})
+    return enterprise_id, _issue(db, "enterprise", enterprise_id, now_ms)
+
+
+def add_auditor(db: sqlite_utils.Database, name: str, now_ms: int) -> tuple[str, str]:
+    auditor_id = new_id("aud")
+    db["auditors"].insert({"id": auditor_id, "name": _check_name(name), "created_at_ms": now_ms})
+    return auditor_id, _issue(db, "auditor", auditor_id, now_ms)
+
+
+def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principal | None:
+    """The principal an API token stands for, or None if unknown, revoked or expired."""
+    rows = list(db.query(
+        "SELECT role, subject_id, revoked, expires_at_ms FROM tokens WHERE token_hash = ?",
+        [hash_token(token)],
+    ))
+    if not rows:
+        return None
+    row = rows[0]
+    if row["revoked"] or row["role"] == "enrolment":
+        return None
+    if row["expires_at_ms"] is not None and row["expires_at_ms"] <= now_ms:
+        return None
+    return Principal(row["role"], row["subject_id"])
+
+
+def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -> str:
+    """Use one host's worth of an enrolment token; returns the provider id."""
+    rows = list(db.query(
+        "SELECT subject_id, uses_left, revoked, expires_at_ms FROM tokens "
+        "WHERE token_hash = ? AND role = 'enrolment'",
+        [hash_token(token)],
+    ))
+    if not rows:
+        raise Unauthenticated("the enrolment token is not known")
+    row = rows[0]
+    if row["revoked"] or (row["uses_left"] is not None and row["uses_left"] <= 0):
+        raise Unauthenticated("the enrolment token has been used up or revoked")
+    if row["expires_at_ms"] is not None and row["expires_at_ms"] <= now_ms:
+        raise Unauthenticated("the enrolment token has expired")
+    if row["uses_left"] is not None:
+        db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
+                   [hash_token(token)])
+    return str(row["subject_id"])
+
+
+def list_accounts(db: sqlite_utils.Database) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "providers": list(db.query(
+            "SELECT p.id, p.name, p.uscc, p.created_at_ms, "
+            "(SELECT COUNT(*) FROM agents a WHERE a.provider_id = p.id) AS agents "
+            "FROM providers p ORDER BY p.created_at_ms")),
+        "enterprises": list(db.query(
+            "SELECT id, name, uscc, created_at_ms FROM enterprises ORDER BY created_at_ms")),
+        "auditors": list(db.query("SELECT id, name, created_at_ms FROM auditors ORDER BY created_at_ms")),
+    }

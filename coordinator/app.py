@@ -1,0 +1,256 @@
+"""The coordinator's HTTP service: routes, authentication and the one error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.accounts import Principal
+from coordinator.config import Settings
+from coordinator.db import Database
+from coordinator.errors import ApiError, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
+from coordinator.jobs import JOB_STATES
+from coordinator.metrics import CONTENT_TYPE, Metrics
+from coordinator.openapi import openapi_document
+from coordinator.service import Coordinator, wall_clock_ms
+from shared import canonical
+from shared.errors import SuanliError
+
+log = logging.getLogger(__name__)
+
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+METRICS = web.AppKey("metrics", Metrics)
+MSGPACK = "application/msgpack"
+AGENT_PREFIX = "/v1/agent/"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(request: web.Request, status: int, body: dict[str, str]) -> web.Response:
+    if request.path.startswith(AGENT_PREFIX):
+        return web.Response(status=status, body=canonical.encode(body), content_type=MSGPACK)
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        return _error_response(request, exc.status, exc.as_body())
+    except web.HTTPRequestEntityTooLarge as exc:
+        status = 413
+        return _error_response(request, 413, {
+            "error": "too_large",
+            "detail": f"the request body is larger than the limit of {exc.max_size} bytes"})
+    except web.HTTPException as exc:
+        status = exc.status
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error_response(request, exc.status, {"error": code, "detail": exc.reason})
+    except SuanliError as exc:
+        status = 422
+        return _error_response(request, 422, exc.as_body())
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(request, 500, {
+            "error": "internal", "detail": "the coordinator failed on this request; it is logged"})
+    finally:
+        request.app[METRICS].requests.labels(route, request.method, str(status)).observe(
+            time.perf_counter() - started)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def _msgpack_body(request: web.Request) -> bytes:
+    if request.content_type != MSGPACK:
+        raise UnsupportedMediaType(f"agent requests are {MSGPACK}")
+    return await request.read()
+
+
+def _msgpack(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=canonical.encode(data), content_type=MSGPACK)
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the request body as application/json")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Unprocessable("the request body is not valid JSON") from None
+
+
+async def _principal(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("send your token as 'Authorization: Bearer <token>'")
+    return await request.app[COORDINATOR].principal_for_token(token.strip())
+
+
+def _agent_handler(method: Callable[[Coordinator, Any, Any], Awaitable[dict[str, Any]]]) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        coordinator = request.app[COORDINATOR]
+        body = await _msgpack_body(request)
+        agent, payload = coordinator.authenticate_agent(body, request.method, request.path)
+        return _msgpack(await method(coordinator, agent, payload))
+
+    return handle
+
+
+# -- public -----------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "time_ms": request.app[COORDINATOR].clock()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+# -- agents -----------------------------------------------------------------------------
+
+
+async def enrol(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    agent = await coordinator.enrol(await _msgpack_body(request), request.path)
+    return _msgpack({
+        "agent_id": agent.agent_id, "provider_id": agent.provider_id,
+        "heartbeat_interval_ms": coordinator.settings.heartbeat_interval_ms,
+    }, status=201)
+
+
+# -- enterprises and auditors -----------------------------------------------------------
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    principal = await _principal(request)
+    body = await _json_body(request)
+    job, created = await coordinator.submit_job(principal, body, request.headers.get("Idempotency-Key"))
+    return web.json_response(coordinator.job_view(job), status=201 if created else 200)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    principal = await _principal(request)
+    state = request.query.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise Unprocessable(f"state must be one of {', '.join(JOB_STATES)}")
+    limit = _int_query(request, "limit", 100, 1, 1000)
+    jobs = coordinator.jobs_for(principal, state, limit)
+    return web.json_response({"jobs": [coordinator.job_view(j) for j in jobs]})
+
+
+async def show_job(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    principal = await _principal(request)
+    return web.json_response(coordinator.job_view(coordinator.job_for(principal, request.match_info["job_id"])))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    principal = await _principal(request)
+    job = await coordinator.cancel_job(principal, request.match_info["job_id"])
+    return web.json_response(coordinator.job_view(job))
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    principal = await _principal(request)
+    job = coordinator.job_for(principal, request.match_info["job_id"])
+    offset = _int_query(request, "offset", 0, 0, 1 << 40)
+    limit = _int_query(request, "limit", 256 * 1024, 1, 1 << 20)
+    data, next_offset = await coordinator.read_log(job, offset, limit)
+    return web.json_response({
+        "job_id": job.id, "offset": offset, "next_offset": next_offset,
+        "data": data.decode("utf-8", errors="replace"), "job_state": job.state,
+        "complete": job.final and next_offset == offset + len(data) and len(data) < limit,
+    })
+
+
+async def market(request: web.Request) -> web.Response:
+    await _principal(request)
+    return web.json_response(request.app[COORDINATOR].market.summary())
+
+
+async def account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    return web.json_response({"role": principal.role, "id": principal.subject_id})
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Unprocessable(f"query parameter {name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"no route {request.method} {request.path}")
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/v1/openapi.json", openapi),
+    ("POST", "/v1/agent/enroll", enrol),
+    ("POST", "/v1/agent/heartbeat", _agent_handler(Coordinator.heartbeat)),
+    ("POST", "/v1/agent/leases", _agent_handler(Coordinator.agent_leases)),
+    ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status)),
+    ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log)),
+    ("POST", "/v1/jobs", submit_job),
+    ("GET", "/v1/jobs", list_jobs),
+    ("GET", "/v1/jobs/{job_id}", show_job),
+    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
+    ("GET", "/v1/jobs/{job_id}/logs", job_logs),
+    ("GET", "/v1/market", market),
+    ("GET", "/v1/account", account),
+]
+
+
+def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics],
+                          client_max_size=settings.request_body_limit_bytes)
+    database = Database(db_path)
+    coordinator = Coordinator(settings, database, clock)
+    app[COORDINATOR] = coordinator
+    app[METRICS] = Metrics(coordinator)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        database.start()
+        scheduler = asyncio.create_task(coordinator.run_scheduler(), name="scheduler")
+        yield
+        scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler
+        database.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,141 @@
+"""The coordinator's SQLite file: opened in WAL mode, migrated, and written by one thread.
+
+Every database call of the running service goes through `Database.run`: a single worker
+thread takes whatever calls are queued, runs them in one transaction (each inside its own
+savepoint, so one failure rolls back only itself), commits once, and then resolves the
+callers' futures. The event loop never touches SQLite, and bursts share one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from coordinator.schema import migrate
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+MAX_BATCH = 512
+_STOP = object()
+
+
+def connect(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database; for admin commands and the writer."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    migrate(conn)
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One IMMEDIATE transaction on an autocommit connection (for admin commands)."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+class Database:
+    """One writer thread serving the event loop with batched transactions."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.db = connect(self.path)
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="suanli-db", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` in the writer's next transaction and wait for the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, loop, future))
+        return await future
+
+    def submit(self, fn: Callable[[sqlite_utils.Database], Any]) -> None:
+        """Queue a write nobody waits for (it still commits in order with the rest)."""
+        self._queue.put((fn, None, None))
+
+    async def flush(self) -> None:
+        await self.run(lambda db: None)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self.db.conn.close()
+
+    def _work(self) -> None:
+        conn = self.db.conn
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            results = []
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, loop, future in batch:
+                conn.execute("SAVEPOINT call")
+                try:
+                    value = fn(self.db)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO call")
+                    conn.execute("RELEASE call")
+                    results.append((loop, future, None, exc))
+                else:
+                    conn.execute("RELEASE call")
+                    results.append((loop, future, value, None))
+            try:
+                conn.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                results = [(loop, future, None, exc) for loop, future, _, _ in results]
+            for loop, future, value, error in results:
+                if future is not None:
+                    loop.call_soon_threadsafe(_settle, future, value, error)
+                elif error is not None:
+                    log.error("a queued database write failed: %r", error)
+            if stop:
+                return
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

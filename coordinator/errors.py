@@ -1,0 +1,50 @@
+"""HTTP errors of the coordinator's API: each has its status; all render as one JSON shape."""
+
+from __future__ import annotations
+
+from shared.errors import SuanliError
+
+
+class ApiError(SuanliError):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        if code is not None:
+            self.code = code
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
+
+
+class Unprocessable(ApiError):
+    status = 422
+    code = "invalid"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"

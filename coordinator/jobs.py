@@ -1,0 +1,186 @@
+"""Jobs and leases: what an enterprise may ask for, and the states both move through.
+
+Job states:
+
+    pending ──auction won──▶ leased ──agent started it──▶ running ──exit 0──▶ succeeded
+       ▲                       │                            │ ├─exit ≠ 0 / limit──▶ failed
+       └──── requeued ◀────────┴── start deadline missed,   │ └─stopped on cancel──▶ cancelled
+             (attempts < max)      agent silent, refused ───┘
+                                   (attempts = max) ──▶ lost
+
+A pending job can be cancelled at once; a leased or running one is cancelled when its
+agent reports the container stopped (or when its agent is lost).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.errors import Unprocessable
+
+PENDING, LEASED, RUNNING = "pending", "leased", "running"
+SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
+JOB_STATES = (PENDING, LEASED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, LOST})
+
+LEASE_OFFERED, LEASE_RUNNING, LEASE_ENDED = "offered", "running", "ended"
+
+MAX_GPUS = 64
+MAX_COMMAND_ITEMS = 256
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV = 128
+MAX_ENV_VALUE = 4096
+MAX_DURATION_S = 30 * 86_400
+MAX_PRICE = 10**12
+MAX_MODELS = 16
+MAX_KEY = 128
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+SPEC_FIELDS = {
+    "image": "container image reference, e.g. registry.example/team/train:1.4",
+    "command": "command and arguments, a list of strings (empty: the image's default)",
+    "env": "environment variables, a map of name to string",
+    "gpus": "number of GPUs, 1 to 64",
+    "min_gpu_memory_bytes": "least memory each GPU must have",
+    "gpu_models": "GPU models allowed (empty: any), e.g. [\"H100\"]",
+    "cpus_milli": "CPU limit in thousandths of a core (default 4000 per GPU)",
+    "memory_bytes": "memory limit for the container (default 16 GiB per GPU)",
+    "max_duration_s": "longest the job may run, in seconds",
+    "max_price_per_gpu_hour_micro_yuan": "most the job pays per GPU-hour, in micro-yuan",
+}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    image: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    gpus: int
+    min_gpu_memory_bytes: int
+    gpu_models: tuple[str, ...]
+    cpus_milli: int
+    memory_bytes: int
+    max_duration_s: int
+    max_price_per_gpu_hour: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "command": list(self.command),
+            "env": dict(self.env),
+            "gpus": self.gpus,
+            "min_gpu_memory_bytes": self.min_gpu_memory_bytes,
+            "gpu_models": list(self.gpu_models),
+            "cpus_milli": self.cpus_milli,
+            "memory_bytes": self.memory_bytes,
+            "max_duration_s": self.max_duration_s,
+            "max_price_per_gpu_hour_micro_yuan": self.max_price_per_gpu_hour,
+        }
+
+    @property
+    def max_cost_micro_yuan(self) -> int:
+        return self.gpus * self.max_duration_s * self.max_price_per_gpu_hour // 3600
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
+    value = body.get(name, default)
+    if type(value) is not int or not low <= value <= high:
+        raise Unprocessable(f"{name} must be an integer from {low} to {high}", code="invalid_job")
+    return value
+
+
+def parse_job_request(body: object) -> JobRequest:
+    """Validate an enterprise's job JSON; every refusal names the field and the rule."""
+    if not isinstance(body, dict):
+        raise Unprocessable("the job must be a JSON object", code="invalid_job")
+    unknown = set(body) - set(SPEC_FIELDS) - {"idempotency_key"}
+    if unknown:
+        raise Unprocessable(f"unknown job fields: {', '.join(sorted(unknown))}", code="invalid_job")
+    image = body.get("image")
+    if type(image) is not str or not _IMAGE.fullmatch(image):
+        raise Unprocessable("image must be an image reference of 1 to 255 characters without "
+                            "spaces", code="invalid_job")
+    command = body.get("command", [])
+    if type(command) is not list or len(command) > MAX_COMMAND_ITEMS or any(
+        type(part) is not str or "\x00" in part for part in command
+    ):
+        raise Unprocessable(f"command must be a list of at most {MAX_COMMAND_ITEMS} strings "
+                            "without NUL characters", code="invalid_job")
+    if sum(len(part.encode()) for part in command) > MAX_COMMAND_BYTES:
+        raise Unprocessable(f"command is longer than {MAX_COMMAND_BYTES} bytes", code="invalid_job")
+    env = body.get("env", {})
+    if type(env) is not dict or len(env) > MAX_ENV:
+        raise Unprocessable(f"env must be a map of at most {MAX_ENV} variables", code="invalid_job")
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise Unprocessable(f"env name {name!r} must be letters, digits and _ and not start "
+                                "with a digit", code="invalid_job")
+        if type(value) is not str or len(value) > MAX_ENV_VALUE or "\x00" in value:
+            raise Unprocessable(f"env {name} must be a string of at most {MAX_ENV_VALUE} "
+                                "characters", code="invalid_job")
+    gpus = _int_field(body, "gpus", 1, MAX_GPUS)
+    models = body.get("gpu_models", [])
+    if type(models) is not list or len(models) > MAX_MODELS or any(
+        type(m) is not str or not 0 < len(m) <= 128 for m in models
+    ):
+        raise Unprocessable(f"gpu_models must be a list of at most {MAX_MODELS} model names",
+                            code="invalid_job")
+    return JobRequest(
+        image=image,
+        command=tuple(command),
+        env=tuple(sorted(env.items())),
+        gpus=gpus,
+        min_gpu_memory_bytes=_int_field(body, "min_gpu_memory_bytes", 0, 1 << 50, 0),
+        gpu_models=tuple(models),
+        cpus_milli=_int_field(body, "cpus_milli", 100, 1024 * 1000, 4000 * gpus),
+        memory_bytes=_int_field(body, "memory_bytes", 64 << 20, 1 << 44, gpus * (16 << 30)),
+        max_duration_s=_int_field(body, "max_duration_s", 1, MAX_DURATION_S),
+        max_price_per_gpu_hour=_int_field(body, "max_price_per_gpu_hour_micro_yuan", 1, MAX_PRICE),
+    )
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    enterprise_id: str
+    idempotency_key: str
+    request: JobRequest
+    created_at_ms: int
+    state: str = PENDING
+    reason: str | None = None
+    reason_detail: str | None = None
+    attempts: int = 0
+    excluded_agents: list[str] = field(default_factory=list)
+    lease_id: str | None = None
+    ended_at_ms: int | None = None
+    exit_code: int | None = None
+    cancel_requested: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(slots=True)
+class Lease:
+    id: str
+    job_id: str
+    agent_id: str
+    gpu_uuids: tuple[str, ...]
+    price_per_gpu_hour: int
+    created_at_ms: int
+    start_deadline_ms: int
+    ends_at_ms: int
+    state: str = LEASE_OFFERED
+    stop_reason: str | None = None
+    started_at_ms: int | None = None
+    ended_at_ms: int | None = None
+    exit_code: int | None = None
+    end_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state != LEASE_ENDED

@@ -1,0 +1,301 @@
+"""The market's hot state: agents, their GPUs, asks and liveness, kept in memory.
+
+Capacity is believed only when it reconciles with what was seen before: a GPU UUID claimed
+by two agents, a GPU whose memory size changes, or a GPU that disappears is flagged and
+taken out of the market. Agents with free GPUs are kept ordered by ask so an auction looks
+only at the cheapest offers that can decide it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from coordinator.capacity import GpuReport, HostReport, Inventory
+from shared.auction import AgentOffer, GpuOffer, JobSpec
+from shared.gpu_models import tflops_bf16_milli
+from shared.identity import PublicKey
+
+RELIABILITY_MAX = 1_000_000
+
+FLAG_UUID_CONFLICT = "uuid_conflict"
+FLAG_MEMORY_CHANGED = "memory_changed"
+FLAG_MISSING = "gpu_missing"
+
+
+@dataclass(slots=True)
+class Gpu:
+    uuid: str
+    agent_id: str
+    model: str
+    memory_total_bytes: int
+    index: int = -1
+    healthy: bool = True
+    health_reason: str | None = None
+    flag: str | None = None
+    lease_id: str | None = None
+    telemetry: GpuReport | None = None
+
+    @property
+    def offerable(self) -> bool:
+        return self.healthy and self.flag is None and self.lease_id is None
+
+
+@dataclass(slots=True)
+class Flag:
+    agent_id: str
+    gpu_uuid: str | None
+    kind: str
+    detail: str
+    at_ms: int
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    provider_id: str
+    provider_uscc: str
+    public_key: PublicKey
+    hostname: str
+    ask_per_gpu_hour: int | None = None
+    last_seen_ms: int | None = None
+    online: bool = False
+    penalty_ppm: int = 0
+    penalty_at_ms: int = 0
+    gpus: dict[str, Gpu] = field(default_factory=dict)
+    host: HostReport | None = None
+    driver_version: str | None = None
+    nonces: dict[bytes, int] = field(default_factory=dict)
+
+    def free_gpus(self) -> list[Gpu]:
+        return sorted((g for g in self.gpus.values() if g.offerable), key=lambda g: g.index)
+
+    def reliability_ppm(self, now_ms: int, half_life_ms: int) -> int:
+        halvings = max(0, now_ms - self.penalty_at_ms) // max(1, half_life_ms)
+        penalty = self.penalty_ppm >> min(halvings, 62)
+        return max(0, RELIABILITY_MAX - penalty)
+
+
+class Market:
+    """Agents and GPUs in memory, with an ask-ordered index of agents that have free GPUs."""
+
+    def __init__(self, half_life_ms: int) -> None:
+        self.agents: dict[str, Agent] = {}
+        self.gpu_owner: dict[str, str] = {}
+        self.flags: list[Flag] = []
+        self.half_life_ms = half_life_ms
+        self._offering: SortedList = SortedList()
+        self._offering_keys: dict[str, tuple[int, str]] = {}
+        self.version = 0
+
+    # -- membership ---------------------------------------------------------------------
+
+    def add_agent(self, agent: Agent) -> None:
+        self.agents[agent.agent_id] = agent
+        for gpu in agent.gpus.values():
+            self.gpu_owner.setdefault(gpu.uuid, agent.agent_id)
+        self.refresh(agent)
+
+    def refresh(self, agent: Agent) -> None:
+        """Put the agent in, or take it out of, the ask index after anything changed."""
+        old = self._offering_keys.pop(agent.agent_id, None)
+        if old is not None:
+            self._offering.remove(old)
+        if agent.online and agent.ask_per_gpu_hour is not None and any(
+            g.offerable for g in agent.gpus.values()
+        ):
+            key = (agent.ask_per_gpu_hour, agent.agent_id)
+            self._offering.add(key)
+            self._offering_keys[agent.agent_id] = key
+        self.version += 1
+
+    # -- heartbeats and reconciliation --------------------------------------------------
+
+    def reconcile(self, agent: Agent, inventory: Inventory, now_ms: int) -> tuple[list[Gpu], list[Flag]]:
+        """Apply a heartbeat's inventory; returns (GPUs seen for the first time, new flags)."""
+        new_gpus: list[Gpu] = []
+        new_flags: list[Flag] = []
+
+        def flag(gpu: Gpu, kind: str, detail: str) -> None:
+            if gpu.flag is None:
+                gpu.flag = kind
+                entry = Flag(gpu.agent_id, gpu.uuid, kind, detail, now_ms)
+                self.flags.append(entry)
+                new_flags.append(entry)
+
+        reported = {report.uuid for report in inventory.gpus}
+        for report in inventory.gpus:
+            owner = self.gpu_owner.get(report.uuid)
+            gpu = agent.gpus.get(report.uuid)
+            if owner is not None and owner != agent.agent_id:
+                other = self.agents.get(owner)
+                if gpu is None:
+                    gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
+                    agent.gpus[report.uuid] = gpu
+                detail = f"GPU {report.uuid} is also reported by agent {owner}"
+                flag(gpu, FLAG_UUID_CONFLICT, detail)
+                if other is not None and report.uuid in other.gpus:
+                    flag(other.gpus[report.uuid], FLAG_UUID_CONFLICT,
+                         f"GPU {report.uuid} is also reported by agent {agent.agent_id}")
+                    self.refresh(other)
+            elif gpu is None:
+                gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
+                agent.gpus[report.uuid] = gpu
+                self.gpu_owner[report.uuid] = agent.agent_id
+                new_gpus.append(gpu)
+            elif gpu.memory_total_bytes != report.memory_total_bytes or gpu.model != report.model:
+                flag(gpu, FLAG_MEMORY_CHANGED,
+                     f"GPU {gpu.uuid} was {gpu.model} with {gpu.memory_total_bytes} bytes; "
+                     f"now reports {report.model} with {report.memory_total_bytes}")
+            elif gpu.flag == FLAG_MISSING:
+                gpu.flag = None
+            gpu.index = report.index
+            gpu.healthy = report.healthy
+            gpu.health_reason = report.health_reason
+            gpu.telemetry = report
+        for gpu in agent.gpus.values():
+            if gpu.uuid not in reported:
+                flag(gpu, FLAG_MISSING, f"GPU {gpu.uuid} is no longer reported by its agent")
+        agent.host = inventory.host
+        agent.driver_version = inventory.driver_version
+        agent.last_seen_ms = now_ms
+        agent.online = True
+        self.refresh(agent)
+        return new_gpus, new_flags
+
+    def mark_offline(self, agent: Agent) -> None:
+        agent.online = False
+        self.refresh(agent)
+
+    # -- auction inputs -----------------------------------------------------------------
+
+    def offer_of(self, agent: Agent, now_ms: int) -> AgentOffer:
+        return AgentOffer(
+            agent_id=agent.agent_id,
+            ask_per_gpu_hour=agent.ask_per_gpu_hour or 0,
+            reliability_ppm=agent.reliability_ppm(now_ms, self.half_life_ms),
+            free_gpus=tuple(
+                GpuOffer(g.uuid, g.model, g.memory_total_bytes, g.healthy)
+                for g in agent.free_gpus()
+            ),
+        )
+
+    def candidates(self, job: JobSpec, now_ms: int, reason_sample: int = 8) -> list[AgentOffer]:
+        """The offers that decide the job's auction: every eligible one up to the second ask.
+
+        Scans agents cheapest first. When nobody is eligible it returns a few of the offers
+        that came closest, so the auction itself names why the job must wait.
+        """
+        eligible: list[AgentOffer] = []
+        closest: list[AgentOffer] = []
+        best_stage = -1
+        second_ask: int | None = None
+        excluded = set(job.excluded_agents)
+        for ask, agent_id in self._offering:
+            if second_ask is not None and ask > second_ask:
+                break
+            if agent_id in excluded:
+                continue
+            agent = self.agents[agent_id]
+            stage = _stage(job, agent, ask)
+            if stage == _ELIGIBLE:
+                eligible.append(self.offer_of(agent, now_ms))
+                if len(eligible) >= 2 and second_ask is None:
+                    second_ask = ask
+            elif not eligible and stage >= best_stage:
+                if stage > best_stage:
+                    best_stage, closest = stage, []
+                if len(closest) < reason_sample:
+                    closest.append(self.offer_of(agent, now_ms))
+        return eligible if eligible else closest
+
+    # -- leases -------------------------------------------------------------------------
+
+    def assign(self, agent: Agent, gpu_uuids: tuple[str, ...], lease_id: str) -> None:
+        for uuid in gpu_uuids:
+            agent.gpus[uuid].lease_id = lease_id
+        self.refresh(agent)
+
+    def release(self, agent_id: str, gpu_uuids: tuple[str, ...], lease_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        for uuid in gpu_uuids:
+            gpu = agent.gpus.get(uuid)
+            if gpu is not None and gpu.lease_id == lease_id:
+                gpu.lease_id = None
+        self.refresh(agent)
+
+    # -- views --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        by_model: dict[str, dict[str, Any]] = {}
+        total_milli = 0
+        for agent in self.agents.values():
+            for gpu in agent.gpus.values():
+                row = by_model.setdefault(gpu.model, {
+                    "model": gpu.model, "gpus": 0, "free": 0, "leased": 0, "unavailable": 0,
+                    "memory_total_bytes": gpu.memory_total_bytes, "asks": [],
+                    "tflops_bf16_each": _tflops(gpu.model),
+                })
+                row["gpus"] += 1
+                usable = agent.online and gpu.healthy and gpu.flag is None
+                if gpu.lease_id is not None:
+                    row["leased"] += 1
+                elif usable:
+                    row["free"] += 1
+                    if agent.ask_per_gpu_hour is not None:
+                        row["asks"].append(agent.ask_per_gpu_hour)
+                else:
+                    row["unavailable"] += 1
+                if usable or gpu.lease_id is not None:
+                    total_milli += tflops_bf16_milli(gpu.model) or 0
+        models = []
+        for row in sorted(by_model.values(), key=lambda r: r["model"]):
+            asks = sorted(row.pop("asks"))
+            row["ask_min_micro_yuan"] = asks[0] if asks else None
+            row["ask_median_micro_yuan"] = asks[len(asks) // 2] if asks else None
+            row["ask_max_micro_yuan"] = asks[-1] if asks else None
+            models.append(row)
+        return {
+            "agents_online": sum(1 for a in self.agents.values() if a.online),
+            "agents_total": len(self.agents),
+            "models": models,
+            "pflops_bf16_milli": total_milli // 1000,
+            "pflops_bf16": f"{total_milli // 1000 / 1000:.3f}",
+        }
+
+
+def _tflops(model: str) -> str | None:
+    milli = tflops_bf16_milli(model)
+    return None if milli is None else f"{milli / 1000:g}"
+
+
+_ELIGIBLE = 4
+
+
+def _stage(job: JobSpec, agent: Agent, ask: int) -> int:
+    """How far an agent gets through the auction's filters (mirrors shared.auction)."""
+    enough = model_ok = memory_ok = 0
+    models = job.gpu_models
+    for gpu in agent.gpus.values():
+        if not gpu.offerable:
+            continue
+        enough += 1
+        if models and gpu.model not in models:
+            continue
+        model_ok += 1
+        if gpu.memory_total_bytes < job.min_gpu_memory_bytes:
+            continue
+        memory_ok += 1
+    if enough < job.gpu_count:
+        return 0
+    if model_ok < job.gpu_count:
+        return 1
+    if memory_ok < job.gpu_count:
+        return 2
+    if ask > job.max_price_per_gpu_hour:
+        return 3
+    return _ELIGIBLE

@@ -1,0 +1,148 @@
+"""The OpenAPI 3.1 document of the coordinator's HTTP API, served at /v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.jobs import JOB_STATES, SPEC_FIELDS
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JOB = {"$ref": "#/components/schemas/Job"}
+MSGPACK = "application/msgpack"
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    words = {400: "Bad request", 401: "Missing or invalid credentials", 403: "Not allowed for this role",
+             404: "Not found", 409: "Conflicts with the current state", 413: "Body too large",
+             415: "Wrong content type", 422: "A field is invalid; the detail names it"}
+    return {str(s): {"description": words[s], "content": {"application/json": {"schema": ERROR}}}
+            for s in statuses}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _signed(description: str) -> dict[str, Any]:
+    return {
+        "summary": description,
+        "security": [{"agentSignature": []}],
+        "requestBody": {"required": True, "content": {MSGPACK: {"schema": {
+            "type": "string", "format": "binary",
+            "description": "a `request` envelope: [payload, key_id, signature] with payload "
+                           "[method, path, issued_at_ms, nonce, body]"}}}},
+        "responses": {"200": {"description": "msgpack map", "content": {MSGPACK: {}}},
+                      **_errors(401, 404, 409, 413, 415, 422)},
+    }
+
+
+def _bearer(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "security": [{"bearer": []}],
+            "responses": {**responses, **_errors(401, 403, 404, 422)}, **extra}
+
+
+def openapi_document() -> dict[str, Any]:
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    spec_properties: dict[str, Any] = {
+        name: {"description": help} for name, help in SPEC_FIELDS.items()
+    }
+    for name in ("gpus", "min_gpu_memory_bytes", "cpus_milli", "memory_bytes", "max_duration_s",
+                 "max_price_per_gpu_hour_micro_yuan"):
+        spec_properties[name]["type"] = "integer"
+    spec_properties["image"]["type"] = "string"
+    spec_properties["command"].update(type="array", items={"type": "string"})
+    spec_properties["gpu_models"].update(type="array", items={"type": "string"})
+    spec_properties["env"].update(type="object", additionalProperties={"type": "string"})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Suanli coordinator", "version": "1",
+                 "description": "GPU compute marketplace: jobs, agents, auctions and leases."},
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "security": [],
+                                 "responses": {"200": _json({"type": "object"}, "alive")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "text exposition format",
+                                                       "content": {"text/plain": {}}}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+            "/v1/agent/enroll": {"post": {
+                "summary": "Register an agent key with a one-time enrolment token",
+                "security": [],
+                "requestBody": {"required": True, "content": {MSGPACK: {"schema": {
+                    "type": "object", "description": "{public_key: bytes, request: signed request "
+                    "envelope whose body is {token, hostname}}"}}}},
+                "responses": {"201": {"description": "enrolled", "content": {MSGPACK: {}}},
+                              **_errors(401, 409, 413, 415, 422)}}},
+            "/v1/agent/heartbeat": {"post": _signed(
+                "Report inventory, telemetry and ask price; capacity is reconciled")},
+            "/v1/agent/leases": {"post": _signed(
+                "Long-poll the agent's leases: returns when they change or after wait_ms")},
+            "/v1/agent/status": {"post": _signed(
+                "Report a lease's container started, exited (exit_code) or failed (reason_code)")},
+            "/v1/agent/logs": {"post": _signed("Append a chunk of a job's log at an offset")},
+            "/v1/jobs": {
+                "post": _bearer("Post a job (enterprise)", {
+                    "201": _json(JOB, "created"),
+                    "200": _json(JOB, "the job this idempotency key already created")},
+                    requestBody={"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["image", "gpus", "max_duration_s",
+                                                       "max_price_per_gpu_hour_micro_yuan"],
+                        "properties": {**spec_properties,
+                                       "idempotency_key": {"type": "string", "maxLength": 128}},
+                        "additionalProperties": False}}}},
+                    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                                 "schema": {"type": "string"}}]),
+                "get": _bearer("List your jobs (auditors: all)", {
+                    "200": _json({"type": "object", "properties": {
+                        "jobs": {"type": "array", "items": JOB}}}, "jobs, newest first")},
+                    parameters=[
+                        {"name": "state", "in": "query", "schema": {"enum": list(JOB_STATES)}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
+            },
+            "/v1/jobs/{job_id}": {"get": _bearer("Show a job", {"200": _json(JOB, "the job")},
+                                                 parameters=job_id)},
+            "/v1/jobs/{job_id}/cancel": {"post": _bearer(
+                "Cancel a job; a running one stops when its agent confirms",
+                {"200": _json(JOB, "the job")}, parameters=job_id)},
+            "/v1/jobs/{job_id}/logs": {"get": _bearer("Read a job's log from an offset", {
+                "200": _json({"type": "object", "properties": {
+                    "data": {"type": "string"}, "offset": {"type": "integer"},
+                    "next_offset": {"type": "integer"}, "complete": {"type": "boolean"}}},
+                    "a chunk of the log")},
+                parameters=[*job_id,
+                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}])},
+            "/v1/market": {"get": _bearer("Capacity by GPU model, asks and the pool in PFLOPS", {
+                "200": _json({"type": "object"}, "market summary")})},
+            "/v1/account": {"get": _bearer("Who this token is", {
+                "200": _json({"type": "object", "properties": {
+                    "role": {"type": "string"}, "id": {"type": "string"}}}, "the account")})},
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "enterprise or auditor token from the operator"},
+                "agentSignature": {"type": "apiKey", "in": "header", "name": "X-Unused",
+                                   "description": "requests are Ed25519-signed envelopes"},
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "detail"], "properties": {
+                    "error": {"type": "string"}, "detail": {"type": "string"}}},
+                "Job": {"type": "object", "required": [
+                    "id", "state", "reason", "agent_id", "gpu_uuids",
+                    "price_per_gpu_hour_micro_yuan", "started_at_ms", "ended_at_ms", "exit_code"],
+                    "properties": {
+                        "id": {"type": "string"}, "state": {"enum": list(JOB_STATES)},
+                        "reason": {"type": ["string", "null"]},
+                        "reason_detail": {"type": ["string", "null"]},
+                        "agent_id": {"type": ["string", "null"]},
+                        "gpu_uuids": {"type": "array", "items": {"type": "string"}},
+                        "price_per_gpu_hour_micro_yuan": {"type": ["integer", "null"]},
+                        "started_at_ms": {"type": ["integer", "null"]},
+                        "ended_at_ms": {"type": ["integer", "null"]},
+                        "exit_code": {"type": ["integer", "null"]},
+                    }},
+            },
+        },
+    }

@@ -1,0 +1,729 @@
+"""The coordinator's logic: enrolment, heartbeats, jobs, auctions and the life of leases.
+
+State lives in memory (rebuilt from SQLite at start) and every change that anyone can
+observe is committed before it is acknowledged or shown to an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sqlite_utils
+
+from coordinator import accounts
+from coordinator.accounts import Principal
+from coordinator.capacity import parse_inventory
+from coordinator.config import Settings
+from coordinator.db import Database
+from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+from coordinator.jobs import (
+    CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
+    SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
+)
+from coordinator.market import Agent, Gpu, Market
+from shared import canonical
+from shared.auction import JobSpec, Outcome, round_record, run_auction
+from shared.errors import SuanliError
+from shared.gpu_models import expand_model_filter
+from shared.identity import PublicKey
+from shared.signed_request import open_request, request_key_id
+
+log = logging.getLogger(__name__)
+
+# a failure to start that is the job's own fault fails the job instead of requeueing it
+JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command", "start_failed"})
+MAX_REASON = 512
+MAX_LOG_CHUNK = 256 * 1024
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Counters:
+    auction_rounds: int = 0
+    placements: int = 0
+    auction_seconds: float = 0.0
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, database: Database,
+                 clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.settings = settings
+        self.database = database
+        self.clock = clock
+        self.market = Market(settings.reliability_half_life_ms)
+        self.jobs: dict[str, Job] = {}
+        self.jobs_by_key: dict[tuple[str, str], Job] = {}
+        self.leases: dict[str, Lease] = {}
+        self.pending: dict[str, Job] = {}
+        self.agent_versions: dict[str, int] = {}
+        self._agent_events: dict[str, asyncio.Event] = {}
+        self._principals: dict[str, Principal] = {}
+        self._wake_scheduler = asyncio.Event()
+        self.counters = Counters()
+        self._log_sizes: dict[str, int] = {}
+        self._load(database.db)
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _load(self, db: sqlite_utils.Database) -> None:
+        usccs = {row["id"]: row["uscc"] for row in db.query("SELECT id, uscc FROM providers")}
+        for row in db.query("SELECT * FROM agents"):
+            agent = Agent(
+                agent_id=row["agent_id"], provider_id=row["provider_id"],
+                provider_uscc=usccs.get(row["provider_id"], ""),
+                public_key=PublicKey(row["public_key"]), hostname=row["hostname"],
+                ask_per_gpu_hour=row["ask_per_gpu_hour"], last_seen_ms=row["last_seen_ms"],
+                penalty_ppm=row["penalty_ppm"], penalty_at_ms=row["penalty_at_ms"],
+            )
+            self.market.agents[agent.agent_id] = agent
+        for row in db.query("SELECT * FROM gpus"):
+            agent = self.market.agents.get(row["agent_id"])
+            if agent is not None:
+                agent.gpus[row["uuid"]] = Gpu(row["uuid"], agent.agent_id, row["model"],
+                                              row["memory_total_bytes"])
+                self.market.gpu_owner[row["uuid"]] = agent.agent_id
+        for row in db.query("SELECT * FROM capacity_flags WHERE cleared_at_ms IS NULL"):
+            agent = self.market.agents.get(row["agent_id"])
+            if agent is not None and row["gpu_uuid"] in agent.gpus:
+                agent.gpus[row["gpu_uuid"]].flag = row["kind"]
+        for row in db.query("SELECT * FROM jobs"):
+            job = Job(
+                id=row["id"], enterprise_id=row["enterprise_id"],
+                idempotency_key=row["idempotency_key"],
+                request=parse_job_request(json.loads(row["spec"])),
+                created_at_ms=row["created_at_ms"], state=row["state"], reason=row["reason"],
+                reason_detail=row["reason_detail"], attempts=row["attempts"],
+                excluded_agents=json.loads(row["excluded_agents"]), lease_id=row["lease_id"],
+                ended_at_ms=row["ended_at_ms"], exit_code=row["exit_code"],
+                cancel_requested=bool(row["cancel_requested"]),
+            )
+            self._index_job(job)
+        for row in db.query("SELECT * FROM leases"):
+            lease = Lease(
+                id=row["id"], job_id=row["job_id"], agent_id=row["agent_id"],
+                gpu_uuids=tuple(json.loads(row["gpu_uuids"])),
+                price_per_gpu_hour=row["price_per_gpu_hour"], created_at_ms=row["created_at_ms"],
+                start_deadline_ms=row["start_deadline_ms"], ends_at_ms=row["ends_at_ms"],
+                state=row["state"], stop_reason=row["stop_reason"],
+                started_at_ms=row["started_at_ms"], ended_at_ms=row["ended_at_ms"],
+                exit_code=row["exit_code"], end_reason=row["end_reason"],
+            )
+            self.leases[lease.id] = lease
+            agent = self.market.agents.get(lease.agent_id)
+            if lease.active and agent is not None:
+                for uuid in lease.gpu_uuids:
+                    if uuid in agent.gpus:
+                        agent.gpus[uuid].lease_id = lease.id
+        now = self.clock()
+        for agent in self.market.agents.values():
+            # an agent counts as online after a restart until its heartbeat timeout says otherwise
+            agent.online = agent.last_seen_ms is not None and (
+                now - agent.last_seen_ms < self.settings.heartbeat_timeout_ms)
+            if agent.online:
+                agent.last_seen_ms = max(agent.last_seen_ms or 0, now)
+            self.market.refresh(agent)
+
+    def _index_job(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.jobs_by_key[(job.enterprise_id, job.idempotency_key)] = job
+        if job.state == PENDING:
+            self.pending[job.id] = job
+
+    # -- persistence --------------------------------------------------------------------
+
+    @staticmethod
+    def _job_row(job: Job) -> dict[str, Any]:
+        return {
+            "id": job.id, "enterprise_id": job.enterprise_id,
+            "idempotency_key": job.idempotency_key,
+            "spec": json.dumps(job.request.to_json(), sort_keys=True), "state": job.state,
+            "reason": job.reason, "reason_detail": job.reason_detail, "attempts": job.attempts,
+            "excluded_agents": json.dumps(job.excluded_agents), "lease_id": job.lease_id,
+            "created_at_ms": job.created_at_ms, "ended_at_ms": job.ended_at_ms,
+            "exit_code": job.exit_code, "cancel_requested": int(job.cancel_requested),
+        }
+
+    @staticmethod
+    def _lease_row(lease: Lease) -> dict[str, Any]:
+        return {
+            "id": lease.id, "job_id": lease.job_id, "agent_id": lease.agent_id,
+            "gpu_uuids": json.dumps(list(lease.gpu_uuids)),
+            "price_per_gpu_hour": lease.price_per_gpu_hour, "created_at_ms": lease.created_at_ms,
+            "start_deadline_ms": lease.start_deadline_ms, "ends_at_ms": lease.ends_at_ms,
+            "state": lease.state, "stop_reason": lease.stop_reason,
+            "started_at_ms": lease.started_at_ms, "ended_at_ms": lease.ended_at_ms,
+            "exit_code": lease.exit_code, "end_reason": lease.end_reason,
+        }
+
+    async def _save(self, jobs: list[Job] = (), leases: list[Lease] = (),  # type: ignore[assignment]
+                    agents: list[Agent] = (), extra: Callable[[sqlite_utils.Database], None] | None = None) -> None:  # type: ignore[assignment]
+        job_rows = [self._job_row(j) for j in jobs]
+        lease_rows = [self._lease_row(lease) for lease in leases]
+        agent_rows = [self._agent_row(a) for a in agents]
+
+        def write(db: sqlite_utils.Database) -> None:
+            if job_rows:
+                db["jobs"].upsert_all(job_rows, pk="id")
+            if lease_rows:
+                db["leases"].upsert_all(lease_rows, pk="id")
+            for row in agent_rows:
+                db["agents"].update(row["agent_id"], row)
+            if extra is not None:
+                extra(db)
+
+        await self.database.run(write)
+
+    @staticmethod
+    def _agent_row(agent: Agent) -> dict[str, Any]:
+        return {
+            "agent_id": agent.agent_id, "ask_per_gpu_hour": agent.ask_per_gpu_hour,
+            "last_seen_ms": agent.last_seen_ms, "penalty_ppm": agent.penalty_ppm,
+            "penalty_at_ms": agent.penalty_at_ms,
+        }
+
+    # -- who is calling -----------------------------------------------------------------
+
+    async def principal_for_token(self, token: str) -> Principal:
+        cached = self._principals.get(token)
+        if cached is not None:
+            return cached
+        now = self.clock()
+        principal = await self.database.run(lambda db: accounts.lookup_token(db, token, now))
+        if principal is None:
+            raise Unauthenticated("the token is not valid")
+        if len(self._principals) > 100_000:
+            self._principals.clear()
+        self._principals[token] = principal
+        return principal
+
+    def authenticate_agent(self, body: bytes, method: str, path: str) -> tuple[Agent, Any]:
+        try:
+            key_id = request_key_id(body)
+        except SuanliError as exc:
+            raise Unauthenticated(f"agent requests must be signed: {exc.detail}") from None
+        agent = self.market.agents.get(key_id.hex())
+        if agent is None:
+            raise Unauthenticated("the request is signed by a key that is not enrolled")
+        now = self.clock()
+        window = self.settings.signed_request_window_ms
+        try:
+            signed = open_request(body, agent.public_key, method, path, now, window)
+        except SuanliError as exc:
+            raise Unauthenticated(exc.detail) from None
+        nonces = agent.nonces
+        if signed.nonce in nonces:
+            raise Unauthenticated("the request was already received (replayed nonce)")
+        if len(nonces) > 256:
+            for nonce, at in list(nonces.items()):
+                if at < now - 2 * window:
+                    del nonces[nonce]
+        nonces[signed.nonce] = signed.issued_at_ms
+        return agent, signed.body
+
+    # -- enrolment ----------------------------------------------------------------------
+
+    async def enrol(self, body: bytes, path: str) -> Agent:
+        try:
+            outer = canonical.decode(body)
+        except SuanliError as exc:
+            raise Unprocessable(f"enrolment body: {exc.detail}") from None
+        if type(outer) is not dict or type(outer.get("public_key")) is not bytes or type(
+                outer.get("request")) is not bytes:
+            raise Unprocessable("enrolment is a map with public_key and a signed request")
+        try:
+            public = PublicKey(outer["public_key"])
+            signed = open_request(outer["request"], public, "POST", path, self.clock(),
+                                  self.settings.signed_request_window_ms)
+        except SuanliError as exc:
+            raise Unauthenticated(f"enrolment is not signed by the key it registers: {exc.detail}") from None
+        request = signed.body
+        if type(request) is not dict or type(request.get("token")) is not str:
+            raise Unprocessable("the signed enrolment names its token")
+        hostname = request.get("hostname")
+        if type(hostname) is not str or not 0 < len(hostname) <= 253 or not hostname.isprintable():
+            raise Unprocessable("hostname must be 1 to 253 printable characters")
+        token = request["token"]
+        if public.agent_id in self.market.agents:
+            raise Conflict("this key is already enrolled; an agent enrols once")
+        now = self.clock()
+
+        def write(db: sqlite_utils.Database) -> str:
+            provider_id = accounts.redeem_enrolment_token(db, token, now)
+            db["agents"].insert({
+                "agent_id": public.agent_id, "provider_id": provider_id,
+                "public_key": public.raw, "hostname": hostname, "enrolled_at_ms": now,
+                "penalty_ppm": 0, "penalty_at_ms": now,
+            })
+            return str(db["providers"].get(provider_id)["uscc"]) + "|" + provider_id
+
+        uscc, provider_id = (await self.database.run(write)).split("|")
+        agent = Agent(agent_id=public.agent_id, provider_id=provider_id, provider_uscc=uscc,
+                      public_key=public, hostname=hostname, penalty_at_ms=now)
+        self.market.add_agent(agent)
+        return agent
+
+    # -- heartbeats ---------------------------------------------------------------------
+
+    async def heartbeat(self, agent: Agent, body: Any) -> dict[str, Any]:
+        if type(body) is not dict:
+            raise Unprocessable("a heartbeat is a map with ask_per_gpu_hour and inventory")
+        ask = body.get("ask_per_gpu_hour")
+        if ask is not None and (type(ask) is not int or not 0 <= ask <= 10**12):
+            raise Unprocessable("ask_per_gpu_hour must be micro-yuan from 0 to 10^12, or nil")
+        inventory = parse_inventory(body.get("inventory"))
+        now = self.clock()
+        was_online = agent.online
+        agent.ask_per_gpu_hour = ask
+        new_gpus, new_flags = self.market.reconcile(agent, inventory, now)
+        if new_gpus or new_flags or not was_online:
+            gpu_rows = [{"uuid": g.uuid, "agent_id": g.agent_id, "model": g.model,
+                         "memory_total_bytes": g.memory_total_bytes, "first_seen_ms": now}
+                        for g in new_gpus]
+            flag_rows = [{"agent_id": f.agent_id, "gpu_uuid": f.gpu_uuid, "kind": f.kind,
+                          "detail": f.detail, "at_ms": f.at_ms} for f in new_flags]
+
+            def extra(db: sqlite_utils.Database) -> None:
+                if gpu_rows:
+                    db["gpus"].insert_all(gpu_rows, pk="uuid")
+                if flag_rows:
+                    db["capacity_flags"].insert_all(flag_rows)
+
+            await self._save(agents=[agent], extra=extra)
+            for entry in new_flags:
+                log.warning("capacity flag %s: %s", entry.kind, entry.detail)
+            self._wake_scheduler.set()
+        else:
+            row = self._agent_row(agent)
+            self.database.submit(lambda db: db["agents"].update(row["agent_id"], row))
+            if self.pending:
+                self._wake_scheduler.set()
+        return {
+            "heartbeat_interval_ms": self.settings.heartbeat_interval_ms,
+            "lease_version": self.agent_versions.get(agent.agent_id, 0),
+            "flags": [
+                {"gpu_uuid": g.uuid, "kind": g.flag} for g in agent.gpus.values() if g.flag
+            ],
+        }
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    async def submit_job(self, principal: Principal, body: Any, header_key: str | None) -> tuple[Job, bool]:
+        if principal.role != "enterprise":
+            raise Forbidden("only enterprise accounts can post jobs")
+        if not isinstance(body, dict):
+            raise Unprocessable("the job must be a JSON object", code="invalid_job")
+        key = body.get("idempotency_key", header_key)
+        if key is None:
+            key = accounts.new_id("auto")
+        if type(key) is not str or not 0 < len(key) <= 128 or not key.isprintable():
+            raise Unprocessable("idempotency_key must be 1 to 128 printable characters",
+                                code="invalid_job")
+        request = parse_job_request({k: v for k, v in body.items() if k != "idempotency_key"})
+        if request.gpu_models:
+            request = _with_models(request)
+        existing = self.jobs_by_key.get((principal.subject_id, key))
+        if existing is not None:
+            if existing.request != request:
+                raise Conflict(f"idempotency key {key!r} was already used for job {existing.id} "
+                               "with different fields", code="idempotency_conflict")
+            return existing, False
+        unfinished = sum(1 for j in self.jobs.values()
+                         if j.enterprise_id == principal.subject_id and not j.final)
+        if unfinished >= self.settings.max_jobs_per_enterprise:
+            raise Conflict(f"you already have {unfinished} unfinished jobs, the most allowed",
+                           code="too_many_jobs")
+        job = Job(id=accounts.new_id("job"), enterprise_id=principal.subject_id,
+                  idempotency_key=key, request=request, created_at_ms=self.clock(),
+                  reason="waiting_for_auction", reason_detail="the job waits for the next auction")
+        self._index_job(job)
+        try:
+            await self._save(jobs=[job])
+        except BaseException:
+            self.jobs.pop(job.id, None)
+            self.jobs_by_key.pop((job.enterprise_id, key), None)
+            self.pending.pop(job.id, None)
+            raise
+        self._wake_scheduler.set()
+        return job, True
+
+    def job_for(self, principal: Principal, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or (principal.role == "enterprise" and job.enterprise_id != principal.subject_id):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def jobs_for(self, principal: Principal, state: str | None, limit: int) -> list[Job]:
+        jobs = [j for j in self.jobs.values()
+                if (principal.role == "auditor" or j.enterprise_id == principal.subject_id)
+                and (state is None or j.state == state)]
+        jobs.sort(key=lambda j: j.created_at_ms, reverse=True)
+        return jobs[:limit]
+
+    async def cancel_job(self, principal: Principal, job_id: str) -> Job:
+        if principal.role != "enterprise":
+            raise Forbidden("only the enterprise that posted a job can cancel it")
+        job = self.job_for(principal, job_id)
+        if job.final or job.cancel_requested:
+            return job
+        job.cancel_requested = True
+        now = self.clock()
+        if job.state == PENDING:
+            self.pending.pop(job.id, None)
+            self._finish(job, CANCELLED, now, "cancelled", "cancelled before it was placed")
+            await self._save(jobs=[job])
+            return job
+        lease = self.leases[job.lease_id] if job.lease_id else None
+        if lease is not None and lease.active:
+            lease.stop_reason = "cancelled"
+            job.reason, job.reason_detail = "cancelling", "the agent has been told to stop the job"
+            await self._save(jobs=[job], leases=[lease])
+            self._notify(lease.agent_id)
+        return job
+
+    def job_view(self, job: Job) -> dict[str, Any]:
+        lease = self.leases.get(job.lease_id) if job.lease_id else None
+        price = lease.price_per_gpu_hour if lease else None
+        return {
+            "id": job.id,
+            "state": job.state,
+            "reason": job.reason if not job.final or job.state != SUCCEEDED else None,
+            "reason_detail": job.reason_detail,
+            "agent_id": lease.agent_id if lease else None,
+            "lease_id": lease.id if lease else None,
+            "gpu_uuids": list(lease.gpu_uuids) if lease else [],
+            "price_per_gpu_hour_micro_yuan": price,
+            "price_per_gpu_hour_yuan": None if price is None else f"{price / 1_000_000:.6f}".rstrip("0").rstrip("."),
+            "created_at_ms": job.created_at_ms,
+            "started_at_ms": lease.started_at_ms if lease else None,
+            "ended_at_ms": job.ended_at_ms,
+            "lease_ends_at_ms": lease.ends_at_ms if lease else None,
+            "exit_code": job.exit_code,
+            "attempts": job.attempts,
+            "cancel_requested": job.cancel_requested,
+            "idempotency_key": job.idempotency_key,
+            "spec": job.request.to_json(),
+        }
+
+    def _finish(self, job: Job, state: str, now: int, reason: str | None, detail: str | None) -> None:
+        job.state = state
+        job.ended_at_ms = now
+        job.reason, job.reason_detail = reason, detail
+        self.pending.pop(job.id, None)
+
+    # -- the auction --------------------------------------------------------------------
+
+    def _job_spec(self, job: Job) -> JobSpec:
+        request = job.request
+        return JobSpec(
+            job_id=job.id, gpu_count=request.gpus,
+            min_gpu_memory_bytes=request.min_gpu_memory_bytes,
+            gpu_models=request.gpu_models,
+            max_price_per_gpu_hour=request.max_price_per_gpu_hour,
+            excluded_agents=tuple(sorted(set(job.excluded_agents))),
+        )
+
+    def place_pending(self, limit: int = 2000) -> tuple[list[Job], list[Lease], list[bytes]]:
+        """Auction pending jobs, oldest first, in memory; returns what must be committed."""
+        changed_jobs: list[Job] = []
+        new_leases: list[Lease] = []
+        records: list[tuple[str, int, bytes]] = []
+        now = self.clock()
+        started = time.perf_counter()
+        for job in sorted(self.pending.values(), key=lambda j: j.created_at_ms)[:limit]:
+            spec = self._job_spec(job)
+            offers = self.market.candidates(spec, now)
+            outcome = run_auction(spec, offers)
+            self.counters.auction_rounds += 1
+            if outcome.winner is None:
+                if job.reason != outcome.reason:
+                    job.reason, job.reason_detail = outcome.reason, outcome.reason_detail
+                    changed_jobs.append(job)
+                    records.append((job.id, now, canonical.encode(round_record(spec, offers, outcome))))
+                continue
+            lease = self._lease_for(job, outcome, now)
+            records.append((job.id, now, canonical.encode(round_record(spec, offers, outcome))))
+            changed_jobs.append(job)
+            new_leases.append(lease)
+        self.counters.auction_seconds += time.perf_counter() - started
+        return changed_jobs, new_leases, records  # type: ignore[return-value]
+
+    def _lease_for(self, job: Job, outcome: Outcome, now: int) -> Lease:
+        assert outcome.winner is not None and outcome.price_per_gpu_hour is not None
+        lease = Lease(
+            id=accounts.new_id("lease"), job_id=job.id, agent_id=outcome.winner,
+            gpu_uuids=outcome.gpu_uuids, price_per_gpu_hour=outcome.price_per_gpu_hour,
+            created_at_ms=now, start_deadline_ms=now + self.settings.start_deadline_ms,
+            ends_at_ms=now + self.settings.start_deadline_ms + job.request.max_duration_s * 1000,
+        )
+        self.leases[lease.id] = lease
+        self.market.assign(self.market.agents[lease.agent_id], lease.gpu_uuids, lease.id)
+        job.state, job.lease_id = LEASED, lease.id
+        job.reason, job.reason_detail = "waiting_for_agent", "the winning agent is starting the job"
+        self.pending.pop(job.id, None)
+        self.counters.placements += 1
+        return lease
+
+    async def schedule_once(self) -> int:
+        if not self.pending:
+            return 0
+        jobs, leases, records = self.place_pending()
+        if not jobs and not leases:
+            return 0
+
+        def extra(db: sqlite_utils.Database) -> None:
+            db["auction_rounds"].insert_all(
+                [{"job_id": job_id, "at_ms": at, "record": record} for job_id, at, record in records])
+
+        await self._save(jobs=jobs, leases=leases, extra=extra)
+        for lease in leases:
+            self._notify(lease.agent_id)
+        return len(leases)
+
+    async def run_scheduler(self) -> None:
+        interval = self.settings.scheduler_interval_ms / 1000
+        while True:
+            try:
+                await asyncio.wait_for(self._wake_scheduler.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._wake_scheduler.clear()
+            try:
+                await self.schedule_once()
+                await self.check_deadlines()
+            except Exception:
+                log.exception("scheduler pass failed")
+
+    # -- agents' view of their leases ---------------------------------------------------
+
+    def _notify(self, agent_id: str) -> None:
+        self.agent_versions[agent_id] = self.agent_versions.get(agent_id, 0) + 1
+        event = self._agent_events.get(agent_id)
+        if event is not None:
+            event.set()
+
+    def lease_view(self, lease: Lease) -> dict[str, Any]:
+        request = self.jobs[lease.job_id].request
+        return {
+            "lease_id": lease.id, "job_id": lease.job_id, "gpu_uuids": list(lease.gpu_uuids),
+            "price_per_gpu_hour": lease.price_per_gpu_hour,
+            "start_deadline_ms": lease.start_deadline_ms, "ends_at_ms": lease.ends_at_ms,
+            "state": lease.state, "desired": "stop" if lease.stop_reason else "run",
+            "stop_reason": lease.stop_reason,
+            "job": {
+                "image": request.image, "command": list(request.command),
+                "env": dict(request.env), "cpus_milli": request.cpus_milli,
+                "memory_bytes": request.memory_bytes, "max_duration_s": request.max_duration_s,
+            },
+        }
+
+    async def agent_leases(self, agent: Agent, body: Any) -> dict[str, Any]:
+        if type(body) is not dict:
+            raise Unprocessable("a lease poll is a map with known_version and wait_ms")
+        known = body.get("known_version", -1)
+        wait_ms = body.get("wait_ms", 0)
+        if type(known) is not int or type(wait_ms) is not int or wait_ms < 0:
+            raise Unprocessable("known_version and wait_ms must be integers, wait_ms ≥ 0")
+        wait_ms = min(wait_ms, self.settings.long_poll_max_ms)
+        if self.agent_versions.get(agent.agent_id, 0) == known and wait_ms > 0:
+            event = self._agent_events.setdefault(agent.agent_id, asyncio.Event())
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), timeout=wait_ms / 1000)
+            except TimeoutError:
+                pass
+        return {
+            "version": self.agent_versions.get(agent.agent_id, 0),
+            "leases": [self.lease_view(lease) for lease in self.leases.values()
+                       if lease.agent_id == agent.agent_id and lease.active],
+        }
+
+    async def agent_status(self, agent: Agent, body: Any) -> dict[str, Any]:
+        if type(body) is not dict or type(body.get("lease_id")) is not str:
+            raise Unprocessable("a status report is a map with lease_id and event")
+        lease = self.leases.get(body["lease_id"])
+        if lease is None or lease.agent_id != agent.agent_id:
+            raise NotFound(f"no lease {body['lease_id']} for this agent")
+        event = body.get("event")
+        reason = body.get("reason")
+        if reason is not None and (type(reason) is not str or len(reason) > MAX_REASON):
+            raise Unprocessable(f"reason must be a string of at most {MAX_REASON} characters")
+        job = self.jobs[lease.job_id]
+        now = self.clock()
+        if not lease.active:
+            return {"lease_id": lease.id, "state": lease.state}
+        if event == "started":
+            if lease.state == LEASE_OFFERED:
+                lease.state, lease.started_at_ms = LEASE_RUNNING, now
+                lease.ends_at_ms = now + job.request.max_duration_s * 1000
+                job.state = RUNNING
+                job.reason, job.reason_detail = None, None
+                await self._save(jobs=[job], leases=[lease])
+        elif event == "exited":
+            code = body.get("exit_code")
+            if type(code) is not int or not -(2**31) <= code < 2**31:
+                raise Unprocessable("an exit report carries exit_code as an integer")
+            await self._end_lease(lease, job, now, "exited", code)
+        elif event == "failed":
+            code_name = body.get("reason_code")
+            if type(code_name) is not str or len(code_name) > 64:
+                raise Unprocessable("a failure report carries reason_code")
+            await self._failed_start(agent, lease, job, now, code_name, reason or code_name)
+        else:
+            raise Unprocessable("event must be started, exited or failed")
+        return {"lease_id": lease.id, "state": lease.state}
+
+    async def _end_lease(self, lease: Lease, job: Job, now: int, why: str, exit_code: int | None) -> None:
+        lease.state, lease.ended_at_ms, lease.exit_code, lease.end_reason = LEASE_ENDED, now, exit_code, why
+        self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+        job.exit_code = exit_code
+        if lease.stop_reason == "cancelled" or job.cancel_requested:
+            self._finish(job, CANCELLED, now, "cancelled", "stopped on the enterprise's request")
+        elif lease.stop_reason == "lease_ended":
+            self._finish(job, FAILED, now, "max_duration_reached",
+                         f"stopped after its maximum duration of {job.request.max_duration_s} s")
+        elif exit_code == 0:
+            self._finish(job, SUCCEEDED, now, None, None)
+        elif exit_code == 137:
+            self._finish(job, FAILED, now, "killed", "the container was killed (exit 137: out of memory or SIGKILL)")
+        else:
+            self._finish(job, FAILED, now, "nonzero_exit", f"the container exited with code {exit_code}")
+        await self._save(jobs=[job], leases=[lease])
+        self._notify(lease.agent_id)
+        self._wake_scheduler.set()
+
+    async def _failed_start(self, agent: Agent, lease: Lease, job: Job, now: int, code: str, detail: str) -> None:
+        lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, f"failed:{code}"
+        self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+        if code in JOB_FAULTS:
+            self._finish(job, FAILED, now, code, detail[:MAX_REASON])
+        else:
+            self._penalise(agent, now)
+            self._requeue(job, lease.agent_id, code, f"the agent could not start it: {detail[:200]}", now)
+        await self._save(jobs=[job], leases=[lease], agents=[agent])
+        self._notify(lease.agent_id)
+        self._wake_scheduler.set()
+
+    def _penalise(self, agent: Agent, now: int) -> None:
+        """Add a penalty on top of what is left of earlier ones after their decay."""
+        decayed = 1_000_000 - agent.reliability_ppm(now, self.settings.reliability_half_life_ms)
+        agent.penalty_ppm = min(1_000_000, decayed + self.settings.reliability_penalty_ppm)
+        agent.penalty_at_ms = now
+
+    def _requeue(self, job: Job, agent_id: str, reason: str, detail: str, now: int) -> None:
+        job.attempts += 1
+        if agent_id not in job.excluded_agents:
+            job.excluded_agents.append(agent_id)
+        if job.cancel_requested:
+            self._finish(job, CANCELLED, now, "cancelled", "cancelled while its agent was lost")
+        elif job.attempts >= self.settings.max_attempts:
+            self._finish(job, LOST, now, reason, f"{detail}; gave up after {job.attempts} attempts")
+        else:
+            job.state, job.lease_id = PENDING, None
+            job.reason, job.reason_detail = reason, f"{detail}; requeued"
+            self.pending[job.id] = job
+
+    async def check_deadlines(self) -> None:
+        now = self.clock()
+        timeout = self.settings.heartbeat_timeout_ms
+        changed_jobs: list[Job] = []
+        changed_leases: list[Lease] = []
+        changed_agents: list[Agent] = []
+        for agent in self.market.agents.values():
+            if agent.online and agent.last_seen_ms is not None and now - agent.last_seen_ms > timeout:
+                self.market.mark_offline(agent)
+                changed_agents.append(agent)
+                for lease in [l for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]:
+                    job = self.jobs[lease.job_id]
+                    lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, "agent_lost"
+                    self.market.release(agent.agent_id, lease.gpu_uuids, lease.id)
+                    self._requeue(job, agent.agent_id, "agent_lost",
+                                  f"agent {agent.agent_id[:12]} stopped heartbeating", now)
+                    changed_jobs.append(job)
+                    changed_leases.append(lease)
+                if changed_leases:
+                    self._penalise(agent, now)
+        for lease in self.leases.values():
+            if not lease.active:
+                continue
+            job = self.jobs[lease.job_id]
+            if lease.state == LEASE_OFFERED and now > lease.start_deadline_ms:
+                lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, "start_deadline"
+                self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+                agent = self.market.agents[lease.agent_id]
+                self._penalise(agent, now)
+                self._requeue(job, lease.agent_id, "start_deadline_missed",
+                              "the winning agent did not start the job in time", now)
+                changed_jobs.append(job)
+                changed_leases.append(lease)
+                changed_agents.append(agent)
+                self._notify(lease.agent_id)
+            elif lease.state == LEASE_RUNNING and now >= lease.ends_at_ms and lease.stop_reason is None:
+                lease.stop_reason = "lease_ended"
+                changed_leases.append(lease)
+                self._notify(lease.agent_id)
+        if changed_jobs or changed_leases or changed_agents:
+            await self._save(jobs=changed_jobs, leases=changed_leases, agents=changed_agents)
+            self._wake_scheduler.set()
+
+    # -- logs ---------------------------------------------------------------------------
+
+    async def append_log(self, agent: Agent, body: Any) -> dict[str, Any]:
+        if type(body) is not dict or type(body.get("lease_id")) is not str:
+            raise Unprocessable("a log chunk is a map with lease_id, offset and data")
+        lease = self.leases.get(body["lease_id"])
+        if lease is None or lease.agent_id != agent.agent_id:
+            raise NotFound(f"no lease {body['lease_id']} for this agent")
+        offset, data = body.get("offset"), body.get("data")
+        if type(offset) is not int or offset < 0 or type(data) is not bytes or len(data) > MAX_LOG_CHUNK:
+            raise Unprocessable(f"offset must be a non-negative integer and data at most {MAX_LOG_CHUNK} bytes")
+        job_id = lease.job_id
+        size = await self._log_size(job_id)
+        limit = self.settings.job_log_limit_bytes
+        if offset > size and size < limit:
+            raise Conflict(f"the log has {size} bytes; send from offset {size}", code="log_gap")
+        skip = size - offset
+        if skip >= len(data) or size >= limit:
+            return {"stored_bytes": size, "truncated": size >= limit}
+        chunk = data[skip:][: limit - size]
+        self._log_sizes[job_id] = size + len(chunk)
+        await self.database.run(lambda db: db["job_logs"].insert(
+            {"job_id": job_id, "offset": size, "data": chunk}))
+        return {"stored_bytes": size + len(chunk), "truncated": size + len(chunk) >= limit}
+
+    async def _log_size(self, job_id: str) -> int:
+        size = self._log_sizes.get(job_id)
+        if size is None:
+            size = await self.database.run(lambda db: next(iter(db.query(
+                "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM job_logs WHERE job_id = ?", [job_id])))["n"])
+            self._log_sizes[job_id] = size
+        return size
+
+    async def read_log(self, job: Job, offset: int, limit: int) -> tuple[bytes, int]:
+        rows = await self.database.run(lambda db: list(db.query(
+            "SELECT offset, data FROM job_logs WHERE job_id = ? AND offset + LENGTH(data) > ? "
+            "ORDER BY offset", [job.id, offset])))
+        out = bytearray()
+        for row in rows:
+            data = row["data"][max(0, offset - row["offset"]):]
+            out += data
+            if len(out) >= limit:
+                break
+        chunk = bytes(out[:limit])
+        return chunk, offset + len(chunk)
+
+
+def _with_models(request: JobRequest) -> JobRequest:
+    try:
+        models = expand_model_filter(request.gpu_models)
+    except SuanliError as exc:
+        raise Unprocessable(exc.detail, code="invalid_job") from None
+    return replace(request, gpu_models=models)
