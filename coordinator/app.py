@@ -51,11 +51,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except ApiError as exc:
         status = exc.status
         return _error_response(request, exc.status, exc.as_body())
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         status = 413
+        limit = request.app[COORDINATOR].settings.request_body_limit_bytes
         return _error_response(request, 413, {
             "error": "too_large",
-            "detail": f"the request body is larger than the limit of {exc.max_size} bytes"})
+            "detail": f"the request body is larger than the limit of {limit} bytes"})
     except web.HTTPException as exc:
         status = exc.status
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")

@@ -1,0 +1,235 @@
+"""Run a real coordinator process on loopback, and fake agents that speak its real protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.coordinator_client import CoordinatorClient
+from shared.identity import PrivateKey
+from shared.uscc import check_character
+
+BIN = Path(sys.executable).parent
+GIB = 1 << 30
+
+FAST_SETTINGS = {
+    "heartbeat_interval_ms": 500,
+    "heartbeat_timeout_ms": 3_000,
+    "start_deadline_ms": 3_000,
+    "scheduler_interval_ms": 100,
+    "long_poll_max_ms": 5_000,
+}
+
+
+def uscc(n: int) -> str:
+    prefix = f"9111000010{n:07d}"
+    return prefix + check_character(prefix)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class CoordinatorProcess:
+    workdir: Path
+    settings: dict[str, Any] = field(default_factory=lambda: dict(FAST_SETTINGS))
+    port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    scheme: str = "http"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "coordinator.db"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self) -> CoordinatorProcess:
+        config = self.workdir / "coordinator.toml"
+        config.write_text("[coordinator]\n" + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
+        log = open(self.workdir / "coordinator.log", "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [BIN / "suanli-coordinator", "serve", "--db", self.db, "--listen",
+             f"127.0.0.1:{self.port}", "--config", config, *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"coordinator exited:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"coordinator did not listen:\n{self.log()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=20)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        path = self.workdir / "coordinator.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([BIN / "suanli-coordinator", "admin", "--db", str(self.db), *args],
+                              capture_output=True, text=True, check=check)
+
+    def admin_json(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.admin(*args, "--json").stdout)  # type: ignore[no-any-return]
+
+    def add_provider(self, n: int, max_hosts: int = 10) -> str:
+        return str(self.admin_json("add-provider", "--name", f"Provider {n}", "--uscc", uscc(n),
+                                   "--max-hosts", str(max_hosts))["enrolment_token"])
+
+    def add_enterprise(self, n: int) -> str:
+        return str(self.admin_json("add-enterprise", "--name", f"Enterprise {n}",
+                                   "--uscc", uscc(n))["token"])
+
+
+def inventory(uuids: list[str], name: str = "NVIDIA H100 80GB HBM3", memory: int = 80 * GIB,
+              healthy: bool = True) -> dict[str, Any]:
+    return {
+        "gpus": [{"index": i, "uuid": uuid, "name": name, "memory_total_bytes": memory,
+                  "memory_used_bytes": 0, "utilization_gpu_pct": 0, "healthy": healthy}
+                 for i, uuid in enumerate(uuids)],
+        "host": {"cpu_count": 64, "memory_total_bytes": 512 * GIB},
+        "driver_version": "550.54.15",
+    }
+
+
+class FakeAgent:
+    """An agent without containers: real key, real signed requests, made-up GPUs."""
+
+    def __init__(self, url: str, uuids: list[str], ask: int | None, **gpu: Any) -> None:
+        self.key = PrivateKey.generate()
+        self.client = CoordinatorClient(url, self.key)
+        self.uuids = uuids
+        self.ask = ask
+        self.gpu = gpu
+        self.version = -1
+
+    @property
+    def agent_id(self) -> str:
+        return self.key.public.agent_id
+
+    async def enrol(self, token: str) -> dict[str, Any]:
+        return await self.client.enrol(token, f"host-{self.agent_id[:8]}")
+
+    async def heartbeat(self) -> dict[str, Any]:
+        return await self.client.heartbeat(self.ask, inventory(self.uuids, **self.gpu))
+
+    async def leases(self, wait_ms: int = 0) -> list[dict[str, Any]]:
+        answer = await self.client.leases(self.version, wait_ms)
+        self.version = answer["version"]
+        return list(answer["leases"])
+
+    async def wait_for_lease(self, timeout_s: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leases = await self.leases(wait_ms=1000)
+            if leases:
+                return leases[0]
+        raise AssertionError("no lease arrived")
+
+    def keep_alive(self, interval_s: float = 0.3) -> None:
+        """Heartbeat in the background until close(), as a live agent would."""
+        import asyncio
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.heartbeat()
+                except Exception:  # noqa: BLE001 - a restart in progress; try again
+                    pass
+
+        self._keep_alive = asyncio.create_task(beat())
+
+    async def stop_heartbeats(self) -> None:
+        import asyncio
+        import contextlib
+
+        task = getattr(self, "_keep_alive", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._keep_alive = None
+
+    async def close(self) -> None:
+        await self.stop_heartbeats()
+        await self.client.close()
+
+
+class Api:
+    """A JSON client of the enterprise/auditor API with one token."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url
+        self.token = token
+        self.session = aiohttp.ClientSession()
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return {**headers, **(extra or {})}
+
+    async def call(self, method: str, path: str, json_body: Any = None,
+                   headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Any]:
+        async with self.session.request(method, self.url + path, json=json_body, data=data,
+                                        headers=self._headers(headers)) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def submit(self, **fields: Any) -> tuple[int, Any]:
+        body = {"image": "busybox:latest", "command": ["true"], "gpus": 1, "max_duration_s": 600,
+                "max_price_per_gpu_hour_micro_yuan": 10_000_000, **fields}
+        return await self.call("POST", "/v1/jobs", body)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/v1/jobs/{job_id}")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    async def wait_for(self, job_id: str, predicate: Any, timeout_s: float = 10) -> dict[str, Any]:
+        import asyncio
+
+        deadline = time.monotonic() + timeout_s
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = await self.job(job_id)
+            if predicate(job):
+                return job
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"job never reached the expected state: {job}")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SUANLI_")}
