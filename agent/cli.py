@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import version
 
-from agent.gpu_models import tflops_display
 from agent.inventory import Inventory, read_inventory, total_tflops_bf16_milli
+from shared.gpu_models import tflops_display
 
 Handler = Callable[[argparse.Namespace], int]
 

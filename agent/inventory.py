@@ -13,8 +13,8 @@ from typing import TypedDict
 
 import psutil  # type: ignore[import-untyped]
 
-from agent.gpu_models import lookup, tflops_display
 from agent.nvml import GpuSample, NvmlSampler
+from shared.gpu_models import canonical_model, tflops_bf16_milli, tflops_display
 
 __all__ = [
     "GpuRecord",
@@ -71,14 +71,14 @@ class Inventory(TypedDict):
 
 def gpu_record(sample: GpuSample) -> GpuRecord:
     """One NVML sample as an inventory entry, with its throughput from the model table."""
-    model = None if sample.name is None else lookup(sample.name)
-    milli = None if model is None else model.tflops_bf16_milli
+    model = None if sample.name is None else canonical_model(sample.name)
+    milli = None if model is None else tflops_bf16_milli(model)
     capability = sample.compute_capability
     return {
         "index": sample.index,
         "uuid": sample.uuid,
         "name": sample.name,
-        "model": sample.name if model is None else model.model,
+        "model": model,
         "memory_total_bytes": sample.memory_total_bytes,
         "memory_used_bytes": sample.memory_used_bytes,
         "utilization_gpu_pct": sample.utilization_gpu_pct,

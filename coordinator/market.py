@@ -15,7 +15,7 @@ from sortedcontainers import SortedList
 
 from coordinator.capacity import GpuReport, HostReport, Inventory
 from shared.auction import AgentOffer, GpuOffer, JobSpec
-from shared.gpu_models import tflops_bf16_milli
+from shared.gpu_models import tflops_bf16_milli, tflops_display
 from shared.identity import PublicKey
 
 RELIABILITY_MAX = 1_000_000
@@ -238,7 +238,7 @@ class Market:
                 row = by_model.setdefault(gpu.model, {
                     "model": gpu.model, "gpus": 0, "free": 0, "leased": 0, "unavailable": 0,
                     "memory_total_bytes": gpu.memory_total_bytes, "asks": [],
-                    "tflops_bf16_each": _tflops(gpu.model),
+                    "tflops_bf16_each": tflops_display(tflops_bf16_milli(gpu.model)),
                 })
                 row["gpus"] += 1
                 usable = agent.online and gpu.healthy and gpu.flag is None
@@ -266,11 +266,6 @@ class Market:
             "pflops_bf16_milli": total_milli // 1000,
             "pflops_bf16": f"{total_milli // 1000 / 1000:.3f}",
         }
-
-
-def _tflops(model: str) -> str | None:
-    milli = tflops_bf16_milli(model)
-    return None if milli is None else f"{milli / 1000:g}"
 
 
 _ELIGIBLE = 4

@@ -1,8 +1,8 @@
-"""NVML-measured capacity: `suanli-agent inventory` against a fake libnvidia-ml.so.1, and the
-BF16 table.
+"""NVML-measured capacity: `suanli-agent inventory` against a fake libnvidia-ml.so.1.
 
 The agent runs as a real process with LD_LIBRARY_PATH naming the fake's folder, so
 NVIDIA's binding loads it through the dynamic loader exactly as it loads a driver's.
+The model table it reads throughput from is tested in test_gpu_models.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from fake_nvml.fixture import GIB, FakeGpu, build, environment, write_config
 
-from agent.gpu_models import MODELS, lookup, normalise_name, tflops_bf16_milli, tflops_display
 from agent.inventory import gpu_record, offered_gpus, total_tflops_bf16_milli
 from agent.nvml import GpuSample, cuda_version_string
 
@@ -133,88 +132,7 @@ MIXED = [
 ]
 
 
-# --- the BF16 table ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("nvml_name", "milli"),
-    [
-        ("NVIDIA H100 80GB HBM3", 989_000),
-        ("NVIDIA H100 PCIe", 756_000),
-        ("NVIDIA H100 NVL", 835_000),
-        ("NVIDIA H200", 989_000),
-        ("NVIDIA H200 NVL", 835_000),
-        ("NVIDIA GH200 480GB", 989_000),
-        ("NVIDIA H20", 148_000),
-        ("NVIDIA H800", 989_000),
-        ("NVIDIA H800 PCIe", 756_000),
-        ("NVIDIA A100-SXM4-80GB", 312_000),
-        ("NVIDIA A100-SXM4-40GB", 312_000),
-        ("NVIDIA A100-PCIE-40GB", 312_000),
-        ("NVIDIA A100 80GB PCIe", 312_000),
-        ("NVIDIA A800-SXM4-80GB", 312_000),
-        ("NVIDIA A800 80GB PCIe", 312_000),
-        ("NVIDIA A10", 125_000),
-        ("NVIDIA A30", 165_000),
-        ("NVIDIA A40", 149_700),
-        ("NVIDIA L40S", 362_000),
-        ("NVIDIA L40", 181_000),
-        ("NVIDIA L20", 119_500),
-        ("NVIDIA L4", 121_000),
-        ("NVIDIA GeForce RTX 4090", 165_000),
-        ("NVIDIA RTX 6000 Ada Generation", 364_000),
-        ("NVIDIA B200", 2_250_000),
-        ("NVIDIA GB200", 2_500_000),
-        ("nvidia h100 pcie", 756_000),
-        ("  NVIDIA   L40S ", 362_000),
-    ],
-)
-def test_known_models_have_their_dense_bf16_tflops(nvml_name: str, milli: int) -> None:
-    assert tflops_bf16_milli(nvml_name) == milli
-
-
-@pytest.mark.parametrize(
-    "nvml_name",
-    [
-        "NVIDIA A10G",  # a different board from the A10
-        "NVIDIA GeForce RTX 4090 D",
-        "NVIDIA GeForce RTX 4090 Laptop GPU",
-        "NVIDIA GeForce RTX 3090",
-        "Quadro RTX 6000",  # Turing: no BF16
-        "NVIDIA Mystery Accelerator X1",
-        "",
-    ],
-)
-def test_unknown_models_have_no_tflops(nvml_name: str) -> None:
-    assert lookup(nvml_name) is None
-    assert tflops_bf16_milli(nvml_name) is None
-
-
-@pytest.mark.parametrize("nvml_name", ["Tesla V100-SXM2-32GB", "Tesla V100S-PCIE-32GB"])
-def test_v100_is_known_but_has_no_bf16(nvml_name: str) -> None:
-    model = lookup(nvml_name)
-    assert model is not None and model.model == "V100"
-    assert model.tflops_bf16_milli is None
-
-
-def test_table_values_are_integers_and_names_unique() -> None:
-    assert len({model.model for model in MODELS}) == len(MODELS)
-    for model in MODELS:
-        assert model.tflops_bf16_milli is None or type(model.tflops_bf16_milli) is int
-
-
-def test_normalise_name() -> None:
-    assert normalise_name("NVIDIA A100-SXM4-80GB") == "NVIDIA A100 SXM4 80GB"
-    assert normalise_name(" Tesla  v100_sxm2 ") == "TESLA V100 SXM2"
-
-
-@pytest.mark.parametrize(
-    ("milli", "shown"), [(989_000, 989), (149_700, 149.7), (119_500, 119.5), (None, None)]
-)
-def test_tflops_display(milli: int | None, shown: float | None) -> None:
-    assert tflops_display(milli) == shown
-    if milli is not None and milli % 1000 == 0:
-        assert type(tflops_display(milli)) is int
+# --- NVML helpers --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("raw", "text"), [(12040, "12.4"), (11080, "11.8"), (12000, "12.0")])
@@ -248,10 +166,15 @@ def _sample(index: int, name: str | None = "NVIDIA H100 PCIe", healthy: bool = T
 def test_gpu_record_has_the_design_keys_and_table_throughput() -> None:
     record = gpu_record(_sample(0))
     assert set(record) == DESIGN_GPU_KEYS | MORE_GPU_KEYS
+    assert record["model"] == "H100 PCIe"
     assert record["tflops_bf16"] == 756
     assert record["tflops_bf16_milli"] == 756_000
     assert record["compute_capability"] == "9.0"
-    assert gpu_record(_sample(1, name=None))["tflops_bf16"] is None
+    nameless = gpu_record(_sample(1, name=None))
+    assert nameless["model"] is None and nameless["tflops_bf16"] is None
+    unknown = gpu_record(_sample(2, name="NVIDIA Mystery Accelerator X1"))
+    assert unknown["model"] == "NVIDIA Mystery Accelerator X1"
+    assert unknown["tflops_bf16"] is None and unknown["tflops_bf16_milli"] is None
 
 
 def test_offered_gpus_filters_by_index_and_drops_the_unhealthy() -> None:
@@ -286,7 +209,7 @@ def test_mixed_gpus_are_reported_with_uuid_name_memory_and_tflops(
     assert [gpu["memory_total_bytes"] for gpu in inventory["gpus"]] == [
         gpu.memory_total for gpu in MIXED
     ]
-    assert [gpu["tflops_bf16"] for gpu in inventory["gpus"]] == [989, 312, 362, None, 165]
+    assert [gpu["tflops_bf16"] for gpu in inventory["gpus"]] == [989, 312, 362, None, 165.2]
     assert [gpu["model"] for gpu in inventory["gpus"]] == [
         "H100 SXM",
         "A100",
