@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from coordinator.jobs import JOB_STATES
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator, wall_clock_ms
+from shared.identity import PrivateKey, load_private_key, save_private_key
 from shared import canonical
 from shared.errors import SuanliError
 
@@ -224,6 +226,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/agent/leases", _agent_handler(Coordinator.agent_leases)),
     ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status)),
     ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log)),
+    ("POST", "/v1/agent/receipts", _agent_handler(Coordinator.accept_receipts)),
     ("POST", "/v1/jobs", submit_job),
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", show_job),
@@ -234,11 +237,18 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+def load_or_create_key(path: Path) -> PrivateKey:
+    """The coordinator's signing key, created 0600 beside the database on first start."""
+    if not path.exists():
+        save_private_key(path, PrivateKey.generate())
+    return load_private_key(path)
+
+
 def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics],
                           client_max_size=settings.request_body_limit_bytes)
     database = Database(db_path)
-    coordinator = Coordinator(settings, database, clock)
+    coordinator = Coordinator(settings, database, load_or_create_key(Path(f"{db_path}.key")), clock)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
     for method, path, handler in ROUTES:

@@ -158,6 +158,7 @@ class Job:
     ended_at_ms: int | None = None
     exit_code: int | None = None
     cancel_requested: bool = False
+    charged: int = 0
 
     @property
     def final(self) -> bool:
@@ -180,6 +181,7 @@ class Lease:
     ended_at_ms: int | None = None
     exit_code: int | None = None
     end_reason: str | None = None
+    charged: int = 0
 
     @property
     def active(self) -> bool:

@@ -80,6 +80,9 @@ def openapi_document() -> dict[str, Any]:
             "/v1/agent/status": {"post": _signed(
                 "Report a lease's container started, exited (exit_code) or failed (reason_code)")},
             "/v1/agent/logs": {"post": _signed("Append a chunk of a job's log at an offset")},
+            "/v1/agent/receipts": {"post": _signed(
+                "Submit sealed usage receipts; each is accepted with a countersigned "
+                "acknowledgement or rejected naming the rule it broke")},
             "/v1/jobs": {
                 "post": _bearer("Post a job (enterprise)", {
                     "201": _json(JOB, "created"),

@@ -107,6 +107,34 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, offset)
     );
     """,
+    """
+    CREATE TABLE receipts (
+        lease_id TEXT NOT NULL REFERENCES leases(id),
+        seq INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        issued_at_ms INTEGER NOT NULL,
+        accepted_at_ms INTEGER NOT NULL,
+        gpu_ms INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        delta INTEGER NOT NULL,
+        final INTEGER NOT NULL,
+        acknowledgement BLOB NOT NULL,
+        PRIMARY KEY (lease_id, seq)
+    );
+    CREATE TABLE receipt_rejections (
+        id INTEGER PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        lease_id TEXT,
+        seq INTEGER,
+        rule TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX receipt_rejections_by_lease ON receipt_rejections(lease_id);
+    """,
 ]
 
 

@@ -26,12 +26,14 @@ from coordinator.jobs import (
     CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
 )
+from coordinator import receipts as receipt_rules
 from coordinator.market import Agent, Gpu, Market
 from shared import canonical
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
-from shared.identity import PublicKey
+from shared.identity import PrivateKey, PublicKey
+from shared.receipts import Rule, SealedReceipt, claimed_id, open_receipt
 from shared.signed_request import open_request, request_key_id
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,11 @@ class Counters:
 
 
 class Coordinator:
-    def __init__(self, settings: Settings, database: Database,
+    def __init__(self, settings: Settings, database: Database, signing_key: PrivateKey,
                  clock: Callable[[], int] = wall_clock_ms) -> None:
         self.settings = settings
+        self.signing_key = signing_key
+        self.last_receipts: dict[str, SealedReceipt | None] = {}
         self.database = database
         self.clock = clock
         self.market = Market(settings.reliability_half_life_ms)
@@ -123,6 +127,11 @@ class Coordinator:
                 for uuid in lease.gpu_uuids:
                     if uuid in agent.gpus:
                         agent.gpus[uuid].lease_id = lease.id
+        for row in db.query("SELECT lease_id, MAX(amount) AS amount FROM receipts GROUP BY lease_id"):
+            lease = self.leases.get(row["lease_id"])
+            if lease is not None:
+                lease.charged = row["amount"]
+                self.jobs[lease.job_id].charged += row["amount"]
         now = self.clock()
         for agent in self.market.agents.values():
             # an agent counts as online after a restart until its heartbeat timeout says otherwise
@@ -407,6 +416,7 @@ class Coordinator:
             "ended_at_ms": job.ended_at_ms,
             "lease_ends_at_ms": lease.ends_at_ms if lease else None,
             "exit_code": job.exit_code,
+            "charged_micro_yuan": job.charged,
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
             "idempotency_key": job.idempotency_key,
@@ -673,6 +683,92 @@ class Coordinator:
         if changed_jobs or changed_leases or changed_agents:
             await self._save(jobs=changed_jobs, leases=changed_leases, agents=changed_agents)
             self._wake_scheduler.set()
+
+    # -- receipts -----------------------------------------------------------------------
+
+    async def _previous_receipt(self, lease: Lease, agent: Agent) -> SealedReceipt | None:
+        if lease.id in self.last_receipts:
+            return self.last_receipts[lease.id]
+        rows = await self.database.run(lambda db: list(db.query(
+            "SELECT envelope FROM receipts WHERE lease_id = ? ORDER BY seq DESC LIMIT 1", [lease.id])))
+        previous = open_receipt(rows[0]["envelope"], agent.public_key) if rows else None
+        self.last_receipts[lease.id] = previous
+        return previous
+
+    async def accept_receipts(self, agent: Agent, body: Any) -> dict[str, Any]:
+        """Verify a batch in order; store acceptances and rejections in one transaction."""
+        envelopes = body.get("receipts") if type(body) is dict else None
+        if type(envelopes) is not list or not 0 < len(envelopes) <= receipt_rules.MAX_BATCH or any(
+                type(e) is not bytes for e in envelopes):
+            raise Unprocessable(f"receipts must be a list of 1 to {receipt_rules.MAX_BATCH} envelopes")
+        now = self.clock()
+        verdicts: list[receipt_rules.Verdict] = []
+        accepted_rows: list[dict[str, Any]] = []
+        rejected_rows: list[dict[str, Any]] = []
+        for envelope in envelopes:
+            lease_id, seq = claimed_id(envelope)
+            lease = self.leases.get(lease_id or "")
+            stored = await self._stored_acknowledgement(lease_id, seq, envelope) if lease else None
+            if stored is not None:
+                verdicts.append(stored)
+                continue
+            try:
+                previous = await self._previous_receipt(lease, agent) if lease else None
+                power = {uuid: min(gpu.telemetry.power_limit_mw or receipt_rules.DEFAULT_POWER_LIMIT_MW,
+                                   receipt_rules.DEFAULT_POWER_LIMIT_MW)
+                         for uuid, gpu in agent.gpus.items() if gpu.telemetry is not None}
+                sealed = receipt_rules.verify_receipt(envelope, agent, lease, previous, power, now)
+            except SuanliError as exc:
+                verdict = receipt_rules.rejection(envelope, exc, lease_id, seq)
+                verdicts.append(verdict)
+                rejected_rows.append({"agent_id": agent.agent_id, "lease_id": lease_id, "seq": seq,
+                                      "rule": verdict.rule, "detail": verdict.detail,
+                                      "envelope": envelope, "at_ms": now})
+                continue
+            assert lease is not None
+            receipt = sealed.receipt
+            delta = receipt.amount - (previous.receipt.amount if previous else 0)
+            ack = receipt_rules.acknowledgement(self.signing_key, sealed, now, delta)
+            self.last_receipts[lease.id] = sealed
+            lease.charged = receipt.amount
+            self.jobs[lease.job_id].charged += delta
+            verdicts.append(receipt_rules.Verdict(lease.id, receipt.seq, True, acknowledgement=ack,
+                                                  sealed=sealed, delta=delta))
+            accepted_rows.append({
+                "lease_id": lease.id, "seq": receipt.seq, "agent_id": agent.agent_id,
+                "envelope": envelope, "digest": sealed.digest, "issued_at_ms": receipt.issued_at_ms,
+                "accepted_at_ms": now, "gpu_ms": receipt.gpu_ms, "amount": receipt.amount,
+                "delta": delta, "final": int(receipt.final), "acknowledgement": ack})
+
+        def write(db: sqlite_utils.Database) -> None:
+            if accepted_rows:
+                db["receipts"].insert_all(accepted_rows)
+            if rejected_rows:
+                db["receipt_rejections"].insert_all(rejected_rows)
+
+        if accepted_rows or rejected_rows:
+            try:
+                await self.database.run(write)
+            except BaseException:
+                for row in accepted_rows:
+                    self.last_receipts.pop(row["lease_id"], None)
+                raise
+        return {"results": [v.to_wire() for v in verdicts]}
+
+    async def _stored_acknowledgement(self, lease_id: str | None, seq: int | None,
+                                      envelope: bytes) -> receipt_rules.Verdict | None:
+        """The answer already given to this receipt, so a retry gets the same one."""
+        if lease_id is None or seq is None:
+            return None
+        rows = await self.database.run(lambda db: list(db.query(
+            "SELECT envelope, acknowledgement FROM receipts WHERE lease_id = ? AND seq = ?",
+            [lease_id, seq])))
+        if not rows:
+            return None
+        if rows[0]["envelope"] == envelope:
+            return receipt_rules.Verdict(lease_id, seq, True, acknowledgement=rows[0]["acknowledgement"])
+        return receipt_rules.Verdict(lease_id, seq, False, str(Rule.SEQ),
+                                     f"seq {seq} of this lease was already accepted for another receipt")
 
     # -- logs ---------------------------------------------------------------------------
 

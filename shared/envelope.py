@@ -113,6 +113,11 @@ def _split(envelope: bytes, kind: str) -> tuple[bytes, bytes, bytes]:
     )
 
 
+def unverified_payload(envelope: bytes, kind: str) -> bytes:
+    """The payload bytes of an envelope whose signature has NOT been checked."""
+    return _split(envelope, kind)[0]
+
+
 def peek_key_id(envelope: bytes, kind: str) -> bytes:
     """The key id an envelope claims, to find its key; nothing in it is verified yet."""
     return _split(envelope, kind)[1]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import NamedTuple
 from enum import StrEnum
 
-from shared.envelope import Opened, envelope_digest, open_envelope, seal
-from shared.errors import EncodingError, EnvelopeError, ReceiptError, ReceiptRuleError
+from shared import canonical
+from shared.envelope import Opened, envelope_digest, open_envelope, seal, unverified_payload
+from shared.errors import EncodingError, EnvelopeError, ReceiptError, ReceiptRuleError, SuanliError
 from shared.identity import PrivateKey, PublicKey
 from shared.money import usage_amount
 
@@ -204,3 +205,13 @@ def check_pure(previous: SealedReceipt | None, receipt: Receipt) -> None:
     else:
         check_successor(previous, receipt)
     check_amount(receipt)
+
+
+def claimed_id(envelope: bytes) -> tuple[str | None, int | None]:
+    """The (lease_id, seq) a receipt claims, unverified: only to address a reply about it."""
+    try:
+        payload = canonical.decode(unverified_payload(envelope, KIND))
+        lease_id, seq = payload[1], payload[4]
+    except (SuanliError, IndexError, TypeError, KeyError):
+        return None, None
+    return (lease_id if type(lease_id) is str else None, seq if type(seq) is int else None)

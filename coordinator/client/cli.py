@@ -1,26 +1,327 @@
-"""`suanli`: the client of the coordinator for enterprises and auditors."""
+"""`suanli`: the client of the coordinator for enterprises and auditors.
+
+Exit status: 0 done; 1 the coordinator refused or could not be reached; 2 the command
+line or its settings are wrong (nothing was sent). Errors are one sentence on stderr,
+`suanli: …`; with `--json`, stdout carries JSON only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
+from typing import Any
+
+from coordinator.client import render
+from coordinator.client.api import ClientError, CoordinatorApi
+from coordinator.client.units import UnitError, parse_cores, parse_duration, parse_size
+from shared.errors import MoneyError
+from shared.money import parse_yuan
+from shared.transport import TransportError
+
+ENV_COORDINATOR = "SUANLI_COORDINATOR"
+ENV_TOKEN = "SUANLI_TOKEN"
+ENV_CA_FILE = "SUANLI_CA_FILE"
+LOG_POLL_S = 0.5
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+Command = Callable[[CoordinatorApi, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """The command line or the environment lacks something; nothing was sent."""
+
+
+# -- argument types: each refusal is a sentence argparse prefixes with the flag's name ----
+
+
+def _unit(parse: Callable[[str], int]) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except UnitError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def _price(text: str) -> int:
+    try:
+        micro = parse_yuan(text, field="price")
+    except MoneyError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+    if micro <= 0:
+        raise argparse.ArgumentTypeError(f"price {text!r} must be more than 0 yuan")
+    return micro
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
+    return int(text)
+
+
+class _EnvAction(argparse.Action):
+    """`--env NAME=VALUE`, repeatable, each name at most once."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        name, sep, value = str(values).partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentError(self, f"{values!r} is not NAME=VALUE")
+        env = dict(getattr(namespace, self.dest, None) or {})
+        if name in env:
+            raise argparse.ArgumentError(self, f"{name} is given twice")
+        env[name] = value
+        setattr(namespace, self.dest, env)
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Below a subcommand the defaults are suppressed so that they never overwrite what
+    # was given before it: `suanli --json job show ID` and `suanli job show ID --json`.
+    default: Any = None if top else argparse.SUPPRESS
+    group = parser.add_argument_group("connection and output")
+    group.add_argument("--coordinator", metavar="URL", default=default,
+                       help=f"the coordinator, https://host[:port] (env {ENV_COORDINATOR})")
+    group.add_argument("--token", metavar="T", default=default,
+                       help=f"your API token (env {ENV_TOKEN}, which keeps it out of "
+                       "the process list)")
+    group.add_argument("--ca-file", metavar="PATH", default=default,
+                       help=f"CA certificate(s) to verify the coordinator with (env {ENV_CA_FILE})")
+    group.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="print machine-readable JSON only")
+
+
+def _leaf(commands: Any, name: str, run: Command, help_text: str,
+          description: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=description or help_text)
+    _connection_options(parser, top=False)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="suanli",
-        description="Suanli client: post and follow GPU jobs, see your account, "
-        "audit the public log.",
+        description="Suanli client: post and follow GPU jobs, see the market and your account.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    _connection_options(parser, top=True)
+    parser.set_defaults(run=None, help_parser=parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    job = commands.add_parser("job", help="post, list, show, follow and cancel GPU jobs",
+                              description="Post, list, show, follow and cancel GPU jobs.")
+    job.set_defaults(help_parser=job)
+    _connection_options(job, top=False)
+    actions = job.add_subparsers(dest="action", metavar="ACTION")
+
+    submit = _leaf(
+        actions, "submit", cmd_submit, "post a job; prints its id",
+        "Post a job: a container image run on N GPUs for at most a given time, at no more "
+        "than a given price per GPU-hour. Put the command after `--`.")
+    submit.add_argument("--image", required=True, help="container image reference")
+    submit.add_argument("--gpus", required=True, type=_positive_int, metavar="N",
+                        help="number of GPUs")
+    submit.add_argument("--min-gpu-memory", type=_unit(parse_size), metavar="SIZE",
+                        dest="min_gpu_memory_bytes", help="least memory per GPU, e.g. 40GiB")
+    submit.add_argument("--gpu-model", action="append", metavar="MODEL", dest="gpu_models",
+                        help="an allowed GPU model, e.g. H100 (repeat for several; default any)")
+    submit.add_argument("--cpus", type=_unit(parse_cores), metavar="CORES", dest="cpus_milli",
+                        help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)")
+    submit.add_argument("--memory", type=_unit(parse_size), metavar="SIZE", dest="memory_bytes",
+                        help="container memory limit, e.g. 64GiB (default 16 GiB per GPU)")
+    submit.add_argument("--max-duration", required=True, type=_unit(parse_duration),
+                        metavar="DURATION", dest="max_duration_s",
+                        help="longest the job may run, e.g. 90s, 30m, 2h, 1d, 1h30m")
+    submit.add_argument("--max-price-per-gpu-hour", required=True, type=_price, metavar="YUAN",
+                        dest="max_price_micro_yuan",
+                        help="most you pay per GPU-hour, in yuan, e.g. 12.50")
+    submit.add_argument("--env", action=_EnvAction, metavar="NAME=VALUE", default={},
+                        help="an environment variable for the container (repeatable)")
+    submit.add_argument("--idempotency-key", metavar="KEY",
+                        help="makes a retried submit return the first job instead of posting "
+                        "another (default: a fresh key each time)")
+    submit.add_argument("job_command", nargs="*", metavar="-- CMD ARGS",
+                        help="the command and its arguments (default: the image's own)")
+
+    listing = _leaf(actions, "list", cmd_list, "list your jobs, newest first")
+    listing.add_argument("--state", help="only jobs in this state (pending, leased, running, "
+                         "succeeded, failed, cancelled, lost)")
+    listing.add_argument("--limit", type=_positive_int, metavar="N",
+                         help="at most N jobs (server default 100)")
+
+    show = _leaf(actions, "show", cmd_show,
+                 "a job's state, why it waits, its agent, GPUs, price and times")
+    show.add_argument("job_id", metavar="ID")
+
+    logs = _leaf(actions, "logs", cmd_logs, "print a job's log")
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing until the job has ended and its log is complete")
+
+    cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
+    cancel.add_argument("job_id", metavar="ID")
+
+    _leaf(commands, "market", cmd_market,
+          "capacity and asks by GPU model, and the pool in PFLOPS")
+    _leaf(commands, "account", cmd_account, "who your token is")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- commands ---------------------------------------------------------------------------
+
+
+async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "image": args.image,
+        "command": list(args.job_command),
+        "env": dict(args.env),
+        "gpus": args.gpus,
+        "max_duration_s": args.max_duration_s,
+        "max_price_per_gpu_hour_micro_yuan": args.max_price_micro_yuan,
+        "idempotency_key": args.idempotency_key or f"cli-{secrets.token_urlsafe(18)}",
+    }
+    for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
+        if getattr(args, field) is not None:
+            body[field] = getattr(args, field)
+    job = await api.submit_job(body)
+    if args.json:
+        render.print_json(job)
+    else:
+        print(job["id"])
+    return 0
+
+
+async def cmd_list(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    answer = await api.list_jobs(args.state, args.limit)
+    if args.json:
+        render.print_json(answer)
+    elif not answer.get("jobs"):
+        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+    else:
+        render.jobs_table(answer["jobs"])
+    return 0
+
+
+async def cmd_show(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    job = await api.job(args.job_id)
+    if args.json:
+        render.print_json(job)
+    else:
+        print(render.job_details(job))
+    return 0
+
+
+async def cmd_logs(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    offset = 0
+    while True:
+        chunk = await api.job_logs(args.job_id, offset)
+        data = str(chunk.get("data", ""))
+        offset = int(chunk["next_offset"])
+        complete = bool(chunk.get("complete"))
+        last = complete or (not data and not args.follow)
+        if args.json:
+            if data or last:
+                render.print_json(chunk, lines=True)
+        elif data:
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        if last:
+            return 0
+        if not data:
+            await asyncio.sleep(LOG_POLL_S)
+
+
+async def cmd_cancel(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    job = await api.cancel_job(args.job_id)
+    if args.json:
+        render.print_json(job)
+    elif job.get("state") == "cancelled":
+        print(f"{job['id']} cancelled")
+    elif job.get("cancel_requested") and job.get("state") in ("leased", "running"):
+        print(f"{job['id']}: cancel requested; it stays {job['state']} until its agent "
+              "stops the container")
+    else:
+        print(f"{job['id']} had already ended ({job.get('state')}); nothing to cancel")
+    return 0
+
+
+async def cmd_market(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    summary = await api.market()
+    if args.json:
+        render.print_json(summary)
+    else:
+        render.market_table(summary)
+    return 0
+
+
+async def cmd_account(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    account = await api.account()
+    if args.json:
+        render.print_json(account)
+    else:
+        print(render.mapping(account))
+    return 0
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def _setting(args: argparse.Namespace, name: str, env: str) -> str | None:
+    value = getattr(args, name, None)
+    return value if value else os.environ.get(env) or None
+
+
+def _api(args: argparse.Namespace) -> CoordinatorApi:
+    url = _setting(args, "coordinator", ENV_COORDINATOR)
+    if url is None:
+        raise UsageError(f"no coordinator given; pass --coordinator URL or set {ENV_COORDINATOR}")
+    token = _setting(args, "token", ENV_TOKEN)
+    if token is None:
+        raise UsageError(f"no token given; pass --token T or set {ENV_TOKEN}")
+    return CoordinatorApi(url, token, _setting(args, "ca_file", ENV_CA_FILE))
+
+
+async def _run(run: Command, api: CoordinatorApi, args: argparse.Namespace) -> int:
+    async with api:
+        return await run(api, args)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"suanli: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return 0
+    if args.run is None:
+        args.help_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        api = _api(args)
+        return asyncio.run(_run(args.run, api, args))
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TransportError as exc:
+        return _fail(exc.detail, EXIT_USAGE)
+    except ClientError as exc:
+        return _fail(exc.detail, EXIT_REFUSED)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`suanli job logs ID | head`): stop quietly, and point stdout
+        # at /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_REFUSED

@@ -1,0 +1,83 @@
+"""Receipt acceptance: every rule of design.md, checked with the same shared/ code auditors run.
+
+An accepted receipt is stored with the coordinator's countersigned acknowledgement; a
+rejected one is stored with the rule it broke. The same receipt sent twice gets the same
+answer. The usage it adds (its amount minus what the lease's earlier receipts debited)
+is handed to the ledger's entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.jobs import Lease
+from coordinator.market import Agent
+from shared.envelope import seal
+from shared.errors import ReceiptRuleError, SuanliError
+from shared.identity import PrivateKey
+from shared.receipts import Rule, SealedReceipt, check_pure, open_receipt
+
+CLOCK_SKEW_MS = 30_000
+# a GPU whose power limit was never reported is bounded by the largest board made today
+DEFAULT_POWER_LIMIT_MW = 1_500_000
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Verdict:
+    lease_id: str | None
+    seq: int | None
+    accepted: bool
+    rule: str | None = None
+    detail: str | None = None
+    acknowledgement: bytes | None = None
+    sealed: SealedReceipt | None = None
+    delta: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.accepted:
+            return {"lease_id": self.lease_id, "seq": self.seq, "status": "accepted",
+                    "acknowledgement": self.acknowledgement}
+        return {"lease_id": self.lease_id, "seq": self.seq, "status": "rejected",
+                "rule": self.rule, "detail": self.detail}
+
+
+def verify_receipt(envelope: bytes, agent: Agent, lease: Lease | None, previous: SealedReceipt | None,
+                   power_limits_mw: dict[str, int], now_ms: int) -> SealedReceipt:
+    """Every acceptance rule; raises ReceiptRuleError naming the first one broken."""
+    sealed = open_receipt(envelope, agent.public_key)
+    receipt = sealed.receipt
+    if lease is None or lease.agent_id != agent.agent_id or lease.job_id != receipt.job_id:
+        raise ReceiptRuleError(Rule.LEASE, f"lease {receipt.lease_id} is not this agent's lease for job {receipt.job_id}")
+    window_end = (lease.ended_at_ms if lease.ended_at_ms is not None else now_ms) + CLOCK_SKEW_MS
+    if not lease.created_at_ms - CLOCK_SKEW_MS <= receipt.issued_at_ms <= window_end:
+        raise ReceiptRuleError(Rule.TIME_WINDOW, "the receipt's time lies outside its lease's window")
+    check_pure(previous, receipt)
+    if receipt.gpu_uuids != lease.gpu_uuids and sorted(receipt.gpu_uuids) != sorted(lease.gpu_uuids):
+        raise ReceiptRuleError(Rule.GPU_UUIDS, "the receipt names GPUs other than the leased ones")
+    if receipt.price_per_gpu_hour != lease.price_per_gpu_hour:
+        raise ReceiptRuleError(Rule.PRICE, f"the price is {receipt.price_per_gpu_hour} µ¥/GPU-h but the lease's is "
+                               f"{lease.price_per_gpu_hour}")
+    elapsed = max(0, min(receipt.issued_at_ms, window_end) - lease.created_at_ms)
+    if receipt.gpu_ms > elapsed * len(lease.gpu_uuids):
+        raise ReceiptRuleError(Rule.GPU_TIME, f"{receipt.gpu_ms} GPU-ms is more than {len(lease.gpu_uuids)} GPUs "
+                               f"× {elapsed} ms since the lease began")
+    energy_bound_mj = sum(power_limits_mw.get(uuid) or DEFAULT_POWER_LIMIT_MW
+                          for uuid in lease.gpu_uuids) * elapsed // 1000
+    if receipt.energy_mj > energy_bound_mj:
+        raise ReceiptRuleError(Rule.ENERGY, f"{receipt.energy_mj} mJ is more than the GPUs' power limits allow "
+                               f"in {elapsed} ms ({energy_bound_mj} mJ)")
+    return sealed
+
+
+def acknowledgement(key: PrivateKey, sealed: SealedReceipt, accepted_at_ms: int, delta: int) -> bytes:
+    """The coordinator's countersignature: this receipt, this cumulative amount, accepted now."""
+    receipt = sealed.receipt
+    return seal("acceptance", [sealed.digest, receipt.lease_id, receipt.seq, receipt.amount, delta,
+                               accepted_at_ms], key)
+
+
+def rejection(envelope: bytes, exc: SuanliError, lease_id: str | None, seq: int | None) -> Verdict:
+    rule = exc.rule if isinstance(exc, ReceiptRuleError) else Rule.MALFORMED
+    return Verdict(lease_id, seq, False, str(rule), exc.detail)

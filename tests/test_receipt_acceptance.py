@@ -1,0 +1,170 @@
+"""Receipts accepted by rule: each broken rule is named, stored for auditors, and charges nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+from coordinator_harness import Api, CoordinatorProcess, FakeAgent
+from shared.envelope import open_envelope
+from shared.identity import PrivateKey, load_private_key
+from shared.money import usage_amount
+from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+
+PRICE = 6_000_000
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Lab:
+    def __init__(self, coordinator: CoordinatorProcess, agent: FakeAgent, api: Api, lease: dict[str, Any],
+                 job_id: str) -> None:
+        self.coordinator, self.agent, self.api, self.lease, self.job_id = coordinator, agent, api, lease, job_id
+
+    def receipt(self, previous: SealedReceipt | None = None, **changes: Any) -> Receipt:
+        gpus = tuple(self.lease["gpu_uuids"])
+        gpu_ms = (previous.receipt.gpu_ms if previous else 0) + len(gpus) * 10
+        base = Receipt(
+            lease_id=self.lease["lease_id"], job_id=self.job_id, agent_id=self.agent.agent_id,
+            seq=previous.receipt.seq + 1 if previous else 1,
+            prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=_now(), gpu_uuids=gpus, gpu_ms=gpu_ms,
+            energy_mj=(previous.receipt.energy_mj if previous else 0) + 10,
+            utilization_pct=50, peak_memory_bytes=1 << 30,
+            price_per_gpu_hour=self.lease["price_per_gpu_hour"],
+            amount=usage_amount(gpu_ms, self.lease["price_per_gpu_hour"]), final=False, exit_code=None)
+        receipt = base._replace(**changes)
+        if "amount" not in changes:
+            receipt = receipt._replace(amount=usage_amount(receipt.gpu_ms, receipt.price_per_gpu_hour))
+        return receipt
+
+    async def send(self, *envelopes: bytes) -> list[dict[str, Any]]:
+        answer = await self.agent.client.signed("/v1/agent/receipts", {"receipts": list(envelopes)})
+        return list(answer["results"])
+
+    def rejections(self) -> list[tuple[str, str]]:
+        with sqlite3.connect(self.coordinator.db) as db:
+            return list(db.execute("SELECT rule, lease_id FROM receipt_rejections ORDER BY id"))
+
+
+@pytest.fixture
+async def lab(coordinator: CoordinatorProcess, cleanup: list) -> Lab:
+    agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], PRICE)
+    other = FakeAgent(coordinator.url, ["GPU-o0"], 9_000_000)
+    cleanup += [agent, other]
+    await agent.enrol(coordinator.add_provider(1))
+    await other.enrol(coordinator.add_provider(2))
+    await agent.heartbeat()
+    await other.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(3))
+    cleanup.append(api)
+    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE)
+    lease = await agent.wait_for_lease()
+    await agent.client.status(lease["lease_id"], "started")
+    await asyncio.sleep(0.2)
+    return Lab(coordinator, agent, api, lease, job["id"])
+
+
+async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab) -> None:
+    first = seal_receipt(lab.receipt(), lab.agent.key)
+    second = seal_receipt(lab.receipt(first), lab.agent.key)
+    results = await lab.send(first.envelope, second.envelope)
+    assert [r["status"] for r in results] == ["accepted", "accepted"], results
+    ack = results[1]["acknowledgement"]
+    coordinator_key = load_private_key(lab.coordinator.workdir / "coordinator.db.key")
+    opened = open_envelope(ack, "acceptance", coordinator_key.public)
+    assert opened.payload[:4] == [second.digest, lab.lease["lease_id"], 2, second.receipt.amount]
+    assert opened.payload[4] == second.receipt.amount - first.receipt.amount
+    assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == second.receipt.amount
+
+
+async def test_the_same_receipt_twice_gets_the_same_answer(lab: Lab) -> None:
+    first = seal_receipt(lab.receipt(), lab.agent.key)
+    once = await lab.send(first.envelope)
+    twice = await lab.send(first.envelope)
+    assert once == twice
+    assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == first.receipt.amount
+
+
+def _break(lab: Lab, first: SealedReceipt, rule: str) -> bytes:
+    key = lab.agent.key
+    if rule == "signature":
+        forger = PrivateKey.generate()
+        return seal_receipt(lab.receipt(first), forger).envelope
+    if rule == "lease":
+        return seal_receipt(lab.receipt(first, lease_id="lease-000000000000"), key).envelope
+    if rule == "seq":
+        return seal_receipt(lab.receipt(first, seq=3), key).envelope
+    if rule == "prev":
+        return seal_receipt(lab.receipt(first, prev=b"\x07" * 32), key).envelope
+    if rule == "counters_decreased":
+        return seal_receipt(lab.receipt(first, energy_mj=0), key).envelope
+    if rule == "gpu_ms_exceeds_elapsed":
+        return seal_receipt(lab.receipt(first, gpu_ms=10 * 3_600_000), key).envelope
+    if rule == "energy_bounds":
+        return seal_receipt(lab.receipt(first, energy_mj=10**12), key).envelope
+    if rule == "price":
+        return seal_receipt(lab.receipt(first, price_per_gpu_hour=PRICE + 1), key).envelope
+    if rule == "amount":
+        receipt = lab.receipt(first)
+        return seal_receipt(receipt._replace(amount=receipt.amount + 1), key).envelope
+    if rule == "gpu_uuids":
+        return seal_receipt(lab.receipt(first, gpu_uuids=("GPU-r0", "GPU-o0")), key).envelope
+    if rule == "time_window":
+        return seal_receipt(lab.receipt(first, issued_at_ms=_now() + 3_600_000), key).envelope
+    if rule == "malformed":
+        from shared.envelope import seal
+
+        return seal("receipt", ["not", "a", "receipt"], key)
+    raise AssertionError(rule)
+
+
+RULES = ["signature", "lease", "seq", "prev", "counters_decreased", "gpu_ms_exceeds_elapsed",
+         "energy_bounds", "price", "amount", "gpu_uuids", "time_window", "malformed"]
+
+
+@pytest.mark.parametrize("rule", RULES)
+async def test_each_rule_rejects_by_name_and_posts_nothing(lab: Lab, rule: str) -> None:
+    first = seal_receipt(lab.receipt(), lab.agent.key)
+    assert (await lab.send(first.envelope))[0]["status"] == "accepted"
+    charged = (await lab.api.job(lab.job_id))["charged_micro_yuan"]
+    [result] = await lab.send(_break(lab, first, rule))
+    assert (result["status"], result["rule"]) == ("rejected", rule), result
+    assert result["detail"]
+    assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == charged
+    assert lab.rejections()[-1][0] == rule
+    # the chain is intact: the honest next receipt is still accepted
+    honest = seal_receipt(lab.receipt(first), lab.agent.key)
+    assert (await lab.send(honest.envelope))[0]["status"] == "accepted"
+
+
+async def test_a_different_receipt_for_an_accepted_seq_is_refused(lab: Lab) -> None:
+    first = seal_receipt(lab.receipt(), lab.agent.key)
+    await lab.send(first.envelope)
+    other = seal_receipt(lab.receipt(utilization_pct=99), lab.agent.key)
+    [result] = await lab.send(other.envelope)
+    assert (result["status"], result["rule"]) == ("rejected", "seq")
+
+
+async def test_another_agent_cannot_submit_for_this_lease(lab: Lab, cleanup: list) -> None:
+    intruder = cleanup[1]
+    receipt = lab.receipt(agent_id=intruder.agent_id)
+    envelope = seal_receipt(receipt, intruder.key).envelope
+    answer = await intruder.client.signed("/v1/agent/receipts", {"receipts": [envelope]})
+    assert (answer["results"][0]["status"], answer["results"][0]["rule"]) == ("rejected", "lease")
+
+
+@pytest.mark.parametrize("body", [{"receipts": []}, {"receipts": "x"}, {"receipts": [1]}, [b"x"]])
+async def test_malformed_batches_are_refused(lab: Lab, body: Any) -> None:
+    from agent.coordinator_client import CoordinatorError
+
+    with pytest.raises(CoordinatorError) as caught:
+        await lab.agent.client.signed("/v1/agent/receipts", body)
+    assert caught.value.status == 422
