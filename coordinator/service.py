@@ -22,6 +22,7 @@ from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+from coordinator.job_logs import JobLogs
 from coordinator.jobs import (
     CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 # a failure to start that is the job's own fault fails the job instead of requeueing it
 JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command", "start_failed"})
 MAX_REASON = 512
-MAX_LOG_CHUNK = 256 * 1024
 
 
 def wall_clock_ms() -> int:
@@ -73,7 +73,7 @@ class Coordinator:
         self._principals: dict[str, Principal] = {}
         self._wake_scheduler = asyncio.Event()
         self.counters = Counters()
-        self._log_sizes: dict[str, int] = {}
+        self.logs = JobLogs(database, settings.job_log_limit_bytes)
         self._load(database.db)
 
     # -- start-up -----------------------------------------------------------------------
@@ -778,43 +778,10 @@ class Coordinator:
         lease = self.leases.get(body["lease_id"])
         if lease is None or lease.agent_id != agent.agent_id:
             raise NotFound(f"no lease {body['lease_id']} for this agent")
-        offset, data = body.get("offset"), body.get("data")
-        if type(offset) is not int or offset < 0 or type(data) is not bytes or len(data) > MAX_LOG_CHUNK:
-            raise Unprocessable(f"offset must be a non-negative integer and data at most {MAX_LOG_CHUNK} bytes")
-        job_id = lease.job_id
-        size = await self._log_size(job_id)
-        limit = self.settings.job_log_limit_bytes
-        if offset > size and size < limit:
-            raise Conflict(f"the log has {size} bytes; send from offset {size}", code="log_gap")
-        skip = size - offset
-        if skip >= len(data) or size >= limit:
-            return {"stored_bytes": size, "truncated": size >= limit}
-        chunk = data[skip:][: limit - size]
-        self._log_sizes[job_id] = size + len(chunk)
-        await self.database.run(lambda db: db["job_logs"].insert(
-            {"job_id": job_id, "offset": size, "data": chunk}))
-        return {"stored_bytes": size + len(chunk), "truncated": size + len(chunk) >= limit}
-
-    async def _log_size(self, job_id: str) -> int:
-        size = self._log_sizes.get(job_id)
-        if size is None:
-            size = await self.database.run(lambda db: next(iter(db.query(
-                "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM job_logs WHERE job_id = ?", [job_id])))["n"])
-            self._log_sizes[job_id] = size
-        return size
+        return await self.logs.append(lease.job_id, body.get("offset"), body.get("data"))
 
     async def read_log(self, job: Job, offset: int, limit: int) -> tuple[bytes, int]:
-        rows = await self.database.run(lambda db: list(db.query(
-            "SELECT offset, data FROM job_logs WHERE job_id = ? AND offset + LENGTH(data) > ? "
-            "ORDER BY offset", [job.id, offset])))
-        out = bytearray()
-        for row in rows:
-            data = row["data"][max(0, offset - row["offset"]):]
-            out += data
-            if len(out) >= limit:
-                break
-        chunk = bytes(out[:limit])
-        return chunk, offset + len(chunk)
+        return await self.logs.read(job.id, offset, limit)
 
 
 def _with_models(request: JobRequest) -> JobRequest:

@@ -163,3 +163,30 @@ async def test_body_limit_and_content_type(coordinator: CoordinatorProcess, clea
                                 headers={"Content-Type": "application/json"}) as response:
             assert response.status == 415
             assert canonical.decode(await response.read())["error"] == "unsupported_media_type"
+
+
+async def test_log_chunks_are_idempotent_by_offset_and_bounded(tmp_path, cleanup: list) -> None:
+    from coordinator_harness import FAST_SETTINGS, Api
+
+    coordinator = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "job_log_limit_bytes": 10}).start()
+    try:
+        agent = await _enrolled(coordinator, cleanup, ["GPU-l0"], ask=1)
+        await agent.heartbeat()
+        api = Api(coordinator.url, coordinator.add_enterprise(77))
+        cleanup.append(api)
+        _, job = await api.submit()
+        lease = await agent.wait_for_lease()
+        lease_id = lease["lease_id"]
+        assert (await agent.client.log_chunk(lease_id, 0, b"hello"))["stored_bytes"] == 5
+        assert (await agent.client.log_chunk(lease_id, 0, b"hello"))["stored_bytes"] == 5
+        with pytest.raises(CoordinatorError) as caught:
+            await agent.client.log_chunk(lease_id, 9, b"gap")
+        assert (caught.value.status, caught.value.error) == (409, "log_gap")
+        answer = await agent.client.log_chunk(lease_id, 3, b"lo world and more")
+        assert answer == {"stored_bytes": 10, "truncated": True}
+        status, log = await api.call("GET", f"/v1/jobs/{job['id']}/logs")
+        assert (status, log["data"], log["next_offset"]) == (200, "hello worl", 10)
+        status, tail = await api.call("GET", f"/v1/jobs/{job['id']}/logs?offset=6")
+        assert tail["data"] == "worl"
+    finally:
+        coordinator.stop()
