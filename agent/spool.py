@@ -1,0 +1,197 @@
+"""The agent's durable state: leases it runs, their metering, and signed receipts to deliver.
+
+A receipt is written here before it is sent and leaves only when the coordinator
+acknowledges it, so a crash, a restart or an outage loses nothing: on start the agent
+re-sends what is pending, in order, and continues each lease's chain where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    gpu_uuids TEXT NOT NULL,
+    price_per_gpu_hour INTEGER NOT NULL,
+    lease TEXT NOT NULL,
+    container_id TEXT,
+    started_at_ms INTEGER,
+    ended_at_ms INTEGER,
+    exit_code INTEGER,
+    energy_base TEXT NOT NULL DEFAULT '{}',
+    energy_mj INTEGER NOT NULL DEFAULT 0,
+    util_sum INTEGER NOT NULL DEFAULT 0,
+    util_samples INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_digest BLOB,
+    last_gpu_ms INTEGER NOT NULL DEFAULT 0,
+    last_issued_at_ms INTEGER NOT NULL DEFAULT 0,
+    final_sealed INTEGER NOT NULL DEFAULT 0,
+    accepted_seq INTEGER NOT NULL DEFAULT 0,
+    log_offset INTEGER NOT NULL DEFAULT 0,
+    status_reported TEXT NOT NULL DEFAULT '',
+    done INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    lease_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    acked_at_ms INTEGER,
+    acknowledgement BLOB,
+    rejected_rule TEXT,
+    rejected_detail TEXT,
+    PRIMARY KEY (lease_id, seq)
+);
+"""
+
+
+@dataclass
+class LeaseRecord:
+    lease_id: str
+    job_id: str
+    gpu_uuids: tuple[str, ...]
+    price_per_gpu_hour: int
+    lease: dict[str, Any]
+    created_at_ms: int
+    container_id: str | None = None
+    started_at_ms: int | None = None
+    ended_at_ms: int | None = None
+    exit_code: int | None = None
+    energy_base: dict[str, dict[str, int]] = field(default_factory=dict)
+    energy_mj: int = 0
+    util_sum: int = 0
+    util_samples: int = 0
+    peak_memory_bytes: int = 0
+    last_seq: int = 0
+    last_digest: bytes | None = None
+    last_gpu_ms: int = 0
+    last_issued_at_ms: int = 0
+    final_sealed: bool = False
+    accepted_seq: int = 0
+    log_offset: int = 0
+    status_reported: str = ""
+    done: bool = False
+
+
+@dataclass
+class SpooledReceipt:
+    lease_id: str
+    seq: int
+    envelope: bytes
+    digest: bytes
+    created_at_ms: int
+    acked_at_ms: int | None
+    rejected_rule: str | None
+
+
+_JSON_FIELDS = {"gpu_uuids", "lease", "energy_base"}
+
+
+class Spool:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.executescript(SCHEMA)
+        self.path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            self._conn.row_factory = sqlite3.Row
+            return list(self._conn.execute(sql, params))
+
+    # -- leases -------------------------------------------------------------------------
+
+    def save_lease(self, record: LeaseRecord) -> None:
+        values = dict(record.__dict__)
+        for name in _JSON_FIELDS:
+            value = values[name]
+            values[name] = json.dumps(list(value) if name == "gpu_uuids" else value, sort_keys=True)
+        values["final_sealed"] = int(record.final_sealed)
+        values["done"] = int(record.done)
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        with self._lock:
+            self._conn.execute(f"INSERT OR REPLACE INTO leases ({columns}) VALUES ({marks})", values)
+
+    def leases(self, include_done: bool = False) -> list[LeaseRecord]:
+        rows = self._rows("SELECT * FROM leases" + ("" if include_done else " WHERE done = 0")
+                          + " ORDER BY created_at_ms")
+        records = []
+        for row in rows:
+            values = dict(row)
+            values["gpu_uuids"] = tuple(json.loads(values["gpu_uuids"]))
+            values["lease"] = json.loads(values["lease"])
+            values["energy_base"] = json.loads(values["energy_base"])
+            values["final_sealed"] = bool(values["final_sealed"])
+            values["done"] = bool(values["done"])
+            records.append(LeaseRecord(**values))
+        return records
+
+    # -- receipts -----------------------------------------------------------------------
+
+    def add_receipt(self, record: LeaseRecord, seq: int, envelope: bytes, digest: bytes, now_ms: int) -> None:
+        """Store a sealed receipt and the lease's advanced chain in one transaction."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "INSERT INTO receipts (lease_id, seq, envelope, digest, created_at_ms) "
+                    "VALUES (?, ?, ?, ?, ?)", (record.lease_id, seq, envelope, digest, now_ms))
+                self._conn.execute(
+                    "UPDATE leases SET last_seq = ?, last_digest = ?, final_sealed = ?, "
+                    "last_gpu_ms = ?, last_issued_at_ms = ?, energy_mj = ?, energy_base = ? "
+                    "WHERE lease_id = ?",
+                    (seq, digest, int(record.final_sealed), record.last_gpu_ms,
+                     record.last_issued_at_ms, record.energy_mj,
+                     json.dumps(record.energy_base, sort_keys=True), record.lease_id))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def pending_receipts(self, limit: int = 100) -> list[SpooledReceipt]:
+        rows = self._rows(
+            "SELECT lease_id, seq, envelope, digest, created_at_ms, acked_at_ms, rejected_rule "
+            "FROM receipts WHERE acked_at_ms IS NULL AND rejected_rule IS NULL "
+            "ORDER BY created_at_ms, lease_id, seq LIMIT ?", (limit,))
+        return [SpooledReceipt(**dict(row)) for row in rows]
+
+    def receipts(self, lease_id: str | None = None) -> list[SpooledReceipt]:
+        where, params = ("WHERE lease_id = ?", (lease_id,)) if lease_id else ("", ())
+        rows = self._rows(
+            "SELECT lease_id, seq, envelope, digest, created_at_ms, acked_at_ms, rejected_rule "
+            f"FROM receipts {where} ORDER BY lease_id, seq", params)
+        return [SpooledReceipt(**dict(row)) for row in rows]
+
+    def acknowledge(self, lease_id: str, seq: int, acknowledgement: bytes, now_ms: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE receipts SET acked_at_ms = ?, acknowledgement = ? WHERE lease_id = ? AND seq = ?",
+                (now_ms, acknowledgement, lease_id, seq))
+            self._conn.execute(
+                "UPDATE leases SET accepted_seq = MAX(accepted_seq, ?) WHERE lease_id = ?", (seq, lease_id))
+
+    def reject(self, lease_id: str, seq: int, rule: str, detail: str) -> None:
+        """A rejected receipt is kept, with the rule it broke, never dropped."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE receipts SET rejected_rule = ?, rejected_detail = ? WHERE lease_id = ? AND seq = ?",
+                (rule, detail, lease_id, seq))
