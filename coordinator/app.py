@@ -186,12 +186,28 @@ async def job_logs(request: web.Request) -> web.Response:
     job = coordinator.job_for(principal, request.match_info["job_id"])
     offset = _int_query(request, "offset", 0, 0, 1 << 40)
     limit = _int_query(request, "limit", 256 * 1024, 1, 1 << 20)
-    data, next_offset = await coordinator.read_log(job, offset, limit)
+    data, _ = await coordinator.read_log(job, offset, limit)
+    full_page = len(data) == limit
+    if full_page:
+        data = _whole_characters(data)
     return web.json_response({
-        "job_id": job.id, "offset": offset, "next_offset": next_offset,
+        "job_id": job.id, "offset": offset, "next_offset": offset + len(data),
         "data": data.decode("utf-8", errors="replace"), "job_state": job.state,
-        "complete": job.final and next_offset == offset + len(data) and len(data) < limit,
+        "complete": job.final and not full_page,
     })
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """Cut a page of log bytes before a UTF-8 character it would split (the next page has it)."""
+    for cut in range(len(data), max(0, len(data) - 4), -1):
+        try:
+            data[:cut].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < cut - 3:
+                return data  # invalid bytes in the log, not a split character: send as is
+            continue
+        return data[:cut]
+    return data
 
 
 async def market(request: web.Request) -> web.Response:

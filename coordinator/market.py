@@ -264,7 +264,7 @@ class Market:
             "agents_total": len(self.agents),
             "models": models,
             "pflops_bf16_milli": total_milli // 1000,
-            "pflops_bf16": f"{total_milli // 1000 / 1000:.3f}",
+            "pflops_bf16": f"{total_milli // 1_000_000}.{total_milli // 1000 % 1000:03d}",
         }
 
 

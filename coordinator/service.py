@@ -34,6 +34,7 @@ from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey, PublicKey
+from shared.money import format_yuan
 from shared.receipts import Rule, SealedReceipt, claimed_id, open_receipt
 from shared.signed_request import open_request, request_key_id
 
@@ -410,7 +411,7 @@ class Coordinator:
             "lease_id": lease.id if lease else None,
             "gpu_uuids": list(lease.gpu_uuids) if lease else [],
             "price_per_gpu_hour_micro_yuan": price,
-            "price_per_gpu_hour_yuan": None if price is None else f"{price / 1_000_000:.6f}".rstrip("0").rstrip("."),
+            "price_per_gpu_hour_yuan": None if price is None else format_yuan(price),
             "created_at_ms": job.created_at_ms,
             "started_at_ms": lease.started_at_ms if lease else None,
             "ended_at_ms": job.ended_at_ms,
