@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent
+from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
 
 
 @pytest.fixture
