@@ -11,8 +11,12 @@ import json
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 
+from agent.config import AgentSettings, load_agent_settings
 from agent.inventory import Inventory, read_inventory, total_tflops_bf16_milli
+from agent.state import AgentState
+from shared.errors import SuanliError
 from shared.gpu_models import tflops_display
 
 Handler = Callable[[argparse.Namespace], int]
@@ -27,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_inventory(commands)
+    _add_enroll(commands)
+    _add_run(commands)
+    _add_self_test(commands)
     return parser
 
 
@@ -37,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except SuanliError as exc:
+        print(f"suanli-agent: {exc.detail}", file=sys.stderr)
+        return 1
 
 
 # --- inventory ---------------------------------------------------------------------------
@@ -137,3 +148,134 @@ def _print_inventory_table(inventory: Inventory) -> None:
     console.print(table, highlight=False)
     total = tflops_display(total_tflops_bf16_milli(gpus))
     console.print(f"GPUs: {len(gpus)}, {total} dense BF16 TFLOPS", highlight=False)
+
+
+# --- enroll ------------------------------------------------------------------------------
+
+DEFAULT_STATE_DIR = AgentSettings().state_dir
+
+
+def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "enroll", help="register this host's new key with a coordinator",
+        description="Create this host's Ed25519 key (mode 0600) and register it with the "
+        "coordinator using the provider's one-time enrolment token.")
+    command.add_argument("--coordinator", required=True, help="coordinator URL (https://...)")
+    command.add_argument("--token", required=True, help="enrolment token from the coordinator's operator")
+    command.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live")
+    command.add_argument("--ca-file", help="CA bundle for the coordinator's certificate")
+    command.add_argument("--hostname", help="name shown to the operator (default: this host's name)")
+    command.set_defaults(handler=cmd_enroll)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.coordinator_client import CoordinatorClient
+
+    state = AgentState(args.state_dir)
+    if state.enrolment_path.exists():
+        enrolled = state.enrolment()
+        print(f"suanli-agent: already enrolled as {enrolled['agent_id']} with "
+              f"{enrolled['coordinator_url']}; remove {state.directory} to enrol again",
+              file=sys.stderr)
+        return 1
+    key = state.key_for_enrolment()
+
+    async def enrol() -> dict[str, object]:
+        async with CoordinatorClient(args.coordinator, key, ca_file=args.ca_file) as client:
+            return await client.enrol(args.token, args.hostname)
+
+    answer = asyncio.run(enrol())
+    state.save_enrolment({
+        "coordinator_url": args.coordinator.rstrip("/"), "agent_id": answer["agent_id"],
+        "provider_id": answer["provider_id"], "ca_file": args.ca_file,
+    })
+    print(f"enrolled: agent {answer['agent_id']} of provider {answer['provider_id']}")
+    print(f"key: {state.key_path} (0600); next: suanli-agent run --state-dir {state.directory}")
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    epilog = "settings (agent.toml, [agent] table):\n" + "\n".join(
+        f"  {name} = {default!r}\n      {help}" for name, default, help in AgentSettings.describe())
+    command = commands.add_parser(
+        "run", help="run the agent daemon", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Heartbeat NVML-measured capacity, run leased containers, sign receipts.")
+    _add_common_run_flags(command)
+    command.set_defaults(handler=cmd_run)
+
+
+def _add_common_run_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="agent.toml")
+    command.add_argument("--state-dir", help=f"state directory (default {DEFAULT_STATE_DIR})")
+    command.add_argument("--ask-per-gpu-hour", help="ask price in yuan per GPU-hour, e.g. 12.50")
+    command.add_argument("--engine-socket", help="Docker Engine API socket of Docker or Podman")
+    command.add_argument("--coordinator", help="coordinator URL (default: the enrolment's)")
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings:
+    return load_agent_settings(args.config).with_overrides(
+        state_dir=args.state_dir, ask_per_gpu_hour=args.ask_per_gpu_hour,
+        engine_socket=args.engine_socket, coordinator_url=args.coordinator).validate()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from agent.daemon import AgentDaemon
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    state = AgentState(settings.state_dir)
+    if settings.ca_file is None and state.enrolment_path.exists():
+        ca_file = state.enrolment().get("ca_file")
+        settings = settings.with_overrides(ca_file=ca_file)
+
+    async def serve() -> None:
+        daemon = AgentDaemon(settings, state)
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await daemon.run()
+        except asyncio.CancelledError:
+            logging.getLogger("agent").info("stopping; running jobs keep running and are re-adopted")
+
+    asyncio.run(serve())
+    return 0
+
+
+# --- self-test ---------------------------------------------------------------------------
+
+
+def _add_self_test(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "self-test", help="check key, enrolment, coordinator, container engine and GPUs",
+        description="Check everything the agent needs and say what is wrong, one line each.")
+    _add_common_run_flags(command)
+    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.set_defaults(handler=cmd_self_test)
+
+
+def cmd_self_test(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.self_test import run_checks
+
+    results = asyncio.run(run_checks(_settings(args)))
+    if args.json:
+        json.dump([{"check": c, "ok": ok, "detail": d} for c, ok, d in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for check, ok, detail in results:
+            print(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1

@@ -270,14 +270,24 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 
+    scheduler: list[asyncio.Task[None]] = []
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         database.start()
-        scheduler = asyncio.create_task(coordinator.run_scheduler(), name="scheduler")
+        scheduler.append(asyncio.create_task(coordinator.run_scheduler(), name="scheduler"))
         yield
-        scheduler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scheduler
+        await stop_scheduler(app)
         database.close()
 
+    async def stop_scheduler(app: web.Application) -> None:
+        # from the moment the service stops answering, nobody's silence may count against them
+        coordinator.close_long_polls()
+        for task in scheduler:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        scheduler.clear()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(stop_scheduler)
     return app

@@ -62,6 +62,7 @@ class Coordinator:
         self.settings = settings
         self.signing_key = signing_key
         self.last_receipts: dict[str, SealedReceipt | None] = {}
+        self.closing = False
         self.database = database
         self.clock = clock
         self.market = Market(settings.reliability_half_life_ms)
@@ -515,6 +516,12 @@ class Coordinator:
 
     # -- agents' view of their leases ---------------------------------------------------
 
+    def close_long_polls(self) -> None:
+        """Answer every waiting lease poll now (the service is shutting down)."""
+        self.closing = True
+        for event in self._agent_events.values():
+            event.set()
+
     def _notify(self, agent_id: str) -> None:
         self.agent_versions[agent_id] = self.agent_versions.get(agent_id, 0) + 1
         event = self._agent_events.get(agent_id)
@@ -544,7 +551,7 @@ class Coordinator:
         if type(known) is not int or type(wait_ms) is not int or wait_ms < 0:
             raise Unprocessable("known_version and wait_ms must be integers, wait_ms ≥ 0")
         wait_ms = min(wait_ms, self.settings.long_poll_max_ms)
-        if self.agent_versions.get(agent.agent_id, 0) == known and wait_ms > 0:
+        if self.agent_versions.get(agent.agent_id, 0) == known and wait_ms > 0 and not self.closing:
             event = self._agent_events.setdefault(agent.agent_id, asyncio.Event())
             event.clear()
             try:
@@ -582,7 +589,7 @@ class Coordinator:
             code = body.get("exit_code")
             if type(code) is not int or not -(2**31) <= code < 2**31:
                 raise Unprocessable("an exit report carries exit_code as an integer")
-            await self._end_lease(lease, job, now, "exited", code)
+            await self._end_lease(lease, job, now, "exited", code, reason)
         elif event == "failed":
             code_name = body.get("reason_code")
             if type(code_name) is not str or len(code_name) > 64:
@@ -592,7 +599,8 @@ class Coordinator:
             raise Unprocessable("event must be started, exited or failed")
         return {"lease_id": lease.id, "state": lease.state}
 
-    async def _end_lease(self, lease: Lease, job: Job, now: int, why: str, exit_code: int | None) -> None:
+    async def _end_lease(self, lease: Lease, job: Job, now: int, why: str, exit_code: int | None,
+                         agent_reason: str | None = None) -> None:
         lease.state, lease.ended_at_ms, lease.exit_code, lease.end_reason = LEASE_ENDED, now, exit_code, why
         self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
         job.exit_code = exit_code
@@ -603,6 +611,8 @@ class Coordinator:
                          f"stopped after its maximum duration of {job.request.max_duration_s} s")
         elif exit_code == 0:
             self._finish(job, SUCCEEDED, now, None, None)
+        elif agent_reason:
+            self._finish(job, FAILED, now, "stopped_by_agent", f"the agent stopped it: {agent_reason}")
         elif exit_code == 137:
             self._finish(job, FAILED, now, "killed", "the container was killed (exit 137: out of memory or SIGKILL)")
         else:

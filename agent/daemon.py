@@ -1,0 +1,393 @@
+"""`suanli-agent run`: heartbeats, lease polling, containers, metering and the receipt spool.
+
+The daemon keeps going through coordinator restarts and network blips: every exchange is
+retried with backoff, containers keep running, receipts wait in the spool. A restart of
+the agent re-adopts its containers by label and continues each lease's receipt chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from typing import Any
+
+from agent.config import AgentSettings
+from agent.coordinator_client import CoordinatorClient, CoordinatorError
+from agent.engine import Engine, EngineError
+from agent.inventory import gpu_record, read_host
+from agent.metering import account_sample, seal_final_receipt, seal_interim_receipt
+from agent.nvml import GpuSample, NvmlSampler
+from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner, now_ms
+from agent.spool import LeaseRecord, Spool
+from agent.state import AgentState
+
+log = logging.getLogger(__name__)
+RECEIPT_BATCH = 100
+# retries back off, but never so far that a coordinator back from a restart would count the
+# agent as silent (its heartbeat timeout is several intervals) or miss a cancel for long
+MAX_BACKOFF_S = 10.0
+
+
+class AgentDaemon:
+    def __init__(self, settings: AgentSettings, state: AgentState, engine: Engine | None = None,
+                 sampler: NvmlSampler | None = None) -> None:
+        self.settings = settings
+        self.state = state
+        self.key = state.load_key()
+        self.agent_id = self.key.public.agent_id
+        url = settings.coordinator_url or state.coordinator_url()
+        self.client = CoordinatorClient(url, self.key, ca_file=settings.ca_file)
+        self.engine = engine or Engine(settings.engine_socket)
+        self.sampler = sampler or NvmlSampler()
+        self.spool = Spool(state.spool_path)
+        self.runners: dict[str, LeaseRunner] = {}
+        self.samples: dict[str, GpuSample] = {}
+        self.gpu_mode = settings.gpu_mode
+        self.lease_version = -1
+        self.heartbeat_interval_s = float(settings.heartbeat_interval_s)
+        self.last_accepted_ms: dict[str, int] = {}
+        self._reports = asyncio.Event()
+        self._receipts_endpoint_missing_logged = False
+        self.connected = asyncio.Event()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._prepare()
+        tasks = [
+            asyncio.create_task(self._forever(self._sample_once, self.settings.sample_interval_ms / 1000), name="sample"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
+            asyncio.create_task(self._forever(self._receipt_round, self.settings.receipt_interval_s), name="receipts"),
+            asyncio.create_task(self._report_loop(), name="reports"),
+            asyncio.create_task(self._forever(self._enforce_limits, 1.0), name="limits"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.close()
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            if runner.task is not None:
+                runner.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runner.task
+        await self.client.close()
+        await self.engine.close()
+        self.sampler.close()
+        self.spool.close()
+
+    async def _prepare(self) -> None:
+        await asyncio.to_thread(self.sampler.open)
+        await self._sample_once()
+        if self.gpu_mode == "auto":
+            self.gpu_mode = await self._detect_gpu_mode()
+        await self._adopt()
+
+    async def _detect_gpu_mode(self) -> str:
+        try:
+            mode = (await self.engine.info()).gpu_mode
+        except EngineError as exc:
+            log.warning("container engine not reachable yet: %s", exc.detail)
+            return "none"
+        if mode == "none" and self.samples:
+            log.warning("GPUs found but the engine offers neither the NVIDIA runtime nor CDI; "
+                        "jobs would not see their GPUs")
+        return mode
+
+    async def _adopt(self) -> None:
+        """Re-attach to this agent's containers and leases after a restart."""
+        records = {r.lease_id: r for r in await asyncio.to_thread(self.spool.leases)}
+        try:
+            containers = await self.engine.list({LABEL_AGENT: self.agent_id})
+        except EngineError as exc:
+            log.warning("cannot list containers to re-adopt: %s", exc.detail)
+            containers = []
+        for container in containers:
+            lease_id = (container.get("Labels") or {}).get(LABEL_LEASE)
+            record = records.get(lease_id or "")
+            if record is None:
+                log.warning("removing container %s of unknown lease %s", container.get("Id"), lease_id)
+                with contextlib.suppress(EngineError):
+                    await self.engine.remove(container["Id"], force=True)
+                continue
+            record.container_id = record.container_id or container["Id"]
+        for record in records.values():
+            self.last_accepted_ms[record.lease_id] = record.started_at_ms or record.created_at_ms
+            for receipt in self.spool.receipts(record.lease_id):
+                if receipt.acked_at_ms is not None:
+                    self.last_accepted_ms[record.lease_id] = max(
+                        self.last_accepted_ms[record.lease_id], receipt.acked_at_ms)
+            if record.ended_at_ms is None and (record.container_id is not None or record.started_at_ms is None):
+                self._start_runner(record)
+            else:
+                if record.ended_at_ms is None:
+                    record.ended_at_ms = now_ms()
+                    record.exit_code = -1
+                if not record.final_sealed and record.started_at_ms is not None:
+                    await self.seal_final(record)
+        self.kick_reports()
+
+    async def _forever(self, step: Any, interval_s: float) -> None:
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed round is retried next time
+                log.exception("%s failed", getattr(step, "__name__", step))
+            await asyncio.sleep(interval_s)
+
+    # -- GPUs ---------------------------------------------------------------------------
+
+    async def _sample_once(self) -> None:
+        samples = await asyncio.to_thread(self.sampler.sample)
+        self.samples = {s.uuid: s for s in samples if s.uuid}
+        for runner in self.runners.values():
+            account_sample(runner.record, self.samples)
+
+    def offered_samples(self) -> list[GpuSample]:
+        wanted = self.settings.offered_gpus
+        return [s for s in self.samples.values() if wanted is None or s.index in wanted]
+
+    @staticmethod
+    def host_cpus_milli() -> int:
+        """The engine refuses a CPU limit above the host's CPUs; a job gets at most all of them."""
+        return (os.cpu_count() or 1) * 1000
+
+    def gpus_unavailable(self, record: LeaseRecord) -> str | None:
+        offered = {s.uuid: s for s in self.offered_samples()}
+        busy = {uuid for r in self.runners.values() if r.record is not record and r.record.ended_at_ms is None
+                for uuid in r.record.gpu_uuids}
+        for uuid in record.gpu_uuids:
+            if uuid not in offered:
+                return f"GPU {uuid} is not offered by this agent"
+            if not offered[uuid].healthy:
+                return f"GPU {uuid} is unhealthy: {offered[uuid].health_reason}"
+            if uuid in busy:
+                return f"GPU {uuid} is already leased on this agent"
+        return None
+
+    def heartbeat_inventory(self) -> dict[str, Any]:
+        gpus = []
+        for sample in sorted(self.offered_samples(), key=lambda s: s.index):
+            record = gpu_record(sample)
+            gpus.append({k: v for k, v in record.items()
+                         if k not in ("tflops_bf16", "model", "compute_capability")})
+        host = read_host(self.settings.disk_path, cpu_interval_s=None)
+        return {"gpus": gpus, "host": dict(host), "driver_version": self.sampler.driver_version}
+
+    # -- coordinator exchanges ----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                answer = await self.client.heartbeat(self.settings.ask_micro_yuan, self.heartbeat_inventory())
+                self.heartbeat_interval_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
+                self.heartbeat_interval_s = min(self.heartbeat_interval_s, self.settings.heartbeat_interval_s)
+                for flag in answer.get("flags", []):
+                    log.warning("the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind"))
+                self.connected.set()
+                backoff = 1.0
+                await asyncio.sleep(self.heartbeat_interval_s)
+            except CoordinatorError as exc:
+                log.warning("heartbeat failed: %s", exc.detail)
+                await asyncio.sleep(min(_jitter(backoff), self.heartbeat_interval_s))
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _lease_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                answer = await self.client.leases(self.lease_version, 20_000)
+                self.lease_version = answer["version"]
+                await self._reconcile(answer["leases"])
+                backoff = 1.0
+            except CoordinatorError as exc:
+                log.warning("lease poll failed: %s", exc.detail)
+                await asyncio.sleep(_jitter(backoff))
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _reconcile(self, leases: list[dict[str, Any]]) -> None:
+        listed = {lease["lease_id"]: lease for lease in leases}
+        for lease_id, lease in listed.items():
+            runner = self.runners.get(lease_id)
+            if runner is None and lease["desired"] == "run":
+                record = LeaseRecord(
+                    lease_id=lease_id, job_id=lease["job_id"], gpu_uuids=tuple(lease["gpu_uuids"]),
+                    price_per_gpu_hour=lease["price_per_gpu_hour"], lease=lease, created_at_ms=now_ms())
+                known = [r for r in await asyncio.to_thread(self.spool.leases, True) if r.lease_id == lease_id]
+                if known:
+                    continue
+                await self.save(record)
+                self.last_accepted_ms[lease_id] = record.created_at_ms
+                self._start_runner(record)
+            elif runner is not None:
+                runner.record.lease["ends_at_ms"] = lease["ends_at_ms"]
+                if lease["desired"] == "stop":
+                    runner.request_stop(lease.get("stop_reason") or "stopped by the coordinator")
+        for lease_id, runner in self.runners.items():
+            if lease_id not in listed and runner.record.ended_at_ms is None and runner.record.started_at_ms:
+                runner.request_stop("the coordinator no longer lists this lease")
+
+    def _start_runner(self, record: LeaseRecord) -> None:
+        runner = LeaseRunner(self, record)
+        self.runners[record.lease_id] = runner
+        runner.start()
+
+    async def _enforce_limits(self) -> None:
+        now = now_ms()
+        deadline_ms = self.settings.acceptance_deadline_s * 1000
+        for runner in list(self.runners.values()):
+            record = runner.record
+            if record.ended_at_ms is not None or record.started_at_ms is None:
+                continue
+            ends = record.lease.get("ends_at_ms")
+            if ends is not None and now >= ends + 5_000:
+                runner.request_stop("the lease has ended")
+            elif now - self.last_accepted_ms.get(record.lease_id, record.started_at_ms) > deadline_ms:
+                runner.request_stop("no receipt was accepted within the acceptance deadline")
+
+    # -- receipts -----------------------------------------------------------------------
+
+    async def _receipt_round(self) -> None:
+        for runner in list(self.runners.values()):
+            record = runner.record
+            if record.started_at_ms is not None and record.ended_at_ms is None:
+                sealed = seal_interim_receipt(record, self.key, now_ms())
+                await asyncio.to_thread(self.spool.add_receipt, record, sealed.receipt.seq,
+                                        sealed.envelope, sealed.digest, now_ms())
+        await self.drain_receipts()
+
+    async def seal_final(self, record: LeaseRecord) -> None:
+        if record.final_sealed or record.started_at_ms is None:
+            await self.save(record)
+            return
+        sealed = seal_final_receipt(record, self.key, now_ms())
+        await self.save(record)
+        await asyncio.to_thread(self.spool.add_receipt, record, sealed.receipt.seq,
+                                sealed.envelope, sealed.digest, now_ms())
+        with contextlib.suppress(Exception):
+            await self.drain_receipts()
+
+    async def drain_receipts(self) -> int:
+        """Send spooled receipts in order; drop only what the coordinator acknowledged."""
+        pending = await asyncio.to_thread(self.spool.pending_receipts, RECEIPT_BATCH)
+        if not pending:
+            return 0
+        try:
+            answer = await self.client.signed("/v1/agent/receipts", {"receipts": [p.envelope for p in pending]})
+        except CoordinatorError as exc:
+            if exc.status == 404 and exc.error == "not_found":
+                if not self._receipts_endpoint_missing_logged:
+                    log.warning("the coordinator does not accept receipts yet; they stay in the spool")
+                    self._receipts_endpoint_missing_logged = True
+            else:
+                log.warning("sending receipts failed: %s", exc.detail)
+            return 0
+        accepted = 0
+        now = now_ms()
+        for item in answer.get("results", []):
+            lease_id, seq = item.get("lease_id"), item.get("seq")
+            if item.get("status") == "accepted":
+                await asyncio.to_thread(self.spool.acknowledge, lease_id, seq,
+                                        item.get("acknowledgement") or b"", now)
+                self.last_accepted_ms[lease_id] = now
+                accepted += 1
+            elif item.get("status") == "rejected":
+                log.error("receipt %s/%s rejected by rule %s: %s", lease_id, seq, item.get("rule"),
+                          item.get("detail"))
+                await asyncio.to_thread(self.spool.reject, lease_id, seq, str(item.get("rule")),
+                                        str(item.get("detail")))
+        return accepted
+
+    # -- status and logs ----------------------------------------------------------------
+
+    def kick_reports(self) -> None:
+        self._reports.set()
+
+    async def _report_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reports.wait(), timeout=5)
+            self._reports.clear()
+            try:
+                await self._send_reports()
+                backoff = 1.0
+            except CoordinatorError as exc:
+                log.warning("status report failed: %s", exc.detail)
+                await asyncio.sleep(_jitter(backoff))
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                self._reports.set()
+
+    async def _send_reports(self) -> None:
+        for runner in list(self.runners.values()):
+            record = runner.record
+            before = record.status_reported
+            failure = record.lease.get("failure")
+            if failure:
+                if before != "failed":
+                    await self._report(record, "failed", **failure)
+                    record.status_reported = "failed"
+            else:
+                if record.started_at_ms is not None and record.status_reported == "":
+                    await self._report(record, "started")
+                    record.status_reported = "started"
+                if record.final_sealed and record.status_reported == "started":
+                    why = record.lease.get("agent_stop_reason")
+                    await self._report(record, "exited", exit_code=record.exit_code,
+                                       **({"reason": why} if why else {}))
+                    record.status_reported = "exited"
+            if record.status_reported != before:
+                await self.save(record)
+        for lease_id, runner in list(self.runners.items()):
+            record = runner.record
+            if record.status_reported in ("exited", "failed") and runner.task is not None and runner.task.done():
+                record.done = True
+                await self.save(record)
+                del self.runners[lease_id]
+
+    async def _report(self, record: LeaseRecord, event: str, **fields: Any) -> None:
+        try:
+            await self.client.status(record.lease_id, event, **fields)
+        except CoordinatorError as exc:
+            if exc.status in (404, 422):
+                log.error("the coordinator refused the %s report of %s: %s", event, record.lease_id, exc.detail)
+                return
+            raise
+
+    async def send_log(self, record: LeaseRecord, data: bytes) -> None:
+        backoff = 1.0
+        while data:
+            try:
+                answer = await self.client.log_chunk(record.lease_id, record.log_offset, data)
+            except CoordinatorError as exc:
+                if exc.status in (404, 409, 422):
+                    log.warning("log chunk of %s refused: %s", record.lease_id, exc.detail)
+                    return
+                await asyncio.sleep(_jitter(backoff))
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            record.log_offset += len(data)
+            await self.save(record)
+            if answer.get("truncated"):
+                return
+            data = b""
+
+    async def save(self, record: LeaseRecord) -> None:
+        await asyncio.to_thread(self.spool.save_lease, record)
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * (0.5 + random.random())  # noqa: S311 - spreading retries, not security

@@ -1,0 +1,201 @@
+"""One lease's container, from pull to exit: start it hardened, watch it, stop it, ship its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.engine import ContainerSpec, EngineError, ImageNotFound, ImagePullFailed
+from agent.spool import LeaseRecord
+
+if TYPE_CHECKING:
+    from agent.daemon import AgentDaemon
+
+log = logging.getLogger(__name__)
+LOG_CHUNK = 64 * 1024
+LABEL_LEASE = "suanli.lease"
+LABEL_JOB = "suanli.job"
+LABEL_AGENT = "suanli.agent"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LeaseRunner:
+    def __init__(self, daemon: AgentDaemon, record: LeaseRecord) -> None:
+        self.daemon = daemon
+        self.record = record
+        self.stop_reason: str | None = None
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+
+    @property
+    def lease_id(self) -> str:
+        return self.record.lease_id
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"lease {self.lease_id}")
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.record.lease["agent_stop_reason"] = reason
+            log.info("stopping lease %s: %s", self.lease_id, reason)
+        self._stop.set()
+
+    async def _run(self) -> None:
+        record = self.record
+        try:
+            if record.container_id is None:
+                if not await self._create_and_start():
+                    return
+            exit_code = await self._supervise()
+            await self._finish(exit_code)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the coordinator, never hangs
+            log.exception("lease %s failed", self.lease_id)
+            if record.started_at_ms is None:
+                await self._fail("start_failed", f"the agent could not run the job: {exc}")
+            else:
+                await self._finish(-1)
+
+    async def _create_and_start(self) -> bool:
+        daemon, record = self.daemon, self.record
+        job = record.lease["job"]
+        problem = daemon.gpus_unavailable(record)
+        if problem:
+            await self._fail("gpus_unavailable", problem)
+            return False
+        engine = daemon.engine
+        image = job["image"]
+        try:
+            if not await engine.image_exists(image):
+                await self._note(f"pulling image {image}\n")
+                await engine.pull(image, timeout_s=daemon.settings.image_pull_timeout_s,
+                                  max_bytes=daemon.settings.image_max_bytes,
+                                  progress=lambda line: None)
+            spec = ContainerSpec(
+                name=f"suanli-{record.lease_id}",
+                image=image,
+                command=tuple(job["command"]),
+                env=dict(job["env"]),
+                labels={LABEL_LEASE: record.lease_id, LABEL_JOB: record.job_id,
+                        LABEL_AGENT: daemon.agent_id},
+                gpu_uuids=record.gpu_uuids,
+                gpu_mode=daemon.gpu_mode,
+                cpus_milli=min(job["cpus_milli"], daemon.host_cpus_milli()),
+                memory_bytes=job["memory_bytes"],
+                pids_limit=daemon.settings.pids_limit,
+                network=daemon.settings.job_network,
+            )
+            record.container_id = await engine.create(spec)
+            await daemon.save(record)
+            await engine.start(record.container_id)
+        except ImageNotFound as exc:
+            await self._fail("image_not_found", exc.detail)
+            return False
+        except ImagePullFailed as exc:
+            await self._fail("image_pull_failed", exc.detail)
+            return False
+        except EngineError as exc:
+            await self._remove_container()
+            await self._fail("start_failed", exc.detail)
+            return False
+        record.started_at_ms = now_ms()
+        await daemon.save(record)
+        daemon.kick_reports()
+        return True
+
+    async def _supervise(self) -> int:
+        """Wait for the container to exit, stopping it on request; returns its exit code."""
+        engine, record = self.daemon.engine, self.record
+        assert record.container_id is not None
+        self._log_task = asyncio.create_task(self._ship_logs())
+        waiter = asyncio.create_task(engine.wait(record.container_id))
+        stopper = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            with contextlib.suppress(EngineError):
+                await engine.stop(record.container_id, self.daemon.settings.stop_grace_s)
+            exit_code = await waiter
+        else:
+            stopper.cancel()
+            exit_code = waiter.result()
+        return int(exit_code)
+
+    async def _finish(self, exit_code: int) -> None:
+        """Record the exit, ship the rest of the log, then seal the final receipt and report."""
+        daemon, record = self.daemon, self.record
+        if record.ended_at_ms is None:
+            record.ended_at_ms = now_ms()
+            record.exit_code = exit_code
+            await daemon.save(record)
+        if self._log_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._log_task, timeout=30)
+        if not record.final_sealed:
+            await daemon.seal_final(record)
+            daemon.kick_reports()
+        await self._remove_container()
+
+    async def _fail(self, code: str, detail: str) -> None:
+        record = self.record
+        record.lease["failure"] = {"reason_code": code, "reason": detail[:500]}
+        record.ended_at_ms = record.ended_at_ms or now_ms()
+        await self.daemon.save(record)
+        self.daemon.kick_reports()
+
+    async def _remove_container(self) -> None:
+        if self.record.container_id is not None:
+            with contextlib.suppress(EngineError):
+                await self.daemon.engine.remove(self.record.container_id, force=True)
+
+    async def _note(self, text: str) -> None:
+        await self.daemon.send_log(self.record, text.encode())
+
+    async def _ship_logs(self) -> None:
+        """Stream the container's output to the coordinator, skipping what was already sent.
+
+        Podman's follow stream may start at "now" and miss what a fast job printed first, so
+        when the container has exited the whole log is read once more and the rest shipped.
+        """
+        try:
+            await self._ship_pass(follow=True)
+            await self._ship_pass(follow=False)
+        except EngineError as exc:
+            log.warning("logs of lease %s: %s", self.record.lease_id, exc.detail)
+
+    async def _ship_pass(self, follow: bool) -> None:
+        record, daemon = self.record, self.daemon
+        assert record.container_id is not None
+        seen = 0
+        limit = daemon.settings.max_job_log_bytes
+        buffer = bytearray()
+        async for _stream, data in daemon.engine.logs(record.container_id, follow=follow):
+            start = max(0, record.log_offset + len(buffer) - seen)
+            seen += len(data)
+            if start < len(data):
+                buffer += data[start:]
+            if len(buffer) >= LOG_CHUNK:
+                await self._flush(buffer, limit)
+            if record.log_offset >= limit:
+                return
+        await self._flush(buffer, limit)
+
+    async def _flush(self, buffer: bytearray, limit: int) -> None:
+        record = self.record
+        room = max(0, limit - record.log_offset)
+        chunk = bytes(buffer[:min(LOG_CHUNK, room)]) if room else b""
+        del buffer[:]
+        if chunk:
+            await self.daemon.send_log(record, chunk)
+
+
+def container_labels(agent_id: str) -> dict[str, Any]:
+    return {LABEL_AGENT: agent_id}
