@@ -159,6 +159,7 @@ class Job:
     exit_code: int | None = None
     cancel_requested: bool = False
     charged: int = 0
+    tried_at_version: int | None = None
 
     @property
     def final(self) -> bool:

@@ -63,6 +63,7 @@ class Coordinator:
         self.signing_key = signing_key
         self.last_receipts: dict[str, SealedReceipt | None] = {}
         self.closing = False
+        self._dirty_agents: dict[str, Agent] = {}
         self.database = database
         self.clock = clock
         self.market = Market(settings.reliability_half_life_ms)
@@ -186,12 +187,20 @@ class Coordinator:
                 db["jobs"].upsert_all(job_rows, pk="id")
             if lease_rows:
                 db["leases"].upsert_all(lease_rows, pk="id")
-            for row in agent_rows:
-                db["agents"].update(row["agent_id"], row)
+            if agent_rows:
+                db.conn.executemany(_AGENT_UPDATE, agent_rows)
             if extra is not None:
                 extra(db)
 
         await self.database.run(write)
+
+    def _flush_agents(self) -> None:
+        """Write the liveness and asks of agents that only heartbeated, in one statement."""
+        if not self._dirty_agents:
+            return
+        rows = [self._agent_row(agent) for agent in self._dirty_agents.values()]
+        self._dirty_agents.clear()
+        self.database.submit(lambda db: db.conn.executemany(_AGENT_UPDATE, rows))
 
     @staticmethod
     def _agent_row(agent: Agent) -> dict[str, Any]:
@@ -313,10 +322,7 @@ class Coordinator:
                 log.warning("capacity flag %s: %s", entry.kind, entry.detail)
             self._wake_scheduler.set()
         else:
-            row = self._agent_row(agent)
-            self.database.submit(lambda db: db["agents"].update(row["agent_id"], row))
-            if self.pending:
-                self._wake_scheduler.set()
+            self._dirty_agents[agent.agent_id] = agent
         return {
             "heartbeat_interval_ms": self.settings.heartbeat_interval_ms,
             "lease_version": self.agent_versions.get(agent.agent_id, 0),
@@ -443,14 +449,17 @@ class Coordinator:
             excluded_agents=tuple(sorted(set(job.excluded_agents))),
         )
 
-    def place_pending(self, limit: int = 2000) -> tuple[list[Job], list[Lease], list[bytes]]:
+    def place_pending(self, limit: int = 500) -> tuple[list[Job], list[Lease], list[bytes]]:
         """Auction pending jobs, oldest first, in memory; returns what must be committed."""
         changed_jobs: list[Job] = []
         new_leases: list[Lease] = []
         records: list[tuple[str, int, bytes]] = []
         now = self.clock()
         started = time.perf_counter()
-        for job in sorted(self.pending.values(), key=lambda j: j.created_at_ms)[:limit]:
+        version = self.market.version
+        waiting = [j for j in self.pending.values() if j.tried_at_version != version]
+        for job in sorted(waiting, key=lambda j: j.created_at_ms)[:limit]:
+            job.tried_at_version = version
             spec = self._job_spec(job)
             offers = self.market.candidates(spec, now)
             outcome = run_auction(spec, offers)
@@ -485,20 +494,22 @@ class Coordinator:
         return lease
 
     async def schedule_once(self) -> int:
-        if not self.pending:
-            return 0
-        jobs, leases, records = self.place_pending()
-        if not jobs and not leases:
-            return 0
+        """Auction what is pending in slices, committing each before the next (the loop breathes)."""
+        placed = 0
+        while any(job.tried_at_version != self.market.version for job in self.pending.values()):
+            jobs, leases, records = self.place_pending()
+            if not jobs and not leases:
+                continue
 
-        def extra(db: sqlite_utils.Database) -> None:
-            db["auction_rounds"].insert_all(
-                [{"job_id": job_id, "at_ms": at, "record": record} for job_id, at, record in records])
+            def extra(db: sqlite_utils.Database, records: list[tuple[str, int, bytes]] = records) -> None:
+                db["auction_rounds"].insert_all(
+                    [{"job_id": job_id, "at_ms": at, "record": record} for job_id, at, record in records])
 
-        await self._save(jobs=jobs, leases=leases, extra=extra)
-        for lease in leases:
-            self._notify(lease.agent_id)
-        return len(leases)
+            await self._save(jobs=jobs, leases=leases, extra=extra)
+            for lease in leases:
+                self._notify(lease.agent_id)
+            placed += len(leases)
+        return placed
 
     async def run_scheduler(self) -> None:
         interval = self.settings.scheduler_interval_ms / 1000
@@ -509,6 +520,7 @@ class Coordinator:
                 pass
             self._wake_scheduler.clear()
             try:
+                self._flush_agents()
                 await self.schedule_once()
                 await self.check_deadlines()
             except Exception:
@@ -648,7 +660,7 @@ class Coordinator:
         elif job.attempts >= self.settings.max_attempts:
             self._finish(job, LOST, now, reason, f"{detail}; gave up after {job.attempts} attempts")
         else:
-            job.state, job.lease_id = PENDING, None
+            job.state, job.lease_id, job.tried_at_version = PENDING, None, None
             job.reason, job.reason_detail = reason, f"{detail}; requeued"
             self.pending[job.id] = job
 
@@ -793,6 +805,12 @@ class Coordinator:
 
     async def read_log(self, job: Job, offset: int, limit: int) -> tuple[bytes, int]:
         return await self.logs.read(job.id, offset, limit)
+
+
+_AGENT_UPDATE = (
+    "UPDATE agents SET ask_per_gpu_hour = :ask_per_gpu_hour, last_seen_ms = :last_seen_ms, "
+    "penalty_ppm = :penalty_ppm, penalty_at_ms = :penalty_at_ms WHERE agent_id = :agent_id"
+)
 
 
 def _with_models(request: JobRequest) -> JobRequest:

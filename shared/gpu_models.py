@@ -8,6 +8,8 @@ have no TFLOPS; they are never dropped. Both the agent (inventory) and the coord
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -96,6 +98,7 @@ def _lookup(board_name: str) -> _Model | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_model(board_name: str) -> str:
     """The canonical model of an NVML board name ("NVIDIA H100 80GB HBM3" → "H100 SXM").
 
