@@ -135,6 +135,143 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX receipt_rejections_by_lease ON receipt_rejections(lease_id);
     """,
+    # 3: the ledger (coordinator/ledger.py) and what vouchers keep beside it (coordinator/vouchers.py).
+    # Transfers, postings, reservations, statements and period closes are written once and never
+    # changed: corrections are new transfers, and the triggers make the database itself refuse
+    # an UPDATE or DELETE. Account balances change only with the transfer that moves them.
+    """
+    CREATE TABLE ledger_accounts (
+        id TEXT PRIMARY KEY,
+        ledger TEXT NOT NULL CHECK (ledger IN ('cny', 'voucher_quota', 'credit')),
+        kind TEXT NOT NULL,
+        owner TEXT,
+        flags TEXT NOT NULL DEFAULT '' CHECK (flags IN (
+            '', 'debits_must_not_exceed_credits', 'credits_must_not_exceed_debits')),
+        debits_pending INTEGER NOT NULL DEFAULT 0,
+        debits_posted INTEGER NOT NULL DEFAULT 0,
+        credits_pending INTEGER NOT NULL DEFAULT 0,
+        credits_posted INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE ledger_transfers (
+        seq INTEGER PRIMARY KEY,
+        id BLOB NOT NULL UNIQUE CHECK (length(id) = 32),
+        kind TEXT NOT NULL CHECK (kind IN ('posted', 'pending', 'post_pending', 'void_pending')),
+        debit_account TEXT NOT NULL REFERENCES ledger_accounts(id),
+        credit_account TEXT NOT NULL REFERENCES ledger_accounts(id),
+        amount INTEGER NOT NULL CHECK (typeof(amount) = 'integer' AND amount > 0),
+        code TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        pending_id BLOB REFERENCES ledger_transfers(id),
+        receipt_digest BLOB REFERENCES receipts(digest),
+        at_ms INTEGER NOT NULL,
+        CHECK (debit_account <> credit_account),
+        CHECK ((kind IN ('post_pending', 'void_pending')) = (pending_id IS NOT NULL))
+    );
+    CREATE INDEX ledger_transfers_by_pending ON ledger_transfers(pending_id)
+        WHERE pending_id IS NOT NULL;
+    CREATE INDEX ledger_transfers_by_receipt ON ledger_transfers(receipt_digest)
+        WHERE receipt_digest IS NOT NULL;
+    CREATE INDEX ledger_open_pending ON ledger_transfers(debit_account) WHERE kind = 'pending';
+    CREATE TABLE ledger_enterprises (
+        enterprise_id TEXT PRIMARY KEY,
+        uscc TEXT NOT NULL,
+        opened_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE ledger_postings (
+        receipt_digest BLOB PRIMARY KEY REFERENCES receipts(digest),
+        enterprise_id TEXT NOT NULL,
+        provider_id TEXT NOT NULL,
+        enterprise_uscc TEXT NOT NULL,
+        provider_uscc TEXT NOT NULL,
+        lease_id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        voucher INTEGER NOT NULL CHECK (voucher >= 0),
+        deferred INTEGER NOT NULL CHECK (deferred >= 0),
+        reason TEXT NOT NULL,
+        fiscal_year INTEGER NOT NULL,
+        period TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        CHECK (voucher + deferred = amount)
+    );
+    CREATE INDEX ledger_postings_by_period ON ledger_postings(period, enterprise_id);
+    CREATE INDEX ledger_postings_by_provider ON ledger_postings(provider_id, period);
+    CREATE INDEX ledger_postings_by_job ON ledger_postings(job_id);
+    CREATE TABLE ledger_reservations (
+        job_id TEXT PRIMARY KEY,
+        enterprise_id TEXT NOT NULL,
+        max_cost INTEGER NOT NULL CHECK (max_cost >= 0),
+        voucher_estimate INTEGER NOT NULL CHECK (voucher_estimate >= 0),
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        transfer_id BLOB REFERENCES ledger_transfers(id),
+        at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE ledger_period_closes (
+        period TEXT PRIMARY KEY,
+        closed_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE ledger_statements (
+        period TEXT NOT NULL REFERENCES ledger_period_closes(period),
+        party_kind TEXT NOT NULL CHECK (party_kind IN ('enterprise', 'provider')),
+        party_id TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        voucher INTEGER NOT NULL,
+        deferred INTEGER NOT NULL,
+        lines TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL,
+        due_at_ms INTEGER,
+        suspend_after_ms INTEGER,
+        PRIMARY KEY (party_kind, party_id, period)
+    );
+    CREATE TRIGGER ledger_transfers_no_update BEFORE UPDATE ON ledger_transfers BEGIN
+        SELECT RAISE(ABORT, 'ledger transfers are immutable; correct them with a new transfer');
+    END;
+    CREATE TRIGGER ledger_transfers_no_delete BEFORE DELETE ON ledger_transfers BEGIN
+        SELECT RAISE(ABORT, 'ledger transfers are immutable; correct them with a new transfer');
+    END;
+    CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts BEGIN
+        SELECT RAISE(ABORT, 'ledger accounts are never deleted');
+    END;
+    CREATE TRIGGER ledger_accounts_fixed BEFORE UPDATE OF id, ledger, kind, owner, flags
+        ON ledger_accounts BEGIN
+        SELECT RAISE(ABORT, 'a ledger account keeps its id, ledger, kind, owner and flags');
+    END;
+    CREATE TRIGGER ledger_enterprises_no_update BEFORE UPDATE ON ledger_enterprises BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_enterprises_no_delete BEFORE DELETE ON ledger_enterprises BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_postings_not_in_closed_period BEFORE INSERT ON ledger_postings
+        WHEN EXISTS (SELECT 1 FROM ledger_period_closes WHERE period = NEW.period) BEGIN
+        SELECT RAISE(ABORT, 'usage cannot be posted into a closed period');
+    END;
+    CREATE TRIGGER ledger_postings_no_update BEFORE UPDATE ON ledger_postings BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_postings_no_delete BEFORE DELETE ON ledger_postings BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_reservations_no_update BEFORE UPDATE ON ledger_reservations BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_reservations_no_delete BEFORE DELETE ON ledger_reservations BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_period_closes_no_update BEFORE UPDATE ON ledger_period_closes BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_period_closes_no_delete BEFORE DELETE ON ledger_period_closes BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_statements_no_update BEFORE UPDATE ON ledger_statements BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    CREATE TRIGGER ledger_statements_no_delete BEFORE DELETE ON ledger_statements BEGIN
+        SELECT RAISE(ABORT, 'ledger records are immutable');
+    END;
+    """,
 ]
 
 

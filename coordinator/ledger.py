@@ -1,0 +1,731 @@
+"""The ledger: accounts and immutable transfers in integer micro-yuan, after TigerBeetle.
+
+A transfer debits one account and credits another by a positive amount, names a code (what
+kind of movement) and a cause (what made it: a receipt digest, a payment reference, a job),
+and has an id derived from that cause, so a retry is a no-op that returns the first result
+and a retry with other fields is refused. Transfers are only ever inserted; the schema's
+triggers refuse UPDATE and DELETE, so a mistake is corrected by a new transfer.
+
+Each account keeps its four balances (debits/credits, pending/posted) in the same savepoint
+as the transfers that move them, and may carry one balance limit:
+`debits_must_not_exceed_credits` (debits pending + posted ≤ credits posted) or
+`credits_must_not_exceed_debits` (credits pending + posted ≤ debits posted). A transfer that
+would break a limit is refused, so the limits hold by construction, not by review.
+
+Two-phase transfers reserve first and resolve later. A `pending` transfer holds its amount in
+the pending balances; `post_pending` transfers naming it move parts of it to posted (unlike
+TigerBeetle, several partial posts may draw one reservation down, so usage receipts can draw
+on a job's reservation one by one); a `void_pending` releases the whole remainder and closes
+it. A linked set of transfers (`create_transfers`) is written whole or not at all.
+
+The chart of accounts lives here too, because `check_invariants` must know it:
+
+=========================  =============  ===========================  ===============================
+account                    ledger         limit                        moved by
+=========================  =============  ===========================  ===============================
+treasury:FY                cny            —                            funding the year's pool
+pool:FY                    cny            debits ≤ credits             voucher parts, to earnings
+earnings:PROVIDER          cny            debits ≤ credits             credited by usage; payouts
+receivable:ENTERPRISE      cny            credits ≤ debits             deferred parts; payments
+bank                       cny            —                            payments in, payouts out
+entitlements:FY            voucher_quota  —                            granting each company's cap
+cap:FY:USCC                voucher_quota  debits ≤ credits             voucher parts used
+entitlements_used:FY       voucher_quota  —                            counterpart of cap use
+credit_line:ENTERPRISE     credit         —                            setting the credit limit
+credit:ENTERPRISE          credit         debits ≤ credits             reservations, deferred parts,
+                                                                       restored by payments
+credit_used                credit         —                            counterpart of credit use
+=========================  =============  ===========================  ===============================
+
+Money (cny) and the two quotas live on separate ledgers, as TigerBeetle keeps assets apart:
+a transfer never crosses ledgers. A company's cap and an enterprise's credit limit are quota
+accounts that move in the same linked set as the money they limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from coordinator.errors import ApiError
+
+MAX_BALANCE = 2**63 - 1
+MAX_CODE = 64
+MAX_CAUSE = 300
+MAX_PROBLEMS = 100
+
+CNY = "cny"
+VOUCHER_QUOTA = "voucher_quota"
+CREDIT = "credit"
+LEDGERS = (CNY, VOUCHER_QUOTA, CREDIT)
+
+NO_LIMIT = ""
+DEBITS_MUST_NOT_EXCEED_CREDITS = "debits_must_not_exceed_credits"
+CREDITS_MUST_NOT_EXCEED_DEBITS = "credits_must_not_exceed_debits"
+FLAGS = (NO_LIMIT, DEBITS_MUST_NOT_EXCEED_CREDITS, CREDITS_MUST_NOT_EXCEED_DEBITS)
+
+POSTED = "posted"
+PENDING = "pending"
+POST_PENDING = "post_pending"
+VOID_PENDING = "void_pending"
+KINDS = (POSTED, PENDING, POST_PENDING, VOID_PENDING)
+
+# transfer codes; every code starting with "usage_" must name an accepted receipt
+POOL_FUNDING = "pool_funding"
+ENTITLEMENT = "entitlement"
+CREDIT_LIMIT = "credit_limit"
+USAGE_VOUCHER = "usage_voucher"
+USAGE_CAP = "usage_cap"
+USAGE_DEFERRED = "usage_deferred"
+USAGE_CREDIT = "usage_credit"
+RESERVATION = "reservation"
+PAYMENT = "payment"
+PAYMENT_CREDIT = "payment_credit"
+PAYOUT = "payout"
+USAGE_PREFIX = "usage_"
+
+BANK = "bank"
+CREDIT_USED = "credit_used"
+
+_ID_DOMAIN = b"suanli/ledger/transfer/v1\n"
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class LedgerError(ApiError):
+    """The ledger refused an operation; nothing of it was written."""
+
+    status = 409
+    code = "ledger_refused"
+
+
+class InvalidTransfer(LedgerError):
+    """A transfer is malformed (amount, id, accounts, kind)."""
+
+    status = 422
+    code = "invalid_transfer"
+
+
+class IdempotencyConflict(LedgerError):
+    """An id is already taken by a record with other fields: a retry changed what it asks."""
+
+    code = "idempotency_conflict"
+
+
+class UnknownAccount(LedgerError):
+    """A transfer names an account the ledger does not have."""
+
+    status = 404
+    code = "unknown_account"
+
+
+class LimitExceeded(LedgerError):
+    """A transfer would take an account past its balance limit."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, detail: str, *, account: str, flag: str, transfer: Transfer) -> None:
+        super().__init__(detail)
+        self.account = account
+        self.flag = flag
+        self.transfer = transfer
+
+
+class PendingError(LedgerError):
+    """A post or void does not match an open pending transfer."""
+
+    code = "bad_pending"
+
+
+class LedgerOverflow(LedgerError):
+    """A balance would pass the largest integer SQLite stores."""
+
+    code = "ledger_overflow"
+
+
+# -- the chart of accounts -------------------------------------------------------------------
+
+
+def treasury_account(fiscal_year: int) -> str:
+    return f"treasury:{fiscal_year}"
+
+
+def pool_account(fiscal_year: int) -> str:
+    return f"pool:{fiscal_year}"
+
+
+def entitlements_account(fiscal_year: int) -> str:
+    return f"entitlements:{fiscal_year}"
+
+
+def entitlements_used_account(fiscal_year: int) -> str:
+    return f"entitlements_used:{fiscal_year}"
+
+
+def cap_account(fiscal_year: int, uscc: str) -> str:
+    return f"cap:{fiscal_year}:{uscc}"
+
+
+def earnings_account(provider_id: str) -> str:
+    return f"earnings:{provider_id}"
+
+
+def receivable_account(enterprise_id: str) -> str:
+    return f"receivable:{enterprise_id}"
+
+
+def credit_account(enterprise_id: str) -> str:
+    return f"credit:{enterprise_id}"
+
+
+def credit_line_account(enterprise_id: str) -> str:
+    return f"credit_line:{enterprise_id}"
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    ledger: str
+    kind: str
+    owner: str | None
+    flags: str
+    debits_pending: int = 0
+    debits_posted: int = 0
+    credits_pending: int = 0
+    credits_posted: int = 0
+
+    @property
+    def debit_headroom(self) -> int:
+        """What may still be debited (pending or posted) without passing a debits ≤ credits limit."""
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+    @property
+    def credit_headroom(self) -> int:
+        """What may still be credited without passing a credits ≤ debits limit."""
+        return self.debits_posted - self.credits_posted - self.credits_pending
+
+    def over_limit(self) -> bool:
+        if self.flags == DEBITS_MUST_NOT_EXCEED_CREDITS:
+            return self.debit_headroom < 0
+        if self.flags == CREDITS_MUST_NOT_EXCEED_DEBITS:
+            return self.credit_headroom < 0
+        return False
+
+
+@dataclass(frozen=True)
+class Transfer:
+    id: bytes
+    debit_account: str
+    credit_account: str
+    amount: int
+    code: str
+    cause: str
+    kind: str = POSTED
+    pending_id: bytes | None = None
+    receipt_digest: bytes | None = None
+    at_ms: int = 0
+
+    def differences(self, other: Transfer) -> list[str]:
+        """The fields (all but the time) in which `other` differs; a retry differs in none."""
+        names = ("debit_account", "credit_account", "amount", "code", "cause", "kind",
+                 "pending_id", "receipt_digest")
+        return [name for name in names if getattr(self, name) != getattr(other, name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id.hex(), "kind": self.kind, "debit_account": self.debit_account,
+            "credit_account": self.credit_account, "amount": self.amount, "code": self.code,
+            "cause": self.cause,
+            "pending_id": self.pending_id.hex() if self.pending_id is not None else None,
+            "receipt_digest": self.receipt_digest.hex() if self.receipt_digest is not None else None,
+            "at_ms": self.at_ms,
+        }
+
+
+def transfer_id(cause: str, leg: str) -> bytes:
+    """The id of one leg of what `cause` moves: SHA-256, so the same cause always names the same transfer."""
+    return hashlib.sha256(_ID_DOMAIN + cause.encode() + b"\n" + leg.encode()).digest()
+
+
+@contextmanager
+def savepoint(db: sqlite_utils.Database, name: str = "ledger") -> Iterator[None]:
+    """All or nothing inside whatever transaction the caller (or the writer thread) holds."""
+    conn = db.conn
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+_ACCOUNT_COLUMNS = ("id, ledger, kind, owner, flags, debits_pending, debits_posted, "
+                    "credits_pending, credits_posted")
+
+
+def _account_from_row(row: Sequence[Any]) -> Account:
+    return Account(*row)
+
+
+def get_account(db: sqlite_utils.Database, account_id: str) -> Account | None:
+    row = db.conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ?", [account_id]).fetchone()
+    return _account_from_row(row) if row is not None else None
+
+
+def get_accounts(db: sqlite_utils.Database, account_ids: Sequence[str]) -> dict[str, Account]:
+    if not account_ids:
+        return {}
+    marks = ",".join("?" * len(account_ids))
+    rows = db.conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN ({marks})", list(account_ids))
+    return {row[0]: _account_from_row(row) for row in rows}
+
+
+def open_account(db: sqlite_utils.Database, account_id: str, *, ledger: str, kind: str,
+                 owner: str | None = None, flags: str = NO_LIMIT, now_ms: int) -> Account:
+    """Create the account, or return it if it exists with the same ledger, kind, owner and flags."""
+    if ledger not in LEDGERS:
+        raise InvalidTransfer(f"there is no ledger {ledger!r}; the ledgers are {', '.join(LEDGERS)}")
+    if flags not in FLAGS:
+        raise InvalidTransfer(f"{flags!r} is not a balance limit")
+    db.conn.execute(
+        "INSERT OR IGNORE INTO ledger_accounts (id, ledger, kind, owner, flags, created_at_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?)", [account_id, ledger, kind, owner, flags, now_ms])
+    account = get_account(db, account_id)
+    assert account is not None
+    if (account.ledger, account.kind, account.owner, account.flags) != (ledger, kind, owner, flags):
+        raise IdempotencyConflict(
+            f"account {account_id} already exists as a {account.kind} account on ledger "
+            f"{account.ledger} (owner {account.owner}, limit {account.flags or 'none'})")
+    return account
+
+
+# -- transfers -------------------------------------------------------------------------------
+
+_TRANSFER_COLUMNS = ("id, debit_account, credit_account, amount, code, cause, kind, pending_id, "
+                     "receipt_digest, at_ms")
+
+
+def _transfer_from_row(row: Sequence[Any]) -> Transfer:
+    return Transfer(*row)
+
+
+def get_transfers(db: sqlite_utils.Database, ids: Sequence[bytes]) -> dict[bytes, Transfer]:
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = db.conn.execute(
+        f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE id IN ({marks})", list(ids))
+    return {row[0]: _transfer_from_row(row) for row in rows}
+
+
+def transfers_for_receipt(db: sqlite_utils.Database, digest: bytes) -> list[Transfer]:
+    rows = db.conn.execute(
+        f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE receipt_digest = ? ORDER BY seq",
+        [digest])
+    return [_transfer_from_row(row) for row in rows]
+
+
+def _is_amount(value: object) -> bool:
+    return type(value) is int and 0 < value <= MAX_BALANCE
+
+
+def _validate(t: Transfer) -> None:
+    if type(t.id) is not bytes or len(t.id) != 32:
+        raise InvalidTransfer("a transfer id is 32 bytes (see transfer_id)")
+    if t.kind not in KINDS:
+        raise InvalidTransfer(f"{t.kind!r} is not a transfer kind; the kinds are {', '.join(KINDS)}")
+    if not _is_amount(t.amount):
+        raise InvalidTransfer(
+            f"a transfer moves a positive integer number of micro-yuan up to {MAX_BALANCE}, "
+            f"not {t.amount!r}")
+    for name in ("debit_account", "credit_account", "code", "cause"):
+        value = getattr(t, name)
+        if type(value) is not str or not value:
+            raise InvalidTransfer(f"a transfer's {name} must be non-empty text")
+    if t.debit_account == t.credit_account:
+        raise InvalidTransfer(f"transfer {t.code} debits and credits the same account {t.debit_account}")
+    if len(t.code) > MAX_CODE or len(t.cause) > MAX_CAUSE:
+        raise InvalidTransfer(f"a code is at most {MAX_CODE} and a cause at most {MAX_CAUSE} characters")
+    resolves = t.kind in (POST_PENDING, VOID_PENDING)
+    if resolves != (t.pending_id is not None):
+        raise InvalidTransfer("a post or void names its pending transfer, and only those do")
+    if t.pending_id is not None and (type(t.pending_id) is not bytes or len(t.pending_id) != 32):
+        raise InvalidTransfer("a pending id is 32 bytes")
+    if t.code.startswith(USAGE_PREFIX) != (t.receipt_digest is not None):
+        raise InvalidTransfer(f"a {USAGE_PREFIX}* transfer names its receipt digest, and only those do")
+    if t.receipt_digest is not None and (type(t.receipt_digest) is not bytes
+                                         or not 0 < len(t.receipt_digest) <= 64):
+        raise InvalidTransfer("a receipt digest is 1 to 64 bytes")
+    if type(t.at_ms) is not int:
+        raise InvalidTransfer("a transfer's time is integer milliseconds")
+
+
+@dataclass
+class _Working:
+    """An account's balances while a linked set is applied in memory."""
+
+    account: Account
+    balances: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        a = self.account
+        self.balances = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
+
+
+@dataclass
+class _Open:
+    debit_account: str
+    credit_account: str
+    amount: int
+    resolved: int
+    voided: bool
+
+
+def _load_pending(db: sqlite_utils.Database, pending_id: bytes) -> _Open | None:
+    row = db.conn.execute(
+        "SELECT p.kind, p.debit_account, p.credit_account, p.amount, "
+        "(SELECT COALESCE(SUM(r.amount), 0) FROM ledger_transfers r WHERE r.pending_id = p.id), "
+        "EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = p.id "
+        "        AND r.kind = 'void_pending') "
+        "FROM ledger_transfers p WHERE p.id = ?", [pending_id]).fetchone()
+    if row is None or row[0] != PENDING:
+        return None
+    return _Open(row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def pending_remaining(db: sqlite_utils.Database, pending_id: bytes) -> int:
+    """What is still held by a pending transfer (0 once drawn down or voided, or if unknown)."""
+    found = _load_pending(db, pending_id)
+    return 0 if found is None else found.amount - found.resolved
+
+
+def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -> list[Transfer]:
+    """Write a linked set of transfers: all of them, applied in order, or none.
+
+    If every transfer of the set already exists with the same fields, nothing is written and
+    the stored transfers are returned (a retry); if any id exists with other fields, or only
+    part of the set exists, `IdempotencyConflict`. Limits are checked after each transfer
+    in order, as TigerBeetle does for a linked chain.
+    """
+    transfers = list(transfers)
+    if not transfers:
+        return []
+    for t in transfers:
+        _validate(t)
+    ids = [t.id for t in transfers]
+    if len(set(ids)) != len(ids):
+        raise InvalidTransfer("a linked set names one transfer id twice")
+    existing = get_transfers(db, ids)
+    if existing:
+        for t in transfers:
+            old = existing.get(t.id)
+            if old is not None and old.differences(t):
+                raise IdempotencyConflict(
+                    f"transfer {t.id.hex()[:16]} ({old.code}, cause {old.cause}) already exists "
+                    f"with a different {', '.join(old.differences(t))}; a retry must repeat "
+                    f"the first request exactly")
+        if len(existing) == len(transfers):
+            return [existing[t.id] for t in transfers]
+        raise IdempotencyConflict(
+            "part of this linked set of transfers already exists; a linked set is written "
+            "whole or not at all, so its ids must not be reused")
+
+    working: dict[str, _Working] = {}
+    wanted = {t.debit_account for t in transfers} | {t.credit_account for t in transfers}
+    for account_id, account in get_accounts(db, sorted(wanted)).items():
+        working[account_id] = _Working(account)
+    opens: dict[bytes, _Open] = {}
+    for t in transfers:
+        for account_id in (t.debit_account, t.credit_account):
+            if account_id not in working:
+                raise UnknownAccount(f"transfer {t.code} names account {account_id}, which does not exist")
+        debit, credit = working[t.debit_account], working[t.credit_account]
+        if debit.account.ledger != credit.account.ledger:
+            raise InvalidTransfer(
+                f"transfer {t.code} would cross ledgers ({t.debit_account} is on "
+                f"{debit.account.ledger}, {t.credit_account} on {credit.account.ledger})")
+        amount = t.amount
+        if t.kind == POSTED:
+            debit.balances[1] += amount
+            credit.balances[3] += amount
+        elif t.kind == PENDING:
+            debit.balances[0] += amount
+            credit.balances[2] += amount
+            opens[t.id] = _Open(t.debit_account, t.credit_account, amount, 0, False)
+        else:
+            assert t.pending_id is not None
+            pending = opens.get(t.pending_id) or _load_pending(db, t.pending_id)
+            if pending is None:
+                raise PendingError(f"transfer {t.code} resolves {t.pending_id.hex()[:16]}, "
+                                   f"which is not a pending transfer")
+            opens[t.pending_id] = pending
+            if (pending.debit_account, pending.credit_account) != (t.debit_account, t.credit_account):
+                raise PendingError(f"transfer {t.code} must move the same accounts as the pending "
+                                   f"transfer it resolves")
+            remaining = pending.amount - pending.resolved
+            if pending.voided or amount > remaining:
+                raise PendingError(f"transfer {t.code} resolves {amount} µ¥ of a pending transfer "
+                                   f"that holds only {remaining} µ¥")
+            if t.kind == VOID_PENDING and amount != remaining:
+                raise PendingError("a void releases the whole remainder of its pending transfer "
+                                   f"({remaining} µ¥), not {amount} µ¥")
+            pending.resolved += amount
+            pending.voided = t.kind == VOID_PENDING
+            debit.balances[0] -= amount
+            credit.balances[2] -= amount
+            if t.kind == POST_PENDING:
+                debit.balances[1] += amount
+                credit.balances[3] += amount
+        for side in (debit, credit):
+            if max(side.balances) > MAX_BALANCE:
+                raise LedgerOverflow(f"transfer {t.code} would take account {side.account.id} past "
+                                     f"{MAX_BALANCE} µ¥")
+        grows = t.kind in (POSTED, PENDING)
+        d_pending, d_posted, c_pending, c_posted = debit.balances
+        if grows and debit.account.flags == DEBITS_MUST_NOT_EXCEED_CREDITS and \
+                d_pending + d_posted > c_posted:
+            raise LimitExceeded(
+                f"transfer {t.code} of {amount} µ¥ would make the debits of {debit.account.id} "
+                f"({d_pending + d_posted} µ¥ pending and posted) exceed its credits ({c_posted} µ¥)",
+                account=debit.account.id, flag=DEBITS_MUST_NOT_EXCEED_CREDITS, transfer=t)
+        d_pending, d_posted, c_pending, c_posted = credit.balances
+        if grows and credit.account.flags == CREDITS_MUST_NOT_EXCEED_DEBITS and \
+                c_pending + c_posted > d_posted:
+            raise LimitExceeded(
+                f"transfer {t.code} of {amount} µ¥ would make the credits of {credit.account.id} "
+                f"({c_pending + c_posted} µ¥ pending and posted) exceed its debits ({d_posted} µ¥)",
+                account=credit.account.id, flag=CREDITS_MUST_NOT_EXCEED_DEBITS, transfer=t)
+
+    touched = {t.debit_account for t in transfers} | {t.credit_account for t in transfers}
+    with savepoint(db, "ledger_link"):
+        db.conn.executemany(
+            f"INSERT INTO ledger_transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(t.id, t.debit_account, t.credit_account, t.amount, t.code, t.cause, t.kind,
+              t.pending_id, t.receipt_digest, t.at_ms) for t in transfers])
+        db.conn.executemany(
+            "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, "
+            "credits_pending = ?, credits_posted = ? WHERE id = ?",
+            [(*working[a].balances, a) for a in sorted(touched)])
+    return transfers
+
+
+# -- invariants ------------------------------------------------------------------------------
+
+
+def _hex(value: bytes | None) -> str:
+    return value.hex()[:16] if value is not None else "none"
+
+
+def check_invariants(db: sqlite_utils.Database) -> list[str]:
+    """Every way the ledger could be wrong, one sentence each; an empty list when all hold.
+
+    Recomputes every account's balances from its transfers, checks that each ledger's debits
+    equal its credits (posted and pending), that no limited account is past its limit, that
+    every post or void matches its pending transfer, that every usage transfer names an
+    accepted receipt and agrees with its posting, and that the quota accounts agree with the
+    money they limit. Used by the tests, `suanli-coordinator admin check-ledger` and auditors.
+    """
+    problems: list[str] = []
+    try:
+        _check(db.conn, problems)
+    except sqlite3.OperationalError as exc:  # e.g. "integer overflow" in SUM over tampered rows
+        problems.append(f"the ledger cannot be summed: {exc}")
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [f"… and {len(problems) - MAX_PROBLEMS} more problems"]
+    return problems
+
+
+def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
+    stored: dict[str, Account] = {
+        row[0]: _account_from_row(row)
+        for row in conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts")}
+
+    # one pass over the transfers: balances recomputed per account, as
+    # [debits_pending, debits_posted, credits_pending, credits_posted], and every pair of
+    # accounts that money moved between (for the ledger check)
+    computed: dict[str, list[int]] = {}
+    for debit, credit, kind, total in conn.execute(
+            "SELECT debit_account, credit_account, kind, SUM(amount) FROM ledger_transfers "
+            "GROUP BY debit_account, credit_account, kind"):
+        d = computed.setdefault(debit, [0, 0, 0, 0])
+        c = computed.setdefault(credit, [0, 0, 0, 0])
+        if kind == PENDING:
+            d[0] += total
+            c[2] += total
+        elif kind == POSTED:
+            d[1] += total
+            c[3] += total
+        elif kind == POST_PENDING:
+            d[0] -= total
+            d[1] += total
+            c[2] -= total
+            c[3] += total
+        elif kind == VOID_PENDING:
+            d[0] -= total
+            c[2] -= total
+        else:
+            problems.append(f"transfers of unknown kind {kind!r} move {debit} → {credit}")
+        if debit in stored and credit in stored and stored[debit].ledger != stored[credit].ledger:
+            problems.append(f"transfers from {debit} to {credit} cross ledgers "
+                            f"({stored[debit].ledger} → {stored[credit].ledger})")
+    for account_id in sorted(set(computed) - set(stored)):
+        problems.append(f"transfers name account {account_id}, which does not exist")
+    names = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+    for account_id, account in stored.items():
+        sums = computed.get(account_id, [0, 0, 0, 0])
+        for name, expected in zip(names, sums, strict=True):
+            if getattr(account, name) != expected:
+                problems.append(f"account {account_id} stores {name} = {getattr(account, name)} µ¥ "
+                                f"but its transfers sum to {expected} µ¥")
+            if expected < 0:
+                problems.append(f"account {account_id} has negative {name} ({expected} µ¥) from its "
+                                f"transfers")
+        if account.over_limit():
+            problems.append(f"account {account_id} is past its limit {account.flags}: debits "
+                            f"{account.debits_posted} posted + {account.debits_pending} pending, "
+                            f"credits {account.credits_posted} posted + {account.credits_pending} "
+                            f"pending")
+    for ledger in LEDGERS:
+        accounts = [a for a in stored.values() if a.ledger == ledger]
+        for debits, credits, what in (("debits_posted", "credits_posted", "posted"),
+                                      ("debits_pending", "credits_pending", "pending")):
+            d_total = sum(getattr(a, debits) for a in accounts)
+            c_total = sum(getattr(a, credits) for a in accounts)
+            if d_total != c_total:
+                problems.append(f"ledger {ledger}: {what} debits ({d_total} µ¥) do not equal {what} "
+                                f"credits ({c_total} µ¥)")
+
+    for seq, pending_id in conn.execute(
+            "SELECT r.seq, r.pending_id FROM ledger_transfers r "
+            "LEFT JOIN ledger_transfers p ON p.id = r.pending_id "
+            "WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending' "
+            "OR p.debit_account <> r.debit_account OR p.credit_account <> r.credit_account "
+            "OR r.seq < p.seq)"):
+        problems.append(f"transfer #{seq} resolves {_hex(pending_id)}, which is not an earlier "
+                        f"pending transfer of the same accounts")
+    for pending_id, amount, resolved, voids, last_void, last in conn.execute(
+            "SELECT r.pending_id, p.amount, SUM(r.amount), SUM(r.kind = 'void_pending'), "
+            "MAX(CASE WHEN r.kind = 'void_pending' THEN r.seq END), MAX(r.seq) "
+            "FROM ledger_transfers r JOIN ledger_transfers p ON p.id = r.pending_id "
+            "WHERE r.pending_id IS NOT NULL GROUP BY r.pending_id"):
+        if resolved > amount:
+            problems.append(f"pending transfer {_hex(pending_id)} of {amount} µ¥ was resolved for "
+                            f"{resolved} µ¥")
+        if voids > 1 or (voids == 1 and last_void != last):
+            problems.append(f"pending transfer {_hex(pending_id)} was resolved after it was voided")
+
+    for seq, code in conn.execute(
+            "SELECT seq, code FROM ledger_transfers "
+            "WHERE (receipt_digest IS NULL) = (code LIKE 'usage\\_%' ESCAPE '\\')"):
+        problems.append(f"transfer #{seq} ({code}) names a receipt digest if and only if it is not "
+                        f"a usage transfer")
+    for digest, seq, accepted, posted in conn.execute(
+            "SELECT t.receipt_digest, MIN(t.seq), "
+            "EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest), "
+            "EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest) "
+            "FROM ledger_transfers t WHERE t.receipt_digest IS NOT NULL GROUP BY t.receipt_digest "
+            "HAVING NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest) "
+            "OR NOT EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest)"):
+        if not accepted:
+            problems.append(f"usage transfer #{seq} names receipt {_hex(digest)}, which is not an "
+                            f"accepted receipt")
+        if not posted:
+            problems.append(f"usage transfer #{seq} names receipt {_hex(digest)}, which has no posting")
+    _check_postings(conn, problems)
+    _check_quotas(conn, stored, problems)
+
+
+# the transfers a posting must consist of: (code, debit account, credit account) in SQL
+_POSTING_LEGS = {
+    USAGE_VOUCHER: ("'pool:' || p.fiscal_year", "'earnings:' || p.provider_id", "p.voucher"),
+    USAGE_CAP: ("'cap:' || p.fiscal_year || ':' || p.enterprise_uscc",
+                "'entitlements_used:' || p.fiscal_year", "p.voucher"),
+    USAGE_DEFERRED: ("'receivable:' || p.enterprise_id", "'earnings:' || p.provider_id",
+                     "p.deferred"),
+    USAGE_CREDIT: ("'credit:' || p.enterprise_id", f"'{CREDIT_USED}'", "p.deferred"),
+}
+
+
+def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
+    """Each posting's transfers are exactly its four legs, summing to its voucher and deferred parts.
+
+    The whole table is checked in SQL; only postings found wrong are read back to say how.
+    """
+    shapes = {code: f"(t.code = '{code}' AND t.debit_account = {debit} AND t.credit_account = "
+                    f"{credit} AND t.kind IN ('posted', 'post_pending'))"
+              for code, (debit, credit, _) in _POSTING_LEGS.items()}
+    sums = " OR ".join(f"SUM(CASE WHEN {shape} THEN t.amount ELSE 0 END) <> {_POSTING_LEGS[code][2]}"
+                       for code, shape in shapes.items())
+    stray = " OR ".join(shapes.values())
+    bad = conn.execute(
+        f"SELECT p.receipt_digest FROM ledger_postings p "
+        f"LEFT JOIN ledger_transfers t ON t.receipt_digest = p.receipt_digest "
+        f"GROUP BY p.receipt_digest HAVING {sums} "
+        f"OR SUM(CASE WHEN t.seq IS NOT NULL AND NOT ({stray}) THEN 1 ELSE 0 END) > 0 "
+        f"OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = p.receipt_digest)").fetchall()
+    for (digest,) in bad[:MAX_PROBLEMS + 1]:
+        enterprise_id, provider_id, year, uscc, voucher, deferred, accepted = conn.execute(
+            "SELECT enterprise_id, provider_id, fiscal_year, enterprise_uscc, voucher, deferred, "
+            "EXISTS (SELECT 1 FROM receipts r WHERE r.digest = receipt_digest) "
+            "FROM ledger_postings WHERE receipt_digest = ?", [digest]).fetchone()
+        if not accepted:
+            problems.append(f"posting {_hex(digest)} names no accepted receipt")
+        want = {
+            USAGE_VOUCHER: (pool_account(year), earnings_account(provider_id)),
+            USAGE_CAP: (cap_account(year, uscc), entitlements_used_account(year)),
+            USAGE_DEFERRED: (receivable_account(enterprise_id), earnings_account(provider_id)),
+            USAGE_CREDIT: (credit_account(enterprise_id), CREDIT_USED),
+        }
+        legs: dict[str, int] = {}
+        for code, debit, credit, kind, amount in conn.execute(
+                "SELECT code, debit_account, credit_account, kind, amount FROM ledger_transfers "
+                "WHERE receipt_digest = ? ORDER BY seq", [digest]):
+            if want.get(code) != (debit, credit) or kind not in (POSTED, POST_PENDING):
+                problems.append(f"posting {_hex(digest)} has a stray transfer {code} ({kind}) of "
+                                f"{amount} µ¥ from {debit} to {credit}")
+            else:
+                legs[code] = legs.get(code, 0) + amount
+        got = [legs.get(code, 0) for code in _POSTING_LEGS]
+        if got != [voucher, voucher, deferred, deferred]:
+            problems.append(
+                f"posting {_hex(digest)} says voucher {voucher} µ¥ and deferred {deferred} µ¥ but "
+                f"its transfers move voucher {got[0]}, cap {got[1]}, deferred {got[2]} and "
+                f"credit {got[3]} µ¥")
+
+
+def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
+                  problems: list[str]) -> None:
+    for account in stored.values():
+        if account.kind == "pool":
+            year = int(account.id.split(":", 1)[1])
+            used = stored.get(entitlements_used_account(year))
+            used_total = used.credits_posted if used is not None else 0
+            if account.debits_posted != used_total:
+                problems.append(f"{account.id} paid out {account.debits_posted} µ¥ of vouchers but "
+                                f"the caps of {year} record {used_total} µ¥ used")
+        elif account.kind == "credit":
+            enterprise_id = account.id.split(":", 1)[1]
+            line = stored.get(credit_line_account(enterprise_id))
+            receivable = stored.get(receivable_account(enterprise_id))
+            limit = (line.debits_posted - line.credits_posted) if line is not None else 0
+            owed = (receivable.debits_posted - receivable.credits_posted) if receivable else 0
+            free = account.credits_posted - account.debits_posted
+            if free != limit - owed:
+                problems.append(f"{account.id} has {free} µ¥ of credit unused but its limit "
+                                f"{limit} µ¥ less the {owed} µ¥ owed is {limit - owed} µ¥")

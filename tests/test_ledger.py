@@ -1,0 +1,697 @@
+"""The ledger: balanced immutable transfers, balance limits, two-phase reservations, idempotent
+retries, and a stateful model of vouchers and deferred payment that restarts the database file
+between any two steps and still finds every invariant holding."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from coordinator import ledger as L
+from coordinator import vouchers as V
+from coordinator.db import Database, connect, transaction
+from coordinator.ledger import Transfer, check_invariants, create_transfers, transfer_id
+from shared.uscc import check_character
+
+NOW = 1_790_000_000_000  # 2026-09-21, inside fiscal year 2026
+DAY = V.DAY_MS
+
+
+def uscc(n: int) -> str:
+    prefix = f"9133000010{n:07d}"
+    return prefix + check_character(prefix)
+
+
+class World:
+    """The coordinator rows the ledger leans on: companies, agents, jobs, leases, receipts."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self.counter = 0
+
+    def _next(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def enterprise(self, code: str, policy: V.VoucherPolicy, now: int = NOW) -> str:
+        enterprise_id = f"ent-{self._next()}"
+        self.db.conn.execute("INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
+                             [enterprise_id, "E", code, now])
+        V.open_enterprise_accounts(self.db, enterprise_id, code, policy, now)
+        return enterprise_id
+
+    def provider(self, code: str, now: int = NOW) -> str:
+        provider_id = f"prov-{self._next()}"
+        self.db.conn.execute("INSERT INTO providers (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
+                             [provider_id, "P", code, now])
+        self.db.conn.execute(
+            "INSERT INTO agents (agent_id, provider_id, public_key, hostname, enrolled_at_ms) "
+            "VALUES (?,?,?,?,?)", [f"agent-{provider_id}", provider_id, b"k" * 32, "host", now])
+        return provider_id
+
+    def job(self, enterprise_id: str, provider_id: str, now: int = NOW) -> tuple[str, str]:
+        n = self._next()
+        job_id, lease_id = f"job-{n}", f"lease-{n}"
+        self.db.conn.execute(
+            "INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, created_at_ms) "
+            "VALUES (?,?,?,?,?,?)", [job_id, enterprise_id, job_id, "{}", "running", now])
+        self.db.conn.execute(
+            "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
+            "start_deadline_ms, ends_at_ms, state) VALUES (?,?,?,?,?,?,?,?,?)",
+            [lease_id, job_id, f"agent-{provider_id}", "[]", 1, now, now, now, "running"])
+        return job_id, lease_id
+
+    def receipt(self, lease_id: str, now: int = NOW) -> bytes:
+        n = self._next()
+        digest = hashlib.sha256(f"receipt {n}".encode()).digest()
+        seq = self.db.conn.execute("SELECT COUNT(*) FROM receipts WHERE lease_id = ?",
+                                   [lease_id]).fetchone()[0] + 1
+        self.db.conn.execute(
+            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
+            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [lease_id, seq, "agent", b"envelope", digest, now, now, 0, 0, 0, 0, b"ack"])
+        return digest
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
+    database = connect(tmp_path / "coordinator.db")
+    yield database
+    database.conn.close()
+
+
+POLICY = V.VoucherPolicy(fiscal_year=2026, pool_total_micro_yuan=10_000_000_000,
+                         per_company_cap_micro_yuan=1_000_000_000,
+                         default_credit_limit_micro_yuan=2_000_000_000)
+
+
+def _accounts(db: sqlite_utils.Database) -> None:
+    for account_id, flags in (("a", L.NO_LIMIT), ("b", L.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                              ("c", L.CREDITS_MUST_NOT_EXCEED_DEBITS)):
+        L.open_account(db, account_id, ledger=L.CNY, kind="test", flags=flags, now_ms=NOW)
+    L.open_account(db, "q", ledger=L.CREDIT, kind="test", now_ms=NOW)
+
+
+def _t(cause: str, debit: str, credit: str, amount: int, **kw: Any) -> Transfer:
+    return Transfer(transfer_id(cause, kw.pop("leg", "leg")), debit, credit, amount, "test", cause,
+                    at_ms=NOW, **kw)
+
+
+# -- the transfer engine ---------------------------------------------------------------------
+
+
+def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _accounts(db)
+        first = create_transfers(db, [_t("x", "a", "b", 10)])
+        again = create_transfers(db, [Transfer(first[0].id, "a", "b", 10, "test", "x", at_ms=NOW + 5)])
+        assert again == first
+        with pytest.raises(L.IdempotencyConflict, match="different amount"):
+            create_transfers(db, [_t("x", "a", "b", 11)])
+    assert db.conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] == 1
+    assert L.get_account(db, "b").credits_posted == 10  # type: ignore[union-attr]
+    assert check_invariants(db) == []
+
+
+def test_transfer_ids_come_from_their_cause() -> None:
+    assert transfer_id("receipt:ab", "voucher") == transfer_id("receipt:ab", "voucher")
+    assert len({transfer_id("receipt:ab", "voucher"), transfer_id("receipt:ab", "deferred"),
+                transfer_id("receipt:ac", "voucher")}) == 3
+
+
+def test_a_linked_set_is_written_whole_or_not_at_all(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _accounts(db)
+        create_transfers(db, [_t("fund", "a", "b", 100)])
+        with pytest.raises(L.LimitExceeded) as caught:
+            create_transfers(db, [_t("s", "b", "a", 60, leg="1"), _t("s", "b", "a", 60, leg="2")])
+        assert caught.value.account == "b"
+    assert L.get_account(db, "b").debits_posted == 0  # type: ignore[union-attr]
+    assert db.conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] == 1
+    assert check_invariants(db) == []
+
+
+def test_limits_count_pending_debits_and_refuse_overpaying(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _accounts(db)
+        create_transfers(db, [_t("fund", "a", "b", 100)])
+        create_transfers(db, [_t("hold", "b", "a", 70, kind=L.PENDING)])
+        with pytest.raises(L.LimitExceeded, match="exceed its credits"):
+            create_transfers(db, [_t("spend", "b", "a", 31)])
+        create_transfers(db, [_t("spend", "b", "a", 30)])
+        # c may never be credited more than it was debited
+        with pytest.raises(L.LimitExceeded, match="exceed its debits"):
+            create_transfers(db, [_t("pay", "a", "c", 1)])
+    assert check_invariants(db) == []
+
+
+def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _accounts(db)
+        create_transfers(db, [_t("fund", "a", "b", 100)])
+        (hold,) = create_transfers(db, [_t("hold", "b", "a", 50, kind=L.PENDING)])
+        create_transfers(db, [_t("use", "b", "a", 20, leg="1", kind=L.POST_PENDING, pending_id=hold.id)])
+        create_transfers(db, [_t("use", "b", "a", 10, leg="2", kind=L.POST_PENDING, pending_id=hold.id)])
+        assert L.pending_remaining(db, hold.id) == 20
+        with pytest.raises(L.PendingError, match="holds only 20"):
+            create_transfers(db, [_t("use", "b", "a", 21, leg="3", kind=L.POST_PENDING,
+                                     pending_id=hold.id)])
+        with pytest.raises(L.PendingError, match="whole remainder"):
+            create_transfers(db, [_t("end", "b", "a", 5, kind=L.VOID_PENDING, pending_id=hold.id)])
+        with pytest.raises(L.PendingError, match="same accounts"):
+            create_transfers(db, [_t("end", "a", "b", 20, kind=L.VOID_PENDING, pending_id=hold.id)])
+        create_transfers(db, [_t("end", "b", "a", 20, kind=L.VOID_PENDING, pending_id=hold.id)])
+        with pytest.raises(L.PendingError):
+            create_transfers(db, [_t("late", "b", "a", 1, kind=L.POST_PENDING, pending_id=hold.id)])
+    b = L.get_account(db, "b")
+    assert b is not None and (b.debits_posted, b.debits_pending) == (30, 0)
+    assert check_invariants(db) == []
+
+
+@pytest.mark.parametrize(("debit", "credit", "amount", "error"), [
+    ("a", "q", 1, "cross ledgers"),
+    ("a", "a", 1, "same account"),
+    ("a", "b", 0, "positive integer"),
+    ("a", "b", -5, "positive integer"),
+    ("a", "b", True, "positive integer"),
+    ("a", "b", 2**63, "positive integer"),
+    ("a", "nowhere", 1, "does not exist"),
+])
+def test_malformed_transfers_are_refused(db: sqlite_utils.Database, debit: str, credit: str,
+                                         amount: Any, error: str) -> None:
+    with transaction(db):
+        _accounts(db)
+        with pytest.raises(L.LedgerError, match=error):
+            create_transfers(db, [_t("bad", debit, credit, amount)])
+
+
+def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _accounts(db)
+        with pytest.raises(L.InvalidTransfer, match="receipt digest"):
+            create_transfers(db, [Transfer(transfer_id("u", "l"), "a", "b", 1, L.USAGE_VOUCHER, "u")])
+        with pytest.raises(L.InvalidTransfer, match="receipt digest"):
+            create_transfers(db, [Transfer(transfer_id("u", "l"), "a", "b", 1, "test", "u",
+                                           receipt_digest=b"x" * 32)])
+
+
+# -- tampering -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, V.Posting]:
+    world = World(db)
+    with transaction(db):
+        ent = world.enterprise(uscc(1), POLICY)
+        prov = world.provider(uscc(2))
+        job, lease = world.job(ent, prov)
+        V.reserve_job(db, job, ent, 400_000_000, policy=POLICY, now_ms=NOW)
+        digest = world.receipt(lease)
+        posting = V.post_usage(db, enterprise_id=ent, provider_id=prov, enterprise_uscc=uscc(1),
+                               provider_uscc=uscc(2), lease_id=lease, job_id=job,
+                               receipt_digest=digest, amount=300_000_000, policy=POLICY, now_ms=NOW)
+    assert check_invariants(db) == []
+    return db, posting
+
+
+def test_the_database_refuses_to_update_or_delete_a_transfer(
+        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, _ = posted
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        db.conn.execute("UPDATE ledger_transfers SET amount = amount + 1")
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        db.conn.execute("DELETE FROM ledger_transfers")
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        db.conn.execute("DELETE FROM ledger_postings")
+    with pytest.raises(sqlite3.IntegrityError, match="keeps its id"):
+        db.conn.execute("UPDATE ledger_accounts SET flags = '' WHERE kind = 'pool'")
+    assert check_invariants(db) == []
+
+
+def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, _ = posted
+    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 "
+                    "WHERE id = 'pool:2026'")
+    problems = check_invariants(db)
+    assert any("pool:2026 stores credits_posted" in p for p in problems)
+    assert any("ledger cny: posted debits" in p for p in problems)
+
+
+def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, posting = posted
+    # spend the enterprise's credit behind the ledger's back, keeping balances consistent
+    credit = L.credit_account(posting.enterprise_id)
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    db.conn.execute(
+        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
+        "at_ms) VALUES (?, 'posted', ?, 'credit_used', ?, 'forged', 'forged', 0)",
+        [b"f" * 32, credit, 10**12])
+    db.conn.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + ? WHERE id = ?",
+                    [10**12, credit])
+    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + ? WHERE id = ?",
+                    [10**12, "credit_used"])
+    problems = check_invariants(db)
+    assert any(f"account {credit} is past its limit" in p for p in problems)
+    assert any("of credit unused" in p for p in problems)
+
+
+def test_usage_naming_no_accepted_receipt_is_caught(
+        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, posting = posted
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    db.conn.execute("DELETE FROM receipts WHERE digest = ?", [posting.receipt_digest])
+    problems = check_invariants(db)
+    assert any("not an accepted receipt" in p for p in problems)
+    assert any("names no accepted receipt" in p for p in problems)
+
+
+def test_a_forged_usage_transfer_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, posting = posted
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    earnings = L.earnings_account(posting.provider_id)
+    db.conn.execute(
+        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
+        "receipt_digest, at_ms) VALUES (?, 'posted', 'pool:2026', ?, 5, 'usage_voucher', 'x', ?, 0)",
+        [b"g" * 32, earnings, b"no such receipt"])
+    db.conn.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + 5 WHERE id = 'pool:2026'")
+    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 5 WHERE id = ?",
+                    [earnings])
+    problems = check_invariants(db)
+    assert any("not an accepted receipt" in p for p in problems)
+    assert any("has no posting" in p for p in problems)
+    assert any("caps of 2026 record" in p for p in problems)
+
+
+def test_a_posting_that_disagrees_with_its_transfers_is_caught(
+        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    db, _ = posted
+    db.conn.execute("DROP TRIGGER ledger_postings_no_update")
+    db.conn.execute("UPDATE ledger_postings SET voucher = voucher + 1, deferred = deferred - 1")
+    assert any("its transfers move" in p for p in check_invariants(db))
+
+
+# -- the writer thread ----------------------------------------------------------------------
+
+
+async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_itself(
+        tmp_path: Path) -> None:
+    database = Database(tmp_path / "writer.db")
+    world = World(database.db)
+    with transaction(database.db):
+        ent = world.enterprise(uscc(1), POLICY)
+        prov = world.provider(uscc(2))
+        job, lease = world.job(ent, prov)
+        digests = [world.receipt(lease) for _ in range(3)]
+    database.start()
+    try:
+        def post(digest: bytes, amount: int) -> Callable[[sqlite_utils.Database], V.Posting]:
+            return lambda db: V.post_usage(
+                db, enterprise_id=ent, provider_id=prov, enterprise_uscc=uscc(1),
+                provider_uscc=uscc(2), lease_id=lease, job_id=job, receipt_digest=digest,
+                amount=amount, policy=POLICY, now_ms=NOW)
+
+        results = await asyncio.gather(
+            database.run(post(digests[0], 1_000_000)),
+            database.run(post(digests[1], 10**15)),  # far past the credit limit
+            database.run(post(digests[2], 2_000_000)),
+            return_exceptions=True)
+        assert isinstance(results[1], V.CreditExceeded)
+        assert [r.voucher for r in (results[0], results[2])] == [500_000, 1_000_000]  # type: ignore[union-attr]
+        assert await database.run(check_invariants) == []
+        assert await database.run(lambda db: V.job_charges(db, job)) == {
+            "charged_micro_yuan": 3_000_000, "voucher_micro_yuan": 1_500_000,
+            "deferred_micro_yuan": 1_500_000}
+    finally:
+        database.close()
+
+
+# -- the stateful model ----------------------------------------------------------------------
+
+START = 1_788_220_800_000  # 2026-09-01T00:00Z; a run may cross into fiscal year 2027
+AMOUNTS = st.one_of(st.integers(1, 10), st.integers(1, 2_000_000_000),
+                    st.integers(2_000_000_000, 6_000_000_000), st.just(V.MAX_AMOUNT))
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Companies, jobs, receipts, payments and period closes against a model of what they owe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="suanli-ledger-"))
+        self.path = self.dir / "coordinator.db"
+        self.db = connect(self.path)
+        self.world = World(self.db)
+        self.now = START
+        self.policy = POLICY
+        self.enterprises: dict[str, str] = {}  # id -> uscc
+        self.providers: dict[str, str] = {}
+        self.jobs: dict[str, tuple[str, str, str]] = {}  # job -> (enterprise, provider, lease)
+        self.pool_used = 0
+        self.cap_used: dict[str, int] = {}
+        self.owed: dict[str, int] = {}
+        self.limit: dict[str, int] = {}
+        self.reserved: dict[str, int] = {}  # job -> remaining reservation
+        self.postings: dict[bytes, tuple[dict[str, Any], V.Posting]] = {}
+        self.payments: dict[str, tuple[str, int]] = {}
+        self.paid: dict[str, int] = {}
+        self.usage: dict[tuple[str, str], int] = {}  # (period, enterprise) -> deferred
+        self.statements: dict[str, list[tuple[str, int, int]]] = {}  # ent -> (period, due, suspend)
+        self.closed: set[str] = set()
+        self.companies = 0
+
+    def teardown(self) -> None:
+        self.db.conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # the writer's way: one transaction that commits even when a call raised, so every
+    # function must undo its own partial work
+    def call(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            return fn(self.db)
+        except L.LedgerError as exc:
+            return exc
+        finally:
+            self.db.conn.execute("COMMIT")
+
+    @initialize(coverage=st.sampled_from([0, 1, 5_000, 7_777, 10_000]), subsidise=st.booleans(),
+                both=st.lists(st.booleans(), min_size=1, max_size=3))
+    def set_up(self, coverage: int, subsidise: bool, both: list[bool]) -> None:
+        """A policy, a few enterprises (some of them providers too) and one more provider."""
+        self.policy = V.VoucherPolicy(
+            fiscal_year=2026, pool_total_micro_yuan=5_000_000_000,
+            per_company_cap_micro_yuan=3_000_000_000, coverage_bps=coverage,
+            providers_may_be_subsidised=subsidise, payment_terms_days=10, grace_days=5,
+            default_credit_limit_micro_yuan=8_000_000_000)
+        for also_provider in [False, *both]:
+            self.register_enterprise(also_provider)
+        self.register_provider()
+        for ent in sorted(self.enterprises):
+            for prov in sorted(self.providers):
+                with transaction(self.db):
+                    job, lease = self.world.job(ent, prov, self.now)
+                self.jobs[job] = (ent, prov, lease)
+
+    # -- model helpers
+    def headroom(self, ent: str) -> int:
+        held = sum(r for job, r in self.reserved.items() if self.jobs[job][0] == ent)
+        return self.limit[ent] - self.owed[ent] - held
+
+    def subsidy_allowed(self, code: str) -> bool:
+        return self.policy.providers_may_be_subsidised or code not in self.providers.values()
+
+    def expected_split(self, ent: str, prov: str, amount: int, self_dealing: bool) -> V.Split:
+        if V._utc(self.now).year != 2026:
+            return V.Split(0, amount, V.OUTSIDE_FISCAL_YEAR)
+        code = self.enterprises[ent]
+        return V.split_charge(amount, self.policy.coverage_bps,
+                              self.policy.per_company_cap_micro_yuan - self.cap_used.get(code, 0),
+                              self.policy.pool_total_micro_yuan - self.pool_used, self_dealing,
+                              self.subsidy_allowed(code))
+
+    def suspended(self, ent: str) -> bool:
+        unallocated = self.paid.get(ent, 0)
+        for period, _, suspend in sorted(self.statements.get(ent, [])):
+            due = self.usage.get((period, ent), 0)
+            paid = min(unallocated, due)
+            unallocated -= paid
+            if due - paid and self.now > suspend:
+                return True
+        return False
+
+    # -- rules
+    @rule(also_provider=st.booleans())
+    def register_enterprise(self, also_provider: bool) -> None:
+        self.companies += 1
+        code = uscc(self.companies)
+        with transaction(self.db):
+            ent = self.world.enterprise(code, self.policy, self.now)
+            if also_provider:
+                self.providers[self.world.provider(code, self.now)] = code
+        self.enterprises[ent] = code
+        self.owed[ent] = 0
+        self.limit[ent] = self.policy.default_credit_limit_micro_yuan
+
+    @rule()
+    def register_provider(self) -> None:
+        self.companies += 1
+        code = uscc(self.companies)
+        with transaction(self.db):
+            self.providers[self.world.provider(code, self.now)] = code
+
+    @precondition(lambda self: self.enterprises and self.providers)
+    @rule(data=st.data(), max_cost=st.one_of(st.none(), AMOUNTS))
+    def award_job(self, data: st.DataObject, max_cost: int | None) -> None:
+        ent = data.draw(st.sampled_from(sorted(self.enterprises)))
+        prov = data.draw(st.sampled_from(sorted(self.providers)))
+        with transaction(self.db):
+            job, lease = self.world.job(ent, prov, self.now)
+        self.jobs[job] = (ent, prov, lease)
+        if max_cost is None:
+            return
+        result = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
+                                                   now_ms=self.now))
+        estimate = self.expected_split(ent, prov, max_cost, False).voucher
+        event(f"reservation: {type(result).__name__}")
+        if self.suspended(ent):
+            assert isinstance(result, V.Suspended), result
+            assert "suspended" in result.detail
+        elif max_cost - estimate > self.headroom(ent):
+            assert isinstance(result, V.CreditExceeded), result
+        else:
+            assert isinstance(result, V.Reservation), result
+            assert (result.voucher_estimate, result.amount) == (estimate, max_cost - estimate)
+            self.reserved[job] = result.amount
+            again = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
+                                                      now_ms=self.now))
+            assert again == result
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), amount=AMOUNTS)
+    def post_usage(self, data: st.DataObject, amount: int) -> None:
+        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        ent, prov, lease = self.jobs[job]
+        with transaction(self.db):
+            digest = self.world.receipt(lease, self.now)
+        fields: dict[str, Any] = {
+            "enterprise_id": ent, "provider_id": prov, "enterprise_uscc": self.enterprises[ent],
+            "provider_uscc": self.providers[prov], "lease_id": lease, "job_id": job,
+            "receipt_digest": digest, "amount": amount}
+        result = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now))
+        split = self.expected_split(ent, prov, amount,
+                                    self.enterprises[ent] == self.providers[prov])
+        drawn = min(split.deferred, self.reserved.get(job, 0))
+        if split.deferred - drawn > self.headroom(ent):
+            assert isinstance(result, V.CreditExceeded), result
+            assert "does not fit the credit" in result.detail
+            event("posting refused: credit exceeded")
+            return
+        assert isinstance(result, V.Posting), result
+        event(f"posted: {result.reason}")
+        assert (result.voucher, result.deferred, result.reason) == tuple(split)
+        assert result.voucher + result.deferred == amount
+        self.postings[digest] = (fields, result)
+        if job in self.reserved:
+            self.reserved[job] -= drawn
+        self.pool_used += split.voucher
+        code = self.enterprises[ent]
+        self.cap_used[code] = self.cap_used.get(code, 0) + split.voucher
+        self.owed[ent] += split.deferred
+        key = (result.period, ent)
+        self.usage[key] = self.usage.get(key, 0) + split.deferred
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), amount=st.integers(1_000_000_000, 6_000_000_000))
+    def post_big_usage(self, data: st.DataObject, amount: int) -> None:
+        """The same as post_usage, drawn as often again, with sizes that exhaust caps and the pool."""
+        self.post_usage(data, amount)
+
+    @precondition(lambda self: self.postings)
+    @rule(data=st.data())
+    def repeat_a_posting(self, data: st.DataObject) -> None:
+        digest = data.draw(st.sampled_from(sorted(self.postings)))
+        fields, first = self.postings[digest]
+        later = self.now + data.draw(st.integers(0, DAY))
+        again = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=later))
+        assert again == first
+
+    @precondition(lambda self: self.postings)
+    @rule(data=st.data(), change=st.sampled_from(["amount", "job_id", "enterprise_uscc"]))
+    def change_a_posting(self, data: st.DataObject, change: str) -> None:
+        digest = data.draw(st.sampled_from(sorted(self.postings)))
+        fields = dict(self.postings[digest][0])
+        fields[change] = fields[change] + 1 if change == "amount" else fields[change] + "x"
+        result = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now))
+        assert isinstance(result, L.IdempotencyConflict), result
+        assert change in result.detail
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def post_without_a_receipt(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        ent, prov, lease = self.jobs[job]
+        result = self.call(lambda db: V.post_usage(
+            db, enterprise_id=ent, provider_id=prov, enterprise_uscc=self.enterprises[ent],
+            provider_uscc=self.providers[prov], lease_id=lease, job_id=job,
+            receipt_digest=b"\x00" * 32, amount=1_000, policy=self.policy, now_ms=self.now))
+        assert isinstance(result, V.UnknownReceipt), result
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def settle_a_job(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        result = self.call(lambda db: V.settle_job(db, job, self.now))
+        if job in self.reserved:
+            assert isinstance(result, V.Reservation) and result.remaining == 0
+            self.reserved[job] = 0
+        else:
+            assert result is None or result.remaining == 0
+
+    @precondition(lambda self: self.enterprises)
+    @rule(data=st.data(), fraction=st.sampled_from([1, 2, 3]), overpay=st.booleans())
+    def pay(self, data: st.DataObject, fraction: int, overpay: bool) -> None:
+        ent = data.draw(st.sampled_from(sorted(self.enterprises)))
+        amount = self.owed[ent] // fraction + (1 if overpay else 0)
+        reference = f"bank-{len(self.payments) + 1}"
+        result = self.call(lambda db: V.record_payment(db, ent, amount, reference, self.now))
+        if amount == 0:
+            assert isinstance(result, L.InvalidTransfer), result
+        elif amount > self.owed[ent]:
+            assert isinstance(result, V.Overpayment), result
+        else:
+            assert isinstance(result, V.Payment) and result.amount == amount
+            self.payments[reference] = (ent, amount)
+            self.owed[ent] -= amount
+            self.paid[ent] = self.paid.get(ent, 0) + amount
+
+    @precondition(lambda self: self.payments)
+    @rule(data=st.data(), same=st.booleans())
+    def repeat_a_payment(self, data: st.DataObject, same: bool) -> None:
+        reference = data.draw(st.sampled_from(sorted(self.payments)))
+        ent, amount = self.payments[reference]
+        result = self.call(lambda db: V.record_payment(db, ent, amount + (0 if same else 1),
+                                                       reference, self.now + 1))
+        if same:
+            assert isinstance(result, V.Payment) and result.amount == amount
+        else:
+            assert isinstance(result, L.IdempotencyConflict), result
+            assert reference in result.detail
+
+    @precondition(lambda self: self.enterprises)
+    @rule(data=st.data(), limit=st.integers(0, 12_000_000_000))
+    def set_credit_limit(self, data: st.DataObject, limit: int) -> None:
+        ent = data.draw(st.sampled_from(sorted(self.enterprises)))
+        result = self.call(lambda db: V.set_credit_limit(db, ent, limit, self.now))
+        in_use = self.limit[ent] - self.headroom(ent)
+        if limit < in_use and limit < self.limit[ent]:
+            assert isinstance(result, V.CreditExceeded), result
+        else:
+            assert result == limit
+            self.limit[ent] = limit
+
+    @rule(days=st.integers(0, 40), ms=st.integers(0, DAY))
+    def advance_the_clock(self, days: int, ms: int) -> None:
+        self.now += days * DAY + ms
+
+    @rule(days=st.sampled_from([0, 9, 16, 30]))
+    def next_month(self, days: int) -> None:
+        """Jump to a day of the next month and close the one that ended."""
+        _, end = V.period_bounds(V.period_of(self.now))
+        self.now = end + days * DAY
+        self.close_last_period()
+
+    @rule()
+    def close_last_period(self) -> None:
+        start, _ = V.period_bounds(V.period_of(self.now))
+        period = V.period_of(start - 1)
+        result = self.call(lambda db: V.close_period(db, period, self.policy, self.now))
+        assert isinstance(result, V.PeriodClose), result
+        if period in self.closed:
+            return
+        self.closed.add(period)
+        issued = {s.party_id: s for s in result.statements if s.party_kind == "enterprise"}
+        expected = {ent for (p, ent) in self.usage if p == period}
+        assert set(issued) == expected
+        for ent, statement in issued.items():
+            assert statement.deferred == self.usage[(period, ent)]
+            assert statement.total == statement.voucher + statement.deferred
+            assert statement.due_at_ms is not None and statement.suspend_after_ms is not None
+            self.statements.setdefault(ent, []).append(
+                (period, statement.due_at_ms, statement.suspend_after_ms))
+        providers = [s for s in result.statements if s.party_kind == "provider"]
+        assert sum(s.total for s in providers) == sum(s.total for s in issued.values())
+
+    @rule()
+    def close_the_current_period_too_early(self) -> None:
+        result = self.call(lambda db: V.close_period(db, V.period_of(self.now), self.policy,
+                                                     self.now))
+        assert isinstance(result, V.PeriodNotEnded), result
+
+    @rule()
+    def restart(self) -> None:
+        self.db.conn.close()
+        self.db = connect(self.path)
+        self.world.db = self.db
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), amount=AMOUNTS)
+    def crash_before_commit(self, data: st.DataObject, amount: int) -> None:
+        """A receipt and its posting written but never committed: after a restart, neither is there."""
+        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        ent, prov, lease = self.jobs[job]
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        digest = self.world.receipt(lease, self.now)
+        try:
+            V.post_usage(self.db, enterprise_id=ent, provider_id=prov,
+                         enterprise_uscc=self.enterprises[ent], provider_uscc=self.providers[prov],
+                         lease_id=lease, job_id=job, receipt_digest=digest, amount=amount,
+                         policy=self.policy, now_ms=self.now)
+        except L.LedgerError:
+            pass
+        self.db.conn.close()
+        self.restart()
+        assert self.db.conn.execute("SELECT COUNT(*) FROM receipts WHERE digest = ?",
+                                    [digest]).fetchone()[0] == 0
+
+    # -- what must hold after every step
+    @invariant()
+    def the_ledger_is_exact(self) -> None:
+        assert check_invariants(self.db) == []
+        status = V.pool_status(self.db, self.policy)
+        assert status["used"] == self.pool_used <= self.policy.pool_total_micro_yuan
+        assert status["remaining"] == status["granted"] - self.pool_used
+        for code, used in self.cap_used.items():
+            cap = L.get_account(self.db, L.cap_account(2026, code))
+            assert cap is not None and cap.debits_posted == used
+            assert used <= self.policy.per_company_cap_micro_yuan
+        for ent in self.enterprises:
+            receivable = L.get_account(self.db, L.receivable_account(ent))
+            assert receivable is not None
+            assert receivable.debits_posted - receivable.credits_posted == self.owed[ent]
+            credit = L.get_account(self.db, L.credit_account(ent))
+            assert credit is not None
+            assert credit.debits_pending == sum(
+                r for job, r in self.reserved.items() if self.jobs[job][0] == ent)
+            assert credit.debit_headroom == self.headroom(ent)
+            assert V.is_suspended(self.db, ent, self.now)[0] == self.suspended(ent)
+            if self.suspended(ent):
+                event("an enterprise is suspended")
+
+
+TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine.settings = settings(
+    max_examples=60, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
