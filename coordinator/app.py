@@ -17,7 +17,9 @@ from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.errors import ApiError, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
+from coordinator import vouchers
 from coordinator.jobs import JOB_STATES
+from coordinator.vouchers import VoucherPolicy
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator, wall_clock_ms
@@ -217,7 +219,19 @@ async def market(request: web.Request) -> web.Response:
 
 async def account(request: web.Request) -> web.Response:
     principal = await _principal(request)
-    return web.json_response({"role": principal.role, "id": principal.subject_id})
+    coordinator = request.app[COORDINATOR]
+    body: dict[str, Any] = {"role": principal.role, "id": principal.subject_id}
+    if principal.role == "enterprise":
+        now = coordinator.clock()
+        body.update(await coordinator.database.run(
+            lambda db: coordinator.enterprise_account(db, principal.subject_id, now)))
+    return web.json_response(body)
+
+
+async def voucher_pool(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    pool = await coordinator.database.run(lambda db: vouchers.pool_status(db, coordinator.policy))
+    return web.json_response({"fiscal_year": coordinator.policy.fiscal_year, **pool})
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -250,6 +264,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/jobs/{job_id}/logs", job_logs),
     ("GET", "/v1/market", market),
     ("GET", "/v1/account", account),
+    ("GET", "/v1/vouchers/pool", voucher_pool),
 ]
 
 
@@ -260,11 +275,13 @@ def load_or_create_key(path: Path) -> PrivateKey:
     return load_private_key(path)
 
 
-def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
+def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms,
+             policy: VoucherPolicy | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics],
                           client_max_size=settings.request_body_limit_bytes)
     database = Database(db_path)
-    coordinator = Coordinator(settings, database, load_or_create_key(Path(f"{db_path}.key")), clock)
+    coordinator = Coordinator(settings, database, load_or_create_key(Path(f"{db_path}.key")), clock,
+                              policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
     for method, path, handler in ROUTES:

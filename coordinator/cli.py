@@ -12,12 +12,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coordinator import accounts
+from typing import Any
+
+from coordinator import accounts, ledger, vouchers
 from coordinator.app import make_app
 from coordinator.config import Settings, load_settings
 from coordinator.db import connect, transaction
 from coordinator.service import wall_clock_ms
+from coordinator.vouchers import VoucherPolicy, load_voucher_policy
 from shared.errors import SuanliError
+from shared.money import format_yuan, parse_yuan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin", help="manage accounts in the database")
     admin.add_argument("--db", required=True, type=Path, help="SQLite database file")
     admin.add_argument("--json", action="store_true", help="machine-readable output")
+    admin.add_argument("--config", type=Path, help="coordinator.toml (its [vouchers] policy)")
     tasks = admin.add_subparsers(dest="task", metavar="TASK", required=True)
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -67,6 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     listing = tasks.add_parser("list", help="list providers, enterprises and auditors",
                                parents=[json_flag])
     listing.set_defaults(run=cmd_list)
+    check = tasks.add_parser("check-ledger", parents=[json_flag],
+                             help="recompute every balance and limit; exit 1 naming each problem")
+    check.set_defaults(run=cmd_check_ledger)
+    close = tasks.add_parser("close-period", parents=[json_flag],
+                             help="close a month: statements for enterprises, earnings for providers")
+    close.add_argument("period", help="YYYY-MM")
+    close.set_defaults(run=cmd_close_period)
+    payment = tasks.add_parser("record-payment", parents=[json_flag],
+                               help="record an enterprise's payment (idempotent by reference)")
+    payment.add_argument("--enterprise", required=True, help="enterprise id")
+    payment.add_argument("--amount", required=True, help="yuan, e.g. 1250.00")
+    payment.add_argument("--reference", required=True, help="bank reference; a repeat is a no-op")
+    payment.set_defaults(run=cmd_record_payment)
+    credit = tasks.add_parser("set-credit-limit", parents=[json_flag],
+                              help="set how much an enterprise may owe")
+    credit.add_argument("--enterprise", required=True)
+    credit.add_argument("--amount", required=True, help="yuan")
+    credit.set_defaults(run=cmd_set_credit_limit)
+    statements = tasks.add_parser("statements", parents=[json_flag],
+                                  help="enterprises' statements with due dates and status")
+    statements.add_argument("--enterprise", help="only this enterprise")
+    statements.set_defaults(run=cmd_statements)
+    earnings = tasks.add_parser("provider-earnings", parents=[json_flag],
+                                help="what a provider earned and was paid")
+    earnings.add_argument("--provider", required=True)
+    earnings.set_defaults(run=cmd_provider_earnings)
+    pool = tasks.add_parser("pool", parents=[json_flag], help="the voucher pool: granted, used, remaining")
+    pool.set_defaults(run=cmd_pool)
     return parser
 
 
@@ -74,12 +107,16 @@ def _settings_help() -> str:
     lines = ["settings (coordinator.toml, [coordinator] table):"]
     for name, default, help in Settings.describe():
         lines.append(f"  {name} = {default!r}\n      {help}")
+    lines.append("\nvoucher policy (coordinator.toml, [vouchers] table):")
+    for name, default, help in VoucherPolicy.describe():
+        lines.append(f"  {name} = {default!r}\n      {help}")
     return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config).with_overrides(
         listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    policy = load_voucher_policy(args.config)
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit():
         raise SuanliError(f"--listen {settings.listen!r} must be HOST:PORT")
@@ -94,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving plain HTTP on %s: agents and clients will refuse to send credentials "
             "to it; give --tls-cert and --tls-key", host)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = make_app(settings, str(args.db))
+    app = make_app(settings, str(args.db), policy=policy)
     web.run_app(app, host=host.strip("[]"), port=int(port), ssl_context=ssl_context,
                 print=lambda text: print(text, flush=True), access_log=None)
     return 0
@@ -159,6 +196,96 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in rows:
             table.add_row(*(str(row[c]) for c in columns))
         console.print(table)
+    return 0
+
+
+def _ledger_db(args: argparse.Namespace) -> tuple[Any, VoucherPolicy, int]:
+    policy = load_voucher_policy(args.config)
+    db = connect(args.db)
+    now = wall_clock_ms()
+    with transaction(db):
+        vouchers.open_fiscal_year(db, policy, now)
+    return db, policy, now
+
+
+def _enterprise_ready(db: Any, enterprise_id: str, policy: VoucherPolicy, now: int) -> None:
+    row = db.conn.execute("SELECT uscc FROM enterprises WHERE id = ?", [enterprise_id]).fetchone()
+    if row is None:
+        raise SuanliError(f"no enterprise {enterprise_id}")
+    vouchers.open_enterprise_accounts(db, enterprise_id, row[0], policy, now)
+
+
+def cmd_check_ledger(args: argparse.Namespace) -> int:
+    problems = ledger.check_invariants(connect(args.db))
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+    else:
+        print("ledger ok: every balance, limit and usage transfer checks out")
+    return 1 if problems else 0
+
+
+def cmd_close_period(args: argparse.Namespace) -> int:
+    db, policy, now = _ledger_db(args)
+    with transaction(db):
+        closed = vouchers.close_period(db, args.period, policy, now)
+    data = closed.to_dict()
+    _print(args, data, f"period {args.period} closed: {len(data['statements'])} statements")
+    return 0
+
+
+def cmd_record_payment(args: argparse.Namespace) -> int:
+    db, policy, now = _ledger_db(args)
+    amount = parse_yuan(args.amount, field="--amount")
+    with transaction(db):
+        _enterprise_ready(db, args.enterprise, policy, now)
+        payment = vouchers.record_payment(db, args.enterprise, amount, args.reference, now)
+    _print(args, payment.to_dict(), f"payment {args.reference} of ¥{format_yuan(amount)} recorded "
+           f"for {args.enterprise}")
+    return 0
+
+
+def cmd_set_credit_limit(args: argparse.Namespace) -> int:
+    db, policy, now = _ledger_db(args)
+    amount = parse_yuan(args.amount, field="--amount")
+    with transaction(db):
+        _enterprise_ready(db, args.enterprise, policy, now)
+        vouchers.set_credit_limit(db, args.enterprise, amount, now)
+    _print(args, {"enterprise_id": args.enterprise, "credit_limit_micro_yuan": amount},
+           f"credit limit of {args.enterprise} is now ¥{format_yuan(amount)}")
+    return 0
+
+
+def cmd_statements(args: argparse.Namespace) -> int:
+    db, _policy, now = _ledger_db(args)
+    ids = [args.enterprise] if args.enterprise else [
+        row[0] for row in db.conn.execute("SELECT enterprise_id FROM ledger_enterprises ORDER BY 1")]
+    listing = {enterprise: vouchers.enterprise_statements(db, enterprise, now) for enterprise in ids}
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for enterprise, items in listing.items():
+        for item in items:
+            print(f"{enterprise} {item['period']}: ¥{format_yuan(item['deferred_micro_yuan'])} due "
+                  f"{item['due_date']}, outstanding ¥{format_yuan(item['outstanding_micro_yuan'])}, "
+                  f"{item['status']}")
+    return 0
+
+
+def cmd_provider_earnings(args: argparse.Namespace) -> int:
+    earned = vouchers.provider_earnings(connect(args.db), args.provider)
+    print(json.dumps(earned, indent=2) if args.json else "\n".join(
+        f"{key}: {value}" for key, value in earned.items() if not isinstance(value, list)))
+    return 0
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    db, policy, _now = _ledger_db(args)
+    pool = vouchers.pool_status(db, policy)
+    _print(args, {"fiscal_year": policy.fiscal_year, **pool}, "\n".join(
+        f"{key}: ¥{format_yuan(value)}" for key, value in pool.items()))
     return 0
 
 

@@ -159,6 +159,8 @@ class Job:
     exit_code: int | None = None
     cancel_requested: bool = False
     charged: int = 0
+    voucher: int = 0
+    deferred: int = 0
     tried_at_version: int | None = None
 
     @property

@@ -118,9 +118,15 @@ def openapi_document() -> dict[str, Any]:
                             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}])},
             "/v1/market": {"get": _bearer("Capacity by GPU model, asks and the pool in PFLOPS", {
                 "200": _json({"type": "object"}, "market summary")})},
-            "/v1/account": {"get": _bearer("Who this token is", {
-                "200": _json({"type": "object", "properties": {
-                    "role": {"type": "string"}, "id": {"type": "string"}}}, "the account")})},
+            "/v1/account": {"get": _bearer(
+                "Who this token is; for an enterprise also its voucher entitlement, credit, "
+                "reservations and statements", {
+                    "200": _json({"type": "object", "properties": {
+                        "role": {"type": "string"}, "id": {"type": "string"}}}, "the account")})},
+            "/v1/vouchers/pool": {"get": {
+                "summary": "The year's public voucher pool: granted, used, remaining (no token)",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "pool totals in micro-yuan")}}},
         },
         "components": {
             "securitySchemes": {
@@ -145,6 +151,9 @@ def openapi_document() -> dict[str, Any]:
                         "started_at_ms": {"type": ["integer", "null"]},
                         "ended_at_ms": {"type": ["integer", "null"]},
                         "exit_code": {"type": ["integer", "null"]},
+                        "charged_micro_yuan": {"type": "integer"},
+                        "voucher_micro_yuan": {"type": "integer"},
+                        "deferred_micro_yuan": {"type": "integer"},
                     }},
             },
         },

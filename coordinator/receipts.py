@@ -34,6 +34,7 @@ class Verdict:
     acknowledgement: bytes | None = None
     sealed: SealedReceipt | None = None
     delta: int = 0
+    envelope: bytes = b""
 
     def to_wire(self) -> dict[str, Any]:
         if self.accepted:
@@ -80,4 +81,4 @@ def acknowledgement(key: PrivateKey, sealed: SealedReceipt, accepted_at_ms: int,
 
 def rejection(envelope: bytes, exc: SuanliError, lease_id: str | None, seq: int | None) -> Verdict:
     rule = exc.rule if isinstance(exc, ReceiptRuleError) else Rule.MALFORMED
-    return Verdict(lease_id, seq, False, str(rule), exc.detail)
+    return Verdict(lease_id, seq, False, str(rule), exc.detail, envelope=envelope)

@@ -20,7 +20,7 @@ from coordinator import accounts
 from coordinator.accounts import Principal
 from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
-from coordinator.db import Database
+from coordinator.db import Database, transaction
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from coordinator.job_logs import JobLogs
 from coordinator.jobs import (
@@ -28,13 +28,14 @@ from coordinator.jobs import (
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
 )
 from coordinator import receipts as receipt_rules
+from coordinator import ledger, vouchers
 from coordinator.market import Agent, Gpu, Market
 from shared import canonical
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey, PublicKey
-from shared.money import format_yuan
+from shared.money import format_yuan, usage_amount
 from shared.receipts import Rule, SealedReceipt, claimed_id, open_receipt
 from shared.signed_request import open_request, request_key_id
 
@@ -58,12 +59,15 @@ class Counters:
 
 class Coordinator:
     def __init__(self, settings: Settings, database: Database, signing_key: PrivateKey,
-                 clock: Callable[[], int] = wall_clock_ms) -> None:
+                 clock: Callable[[], int] = wall_clock_ms,
+                 policy: vouchers.VoucherPolicy | None = None) -> None:
         self.settings = settings
+        self.policy = policy or vouchers.VoucherPolicy()
         self.signing_key = signing_key
         self.last_receipts: dict[str, SealedReceipt | None] = {}
         self.closing = False
         self._dirty_agents: dict[str, Agent] = {}
+        self._usccs: dict[str, str] = {}
         self.database = database
         self.clock = clock
         self.market = Market(settings.reliability_half_life_ms)
@@ -82,6 +86,8 @@ class Coordinator:
     # -- start-up -----------------------------------------------------------------------
 
     def _load(self, db: sqlite_utils.Database) -> None:
+        with transaction(db):
+            vouchers.open_fiscal_year(db, self.policy, self.clock())
         usccs = {row["id"]: row["uscc"] for row in db.query("SELECT id, uscc FROM providers")}
         for row in db.query("SELECT * FROM agents"):
             agent = Agent(
@@ -134,7 +140,11 @@ class Coordinator:
             lease = self.leases.get(row["lease_id"])
             if lease is not None:
                 lease.charged = row["amount"]
-                self.jobs[lease.job_id].charged += row["amount"]
+        for row in db.query("SELECT job_id, SUM(amount) AS amount, SUM(voucher) AS voucher, "
+                            "SUM(deferred) AS deferred FROM ledger_postings GROUP BY job_id"):
+            job = self.jobs.get(row["job_id"])
+            if job is not None:
+                job.charged, job.voucher, job.deferred = row["amount"], row["voucher"], row["deferred"]
         now = self.clock()
         for agent in self.market.agents.values():
             # an agent counts as online after a restart until its heartbeat timeout says otherwise
@@ -181,10 +191,14 @@ class Coordinator:
         job_rows = [self._job_row(j) for j in jobs]
         lease_rows = [self._lease_row(lease) for lease in leases]
         agent_rows = [self._agent_row(a) for a in agents]
+        ended = [j.id for j in jobs if j.final]
+        now = self.clock()
 
         def write(db: sqlite_utils.Database) -> None:
             if job_rows:
                 db["jobs"].upsert_all(job_rows, pk="id")
+            for job_id in ended:
+                vouchers.settle_job(db, job_id, now)
             if lease_rows:
                 db["leases"].upsert_all(lease_rows, pk="id")
             if agent_rows:
@@ -358,17 +372,30 @@ class Coordinator:
         if unfinished >= self.settings.max_jobs_per_enterprise:
             raise Conflict(f"you already have {unfinished} unfinished jobs, the most allowed",
                            code="too_many_jobs")
+        now = self.clock()
         job = Job(id=accounts.new_id("job"), enterprise_id=principal.subject_id,
-                  idempotency_key=key, request=request, created_at_ms=self.clock(),
+                  idempotency_key=key, request=request, created_at_ms=now,
                   reason="waiting_for_auction", reason_detail="the job waits for the next auction")
-        self._index_job(job)
+        row = self._job_row(job)
+        max_cost = usage_amount(request.gpus * request.max_duration_s * 1000, request.max_price_per_gpu_hour)
+        policy = self.policy
+
+        def write(db: sqlite_utils.Database) -> None:
+            suspended, why = vouchers.is_suspended(db, job.enterprise_id, now)
+            if suspended:
+                raise vouchers.Suspended(why)
+            vouchers.reserve_job(db, job.id, job.enterprise_id, max_cost, policy=policy, now_ms=now)
+            db["jobs"].insert(row)
+
+        # the key is claimed at once so a concurrent retry cannot make a second job; the job is
+        # auctioned only once its reservation and row are committed
+        self.jobs_by_key[(job.enterprise_id, key)] = job
         try:
-            await self._save(jobs=[job])
+            await self.database.run(write)
         except BaseException:
-            self.jobs.pop(job.id, None)
             self.jobs_by_key.pop((job.enterprise_id, key), None)
-            self.pending.pop(job.id, None)
             raise
+        self._index_job(job)
         self._wake_scheduler.set()
         return job, True
 
@@ -425,6 +452,8 @@ class Coordinator:
             "lease_ends_at_ms": lease.ends_at_ms if lease else None,
             "exit_code": job.exit_code,
             "charged_micro_yuan": job.charged,
+            "voucher_micro_yuan": job.voucher,
+            "deferred_micro_yuan": job.deferred,
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
             "idempotency_key": job.idempotency_key,
@@ -618,6 +647,9 @@ class Coordinator:
         job.exit_code = exit_code
         if lease.stop_reason == "cancelled" or job.cancel_requested:
             self._finish(job, CANCELLED, now, "cancelled", "stopped on the enterprise's request")
+        elif lease.stop_reason == "revoked":
+            self._finish(job, FAILED, now, "credit_exhausted",
+                         "stopped because the enterprise's credit could not cover more usage")
         elif lease.stop_reason == "lease_ended":
             self._finish(job, FAILED, now, "max_duration_reached",
                          f"stopped after its maximum duration of {job.request.max_duration_s} s")
@@ -719,15 +751,22 @@ class Coordinator:
         return previous
 
     async def accept_receipts(self, agent: Agent, body: Any) -> dict[str, Any]:
-        """Verify a batch in order; store acceptances and rejections in one transaction."""
+        """Verify a batch in order, then store and post it in one transaction.
+
+        Each accepted receipt's usage goes through the ledger in its own savepoint; a receipt
+        the enterprise's credit cannot cover is rejected (rule credit_exceeded), so are the
+        lease's later receipts in the batch, and the lease is revoked.
+        """
         envelopes = body.get("receipts") if type(body) is dict else None
         if type(envelopes) is not list or not 0 < len(envelopes) <= receipt_rules.MAX_BATCH or any(
                 type(e) is not bytes for e in envelopes):
             raise Unprocessable(f"receipts must be a list of 1 to {receipt_rules.MAX_BATCH} envelopes")
         now = self.clock()
         verdicts: list[receipt_rules.Verdict] = []
-        accepted_rows: list[dict[str, Any]] = []
-        rejected_rows: list[dict[str, Any]] = []
+        chain_before: dict[str, SealedReceipt | None] = {}
+        power = {uuid: min(gpu.telemetry.power_limit_mw or receipt_rules.DEFAULT_POWER_LIMIT_MW,
+                           receipt_rules.DEFAULT_POWER_LIMIT_MW)
+                 for uuid, gpu in agent.gpus.items() if gpu.telemetry is not None}
         for envelope in envelopes:
             lease_id, seq = claimed_id(envelope)
             lease = self.leases.get(lease_id or "")
@@ -737,46 +776,109 @@ class Coordinator:
                 continue
             try:
                 previous = await self._previous_receipt(lease, agent) if lease else None
-                power = {uuid: min(gpu.telemetry.power_limit_mw or receipt_rules.DEFAULT_POWER_LIMIT_MW,
-                                   receipt_rules.DEFAULT_POWER_LIMIT_MW)
-                         for uuid, gpu in agent.gpus.items() if gpu.telemetry is not None}
                 sealed = receipt_rules.verify_receipt(envelope, agent, lease, previous, power, now)
             except SuanliError as exc:
-                verdict = receipt_rules.rejection(envelope, exc, lease_id, seq)
-                verdicts.append(verdict)
-                rejected_rows.append({"agent_id": agent.agent_id, "lease_id": lease_id, "seq": seq,
-                                      "rule": verdict.rule, "detail": verdict.detail,
-                                      "envelope": envelope, "at_ms": now})
+                verdicts.append(receipt_rules.rejection(envelope, exc, lease_id, seq))
                 continue
             assert lease is not None
-            receipt = sealed.receipt
-            delta = receipt.amount - (previous.receipt.amount if previous else 0)
+            chain_before.setdefault(lease.id, previous)
+            delta = sealed.receipt.amount - (previous.receipt.amount if previous else 0)
             ack = receipt_rules.acknowledgement(self.signing_key, sealed, now, delta)
             self.last_receipts[lease.id] = sealed
-            lease.charged = receipt.amount
-            self.jobs[lease.job_id].charged += delta
-            verdicts.append(receipt_rules.Verdict(lease.id, receipt.seq, True, acknowledgement=ack,
+            verdicts.append(receipt_rules.Verdict(lease.id, sealed.receipt.seq, True, acknowledgement=ack,
                                                   sealed=sealed, delta=delta))
-            accepted_rows.append({
-                "lease_id": lease.id, "seq": receipt.seq, "agent_id": agent.agent_id,
-                "envelope": envelope, "digest": sealed.digest, "issued_at_ms": receipt.issued_at_ms,
-                "accepted_at_ms": now, "gpu_ms": receipt.gpu_ms, "amount": receipt.amount,
-                "delta": delta, "final": int(receipt.final), "acknowledgement": ack})
+        try:
+            final, postings = await self.database.run(
+                lambda db: self._store_receipts(db, agent, verdicts, now))
+        except BaseException:
+            self.last_receipts.update(chain_before)
+            raise
+        self._apply_postings(final, postings, chain_before)
+        return {"results": [v.to_wire() for v in final]}
 
-        def write(db: sqlite_utils.Database) -> None:
-            if accepted_rows:
-                db["receipts"].insert_all(accepted_rows)
-            if rejected_rows:
-                db["receipt_rejections"].insert_all(rejected_rows)
+    def _store_receipts(self, db: sqlite_utils.Database, agent: Agent,
+                        verdicts: list[receipt_rules.Verdict], now: int,
+                        ) -> tuple[list[receipt_rules.Verdict], list[vouchers.Posting]]:
+        final: list[receipt_rules.Verdict] = []
+        postings: list[vouchers.Posting] = []
+        refused_leases: dict[str, str] = {}
+        for verdict in verdicts:
+            sealed = verdict.sealed
+            if sealed is None:
+                if not verdict.accepted:
+                    db["receipt_rejections"].insert({
+                        "agent_id": agent.agent_id, "lease_id": verdict.lease_id, "seq": verdict.seq,
+                        "rule": verdict.rule, "detail": verdict.detail, "envelope": verdict.envelope,
+                        "at_ms": now})
+                final.append(verdict)
+                continue
+            receipt = sealed.receipt
+            lease = self.leases[receipt.lease_id]
+            job = self.jobs[lease.job_id]
+            if lease.id in refused_leases:
+                verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
+                                                refused_leases[lease.id])
+            else:
+                try:
+                    with ledger.savepoint(db):
+                        db["receipts"].insert({
+                            "lease_id": lease.id, "seq": receipt.seq, "agent_id": agent.agent_id,
+                            "envelope": sealed.envelope, "digest": sealed.digest,
+                            "issued_at_ms": receipt.issued_at_ms, "accepted_at_ms": now,
+                            "gpu_ms": receipt.gpu_ms, "amount": receipt.amount, "delta": verdict.delta,
+                            "final": int(receipt.final), "acknowledgement": verdict.acknowledgement})
+                        postings.append(vouchers.post_usage(
+                            db, enterprise_id=job.enterprise_id, provider_id=agent.provider_id,
+                            enterprise_uscc=self._enterprise_uscc(db, job.enterprise_id),
+                            provider_uscc=agent.provider_uscc, lease_id=lease.id, job_id=job.id,
+                            receipt_digest=sealed.digest, amount=verdict.delta, policy=self.policy,
+                            now_ms=now))
+                except vouchers.CreditExceeded as exc:
+                    refused_leases[lease.id] = exc.detail
+                    verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
+                                                    exc.detail)
+            if not verdict.accepted:
+                db["receipt_rejections"].insert({
+                    "agent_id": agent.agent_id, "lease_id": lease.id, "seq": receipt.seq,
+                    "rule": verdict.rule, "detail": verdict.detail, "envelope": sealed.envelope,
+                    "at_ms": now})
+            final.append(verdict)
+        return final, postings
 
-        if accepted_rows or rejected_rows:
-            try:
-                await self.database.run(write)
-            except BaseException:
-                for row in accepted_rows:
-                    self.last_receipts.pop(row["lease_id"], None)
-                raise
-        return {"results": [v.to_wire() for v in verdicts]}
+    def enterprise_account(self, db: sqlite_utils.Database, enterprise_id: str, now: int) -> dict[str, Any]:
+        vouchers.open_enterprise_accounts(db, enterprise_id, self._enterprise_uscc(db, enterprise_id),
+                                          self.policy, now)
+        return vouchers.enterprise_account(db, enterprise_id, self.policy, now)
+
+    def _enterprise_uscc(self, db: sqlite_utils.Database, enterprise_id: str) -> str:
+        uscc = self._usccs.get(enterprise_id)
+        if uscc is None:
+            row = db.conn.execute("SELECT uscc FROM enterprises WHERE id = ?", [enterprise_id]).fetchone()
+            uscc = self._usccs[enterprise_id] = row[0]
+        return uscc
+
+    def _apply_postings(self, verdicts: list[receipt_rules.Verdict], postings: list[vouchers.Posting],
+                        chain_before: dict[str, SealedReceipt | None]) -> None:
+        """After the commit: charges on jobs, and revocation of leases credit cannot cover."""
+        for posting in postings:
+            job = self.jobs[posting.job_id]
+            job.charged += posting.amount
+            job.voucher += posting.voucher
+            job.deferred += posting.deferred
+        last_accepted: dict[str, SealedReceipt] = {}
+        for verdict in verdicts:
+            if verdict.accepted and verdict.sealed is not None:
+                last_accepted[verdict.sealed.receipt.lease_id] = verdict.sealed
+                self.leases[verdict.sealed.receipt.lease_id].charged = verdict.sealed.receipt.amount
+        for lease_id, before in chain_before.items():
+            self.last_receipts[lease_id] = last_accepted.get(lease_id, before)
+        for verdict in verdicts:
+            if verdict.rule == "credit_exceeded" and verdict.lease_id in self.leases:
+                lease = self.leases[verdict.lease_id]
+                if lease.active and lease.stop_reason is None:
+                    lease.stop_reason = "revoked"
+                    self.database.submit(lambda db, row=self._lease_row(lease): db["leases"].upsert(row, pk="id"))
+                    self._notify(lease.agent_id)
 
     async def _stored_acknowledgement(self, lease_id: str | None, seq: int | None,
                                       envelope: bytes) -> receipt_rules.Verdict | None:

@@ -1,0 +1,113 @@
+"""Billing through the coordinator: voucher and deferred parts, self-dealing, credit, the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from coordinator_harness import Api, CoordinatorProcess, FakeAgent, uscc
+from shared.money import usage_amount
+from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+
+
+def _receipt(agent: FakeAgent, lease: dict[str, Any], previous: SealedReceipt | None, gpu_ms: int,
+             final: bool = False) -> SealedReceipt:
+    price = lease["price_per_gpu_hour"]
+    return seal_receipt(Receipt(
+        lease_id=lease["lease_id"], job_id=lease["job_id"], agent_id=agent.agent_id,
+        seq=previous.receipt.seq + 1 if previous else 1, prev=previous.digest if previous else GENESIS_PREV,
+        issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]), gpu_ms=gpu_ms,
+        energy_mj=0, utilization_pct=90, peak_memory_bytes=0, price_per_gpu_hour=price,
+        amount=usage_amount(gpu_ms, price), final=final, exit_code=0 if final else None), agent.key)
+
+
+async def _setup(coordinator: CoordinatorProcess, cleanup: list, provider_uscc: int, enterprise_uscc: int,
+                 price: int = 3_600_000_000) -> tuple[FakeAgent, Api]:
+    agent = FakeAgent(coordinator.url, ["GPU-b0"], price)
+    cleanup.append(agent)
+    token = coordinator.admin_json("add-provider", "--name", "DC", "--uscc", uscc(provider_uscc))
+    await agent.enrol(token["enrolment_token"])
+    await agent.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(enterprise_uscc))
+    cleanup.append(api)
+    return agent, api
+
+
+async def _run(agent: FakeAgent, api: Api, milliseconds: list[int], start_delay_s: float = 0,
+               **fields: Any) -> tuple[dict[str, Any], list]:
+    status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, **fields)
+    assert status == 201, job
+    lease = await agent.wait_for_lease()
+    # GPU time counts from the lease's start; reporting "started" late lets the receipts below
+    # be plausible while the lease has not yet reached its end
+    await asyncio.sleep(start_delay_s)
+    await agent.client.status(lease["lease_id"], "started")
+    results = []
+    previous = None
+    for gpu_ms in milliseconds:
+        if not start_delay_s:
+            await asyncio.sleep(gpu_ms / 1000 - (previous.receipt.gpu_ms / 1000 if previous else 0) + 0.05)
+        sealed = _receipt(agent, lease, previous, gpu_ms)
+        answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [sealed.envelope]})
+        results.append(answer["results"][0])
+        if answer["results"][0]["status"] == "accepted":
+            previous = sealed
+    return await api.job(job["id"]), results
+
+
+async def test_charges_split_into_voucher_and_deferred_parts(coordinator: CoordinatorProcess, cleanup: list) -> None:
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=2)
+    job, results = await _run(agent, api, [200, 500])
+    assert [r["status"] for r in results] == ["accepted", "accepted"]
+    charged = usage_amount(500, agent.ask)
+    assert job["charged_micro_yuan"] == charged == 500_000
+    assert job["voucher_micro_yuan"] == charged * 5000 // 10_000
+    assert job["voucher_micro_yuan"] + job["deferred_micro_yuan"] == charged
+    _, account = await api.call("GET", "/v1/account")
+    assert json.dumps(account).count(str(job["deferred_micro_yuan"])) >= 1
+    async with aiohttp.ClientSession() as session:
+        async with session.get(coordinator.url + "/v1/vouchers/pool") as response:
+            pool = await response.json()
+    assert pool["used"] == job["voucher_micro_yuan"]
+    assert pool["remaining"] == pool["granted"] - pool["used"]
+    check = coordinator.admin("check-ledger", check=False)
+    assert check.returncode == 0, check.stdout
+
+
+async def test_no_voucher_when_a_company_buys_from_itself(coordinator: CoordinatorProcess, cleanup: list) -> None:
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=7, enterprise_uscc=7)
+    job, _ = await _run(agent, api, [300])
+    assert job["charged_micro_yuan"] > 0
+    assert (job["voucher_micro_yuan"], job["deferred_micro_yuan"]) == (0, job["charged_micro_yuan"])
+
+
+async def test_a_job_that_does_not_fit_the_credit_is_refused(coordinator: CoordinatorProcess, cleanup: list) -> None:
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=3)
+    _, account = await api.call("GET", "/v1/account")
+    coordinator.admin("set-credit-limit", "--enterprise", account["id"], "--amount", "1.00")
+    status, answer = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, max_duration_s=3600)
+    assert (status, answer["error"]) == (402, "credit_exceeded"), answer
+    _, listing = await api.call("GET", "/v1/jobs")
+    assert listing["jobs"] == []
+
+
+async def test_usage_beyond_the_credit_revokes_the_lease(coordinator: CoordinatorProcess, cleanup: list) -> None:
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=4,
+                              price=36_000_000_000)
+    _, account = await api.call("GET", "/v1/account")
+    coordinator.admin("set-credit-limit", "--enterprise", account["id"], "--amount", "6.00")
+    job, results = await _run(agent, api, [200, 1_500], start_delay_s=1.7, max_duration_s=1)
+    assert [r["status"] for r in results] == ["accepted", "rejected"]
+    assert results[1]["rule"] == "credit_exceeded"
+    assert job["charged_micro_yuan"] == usage_amount(200, agent.ask)
+    leases = await agent.leases(wait_ms=2000)
+    assert [(lease["desired"], lease["stop_reason"]) for lease in leases] == [("stop", "revoked")]
+    await agent.client.status(leases[0]["lease_id"], "exited", exit_code=143)
+    ended = await api.job(job["id"])
+    assert (ended["state"], ended["reason"]) == ("failed", "credit_exhausted")
+    assert coordinator.admin("check-ledger", check=False).returncode == 0
