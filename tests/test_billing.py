@@ -111,3 +111,20 @@ async def test_usage_beyond_the_credit_revokes_the_lease(coordinator: Coordinato
     ended = await api.job(job["id"])
     assert (ended["state"], ended["reason"]) == ("failed", "credit_exhausted")
     assert coordinator.admin("check-ledger", check=False).returncode == 0
+
+
+async def test_suanli_account_shows_the_money_in_yuan(coordinator: CoordinatorProcess, cleanup: list) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=9)
+    await _run(agent, api, [300])
+    env = {**os.environ, "SUANLI_COORDINATOR": coordinator.url, "SUANLI_TOKEN": api.token or ""}
+    result = await asyncio.to_thread(subprocess.run, [Path(sys.executable).parent / "suanli", "account"],
+                                     capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "voucher 20" in result.stdout and "¥0.15 used of ¥5000000.00" in result.stdout
+    assert "covers 50% of each charge" in result.stdout
+    assert "owed (deferred): ¥0.15" in result.stdout

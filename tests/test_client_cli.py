@@ -356,7 +356,7 @@ async def test_market_shows_the_agents_gpus(coordinator: CoordinatorProcess,
     assert "PFLOPS" in table and "agents online: 1 of 1" in table
 
     account = ok(await arun("account", url=coordinator.url, token=token)).stdout
-    assert account.startswith("role: enterprise\nid: ")
+    assert account.startswith("enterprise ent-") and "credit: limit ¥" in account
     as_json = ok(await arun("account", "--json", url=coordinator.url, token=token)).json()
     assert as_json["role"] == "enterprise"
 

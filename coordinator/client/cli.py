@@ -271,7 +271,7 @@ async def cmd_account(api: CoordinatorApi, args: argparse.Namespace) -> int:
     if args.json:
         render.print_json(account)
     else:
-        print(render.mapping(account))
+        print(render.account_text(account))
     return 0
 
 

@@ -148,3 +148,37 @@ def market_table(summary: dict[str, Any], out: IO[str] | None = None) -> None:
 def mapping(data: dict[str, Any]) -> str:
     """A flat object as `name: value` lines."""
     return "\n".join(f"{key}: {_text(value)}" for key, value in data.items())
+
+
+def account_text(account: dict[str, Any]) -> str:
+    """An enterprise's money at a glance, in yuan; other roles just say who they are."""
+    lines = [f"{account['role']} {account['id']}"]
+    if account.get("role") != "enterprise" or "voucher" not in account:
+        return "\n".join(lines)
+    voucher = account["voucher"]
+
+    def yuan(micro: int) -> str:
+        return f"¥{format_yuan(micro)}"
+
+    if voucher.get("eligible"):
+        lines.append(f"voucher {account['fiscal_year']}: {yuan(voucher['used_micro_yuan'])} used of "
+                     f"{yuan(voucher['cap_micro_yuan'])}, {yuan(voucher['remaining_micro_yuan'])} left "
+                     f"(covers {_percent(voucher['coverage_bps'])} of each charge)")
+    else:
+        lines.append("voucher: not eligible")
+    lines.append(f"city pool remaining: {yuan(account['pool_remaining_micro_yuan'])}")
+    lines.append(f"owed (deferred): {yuan(account['deferred_balance_micro_yuan'])}, of which not yet "
+                 f"billed {yuan(account['unbilled_micro_yuan'])}; paid {yuan(account['paid_micro_yuan'])}")
+    lines.append(f"credit: limit {yuan(account['credit_limit_micro_yuan'])}, reserved for running jobs "
+                 f"{yuan(account['reserved_micro_yuan'])}, headroom {yuan(account['headroom_micro_yuan'])}")
+    for item in account.get("statements", []):
+        lines.append(f"statement {item['period']}: {yuan(item['deferred_micro_yuan'])} due {item['due_date']}, "
+                     f"outstanding {yuan(item['outstanding_micro_yuan'])} ({item['status']})")
+    if account.get("suspended"):
+        lines.append(f"SUSPENDED: {account['suspended_reason']}")
+    return "\n".join(lines)
+
+
+def _percent(basis_points: int) -> str:
+    whole, rest = divmod(basis_points, 100)
+    return f"{whole}%" if not rest else f"{whole}.{rest:02d}".rstrip("0") + "%"
