@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     close = tasks.add_parser("close-period", parents=[json_flag],
                              help="close a month: statements for enterprises, earnings for providers")
     close.add_argument("period", help="YYYY-MM")
+    close.add_argument("--early", action="store_true",
+                       help="close before the month has ended (later usage in it is then refused)")
     close.set_defaults(run=cmd_close_period)
     payment = tasks.add_parser("record-payment", parents=[json_flag],
                                help="record an enterprise's payment (idempotent by reference)")
@@ -230,7 +232,7 @@ def cmd_check_ledger(args: argparse.Namespace) -> int:
 def cmd_close_period(args: argparse.Namespace) -> int:
     db, policy, now = _ledger_db(args)
     with transaction(db):
-        closed = vouchers.close_period(db, args.period, policy, now)
+        closed = vouchers.close_period(db, args.period, policy, now, early=args.early)
     data = closed.to_dict()
     _print(args, data, f"period {args.period} closed: {len(data['statements'])} statements")
     return 0

@@ -914,18 +914,19 @@ def _statements(db: sqlite_utils.Database, where: str, args: list[Any]) -> list[
 
 
 def close_period(db: sqlite_utils.Database, period: str, policy: VoucherPolicy,
-                 now_ms: int) -> PeriodClose:
+                 now_ms: int, early: bool = False) -> PeriodClose:
     """Close a month: no more usage is posted into it, and statements are issued.
 
     Each enterprise with usage in the period gets a statement (usage by job, voucher part,
     deferred amount due, due date = the period's end + payment_terms_days, suspension after
     grace_days more); each provider gets an earnings statement. Idempotent: closing again
-    returns the first close. Refused (`PeriodNotEnded`) before the period has ended.
+    returns the first close. Refused (`PeriodNotEnded`) before the period has ended, unless
+    `early` (the operator's explicit choice: later usage dated in the period is then refused).
     """
     _, end = period_bounds(period)
     if _is_closed(db, period):
         return _load_close(db, period)
-    if now_ms < end:
+    if now_ms < end and not early:
         raise PeriodNotEnded(f"period {period} ends at {_utc(end).isoformat()}; it cannot be closed "
                              f"before then")
     due = end + policy.payment_terms_days * DAY_MS
