@@ -17,7 +17,7 @@ from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.errors import ApiError, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
-from coordinator import vouchers
+from coordinator import tlog, vouchers
 from coordinator.jobs import JOB_STATES
 from coordinator.vouchers import VoucherPolicy
 from coordinator.metrics import CONTENT_TYPE, Metrics
@@ -265,6 +265,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/market", market),
     ("GET", "/v1/account", account),
     ("GET", "/v1/vouchers/pool", voucher_pool),
+    *tlog.ROUTES,
 ]
 
 
@@ -284,6 +285,8 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
                               policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
+    key = coordinator.signing_key
+    app[tlog.TLOG] = tlog.TransparencyLog(database, key, tlog.default_origin(key), clock=clock)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 
@@ -306,5 +309,6 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
         scheduler.clear()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(tlog.checkpoint_ctx)  # after lifecycle: it stops before the database
     app.on_shutdown.append(stop_scheduler)
     return app

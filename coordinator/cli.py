@@ -14,12 +14,13 @@ from aiohttp import web
 
 from typing import Any
 
-from coordinator import accounts, ledger, vouchers
+from coordinator import accounts, ledger, tlog, vouchers
 from coordinator.app import make_app
 from coordinator.config import Settings, load_settings
 from coordinator.db import connect, transaction
 from coordinator.service import wall_clock_ms
 from coordinator.vouchers import VoucherPolicy, load_voucher_policy
+from shared import log_entries
 from shared.errors import SuanliError
 from shared.money import format_yuan, parse_yuan
 
@@ -156,6 +157,7 @@ def cmd_add_enterprise(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
         enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, wall_clock_ms())
+        tlog.log_registrations(db)
     _print(args, {"enterprise_id": enterprise_id, "token": token},
            f"enterprise {enterprise_id}\nAPI token (shown once): {token}")
     return 0
@@ -233,6 +235,11 @@ def cmd_close_period(args: argparse.Namespace) -> int:
     db, policy, now = _ledger_db(args)
     with transaction(db):
         closed = vouchers.close_period(db, args.period, policy, now, early=args.early)
+        statements = tuple(log_entries.Statement(s.party_kind, s.party_id, s.total, s.voucher,
+                                                 s.deferred, s.due_at_ms) for s in closed.statements)
+        tlog.append_unless_logged(db, log_entries.encode_entry(
+            log_entries.PERIOD_CLOSE, closed.closed_at_ms,
+            log_entries.PeriodCloseEntry(closed.period, statements)))
     data = closed.to_dict()
     _print(args, data, f"period {args.period} closed: {len(data['statements'])} statements")
     return 0
@@ -244,9 +251,18 @@ def cmd_record_payment(args: argparse.Namespace) -> int:
     with transaction(db):
         _enterprise_ready(db, args.enterprise, policy, now)
         payment = vouchers.record_payment(db, args.enterprise, amount, args.reference, now)
+        tlog.append_unless_logged(db, _payment_entry(db, payment))
     _print(args, payment.to_dict(), f"payment {args.reference} of ¥{format_yuan(amount)} recorded "
            f"for {args.enterprise}")
     return 0
+
+
+def _payment_entry(db: Any, payment: vouchers.Payment) -> bytes:
+    transfers = ledger.get_transfers(db, payment.transfer_ids)
+    postings = tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
+                     for t in (transfers[i] for i in payment.transfer_ids))
+    return log_entries.encode_entry(log_entries.PAYMENT, payment.at_ms, log_entries.PaymentEntry(
+        payment.reference, payment.party_id, payment.amount, postings))
 
 
 def cmd_set_credit_limit(args: argparse.Namespace) -> int:

@@ -41,6 +41,18 @@ def _bearer(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, 
             "responses": {**responses, **_errors(401, 403, 404, 422)}, **extra}
 
 
+def _log(summary: str, query: dict[str, str], schema: dict[str, Any], media: str = "application/json",
+         errors: tuple[int, ...] = (400, 404, 422)) -> dict[str, Any]:
+    """A public route of the transparency log (no token)."""
+    return {"get": {
+        "summary": summary, "security": [],
+        "parameters": [{"name": name, "in": "query", "required": not help.startswith("one of"),
+                        "description": help, "schema": {"type": "string"}}
+                       for name, help in query.items()],
+        "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}},
+                      **_errors(*errors)}}}
+
+
 def openapi_document() -> dict[str, Any]:
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     spec_properties: dict[str, Any] = {
@@ -127,6 +139,35 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "The year's public voucher pool: granted, used, remaining (no token)",
                 "security": [],
                 "responses": {"200": _json({"type": "object"}, "pool totals in micro-yuan")}}},
+            "/v1/log/checkpoint": _log(
+                "The latest signed checkpoint (C2SP tlog-checkpoint signed note)", {},
+                {"type": "string"}, "text/plain", ()),
+            "/v1/log/key": _log("The log's C2SP verifier key (name+keyhash+base64 key)", {},
+                                {"type": "string"}, "text/plain", ()),
+            "/v1/log/entries": _log(
+                "Log entries [start, end), base64; a page may stop early (at most 1000 entries)",
+                {"start": "first index", "end": "index after the last (at most the log's size)"},
+                {"type": "object", "properties": {
+                    "start": {"type": "integer"}, "end": {"type": "integer"},
+                    "entries": {"type": "array", "items": {"type": "string",
+                                                           "contentEncoding": "base64"}}}}),
+            "/v1/log/proof/inclusion": _log(
+                "RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
+                {"index": "entry index", "size": "tree size"}, {"type": "object", "properties": {
+                    "index": {"type": "integer"}, "size": {"type": "integer"},
+                    "proof": {"type": "array", "items": {"type": "string"}}}}),
+            "/v1/log/proof/consistency": _log(
+                "RFC 9162 consistency proof from the tree of `old` entries to that of `new`",
+                {"old": "older tree size (at least 1)", "new": "newer tree size"},
+                {"type": "object", "properties": {
+                    "old": {"type": "integer"}, "new": {"type": "integer"},
+                    "proof": {"type": "array", "items": {"type": "string"}}}}),
+            "/v1/log/find": _log(
+                "The index of a receipt (by the SHA-256 of its envelope) or of an agent's key",
+                {"digest": "one of digest and agent_id: 64 hex digits",
+                 "agent_id": "one of digest and agent_id: 64 hex digits"},
+                {"type": "object", "properties": {"index": {"type": "integer"},
+                                                  "kind": {"type": "string"}}}),
         },
         "components": {
             "securitySchemes": {

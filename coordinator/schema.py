@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from coordinator.tlog import LOG_SCHEMA
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE providers (
@@ -272,6 +274,8 @@ MIGRATIONS: list[str] = [
         SELECT RAISE(ABORT, 'ledger records are immutable');
     END;
     """,
+    # 4: the transparency log (coordinator/tlog.py)
+    LOG_SCHEMA,
 ]
 
 

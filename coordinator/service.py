@@ -7,6 +7,7 @@ observe is committed before it is acknowledged or shown to an agent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -28,9 +29,9 @@ from coordinator.jobs import (
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
 )
 from coordinator import receipts as receipt_rules
-from coordinator import ledger, vouchers
+from coordinator import ledger, tlog, vouchers
 from coordinator.market import Agent, Gpu, Market
-from shared import canonical
+from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
@@ -88,6 +89,8 @@ class Coordinator:
     def _load(self, db: sqlite_utils.Database) -> None:
         with transaction(db):
             vouchers.open_fiscal_year(db, self.policy, self.clock())
+            tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), self.clock())
+            tlog.log_registrations(db)
         usccs = {row["id"]: row["uscc"] for row in db.query("SELECT id, uscc FROM providers")}
         for row in db.query("SELECT * FROM agents"):
             agent = Agent(
@@ -297,7 +300,10 @@ class Coordinator:
                 "public_key": public.raw, "hostname": hostname, "enrolled_at_ms": now,
                 "penalty_ppm": 0, "penalty_at_ms": now,
             })
-            return str(db["providers"].get(provider_id)["uscc"]) + "|" + provider_id
+            uscc = str(db["providers"].get(provider_id)["uscc"])
+            key = log_entries.AgentKey(public.agent_id, public.raw, provider_id, uscc)
+            tlog.append_entries(db, [log_entries.encode_entry(log_entries.AGENT_KEY, now, key)])
+            return uscc + "|" + provider_id
 
         uscc, provider_id = (await self.database.run(write)).split("|")
         agent = Agent(agent_id=public.agent_id, provider_id=provider_id, provider_uscc=uscc,
@@ -533,6 +539,9 @@ class Coordinator:
             def extra(db: sqlite_utils.Database, records: list[tuple[str, int, bytes]] = records) -> None:
                 db["auction_rounds"].insert_all(
                     [{"job_id": job_id, "at_ms": at, "record": record} for job_id, at, record in records])
+                tlog.append_entries(db, [
+                    log_entries.encode_entry(log_entries.AUCTION_ROUND, at, log_entries.AuctionRoundEntry(record))
+                    for _, at, record in records])
 
             await self._save(jobs=jobs, leases=leases, extra=extra)
             for lease in leases:
@@ -833,6 +842,7 @@ class Coordinator:
                             provider_uscc=agent.provider_uscc, lease_id=lease.id, job_id=job.id,
                             receipt_digest=sealed.digest, amount=verdict.delta, policy=self.policy,
                             now_ms=now))
+                        tlog.append_entries(db, [_receipt_entry(db, sealed, verdict.acknowledgement, now)])
                 except vouchers.CreditExceeded as exc:
                     refused_leases[lease.id] = exc.detail
                     verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
@@ -913,6 +923,16 @@ _AGENT_UPDATE = (
     "UPDATE agents SET ask_per_gpu_hour = :ask_per_gpu_hour, last_seen_ms = :last_seen_ms, "
     "penalty_ppm = :penalty_ppm, penalty_at_ms = :penalty_at_ms WHERE agent_id = :agent_id"
 )
+
+
+def _receipt_entry(db: sqlite_utils.Database, sealed: SealedReceipt, acknowledgement: bytes | None,
+                   now: int) -> bytes:
+    """The log entry of an accepted receipt: its envelope, our acknowledgement, its postings."""
+    assert acknowledgement is not None
+    postings = tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
+                     for t in ledger.transfers_for_receipt(db, sealed.digest))
+    body = log_entries.ReceiptEntry(sealed.envelope, acknowledgement, postings)
+    return log_entries.encode_entry(log_entries.RECEIPT, now, body)
 
 
 def _with_models(request: JobRequest) -> JobRequest:

@@ -17,12 +17,11 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from aiohttp import web
 
-from coordinator.db import Database
 from coordinator.errors import ApiError, NotFound, Unprocessable
 from shared import log_entries
 from shared.checkpoint import Checkpoint, open_checkpoint
@@ -30,6 +29,9 @@ from shared.checkpoint import sign_checkpoint as sign_checkpoint_note
 from shared.errors import SuanliError
 from shared.identity import PrivateKey, verifier_key
 from shared.merkle import MerkleTree
+
+if TYPE_CHECKING:  # coordinator.schema imports LOG_SCHEMA from here, and coordinator.db imports it
+    from coordinator.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ MAX_PAGE_BYTES = 8 << 20
 DEFAULT_CHECKPOINT_INTERVAL_S = 2.0
 _MAX_QUERY_DIGITS = 19
 
-# Appended to coordinator/schema.py MIGRATIONS. Written so that it may also run on a database
-# that already has it (the tests apply it beside whatever migrations exist).
+# Appended to coordinator/schema.py MIGRATIONS, so never edit it: change the log's tables with a
+# new migration. It may also run on a database that already has it (the tests apply it so).
 LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_entries (
     idx INTEGER PRIMARY KEY,
@@ -118,7 +120,8 @@ class SqliteHashStore:
 
 
 def tree(db: sqlite_utils.Database | sqlite3.Connection) -> MerkleTree:
-    """The log's tree as stored now (read fresh each time, so a rolled-back append leaves no trace)."""
+    """The log's tree as stored now; read afresh each time, so a rolled-back append leaves no
+    trace in memory."""
     return MerkleTree(SqliteHashStore(db))
 
 
@@ -170,17 +173,18 @@ def entries(db: sqlite_utils.Database | sqlite3.Connection, start: int, end: int
         "SELECT idx, data FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx", [start, end])
     for idx, data in rows:
         if idx != start + len(page):
-            raise RuntimeError(f"log entry {start + len(page)} is missing from the database")
-        if page and total + len(data) > MAX_PAGE_BYTES:
             break
+        if page and total + len(data) > MAX_PAGE_BYTES:
+            return page
         page.append(bytes(data))
         total += len(data)
-    if not page:
-        raise RuntimeError(f"log entry {start} is missing from the database")
+    if len(page) < end - start:
+        raise RuntimeError(f"log entry {start + len(page)} is missing from the database")
     return page
 
 
-def inclusion(db: sqlite_utils.Database | sqlite3.Connection, index: int, tree_size: int) -> list[bytes]:
+def inclusion(db: sqlite_utils.Database | sqlite3.Connection, index: int,
+              tree_size: int) -> list[bytes]:
     """Audit path of entry `index` in the tree of the first `tree_size` entries."""
     log_tree = tree(db)
     _need_within(tree_size, log_tree.size, "size")
@@ -202,7 +206,25 @@ def _lookup_key(entry: log_entries.Entry) -> bytes | None:
         return entry.body.digest
     if isinstance(entry.body, log_entries.AgentKey):
         return bytes.fromhex(entry.body.agent_id)
+    if isinstance(entry.body, log_entries.EnterpriseEntry):
+        return entry.body.enterprise_id.encode()
+    if isinstance(entry.body, log_entries.PaymentEntry):
+        return entry.body.reference.encode()
+    if isinstance(entry.body, log_entries.PeriodCloseEntry):
+        return entry.body.period.encode()
     return None
+
+
+def append_unless_logged(db: sqlite_utils.Database | sqlite3.Connection,
+                         entry: bytes) -> int | None:
+    """Append an entry unless one of its kind with the same key (agent, enterprise, receipt
+    digest, payment reference, period) is logged already, so that an idempotent command
+    retried logs once; returns the new entry's index, or None when it was logged before."""
+    decoded = log_entries.decode_entry(entry)
+    key = _lookup_key(decoded)
+    if key is not None and _find(db, decoded.kind, key) is not None:
+        return None
+    return append_entries(db, [entry])
 
 
 def find_receipt(db: sqlite_utils.Database | sqlite3.Connection, digest: bytes) -> int | None:
@@ -213,6 +235,45 @@ def find_receipt(db: sqlite_utils.Database | sqlite3.Connection, digest: bytes) 
 def find_agent_key(db: sqlite_utils.Database | sqlite3.Connection, agent_id: bytes) -> int | None:
     """The index of the (first) agent_key entry of this agent (its key id, 32 bytes)."""
     return _find(db, log_entries.AGENT_KEY, agent_id)
+
+
+def log_registrations(db: sqlite_utils.Database | sqlite3.Connection) -> int:
+    """Append agent_key and enterprise entries for the agents and enterprises the log does not
+    hold yet (those registered before the log existed, or by a path that did not log them), in
+    the order they registered; returns how many were appended. Run at start-up."""
+    conn = _conn(db)
+    logged = {(kind, bytes(key)) for kind, key in conn.execute(
+        "SELECT kind, key FROM log_lookup WHERE kind IN (?, ?)",
+        [log_entries.AGENT_KEY, log_entries.ENTERPRISE])}
+    found: list[tuple[int, bytes]] = []
+    for agent_id, public_key, provider_id, uscc, at_ms in conn.execute(
+            "SELECT a.agent_id, a.public_key, a.provider_id, p.uscc, a.enrolled_at_ms "
+            "FROM agents a JOIN providers p ON p.id = a.provider_id"):
+        if (log_entries.AGENT_KEY, bytes.fromhex(agent_id)) not in logged:
+            body = log_entries.AgentKey(agent_id, bytes(public_key), provider_id, uscc)
+            found.append((at_ms, log_entries.encode_entry(log_entries.AGENT_KEY, at_ms, body)))
+    for enterprise_id, uscc, at_ms in conn.execute(
+            "SELECT id, uscc, created_at_ms FROM enterprises"):
+        if (log_entries.ENTERPRISE, enterprise_id.encode()) not in logged:
+            found.append((at_ms, log_entries.encode_entry(
+                log_entries.ENTERPRISE, at_ms, log_entries.EnterpriseEntry(enterprise_id, uscc))))
+    found.sort(key=lambda item: item[0])
+    if found:
+        append_entries(conn, [data for _, data in found])
+    return len(found)
+
+
+def log_voucher_policy(db: sqlite_utils.Database | sqlite3.Connection, policy: dict[str, Any],
+                       now_ms: int) -> bool:
+    """Append the voucher policy (its settings by name) unless the last one logged is the same;
+    returns whether it was appended. Run at start-up, after the policy is loaded."""
+    conn = _conn(db)
+    row = conn.execute("SELECT data FROM log_entries WHERE kind = ? ORDER BY idx DESC LIMIT 1",
+                       [log_entries.VOUCHER_POLICY]).fetchone()
+    if row is not None and log_entries.decode_entry(bytes(row[0])).body == policy:
+        return False
+    append_entries(conn, [log_entries.encode_entry(log_entries.VOUCHER_POLICY, now_ms, policy)])
+    return True
 
 
 def _find(db: sqlite_utils.Database | sqlite3.Connection, kind: str, key: bytes) -> int | None:
@@ -358,7 +419,8 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
     tlog = request.app[TLOG]
     note = await _run(request, latest_checkpoint)
     if note is None:
-        note = await _run(request, lambda db: sign_checkpoint(db, tlog.key, tlog.origin, tlog.clock()))
+        note = await _run(
+            request, lambda db: sign_checkpoint(db, tlog.key, tlog.origin, tlog.clock()))
     return web.Response(text=note, content_type="text/plain", headers={"Cache-Control": "no-store"})
 
 
@@ -439,7 +501,8 @@ async def checkpoint_ctx(app: web.Application) -> AsyncIterator[None]:
     shutdown. Append it after the context that starts the database, so it stops first."""
     tlog = app[TLOG]
     task = asyncio.create_task(
-        checkpoint_loop(tlog.database, tlog.key, tlog.origin, tlog.checkpoint_interval_s, tlog.clock),
+        checkpoint_loop(tlog.database, tlog.key, tlog.origin, tlog.checkpoint_interval_s,
+                        tlog.clock),
         name="log-checkpoints")
     yield
     task.cancel()

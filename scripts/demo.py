@@ -400,6 +400,7 @@ async def audit(coordinator: Coordinator, workdir: Path) -> bool:
     say("7. An auditor checks everything, trusting only public keys",
         "suanli audit verify: the signed checkpoint, the Merkle root, every receipt signature and chain, "
         "every auction replayed, every balance recomputed")
+    await asyncio.sleep(2.5)  # the coordinator signs a checkpoint of its log every 2 s
     result = subprocess.run([BIN / "suanli", "audit", "verify", "--coordinator", coordinator.url,
                              "--state", str(workdir / "audit-state.json")],
                             capture_output=True, text=True, check=False)

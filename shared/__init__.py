@@ -12,6 +12,7 @@ from shared import (
     errors,
     gpu_models,
     identity,
+    log_entries,
     merkle,
     money,
     note,
@@ -37,6 +38,7 @@ from shared.errors import (
 )
 from shared.gpu_models import GpuModelError
 from shared.identity import PrivateKey, PublicKey, VerifierKey
+from shared.log_entries import LogEntryError
 from shared.receipts import Receipt, SealedReceipt
 from shared.transport import TransportError
 from shared.uscc import UsccError
@@ -49,6 +51,7 @@ PUBLIC_MODULES = (
     "errors",
     "gpu_models",
     "identity",
+    "log_entries",
     "merkle",
     "money",
     "note",
@@ -66,6 +69,7 @@ __all__ = [
     "EnvelopeError",
     "GpuModelError",
     "KeyMaterialError",
+    "LogEntryError",
     "MoneyError",
     "NoteError",
     "Opened",

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import os
 import sys
@@ -245,7 +246,8 @@ class LogClient:
     async def entries(self, start: int, end: int) -> list[bytes]:
         page = await self.json("/v1/log/entries", {"start": start, "end": end})
         data = page.get("entries")
-        if page.get("start") != start or not isinstance(data, list) or not 0 < len(data) <= end - start:
+        if (page.get("start") != start or not isinstance(data, list)
+                or not 0 < len(data) <= end - start):
             raise AuditError(f"the coordinator answered entries [{start}, {end}) with a page "
                              "that does not start there or holds no entries")
         return [_unbase64(item, f"entry {start + n}") for n, item in enumerate(data)]
@@ -342,7 +344,7 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
     else:
         key, trust = fetched, "first use"
         where = f"; it is pinned in {state_path} from now on" if state_path else (
-            "; pass --state FILE to pin it, or --log-key to give it")
+            "; pass --log-key with a key obtained another way to check it")
         report.notes.append(f"trusting the log key {fetched} on first use, as the coordinator "
                             f"presents it{where}")
     if fetched != key:
@@ -352,9 +354,6 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
 
 
 # -- verify ------------------------------------------------------------------------------------
-
-
-ProgressHook = Callable[[int, int], None]  # (entries so far, total)
 
 
 async def verify_log(url: str, log_key: str | None, state_path: Path | None,
@@ -369,10 +368,8 @@ async def verify_log(url: str, log_key: str | None, state_path: Path | None,
         key, report.key_trust = await trusted_key(
             client, log_key, state, None if auctions_only else state_path, report)
         report.log_key, report.origin = str(key), key.name
-        try:
+        with contextlib.suppress(_Stop):
             await _verify(client, key, state, state_path, progress, report, auctions_only)
-        except _Stop:
-            pass
     return report
 
 
@@ -392,8 +389,8 @@ async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
     tree.append_many(data)
     intact = tree.root() == checkpoint.root_hash
     if not intact:
-        report.problem("root_mismatch", f"the {checkpoint.size} entries the coordinator serves hash "
-                       f"to the root {tree.root().hex()}, not to the root "
+        report.problem("root_mismatch", f"the {checkpoint.size} entries the coordinator serves "
+                       f"hash to the root {tree.root().hex()}, not to the root "
                        f"{checkpoint.root_hash.hex()} of its signed checkpoint; entries were "
                        "changed after they were logged")
     consistent = True
@@ -431,7 +428,8 @@ async def download(client: LogClient, size: int, progress: Progress | None = Non
 
 
 async def _consistency(client: LogClient, key: VerifierKey, state: dict[str, Any],
-                       state_path: Path | None, checkpoint: Checkpoint, report: AuditReport) -> bool:
+                       state_path: Path | None, checkpoint: Checkpoint,
+                       report: AuditReport) -> bool:
     """Whether the log grew only by appending since the checkpoint the previous run saved."""
     saved_note = state.get("checkpoint")
     if saved_note is None:
@@ -638,7 +636,8 @@ class _Auditor:
         try:
             agrees = replay(record)
         except AuctionError as exc:
-            self.problem("bad_auction", f"the auction round cannot be replayed: {exc.detail}", index)
+            self.problem("bad_auction", f"the auction round cannot be replayed: {exc.detail}",
+                         index)
             return
         self.report.auctions_replayed += 1
         _, _, recorded = round_from_record(record)
@@ -677,10 +676,8 @@ async def check_receipt(url: str, envelope: bytes, log_key: str | None = None,
     async with LogClient(url, ca_file) as client:
         report.coordinator = client.url
         key, _ = await trusted_key(client, log_key, state, state_path, report)
-        try:
+        with contextlib.suppress(_Stop):
             await _check_receipt(client, key, envelope, digest, report, wait_s)
-        except _Stop:
-            pass
     return report
 
 
@@ -699,7 +696,7 @@ async def _find(client: LogClient, name: str, value: bytes) -> int | None:
 
 async def _proven_entry(client: LogClient, index: int, checkpoint: Checkpoint,
                         report: ReceiptReport, what: str) -> bytes | None:
-    [data] = (await client.entries(index, index + 1))[:1]
+    data = (await client.entries(index, index + 1))[0]
     proof = await client.proof("/v1/log/proof/inclusion", {"index": index, "size": checkpoint.size})
     if not verify_inclusion(data, index, checkpoint.size, proof, checkpoint.root_hash):
         report.problem("not_included", f"the coordinator's entry {index} ({what}) is not proven to "
@@ -735,8 +732,9 @@ async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, d
     data = await _proven_entry(client, index, checkpoint, report, "the receipt")
     agent_index = await _find(client, "agent_id", agent_key_id)
     if agent_index is None or agent_index >= index:
-        report.problem("unregistered_agent", f"the receipt is signed by agent {agent_key_id.hex()}, "
-                       "whose key the log registers in no entry before the receipt's", index)
+        report.problem("unregistered_agent", f"the receipt is signed by agent "
+                       f"{agent_key_id.hex()}, whose key the log registers in no entry before "
+                       "the receipt's", index)
         return
     agent_data = await _proven_entry(client, agent_index, checkpoint, report, "the agent's key")
     if data is None or agent_data is None:
@@ -865,7 +863,8 @@ def render_report(report: AuditReport | ReceiptReport, console: Console) -> None
     if isinstance(report, AuditReport):
         rows: list[tuple[str, str]] = [
             ("log", report.origin),
-            ("log key", f"{report.log_key} ({report.key_trust})"),
+            ("log key", report.log_key),
+            ("key trusted as", report.key_trust),
             ("checkpoint", f"{report.size} entries, root {report.root_hash[:16]}…"),
             ("entries", str(sum(report.entries_by_kind.values()))),
             ("receipts", str(report.receipts)),

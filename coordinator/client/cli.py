@@ -1,8 +1,8 @@
 """`suanli`: the client of the coordinator for enterprises and auditors.
 
 Exit status: 0 done; 1 the coordinator refused or could not be reached; 2 the command
-line or its settings are wrong (nothing was sent). Errors are one sentence on stderr,
-`suanli: …`; with `--json`, stdout carries JSON only.
+line or its settings are wrong (nothing was sent); 3 `suanli audit` found discrepancies.
+Errors are one sentence on stderr, `suanli: …`; with `--json`, stdout carries JSON only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
-from coordinator.client import render
+from coordinator.client import audit, render
 from coordinator.client.api import ClientError, CoordinatorApi
 from coordinator.client.units import UnitError, parse_cores, parse_duration, parse_size
 from shared.errors import MoneyError
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _leaf(commands, "market", cmd_market,
           "capacity and asks by GPU model, and the pool in PFLOPS")
     _leaf(commands, "account", cmd_account, "who your token is")
+    audit.add_commands(commands, _connection_options)
     return parser
 
 
@@ -309,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run is None:
         args.help_parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "audit", None) is not None:  # the log is public: no token
+        return audit.main(args, _setting(args, "coordinator", ENV_COORDINATOR),
+                          _setting(args, "ca_file", ENV_CA_FILE))
     try:
         api = _api(args)
         return asyncio.run(_run(args.run, api, args))

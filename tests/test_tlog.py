@@ -1,0 +1,795 @@
+"""The transparency log: entries, the SQLite tree, checkpoints, the public API, and the auditor
+that must catch every way a coordinator could rewrite, fork or pad its history."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlite_utils
+from aiohttp import web
+
+from coordinator import accounts, tlog
+from coordinator.client import audit
+from coordinator.db import Database, connect, transaction
+from coordinator.errors import NotFound, Unprocessable
+from shared import canonical, merkle
+from shared import log_entries as L
+from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction
+from shared.checkpoint import open_checkpoint
+from shared.envelope import seal
+from shared.identity import PrivateKey, parse_verifier_key, verifier_key
+from shared.money import usage_amount
+from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+
+USCC = "91350100M000100Y43"
+T0 = 1_750_000_000_000
+GPUS = ("GPU-a0", "GPU-a1")
+STEP_GPU_MS = 2 * 60_000
+
+
+# -- building logs -----------------------------------------------------------------------------
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    db = connect(path)
+    db.conn.executescript(tlog.LOG_SCHEMA)
+    return db
+
+
+def transfer(digest: bytes, leg: str) -> bytes:
+    return hashlib.sha256(b"test-transfer\n" + digest + leg.encode()).digest()
+
+
+def usage_postings(digest: bytes, delta: int) -> tuple[L.Posting, ...]:
+    voucher = delta // 2
+    deferred = delta - voucher
+    legs = []
+    if voucher:
+        legs += [L.Posting(transfer(digest, "voucher"), "pool:2025", "earnings:prov-1", voucher,
+                           "usage_voucher"),
+                 L.Posting(transfer(digest, "cap"), f"cap:2025:{USCC}", "entitlements_used:2025",
+                           voucher, "usage_cap")]
+    if deferred:
+        legs += [L.Posting(transfer(digest, "deferred"), "receivable:ent-1", "earnings:prov-1",
+                           deferred, "usage_deferred"),
+                 L.Posting(transfer(digest, "credit"), "credit:ent-1", "credit_used", deferred,
+                           "usage_credit")]
+    return tuple(legs)
+
+
+class Story:
+    """An honest log: a policy, an enterprise, two agents, an auction the first agent wins, its
+    lease's chained receipts (each acknowledged and posted), a payment and a period close."""
+
+    def __init__(self, log_key: PrivateKey) -> None:
+        self.log_key = log_key
+        self.agent = PrivateKey.generate()
+        self.rival = PrivateKey.generate()
+        job = JobSpec("job-1", 2, 40 << 30, (), 10_000_000)
+        offers = [
+            AgentOffer(self.agent.public.agent_id, 5_000_000, 1_000_000,
+                       tuple(GpuOffer(uuid, "H100", 80 << 30, True) for uuid in GPUS)),
+            AgentOffer(self.rival.public.agent_id, 6_000_000, 900_000,
+                       (GpuOffer("GPU-b0", "H100", 80 << 30, True),
+                        GpuOffer("GPU-b1", "H100", 80 << 30, True))),
+        ]
+        self.job, self.offers = job, offers
+        self.outcome = run_auction(job, offers)
+        assert self.outcome.winner == self.agent.public.agent_id
+        assert self.outcome.price_per_gpu_hour == 6_000_000
+        self.price: int = self.outcome.price_per_gpu_hour
+        self.sealed: list[SealedReceipt] = []
+        self._honest: list[bytes] | None = None
+
+    def auction_entry(self, outcome: Any = None) -> bytes:
+        record = round_record(self.job, self.offers, outcome or self.outcome)
+        body = L.AuctionRoundEntry(canonical.encode(record))
+        return L.encode_entry(L.AUCTION_ROUND, T0 + 3, body)
+
+    def agent_entry(self, key: PrivateKey) -> bytes:
+        return L.encode_entry(L.AGENT_KEY, T0 + 1, L.AgentKey(
+            key.public.agent_id, key.public.raw, "prov-1", USCC))
+
+    def next_receipt(self, signer: PrivateKey | None = None) -> SealedReceipt:
+        previous = self.sealed[-1] if self.sealed else None
+        seq = previous.receipt.seq + 1 if previous else 1
+        gpu_ms = seq * STEP_GPU_MS
+        receipt = Receipt(
+            lease_id="lease-1", job_id="job-1", agent_id=(signer or self.agent).public.agent_id,
+            seq=seq, prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=T0 + seq * 60_000, gpu_uuids=GPUS, gpu_ms=gpu_ms, energy_mj=seq * 1000,
+            utilization_pct=90, peak_memory_bytes=1 << 30, price_per_gpu_hour=self.price,
+            amount=usage_amount(gpu_ms, self.price), final=False, exit_code=None)
+        sealed = seal_receipt(receipt, signer or self.agent)
+        self.sealed.append(sealed)
+        return sealed
+
+    def receipt_entry(self, sealed: SealedReceipt, *, ack_key: PrivateKey | None = None,
+                      postings: tuple[L.Posting, ...] | None = None,
+                      envelope: bytes | None = None) -> bytes:
+        index = next(n for n, s in enumerate(self.sealed) if s.digest == sealed.digest)
+        before = self.sealed[index - 1].receipt.amount if index else 0
+        receipt = sealed.receipt
+        delta = receipt.amount - before
+        ack = seal("acceptance", [sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
+                                  delta, receipt.issued_at_ms + 5], ack_key or self.log_key)
+        return L.encode_entry(L.RECEIPT, receipt.issued_at_ms + 5, L.ReceiptEntry(
+            envelope or sealed.envelope, ack,
+            postings if postings is not None else usage_postings(sealed.digest, delta)))
+
+    def receipts(self, count: int) -> list[bytes]:
+        return [self.receipt_entry(self.next_receipt()) for _ in range(count)]
+
+    def opening(self) -> list[bytes]:
+        """Entries 0-4: policy, enterprise, both agents, the auction."""
+        return [
+            L.encode_entry(L.VOUCHER_POLICY, T0, {"coverage_bps": 5000, "fiscal_year": 2025,
+                                                  "self_dealing_allowed": False}),
+            L.encode_entry(L.ENTERPRISE, T0, L.EnterpriseEntry("ent-1", USCC)),
+            self.agent_entry(self.agent),
+            self.agent_entry(self.rival),
+            self.auction_entry(),
+        ]
+
+    def closing(self) -> list[bytes]:
+        pay = L.PaymentEntry("pay-1", "ent-1", 100_000, (
+            L.Posting(transfer(b"pay-1", "receivable"), "bank", "receivable:ent-1", 100_000,
+                      "payment"),
+            L.Posting(transfer(b"pay-1", "credit"), "credit_used", "credit:ent-1", 100_000,
+                      "payment_credit")))
+        close = L.PeriodCloseEntry("2025-06", (
+            L.Statement("enterprise", "ent-1", 600_000, 300_000, 300_000, T0 + 30 * 86_400_000),
+            L.Statement("provider", "prov-1", 600_000, 300_000, 300_000, None)))
+        return [L.encode_entry(L.PAYMENT, T0 + 10**6, pay),
+                L.encode_entry(L.PERIOD_CLOSE, T0 + 2 * 10**6, close)]
+
+    def honest(self) -> list[bytes]:
+        """Ten entries: opening (0-4), three receipts (5-7), payment and period close (8-9); the
+        same ones each time."""
+        if self._honest is None:
+            self._honest = self.opening() + self.receipts(3) + self.closing()
+        return list(self._honest)
+
+
+@pytest.fixture
+def log_key() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+@pytest.fixture
+def story(log_key: PrivateKey) -> Story:
+    return Story(log_key)
+
+
+def write_log(path: Path, key: PrivateKey, entries: list[bytes]) -> None:
+    """A log holding exactly these entries, signed; what an honest coordinator, or an attacker
+    with the database and the key who rebuilds the tree, leaves behind."""
+    db = open_db(path)
+    conn = db.conn
+    conn.execute("DROP TRIGGER IF EXISTS log_entries_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS log_entries_no_delete")
+    with transaction(db):
+        for table in ("log_entries", "log_hashes", "log_checkpoints", "log_lookup"):
+            conn.execute(f"DELETE FROM {table}")
+        conn.execute("UPDATE log_meta SET size = 0")
+        if entries:
+            tlog.append_entries(db, entries)
+        tlog.sign_checkpoint(db, key, tlog.default_origin(key), T0)
+    conn.executescript(tlog.LOG_SCHEMA)  # the triggers again
+    conn.close()
+
+
+@asynccontextmanager
+async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05) -> AsyncIterator[str]:
+    """The log's routes on a real aiohttp server on loopback, over the real writer thread."""
+    open_db(path).conn.close()
+    database = Database(path)
+    app = web.Application()
+
+    async def writer(app: web.Application) -> AsyncIterator[None]:
+        database.start()
+        yield
+        database.close()
+
+    app.cleanup_ctx.append(writer)
+    tlog.add_routes(app, tlog.TransparencyLog(database, key, tlog.default_origin(key), interval_s))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def verify(path: Path, key: PrivateKey, state: Path | None = None,
+                 log_key: str | None = None) -> audit.AuditReport:
+    async with serving(path, key) as url:
+        return await audit.verify_log(url, log_key, state, None)
+
+
+def codes(report: audit.AuditReport | audit.ReceiptReport) -> set[str]:
+    return {d.code for d in report.discrepancies}
+
+
+# -- entries -----------------------------------------------------------------------------------
+
+
+def test_every_kind_round_trips(story: Story) -> None:
+    for data in story.honest():
+        entry = L.decode_entry(data)
+        assert entry.kind in L.KINDS
+        assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == data
+    kinds = [L.decode_entry(data).kind for data in story.honest()]
+    assert set(kinds) == set(L.KINDS)
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (b"\xc1", "not canonical"),
+    (canonical.encode([2, "enterprise", 0, ["e", USCC]]), "version 2"),
+    (canonical.encode([1, "gossip", 0, []]), "kind 'gossip'"),
+    (canonical.encode([1, "enterprise", -1, ["e", USCC]]), "at_ms"),
+    (canonical.encode([1, "enterprise", 0, ["e"]]), "array of 2"),
+    (canonical.encode([1, "agent_key", 0, ["ab" * 32, bytes(32), "p", USCC]]), "SHA-256"),
+    (canonical.encode([1, "payment", 0, ["r", "p", 0, []]]), "amount"),
+    (canonical.encode([1, "auction_round", 0, canonical.encode([1, [], [], []])]), "malformed"),
+    (canonical.encode([1, "period_close", 0, ["2025-13", []]]), "YYYY-MM"),
+])
+def test_malformed_entries_are_refused_with_a_sentence(data: bytes, words: str) -> None:
+    with pytest.raises(L.LogEntryError) as caught:
+        L.decode_entry(data)
+    assert words in caught.value.detail
+    with pytest.raises(L.LogEntryError):
+        tlog.append_entries(sqlite3.connect(":memory:"), [data])
+
+
+# -- the tree in SQLite ------------------------------------------------------------------------
+
+
+def test_roots_match_shared_merkle_across_batches_and_reopening(tmp_path: Path,
+                                                                story: Story) -> None:
+    path = tmp_path / "c.db"
+    pool = story.honest() + story.receipts(30)
+    appended: list[bytes] = []
+    for batch in (1, 2, 1, 5, 0, 3, 8, 13, 7):
+        db = open_db(path)
+        chunk = pool[len(appended):len(appended) + batch]
+        with transaction(db):
+            first = tlog.append_entries(db, chunk)
+        assert first == len(appended)
+        appended += chunk
+        db.conn.close()
+        db = open_db(path)
+        assert tlog.size(db) == len(appended)
+        assert tlog.tree(db).root() == merkle.root(appended)
+        assert tlog.entries(db, 0, len(appended)) == appended if appended else True
+        db.conn.close()
+    assert len(appended) == 40
+
+
+def test_a_malformed_entry_appends_nothing(tmp_path: Path, story: Story) -> None:
+    db = open_db(tmp_path / "c.db")
+    with transaction(db):
+        tlog.append_entries(db, story.opening())
+    with pytest.raises(L.LogEntryError), transaction(db):
+        tlog.append_entries(db, [story.agent_entry(story.agent), b"\x93junk"])
+    assert tlog.size(db) == 5
+    assert db.conn.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 5
+
+
+def test_registrations_made_before_the_log_are_logged_once(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "c.db")
+    key = PrivateKey.generate()
+    with transaction(db):
+        provider_id, _ = accounts.add_provider(db, "GPU Farm", USCC, T0)
+        db["agents"].insert({"agent_id": key.public.agent_id, "provider_id": provider_id,
+                             "public_key": key.public.raw, "hostname": "h1",
+                             "enrolled_at_ms": T0 + 2, "penalty_ppm": 0, "penalty_at_ms": T0})
+        enterprise_id, _ = accounts.add_enterprise(db, "Buyer", USCC, T0 + 1)
+        assert tlog.log_registrations(db) == 2
+        assert tlog.log_registrations(db) == 0
+    first, second = (L.decode_entry(data) for data in tlog.entries(db, 0, 2))
+    assert first.body == L.EnterpriseEntry(enterprise_id, USCC)
+    assert second.body == L.AgentKey(key.public.agent_id, key.public.raw, provider_id, USCC)
+    assert tlog.find_agent_key(db, key.public.key_id) == 1
+
+
+def test_an_idempotent_command_retried_logs_once(tmp_path: Path, story: Story) -> None:
+    db = open_db(tmp_path / "c.db")
+    payment, close = story.closing()
+    assert tlog.append_unless_logged(db, payment) == 0
+    assert tlog.append_unless_logged(db, payment) is None
+    assert tlog.append_unless_logged(db, close) == 1
+    assert tlog.append_unless_logged(db, close) is None
+    assert tlog.size(db) == 2
+
+
+def test_the_voucher_policy_is_logged_when_it_changes(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "c.db")
+    policy = {"coverage_bps": 5000, "fiscal_year": 2025, "providers_may_be_subsidised": True}
+    assert tlog.log_voucher_policy(db, policy, T0)
+    assert not tlog.log_voucher_policy(db, dict(policy), T0 + 1)
+    assert tlog.log_voucher_policy(db, {**policy, "coverage_bps": 4000}, T0 + 2)
+    assert tlog.size(db) == 2
+
+
+def test_logged_entries_cannot_be_updated_or_deleted(tmp_path: Path, story: Story) -> None:
+    db = open_db(tmp_path / "c.db")
+    with transaction(db):
+        tlog.append_entries(db, story.opening())
+    for statement in ("UPDATE log_entries SET data = x'00' WHERE idx = 1",
+                      "DELETE FROM log_entries WHERE idx = 4"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.conn.execute(statement)
+
+
+def test_inclusion_and_consistency_proofs_verify(tmp_path: Path, story: Story) -> None:
+    db = open_db(tmp_path / "c.db")
+    leaves = story.honest() + story.receipts(3)
+    with transaction(db):
+        tlog.append_entries(db, leaves)
+    n = len(leaves)
+    for size in range(1, n + 1):
+        root = merkle.root(leaves[:size])
+        for index in range(size):
+            proof = tlog.inclusion(db, index, size)
+            assert merkle.verify_inclusion(leaves[index], index, size, proof, root)
+        for old in range(1, size + 1):
+            proof = tlog.consistency(db, old, size)
+            assert merkle.verify_consistency(old, size, merkle.root(leaves[:old]), root, proof)
+    with pytest.raises(NotFound, match="beyond the log"):
+        tlog.inclusion(db, 0, n + 1)
+    with pytest.raises(Unprocessable):
+        tlog.inclusion(db, 5, 5)
+    with pytest.raises(Unprocessable):
+        tlog.consistency(db, 0, 3)
+    with pytest.raises(NotFound):
+        tlog.entries(db, 0, n + 1)
+    digest = story.sealed[1].digest
+    assert tlog.find_receipt(db, digest) == 6
+    assert tlog.find_agent_key(db, story.rival.public.key_id) == 3
+    assert tlog.find_receipt(db, bytes(32)) is None
+
+
+def test_checkpoints_verify_and_an_idle_log_is_not_re_signed(tmp_path: Path, story: Story,
+                                                             log_key: PrivateKey) -> None:
+    db = open_db(tmp_path / "c.db")
+    origin = tlog.default_origin(log_key)
+    vkey = parse_verifier_key(tlog.verifier_key_text(log_key, origin))
+    assert tlog.latest_checkpoint(db) is None
+    empty = tlog.sign_checkpoint(db, log_key, origin, T0)
+    assert open_checkpoint(empty, vkey, origin).root_hash == merkle.EMPTY_ROOT
+    leaves = story.honest()
+    with transaction(db):
+        tlog.append_entries(db, leaves)
+    note = tlog.sign_checkpoint(db, log_key, origin, T0 + 1)
+    checkpoint = open_checkpoint(note, vkey, origin)
+    assert (checkpoint.size, checkpoint.root_hash) == (10, merkle.root(leaves))
+    assert tlog.sign_checkpoint(db, log_key, origin, T0 + 2) == note
+    assert tlog.latest_checkpoint(db) == note
+    assert db.conn.execute("SELECT COUNT(*) FROM log_checkpoints").fetchone()[0] == 2
+    # another key for the same log re-signs the same size rather than serve a stale signer
+    other = PrivateKey.generate()
+    renote = tlog.sign_checkpoint(db, other, tlog.default_origin(other), T0 + 3)
+    assert renote != note
+    open_checkpoint(renote, verifier_key(tlog.default_origin(other), other.public))
+
+
+async def test_the_loop_signs_while_the_log_grows(tmp_path: Path, story: Story,
+                                                  log_key: PrivateKey) -> None:
+    path = tmp_path / "c.db"
+    open_db(path).conn.close()
+    database = Database(path)
+    database.start()
+    origin = tlog.default_origin(log_key)
+    loop = asyncio.create_task(tlog.checkpoint_loop(database, log_key, origin, 0.01))
+    try:
+        for batch in (story.opening(), story.receipts(2)):
+            def append(db: sqlite_utils.Database, batch: list[bytes] = batch) -> int:
+                return tlog.append_entries(db, batch)
+
+            await database.run(append)
+            target = await database.run(tlog.size)
+            for _ in range(200):
+                note = await database.run(tlog.latest_checkpoint)
+                vkey = verifier_key(origin, log_key.public)
+                if note and open_checkpoint(note, vkey).size == target:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail(f"no checkpoint of size {target} was signed")
+        def signed(db: sqlite_utils.Database) -> int:
+            return int(db.conn.execute("SELECT COUNT(*) FROM log_checkpoints").fetchone()[0])
+
+        count = await database.run(signed)
+        await asyncio.sleep(0.05)
+        assert await database.run(signed) == count
+    finally:
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        database.close()
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+async def test_the_public_routes_serve_what_the_auditor_needs(tmp_path: Path, story: Story,
+                                                              log_key: PrivateKey) -> None:
+    path = tmp_path / "c.db"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    async with serving(path, log_key) as url, aiohttp.ClientSession() as http:
+        async with http.get(url + "/v1/log/key") as response:
+            vkey = parse_verifier_key((await response.text()).strip())
+        async with http.get(url + "/v1/log/checkpoint") as response:
+            assert response.content_type == "text/plain"
+            checkpoint = open_checkpoint(await response.text(), vkey, vkey.name)
+        assert (checkpoint.size, checkpoint.root_hash) == (10, merkle.root(leaves))
+        async with http.get(url + "/v1/log/entries", params={"start": "2", "end": "7"}) as response:
+            page = await response.json()
+        assert page["start"] == 2 and page["end"] == 7
+        assert [base64.b64decode(e) for e in page["entries"]] == leaves[2:7]
+        async with http.get(url + "/v1/log/proof/inclusion",
+                            params={"index": "6", "size": "10"}) as response:
+            proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
+        assert merkle.verify_inclusion(leaves[6], 6, 10, proof, checkpoint.root_hash)
+        async with http.get(url + "/v1/log/proof/consistency",
+                            params={"old": "3", "new": "10"}) as response:
+            proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
+        old_root = merkle.root(leaves[:3])
+        assert merkle.verify_consistency(3, 10, old_root, checkpoint.root_hash, proof)
+        async with http.get(url + "/v1/log/find",
+                            params={"digest": story.sealed[2].digest.hex()}) as response:
+            assert (await response.json())["index"] == 7
+        async with http.get(url + "/v1/log/find",
+                            params={"agent_id": story.agent.public.agent_id}) as response:
+            assert (await response.json())["index"] == 2
+
+
+async def test_entry_pages_are_bounded(tmp_path: Path, story: Story, log_key: PrivateKey,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tlog, "MAX_PAGE", 4)
+    path = tmp_path / "c.db"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    async with (serving(path, log_key) as url, aiohttp.ClientSession() as http,
+                http.get(url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response):
+        page = await response.json()
+    assert (page["start"], page["end"], len(page["entries"])) == (1, 5, 4)
+    monkeypatch.setattr(tlog, "MAX_PAGE_BYTES", 1)
+    async with serving(path, log_key) as url:
+        async with aiohttp.ClientSession() as http, http.get(
+                url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response:
+            assert len((await response.json())["entries"]) == 1
+        report = await audit.verify_log(url, None, None)
+    assert report.ok and report.size == 10
+
+
+@pytest.mark.parametrize(("route", "query", "status", "words"), [
+    ("entries", {"end": "3"}, 400, "start is required"),
+    ("entries", {"start": "x", "end": "3"}, 400, "whole number"),
+    ("entries", {"start": "-1", "end": "3"}, 400, "whole number"),
+    ("entries", {"start": "1" * 30, "end": "3"}, 400, "at most 19 digits"),
+    ("entries", {"start": "5", "end": "5"}, 422, "below end"),
+    ("entries", {"start": "0", "end": "11"}, 404, "beyond the log, which has 10 entries"),
+    ("proof/inclusion", {"index": "10", "size": "10"}, 422, "not an entry"),
+    ("proof/inclusion", {"index": "0", "size": "11"}, 404, "beyond the log"),
+    ("proof/inclusion", {"index": "0"}, 400, "size is required"),
+    ("proof/consistency", {"old": "0", "new": "4"}, 422, "0 < old <= new"),
+    ("proof/consistency", {"old": "5", "new": "4"}, 422, "0 < old <= new"),
+    ("proof/consistency", {"old": "1", "new": "99"}, 404, "beyond the log"),
+    ("find", {}, 400, "exactly one of"),
+    ("find", {"digest": "zz" * 32}, 400, "64 hex digits"),
+    ("find", {"digest": "00 " * 21 + "0"}, 400, "64 hex digits"),
+    ("find", {"digest": "00" * 32}, 404, "no receipt with digest"),
+    ("find", {"agent_id": "00" * 32}, 404, "no key of agent"),
+])
+async def test_bad_parameters_are_refused_with_a_sentence(
+        tmp_path: Path, story: Story, log_key: PrivateKey, route: str, query: dict[str, str],
+        status: int, words: str) -> None:
+    path = tmp_path / "c.db"
+    write_log(path, log_key, story.honest())
+    async with (serving(path, log_key) as url, aiohttp.ClientSession() as http,
+                http.get(f"{url}/v1/log/{route}", params=query) as response):
+        body = await response.json()
+        assert response.status == status, body
+    assert set(body) == {"error", "detail"}
+    assert words in body["detail"] and " " in body["detail"]
+
+
+# -- the auditor -------------------------------------------------------------------------------
+
+
+async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
+        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    report = await verify(path, log_key, state)
+    assert report.ok, report.discrepancies
+    assert report.key_trust == "first use" and "first use" in report.notes[0]
+    assert (report.size, report.receipts, report.leases, report.agents, report.enterprises,
+            report.auctions_replayed) == (10, 3, 1, 2, 1, 1)
+    assert (report.charged, report.voucher, report.deferred) == (600_000, 300_000, 300_000)
+    assert report.accounts["earnings:prov-1"] == {"debits": 0, "credits": 600_000}
+    assert report.accounts["receivable:ent-1"] == {"debits": 300_000, "credits": 100_000}
+    assert report.state_saved
+    saved = json.loads(state.read_text())
+    assert saved["log_key"] == report.log_key
+
+    leaves += story.receipts(2)
+    write_log(path, log_key, leaves)
+    again = await verify(path, log_key, state)
+    assert again.ok, again.discrepancies
+    assert (again.key_trust, again.previous_size, again.size, again.receipts) == (
+        "pinned", 10, 12, 5)
+    assert json.loads(state.read_text())["checkpoint"] != saved["checkpoint"]
+    same = await verify(path, log_key, state, log_key=again.log_key)
+    assert same.ok and same.key_trust == "given" and same.previous_size == 12
+
+
+async def test_an_entry_changed_in_the_database_is_caught(tmp_path: Path, story: Story,
+                                                          log_key: PrivateKey) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    assert (await verify(path, log_key, state)).ok
+    before = state.read_text()
+    inflated = story.receipt_entry(story.sealed[1], postings=usage_postings(
+        story.sealed[1].digest, 2_000_000))
+    db = open_db(path)
+    db.conn.execute("DROP TRIGGER log_entries_no_update")
+    db.conn.execute("UPDATE log_entries SET data = ? WHERE idx = 6", [inflated])
+    db.conn.close()
+    report = await verify(path, log_key, state)
+    assert {"root_mismatch", "postings_mismatch"} <= codes(report)
+    assert any(d.index == 6 for d in report.discrepancies)
+    assert not report.state_saved and state.read_text() == before
+
+
+@pytest.mark.parametrize("padding", [0, 3], ids=["shrunk", "padded-to-grow"])
+async def test_a_removed_entry_is_caught_even_when_the_tree_is_rebuilt_and_re_signed(
+        tmp_path: Path, story: Story, log_key: PrivateKey, padding: int) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    assert (await verify(path, log_key, state)).ok
+    before = state.read_text()
+    rewritten = leaves[:6] + leaves[7:] + [story.agent_entry(PrivateKey.generate())
+                                           for _ in range(padding)]
+    write_log(path, log_key, rewritten)
+    report = await verify(path, log_key, state)
+    assert "inconsistent_history" in codes(report)
+    assert "root_mismatch" not in codes(report)  # the attacker's checkpoint is self-consistent
+    assert not report.state_saved and state.read_text() == before
+    assert "inconsistent_history" in codes(await verify(path, log_key, state))
+
+
+async def test_a_forked_history_re_signed_with_the_same_key_is_caught(
+        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    leaves = story.honest()
+    write_log(path, log_key, leaves)
+    assert (await verify(path, log_key, state)).ok
+    fork = list(leaves)
+    fork[0] = L.encode_entry(L.VOUCHER_POLICY, T0, {"coverage_bps": 9000, "fiscal_year": 2025})
+    fork += story.receipts(2)
+    write_log(path, log_key, fork)
+    report = await verify(path, log_key, state)
+    assert codes(report) == {"inconsistent_history"}
+    # a fresh auditor, without the saved checkpoint, could not tell: that is what --state is for
+    assert (await verify(path, log_key)).ok
+
+
+async def test_a_coordinator_presenting_another_key_is_caught(tmp_path: Path, story: Story,
+                                                              log_key: PrivateKey) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    write_log(path, log_key, story.honest())
+    assert (await verify(path, log_key, state)).ok
+    impostor = PrivateKey.generate()
+    write_log(path, impostor, story.honest())
+    report = await verify(path, impostor, state)
+    assert {"log_key_changed", "checkpoint_signature"} <= codes(report)
+    with pytest.raises(audit.AuditUsageError, match="pinned"):
+        await verify(path, impostor, state,
+                     log_key=tlog.verifier_key_text(impostor, tlog.default_origin(impostor)))
+
+
+def _drop_agent(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    return leaves[:2] + leaves[3:]
+
+
+def _tampered_receipt(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    envelope = bytearray(story.sealed[1].envelope)
+    envelope[10] ^= 0x01
+    leaves[6] = story.receipt_entry(story.sealed[1], envelope=bytes(envelope))
+    return leaves
+
+
+def _rigged_auction(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    leaves[4] = story.auction_entry(replace(story.outcome, price_per_gpu_hour=9_000_000))
+    return leaves
+
+
+def _inflated_postings(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    leaves[6] = story.receipt_entry(story.sealed[1], postings=usage_postings(
+        story.sealed[1].digest, 999_999))
+    return leaves
+
+
+def _foreign_acknowledgement(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    leaves[5] = story.receipt_entry(story.sealed[0], ack_key=PrivateKey.generate())
+    return leaves
+
+
+def _missing_receipt(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    return leaves[:6] + leaves[7:]
+
+
+def _double_posting(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    leaves[7] = story.receipt_entry(story.sealed[2], postings=usage_postings(
+        story.sealed[1].digest, story.sealed[2].receipt.amount - story.sealed[1].receipt.amount))
+    return leaves
+
+
+def _no_auction(story: Story) -> list[bytes]:
+    leaves = story.honest()
+    return leaves[:4] + leaves[5:]
+
+
+@pytest.mark.parametrize(("build", "code", "index"), [
+    (_drop_agent, "unregistered_agent", 4),
+    (_tampered_receipt, "bad_receipt", 6),
+    (_rigged_auction, "auction_mismatch", 4),
+    (_inflated_postings, "postings_mismatch", 6),
+    (_foreign_acknowledgement, "bad_acknowledgement", 5),
+    (_missing_receipt, "receipt_chain", 6),
+    (_double_posting, "duplicate_transfer", 7),
+    (_no_auction, "unawarded_lease", 4),
+], ids=lambda value: value if isinstance(value, str) else None)
+async def test_a_self_consistent_log_with_bad_contents_fails(
+        tmp_path: Path, story: Story, log_key: PrivateKey, build: Any, code: str,
+        index: int) -> None:
+    path = tmp_path / "c.db"
+    write_log(path, log_key, build(story))
+    report = await verify(path, log_key)
+    assert not report.ok
+    assert code in codes(report), report.discrepancies
+    assert any(d.code == code and d.index == index for d in report.discrepancies)
+    assert "root_mismatch" not in codes(report)
+
+
+async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    path = tmp_path / "c.db"
+    write_log(path, log_key, _rigged_auction(story))
+    async with serving(path, log_key) as url:
+        report = await audit.replay_auctions(url, None)
+    assert codes(report) == {"auction_mismatch"}
+    assert report.auctions_replayed == 1 and report.receipts == 0
+    assert "replaying its inputs gives winner" in report.discrepancies[0].detail
+
+
+async def test_one_receipt_is_proven_to_be_in_the_log(tmp_path: Path, story: Story,
+                                                      log_key: PrivateKey) -> None:
+    path = tmp_path / "c.db"
+    write_log(path, log_key, story.honest())
+    async with serving(path, log_key) as url:
+        report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
+        assert report.ok, report.discrepancies
+        assert (report.index, report.size, report.seq, report.delta, report.charged) == (
+            6, 10, 2, 200_000, 200_000)
+        stranger = story.next_receipt()
+        missing = await audit.check_receipt(url, stranger.envelope, wait_s=0)
+        assert codes(missing) == {"receipt_not_logged"}
+
+
+async def test_the_cli_exits_non_zero_naming_each_discrepancy(
+        tmp_path: Path, story: Story, log_key: PrivateKey,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def options(parser: argparse.ArgumentParser, top: bool) -> None:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(prog="suanli")
+    parser.add_argument("--json", action="store_true", default=False)
+    audit.add_commands(parser.add_subparsers(), options)
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    write_log(path, log_key, story.honest())
+    async with serving(path, log_key) as url:
+        args = parser.parse_args(["audit", "verify", "--state", str(state)])
+        assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_OK
+        out = capsys.readouterr().out
+        assert "auctions replayed" in out and "¥0.60" in out and "verified" in out
+    write_log(path, log_key, _missing_receipt(story))
+    async with serving(path, log_key) as url:
+        args = parser.parse_args(["audit", "verify", "--state", str(state), "--json"])
+        assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_DISCREPANCY
+        result = json.loads(capsys.readouterr().out)
+        assert not result["ok"] and "inconsistent_history" in {
+            d["code"] for d in result["discrepancies"]}
+        receipt_file = tmp_path / "r.bin"
+        receipt_file.write_bytes(story.sealed[0].envelope)
+        args = parser.parse_args(["audit", "receipt", str(receipt_file), "--json"])
+        assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_OK
+        assert json.loads(capsys.readouterr().out)["index"] == 5
+    assert audit.main(args, None) == audit.EXIT_USAGE
+    assert audit.main(args, "http://example.com") == audit.EXIT_USAGE
+    assert "plain HTTP" in capsys.readouterr().err
+
+
+# -- the coordinator itself --------------------------------------------------------------------
+
+
+def _log_is_wired() -> bool:
+    from coordinator.app import ROUTES
+    return any(path == "/v1/log/checkpoint" for _, path, _ in ROUTES)
+
+
+@pytest.mark.skipif(not _log_is_wired(), reason="coordinator.app does not mount the log yet")
+async def test_the_running_coordinator_logs_what_the_auditor_verifies(
+        tmp_path: Path, coordinator: Any, cleanup: list[Any]) -> None:
+    from coordinator_harness import Api, FakeAgent
+
+    price = 6_000_000
+    agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], price)
+    other = FakeAgent(coordinator.url, ["GPU-o0", "GPU-o1"], 9_000_000)
+    cleanup += [agent, other]
+    await agent.enrol(coordinator.add_provider(1))
+    await other.enrol(coordinator.add_provider(2))
+    await agent.heartbeat()
+    await other.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(3))
+    cleanup.append(api)
+    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=price)
+    lease = await agent.wait_for_lease()
+    await agent.client.status(lease["lease_id"], "started")
+    await asyncio.sleep(0.2)
+    sealed: list[SealedReceipt] = []
+    for seq in (1, 2, 3):
+        gpu_ms = seq * 100
+        receipt = Receipt(
+            lease_id=lease["lease_id"], job_id=job["id"], agent_id=agent.agent_id, seq=seq,
+            prev=sealed[-1].digest if sealed else GENESIS_PREV,
+            issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]),
+            gpu_ms=gpu_ms, energy_mj=seq, utilization_pct=50, peak_memory_bytes=1 << 20,
+            price_per_gpu_hour=lease["price_per_gpu_hour"],
+            amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]), final=False, exit_code=None)
+        sealed.append(seal_receipt(receipt, agent.key))
+    answer = await agent.client.signed("/v1/agent/receipts",
+                                       {"receipts": [s.envelope for s in sealed]})
+    assert [r["status"] for r in answer["results"]] == ["accepted"] * 3, answer
+    state = tmp_path / "audit.json"
+    for _ in range(100):
+        report = await audit.verify_log(coordinator.url, None, state)
+        if report.receipts == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert report.ok, report.discrepancies
+    assert (report.receipts, report.leases, report.auctions_replayed) == (3, 1, 1)
+    assert report.agents == 2
+    assert report.charged == sealed[-1].receipt.amount
+    proof = await audit.check_receipt(coordinator.url, sealed[1].envelope, state_path=state)
+    assert proof.ok, proof.discrepancies
