@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -234,11 +235,14 @@ async def voucher_pool(request: web.Request) -> web.Response:
     return web.json_response({"fiscal_year": coordinator.policy.fiscal_year, **pool})
 
 
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+
+
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DECIMAL.fullmatch(raw) or not low <= int(raw) <= high:
         raise Unprocessable(f"query parameter {name} must be an integer from {low} to {high}")
     return int(raw)
 

@@ -85,6 +85,17 @@ class JobRequest:
         return self.gpus * self.max_duration_s * self.max_price_per_gpu_hour // 3600
 
 
+def _is_text(value: object, max_length: int) -> bool:
+    """A string that UTF-8 can carry (JSON can smuggle in a lone surrogate such as \\ud800)."""
+    if type(value) is not str or len(value) > max_length or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int_field(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
     value = body.get(name, default)
     if type(value) is not int or not low <= value <= high:
@@ -104,11 +115,11 @@ def parse_job_request(body: object) -> JobRequest:
         raise Unprocessable("image must be an image reference of 1 to 255 characters without "
                             "spaces", code="invalid_job")
     command = body.get("command", [])
-    if type(command) is not list or len(command) > MAX_COMMAND_ITEMS or any(
-        type(part) is not str or "\x00" in part for part in command
+    if type(command) is not list or len(command) > MAX_COMMAND_ITEMS or not all(
+        _is_text(part, MAX_COMMAND_BYTES) for part in command
     ):
         raise Unprocessable(f"command must be a list of at most {MAX_COMMAND_ITEMS} strings "
-                            "without NUL characters", code="invalid_job")
+                            "of valid Unicode without NUL characters", code="invalid_job")
     if sum(len(part.encode()) for part in command) > MAX_COMMAND_BYTES:
         raise Unprocessable(f"command is longer than {MAX_COMMAND_BYTES} bytes", code="invalid_job")
     env = body.get("env", {})
@@ -118,13 +129,13 @@ def parse_job_request(body: object) -> JobRequest:
         if not _ENV_NAME.fullmatch(name):
             raise Unprocessable(f"env name {name!r} must be letters, digits and _ and not start "
                                 "with a digit", code="invalid_job")
-        if type(value) is not str or len(value) > MAX_ENV_VALUE or "\x00" in value:
+        if not _is_text(value, MAX_ENV_VALUE):
             raise Unprocessable(f"env {name} must be a string of at most {MAX_ENV_VALUE} "
-                                "characters", code="invalid_job")
+                                "characters of valid Unicode without NUL", code="invalid_job")
     gpus = _int_field(body, "gpus", 1, MAX_GPUS)
     models = body.get("gpu_models", [])
     if type(models) is not list or len(models) > MAX_MODELS or any(
-        type(m) is not str or not 0 < len(m) <= 128 for m in models
+        not _is_text(m, 128) or not m for m in models
     ):
         raise Unprocessable(f"gpu_models must be a list of at most {MAX_MODELS} model names",
                             code="invalid_job")
