@@ -76,10 +76,11 @@ class LeaseRunner:
         image = job["image"]
         try:
             if not await engine.image_exists(image):
-                await self._note(f"pulling image {image}\n")
+                await self._note(f"[suanli] pulling image {image}\n")
+                progress = _PullProgress()
                 await engine.pull(image, timeout_s=daemon.settings.image_pull_timeout_s,
-                                  max_bytes=daemon.settings.image_max_bytes,
-                                  progress=lambda line: None)
+                                  max_bytes=daemon.settings.image_max_bytes, progress=progress.add)
+                await self._note(progress.summary(image))
             spec = ContainerSpec(
                 name=f"suanli-{record.lease_id}",
                 image=image,
@@ -195,6 +196,21 @@ class LeaseRunner:
         del buffer[:]
         if chunk:
             await self.daemon.send_log(record, chunk)
+
+
+class _PullProgress:
+    """Pull progress for the job's log: the engine's status lines, without the byte ticker."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        if line and (not self.lines or self.lines[-1] != line) and len(self.lines) < 200:
+            self.lines.append(line)
+
+    def summary(self, image: str) -> str:
+        shown = [line for line in self.lines if "Downloading" not in line and "Extracting" not in line]
+        return "".join(f"[suanli] {line}\n" for line in shown[-20:]) + f"[suanli] pulled {image}\n"
 
 
 def container_labels(agent_id: str) -> dict[str, Any]:
