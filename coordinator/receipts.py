@@ -35,6 +35,7 @@ class Verdict:
     sealed: SealedReceipt | None = None
     delta: int = 0
     envelope: bytes = b""
+    already_stored: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         if self.accepted:

@@ -814,7 +814,7 @@ class Coordinator:
         for verdict in verdicts:
             sealed = verdict.sealed
             if sealed is None:
-                if not verdict.accepted:
+                if not verdict.accepted and not verdict.already_stored:
                     db["receipt_rejections"].insert({
                         "agent_id": agent.agent_id, "lease_id": verdict.lease_id, "seq": verdict.seq,
                         "rule": verdict.rule, "detail": verdict.detail, "envelope": verdict.envelope,
@@ -898,12 +898,21 @@ class Coordinator:
         rows = await self.database.run(lambda db: list(db.query(
             "SELECT envelope, acknowledgement FROM receipts WHERE lease_id = ? AND seq = ?",
             [lease_id, seq])))
-        if not rows:
-            return None
-        if rows[0]["envelope"] == envelope:
-            return receipt_rules.Verdict(lease_id, seq, True, acknowledgement=rows[0]["acknowledgement"])
-        return receipt_rules.Verdict(lease_id, seq, False, str(Rule.SEQ),
-                                     f"seq {seq} of this lease was already accepted for another receipt")
+        if rows and rows[0]["envelope"] == envelope:
+            return receipt_rules.Verdict(lease_id, seq, True, acknowledgement=rows[0]["acknowledgement"],
+                                         already_stored=True)
+        if rows:
+            return receipt_rules.Verdict(lease_id, seq, False, str(Rule.SEQ),
+                                         f"seq {seq} of this lease was already accepted for another receipt")
+        # a refusal that retrying cannot change is the answer to every retry; a gap in seq or a
+        # time ahead of the window may be fine once the missing receipt or the moment arrives
+        refused = await self.database.run(lambda db: list(db.query(
+            "SELECT rule, detail FROM receipt_rejections WHERE lease_id = ? AND seq = ? AND envelope = ? "
+            "AND rule NOT IN ('seq', 'time_window') ORDER BY id LIMIT 1", [lease_id, seq, envelope])))
+        if refused:
+            return receipt_rules.Verdict(lease_id, seq, False, refused[0]["rule"], refused[0]["detail"],
+                                         already_stored=True)
+        return None
 
     # -- logs ---------------------------------------------------------------------------
 
