@@ -69,6 +69,8 @@ class Coordinator:
         self.closing = False
         self._dirty_agents: dict[str, Agent] = {}
         self._usccs: dict[str, str] = {}
+        # (lease, seq) refused for good: a retry must be looked up, never re-verified
+        self._refused: set[tuple[str, int]] = set()
         self.database = database
         self.clock = clock
         self.market = Market(settings.reliability_half_life_ms)
@@ -143,6 +145,11 @@ class Coordinator:
             lease = self.leases.get(row["lease_id"])
             if lease is not None:
                 lease.charged = row["amount"]
+        for row in db.query("SELECT DISTINCT lease_id, seq FROM receipt_rejections "
+                            "WHERE rule NOT IN ('seq', 'time_window') AND seq IS NOT NULL"):
+            lease = self.leases.get(row["lease_id"])
+            if lease is not None and lease.active:
+                self._refused.add((row["lease_id"], row["seq"]))
         for row in db.query("SELECT job_id, SUM(amount) AS amount, SUM(voucher) AS voucher, "
                             "SUM(deferred) AS deferred FROM ledger_postings GROUP BY job_id"):
             job = self.jobs.get(row["job_id"])
@@ -779,7 +786,8 @@ class Coordinator:
         for envelope in envelopes:
             lease_id, seq = claimed_id(envelope)
             lease = self.leases.get(lease_id or "")
-            stored = await self._stored_acknowledgement(lease_id, seq, envelope) if lease else None
+            stored = (await self._stored_acknowledgement(lease_id, seq, envelope)
+                      if lease and not self._surely_new(lease.id, seq) else None)
             if stored is not None:
                 verdicts.append(stored)
                 continue
@@ -815,6 +823,9 @@ class Coordinator:
             sealed = verdict.sealed
             if sealed is None:
                 if not verdict.accepted and not verdict.already_stored:
+                    if verdict.lease_id is not None and verdict.seq is not None and verdict.rule not in (
+                            "seq", "time_window"):
+                        self._refused.add((verdict.lease_id, verdict.seq))
                     db["receipt_rejections"].insert({
                         "agent_id": agent.agent_id, "lease_id": verdict.lease_id, "seq": verdict.seq,
                         "rule": verdict.rule, "detail": verdict.detail, "envelope": verdict.envelope,
@@ -848,6 +859,7 @@ class Coordinator:
                     verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
                                                     exc.detail)
             if not verdict.accepted:
+                self._refused.add((lease.id, receipt.seq))
                 db["receipt_rejections"].insert({
                     "agent_id": agent.agent_id, "lease_id": lease.id, "seq": receipt.seq,
                     "rule": verdict.rule, "detail": verdict.detail, "envelope": sealed.envelope,
@@ -889,6 +901,14 @@ class Coordinator:
                     lease.stop_reason = "revoked"
                     self.database.submit(lambda db, row=self._lease_row(lease): db["leases"].upsert(row, pk="id"))
                     self._notify(lease.agent_id)
+
+    def _surely_new(self, lease_id: str, seq: int | None) -> bool:
+        """True when memory alone shows no answer was given to this receipt yet (no DB lookup):
+        it is the next in its lease's known chain and was never refused for good."""
+        if lease_id not in self.last_receipts or seq is None or (lease_id, seq) in self._refused:
+            return False
+        previous = self.last_receipts[lease_id]
+        return seq == (previous.receipt.seq + 1 if previous is not None else 1)
 
     async def _stored_acknowledgement(self, lease_id: str | None, seq: int | None,
                                       envelope: bytes) -> receipt_rules.Verdict | None:
