@@ -151,14 +151,22 @@ class Coordinator:
             self.process.wait(timeout=30)
 
 
+def real_gpus() -> list[dict[str, Any]]:
+    """The GPUs NVML reports through this machine's own driver (none without one)."""
+    result = subprocess.run([BIN / "suanli-agent", "inventory", "--json"], capture_output=True, text=True,
+                            check=False)
+    return list(json.loads(result.stdout)["gpus"]) if result.returncode == 0 else []
+
+
 class Agent:
-    def __init__(self, plan: AgentPlan, workdir: Path, engine_socket: Path) -> None:
+    def __init__(self, plan: AgentPlan, workdir: Path, engine_socket: Path, real: bool = False) -> None:
         self.plan = plan
+        self.real = real
         self.workdir = workdir / plan.name
         self.workdir.mkdir()
         self.nvml_config = self.workdir / "nvml.conf"
         write_config(self.nvml_config, plan.gpus)
-        self.env = environment(FAKE_NVML, self.nvml_config)
+        self.env = dict(os.environ) if real else environment(FAKE_NVML, self.nvml_config)
         self.engine_socket = engine_socket
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -255,7 +263,11 @@ async def settled(clients: dict[str, Client], jobs: dict[str, tuple[str, str]], 
 
 async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -> int:
     coordinator = Coordinator(workdir)
-    agents = [Agent(plan, workdir, engine.socket) for plan in AGENTS]
+    # with a real driver the first host sells this machine's own GPUs; the other two stay fake
+    agents = [Agent(plan, workdir, engine.socket, real=bool(args.real_gpus) and n == 0)
+              for n, plan in enumerate(AGENTS)]
+    expected_gpus = sum(len(a.plan.gpus) for a in agents[1:]) + (
+        len(args.real_gpus) if args.real_gpus else len(agents[0].plan.gpus))
     try:
         say("1. The coordinator", f"one process on SQLite (WAL) at {coordinator.url}; a ¥1,000,000,000 voucher "
             "pool, ¥5,000,000 cap per company, vouchers cover 50% of each charge")
@@ -279,18 +291,22 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
 
         say("2. Providers enrol their GPU hosts",
             "each agent makes an Ed25519 key (0600), registers it with a one-time token, reads its GPUs "
-            "through NVML" + (" (a fake libnvidia-ml here: no GPU on this machine)" if not args.real_gpus else "")
+            "through NVML" + (" (a fake libnvidia-ml here: no GPU on this machine)" if not args.real_gpus
+                              else f" ({agents[0].plan.name} sells this machine's {len(args.real_gpus)} real "
+                                   "GPUs; the other two hosts are simulated)")
             + f" and runs jobs through {engine.kind}")
         for agent in agents:
             agent_id = agent.enroll(coordinator, providers[agent.plan.company]["enrolment_token"])
             agent.start()
-            console.print(f"  {agent.plan.name}: agent {agent_id[:16]}…, {len(agent.plan.gpus)}× "
-                          f"{agent.plan.gpus[0].name}, asks ¥{agent.plan.ask}/GPU-hour")
+            gpus = ([gpu["name"] for gpu in args.real_gpus] if agent.real
+                    else [gpu.name for gpu in agent.plan.gpus])
+            console.print(f"  {agent.plan.name}: agent {agent_id[:16]}…, {len(gpus)}× {gpus[0]}, "
+                          f"asks ¥{agent.plan.ask}/GPU-hour")
         clients = {"robotics": Client(coordinator.url, tokens["robotics"]),
                    "biotech": Client(coordinator.url, tokens["biotech"]),
                    "auditor": Client(coordinator.url, auditor)}
         try:
-            console.print(market_table(await wait_for_market(clients["auditor"], 8)))
+            console.print(market_table(await wait_for_market(clients["auditor"], expected_gpus)))
 
             say("3. Enterprises post jobs; sealed-bid reverse auctions place them",
                 "lowest ask wins; the price is the second-lowest ask, capped at the job's maximum")
@@ -378,7 +394,7 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
             audit_ok = await audit(coordinator, workdir)
 
             say("Summary")
-            console.print(f"  {len(agents)} agents, {sum(len(a.plan.gpus) for a in agents)} GPUs, 3 jobs placed by "
+            console.print(f"  {len(agents)} agents, {expected_gpus} GPUs, 3 jobs placed by "
                           f"auction and run in {engine.kind}; {accepted} signed receipts accepted; "
                           f"ledger {'balanced' if check.returncode == 0 else 'NOT balanced'}; "
                           f"audit {'passed' if audit_ok else 'FAILED'}")
@@ -417,7 +433,7 @@ def keep(coordinator: Coordinator, tokens: dict[str, str], auditor: str) -> None
     console.print(f"  export SUANLI_COORDINATOR={coordinator.url}")
     console.print(f"  export SUANLI_TOKEN={tokens['biotech']}      # Qiantang Biotech")
     console.print("  suanli market; suanli job list; suanli account")
-    console.print(f"  suanli --token {auditor} audit verify --coordinator {coordinator.url}")
+    console.print(f"  suanli audit verify --coordinator {coordinator.url}      # no token: the log is public")
     console.print(f"  stop it with: kill {coordinator.process.pid if coordinator.process else ''}")
 
 
@@ -425,7 +441,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the coordinator running afterwards")
     args = parser.parse_args()
-    args.real_gpus = False
+    args.real_gpus = real_gpus()
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="suanli-demo-"))
     console.print(Panel("Suanli (算力): a city's GPUs as one market, paid by signed receipts and vouchers",
