@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from shared.errors import SuanliError
 from shared.money import parse_yuan
+from shared.settings_file import describe, read_table, setting, typed_values
 
 
 class AgentConfigError(SuanliError):
@@ -17,34 +17,30 @@ class AgentConfigError(SuanliError):
     code = "bad_agent_config"
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class AgentSettings:
-    coordinator_url: str | None = _setting(None, "coordinator URL (taken from enrolment when unset)")
-    ca_file: str | None = _setting(None, "CA bundle that signs the coordinator's certificate")
-    state_dir: str = _setting("/var/lib/suanli-agent", "key, enrolment and receipt spool live here")
-    ask_per_gpu_hour: str | None = _setting(None, "ask price in yuan per GPU-hour, e.g. \"12.50\"; unset: offer nothing")
-    offered_gpus: list[int] | None = _setting(None, "GPU indexes offered to the market; unset: all")
-    engine_socket: str = _setting("/run/docker.sock", "Docker Engine API socket (Docker or Podman)")
-    gpu_mode: str = _setting("auto", "GPU pinning: auto, nvidia-runtime, cdi or none")
-    heartbeat_interval_s: int = _setting(10, "seconds between heartbeats")
-    sample_interval_ms: int = _setting(1000, "milliseconds between NVML samples")
-    receipt_interval_s: int = _setting(60, "seconds between signed receipts of a running lease")
-    acceptance_deadline_s: int = _setting(600, "stop a job if none of its receipts is accepted by then")
-    job_network: str = _setting("none", "container network: none or bridge")
-    max_job_log_bytes: int = _setting(16 << 20, "job log bytes shipped to the coordinator per lease")
-    pids_limit: int = _setting(4096, "most processes one job may run")
-    stop_grace_s: int = _setting(30, "seconds between SIGTERM and SIGKILL when stopping a job")
-    image_pull_timeout_s: int = _setting(1800, "longest an image pull may take")
-    image_max_bytes: int = _setting(64 << 30, "largest image the agent will pull")
-    disk_path: str = _setting("/", "filesystem reported as the host's disk")
+    coordinator_url: str | None = setting(None, "coordinator URL (taken from enrolment when unset)")
+    ca_file: str | None = setting(None, "CA bundle that signs the coordinator's certificate")
+    state_dir: str = setting("/var/lib/suanli-agent", "key, enrolment and receipt spool live here")
+    ask_per_gpu_hour: str | None = setting(None, "ask price in yuan per GPU-hour, e.g. \"12.50\"; unset: offer nothing")
+    offered_gpus: list[int] | None = setting(None, "GPU indexes offered to the market; unset: all")
+    engine_socket: str = setting("/run/docker.sock", "Docker Engine API socket (Docker or Podman)")
+    gpu_mode: str = setting("auto", "GPU pinning: auto, nvidia-runtime, cdi or none")
+    heartbeat_interval_s: int = setting(10, "seconds between heartbeats")
+    sample_interval_ms: int = setting(1000, "milliseconds between NVML samples")
+    receipt_interval_s: int = setting(60, "seconds between signed receipts of a running lease")
+    acceptance_deadline_s: int = setting(600, "stop a job if none of its receipts is accepted by then")
+    job_network: str = setting("none", "container network: none or bridge")
+    max_job_log_bytes: int = setting(16 << 20, "job log bytes shipped to the coordinator per lease")
+    pids_limit: int = setting(4096, "most processes one job may run")
+    stop_grace_s: int = setting(30, "seconds between SIGTERM and SIGKILL when stopping a job")
+    image_pull_timeout_s: int = setting(1800, "longest an image pull may take")
+    image_max_bytes: int = setting(64 << 30, "largest image the agent will pull")
+    disk_path: str = setting("/", "filesystem reported as the host's disk")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
-        return [(f.name, f.default, f.metadata["help"]) for f in fields(cls)]
+        return describe(cls)
 
     def with_overrides(self, **overrides: Any) -> AgentSettings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -72,28 +68,13 @@ class AgentSettings:
 def load_agent_settings(path: Path | None) -> AgentSettings:
     if path is None:
         return AgentSettings()
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AgentConfigError(f"no configuration file at {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise AgentConfigError(f"{path} is not valid TOML: {exc}") from None
-    section = data.get("agent", data)
-    known = {f.name: f for f in fields(AgentSettings)}
-    values: dict[str, Any] = {}
-    for name, value in section.items():
-        if name not in known:
-            raise AgentConfigError(f"{path}: unknown setting {name!r}")
-        if name == "offered_gpus":
-            if type(value) is not list or not all(type(i) is int and i >= 0 for i in value):
-                raise AgentConfigError(f"{path}: offered_gpus must be a list of GPU indexes")
-        elif name == "ask_per_gpu_hour":
-            if type(value) is not str:
-                raise AgentConfigError(f"{path}: ask_per_gpu_hour must be a quoted yuan amount like \"12.50\"")
-        else:
-            default = known[name].default
-            expected = type(default) if default is not None else str
-            if type(value) is not expected:
-                raise AgentConfigError(f"{path}: {name} must be a {expected.__name__}")
-        values[name] = value
-    return AgentSettings(**values).validate()
+    section = read_table(path, "agent", AgentConfigError, whole_file=True)
+    special = {name: section.pop(name) for name in ("offered_gpus", "ask_per_gpu_hour") if name in section}
+    offered = special.get("offered_gpus")
+    if "offered_gpus" in special and (
+            type(offered) is not list or not all(type(i) is int and i >= 0 for i in offered)):
+        raise AgentConfigError(f"{path}: offered_gpus must be a list of GPU indexes")
+    if "ask_per_gpu_hour" in special and type(special["ask_per_gpu_hour"]) is not str:
+        raise AgentConfigError(f"{path}: ask_per_gpu_hour must be a quoted yuan amount like \"12.50\"")
+    values = typed_values(section, AgentSettings, path, AgentConfigError)
+    return AgentSettings(**values, **special).validate()

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +40,7 @@ from coordinator.ledger import (
 )
 from shared.errors import SuanliError
 from shared.money import MICRO_PER_YUAN, format_yuan
+from shared.settings_file import describe, read_table, setting
 from shared.uscc import validate_uscc
 
 BPS = 10_000
@@ -130,32 +130,26 @@ def _this_year() -> int:
     return datetime.now(UTC).year
 
 
-def _setting(default: Any, help: str) -> Any:
-    if callable(default):
-        return field(default_factory=default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class VoucherPolicy:
     """The city's voucher rules for one fiscal year, from the coordinator TOML's [vouchers] table."""
 
-    fiscal_year: int = _setting(
+    fiscal_year: int = setting(
         _this_year, "calendar year whose pool and caps vouchers draw on (default: this UTC year); "
         "usage accepted in another year gets no voucher")
-    pool_total_micro_yuan: int = _setting(
+    pool_total_micro_yuan: int = setting(
         1_000_000_000 * MICRO_PER_YUAN, "the year's voucher pool, spent first come, first served")
-    per_company_cap_micro_yuan: int = _setting(
+    per_company_cap_micro_yuan: int = setting(
         5_000_000 * MICRO_PER_YUAN, "most voucher money one company (USCC) may receive in the year")
-    coverage_bps: int = _setting(
+    coverage_bps: int = setting(
         5_000, "share of each charge the voucher pays, in basis points (5000 = 50%), rounded down")
-    providers_may_be_subsidised: bool = _setting(
+    providers_may_be_subsidised: bool = setting(
         True, "whether a company that is also a provider gets vouchers at all "
         "(never for compute it buys from itself)")
-    statement_period: str = _setting("month", "statement period; only calendar months (UTC)")
-    payment_terms_days: int = _setting(30, "days after a period's end that its statement is due")
-    grace_days: int = _setting(15, "days after the due date before an unpaid enterprise is suspended")
-    default_credit_limit_micro_yuan: int = _setting(
+    statement_period: str = setting("month", "statement period; only calendar months (UTC)")
+    payment_terms_days: int = setting(30, "days after a period's end that its statement is due")
+    grace_days: int = setting(15, "days after the due date before an unpaid enterprise is suspended")
+    default_credit_limit_micro_yuan: int = setting(
         100_000 * MICRO_PER_YUAN, "credit limit a new enterprise starts with")
 
     def __post_init__(self) -> None:
@@ -187,11 +181,7 @@ class VoucherPolicy:
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(name, default, help) of every setting, for --help and the docs."""
-        out = []
-        for f in fields(cls):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            out.append((f.name, default, f.metadata["help"]))
-        return out
+        return describe(cls)
 
     @classmethod
     def from_toml_table(cls, table: dict[str, Any]) -> VoucherPolicy:
@@ -210,13 +200,7 @@ def load_voucher_policy(path: Path | None) -> VoucherPolicy:
     """The [vouchers] table of the coordinator's TOML file (all defaults without a file or table)."""
     if path is None:
         return VoucherPolicy()
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise VoucherPolicyError(f"no configuration file at {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise VoucherPolicyError(f"{path} is not valid TOML: {exc}") from None
-    return VoucherPolicy.from_toml_table(data.get("vouchers", {}))
+    return VoucherPolicy.from_toml_table(read_table(path, "vouchers", VoucherPolicyError))
 
 
 # -- the split -------------------------------------------------------------------------------

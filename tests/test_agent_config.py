@@ -134,3 +134,29 @@ async def test_a_lease_for_gpus_the_agent_cannot_give_is_refused(tmp_path: Path)
         assert "already leased" in (daemon.gpus_unavailable(lease("GPU-0")) or "")
     finally:
         await daemon.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[coordinator]\nheartbeat_timeout_ms = \"45s\"\n", "heartbeat_timeout_ms must be a int"),
+        ("[coordinator]\nsurprise = 1\n", "unknown setting 'surprise'"),
+        ("[coordinator\n", "not valid TOML"),
+    ],
+)
+def test_bad_coordinator_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    from coordinator.config import load_settings
+
+    with pytest.raises(Exception, match=message):
+        load_settings(_write(tmp_path, text))
+
+
+def test_coordinator_settings_and_voucher_policy_share_one_file(tmp_path: Path) -> None:
+    from coordinator.config import load_settings
+    from coordinator.vouchers import VoucherPolicyError, load_voucher_policy
+
+    path = _write(tmp_path, "[coordinator]\nheartbeat_timeout_ms = 60000\n\n[vouchers]\ncoverage_bps = 2500\n")
+    assert load_settings(path).heartbeat_timeout_ms == 60_000
+    assert load_voucher_policy(path).coverage_bps == 2_500
+    with pytest.raises(VoucherPolicyError, match="has no setting 'coverage'"):
+        load_voucher_policy(_write(tmp_path, "[vouchers]\ncoverage = 1\n"))
