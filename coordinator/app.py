@@ -17,7 +17,7 @@ from aiohttp import web
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import Database
-from coordinator.errors import ApiError, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
+from coordinator.errors import ApiError, Forbidden, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
 from coordinator import tlog, vouchers
 from coordinator.jobs import JOB_STATES
 from coordinator.vouchers import VoucherPolicy
@@ -229,6 +229,27 @@ async def account(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+AUDITED_ACCOUNTS = ("receivable:%", "earnings:%", "pool:%", "cap:%")
+
+
+async def ledger_balances(request: web.Request) -> web.Response:
+    """Balances an auditor compares with the log, read in one transaction with the log's size."""
+    principal = await _principal(request)
+    if principal.role != "auditor":
+        raise Forbidden("ledger balances are for auditors")
+
+    def read(db: Any) -> dict[str, Any]:
+        size = db.conn.execute("SELECT size FROM log_meta WHERE id = 1").fetchone()[0]
+        where = " OR ".join("id LIKE ?" for _ in AUDITED_ACCOUNTS)
+        rows = db.conn.execute(
+            f"SELECT id, debits_posted, credits_posted FROM ledger_accounts WHERE {where} ORDER BY id",
+            AUDITED_ACCOUNTS).fetchall()
+        return {"log_size": size, "accounts": [
+            {"id": row[0], "debits_posted": row[1], "credits_posted": row[2]} for row in rows]}
+
+    return web.json_response(await request.app[COORDINATOR].database.run(read))
+
+
 async def voucher_pool(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     pool = await coordinator.database.run(lambda db: vouchers.pool_status(db, coordinator.policy))
@@ -269,6 +290,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/market", market),
     ("GET", "/v1/account", account),
     ("GET", "/v1/vouchers/pool", voucher_pool),
+    ("GET", "/v1/ledger/balances", ledger_balances),
     *tlog.ROUTES,
 ]
 

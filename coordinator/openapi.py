@@ -135,6 +135,13 @@ def openapi_document() -> dict[str, Any]:
                 "reservations and statements", {
                     "200": _json({"type": "object", "properties": {
                         "role": {"type": "string"}, "id": {"type": "string"}}}, "the account")})},
+            "/v1/ledger/balances": {"get": _bearer(
+                "Posted balances of the receivable, earnings, pool and cap accounts with the log "
+                "size they belong to (auditors), to compare with the log's postings", {
+                    "200": _json({"type": "object", "properties": {
+                        "log_size": {"type": "integer"},
+                        "accounts": {"type": "array", "items": {"type": "object"}}}},
+                        "balances")})},
             "/v1/vouchers/pool": {"get": {
                 "summary": "The year's public voucher pool: granted, used, remaining (no token)",
                 "security": [],

@@ -391,7 +391,7 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
                                     "check-ledger"], capture_output=True, text=True, check=False)
             console.print(f"  admin check-ledger: {check.stdout.strip()}")
 
-            audit_ok = await audit(coordinator, workdir)
+            audit_ok = await audit(coordinator, workdir, auditor)
 
             say("Summary")
             console.print(f"  {len(agents)} agents, {expected_gpus} GPUs, 3 jobs placed by "
@@ -412,13 +412,13 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
             coordinator.stop()
 
 
-async def audit(coordinator: Coordinator, workdir: Path) -> bool:
+async def audit(coordinator: Coordinator, workdir: Path, auditor_token: str) -> bool:
     say("7. An auditor checks everything, trusting only public keys",
         "suanli audit verify: the signed checkpoint, the Merkle root, every receipt signature and chain, "
-        "every auction replayed, every balance recomputed")
+        "every auction replayed, the ledger's balances compared with the log's postings")
     await asyncio.sleep(2.5)  # the coordinator signs a checkpoint of its log every 2 s
     result = subprocess.run([BIN / "suanli", "audit", "verify", "--coordinator", coordinator.url,
-                             "--state", str(workdir / "audit-state.json")],
+                             "--token", auditor_token, "--state", str(workdir / "audit-state.json")],
                             capture_output=True, text=True, check=False)
     if "invalid choice" in result.stderr:
         console.print("  (this build has no `suanli audit` yet)")

@@ -128,3 +128,36 @@ async def test_suanli_account_shows_the_money_in_yuan(coordinator: CoordinatorPr
     assert "voucher 20" in result.stdout and "¥0.15 used of ¥5000000.00" in result.stdout
     assert "covers 50% of each charge" in result.stdout
     assert "owed (deferred): ¥0.15" in result.stdout
+
+
+async def test_the_audit_compares_ledger_balances_with_the_log(coordinator: CoordinatorProcess,
+                                                               cleanup: list) -> None:
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=11)
+    await _run(agent, api, [300, 600])
+    auditor = coordinator.admin_json("add-auditor", "--name", "Finance bureau")["token"]
+    suanli = Path(sys.executable).parent / "suanli"
+
+    def audit(token: str | None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SUANLI_")}
+        command = [suanli, "audit", "verify", "--coordinator", coordinator.url, "--json"]
+        if token:
+            command[2:2] = ["--token", token]
+        return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+    honest = await asyncio.to_thread(audit, auditor)
+    assert honest.returncode == 0, honest.stdout + honest.stderr
+    assert json.loads(honest.stdout)["balances_compared"] == 5, "receivable x2, earnings, pool, cap"
+    refused = await asyncio.to_thread(audit, api.token)
+    assert refused.returncode == 1 and "auditors" in refused.stderr
+    with sqlite3.connect(coordinator.db) as db:
+        db.execute("UPDATE ledger_accounts SET debits_posted = debits_posted - 1 WHERE id LIKE 'receivable:%'")
+    edited = await asyncio.to_thread(audit, auditor)
+    assert edited.returncode == 3, edited.stdout + edited.stderr
+    codes = {d["code"] for d in json.loads(edited.stdout)["discrepancies"]}
+    assert codes == {"balance_mismatch"}

@@ -110,6 +110,7 @@ class AuditReport:
     voucher: int = 0
     deferred: int = 0
     accounts: dict[str, dict[str, int]] = field(default_factory=dict)
+    balances_compared: int | None = None
     discrepancies: list[Discrepancy] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     state_saved: bool = False
@@ -133,6 +134,7 @@ class AuditReport:
             "charged_micro_yuan": self.charged, "voucher_micro_yuan": self.voucher,
             "deferred_micro_yuan": self.deferred,
             "accounts": {name: dict(sums) for name, sums in sorted(self.accounts.items())},
+            "balances_compared": self.balances_compared,
             "discrepancies": [d.to_json() for d in self.discrepancies],
             "notes": list(self.notes), "state_saved": self.state_saved,
         }
@@ -201,14 +203,16 @@ class LogClient:
             await self._session.close()
             self._session = None
 
-    async def _get(self, path: str, query: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def _get(self, path: str, query: dict[str, str] | None = None,
+                   token: str | None = None) -> tuple[int, bytes]:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout,
                 headers={"User-Agent": f"suanli-audit/{version('suanli')}"})
         try:
-            async with self._session.get(self.url + path, params=query,
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            async with self._session.get(self.url + path, params=query, headers=headers,
                                          allow_redirects=False) as response:
                 return response.status, await response.read()
         except TimeoutError:
@@ -237,6 +241,20 @@ class LogClient:
             data = None
         if not isinstance(data, dict):
             raise AuditError(f"the coordinator's {path} did not answer with a JSON object")
+        return data
+
+    async def balances(self, token: str) -> dict[str, Any]:
+        """The ledger balances an auditor's token may read, with the log size they belong to."""
+        status, raw = await self._get("/v1/ledger/balances", token=token)
+        if status != 200:
+            raise _refusal(self.url, "/v1/ledger/balances", status, raw)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or type(data.get("log_size")) is not int or not isinstance(
+                data.get("accounts"), list):
+            raise AuditError("the coordinator's /v1/ledger/balances answer is malformed")
         return data
 
     async def checkpoint(self, key: VerifierKey) -> tuple[str, Checkpoint]:
@@ -358,7 +376,7 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
 
 async def verify_log(url: str, log_key: str | None, state_path: Path | None,
                      progress: Progress | None = None, *, ca_file: str | None = None,
-                     auctions_only: bool = False) -> AuditReport:
+                     auctions_only: bool = False, token: str | None = None) -> AuditReport:
     """Audit the whole log; see the module docstring. Raises AuditError only when the audit
     cannot run at all; everything that fails to verify is a discrepancy in the report."""
     state = {} if auctions_only else load_state(state_path)
@@ -369,7 +387,7 @@ async def verify_log(url: str, log_key: str | None, state_path: Path | None,
             client, log_key, state, None if auctions_only else state_path, report)
         report.log_key, report.origin = str(key), key.name
         with contextlib.suppress(_Stop):
-            await _verify(client, key, state, state_path, progress, report, auctions_only)
+            await _verify(client, key, state, state_path, progress, report, auctions_only, token)
     return report
 
 
@@ -381,8 +399,16 @@ async def replay_auctions(url: str, log_key: str | None, progress: Progress | No
 
 async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
                   state_path: Path | None, progress: Progress | None, report: AuditReport,
-                  auctions_only: bool) -> None:
+                  auctions_only: bool, token: str | None = None) -> None:
+    # balances are read first, with the log size they belong to; the checkpoint must cover it
+    balances = await client.balances(token) if token and not auctions_only else None
     note, checkpoint = await _checkpoint(client, key, report)
+    if balances is not None:
+        for _ in range(BALANCE_WAIT_S * 4):
+            if checkpoint.size >= balances["log_size"]:
+                break
+            await asyncio.sleep(0.25)
+            note, checkpoint = await _checkpoint(client, key, report)
     report.size, report.root_hash = checkpoint.size, checkpoint.root_hash.hex()
     data = await download(client, checkpoint.size, progress)
     tree = MerkleTree()
@@ -397,10 +423,55 @@ async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
     if not auctions_only:
         consistent = await _consistency(client, key, state, state_path, checkpoint, report)
     _Auditor(report, key.public, auctions_only).run(data)
+    if balances is not None:
+        if checkpoint.size >= balances["log_size"]:
+            compare_balances(data[:balances["log_size"]], balances["accounts"], report)
+        else:
+            report.problem("balances_unverifiable", f"the ledger balances belong to a log of "
+                           f"{balances['log_size']} entries, but no checkpoint covering them was "
+                           f"signed within {BALANCE_WAIT_S} s")
     if state_path is not None and not auctions_only and intact and consistent and not any(
             d.code == "log_key_changed" for d in report.discrepancies):
         save_state(state_path, client.url, key, note)
         report.state_saved = True
+
+
+BALANCE_WAIT_S = 10
+# which side of each audited account the log's postings fully explain: receivables are
+# debited by deferred usage and credited by payments; earnings are credited by usage (payouts
+# are not logged); the pool and caps are debited by voucher use (their funding is policy)
+_AUDITED_SIDES = {"receivable:": (True, True), "earnings:": (False, True), "pool:": (True, False),
+                  "cap:": (True, False)}
+
+
+def compare_balances(entries: list[bytes], accounts: list[Any], report: AuditReport) -> None:
+    """Compare the coordinator's ledger balances with the sums of the postings in the log."""
+    sums: dict[str, list[int]] = {}
+    for raw in entries:
+        try:
+            entry = L.decode_entry(raw)
+        except SuanliError:
+            continue  # already a discrepancy of the entry itself
+        for posting in getattr(entry.body, "postings", ()):
+            sums.setdefault(posting.debit_account, [0, 0])[0] += posting.amount
+            sums.setdefault(posting.credit_account, [0, 0])[1] += posting.amount
+    compared = 0
+    for account in accounts:
+        name = account.get("id") if isinstance(account, dict) else None
+        sides = next((v for prefix, v in _AUDITED_SIDES.items() if str(name).startswith(prefix)), None)
+        if sides is None:
+            continue
+        logged = sums.get(str(name), [0, 0])
+        for side, wanted, value in (("debits", sides[0], account.get("debits_posted")),
+                                    ("credits", sides[1], account.get("credits_posted"))):
+            if not wanted:
+                continue
+            compared += 1
+            if value != logged[0 if side == "debits" else 1]:
+                report.problem("balance_mismatch", f"the coordinator reports {value} µ¥ of {side} on "
+                               f"{name}, but the log's postings add up to "
+                               f"{logged[0 if side == 'debits' else 1]} µ¥")
+    report.balances_compared = compared
 
 
 async def _checkpoint(client: LogClient, key: VerifierKey,
@@ -833,10 +904,11 @@ def _progress(args: argparse.Namespace) -> Progress | None:
 
 async def _cmd_verify(args: argparse.Namespace, url: str, ca_file: str | None) -> AuditReport:
     progress = _progress(args)
+    token = getattr(args, "token", None) or os.environ.get("SUANLI_TOKEN")
     if progress is None:
-        return await verify_log(url, args.log_key, args.state, None, ca_file=ca_file)
+        return await verify_log(url, args.log_key, args.state, None, ca_file=ca_file, token=token)
     with progress:
-        return await verify_log(url, args.log_key, args.state, progress, ca_file=ca_file)
+        return await verify_log(url, args.log_key, args.state, progress, ca_file=ca_file, token=token)
 
 
 async def _cmd_replay(args: argparse.Namespace, url: str, ca_file: str | None) -> AuditReport:
@@ -872,6 +944,8 @@ def render_report(report: AuditReport | ReceiptReport, console: Console) -> None
             ("agents", str(report.agents)),
             ("enterprises", str(report.enterprises)),
             ("auctions replayed", str(report.auctions_replayed)),
+            ("ledger balances compared", "no auditor token given" if report.balances_compared is None
+             else str(report.balances_compared)),
             ("total charged", f"¥{format_yuan(report.charged)}"),
             ("  voucher part", f"¥{format_yuan(report.voucher)}"),
             ("  deferred part", f"¥{format_yuan(report.deferred)}"),
