@@ -51,7 +51,6 @@ class AgentDaemon:
         self.last_accepted_ms: dict[str, int] = {}
         self._reports = asyncio.Event()
         self._receipts_endpoint_missing_logged = False
-        self.connected = asyncio.Event()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -197,7 +196,6 @@ class AgentDaemon:
                 self.heartbeat_interval_s = min(self.heartbeat_interval_s, self.settings.heartbeat_interval_s)
                 for flag in answer.get("flags", []):
                     log.warning("the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind"))
-                self.connected.set()
                 backoff = 1.0
                 await asyncio.sleep(self.heartbeat_interval_s)
             except CoordinatorError as exc:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.engine import ContainerSpec, EngineError, ImageNotFound, ImagePullFailed
 from agent.spool import LeaseRecord
@@ -211,7 +211,3 @@ class _PullProgress:
     def summary(self, image: str) -> str:
         shown = [line for line in self.lines if "Downloading" not in line and "Extracting" not in line]
         return "".join(f"[suanli] {line}\n" for line in shown[-20:]) + f"[suanli] pulled {image}\n"
-
-
-def container_labels(agent_id: str) -> dict[str, Any]:
-    return {LABEL_AGENT: agent_id}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.errors import Unprocessable
+from shared.money import usage_amount
 
 PENDING, LEASED, RUNNING = "pending", "leased", "running"
 SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
@@ -82,7 +83,8 @@ class JobRequest:
 
     @property
     def max_cost_micro_yuan(self) -> int:
-        return self.gpus * self.max_duration_s * self.max_price_per_gpu_hour // 3600
+        """The most the job can cost: all its GPUs for its whole duration at its maximum price."""
+        return usage_amount(self.gpus * self.max_duration_s * 1000, self.max_price_per_gpu_hour)
 
 
 def _is_text(value: object, max_length: int) -> bool:

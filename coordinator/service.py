@@ -36,7 +36,7 @@ from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey, PublicKey
-from shared.money import format_yuan, usage_amount
+from shared.money import format_yuan
 from shared.receipts import Rule, SealedReceipt, claimed_id, open_receipt
 from shared.signed_request import open_request, request_key_id
 
@@ -390,7 +390,7 @@ class Coordinator:
                   idempotency_key=key, request=request, created_at_ms=now,
                   reason="waiting_for_auction", reason_detail="the job waits for the next auction")
         row = self._job_row(job)
-        max_cost = usage_amount(request.gpus * request.max_duration_s * 1000, request.max_price_per_gpu_hour)
+        max_cost = request.max_cost_micro_yuan
         policy = self.policy
 
         def write(db: sqlite_utils.Database) -> None:
@@ -621,12 +621,17 @@ class Coordinator:
                        if lease.agent_id == agent.agent_id and lease.active],
         }
 
-    async def agent_status(self, agent: Agent, body: Any) -> dict[str, Any]:
+    def _agents_lease(self, agent: Agent, body: Any, what: str) -> Lease:
+        """The lease a report names, if it is this agent's (another's is as good as unknown)."""
         if type(body) is not dict or type(body.get("lease_id")) is not str:
-            raise Unprocessable("a status report is a map with lease_id and event")
+            raise Unprocessable(f"{what} is a map with lease_id")
         lease = self.leases.get(body["lease_id"])
         if lease is None or lease.agent_id != agent.agent_id:
             raise NotFound(f"no lease {body['lease_id']} for this agent")
+        return lease
+
+    async def agent_status(self, agent: Agent, body: Any) -> dict[str, Any]:
+        lease = self._agents_lease(agent, body, "a status report (lease_id, event)")
         event = body.get("event")
         reason = body.get("reason")
         if reason is not None and (type(reason) is not str or len(reason) > MAX_REASON):
@@ -937,11 +942,7 @@ class Coordinator:
     # -- logs ---------------------------------------------------------------------------
 
     async def append_log(self, agent: Agent, body: Any) -> dict[str, Any]:
-        if type(body) is not dict or type(body.get("lease_id")) is not str:
-            raise Unprocessable("a log chunk is a map with lease_id, offset and data")
-        lease = self.leases.get(body["lease_id"])
-        if lease is None or lease.agent_id != agent.agent_id:
-            raise NotFound(f"no lease {body['lease_id']} for this agent")
+        lease = self._agents_lease(agent, body, "a log chunk (lease_id, offset, data)")
         return await self.logs.append(lease.job_id, body.get("offset"), body.get("data"))
 
     async def read_log(self, job: Job, offset: int, limit: int) -> tuple[bytes, int]:

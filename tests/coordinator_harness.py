@@ -237,6 +237,37 @@ class Api:
         await self.session.close()
 
 
+@dataclass
+class StartedLease:
+    """An agent running a two-GPU lease it won, a dearer agent beside it, and the buyer."""
+
+    agent: FakeAgent
+    other: FakeAgent
+    api: Api
+    lease: dict[str, Any]
+    job_id: str
+
+
+async def started_lease(coordinator: CoordinatorProcess, cleanup: list[Any], price: int) -> StartedLease:
+    import asyncio
+
+    agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], price)
+    other = FakeAgent(coordinator.url, ["GPU-o0", "GPU-o1"], price + 3_000_000)
+    cleanup += [agent, other]
+    await agent.enrol(coordinator.add_provider(1))
+    await other.enrol(coordinator.add_provider(2))
+    await agent.heartbeat()
+    await other.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(3))
+    cleanup.append(api)
+    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=price)
+    lease = await agent.wait_for_lease()
+    await agent.client.status(lease["lease_id"], "started")
+    await asyncio.sleep(0.2)  # GPU time must fit in the lease's elapsed time
+    return StartedLease(agent, other, api, lease, str(job["id"]))
+
+
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SUANLI_")}
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from typing import Any
 
 import pytest
 
-from coordinator_harness import Api, CoordinatorProcess, FakeAgent
+from coordinator_harness import Api, CoordinatorProcess, FakeAgent, started_lease
 from shared.envelope import open_envelope
 from shared.identity import PrivateKey, load_private_key
 from shared.money import usage_amount
@@ -55,21 +54,8 @@ class Lab:
 
 @pytest.fixture
 async def lab(coordinator: CoordinatorProcess, cleanup: list) -> Lab:
-    agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], PRICE)
-    other = FakeAgent(coordinator.url, ["GPU-o0"], 9_000_000)
-    cleanup += [agent, other]
-    await agent.enrol(coordinator.add_provider(1))
-    await other.enrol(coordinator.add_provider(2))
-    await agent.heartbeat()
-    await other.heartbeat()
-    agent.keep_alive()
-    api = Api(coordinator.url, coordinator.add_enterprise(3))
-    cleanup.append(api)
-    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE)
-    lease = await agent.wait_for_lease()
-    await agent.client.status(lease["lease_id"], "started")
-    await asyncio.sleep(0.2)
-    return Lab(coordinator, agent, api, lease, job["id"])
+    started = await started_lease(coordinator, cleanup, PRICE)
+    return Lab(coordinator, started.agent, started.api, started.lease, started.job_id)
 
 
 async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab) -> None:

@@ -742,36 +742,17 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
 # -- the coordinator itself --------------------------------------------------------------------
 
 
-def _log_is_wired() -> bool:
-    from coordinator.app import ROUTES
-    return any(path == "/v1/log/checkpoint" for _, path, _ in ROUTES)
-
-
-@pytest.mark.skipif(not _log_is_wired(), reason="coordinator.app does not mount the log yet")
 async def test_the_running_coordinator_logs_what_the_auditor_verifies(
         tmp_path: Path, coordinator: Any, cleanup: list[Any]) -> None:
-    from coordinator_harness import Api, FakeAgent
+    from coordinator_harness import started_lease
 
-    price = 6_000_000
-    agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], price)
-    other = FakeAgent(coordinator.url, ["GPU-o0", "GPU-o1"], 9_000_000)
-    cleanup += [agent, other]
-    await agent.enrol(coordinator.add_provider(1))
-    await other.enrol(coordinator.add_provider(2))
-    await agent.heartbeat()
-    await other.heartbeat()
-    agent.keep_alive()
-    api = Api(coordinator.url, coordinator.add_enterprise(3))
-    cleanup.append(api)
-    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=price)
-    lease = await agent.wait_for_lease()
-    await agent.client.status(lease["lease_id"], "started")
-    await asyncio.sleep(0.2)
+    started = await started_lease(coordinator, cleanup, 6_000_000)
+    agent, lease, job_id = started.agent, started.lease, started.job_id
     sealed: list[SealedReceipt] = []
     for seq in (1, 2, 3):
         gpu_ms = seq * 100
         receipt = Receipt(
-            lease_id=lease["lease_id"], job_id=job["id"], agent_id=agent.agent_id, seq=seq,
+            lease_id=lease["lease_id"], job_id=job_id, agent_id=agent.agent_id, seq=seq,
             prev=sealed[-1].digest if sealed else GENESIS_PREV,
             issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]),
             gpu_ms=gpu_ms, energy_mj=seq, utilization_pct=50, peak_memory_bytes=1 << 20,

@@ -89,8 +89,21 @@ class Discrepancy:
         return {"code": self.code, "index": self.index, "detail": self.detail}
 
 
+class _Findings:
+    """What both reports share: the discrepancies found, and `ok` when there is none."""
+
+    discrepancies: list[Discrepancy]
+
+    @property
+    def ok(self) -> bool:
+        return not self.discrepancies
+
+    def problem(self, code: str, detail: str, index: int | None = None) -> None:
+        self.discrepancies.append(Discrepancy(code, detail, index))
+
+
 @dataclass
-class AuditReport:
+class AuditReport(_Findings):
     """What an audit saw and every discrepancy it found; `ok` when there is none."""
 
     coordinator: str
@@ -115,13 +128,6 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     state_saved: bool = False
 
-    @property
-    def ok(self) -> bool:
-        return not self.discrepancies
-
-    def problem(self, code: str, detail: str, index: int | None = None) -> None:
-        self.discrepancies.append(Discrepancy(code, detail, index))
-
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "coordinator": self.coordinator, "origin": self.origin,
@@ -141,7 +147,7 @@ class AuditReport:
 
 
 @dataclass
-class ReceiptReport:
+class ReceiptReport(_Findings):
     """Whether one receipt is in the log, proven against a signed checkpoint, and what it says."""
 
     coordinator: str
@@ -158,13 +164,6 @@ class ReceiptReport:
     accepted_at_ms: int = 0
     discrepancies: list[Discrepancy] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.discrepancies
-
-    def problem(self, code: str, detail: str, index: int | None = None) -> None:
-        self.discrepancies.append(Discrepancy(code, detail, index))
 
     def to_json(self) -> dict[str, Any]:
         return {
