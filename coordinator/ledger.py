@@ -48,7 +48,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlite_utils
@@ -445,13 +445,79 @@ def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -
         raise IdempotencyConflict(
             "part of this linked set of transfers already exists; a linked set is written "
             "whole or not at all, so its ids must not be reused")
+    batch = TransferBatch(db)
+    batch.add(transfers)
+    batch.flush()
+    return transfers
 
-    working: dict[str, _Working] = {}
-    wanted = {t.debit_account for t in transfers} | {t.credit_account for t in transfers}
-    for account_id, account in get_accounts(db, sorted(wanted)).items():
-        working[account_id] = _Working(account)
-    opens: dict[bytes, _Open] = {}
-    for t in transfers:
+
+class TransferBatch:
+    """Many linked sets applied in memory, one after another, then written in one go.
+
+    `add` applies a linked set to the working balances, all of it or (raising) none of it,
+    so a later set sees the balances the earlier ones left; `flush` inserts the sets added
+    since the last flush and stores the balances they moved. The caller holds the
+    transaction and gives new transfer ids (the primary key refuses a reused one at flush).
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._working: dict[str, _Working] = {}
+        self._opens: dict[bytes, _Open] = {}
+        self._unwritten: list[Transfer] = []
+        self._touched: set[str] = set()
+
+    def account(self, account_id: str) -> Account | None:
+        """The account with the balances this batch has moved so far."""
+        working = self._load([account_id]).get(account_id)
+        if working is None:
+            return None
+        return Account(*(getattr(working.account, name) for name in ("id", "ledger", "kind", "owner", "flags")),
+                       *working.balances)
+
+    def pending_remaining(self, pending_id: bytes) -> int:
+        found = self._open(pending_id)
+        return 0 if found is None else found.amount - found.resolved
+
+    def _load(self, account_ids: Sequence[str]) -> dict[str, _Working]:
+        missing = [a for a in account_ids if a not in self._working]
+        if missing:
+            for account_id, account in get_accounts(self.db, sorted(set(missing))).items():
+                self._working[account_id] = _Working(account)
+        return self._working
+
+    def _open(self, pending_id: bytes) -> _Open | None:
+        if pending_id not in self._opens:
+            found = _load_pending(self.db, pending_id)
+            if found is None:
+                return None
+            self._opens[pending_id] = found
+        return self._opens[pending_id]
+
+    def add(self, transfers: Sequence[Transfer]) -> None:
+        for t in transfers:
+            _validate(t)
+        working = self._load([a for t in transfers for a in (t.debit_account, t.credit_account)])
+        touched = {a for t in transfers for a in (t.debit_account, t.credit_account)}
+        saved = {a: working[a].balances.copy() for a in touched if a in working}
+        saved_opens = {p: replace(o) for p, o in self._opens.items()
+                       if any(t.pending_id == p for t in transfers)}
+        try:
+            for t in transfers:
+                self._apply(t, working)
+        except BaseException:
+            for account_id, balances in saved.items():
+                working[account_id].balances = balances
+            for t in transfers:
+                self._opens.pop(t.id, None)
+                if t.pending_id is not None:
+                    self._opens.pop(t.pending_id, None)
+            self._opens.update(saved_opens)
+            raise
+        self._unwritten.extend(transfers)
+        self._touched |= touched
+
+    def _apply(self, t: Transfer, working: dict[str, _Working]) -> None:
         for account_id in (t.debit_account, t.credit_account):
             if account_id not in working:
                 raise UnknownAccount(f"transfer {t.code} names account {account_id}, which does not exist")
@@ -467,14 +533,13 @@ def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -
         elif t.kind == PENDING:
             debit.balances[0] += amount
             credit.balances[2] += amount
-            opens[t.id] = _Open(t.debit_account, t.credit_account, amount, 0, False)
+            self._opens[t.id] = _Open(t.debit_account, t.credit_account, amount, 0, False)
         else:
             assert t.pending_id is not None
-            pending = opens.get(t.pending_id) or _load_pending(db, t.pending_id)
+            pending = self._open(t.pending_id)
             if pending is None:
                 raise PendingError(f"transfer {t.code} resolves {t.pending_id.hex()[:16]}, "
                                    f"which is not a pending transfer")
-            opens[t.pending_id] = pending
             if (pending.debit_account, pending.credit_account) != (t.debit_account, t.credit_account):
                 raise PendingError(f"transfer {t.code} must move the same accounts as the pending "
                                    f"transfer it resolves")
@@ -512,17 +577,21 @@ def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -
                 f"({c_pending + c_posted} µ¥ pending and posted) exceed its debits ({d_posted} µ¥)",
                 account=credit.account.id, flag=CREDITS_MUST_NOT_EXCEED_DEBITS, transfer=t)
 
-    touched = {t.debit_account for t in transfers} | {t.credit_account for t in transfers}
-    with savepoint(db, "ledger_link"):
-        db.conn.executemany(
-            f"INSERT INTO ledger_transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(t.id, t.debit_account, t.credit_account, t.amount, t.code, t.cause, t.kind,
-              t.pending_id, t.receipt_digest, t.at_ms) for t in transfers])
-        db.conn.executemany(
-            "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, "
-            "credits_pending = ?, credits_posted = ? WHERE id = ?",
-            [(*working[a].balances, a) for a in sorted(touched)])
-    return transfers
+    def flush(self) -> None:
+        """Insert what was added since the last flush and store the balances it moved."""
+        if not self._unwritten:
+            return
+        with savepoint(self.db, "ledger_link"):
+            self.db.conn.executemany(
+                f"INSERT INTO ledger_transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(t.id, t.debit_account, t.credit_account, t.amount, t.code, t.cause, t.kind,
+                  t.pending_id, t.receipt_digest, t.at_ms) for t in self._unwritten])
+            self.db.conn.executemany(
+                "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, "
+                "credits_pending = ?, credits_posted = ? WHERE id = ?",
+                [(*self._working[a].balances, a) for a in sorted(self._touched)])
+        self._unwritten = []
+        self._touched = set()
 
 
 # -- invariants ------------------------------------------------------------------------------

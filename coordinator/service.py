@@ -821,56 +821,68 @@ class Coordinator:
     def _store_receipts(self, db: sqlite_utils.Database, agent: Agent,
                         verdicts: list[receipt_rules.Verdict], now: int,
                         ) -> tuple[list[receipt_rules.Verdict], list[vouchers.Posting]]:
-        final: list[receipt_rules.Verdict] = []
+        """Store the batch's accepted receipts, post their usage and log them; record refusals."""
+        final = list(verdicts)
+        rejected: list[tuple[str | None, int | None, str | None, str | None, bytes]] = []
+        candidates: list[int] = []
+        for n, verdict in enumerate(verdicts):
+            if verdict.sealed is not None:
+                candidates.append(n)
+            elif not verdict.accepted and not verdict.already_stored:
+                if verdict.lease_id is not None and verdict.seq is not None and verdict.rule not in (
+                        "seq", "time_window"):
+                    self._refused.add((verdict.lease_id, verdict.seq))
+                rejected.append((verdict.lease_id, verdict.seq, verdict.rule, verdict.detail,
+                                 verdict.envelope))
         postings: list[vouchers.Posting] = []
-        refused_leases: dict[str, str] = {}
-        for verdict in verdicts:
-            sealed = verdict.sealed
-            if sealed is None:
-                if not verdict.accepted and not verdict.already_stored:
-                    if verdict.lease_id is not None and verdict.seq is not None and verdict.rule not in (
-                            "seq", "time_window"):
-                        self._refused.add((verdict.lease_id, verdict.seq))
-                    db["receipt_rejections"].insert({
-                        "agent_id": agent.agent_id, "lease_id": verdict.lease_id, "seq": verdict.seq,
-                        "rule": verdict.rule, "detail": verdict.detail, "envelope": verdict.envelope,
-                        "at_ms": now})
-                final.append(verdict)
-                continue
-            receipt = sealed.receipt
-            lease = self.leases[receipt.lease_id]
-            job = self.jobs[lease.job_id]
-            if lease.id in refused_leases:
-                verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
-                                                refused_leases[lease.id])
-            else:
-                try:
-                    with ledger.savepoint(db):
-                        db["receipts"].insert({
-                            "lease_id": lease.id, "seq": receipt.seq, "agent_id": agent.agent_id,
-                            "envelope": sealed.envelope, "digest": sealed.digest,
-                            "issued_at_ms": receipt.issued_at_ms, "accepted_at_ms": now,
-                            "gpu_ms": receipt.gpu_ms, "amount": receipt.amount, "delta": verdict.delta,
-                            "final": int(receipt.final), "acknowledgement": verdict.acknowledgement})
-                        postings.append(vouchers.post_usage(
-                            db, enterprise_id=job.enterprise_id, provider_id=agent.provider_id,
-                            enterprise_uscc=self._enterprise_uscc(db, job.enterprise_id),
-                            provider_uscc=agent.provider_uscc, lease_id=lease.id, job_id=job.id,
-                            receipt_digest=sealed.digest, amount=verdict.delta, policy=self.policy,
-                            now_ms=now))
-                        tlog.append_entries(db, [_receipt_entry(db, sealed, verdict.acknowledgement, now)])
-                except vouchers.CreditExceeded as exc:
-                    refused_leases[lease.id] = exc.detail
-                    verdict = receipt_rules.Verdict(lease.id, receipt.seq, False, "credit_exceeded",
-                                                    exc.detail)
-            if not verdict.accepted:
-                self._refused.add((lease.id, receipt.seq))
-                db["receipt_rejections"].insert({
-                    "agent_id": agent.agent_id, "lease_id": lease.id, "seq": receipt.seq,
-                    "rule": verdict.rule, "detail": verdict.detail, "envelope": sealed.envelope,
-                    "at_ms": now})
-            final.append(verdict)
+        if candidates:
+            postings = self._post_receipts(db, agent, final, candidates, now, rejected)
+        db.conn.executemany(
+            "INSERT INTO receipt_rejections (agent_id, lease_id, seq, rule, detail, envelope, at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(agent.agent_id, *row, now) for row in rejected])
         return final, postings
+
+    def _post_receipts(self, db: sqlite_utils.Database, agent: Agent,
+                       final: list[receipt_rules.Verdict], candidates: list[int], now: int,
+                       rejected: list[tuple[str | None, int | None, str | None, str | None, bytes]],
+                       ) -> list[vouchers.Posting]:
+        """Insert the receipts, post their usage, undo the ones credit refused, log the rest."""
+        receipts = [(n, final[n], final[n].sealed) for n in candidates]
+        db.conn.executemany(
+            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
+            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(s.receipt.lease_id, s.receipt.seq, agent.agent_id, s.envelope, s.digest,
+              s.receipt.issued_at_ms, now, s.receipt.gpu_ms, s.receipt.amount, v.delta,
+              int(s.receipt.final), v.acknowledgement) for _, v, s in receipts])
+        usages = []
+        for _, verdict, sealed in receipts:
+            job = self.jobs[self.leases[sealed.receipt.lease_id].job_id]
+            usages.append(vouchers.Usage(
+                job.enterprise_id, agent.provider_id, self._enterprise_uscc(db, job.enterprise_id),
+                agent.provider_uscc, sealed.receipt.lease_id, job.id, sealed.digest, verdict.delta))
+        results = vouchers.post_usages(db, usages, policy=self.policy, now_ms=now)
+        postings: list[vouchers.Posting] = []
+        entries: list[bytes] = []
+        refused: list[bytes] = []
+        for (n, verdict, sealed), result in zip(receipts, results, strict=True):
+            receipt = sealed.receipt
+            if isinstance(result, vouchers.CreditExceeded):
+                final[n] = receipt_rules.Verdict(receipt.lease_id, receipt.seq, False,
+                                                 "credit_exceeded", result.detail)
+                self._refused.add((receipt.lease_id, receipt.seq))
+                rejected.append((receipt.lease_id, receipt.seq, "credit_exceeded", result.detail,
+                                 sealed.envelope))
+                refused.append(sealed.digest)
+                continue
+            postings.append(result)
+            entries.append(_receipt_entry(sealed, verdict.acknowledgement, result.legs, now))
+        if refused:
+            db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused])
+        if entries:
+            tlog.append_entries(db, entries)
+        return postings
 
     def enterprise_account(self, db: sqlite_utils.Database, enterprise_id: str, now: int) -> dict[str, Any]:
         vouchers.open_enterprise_accounts(db, enterprise_id, self._enterprise_uscc(db, enterprise_id),
@@ -955,12 +967,12 @@ _AGENT_UPDATE = (
 )
 
 
-def _receipt_entry(db: sqlite_utils.Database, sealed: SealedReceipt, acknowledgement: bytes | None,
-                   now: int) -> bytes:
+def _receipt_entry(sealed: SealedReceipt, acknowledgement: bytes | None,
+                   legs: tuple[ledger.Transfer, ...], now: int) -> bytes:
     """The log entry of an accepted receipt: its envelope, our acknowledgement, its postings."""
     assert acknowledgement is not None
     postings = tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
-                     for t in ledger.transfers_for_receipt(db, sealed.digest))
+                     for t in legs)
     body = log_entries.ReceiptEntry(sealed.envelope, acknowledgement, postings)
     return log_entries.encode_entry(log_entries.RECEIPT, now, body)
 

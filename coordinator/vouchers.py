@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -610,6 +610,7 @@ class Posting:
     period: str
     at_ms: int
     transfer_ids: tuple[bytes, ...]
+    legs: tuple[Transfer, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -626,13 +627,27 @@ _POSTING_COLUMNS = ("receipt_digest, enterprise_id, provider_id, enterprise_uscc
                     "lease_id, job_id, amount, voucher, deferred, reason, fiscal_year, period, at_ms")
 
 
-def _load_posting(db: sqlite_utils.Database, digest: bytes) -> Posting | None:
-    row = db.conn.execute(f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest = ?",
-                          [digest]).fetchone()
-    if row is None:
-        return None
-    ids = tuple(t.id for t in L.transfers_for_receipt(db, digest))
-    return Posting(**dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)), transfer_ids=ids)
+def _load_postings(db: sqlite_utils.Database, digests: list[bytes]) -> dict[bytes, Posting]:
+    found: dict[bytes, Posting] = {}
+    for at in range(0, len(digests), 500):
+        chunk = digests[at:at + 500]
+        rows = db.conn.execute(f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest "
+                               f"IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        for row in rows:
+            digest = row[0]
+            ids = tuple(t.id for t in L.transfers_for_receipt(db, digest))
+            found[digest] = Posting(**dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)),
+                                    transfer_ids=ids)
+    return found
+
+
+def _accepted_digests(db: sqlite_utils.Database, digests: list[bytes]) -> set[bytes]:
+    found: set[bytes] = set()
+    for at in range(0, len(digests), 500):
+        chunk = digests[at:at + 500]
+        found.update(row[0] for row in db.conn.execute(
+            f"SELECT digest FROM receipts WHERE digest IN ({','.join('?' * len(chunk))})", chunk))
+    return found
 
 
 def _is_closed(db: sqlite_utils.Database, period: str) -> bool:
@@ -640,109 +655,199 @@ def _is_closed(db: sqlite_utils.Database, period: str) -> bool:
                            [period]).fetchone() is not None
 
 
+@dataclass(frozen=True)
+class Usage:
+    """One accepted receipt's usage to post: who pays whom, for which lease, how much."""
+
+    enterprise_id: str
+    provider_id: str
+    enterprise_uscc: str
+    provider_uscc: str
+    lease_id: str
+    job_id: str
+    receipt_digest: bytes
+    amount: int
+
+
 def post_usage(db: sqlite_utils.Database, *, enterprise_id: str, provider_id: str,
                enterprise_uscc: str, provider_uscc: str, lease_id: str, job_id: str,
                receipt_digest: bytes, amount: int, policy: VoucherPolicy, now_ms: int) -> Posting:
-    """Post one accepted receipt's usage: voucher part, deferred part and the provider's earning.
+    """Post one accepted receipt's usage (see `post_usages`); raises `CreditExceeded` when the
+    deferred part does not fit the enterprise's credit."""
+    (result,) = post_usages(db, [Usage(enterprise_id, provider_id, enterprise_uscc, provider_uscc,
+                                       lease_id, job_id, receipt_digest, amount)],
+                            policy=policy, now_ms=now_ms)
+    if isinstance(result, CreditExceeded):
+        raise result
+    return result
 
-    One linked set of transfers whose ids derive from the receipt digest: the voucher part
-    moves pool → provider earnings and uses the company's cap; the deferred part moves the
-    enterprise's receivable → provider earnings and uses its credit (drawing first on the
-    job's reservation). A repeat with the same fields returns the first posting; with other
-    fields, `IdempotencyConflict`. Raises `CreditExceeded` when the deferred part does not fit
-    (the caller revokes the lease), `UnknownReceipt` without an accepted receipt and
-    `PeriodClosed` if the acceptance time falls in a closed period.
-    """
-    _check_amount(amount, "a usage amount", allow_zero=True)
-    if type(receipt_digest) is not bytes or not 0 < len(receipt_digest) <= 64:
+
+def _check_usage(usage: Usage) -> None:
+    _check_amount(usage.amount, "a usage amount", allow_zero=True)
+    if type(usage.receipt_digest) is not bytes or not 0 < len(usage.receipt_digest) <= 64:
         raise L.InvalidTransfer("a receipt digest is 1 to 64 bytes")
-    asked = {"enterprise_id": enterprise_id, "provider_id": provider_id,
-             "enterprise_uscc": enterprise_uscc, "provider_uscc": provider_uscc,
-             "lease_id": lease_id, "job_id": job_id, "amount": amount}
-    existing = _load_posting(db, receipt_digest)
-    if existing is not None:
-        changed = [name for name, value in asked.items() if getattr(existing, name) != value]
+    for name in ("enterprise_id", "provider_id", "lease_id", "job_id"):
+        value = getattr(usage, name)
+        if type(value) is not str or not value:
+            raise L.InvalidTransfer(f"{name} must be non-empty text")
+
+
+def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: VoucherPolicy,
+                now_ms: int) -> list[Posting | CreditExceeded]:
+    """Post accepted receipts' usage in order: voucher part, deferred part, provider's earning.
+
+    Each usage is one linked set of transfers whose ids derive from the receipt digest: the
+    voucher part moves pool → provider earnings and uses the company's cap; the deferred part
+    moves the enterprise's receivable → provider earnings and uses its credit (drawing first
+    on the job's reservation). Each set sees the balances the earlier ones left, and all are
+    written in one go. A usage whose deferred part does not fit the enterprise's credit gets
+    `CreditExceeded` in its place in the answer (the caller revokes the lease) and posts
+    nothing, nor do the same lease's later usages in the call. A repeat with the same fields returns the first posting; with other fields,
+    `IdempotencyConflict`. Raises `UnknownReceipt` for a digest that is not an accepted
+    receipt and `PeriodClosed` if the acceptance time falls in a closed period; then nothing
+    is posted at all.
+    """
+    for usage in usages:
+        _check_usage(usage)
+    digests = [u.receipt_digest for u in usages]
+    if len(set(digests)) != len(digests):
+        raise L.InvalidTransfer("one call posts each receipt's usage once")
+    results: list[Posting | CreditExceeded | None] = [None] * len(usages)
+    existing = _load_postings(db, digests)
+    for n, usage in enumerate(usages):
+        found = existing.get(usage.receipt_digest)
+        if found is None:
+            continue
+        changed = [name for name in ("enterprise_id", "provider_id", "enterprise_uscc",
+                                     "provider_uscc", "lease_id", "job_id", "amount")
+                   if getattr(found, name) != getattr(usage, name)]
         if changed:
             raise IdempotencyConflict(
-                f"receipt {receipt_digest.hex()[:16]} was already posted with a different "
+                f"receipt {usage.receipt_digest.hex()[:16]} was already posted with a different "
                 f"{', '.join(changed)}; a retry must repeat the first posting exactly")
-        return existing
-    for name in ("enterprise_id", "provider_id", "lease_id", "job_id"):
-        if type(asked[name]) is not str or not asked[name]:
-            raise L.InvalidTransfer(f"{name} must be non-empty text")
-    if db.conn.execute("SELECT 1 FROM receipts WHERE digest = ?", [receipt_digest]).fetchone() is None:
-        raise UnknownReceipt(f"receipt {receipt_digest.hex()[:16]} is not an accepted receipt; "
-                             f"usage is posted only for accepted receipts")
+        results[n] = found
+    new = [(n, u) for n, u in enumerate(usages) if results[n] is None]
+    if not new:
+        return results  # type: ignore[return-value]
+    accepted = _accepted_digests(db, [u.receipt_digest for _, u in new])
+    for _, usage in new:
+        if usage.receipt_digest not in accepted:
+            raise UnknownReceipt(f"receipt {usage.receipt_digest.hex()[:16]} is not an accepted "
+                                 f"receipt; usage is posted only for accepted receipts")
     period = period_of(now_ms)
     if _is_closed(db, period):
         raise PeriodClosed(f"period {period} is closed; usage accepted at {now_ms} cannot be posted "
                            f"into it")
     year = _utc(now_ms).year
     with savepoint(db, "vouchers_usage"):
+        subsidy = _prepare_parties(db, [u for _, u in new], policy, year, now_ms)
+        batch = L.TransferBatch(db)
+        reservations: dict[str, tuple[str, bytes] | None] = {}
+        refused: dict[str, CreditExceeded] = {}
+        rows = []
+        for n, usage in new:
+            if usage.lease_id in refused:  # its amount builds on the refused usage before it
+                results[n] = refused[usage.lease_id]
+                continue
+            split = _split(batch, usage, policy, year, subsidy)
+            legs = _usage_legs(db, batch, usage, split, year, now_ms, reservations)
+            try:
+                batch.add(legs)
+            except LimitExceeded as exc:
+                if exc.account != L.credit_account(usage.enterprise_id):
+                    raise
+                batch.flush()  # the refusal's figures include the usage posted before it
+                results[n] = refused[usage.lease_id] = _credit_exceeded(
+                    db, usage.enterprise_id, split.deferred,
+                    f"the deferred part of receipt {usage.receipt_digest.hex()[:16]}")
+                continue
+            rows.append((usage.receipt_digest, usage.enterprise_id, usage.provider_id,
+                         usage.enterprise_uscc, usage.provider_uscc, usage.lease_id, usage.job_id,
+                         usage.amount, split.voucher, split.deferred, split.reason, year, period,
+                         now_ms))
+            results[n] = Posting(*rows[-1], transfer_ids=tuple(t.id for t in legs), legs=tuple(legs))
+        batch.flush()
+        db.conn.executemany(
+            f"INSERT INTO ledger_postings ({_POSTING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows)
+    return results  # type: ignore[return-value]
+
+
+def _prepare_parties(db: sqlite_utils.Database, usages: list[Usage], policy: VoucherPolicy,
+                     year: int, now_ms: int) -> dict[str, bool]:
+    """Open what the usages' parties need; returns whether each company may be subsidised."""
+    for enterprise_id, uscc in {(u.enterprise_id, u.enterprise_uscc) for u in usages}:
         opened = db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
                                  [enterprise_id]).fetchone()
         if opened is None:
-            open_enterprise_accounts(db, enterprise_id, enterprise_uscc, policy, now_ms)
-        elif opened[0] != enterprise_uscc:
+            open_enterprise_accounts(db, enterprise_id, uscc, policy, now_ms)
+        elif opened[0] != uscc:
             raise IdempotencyConflict(f"enterprise {enterprise_id}'s entitlement is under USCC "
-                                      f"{opened[0]}, not {enterprise_uscc}")
+                                      f"{opened[0]}, not {uscc}")
+    for provider_id, uscc in {(u.provider_id, u.provider_uscc) for u in usages}:
         registered = db.conn.execute("SELECT uscc FROM providers WHERE id = ?",
                                      [provider_id]).fetchone()
-        if registered is not None and registered[0] != provider_uscc:
+        if registered is not None and registered[0] != uscc:
             # self-dealing is judged on USCCs, so the caller's must be the registered one
             raise IdempotencyConflict(f"provider {provider_id} is registered under USCC "
-                                      f"{registered[0]}, not {provider_uscc}")
+                                      f"{registered[0]}, not {uscc}")
         _need(db, _earnings_specs(provider_id), now_ms)
-        if year == policy.fiscal_year:
-            pool, cap = _ensure_year(db, enterprise_uscc, policy, now_ms)
-            split = split_charge(
-                amount, policy.coverage_bps, max(cap.debit_headroom, 0), max(pool.debit_headroom, 0),
-                enterprise_uscc == provider_uscc, _subsidy_allowed(db, enterprise_uscc, policy))
-        else:
-            split = Split(0, amount, OUTSIDE_FISCAL_YEAR)
-        cause = "receipt:" + receipt_digest.hex()
-        earnings = L.earnings_account(provider_id)
+    subsidy: dict[str, bool] = {}
+    if year == policy.fiscal_year:
+        for uscc in {u.enterprise_uscc for u in usages}:
+            _ensure_year(db, uscc, policy, now_ms)
+            subsidy[uscc] = _subsidy_allowed(db, uscc, policy)
+    return subsidy
 
-        def leg(name: str, debit: str, credit: str, value: int, code: str, kind: str = L.POSTED,
-                pending: bytes | None = None) -> Transfer:
-            return Transfer(transfer_id(cause, name), debit, credit, value, code, cause, kind=kind,
-                            pending_id=pending, receipt_digest=receipt_digest, at_ms=now_ms)
 
-        legs: list[Transfer] = []
-        if split.voucher:
-            legs.append(leg("voucher", L.pool_account(year), earnings, split.voucher, L.USAGE_VOUCHER))
-            legs.append(leg("cap", L.cap_account(year, enterprise_uscc),
-                            L.entitlements_used_account(year), split.voucher, L.USAGE_CAP))
-        if split.deferred:
-            legs.append(leg("deferred", L.receivable_account(enterprise_id), earnings,
-                            split.deferred, L.USAGE_DEFERRED))
-            # the job's reservation pays first (a partial post of its pending transfer); only
-            # what it does not cover needs free credit
-            reservation = _reservation(db, job_id)
-            drawn = 0
-            if reservation is not None and reservation.enterprise_id == enterprise_id and \
-                    reservation.transfer_id is not None:
-                drawn = min(split.deferred, reservation.remaining)
-                if drawn:
-                    legs.append(leg("credit-draw", L.credit_account(enterprise_id), L.CREDIT_USED,
-                                    drawn, L.USAGE_CREDIT, L.POST_PENDING, reservation.transfer_id))
-            if split.deferred > drawn:
-                legs.append(leg("credit", L.credit_account(enterprise_id), L.CREDIT_USED,
-                                split.deferred - drawn, L.USAGE_CREDIT))
-        try:
-            create_transfers(db, legs)
-        except LimitExceeded as exc:
-            if exc.account == L.credit_account(enterprise_id):
-                raise _credit_exceeded(db, enterprise_id, split.deferred,
-                                       f"the deferred part of receipt {receipt_digest.hex()[:16]}") from None
-            raise
-        db.conn.execute(
-            f"INSERT INTO ledger_postings ({_POSTING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [receipt_digest, enterprise_id, provider_id, enterprise_uscc, provider_uscc, lease_id,
-             job_id, amount, split.voucher, split.deferred, split.reason, year, period, now_ms])
-    return Posting(receipt_digest, enterprise_id, provider_id, enterprise_uscc, provider_uscc,
-                   lease_id, job_id, amount, split.voucher, split.deferred, split.reason, year,
-                   period, now_ms, tuple(t.id for t in legs))
+def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: int,
+           subsidy: dict[str, bool]) -> Split:
+    if year != policy.fiscal_year:
+        return Split(0, usage.amount, OUTSIDE_FISCAL_YEAR)
+    pool = batch.account(L.pool_account(year))
+    cap = batch.account(L.cap_account(year, usage.enterprise_uscc))
+    assert pool is not None and cap is not None
+    return split_charge(usage.amount, policy.coverage_bps, max(cap.debit_headroom, 0),
+                        max(pool.debit_headroom, 0), usage.enterprise_uscc == usage.provider_uscc,
+                        subsidy[usage.enterprise_uscc])
+
+
+def _usage_legs(db: sqlite_utils.Database, batch: L.TransferBatch, usage: Usage, split: Split,
+                year: int, now_ms: int, reservations: dict[str, tuple[str, bytes] | None],
+                ) -> list[Transfer]:
+    cause = "receipt:" + usage.receipt_digest.hex()
+    earnings = L.earnings_account(usage.provider_id)
+
+    def leg(name: str, debit: str, credit: str, value: int, code: str, kind: str = L.POSTED,
+            pending: bytes | None = None) -> Transfer:
+        return Transfer(transfer_id(cause, name), debit, credit, value, code, cause, kind=kind,
+                        pending_id=pending, receipt_digest=usage.receipt_digest, at_ms=now_ms)
+
+    legs: list[Transfer] = []
+    if split.voucher:
+        legs.append(leg("voucher", L.pool_account(year), earnings, split.voucher, L.USAGE_VOUCHER))
+        legs.append(leg("cap", L.cap_account(year, usage.enterprise_uscc),
+                        L.entitlements_used_account(year), split.voucher, L.USAGE_CAP))
+    if split.deferred:
+        credit = L.credit_account(usage.enterprise_id)
+        legs.append(leg("deferred", L.receivable_account(usage.enterprise_id), earnings,
+                        split.deferred, L.USAGE_DEFERRED))
+        # the job's reservation pays first (a partial post of its pending transfer); only
+        # what it does not cover needs free credit
+        if usage.job_id not in reservations:
+            row = db.conn.execute("SELECT enterprise_id, transfer_id FROM ledger_reservations "
+                                  "WHERE job_id = ?", [usage.job_id]).fetchone()
+            reservations[usage.job_id] = (row[0], row[1]) if row is not None and row[1] else None
+        reservation = reservations[usage.job_id]
+        drawn = 0
+        if reservation is not None and reservation[0] == usage.enterprise_id:
+            drawn = min(split.deferred, batch.pending_remaining(reservation[1]))
+            if drawn:
+                legs.append(leg("credit-draw", credit, L.CREDIT_USED, drawn, L.USAGE_CREDIT,
+                                L.POST_PENDING, reservation[1]))
+        if split.deferred > drawn:
+            legs.append(leg("credit", credit, L.CREDIT_USED, split.deferred - drawn, L.USAGE_CREDIT))
+    return legs
 
 
 def job_charges(db: sqlite_utils.Database, job_id: str) -> dict[str, int]:
