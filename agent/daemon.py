@@ -23,6 +23,8 @@ from agent.nvml import GpuSample, NvmlSampler
 from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner, now_ms
 from agent.spool import LeaseRecord, Spool
 from agent.state import AgentState
+from shared.errors import SuanliError
+from shared.log_entries import read_acknowledgement
 
 log = logging.getLogger(__name__)
 RECEIPT_BATCH = 100
@@ -295,11 +297,18 @@ class AgentDaemon:
             return 0
         accepted = 0
         now = now_ms()
+        sent = {(p.lease_id, p.seq): p.digest for p in pending}
+        acknowledgements = _acknowledged_digests(answer.get("acknowledgements"))
         for item in answer.get("results", []):
             lease_id, seq = item.get("lease_id"), item.get("seq")
             if item.get("status") == "accepted":
-                await asyncio.to_thread(self.spool.acknowledge, lease_id, seq,
-                                        item.get("acknowledgement") or b"", now)
+                envelope = _acknowledging(acknowledgements, item.get("acknowledgement"),
+                                          sent.get((lease_id, seq)))
+                if envelope is None:
+                    log.error("receipt %s/%s was accepted without an acknowledgement that names it; "
+                              "it stays in the spool", lease_id, seq)
+                    continue
+                await asyncio.to_thread(self.spool.acknowledge, lease_id, seq, envelope, now)
                 self.last_accepted_ms[lease_id] = now
                 accepted += 1
             elif item.get("status") == "rejected":
@@ -385,6 +394,27 @@ class AgentDaemon:
 
     async def save(self, record: LeaseRecord) -> None:
         await asyncio.to_thread(self.spool.save_lease, record)
+
+
+def _acknowledged_digests(envelopes: Any) -> list[tuple[bytes, frozenset[bytes]]]:
+    """Each acknowledgement of a reply with the receipt digests it names (none if malformed)."""
+    found: list[tuple[bytes, frozenset[bytes]]] = []
+    for envelope in envelopes if type(envelopes) is list else []:
+        try:
+            named = frozenset(r.digest for r in read_acknowledgement(envelope).receipts)
+        except SuanliError:
+            named = frozenset()
+        found.append((envelope if type(envelope) is bytes else b"", named))
+    return found
+
+
+def _acknowledging(acknowledgements: list[tuple[bytes, frozenset[bytes]]], position: object,
+                   digest: bytes | None) -> bytes | None:
+    """The acknowledgement an accepted result points to, if it names the receipt that was sent."""
+    if digest is None or type(position) is not int or not 0 <= position < len(acknowledgements):
+        return None
+    envelope, named = acknowledgements[position]
+    return envelope if digest in named else None
 
 
 def _jitter(seconds: float) -> float:

@@ -7,6 +7,7 @@ re-sends what is pending, in order, and continues each lease's chain where it st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -48,10 +49,14 @@ CREATE TABLE IF NOT EXISTS receipts (
     digest BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL,
     acked_at_ms INTEGER,
-    acknowledgement BLOB,
+    acknowledgement BLOB,  -- SHA-256 of its row in acknowledgements
     rejected_rule TEXT,
     rejected_detail TEXT,
     PRIMARY KEY (lease_id, seq)
+);
+CREATE TABLE IF NOT EXISTS acknowledgements (
+    digest BLOB PRIMARY KEY,
+    envelope BLOB NOT NULL
 );
 """
 
@@ -182,10 +187,15 @@ class Spool:
         return [SpooledReceipt(**dict(row)) for row in rows]
 
     def acknowledge(self, lease_id: str, seq: int, acknowledgement: bytes, now_ms: int) -> None:
+        """Mark the receipt accepted; the acknowledgement (one per batch) is kept once, and the
+        receipt names it by its SHA-256."""
+        digest = hashlib.sha256(acknowledgement).digest()
         with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO acknowledgements (digest, envelope) VALUES (?, ?)",
+                               (digest, acknowledgement))
             self._conn.execute(
                 "UPDATE receipts SET acked_at_ms = ?, acknowledgement = ? WHERE lease_id = ? AND seq = ?",
-                (now_ms, acknowledgement, lease_id, seq))
+                (now_ms, digest, lease_id, seq))
             self._conn.execute(
                 "UPDATE leases SET accepted_seq = MAX(accepted_seq, ?) WHERE lease_id = ?", (seq, lease_id))
 

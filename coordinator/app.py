@@ -324,6 +324,7 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
         yield
         await stop_scheduler(app)
         database.close()
+        coordinator.opener.close()
 
     async def stop_scheduler(app: web.Application) -> None:
         # from the moment the service stops answering, nobody's silence may count against them

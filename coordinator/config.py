@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ class Settings:
     scheduler_interval_ms: int = setting(1_000, "how often pending jobs are re-auctioned")
     reliability_penalty_ppm: int = setting(200_000, "reliability lost per failed start or lost lease")
     reliability_half_life_ms: int = setting(86_400_000, "time for a reliability penalty to halve")
+    receipt_workers: int = setting(
+        os.cpu_count() or 1,
+        "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:

@@ -25,6 +25,9 @@ from coordinator.schema import migrate
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
+CHECKPOINT_INTERVAL_S = 1.0
+WAL_SIZE_LIMIT = 64 << 20
+PAGE_CACHE_KIB = 256 << 10  # what a checkpointed write-ahead log is cut back to
 _STOP = object()
 
 
@@ -36,6 +39,11 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA busy_timeout = 30000")
+    # savepoints keep the pages they change in a statement journal: in memory, not a temp file
+    conn.execute("PRAGMA temp_store = MEMORY")
+    # receipts, transfers and the log are indexed by hashes: inserts land on random pages
+    conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     migrate(conn)
     return db
 
@@ -59,12 +67,32 @@ class Database:
         self.path = Path(path)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.db = connect(self.path)
         self.commits = 0
 
     def start(self) -> None:
+        # the writer only appends to the write-ahead log; copying it into the database file
+        # (and the fsync that takes) is the checkpointer's job, off the writer's path
+        self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._stopping.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint, name="suanli-db-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
         self._thread = threading.Thread(target=self._work, name="suanli-db", daemon=True)
         self._thread.start()
+
+    def _checkpoint(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("write-ahead log checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run `fn(db)` in the writer's next transaction and wait for the commit."""
@@ -85,6 +113,11 @@ class Database:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:
+            self._stopping.set()
+            self._checkpointer.join()
+            self._checkpointer = None
+            self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.conn.close()
 
     def _work(self) -> None:

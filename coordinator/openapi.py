@@ -93,8 +93,9 @@ def openapi_document() -> dict[str, Any]:
                 "Report a lease's container started, exited (exit_code) or failed (reason_code)")},
             "/v1/agent/logs": {"post": _signed("Append a chunk of a job's log at an offset")},
             "/v1/agent/receipts": {"post": _signed(
-                "Submit sealed usage receipts; each is accepted with a countersigned "
-                "acknowledgement or rejected naming the rule it broke")},
+                "Submit a batch of sealed usage receipts: {results: one per receipt, accepted "
+                "(naming its acknowledgement by position) or rejected naming the rule it broke; "
+                "acknowledgements: countersigned 'acceptance' envelopes}")},
             "/v1/jobs": {
                 "post": _bearer("Post a job (enterprise)", {
                     "201": _json(JOB, "created"),

@@ -1,9 +1,8 @@
 """Receipt acceptance: every rule of design.md, checked with the same shared/ code auditors run.
 
-An accepted receipt is stored with the coordinator's countersigned acknowledgement; a
-rejected one is stored with the rule it broke. The same receipt sent twice gets the same
-answer. The usage it adds (its amount minus what the lease's earlier receipts debited)
-is handed to the ledger's entry point.
+The accepted receipts of a batch share one countersigned acknowledgement; a rejected receipt
+is stored with the rule it broke. The same receipt sent twice gets the same answer. The usage
+a receipt adds (its amount minus the lease's previous accepted receipt's) goes to the ledger.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from typing import Any
 
 from coordinator.jobs import Lease
 from coordinator.market import Agent
-from shared.envelope import seal
 from shared.errors import ReceiptRuleError, SuanliError
-from shared.identity import PrivateKey
-from shared.receipts import Rule, SealedReceipt, check_pure, open_receipt
+from shared.receipts import Rule, SealedReceipt, check_pure
 
 CLOCK_SKEW_MS = 30_000
 # a GPU whose power limit was never reported is bounded by the largest board made today
@@ -37,18 +34,20 @@ class Verdict:
     envelope: bytes = b""
     already_stored: bool = False
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, acknowledgements: dict[bytes, int]) -> dict[str, Any]:
         if self.accepted:
+            assert self.acknowledgement is not None
             return {"lease_id": self.lease_id, "seq": self.seq, "status": "accepted",
-                    "acknowledgement": self.acknowledgement}
+                    "acknowledgement": acknowledgements[self.acknowledgement]}
         return {"lease_id": self.lease_id, "seq": self.seq, "status": "rejected",
                 "rule": self.rule, "detail": self.detail}
 
 
-def verify_receipt(envelope: bytes, agent: Agent, lease: Lease | None, previous: SealedReceipt | None,
-                   power_limits_mw: dict[str, int], now_ms: int) -> SealedReceipt:
-    """Every acceptance rule; raises ReceiptRuleError naming the first one broken."""
-    sealed = open_receipt(envelope, agent.public_key)
+def check_receipt(sealed: SealedReceipt, agent: Agent, lease: Lease | None, previous: SealedReceipt | None,
+                  power_limits_mw: dict[str, int], now_ms: int) -> None:
+    """Every rule after the signature (`shared.receipts.open_receipt`, run by the receipt
+    workers): lease, time window, chain, GPUs, price, GPU time and energy bounds; raises
+    ReceiptRuleError naming the first one broken."""
     receipt = sealed.receipt
     if lease is None or lease.agent_id != agent.agent_id or lease.job_id != receipt.job_id:
         raise ReceiptRuleError(Rule.LEASE, f"lease {receipt.lease_id} is not this agent's lease for job {receipt.job_id}")
@@ -70,14 +69,17 @@ def verify_receipt(envelope: bytes, agent: Agent, lease: Lease | None, previous:
     if receipt.energy_mj > energy_bound_mj:
         raise ReceiptRuleError(Rule.ENERGY, f"{receipt.energy_mj} mJ is more than the GPUs' power limits allow "
                                f"in {elapsed} ms ({energy_bound_mj} mJ)")
-    return sealed
 
 
-def acknowledgement(key: PrivateKey, sealed: SealedReceipt, accepted_at_ms: int, delta: int) -> bytes:
-    """The coordinator's countersignature: this receipt, this cumulative amount, accepted now."""
-    receipt = sealed.receipt
-    return seal("acceptance", [sealed.digest, receipt.lease_id, receipt.seq, receipt.amount, delta,
-                               accepted_at_ms], key)
+def answer(verdicts: list[Verdict]) -> dict[str, Any]:
+    """The reply to a batch: a result per receipt, in order, and the acknowledgements that the
+    accepted ones name by position (one for this batch, and the earlier ones retries got)."""
+    acknowledgements: dict[bytes, int] = {}
+    for verdict in verdicts:
+        if verdict.accepted and verdict.acknowledgement is not None:
+            acknowledgements.setdefault(verdict.acknowledgement, len(acknowledgements))
+    return {"results": [v.to_wire(acknowledgements) for v in verdicts],
+            "acknowledgements": list(acknowledgements)}
 
 
 def rejection(envelope: bytes, exc: SuanliError, lease_id: str | None, seq: int | None) -> Verdict:

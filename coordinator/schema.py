@@ -276,6 +276,37 @@ MIGRATIONS: list[str] = [
     """,
     # 4: the transparency log (coordinator/tlog.py)
     LOG_SCHEMA,
+    # 5: one countersigned acknowledgement per accepted batch, which its receipts name
+    """
+    CREATE TABLE receipt_acknowledgements (
+        id INTEGER PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        accepted_at_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    );
+    INSERT INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, envelope)
+        SELECT rowid, agent_id, accepted_at_ms, acknowledgement FROM receipts;
+    CREATE TABLE receipts_batched (
+        lease_id TEXT NOT NULL REFERENCES leases(id),
+        seq INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        issued_at_ms INTEGER NOT NULL,
+        accepted_at_ms INTEGER NOT NULL,
+        gpu_ms INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        delta INTEGER NOT NULL,
+        final INTEGER NOT NULL,
+        acknowledgement_id INTEGER NOT NULL REFERENCES receipt_acknowledgements(id),
+        PRIMARY KEY (lease_id, seq)
+    );
+    INSERT INTO receipts_batched
+        SELECT lease_id, seq, agent_id, envelope, digest, issued_at_ms, accepted_at_ms, gpu_ms,
+               amount, delta, final, rowid FROM receipts;
+    DROP TABLE receipts;
+    ALTER TABLE receipts_batched RENAME TO receipts;
+    """,
 ]
 
 
@@ -287,6 +318,18 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"database schema version {version} is newer than this coordinator knows "
             f"({len(MIGRATIONS)}); upgrade suanli"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    if version == len(MIGRATIONS):
+        return version
+    # a migration may rebuild a table others refer to; the references are checked after it
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"migration {number} left rows whose references do not resolve: "
+                                   f"{broken[:5]}")
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
     return len(MIGRATIONS)

@@ -29,11 +29,12 @@ from coordinator.jobs import (
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
 )
 from coordinator import receipts as receipt_rules
-from coordinator import ledger, tlog, vouchers
+from coordinator import tlog, vouchers
 from coordinator.market import Agent, Gpu, Market
+from coordinator.receipt_pool import ReceiptOpener
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
-from shared.errors import SuanliError
+from shared.errors import ReceiptRuleError, SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey, PublicKey
 from shared.money import format_yuan
@@ -84,6 +85,7 @@ class Coordinator:
         self._wake_scheduler = asyncio.Event()
         self.counters = Counters()
         self.logs = JobLogs(database, settings.job_log_limit_bytes)
+        self.opener = ReceiptOpener(settings.receipt_workers)
         self._load(database.db)
 
     # -- start-up -----------------------------------------------------------------------
@@ -772,43 +774,47 @@ class Coordinator:
         return previous
 
     async def accept_receipts(self, agent: Agent, body: Any) -> dict[str, Any]:
-        """Verify a batch in order, then store and post it in one transaction.
+        """Verify a batch in order, then store, post, log and acknowledge it in one transaction.
 
-        Each accepted receipt's usage goes through the ledger in its own savepoint; a receipt
-        the enterprise's credit cannot cover is rejected (rule credit_exceeded), so are the
-        lease's later receipts in the batch, and the lease is revoked.
+        Signatures are checked by the receipt workers, then every rule in order here. A
+        receipt the enterprise's credit cannot cover is rejected (rule credit_exceeded), so
+        are the lease's later receipts in the batch, and the lease is revoked.
         """
         envelopes = body.get("receipts") if type(body) is dict else None
         if type(envelopes) is not list or not 0 < len(envelopes) <= receipt_rules.MAX_BATCH or any(
                 type(e) is not bytes for e in envelopes):
             raise Unprocessable(f"receipts must be a list of 1 to {receipt_rules.MAX_BATCH} envelopes")
         now = self.clock()
+        # a retry is verified again before its stored answer is found: rare, and it keeps the
+        # common path from decoding every receipt twice
+        opened = await self.opener.open_all(agent.public_key, envelopes)
+        claims = [(o.receipt.lease_id, o.receipt.seq) if isinstance(o, SealedReceipt) else claimed_id(e)
+                  for o, e in zip(opened, envelopes, strict=True)]
+        answered = await self._answered_before(agent, claims, envelopes)
         verdicts: list[receipt_rules.Verdict] = []
         chain_before: dict[str, SealedReceipt | None] = {}
         power = {uuid: min(gpu.telemetry.power_limit_mw or receipt_rules.DEFAULT_POWER_LIMIT_MW,
                            receipt_rules.DEFAULT_POWER_LIMIT_MW)
                  for uuid, gpu in agent.gpus.items() if gpu.telemetry is not None}
-        for envelope in envelopes:
-            lease_id, seq = claimed_id(envelope)
-            lease = self.leases.get(lease_id or "")
-            stored = (await self._stored_acknowledgement(lease_id, seq, envelope)
-                      if lease and not self._surely_new(lease.id, seq) else None)
+        for envelope, sealed, (lease_id, seq), stored in zip(envelopes, opened, claims, answered, strict=True):
             if stored is not None:
                 verdicts.append(stored)
                 continue
+            lease = self.leases.get(lease_id or "")
             try:
+                if isinstance(sealed, ReceiptRuleError):
+                    raise sealed
                 previous = await self._previous_receipt(lease, agent) if lease else None
-                sealed = receipt_rules.verify_receipt(envelope, agent, lease, previous, power, now)
+                receipt_rules.check_receipt(sealed, agent, lease, previous, power, now)
             except SuanliError as exc:
                 verdicts.append(receipt_rules.rejection(envelope, exc, lease_id, seq))
                 continue
             assert lease is not None
             chain_before.setdefault(lease.id, previous)
             delta = sealed.receipt.amount - (previous.receipt.amount if previous else 0)
-            ack = receipt_rules.acknowledgement(self.signing_key, sealed, now, delta)
             self.last_receipts[lease.id] = sealed
-            verdicts.append(receipt_rules.Verdict(lease.id, sealed.receipt.seq, True, acknowledgement=ack,
-                                                  sealed=sealed, delta=delta))
+            verdicts.append(receipt_rules.Verdict(lease.id, sealed.receipt.seq, True, sealed=sealed,
+                                                  delta=delta))
         try:
             final, postings = await self.database.run(
                 lambda db: self._store_receipts(db, agent, verdicts, now))
@@ -816,7 +822,7 @@ class Coordinator:
             self.last_receipts.update(chain_before)
             raise
         self._apply_postings(final, postings, chain_before)
-        return {"results": [v.to_wire() for v in final]}
+        return receipt_rules.answer(final)
 
     def _store_receipts(self, db: sqlite_utils.Database, agent: Agent,
                         verdicts: list[receipt_rules.Verdict], now: int,
@@ -847,27 +853,27 @@ class Coordinator:
                        final: list[receipt_rules.Verdict], candidates: list[int], now: int,
                        rejected: list[tuple[str | None, int | None, str | None, str | None, bytes]],
                        ) -> list[vouchers.Posting]:
-        """Insert the receipts, post their usage, undo the ones credit refused, log the rest."""
-        receipts = [(n, final[n], final[n].sealed) for n in candidates]
+        """Store the receipts, post their usage (one posting per lease), log them and sign one
+        acknowledgement for all; receipts the enterprise's credit cannot cover are refused."""
+        acknowledgement_id = db.conn.execute(
+            "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) VALUES (?, ?, x'')",
+            [agent.agent_id, now]).lastrowid
+        receipts = [(n, final[n].sealed, final[n].delta) for n in candidates]
         db.conn.executemany(
             "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
-            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.receipt.lease_id, s.receipt.seq, agent.agent_id, s.envelope, s.digest,
-              s.receipt.issued_at_ms, now, s.receipt.gpu_ms, s.receipt.amount, v.delta,
-              int(s.receipt.final), v.acknowledgement) for _, v, s in receipts])
-        usages = []
-        for _, verdict, sealed in receipts:
-            job = self.jobs[self.leases[sealed.receipt.lease_id].job_id]
-            usages.append(vouchers.Usage(
-                job.enterprise_id, agent.provider_id, self._enterprise_uscc(db, job.enterprise_id),
-                agent.provider_uscc, sealed.receipt.lease_id, job.id, sealed.digest, verdict.delta))
-        results = vouchers.post_usages(db, usages, policy=self.policy, now_ms=now)
+              s.receipt.issued_at_ms, now, s.receipt.gpu_ms, s.receipt.amount, delta,
+              int(s.receipt.final), acknowledgement_id) for _, s, delta in receipts])
+        outcome = self._post_usage(db, agent, [(s, delta) for _, s, delta in receipts], now)
         postings: list[vouchers.Posting] = []
-        entries: list[bytes] = []
+        entries: list[tuple[bytes, log_entries.Entry]] = []
+        logged: list[tuple[int, SealedReceipt, int, tuple[bytes, ...]]] = []
         refused: list[bytes] = []
-        for (n, verdict, sealed), result in zip(receipts, results, strict=True):
+        for n, sealed, delta in receipts:
             receipt = sealed.receipt
+            result = outcome.get(sealed.digest)
             if isinstance(result, vouchers.CreditExceeded):
                 final[n] = receipt_rules.Verdict(receipt.lease_id, receipt.seq, False,
                                                  "credit_exceeded", result.detail)
@@ -876,13 +882,66 @@ class Coordinator:
                                  sealed.envelope))
                 refused.append(sealed.digest)
                 continue
-            postings.append(result)
-            entries.append(_receipt_entry(sealed, verdict.acknowledgement, result.legs, now))
+            legs = result.legs if result is not None else ()
+            if result is not None:
+                postings.append(result)
+            entries.append(log_entries.encode_checked(
+                log_entries.RECEIPT, now, log_entries.ReceiptEntry(sealed.envelope, tuple(
+                    log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
+                    for t in legs))))
+            logged.append((n, sealed, delta, tuple(t.id for t in legs)))
         if refused:
             db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused])
-        if entries:
-            tlog.append_entries(db, entries)
+        if not logged:
+            db.conn.execute("DELETE FROM receipt_acknowledgements WHERE id = ?", [acknowledgement_id])
+            return postings
+        first = tlog.append_entries(db, [data for data, _ in entries], [entry for _, entry in entries])
+        envelope = log_entries.seal_acknowledgement(log_entries.Acknowledgement(
+            agent.agent_id, now, tuple(
+                log_entries.AcknowledgedReceipt(sealed.digest, sealed.receipt.lease_id,
+                                                sealed.receipt.seq, sealed.receipt.amount, delta,
+                                                first + k, transfer_ids)
+                for k, (_, sealed, delta, transfer_ids) in enumerate(logged))), self.signing_key)
+        db.conn.execute("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?",
+                        [envelope, acknowledgement_id])
+        for n, _, _, _ in logged:
+            final[n] = replace(final[n], acknowledgement=envelope)
         return postings
+
+    def _post_usage(self, db: sqlite_utils.Database, agent: Agent,
+                    receipts: list[tuple[SealedReceipt, int]], now: int,
+                    ) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:
+        """Post the batch's usage: each lease's receipts together, on the last of them.
+
+        Receipts are cumulative, so one posting of what a lease's receipts added since its
+        last posting is the same money as one per receipt. Only if the enterprise's credit
+        cannot cover that sum are the lease's receipts posted one by one, so the ones it can
+        cover are accepted and the rest refused (`post_usages` refuses what follows a refusal)."""
+        runs: dict[str, list[tuple[SealedReceipt, int]]] = {}
+        for sealed, delta in receipts:
+            runs.setdefault(sealed.receipt.lease_id, []).append((sealed, delta))
+
+        def usage(sealed: SealedReceipt, amount: int) -> vouchers.Usage:
+            job = self.jobs[self.leases[sealed.receipt.lease_id].job_id]
+            return vouchers.Usage(job.enterprise_id, agent.provider_id,
+                                  self._enterprise_uscc(db, job.enterprise_id), agent.provider_uscc,
+                                  sealed.receipt.lease_id, job.id, sealed.digest, amount)
+
+        together = [usage(run[-1][0], sum(delta for _, delta in run)) for run in runs.values()]
+        outcome: dict[bytes, vouchers.Posting | vouchers.CreditExceeded] = {}
+        one_by_one: list[vouchers.Usage] = []
+        for run, result in zip(runs.values(), vouchers.post_usages(
+                db, together, policy=self.policy, now_ms=now), strict=True):
+            if isinstance(result, vouchers.CreditExceeded) and len(run) > 1:
+                one_by_one += [usage(sealed, delta) for sealed, delta in run]
+            else:
+                outcome[run[-1][0].digest] = result
+        if one_by_one:
+            for single, result in zip(one_by_one, vouchers.post_usages(
+                    db, one_by_one, policy=self.policy, now_ms=now),
+                    strict=True):
+                outcome[single.receipt_digest] = result
+        return outcome
 
     def enterprise_account(self, db: sqlite_utils.Database, enterprise_id: str, now: int) -> dict[str, Any]:
         vouchers.open_enterprise_accounts(db, enterprise_id, self._enterprise_uscc(db, enterprise_id),
@@ -919,13 +978,30 @@ class Coordinator:
                     self.database.submit(lambda db, row=self._lease_row(lease): db["leases"].upsert(row, pk="id"))
                     self._notify(lease.agent_id)
 
-    def _surely_new(self, lease_id: str, seq: int | None) -> bool:
-        """True when memory alone shows no answer was given to this receipt yet (no DB lookup):
-        it is the next in its lease's known chain and was never refused for good."""
-        if lease_id not in self.last_receipts or seq is None or (lease_id, seq) in self._refused:
-            return False
-        previous = self.last_receipts[lease_id]
-        return seq == (previous.receipt.seq + 1 if previous is not None else 1)
+    async def _answered_before(self, agent: Agent, claims: list[tuple[str | None, int | None]],
+                               envelopes: list[bytes]) -> list[receipt_rules.Verdict | None]:
+        """For each receipt, the answer it already got (a retry), or None for one to verify.
+
+        Memory alone clears a receipt that continues its lease's known chain (counting the
+        batch's earlier receipts) and was never refused for good; the others are looked up."""
+        next_seq: dict[str, int] = {}
+        answers: list[receipt_rules.Verdict | None] = []
+        for (lease_id, seq), envelope in zip(claims, envelopes, strict=True):
+            lease = self.leases.get(lease_id or "")
+            if lease is None or lease.agent_id != agent.agent_id:
+                answers.append(None)
+                continue
+            assert lease_id is not None
+            if lease_id not in next_seq:
+                await self._previous_receipt(lease, agent)
+                previous = self.last_receipts[lease_id]
+                next_seq[lease_id] = previous.receipt.seq + 1 if previous is not None else 1
+            if seq is not None and seq == next_seq.get(lease_id) and (lease_id, seq) not in self._refused:
+                next_seq[lease_id] = seq + 1
+                answers.append(None)
+                continue
+            answers.append(await self._stored_acknowledgement(lease_id, seq, envelope))
+        return answers
 
     async def _stored_acknowledgement(self, lease_id: str | None, seq: int | None,
                                       envelope: bytes) -> receipt_rules.Verdict | None:
@@ -933,7 +1009,8 @@ class Coordinator:
         if lease_id is None or seq is None:
             return None
         rows = await self.database.run(lambda db: list(db.query(
-            "SELECT envelope, acknowledgement FROM receipts WHERE lease_id = ? AND seq = ?",
+            "SELECT r.envelope, a.envelope AS acknowledgement FROM receipts r JOIN "
+            "receipt_acknowledgements a ON a.id = r.acknowledgement_id WHERE r.lease_id = ? AND r.seq = ?",
             [lease_id, seq])))
         if rows and rows[0]["envelope"] == envelope:
             return receipt_rules.Verdict(lease_id, seq, True, acknowledgement=rows[0]["acknowledgement"],
@@ -965,16 +1042,6 @@ _AGENT_UPDATE = (
     "UPDATE agents SET ask_per_gpu_hour = :ask_per_gpu_hour, last_seen_ms = :last_seen_ms, "
     "penalty_ppm = :penalty_ppm, penalty_at_ms = :penalty_at_ms WHERE agent_id = :agent_id"
 )
-
-
-def _receipt_entry(sealed: SealedReceipt, acknowledgement: bytes | None,
-                   legs: tuple[ledger.Transfer, ...], now: int) -> bytes:
-    """The log entry of an accepted receipt: its envelope, our acknowledgement, its postings."""
-    assert acknowledgement is not None
-    postings = tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
-                     for t in legs)
-    body = log_entries.ReceiptEntry(sealed.envelope, acknowledgement, postings)
-    return log_entries.encode_entry(log_entries.RECEIPT, now, body)
 
 
 def _with_models(request: JobRequest) -> JobRequest:

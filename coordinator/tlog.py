@@ -129,13 +129,18 @@ def size(db: sqlite_utils.Database | sqlite3.Connection) -> int:
     return SqliteHashStore(db).size()
 
 
-def append_entries(db: sqlite_utils.Database | sqlite3.Connection, entries: list[bytes]) -> int:
+def append_entries(db: sqlite_utils.Database | sqlite3.Connection, entries: list[bytes],
+                   decoded: list[log_entries.Entry] | None = None) -> int:
     """Append encoded entries in order; returns the index of the first.
 
-    Every entry is decoded first, so a malformed one appends nothing (LogEntryError). The
-    entries, their receipt digests and the tree's hashes are written in one savepoint.
+    Every entry is decoded first, so a malformed one appends nothing (LogEntryError); a
+    caller holding what `log_entries.encode_checked` gave for each passes it as `decoded`.
+    The entries, their lookup keys and the tree's hashes are written in one savepoint.
     """
-    decoded = [log_entries.decode_entry(data) for data in entries]
+    if decoded is None:
+        decoded = [log_entries.decode_entry(data) for data in entries]
+    elif len(decoded) != len(entries):
+        raise ValueError("one decoded entry per entry")
     conn = _conn(db)
     conn.execute("SAVEPOINT tlog_append")
     try:

@@ -23,7 +23,7 @@ KINDS: dict[str, int] = {
     "heartbeat": 256 * 1024,
     "request": 1024 * 1024,
     "enrolment": 4 * 1024,
-    "acceptance": 4 * 1024,
+    "acceptance": 256 * 1024,  # one acknowledgement answers a batch of up to 500 receipts
     "lease": 16 * 1024,
     "transaction": 64 * 1024,
 }

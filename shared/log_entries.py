@@ -7,7 +7,7 @@ positional arrays (the voucher policy is a map with sorted string keys):
     agent_key      [agent_id, public_key (32 bytes), provider_id, provider_uscc]
     enterprise     [enterprise_id, uscc]
     voucher_policy {setting: int | str | bool | None, ...}
-    receipt        [receipt envelope as the agent sent it, acknowledgement envelope, [posting, ...]]
+    receipt        [receipt envelope as the agent sent it, [posting, ...]]
     payment        [reference, party_id, amount, [posting, ...]]
     period_close   [period "YYYY-MM", [statement, ...]]
     auction_round  canonical bytes of `shared.auction.round_record(...)`
@@ -15,9 +15,20 @@ positional arrays (the voucher policy is a map with sorted string keys):
     posting   = [transfer_id (32 bytes), debit_account, credit_account, amount > 0, code]
     statement = [party_kind, party_id, total, voucher, deferred, due_at_ms | None]
 
-The acknowledgement is the coordinator's countersignature of an accepted receipt, an
-"acceptance" envelope over `[receipt digest, lease_id, seq, amount, delta, accepted_at_ms]`,
-signed with the same key as the log's checkpoints; `open_acknowledgement` verifies one.
+A receipt entry's postings are the usage posted for it. The receipts of one lease accepted in
+one batch are posted together, on the last of them: its postings charge the amount the lease's
+receipts added since its previous posting, and the receipts before it carry none. (Entries
+written before batches were acknowledged as a whole held a third value between the two, the
+receipt's own acknowledgement; they still decode.)
+
+The acknowledgement is the coordinator's countersignature of a batch of accepted receipts, an
+"acceptance" envelope signed with the same key as the log's checkpoints over
+
+    [ACKNOWLEDGEMENT_VERSION, agent_id, accepted_at_ms, [acknowledged, ...]]
+    acknowledged = [receipt digest, lease_id, seq, amount, delta, log_index, [transfer_id, ...]]
+
+naming for each receipt its cumulative amount, what it added (delta), the log entry that holds
+it and the ledger transfers posted on it. `open_acknowledgement` verifies one.
 """
 
 from __future__ import annotations
@@ -28,12 +39,13 @@ from typing import Any, NamedTuple, TypeAlias
 
 from shared import canonical
 from shared.auction import AuctionError, round_from_record
-from shared.envelope import envelope_digest, max_envelope_bytes, open_envelope
+from shared.envelope import envelope_digest, max_envelope_bytes, open_envelope, seal, unverified_payload
 from shared.errors import EncodingError, SuanliError
-from shared.identity import PUBLIC_KEY_SIZE, PublicKey
+from shared.identity import PUBLIC_KEY_SIZE, PrivateKey, PublicKey
 
 __all__ = [
     "ACKNOWLEDGEMENT_KIND",
+    "ACKNOWLEDGEMENT_VERSION",
     "AGENT_KEY",
     "AUCTION_ROUND",
     "ENTERPRISE",
@@ -45,6 +57,7 @@ __all__ = [
     "RECEIPT",
     "USAGE_CHARGE_CODES",
     "VOUCHER_POLICY",
+    "AcknowledgedReceipt",
     "Acknowledgement",
     "AgentKey",
     "AuctionRoundEntry",
@@ -60,6 +73,8 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "open_acknowledgement",
+    "read_acknowledgement",
+    "seal_acknowledgement",
 ]
 
 ENTRY_VERSION = 1
@@ -83,6 +98,8 @@ AUCTION_ROUND = "auction_round"
 KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND)
 
 ACKNOWLEDGEMENT_KIND = "acceptance"
+ACKNOWLEDGEMENT_VERSION = 2
+MAX_ACKNOWLEDGED = 500
 # The postings of a receipt that move money to the provider (the voucher part and the part the
 # enterprise pays later); together they are the receipt's charge, its delta. A receipt's other
 # postings move quotas (the company's voucher cap, the enterprise's credit) on other ledgers.
@@ -132,10 +149,9 @@ class Posting(NamedTuple):
 
 
 class ReceiptEntry(NamedTuple):
-    """An accepted receipt: the agent's envelope, the coordinator's countersignature, the money."""
+    """An accepted receipt: the agent's envelope and the usage posted on it (maybe none)."""
 
     envelope: bytes
-    acknowledgement: bytes
     postings: tuple[Posting, ...]
 
     @property
@@ -144,7 +160,7 @@ class ReceiptEntry(NamedTuple):
         return envelope_digest(self.envelope)
 
     def to_wire(self) -> list[Any]:
-        return [self.envelope, self.acknowledgement, [p.to_wire() for p in self.postings]]
+        return [self.envelope, [p.to_wire() for p in self.postings]]
 
 
 class PaymentEntry(NamedTuple):
@@ -213,13 +229,17 @@ def encode_entry(kind: str, at_ms: int, body: Any) -> bytes:
     The result is decoded again before it is returned, so nothing that `decode_entry` would
     refuse can ever be logged.
     """
+    return encode_checked(kind, at_ms, body)[0]
+
+
+def encode_checked(kind: str, at_ms: int, body: Any) -> tuple[bytes, Entry]:
+    """`encode_entry`, with the entry as `decode_entry` reads the bytes back."""
     wire = body.to_wire() if hasattr(body, "to_wire") else body
     try:
         data = canonical.encode([ENTRY_VERSION, kind, at_ms, wire])
     except EncodingError as exc:
         raise LogEntryError(f"a {kind!s:.40} entry cannot be encoded: {exc.detail}") from None
-    decode_entry(data)
-    return data
+    return data, decode_entry(data)
 
 
 def decode_entry(data: bytes) -> Entry:
@@ -273,10 +293,13 @@ def _voucher_policy(body: Any) -> dict[str, Any]:
 
 
 def _receipt(body: Any) -> ReceiptEntry:
-    envelope, acknowledgement, postings = _array(body, 3, "a receipt body")
+    if type(body) is list and len(body) == 3:  # written with its own acknowledgement
+        envelope, acknowledgement, postings = body
+        _envelope(acknowledgement, ACKNOWLEDGEMENT_KIND)
+    else:
+        envelope, postings = _array(body, 2, "a receipt body")
     _envelope(envelope, "receipt")
-    _envelope(acknowledgement, ACKNOWLEDGEMENT_KIND)
-    return ReceiptEntry(envelope, acknowledgement, _postings(postings))
+    return ReceiptEntry(envelope, _postings(postings))
 
 
 def _payment(body: Any) -> PaymentEntry:
@@ -372,15 +395,39 @@ def _int(value: Any, what: str, low: int = 0) -> int:
 # -- acknowledgements --------------------------------------------------------------------------
 
 
-class Acknowledgement(NamedTuple):
-    """What the coordinator countersigned: this receipt, its cumulative amount and the delta."""
+class AcknowledgedReceipt(NamedTuple):
+    """One receipt of an acknowledgement: what was accepted, where it is logged, what it posted."""
 
-    receipt_digest: bytes
+    digest: bytes
     lease_id: str
     seq: int
     amount: int
     delta: int
+    log_index: int
+    transfer_ids: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.digest, self.lease_id, self.seq, self.amount, self.delta, self.log_index,
+                list(self.transfer_ids)]
+
+
+class Acknowledgement(NamedTuple):
+    """What the coordinator countersigned: these receipts of this agent, accepted at this time."""
+
+    agent_id: str
     accepted_at_ms: int
+    receipts: tuple[AcknowledgedReceipt, ...]
+
+    def to_payload(self) -> list[Any]:
+        return [ACKNOWLEDGEMENT_VERSION, self.agent_id, self.accepted_at_ms,
+                [r.to_wire() for r in self.receipts]]
+
+    def find(self, digest: bytes) -> AcknowledgedReceipt | None:
+        return next((r for r in self.receipts if r.digest == digest), None)
+
+
+def seal_acknowledgement(acknowledgement: Acknowledgement, key: PrivateKey) -> bytes:
+    return seal(ACKNOWLEDGEMENT_KIND, acknowledgement.to_payload(), key)
 
 
 def open_acknowledgement(envelope: bytes, log_key: PublicKey) -> Acknowledgement:
@@ -389,12 +436,38 @@ def open_acknowledgement(envelope: bytes, log_key: PublicKey) -> Acknowledgement
     Raises EnvelopeError (SignatureError for a signature that does not verify), EncodingError
     for a payload that is not canonical, or LogEntryError for a payload of the wrong shape.
     """
-    payload = open_envelope(envelope, ACKNOWLEDGEMENT_KIND, log_key).payload
-    digest, lease_id, seq, amount, delta, accepted_at_ms = _array(payload, 6, "an acknowledgement")
-    if type(digest) is not bytes or len(digest) != HASH_SIZE:
-        raise LogEntryError(f"an acknowledgement names the receipt by its {HASH_SIZE}-byte digest")
-    _text(lease_id, "an acknowledgement's lease_id")
-    for number, what in ((seq, "seq"), (amount, "amount"), (delta, "delta"),
-                         (accepted_at_ms, "accepted_at_ms")):
-        _int(number, f"an acknowledgement's {what}")
-    return Acknowledgement(digest, lease_id, seq, amount, delta, accepted_at_ms)
+    return _acknowledgement(open_envelope(envelope, ACKNOWLEDGEMENT_KIND, log_key).payload)
+
+
+def read_acknowledgement(envelope: bytes) -> Acknowledgement:
+    """Parse an acknowledgement without checking its signature: for an agent deciding which
+    spooled receipts it answers. Raises as `open_acknowledgement` does for a bad shape."""
+    return _acknowledgement(canonical.decode(unverified_payload(envelope, ACKNOWLEDGEMENT_KIND),
+                                             max_envelope_bytes(ACKNOWLEDGEMENT_KIND)))
+
+
+def _acknowledgement(payload: Any) -> Acknowledgement:
+    version, agent_id, accepted_at_ms, items = _array(payload, 4, "an acknowledgement")
+    if type(version) is not int or version != ACKNOWLEDGEMENT_VERSION:
+        raise LogEntryError(f"acknowledgement version {version!r:.20} is not {ACKNOWLEDGEMENT_VERSION}")
+    _text(agent_id, "an acknowledgement's agent_id")
+    _int(accepted_at_ms, "an acknowledgement's accepted_at_ms")
+    if type(items) is not list or len(items) > MAX_ACKNOWLEDGED:
+        raise LogEntryError(f"an acknowledgement lists at most {MAX_ACKNOWLEDGED} receipts")
+    receipts = []
+    for item in items:
+        digest, lease_id, seq, amount, delta, log_index, transfer_ids = _array(
+            item, 7, "an acknowledged receipt")
+        if type(digest) is not bytes or len(digest) != HASH_SIZE:
+            raise LogEntryError(f"an acknowledgement names each receipt by its {HASH_SIZE}-byte digest")
+        _text(lease_id, "an acknowledged receipt's lease_id")
+        for number, what in ((seq, "seq"), (amount, "amount"), (delta, "delta"),
+                             (log_index, "log_index")):
+            _int(number, f"an acknowledged receipt's {what}")
+        if type(transfer_ids) is not list or len(transfer_ids) > MAX_POSTINGS or any(
+                type(t) is not bytes or len(t) != HASH_SIZE for t in transfer_ids):
+            raise LogEntryError(f"an acknowledged receipt lists at most {MAX_POSTINGS} transfer ids "
+                                f"of {HASH_SIZE} bytes")
+        receipts.append(AcknowledgedReceipt(digest, lease_id, seq, amount, delta, log_index,
+                                            tuple(transfer_ids)))
+    return Acknowledgement(agent_id, accepted_at_ms, tuple(receipts))

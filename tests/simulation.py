@@ -373,7 +373,7 @@ class SimAgent:
             self.next_poll = now + POLL_INTERVAL_MS
             self._reconcile(body["leases"])
         elif kind == "receipts":
-            self._receipt_results(body["results"])
+            self._receipt_results(body["results"], body["acknowledgements"])
         elif kind.startswith("status:"):
             record = self.records[kind[len("status:"):]]
             record.status_reported = self.events.pop(kind)
@@ -414,12 +414,12 @@ class SimAgent:
             if lease_id not in listed and record.started_at_ms is not None and record.ended_at_ms is None:
                 self.stop(record, "the coordinator no longer lists this lease")
 
-    def _receipt_results(self, results: list[dict[str, Any]]) -> None:
+    def _receipt_results(self, results: list[dict[str, Any]], acknowledgements: list[bytes]) -> None:
         assert self.spool is not None
         for item in results:
             lease_id, seq = item["lease_id"], item["seq"]
             if item["status"] == "accepted":
-                self.spool.acknowledge(lease_id, seq, item["acknowledgement"] or b"", self.sim.now)
+                self.spool.acknowledge(lease_id, seq, acknowledgements[item["acknowledgement"]], self.sim.now)
                 self.sim.stats["receipts_acked"] += 1
             else:
                 self.spool.reject(lease_id, seq, str(item["rule"]), str(item["detail"]))
@@ -714,10 +714,16 @@ class Simulation:
         problems = ledger.check_invariants(db)
         if problems:
             self.fail("ledger: " + "; ".join(problems))
-        receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-        postings = conn.execute("SELECT COUNT(*) FROM ledger_postings").fetchone()[0]
-        if receipts != postings:
-            self.fail(f"{receipts} accepted receipts but {postings} postings")
+        # a lease's receipts of one batch are posted together, on the batch's last one of it
+        for lease_id, acknowledgement_id, last in conn.execute(
+                "SELECT lease_id, acknowledgement_id, MAX(seq) FROM receipts "
+                "GROUP BY lease_id, acknowledgement_id"):
+            posted = conn.execute(
+                "SELECT COUNT(*) FROM ledger_postings p JOIN receipts r ON r.digest = p.receipt_digest "
+                "WHERE r.lease_id = ? AND r.acknowledgement_id = ? AND r.seq = ?",
+                [lease_id, acknowledgement_id, last]).fetchone()[0]
+            if not posted:
+                self.fail(f"lease {lease_id}'s receipts up to seq {last} were accepted but not posted")
         for lease_id, top, posted in conn.execute(
                 "SELECT r.lease_id, MAX(r.amount), (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
                 "WHERE p.lease_id = r.lease_id) FROM receipts r GROUP BY r.lease_id"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -111,6 +112,35 @@ async def test_usage_beyond_the_credit_revokes_the_lease(coordinator: Coordinato
     ended = await api.job(job["id"])
     assert (ended["state"], ended["reason"]) == ("failed", "credit_exhausted")
     assert coordinator.admin("check-ledger", check=False).returncode == 0
+
+
+async def test_a_batch_the_credit_covers_only_in_part_is_posted_up_to_the_credit(
+        coordinator: CoordinatorProcess, cleanup: list) -> None:
+    # the batch's receipts of one lease are posted together; when the credit cannot cover all
+    # of them, the ones it can are still accepted, each posted on its own
+    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=4,
+                              price=36_000_000_000)
+    _, account = await api.call("GET", "/v1/account")
+    coordinator.admin("set-credit-limit", "--enterprise", account["id"], "--amount", "6.00")
+    status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, max_duration_s=1)
+    assert status == 201, job
+    lease = await agent.wait_for_lease()
+    await asyncio.sleep(1.7)
+    await agent.client.status(lease["lease_id"], "started")
+    chain: list[SealedReceipt] = []
+    for gpu_ms in (200, 400, 1_500):
+        chain.append(_receipt(agent, lease, chain[-1] if chain else None, gpu_ms))
+    answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [s.envelope for s in chain]})
+    results = answer["results"]
+    assert [r["status"] for r in results] == ["accepted", "accepted", "rejected"], results
+    assert results[2]["rule"] == "credit_exceeded"
+    assert (await api.job(job["id"]))["charged_micro_yuan"] == usage_amount(400, agent.ask)
+    leases = await agent.leases(wait_ms=2000)
+    assert [lease["stop_reason"] for lease in leases] == ["revoked"]
+    assert coordinator.admin("check-ledger", check=False).returncode == 0
+    with sqlite3.connect(coordinator.db) as db:
+        postings = db.execute("SELECT amount FROM ledger_postings").fetchall()
+    assert [row[0] for row in postings] == [usage_amount(200, agent.ask)] * 2
 
 
 async def test_suanli_account_shows_the_money_in_yuan(coordinator: CoordinatorProcess, cleanup: list) -> None:

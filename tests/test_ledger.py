@@ -78,11 +78,14 @@ class World:
         digest = hashlib.sha256(f"receipt {n}".encode()).digest()
         seq = self.db.conn.execute("SELECT COUNT(*) FROM receipts WHERE lease_id = ?",
                                    [lease_id]).fetchone()[0] + 1
+        acknowledgement = self.db.conn.execute(
+            "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) "
+            "VALUES ('agent', ?, x'00')", [now]).lastrowid
         self.db.conn.execute(
             "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
-            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [lease_id, seq, "agent", b"envelope", digest, now, now, 0, 0, 0, 0, b"ack"])
+            [lease_id, seq, "agent", b"envelope", digest, now, now, 0, 0, 0, 0, acknowledgement])
         return digest
 
 

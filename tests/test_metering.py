@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
+from agent.daemon import _acknowledged_digests, _acknowledging
 from agent.metering import account_sample, next_receipt, seal_final_receipt, seal_interim_receipt
 from agent.nvml import GpuSample
 from agent.spool import LeaseRecord, Spool
 from shared.identity import PrivateKey
+from shared.log_entries import AcknowledgedReceipt, Acknowledgement, seal_acknowledgement
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, check_pure, open_receipt
 
@@ -117,3 +120,34 @@ def test_spool_keeps_receipts_until_acknowledged_and_rejections_forever(tmp_path
     assert restored.accepted_seq == 1
     continued = seal_interim_receipt(restored, KEY, 250_000)
     check_pure(open_receipt(sealed[2].envelope, KEY.public), continued.receipt)
+
+
+def test_an_accepted_receipt_is_dropped_only_if_its_acknowledgement_names_it() -> None:
+    coordinator = PrivateKey.generate()
+    sealed = [seal_interim_receipt(record(), KEY, now) for now in (70_000, 130_000)]
+    named = seal_acknowledgement(Acknowledgement(KEY.public.agent_id, 5, (AcknowledgedReceipt(
+        sealed[0].digest, "lease-1", 1, sealed[0].receipt.amount, sealed[0].receipt.amount, 7, ()),)),
+        coordinator)
+    acknowledgements = _acknowledged_digests([named, b"\x93not an envelope"])
+    assert _acknowledging(acknowledgements, 0, sealed[0].digest) == named
+    assert _acknowledging(acknowledgements, 0, sealed[1].digest) is None  # not the receipt sent
+    assert _acknowledging(acknowledgements, 1, sealed[0].digest) is None  # malformed
+    assert _acknowledging(acknowledgements, 2, sealed[0].digest) is None  # no such position
+    assert _acknowledging(acknowledgements, "0", sealed[0].digest) is None
+
+
+def test_one_acknowledgement_is_kept_once_for_all_the_receipts_it_names(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    lease = record()
+    spool.save_lease(lease)
+    sealed = [seal_interim_receipt(lease, KEY, now) for now in (70_000, 130_000)]
+    for item in sealed:
+        spool.add_receipt(lease, item.receipt.seq, item.envelope, item.digest, 1)
+    for item in sealed:
+        spool.acknowledge("lease-1", item.receipt.seq, b"one acknowledgement for both", 2)
+    assert spool.pending_receipts() == []
+    spool.close()
+    with sqlite3.connect(tmp_path / "spool.db") as db:
+        assert db.execute("SELECT COUNT(*), MIN(envelope) FROM acknowledgements").fetchone() == (
+            1, b"one acknowledgement for both")
+        assert db.execute("SELECT COUNT(DISTINCT acknowledgement) FROM receipts").fetchone() == (1,)

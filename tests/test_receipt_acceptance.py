@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, started_lease
-from shared.envelope import open_envelope
+from shared.log_entries import decode_entry, open_acknowledgement
 from shared.identity import PrivateKey, load_private_key
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
@@ -44,8 +46,10 @@ class Lab:
         return receipt
 
     async def send(self, *envelopes: bytes) -> list[dict[str, Any]]:
-        answer = await self.agent.client.signed("/v1/agent/receipts", {"receipts": list(envelopes)})
-        return list(answer["results"])
+        return list((await self.send_batch(*envelopes))["results"])
+
+    async def send_batch(self, *envelopes: bytes) -> dict[str, Any]:
+        return dict(await self.agent.client.signed("/v1/agent/receipts", {"receipts": list(envelopes)}))
 
     def rejections(self) -> list[tuple[str, str]]:
         with sqlite3.connect(self.coordinator.db) as db:
@@ -61,14 +65,57 @@ async def lab(coordinator: CoordinatorProcess, cleanup: list) -> Lab:
 async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab) -> None:
     first = seal_receipt(lab.receipt(), lab.agent.key)
     second = seal_receipt(lab.receipt(first), lab.agent.key)
-    results = await lab.send(first.envelope, second.envelope)
+    answer = await lab.send_batch(first.envelope, second.envelope)
+    results = answer["results"]
     assert [r["status"] for r in results] == ["accepted", "accepted"], results
-    ack = results[1]["acknowledgement"]
+    # one countersignature answers the batch, and names each receipt
+    assert [r["acknowledgement"] for r in results] == [0, 0]
+    [envelope] = answer["acknowledgements"]
     coordinator_key = load_private_key(lab.coordinator.workdir / "coordinator.db.key")
-    opened = open_envelope(ack, "acceptance", coordinator_key.public)
-    assert opened.payload[:4] == [second.digest, lab.lease["lease_id"], 2, second.receipt.amount]
-    assert opened.payload[4] == second.receipt.amount - first.receipt.amount
+    ack = open_acknowledgement(envelope, coordinator_key.public)
+    assert ack.agent_id == lab.agent.agent_id
+    one, two = ack.receipts
+    assert (one.digest, one.seq, one.amount, one.delta) == (first.digest, 1, first.receipt.amount,
+                                                             first.receipt.amount)
+    assert (two.digest, two.seq, two.amount, two.delta) == (
+        second.digest, 2, second.receipt.amount, second.receipt.amount - first.receipt.amount)
+    assert two.log_index == one.log_index + 1
+    # the lease's receipts are posted together, on the last: its transfers are the posting's
+    with sqlite3.connect(lab.coordinator.db) as db:
+        postings = db.execute("SELECT receipt_digest, amount FROM ledger_postings").fetchall()
+        transfers = {row[0] for row in db.execute(
+            "SELECT id FROM ledger_transfers WHERE receipt_digest = ?", [second.digest])}
+        logged = [row[0] for row in db.execute(
+            "SELECT data FROM log_entries WHERE idx IN (?, ?) ORDER BY idx", [one.log_index, two.log_index])]
+    assert postings == [(second.digest, second.receipt.amount)]
+    assert one.transfer_ids == () and set(two.transfer_ids) == transfers and transfers
+    assert [decode_entry(data).body.envelope for data in logged] == [first.envelope, second.envelope]
     assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == second.receipt.amount
+
+
+async def test_a_large_batch_is_verified_by_the_receipt_workers_in_order(lab: Lab) -> None:
+    await asyncio.sleep(0.3)  # 21 receipts of 10 ms per GPU each: the lease must be that old
+    chain: list[SealedReceipt] = []
+    for _ in range(10):
+        chain.append(seal_receipt(lab.receipt(chain[-1] if chain else None), lab.agent.key))
+    forged = seal_receipt(lab.receipt(chain[-1]), PrivateKey.generate())
+    for _ in range(10):
+        chain.append(seal_receipt(lab.receipt(chain[-1]), lab.agent.key))
+    envelopes = [s.envelope for s in chain]
+    answer = await lab.send_batch(*envelopes[:10], forged.envelope, *envelopes[10:])
+    results = answer["results"]
+    assert [r["status"] for r in results] == ["accepted"] * 10 + ["rejected"] + ["accepted"] * 10
+    assert (results[10]["rule"], results[10]["seq"]) == ("signature", 11)
+    assert [r["seq"] for r in results if r["status"] == "accepted"] == list(range(1, 21))
+    [envelope] = answer["acknowledgements"]
+    coordinator_key = load_private_key(lab.coordinator.workdir / "coordinator.db.key")
+    acknowledged = open_acknowledgement(envelope, coordinator_key.public).receipts
+    assert [a.digest for a in acknowledged] == [s.digest for s in chain]
+    assert [a.log_index - acknowledged[0].log_index for a in acknowledged] == list(range(20))
+    assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == chain[-1].receipt.amount
+    # the batch was large enough to go to the worker processes
+    assert lab.coordinator.process is not None
+    assert psutil.Process(lab.coordinator.process.pid).children()
 
 
 async def test_the_same_receipt_twice_gets_the_same_answer(lab: Lab) -> None:

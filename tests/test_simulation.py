@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,12 @@ def test_the_trace_does_not_depend_on_string_hashing() -> None:
 
 
 def test_a_posting_of_the_wrong_amount_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = vouchers.post_usage
+    real = vouchers.post_usages
 
-    def post_double(db, **fields):  # type: ignore[no-untyped-def]
-        return real(db, **{**fields, "amount": fields["amount"] * 2})
+    def post_double(db, usages, **fields):  # type: ignore[no-untyped-def]
+        return real(db, [replace(u, amount=u.amount * 2) for u in usages], **fields)
 
-    monkeypatch.setattr(vouchers, "post_usage", post_double)
+    monkeypatch.setattr(vouchers, "post_usages", post_double)
     with pytest.raises(simulation.InvariantViolation) as caught:
         for seed in range(5):
             simulation.run(seed, STEPS)
@@ -67,7 +68,7 @@ def test_an_acknowledgement_the_coordinator_forgets_is_caught(monkeypatch: pytes
     from coordinator.service import Coordinator
 
     def forgetful(self, db, agent, verdicts, now):  # type: ignore[no-untyped-def]
-        return [v for v in verdicts], []
+        return [replace(v, acknowledgement=b"signed, never stored") for v in verdicts], []
 
     monkeypatch.setattr(Coordinator, "_store_receipts", forgetful)
     with pytest.raises(simulation.InvariantViolation) as caught:

@@ -29,7 +29,6 @@ from shared import canonical, merkle
 from shared import log_entries as L
 from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction
 from shared.checkpoint import open_checkpoint
-from shared.envelope import seal
 from shared.identity import PrivateKey, parse_verifier_key, verifier_key
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
@@ -117,18 +116,24 @@ class Story:
         self.sealed.append(sealed)
         return sealed
 
-    def receipt_entry(self, sealed: SealedReceipt, *, ack_key: PrivateKey | None = None,
-                      postings: tuple[L.Posting, ...] | None = None,
-                      envelope: bytes | None = None) -> bytes:
+    def delta(self, sealed: SealedReceipt) -> int:
         index = next(n for n, s in enumerate(self.sealed) if s.digest == sealed.digest)
-        before = self.sealed[index - 1].receipt.amount if index else 0
+        return sealed.receipt.amount - (self.sealed[index - 1].receipt.amount if index else 0)
+
+    def receipt_entry(self, sealed: SealedReceipt, *, postings: tuple[L.Posting, ...] | None = None,
+                      envelope: bytes | None = None) -> bytes:
+        return L.encode_entry(L.RECEIPT, sealed.receipt.issued_at_ms + 5, L.ReceiptEntry(
+            envelope or sealed.envelope,
+            postings if postings is not None else usage_postings(sealed.digest, self.delta(sealed))))
+
+    def acknowledgement(self, sealed: SealedReceipt, log_index: int,
+                        key: PrivateKey | None = None) -> bytes:
+        """What the coordinator would have countersigned for this receipt, posted on its own."""
         receipt = sealed.receipt
-        delta = receipt.amount - before
-        ack = seal("acceptance", [sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
-                                  delta, receipt.issued_at_ms + 5], ack_key or self.log_key)
-        return L.encode_entry(L.RECEIPT, receipt.issued_at_ms + 5, L.ReceiptEntry(
-            envelope or sealed.envelope, ack,
-            postings if postings is not None else usage_postings(sealed.digest, delta)))
+        ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
+        return L.seal_acknowledgement(L.Acknowledgement(receipt.agent_id, receipt.issued_at_ms + 5, (
+            L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
+                                  self.delta(sealed), log_index, ids),)), key or self.log_key)
 
     def receipts(self, count: int) -> list[bytes]:
         return [self.receipt_entry(self.next_receipt()) for _ in range(count)]
@@ -637,9 +642,19 @@ def _inflated_postings(story: Story) -> list[bytes]:
     return leaves
 
 
-def _foreign_acknowledgement(story: Story) -> list[bytes]:
+def _unposted_usage(story: Story) -> list[bytes]:
     leaves = story.honest()
-    leaves[5] = story.receipt_entry(story.sealed[0], ack_key=PrivateKey.generate())
+    leaves[7] = story.receipt_entry(story.sealed[2], postings=())
+    return leaves
+
+
+def _posted_too_early(story: Story) -> list[bytes]:
+    # the batch's first receipt carries the postings of all three: more than it adds so far
+    leaves = story.honest()
+    leaves[5] = story.receipt_entry(story.sealed[0], postings=usage_postings(
+        story.sealed[0].digest, story.sealed[2].receipt.amount))
+    leaves[6] = story.receipt_entry(story.sealed[1], postings=())
+    leaves[7] = story.receipt_entry(story.sealed[2], postings=())
     return leaves
 
 
@@ -665,7 +680,8 @@ def _no_auction(story: Story) -> list[bytes]:
     (_tampered_receipt, "bad_receipt", 6),
     (_rigged_auction, "auction_mismatch", 4),
     (_inflated_postings, "postings_mismatch", 6),
-    (_foreign_acknowledgement, "bad_acknowledgement", 5),
+    (_unposted_usage, "unposted_usage", 7),
+    (_posted_too_early, "postings_mismatch", 5),
     (_missing_receipt, "receipt_chain", 6),
     (_double_posting, "duplicate_transfer", 7),
     (_no_auction, "unawarded_lease", 4),
@@ -680,6 +696,20 @@ async def test_a_self_consistent_log_with_bad_contents_fails(
     assert code in codes(report), report.discrepancies
     assert any(d.code == code and d.index == index for d in report.discrepancies)
     assert "root_mismatch" not in codes(report)
+
+
+async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
+        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    leaves = story.honest()
+    total = story.sealed[2].receipt.amount
+    leaves[5] = story.receipt_entry(story.sealed[0], postings=())
+    leaves[6] = story.receipt_entry(story.sealed[1], postings=())
+    leaves[7] = story.receipt_entry(story.sealed[2], postings=usage_postings(story.sealed[2].digest, total))
+    path = tmp_path / "c.db"
+    write_log(path, log_key, leaves)
+    report = await verify(path, log_key)
+    assert report.ok, report.discrepancies
+    assert (report.receipts, report.charged) == (3, total)
 
 
 async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
@@ -699,8 +729,18 @@ async def test_one_receipt_is_proven_to_be_in_the_log(tmp_path: Path, story: Sto
     async with serving(path, log_key) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
         assert report.ok, report.discrepancies
-        assert (report.index, report.size, report.seq, report.delta, report.charged) == (
-            6, 10, 2, 200_000, 200_000)
+        assert (report.index, report.size, report.seq, report.charged) == (6, 10, 2, 200_000)
+        acknowledged = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0,
+                                                 acknowledgement=story.acknowledgement(story.sealed[1], 6))
+        assert acknowledged.ok, acknowledged.discrepancies
+        assert acknowledged.delta == 200_000
+        misplaced = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0,
+                                              acknowledgement=story.acknowledgement(story.sealed[1], 7))
+        assert codes(misplaced) == {"bad_acknowledgement"}
+        forged = await audit.check_receipt(
+            url, story.sealed[1].envelope, wait_s=0,
+            acknowledgement=story.acknowledgement(story.sealed[1], 6, PrivateKey.generate()))
+        assert codes(forged) == {"bad_acknowledgement"}
         stranger = story.next_receipt()
         missing = await audit.check_receipt(url, stranger.envelope, wait_s=0)
         assert codes(missing) == {"receipt_not_logged"}
@@ -772,5 +812,7 @@ async def test_the_running_coordinator_logs_what_the_auditor_verifies(
     assert (report.receipts, report.leases, report.auctions_replayed) == (3, 1, 1)
     assert report.agents == 2
     assert report.charged == sealed[-1].receipt.amount
-    proof = await audit.check_receipt(coordinator.url, sealed[1].envelope, state_path=state)
+    proof = await audit.check_receipt(coordinator.url, sealed[1].envelope, state_path=state,
+                                      acknowledgement=answer["acknowledgements"][0])
     assert proof.ok, proof.discrepancies
+    assert proof.delta == sealed[1].receipt.amount - sealed[0].receipt.amount

@@ -3,7 +3,7 @@ log's key and the agent keys the log itself registered.
 
 `verify_log` downloads the whole log, checks it against a signed checkpoint and against the
 checkpoint the previous run saved (a rewritten history is caught there), then re-verifies every
-receipt (signature, chain, acknowledgement, postings), replays every auction round and totals
+receipt (signature, chain, postings against what its lease added), replays every auction round and totals
 the postings. `replay_auctions` does the auctions alone; `check_receipt` proves one receipt is in
 the log. Each returns a report whose `discrepancies` name what failed; the CLI prints it and
 exits non-zero when there is any. Only `shared/`, aiohttp and rich are imported here.
@@ -548,6 +548,8 @@ class _Auditor:
         self.usccs: dict[str, str] = {}
         self.chains: dict[str, SealedReceipt] = {}
         self.receipts: set[bytes] = set()
+        self.posted: dict[str, int] = {}  # lease -> the cumulative amount its postings charged
+        self.last_receipt_index: dict[str, int] = {}
         self.transfers: dict[bytes, int] = {}
         # (job_id) -> {(agent_id, price, sorted GPU uuids)} of rounds whose replay agreed
         self.awards: dict[str, set[tuple[str, int, tuple[str, ...]]]] = {}
@@ -574,6 +576,7 @@ class _Auditor:
                 self.payment(index, entry.body)
             elif isinstance(entry.body, L.PeriodCloseEntry):
                 self.period_close(index, entry.body)
+        self.finish()
         self.report.agents = len(self.agents)
         self.report.enterprises = len(self.usccs)
         self.report.leases = len(self.chains)
@@ -640,20 +643,6 @@ class _Auditor:
                              f"{receipt.agent_id[:16]}… at {receipt.price_per_gpu_hour} µ¥ per "
                              "GPU-hour, but no earlier auction round of the log (that replays) "
                              "awarded the job to that agent, price and GPUs", index)
-        delta = receipt.amount - (previous.receipt.amount if previous is not None else 0)
-        try:
-            ack = L.open_acknowledgement(body.acknowledgement, self.log_key)
-        except SuanliError as exc:
-            self.problem("bad_acknowledgement", f"the acknowledgement of {where} does not verify "
-                         f"with the log key: {exc.detail}", index)
-        else:
-            said = (ack.receipt_digest, ack.lease_id, ack.seq, ack.amount, ack.delta)
-            if said != (digest, receipt.lease_id, receipt.seq, receipt.amount, delta):
-                self.problem("bad_acknowledgement", f"the acknowledgement of {where} names receipt "
-                             f"{ack.receipt_digest.hex()[:16]} lease {ack.lease_id} seq {ack.seq} "
-                             f"amount {ack.amount} delta {ack.delta}, but the receipt is "
-                             f"{digest.hex()[:16]} with amount {receipt.amount} and delta {delta}",
-                             index)
         charge = 0
         for posting in body.postings:
             if not posting.code.startswith("usage_"):
@@ -667,9 +656,24 @@ class _Auditor:
                 self.report.deferred += posting.amount
             self.post(index, posting)
         self.report.charged += charge
-        if charge != delta:
-            self.problem("postings_mismatch", f"{where}: the postings charge {format_yuan(charge)} "
-                         f"yuan but the receipt adds {format_yuan(delta)} yuan", index)
+        # a lease's receipts of one batch are posted together, on the last of them
+        unposted = receipt.amount - self.posted.get(receipt.lease_id, 0)
+        if body.postings:
+            if charge != unposted:
+                self.problem("postings_mismatch", f"{where}: the postings charge "
+                             f"{format_yuan(charge)} yuan but the lease's receipts added "
+                             f"{format_yuan(unposted)} yuan since its last posting", index)
+            self.posted[receipt.lease_id] = receipt.amount
+        self.last_receipt_index[receipt.lease_id] = index
+
+    def finish(self) -> None:
+        """What only the whole log shows: usage accepted but never posted."""
+        for lease_id, sealed in self.chains.items():
+            unposted = sealed.receipt.amount - self.posted.get(lease_id, 0)
+            if unposted > 0:
+                self.problem("unposted_usage", f"lease {lease_id}'s receipts add "
+                             f"{format_yuan(unposted)} yuan after its last posting, but no "
+                             "posting of the log charges it", self.last_receipt_index[lease_id])
 
     def payment(self, index: int, body: L.PaymentEntry) -> None:
         if not body.postings:
@@ -735,11 +739,12 @@ def _outcome_text(outcome: Any) -> str:
 
 async def check_receipt(url: str, envelope: bytes, log_key: str | None = None,
                         state_path: Path | None = None, *, ca_file: str | None = None,
-                        wait_s: float = RECEIPT_WAIT_S) -> ReceiptReport:
+                        wait_s: float = RECEIPT_WAIT_S,
+                        acknowledgement: bytes | None = None) -> ReceiptReport:
     """Prove that this receipt envelope is in the log: find it, fetch it and its agent's key
-    entry, verify both inclusion proofs against a signed checkpoint, and check the receipt,
-    the coordinator's acknowledgement and the postings. A receipt accepted moments ago may
-    wait up to `wait_s` for a checkpoint that covers it."""
+    entry, verify both inclusion proofs against a signed checkpoint, and check the receipt and
+    the postings, and the coordinator's acknowledgement if one is given. A receipt accepted
+    moments ago may wait up to `wait_s` for a checkpoint that covers it."""
     digest = envelope_digest(envelope)
     report = ReceiptReport(coordinator=url, digest=digest.hex())
     state = load_state(state_path)
@@ -747,7 +752,7 @@ async def check_receipt(url: str, envelope: bytes, log_key: str | None = None,
         report.coordinator = client.url
         key, _ = await trusted_key(client, log_key, state, state_path, report)
         with contextlib.suppress(_Stop):
-            await _check_receipt(client, key, envelope, digest, report, wait_s)
+            await _check_receipt(client, key, envelope, digest, report, wait_s, acknowledgement)
     return report
 
 
@@ -776,7 +781,7 @@ async def _proven_entry(client: LogClient, index: int, checkpoint: Checkpoint,
 
 
 async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, digest: bytes,
-                         report: ReceiptReport, wait_s: float) -> None:
+                         report: ReceiptReport, wait_s: float, acknowledgement: bytes | None) -> None:
     try:
         agent_key_id = peek_key_id(envelope, "receipt")
     except SuanliError as exc:
@@ -831,23 +836,39 @@ async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, d
         return
     receipt = sealed.receipt
     report.lease_id, report.seq, report.amount = receipt.lease_id, receipt.seq, receipt.amount
+    report.accepted_at_ms = entry.at_ms
+    report.charged = sum(p.amount for p in body.postings if p.code in L.USAGE_CHARGE_CODES)
+    if acknowledgement is not None:
+        _check_acknowledgement(acknowledgement, key, digest, index, body, report)
+    report.notes.append("the receipt's place in its lease's chain, and that its lease's postings "
+                        "add up to its receipts, is checked by `suanli audit verify`, which reads "
+                        "the whole log")
+
+
+def _check_acknowledgement(envelope: bytes, key: VerifierKey, digest: bytes, index: int,
+                           body: L.ReceiptEntry, report: ReceiptReport) -> None:
+    """The coordinator's countersignature the holder kept must name this receipt as logged."""
     try:
-        ack = L.open_acknowledgement(body.acknowledgement, key.public)
+        acknowledged = L.open_acknowledgement(envelope, key.public).find(digest)
     except SuanliError as exc:
         report.problem("bad_acknowledgement", f"the acknowledgement does not verify with the log "
                        f"key: {exc.detail}", index)
         return
-    report.delta, report.accepted_at_ms = ack.delta, ack.accepted_at_ms
-    if (ack.receipt_digest, ack.lease_id, ack.seq, ack.amount) != (
-            digest, receipt.lease_id, receipt.seq, receipt.amount) or ack.delta > receipt.amount:
-        report.problem("bad_acknowledgement", "the acknowledgement names another receipt, lease, "
-                       "seq or amount than the receipt", index)
-    report.charged = sum(p.amount for p in body.postings if p.code in L.USAGE_CHARGE_CODES)
-    if report.charged != ack.delta:
-        report.problem("postings_mismatch", f"the postings charge {format_yuan(report.charged)} "
-                       f"yuan but the acknowledged delta is {format_yuan(ack.delta)} yuan", index)
-    report.notes.append("the receipt's place in its lease's chain is checked by "
-                        "`suanli audit verify`, which reads the whole log")
+    if acknowledged is None:
+        report.problem("bad_acknowledgement", "the acknowledgement does not name this receipt", index)
+        return
+    report.delta = acknowledged.delta
+    logged = tuple(p.transfer_id for p in body.postings)
+    if (acknowledged.lease_id, acknowledged.seq, acknowledged.amount) != (
+            report.lease_id, report.seq, report.amount) or acknowledged.delta > report.amount:
+        report.problem("bad_acknowledgement", "the acknowledgement names another lease, seq or "
+                       "amount than the receipt", index)
+    if acknowledged.log_index != index:
+        report.problem("bad_acknowledgement", f"the acknowledgement places the receipt at log "
+                       f"entry {acknowledged.log_index}, but the log holds it at {index}", index)
+    if acknowledged.transfer_ids != logged:
+        report.problem("postings_mismatch", "the acknowledgement names other ledger transfers "
+                       "than the log's entry posts", index)
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -892,6 +913,9 @@ def add_commands(commands: Any, connection_options: Options) -> None:
                          help="the receipt envelope, as the agent signed it (raw bytes)")
     receipt.add_argument("--state", metavar="FILE", type=Path,
                          help="a state file of `audit verify` whose pinned key to use")
+    receipt.add_argument("--acknowledgement", metavar="FILE", type=Path,
+                         help="the coordinator's acknowledgement of the receipt's batch (raw "
+                              "bytes, as the agent's spool keeps it) to check as well")
 
 
 def _progress(args: argparse.Namespace) -> Progress | None:
@@ -921,9 +945,11 @@ async def _cmd_replay(args: argparse.Namespace, url: str, ca_file: str | None) -
 async def _cmd_receipt(args: argparse.Namespace, url: str, ca_file: str | None) -> ReceiptReport:
     try:
         envelope = args.file.read_bytes()
+        acknowledgement = args.acknowledgement.read_bytes() if args.acknowledgement else None
     except OSError as exc:
-        raise AuditUsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
-    return await check_receipt(url, envelope, args.log_key, args.state, ca_file=ca_file)
+        raise AuditUsageError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+    return await check_receipt(url, envelope, args.log_key, args.state, ca_file=ca_file,
+                               acknowledgement=acknowledgement)
 
 
 def render_report(report: AuditReport | ReceiptReport, console: Console) -> None:

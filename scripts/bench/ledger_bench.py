@@ -54,11 +54,13 @@ def _world(db: sqlite_utils.Database, enterprises: int, providers: int,
                            NOW, "running") for e in range(enterprises)])
         for e in range(enterprises):
             V.reserve_job(db, f"job-{e}", f"ent-{e}", 10**12, policy=POLICY, now_ms=NOW)
+        conn.execute("INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
+                     "envelope) VALUES (1, 'a', ?, x'00')", [NOW])
         conn.executemany("INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, "
                          "issued_at_ms, accepted_at_ms, gpu_ms, amount, delta, final, "
-                         "acknowledgement) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                         "acknowledgement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                          [(f"lease-{r % enterprises}", r // enterprises + 1, "a", b"e", _digest(r),
-                           NOW, NOW, 0, 0, 0, 0, b"a") for r in range(receipts)])
+                           NOW, NOW, 0, 0, 0, 0, 1) for r in range(receipts)])
     return [(f"ent-{r % enterprises}", f"prov-{r % enterprises % providers}", _uscc(r % enterprises),
              _uscc(100_000 + r % enterprises % providers), f"lease-{r % enterprises}",
              f"job-{r % enterprises}") for r in range(receipts)]
@@ -117,7 +119,7 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
         voucher, deferred = 50 + r % 7, 60 + r % 11
         cause = "receipt:" + digest.hex()
         receipt_rows.append((f"lease-{e}", r // enterprises + 1, "a", b"e", digest, NOW, NOW, 0, 0,
-                             0, 0, b"a"))
+                             0, 0, 1))
         posting_rows.append((digest, ent, f"prov-{p}", uscc, _uscc(100_000 + p), f"lease-{e}",
                              f"job-{e}", voucher + deferred, voucher, deferred, V.COVERED, 2026,
                              "2026-09", NOW))
@@ -133,9 +135,11 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
                                   L.POSTED, None, digest, NOW))
             move(debit, credit, amount)
     with transaction(db):
+        conn.execute("INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
+                     "envelope) VALUES (1, 'a', ?, x'00')", [NOW])
         conn.executemany("INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, "
                          "issued_at_ms, accepted_at_ms, gpu_ms, amount, delta, final, "
-                         "acknowledgement) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", receipt_rows)
+                         "acknowledgement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", receipt_rows)
         conn.executemany("INSERT INTO ledger_postings (receipt_digest, enterprise_id, provider_id, "
                          "enterprise_uscc, provider_uscc, lease_id, job_id, amount, voucher, "
                          "deferred, reason, fiscal_year, period, at_ms) "

@@ -1,0 +1,85 @@
+"""The coordinator's SQLite file: migrations that rebuild a table, and the writer's checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from coordinator.db import Database, connect
+from coordinator.schema import MIGRATIONS
+
+
+def _database_at(path: Path, version: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:version], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return conn
+
+
+def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.db"
+    old = _database_at(path, 4)
+    old.execute("PRAGMA foreign_keys = ON")
+    old.execute("INSERT INTO providers (id, name, uscc, created_at_ms) VALUES ('prov-1', 'DC', 'U', 1)")
+    old.execute("INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES ('ent-1', 'E', 'V', 1)")
+    old.execute("INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, created_at_ms) "
+                "VALUES ('job-1', 'ent-1', 'k', '{}', 'running', 1)")
+    old.execute("INSERT INTO agents (agent_id, provider_id, public_key, hostname, enrolled_at_ms) "
+                "VALUES ('agent-1', 'prov-1', x'00', 'h', 1)")
+    old.execute("INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
+                "start_deadline_ms, ends_at_ms, state) VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')")
+    for seq in (1, 2):
+        old.execute("INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
+                    "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+                    "VALUES ('lease-1', ?, 'agent-1', ?, ?, 1, 2, 0, 0, 0, 0, ?)",
+                    [seq, f"receipt {seq}".encode(), bytes([seq]) * 32, f"ack {seq}".encode()])
+    old.execute("INSERT INTO ledger_accounts (id, ledger, kind, created_at_ms) VALUES "
+                "('a', 'cny', 'bank', 1), ('b', 'cny', 'bank', 1)")
+    old.execute("INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
+                "cause, receipt_digest, at_ms) VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
+                [b"t" * 32, bytes([2]) * 32])
+    old.close()
+
+    db = connect(path)  # migrates
+    conn = db.conn
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    rows = conn.execute("SELECT r.seq, r.envelope, a.envelope, a.agent_id, a.accepted_at_ms FROM receipts r "
+                        "JOIN receipt_acknowledgements a ON a.id = r.acknowledgement_id ORDER BY r.seq").fetchall()
+    assert rows == [(1, b"receipt 1", b"ack 1", "agent-1", 2), (2, b"receipt 2", b"ack 2", "agent-1", 2)]
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    # the ledger's reference to the rebuilt table still holds
+    assert conn.execute("SELECT r.seq FROM ledger_transfers t JOIN receipts r ON r.digest = t.receipt_digest"
+                        ).fetchall() == [(2,)]
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}
+    assert "acknowledgement" not in columns and "acknowledgement_id" in columns
+    db.conn.close()
+
+
+def test_the_checkpointer_copies_the_log_into_the_file_and_close_empties_it(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.db"
+    database = Database(path)
+    database.start()
+    # the writer's own connection never copies the log into the file: the checkpointer does
+    assert database.db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    before = path.stat().st_size
+
+    async def write() -> None:
+        for n in range(40):
+            await database.run(lambda db, n=n: db.conn.execute(
+                "INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)",
+                [f"auditor-{n}", "x" * 50_000]))
+
+    asyncio.run(write())
+    deadline = time.monotonic() + 10
+    while path.stat().st_size < before + 40 * 50_000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.stat().st_size >= before + 40 * 50_000
+    database.close()
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT COUNT(*) FROM auditors").fetchone()[0] == 40
+    reader.close()
