@@ -885,10 +885,9 @@ class Coordinator:
             legs = result.legs if result is not None else ()
             if result is not None:
                 postings.append(result)
-            entries.append(log_entries.encode_checked(
-                log_entries.RECEIPT, now, log_entries.ReceiptEntry(sealed.envelope, tuple(
-                    log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
-                    for t in legs))))
+            entries.append(log_entries.encode_receipt_entry(now, log_entries.ReceiptEntry(
+                sealed.envelope, tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account,
+                                                           t.amount, t.code) for t in legs))))
             logged.append((n, sealed, delta, tuple(t.id for t in legs)))
         if refused:
             db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused])
@@ -904,8 +903,9 @@ class Coordinator:
                 for k, (_, sealed, delta, transfer_ids) in enumerate(logged))), self.signing_key)
         db.conn.execute("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?",
                         [envelope, acknowledgement_id])
-        for n, _, _, _ in logged:
-            final[n] = replace(final[n], acknowledgement=envelope)
+        for n, sealed, delta, _ in logged:
+            final[n] = receipt_rules.Verdict(sealed.receipt.lease_id, sealed.receipt.seq, True,
+                                             acknowledgement=envelope, sealed=sealed, delta=delta)
         return postings
 
     def _post_usage(self, db: sqlite_utils.Database, agent: Agent,

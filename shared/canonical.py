@@ -23,19 +23,22 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise EncodingError(f"msgpack extension type {code} is not allowed in a payload")
 
 
-def _check(obj: object, depth: int, require_sorted: bool) -> None:
+def _check(obj: object, depth: int, require_sorted: bool) -> bool:
+    """Refuse what a payload may not hold; True if it holds a map (whose keys need sorting)."""
     if depth > MAX_DEPTH:
         raise EncodingError(f"payload nests deeper than {MAX_DEPTH} levels")
     kind = type(obj)
     if kind is list or kind is tuple:
+        has_map = False
         for item in obj:  # type: ignore[attr-defined]
             item_kind = type(item)
             if item_kind is int:
                 if not INT_MIN <= item <= INT_MAX:
                     raise EncodingError("an integer in the payload is outside the 64-bit range")
             elif item_kind not in _SCALARS:
-                _check(item, depth + 1, require_sorted)
-    elif kind is dict:
+                has_map = _check(item, depth + 1, require_sorted) or has_map
+        return has_map
+    if kind is dict:
         previous = None
         for key, value in obj.items():  # type: ignore[attr-defined]
             if type(key) is not str:
@@ -44,15 +47,15 @@ def _check(obj: object, depth: int, require_sorted: bool) -> None:
                 raise EncodingError("map keys in a payload must be sorted and unique")
             previous = key
             _check(value, depth + 1, require_sorted)
-    elif kind is int:
+        return True
+    if kind is int:
         if not INT_MIN <= obj <= INT_MAX:  # type: ignore[operator]
             raise EncodingError("an integer in the payload is outside the 64-bit range")
-    elif kind in _SCALARS:
-        return
     elif kind is float:
         raise EncodingError("floats are not allowed in a payload; use integers")
-    else:
+    elif kind not in _SCALARS:
         raise EncodingError(f"a {kind.__name__} cannot be part of a payload")
+    return False
 
 
 _SCALARS = frozenset({str, bytes, bool, type(None)})
@@ -69,8 +72,8 @@ def _sorted_maps(obj: Any) -> Any:
 
 def encode(obj: object) -> bytes:
     """The canonical bytes of a payload; raises EncodingError for anything not allowed."""
-    _check(obj, 0, False)
-    return msgpack.packb(_sorted_maps(obj), use_bin_type=True)  # type: ignore[no-any-return]
+    has_map = _check(obj, 0, False)
+    return msgpack.packb(_sorted_maps(obj) if has_map else obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:

@@ -244,6 +244,24 @@ def test_every_kind_round_trips(story: Story) -> None:
     assert set(kinds) == set(L.KINDS)
 
 
+def test_the_receipt_fast_path_writes_what_the_general_encoder_would(story: Story) -> None:
+    for sealed in [story.next_receipt() for _ in range(3)]:
+        for postings in ((), usage_postings(sealed.digest, story.delta(sealed))):
+            body = L.ReceiptEntry(sealed.envelope, postings)
+            data, entry = L.encode_receipt_entry(T0 + 7, body)
+            assert data == L.encode_entry(L.RECEIPT, T0 + 7, body)
+            assert entry == L.decode_entry(data)
+    bad = [L.Posting(b"short", "a", "b", 1, "usage_voucher")], [L.Posting(bytes(32), "a", "b", 0, "c")], \
+        [L.Posting(bytes(32), "", "b", 1, "c")]
+    for postings in bad:
+        with pytest.raises(L.LogEntryError):
+            L.encode_receipt_entry(T0, L.ReceiptEntry(sealed.envelope, tuple(postings)))
+    with pytest.raises(L.LogEntryError):
+        L.encode_receipt_entry(T0, L.ReceiptEntry(b"", ()))
+    with pytest.raises(L.LogEntryError):
+        L.encode_receipt_entry(-1, L.ReceiptEntry(sealed.envelope, ()))
+
+
 @pytest.mark.parametrize(("data", "words"), [
     (b"\xc1", "not canonical"),
     (canonical.encode([2, "enterprise", 0, ["e", USCC]]), "version 2"),

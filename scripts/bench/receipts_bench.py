@@ -293,14 +293,14 @@ class CpuWatch:
                 used[child.pid] = sum(child.cpu_times()[:2])
         return used
 
-    def snapshot(self) -> tuple[float, dict[int, float], float, float, dict[int, float]]:
+    def snapshot(self) -> tuple[float, dict[int, float], float, float, dict[int, float], int]:
         threads = {t.id: t.user_time + t.system_time for t in self.process.threads()}
         return (sum(self.process.cpu_times()[:2]), threads, sum(self.me.cpu_times()[:2]),
-                time.perf_counter(), self.workers())
+                time.perf_counter(), self.workers(), self.process.io_counters().write_bytes)
 
-    def since(self, before: tuple[float, dict[int, float], float, float, dict[int, float]]
+    def since(self, before: tuple[float, dict[int, float], float, float, dict[int, float], int]
               ) -> dict[str, float]:
-        total, threads, mine, at, workers = self.snapshot()
+        total, threads, mine, at, workers, written = self.snapshot()
         wall = at - before[3]
         used = {t: threads[t] - before[1].get(t, 0.0) for t in threads}
         loop = used.get(self.process.pid, 0.0)
@@ -309,7 +309,8 @@ class CpuWatch:
         return {"server": 100 * (total - before[0]) / wall, "loop": 100 * loop / wall,
                 "busiest_other": 100 * (others[0] if others else 0.0) / wall,
                 "others": 100 * sum(others) / wall, "bench": 100 * (mine - before[2]) / wall,
-                "workers": 100 * worker_cpu / wall, "worker_count": len(workers)}
+                "workers": 100 * worker_cpu / wall, "worker_count": len(workers),
+                "written": written - before[5]}
 
 
 # -- the in-process replay, phase by phase -----------------------------------------------------
@@ -373,8 +374,8 @@ async def replay_in_process(db_path: Path, loads: list[AgentLoad], accepted: int
     patches += [
         (vouchers, "post_usages", phases.wrap("writer: ledger post_usages", vouchers.post_usages)),
         (tlog, "append_entries", phases.wrap("writer: tlog append_entries", tlog.append_entries)),
-        (log_entries, "encode_checked", phases.wrap("writer: log entries encoded + checked",
-                                                    log_entries.encode_checked)),
+        (log_entries, "encode_receipt_entry", phases.wrap("writer: log entries encoded + checked",
+                                                          log_entries.encode_receipt_entry)),
         (log_entries, "seal_acknowledgement", phases.wrap("writer: acknowledgement sealed + signed",
                                                           log_entries.seal_acknowledgement)),
     ]
@@ -486,7 +487,8 @@ def main() -> None:
             if cpu["server"] > 0:
                 per = (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
                 print(f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
-                      f"(raw verify alone {1e6 / verify_rate:.0f} µs)")
+                      f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
+                      f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk")
             with contextlib.closing(sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True)) as db:
                 stored = db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
                 posted = db.execute("SELECT COUNT(*) FROM ledger_postings").fetchone()[0]
