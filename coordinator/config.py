@@ -11,6 +11,9 @@ from shared.errors import SuanliError
 from shared.settings_file import describe, read_table, setting, typed_values
 
 
+MAX_RECEIPT_WORKERS = 256
+
+
 class ConfigError(SuanliError):
     """The coordinator's configuration file or flags are invalid."""
 
@@ -37,6 +40,11 @@ class Settings:
     receipt_workers: int = setting(
         os.cpu_count() or 1,
         "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.receipt_workers <= MAX_RECEIPT_WORKERS:
+            raise ConfigError(f"receipt_workers must be from 0 to {MAX_RECEIPT_WORKERS}, "
+                              f"not {self.receipt_workers}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
