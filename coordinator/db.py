@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ import sqlite_utils
 from coordinator.schema import migrate
 
 T = TypeVar("T")
+I = TypeVar("I")
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
 CHECKPOINT_INTERVAL_S = 1.0
@@ -98,8 +100,23 @@ class Database:
         """Run `fn(db)` in the writer's next transaction and wait for the commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, loop, future))
+        self._put((fn, loop, future))
         return await future
+
+    async def run_grouped(self, group: Callable[[sqlite_utils.Database, list[I]], list[T]], item: I) -> T:
+        """Run `group(db, items)` once for this item and the ones queued right after it for the
+        same `group`, in the writer's next transaction; each caller gets its own result.
+
+        A burst of small requests so shares one pass over the database. If the group call
+        raises, each of its items is run again alone, so a bad one fails only itself.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put((_Grouped(group, item), loop, future))
+        return await future
+
+    def _put(self, entry: tuple[Any, Any, Any]) -> None:
+        self._queue.put(entry)
 
     def submit(self, fn: Callable[[sqlite_utils.Database], Any]) -> None:
         """Queue a write nobody waits for (it still commits in order with the rest)."""
@@ -120,6 +137,33 @@ class Database:
             self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.conn.close()
 
+    def _call(self, fn: Callable[[sqlite_utils.Database], Any]) -> tuple[Any, BaseException | None]:
+        """One call in its own savepoint, so its failure rolls back only itself."""
+        conn = self.db.conn
+        conn.execute("SAVEPOINT call")
+        try:
+            value = fn(self.db)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            conn.execute("ROLLBACK TO call")
+            conn.execute("RELEASE call")
+            return None, exc
+        conn.execute("RELEASE call")
+        return value, None
+
+    def _run_group(self, entries: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, BaseException | None]]:
+        group = entries[0][0].group
+        values, error = self._call(lambda db: group(db, [fn.item for fn, _, _ in entries]))
+        if error is None and len(values) == len(entries):
+            return [(loop, future, value, None) for (_, loop, future), value in zip(entries, values, strict=True)]
+        if len(entries) == 1:
+            if error is None:
+                error = RuntimeError("a grouped call returned no result for its item")
+            return [(entries[0][1], entries[0][2], None, error)]
+        results: list[tuple[Any, Any, Any, BaseException | None]] = []
+        for entry in entries:  # alone, each item stands or falls by itself
+            results += self._run_group([entry])
+        return results
+
     def _work(self) -> None:
         conn = self.db.conn
         while True:
@@ -137,19 +181,22 @@ class Database:
                     stop = True
                     break
                 batch.append(item)
-            results = []
+            results: list[tuple[Any, Any, Any, BaseException | None]] = []
             conn.execute("BEGIN IMMEDIATE")
-            for fn, loop, future in batch:
-                conn.execute("SAVEPOINT call")
-                try:
-                    value = fn(self.db)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    conn.execute("ROLLBACK TO call")
-                    conn.execute("RELEASE call")
-                    results.append((loop, future, None, exc))
-                else:
-                    conn.execute("RELEASE call")
-                    results.append((loop, future, value, None))
+            at = 0
+            while at < len(batch):
+                fn, loop, future = batch[at]
+                if isinstance(fn, _Grouped):
+                    end = at + 1
+                    while end < len(batch) and isinstance(batch[end][0], _Grouped) and \
+                            batch[end][0].group == fn.group:
+                        end += 1
+                    results += self._run_group(batch[at:end])
+                    at = end
+                    continue
+                value, error = self._call(fn)
+                results.append((loop, future, value, error))
+                at += 1
             try:
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -163,6 +210,12 @@ class Database:
                     log.error("a queued database write failed: %r", error)
             if stop:
                 return
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    group: Callable[[sqlite_utils.Database, list[Any]], list[Any]]
+    item: Any
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

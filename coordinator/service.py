@@ -28,6 +28,7 @@ from coordinator.jobs import (
     CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
 )
+from coordinator import receipt_store
 from coordinator import receipts as receipt_rules
 from coordinator import tlog, vouchers
 from coordinator.market import Agent, Gpu, Market
@@ -86,6 +87,8 @@ class Coordinator:
         self.counters = Counters()
         self.logs = JobLogs(database, settings.job_log_limit_bytes)
         self.opener = ReceiptOpener(settings.receipt_workers)
+        self.receipt_store = receipt_store.ReceiptStore(signing_key, self.policy, self._lease_party,
+                                                        self._enterprise_uscc)
         self._load(database.db)
 
     # -- start-up -----------------------------------------------------------------------
@@ -816,137 +819,23 @@ class Coordinator:
             verdicts.append(receipt_rules.Verdict(lease.id, sealed.receipt.seq, True, sealed=sealed,
                                                   delta=delta))
         try:
-            final, postings = await self.database.run(
-                lambda db: self._store_receipts(db, agent, verdicts, now))
+            stored = await self.database.run_grouped(self.receipt_store.store,
+                                                     receipt_store.Batch(agent, verdicts, now))
         except BaseException:
             self.last_receipts.update(chain_before)
             raise
-        self._apply_postings(final, postings, chain_before)
-        return receipt_rules.answer(final)
-
-    def _store_receipts(self, db: sqlite_utils.Database, agent: Agent,
-                        verdicts: list[receipt_rules.Verdict], now: int,
-                        ) -> tuple[list[receipt_rules.Verdict], list[vouchers.Posting]]:
-        """Store the batch's accepted receipts, post their usage and log them; record refusals."""
-        final = list(verdicts)
-        rejected: list[tuple[str | None, int | None, str | None, str | None, bytes]] = []
-        candidates: list[int] = []
-        for n, verdict in enumerate(verdicts):
-            if verdict.sealed is not None:
-                candidates.append(n)
-            elif not verdict.accepted and not verdict.already_stored:
-                if verdict.lease_id is not None and verdict.seq is not None and verdict.rule not in (
-                        "seq", "time_window"):
-                    self._refused.add((verdict.lease_id, verdict.seq))
-                rejected.append((verdict.lease_id, verdict.seq, verdict.rule, verdict.detail,
-                                 verdict.envelope))
-        postings: list[vouchers.Posting] = []
-        if candidates:
-            postings = self._post_receipts(db, agent, final, candidates, now, rejected)
-        db.conn.executemany(
-            "INSERT INTO receipt_rejections (agent_id, lease_id, seq, rule, detail, envelope, at_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(agent.agent_id, *row, now) for row in rejected])
-        return final, postings
-
-    def _post_receipts(self, db: sqlite_utils.Database, agent: Agent,
-                       final: list[receipt_rules.Verdict], candidates: list[int], now: int,
-                       rejected: list[tuple[str | None, int | None, str | None, str | None, bytes]],
-                       ) -> list[vouchers.Posting]:
-        """Store the receipts, post their usage (one posting per lease), log them and sign one
-        acknowledgement for all; receipts the enterprise's credit cannot cover are refused."""
-        acknowledgement_id = db.conn.execute(
-            "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) VALUES (?, ?, x'')",
-            [agent.agent_id, now]).lastrowid
-        receipts = [(n, final[n].sealed, final[n].delta) for n in candidates]
-        db.conn.executemany(
-            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
-            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(s.receipt.lease_id, s.receipt.seq, agent.agent_id, s.envelope, s.digest,
-              s.receipt.issued_at_ms, now, s.receipt.gpu_ms, s.receipt.amount, delta,
-              int(s.receipt.final), acknowledgement_id) for _, s, delta in receipts])
-        outcome = self._post_usage(db, agent, [(s, delta) for _, s, delta in receipts], now)
-        postings: list[vouchers.Posting] = []
-        entries: list[tuple[bytes, log_entries.Entry]] = []
-        logged: list[tuple[int, SealedReceipt, int, tuple[bytes, ...]]] = []
-        refused: list[bytes] = []
-        for n, sealed, delta in receipts:
-            receipt = sealed.receipt
-            result = outcome.get(sealed.digest)
-            if isinstance(result, vouchers.CreditExceeded):
-                final[n] = receipt_rules.Verdict(receipt.lease_id, receipt.seq, False,
-                                                 "credit_exceeded", result.detail)
-                self._refused.add((receipt.lease_id, receipt.seq))
-                rejected.append((receipt.lease_id, receipt.seq, "credit_exceeded", result.detail,
-                                 sealed.envelope))
-                refused.append(sealed.digest)
-                continue
-            legs = result.legs if result is not None else ()
-            if result is not None:
-                postings.append(result)
-            entries.append(log_entries.encode_receipt_entry(now, log_entries.ReceiptEntry(
-                sealed.envelope, tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account,
-                                                           t.amount, t.code) for t in legs))))
-            logged.append((n, sealed, delta, tuple(t.id for t in legs)))
-        if refused:
-            db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused])
-        if not logged:
-            db.conn.execute("DELETE FROM receipt_acknowledgements WHERE id = ?", [acknowledgement_id])
-            return postings
-        first = tlog.append_entries(db, [data for data, _ in entries], [entry for _, entry in entries])
-        envelope = log_entries.seal_acknowledgement(log_entries.Acknowledgement(
-            agent.agent_id, now, tuple(
-                log_entries.AcknowledgedReceipt(sealed.digest, sealed.receipt.lease_id,
-                                                sealed.receipt.seq, sealed.receipt.amount, delta,
-                                                first + k, transfer_ids)
-                for k, (_, sealed, delta, transfer_ids) in enumerate(logged))), self.signing_key)
-        db.conn.execute("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?",
-                        [envelope, acknowledgement_id])
-        for n, sealed, delta, _ in logged:
-            final[n] = receipt_rules.Verdict(sealed.receipt.lease_id, sealed.receipt.seq, True,
-                                             acknowledgement=envelope, sealed=sealed, delta=delta)
-        return postings
-
-    def _post_usage(self, db: sqlite_utils.Database, agent: Agent,
-                    receipts: list[tuple[SealedReceipt, int]], now: int,
-                    ) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:
-        """Post the batch's usage: each lease's receipts together, on the last of them.
-
-        Receipts are cumulative, so one posting of what a lease's receipts added since its
-        last posting is the same money as one per receipt. Only if the enterprise's credit
-        cannot cover that sum are the lease's receipts posted one by one, so the ones it can
-        cover are accepted and the rest refused (`post_usages` refuses what follows a refusal)."""
-        runs: dict[str, list[tuple[SealedReceipt, int]]] = {}
-        for sealed, delta in receipts:
-            runs.setdefault(sealed.receipt.lease_id, []).append((sealed, delta))
-
-        def usage(sealed: SealedReceipt, amount: int) -> vouchers.Usage:
-            job = self.jobs[self.leases[sealed.receipt.lease_id].job_id]
-            return vouchers.Usage(job.enterprise_id, agent.provider_id,
-                                  self._enterprise_uscc(db, job.enterprise_id), agent.provider_uscc,
-                                  sealed.receipt.lease_id, job.id, sealed.digest, amount)
-
-        together = [usage(run[-1][0], sum(delta for _, delta in run)) for run in runs.values()]
-        outcome: dict[bytes, vouchers.Posting | vouchers.CreditExceeded] = {}
-        one_by_one: list[vouchers.Usage] = []
-        for run, result in zip(runs.values(), vouchers.post_usages(
-                db, together, policy=self.policy, now_ms=now), strict=True):
-            if isinstance(result, vouchers.CreditExceeded) and len(run) > 1:
-                one_by_one += [usage(sealed, delta) for sealed, delta in run]
-            else:
-                outcome[run[-1][0].digest] = result
-        if one_by_one:
-            for single, result in zip(one_by_one, vouchers.post_usages(
-                    db, one_by_one, policy=self.policy, now_ms=now),
-                    strict=True):
-                outcome[single.receipt_digest] = result
-        return outcome
+        self._refused.update(stored.refused)
+        self._apply_postings(stored.verdicts, stored.postings, chain_before)
+        return receipt_rules.answer(stored.verdicts)
 
     def enterprise_account(self, db: sqlite_utils.Database, enterprise_id: str, now: int) -> dict[str, Any]:
         vouchers.open_enterprise_accounts(db, enterprise_id, self._enterprise_uscc(db, enterprise_id),
                                           self.policy, now)
         return vouchers.enterprise_account(db, enterprise_id, self.policy, now)
+
+    def _lease_party(self, lease_id: str) -> tuple[str, str]:
+        job = self.jobs[self.leases[lease_id].job_id]
+        return job.id, job.enterprise_id
 
     def _enterprise_uscc(self, db: sqlite_utils.Database, enterprise_id: str) -> str:
         uscc = self._usccs.get(enterprise_id)

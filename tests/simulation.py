@@ -108,7 +108,7 @@ class Result:
 class SimDatabase(Database):
     """The real writer batch loop (`Database._work`), run inline instead of on a thread.
 
-    `run` queues the call behind whatever `submit` queued and commits them all as one batch,
+    A call waited for queues behind whatever `submit` queued and commits them all as one batch,
     exactly as the writer thread would; `hook` runs before each batch and may raise
     CoordinatorCrash, so a crash falls between two commits.
     """
@@ -120,12 +120,9 @@ class SimDatabase(Database):
     def start(self) -> None:
         pass
 
-    async def run(self, fn: Callable[[Any], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((fn, loop, future))
+    def _put(self, entry: tuple[Any, Any, Any]) -> None:
+        self._queue.put(entry)
         self.commit_batch()
-        return await future
 
     def commit_batch(self) -> None:
         if self._queue.empty():

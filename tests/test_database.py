@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from coordinator.db import Database, connect
 from coordinator.schema import MIGRATIONS
@@ -82,4 +83,35 @@ def test_the_checkpointer_copies_the_log_into_the_file_and_close_empties_it(tmp_
     assert not wal.exists() or wal.stat().st_size == 0
     reader = sqlite3.connect(path)
     assert reader.execute("SELECT COUNT(*) FROM auditors").fetchone()[0] == 40
+    reader.close()
+
+
+def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path: Path) -> None:
+    database = Database(tmp_path / "coordinator.db")
+    calls: list[list[str]] = []
+
+    def group(db: Any, names: list[str]) -> list[int]:
+        calls.append(list(names))
+        if "bad" in names:
+            db.conn.execute("INSERT INTO auditors (id, name, created_at_ms) VALUES ('half-done', 'x', 1)")
+            raise ValueError("bad item")
+        return [db.conn.execute("INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)",
+                                [name, name]).lastrowid for name in names]
+
+    async def burst() -> list[Any]:
+        # queued before the writer starts, so it finds them all at once
+        pending = [asyncio.ensure_future(database.run_grouped(group, name))
+                   for name in ("a", "b", "bad", "c")]
+        await asyncio.sleep(0)
+        database.start()
+        return await asyncio.gather(*pending, return_exceptions=True)
+
+    results = asyncio.run(burst())
+    database.close()
+    assert calls[0] == ["a", "b", "bad", "c"]  # one pass for the whole burst
+    assert calls[1:] == [["a"], ["b"], ["bad"], ["c"]]  # then each alone, after the failure
+    assert isinstance(results[2], ValueError)
+    assert all(type(r) is int for r in results[:2] + results[3:])
+    reader = sqlite3.connect(tmp_path / "coordinator.db")
+    assert sorted(row[0] for row in reader.execute("SELECT id FROM auditors")) == ["a", "b", "c"]
     reader.close()

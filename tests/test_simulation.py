@@ -65,12 +65,13 @@ def test_a_posting_of_the_wrong_amount_is_caught(monkeypatch: pytest.MonkeyPatch
 
 def test_an_acknowledgement_the_coordinator_forgets_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # plant a lost write: accepted receipts are acknowledged but never stored
-    from coordinator.service import Coordinator
+    from coordinator.receipt_store import ReceiptStore, Stored
 
-    def forgetful(self, db, agent, verdicts, now):  # type: ignore[no-untyped-def]
-        return [replace(v, acknowledgement=b"signed, never stored") for v in verdicts], []
+    def forgetful(self, db, batches):  # type: ignore[no-untyped-def]
+        return [Stored([replace(v, acknowledgement=b"signed, never stored") for v in batch.verdicts])
+                for batch in batches]
 
-    monkeypatch.setattr(Coordinator, "_store_receipts", forgetful)
+    monkeypatch.setattr(ReceiptStore, "store", forgetful)
     with pytest.raises(simulation.InvariantViolation) as caught:
         for seed in range(5):
             simulation.run(seed, STEPS)

@@ -369,8 +369,8 @@ async def replay_in_process(db_path: Path, loads: list[AgentLoad], accepted: int
         (receipt_rules, "check_receipt", phases.wrap("receipts: rules", receipt_rules.check_receipt)),
     ]
     # what the writer thread does inside the batch's transaction
-    store = coordinator._store_receipts
-    coordinator._store_receipts = phases.wrap("writer: _store_receipts (all)", store)  # type: ignore[method-assign]
+    coordinator.receipt_store.store = phases.wrap(  # type: ignore[method-assign]
+        "writer: ReceiptStore.store (all)", coordinator.receipt_store.store)
     patches += [
         (vouchers, "post_usages", phases.wrap("writer: ledger post_usages", vouchers.post_usages)),
         (tlog, "append_entries", phases.wrap("writer: tlog append_entries", tlog.append_entries)),
