@@ -6,9 +6,11 @@ collects the leases and reports each one "started". It then seals, per lease, a 
 cumulative receipts exactly as an agent does (1 GPU-ms more per receipt, so the GPU-time
 rule holds a moment after the start) and sends them in signed HTTP batches to
 POST /v1/agent/receipts, several agents at a time, each agent's batches in order. Every
-receipt goes the whole way: request signature, receipt signature and rules, the
-countersigned acknowledgement, the ledger posting, the transparency-log append, and the
-durable commit before the answer.
+receipt goes the whole way: request signature, receipt signature (in the coordinator's
+receipt workers) and rules, the ledger posting (one per lease per batch), the
+transparency-log append, the batch's countersigned acknowledgement, and the commit before
+the answer. `--batch 8 --gpus 8` gives the steady state of agents that send each lease's
+receipt as it is sealed (one receipt per lease per batch).
 
 In the same run it measures what one core does with raw `cryptography` Ed25519 on the same
 messages (verify, and sign for the acknowledgement), the ceiling of a one-core coordinator
