@@ -11,14 +11,17 @@ starts with the first large batch, so a coordinator that never sees one never fo
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 
 from shared.errors import ReceiptRuleError
 from shared.identity import PublicKey
 from shared.receipts import Receipt, SealedReceipt, open_receipt
 
+log = logging.getLogger(__name__)
 # below this many envelopes the hand-off to a worker costs more than it saves
 INLINE_BELOW = 16
 
@@ -70,8 +73,15 @@ class ReceiptOpener:
         loop = asyncio.get_running_loop()
         size = -(-len(envelopes) // self.workers)
         chunks = [envelopes[at:at + size] for at in range(0, len(envelopes), size)]
-        answers = await asyncio.gather(*(loop.run_in_executor(self._pool, _open_chunk, key.raw, chunk)
-                                         for chunk in chunks))
+        try:
+            answers = await asyncio.gather(*(loop.run_in_executor(self._pool, _open_chunk, key.raw, chunk)
+                                             for chunk in chunks))
+        except BrokenProcessPool:
+            # a worker died (killed, out of memory): this batch is opened here, the next
+            # large one starts a fresh pool
+            log.warning("a receipt worker process died; starting a new pool with the next batch")
+            self.close()
+            return [_open_one(envelope, key) for envelope in envelopes]
         opened: list[Opened] = []
         for chunk, answer in zip(chunks, answers, strict=True):
             for envelope, (receipt, digest, rule, detail) in zip(chunk, answer, strict=True):
@@ -85,5 +95,5 @@ class ReceiptOpener:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True, cancel_futures=True)
