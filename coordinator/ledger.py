@@ -287,12 +287,17 @@ def get_account(db: sqlite_utils.Database, account_id: str) -> Account | None:
     return _account_from_row(row) if row is not None else None
 
 
+def rows_in(db: sqlite_utils.Database, query: str, values: Sequence[Any]) -> list[Any]:
+    """The rows of `query` (ending in `IN`) for each of `values`, asked 500 at a time."""
+    rows: list[Any] = []
+    for at in range(0, len(values), 500):
+        chunk = list(values[at:at + 500])
+        rows += db.conn.execute(f"{query} ({','.join('?' * len(chunk))})", chunk).fetchall()
+    return rows
+
+
 def get_accounts(db: sqlite_utils.Database, account_ids: Sequence[str]) -> dict[str, Account]:
-    if not account_ids:
-        return {}
-    marks = ",".join("?" * len(account_ids))
-    rows = db.conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN ({marks})", list(account_ids))
+    rows = rows_in(db, f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN", account_ids)
     return {row[0]: _account_from_row(row) for row in rows}
 
 
@@ -397,16 +402,19 @@ class _Open:
     voided: bool
 
 
-def _load_pending(db: sqlite_utils.Database, pending_id: bytes) -> _Open | None:
-    row = db.conn.execute(
-        "SELECT p.kind, p.debit_account, p.credit_account, p.amount, "
+def _load_pendings(db: sqlite_utils.Database, pending_ids: Sequence[bytes]) -> dict[bytes, _Open]:
+    rows = rows_in(
+        db, "SELECT p.id, p.kind, p.debit_account, p.credit_account, p.amount, "
         "(SELECT COALESCE(SUM(r.amount), 0) FROM ledger_transfers r WHERE r.pending_id = p.id), "
         "EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = p.id "
         "        AND r.kind = 'void_pending') "
-        "FROM ledger_transfers p WHERE p.id = ?", [pending_id]).fetchone()
-    if row is None or row[0] != PENDING:
-        return None
-    return _Open(row[1], row[2], row[3], row[4], bool(row[5]))
+        "FROM ledger_transfers p WHERE p.id IN", pending_ids)
+    return {row[0]: _Open(row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
+            if row[1] == PENDING}
+
+
+def _load_pending(db: sqlite_utils.Database, pending_id: bytes) -> _Open | None:
+    return _load_pendings(db, [pending_id]).get(pending_id)
 
 
 def pending_remaining(db: sqlite_utils.Database, pending_id: bytes) -> int:
@@ -475,6 +483,12 @@ class TransferBatch:
         return Account(*(getattr(working.account, name) for name in ("id", "ledger", "kind", "owner", "flags")),
                        *working.balances)
 
+    def preload(self, account_ids: Sequence[str], pending_ids: Sequence[bytes]) -> None:
+        """Read these accounts and pending transfers now, in a few queries, not one by one."""
+        self._load(account_ids)
+        missing = [p for p in set(pending_ids) if p not in self._opens]
+        self._opens.update(_load_pendings(self.db, missing))
+
     def pending_remaining(self, pending_id: bytes) -> int:
         found = self._open(pending_id)
         return 0 if found is None else found.amount - found.resolved
@@ -500,8 +514,8 @@ class TransferBatch:
         working = self._load([a for t in transfers for a in (t.debit_account, t.credit_account)])
         touched = {a for t in transfers for a in (t.debit_account, t.credit_account)}
         saved = {a: working[a].balances.copy() for a in touched if a in working}
-        saved_opens = {p: replace(o) for p, o in self._opens.items()
-                       if any(t.pending_id == p for t in transfers)}
+        resolved = {t.pending_id for t in transfers if t.pending_id is not None}
+        saved_opens = {p: replace(self._opens[p]) for p in resolved if p in self._opens}
         try:
             for t in transfers:
                 self._apply(t, working)

@@ -629,25 +629,16 @@ _POSTING_COLUMNS = ("receipt_digest, enterprise_id, provider_id, enterprise_uscc
 
 def _load_postings(db: sqlite_utils.Database, digests: list[bytes]) -> dict[bytes, Posting]:
     found: dict[bytes, Posting] = {}
-    for at in range(0, len(digests), 500):
-        chunk = digests[at:at + 500]
-        rows = db.conn.execute(f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest "
-                               f"IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        for row in rows:
-            digest = row[0]
-            ids = tuple(t.id for t in L.transfers_for_receipt(db, digest))
-            found[digest] = Posting(**dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)),
-                                    transfer_ids=ids)
+    for row in L.rows_in(db, f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest IN",
+                         digests):
+        ids = tuple(t.id for t in L.transfers_for_receipt(db, row[0]))
+        found[row[0]] = Posting(**dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)),
+                                transfer_ids=ids)
     return found
 
 
 def _accepted_digests(db: sqlite_utils.Database, digests: list[bytes]) -> set[bytes]:
-    found: set[bytes] = set()
-    for at in range(0, len(digests), 500):
-        chunk = digests[at:at + 500]
-        found.update(row[0] for row in db.conn.execute(
-            f"SELECT digest FROM receipts WHERE digest IN ({','.join('?' * len(chunk))})", chunk))
-    return found
+    return {row[0] for row in L.rows_in(db, "SELECT digest FROM receipts WHERE digest IN", digests)}
 
 
 def _is_closed(db: sqlite_utils.Database, period: str) -> bool:
@@ -742,7 +733,7 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
     with savepoint(db, "vouchers_usage"):
         subsidy = _prepare_parties(db, [u for _, u in new], policy, year, now_ms)
         batch = L.TransferBatch(db)
-        reservations: dict[str, tuple[str, bytes] | None] = {}
+        reservations = _preload(db, batch, [u for _, u in new], year)
         refused: dict[str, CreditExceeded] = {}
         rows = []
         for n, usage in new:
@@ -750,7 +741,7 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
                 results[n] = refused[usage.lease_id]
                 continue
             split = _split(batch, usage, policy, year, subsidy)
-            legs = _usage_legs(db, batch, usage, split, year, now_ms, reservations)
+            legs = _usage_legs(batch, usage, split, year, now_ms, reservations)
             try:
                 batch.add(legs)
             except LimitExceeded as exc:
@@ -775,29 +766,54 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
 
 def _prepare_parties(db: sqlite_utils.Database, usages: list[Usage], policy: VoucherPolicy,
                      year: int, now_ms: int) -> dict[str, bool]:
-    """Open what the usages' parties need; returns whether each company may be subsidised."""
-    for enterprise_id, uscc in {(u.enterprise_id, u.enterprise_uscc) for u in usages}:
-        opened = db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
-                                 [enterprise_id]).fetchone()
-        if opened is None:
+    """Open what the usages' parties need, asking for all of them at once; returns whether each
+    company may be subsidised."""
+    enterprises = sorted({(u.enterprise_id, u.enterprise_uscc) for u in usages})
+    opened = dict(L.rows_in(db, "SELECT enterprise_id, uscc FROM ledger_enterprises WHERE enterprise_id IN",
+                            sorted({e for e, _ in enterprises})))
+    for enterprise_id, uscc in enterprises:
+        if enterprise_id not in opened:
             open_enterprise_accounts(db, enterprise_id, uscc, policy, now_ms)
-        elif opened[0] != uscc:
+        elif opened[enterprise_id] != uscc:
             raise IdempotencyConflict(f"enterprise {enterprise_id}'s entitlement is under USCC "
-                                      f"{opened[0]}, not {uscc}")
-    for provider_id, uscc in {(u.provider_id, u.provider_uscc) for u in usages}:
-        registered = db.conn.execute("SELECT uscc FROM providers WHERE id = ?",
-                                     [provider_id]).fetchone()
-        if registered is not None and registered[0] != uscc:
+                                      f"{opened[enterprise_id]}, not {uscc}")
+    providers = sorted({(u.provider_id, u.provider_uscc) for u in usages})
+    registered = dict(L.rows_in(db, "SELECT id, uscc FROM providers WHERE id IN",
+                                sorted({p for p, _ in providers})))
+    for provider_id, uscc in providers:
+        if provider_id in registered and registered[provider_id] != uscc:
             # self-dealing is judged on USCCs, so the caller's must be the registered one
             raise IdempotencyConflict(f"provider {provider_id} is registered under USCC "
-                                      f"{registered[0]}, not {uscc}")
-        _need(db, _earnings_specs(provider_id), now_ms)
-    subsidy: dict[str, bool] = {}
-    if year == policy.fiscal_year:
-        for uscc in {u.enterprise_uscc for u in usages}:
-            _ensure_year(db, uscc, policy, now_ms)
-            subsidy[uscc] = _subsidy_allowed(db, uscc, policy)
-    return subsidy
+                                      f"{registered[provider_id]}, not {uscc}")
+    _need(db, list({spec[0]: spec for provider_id, _ in providers
+                    for spec in _earnings_specs(provider_id)}.values()), now_ms)
+    if year != policy.fiscal_year:
+        return {}
+    usccs = sorted({u.enterprise_uscc for u in usages})
+    accounts = _need(db, [*_year_specs(year), *(_cap_spec(year, uscc) for uscc in usccs)], now_ms)
+    if accounts[L.pool_account(year)].credits_posted < policy.pool_total_micro_yuan:
+        open_fiscal_year(db, policy, now_ms)
+    for uscc in usccs:
+        if accounts[L.cap_account(year, uscc)].credits_posted < policy.per_company_cap_micro_yuan:
+            _ensure_cap(db, uscc, policy, now_ms)
+    providing = {row[0] for row in L.rows_in(db, "SELECT DISTINCT uscc FROM providers WHERE uscc IN",
+                                             usccs)}
+    return {uscc: policy.providers_may_be_subsidised or uscc not in providing for uscc in usccs}
+
+
+def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usage],
+             year: int) -> dict[str, tuple[str, bytes]]:
+    """Read every account and reservation the usages may move; returns the jobs' reservations
+    as (enterprise_id, pending transfer id)."""
+    reservations = {row[0]: (row[1], row[2]) for row in L.rows_in(
+        db, "SELECT job_id, enterprise_id, transfer_id FROM ledger_reservations WHERE job_id IN",
+        sorted({u.job_id for u in usages})) if row[2] is not None}
+    accounts = {L.pool_account(year), L.entitlements_used_account(year), L.CREDIT_USED}
+    for u in usages:
+        accounts |= {L.cap_account(year, u.enterprise_uscc), L.earnings_account(u.provider_id),
+                     L.receivable_account(u.enterprise_id), L.credit_account(u.enterprise_id)}
+    batch.preload(sorted(accounts), [pending for _, pending in reservations.values()])
+    return reservations
 
 
 def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: int,
@@ -812,9 +828,8 @@ def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: in
                         subsidy[usage.enterprise_uscc])
 
 
-def _usage_legs(db: sqlite_utils.Database, batch: L.TransferBatch, usage: Usage, split: Split,
-                year: int, now_ms: int, reservations: dict[str, tuple[str, bytes] | None],
-                ) -> list[Transfer]:
+def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, now_ms: int,
+                reservations: dict[str, tuple[str, bytes]]) -> list[Transfer]:
     cause = "receipt:" + usage.receipt_digest.hex()
     earnings = L.earnings_account(usage.provider_id)
 
@@ -834,11 +849,7 @@ def _usage_legs(db: sqlite_utils.Database, batch: L.TransferBatch, usage: Usage,
                         split.deferred, L.USAGE_DEFERRED))
         # the job's reservation pays first (a partial post of its pending transfer); only
         # what it does not cover needs free credit
-        if usage.job_id not in reservations:
-            row = db.conn.execute("SELECT enterprise_id, transfer_id FROM ledger_reservations "
-                                  "WHERE job_id = ?", [usage.job_id]).fetchone()
-            reservations[usage.job_id] = (row[0], row[1]) if row is not None and row[1] else None
-        reservation = reservations[usage.job_id]
+        reservation = reservations.get(usage.job_id)
         drawn = 0
         if reservation is not None and reservation[0] == usage.enterprise_id:
             drawn = min(split.deferred, batch.pending_remaining(reservation[1]))

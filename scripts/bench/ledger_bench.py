@@ -66,27 +66,40 @@ def _world(db: sqlite_utils.Database, enterprises: int, providers: int,
              f"job-{r % enterprises}") for r in range(receipts)]
 
 
-def bench_postings(path: Path, count: int, batch: int, enterprises: int, providers: int) -> None:
+def bench_postings(path: Path, count: int, batch: int, enterprises: int, providers: int,
+                   together: bool) -> None:
+    """`post_usage` once per receipt (each in a savepoint, as the writer wraps a call), or
+    `post_usages` once per batch (as the coordinator posts a batch of receipts)."""
     db = connect(path)
     plan = _world(db, enterprises, providers, count)
     conn = db.conn
     transfers_before = conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0]
+
+    def usage(r: int) -> V.Usage:
+        ent, prov, ent_uscc, prov_uscc, lease, job = plan[r]
+        return V.Usage(ent, prov, ent_uscc, prov_uscc, lease, job, _digest(r), 1_000_000 + r)
+
     start = time.perf_counter()
     for first in range(0, count, batch):
         conn.execute("BEGIN IMMEDIATE")
-        for r in range(first, min(first + batch, count)):
-            ent, prov, ent_uscc, prov_uscc, lease, job = plan[r]
-            conn.execute("SAVEPOINT call")  # as the writer thread wraps each call
-            V.post_usage(db, enterprise_id=ent, provider_id=prov, enterprise_uscc=ent_uscc,
-                         provider_uscc=prov_uscc, lease_id=lease, job_id=job,
-                         receipt_digest=_digest(r), amount=1_000_000 + r, policy=POLICY, now_ms=NOW)
+        numbers = range(first, min(first + batch, count))
+        if together:
+            V.post_usages(db, [usage(r) for r in numbers], policy=POLICY, now_ms=NOW)
+        for r in numbers if not together else ():
+            conn.execute("SAVEPOINT call")
+            u = usage(r)
+            V.post_usage(db, enterprise_id=u.enterprise_id, provider_id=u.provider_id,
+                         enterprise_uscc=u.enterprise_uscc, provider_uscc=u.provider_uscc,
+                         lease_id=u.lease_id, job_id=u.job_id, receipt_digest=u.receipt_digest,
+                         amount=u.amount, policy=POLICY, now_ms=NOW)
             conn.execute("RELEASE call")
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     transfers = conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] - transfers_before
     problems = L.check_invariants(db)
     db.conn.close()
-    print(f"usage postings     {count:,} in batches of {batch} per transaction, "
+    how = "post_usages, one call per batch" if together else "post_usage, one call each"
+    print(f"usage postings     {count:,} in batches of {batch} per transaction ({how}), "
           f"{enterprises} enterprises, {providers} providers (file-backed, WAL)")
     print(f"                   {count / elapsed:10,.0f} postings/s   {transfers / elapsed:10,.0f} "
           f"transfers/s   ({transfers / count:.1f} transfers each)")
@@ -173,8 +186,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to put the databases (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="suanli-bench-", dir=args.dir) as tmp:
-        bench_postings(Path(tmp) / "postings.db", args.postings, args.batch, args.enterprises,
-                       args.providers)
+        for together in (False, True):
+            bench_postings(Path(tmp) / f"postings-{together}.db", args.postings, args.batch,
+                           args.enterprises, args.providers, together)
         bench_invariants(Path(tmp) / "invariants.db", args.transfers, args.enterprises,
                          args.providers)
 
