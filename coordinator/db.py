@@ -4,6 +4,9 @@ Every database call of the running service goes through `Database.run`: a single
 thread takes whatever calls are queued, runs them in one transaction (each inside its own
 savepoint, so one failure rolls back only itself), commits once, and then resolves the
 callers' futures. The event loop never touches SQLite, and bursts share one commit.
+Consecutive `run_grouped` calls of one group are handed to it together, so a burst of small
+requests shares one pass as well. A second thread copies the write-ahead log into the file
+(the checkpoint, with its fsync) every second, so the writer's commits only append.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ I = TypeVar("I")
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
 CHECKPOINT_INTERVAL_S = 1.0
-WAL_SIZE_LIMIT = 64 << 20
-PAGE_CACHE_KIB = 256 << 10  # what a checkpointed write-ahead log is cut back to
+WAL_SIZE_LIMIT = 64 << 20  # what a checkpointed write-ahead log is cut back to
+PAGE_CACHE_KIB = 256 << 10
 _STOP = object()
 
 

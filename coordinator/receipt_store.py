@@ -6,7 +6,8 @@ and one commit. Each lease's receipts of a batch are posted as one usage on the 
 receipts are cumulative, so that is the same money as one posting each. Only when the
 enterprise's credit cannot cover the sum are they posted one by one, so the ones it covers
 are still accepted and the rest refused. Each batch gets one countersigned acknowledgement
-naming its accepted receipts with their cumulative amounts, deltas, log indices and transfers.
+naming its accepted receipts with their cumulative amounts, deltas, log indices and transfers,
+logged after them.
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ class ReceiptStore:
                     a.sealed.receipt.lease_id, a.sealed.receipt.seq, True, acknowledgement=envelope,
                     sealed=a.sealed, delta=a.delta)
         db.conn.executemany("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?", signed)
+        if signed:
+            tlog.append_entries(db, [log_entries.encode_entry(
+                log_entries.ACKNOWLEDGEMENT, now, log_entries.AcknowledgementEntry(envelope))
+                for envelope, _ in signed])
 
     def _post_usage(self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted],
                     now: int) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:

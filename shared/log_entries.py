@@ -11,6 +11,7 @@ positional arrays (the voucher policy is a map with sorted string keys):
     payment        [reference, party_id, amount, [posting, ...]]
     period_close   [period "YYYY-MM", [statement, ...]]
     auction_round  canonical bytes of `shared.auction.round_record(...)`
+    acknowledgement  the "acceptance" envelope answering a batch of receipts (below)
 
     posting   = [transfer_id (32 bytes), debit_account, credit_account, amount > 0, code]
     statement = [party_kind, party_id, total, voucher, deferred, due_at_ms | None]
@@ -28,7 +29,8 @@ The acknowledgement is the coordinator's countersignature of a batch of accepted
     acknowledged = [receipt digest, lease_id, seq, amount, delta, log_index, [transfer_id, ...]]
 
 naming for each receipt its cumulative amount, what it added (delta), the log entry that holds
-it and the ledger transfers posted on it. `open_acknowledgement` verifies one.
+it and the ledger transfers posted on it. `open_acknowledgement` verifies one. Each is logged
+after the receipts it names, so auditors check the coordinator's word to agents against the log.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from shared.errors import EncodingError, SuanliError
 from shared.identity import PUBLIC_KEY_SIZE, PrivateKey, PublicKey
 
 __all__ = [
+    "ACKNOWLEDGEMENT",
     "ACKNOWLEDGEMENT_KIND",
     "ACKNOWLEDGEMENT_VERSION",
     "AGENT_KEY",
@@ -60,6 +63,7 @@ __all__ = [
     "USAGE_CHARGE_CODES",
     "VOUCHER_POLICY",
     "AcknowledgedReceipt",
+    "AcknowledgementEntry",
     "Acknowledgement",
     "AgentKey",
     "AuctionRoundEntry",
@@ -98,7 +102,9 @@ RECEIPT = "receipt"
 PAYMENT = "payment"
 PERIOD_CLOSE = "period_close"
 AUCTION_ROUND = "auction_round"
-KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND)
+ACKNOWLEDGEMENT = "acknowledgement"
+KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND,
+         ACKNOWLEDGEMENT)
 
 ACKNOWLEDGEMENT_KIND = "acceptance"
 ACKNOWLEDGEMENT_VERSION = 2
@@ -211,9 +217,18 @@ class AuctionRoundEntry(NamedTuple):
         return self.record
 
 
+class AcknowledgementEntry(NamedTuple):
+    """The countersigned acknowledgement a batch's agent got, as it got it (an envelope)."""
+
+    envelope: bytes
+
+    def to_wire(self) -> bytes:
+        return self.envelope
+
+
 Body: TypeAlias = (
     AgentKey | EnterpriseEntry | dict[str, Any] | ReceiptEntry | PaymentEntry | PeriodCloseEntry
-    | AuctionRoundEntry
+    | AuctionRoundEntry | AcknowledgementEntry
 )
 
 
@@ -325,6 +340,10 @@ def _receipt(body: Any) -> ReceiptEntry:
     return ReceiptEntry(envelope, _postings(postings))
 
 
+def _acknowledgement_entry(body: Any) -> AcknowledgementEntry:
+    return AcknowledgementEntry(_envelope(body, ACKNOWLEDGEMENT_KIND))
+
+
 def _payment(body: Any) -> PaymentEntry:
     reference, party_id, amount, postings = _array(body, 4, "a payment body")
     _text(reference, "a payment's reference")
@@ -373,6 +392,7 @@ _PARSERS: dict[str, Callable[[Any], Body]] = {
     PAYMENT: _payment,
     PERIOD_CLOSE: _period_close,
     AUCTION_ROUND: _auction_round,
+    ACKNOWLEDGEMENT: _acknowledgement_entry,
 }
 
 
@@ -392,9 +412,10 @@ def _postings(value: Any) -> tuple[Posting, ...]:
     return tuple(postings)
 
 
-def _envelope(value: Any, kind: str) -> None:
+def _envelope(value: Any, kind: str) -> bytes:
     if type(value) is not bytes or not 0 < len(value) <= max_envelope_bytes(kind):
         raise LogEntryError(f"a logged {kind} envelope is 1 to {max_envelope_bytes(kind)} bytes")
+    return value
 
 
 def _array(value: Any, length: int, what: str) -> list[Any]:

@@ -126,6 +126,20 @@ class Story:
             envelope or sealed.envelope,
             postings if postings is not None else usage_postings(sealed.digest, self.delta(sealed))))
 
+    def acknowledgement_entry(self, log_index: int = 5, key: PrivateKey | None = None,
+                              **changes: Any) -> bytes:
+        """The logged acknowledgement of the three receipts of `honest()` (entries 5-7)."""
+        acknowledged = []
+        for index, sealed in enumerate(self.sealed[:3], start=log_index):
+            receipt = sealed.receipt
+            ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
+            acknowledged.append(L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq,
+                                                      receipt.amount, self.delta(sealed), index, ids))
+        acknowledged[-1] = acknowledged[-1]._replace(**changes)
+        envelope = L.seal_acknowledgement(L.Acknowledgement(
+            self.agent.public.agent_id, T0 + 10**6, tuple(acknowledged)), key or self.log_key)
+        return L.encode_entry(L.ACKNOWLEDGEMENT, T0 + 10**6, L.AcknowledgementEntry(envelope))
+
     def acknowledgement(self, sealed: SealedReceipt, log_index: int,
                         key: PrivateKey | None = None) -> bytes:
         """What the coordinator would have countersigned for this receipt, posted on its own."""
@@ -240,7 +254,7 @@ def test_every_kind_round_trips(story: Story) -> None:
         entry = L.decode_entry(data)
         assert entry.kind in L.KINDS
         assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == data
-    kinds = [L.decode_entry(data).kind for data in story.honest()]
+    kinds = [L.decode_entry(data).kind for data in story.honest() + [story.acknowledgement_entry()]]
     assert set(kinds) == set(L.KINDS)
 
 
@@ -730,6 +744,23 @@ async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
     assert (report.receipts, report.charged) == (3, total)
 
 
+async def test_the_logged_acknowledgements_must_match_the_receipts(
+        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    path = tmp_path / "c.db"
+    write_log(path, log_key, story.honest() + [story.acknowledgement_entry()])
+    report = await verify(path, log_key)
+    assert report.ok, report.discrepancies
+    assert report.acknowledgements == 1
+    for bad in (story.acknowledgement_entry(key=PrivateKey.generate()),  # not the log's key
+                story.acknowledgement_entry(amount=1),  # says another amount than the receipt
+                story.acknowledgement_entry(log_index=4),  # places them at other entries
+                story.acknowledgement_entry(transfer_ids=())):  # names no transfers
+        write_log(path, log_key, story.honest() + [bad])
+        report = await verify(path, log_key)
+        assert codes(report) == {"bad_acknowledgement"}, report.discrepancies
+        assert {d.index for d in report.discrepancies} == {10}
+
+
 async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, _rigged_auction(story))
@@ -828,6 +859,7 @@ async def test_the_running_coordinator_logs_what_the_auditor_verifies(
         await asyncio.sleep(0.1)
     assert report.ok, report.discrepancies
     assert (report.receipts, report.leases, report.auctions_replayed) == (3, 1, 1)
+    assert report.acknowledgements == 1  # one batch, one countersignature, logged after it
     assert report.agents == 2
     assert report.charged == sealed[-1].receipt.amount
     proof = await audit.check_receipt(coordinator.url, sealed[1].envelope, state_path=state,

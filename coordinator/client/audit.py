@@ -115,6 +115,7 @@ class AuditReport(_Findings):
     previous_size: int | None = None
     entries_by_kind: Counter[str] = field(default_factory=Counter)
     receipts: int = 0
+    acknowledgements: int = 0
     leases: int = 0
     agents: int = 0
     enterprises: int = 0
@@ -135,7 +136,8 @@ class AuditReport(_Findings):
             "root_hash": self.root_hash, "previous_size": self.previous_size,
             "entries": sum(self.entries_by_kind.values()),
             "entries_by_kind": dict(sorted(self.entries_by_kind.items())),
-            "receipts": self.receipts, "leases": self.leases, "agents": self.agents,
+            "receipts": self.receipts, "acknowledgements": self.acknowledgements,
+            "leases": self.leases, "agents": self.agents,
             "enterprises": self.enterprises, "auctions_replayed": self.auctions_replayed,
             "charged_micro_yuan": self.charged, "voucher_micro_yuan": self.voucher,
             "deferred_micro_yuan": self.deferred,
@@ -549,6 +551,7 @@ class _Auditor:
         self.chains: dict[str, SealedReceipt] = {}
         self.receipts: set[bytes] = set()
         self.posted: dict[str, int] = {}  # lease -> the cumulative amount its postings charged
+        self.logged_receipts: dict[int, L.AcknowledgedReceipt] = {}  # as an acknowledgement names it
         self.last_receipt_index: dict[str, int] = {}
         self.transfers: dict[bytes, int] = {}
         # (job_id) -> {(agent_id, price, sorted GPU uuids)} of rounds whose replay agreed
@@ -576,6 +579,8 @@ class _Auditor:
                 self.payment(index, entry.body)
             elif isinstance(entry.body, L.PeriodCloseEntry):
                 self.period_close(index, entry.body)
+            elif isinstance(entry.body, L.AcknowledgementEntry):
+                self.acknowledgement(index, entry.body)
         self.finish()
         self.report.agents = len(self.agents)
         self.report.enterprises = len(self.usccs)
@@ -665,6 +670,32 @@ class _Auditor:
                              f"{format_yuan(unposted)} yuan since its last posting", index)
             self.posted[receipt.lease_id] = receipt.amount
         self.last_receipt_index[receipt.lease_id] = index
+        delta = receipt.amount - (previous.receipt.amount if previous is not None else 0)
+        self.logged_receipts[index] = L.AcknowledgedReceipt(
+            digest, receipt.lease_id, receipt.seq, receipt.amount, delta, index,
+            tuple(p.transfer_id for p in body.postings))
+
+    def acknowledgement(self, index: int, body: L.AcknowledgementEntry) -> None:
+        """The coordinator's word to an agent must match the receipts the log holds."""
+        try:
+            acknowledgement = L.open_acknowledgement(body.envelope, self.log_key)
+        except SuanliError as exc:
+            self.problem("bad_acknowledgement", f"the acknowledgement does not verify with the "
+                         f"log key: {exc.detail}", index)
+            return
+        self.report.acknowledgements += 1
+        for said in acknowledgement.receipts:
+            logged = self.logged_receipts.get(said.log_index) if said.log_index < index else None
+            if logged is None:
+                self.problem("bad_acknowledgement", f"the acknowledgement names entry "
+                             f"{said.log_index} for receipt {said.digest.hex()[:16]}, but no "
+                             "verified receipt of the log before it is there", index)
+            elif said != logged:
+                self.problem("bad_acknowledgement", f"the acknowledgement says of entry "
+                             f"{said.log_index} (lease {said.lease_id} seq {said.seq}) amount "
+                             f"{said.amount} delta {said.delta} and {len(said.transfer_ids)} "
+                             f"transfers, but the log holds amount {logged.amount} delta "
+                             f"{logged.delta} and {len(logged.transfer_ids)} transfers", index)
 
     def finish(self) -> None:
         """What only the whole log shows: usage accepted but never posted."""
@@ -965,6 +996,7 @@ def render_report(report: AuditReport | ReceiptReport, console: Console) -> None
             ("checkpoint", f"{report.size} entries, root {report.root_hash[:16]}…"),
             ("entries", str(sum(report.entries_by_kind.values()))),
             ("receipts", str(report.receipts)),
+            ("acknowledgements checked", str(report.acknowledgements)),
             ("leases", str(report.leases)),
             ("agents", str(report.agents)),
             ("enterprises", str(report.enterprises)),
