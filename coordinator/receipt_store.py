@@ -25,8 +25,6 @@ from shared.identity import PrivateKey
 from shared.receipts import SealedReceipt
 
 Rejection = tuple[str | None, int | None, str | None, str | None, bytes]
-# rules whose refusal a retry may overturn: a gap in seq or a time ahead of the window
-RETRYABLE = ("seq", "time_window")
 
 
 @dataclass
@@ -77,7 +75,7 @@ class ReceiptStore:
                     accepted.append(_Accepted(b, n, verdict.sealed, verdict.delta))
                 elif not verdict.accepted and not verdict.already_stored:
                     if verdict.lease_id is not None and verdict.seq is not None and \
-                            verdict.rule not in RETRYABLE:
+                            verdict.rule not in receipt_rules.RETRYABLE_RULES:
                         stored[b].refused.append((verdict.lease_id, verdict.seq))
                     rejected.append((batch.agent.agent_id, (verdict.lease_id, verdict.seq, verdict.rule,
                                                             verdict.detail, verdict.envelope)))
@@ -127,14 +125,19 @@ class ReceiptStore:
             logged.append(a)
         if refused_digests:
             db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused_digests])
-        first = tlog.append_entries(db, [data for data, _ in entries],
-                                    [entry for _, entry in entries]) if entries else 0
-        self._acknowledge(db, batches, stored, logged, first, acknowledgement_ids, now)
+        # the acknowledgements name the receipts' log indices and are logged right after them:
+        # one append for both
+        first = tlog.size(db)
+        entries += self._acknowledge(db, batches, stored, logged, first, acknowledgement_ids, now)
+        if entries:
+            appended = tlog.append_entries(db, [data for data, _ in entries], [entry for _, entry in entries])
+            assert appended == first
 
     def _acknowledge(self, db: sqlite_utils.Database, batches: list[Batch], stored: list[Stored],
                      logged: list[_Accepted], first: int, acknowledgement_ids: dict[int, int],
-                     now: int) -> None:
-        """Sign each batch's acknowledgement; a batch with nothing accepted after all has none."""
+                     now: int) -> list[tuple[bytes, log_entries.Entry]]:
+        """Sign each batch's acknowledgement, the receipts logged from index `first` on; returns
+        their log entries. A batch with nothing accepted after all has none."""
         by_batch: dict[int, list[tuple[int, _Accepted]]] = {}
         for index, a in enumerate(logged, start=first):
             by_batch.setdefault(a.batch, []).append((index, a))
@@ -155,10 +158,9 @@ class ReceiptStore:
                     a.sealed.receipt.lease_id, a.sealed.receipt.seq, True, acknowledgement=envelope,
                     sealed=a.sealed, delta=a.delta)
         db.conn.executemany("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?", signed)
-        if signed:
-            tlog.append_entries(db, [log_entries.encode_entry(
-                log_entries.ACKNOWLEDGEMENT, now, log_entries.AcknowledgementEntry(envelope))
-                for envelope, _ in signed])
+        bodies = [log_entries.AcknowledgementEntry(envelope) for envelope, _ in signed]
+        return [(log_entries.encode_entry(log_entries.ACKNOWLEDGEMENT, now, body),
+                 log_entries.Entry(log_entries.ACKNOWLEDGEMENT, now, body)) for body in bodies]
 
     def _post_usage(self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted],
                     now: int) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:

@@ -19,6 +19,9 @@ CLOCK_SKEW_MS = 30_000
 # a GPU whose power limit was never reported is bounded by the largest board made today
 DEFAULT_POWER_LIMIT_MW = 1_500_000
 MAX_BATCH = 500
+# rules whose refusal a retry may overturn: a gap in seq, a time ahead of the window
+RETRYABLE_RULES = ("seq", "time_window")
+RETRYABLE_SQL = ", ".join(f"'{rule}'" for rule in RETRYABLE_RULES)  # for `rule NOT IN (...)`
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,8 @@ class Coordinator:
             lease = self.leases.get(row["lease_id"])
             if lease is not None:
                 lease.charged = row["amount"]
-        for row in db.query("SELECT DISTINCT lease_id, seq FROM receipt_rejections "
-                            "WHERE rule NOT IN ('seq', 'time_window') AND seq IS NOT NULL"):
+        for row in db.query("SELECT DISTINCT lease_id, seq FROM receipt_rejections WHERE rule NOT IN "
+                            f"({receipt_rules.RETRYABLE_SQL}) AND seq IS NOT NULL"):
             lease = self.leases.get(row["lease_id"])
             if lease is not None and lease.active:
                 self._refused.add((row["lease_id"], row["seq"]))
@@ -911,7 +911,8 @@ class Coordinator:
         # time ahead of the window may be fine once the missing receipt or the moment arrives
         refused = await self.database.run(lambda db: list(db.query(
             "SELECT rule, detail FROM receipt_rejections WHERE lease_id = ? AND seq = ? AND envelope = ? "
-            "AND rule NOT IN ('seq', 'time_window') ORDER BY id LIMIT 1", [lease_id, seq, envelope])))
+            f"AND rule NOT IN ({receipt_rules.RETRYABLE_SQL}) ORDER BY id LIMIT 1",
+            [lease_id, seq, envelope])))
         if refused:
             return receipt_rules.Verdict(lease_id, seq, False, refused[0]["rule"], refused[0]["detail"],
                                          already_stored=True)

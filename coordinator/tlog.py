@@ -134,7 +134,8 @@ def append_entries(db: sqlite_utils.Database | sqlite3.Connection, entries: list
     """Append encoded entries in order; returns the index of the first.
 
     Every entry is decoded first, so a malformed one appends nothing (LogEntryError); a
-    caller holding what `log_entries.encode_checked` gave for each passes it as `decoded`.
+    caller already holding each decoded entry (`log_entries.encode_receipt_entry`) passes it as
+    `decoded`.
     The entries, their lookup keys and the tree's hashes are written in one savepoint.
     """
     if decoded is None:

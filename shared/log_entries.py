@@ -247,23 +247,20 @@ def encode_entry(kind: str, at_ms: int, body: Any) -> bytes:
     The result is decoded again before it is returned, so nothing that `decode_entry` would
     refuse can ever be logged.
     """
-    return encode_checked(kind, at_ms, body)[0]
-
-
-def encode_checked(kind: str, at_ms: int, body: Any) -> tuple[bytes, Entry]:
-    """`encode_entry`, with the entry as `decode_entry` reads the bytes back."""
     wire = body.to_wire() if hasattr(body, "to_wire") else body
     try:
         data = canonical.encode([ENTRY_VERSION, kind, at_ms, wire])
     except EncodingError as exc:
         raise LogEntryError(f"a {kind!s:.40} entry cannot be encoded: {exc.detail}") from None
-    return data, decode_entry(data)
+    decode_entry(data)
+    return data
 
 
 def encode_receipt_entry(at_ms: int, body: ReceiptEntry) -> tuple[bytes, Entry]:
-    """`encode_checked` for the hot path, a receipt entry: the body's parts are checked as
-    `decode_entry` checks them and packed directly (positional arrays of bytes, text and
-    integers have one msgpack spelling), without encoding and decoding it twice."""
+    """`encode_entry` for the hot path, a receipt entry, also giving the decoded entry: the
+    body's parts are checked as `decode_entry` checks them and packed directly (positional
+    arrays of bytes, text and integers have one msgpack spelling), without encoding and
+    decoding it twice."""
     _int(at_ms, "the entry's at_ms")
     _envelope(body.envelope, "receipt")
     if len(body.postings) > MAX_POSTINGS:

@@ -126,15 +126,19 @@ class Story:
             envelope or sealed.envelope,
             postings if postings is not None else usage_postings(sealed.digest, self.delta(sealed))))
 
+    def acknowledged(self, sealed: SealedReceipt, log_index: int) -> L.AcknowledgedReceipt:
+        """How an acknowledgement names this receipt, posted on its own at `log_index`."""
+        receipt = sealed.receipt
+        ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
+        return L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
+                                     self.delta(sealed), log_index, ids)
+
     def acknowledgement_entry(self, log_index: int = 5, key: PrivateKey | None = None,
                               **changes: Any) -> bytes:
-        """The logged acknowledgement of the three receipts of `honest()` (entries 5-7)."""
-        acknowledged = []
-        for index, sealed in enumerate(self.sealed[:3], start=log_index):
-            receipt = sealed.receipt
-            ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
-            acknowledged.append(L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq,
-                                                      receipt.amount, self.delta(sealed), index, ids))
+        """The logged acknowledgement of the three receipts of `honest()` (entries 5-7), the
+        last of them with `changes`."""
+        acknowledged = [self.acknowledged(sealed, index)
+                        for index, sealed in enumerate(self.sealed[:3], start=log_index)]
         acknowledged[-1] = acknowledged[-1]._replace(**changes)
         envelope = L.seal_acknowledgement(L.Acknowledgement(
             self.agent.public.agent_id, T0 + 10**6, tuple(acknowledged)), key or self.log_key)
@@ -142,12 +146,10 @@ class Story:
 
     def acknowledgement(self, sealed: SealedReceipt, log_index: int,
                         key: PrivateKey | None = None) -> bytes:
-        """What the coordinator would have countersigned for this receipt, posted on its own."""
-        receipt = sealed.receipt
-        ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
-        return L.seal_acknowledgement(L.Acknowledgement(receipt.agent_id, receipt.issued_at_ms + 5, (
-            L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
-                                  self.delta(sealed), log_index, ids),)), key or self.log_key)
+        """What the coordinator would have countersigned for this receipt alone."""
+        return L.seal_acknowledgement(L.Acknowledgement(
+            sealed.receipt.agent_id, sealed.receipt.issued_at_ms + 5,
+            (self.acknowledged(sealed, log_index),)), key or self.log_key)
 
     def receipts(self, count: int) -> list[bytes]:
         return [self.receipt_entry(self.next_receipt()) for _ in range(count)]
@@ -823,6 +825,15 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
         args = parser.parse_args(["audit", "receipt", str(receipt_file), "--json"])
         assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_OK
         assert json.loads(capsys.readouterr().out)["index"] == 5
+        missing = parser.parse_args(["audit", "receipt", str(receipt_file), "--acknowledgement",
+                                     str(tmp_path / "no-such-ack.bin")])
+        assert await asyncio.to_thread(audit.main, missing, url) == audit.EXIT_USAGE
+        assert "cannot read" in capsys.readouterr().err and "no-such-ack.bin" in missing.acknowledgement.name
+        (tmp_path / "junk.bin").write_bytes(b"\x93 not an acknowledgement")
+        junk = parser.parse_args(["audit", "receipt", str(receipt_file), "--acknowledgement",
+                                  str(tmp_path / "junk.bin"), "--json"])
+        assert await asyncio.to_thread(audit.main, junk, url) == audit.EXIT_DISCREPANCY
+        assert "bad_acknowledgement" in {d["code"] for d in json.loads(capsys.readouterr().out)["discrepancies"]}
     assert audit.main(args, None) == audit.EXIT_USAGE
     assert audit.main(args, "http://example.com") == audit.EXIT_USAGE
     assert "plain HTTP" in capsys.readouterr().err
