@@ -106,6 +106,10 @@ async def test_a_job_runs_in_a_container_and_is_billed_by_signed_receipts(stack:
     assert stack.rejections() == []
     _, log = await stack.api.call("GET", f"/v1/jobs/{job_id}/logs")
     assert "hello from the job" in log["data"] and "to stderr" in log["data"], stack.agent.log()[-3000:]
+    # the agent removes the container once its final receipt is sent, a moment after it lands
+    deadline = time.monotonic() + 10
+    while stack.containers() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     assert stack.containers() == [], "finished containers are removed"
 
 
