@@ -18,7 +18,9 @@ from agent.config import AgentSettings
 from agent.coordinator_client import CoordinatorClient, CoordinatorError
 from agent.engine import Engine, EngineError
 from agent.inventory import gpu_record, read_host
-from agent.metering import account_sample, seal_final_receipt, seal_interim_receipt
+from agent.metering import (
+    account_sample, billable_from_ms, learn_window, seal_final_receipt, seal_interim_receipt,
+)
 from agent.nvml import GpuSample, NvmlSampler
 from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner, now_ms
 from agent.spool import LeaseRecord, Spool
@@ -46,6 +48,9 @@ class AgentDaemon:
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)
         self.runners: dict[str, LeaseRunner] = {}
+        self._finals: set[asyncio.Task[None]] = set()
+        self.contact_until_ms: int | None = None
+        self.polled = False
         self.samples: dict[str, GpuSample] = {}
         self.gpu_mode = settings.gpu_mode
         self.lease_version = -1
@@ -135,7 +140,10 @@ class AgentDaemon:
                     record.ended_at_ms = now_ms()
                     record.exit_code = -1
                 if not record.final_sealed and record.started_at_ms is not None:
-                    await self.seal_final(record)
+                    # its start report may still be unanswered: seal once it is, in the background
+                    task = asyncio.create_task(self.seal_final(record), name=f"final {record.lease_id}")
+                    self._finals.add(task)
+                    task.add_done_callback(self._finals.discard)
         self.kick_reports()
 
     async def _forever(self, step: Any, interval_s: float) -> None:
@@ -193,7 +201,11 @@ class AgentDaemon:
         backoff = 1.0
         while True:
             try:
+                sent = now_ms()
                 answer = await self.client.heartbeat(self.settings.ask_micro_yuan, self.heartbeat_inventory())
+                timeout = answer.get("heartbeat_timeout_ms")
+                if type(timeout) is int and timeout > 0:
+                    self.contact_until_ms = sent + timeout
                 self.heartbeat_interval_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
                 self.heartbeat_interval_s = min(self.heartbeat_interval_s, self.settings.heartbeat_interval_s)
                 for flag in answer.get("flags", []):
@@ -211,7 +223,12 @@ class AgentDaemon:
             try:
                 answer = await self.client.leases(self.lease_version, 20_000)
                 self.lease_version = answer["version"]
+                for closed in answer.get("closed") or []:
+                    runner = self.runners.get(closed.get("lease_id"))
+                    if runner is not None:
+                        learn_window(runner.record, closed.get("window"))
                 await self._reconcile(answer["leases"])
+                self.polled = True
                 backoff = 1.0
             except CoordinatorError as exc:
                 log.warning("lease poll failed: %s", exc.detail)
@@ -234,6 +251,7 @@ class AgentDaemon:
                 self._start_runner(record)
             elif runner is not None:
                 runner.record.lease["ends_at_ms"] = lease["ends_at_ms"]
+                learn_window(runner.record, lease.get("window"))
                 if lease["desired"] == "stop":
                     runner.request_stop(lease.get("stop_reason") or "stopped by the coordinator")
         for lease_id, runner in self.runners.items():
@@ -263,14 +281,29 @@ class AgentDaemon:
     async def _receipt_round(self) -> None:
         for runner in list(self.runners.values()):
             record = runner.record
-            if record.started_at_ms is not None and record.ended_at_ms is None:
-                sealed = seal_interim_receipt(record, self.key, now_ms())
+            billing_now = self.billing_now()
+            if billable_from_ms(record) is not None and record.ended_at_ms is None and billing_now is not None:
+                sealed = seal_interim_receipt(record, self.key, billing_now)
                 await asyncio.to_thread(self.spool.add_receipt, record, sealed.receipt.seq,
                                         sealed.envelope, sealed.digest, now_ms())
         await self.drain_receipts()
 
+    def billing_now(self) -> int | None:
+        """Now, or, out of touch with the coordinator, the moment it may have declared this
+        agent lost (its leases' windows close there): an interim receipt never claims past it.
+        None until a heartbeat and a lease poll since the start have told what still stands."""
+        if self.contact_until_ms is None or not self.polled:
+            return None
+        return min(now_ms(), self.contact_until_ms)
+
     async def seal_final(self, record: LeaseRecord) -> None:
         if record.final_sealed or record.started_at_ms is None:
+            await self.save(record)
+            return
+        await self.start_reported(record)
+        if billable_from_ms(record) is None:
+            # the coordinator never opened the lease's window: there is nothing to bill
+            record.final_sealed = True
             await self.save(record)
             return
         sealed = seal_final_receipt(record, self.key, now_ms())
@@ -349,7 +382,13 @@ class AgentDaemon:
                     record.status_reported = "failed"
             else:
                 if record.started_at_ms is not None and record.status_reported == "":
-                    await self._report(record, "started")
+                    answer = await self._report(record, "started")
+                    window = (answer or {}).get("window")
+                    if type(window) is dict and window.get("opened_at_ms") is not None:
+                        record.lease["billable_from_ms"] = now_ms()
+                        learn_window(record, window)
+                    else:
+                        record.lease["billable_from_ms"] = None  # refused, or ended meanwhile
                     record.status_reported = "started"
                 if record.final_sealed and record.status_reported == "started":
                     why = record.lease.get("agent_stop_reason")
@@ -365,14 +404,22 @@ class AgentDaemon:
                 await self.save(record)
                 del self.runners[lease_id]
 
-    async def _report(self, record: LeaseRecord, event: str, **fields: Any) -> None:
+    async def _report(self, record: LeaseRecord, event: str, **fields: Any) -> dict[str, Any] | None:
         try:
-            await self.client.status(record.lease_id, event, **fields)
+            return await self.client.status(record.lease_id, event, **fields)
         except CoordinatorError as exc:
             if exc.status in (404, 422):
                 log.error("the coordinator refused the %s report of %s: %s", event, record.lease_id, exc.detail)
-                return
+                return None
             raise
+
+    async def start_reported(self, record: LeaseRecord) -> None:
+        """Wait until the coordinator has answered the lease's start report (or refused it),
+        and a lease poll since this agent started has told which windows closed meanwhile:
+        the final receipt is sealed only once billing knows where it began and ended."""
+        while (record.status_reported == "" and record.started_at_ms is not None) or not self.polled:
+            self.kick_reports()
+            await asyncio.sleep(0.1)
 
     async def send_log(self, record: LeaseRecord, data: bytes) -> None:
         backoff = 1.0

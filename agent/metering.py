@@ -11,9 +11,21 @@ from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
 
+def billable_from_ms(record: LeaseRecord) -> int | None:
+    """When, by this host's clock, the coordinator had the start report: billing counts from
+    there, since the lease's billable window opens when the coordinator hears of the start."""
+    if record.started_at_ms is None:
+        return None
+    if "billable_from_ms" in record.lease:  # None: the coordinator never opened the window
+        acknowledged = record.lease["billable_from_ms"]
+        return acknowledged if type(acknowledged) is int else None
+    # a lease started by an agent older than billable windows counts from its own start
+    return record.started_at_ms if record.status_reported in ("started", "exited") else None
+
+
 def account_sample(record: LeaseRecord, samples: Mapping[str, GpuSample]) -> None:
     """Fold one sample of the leased GPUs into the lease's energy, utilisation and memory."""
-    if record.started_at_ms is None or record.ended_at_ms is not None:
+    if billable_from_ms(record) is None or record.ended_at_ms is not None:
         return
     utilisations = []
     memory_used = 0
@@ -48,12 +60,41 @@ def _account_energy(record: LeaseRecord, uuid: str, counter_mj: int) -> None:
     )
 
 
+def learn_window(record: LeaseRecord, window: object) -> None:
+    """Fold what the coordinator says of the lease's window into what the agent knows: once
+    open it stays open, and it only ever closes earlier (an older answer may arrive late)."""
+    if type(window) is not dict:
+        return
+    known = dict(record.lease.get("window") or {})
+    opened, closes = window.get("opened_at_ms"), window.get("closes_at_ms")
+    if type(opened) is int and type(known.get("opened_at_ms")) is not int:
+        known["opened_at_ms"] = opened
+    if type(closes) is int:
+        before = known.get("closes_at_ms")
+        known["closes_at_ms"] = min(closes, before) if type(before) is int else closes
+    record.lease["window"] = known
+
+
+def billable_gpu_ms(record: LeaseRecord, issued_at_ms: int, now_ms: int) -> int:
+    """GPU time served since the coordinator had the start report, and never more than the
+    lease's billable window as the coordinator last described it (its own clock's times)."""
+    gpus = len(record.gpu_uuids)
+    since = billable_from_ms(record)
+    if since is None:
+        return 0
+    end = record.ended_at_ms if record.ended_at_ms is not None else now_ms
+    served = gpus * max(0, end - since)
+    window = record.lease.get("window") or {}
+    opened, closes = window.get("opened_at_ms"), window.get("closes_at_ms")
+    if type(opened) is int and type(closes) is int:
+        served = min(served, gpus * max(0, min(issued_at_ms, closes) - opened))
+    return served
+
+
 def next_receipt(record: LeaseRecord, agent_id: str, now_ms: int, final: bool) -> Receipt:
     """The lease's next cumulative receipt; counters never go down, even if the clock does."""
-    end = record.ended_at_ms if record.ended_at_ms is not None else now_ms
-    started = record.started_at_ms if record.started_at_ms is not None else end
-    gpu_ms = max(record.last_gpu_ms, len(record.gpu_uuids) * max(0, end - started))
     issued = max(record.last_issued_at_ms, now_ms)
+    gpu_ms = max(record.last_gpu_ms, billable_gpu_ms(record, issued, now_ms))
     return Receipt(
         lease_id=record.lease_id,
         job_id=record.job_id,

@@ -119,6 +119,14 @@ def _agent_handler(method: Callable[[Coordinator, Any, Any], Awaitable[dict[str,
     return handle
 
 
+async def agent_status(request: web.Request) -> web.Response:
+    """A status report is kept as signed: the log holds the agent's own word for a start."""
+    coordinator = request.app[COORDINATOR]
+    body = await _msgpack_body(request)
+    agent, payload = coordinator.authenticate_agent(body, request.method, request.path)
+    return _msgpack(await coordinator.agent_status(agent, payload, body))
+
+
 # -- public -----------------------------------------------------------------------------
 
 
@@ -279,7 +287,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/agent/enroll", enrol),
     ("POST", "/v1/agent/heartbeat", _agent_handler(Coordinator.heartbeat)),
     ("POST", "/v1/agent/leases", _agent_handler(Coordinator.agent_leases)),
-    ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status)),
+    ("POST", "/v1/agent/status", agent_status),
     ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log)),
     ("POST", "/v1/agent/receipts", _agent_handler(Coordinator.accept_receipts)),
     ("POST", "/v1/jobs", submit_job),

@@ -30,6 +30,10 @@ class Settings:
     heartbeat_interval_ms: int = setting(10_000, "how often agents are told to heartbeat")
     heartbeat_timeout_ms: int = setting(45_000, "silence after which an agent's leases are lost")
     start_deadline_ms: int = setting(120_000, "time an agent has to start a leased job")
+    stop_grace_ms: int = setting(
+        60_000, "time an agent has to stop a job after a cancel or revocation; nothing is billed "
+        "after it, and an agent that has not ended the lease by its window's close plus this "
+        "is ended by the coordinator and penalised")
     max_attempts: int = setting(3, "leases a job may lose before it is marked lost")
     long_poll_max_ms: int = setting(25_000, "longest an agent's lease poll is held open")
     job_log_limit_bytes: int = setting(1 << 20, "log bytes kept per job; the rest is dropped")

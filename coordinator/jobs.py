@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.errors import Unprocessable
+from shared.billing_window import LeaseTerms, LeaseWindow
 from shared.money import usage_amount
 
 PENDING, LEASED, RUNNING = "pending", "leased", "running"
@@ -198,7 +199,26 @@ class Lease:
     exit_code: int | None = None
     end_reason: str | None = None
     charged: int = 0
+    max_duration_ms: int = 0
+    stop_grace_ms: int = 0
+    stop_requested_at_ms: int | None = None
 
     @property
     def active(self) -> bool:
         return self.state != LEASE_ENDED
+
+    def terms(self) -> LeaseTerms:
+        return LeaseTerms(self.id, self.job_id, self.agent_id, self.gpu_uuids,
+                          self.price_per_gpu_hour, self.created_at_ms, self.max_duration_ms,
+                          self.stop_grace_ms)
+
+    def window(self) -> LeaseWindow:
+        """The billable window as the coordinator knows it now (`shared.billing_window`)."""
+        window = LeaseWindow(self.terms())
+        if self.started_at_ms is not None:
+            window.open(self.started_at_ms)
+        if self.stop_requested_at_ms is not None:
+            window.request_stop(self.stop_requested_at_ms)
+        if self.ended_at_ms is not None:
+            window.end(self.ended_at_ms)
+        return window

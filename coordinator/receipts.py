@@ -12,15 +12,16 @@ from typing import Any
 
 from coordinator.jobs import Lease
 from coordinator.market import Agent
+from shared.billing_window import check_window
 from shared.errors import ReceiptRuleError, SuanliError
 from shared.receipts import Rule, SealedReceipt, check_pure
 
-CLOCK_SKEW_MS = 30_000
 # a GPU whose power limit was never reported is bounded by the largest board made today
 DEFAULT_POWER_LIMIT_MW = 1_500_000
 MAX_BATCH = 500
-# rules whose refusal a retry may overturn: a gap in seq, a time ahead of the window
-RETRYABLE_RULES = ("seq", "time_window")
+# rules whose refusal a retry may overturn: a gap in seq, a time ahead of its arrival, a receipt
+# that arrived before its lease's start report
+RETRYABLE_RULES = (Rule.SEQ.value, Rule.TIME_WINDOW.value, Rule.NOT_STARTED.value)
 RETRYABLE_SQL = ", ".join(f"'{rule}'" for rule in RETRYABLE_RULES)  # for `rule NOT IN (...)`
 
 
@@ -49,24 +50,21 @@ class Verdict:
 def check_receipt(sealed: SealedReceipt, agent: Agent, lease: Lease | None, previous: SealedReceipt | None,
                   power_limits_mw: dict[str, int], now_ms: int) -> None:
     """Every rule after the signature (`shared.receipts.open_receipt`, run by the receipt
-    workers): lease, time window, chain, GPUs, price, GPU time and energy bounds; raises
-    ReceiptRuleError naming the first one broken."""
+    workers): lease, chain, GPUs, price, the billable window (`shared.billing_window`) and
+    energy bounds; raises ReceiptRuleError naming the first one broken. `now_ms` is the
+    receipt's acceptance time."""
     receipt = sealed.receipt
     if lease is None or lease.agent_id != agent.agent_id or lease.job_id != receipt.job_id:
         raise ReceiptRuleError(Rule.LEASE, f"lease {receipt.lease_id} is not this agent's lease for job {receipt.job_id}")
-    window_end = (lease.ended_at_ms if lease.ended_at_ms is not None else now_ms) + CLOCK_SKEW_MS
-    if not lease.created_at_ms - CLOCK_SKEW_MS <= receipt.issued_at_ms <= window_end:
-        raise ReceiptRuleError(Rule.TIME_WINDOW, "the receipt's time lies outside its lease's window")
     check_pure(previous, receipt)
     if receipt.gpu_uuids != lease.gpu_uuids and sorted(receipt.gpu_uuids) != sorted(lease.gpu_uuids):
         raise ReceiptRuleError(Rule.GPU_UUIDS, "the receipt names GPUs other than the leased ones")
     if receipt.price_per_gpu_hour != lease.price_per_gpu_hour:
         raise ReceiptRuleError(Rule.PRICE, f"the price is {receipt.price_per_gpu_hour} µ¥/GPU-h but the lease's is "
                                f"{lease.price_per_gpu_hour}")
-    elapsed = max(0, min(receipt.issued_at_ms, window_end) - lease.created_at_ms)
-    if receipt.gpu_ms > elapsed * len(lease.gpu_uuids):
-        raise ReceiptRuleError(Rule.GPU_TIME, f"{receipt.gpu_ms} GPU-ms is more than {len(lease.gpu_uuids)} GPUs "
-                               f"× {elapsed} ms since the lease began")
+    window = lease.window()
+    check_window(window, receipt, now_ms)
+    elapsed = window.billable_gpu_ms(receipt.issued_at_ms, now_ms) // len(lease.gpu_uuids)
     energy_bound_mj = sum(power_limits_mw.get(uuid) or DEFAULT_POWER_LIMIT_MW
                           for uuid in lease.gpu_uuids) * elapsed // 1000
     if receipt.energy_mj > energy_bound_mj:

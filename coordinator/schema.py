@@ -307,6 +307,12 @@ MIGRATIONS: list[str] = [
     DROP TABLE receipts;
     ALTER TABLE receipts_batched RENAME TO receipts;
     """,
+    # 6: what a lease's billable window needs (shared.billing_window)
+    """
+    ALTER TABLE leases ADD COLUMN max_duration_ms INTEGER;
+    ALTER TABLE leases ADD COLUMN stop_grace_ms INTEGER;
+    ALTER TABLE leases ADD COLUMN stop_requested_at_ms INTEGER;
+    """,
 ]
 
 

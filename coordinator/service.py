@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # a failure to start that is the job's own fault fails the job instead of requeueing it
 JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command", "start_failed"})
 MAX_REASON = 512
+CLOSED_LEASES_SHOWN_MS = 600_000
+MAX_CLOSED_SHOWN = 100
 
 
 def wall_clock_ms() -> int:
@@ -139,6 +141,11 @@ class Coordinator:
                 state=row["state"], stop_reason=row["stop_reason"],
                 started_at_ms=row["started_at_ms"], ended_at_ms=row["ended_at_ms"],
                 exit_code=row["exit_code"], end_reason=row["end_reason"],
+                max_duration_ms=row["max_duration_ms"] if row["max_duration_ms"] is not None
+                else self.jobs[row["job_id"]].request.max_duration_s * 1000,
+                stop_grace_ms=row["stop_grace_ms"] if row["stop_grace_ms"] is not None
+                else self.settings.stop_grace_ms,
+                stop_requested_at_ms=row["stop_requested_at_ms"],
             )
             self.leases[lease.id] = lease
             agent = self.market.agents.get(lease.agent_id)
@@ -199,10 +206,14 @@ class Coordinator:
             "state": lease.state, "stop_reason": lease.stop_reason,
             "started_at_ms": lease.started_at_ms, "ended_at_ms": lease.ended_at_ms,
             "exit_code": lease.exit_code, "end_reason": lease.end_reason,
+            "max_duration_ms": lease.max_duration_ms, "stop_grace_ms": lease.stop_grace_ms,
+            "stop_requested_at_ms": lease.stop_requested_at_ms,
         }
 
     async def _save(self, jobs: list[Job] = (), leases: list[Lease] = (),  # type: ignore[assignment]
-                    agents: list[Agent] = (), extra: Callable[[sqlite_utils.Database], None] | None = None) -> None:  # type: ignore[assignment]
+                    agents: list[Agent] = (), extra: Callable[[sqlite_utils.Database], None] | None = None,  # type: ignore[assignment]
+                    entries: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        """Commit jobs, leases and agents, and append the log entries of what changed, at once."""
         job_rows = [self._job_row(j) for j in jobs]
         lease_rows = [self._lease_row(lease) for lease in leases]
         agent_rows = [self._agent_row(a) for a in agents]
@@ -220,6 +231,8 @@ class Coordinator:
                 db.conn.executemany(_AGENT_UPDATE, agent_rows)
             if extra is not None:
                 extra(db)
+            if entries:
+                tlog.append_entries(db, list(entries))
 
         await self.database.run(write)
 
@@ -357,6 +370,7 @@ class Coordinator:
             self._dirty_agents[agent.agent_id] = agent
         return {
             "heartbeat_interval_ms": self.settings.heartbeat_interval_ms,
+            "heartbeat_timeout_ms": self.settings.heartbeat_timeout_ms,
             "lease_version": self.agent_versions.get(agent.agent_id, 0),
             "flags": [
                 {"gpu_uuid": g.uuid, "kind": g.flag} for g in agent.gpus.values() if g.flag
@@ -445,9 +459,9 @@ class Coordinator:
             return job
         lease = self.leases[job.lease_id] if job.lease_id else None
         if lease is not None and lease.active:
-            lease.stop_reason = "cancelled"
+            stop = self._request_stop(lease, "cancelled", now)
             job.reason, job.reason_detail = "cancelling", "the agent has been told to stop the job"
-            await self._save(jobs=[job], leases=[lease])
+            await self._save(jobs=[job], leases=[lease], entries=[stop])
             self._notify(lease.agent_id)
         return job
 
@@ -530,7 +544,9 @@ class Coordinator:
             id=accounts.new_id("lease"), job_id=job.id, agent_id=outcome.winner,
             gpu_uuids=outcome.gpu_uuids, price_per_gpu_hour=outcome.price_per_gpu_hour,
             created_at_ms=now, start_deadline_ms=now + self.settings.start_deadline_ms,
-            ends_at_ms=now + self.settings.start_deadline_ms + job.request.max_duration_s * 1000,
+            ends_at_ms=now + job.request.max_duration_s * 1000,
+            max_duration_ms=job.request.max_duration_s * 1000,
+            stop_grace_ms=self.settings.stop_grace_ms,
         )
         self.leases[lease.id] = lease
         self.market.assign(self.market.agents[lease.agent_id], lease.gpu_uuids, lease.id)
@@ -555,7 +571,8 @@ class Coordinator:
                     log_entries.encode_entry(log_entries.AUCTION_ROUND, at, log_entries.AuctionRoundEntry(record))
                     for _, at, record in records])
 
-            await self._save(jobs=jobs, leases=leases, extra=extra)
+            await self._save(jobs=jobs, leases=leases, extra=extra,
+                             entries=[_award_entry(lease) for lease in leases])
             for lease in leases:
                 self._notify(lease.agent_id)
             placed += len(leases)
@@ -597,7 +614,7 @@ class Coordinator:
             "price_per_gpu_hour": lease.price_per_gpu_hour,
             "start_deadline_ms": lease.start_deadline_ms, "ends_at_ms": lease.ends_at_ms,
             "state": lease.state, "desired": "stop" if lease.stop_reason else "run",
-            "stop_reason": lease.stop_reason,
+            "stop_reason": lease.stop_reason, "window": _window_view(lease),
             "job": {
                 "image": request.image, "command": list(request.command),
                 "env": dict(request.env), "cpus_milli": request.cpus_milli,
@@ -620,10 +637,16 @@ class Coordinator:
                 await asyncio.wait_for(event.wait(), timeout=wait_ms / 1000)
             except TimeoutError:
                 pass
+        now = self.clock()
+        mine = [lease for lease in self.leases.values() if lease.agent_id == agent.agent_id]
+        # leases ended lately (lost, say) whose agent may not know yet where their window closed
+        closed = [lease for lease in mine if not lease.active and lease.started_at_ms is not None
+                  and lease.ended_at_ms is not None and now - lease.ended_at_ms < CLOSED_LEASES_SHOWN_MS]
         return {
             "version": self.agent_versions.get(agent.agent_id, 0),
-            "leases": [self.lease_view(lease) for lease in self.leases.values()
-                       if lease.agent_id == agent.agent_id and lease.active],
+            "leases": [self.lease_view(lease) for lease in mine if lease.active],
+            "closed": [{"lease_id": lease.id, "window": _window_view(lease)}
+                       for lease in closed[-MAX_CLOSED_SHOWN:]],
         }
 
     def _agents_lease(self, agent: Agent, body: Any, what: str) -> Lease:
@@ -635,7 +658,9 @@ class Coordinator:
             raise NotFound(f"no lease {body['lease_id']} for this agent")
         return lease
 
-    async def agent_status(self, agent: Agent, body: Any) -> dict[str, Any]:
+    async def agent_status(self, agent: Agent, body: Any, report: bytes = b"") -> dict[str, Any]:
+        """A lease's start, exit or failure as the agent reports it; `report` is the signed
+        request itself, which the log keeps as the agent's word for the start and the exit."""
         lease = self._agents_lease(agent, body, "a status report (lease_id, event)")
         event = body.get("event")
         reason = body.get("reason")
@@ -644,19 +669,18 @@ class Coordinator:
         job = self.jobs[lease.job_id]
         now = self.clock()
         if not lease.active:
-            return {"lease_id": lease.id, "state": lease.state}
+            return self._status_answer(lease)
         if event == "started":
             if lease.state == LEASE_OFFERED:
-                lease.state, lease.started_at_ms = LEASE_RUNNING, now
-                lease.ends_at_ms = now + job.request.max_duration_s * 1000
+                started = self._open(lease, now, report)
                 job.state = RUNNING
                 job.reason, job.reason_detail = None, None
-                await self._save(jobs=[job], leases=[lease])
+                await self._save(jobs=[job], leases=[lease], entries=[started])
         elif event == "exited":
             code = body.get("exit_code")
             if type(code) is not int or not -(2**31) <= code < 2**31:
                 raise Unprocessable("an exit report carries exit_code as an integer")
-            await self._end_lease(lease, job, now, "exited", code, reason)
+            await self._end_lease(lease, job, now, "exited", code, reason, report)
         elif event == "failed":
             code_name = body.get("reason_code")
             if type(code_name) is not str or len(code_name) > 64:
@@ -664,12 +688,15 @@ class Coordinator:
             await self._failed_start(agent, lease, job, now, code_name, reason or code_name)
         else:
             raise Unprocessable("event must be started, exited or failed")
-        return {"lease_id": lease.id, "state": lease.state}
+        return self._status_answer(lease)
+
+    @staticmethod
+    def _status_answer(lease: Lease) -> dict[str, Any]:
+        return {"lease_id": lease.id, "state": lease.state, "window": _window_view(lease)}
 
     async def _end_lease(self, lease: Lease, job: Job, now: int, why: str, exit_code: int | None,
-                         agent_reason: str | None = None) -> None:
-        lease.state, lease.ended_at_ms, lease.exit_code, lease.end_reason = LEASE_ENDED, now, exit_code, why
-        self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+                         agent_reason: str | None = None, report: bytes | None = None) -> None:
+        ended = self._close(lease, now, why, exit_code, report)
         job.exit_code = exit_code
         if lease.stop_reason == "cancelled" or job.cancel_requested:
             self._finish(job, CANCELLED, now, "cancelled", "stopped on the enterprise's request")
@@ -687,19 +714,18 @@ class Coordinator:
             self._finish(job, FAILED, now, "killed", "the container was killed (exit 137: out of memory or SIGKILL)")
         else:
             self._finish(job, FAILED, now, "nonzero_exit", f"the container exited with code {exit_code}")
-        await self._save(jobs=[job], leases=[lease])
+        await self._save(jobs=[job], leases=[lease], entries=[ended])
         self._notify(lease.agent_id)
         self._wake_scheduler.set()
 
     async def _failed_start(self, agent: Agent, lease: Lease, job: Job, now: int, code: str, detail: str) -> None:
-        lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, f"failed:{code}"
-        self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+        ended = self._close(lease, now, f"failed:{code}")
         if code in JOB_FAULTS:
             self._finish(job, FAILED, now, code, detail[:MAX_REASON])
         else:
             self._penalise(agent, now)
             self._requeue(job, lease.agent_id, code, f"the agent could not start it: {detail[:200]}", now)
-        await self._save(jobs=[job], leases=[lease], agents=[agent])
+        await self._save(jobs=[job], leases=[lease], agents=[agent], entries=[ended])
         self._notify(lease.agent_id)
         self._wake_scheduler.set()
 
@@ -728,14 +754,14 @@ class Coordinator:
         changed_jobs: list[Job] = []
         changed_leases: list[Lease] = []
         changed_agents: list[Agent] = []
+        entries: list[bytes] = []
         for agent in self.market.agents.values():
             if agent.online and agent.last_seen_ms is not None and now - agent.last_seen_ms > timeout:
                 self.market.mark_offline(agent)
                 changed_agents.append(agent)
                 for lease in [l for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]:
                     job = self.jobs[lease.job_id]
-                    lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, "agent_lost"
-                    self.market.release(agent.agent_id, lease.gpu_uuids, lease.id)
+                    entries.append(self._close(lease, now, "agent_lost"))
                     self._requeue(job, agent.agent_id, "agent_lost",
                                   f"agent {agent.agent_id[:12]} stopped heartbeating", now)
                     changed_jobs.append(job)
@@ -747,8 +773,7 @@ class Coordinator:
                 continue
             job = self.jobs[lease.job_id]
             if lease.state == LEASE_OFFERED and now > lease.start_deadline_ms:
-                lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, "start_deadline"
-                self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+                entries.append(self._close(lease, now, "start_deadline"))
                 agent = self.market.agents[lease.agent_id]
                 self._penalise(agent, now)
                 self._requeue(job, lease.agent_id, "start_deadline_missed",
@@ -757,13 +782,57 @@ class Coordinator:
                 changed_leases.append(lease)
                 changed_agents.append(agent)
                 self._notify(lease.agent_id)
+            elif lease.state == LEASE_RUNNING and now > lease.window().closes_at_ms + lease.stop_grace_ms:
+                agent = self.market.agents[lease.agent_id]
+                entries.append(self._overrun(lease, job, agent, now))
+                changed_jobs.append(job)
+                changed_leases.append(lease)
+                changed_agents.append(agent)
+                self._notify(lease.agent_id)
             elif lease.state == LEASE_RUNNING and now >= lease.ends_at_ms and lease.stop_reason is None:
-                lease.stop_reason = "lease_ended"
+                entries.append(self._request_stop(lease, "lease_ended", now))
                 changed_leases.append(lease)
                 self._notify(lease.agent_id)
         if changed_jobs or changed_leases or changed_agents:
-            await self._save(jobs=changed_jobs, leases=changed_leases, agents=changed_agents)
+            await self._save(jobs=changed_jobs, leases=changed_leases, agents=changed_agents,
+                             entries=entries)
             self._wake_scheduler.set()
+
+    def _overrun(self, lease: Lease, job: Job, agent: Agent, now: int) -> bytes:
+        """The agent did not end the lease by its window's close plus the stop grace: end it
+        here, penalise the agent, and tell the enterprise why (nothing after the close bills)."""
+        closed = lease.window().closes_at_ms
+        ended = self._close(lease, now, "overrun")
+        self._penalise(agent, now)
+        why = (f"agent {lease.agent_id[:12]} did not stop the job within {lease.stop_grace_ms // 1000} s "
+               f"of its billable window's close; the coordinator ended the lease, and nothing after "
+               f"{closed} (ms since the epoch) is billed")
+        if job.cancel_requested:
+            self._finish(job, CANCELLED, now, "cancelled", f"cancelled; {why}")
+        else:
+            self._finish(job, FAILED, now, "agent_overran", why)
+        return ended
+
+    # -- the life of a lease: the one place its window's facts change, each one logged -----
+
+    def _request_stop(self, lease: Lease, reason: str, now: int) -> bytes:
+        """Ask the agent to stop (the caller notifies it after the commit); the billable window
+        closes at most the stop grace later."""
+        lease.stop_reason = reason
+        if lease.stop_requested_at_ms is None:
+            lease.stop_requested_at_ms = now
+        return _lease_event(lease, log_entries.LEASE_STOP_REQUESTED, now, reason)
+
+    def _open(self, lease: Lease, now: int, report: bytes) -> bytes:
+        lease.state, lease.started_at_ms = LEASE_RUNNING, now
+        return _lease_event(lease, log_entries.LEASE_STARTED, now, report=report)
+
+    def _close(self, lease: Lease, now: int, reason: str, exit_code: int | None = None,
+               report: bytes | None = None) -> bytes:
+        lease.state, lease.ended_at_ms, lease.end_reason = LEASE_ENDED, now, reason
+        lease.exit_code = exit_code
+        self.market.release(lease.agent_id, lease.gpu_uuids, lease.id)
+        return _lease_event(lease, log_entries.LEASE_ENDED, now, reason, exit_code, report)
 
     # -- receipts -----------------------------------------------------------------------
 
@@ -863,8 +932,9 @@ class Coordinator:
             if verdict.rule == "credit_exceeded" and verdict.lease_id in self.leases:
                 lease = self.leases[verdict.lease_id]
                 if lease.active and lease.stop_reason is None:
-                    lease.stop_reason = "revoked"
-                    self.database.submit(lambda db, row=self._lease_row(lease): db["leases"].upsert(row, pk="id"))
+                    stop = self._request_stop(lease, "revoked", self.clock())
+                    self.database.submit(lambda db, row=self._lease_row(lease), stop=stop: (
+                        db["leases"].upsert(row, pk="id"), tlog.append_entries(db, [stop])))
                     self._notify(lease.agent_id)
 
     async def _answered_before(self, agent: Agent, claims: list[tuple[str | None, int | None]],
@@ -932,6 +1002,25 @@ _AGENT_UPDATE = (
     "UPDATE agents SET ask_per_gpu_hour = :ask_per_gpu_hour, last_seen_ms = :last_seen_ms, "
     "penalty_ppm = :penalty_ppm, penalty_at_ms = :penalty_at_ms WHERE agent_id = :agent_id"
 )
+
+
+def _lease_event(lease: Lease, event: str, at_ms: int, reason: str | None = None,
+                 exit_code: int | None = None, report: bytes | None = None) -> bytes:
+    return log_entries.encode_entry(log_entries.LEASE_EVENT, at_ms, log_entries.LeaseEventEntry(
+        lease.id, event, reason, exit_code, report or None))
+
+
+def _award_entry(lease: Lease) -> bytes:
+    return log_entries.encode_entry(log_entries.LEASE_AWARD, lease.created_at_ms, log_entries.LeaseAwardEntry(
+        lease.id, lease.job_id, lease.agent_id, lease.gpu_uuids, lease.price_per_gpu_hour,
+        lease.max_duration_ms, lease.stop_grace_ms))
+
+
+def _window_view(lease: Lease) -> dict[str, int | None]:
+    """What an agent needs to bill no more than its lease's window allows."""
+    window = lease.window()
+    return {"opened_at_ms": window.opened_at_ms, "closes_at_ms": window.closes_at_ms,
+            "stop_grace_ms": lease.stop_grace_ms}
 
 
 def _with_models(request: JobRequest) -> JobRequest:

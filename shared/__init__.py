@@ -6,6 +6,7 @@ The errors and the few types every caller needs are also re-exported here.
 
 from shared import (
     auction,
+    billing_window,
     canonical,
     checkpoint,
     envelope,
@@ -46,6 +47,7 @@ from shared.uscc import UsccError
 
 PUBLIC_MODULES = (
     "auction",
+    "billing_window",
     "canonical",
     "checkpoint",
     "envelope",

@@ -12,6 +12,14 @@ positional arrays (the voucher policy is a map with sorted string keys):
     period_close   [period "YYYY-MM", [statement, ...]]
     auction_round  canonical bytes of `shared.auction.round_record(...)`
     acknowledgement  the "acceptance" envelope answering a batch of receipts (below)
+    lease_award    [lease_id, job_id, agent_id, [gpu_uuid, ...], price_per_gpu_hour,
+                    max_duration_ms, stop_grace_ms]          (at_ms: the award)
+    lease_event    [lease_id, event, reason | None, exit_code | None, report | None]
+
+A lease event is `started` (report: the agent's signed status request saying so),
+`stop_requested` (reason: cancelled, revoked, lease_ended), or `ended` (reason: exited with the
+agent's signed exit report, agent_lost, start_deadline, failed, overrun, agent_revoked); with
+the award they fix the lease's billable window (`shared.billing_window`).
 
     posting   = [transfer_id (32 bytes), debit_account, credit_account, amount > 0, code]
     statement = [party_kind, party_id, total, voucher, deferred, due_at_ms | None]
@@ -43,6 +51,7 @@ import msgpack
 
 from shared import canonical
 from shared.auction import AuctionError, round_from_record
+from shared.billing_window import LeaseTerms
 from shared.envelope import envelope_digest, max_envelope_bytes, open_envelope, seal, unverified_payload
 from shared.errors import EncodingError, SuanliError
 from shared.identity import PUBLIC_KEY_SIZE, PrivateKey, PublicKey
@@ -52,6 +61,12 @@ __all__ = [
     "ACKNOWLEDGEMENT_KIND",
     "ACKNOWLEDGEMENT_VERSION",
     "AGENT_KEY",
+    "LEASE_AWARD",
+    "LEASE_ENDED",
+    "LEASE_EVENT",
+    "LEASE_EVENTS",
+    "LEASE_STARTED",
+    "LEASE_STOP_REQUESTED",
     "AUCTION_ROUND",
     "ENTERPRISE",
     "ENTRY_VERSION",
@@ -70,6 +85,8 @@ __all__ = [
     "Body",
     "EnterpriseEntry",
     "Entry",
+    "LeaseAwardEntry",
+    "LeaseEventEntry",
     "LogEntryError",
     "PaymentEntry",
     "PeriodCloseEntry",
@@ -103,8 +120,15 @@ PAYMENT = "payment"
 PERIOD_CLOSE = "period_close"
 AUCTION_ROUND = "auction_round"
 ACKNOWLEDGEMENT = "acknowledgement"
+LEASE_AWARD = "lease_award"
+LEASE_EVENT = "lease_event"
 KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND,
-         ACKNOWLEDGEMENT)
+         ACKNOWLEDGEMENT, LEASE_AWARD, LEASE_EVENT)
+LEASE_STARTED = "started"
+LEASE_STOP_REQUESTED = "stop_requested"
+LEASE_ENDED = "ended"
+LEASE_EVENTS = (LEASE_STARTED, LEASE_STOP_REQUESTED, LEASE_ENDED)
+MAX_LEASE_GPUS = 64
 
 ACKNOWLEDGEMENT_KIND = "acceptance"
 ACKNOWLEDGEMENT_VERSION = 2
@@ -226,9 +250,43 @@ class AcknowledgementEntry(NamedTuple):
         return self.envelope
 
 
+class LeaseAwardEntry(NamedTuple):
+    """The terms of a lease as awarded; the entry's at_ms is the award's moment."""
+
+    lease_id: str
+    job_id: str
+    agent_id: str
+    gpu_uuids: tuple[str, ...]
+    price_per_gpu_hour: int
+    max_duration_ms: int
+    stop_grace_ms: int
+
+    def terms(self, awarded_at_ms: int) -> LeaseTerms:
+        return LeaseTerms(self.lease_id, self.job_id, self.agent_id, self.gpu_uuids,
+                          self.price_per_gpu_hour, awarded_at_ms, self.max_duration_ms,
+                          self.stop_grace_ms)
+
+    def to_wire(self) -> list[Any]:
+        return [self.lease_id, self.job_id, self.agent_id, list(self.gpu_uuids),
+                self.price_per_gpu_hour, self.max_duration_ms, self.stop_grace_ms]
+
+
+class LeaseEventEntry(NamedTuple):
+    """A fact that opens or closes a lease's billable window; the entry's at_ms is its moment."""
+
+    lease_id: str
+    event: str
+    reason: str | None = None
+    exit_code: int | None = None
+    report: bytes | None = None  # the agent's signed status request, when the agent said it
+
+    def to_wire(self) -> list[Any]:
+        return list(self)
+
+
 Body: TypeAlias = (
     AgentKey | EnterpriseEntry | dict[str, Any] | ReceiptEntry | PaymentEntry | PeriodCloseEntry
-    | AuctionRoundEntry | AcknowledgementEntry
+    | AuctionRoundEntry | AcknowledgementEntry | LeaseAwardEntry | LeaseEventEntry
 )
 
 
@@ -381,6 +439,30 @@ def _auction_round(body: Any) -> AuctionRoundEntry:
     return entry
 
 
+def _lease_award(body: Any) -> LeaseAwardEntry:
+    lease_id, job_id, agent_id, uuids, price, max_duration, grace = _array(body, 7, "a lease_award body")
+    if type(uuids) is not list or not 0 < len(uuids) <= MAX_LEASE_GPUS:
+        raise LogEntryError(f"a lease names 1 to {MAX_LEASE_GPUS} GPUs")
+    return LeaseAwardEntry(_text(lease_id, "lease_id"), _text(job_id, "job_id"),
+                           _text(agent_id, "agent_id"),
+                           tuple(_text(uuid, "a GPU UUID") for uuid in uuids),
+                           _int(price, "price_per_gpu_hour"), _int(max_duration, "max_duration_ms"),
+                           _int(grace, "stop_grace_ms"))
+
+
+def _lease_event(body: Any) -> LeaseEventEntry:
+    lease_id, event, reason, exit_code, report = _array(body, 5, "a lease_event body")
+    if event not in LEASE_EVENTS:
+        raise LogEntryError(f"a lease event is one of {', '.join(LEASE_EVENTS)}, not {event!r:.40}")
+    if reason is not None:
+        _text(reason, "a lease event's reason")
+    if exit_code is not None and (type(exit_code) is not int or not -(2**31) <= exit_code < 2**31):
+        raise LogEntryError("a lease event's exit_code is a 32-bit integer")
+    if report is not None:
+        _envelope(report, "request")
+    return LeaseEventEntry(_text(lease_id, "lease_id"), event, reason, exit_code, report)
+
+
 _PARSERS: dict[str, Callable[[Any], Body]] = {
     AGENT_KEY: _agent_key,
     ENTERPRISE: _enterprise,
@@ -390,6 +472,8 @@ _PARSERS: dict[str, Callable[[Any], Body]] = {
     PERIOD_CLOSE: _period_close,
     AUCTION_ROUND: _auction_round,
     ACKNOWLEDGEMENT: _acknowledgement_entry,
+    LEASE_AWARD: _lease_award,
+    LEASE_EVENT: _lease_event,
 }
 
 

@@ -51,15 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.metering import seal_final_receipt, seal_interim_receipt
+from agent.metering import billable_from_ms, learn_window, seal_final_receipt, seal_interim_receipt
 from agent.spool import LeaseRecord, Spool
 from coordinator import accounts, ledger, vouchers
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import _STOP, Database, transaction
+from coordinator.receipts import RETRYABLE_SQL
 from coordinator.service import Coordinator
 from shared import canonical
 from shared.errors import SuanliError
+from shared.money import usage_amount
 from shared.identity import PrivateKey
 from shared.signed_request import NONCE_SIZE, sign_request
 
@@ -216,6 +218,9 @@ class SimAgent:
         self.outstanding: dict[str, tuple[int, int]] = {}
         self.events: dict[str, str] = {}  # the status event each outstanding report carries
         self.next_heartbeat = self.next_poll = self.next_receipts = 0
+        self.heartbeat_sent_ms = 0
+        self.contact_until_ms: int | None = None
+        self.polled = False
         self.records: dict[str, LeaseRecord] = {}
         if self.spool is not None:
             for record in self.spool.leases(include_done=True):
@@ -271,6 +276,7 @@ class SimAgent:
                 self._request("enrol", ENROL, {"token": sim.enrolment_token, "hostname": f"host{self.index}"})
             return
         if now >= self.next_heartbeat and "heartbeat" not in self.outstanding:
+            self.heartbeat_sent_ms = now
             self._request("heartbeat", HEARTBEAT, {"ask_per_gpu_hour": self.ask, "inventory": self.inventory()})
         if now >= self.next_poll and "leases" not in self.outstanding:
             self._request("leases", LEASES, {"known_version": -1, "wait_ms": 0})
@@ -278,8 +284,14 @@ class SimAgent:
         if now >= self.next_receipts:
             self.next_receipts = now + RECEIPT_INTERVAL_MS
             for record in self.records.values():
-                if record.started_at_ms is not None and record.ended_at_ms is None:
-                    self._seal(record, final=False)
+                if (billable_from_ms(record) is not None and record.ended_at_ms is None
+                        and self.contact_until_ms is not None and self.polled):
+                    self._seal(record, final=False, at=min(now, self.contact_until_ms))
+        for record in self.records.values():
+            # the final receipt waits for the start report's answer, as the daemon's does
+            if (record.ended_at_ms is not None and record.started_at_ms is not None
+                    and record.status_reported != "" and not record.final_sealed and self.polled):
+                self._seal(record, final=True)
         self.send_receipts()
         self.send_reports()
 
@@ -310,14 +322,19 @@ class SimAgent:
     def _ended(self, record: LeaseRecord, at: int, code: int) -> None:
         record.ended_at_ms, record.exit_code = at, code
         self.save(record)
-        self._seal(record, final=True)
+        if record.status_reported != "" and self.polled:
+            self._seal(record, final=True)
 
-    def _seal(self, record: LeaseRecord, final: bool) -> None:
+    def _seal(self, record: LeaseRecord, final: bool, at: int | None = None) -> None:
         assert self.spool is not None
         if record.final_sealed:
             return
+        if final and billable_from_ms(record) is None:
+            record.final_sealed = True  # its window never opened: nothing to bill
+            self.save(record)
+            return
         seal = seal_final_receipt if final else seal_interim_receipt
-        sealed = seal(record, self.key, self.sim.now)
+        sealed = seal(record, self.key, self.sim.now if at is None else at)
         self.spool.add_receipt(record, sealed.receipt.seq, sealed.envelope, sealed.digest, self.sim.now)
         self.sim.sealed[sealed.digest] = (self.index, record.lease_id, sealed.receipt.seq)
         self.sim.stats["receipts_sealed"] += 1
@@ -335,15 +352,15 @@ class SimAgent:
             kind = "status:" + record.lease_id
             if kind in self.outstanding:
                 continue
-            if record.ended_at_ms is not None and record.status_reported not in ("exited", "failed"):
-                self.events[kind] = "failed" if record.started_at_ms is None else "exited"
-                if record.started_at_ms is None:
-                    self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "failed",
-                                                 "reason_code": record.lease["fail_code"],
-                                                 "reason": "simulated start failure"})
-                else:
-                    self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "exited",
-                                                 "exit_code": record.exit_code})
+            if record.ended_at_ms is not None and record.started_at_ms is None and record.status_reported != "failed":
+                self.events[kind] = "failed"
+                self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "failed",
+                                             "reason_code": record.lease["fail_code"],
+                                             "reason": "simulated start failure"})
+            elif record.final_sealed and record.status_reported == "started":
+                self.events[kind] = "exited"
+                self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "exited",
+                                             "exit_code": record.exit_code})
             elif record.started_at_ms is not None and record.status_reported == "":
                 self.events[kind] = "started"
                 self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "started"})
@@ -366,14 +383,25 @@ class SimAgent:
             self.enrolled = True
         elif kind == "heartbeat":
             self.next_heartbeat = now + body["heartbeat_interval_ms"]
+            self.contact_until_ms = self.heartbeat_sent_ms + body["heartbeat_timeout_ms"]
         elif kind == "leases":
             self.next_poll = now + POLL_INTERVAL_MS
+            for closed in body.get("closed") or []:
+                if closed["lease_id"] in self.records:
+                    learn_window(self.records[closed["lease_id"]], closed["window"])
             self._reconcile(body["leases"])
+            self.polled = True
         elif kind == "receipts":
             self._receipt_results(body["results"], body["acknowledgements"])
         elif kind.startswith("status:"):
             record = self.records[kind[len("status:"):]]
             record.status_reported = self.events.pop(kind)
+            window = body.get("window") or {}
+            if record.status_reported == "started" and window.get("opened_at_ms") is not None:
+                record.lease["billable_from_ms"] = now
+                learn_window(record, window)
+            elif record.status_reported == "started":
+                record.lease["billable_from_ms"] = None
             if record.status_reported == "started" and body["state"] == "ended":
                 # the coordinator ended the lease meanwhile
                 self.stop(record, "the coordinator says the lease has ended")
@@ -405,6 +433,7 @@ class SimAgent:
                 sim.log(f"{self.name} takes {lease_id} ({'fails' if record.started_at_ms is None else 'starts'})")
             elif record is not None:
                 record.lease["ends_at_ms"] = lease["ends_at_ms"]
+                learn_window(record, lease["window"])
                 if lease["desired"] == "stop" and record.started_at_ms is not None:
                     self.stop(record, lease.get("stop_reason") or "stop")
         for lease_id, record in self.records.items():
@@ -421,7 +450,7 @@ class SimAgent:
             else:
                 self.spool.reject(lease_id, seq, str(item["rule"]), str(item["detail"]))
                 self.sim.stats["rejected:" + str(item["rule"])] += 1
-                self.sim.log(f"{self.name} receipt {lease_id}/{seq} rejected: {item['rule']}")
+                self.sim.log(f"{self.name} receipt {lease_id}/{seq} rejected: {item['rule']} {item['detail']}")
 
     def quiet(self) -> bool:
         assert self.spool is not None
@@ -600,7 +629,7 @@ class Simulation:
             if path == LEASES:
                 return await c.agent_leases(agent, payload)
             if path == STATUS:
-                return await c.agent_status(agent, payload)
+                return await c.agent_status(agent, payload, body)
             return await c.accept_receipts(agent, payload)
 
         try:
@@ -735,6 +764,14 @@ class Simulation:
             max_price = json.loads(spec)["max_price_per_gpu_hour_micro_yuan"]
             if not asks[agent_id] <= price <= max_price:
                 self.fail(f"lease {lease_id} pays {price}, outside [ask {asks[agent_id]}, max {max_price}]")
+        # no lease is charged beyond its billable window × GPUs × price
+        by_lease = dict(conn.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id"))
+        for lease in self.coordinator.leases.values():
+            window = lease.window()
+            billable = window.billable_gpu_ms(self.now, self.now)
+            if by_lease.get(lease.id, 0) > usage_amount(billable, lease.price_per_gpu_hour):
+                self.fail(f"lease {lease.id} is charged {by_lease[lease.id]} µ¥, more than its window "
+                          f"({billable} GPU-ms at {lease.price_per_gpu_hour} µ¥/GPU-h) allows")
         charged = dict(conn.execute("SELECT job_id, SUM(amount) FROM ledger_postings GROUP BY job_id"))
         for job in self.coordinator.jobs.values():
             if job.charged != charged.get(job.id, 0):
@@ -771,7 +808,7 @@ class Simulation:
         for lease_id, seq, rule in conn.execute(
                 "SELECT r.lease_id, r.seq, x.rule FROM receipts r JOIN receipt_rejections x "
                 "ON x.lease_id = r.lease_id AND x.seq = r.seq AND x.envelope = r.envelope "
-                "WHERE x.rule NOT IN ('seq', 'time_window')"):
+                f"WHERE x.rule NOT IN ({RETRYABLE_SQL})"):
             self.fail(f"receipt {lease_id}/{seq} was refused ({rule}) and later accepted")
 
     # -- the drain

@@ -51,7 +51,7 @@ class Stream:
     def sign(self, final: bool = False) -> SealedReceipt:
         previous = self.signed[-1] if self.signed else None
         now = _now()
-        # GPU time counts from when the agent saw the lease, after the coordinator made it
+        # GPU time counts from when the coordinator answered the start report
         gpu_ms = max(previous.receipt.gpu_ms if previous else 0, now - self.seen_at_ms)
         price = self.lease["price_per_gpu_hour"]
         sealed = seal_receipt(Receipt(
@@ -147,8 +147,9 @@ async def _leases_of(agents: list[FakeAgent], count: int) -> list[Stream]:
         for agent in agents:
             for lease in await agent.leases(wait_ms=200):
                 if lease["lease_id"] not in streams:
-                    streams[lease["lease_id"]] = Stream(agent, lease, _now())
+                    # GPU time counts once the coordinator has the start (the window opens)
                     await agent.client.status(lease["lease_id"], "started")
+                    streams[lease["lease_id"]] = Stream(agent, lease, _now())
     return list(streams.values())
 
 

@@ -21,7 +21,8 @@ GPUS = ("GPU-a", "GPU-b")
 
 def record(**changes: object) -> LeaseRecord:
     base = LeaseRecord(lease_id="lease-1", job_id="job-1", gpu_uuids=GPUS, price_per_gpu_hour=7_200_000,
-                       lease={"job": {}}, created_at_ms=1_000, started_at_ms=10_000)
+                       lease={"job": {}, "billable_from_ms": 10_000}, created_at_ms=1_000,
+                       started_at_ms=10_000)
     for name, value in changes.items():
         setattr(base, name, value)
     return base
@@ -39,6 +40,35 @@ def test_gpu_ms_is_leased_gpus_times_running_time() -> None:
     assert receipt.gpu_ms == 2 * 60_000
     assert receipt.amount == usage_amount(120_000, 7_200_000) == 240_000
     assert (receipt.seq, receipt.prev) == (1, GENESIS_PREV)
+
+
+def test_nothing_is_billed_or_metered_before_the_coordinator_has_the_start() -> None:
+    lease = record(lease={"job": {}}, status_reported="")
+    account_sample(lease, {"GPU-a": sample("GPU-a", 1_000)})
+    account_sample(lease, {"GPU-a": sample("GPU-a", 9_000)})
+    receipt = next_receipt(lease, KEY.public.agent_id, now_ms=70_000, final=False)
+    assert (receipt.gpu_ms, lease.energy_mj, lease.util_samples) == (0, 0, 0)
+
+
+def test_billing_counts_from_the_start_acknowledgement_not_the_container_start() -> None:
+    lease = record(lease={"job": {}, "billable_from_ms": 12_500})
+    assert next_receipt(lease, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 57_500
+
+
+def test_gpu_time_never_passes_the_window_the_coordinator_described() -> None:
+    # the window closed at 40 s by the coordinator's clock (a cancel plus its grace, say)
+    closed = record(lease={"job": {}, "billable_from_ms": 10_000,
+                           "window": {"opened_at_ms": 10_500, "closes_at_ms": 40_000}})
+    assert next_receipt(closed, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 29_500
+    # a host clock behind the coordinator's bills no more than its receipts' times allow
+    behind = record(lease={"job": {}, "billable_from_ms": 10_000,
+                           "window": {"opened_at_ms": 15_000, "closes_at_ms": 10**9}})
+    assert next_receipt(behind, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 55_000
+
+
+def test_a_lease_reported_started_by_an_older_agent_counts_from_its_start() -> None:
+    lease = record(lease={"job": {}}, status_reported="started")
+    assert next_receipt(lease, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 60_000
 
 
 def test_final_receipt_stops_at_the_exit() -> None:

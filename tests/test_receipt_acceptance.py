@@ -152,7 +152,7 @@ def _break(lab: Lab, first: SealedReceipt, rule: str) -> bytes:
         return seal_receipt(lab.receipt(first, prev=b"\x07" * 32), key).envelope
     if rule == "counters_decreased":
         return seal_receipt(lab.receipt(first, energy_mj=0), key).envelope
-    if rule == "gpu_ms_exceeds_elapsed":
+    if rule == "outside_billable_window":
         return seal_receipt(lab.receipt(first, gpu_ms=10 * 3_600_000), key).envelope
     if rule == "energy_bounds":
         return seal_receipt(lab.receipt(first, energy_mj=10**12), key).envelope
@@ -172,7 +172,7 @@ def _break(lab: Lab, first: SealedReceipt, rule: str) -> bytes:
     raise AssertionError(rule)
 
 
-RULES = ["signature", "lease", "seq", "prev", "counters_decreased", "gpu_ms_exceeds_elapsed",
+RULES = ["signature", "lease", "seq", "prev", "counters_decreased", "outside_billable_window",
          "energy_bounds", "price", "amount", "gpu_uuids", "time_window", "malformed"]
 
 

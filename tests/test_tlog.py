@@ -32,11 +32,14 @@ from shared.checkpoint import open_checkpoint
 from shared.identity import PrivateKey, parse_verifier_key, verifier_key
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+from shared.signed_request import sign_request
 
 USCC = "91350100M000100Y43"
 T0 = 1_750_000_000_000
 GPUS = ("GPU-a0", "GPU-a1")
 STEP_GPU_MS = 2 * 60_000
+STARTED = 10  # ms after T0: the lease's start report
+MAX_DURATION_MS = 3_600_000
 
 
 # -- building logs -----------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class Story:
         receipt = Receipt(
             lease_id="lease-1", job_id="job-1", agent_id=(signer or self.agent).public.agent_id,
             seq=seq, prev=previous.digest if previous else GENESIS_PREV,
-            issued_at_ms=T0 + seq * 60_000, gpu_uuids=GPUS, gpu_ms=gpu_ms, energy_mj=seq * 1000,
+            issued_at_ms=T0 + STARTED + seq * 60_000, gpu_uuids=GPUS, gpu_ms=gpu_ms, energy_mj=seq * 1000,
             utilization_pct=90, peak_memory_bytes=1 << 30, price_per_gpu_hour=self.price,
             amount=usage_amount(gpu_ms, self.price), final=False, exit_code=None)
         sealed = seal_receipt(receipt, signer or self.agent)
@@ -177,11 +180,22 @@ class Story:
         return [L.encode_entry(L.PAYMENT, T0 + 10**6, pay),
                 L.encode_entry(L.PERIOD_CLOSE, T0 + 2 * 10**6, close)]
 
+    def lease_entries(self) -> list[bytes]:
+        """The lease's award and the agent's signed start report (they fix its window)."""
+        award = L.LeaseAwardEntry("lease-1", "job-1", self.agent.public.agent_id, GPUS, self.price,
+                                  MAX_DURATION_MS, 60_000)
+        report = sign_request(self.agent, "POST", "/v1/agent/status",
+                              {"lease_id": "lease-1", "event": "started"}, T0 + STARTED)
+        return [L.encode_entry(L.LEASE_AWARD, T0 + 3, award),
+                L.encode_entry(L.LEASE_EVENT, T0 + STARTED,
+                               L.LeaseEventEntry("lease-1", L.LEASE_STARTED, report=report))]
+
     def honest(self) -> list[bytes]:
-        """Ten entries: opening (0-4), three receipts (5-7), payment and period close (8-9); the
-        same ones each time."""
+        """Twelve entries: opening (0-4), three receipts (5-7), payment and period close (8-9),
+        the lease's award and start (10-11, wherever the log puts them their window is the
+        same); the same ones each time."""
         if self._honest is None:
-            self._honest = self.opening() + self.receipts(3) + self.closing()
+            self._honest = self.opening() + self.receipts(3) + self.closing() + self.lease_entries()
         return list(self._honest)
 
 
@@ -418,7 +432,7 @@ def test_checkpoints_verify_and_an_idle_log_is_not_re_signed(tmp_path: Path, sto
         tlog.append_entries(db, leaves)
     note = tlog.sign_checkpoint(db, log_key, origin, T0 + 1)
     checkpoint = open_checkpoint(note, vkey, origin)
-    assert (checkpoint.size, checkpoint.root_hash) == (10, merkle.root(leaves))
+    assert (checkpoint.size, checkpoint.root_hash) == (12, merkle.root(leaves))
     assert tlog.sign_checkpoint(db, log_key, origin, T0 + 2) == note
     assert tlog.latest_checkpoint(db) == note
     assert db.conn.execute("SELECT COUNT(*) FROM log_checkpoints").fetchone()[0] == 2
@@ -479,20 +493,20 @@ async def test_the_public_routes_serve_what_the_auditor_needs(tmp_path: Path, st
         async with http.get(url + "/v1/log/checkpoint") as response:
             assert response.content_type == "text/plain"
             checkpoint = open_checkpoint(await response.text(), vkey, vkey.name)
-        assert (checkpoint.size, checkpoint.root_hash) == (10, merkle.root(leaves))
+        assert (checkpoint.size, checkpoint.root_hash) == (12, merkle.root(leaves))
         async with http.get(url + "/v1/log/entries", params={"start": "2", "end": "7"}) as response:
             page = await response.json()
         assert page["start"] == 2 and page["end"] == 7
         assert [base64.b64decode(e) for e in page["entries"]] == leaves[2:7]
         async with http.get(url + "/v1/log/proof/inclusion",
-                            params={"index": "6", "size": "10"}) as response:
+                            params={"index": "6", "size": "12"}) as response:
             proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
-        assert merkle.verify_inclusion(leaves[6], 6, 10, proof, checkpoint.root_hash)
+        assert merkle.verify_inclusion(leaves[6], 6, 12, proof, checkpoint.root_hash)
         async with http.get(url + "/v1/log/proof/consistency",
-                            params={"old": "3", "new": "10"}) as response:
+                            params={"old": "3", "new": "12"}) as response:
             proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
         old_root = merkle.root(leaves[:3])
-        assert merkle.verify_consistency(3, 10, old_root, checkpoint.root_hash, proof)
+        assert merkle.verify_consistency(3, 12, old_root, checkpoint.root_hash, proof)
         async with http.get(url + "/v1/log/find",
                             params={"digest": story.sealed[2].digest.hex()}) as response:
             assert (await response.json())["index"] == 7
@@ -517,7 +531,7 @@ async def test_entry_pages_are_bounded(tmp_path: Path, story: Story, log_key: Pr
                 url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response:
             assert len((await response.json())["entries"]) == 1
         report = await audit.verify_log(url, None, None)
-    assert report.ok and report.size == 10
+    assert report.ok and report.size == 12
 
 
 @pytest.mark.parametrize(("route", "query", "status", "words"), [
@@ -526,9 +540,9 @@ async def test_entry_pages_are_bounded(tmp_path: Path, story: Story, log_key: Pr
     ("entries", {"start": "-1", "end": "3"}, 400, "whole number"),
     ("entries", {"start": "1" * 30, "end": "3"}, 400, "at most 19 digits"),
     ("entries", {"start": "5", "end": "5"}, 422, "below end"),
-    ("entries", {"start": "0", "end": "11"}, 404, "beyond the log, which has 10 entries"),
-    ("proof/inclusion", {"index": "10", "size": "10"}, 422, "not an entry"),
-    ("proof/inclusion", {"index": "0", "size": "11"}, 404, "beyond the log"),
+    ("entries", {"start": "0", "end": "13"}, 404, "beyond the log, which has 12 entries"),
+    ("proof/inclusion", {"index": "12", "size": "12"}, 422, "not an entry"),
+    ("proof/inclusion", {"index": "0", "size": "13"}, 404, "beyond the log"),
     ("proof/inclusion", {"index": "0"}, 400, "size is required"),
     ("proof/consistency", {"old": "0", "new": "4"}, 422, "0 < old <= new"),
     ("proof/consistency", {"old": "5", "new": "4"}, 422, "0 < old <= new"),
@@ -564,7 +578,7 @@ async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
     assert report.ok, report.discrepancies
     assert report.key_trust == "first use" and "first use" in report.notes[0]
     assert (report.size, report.receipts, report.leases, report.agents, report.enterprises,
-            report.auctions_replayed) == (10, 3, 1, 2, 1, 1)
+            report.auctions_replayed) == (12, 3, 1, 2, 1, 1)
     assert (report.charged, report.voucher, report.deferred) == (600_000, 300_000, 300_000)
     assert report.accounts["earnings:prov-1"] == {"debits": 0, "credits": 600_000}
     assert report.accounts["receivable:ent-1"] == {"debits": 300_000, "credits": 100_000}
@@ -577,10 +591,10 @@ async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
     again = await verify(path, log_key, state)
     assert again.ok, again.discrepancies
     assert (again.key_trust, again.previous_size, again.size, again.receipts) == (
-        "pinned", 10, 12, 5)
+        "pinned", 12, 14, 5)
     assert json.loads(state.read_text())["checkpoint"] != saved["checkpoint"]
     same = await verify(path, log_key, state, log_key=again.log_key)
-    assert same.ok and same.key_trust == "given" and same.previous_size == 12
+    assert same.ok and same.key_trust == "given" and same.previous_size == 14
 
 
 async def test_an_entry_changed_in_the_database_is_caught(tmp_path: Path, story: Story,
@@ -760,7 +774,7 @@ async def test_the_logged_acknowledgements_must_match_the_receipts(
         write_log(path, log_key, story.honest() + [bad])
         report = await verify(path, log_key)
         assert codes(report) == {"bad_acknowledgement"}, report.discrepancies
-        assert {d.index for d in report.discrepancies} == {10}
+        assert {d.index for d in report.discrepancies} == {12}
 
 
 async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
@@ -780,7 +794,7 @@ async def test_one_receipt_is_proven_to_be_in_the_log(tmp_path: Path, story: Sto
     async with serving(path, log_key) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
         assert report.ok, report.discrepancies
-        assert (report.index, report.size, report.seq, report.charged) == (6, 10, 2, 200_000)
+        assert (report.index, report.size, report.seq, report.charged) == (6, 12, 2, 200_000)
         acknowledged = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0,
                                                  acknowledgement=story.acknowledgement(story.sealed[1], 6))
         assert acknowledged.ok, acknowledged.discrepancies

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from coordinator.client.audit_windows import WindowAudit
 from shared import log_entries as L
 from shared.auction import AuctionError, replay, replay_round, round_from_record
 from shared.checkpoint import Checkpoint, open_checkpoint
@@ -556,6 +557,7 @@ class _Auditor:
         self.transfers: dict[bytes, int] = {}
         # (job_id) -> {(agent_id, price, sorted GPU uuids)} of rounds whose replay agreed
         self.awards: dict[str, set[tuple[str, int, tuple[str, ...]]]] = {}
+        self.windows = WindowAudit(self.agents, self.problem)
 
     def run(self, data: list[bytes]) -> None:
         for index, raw in enumerate(data):
@@ -574,7 +576,11 @@ class _Auditor:
             elif isinstance(entry.body, L.EnterpriseEntry):
                 self.enterprise(index, entry.body)
             elif isinstance(entry.body, L.ReceiptEntry):
-                self.receipt(index, entry.body)
+                self.receipt(index, entry.body, entry.at_ms)
+            elif isinstance(entry.body, L.LeaseAwardEntry):
+                self.lease_award(index, entry.body, entry.at_ms)
+            elif isinstance(entry.body, L.LeaseEventEntry):
+                self.windows.event(index, entry.at_ms, entry.body)
             elif isinstance(entry.body, L.PaymentEntry):
                 self.payment(index, entry.body)
             elif isinstance(entry.body, L.PeriodCloseEntry):
@@ -611,7 +617,16 @@ class _Auditor:
             return
         self.usccs[body.uscc] = body.enterprise_id
 
-    def receipt(self, index: int, body: L.ReceiptEntry) -> None:
+    def lease_award(self, index: int, body: L.LeaseAwardEntry, at_ms: int) -> None:
+        award = (body.agent_id, body.price_per_gpu_hour, tuple(sorted(body.gpu_uuids)))
+        if award not in self.awards.get(body.job_id, set()):
+            self.problem("unawarded_lease", f"lease {body.lease_id} gives job {body.job_id} to agent "
+                         f"{body.agent_id[:16]}… at {body.price_per_gpu_hour} µ¥ per GPU-hour, but "
+                         "no earlier auction round of the log (that replays) awarded the job to "
+                         "that agent, price and GPUs", index)
+        self.windows.award(index, at_ms, body)
+
+    def receipt(self, index: int, body: L.ReceiptEntry, at_ms: int) -> None:
         digest = body.digest
         if digest in self.receipts:
             self.problem("duplicate_receipt", f"receipt {digest.hex()[:16]} is logged twice", index)
@@ -641,6 +656,7 @@ class _Auditor:
         except ReceiptRuleError as exc:
             self.problem("receipt_chain", f"{where} breaks rule {exc.rule}: {exc.detail}", index)
         self.chains[receipt.lease_id] = sealed
+        self.windows.receipt(index, at_ms, receipt)
         if previous is None:
             award = (receipt.agent_id, receipt.price_per_gpu_hour, tuple(sorted(receipt.gpu_uuids)))
             if award not in self.awards.get(receipt.job_id, set()):
@@ -698,7 +714,9 @@ class _Auditor:
                              f"{logged.delta} and {len(logged.transfer_ids)} transfers", index)
 
     def finish(self) -> None:
-        """What only the whole log shows: usage accepted but never posted."""
+        """What only the whole log shows: usage accepted but never posted, and receipts that
+        bill outside their lease's window (which later entries may close)."""
+        self.windows.finish()
         for lease_id, sealed in self.chains.items():
             unposted = sealed.receipt.amount - self.posted.get(lease_id, 0)
             if unposted > 0:

@@ -1,0 +1,203 @@
+"""A rogue agent holds its own key and signs whatever it likes: it still bills only its lease's
+window. Each attack goes to a real coordinator; each is refused by a named rule, charges
+nothing beyond the window, and the log the coordinator keeps still passes `suanli audit`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.client import audit
+from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, started_lease
+from shared.billing_window import CLOCK_SKEW_MS
+from shared.money import usage_amount
+from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+
+PRICE = 6_000_000
+GRACE_MS = 1_000
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Rogue:
+    """An agent's key on a lease, signing receipts of any content it chooses."""
+
+    def __init__(self, coordinator: CoordinatorProcess, agent: FakeAgent, api: Api,
+                 lease: dict[str, Any], job_id: str) -> None:
+        self.coordinator, self.agent, self.api, self.lease, self.job_id = coordinator, agent, api, lease, job_id
+        self.chain: list[SealedReceipt] = []
+
+    def receipt(self, gpu_ms: int, issued_at_ms: int | None = None, **changes: Any) -> SealedReceipt:
+        previous = self.chain[-1] if self.chain else None
+        price = self.lease["price_per_gpu_hour"]
+        receipt = Receipt(
+            lease_id=self.lease["lease_id"], job_id=self.job_id, agent_id=self.agent.agent_id,
+            seq=previous.receipt.seq + 1 if previous else 1,
+            prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=_now() if issued_at_ms is None else issued_at_ms,
+            gpu_uuids=tuple(self.lease["gpu_uuids"]), gpu_ms=gpu_ms, energy_mj=0,
+            utilization_pct=50, peak_memory_bytes=0, price_per_gpu_hour=price,
+            amount=usage_amount(gpu_ms, price), final=False, exit_code=None)._replace(**changes)
+        return seal_receipt(receipt, self.agent.key)
+
+    async def send(self, sealed: SealedReceipt) -> dict[str, Any]:
+        answer = await self.agent.client.signed("/v1/agent/receipts", {"receipts": [sealed.envelope]})
+        [result] = answer["results"]
+        if result["status"] == "accepted":
+            self.chain.append(sealed)
+        return dict(result)
+
+    def window(self) -> tuple[int | None, int]:
+        """(opened, closes) as the coordinator keeps them: what bounds the lease's bill."""
+        with sqlite3.connect(self.coordinator.db) as db:
+            created, started, max_ms, grace, stop, ended = db.execute(
+                "SELECT created_at_ms, started_at_ms, max_duration_ms, stop_grace_ms, "
+                "stop_requested_at_ms, ended_at_ms FROM leases WHERE id = ?",
+                [self.lease["lease_id"]]).fetchone()
+        closes = created + max_ms
+        if stop is not None:
+            closes = min(closes, stop + grace)
+        if ended is not None:
+            closes = min(closes, ended)
+        return started, closes
+
+    def charged(self) -> int:
+        with sqlite3.connect(self.coordinator.db) as db:
+            return int(db.execute("SELECT COALESCE(SUM(amount), 0) FROM ledger_postings WHERE job_id = ?",
+                                  [self.job_id]).fetchone()[0])
+
+    async def audit_passes(self) -> None:
+        await asyncio.sleep(2.5)  # the next checkpoint covers everything logged
+        report = await audit.verify_log(self.coordinator.url, None, None)
+        assert report.ok, [d.line() for d in report.discrepancies]
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Any:
+    process = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS}).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def rogue(coordinator: CoordinatorProcess, cleanup: list[Any]) -> Rogue:
+    started = await started_lease(coordinator, cleanup, PRICE)
+    return Rogue(coordinator, started.agent, started.api, started.lease, started.job_id)
+
+
+async def _short_lease(coordinator: CoordinatorProcess, cleanup: list[Any], max_duration_s: int,
+                       start: bool = True) -> Rogue:
+    agent = FakeAgent(coordinator.url, ["GPU-s0", "GPU-s1"], PRICE)
+    cleanup.append(agent)
+    await agent.enrol(coordinator.add_provider(5))
+    await agent.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(6))
+    cleanup.append(api)
+    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE, max_duration_s=max_duration_s)
+    lease = await agent.wait_for_lease()
+    if start:
+        await agent.client.status(lease["lease_id"], "started")
+    return Rogue(coordinator, agent, api, lease, str(job["id"]))
+
+
+async def test_future_time_bills_nothing_and_far_future_is_refused(rogue: Rogue) -> None:
+    opened, _ = rogue.window()
+    assert opened is not None
+    gpus = len(rogue.lease["gpu_uuids"])
+    ahead = _now() + CLOCK_SKEW_MS - 2_000
+    # within the skew a receipt is excused, but its GPU time counts only to its arrival
+    claimed = gpus * (ahead - opened)
+    result = await rogue.send(rogue.receipt(claimed, issued_at_ms=ahead))
+    assert (result["status"], result["rule"]) == ("rejected", "outside_billable_window"), result
+    result = await rogue.send(rogue.receipt(gpus * 10, issued_at_ms=_now() + CLOCK_SKEW_MS + 60_000))
+    assert (result["status"], result["rule"]) == ("rejected", "time_window"), result
+    assert rogue.charged() == 0
+    honest = await rogue.send(rogue.receipt(gpus * (_now() - opened) - gpus * 50))
+    assert honest["status"] == "accepted", honest
+    await rogue.audit_passes()
+
+
+async def test_after_the_maximum_duration_the_agent_bills_nothing_more_and_is_ended(
+        coordinator: CoordinatorProcess, cleanup: list[Any]) -> None:
+    rogue = await _short_lease(coordinator, cleanup, max_duration_s=2)
+    gpus = 2
+    max_cost = usage_amount(gpus * 2_000, PRICE)
+    # the agent ignores the stop and claims the whole time since its start
+    await asyncio.sleep(3.0)
+    opened, closes = rogue.window()
+    assert opened is not None
+    refused = await rogue.send(rogue.receipt(gpus * (_now() - opened)))
+    assert (refused["status"], refused["rule"]) == ("rejected", "outside_billable_window"), refused
+    accepted = await rogue.send(rogue.receipt(gpus * (closes - opened)))
+    assert accepted["status"] == "accepted", accepted
+    assert rogue.charged() <= max_cost
+    # it never reports the exit: the coordinator ends the lease itself, says why, penalises it
+    job = await rogue.api.wait_for(rogue.job_id, lambda j: j["state"] != "running", timeout_s=10)
+    assert (job["state"], job["reason"]) == ("failed", "agent_overran"), job
+    assert "did not stop" in job["reason_detail"]
+    with sqlite3.connect(coordinator.db) as db:
+        penalty = db.execute("SELECT penalty_ppm FROM agents WHERE agent_id = ?",
+                             [rogue.agent.agent_id]).fetchone()[0]
+        end = db.execute("SELECT end_reason FROM leases WHERE id = ?", [rogue.lease["lease_id"]]).fetchone()[0]
+    assert penalty > 0 and end == "overrun"
+    # later receipts still cannot reach past the close
+    late = await rogue.send(rogue.receipt(gpus * (_now() - opened)))
+    assert (late["status"], late["rule"]) == ("rejected", "outside_billable_window"), late
+    assert rogue.charged() <= max_cost
+    await rogue.audit_passes()
+
+
+async def test_after_a_cancel_only_the_stop_grace_is_billed(rogue: Rogue) -> None:
+    status, _ = await rogue.api.call("POST", f"/v1/jobs/{rogue.job_id}/cancel")
+    assert status == 200
+    await asyncio.sleep((GRACE_MS + 800) / 1000)
+    opened, closes = rogue.window()
+    assert opened is not None
+    gpus = len(rogue.lease["gpu_uuids"])
+    refused = await rogue.send(rogue.receipt(gpus * (_now() - opened)))
+    assert (refused["status"], refused["rule"]) == ("rejected", "outside_billable_window"), refused
+    assert rogue.charged() == 0
+    assert (await rogue.send(rogue.receipt(gpus * (closes - opened))))["status"] == "accepted"
+    job = await rogue.api.wait_for(rogue.job_id, lambda j: j["state"] == "cancelled", timeout_s=10)
+    assert "did not stop" in job["reason_detail"]
+    assert rogue.charged() == usage_amount(gpus * (closes - opened), PRICE)
+    await rogue.audit_passes()
+
+
+async def test_a_lease_never_started_bills_nothing_even_after_it_moved(
+        coordinator: CoordinatorProcess, cleanup: list[Any]) -> None:
+    rogue = await _short_lease(coordinator, cleanup, max_duration_s=600, start=False)
+    await asyncio.sleep(0.5)
+    result = await rogue.send(rogue.receipt(20))
+    assert (result["status"], result["rule"]) == ("rejected", "lease_not_started"), result
+    # the start deadline passes; the lease is dead and still bills nothing
+    await rogue.api.wait_for(rogue.job_id, lambda j: j["lease_id"] != rogue.lease["lease_id"]
+                             or j["state"] != "leased", timeout_s=10)
+    result = await rogue.send(rogue.receipt(20))
+    assert (result["status"], result["rule"]) == ("rejected", "lease_not_started"), result
+    assert rogue.charged() == 0
+    await rogue.audit_passes()
+
+
+async def test_another_agents_lease_cannot_be_billed(rogue: Rogue, coordinator: CoordinatorProcess,
+                                                    cleanup: list[Any]) -> None:
+    thief = FakeAgent(coordinator.url, ["GPU-t0"], PRICE)
+    cleanup.append(thief)
+    await thief.enrol(coordinator.add_provider(7))
+    stolen = Rogue(coordinator, thief, rogue.api, rogue.lease, rogue.job_id)
+    result = await stolen.send(stolen.receipt(20, agent_id=thief.agent_id))
+    assert (result["status"], result["rule"]) == ("rejected", "lease"), result
+    # its own key on the right lease but another job is refused the same way
+    result = await rogue.send(rogue.receipt(20, job_id="job-000000000000"))
+    assert (result["status"], result["rule"]) == ("rejected", "lease"), result
+    assert rogue.charged() == 0
