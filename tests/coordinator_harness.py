@@ -237,6 +237,19 @@ class Api:
         await self.session.close()
 
 
+async def seller_and_buyer(coordinator: CoordinatorProcess, cleanup: list[Any], uuids: list[str],
+                           ask: int, provider: int = 1, enterprise: int = 2) -> tuple[FakeAgent, Api]:
+    """An enrolled agent heartbeating its GPUs at `ask`, and an enterprise to buy them."""
+    agent = FakeAgent(coordinator.url, uuids, ask)
+    cleanup.append(agent)
+    await agent.enrol(coordinator.add_provider(provider))
+    await agent.heartbeat()
+    agent.keep_alive()
+    api = Api(coordinator.url, coordinator.add_enterprise(enterprise))
+    cleanup.append(api)
+    return agent, api
+
+
 @dataclass
 class StartedLease:
     """An agent running a two-GPU lease it won, a dearer agent beside it, and the buyer."""

@@ -617,13 +617,17 @@ class _Auditor:
             return
         self.usccs[body.uscc] = body.enterprise_id
 
+    def awarded(self, index: int, what: str, job_id: str, agent_id: str, price: int,
+                gpu_uuids: tuple[str, ...]) -> None:
+        """A lease, or the receipts that bill it, must follow an auction round that replays."""
+        if (agent_id, price, tuple(sorted(gpu_uuids))) not in self.awards.get(job_id, set()):
+            self.problem("unawarded_lease", f"{what} job {job_id} on agent {agent_id[:16]}… at "
+                         f"{price} µ¥ per GPU-hour, but no earlier auction round of the log (that "
+                         "replays) awarded the job to that agent, price and GPUs", index)
+
     def lease_award(self, index: int, body: L.LeaseAwardEntry, at_ms: int) -> None:
-        award = (body.agent_id, body.price_per_gpu_hour, tuple(sorted(body.gpu_uuids)))
-        if award not in self.awards.get(body.job_id, set()):
-            self.problem("unawarded_lease", f"lease {body.lease_id} gives job {body.job_id} to agent "
-                         f"{body.agent_id[:16]}… at {body.price_per_gpu_hour} µ¥ per GPU-hour, but "
-                         "no earlier auction round of the log (that replays) awarded the job to "
-                         "that agent, price and GPUs", index)
+        self.awarded(index, f"lease {body.lease_id} gives", body.job_id, body.agent_id,
+                     body.price_per_gpu_hour, body.gpu_uuids)
         self.windows.award(index, at_ms, body)
 
     def receipt(self, index: int, body: L.ReceiptEntry, at_ms: int) -> None:
@@ -658,12 +662,8 @@ class _Auditor:
         self.chains[receipt.lease_id] = sealed
         self.windows.receipt(index, at_ms, receipt)
         if previous is None:
-            award = (receipt.agent_id, receipt.price_per_gpu_hour, tuple(sorted(receipt.gpu_uuids)))
-            if award not in self.awards.get(receipt.job_id, set()):
-                self.problem("unawarded_lease", f"{where} bills job {receipt.job_id} on agent "
-                             f"{receipt.agent_id[:16]}… at {receipt.price_per_gpu_hour} µ¥ per "
-                             "GPU-hour, but no earlier auction round of the log (that replays) "
-                             "awarded the job to that agent, price and GPUs", index)
+            self.awarded(index, f"{where} bills", receipt.job_id, receipt.agent_id,
+                         receipt.price_per_gpu_hour, receipt.gpu_uuids)
         charge = 0
         for posting in body.postings:
             if not posting.code.startswith("usage_"):

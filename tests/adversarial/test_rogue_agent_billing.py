@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from coordinator.client import audit
-from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, started_lease
+from coordinator_harness import (
+    FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, seller_and_buyer, started_lease,
+)
 from shared.billing_window import CLOCK_SKEW_MS
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
@@ -96,13 +98,7 @@ async def rogue(coordinator: CoordinatorProcess, cleanup: list[Any]) -> Rogue:
 
 async def _short_lease(coordinator: CoordinatorProcess, cleanup: list[Any], max_duration_s: int,
                        start: bool = True) -> Rogue:
-    agent = FakeAgent(coordinator.url, ["GPU-s0", "GPU-s1"], PRICE)
-    cleanup.append(agent)
-    await agent.enrol(coordinator.add_provider(5))
-    await agent.heartbeat()
-    agent.keep_alive()
-    api = Api(coordinator.url, coordinator.add_enterprise(6))
-    cleanup.append(api)
+    agent, api = await seller_and_buyer(coordinator, cleanup, ["GPU-s0", "GPU-s1"], PRICE, 5, 6)
     _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE, max_duration_s=max_duration_s)
     lease = await agent.wait_for_lease()
     if start:
