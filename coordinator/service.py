@@ -782,7 +782,8 @@ class Coordinator:
                 changed_leases.append(lease)
                 changed_agents.append(agent)
                 self._notify(lease.agent_id)
-            elif lease.state == LEASE_RUNNING and now > lease.window().closes_at_ms + lease.stop_grace_ms:
+            elif (lease.state == LEASE_RUNNING and (lease.stop_requested_at_ms is not None or now >= lease.ends_at_ms)
+                  and now > lease.window().closes_at_ms + lease.stop_grace_ms):
                 agent = self.market.agents[lease.agent_id]
                 entries.append(self._overrun(lease, job, agent, now))
                 changed_jobs.append(job)
