@@ -18,6 +18,7 @@ import pytest
 from engines import BUSYBOX_IMAGE, EngineService, busybox_rootfs
 
 from agent.engine import (
+    FALLBACK_USER,
     LABEL_GPU_MODE,
     LABEL_GPU_UUIDS,
     ContainerNotFound,
@@ -37,6 +38,7 @@ from agent.engine import (
     demultiplex,
     follow_pull,
     split_image_ref,
+    unenforced_limits,
 )
 
 
@@ -81,7 +83,7 @@ async def collect_logs(engine: Engine, container_id: str, **kwargs: Any) -> dict
 
 
 def test_create_body_hardening_is_always_there() -> None:
-    body = build_create_body(spec("plain", ["true"], user="1000:1000", tmpfs_bytes=8 * MIB))
+    body = build_create_body(spec("plain", ["true"], user="1000:1000", tmpfs={"/tmp": 8 * MIB}))
     host = body["HostConfig"]
     assert host["Privileged"] is False
     assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == []
@@ -92,7 +94,7 @@ def test_create_body_hardening_is_always_there() -> None:
     assert host["NetworkMode"] == "none"
     assert host["Binds"] == host["Mounts"] == host["VolumesFrom"] == host["Devices"] == []
     assert host["DeviceRequests"] == []
-    assert host["Tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={8 * MIB}"}
+    assert host["Tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}"}
     assert body["User"] == "1000:1000"
     assert body["Tty"] is False
     assert "NVIDIA_VISIBLE_DEVICES=void" in body["Env"]
@@ -142,6 +144,64 @@ def test_libpod_body_has_the_same_hardening() -> None:
     }
     assert body["netns"] == {"nsmode": "none"}
     assert body["mounts"] == [] and body["volumes"] == []
+
+
+def test_host_bounds_reach_both_bodies() -> None:
+    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
+                   tmpfs={"/scratch": 32 * MIB, "/tmp": 8 * MIB}, userns_host_id=1_000_000_000)
+    host = build_create_body(bounded)["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    # Docker keeps max-file files of max-size each: together the bound asked for.
+    assert host["LogConfig"] == {"Type": "json-file",
+                                 "Config": {"max-size": str(2 * MIB), "max-file": "2"}}
+    assert host["Tmpfs"] == {"/scratch": f"rw,exec,nosuid,nodev,size={32 * MIB}",
+                             "/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}"}
+    libpod = build_libpod_create_body(bounded)
+    assert libpod["read_only_filesystem"] is True and libpod["read_only_tmpfs"] is False
+    assert libpod["log_configuration"] == {"driver": "k8s-file", "size": 4 * MIB}
+    assert sorted((m["destination"], m["options"][-1]) for m in libpod["mounts"]) == [
+        ("/scratch", f"size={32 * MIB}"), ("/tmp", f"size={8 * MIB}")]
+    mapping = [{"container_id": 0, "host_id": 1_000_000_000, "size": 65536}]
+    assert libpod["userns"] == {"nsmode": "private"}
+    assert libpod["idmappings"]["UIDMap"] == libpod["idmappings"]["GIDMap"] == mapping
+
+
+def test_unenforced_limits_name_what_the_engine_dropped() -> None:
+    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
+                   tmpfs={"/scratch": 32 * MIB}, userns_host_id=1_000_000_000, user="7:7")
+    applied = {"Config": {"User": "7:7"}, "HostConfig": {
+        "Memory": 64 * MIB, "ReadonlyRootfs": True,
+        "LogConfig": {"Type": "k8s-file", "Size": "4.194MB"},
+        "Tmpfs": {"/scratch": f"rw,size={32 * MIB},rprivate"},
+        "IDMappings": {"UidMap": ["0:1000000000:65536"]}}}
+    assert unenforced_limits(bounded, applied, "podman") == []
+    dropped = {"Config": {"User": ""}, "HostConfig": {
+        "Memory": 0, "ReadonlyRootfs": False, "LogConfig": {"Type": "json-file", "Config": {}},
+        "Tmpfs": {}, "IDMappings": {"UidMap": None}}}
+    problems = " | ".join(unenforced_limits(bounded, dropped, "podman"))
+    for words in ("memory", "read-only", "log bound", "tmpfs", "user 7:7", "user namespace"):
+        assert words in problems
+    # Docker has no id maps to show: its user namespace is the daemon's (or FALLBACK_USER).
+    assert "user namespace" not in " ".join(unenforced_limits(bounded, dropped, "docker"))
+
+
+@pytest.mark.parametrize("tmpfs", [{"/": 8 * MIB}, {"tmp": 8 * MIB}, {"/a/../b": 8 * MIB},
+                                   {"/tmp": 10}, {"/a b": 8 * MIB}])
+def test_spec_refuses_bad_tmpfs(tmpfs: dict[str, int]) -> None:
+    with pytest.raises(InvalidContainerSpec, match="tmpfs"):
+        spec("bad", ["true"], tmpfs=tmpfs)
+
+
+def test_spec_refuses_a_user_namespace_at_host_root() -> None:
+    with pytest.raises(InvalidContainerSpec, match="userns"):
+        spec("bad", ["true"], userns_host_id=0)
+    with pytest.raises(InvalidContainerSpec, match="userns"):
+        spec("bad", ["true"], userns_host_id=(1 << 32) - 10)
+
+
+def test_fallback_user_is_not_root() -> None:
+    uid, _, gid = FALLBACK_USER.partition(":")
+    assert int(uid) > 0 and int(gid) > 0
 
 
 @pytest.mark.parametrize(
