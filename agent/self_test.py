@@ -38,6 +38,7 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
     if url and key is not None:
         results.append(await _coordinator(url, key, settings.ca_file or state_ca(state)))
     results.append(await _engine(settings.engine_socket))
+    results.extend(await _job_isolation(settings))
     results.append(await asyncio.to_thread(_gpus))
     ask = settings.ask_per_gpu_hour
     results.append(("ask price", ask is not None,
@@ -72,6 +73,36 @@ async def _engine(socket_path: str) -> Check:
         return ("container engine", False, f"{socket_path}: {exc}")
     finally:
         await engine.close()
+
+
+async def _job_isolation(settings: AgentSettings) -> list[Check]:
+    """What keeps a job from the host, as this engine and these settings make it."""
+    checks: list[Check] = []
+    engine = Engine(settings.engine_socket)
+    try:
+        mode, sentence = await engine.root_isolation()
+        # Docker without userns-remap is not a failure (the job runs as a non-root uid) but
+        # the operator reads here that a user namespace would be stronger.
+        checks.append(("container root", True, f"{mode}: {sentence}"))
+    except (SuanliError, aiohttp.ClientError, OSError) as exc:
+        checks.append(("container root", False, f"cannot tell whether container root is host "
+                       f"root: {exc}"))
+    finally:
+        await engine.close()
+    reserve = settings.memory_reserve_bytes
+    share = "its GPUs' share of" if settings.memory_by_gpu_share else "all of"
+    checks.append(("job limits", True,
+                   f"engine log at most {settings.engine_log_max_bytes} bytes per job; read-only "
+                   f"root filesystem with tmpfs /scratch <= {settings.scratch_bytes} and /tmp <= "
+                   f"{settings.tmp_bytes} bytes inside the memory limit; memory at most "
+                   f"{share} host memory less {reserve} bytes"))
+    allow = settings.registry_allow
+    checks.append(("registry policy", True,
+                   ("any registry host" if allow is None else f"only {', '.join(allow) or 'none'}")
+                   + ("; loopback, link-local and private hosts refused"
+                      if settings.registry_refuse_private else
+                      "; private hosts NOT refused (registry_refuse_private = false)")))
+    return checks
 
 
 def _gpus() -> Check:
