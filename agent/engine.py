@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 # client sends changed meaning between these two, so it speaks the newest both sides know.
 API_VERSION_MIN = (1, 41)
 API_VERSION_MAX = (1, 47)
-# Podman's own API; only container creation with CDI devices needs it (see Engine.create).
+# Podman's own API: containers on Podman are created (and checked) through it (Engine.create).
 LIBPOD_API = "/v4.0.0/libpod"
 
 GpuMode = Literal["nvidia-runtime", "cdi", "none"]
@@ -360,8 +360,9 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
 def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
     """The same policy as Podman's own `POST /libpod/containers/create` body.
 
-    Podman's Docker-compatible API (4.x) drops device requests without a word and takes a CDI
-    name in HostConfig.Devices for a file path, so GPUs reach a Podman container only this way.
+    Podman's Docker-compatible API (4.x) drops device requests without a word, takes a CDI
+    name in HostConfig.Devices for a file path and has no uid/gid maps, so GPUs and a user
+    namespace reach a Podman container only this way.
     """
     body: dict[str, Any] = {
         "name": spec.name,

@@ -18,6 +18,7 @@ from agent.engine import (
     ImageNotFound,
     ImagePullFailed,
     ImageTooLarge,
+    LimitNotEnforced,
 )
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
 from agent.registry_policy import RegistryRefused, pull_failed_sentence
@@ -173,6 +174,12 @@ class LeaseRunner:
             await self._fail(code, pull_failed_sentence(image) if code == "image_pull_failed"
                              else f"image {image} was not found in its registry, or the "
                                   "registry refused access to it")
+            return False
+        except LimitNotEnforced as exc:
+            # The provider's engine is at fault, not the job: the coordinator requeues it.
+            log.error("lease %s: %s; no job can run safely on this engine", record.lease_id,
+                      exc.detail)
+            await self._fail(exc.code, exc.detail)
             return False
         except EngineError as exc:
             await self._remove_container()

@@ -383,7 +383,7 @@ async def test_logs_of_a_tty_container_are_raw(engine: Engine) -> None:
 @pytest.mark.parametrize("gpu_mode", ["none", "cdi"])
 async def test_hardening_visible_in_inspect(engine: Engine, engine_service: EngineService,
                                             gpu_mode: str) -> None:
-    # On Podman, gpu_mode "cdi" goes through its own API: both request paths are checked.
+    # Docker's body and Podman's own (libpod) body, each with and without CDI devices.
     hardened = spec(f"hardened-{gpu_mode}", ["sleep", "30"], cpus_milli=250,
                     memory_bytes=48 * MIB, pids_limit=32, gpu_mode=gpu_mode,
                     env={"JOB": "1"})
@@ -570,3 +570,58 @@ async def test_gpu_requests_reach_the_engine(engine: Engine, engine_service: Eng
             assert caught.value.code == "gpu_pinning_failed"
             labels = (await engine.inspect(container_id))["Config"]["Labels"]
             assert labels[LABEL_GPU_UUIDS] == GPU_A
+
+
+# -- Docker with userns-remap: a daemon setting this host's shared dockerd cannot take --------
+
+
+@contextlib.asynccontextmanager
+async def fake_dockerd(tmp_path: Path, security_options: list[str]) -> AsyncIterator[list[Any]]:
+    """Just enough of a Docker daemon on a unix socket to create a container; the create
+    bodies it received are yielded. (Remapping needs /etc/subuid entries for the whole host.)"""
+    from aiohttp import web
+
+    bodies: list[Any] = []
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"Version": "26.1.5", "ApiVersion": "1.45",
+                                  "MinAPIVersion": "1.24"})
+
+    async def info(_: web.Request) -> web.Response:
+        return web.json_response({"SecurityOptions": security_options})
+
+    async def create(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response({"Id": "c0ffee", "Warnings": []}, status=201)
+
+    async def inspect(_: web.Request) -> web.Response:
+        body = bodies[-1]
+        return web.json_response({"Config": {"User": body["User"]},
+                                  "HostConfig": body["HostConfig"]})
+
+    app = web.Application()
+    app.add_routes([web.get("/version", version), web.get("/v1.45/version", version),
+                    web.get("/v1.45/info", info), web.post("/v1.45/containers/create", create),
+                    web.get("/v1.45/containers/c0ffee/json", inspect)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "docker.sock")).start()
+    try:
+        yield bodies
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("options", "user", "mode"), [
+    (["name=seccomp,profile=builtin", "name=userns"], "", "userns"),
+    (["name=seccomp,profile=builtin"], FALLBACK_USER, "non-root-user"),
+])
+async def test_docker_runs_root_jobs_as_nobody_unless_the_daemon_remaps(
+        tmp_path: Path, options: list[str], user: str, mode: str) -> None:
+    async with fake_dockerd(tmp_path, options) as bodies, Engine(tmp_path / "docker.sock") as client:
+        assert (await client.root_isolation())[0] == mode
+        await client.create(spec("remap", ["true"], userns_host_id=1_000_000_000))
+        # A job's own non-root numeric user is kept either way; root or a name is not.
+        await client.create(spec("own", ["true"], userns_host_id=1_000_000_000, user="1000:1000"))
+        await client.create(spec("root", ["true"], userns_host_id=1_000_000_000, user="0:0"))
+    assert [b["User"] for b in bodies] == [user, "1000:1000", user or "0:0"]

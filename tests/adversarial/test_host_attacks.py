@@ -352,3 +352,19 @@ def test_self_test_says_whether_container_root_is_host_root(
         assert FALLBACK_USER in root["detail"]
     assert "engine log at most 67108864 bytes per job" in checks["job limits"]["detail"]
     assert "private hosts refused" in checks["registry policy"]["detail"]
+
+
+async def test_a_log_flood_through_the_agent_ends_and_ships_what_it_can(
+        tmp_path: Path, engine_service: EngineService) -> None:
+    """The bound on disk must not stall the agent's own log shipping or the job's end. What
+    the engine rotated away before the agent read it is lost: the bound is a window."""
+    async with agent_stack(tmp_path, engine_service, engine_log_max_bytes=256 * 1024,
+                           max_job_log_bytes=512 * 1024) as stack:
+        job_id = await stack.submit(BUSYBOX_IMAGE, [
+            "sh", "-c", f"echo first; yes {'y' * 99} | head -c 8000000; echo last"])
+        began = time.monotonic()
+        job = await stack.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"))
+        assert job["state"] == "succeeded", job
+        assert time.monotonic() - began < 30
+        text = await stack.job_log(job_id)
+        assert "y" * 99 + "\n" in text and len(text) <= 512 * 1024 + 4096
