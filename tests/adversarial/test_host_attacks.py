@@ -4,7 +4,8 @@ The containers here are the agent's own: built by `agent.runner.job_spec` from a
 or started by a real `suanli-agent` process for a real coordinator's lease.
 
 - a log flood: the engine's log file on the host's disk stays under `engine_log_max_bytes`;
-- writes: the root filesystem is read-only, the scratch tmpfs fills up with ENOSPC;
+- writes: the root filesystem is read-only, the scratch tmpfs fills up with ENOSPC, and
+  tmpfs pages count against the job's memory limit (so scratch cannot grow past it);
 - root: container root is not host root (Podman: a user namespace, seen from the host;
   Docker without userns-remap: the job runs as 65534, seen from the host too);
 - memory: a job asking 2^44 bytes runs with the host's cap, and its owner is told;
@@ -24,6 +25,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,22 @@ async def test_the_root_filesystem_is_read_only_and_scratch_is_bounded(engine: E
     sizes = [int(word) for word in text.split() if word.isdigit()]
     assert 8 * MIB in sizes and 4 * MIB in sizes, text  # filled to the size, never past it
     assert "home=/scratch" in text
+
+
+async def test_tmpfs_pages_are_charged_to_the_jobs_memory(engine: Engine) -> None:
+    """Why scratch is carved out of the memory cap: even a tmpfs sized above the limit (the
+    agent never makes one) holds no more than the limit, its writer killed at that point."""
+    settings = AgentSettings()
+    agent_made = agent_spec("tmpfs", ["true"], settings, memory_bytes=32 * MIB)
+    assert agent_made.tmpfs == {"/scratch": 16 * MIB, "/tmp": 8 * MIB}
+    oversized = replace(agent_made, name=f"attack-{RUN}-tmpfs-big", tmpfs={"/scratch": 128 * MIB},
+                        command=("sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1M count=96; "
+                                 "echo dd=$?; wc -c < /scratch/f"))
+    async with running(engine, oversized) as container_id:
+        assert await engine.wait(container_id, timeout_s=30) == 0
+        text = await output(engine, container_id)
+    assert "dd=137" in text, text  # killed by the memory cgroup, not "No space left"
+    assert int(text.split()[-1]) <= 32 * MIB
 
 
 async def test_container_root_is_not_host_root(engine: Engine, engine_service: EngineService) -> None:
