@@ -7,9 +7,12 @@ means Docker Hub), checks it against the operator's allow-list, and by default r
 that are loopback, link-local, private, shared (CGNAT) or otherwise not global, by literal
 address, by name ("localhost"), and by what the name resolves to just before the pull.
 
-Resolving is a best effort against DNS rebinding: the engine resolves the name again when
-it connects, and an attacker's DNS may answer differently then. Only an allow-list of
-trusted names (with `registry_refuse_private`) or a network-level egress rule closes that.
+The policy sees only the first hop. Resolving is a best effort against DNS rebinding: the
+engine resolves the name again when it connects, and an attacker's DNS may answer
+differently then. And an allowed registry can still send the engine elsewhere: blob
+downloads follow HTTP redirects and token auth follows the realm URL the registry names.
+Only an allow-list of registries the operator trusts, or an egress rule for the engine's
+own traffic (no loopback, link-local or private destinations), closes those.
 
 A refusal by name tells the enterprise which of its own registry hosts was refused; one by
 what the name resolves to reads as an ordinary pull failure. Neither says why: an address or

@@ -240,6 +240,7 @@ class LeaseRunner:
         before = self.record.log_offset
         await self.daemon.send_log(self.record, text.encode())
         self.record.lease[NOTE_BYTES] = self._note_bytes() + self.record.log_offset - before
+        await self.daemon.save(self.record)
 
     def _note_bytes(self) -> int:
         return int(self.record.lease.get(NOTE_BYTES, 0))

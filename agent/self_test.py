@@ -101,7 +101,10 @@ async def _job_isolation(settings: AgentSettings) -> list[Check]:
                    ("any registry host" if allow is None else f"only {', '.join(allow) or 'none'}")
                    + ("; loopback, link-local and private hosts refused"
                       if settings.registry_refuse_private else
-                      "; private hosts NOT refused (registry_refuse_private = false)")))
+                      "; private hosts NOT refused (registry_refuse_private = false)")
+                   + ("; the engine's redirects and DNS answers after the check are not: an "
+                      "allow-list or an egress rule for the engine closes that"
+                      if allow is None else "")))
     return checks
 
 
