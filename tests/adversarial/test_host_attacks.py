@@ -18,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -29,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import engines
 import psutil  # type: ignore[import-untyped]
 import pytest
 
@@ -185,6 +189,60 @@ async def test_container_root_is_not_host_root(engine: Engine, engine_service: E
         assert inside == fallback
         assert host_uids == {fallback[0]} and host_gids == {fallback[1]}
         assert uid_map == ["0", "0", "4294967295"], "no user namespace: the same ids as the host"
+
+
+REMAP_HOST_ID = 2_000_000_000
+
+
+@pytest.fixture(scope="module")
+def remapping_docker() -> Iterator[EngineService]:
+    """A private dockerd with `userns-remap`. It needs /etc/subuid and /etc/subgid ranges,
+    which are the whole host's files: it gets its own copies, bind-mounted over them in a
+    private mount namespace, so the host's stay as they are."""
+    if os.geteuid() != 0 or engines.missing_binaries("docker") or not shutil.which("unshare"):
+        engines.unavailable("a remapping dockerd needs root, dockerd and unshare")
+    workdir = Path(tempfile.mkdtemp(prefix="suanli-remap-", dir="/tmp"))
+    workdir.chmod(0o711)  # the remapped root must reach its storage below
+    for name in ("subuid", "subgid"):
+        (workdir / name).write_text(f"nobody:{REMAP_HOST_ID}:65536\n")
+    (workdir / "daemon.json").write_text("{}\n")
+    script = (f"mount --bind {workdir}/subuid /etc/subuid && "
+              f"mount --bind {workdir}/subgid /etc/subgid && "
+              f"exec dockerd --host unix://{workdir}/docker.sock "
+              f"--config-file {workdir}/daemon.json --data-root {workdir}/data "
+              f"--exec-root {workdir}/exec --pidfile {workdir}/docker.pid --iptables=false "
+              f"--ip6tables=false --bridge=none --userns-remap=nobody:nogroup")
+    service = engines._spawn("docker", workdir, ["unshare", "--mount", "--propagation",
+                                                 "private", "sh", "-c", script],
+                             dict(os.environ))
+    try:
+        service.wait_ready()
+        service.import_image(BUSYBOX_IMAGE, engines.busybox_rootfs())
+        yield service
+    finally:
+        service.stop()
+
+
+async def test_docker_with_userns_remap_keeps_root_off_the_host(
+        remapping_docker: EngineService) -> None:
+    """Where the operator turns on userns-remap, Docker jobs keep root inside, not outside."""
+    settings = AgentSettings()
+    sleeper = agent_spec("remap", ["sh", "-c", "id -u; sleep 30"], settings)
+    async with Engine(remapping_docker.socket) as engine:
+        mode, sentence = await engine.root_isolation()
+        assert mode == "userns" and "userns-remap" in sentence
+        async with running(engine, sleeper) as container_id:
+            config = (await engine.inspect(container_id))["Config"]
+            pid = (await engine.state(container_id)).pid
+            uid_line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                            if line.startswith("Uid:"))
+            deadline = time.monotonic() + 10
+            while not (await output(engine, container_id)).strip() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            inside = (await output(engine, container_id)).split()
+    assert config["User"] == "", "no fallback user where the daemon remaps"
+    assert inside == ["0"]
+    assert {int(v) for v in uid_line.split()[1:]} == {REMAP_HOST_ID}
 
 
 # -- a real agent and coordinator -------------------------------------------------------------
