@@ -91,6 +91,7 @@ FALLBACK_USER = "65534:65534"
 # Docker rotates its json-file log at max-size and keeps max-file files.
 DOCKER_LOG_FILES = 2
 _SIGKILL_EXIT = 137
+_REMOVE_TRIES = 8
 
 
 class EngineError(SuanliError):
@@ -914,10 +915,20 @@ class Engine:
                           f"{message}")
 
     async def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Delete the container and its anonymous volumes (force: even while running)."""
-        status, body = await self._container_call(
-            "DELETE", container_id, "", params={"force": str(force).lower(), "v": "true"},
-            ok=(204, 409), timeout_s=max(self.timeout_s, 60))
+        """Delete the container and its anonymous volumes (force: even while running).
+
+        Podman 4.3 may answer 500 "device or resource busy" while its own cleanup of a just
+        exited container still holds a mount; that passes within moments, so it is retried."""
+        for attempt in range(_REMOVE_TRIES):
+            status, body = await self._container_call(
+                "DELETE", container_id, "", params={"force": str(force).lower(), "v": "true"},
+                ok=(204, 409, 500), timeout_s=max(self.timeout_s, 60))
+            if status != 500 or "resource busy" not in _message(body):
+                break
+            log.warning("removing container %s: %s; retrying", container_id[:12], _message(body))
+            await asyncio.sleep(0.2 * (attempt + 1))
+        if status == 500:
+            raise EngineError(f"cannot remove container {container_id[:12]}: {_message(body)}")
         if status == 409:
             raise ContainerConflict(f"cannot remove container {container_id[:12]}: "
                                     f"{_message(body)}")

@@ -70,12 +70,13 @@ def job_spec(record: LeaseRecord, settings: AgentSettings, limits: JobLimits, *,
     )
 
 
-def _limits_note(limits: JobLimits, isolation: str) -> str:
+def _limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
     """What the job's owner is told of the limits the provider's host set."""
     lines = []
     if limits.memory_lowered:
+        share = "its GPUs' share of " if by_gpu_share else ""
         lines.append(f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
-                     "asked: the provider's host gives a job at most its GPUs' share of its memory")
+                     f"asked: the provider's host gives a job at most {share}the memory it can spare")
     lines.append(f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
                  f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
                  "bytes), both counted in the memory limit")
@@ -152,7 +153,7 @@ class LeaseRunner:
                                   max_bytes=settings.image_max_bytes, progress=progress.add)
                 await self._note(progress.summary(image))
             isolation, _ = await engine.root_isolation()
-            await self._note(_limits_note(limits, isolation))
+            await self._note(_limits_note(limits, isolation, settings.memory_by_gpu_share))
             spec = job_spec(record, settings, limits, agent_id=daemon.agent_id,
                             gpu_mode=daemon.gpu_mode, host_cpus_milli=daemon.host_cpus_milli())
             record.container_id = await engine.create(spec)
