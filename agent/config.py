@@ -11,7 +11,6 @@ from shared.errors import SuanliError
 from shared.money import parse_yuan
 from shared.settings_file import describe, read_table, setting, typed_values
 
-
 USERNS_SIZE = 65536  # ids of one job's user namespace: 0 to 65535, as in a usual /etc/subuid range
 
 

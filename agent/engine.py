@@ -30,6 +30,7 @@ from shared.errors import SuanliError
 __all__ = [
     "API_VERSION_MAX",
     "API_VERSION_MIN",
+    "FALLBACK_USER",
     "GPU_MODES",
     "LABEL_GPU_MODE",
     "LABEL_GPU_UUIDS",
@@ -43,7 +44,6 @@ __all__ = [
     "EngineError",
     "EngineInfo",
     "EngineTimeout",
-    "FALLBACK_USER",
     "EngineUnavailable",
     "GpuPinningFailed",
     "ImageNotFound",
@@ -795,9 +795,9 @@ class Engine:
                                       f"(500): {_message(body)}")
                 status = 404
         else:
-            if spec.userns_host_id is not None and not await self.userns_remapped():
-                if not _numeric_non_root(spec.user):
-                    spec = replace(spec, user=FALLBACK_USER)
+            if (spec.userns_host_id is not None and not _numeric_non_root(spec.user)
+                    and not await self.userns_remapped()):
+                spec = replace(spec, user=FALLBACK_USER)
             status, body = await self._call("POST", "/containers/create",
                                             params={"name": spec.name},
                                             json=build_create_body(spec),

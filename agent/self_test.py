@@ -85,26 +85,27 @@ async def _job_isolation(settings: AgentSettings) -> list[Check]:
         # the operator reads here that a user namespace would be stronger.
         checks.append(("container root", True, f"{mode}: {sentence}"))
     except (SuanliError, aiohttp.ClientError, OSError) as exc:
-        checks.append(("container root", False, f"cannot tell whether container root is host "
-                       f"root: {exc}"))
+        checks.append(("container root", False,
+                       f"cannot tell whether container root is host root: {exc}"))
     finally:
         await engine.close()
     reserve = settings.memory_reserve_bytes
     share = "its GPUs' share of" if settings.memory_by_gpu_share else "all of"
-    checks.append(("job limits", True,
-                   f"engine log at most {settings.engine_log_max_bytes} bytes per job; read-only "
-                   f"root filesystem with tmpfs /scratch <= {settings.scratch_bytes} and /tmp <= "
-                   f"{settings.tmp_bytes} bytes inside the memory limit; memory at most "
-                   f"{share} host memory less {reserve} bytes"))
+    limits = (f"engine log at most {settings.engine_log_max_bytes} bytes per job; read-only "
+              f"root filesystem with tmpfs /scratch <= {settings.scratch_bytes} and /tmp <= "
+              f"{settings.tmp_bytes} bytes inside the memory limit; memory at most "
+              f"{share} host memory less {reserve} bytes")
+    checks.append(("job limits", True, limits))
     allow = settings.registry_allow
-    checks.append(("registry policy", True,
-                   ("any registry host" if allow is None else f"only {', '.join(allow) or 'none'}")
-                   + ("; loopback, link-local and private hosts refused"
-                      if settings.registry_refuse_private else
-                      "; private hosts NOT refused (registry_refuse_private = false)")
-                   + ("; the engine's redirects and DNS answers after the check are not: an "
-                      "allow-list or an egress rule for the engine closes that"
-                      if allow is None else "")))
+    policy = "any registry host" if allow is None else f"only {', '.join(allow) or 'none'}"
+    if settings.registry_refuse_private:
+        policy += "; loopback, link-local and private hosts refused"
+    else:
+        policy += "; private hosts NOT refused (registry_refuse_private = false)"
+    if allow is None:
+        policy += ("; the engine's redirects and DNS answers after the check are not: an "
+                   "allow-list or an egress rule for the engine closes that")
+    checks.append(("registry policy", True, policy))
     return checks
 
 

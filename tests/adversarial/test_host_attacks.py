@@ -35,16 +35,16 @@ from typing import Any
 import engines
 import psutil  # type: ignore[import-untyped]
 import pytest
+from agent_harness import AgentProcess
+from coordinator_harness import BIN, Api, CoordinatorProcess
+from engines import BUSYBOX_IMAGE, EngineService
+from fake_nvml.fixture import FakeGpu
 
 from agent.config import AgentSettings
 from agent.engine import FALLBACK_USER, ContainerNotFound, ContainerSpec, Engine
 from agent.host_limits import job_limits
 from agent.runner import job_spec
 from agent.spool import LeaseRecord
-from agent_harness import AgentProcess
-from coordinator_harness import BIN, Api, CoordinatorProcess
-from engines import BUSYBOX_IMAGE, EngineService
-from fake_nvml.fixture import FakeGpu
 
 MIB = 1 << 20
 RUN = secrets.token_hex(4)
@@ -148,9 +148,9 @@ async def test_tmpfs_pages_are_charged_to_the_jobs_memory(engine: Engine) -> Non
     settings = AgentSettings()
     agent_made = agent_spec("tmpfs", ["true"], settings, memory_bytes=32 * MIB)
     assert agent_made.tmpfs == {"/scratch": 16 * MIB, "/tmp": 8 * MIB}
+    script = "dd if=/dev/zero of=/scratch/f bs=1M count=96; echo dd=$?; wc -c < /scratch/f"
     oversized = replace(agent_made, name=f"attack-{RUN}-tmpfs-big", tmpfs={"/scratch": 128 * MIB},
-                        command=("sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1M count=96; "
-                                 "echo dd=$?; wc -c < /scratch/f"))
+                        command=("sh", "-c", script))
     async with running(engine, oversized) as container_id:
         assert await engine.wait(container_id, timeout_s=30) == 0
         text = await output(engine, container_id)
