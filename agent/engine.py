@@ -716,6 +716,11 @@ class Engine:
         status, _ = await self._call("GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(200, 404))
         return status == 200
 
+    async def remove_image(self, ref: str) -> None:
+        """Delete an image (forced: even if stopped containers use it); absent is fine."""
+        await self._call("DELETE", f"/images/{quote(ref, safe='/:@')}", params={"force": "true"},
+                         ok=(200, 404))
+
     async def pull(self, ref: str, *, timeout_s: float = 600.0, max_bytes: int | None = None,
                    progress: Callable[[str], object] | None = None) -> None:
         """Pull an image, giving up after timeout_s or once its layers exceed max_bytes.

@@ -426,7 +426,13 @@ def test_self_test_says_whether_container_root_is_host_root(
     else:
         assert root["detail"].startswith("non-root-user: Docker without userns-remap")
         assert FALLBACK_USER in root["detail"]
+    # A bounded probe container was created (never started) and checked, then removed.
+    assert checks["job limits"]["ok"], checks["job limits"]
     assert "engine log at most 67108864 bytes per job" in checks["job limits"]["detail"]
+    _, images = engine_service.request("GET", "/v1.41/images/json")
+    assert "self-test-probe" not in images.decode()
+    _, containers = engine_service.request("GET", "/v1.41/containers/json?all=true")
+    assert "suanli-self-test" not in containers.decode()
     assert "private hosts refused" in checks["registry policy"]["detail"]
 
 
