@@ -6,9 +6,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.registry_policy import RegistryPolicy
 from shared.errors import SuanliError
 from shared.money import parse_yuan
 from shared.settings_file import describe, read_table, setting, typed_values
+
+USERNS_SIZE = 65536  # ids of one job's user namespace: 0 to 65535, as in a usual /etc/subuid range
 
 
 class AgentConfigError(SuanliError):
@@ -37,6 +40,14 @@ class AgentSettings:
     image_pull_timeout_s: int = setting(1800, "longest an image pull may take")
     image_max_bytes: int = setting(64 << 30, "largest image the agent will pull")
     disk_path: str = setting("/", "filesystem reported as the host's disk")
+    engine_log_max_bytes: int = setting(64 << 20, "most bytes of one job's log the engine keeps on the host's disk")
+    memory_reserve_bytes: int = setting(4 << 30, "host memory never given to jobs; a job gets at most the rest")
+    memory_by_gpu_share: bool = setting(True, "cap a job's memory at its GPUs' share of the host's (memory - reserve)")
+    scratch_bytes: int = setting(8 << 30, "writable tmpfs at /scratch (the root filesystem is read-only); counts as the job's memory, at most half of it")
+    tmp_bytes: int = setting(1 << 30, "writable tmpfs at /tmp; counts as the job's memory, at most a quarter of it")
+    userns_host_id: int = setting(1_000_000_000, "host uid/gid that container root maps to (Podman; Docker needs userns-remap, else jobs run as 65534)")
+    registry_allow: list[str] | None = setting(None, "registry hosts jobs' images may come from (\"docker.io\" for Docker Hub, \"*.example.cn\"); unset: any")
+    registry_refuse_private: bool = setting(True, "refuse registry hosts that are or resolve to loopback, link-local or private addresses")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
@@ -59,17 +70,37 @@ class AgentSettings:
             raise AgentConfigError("job_network must be none or bridge")
         for name in ("heartbeat_interval_s", "receipt_interval_s", "acceptance_deadline_s",
                      "sample_interval_ms", "max_job_log_bytes", "pids_limit", "stop_grace_s",
-                     "image_pull_timeout_s", "image_max_bytes"):
+                     "image_pull_timeout_s", "image_max_bytes", "engine_log_max_bytes",
+                     "scratch_bytes", "tmp_bytes", "userns_host_id"):
             if getattr(self, name) <= 0:
                 raise AgentConfigError(f"{name} must be positive")
+        if self.memory_reserve_bytes < 0:
+            raise AgentConfigError("memory_reserve_bytes must not be negative")
+        if self.engine_log_max_bytes < 64 << 10:
+            raise AgentConfigError("engine_log_max_bytes must be at least 65536")
+        if self.userns_host_id + USERNS_SIZE >= 1 << 32:
+            raise AgentConfigError(f"userns_host_id must leave {USERNS_SIZE} ids below 2^32")
+        if self.registry_allow is not None and not all(
+                isinstance(h, str) and h and not any(c.isspace() or c == "/" for c in h)
+                for h in self.registry_allow):
+            raise AgentConfigError("registry_allow must list registry hosts like \"registry.example.cn\"")
         return self
+
+    @property
+    def registry_policy(self) -> RegistryPolicy:
+        allow = None if self.registry_allow is None else tuple(self.registry_allow)
+        return RegistryPolicy(allow=allow, refuse_private=self.registry_refuse_private)
 
 
 def load_agent_settings(path: Path | None) -> AgentSettings:
     if path is None:
         return AgentSettings()
     section = read_table(path, "agent", AgentConfigError, whole_file=True)
-    special = {name: section.pop(name) for name in ("offered_gpus", "ask_per_gpu_hour") if name in section}
+    special = {name: section.pop(name) for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow")
+               if name in section}
+    allow = special.get("registry_allow")
+    if "registry_allow" in special and (type(allow) is not list or not all(type(h) is str for h in allow)):
+        raise AgentConfigError(f"{path}: registry_allow must be a list of registry hosts")
     offered = special.get("offered_gpus")
     if "offered_gpus" in special and (
             type(offered) is not list or not all(type(i) is int and i >= 0 for i in offered)):

@@ -17,7 +17,7 @@ import logging
 import re
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, Self, cast
@@ -30,6 +30,7 @@ from shared.errors import SuanliError
 __all__ = [
     "API_VERSION_MAX",
     "API_VERSION_MIN",
+    "FALLBACK_USER",
     "GPU_MODES",
     "LABEL_GPU_MODE",
     "LABEL_GPU_UUIDS",
@@ -56,6 +57,7 @@ __all__ = [
     "demultiplex",
     "follow_pull",
     "split_image_ref",
+    "unenforced_limits",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 # client sends changed meaning between these two, so it speaks the newest both sides know.
 API_VERSION_MIN = (1, 41)
 API_VERSION_MAX = (1, 47)
-# Podman's own API; only container creation with CDI devices needs it (see Engine.create).
+# Podman's own API: containers on Podman are created (and checked) through it (Engine.create).
 LIBPOD_API = "/v4.0.0/libpod"
 
 GpuMode = Literal["nvidia-runtime", "cdi", "none"]
@@ -82,7 +84,14 @@ _GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9/-]+")
 _MIN_MEMORY_BYTES = 6 << 20  # Docker refuses less
 _CPU_PERIOD_US = 100_000
 _MAX_LOG_FRAME = 16 << 20
+_TMPFS_PATH_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+_MAX_ID = (1 << 32) - 1
+# Who a Docker job runs as when the daemon does not remap user namespaces: nobody/nogroup.
+FALLBACK_USER = "65534:65534"
+# Docker rotates its json-file log at max-size and keeps max-file files.
+DOCKER_LOG_FILES = 2
 _SIGKILL_EXIT = 137
+_REMOVE_TRIES = 8
 
 
 class EngineError(SuanliError):
@@ -196,9 +205,19 @@ class ContainerSpec:
     read_only_rootfs: bool = False
     user: str | None = None
     init: bool = False
-    tmpfs_bytes: int | None = None  # a tmpfs at /tmp of this size (it counts as memory)
+    # Writable tmpfs mounts, path -> size in bytes. Their pages count against the container's
+    # memory limit (the memory cgroup charges tmpfs to whoever writes it), so a full tmpfs
+    # costs the job memory, never the host more than the limit.
+    tmpfs: Mapping[str, int] = field(default_factory=dict)
     shm_bytes: int | None = None  # size of /dev/shm; the engine's default (64 MiB) when None
-    log_max_bytes: int | None = None  # cap of the engine's own log file; its default when None
+    # Bound of the engine's own log of the container on the host's disk (all files together);
+    # the engine's default (often unbounded) when None.
+    log_max_bytes: int | None = None
+    # Container uid/gid 0..userns_size-1 appear on the host from userns_host_id on. On Docker,
+    # whose user namespaces are a daemon setting, `Engine.create` runs the job as
+    # FALLBACK_USER instead when the daemon does not remap. None: no namespace asked for.
+    userns_host_id: int | None = None
+    userns_size: int = 65536
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):
@@ -212,6 +231,7 @@ class ContainerSpec:
         fix("gpu_uuids", tuple(self.gpu_uuids))
         fix("env", MappingProxyType(dict(self.env)))
         fix("labels", MappingProxyType(dict(self.labels)))
+        fix("tmpfs", MappingProxyType(dict(self.tmpfs)))
         problem = self._problem()
         if problem:
             raise InvalidContainerSpec(f"container spec {self.name!r}: {problem}")
@@ -247,10 +267,19 @@ class ContainerSpec:
         for key in self.labels:
             if not key or key in (LABEL_GPU_MODE, LABEL_GPU_UUIDS):
                 return f"label {key!r} is empty or reserved for the agent"
-        for name in ("tmpfs_bytes", "shm_bytes", "log_max_bytes"):
+        for name in ("shm_bytes", "log_max_bytes"):
             value = getattr(self, name)
             if value is not None and value < 4096:
                 return f"{name} must be at least 4096 when given"
+        for path, size in self.tmpfs.items():
+            if not _TMPFS_PATH_RE.fullmatch(path) or "/." in path:
+                return f"tmpfs path {path!r} must be an absolute path of plain names, not /"
+            if type(size) is not int or size < 4096:
+                return f"tmpfs {path} must be at least 4096 bytes"
+        if self.userns_host_id is not None and not (
+                1 <= self.userns_host_id and 1 <= self.userns_size
+                and self.userns_host_id + self.userns_size <= _MAX_ID):
+            return "userns_host_id and userns_size must name a range of host ids above 0"
         return None
 
     @property
@@ -302,12 +331,16 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
                                    "Capabilities": [["gpu"]]}]
     elif spec.gpu_uuids and spec.gpu_mode == "cdi":
         host["DeviceRequests"] = [{"Driver": "cdi", "DeviceIDs": list(spec.cdi_devices)}]
-    if spec.tmpfs_bytes is not None:
-        host["Tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_bytes}"}
+    if spec.tmpfs:
+        # exec: jobs run what they install in their scratch; Docker's default is noexec.
+        host["Tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size}"
+                         for path, size in spec.tmpfs.items()}
     if spec.shm_bytes is not None:
         host["ShmSize"] = spec.shm_bytes
     if spec.log_max_bytes is not None:
-        host["LogConfig"] = {"Type": "json-file", "Config": {"max-size": str(spec.log_max_bytes)}}
+        host["LogConfig"] = {"Type": "json-file", "Config": {
+            "max-size": str(max(4096, spec.log_max_bytes // DOCKER_LOG_FILES)),
+            "max-file": str(DOCKER_LOG_FILES)}}
     body: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{key}={value}" for key, value in spec._env().items()],
@@ -328,8 +361,9 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
 def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
     """The same policy as Podman's own `POST /libpod/containers/create` body.
 
-    Podman's Docker-compatible API (4.x) drops device requests without a word and takes a CDI
-    name in HostConfig.Devices for a file path, so GPUs reach a Podman container only this way.
+    Podman's Docker-compatible API (4.x) drops device requests without a word, takes a CDI
+    name in HostConfig.Devices for a file path and has no uid/gid maps, so GPUs and a user
+    namespace reach a Podman container only this way.
     """
     body: dict[str, Any] = {
         "name": spec.name,
@@ -361,13 +395,24 @@ def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
         body["command"] = list(spec.command)
     if spec.user:
         body["user"] = spec.user
-    if spec.tmpfs_bytes is not None:
-        body["mounts"] = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                           "options": ["rw", "nosuid", "nodev", f"size={spec.tmpfs_bytes}"]}]
+    if spec.tmpfs:
+        body["mounts"] = [{"destination": path, "type": "tmpfs", "source": "tmpfs",
+                           "options": ["rw", "exec", "nosuid", "nodev", f"size={size}"]}
+                          for path, size in spec.tmpfs.items()]
+    if spec.read_only_rootfs:
+        # Podman would otherwise add tmpfs mounts of its own, of no set size, at /run, /tmp
+        # and /var/tmp of a read-only container.
+        body["read_only_tmpfs"] = False
     if spec.shm_bytes is not None:
         body["shm_size"] = spec.shm_bytes
     if spec.log_max_bytes is not None:
-        body["log_configuration"] = {"size": spec.log_max_bytes}
+        # conmon truncates the file once it reaches the size: one file, never more on disk.
+        body["log_configuration"] = {"driver": "k8s-file", "size": spec.log_max_bytes}
+    if spec.userns_host_id is not None:
+        mapping = [{"container_id": 0, "host_id": spec.userns_host_id, "size": spec.userns_size}]
+        body["userns"] = {"nsmode": "private"}
+        body["idmappings"] = {"HostUIDMapping": False, "HostGIDMapping": False,
+                              "UIDMap": mapping, "GIDMap": mapping}
     return body
 
 
@@ -454,6 +499,40 @@ def _pull_error(ref: str, message: str) -> EngineError:
     return ImagePullFailed(f"pulling image {ref} failed: {message}")
 
 
+def _numeric_non_root(user: str | None) -> bool:
+    """A "uid:gid" of two non-zero numbers: a user the image cannot turn into root."""
+    uid, sep, gid = (user or "").partition(":")
+    return bool(sep) and uid.isdigit() and gid.isdigit() and int(uid) > 0 and int(gid) > 0
+
+
+def unenforced_limits(spec: ContainerSpec, document: Mapping[str, Any],
+                      flavor: str = "docker") -> list[str]:
+    """What a created container's inspect document (Podman's own, on Podman) says the engine
+    will not enforce of spec: each a phrase naming the limit. Empty when all is in place."""
+    host = document.get("HostConfig") or {}
+    problems = []
+    if host.get("Memory") != spec.memory_bytes:
+        problems.append(f"memory {spec.memory_bytes} bytes (the engine has {host.get('Memory')})")
+    if spec.read_only_rootfs and not host.get("ReadonlyRootfs"):
+        problems.append("a read-only root filesystem")
+    if spec.log_max_bytes is not None:
+        log_config = host.get("LogConfig") or {}
+        if not ((log_config.get("Config") or {}).get("max-size") or log_config.get("Size")):
+            problems.append(f"a log bound of {spec.log_max_bytes} bytes")
+    if spec.user and spec.user != (document.get("Config") or {}).get("User"):
+        problems.append(f"the user {spec.user}")
+    if spec.userns_host_id is not None and flavor == "podman":
+        wanted = f"0:{spec.userns_host_id}:{spec.userns_size}"
+        maps = (host.get("IDMappings") or {}).get("UidMap")
+        if maps != [wanted]:
+            problems.append(f"the user namespace {wanted} (the engine has {maps})")
+    tmpfs = host.get("Tmpfs") or {}
+    for path in spec.tmpfs:
+        if f"size={spec.tmpfs[path]}" not in str(tmpfs.get(path, "")).split(","):
+            problems.append(f"a tmpfs of {spec.tmpfs[path]} bytes at {path}")
+    return problems
+
+
 def _start_error(container_id: str, message: str) -> EngineError:
     if any(word in message.lower() for word in _GPU_START_WORDS):
         return GpuPinningFailed(f"container {container_id[:12]} could not get its GPUs: {message}")
@@ -471,6 +550,7 @@ class Engine:
         self._version: dict[str, Any] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._negotiate_lock: asyncio.Lock | None = None
+        self._userns_remapped: bool | None = None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -636,6 +716,11 @@ class Engine:
         status, _ = await self._call("GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(200, 404))
         return status == 200
 
+    async def remove_image(self, ref: str) -> None:
+        """Delete an image (forced: even if stopped containers use it); absent is fine."""
+        await self._call("DELETE", f"/images/{quote(ref, safe='/:@')}", params={"force": "true"},
+                         ok=(200, 404))
+
     async def pull(self, ref: str, *, timeout_s: float = 600.0, max_bytes: int | None = None,
                    progress: Callable[[str], object] | None = None) -> None:
         """Pull an image, giving up after timeout_s or once its layers exceed max_bytes.
@@ -693,16 +778,31 @@ class Engine:
     # -- containers ------------------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) the container; return its id."""
+        """Create (not start) the container; return its id.
+
+        Podman gets its own API (the compatible one drops CDI devices and user namespaces);
+        Docker the compatible one, with the job's user replaced by FALLBACK_USER where a user
+        namespace was asked for and the daemon does not remap. What the engine then says it
+        applied is checked against the spec: a limit it dropped removes the container."""
         flavor = await self._flavor()
         if flavor == "podman" and spec.gpu_mode == "nvidia-runtime" and spec.gpu_uuids:
             raise GpuPinningFailed("Podman ignores Docker device requests, so gpu_mode "
                                    "nvidia-runtime would start the job without its GPUs; use cdi")
-        if flavor == "podman" and spec.gpu_mode == "cdi":
+        if flavor == "podman":
             status, body = await self._call("POST", "/containers/create", libpod=True,
                                             json=build_libpod_create_body(spec),
-                                            ok=(201, 404, 409), timeout_s=max(self.timeout_s, 60))
+                                            ok=(201, 404, 409, 500),
+                                            timeout_s=max(self.timeout_s, 60))
+            if status == 500:
+                # Podman's own API answers a missing image with 500 "image not known".
+                if "image not known" not in _message(body):
+                    raise EngineError(f"the container engine refused POST /containers/create "
+                                      f"(500): {_message(body)}")
+                status = 404
         else:
+            if (spec.userns_host_id is not None and not _numeric_non_root(spec.user)
+                    and not await self.userns_remapped()):
+                spec = replace(spec, user=FALLBACK_USER)
             status, body = await self._call("POST", "/containers/create",
                                             params={"name": spec.name},
                                             json=build_create_body(spec),
@@ -714,6 +814,12 @@ class Engine:
         created = json.loads(body)
         container_id = str(created["Id"])
         discarded = [w for w in created.get("Warnings") or () if "discarded" in str(w).lower()]
+        if not discarded:
+            # Podman's own inspect shows the log size and id maps; its compatible one does not.
+            _, raw = await self._call("GET", f"/containers/{quote(container_id, safe='')}/json",
+                                      libpod=flavor == "podman")
+            document = json.loads(raw)
+            discarded = unenforced_limits(spec, document, flavor)
         if discarded:
             await self.remove(container_id, force=True)
             raise LimitNotEnforced(f"the engine would not enforce a limit of container "
@@ -721,6 +827,30 @@ class Engine:
         for warning in created.get("Warnings") or ():
             log.warning("engine warning creating %s: %s", spec.name, warning)
         return container_id
+
+    async def userns_remapped(self) -> bool:
+        """Whether a Docker daemon runs every container in a user namespace (`userns-remap`),
+        which it says in /info SecurityOptions as "name=userns". Asked once per client."""
+        if self._userns_remapped is None:
+            _, body = await self._call("GET", "/info")
+            options = json.loads(body).get("SecurityOptions") or ()
+            self._userns_remapped = any("name=userns" in str(o).split(",") for o in options)
+        return self._userns_remapped
+
+    async def root_isolation(self) -> tuple[str, str]:
+        """How a job asking for a user namespace is kept from being root on the host, as
+        (mode, sentence): "userns" (container root is an unprivileged host uid) or
+        "non-root-user" (Docker without userns-remap: the job runs as FALLBACK_USER)."""
+        flavor = await self._flavor()
+        if flavor == "podman":
+            return "userns", ("Podman: each job gets its own user namespace (explicit uid/gid "
+                              "maps); container root is not host root")
+        if await self.userns_remapped():
+            return "userns", ("Docker remaps user namespaces (userns-remap): container root "
+                              "is not host root")
+        return "non-root-user", (f"Docker without userns-remap: container root would be host "
+                                 f"root, so jobs run as uid:gid {FALLBACK_USER}; set "
+                                 f"\"userns-remap\" in daemon.json for a user namespace")
 
     async def start(self, container_id: str) -> None:
         """Start a created container. 304 (already running) is success."""
@@ -790,10 +920,20 @@ class Engine:
                           f"{message}")
 
     async def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Delete the container and its anonymous volumes (force: even while running)."""
-        status, body = await self._container_call(
-            "DELETE", container_id, "", params={"force": str(force).lower(), "v": "true"},
-            ok=(204, 409), timeout_s=max(self.timeout_s, 60))
+        """Delete the container and its anonymous volumes (force: even while running).
+
+        Podman 4.3 may answer 500 "device or resource busy" while its own cleanup of a just
+        exited container still holds a mount; that passes within moments, so it is retried."""
+        for attempt in range(_REMOVE_TRIES):
+            status, body = await self._container_call(
+                "DELETE", container_id, "", params={"force": str(force).lower(), "v": "true"},
+                ok=(204, 409, 500), timeout_s=max(self.timeout_s, 60))
+            if status != 500 or "resource busy" not in _message(body):
+                break
+            log.warning("removing container %s: %s; retrying", container_id[:12], _message(body))
+            await asyncio.sleep(0.2 * (attempt + 1))
+        if status == 500:
+            raise EngineError(f"cannot remove container {container_id[:12]}: {_message(body)}")
         if status == 409:
             raise ContainerConflict(f"cannot remove container {container_id[:12]}: "
                                     f"{_message(body)}")

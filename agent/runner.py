@@ -8,10 +8,24 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from agent.engine import ContainerSpec, EngineError, ImageNotFound, ImagePullFailed
+import psutil  # type: ignore[import-untyped]
+
+from agent.config import USERNS_SIZE
+from agent.engine import (
+    FALLBACK_USER,
+    ContainerSpec,
+    EngineError,
+    ImageNotFound,
+    ImagePullFailed,
+    ImageTooLarge,
+    LimitNotEnforced,
+)
+from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
+from agent.registry_policy import RegistryRefused, pull_failed_sentence
 from agent.spool import LeaseRecord
 
 if TYPE_CHECKING:
+    from agent.config import AgentSettings
     from agent.daemon import AgentDaemon
 
 log = logging.getLogger(__name__)
@@ -19,10 +33,56 @@ LOG_CHUNK = 64 * 1024
 LABEL_LEASE = "suanli.lease"
 LABEL_JOB = "suanli.job"
 LABEL_AGENT = "suanli.agent"
+NOTE_BYTES = "agent_note_bytes"  # in the lease record: log bytes the agent wrote, not the job
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def host_memory_bytes() -> int:
+    return int(psutil.virtual_memory().total)
+
+
+def job_spec(record: LeaseRecord, settings: AgentSettings, limits: JobLimits, *, agent_id: str,
+             gpu_mode: str, host_cpus_milli: int) -> ContainerSpec:
+    """The container of a lease's job: what the enterprise asked, within what the host gives."""
+    job = record.lease["job"]
+    env = dict(job["env"])
+    env.setdefault("HOME", SCRATCH_PATH)  # the root filesystem is read-only
+    return ContainerSpec(
+        name=f"suanli-{record.lease_id}",
+        image=job["image"],
+        command=tuple(job["command"]),
+        env=env,
+        labels={LABEL_LEASE: record.lease_id, LABEL_JOB: record.job_id, LABEL_AGENT: agent_id},
+        gpu_uuids=record.gpu_uuids,
+        gpu_mode=gpu_mode,
+        cpus_milli=min(job["cpus_milli"], host_cpus_milli),
+        memory_bytes=limits.memory_bytes,
+        pids_limit=settings.pids_limit,
+        network=settings.job_network,
+        read_only_rootfs=True,
+        tmpfs=limits.tmpfs,
+        log_max_bytes=settings.engine_log_max_bytes,
+        userns_host_id=settings.userns_host_id,
+        userns_size=USERNS_SIZE,
+    )
+
+
+def _limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
+    """What the job's owner is told of the limits the provider's host set."""
+    lines = []
+    if limits.memory_lowered:
+        share = "its GPUs' share of " if by_gpu_share else ""
+        lines.append(f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
+                     f"asked: the provider's host gives a job at most {share}the memory it can spare")
+    lines.append(f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
+                 f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
+                 "bytes), both counted in the memory limit")
+    if isolation == "non-root-user":
+        lines.append(f"the job runs as uid:gid {FALLBACK_USER}, not as root")
+    return "".join(f"[suanli] {line}\n" for line in lines)
 
 
 class LeaseRunner:
@@ -72,37 +132,55 @@ class LeaseRunner:
         if problem:
             await self._fail("gpus_unavailable", problem)
             return False
-        engine = daemon.engine
+        engine, settings = daemon.engine, daemon.settings
         image = job["image"]
+        limits = job_limits(
+            job["memory_bytes"], host_memory_bytes(), settings.memory_reserve_bytes,
+            len(record.gpu_uuids), len(daemon.samples), settings.memory_by_gpu_share,
+            settings.scratch_bytes, settings.tmp_bytes)
+        if limits.memory_bytes < MIN_JOB_MEMORY_BYTES:
+            await self._fail("host_memory_exhausted", "this host keeps its memory for itself "
+                             "and cannot give a job the least a container needs")
+            return False
+        policy = settings.registry_policy
         try:
+            policy.check_name(image)
             if not await engine.image_exists(image):
+                await policy.check(image)
                 await self._note(f"[suanli] pulling image {image}\n")
                 progress = _PullProgress()
-                await engine.pull(image, timeout_s=daemon.settings.image_pull_timeout_s,
-                                  max_bytes=daemon.settings.image_max_bytes, progress=progress.add)
+                await engine.pull(image, timeout_s=settings.image_pull_timeout_s,
+                                  max_bytes=settings.image_max_bytes, progress=progress.add)
                 await self._note(progress.summary(image))
-            spec = ContainerSpec(
-                name=f"suanli-{record.lease_id}",
-                image=image,
-                command=tuple(job["command"]),
-                env=dict(job["env"]),
-                labels={LABEL_LEASE: record.lease_id, LABEL_JOB: record.job_id,
-                        LABEL_AGENT: daemon.agent_id},
-                gpu_uuids=record.gpu_uuids,
-                gpu_mode=daemon.gpu_mode,
-                cpus_milli=min(job["cpus_milli"], daemon.host_cpus_milli()),
-                memory_bytes=job["memory_bytes"],
-                pids_limit=daemon.settings.pids_limit,
-                network=daemon.settings.job_network,
-            )
+            isolation, _ = await engine.root_isolation()
+            await self._note(_limits_note(limits, isolation, settings.memory_by_gpu_share))
+            spec = job_spec(record, settings, limits, agent_id=daemon.agent_id,
+                            gpu_mode=daemon.gpu_mode, host_cpus_milli=daemon.host_cpus_milli())
             record.container_id = await engine.create(spec)
             await daemon.save(record)
             await engine.start(record.container_id)
-        except ImageNotFound as exc:
-            await self._fail("image_not_found", exc.detail)
-            return False
-        except ImagePullFailed as exc:
+        except RegistryRefused as exc:
+            # Reported as a pull failure, which fails the job with this sentence: the
+            # coordinator requeues a code it does not count as the job's fault (registry_refused
+            # today), penalising the agent and replacing the reason the enterprise sees.
             await self._fail("image_pull_failed", exc.detail)
+            return False
+        except ImageTooLarge as exc:  # the agent's own limit, in its own words
+            await self._fail("image_pull_failed", exc.detail)
+            return False
+        except (ImageNotFound, ImagePullFailed) as exc:
+            # The engine's words name the provider's addresses, resolvers and proxies.
+            log.warning("lease %s: image %s: %s", record.lease_id, image, exc.detail)
+            code = "image_not_found" if isinstance(exc, ImageNotFound) else "image_pull_failed"
+            await self._fail(code, pull_failed_sentence(image) if code == "image_pull_failed"
+                             else f"image {image} was not found in its registry, or the "
+                                  "registry refused access to it")
+            return False
+        except LimitNotEnforced as exc:
+            # The provider's engine is at fault, not the job: the coordinator requeues it.
+            log.error("lease %s: %s; no job can run safely on this engine", record.lease_id,
+                      exc.detail)
+            await self._fail(exc.code, exc.detail)
             return False
         except EngineError as exc:
             await self._remove_container()
@@ -158,7 +236,15 @@ class LeaseRunner:
                 await self.daemon.engine.remove(self.record.container_id, force=True)
 
     async def _note(self, text: str) -> None:
+        """A line of the agent's own in the job's log, before the container's output (whose
+        offsets _ship_pass counts without these bytes)."""
+        before = self.record.log_offset
         await self.daemon.send_log(self.record, text.encode())
+        self.record.lease[NOTE_BYTES] = self._note_bytes() + self.record.log_offset - before
+        await self.daemon.save(self.record)
+
+    def _note_bytes(self) -> int:
+        return int(self.record.lease.get(NOTE_BYTES, 0))
 
     async def _ship_logs(self) -> None:
         """Stream the container's output to the coordinator, skipping what was already sent.
@@ -179,7 +265,7 @@ class LeaseRunner:
         limit = daemon.settings.max_job_log_bytes
         buffer = bytearray()
         async for _stream, data in daemon.engine.logs(record.container_id, follow=follow):
-            start = max(0, record.log_offset + len(buffer) - seen)
+            start = max(0, record.log_offset - self._note_bytes() + len(buffer) - seen)
             seen += len(data)
             if start < len(data):
                 buffer += data[start:]

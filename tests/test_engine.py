@@ -18,6 +18,7 @@ import pytest
 from engines import BUSYBOX_IMAGE, EngineService, busybox_rootfs
 
 from agent.engine import (
+    FALLBACK_USER,
     LABEL_GPU_MODE,
     LABEL_GPU_UUIDS,
     ContainerNotFound,
@@ -37,6 +38,7 @@ from agent.engine import (
     demultiplex,
     follow_pull,
     split_image_ref,
+    unenforced_limits,
 )
 
 
@@ -81,7 +83,7 @@ async def collect_logs(engine: Engine, container_id: str, **kwargs: Any) -> dict
 
 
 def test_create_body_hardening_is_always_there() -> None:
-    body = build_create_body(spec("plain", ["true"], user="1000:1000", tmpfs_bytes=8 * MIB))
+    body = build_create_body(spec("plain", ["true"], user="1000:1000", tmpfs={"/tmp": 8 * MIB}))
     host = body["HostConfig"]
     assert host["Privileged"] is False
     assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == []
@@ -92,7 +94,7 @@ def test_create_body_hardening_is_always_there() -> None:
     assert host["NetworkMode"] == "none"
     assert host["Binds"] == host["Mounts"] == host["VolumesFrom"] == host["Devices"] == []
     assert host["DeviceRequests"] == []
-    assert host["Tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={8 * MIB}"}
+    assert host["Tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}"}
     assert body["User"] == "1000:1000"
     assert body["Tty"] is False
     assert "NVIDIA_VISIBLE_DEVICES=void" in body["Env"]
@@ -142,6 +144,64 @@ def test_libpod_body_has_the_same_hardening() -> None:
     }
     assert body["netns"] == {"nsmode": "none"}
     assert body["mounts"] == [] and body["volumes"] == []
+
+
+def test_host_bounds_reach_both_bodies() -> None:
+    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
+                   tmpfs={"/scratch": 32 * MIB, "/tmp": 8 * MIB}, userns_host_id=1_000_000_000)
+    host = build_create_body(bounded)["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    # Docker keeps max-file files of max-size each: together the bound asked for.
+    assert host["LogConfig"] == {"Type": "json-file",
+                                 "Config": {"max-size": str(2 * MIB), "max-file": "2"}}
+    assert host["Tmpfs"] == {"/scratch": f"rw,exec,nosuid,nodev,size={32 * MIB}",
+                             "/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}"}
+    libpod = build_libpod_create_body(bounded)
+    assert libpod["read_only_filesystem"] is True and libpod["read_only_tmpfs"] is False
+    assert libpod["log_configuration"] == {"driver": "k8s-file", "size": 4 * MIB}
+    assert sorted((m["destination"], m["options"][-1]) for m in libpod["mounts"]) == [
+        ("/scratch", f"size={32 * MIB}"), ("/tmp", f"size={8 * MIB}")]
+    mapping = [{"container_id": 0, "host_id": 1_000_000_000, "size": 65536}]
+    assert libpod["userns"] == {"nsmode": "private"}
+    assert libpod["idmappings"]["UIDMap"] == libpod["idmappings"]["GIDMap"] == mapping
+
+
+def test_unenforced_limits_name_what_the_engine_dropped() -> None:
+    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
+                   tmpfs={"/scratch": 32 * MIB}, userns_host_id=1_000_000_000, user="7:7")
+    applied = {"Config": {"User": "7:7"}, "HostConfig": {
+        "Memory": 64 * MIB, "ReadonlyRootfs": True,
+        "LogConfig": {"Type": "k8s-file", "Size": "4.194MB"},
+        "Tmpfs": {"/scratch": f"rw,size={32 * MIB},rprivate"},
+        "IDMappings": {"UidMap": ["0:1000000000:65536"]}}}
+    assert unenforced_limits(bounded, applied, "podman") == []
+    dropped = {"Config": {"User": ""}, "HostConfig": {
+        "Memory": 0, "ReadonlyRootfs": False, "LogConfig": {"Type": "json-file", "Config": {}},
+        "Tmpfs": {}, "IDMappings": {"UidMap": None}}}
+    problems = " | ".join(unenforced_limits(bounded, dropped, "podman"))
+    for words in ("memory", "read-only", "log bound", "tmpfs", "user 7:7", "user namespace"):
+        assert words in problems
+    # Docker has no id maps to show: its user namespace is the daemon's (or FALLBACK_USER).
+    assert "user namespace" not in " ".join(unenforced_limits(bounded, dropped, "docker"))
+
+
+@pytest.mark.parametrize("tmpfs", [{"/": 8 * MIB}, {"tmp": 8 * MIB}, {"/a/../b": 8 * MIB},
+                                   {"/tmp": 10}, {"/a b": 8 * MIB}])
+def test_spec_refuses_bad_tmpfs(tmpfs: dict[str, int]) -> None:
+    with pytest.raises(InvalidContainerSpec, match="tmpfs"):
+        spec("bad", ["true"], tmpfs=tmpfs)
+
+
+def test_spec_refuses_a_user_namespace_at_host_root() -> None:
+    with pytest.raises(InvalidContainerSpec, match="userns"):
+        spec("bad", ["true"], userns_host_id=0)
+    with pytest.raises(InvalidContainerSpec, match="userns"):
+        spec("bad", ["true"], userns_host_id=(1 << 32) - 10)
+
+
+def test_fallback_user_is_not_root() -> None:
+    uid, _, gid = FALLBACK_USER.partition(":")
+    assert int(uid) > 0 and int(gid) > 0
 
 
 @pytest.mark.parametrize(
@@ -323,7 +383,7 @@ async def test_logs_of_a_tty_container_are_raw(engine: Engine) -> None:
 @pytest.mark.parametrize("gpu_mode", ["none", "cdi"])
 async def test_hardening_visible_in_inspect(engine: Engine, engine_service: EngineService,
                                             gpu_mode: str) -> None:
-    # On Podman, gpu_mode "cdi" goes through its own API: both request paths are checked.
+    # Docker's body and Podman's own (libpod) body, each with and without CDI devices.
     hardened = spec(f"hardened-{gpu_mode}", ["sleep", "30"], cpus_milli=250,
                     memory_bytes=48 * MIB, pids_limit=32, gpu_mode=gpu_mode,
                     env={"JOB": "1"})
@@ -510,3 +570,58 @@ async def test_gpu_requests_reach_the_engine(engine: Engine, engine_service: Eng
             assert caught.value.code == "gpu_pinning_failed"
             labels = (await engine.inspect(container_id))["Config"]["Labels"]
             assert labels[LABEL_GPU_UUIDS] == GPU_A
+
+
+# -- Docker with userns-remap: a daemon setting this host's shared dockerd cannot take --------
+
+
+@contextlib.asynccontextmanager
+async def fake_dockerd(tmp_path: Path, security_options: list[str]) -> AsyncIterator[list[Any]]:
+    """Just enough of a Docker daemon on a unix socket to create a container; the create
+    bodies it received are yielded. (Remapping needs /etc/subuid entries for the whole host.)"""
+    from aiohttp import web
+
+    bodies: list[Any] = []
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"Version": "26.1.5", "ApiVersion": "1.45",
+                                  "MinAPIVersion": "1.24"})
+
+    async def info(_: web.Request) -> web.Response:
+        return web.json_response({"SecurityOptions": security_options})
+
+    async def create(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response({"Id": "c0ffee", "Warnings": []}, status=201)
+
+    async def inspect(_: web.Request) -> web.Response:
+        body = bodies[-1]
+        return web.json_response({"Config": {"User": body["User"]},
+                                  "HostConfig": body["HostConfig"]})
+
+    app = web.Application()
+    app.add_routes([web.get("/version", version), web.get("/v1.45/version", version),
+                    web.get("/v1.45/info", info), web.post("/v1.45/containers/create", create),
+                    web.get("/v1.45/containers/c0ffee/json", inspect)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "docker.sock")).start()
+    try:
+        yield bodies
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("options", "user", "mode"), [
+    (["name=seccomp,profile=builtin", "name=userns"], "", "userns"),
+    (["name=seccomp,profile=builtin"], FALLBACK_USER, "non-root-user"),
+])
+async def test_docker_runs_root_jobs_as_nobody_unless_the_daemon_remaps(
+        tmp_path: Path, options: list[str], user: str, mode: str) -> None:
+    async with fake_dockerd(tmp_path, options) as bodies, Engine(tmp_path / "docker.sock") as client:
+        assert (await client.root_isolation())[0] == mode
+        await client.create(spec("remap", ["true"], userns_host_id=1_000_000_000))
+        # A job's own non-root numeric user is kept either way; root or a name is not.
+        await client.create(spec("own", ["true"], userns_host_id=1_000_000_000, user="1000:1000"))
+        await client.create(spec("root", ["true"], userns_host_id=1_000_000_000, user="0:0"))
+    assert [b["User"] for b in bodies] == [user, "1000:1000", user or "0:0"]
