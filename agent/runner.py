@@ -160,10 +160,8 @@ class LeaseRunner:
             await daemon.save(record)
             await engine.start(record.container_id)
         except RegistryRefused as exc:
-            # Reported as a pull failure, which fails the job with this sentence: the
-            # coordinator requeues a code it does not count as the job's fault (registry_refused
-            # today), penalising the agent and replacing the reason the enterprise sees.
-            await self._fail("image_pull_failed", exc.detail)
+            # the job's own choice of registry: the coordinator fails the job with this sentence
+            await self._fail("registry_refused", exc.detail)
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
             await self._fail("image_pull_failed", exc.detail)

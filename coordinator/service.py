@@ -45,7 +45,8 @@ from shared.signed_request import open_request, request_key_id
 log = logging.getLogger(__name__)
 
 # a failure to start that is the job's own fault fails the job instead of requeueing it
-JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command", "start_failed"})
+JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command", "start_failed",
+                        "registry_refused"})
 MAX_REASON = 512
 CLOSED_LEASES_SHOWN_MS = 600_000
 MAX_CLOSED_SHOWN = 100

@@ -387,7 +387,7 @@ async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
             job_id = await stack.submit(image, ["true"])
             job = await stack.wait(job_id, lambda j: j["state"] == "failed")
             host = image.split("/")[0]
-            assert job["reason"] == "image_pull_failed"
+            assert job["reason"] == "registry_refused"
             assert job["reason_detail"] == f"the provider's registry policy refuses registry {host}"
         assert "registry policy refuses image" in stack.agent.log()
     assert loopback_service.connections == before, "the agent let the engine contact it"
