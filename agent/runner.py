@@ -21,7 +21,7 @@ from agent.engine import (
     LimitNotEnforced,
 )
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
-from agent.registry_policy import RegistryRefused, pull_failed_sentence
+from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from agent.spool import LeaseRecord
 
 if TYPE_CHECKING:
@@ -160,8 +160,10 @@ class LeaseRunner:
             await daemon.save(record)
             await engine.start(record.container_id)
         except RegistryRefused as exc:
-            # the job's own choice of registry: the coordinator fails the job with this sentence
-            await self._fail("registry_refused", exc.detail)
+            # the job's own choice of registry fails the job; a refusal for what the name
+            # resolves to reads as any failed pull, so it tells nothing of the provider's DNS
+            code = "image_pull_failed" if isinstance(exc, RegistryAddressRefused) else "registry_refused"
+            await self._fail(code, exc.detail)
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
             await self._fail("image_pull_failed", exc.detail)

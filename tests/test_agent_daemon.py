@@ -13,12 +13,16 @@ import pytest
 
 from agent.spool import Spool
 from agent_harness import AgentProcess
-from coordinator_harness import Api, CoordinatorProcess
+from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
 GPUS = [FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000001", power_mw=300_000),
         FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000002", power_mw=300_000)]
+
+# these tests restart and kill processes on a loaded machine; none of them is about losing an
+# agent, so the coordinator waits longer than the harness's 3 s before it calls one lost
+UNHURRIED = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000}
 
 
 class Stack:
@@ -59,7 +63,7 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path, engine_service: EngineService, cleanup: list) -> AsyncIterator[Stack]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator")
+    coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
     coordinator.workdir.mkdir()
     coordinator.start()
     agent = AgentProcess(tmp_path / "agent", coordinator, engine_service.socket, GPUS)
@@ -202,7 +206,7 @@ async def test_spool_holds_every_signed_receipt_until_acknowledged(stack: Stack)
 
 async def test_an_unpaid_job_is_stopped_at_the_acceptance_deadline(tmp_path: Path, engine_service: EngineService,
                                                                    cleanup: list) -> None:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator")
+    coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
     coordinator.workdir.mkdir()
     coordinator.start()
     agent = AgentProcess(tmp_path / "agent", coordinator, engine_service.socket, GPUS)
