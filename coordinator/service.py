@@ -26,6 +26,7 @@ from coordinator.config import Settings
 from coordinator.db import Database, transaction
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from coordinator.job_logs import JobLogs
+from coordinator.limits import RateLimiter
 from coordinator.jobs import (
     CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
     SUCCEEDED, Job, JobRequest, Lease, parse_job_request, secret_env_values,
@@ -52,6 +53,7 @@ MAX_REASON = 512
 # a request floor is persisted when an agent's clock skew grows by more than this: the margin
 # covers what the last flush missed, and an honest agent's steady skew costs no write
 SKEW_MARGIN_MS = 25
+TOKEN_LOOKUPS_PER_S, TOKEN_LOOKUP_BURST = 500, 2_000
 ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_alive
 FLAG_HISTORY = 256  # cleared capacity flags kept per agent for operators
 
@@ -91,6 +93,10 @@ class Coordinator:
         self._agent_events: dict[str, asyncio.Event] = {}
         self._principals: dict[str, Principal] = {}  # by token hash
         self._enrolling: set[str] = set()
+        # tokens not in the cache cost a database read each: all of them together are bounded,
+        # so a flood of made-up tokens cannot stall the writer (known tokens are cached)
+        self._token_lookups = RateLimiter(TOKEN_LOOKUPS_PER_S, TOKEN_LOOKUP_BURST,
+                                          "requests with tokens this coordinator has not seen lately")
         self._admin_seen = 0
         self._started_ms = self.clock()
         self._floors_dirty: dict[str, int] = {}
@@ -283,6 +289,7 @@ class Coordinator:
         cached = self._principals.get(token_hash)
         if cached is not None:
             return cached
+        self._token_lookups.take("all")
         now = self.clock()
         principal = await self.database.run(lambda db: accounts.lookup_token(db, token, now))
         if principal is None:
@@ -456,8 +463,12 @@ class Coordinator:
         inventory = parse_inventory(body.get("inventory"))
         now = self.clock()
         was_online = agent.online
-        agent.ask_per_gpu_hour = ask
-        new_gpus, flags = self.market.reconcile(agent, inventory, now)
+        previous_ask, agent.ask_per_gpu_hour = agent.ask_per_gpu_hour, ask
+        try:
+            new_gpus, flags = self.market.reconcile(agent, inventory, now)
+        except Exception:
+            agent.ask_per_gpu_hour = previous_ask  # a refused heartbeat changes nothing
+            raise
         new_flags = [f for f in flags if f.cleared_at_ms is None]
         cleared = [f for f in flags if f.cleared_at_ms is not None]
         if new_gpus or flags or not was_online:

@@ -540,3 +540,24 @@ def test_msgpack_depth_limits_hold_in_the_shared_decoder() -> None:
         for _ in range(18):
             nested = [nested]
         canonical.decode(msgpack.packb(nested))
+
+
+def test_rate_buckets_refill_name_their_wait_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator import limits
+    from coordinator.errors import TooManyRequests
+
+    now = [0.0]
+    limiter = limits.RateLimiter(2, 4, "this agent", clock=lambda: now[0])
+    for _ in range(4):
+        limiter.take("a")
+    with pytest.raises(TooManyRequests) as caught:
+        limiter.take("a")
+    assert caught.value.retry_after_s == 1 and caught.value.status == 429
+    limiter.take("b")  # another principal's bucket is its own
+    now[0] += 0.5
+    limiter.take("a")
+    monkeypatch.setattr(limits, "MAX_BUCKETS", 10)
+    for n in range(100):
+        now[0] += 10
+        limiter.take(f"p{n}")
+    assert len(limiter._buckets) <= 11
