@@ -336,6 +336,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status)),
     ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log, LOG_LIMITS)),
     ("POST", "/v1/agent/receipts", _agent_handler(Coordinator.accept_receipts)),
+    ("POST", "/v1/agent/rotate-key", _agent_handler(Coordinator.rotate_key)),
     ("POST", "/v1/jobs", submit_job),
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", show_job),

@@ -298,6 +298,26 @@ class Market:
         self.refresh(agent)
         return moved
 
+    def hand_over(self, old: Agent, new: Agent) -> None:
+        """The agent's key was rotated: its GPUs, flags, ask and liveness pass to the new key's
+        agent, and the old key leaves the market for good."""
+        for uuid, gpu in old.gpus.items():
+            gpu.agent_id = new.agent_id
+            new.gpus[uuid] = gpu
+            if self.gpu_owner.get(uuid) == old.agent_id:
+                self.gpu_owner[uuid] = new.agent_id
+        for (uuid, kind), flag in old.flags.items():
+            flag.agent_id = new.agent_id
+            new.flags[(uuid, kind)] = flag
+        old.gpus, old.flags = {}, {}
+        new.ask_per_gpu_hour, new.online, new.last_seen_ms = old.ask_per_gpu_hour, old.online, old.last_seen_ms
+        new.host, new.driver_version = old.host, old.driver_version
+        new.uuid_budget, new.uuid_budget_at_ms = old.uuid_budget, old.uuid_budget_at_ms
+        old.revoked, old.online = True, False
+        self.agents[new.agent_id] = new
+        self.refresh(old)
+        self.refresh(new)
+
     def revoke(self, agent: Agent) -> None:
         """Take a revoked agent's GPUs out of the market; the UUIDs it held are free to others."""
         agent.revoked = True

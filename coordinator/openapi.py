@@ -99,6 +99,11 @@ def openapi_document() -> dict[str, Any]:
                 "Submit a batch of sealed usage receipts: {results: one per receipt, accepted "
                 "(naming its acknowledgement by position) or rejected naming the rule it broke; "
                 "acknowledgements: countersigned 'acceptance' envelopes}")},
+            "/v1/agent/rotate-key": {"post": _signed(
+                "Replace the agent's key (signed by the old key; body {public_key, request: the "
+                "new key's signed request {rotates: agent_id}}); only while the agent holds no "
+                "active lease. The new key is logged as an agent_key entry and the old one is "
+                "refused from then on")},
             "/v1/jobs": {
                 "post": _bearer("Post a job (enterprise)", {
                     "201": _json(JOB, "created"),

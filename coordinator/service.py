@@ -308,7 +308,7 @@ class Coordinator:
         if agent is None:
             raise Unauthenticated("the request is signed by a key that is not enrolled")
         if agent.revoked:
-            raise Unauthenticated("this agent's key has been revoked by the coordinator's operator",
+            raise Unauthenticated("this agent's key has been revoked, or replaced by a rotation",
                                   code="agent_revoked")
         now = self.clock()
         window = self.settings.signed_request_window_ms
@@ -451,6 +451,62 @@ class Coordinator:
                       public_key=public, hostname=hostname, penalty_at_ms=now)
         self.market.add_agent(agent)
         return agent
+
+    async def rotate_key(self, agent: Agent, body: Any) -> dict[str, Any]:
+        """The agent replaces its key: signed by the old key, the new key countersigns. The new
+        key is a new agent_key in the log (auditors verify later receipts with it; earlier ones
+        stay verifiable with the old entry); the agent's GPUs, flags and reliability pass to it
+        and the old key is refused from now on. Only an idle agent rotates: a lease is billed
+        under the key it was won with."""
+        if type(body) is not dict or type(body.get("public_key")) is not bytes or type(
+                body.get("request")) is not bytes:
+            raise Unprocessable("a key rotation is a map with public_key and the new key's signed request")
+        path = "/v1/agent/rotate-key"
+        try:
+            public = PublicKey(body["public_key"])
+            signed = open_request(body["request"], public, "POST", path, self.clock(),
+                                  self.settings.signed_request_window_ms)
+        except SuanliError as exc:
+            raise Unauthenticated(f"the new key must sign the rotation: {exc.detail}") from None
+        if signed.body != {"rotates": agent.agent_id}:
+            raise Unprocessable("the new key's request must say {rotates: <this agent's id>}")
+        if public.agent_id in self.market.agents or public.agent_id in self._enrolling:
+            raise Conflict("the new key is already enrolled")
+        active = [l.id for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]
+        if active:
+            raise Conflict(f"this agent holds {len(active)} active leases; rotate its key when it "
+                           "is idle (stop taking jobs, let them end)", code="agent_busy")
+        now = self.clock()
+        old_id, new_id = agent.agent_id, public.agent_id
+
+        def write(db: sqlite_utils.Database) -> None:
+            db["agents"].insert({
+                "agent_id": new_id, "provider_id": agent.provider_id, "public_key": public.raw,
+                "hostname": agent.hostname, "enrolled_at_ms": now, "ask_per_gpu_hour": agent.ask_per_gpu_hour,
+                "last_seen_ms": agent.last_seen_ms, "penalty_ppm": agent.penalty_ppm,
+                "penalty_at_ms": agent.penalty_at_ms,
+            })
+            db.execute("UPDATE agents SET revoked_at_ms = ? WHERE agent_id = ?", [now, old_id])
+            db.execute("UPDATE gpus SET agent_id = ? WHERE agent_id = ?", [new_id, old_id])
+            db.execute("UPDATE capacity_flags SET agent_id = ? WHERE agent_id = ? AND cleared_at_ms IS NULL",
+                       [new_id, old_id])
+            key = log_entries.AgentKey(new_id, public.raw, agent.provider_id, agent.provider_uscc)
+            tlog.append_entries(db, [log_entries.encode_entry(log_entries.AGENT_KEY, now, key)])
+
+        self._enrolling.add(new_id)
+        try:
+            await self.database.run(write)
+        except sqlite3.IntegrityError:
+            raise Conflict("the new key is already enrolled") from None
+        finally:
+            self._enrolling.discard(new_id)
+        successor = Agent(agent_id=new_id, provider_id=agent.provider_id, provider_uscc=agent.provider_uscc,
+                          public_key=public, hostname=agent.hostname, penalty_ppm=agent.penalty_ppm,
+                          penalty_at_ms=agent.penalty_at_ms, skew_ms=agent.skew_ms)
+        self.market.hand_over(agent, successor)
+        self._notify(old_id)
+        log.info("agent %s rotated its key; it is now agent %s", old_id, new_id)
+        return {"agent_id": new_id, "previous_agent_id": old_id, "provider_id": agent.provider_id}
 
     # -- heartbeats ---------------------------------------------------------------------
 

@@ -561,3 +561,76 @@ def test_rate_buckets_refill_name_their_wait_and_stay_bounded(monkeypatch: pytes
         now[0] += 10
         limiter.take(f"p{n}")
     assert len(limiter._buckets) <= 11
+
+
+# -- key rotation -------------------------------------------------------------------------------
+
+
+async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_one(
+        roomy: CoordinatorProcess, cleanup: list, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from coordinator_harness import BIN, clean_env
+    from shared.money import usage_amount
+    from shared.receipts import GENESIS_PREV, Receipt, seal_receipt
+
+    state = tmp_path / "agent-state"
+    token = roomy.add_provider(1)
+    subprocess.run([BIN / "suanli-agent", "enroll", "--coordinator", roomy.url, "--token", token,
+                    "--state-dir", str(state), "--hostname", "rotating-host"],
+                   capture_output=True, text=True, env=clean_env(), check=True)
+    from agent.state import AgentState
+    from shared.identity import load_private_key
+
+    old_key = load_private_key(AgentState(state).key_path)
+    old = FakeAgent(roomy.url, ["GPU-rot0"], 1_000_000)
+    old.key, old.client.key = old_key, old_key
+    cleanup.append(old)
+    await old.heartbeat()
+
+    # a busy agent may not rotate: its leases are billed under the key that won them
+    api = await _enterprise(roomy, cleanup, 4)
+    _, busy_job = await api.submit()
+    lease = await old.wait_for_lease()
+    with pytest.raises(CoordinatorError) as caught:
+        await old.client.rotate_key(PrivateKey.generate())
+    assert (caught.value.status, caught.value.error) == (409, "agent_busy")
+    await old.client.status(lease["lease_id"], "started")
+    await old.client.status(lease["lease_id"], "exited", exit_code=0)
+    await api.wait_for(busy_job["id"], lambda j: j["state"] == "succeeded")
+
+    rotated = subprocess.run([BIN / "suanli-agent", "rotate-key", "--state-dir", str(state)],
+                             capture_output=True, text=True, env=clean_env(), check=False)
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = load_private_key(AgentState(state).key_path)
+    assert new_key.public.agent_id != old_key.public.agent_id
+    assert oct(os.stat(AgentState(state).key_path).st_mode & 0o777) == "0o600"
+    assert json.loads(AgentState(state).enrolment_path.read_text())["agent_id"] == new_key.public.agent_id
+    with pytest.raises(CoordinatorError) as caught:
+        await old.heartbeat()
+    assert (caught.value.status, caught.value.error) == (401, "agent_revoked")
+
+    new = FakeAgent(roomy.url, ["GPU-rot0"], 1_000_000)
+    new.key, new.client.key = new_key, new_key
+    cleanup.append(new)
+    assert (await new.heartbeat())["flags"] == []  # the GPU came with the key
+    _, market = await api.call("GET", "/v1/market")
+    assert market["agents_total"] == 1 and market["models"][0]["gpus"] == 1
+    _, job = await api.submit()
+    lease = await new.wait_for_lease()
+    await new.client.status(lease["lease_id"], "started")
+    await asyncio.sleep(0.2)
+    gpus = tuple(lease["gpu_uuids"])
+    receipt = Receipt(
+        lease_id=lease["lease_id"], job_id=job["id"], agent_id=new.agent_id, seq=1, prev=GENESIS_PREV,
+        issued_at_ms=_now(), gpu_uuids=gpus, gpu_ms=10, energy_mj=10, utilization_pct=50,
+        peak_memory_bytes=1 << 30, price_per_gpu_hour=lease["price_per_gpu_hour"],
+        amount=usage_amount(10, lease["price_per_gpu_hour"]), final=False, exit_code=None)
+    answer = await new.client.signed("/v1/agent/receipts",
+                                     {"receipts": [seal_receipt(receipt, new_key).envelope]})
+    assert answer["results"][0]["status"] == "accepted", answer
+    audit = subprocess.run([BIN / "suanli", "audit", "verify", "--coordinator", roomy.url, "--json"],
+                           capture_output=True, text=True, env=clean_env(), check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert json.loads(audit.stdout)["agents"] == 2  # the old key's entry, and the new one's
