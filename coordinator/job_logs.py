@@ -36,8 +36,8 @@ class JobLogs:
         self._last: dict[str, tuple[int, int]] = {}
 
     async def size(self, job_id: str) -> int:
-        size = self._sizes.get(job_id)
-        if size is None:
+        cached = self._sizes.get(job_id)
+        if cached is None:
             def read(db: Any) -> tuple[int, tuple[int, int] | None]:
                 total = db.conn.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_logs "
                                         "WHERE job_id = ?", [job_id]).fetchone()[0]
@@ -45,11 +45,12 @@ class JobLogs:
                                        "ORDER BY offset DESC LIMIT 1", [job_id]).fetchone()
                 return int(total), (int(last[0]), int(last[1])) if last else None
 
-            size, last = await self.database.run(read)
-            self._sizes[job_id] = size
+            total, last = await self.database.run(read)
+            self._sizes[job_id] = total
             if last is not None and last[1] < COALESCE_BYTES:
                 self._last[job_id] = last
-        return size
+            return total
+        return cached
 
     async def append(self, job_id: str, offset: Any, data: Any,
                      secrets: list[str] | None = None) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, inventory
 
 from agent.coordinator_client import CoordinatorError
-from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, inventory
 from shared import canonical
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
@@ -40,7 +40,7 @@ def _rows(coordinator: CoordinatorProcess, sql: str, params: tuple[Any, ...] = (
 
 def _count(coordinator: CoordinatorProcess, table: str, where: str = "1 = 1",
            params: tuple[Any, ...] = ()) -> int:
-    return int(_rows(coordinator, f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])  # noqa: S608
+    return int(_rows(coordinator, f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
 
 
 def _money(coordinator: CoordinatorProcess) -> tuple[int, int]:
@@ -71,6 +71,14 @@ async def _enterprise(coordinator: CoordinatorProcess, cleanup: list, n: int) ->
     api = Api(coordinator.url, coordinator.add_enterprise(n))
     cleanup.append(api)
     return api
+
+
+async def _run(*command: Any, env: dict[str, str], check: bool = True) -> Any:
+    """A command line run off the event loop (the coordinator under test shares nothing with it)."""
+    import subprocess
+
+    return await asyncio.to_thread(subprocess.run, [str(c) for c in command], capture_output=True,
+                                   text=True, env=env, check=check)
 
 
 def _started(tmp_path: Path, **settings: Any) -> CoordinatorProcess:
@@ -112,12 +120,11 @@ async def test_deeply_nested_json_is_refused_with_400_class_not_500(
 async def test_deeply_nested_msgpack_is_refused(coordinator: CoordinatorProcess, path: str) -> None:
     for depth in (17, 5_000, 200_000):
         body = b"\x91" * depth + b"\xc0"
-        async with aiohttp.ClientSession() as session:
-            async with session.post(coordinator.url + path, data=body,
-                                    headers={"Content-Type": MSGPACK}) as response:
-                assert 400 <= response.status < 500, await response.read()
-                answer = canonical.decode(await response.read())
-                assert set(answer) == {"error", "detail"}
+        async with aiohttp.ClientSession() as session, session.post(
+                coordinator.url + path, data=body, headers={"Content-Type": MSGPACK}) as response:
+            assert 400 <= response.status < 500, await response.read()
+            answer = canonical.decode(await response.read())
+            assert set(answer) == {"error", "detail"}
     assert _count(coordinator, "agents") == 0
     assert "Traceback" not in coordinator.log()
 
@@ -156,10 +163,10 @@ async def test_an_agent_flood_gets_429_after_its_signature_is_checked(tmp_path: 
             payload, _key_id, signature = msgpack.unpackb(sign_request(
                 forger, "POST", "/v1/agent/leases", {"known_version": -1, "wait_ms": 0}, _now()))
             envelope = msgpack.packb([payload, flooder.key.public.key_id, signature], use_bin_type=True)
-            async with aiohttp.ClientSession() as session:
-                async with session.post(coordinator.url + "/v1/agent/leases", data=envelope,
-                                        headers={"Content-Type": MSGPACK}) as response:
-                    assert response.status == 401, await response.read()
+            async with aiohttp.ClientSession() as session, session.post(
+                    coordinator.url + "/v1/agent/leases", data=envelope,
+                    headers={"Content-Type": MSGPACK}) as response:
+                assert response.status == 401, await response.read()
         refused = 0
         for _ in range(10):
             try:
@@ -400,25 +407,22 @@ def _rows_text(coordinator: CoordinatorProcess) -> str:
 
 async def test_secret_env_in_the_cli_is_sent_apart_and_shown_redacted(
         roomy: CoordinatorProcess, cleanup: list) -> None:
-    import subprocess
-
     from coordinator_harness import BIN, clean_env
 
     token = roomy.add_enterprise(9)
     env = {**clean_env(), "SUANLI_COORDINATOR": roomy.url, "SUANLI_TOKEN": token}
-    submitted = subprocess.run(
-        [BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
-         "60s", "--max-price-per-gpu-hour", "1", "--env", "PLAIN=1", "--secret-env", f"TOKEN={SECRET}",
-         "--json", "--", "true"], capture_output=True, text=True, env=env, check=True)
+    submitted = await _run(
+        BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
+        "60s", "--max-price-per-gpu-hour", "1", "--env", "PLAIN=1", "--secret-env", f"TOKEN={SECRET}",
+        "--json", "--", "true", env=env)
     job = json.loads(submitted.stdout)
     assert job["spec"]["secret_env"] == {"TOKEN": "<redacted>"} and job["spec"]["env"] == {"PLAIN": "1"}
-    shown = subprocess.run([BIN / "suanli", "job", "show", job["id"]], capture_output=True, text=True,
-                           env=env, check=True).stdout
+    shown = (await _run(BIN / "suanli", "job", "show", job["id"], env=env)).stdout
     assert "TOKEN=<redacted>" in shown and SECRET not in shown
-    both = subprocess.run(
-        [BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
-         "60s", "--max-price-per-gpu-hour", "1", "--env", "A=1", "--secret-env", "A=2"],
-        capture_output=True, text=True, env=env, check=False)
+    both = await _run(
+        BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
+        "60s", "--max-price-per-gpu-hour", "1", "--env", "A=1", "--secret-env", "A=2", env=env,
+        check=False)
     assert both.returncode == 2 and "both" in both.stderr
 
 
@@ -569,17 +573,16 @@ def test_rate_buckets_refill_name_their_wait_and_stay_bounded(monkeypatch: pytes
 async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_one(
         roomy: CoordinatorProcess, cleanup: list, tmp_path: Path) -> None:
     import os
-    import subprocess
 
     from coordinator_harness import BIN, clean_env
+
     from shared.money import usage_amount
     from shared.receipts import GENESIS_PREV, Receipt, seal_receipt
 
     state = tmp_path / "agent-state"
     token = roomy.add_provider(1)
-    subprocess.run([BIN / "suanli-agent", "enroll", "--coordinator", roomy.url, "--token", token,
-                    "--state-dir", str(state), "--hostname", "rotating-host"],
-                   capture_output=True, text=True, env=clean_env(), check=True)
+    await _run(BIN / "suanli-agent", "enroll", "--coordinator", roomy.url, "--token", token,
+               "--state-dir", state, "--hostname", "rotating-host", env=clean_env())
     from agent.state import AgentState
     from shared.identity import load_private_key
 
@@ -600,8 +603,8 @@ async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_o
     await old.client.status(lease["lease_id"], "exited", exit_code=0)
     await api.wait_for(busy_job["id"], lambda j: j["state"] == "succeeded")
 
-    rotated = subprocess.run([BIN / "suanli-agent", "rotate-key", "--state-dir", str(state)],
-                             capture_output=True, text=True, env=clean_env(), check=False)
+    rotated = await _run(BIN / "suanli-agent", "rotate-key", "--state-dir", state, env=clean_env(),
+                         check=False)
     assert rotated.returncode == 0, rotated.stderr
     new_key = load_private_key(AgentState(state).key_path)
     assert new_key.public.agent_id != old_key.public.agent_id
@@ -630,7 +633,7 @@ async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_o
     answer = await new.client.signed("/v1/agent/receipts",
                                      {"receipts": [seal_receipt(receipt, new_key).envelope]})
     assert answer["results"][0]["status"] == "accepted", answer
-    audit = subprocess.run([BIN / "suanli", "audit", "verify", "--coordinator", roomy.url, "--json"],
-                           capture_output=True, text=True, env=clean_env(), check=False)
+    audit = await _run(BIN / "suanli", "audit", "verify", "--coordinator", roomy.url, "--json",
+                       env=clean_env(), check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert json.loads(audit.stdout)["agents"] == 2  # the old key's entry, and the new one's
