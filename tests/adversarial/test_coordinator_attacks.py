@@ -472,7 +472,11 @@ async def test_a_revoked_agent_is_refused_out_of_the_market_and_its_leases_lost(
     assert (error.status, error.error) == (401, "agent_revoked")
     job = await api.wait_for(job_id, lambda j: j["state"] == "pending")
     assert job["attempts"] == 1 and job["charged_micro_yuan"] == 0
-    assert _rows(roomy, "SELECT state, end_reason FROM leases") == [("ended", "agent_revoked")]
+
+    async def lease_lost() -> bool:  # committed just after the agent is refused
+        return _rows(roomy, "SELECT state, end_reason FROM leases") == [("ended", "agent_revoked")]
+
+    await _eventually(lease_lost, what="the revoked agent's lease ending as lost")
     _, market = await api.call("GET", "/v1/market")
     assert market["models"] == [] and market["agents_online"] == 0
     with pytest.raises(CoordinatorError) as caught:
