@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_enroll(commands)
     _add_run(commands)
     _add_self_test(commands)
+    _add_rotate_key(commands)
     return parser
 
 
@@ -279,3 +280,67 @@ def cmd_self_test(args: argparse.Namespace) -> int:
         for check, ok, detail in results:
             print(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+# --- rotate-key --------------------------------------------------------------------------
+
+
+def _add_rotate_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "rotate-key", help="replace this host's key (stop the agent first)",
+        description="Make a new Ed25519 key and have the coordinator take it in place of the "
+        "old one, which signs the change. Run it with the agent stopped and no lease or "
+        "unacknowledged receipt left; start the agent again after it.")
+    command.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live")
+    command.set_defaults(handler=cmd_rotate_key)
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.coordinator_client import CoordinatorClient, CoordinatorError
+    from agent.spool import Spool
+    from shared.identity import PrivateKey, load_private_key, save_private_key
+
+    state = AgentState(args.state_dir)
+    enrolled = state.enrolment()
+    old_key = state.load_key()
+    if state.spool_path.exists():
+        spool = Spool(state.spool_path)
+        try:
+            busy = len(spool.leases()) + len(spool.pending_receipts(limit=1))
+        finally:
+            spool.close()
+        if busy:
+            print("suanli-agent: this host still has leases or unacknowledged receipts; let them "
+                  "finish with the agent running, stop it, then rotate", file=sys.stderr)
+            return 1
+    # the new key is kept beside the old until the coordinator has it: an interrupted
+    # rotation is finished, not repeated, by the next run
+    new_path = state.key_path.with_name(state.key_path.name + ".new")
+    if new_path.exists():
+        new_key = load_private_key(new_path)
+    else:
+        new_key = PrivateKey.generate()
+        save_private_key(new_path, new_key)
+    url, ca_file = str(enrolled["coordinator_url"]), enrolled.get("ca_file")
+
+    async def rotate() -> dict[str, object]:
+        async with CoordinatorClient(url, old_key, ca_file=ca_file) as client:
+            try:
+                return await client.rotate_key(new_key)
+            except CoordinatorError as exc:
+                if exc.status != 401:
+                    raise
+        async with CoordinatorClient(url, new_key, ca_file=ca_file) as client:  # done already?
+            await client.leases(-1, 0)
+        return {"agent_id": new_key.public.agent_id, "provider_id": enrolled["provider_id"]}
+
+    answer = asyncio.run(rotate())
+    new_path.replace(state.key_path)
+    state.save_enrolment({**enrolled, "agent_id": answer["agent_id"],
+                          "previous_agent_ids": [*enrolled.get("previous_agent_ids", []),
+                                                 old_key.public.agent_id]})
+    print(f"key rotated: agent {old_key.public.agent_id} is now {answer['agent_id']}; "
+          f"key: {state.key_path} (0600)")
+    return 0

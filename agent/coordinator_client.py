@@ -92,6 +92,13 @@ class CoordinatorClient:
         body = canonical.encode({"public_key": self.key.public.raw, "request": request})
         return dict(await self._post(path, body))
 
+    async def rotate_key(self, new_key: PrivateKey) -> dict[str, Any]:
+        """Replace this client's key with `new_key` at the coordinator: the old key signs the
+        request, the new key signs that it takes over this agent."""
+        path = "/v1/agent/rotate-key"
+        proof = sign_request(new_key, "POST", path, {"rotates": self.key.public.agent_id}, _now_ms())
+        return dict(await self.signed(path, {"public_key": new_key.public.raw, "request": proof}))
+
     async def heartbeat(self, ask_per_gpu_hour: int | None, inventory: dict[str, Any]) -> dict[str, Any]:
         return dict(await self.signed("/v1/agent/heartbeat",
                                       {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory}))

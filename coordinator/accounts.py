@@ -25,6 +25,7 @@ MAX_NAME = 200
 class Principal:
     role: str
     subject_id: str
+    token_hash: str = ""
 
 
 def hash_token(token: str) -> str:
@@ -100,7 +101,78 @@ def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principa
         return None
     if row["expires_at_ms"] is not None and row["expires_at_ms"] <= now_ms:
         return None
-    return Principal(row["role"], row["subject_id"])
+    return Principal(row["role"], row["subject_id"], hash_token(token))
+
+
+def _admin_change(db: sqlite_utils.Database, kind: str, subject: str, now_ms: int) -> None:
+    """Tell the running coordinator, which polls this table, what an operator changed."""
+    db["admin_changes"].insert({"kind": kind, "subject": subject, "at_ms": now_ms})
+
+
+def revoke_tokens(db: sqlite_utils.Database, now_ms: int, token: str | None = None,
+                  subject_id: str | None = None) -> list[str]:
+    """Revoke one token, or every token of a subject; returns the hashes revoked."""
+    if (token is None) == (subject_id is None):
+        raise ValueError("name either the token or the subject whose tokens to revoke")
+    if token is not None:
+        rows = list(db.query("SELECT token_hash FROM tokens WHERE token_hash = ?", [hash_token(token)]))
+        if not rows:
+            raise NotFound("no such token")
+    else:
+        rows = list(db.query("SELECT token_hash FROM tokens WHERE subject_id = ? AND revoked = 0",
+                             [subject_id]))
+        if not rows:
+            raise NotFound(f"{subject_id} has no unrevoked tokens")
+    hashes = [str(row["token_hash"]) for row in rows]
+    for token_hash in hashes:
+        db.execute("UPDATE tokens SET revoked = 1 WHERE token_hash = ?", [token_hash])
+        _admin_change(db, "revoke_token", token_hash, now_ms)
+    return hashes
+
+
+def revoke_agent(db: sqlite_utils.Database, agent_id: str, now_ms: int) -> dict[str, Any]:
+    """Revoke an agent's key for good: its requests are refused and its leases are lost."""
+    rows = list(db.query("SELECT agent_id, provider_id, revoked_at_ms FROM agents WHERE agent_id = ?",
+                         [agent_id]))
+    if not rows:
+        raise NotFound(f"no agent {agent_id}")
+    if rows[0]["revoked_at_ms"] is None:
+        db.execute("UPDATE agents SET revoked_at_ms = ? WHERE agent_id = ?", [now_ms, agent_id])
+        _admin_change(db, "revoke_agent", agent_id, now_ms)
+    return {"agent_id": agent_id, "provider_id": rows[0]["provider_id"],
+            "revoked_at_ms": rows[0]["revoked_at_ms"] or now_ms}
+
+
+def list_flags(db: sqlite_utils.Database, include_cleared: bool = False,
+               agent_id: str | None = None) -> list[dict[str, Any]]:
+    where = ["1 = 1" if include_cleared else "cleared_at_ms IS NULL"]
+    params: list[Any] = []
+    if agent_id is not None:
+        where.append("agent_id = ?")
+        params.append(agent_id)
+    return list(db.query(
+        "SELECT id, agent_id, gpu_uuid, kind, detail, at_ms, cleared_at_ms FROM capacity_flags "
+        f"WHERE {' AND '.join(where)} ORDER BY id", params))
+
+
+def clear_flag(db: sqlite_utils.Database, flag_id: int, now_ms: int) -> dict[str, Any]:
+    """Clear an open capacity flag: the running coordinator then believes the GPU as reported.
+
+    A cleared uuid_conflict hands the GPU to the agent that claimed it; a cleared
+    gpu_missing forgets the GPU; a cleared memory_changed takes the new size."""
+    rows = list(db.query("SELECT * FROM capacity_flags WHERE id = ?", [flag_id]))
+    if not rows:
+        raise NotFound(f"no flag {flag_id}")
+    flag = rows[0]
+    if flag["cleared_at_ms"] is not None:
+        raise Conflict(f"flag {flag_id} was already cleared")
+    db.execute("UPDATE capacity_flags SET cleared_at_ms = ? WHERE id = ?", [now_ms, flag_id])
+    if flag["kind"] == "uuid_conflict":
+        db.execute("UPDATE gpus SET agent_id = ? WHERE uuid = ?", [flag["agent_id"], flag["gpu_uuid"]])
+    elif flag["kind"] == "gpu_missing":
+        db.execute("DELETE FROM gpus WHERE uuid = ? AND agent_id = ?", [flag["gpu_uuid"], flag["agent_id"]])
+    _admin_change(db, "clear_flag", f"{flag['agent_id']}|{flag['gpu_uuid']}|{flag['kind']}", now_ms)
+    return {**flag, "cleared_at_ms": now_ms}
 
 
 def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -> str:

@@ -17,7 +17,10 @@ from aiohttp import web
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import Database
-from coordinator.errors import ApiError, Forbidden, NotFound, Unauthenticated, Unprocessable, UnsupportedMediaType
+from coordinator.errors import (
+    ApiError, Forbidden, NotFound, TooManyRequests, Unauthenticated, Unprocessable, UnsupportedMediaType,
+)
+from coordinator.limits import RateLimiter
 from coordinator import tlog, vouchers
 from coordinator.jobs import JOB_STATES
 from coordinator.vouchers import VoucherPolicy
@@ -32,8 +35,16 @@ log = logging.getLogger(__name__)
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 METRICS = web.AppKey("metrics", Metrics)
+AGENT_LIMITS = web.AppKey("agent_limits", RateLimiter)
+TOKEN_LIMITS = web.AppKey("token_limits", RateLimiter)
+LOG_LIMITS = web.AppKey("log_limits", RateLimiter)
+# log chunks an agent may send a second, over all its leases (they are coalesced as stored)
+LOG_CHUNKS_PER_S, LOG_CHUNK_BURST = 20, 200
 MSGPACK = "application/msgpack"
 AGENT_PREFIX = "/v1/agent/"
+# deeper than any body the API declares; Python's own parser would recurse to a RecursionError
+MAX_JSON_DEPTH = 32
+ADMIN_POLL_S = 0.5  # below service.ALIVE_INTERVAL_MS
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -52,6 +63,11 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
         status = response.status
+        return response
+    except TooManyRequests as exc:
+        status = exc.status
+        response = _error_response(request, exc.status, exc.as_body())
+        response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
     except ApiError as exc:
         status = exc.status
@@ -81,10 +97,20 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 # -- helpers ----------------------------------------------------------------------------
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, or a refusal when the client sends it too slowly (half a request)."""
+    timeout = request.app[COORDINATOR].settings.body_timeout_s
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise ApiError(f"the request body did not arrive within {timeout} s",
+                       code="body_timeout") from None
+
+
 async def _msgpack_body(request: web.Request) -> bytes:
     if request.content_type != MSGPACK:
         raise UnsupportedMediaType(f"agent requests are {MSGPACK}")
-    return await request.read()
+    return await _read_body(request)
 
 
 def _msgpack(data: Any, status: int = 200) -> web.Response:
@@ -94,11 +120,28 @@ def _msgpack(data: Any, status: int = 200) -> web.Response:
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the request body as application/json")
-    raw = await request.read()
+    raw = await _read_body(request)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
     except ValueError:
         raise Unprocessable("the request body is not valid JSON") from None
+    if body is None and raw.strip() != b"null" or _too_deep(body, MAX_JSON_DEPTH):
+        raise Unprocessable(f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
+                            code="too_deep")
+    return body
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests deeper than `limit`, walked without recursion."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [item for container in level if isinstance(container, (list, dict))
+                 for item in (container.values() if isinstance(container, dict) else container)]
+        if not level:
+            return False
+    return True
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -106,25 +149,28 @@ async def _principal(request: web.Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send your token as 'Authorization: Bearer <token>'")
-    return await request.app[COORDINATOR].principal_for_token(token.strip())
+    principal = await request.app[COORDINATOR].principal_for_token(token.strip())
+    request.app[TOKEN_LIMITS].take(principal.token_hash or principal.subject_id)
+    return principal
 
 
-def _agent_handler(method: Callable[[Coordinator, Any, Any], Awaitable[dict[str, Any]]]) -> Handler:
+def _agent_handler(method: Callable[..., Awaitable[dict[str, Any]]],
+                   limits: web.AppKey[RateLimiter] | None = None, signed: bool = False) -> Handler:
+    """A handler for a signed agent request; with `signed` the method also gets the request's
+    envelope itself (a status report is logged as the agent signed it)."""
     async def handle(request: web.Request) -> web.Response:
         coordinator = request.app[COORDINATOR]
         body = await _msgpack_body(request)
         agent, payload = coordinator.authenticate_agent(body, request.method, request.path)
+        # counted after the signature: nobody can spend another agent's allowance
+        request.app[AGENT_LIMITS].take(agent.agent_id)
+        if limits is not None:
+            request.app[limits].take(agent.agent_id)
+        if signed:
+            return _msgpack(await method(coordinator, agent, payload, body))
         return _msgpack(await method(coordinator, agent, payload))
 
     return handle
-
-
-async def agent_status(request: web.Request) -> web.Response:
-    """A status report is kept as signed: the log holds the agent's own word for a start."""
-    coordinator = request.app[COORDINATOR]
-    body = await _msgpack_body(request)
-    agent, payload = coordinator.authenticate_agent(body, request.method, request.path)
-    return _msgpack(await coordinator.agent_status(agent, payload, body))
 
 
 # -- public -----------------------------------------------------------------------------
@@ -175,13 +221,14 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise Unprocessable(f"state must be one of {', '.join(JOB_STATES)}")
     limit = _int_query(request, "limit", 100, 1, 1000)
     jobs = coordinator.jobs_for(principal, state, limit)
-    return web.json_response({"jobs": [coordinator.job_view(j) for j in jobs]})
+    return web.json_response({"jobs": [coordinator.job_view(j, principal.role) for j in jobs]})
 
 
 async def show_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
-    return web.json_response(coordinator.job_view(coordinator.job_for(principal, request.match_info["job_id"])))
+    job = coordinator.job_for(principal, request.match_info["job_id"])
+    return web.json_response(coordinator.job_view(job, principal.role))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -194,6 +241,9 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def job_logs(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
+    if principal.role != "enterprise":
+        # what a job prints is the enterprise's and its provider's, not the auditors'
+        raise Forbidden("job logs are for the enterprise that posted the job")
     job = coordinator.job_for(principal, request.match_info["job_id"])
     offset = _int_query(request, "offset", 0, 0, 1 << 40)
     limit = _int_query(request, "limit", 256 * 1024, 1, 1 << 20)
@@ -287,9 +337,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/agent/enroll", enrol),
     ("POST", "/v1/agent/heartbeat", _agent_handler(Coordinator.heartbeat)),
     ("POST", "/v1/agent/leases", _agent_handler(Coordinator.agent_leases)),
-    ("POST", "/v1/agent/status", agent_status),
-    ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log)),
+    ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status, signed=True)),
+    ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log, LOG_LIMITS)),
     ("POST", "/v1/agent/receipts", _agent_handler(Coordinator.accept_receipts)),
+    ("POST", "/v1/agent/rotate-key", _agent_handler(Coordinator.rotate_key)),
     ("POST", "/v1/jobs", submit_job),
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", show_job),
@@ -301,6 +352,18 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/ledger/balances", ledger_balances),
     *tlog.ROUTES,
 ]
+
+
+async def _watch_admin(coordinator: Coordinator) -> None:
+    """Apply what `suanli-coordinator admin` changed in the file (revocations, cleared flags)
+    within a poll, and persist the agents' request floors that replay protection needs."""
+    while True:
+        await asyncio.sleep(ADMIN_POLL_S)
+        try:
+            await coordinator.apply_admin_changes()
+            coordinator.flush_request_floors()
+        except Exception:
+            log.exception("applying administrative changes failed")
 
 
 def load_or_create_key(path: Path) -> PrivateKey:
@@ -315,10 +378,17 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     app = web.Application(middlewares=[errors_and_metrics],
                           client_max_size=settings.request_body_limit_bytes)
     database = Database(db_path)
+    # what is deleted (secret env values at a job's end) is overwritten, not left in free pages
+    database.db.conn.execute("PRAGMA secure_delete = ON")
     coordinator = Coordinator(settings, database, load_or_create_key(Path(f"{db_path}.key")), clock,
                               policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
+    app[AGENT_LIMITS] = RateLimiter(settings.agent_requests_per_s, settings.agent_request_burst,
+                                    "this agent")
+    app[LOG_LIMITS] = RateLimiter(LOG_CHUNKS_PER_S, LOG_CHUNK_BURST, "this agent's log shipping")
+    app[TOKEN_LIMITS] = RateLimiter(settings.token_requests_per_s, settings.token_request_burst,
+                                    "this token")
     key = coordinator.signing_key
     app[tlog.TLOG] = tlog.TransparencyLog(database, key, tlog.default_origin(key), clock=clock)
     for method, path, handler in ROUTES:
@@ -329,8 +399,10 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         database.start()
         scheduler.append(asyncio.create_task(coordinator.run_scheduler(), name="scheduler"))
+        scheduler.append(asyncio.create_task(_watch_admin(coordinator), name="admin-watch"))
         yield
         await stop_scheduler(app)
+        coordinator.flush_request_floors(stopping=True)
         database.close()
         coordinator.opener.close()
 

@@ -103,6 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
     earnings.set_defaults(run=cmd_provider_earnings)
     pool = tasks.add_parser("pool", parents=[json_flag], help="the voucher pool: granted, used, remaining")
     pool.set_defaults(run=cmd_pool)
+    flags = tasks.add_parser("flags", parents=[json_flag],
+                             help="capacity flags (UUID conflicts, changed or vanished GPUs)")
+    flags.add_argument("--all", action="store_true", help="cleared flags too")
+    flags.add_argument("--agent", help="only this agent's")
+    flags.set_defaults(run=cmd_flags)
+    clear = tasks.add_parser("clear-flag", parents=[json_flag],
+                             help="clear a flag: the GPU is believed as now reported (a claim "
+                             "becomes the holding, a vanished GPU is forgotten)")
+    clear.add_argument("flag_id", type=int, metavar="ID", help="flag id, from `flags`")
+    clear.set_defaults(run=cmd_clear_flag)
+    revoke_token = tasks.add_parser("revoke-token", parents=[json_flag],
+                                    help="revoke an API or enrolment token (the server stops "
+                                    "accepting it within a second)")
+    which = revoke_token.add_mutually_exclusive_group(required=True)
+    which.add_argument("--token", help="the token itself")
+    which.add_argument("--subject", help="every token of this enterprise, auditor or provider id")
+    revoke_token.set_defaults(run=cmd_revoke_token)
+    revoke_agent = tasks.add_parser("revoke-agent", parents=[json_flag],
+                                    help="revoke an agent's key: its requests are refused, its GPUs "
+                                    "leave the market and its leases end as lost")
+    revoke_agent.add_argument("agent_id", metavar="AGENT_ID")
+    revoke_agent.set_defaults(run=cmd_revoke_agent)
     return parser
 
 
@@ -136,7 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = make_app(settings, str(args.db), policy=policy)
     web.run_app(app, host=host.strip("[]"), port=int(port), ssl_context=ssl_context,
-                print=lambda text: print(text, flush=True), access_log=None)
+                print=lambda text: print(text, flush=True), access_log=None,
+                # a connection gets this long for each request head (the slow-loris bound)
+                keepalive_timeout=settings.header_timeout_s)
     return 0
 
 
@@ -304,6 +328,44 @@ def cmd_pool(args: argparse.Namespace) -> int:
     pool = vouchers.pool_status(db, policy)
     _print(args, {"fiscal_year": policy.fiscal_year, **pool}, "\n".join(
         f"{key}: ¥{format_yuan(value)}" for key, value in pool.items()))
+    return 0
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    rows = accounts.list_flags(connect(args.db), include_cleared=args.all, agent_id=args.agent)
+    if args.json:
+        print(json.dumps({"flags": rows}, indent=2))
+    elif not rows:
+        print("no open capacity flags" if not args.all else "no capacity flags")
+    else:
+        for row in rows:
+            state = "open" if row["cleared_at_ms"] is None else "cleared"
+            print(f"{row['id']} {state} {row['kind']} agent {row['agent_id']} GPU {row['gpu_uuid']}: "
+                  f"{row['detail']}")
+    return 0
+
+
+def cmd_clear_flag(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        flag = accounts.clear_flag(db, args.flag_id, wall_clock_ms())
+    _print(args, flag, f"flag {flag['id']} ({flag['kind']} on {flag['gpu_uuid']}) cleared")
+    return 0
+
+
+def cmd_revoke_token(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        hashes = accounts.revoke_tokens(db, wall_clock_ms(), token=args.token, subject_id=args.subject)
+    _print(args, {"revoked_token_hashes": hashes}, f"{len(hashes)} token(s) revoked")
+    return 0
+
+
+def cmd_revoke_agent(args: argparse.Namespace) -> int:
+    db = connect(args.db)
+    with transaction(db):
+        revoked = accounts.revoke_agent(db, args.agent_id, wall_clock_ms())
+    _print(args, revoked, f"agent {args.agent_id} revoked")
     return 0
 
 

@@ -41,6 +41,15 @@ class Settings:
     scheduler_interval_ms: int = setting(1_000, "how often pending jobs are re-auctioned")
     reliability_penalty_ppm: int = setting(200_000, "reliability lost per failed start or lost lease")
     reliability_half_life_ms: int = setting(86_400_000, "time for a reliability penalty to halve")
+    agent_requests_per_s: int = setting(
+        100, "requests a second one agent may make on average (0: no limit); the rest get 429")
+    agent_request_burst: int = setting(1_000, "requests one agent may make at once above its rate")
+    token_requests_per_s: int = setting(
+        50, "requests a second one API token may make on average (0: no limit); the rest get 429")
+    token_request_burst: int = setting(500, "requests one API token may make at once above its rate")
+    header_timeout_s: int = setting(
+        20, "a connection that has not sent a whole request head in this long, or sat idle, is closed")
+    body_timeout_s: int = setting(30, "a request whose body has not arrived in this long is refused")
     receipt_workers: int = setting(
         os.cpu_count() or 1,
         "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)")

@@ -48,3 +48,14 @@ class Unprocessable(ApiError):
 class UnsupportedMediaType(ApiError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(ApiError):
+    """A principal sent more requests than its rate allows; it may retry after `retry_after_s`."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(detail, code)
+        self.retry_after_s = retry_after_s

@@ -1,4 +1,10 @@
-"""Job logs as agents ship them: appended at offsets (a retry is harmless), bounded per job."""
+"""Job logs as agents ship them: appended at offsets (a retry is harmless), bounded per job.
+
+Small chunks are coalesced: a chunk joins the job's last row while that row is smaller than
+COALESCE_BYTES, so a job's log is at most limit / COALESCE_BYTES + 1 rows however finely an
+agent cuts it. Reads fetch only the rows their `limit` reaches, trimmed in SQL. Secret env
+values of the job are masked (same length, so offsets hold) before anything is stored.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,17 @@ from coordinator.db import Database
 from coordinator.errors import Conflict, Unprocessable
 
 MAX_LOG_CHUNK = 256 * 1024
+COALESCE_BYTES = 64 * 1024
+MIN_MASKED = 4  # shorter secret values would mask ordinary text; they are not looked for
+
+
+def mask(data: bytes, secrets: list[str]) -> bytes:
+    """`data` with every occurrence of a secret value replaced by as many asterisks."""
+    for secret in secrets:
+        raw = secret.encode()
+        if len(raw) >= MIN_MASKED and raw in data:
+            data = data.replace(raw, b"*" * len(raw))
+    return data
 
 
 class JobLogs:
@@ -15,17 +32,28 @@ class JobLogs:
         self.database = database
         self.limit = limit_bytes
         self._sizes: dict[str, int] = {}
+        # job -> (offset, length) of its last row, while that row may still grow
+        self._last: dict[str, tuple[int, int]] = {}
 
     async def size(self, job_id: str) -> int:
-        size = self._sizes.get(job_id)
-        if size is None:
-            size = await self.database.run(lambda db: next(iter(db.query(
-                "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM job_logs WHERE job_id = ?",
-                [job_id])))["n"])
-            self._sizes[job_id] = size
-        return size
+        cached = self._sizes.get(job_id)
+        if cached is None:
+            def read(db: Any) -> tuple[int, tuple[int, int] | None]:
+                total = db.conn.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_logs "
+                                        "WHERE job_id = ?", [job_id]).fetchone()[0]
+                last = db.conn.execute("SELECT offset, LENGTH(data) FROM job_logs WHERE job_id = ? "
+                                       "ORDER BY offset DESC LIMIT 1", [job_id]).fetchone()
+                return int(total), (int(last[0]), int(last[1])) if last else None
 
-    async def append(self, job_id: str, offset: Any, data: Any) -> dict[str, Any]:
+            total, last = await self.database.run(read)
+            self._sizes[job_id] = total
+            if last is not None and last[1] < COALESCE_BYTES:
+                self._last[job_id] = last
+            return total
+        return cached
+
+    async def append(self, job_id: str, offset: Any, data: Any,
+                     secrets: list[str] | None = None) -> dict[str, Any]:
         if type(offset) is not int or offset < 0 or type(data) is not bytes or len(data) > MAX_LOG_CHUNK:
             raise Unprocessable(
                 f"offset must be a non-negative integer and data at most {MAX_LOG_CHUNK} bytes")
@@ -35,21 +63,40 @@ class JobLogs:
         skip = size - offset
         if skip >= len(data) or size >= self.limit:
             return {"stored_bytes": size, "truncated": size >= self.limit}
-        chunk = data[skip:][: self.limit - size]
-        self._sizes[job_id] = size + len(chunk)
-        await self.database.run(lambda db: db["job_logs"].insert(
-            {"job_id": job_id, "offset": size, "data": chunk}))
+        chunk = mask(data[skip:][: self.limit - size], secrets or [])
         stored = size + len(chunk)
+        self._sizes[job_id] = stored
+        last = self._last.get(job_id)
+        if last is not None and last[0] + last[1] == size and last[1] < COALESCE_BYTES:
+            row_offset, row_length = last[0], last[1] + len(chunk)
+
+            def grow(db: Any) -> None:
+                # joined here, not with SQL's ||, which makes text of the bytes
+                (data,) = db.conn.execute("SELECT data FROM job_logs WHERE job_id = ? AND offset = ?",
+                                          [job_id, row_offset]).fetchone()
+                db.conn.execute("UPDATE job_logs SET data = ? WHERE job_id = ? AND offset = ?",
+                                [bytes(data) + chunk, job_id, row_offset])
+
+            await self.database.run(grow)
+        else:
+            row_offset, row_length = size, len(chunk)
+            await self.database.run(lambda db: db["job_logs"].insert(
+                {"job_id": job_id, "offset": size, "data": chunk}))
+        if row_length < COALESCE_BYTES:
+            self._last[job_id] = (row_offset, row_length)
+        else:
+            self._last.pop(job_id, None)
         return {"stored_bytes": stored, "truncated": stored >= self.limit}
 
     async def read(self, job_id: str, offset: int, limit: int) -> tuple[bytes, int]:
-        rows = await self.database.run(lambda db: list(db.query(
-            "SELECT offset, data FROM job_logs WHERE job_id = ? AND offset + LENGTH(data) > ? "
-            "ORDER BY offset", [job_id, offset])))
-        out = bytearray()
-        for row in rows:
-            out += row["data"][max(0, offset - row["offset"]):]
-            if len(out) >= limit:
-                break
-        chunk = bytes(out[:limit])
-        return chunk, offset + len(chunk)
+        end = offset + limit
+        rows = await self.database.run(lambda db: db.conn.execute(
+            "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) FROM job_logs "
+            "WHERE job_id = ? AND offset + LENGTH(data) > ? AND offset < ? ORDER BY offset",
+            [offset, end, offset, job_id, offset, end]).fetchall())
+        out = b"".join(bytes(row[1]) for row in rows)[:limit]
+        return out, offset + len(out)
+
+    def forget(self, job_id: str) -> None:
+        self._sizes.pop(job_id, None)
+        self._last.pop(job_id, None)

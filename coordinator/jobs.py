@@ -40,11 +40,15 @@ MAX_MODELS = 16
 MAX_KEY = 128
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+REDACTED = "<redacted>"
 
 SPEC_FIELDS = {
     "image": "container image reference, e.g. registry.example/team/train:1.4",
     "command": "command and arguments, a list of strings (empty: the image's default)",
     "env": "environment variables, a map of name to string",
+    "secret_env": "secret environment variables, a map of name to string: delivered only to "
+                  "the winning agent, never shown back (the name is, with a redacted value), "
+                  "never logged, erased when the job ends",
     "gpus": "number of GPUs, 1 to 64",
     "min_gpu_memory_bytes": "least memory each GPU must have",
     "gpu_models": "GPU models allowed (empty: any), e.g. [\"H100\"]",
@@ -67,12 +71,17 @@ class JobRequest:
     memory_bytes: int
     max_duration_s: int
     max_price_per_gpu_hour: int
+    # only the names: the values live apart (job_secrets) until the job ends
+    secret_env_names: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, env_values: bool = True) -> dict[str, Any]:
+        """The spec as JSON; secret values are never in it, and `env_values=False` (for an
+        auditor) redacts the plain env values too."""
         return {
             "image": self.image,
             "command": list(self.command),
-            "env": dict(self.env),
+            "env": {name: value if env_values else REDACTED for name, value in self.env},
+            "secret_env": {name: REDACTED for name in self.secret_env_names},
             "gpus": self.gpus,
             "min_gpu_memory_bytes": self.min_gpu_memory_bytes,
             "gpu_models": list(self.gpu_models),
@@ -125,16 +134,15 @@ def parse_job_request(body: object) -> JobRequest:
                             "of valid Unicode without NUL characters", code="invalid_job")
     if sum(len(part.encode()) for part in command) > MAX_COMMAND_BYTES:
         raise Unprocessable(f"command is longer than {MAX_COMMAND_BYTES} bytes", code="invalid_job")
-    env = body.get("env", {})
-    if type(env) is not dict or len(env) > MAX_ENV:
-        raise Unprocessable(f"env must be a map of at most {MAX_ENV} variables", code="invalid_job")
-    for name, value in env.items():
-        if not _ENV_NAME.fullmatch(name):
-            raise Unprocessable(f"env name {name!r} must be letters, digits and _ and not start "
-                                "with a digit", code="invalid_job")
-        if not _is_text(value, MAX_ENV_VALUE):
-            raise Unprocessable(f"env {name} must be a string of at most {MAX_ENV_VALUE} "
-                                "characters of valid Unicode without NUL", code="invalid_job")
+    env = _env_field(body, "env")
+    secret_env = _env_field(body, "secret_env")
+    both = sorted(set(env) & set(secret_env))
+    if both:
+        raise Unprocessable(f"secret_env names {', '.join(both)}, which env also has; give each "
+                            "variable once", code="invalid_job")
+    if len(env) + len(secret_env) > MAX_ENV:
+        raise Unprocessable(f"env and secret_env hold at most {MAX_ENV} variables together",
+                            code="invalid_job")
     gpus = _int_field(body, "gpus", 1, MAX_GPUS)
     models = body.get("gpu_models", [])
     if type(models) is not list or len(models) > MAX_MODELS or any(
@@ -153,7 +161,30 @@ def parse_job_request(body: object) -> JobRequest:
         memory_bytes=_int_field(body, "memory_bytes", 64 << 20, 1 << 44, gpus * (16 << 30)),
         max_duration_s=_int_field(body, "max_duration_s", 1, MAX_DURATION_S),
         max_price_per_gpu_hour=_int_field(body, "max_price_per_gpu_hour_micro_yuan", 1, MAX_PRICE),
+        secret_env_names=tuple(sorted(secret_env)),
     )
+
+
+def _env_field(body: dict[str, Any], field_name: str) -> dict[str, str]:
+    env = body.get(field_name, {})
+    if type(env) is not dict or len(env) > MAX_ENV:
+        raise Unprocessable(f"{field_name} must be a map of at most {MAX_ENV} variables",
+                            code="invalid_job")
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise Unprocessable(f"{field_name} name {name!r} must be letters, digits and _ and not "
+                                "start with a digit", code="invalid_job")
+        if not _is_text(value, MAX_ENV_VALUE):
+            raise Unprocessable(f"{field_name} {name} must be a string of at most {MAX_ENV_VALUE} "
+                                "characters of valid Unicode without NUL", code="invalid_job")
+    return dict(env)
+
+
+def secret_env_values(body: object) -> dict[str, str]:
+    """The secret env values of a job body that parse_job_request accepted."""
+    if not isinstance(body, dict):
+        return {}
+    return _env_field(body, "secret_env")
 
 
 @dataclass(slots=True)

@@ -1,9 +1,13 @@
 """The market's hot state: agents, their GPUs, asks and liveness, kept in memory.
 
-Capacity is believed only when it reconciles with what was seen before: a GPU UUID claimed
-by two agents, a GPU whose memory size changes, or a GPU that disappears is flagged and
-taken out of the market. Agents with free GPUs are kept ordered by ask so an auction looks
-only at the cheapest offers that can decide it.
+Capacity is believed only when it reconciles with what was seen before: a GPU whose memory
+size changes, or a GPU that disappears, is flagged and taken out of the market; a GPU UUID
+that another agent already holds flags the newcomer's claim, never the holder's GPU (UUIDs
+are public, so anyone could name them). A flag clears when what raised it goes away, or when
+an operator clears it. What one agent can make the market remember is bounded: GPUs it is
+known to have (claims and vanished ones included) and how fast it may name new UUIDs.
+Agents with free GPUs are kept ordered by ask so an auction looks only at the cheapest
+offers that can decide it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from coordinator.capacity import GpuReport, HostReport, Inventory
+from coordinator.capacity import MAX_GPUS_PER_AGENT, GpuReport, HostReport, Inventory
+from coordinator.errors import Conflict, TooManyRequests
 from shared.auction import AgentOffer, GpuOffer, JobSpec
 from shared.gpu_models import tflops_bf16_milli, tflops_display
 from shared.identity import PublicKey
@@ -26,6 +31,13 @@ RELIABILITY_MAX = 1_000_000
 FLAG_UUID_CONFLICT = "uuid_conflict"
 FLAG_MEMORY_CHANGED = "memory_changed"
 FLAG_MISSING = "gpu_missing"
+FLAG_KINDS = (FLAG_UUID_CONFLICT, FLAG_MEMORY_CHANGED, FLAG_MISSING)
+
+# every GPU an agent is known by, its own, vanished ones and refused claims alike
+MAX_KNOWN_GPUS = MAX_GPUS_PER_AGENT
+# new UUIDs an agent may name: a whole host at once, then a few replacements an hour
+NEW_UUID_BURST = MAX_GPUS_PER_AGENT
+NEW_UUIDS_PER_HOUR = 8
 
 
 @dataclass(slots=True)
@@ -40,6 +52,8 @@ class Gpu:
     flag: str | None = None
     lease_id: str | None = None
     telemetry: GpuReport | None = None
+    # the agent that holds this UUID, when this is another agent's refused claim to it
+    claimed_from: str | None = None
 
     @property
     def offerable(self) -> bool:
@@ -53,6 +67,7 @@ class Flag:
     kind: str
     detail: str
     at_ms: int
+    cleared_at_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +86,14 @@ class Agent:
     host: HostReport | None = None
     driver_version: str | None = None
     nonces: dict[bytes, int] = field(default_factory=dict)
+    # open flags by (GPU UUID, kind): at most one each, so a repeated report adds no row
+    flags: dict[tuple[str, str], Flag] = field(default_factory=dict)
+    uuid_budget: float = NEW_UUID_BURST
+    uuid_budget_at_ms: int = 0
+    revoked: bool = False
+    # replay protection across restarts: requests issued before this are refused
+    not_before_ms: int = 0
+    skew_ms: int | None = None
 
     def free_gpus(self) -> list[Gpu]:
         return sorted((g for g in self.gpus.values() if g.offerable), key=lambda g: g.index)
@@ -87,7 +110,6 @@ class Market:
     def __init__(self, half_life_ms: int) -> None:
         self.agents: dict[str, Agent] = {}
         self.gpu_owner: dict[str, str] = {}
-        self.flags: list[Flag] = []
         self.half_life_ms = half_life_ms
         self._offering: SortedList = SortedList()
         self._offering_keys: dict[str, tuple[int, str]] = {}
@@ -112,7 +134,7 @@ class Market:
         if old is not None:
             self._offering.remove(old)
         new_index = None
-        if agent.online and agent.ask_per_gpu_hour is not None and any(
+        if agent.online and not agent.revoked and agent.ask_per_gpu_hour is not None and any(
             g.offerable for g in agent.gpus.values()
         ):
             key = (agent.ask_per_gpu_hour, agent.agent_id)
@@ -149,56 +171,161 @@ class Market:
     # -- heartbeats and reconciliation --------------------------------------------------
 
     def reconcile(self, agent: Agent, inventory: Inventory, now_ms: int) -> tuple[list[Gpu], list[Flag]]:
-        """Apply a heartbeat's inventory; returns (GPUs seen for the first time, new flags)."""
-        new_gpus: list[Gpu] = []
-        new_flags: list[Flag] = []
+        """Apply a heartbeat's inventory; returns (GPUs this agent now holds for the first time,
+        flags raised or cleared: a cleared one has cleared_at_ms).
 
-        def flag(gpu: Gpu, kind: str, detail: str) -> None:
-            if gpu.flag is None:
-                gpu.flag = kind
-                entry = Flag(gpu.agent_id, gpu.uuid, kind, detail, now_ms)
-                self.flags.append(entry)
-                new_flags.append(entry)
-
+        Refuses, changing nothing, a report that would make the agent known by more than
+        MAX_KNOWN_GPUS GPUs or that names new UUIDs faster than its allowance.
+        """
         reported = {report.uuid for report in inventory.gpus}
+        kept = sum(1 for uuid, gpu in agent.gpus.items() if gpu.claimed_from is None or uuid in reported)
+        fresh = len(reported - agent.gpus.keys())
+        if kept + fresh > MAX_KNOWN_GPUS:
+            raise Conflict(
+                f"this agent would be known by {kept + fresh} GPUs, more than {MAX_KNOWN_GPUS} "
+                "(vanished GPUs count until an operator clears their gpu_missing flag)",
+                code="too_many_gpus")
+        budget = min(float(NEW_UUID_BURST), agent.uuid_budget + max(
+            0, now_ms - agent.uuid_budget_at_ms) * NEW_UUIDS_PER_HOUR / 3_600_000)
+        if fresh > budget:
+            wait = int((fresh - budget) * 3_600 / NEW_UUIDS_PER_HOUR) + 1
+            raise TooManyRequests(
+                f"this heartbeat names {fresh} new GPU UUIDs; an agent may name {NEW_UUID_BURST} "
+                f"at first and {NEW_UUIDS_PER_HOUR} an hour after (UUID churn)", wait,
+                code="uuid_churn")
+        agent.uuid_budget, agent.uuid_budget_at_ms = budget - fresh, now_ms
+
+        new_gpus: list[Gpu] = []
+        changed: list[Flag] = []
         for report in inventory.gpus:
             owner = self.gpu_owner.get(report.uuid)
             gpu = agent.gpus.get(report.uuid)
             if owner is not None and owner != agent.agent_id:
-                other = self.agents.get(owner)
                 if gpu is None:
                     gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
                     agent.gpus[report.uuid] = gpu
-                detail = f"GPU {report.uuid} is also reported by agent {owner}"
-                flag(gpu, FLAG_UUID_CONFLICT, detail)
-                if other is not None and report.uuid in other.gpus:
-                    flag(other.gpus[report.uuid], FLAG_UUID_CONFLICT,
-                         f"GPU {report.uuid} is also reported by agent {agent.agent_id}")
-                    self.refresh(other)
-            elif gpu is None:
-                gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
-                agent.gpus[report.uuid] = gpu
+                gpu.claimed_from = owner
+                self._raise(agent, gpu, FLAG_UUID_CONFLICT,
+                            f"GPU {report.uuid} is already held by agent {owner}; this agent's "
+                            "claim to it is not offered", now_ms, changed)
+            elif gpu is None or gpu.claimed_from is not None:
+                # new, or a claim whose holder has let the UUID go: this agent holds it now
+                if gpu is None:
+                    gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
+                    agent.gpus[report.uuid] = gpu
+                gpu.claimed_from = None
+                gpu.model, gpu.memory_total_bytes = report.model, report.memory_total_bytes
                 self.gpu_owner[report.uuid] = agent.agent_id
+                self._clear(agent, report.uuid, FLAG_UUID_CONFLICT, now_ms, changed)
                 new_gpus.append(gpu)
             elif gpu.memory_total_bytes != report.memory_total_bytes or gpu.model != report.model:
-                flag(gpu, FLAG_MEMORY_CHANGED,
-                     f"GPU {gpu.uuid} was {gpu.model} with {gpu.memory_total_bytes} bytes; "
-                     f"now reports {report.model} with {report.memory_total_bytes}")
-            elif gpu.flag == FLAG_MISSING:
-                gpu.flag = None
+                self._raise(agent, gpu, FLAG_MEMORY_CHANGED,
+                            f"GPU {gpu.uuid} was {gpu.model} with {gpu.memory_total_bytes} bytes; "
+                            f"now reports {report.model} with {report.memory_total_bytes}", now_ms, changed)
+            else:
+                self._clear(agent, report.uuid, FLAG_MEMORY_CHANGED, now_ms, changed)
+            self._clear(agent, report.uuid, FLAG_MISSING, now_ms, changed)
             gpu.index = report.index
             gpu.healthy = report.healthy
             gpu.health_reason = report.health_reason
             gpu.telemetry = report
-        for gpu in agent.gpus.values():
-            if gpu.uuid not in reported:
-                flag(gpu, FLAG_MISSING, f"GPU {gpu.uuid} is no longer reported by its agent")
+        for uuid, gpu in list(agent.gpus.items()):
+            if uuid in reported:
+                continue
+            if gpu.claimed_from is not None:  # the conflicting claim went away, and its flag
+                del agent.gpus[uuid]
+                self._clear(agent, uuid, FLAG_UUID_CONFLICT, now_ms, changed)
+            else:
+                self._raise(agent, gpu, FLAG_MISSING, f"GPU {uuid} is no longer reported by its agent",
+                            now_ms, changed)
+        for uuid, kind in list(agent.flags):  # a claim flagged before a restart, not made again
+            if kind == FLAG_UUID_CONFLICT and uuid not in reported:
+                self._clear(agent, uuid, kind, now_ms, changed)
         agent.host = inventory.host
         agent.driver_version = inventory.driver_version
         agent.last_seen_ms = now_ms
         agent.online = True
         self.refresh(agent)
-        return new_gpus, new_flags
+        return new_gpus, changed
+
+    @staticmethod
+    def _raise(agent: Agent, gpu: Gpu, kind: str, detail: str, now_ms: int, changed: list[Flag]) -> None:
+        if (gpu.uuid, kind) not in agent.flags:
+            entry = Flag(agent.agent_id, gpu.uuid, kind, detail, now_ms)
+            agent.flags[(gpu.uuid, kind)] = entry
+            changed.append(entry)
+        if gpu.flag is None:
+            gpu.flag = kind
+
+    @staticmethod
+    def _clear(agent: Agent, uuid: str, kind: str, now_ms: int, changed: list[Flag]) -> None:
+        entry = agent.flags.pop((uuid, kind), None)
+        if entry is not None:
+            entry.cleared_at_ms = now_ms
+            changed.append(entry)
+        gpu = agent.gpus.get(uuid)
+        if gpu is not None and gpu.flag == kind:
+            gpu.flag = next((k for (u, k) in agent.flags if u == uuid), None)
+
+    def clear_flag(self, agent: Agent, uuid: str, kind: str, now_ms: int) -> list[Gpu]:
+        """An operator cleared a flag: the GPU is taken as it is now reported (a claim becomes
+        the holding, a changed GPU is believed, a vanished one is forgotten). Returns the GPUs
+        whose holding moved to this agent."""
+        changed: list[Flag] = []
+        self._clear(agent, uuid, kind, now_ms, changed)
+        gpu = agent.gpus.get(uuid)
+        moved: list[Gpu] = []
+        if gpu is None:
+            return moved
+        if kind == FLAG_UUID_CONFLICT and gpu.claimed_from is not None:
+            holder = self.agents.get(gpu.claimed_from)
+            if holder is not None and uuid in holder.gpus and holder.gpus[uuid].lease_id is None:
+                del holder.gpus[uuid]
+                for key in [k for k in holder.flags if k[0] == uuid]:
+                    del holder.flags[key]
+                self.refresh(holder)
+            gpu.claimed_from = None
+            self.gpu_owner[uuid] = agent.agent_id
+            moved.append(gpu)
+        elif kind == FLAG_MEMORY_CHANGED and gpu.telemetry is not None:
+            gpu.model, gpu.memory_total_bytes = gpu.telemetry.model, gpu.telemetry.memory_total_bytes
+        elif kind == FLAG_MISSING and gpu.lease_id is None:
+            del agent.gpus[uuid]
+            for key in [k for k in agent.flags if k[0] == uuid]:
+                del agent.flags[key]
+            if self.gpu_owner.get(uuid) == agent.agent_id:
+                del self.gpu_owner[uuid]
+        self.refresh(agent)
+        return moved
+
+    def hand_over(self, old: Agent, new: Agent) -> None:
+        """The agent's key was rotated: its GPUs, flags, ask and liveness pass to the new key's
+        agent, and the old key leaves the market for good."""
+        for uuid, gpu in old.gpus.items():
+            gpu.agent_id = new.agent_id
+            new.gpus[uuid] = gpu
+            if self.gpu_owner.get(uuid) == old.agent_id:
+                self.gpu_owner[uuid] = new.agent_id
+        for (uuid, kind), flag in old.flags.items():
+            flag.agent_id = new.agent_id
+            new.flags[(uuid, kind)] = flag
+        old.gpus, old.flags = {}, {}
+        new.ask_per_gpu_hour, new.online, new.last_seen_ms = old.ask_per_gpu_hour, old.online, old.last_seen_ms
+        new.host, new.driver_version = old.host, old.driver_version
+        new.uuid_budget, new.uuid_budget_at_ms = old.uuid_budget, old.uuid_budget_at_ms
+        old.revoked, old.online = True, False
+        self.agents[new.agent_id] = new
+        self.refresh(old)
+        self.refresh(new)
+
+    def revoke(self, agent: Agent) -> None:
+        """Take a revoked agent's GPUs out of the market; the UUIDs it held are free to others."""
+        agent.revoked = True
+        agent.online = False
+        for uuid in agent.gpus:
+            if self.gpu_owner.get(uuid) == agent.agent_id:
+                del self.gpu_owner[uuid]
+        self.refresh(agent)
 
     def mark_offline(self, agent: Agent) -> None:
         agent.online = False
@@ -312,6 +439,8 @@ class Market:
         total_milli = 0
         for agent in self.agents.values():
             for gpu in agent.gpus.values():
+                if gpu.claimed_from is not None or agent.revoked:
+                    continue  # another agent's GPU, or no longer in the market
                 row = by_model.setdefault(gpu.model, {
                     "model": gpu.model, "gpus": 0, "free": 0, "leased": 0, "unavailable": 0,
                     "memory_total_bytes": gpu.memory_total_bytes, "asks": [],
@@ -338,7 +467,7 @@ class Market:
             models.append(row)
         return {
             "agents_online": sum(1 for a in self.agents.values() if a.online),
-            "agents_total": len(self.agents),
+            "agents_total": sum(1 for a in self.agents.values() if not a.revoked),
             "models": models,
             "pflops_bf16_milli": total_milli // 1000,
             "pflops_bf16": f"{total_milli // 1_000_000}.{total_milli // 1000 % 1000:03d}",

@@ -14,7 +14,9 @@ MSGPACK = "application/msgpack"
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "Bad request", 401: "Missing or invalid credentials", 403: "Not allowed for this role",
              404: "Not found", 409: "Conflicts with the current state", 413: "Body too large",
-             415: "Wrong content type", 422: "A field is invalid; the detail names it"}
+             415: "Wrong content type", 422: "A field is invalid; the detail names it",
+             429: "Too many requests from this agent or token; retry after the Retry-After "
+                  "header's seconds"}
     return {str(s): {"description": words[s], "content": {"application/json": {"schema": ERROR}}}
             for s in statuses}
 
@@ -32,13 +34,13 @@ def _signed(description: str) -> dict[str, Any]:
             "description": "a `request` envelope: [payload, key_id, signature] with payload "
                            "[method, path, issued_at_ms, nonce, body]"}}}},
         "responses": {"200": {"description": "msgpack map", "content": {MSGPACK: {}}},
-                      **_errors(401, 404, 409, 413, 415, 422)},
+                      **_errors(400, 401, 404, 409, 413, 415, 422, 429)},
     }
 
 
 def _bearer(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "security": [{"bearer": []}],
-            "responses": {**responses, **_errors(401, 403, 404, 422)}, **extra}
+            "responses": {**responses, **_errors(400, 401, 403, 404, 422, 429)}, **extra}
 
 
 def _log(summary: str, query: dict[str, str], schema: dict[str, Any], media: str = "application/json",
@@ -65,6 +67,7 @@ def openapi_document() -> dict[str, Any]:
     spec_properties["command"].update(type="array", items={"type": "string"})
     spec_properties["gpu_models"].update(type="array", items={"type": "string"})
     spec_properties["env"].update(type="object", additionalProperties={"type": "string"})
+    spec_properties["secret_env"].update(type="object", additionalProperties={"type": "string"})
     return {
         "openapi": "3.1.0",
         "info": {"title": "Suanli coordinator", "version": "1",
@@ -96,6 +99,11 @@ def openapi_document() -> dict[str, Any]:
                 "Submit a batch of sealed usage receipts: {results: one per receipt, accepted "
                 "(naming its acknowledgement by position) or rejected naming the rule it broke; "
                 "acknowledgements: countersigned 'acceptance' envelopes}")},
+            "/v1/agent/rotate-key": {"post": _signed(
+                "Replace the agent's key (signed by the old key; body {public_key, request: the "
+                "new key's signed request {rotates: agent_id}}); only while the agent holds no "
+                "active lease. The new key is logged as an agent_key entry and the old one is "
+                "refused from then on")},
             "/v1/jobs": {
                 "post": _bearer("Post a job (enterprise)", {
                     "201": _json(JOB, "created"),
@@ -108,7 +116,7 @@ def openapi_document() -> dict[str, Any]:
                         "additionalProperties": False}}}},
                     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                                  "schema": {"type": "string"}}]),
-                "get": _bearer("List your jobs (auditors: all)", {
+                "get": _bearer("List your jobs (auditors: all, without env values)", {
                     "200": _json({"type": "object", "properties": {
                         "jobs": {"type": "array", "items": JOB}}}, "jobs, newest first")},
                     parameters=[
@@ -121,7 +129,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/jobs/{job_id}/cancel": {"post": _bearer(
                 "Cancel a job; a running one stops when its agent confirms",
                 {"200": _json(JOB, "the job")}, parameters=job_id)},
-            "/v1/jobs/{job_id}/logs": {"get": _bearer("Read a job's log from an offset", {
+            "/v1/jobs/{job_id}/logs": {"get": _bearer(
+                "Read a job's log from an offset (the enterprise's own jobs; auditors get 403)", {
                 "200": _json({"type": "object", "properties": {
                     "data": {"type": "string"}, "offset": {"type": "integer"},
                     "next_offset": {"type": "integer"}, "complete": {"type": "boolean"}}},

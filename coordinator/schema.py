@@ -307,7 +307,37 @@ MIGRATIONS: list[str] = [
     DROP TABLE receipts;
     ALTER TABLE receipts_batched RENAME TO receipts;
     """,
-    # 6: what a lease's billable window needs (shared.billing_window)
+    # 6: what operators change under a running coordinator (it polls admin_changes), agents'
+    # revocation, the clock skew that replay protection needs across restarts, secret env
+    # values kept apart from the job so they can be erased at its end, and open flags found fast
+    """
+    CREATE TABLE admin_changes (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('revoke_token', 'revoke_agent', 'clear_flag')),
+        subject TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    ALTER TABLE agents ADD COLUMN revoked_at_ms INTEGER;
+    CREATE TABLE agent_request_floors (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(agent_id),
+        skew_ms INTEGER NOT NULL
+    );
+    CREATE TABLE job_secrets (
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE INDEX capacity_flags_open ON capacity_flags(agent_id, gpu_uuid, kind)
+        WHERE cleared_at_ms IS NULL;
+    CREATE INDEX capacity_flags_by_agent ON capacity_flags(agent_id, id);
+    CREATE TABLE coordinator_alive (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at_ms INTEGER NOT NULL,
+        stopped INTEGER NOT NULL
+    );
+    """,
+    # 7: what a lease's billable window needs (shared.billing_window)
     """
     ALTER TABLE leases ADD COLUMN max_duration_ms INTEGER;
     ALTER TABLE leases ADD COLUMN stop_grace_ms INTEGER;

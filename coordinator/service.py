@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import sqlite3
+
 import sqlite_utils
 
 from coordinator import accounts
@@ -24,14 +26,15 @@ from coordinator.config import Settings
 from coordinator.db import Database, transaction
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from coordinator.job_logs import JobLogs
+from coordinator.limits import RateLimiter
 from coordinator.jobs import (
     CANCELLED, FAILED, LEASE_ENDED, LEASE_OFFERED, LEASE_RUNNING, LEASED, LOST, PENDING, RUNNING,
-    SUCCEEDED, Job, JobRequest, Lease, parse_job_request,
+    SUCCEEDED, Job, JobRequest, Lease, parse_job_request, secret_env_values,
 )
 from coordinator import receipt_store
 from coordinator import receipts as receipt_rules
 from coordinator import tlog, vouchers
-from coordinator.market import Agent, Gpu, Market
+from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
 from coordinator.receipt_pool import ReceiptOpener
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
@@ -50,6 +53,12 @@ JOB_FAULTS = frozenset({"image_not_found", "image_pull_failed", "invalid_command
 MAX_REASON = 512
 CLOSED_LEASES_SHOWN_MS = 600_000
 MAX_CLOSED_SHOWN = 100
+# a request floor is persisted when an agent's clock skew grows by more than this: the margin
+# covers what the last flush missed, and an honest agent's steady skew costs no write
+SKEW_MARGIN_MS = 25
+TOKEN_LOOKUPS_PER_S, TOKEN_LOOKUP_BURST = 500, 2_000
+ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_alive
+FLAG_HISTORY = 256  # cleared capacity flags kept per agent for operators
 
 
 def wall_clock_ms() -> int:
@@ -85,7 +94,17 @@ class Coordinator:
         self.pending: dict[str, Job] = {}
         self.agent_versions: dict[str, int] = {}
         self._agent_events: dict[str, asyncio.Event] = {}
-        self._principals: dict[str, Principal] = {}
+        self._principals: dict[str, Principal] = {}  # by token hash
+        self._enrolling: set[str] = set()
+        # tokens not in the cache cost a database read each: all of them together are bounded,
+        # so a flood of made-up tokens cannot stall the writer (known tokens are cached)
+        self._token_lookups = RateLimiter(TOKEN_LOOKUPS_PER_S, TOKEN_LOOKUP_BURST,
+                                          "requests with tokens this coordinator has not seen lately")
+        self._admin_seen = 0
+        self._started_ms = self.clock()
+        self._floors_dirty: dict[str, int] = {}
+        # secret env values of unfinished jobs, for their winning agent only; erased at the end
+        self._secrets: dict[str, dict[str, str]] = {}
         self._wake_scheduler = asyncio.Event()
         self.counters = Counters()
         self.logs = JobLogs(database, settings.job_log_limit_bytes)
@@ -109,6 +128,7 @@ class Coordinator:
                 public_key=PublicKey(row["public_key"]), hostname=row["hostname"],
                 ask_per_gpu_hour=row["ask_per_gpu_hour"], last_seen_ms=row["last_seen_ms"],
                 penalty_ppm=row["penalty_ppm"], penalty_at_ms=row["penalty_at_ms"],
+                revoked=row["revoked_at_ms"] is not None,
             )
             self.market.agents[agent.agent_id] = agent
         for row in db.query("SELECT * FROM gpus"):
@@ -116,11 +136,26 @@ class Coordinator:
             if agent is not None:
                 agent.gpus[row["uuid"]] = Gpu(row["uuid"], agent.agent_id, row["model"],
                                               row["memory_total_bytes"])
-                self.market.gpu_owner[row["uuid"]] = agent.agent_id
+                if not agent.revoked:
+                    self.market.gpu_owner[row["uuid"]] = agent.agent_id
         for row in db.query("SELECT * FROM capacity_flags WHERE cleared_at_ms IS NULL"):
             agent = self.market.agents.get(row["agent_id"])
-            if agent is not None and row["gpu_uuid"] in agent.gpus:
-                agent.gpus[row["gpu_uuid"]].flag = row["kind"]
+            if agent is None or row["gpu_uuid"] is None or row["kind"] not in FLAG_KINDS:
+                continue
+            agent.flags.setdefault((row["gpu_uuid"], row["kind"]), Flag(
+                row["agent_id"], row["gpu_uuid"], row["kind"], row["detail"], row["at_ms"]))
+            gpu = agent.gpus.get(row["gpu_uuid"])
+            if gpu is not None and gpu.flag is None:
+                gpu.flag = row["kind"]
+        # a request signed before this start, by the agent's own clock, may have been seen
+        # before it: refused, so a restart forgets no nonce that could be replayed
+        for row in db.query("SELECT agent_id, skew_ms FROM agent_request_floors"):
+            agent = self.market.agents.get(row["agent_id"])
+            if agent is not None:
+                agent.skew_ms = row["skew_ms"]
+        self._admin_seen = db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM admin_changes").fetchone()[0]
+        for row in db.query("SELECT job_id, name, value FROM job_secrets"):
+            self._secrets.setdefault(row["job_id"], {})[row["name"]] = row["value"]
         for row in db.query("SELECT * FROM jobs"):
             job = Job(
                 id=row["id"], enterprise_id=row["enterprise_id"],
@@ -169,9 +204,14 @@ class Coordinator:
             if job is not None:
                 job.charged, job.voucher, job.deferred = row["amount"], row["voucher"], row["deferred"]
         now = self.clock()
+        # the last moment the previous run may have accepted a request (it wrote this while
+        # serving, and once more as it stopped)
+        alive = db.conn.execute("SELECT at_ms, stopped FROM coordinator_alive").fetchone()
+        last_served = now if alive is None else alive[0] + (0 if alive[1] else ALIVE_INTERVAL_MS)
         for agent in self.market.agents.values():
+            agent.not_before_ms = last_served + (agent.skew_ms or 0) + SKEW_MARGIN_MS
             # an agent counts as online after a restart until its heartbeat timeout says otherwise
-            agent.online = agent.last_seen_ms is not None and (
+            agent.online = not agent.revoked and agent.last_seen_ms is not None and (
                 now - agent.last_seen_ms < self.settings.heartbeat_timeout_ms)
             if agent.online:
                 agent.last_seen_ms = max(agent.last_seen_ms or 0, now)
@@ -219,6 +259,8 @@ class Coordinator:
         lease_rows = [self._lease_row(lease) for lease in leases]
         agent_rows = [self._agent_row(a) for a in agents]
         ended = [j.id for j in jobs if j.final]
+        for job_id in ended:
+            self._secrets.pop(job_id, None)
         now = self.clock()
 
         def write(db: sqlite_utils.Database) -> None:
@@ -226,6 +268,7 @@ class Coordinator:
                 db["jobs"].upsert_all(job_rows, pk="id")
             for job_id in ended:
                 vouchers.settle_job(db, job_id, now)
+                db.conn.execute("DELETE FROM job_secrets WHERE job_id = ?", [job_id])
             if lease_rows:
                 db["leases"].upsert_all(lease_rows, pk="id")
             if agent_rows:
@@ -256,16 +299,18 @@ class Coordinator:
     # -- who is calling -----------------------------------------------------------------
 
     async def principal_for_token(self, token: str) -> Principal:
-        cached = self._principals.get(token)
+        token_hash = accounts.hash_token(token)
+        cached = self._principals.get(token_hash)
         if cached is not None:
             return cached
+        self._token_lookups.take("all")
         now = self.clock()
         principal = await self.database.run(lambda db: accounts.lookup_token(db, token, now))
         if principal is None:
             raise Unauthenticated("the token is not valid")
         if len(self._principals) > 100_000:
             self._principals.clear()
-        self._principals[token] = principal
+        self._principals[token_hash] = principal
         return principal
 
     def authenticate_agent(self, body: bytes, method: str, path: str) -> tuple[Agent, Any]:
@@ -276,21 +321,95 @@ class Coordinator:
         agent = self.market.agents.get(key_id.hex())
         if agent is None:
             raise Unauthenticated("the request is signed by a key that is not enrolled")
+        if agent.revoked:
+            raise Unauthenticated("this agent's key has been revoked, or replaced by a rotation",
+                                  code="agent_revoked")
         now = self.clock()
         window = self.settings.signed_request_window_ms
         try:
             signed = open_request(body, agent.public_key, method, path, now, window)
         except SuanliError as exc:
             raise Unauthenticated(exc.detail) from None
+        if signed.issued_at_ms <= agent.not_before_ms:
+            # nonces seen before the coordinator's restart are forgotten; their times are not
+            raise Unauthenticated("the request was signed before the coordinator restarted "
+                                  "(a possible replay); sign it again")
         nonces = agent.nonces
         if signed.nonce in nonces:
             raise Unauthenticated("the request was already received (replayed nonce)")
+        skew = signed.issued_at_ms - now
+        if agent.skew_ms is None or skew > agent.skew_ms + SKEW_MARGIN_MS:
+            agent.skew_ms = skew
+            self._floors_dirty[agent.agent_id] = skew
         if len(nonces) > 256:
             for nonce, at in list(nonces.items()):
                 if at < now - 2 * window:
                     del nonces[nonce]
         nonces[signed.nonce] = signed.issued_at_ms
         return agent, signed.body
+
+    def flush_request_floors(self, stopping: bool = False) -> None:
+        """Persist that the service is alive now, and the clock skews that grew since the last
+        flush (rare: a steady skew is written once). After a restart an agent's requests must
+        be signed after the last moment the old run served, by the agent's own clock."""
+        rows = list(self._floors_dirty.items())
+        self._floors_dirty.clear()
+        now = self.clock()
+
+        def write(db: sqlite_utils.Database) -> None:
+            if rows:
+                db.conn.executemany(
+                    "INSERT INTO agent_request_floors (agent_id, skew_ms) VALUES (?, ?) "
+                    "ON CONFLICT (agent_id) DO UPDATE SET skew_ms = excluded.skew_ms", rows)
+            db.conn.execute("INSERT OR REPLACE INTO coordinator_alive (id, at_ms, stopped) "
+                            "VALUES (1, ?, ?)", [now, int(stopping)])
+
+        self.database.submit(write)
+
+    async def apply_admin_changes(self) -> None:
+        """Apply, in order, what operators changed in the database since the last poll."""
+        seen = self._admin_seen
+        changes = await self.database.run(lambda db: db.conn.execute(
+            "SELECT id, kind, subject FROM admin_changes WHERE id > ? ORDER BY id LIMIT 1000",
+            [seen]).fetchall())
+        for change_id, kind, subject in changes:
+            self._admin_seen = max(self._admin_seen, change_id)
+            if kind == "revoke_token":
+                self._principals.pop(subject, None)
+            elif kind == "revoke_agent":
+                await self._revoke_agent(subject)
+            elif kind == "clear_flag":
+                await self._clear_flag(*subject.split("|", 2))
+
+    async def _revoke_agent(self, agent_id: str) -> None:
+        """Out of the market at once; its active leases end as lost and their jobs move on."""
+        agent = self.market.agents.get(agent_id)
+        if agent is None or agent.revoked:
+            return
+        now = self.clock()
+        self.market.revoke(agent)
+        changed_jobs, changed_leases, entries = [], [], []
+        for lease in [l for l in self.leases.values() if l.agent_id == agent_id and l.active]:
+            job = self.jobs[lease.job_id]
+            entries.append(self._close(lease, now, "agent_revoked"))
+            self._requeue(job, agent_id, "agent_revoked",
+                          f"agent {agent_id[:12]} was revoked by the coordinator's operator", now)
+            changed_jobs.append(job)
+            changed_leases.append(lease)
+        await self._save(jobs=changed_jobs, leases=changed_leases, entries=entries)
+        self._notify(agent_id)
+        self._wake_scheduler.set()
+        log.warning("agent %s revoked: %d active leases ended as lost", agent_id, len(changed_leases))
+
+    async def _clear_flag(self, agent_id: str, uuid: str, kind: str) -> None:
+        agent = self.market.agents.get(agent_id)
+        if agent is None:
+            return
+        moved = self.market.clear_flag(agent, uuid, kind, self.clock())
+        if moved:
+            extra = _capacity_writes(moved, [], [], self.clock())
+            await self.database.run(extra)
+        self._wake_scheduler.set()
 
     # -- enrolment ----------------------------------------------------------------------
 
@@ -315,11 +434,13 @@ class Coordinator:
         if type(hostname) is not str or not 0 < len(hostname) <= 253 or not hostname.isprintable():
             raise Unprocessable("hostname must be 1 to 253 printable characters")
         token = request["token"]
-        if public.agent_id in self.market.agents:
+        if public.agent_id in self.market.agents or public.agent_id in self._enrolling:
             raise Conflict("this key is already enrolled; an agent enrols once")
         now = self.clock()
 
         def write(db: sqlite_utils.Database) -> str:
+            if db.conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", [public.agent_id]).fetchone():
+                raise Conflict("this key is already enrolled; an agent enrols once")
             provider_id = accounts.redeem_enrolment_token(db, token, now)
             db["agents"].insert({
                 "agent_id": public.agent_id, "provider_id": provider_id,
@@ -331,11 +452,74 @@ class Coordinator:
             tlog.append_entries(db, [log_entries.encode_entry(log_entries.AGENT_KEY, now, key)])
             return uscc + "|" + provider_id
 
-        uscc, provider_id = (await self.database.run(write)).split("|")
+        # one enrolment per key at a time: the others are told so, never an IntegrityError
+        self._enrolling.add(public.agent_id)
+        try:
+            uscc, provider_id = (await self.database.run(write)).split("|")
+        except sqlite3.IntegrityError:
+            raise Conflict("this key is already enrolled; an agent enrols once") from None
+        finally:
+            self._enrolling.discard(public.agent_id)
         agent = Agent(agent_id=public.agent_id, provider_id=provider_id, provider_uscc=uscc,
                       public_key=public, hostname=hostname, penalty_at_ms=now)
         self.market.add_agent(agent)
         return agent
+
+    async def rotate_key(self, agent: Agent, body: Any) -> dict[str, Any]:
+        """The agent replaces its key: signed by the old key, the new key countersigns. The new
+        key is a new agent_key in the log (auditors verify later receipts with it; earlier ones
+        stay verifiable with the old entry); the agent's GPUs, flags and reliability pass to it
+        and the old key is refused from now on. Only an idle agent rotates: a lease is billed
+        under the key it was won with."""
+        if type(body) is not dict or type(body.get("public_key")) is not bytes or type(
+                body.get("request")) is not bytes:
+            raise Unprocessable("a key rotation is a map with public_key and the new key's signed request")
+        path = "/v1/agent/rotate-key"
+        try:
+            public = PublicKey(body["public_key"])
+            signed = open_request(body["request"], public, "POST", path, self.clock(),
+                                  self.settings.signed_request_window_ms)
+        except SuanliError as exc:
+            raise Unauthenticated(f"the new key must sign the rotation: {exc.detail}") from None
+        if signed.body != {"rotates": agent.agent_id}:
+            raise Unprocessable("the new key's request must say {rotates: <this agent's id>}")
+        if public.agent_id in self.market.agents or public.agent_id in self._enrolling:
+            raise Conflict("the new key is already enrolled")
+        active = [l.id for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]
+        if active:
+            raise Conflict(f"this agent holds {len(active)} active leases; rotate its key when it "
+                           "is idle (stop taking jobs, let them end)", code="agent_busy")
+        now = self.clock()
+        old_id, new_id = agent.agent_id, public.agent_id
+
+        def write(db: sqlite_utils.Database) -> None:
+            db["agents"].insert({
+                "agent_id": new_id, "provider_id": agent.provider_id, "public_key": public.raw,
+                "hostname": agent.hostname, "enrolled_at_ms": now, "ask_per_gpu_hour": agent.ask_per_gpu_hour,
+                "last_seen_ms": agent.last_seen_ms, "penalty_ppm": agent.penalty_ppm,
+                "penalty_at_ms": agent.penalty_at_ms,
+            })
+            db.execute("UPDATE agents SET revoked_at_ms = ? WHERE agent_id = ?", [now, old_id])
+            db.execute("UPDATE gpus SET agent_id = ? WHERE agent_id = ?", [new_id, old_id])
+            db.execute("UPDATE capacity_flags SET agent_id = ? WHERE agent_id = ? AND cleared_at_ms IS NULL",
+                       [new_id, old_id])
+            key = log_entries.AgentKey(new_id, public.raw, agent.provider_id, agent.provider_uscc)
+            tlog.append_entries(db, [log_entries.encode_entry(log_entries.AGENT_KEY, now, key)])
+
+        self._enrolling.add(new_id)
+        try:
+            await self.database.run(write)
+        except sqlite3.IntegrityError:
+            raise Conflict("the new key is already enrolled") from None
+        finally:
+            self._enrolling.discard(new_id)
+        successor = Agent(agent_id=new_id, provider_id=agent.provider_id, provider_uscc=agent.provider_uscc,
+                          public_key=public, hostname=agent.hostname, penalty_ppm=agent.penalty_ppm,
+                          penalty_at_ms=agent.penalty_at_ms, skew_ms=agent.skew_ms)
+        self.market.hand_over(agent, successor)
+        self._notify(old_id)
+        log.info("agent %s rotated its key; it is now agent %s", old_id, new_id)
+        return {"agent_id": new_id, "previous_agent_id": old_id, "provider_id": agent.provider_id}
 
     # -- heartbeats ---------------------------------------------------------------------
 
@@ -348,21 +532,16 @@ class Coordinator:
         inventory = parse_inventory(body.get("inventory"))
         now = self.clock()
         was_online = agent.online
-        agent.ask_per_gpu_hour = ask
-        new_gpus, new_flags = self.market.reconcile(agent, inventory, now)
-        if new_gpus or new_flags or not was_online:
-            gpu_rows = [{"uuid": g.uuid, "agent_id": g.agent_id, "model": g.model,
-                         "memory_total_bytes": g.memory_total_bytes, "first_seen_ms": now}
-                        for g in new_gpus]
-            flag_rows = [{"agent_id": f.agent_id, "gpu_uuid": f.gpu_uuid, "kind": f.kind,
-                          "detail": f.detail, "at_ms": f.at_ms} for f in new_flags]
-
-            def extra(db: sqlite_utils.Database) -> None:
-                if gpu_rows:
-                    db["gpus"].insert_all(gpu_rows, pk="uuid")
-                if flag_rows:
-                    db["capacity_flags"].insert_all(flag_rows)
-
+        previous_ask, agent.ask_per_gpu_hour = agent.ask_per_gpu_hour, ask
+        try:
+            new_gpus, flags = self.market.reconcile(agent, inventory, now)
+        except Exception:
+            agent.ask_per_gpu_hour = previous_ask  # a refused heartbeat changes nothing
+            raise
+        new_flags = [f for f in flags if f.cleared_at_ms is None]
+        cleared = [f for f in flags if f.cleared_at_ms is not None]
+        if new_gpus or flags or not was_online:
+            extra = _capacity_writes(new_gpus, new_flags, cleared, now)
             await self._save(agents=[agent], extra=extra)
             for entry in new_flags:
                 log.warning("capacity flag %s: %s", entry.kind, entry.detail)
@@ -392,11 +571,12 @@ class Coordinator:
             raise Unprocessable("idempotency_key must be 1 to 128 printable characters",
                                 code="invalid_job")
         request = parse_job_request({k: v for k, v in body.items() if k != "idempotency_key"})
+        secrets = secret_env_values(body)
         if request.gpu_models:
             request = _with_models(request)
         existing = self.jobs_by_key.get((principal.subject_id, key))
         if existing is not None:
-            if existing.request != request:
+            if existing.request != request or self._secrets.get(existing.id, secrets) != secrets:
                 raise Conflict(f"idempotency key {key!r} was already used for job {existing.id} "
                                "with different fields", code="idempotency_conflict")
             return existing, False
@@ -419,6 +599,9 @@ class Coordinator:
                 raise vouchers.Suspended(why)
             vouchers.reserve_job(db, job.id, job.enterprise_id, max_cost, policy=policy, now_ms=now)
             db["jobs"].insert(row)
+            if secrets:
+                db["job_secrets"].insert_all([{"job_id": job.id, "name": name, "value": value}
+                                              for name, value in secrets.items()])
 
         # the key is claimed at once so a concurrent retry cannot make a second job; the job is
         # auctioned only once its reservation and row are committed
@@ -428,6 +611,8 @@ class Coordinator:
         except BaseException:
             self.jobs_by_key.pop((job.enterprise_id, key), None)
             raise
+        if secrets:
+            self._secrets[job.id] = secrets
         self._index_job(job)
         self._wake_scheduler.set()
         return job, True
@@ -466,7 +651,9 @@ class Coordinator:
             self._notify(lease.agent_id)
         return job
 
-    def job_view(self, job: Job) -> dict[str, Any]:
+    def job_view(self, job: Job, role: str = "enterprise") -> dict[str, Any]:
+        """A job as its enterprise sees it; an auditor sees it without env values. Secret
+        values are shown to nobody."""
         lease = self.leases.get(job.lease_id) if job.lease_id else None
         price = lease.price_per_gpu_hour if lease else None
         return {
@@ -490,7 +677,7 @@ class Coordinator:
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
             "idempotency_key": job.idempotency_key,
-            "spec": job.request.to_json(),
+            "spec": job.request.to_json(env_values=role != "auditor"),
         }
 
     def _finish(self, job: Job, state: str, now: int, reason: str | None, detail: str | None) -> None:
@@ -618,7 +805,8 @@ class Coordinator:
             "stop_reason": lease.stop_reason, "window": _window_view(lease),
             "job": {
                 "image": request.image, "command": list(request.command),
-                "env": dict(request.env), "cpus_milli": request.cpus_milli,
+                "env": {**dict(request.env), **self._secrets.get(lease.job_id, {})},
+                "cpus_milli": request.cpus_milli,
                 "memory_bytes": request.memory_bytes, "max_duration_s": request.max_duration_s,
             },
         }
@@ -994,7 +1182,8 @@ class Coordinator:
 
     async def append_log(self, agent: Agent, body: Any) -> dict[str, Any]:
         lease = self._agents_lease(agent, body, "a log chunk (lease_id, offset, data)")
-        return await self.logs.append(lease.job_id, body.get("offset"), body.get("data"))
+        return await self.logs.append(lease.job_id, body.get("offset"), body.get("data"),
+                                      list(self._secrets.get(lease.job_id, {}).values()))
 
     async def read_log(self, job: Job, offset: int, limit: int) -> tuple[bytes, int]:
         return await self.logs.read(job.id, offset, limit)
@@ -1031,3 +1220,33 @@ def _with_models(request: JobRequest) -> JobRequest:
     except SuanliError as exc:
         raise Unprocessable(exc.detail, code="invalid_job") from None
     return replace(request, gpu_models=models)
+
+
+def _capacity_writes(new_gpus: list[Gpu], new_flags: list[Flag], cleared: list[Flag],
+                     now: int) -> Callable[[sqlite_utils.Database], None]:
+    """The rows a heartbeat's reconciliation changes: GPUs now held (a claim that became the
+    holding replaces its old row), flags raised, flags cleared, and no more than
+    FLAG_HISTORY cleared flags kept per agent."""
+    gpu_rows = [{"uuid": g.uuid, "agent_id": g.agent_id, "model": g.model,
+                 "memory_total_bytes": g.memory_total_bytes, "first_seen_ms": now} for g in new_gpus]
+    flag_rows = [{"agent_id": f.agent_id, "gpu_uuid": f.gpu_uuid, "kind": f.kind,
+                  "detail": f.detail, "at_ms": f.at_ms} for f in new_flags]
+    cleared_rows = [(f.cleared_at_ms, f.agent_id, f.gpu_uuid, f.kind) for f in cleared]
+    agents = sorted({f.agent_id for f in new_flags})
+
+    def write(db: sqlite_utils.Database) -> None:
+        if gpu_rows:
+            db["gpus"].upsert_all(gpu_rows, pk="uuid")
+        if cleared_rows:
+            db.conn.executemany(
+                "UPDATE capacity_flags SET cleared_at_ms = ? WHERE agent_id = ? AND gpu_uuid = ? "
+                "AND kind = ? AND cleared_at_ms IS NULL", cleared_rows)
+        if flag_rows:
+            db["capacity_flags"].insert_all(flag_rows)
+        for agent_id in agents:
+            db.conn.execute(
+                "DELETE FROM capacity_flags WHERE agent_id = ? AND cleared_at_ms IS NOT NULL AND id <= "
+                "(SELECT id FROM capacity_flags WHERE agent_id = ? AND cleared_at_ms IS NOT NULL "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)", [agent_id, agent_id, FLAG_HISTORY])
+
+    return write

@@ -163,7 +163,8 @@ async def test_silent_agent_loses_its_lease_and_the_job_moves(coordinator: Coord
     assert shown["attempts"] == 1 and shown["state"] == "leased"
 
 
-async def test_capacity_conflicts_are_flagged_and_withdrawn(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_capacity_conflicts_flag_the_newcomers_claim_and_withdraw_it(
+        coordinator: CoordinatorProcess, cleanup: list) -> None:
     first = await _agent(coordinator, cleanup, ["GPU-shared", "GPU-f1"], 1_000_000)
     second = FakeAgent(coordinator.url, ["GPU-shared"], 1_000_000)
     cleanup.append(second)
@@ -171,16 +172,17 @@ async def test_capacity_conflicts_are_flagged_and_withdrawn(coordinator: Coordin
     answer = await second.heartbeat()
     assert answer["flags"] == [{"gpu_uuid": "GPU-shared", "kind": "uuid_conflict"}]
     answer = await first.heartbeat()
-    assert {"gpu_uuid": "GPU-shared", "kind": "uuid_conflict"} in answer["flags"]
+    assert answer["flags"] == []  # the holder keeps its GPU: naming a UUID takes nothing
 
     first.gpu = {"memory": 40 * GIB}
     answer = await first.heartbeat()
     assert {"gpu_uuid": "GPU-f1", "kind": "memory_changed"} in answer["flags"]
+    assert {"gpu_uuid": "GPU-shared", "kind": "memory_changed"} in answer["flags"]
 
     api = await _api(coordinator, cleanup)
     _, market = await api.call("GET", "/v1/market")
     row = market["models"][0]
-    assert (row["gpus"], row["free"], row["unavailable"]) == (3, 0, 3)
+    assert (row["gpus"], row["free"], row["unavailable"]) == (2, 0, 2)
     _, job = await api.submit()
     shown = await api.wait_for(job["id"], lambda j: j["reason"] == "no_agent_with_enough_gpus")
     assert shown["state"] == "pending"

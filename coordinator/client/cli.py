@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most you pay per GPU-hour, in yuan, e.g. 12.50")
     submit.add_argument("--env", action=_EnvAction, metavar="NAME=VALUE", default={},
                         help="an environment variable for the container (repeatable)")
+    submit.add_argument("--secret-env", action=_EnvAction, metavar="NAME=VALUE", default={},
+                        help="a secret environment variable (repeatable): only the winning "
+                        "agent gets its value; it is never shown back or logged, and is erased "
+                        "when the job ends")
     submit.add_argument("--idempotency-key", metavar="KEY",
                         help="makes a retried submit return the first job instead of posting "
                         "another (default: a fresh key each time)")
@@ -193,6 +197,11 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
         "max_price_per_gpu_hour_micro_yuan": args.max_price_micro_yuan,
         "idempotency_key": args.idempotency_key or f"cli-{secrets.token_urlsafe(18)}",
     }
+    if args.secret_env:
+        both = sorted(set(args.env) & set(args.secret_env))
+        if both:
+            raise UsageError(f"{', '.join(both)} is given both as --env and --secret-env")
+        body["secret_env"] = dict(args.secret_env)
     for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)

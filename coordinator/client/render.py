@@ -91,6 +91,8 @@ def job_details(job: dict[str, Any]) -> str:
         ]
         if spec.get("env"):
             rows.append(("env", " ".join(sorted(spec["env"]))))
+        if spec.get("secret_env"):
+            rows.append(("secret env", " ".join(f"{name}=<redacted>" for name in sorted(spec["secret_env"]))))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
