@@ -58,7 +58,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
@@ -559,7 +559,8 @@ class TransferBatch:
         touched = {a for t in transfers for a in (t.debit_account, t.credit_account)}
         saved = {a: working[a].balances.copy() for a in touched if a in working}
         resolved = {t.pending_id for t in transfers if t.pending_id is not None}
-        saved_opens = {p: replace(self._opens[p]) for p in resolved if p in self._opens}
+        saved_opens = {p: _Open(o.debit_account, o.credit_account, o.amount, o.resolved, o.voided)
+                       for p in resolved if (o := self._opens.get(p)) is not None}
         try:
             for t in transfers:
                 self._apply(t, working)

@@ -23,6 +23,7 @@ atomic by its own savepoint: it either does everything or raises and leaves noth
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -498,7 +499,10 @@ _COVER_HOLD = "reserve-cover"
 _HOLDS = (_CREDIT_HOLD, _COVER_HOLD, _CAP_HOLD, _POOL_HOLD)
 
 
+@functools.lru_cache(maxsize=65_536)
 def _hold_ids(job_id: str) -> dict[str, bytes]:
+    """The ids of the job's holds (hashes, so cached: every posting of the job asks again).
+    The answer is shared; callers never change it."""
     cause = f"job:{job_id}"
     return {leg: transfer_id(cause, leg) for leg in _HOLDS}
 
@@ -937,34 +941,45 @@ class _JobHolds:
 
 def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usage],
              year: int) -> dict[str, _JobHolds]:
-    """Read every account and hold the usages may move; returns each job's holds."""
-    rows = L.rows_in(db, "SELECT job_id, enterprise_id, voucher_estimate FROM ledger_reservations "
-                     "WHERE job_id IN", sorted({u.job_id for u in usages}))
-    ids = {job_id: _hold_ids(job_id) for job_id, _, _ in rows}
-    wanted = [i for job_id, _, voucher in rows for leg, i in ids[job_id].items()
-              if voucher or leg in (_CREDIT_HOLD, _COVER_HOLD)]
-    batch.preload([], wanted)
-    reservations: dict[str, _JobHolds] = {}
+    """Read every account and hold the usages may move, in a few queries; returns each job's
+    holds. A voucher hold is in the fiscal year of its reservation (see `reserve_job`)."""
+    rows = L.rows_in(db, "SELECT job_id, enterprise_id, voucher_estimate, transfer_id, at_ms "
+                     "FROM ledger_reservations WHERE job_id IN", sorted({u.job_id for u in usages}))
+    ids = {job_id: _hold_ids(job_id) for job_id, *_ in rows}
+    wanted: list[bytes] = []
     accounts = {L.pool_account(year), L.pool_held_account(year), L.entitlements_used_account(year),
                 L.CREDIT_USED}
-    for job_id, enterprise_id, _ in rows:
+    held_years = {job_id: _utc(at_ms).year for job_id, _, voucher, _, at_ms in rows if voucher}
+    for job_id, _, voucher, credit, _ in rows:
+        if credit is not None:
+            wanted.append(ids[job_id][_CREDIT_HOLD])
+        if voucher:
+            wanted += [ids[job_id][leg] for leg in (_COVER_HOLD, _CAP_HOLD, _POOL_HOLD)]
+    for u in usages:
+        accounts |= {L.cap_account(year, u.enterprise_uscc), L.earnings_account(u.provider_id),
+                     L.receivable_account(u.enterprise_id), L.credit_account(u.enterprise_id)}
+        held_year = held_years.get(u.job_id)
+        if held_year is not None and held_year != year:
+            accounts |= {L.pool_account(held_year), L.pool_held_account(held_year),
+                         L.entitlements_used_account(held_year),
+                         L.cap_account(held_year, u.enterprise_uscc)}
+    batch.preload(sorted(accounts), wanted)
+    asked = set(wanted)
+
+    def found(pending: bytes) -> tuple[str, str] | None:
+        return batch.pending_accounts(pending) if pending in asked else None
+
+    reservations: dict[str, _JobHolds] = {}
+    for job_id, enterprise_id, *_ in rows:
         mine = ids[job_id]
         credit = tuple(mine[leg] for leg in (_CREDIT_HOLD, _COVER_HOLD)
-                       if batch.pending_accounts(mine[leg]) is not None)
-        pool = batch.pending_accounts(mine[_POOL_HOLD])
-        cap = batch.pending_accounts(mine[_CAP_HOLD])
-        fiscal_year = None
-        if pool is not None and cap is not None:
-            fiscal_year = int(pool[0].split(":", 1)[1])
-            accounts |= {pool[0], pool[1], cap[0], cap[1]}
+                       if found(mine[leg]) is not None)
+        pool, cap = found(mine[_POOL_HOLD]), found(mine[_CAP_HOLD])
+        fiscal_year = int(pool[0].split(":", 1)[1]) if pool is not None and cap is not None else None
         reservations[job_id] = _JobHolds(enterprise_id, credit,
                                          mine[_CAP_HOLD] if fiscal_year is not None else None,
                                          mine[_POOL_HOLD] if fiscal_year is not None else None,
                                          fiscal_year)
-    for u in usages:
-        accounts |= {L.cap_account(year, u.enterprise_uscc), L.earnings_account(u.provider_id),
-                     L.receivable_account(u.enterprise_id), L.credit_account(u.enterprise_id)}
-    batch.preload(sorted(accounts), [])
     return reservations
 
 
