@@ -780,42 +780,50 @@ def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
     _check_reservations(conn, problems)
 
 
-# the transfers a posting may consist of: code -> (debit account, credit account) in SQL, and
-# the sum its legs must reach. Voucher money goes from the pool to the provider's earnings
-# directly, or (when the job's reservation held it) through pool_held, whose usage_pool legs
-# must then bring in exactly what its usage_voucher legs pay out.
+# the transfers a posting may consist of, as an SQL test of one transfer `t` of posting `p`.
+# Voucher money goes from the pool to the provider's earnings directly, or (when the job's
+# reservation held it) through pool_held, whose usage_pool legs must then bring in exactly
+# what its usage_voucher legs pay out.
 _POOL = "'pool:' || p.fiscal_year"
 _POOL_HELD = "'pool_held:' || p.fiscal_year"
 _EARNINGS = "'earnings:' || p.provider_id"
-_HELD_VOUCHER = (f"(t.code = '{USAGE_VOUCHER}' AND t.debit_account = {_POOL_HELD} AND "
-                 f"t.credit_account = {_EARNINGS} AND t.kind = 'posted')")
-_POSTING_LEGS = {
-    USAGE_VOUCHER: ((_POOL, _POOL_HELD), _EARNINGS, "p.voucher"),
-    USAGE_POOL: ((_POOL,), _POOL_HELD, f"SUM(CASE WHEN {_HELD_VOUCHER} THEN t.amount ELSE 0 END)"),
-    USAGE_CAP: (("'cap:' || p.fiscal_year || ':' || p.enterprise_uscc",),
-                "'entitlements_used:' || p.fiscal_year", "p.voucher"),
-    USAGE_DEFERRED: (("'receivable:' || p.enterprise_id",), _EARNINGS, "p.deferred"),
-    USAGE_CREDIT: (("'credit:' || p.enterprise_id",), f"'{CREDIT_USED}'", "p.deferred"),
-}
+_DRAWS = "t.kind IN ('posted', 'post_pending')"
+_LEG_OK = (
+    f"CASE t.code "
+    f"WHEN '{USAGE_VOUCHER}' THEN t.kind = 'posted' AND t.credit_account = {_EARNINGS} AND "
+    f"(t.debit_account = {_POOL} OR t.debit_account = {_POOL_HELD}) "
+    f"WHEN '{USAGE_POOL}' THEN {_DRAWS} AND t.debit_account = {_POOL} AND "
+    f"t.credit_account = {_POOL_HELD} "
+    f"WHEN '{USAGE_CAP}' THEN {_DRAWS} AND "
+    f"t.debit_account = 'cap:' || p.fiscal_year || ':' || p.enterprise_uscc AND "
+    f"t.credit_account = 'entitlements_used:' || p.fiscal_year "
+    f"WHEN '{USAGE_DEFERRED}' THEN {_DRAWS} AND t.debit_account = 'receivable:' || p.enterprise_id "
+    f"AND t.credit_account = {_EARNINGS} "
+    f"WHEN '{USAGE_CREDIT}' THEN {_DRAWS} AND t.debit_account = 'credit:' || p.enterprise_id AND "
+    f"t.credit_account = '{CREDIT_USED}' "
+    f"ELSE 0 END")
+
+
+def _code_sum(code: str) -> str:
+    return f"SUM(CASE t.code WHEN '{code}' THEN t.amount ELSE 0 END)"
 
 
 def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
     """Each posting's transfers are exactly its legs, summing to its voucher and deferred parts.
 
-    The whole table is checked in SQL; only postings found wrong are read back to say how.
+    The whole table is checked in SQL (every leg of the right shape, the sums right); only
+    postings found wrong are read back to say how.
     """
-    shapes = {code: f"(t.code = '{code}' AND t.debit_account IN ({', '.join(debits)}) AND "
-                    f"t.credit_account = {credit} AND t.kind IN ('posted', 'post_pending'))"
-              for code, (debits, credit, _) in _POSTING_LEGS.items()}
-    sums = " OR ".join(f"SUM(CASE WHEN {shape} THEN t.amount ELSE 0 END) <> {_POSTING_LEGS[code][2]}"
-                       for code, shape in shapes.items())
-    stray = " OR ".join(shapes.values())
+    paid_from_held = (f"SUM(CASE WHEN t.code = '{USAGE_VOUCHER}' AND t.debit_account = "
+                      f"{_POOL_HELD} THEN t.amount ELSE 0 END)")
     bad = conn.execute(
         f"SELECT p.receipt_digest FROM ledger_postings p "
         f"LEFT JOIN ledger_transfers t ON t.receipt_digest = p.receipt_digest "
-        f"GROUP BY p.receipt_digest HAVING {sums} "
-        f"OR SUM(CASE WHEN t.seq IS NOT NULL AND NOT ({stray}) THEN 1 ELSE 0 END) > 0 "
-        f"OR SUM(CASE WHEN t.code = '{USAGE_VOUCHER}' AND t.kind <> 'posted' THEN 1 ELSE 0 END) > 0 "
+        f"GROUP BY p.receipt_digest HAVING "
+        f"SUM(CASE WHEN t.seq IS NOT NULL AND NOT COALESCE(({_LEG_OK}), 0) THEN 1 ELSE 0 END) > 0 "
+        f"OR {_code_sum(USAGE_VOUCHER)} <> p.voucher OR {_code_sum(USAGE_CAP)} <> p.voucher "
+        f"OR {_code_sum(USAGE_DEFERRED)} <> p.deferred OR {_code_sum(USAGE_CREDIT)} <> p.deferred "
+        f"OR {_code_sum(USAGE_POOL)} <> {paid_from_held} "
         f"OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = p.receipt_digest)").fetchall()
     for (digest,) in bad[:MAX_PROBLEMS + 1]:
         enterprise_id, provider_id, year, uscc, voucher, deferred, accepted = conn.execute(
@@ -907,12 +915,13 @@ def _check_reservations(conn: sqlite3.Connection, problems: list[str]) -> None:
     settled = {row[0] for row in conn.execute(
         "SELECT DISTINCT cause FROM ledger_transfers WHERE pending_id IS NOT NULL "
         f"AND kind = 'void_pending' AND code = '{RESERVATION}'")}
-    charged = dict(conn.execute("SELECT job_id, SUM(amount) FROM ledger_postings GROUP BY job_id"))
-    for job_id, max_cost in conn.execute("SELECT job_id, max_cost FROM ledger_reservations"):
+    for job_id, max_cost, charged in conn.execute(
+            "SELECT r.job_id, r.max_cost, (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
+            "WHERE p.job_id = r.job_id) FROM ledger_reservations r"):
         cause = f"job:{job_id}"
         if cause in settled:
             continue
-        still = max_cost - charged.get(job_id, 0)
+        still = max_cost - charged
         if held.get(cause, 0) < still:
             problems.append(f"job {job_id} may still be charged {still} µ¥ of its maximum "
                             f"{max_cost} µ¥ but its reservation holds only {held.get(cause, 0)} µ¥")
