@@ -576,3 +576,21 @@ def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.D
     db.conn.execute("DROP TRIGGER ledger_reservations_no_update")
     db.conn.execute("UPDATE ledger_reservations SET max_cost = max_cost + 1")
     assert any("reservation holds only" in p for p in L.check_invariants(db))
+
+
+def test_check_invariants_finds_held_voucher_money_that_went_astray(
+        db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    job = _job(market, market.ent, market.prov)
+    _reserve(market, job, market.ent, 4_000_000)
+    posting = market.post(1_000_000, job=job)
+    codes = [t.code for t in L.transfers_for_receipt(db, posting.receipt_digest)]
+    assert codes == [L.USAGE_POOL, L.USAGE_VOUCHER, L.USAGE_CAP, L.USAGE_DEFERRED, L.USAGE_CREDIT]
+    assert L.check_invariants(db) == []
+    db.conn.execute("DROP TRIGGER ledger_transfers_no_update")
+    db.conn.execute("UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?",
+                    [L.USAGE_VOUCHER])
+    problems = L.check_invariants(db)
+    assert any("stray transfer usage_voucher" in p for p in problems), problems
+    assert any("pays 0 µ¥ of vouchers out of pool_held:2026 but draws 500000 µ¥" in p
+               for p in problems), problems
