@@ -525,7 +525,25 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), amount=AMOUNTS)
     def post_usage(self, data: st.DataObject, amount: int) -> None:
-        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        self.post(data.draw(st.sampled_from(sorted(self.jobs))), amount)
+
+    @precondition(lambda self: any(self.charged.get(job, 0) < most
+                                   for job, most in self.max_cost.items()))
+    @rule(data=st.data())
+    def post_usage_within_the_maximum(self, data: st.DataObject) -> None:
+        """Usage that the job's reservation promised to pay, in one piece or in many."""
+        job = data.draw(st.sampled_from(sorted(
+            job for job, most in self.max_cost.items() if self.charged.get(job, 0) < most)))
+        left = self.max_cost[job] - self.charged.get(job, 0)
+        self.post(job, data.draw(st.one_of(st.just(left), st.integers(1, left),
+                                           st.integers(1, min(left, 10)))))
+
+    @precondition(lambda self: self.enterprises and self.providers)
+    @rule(data=st.data(), max_cost=st.integers(1, 3_000_000_000))
+    def award_an_affordable_job(self, data: st.DataObject, max_cost: int) -> None:
+        self.award_job(data, max_cost)
+
+    def post(self, job: str, amount: int) -> None:
         ent, prov, lease = self.jobs[job]
         with transaction(self.db):
             digest = self.world.receipt(lease, self.now)
