@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlite_utils
 
+from coordinator import vouchers
 from coordinator.errors import Conflict, NotFound, Unauthenticated
 from shared.uscc import validate_uscc
 
@@ -56,10 +57,16 @@ def _issue(db: sqlite_utils.Database, role: str, subject_id: str, now_ms: int,
 
 def add_provider(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int,
                  max_hosts: int = 1) -> tuple[str, str]:
-    """Register a provider; returns (provider_id, enrolment token for max_hosts hosts)."""
+    """Register a provider; returns (provider_id, enrolment token for max_hosts hosts).
+
+    Its company's own agents may now win its company's open jobs, which no voucher pays for:
+    their voucher holds move to credit first (`vouchers.cover_self_dealing`, which refuses the
+    registration, with a sentence, when the credit cannot take them).
+    """
+    name, code = _check_name(name), validate_uscc(uscc)
+    vouchers.cover_self_dealing(db, code, now_ms)
     provider_id = new_id("prov")
-    db["providers"].insert({"id": provider_id, "name": _check_name(name),
-                            "uscc": validate_uscc(uscc), "created_at_ms": now_ms})
+    db["providers"].insert({"id": provider_id, "name": name, "uscc": code, "created_at_ms": now_ms})
     return provider_id, _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts)
 
 

@@ -24,15 +24,18 @@ The chart of accounts lives here too, because `check_invariants` must know it:
 account                    ledger         limit                        moved by
 =========================  =============  ===========================  ===============================
 treasury:FY                cny            —                            funding the year's pool
-pool:FY                    cny            debits ≤ credits             voucher parts, to earnings
+pool:FY                    cny            debits ≤ credits             voucher parts, to earnings (or,
+                                                                       held for a job, to pool_held)
+pool_held:FY               cny            debits ≤ credits             held voucher money on its way
+                                                                       from the pool to earnings
 earnings:PROVIDER          cny            debits ≤ credits             credited by usage; payouts
 receivable:ENTERPRISE      cny            credits ≤ debits             deferred parts; payments
 bank                       cny            —                            payments in, payouts out
 entitlements:FY            voucher_quota  —                            granting each company's cap
-cap:FY:USCC                voucher_quota  debits ≤ credits             voucher parts used
+cap:FY:USCC                voucher_quota  debits ≤ credits             voucher parts used; holds
 entitlements_used:FY       voucher_quota  —                            counterpart of cap use
 credit_line:ENTERPRISE     credit         —                            setting the credit limit
-credit:ENTERPRISE          credit         debits ≤ credits             reservations, deferred parts,
+credit:ENTERPRISE          credit         debits ≤ credits             holds, deferred parts,
                                                                        restored by payments
 credit_used                credit         —                            counterpart of credit use
 =========================  =============  ===========================  ===============================
@@ -40,6 +43,13 @@ credit_used                credit         —                            counter
 Money (cny) and the two quotas live on separate ledgers, as TigerBeetle keeps assets apart:
 a transfer never crosses ledgers. A company's cap and an enterprise's credit limit are quota
 accounts that move in the same linked set as the money they limit.
+
+A job's reservation (coordinator/vouchers.py) holds, as pending transfers named after the job,
+its voucher share on its company's cap (cap → entitlements_used) and on the pool (pool →
+pool_held: the provider, whose earnings it will credit, is not known yet), and the rest on
+its enterprise's credit (credit → credit_used). A usage posting draws them down with partial
+posts, the voucher money going on from pool_held to the provider's earnings in the same linked
+set; settling the job voids what is left.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
@@ -81,10 +91,12 @@ POOL_FUNDING = "pool_funding"
 ENTITLEMENT = "entitlement"
 CREDIT_LIMIT = "credit_limit"
 USAGE_VOUCHER = "usage_voucher"
+USAGE_POOL = "usage_pool"
 USAGE_CAP = "usage_cap"
 USAGE_DEFERRED = "usage_deferred"
 USAGE_CREDIT = "usage_credit"
 RESERVATION = "reservation"
+RESERVATION_COVER = "reservation_cover"
 PAYMENT = "payment"
 PAYMENT_CREDIT = "payment_credit"
 PAYOUT = "payout"
@@ -159,6 +171,10 @@ def treasury_account(fiscal_year: int) -> str:
 
 def pool_account(fiscal_year: int) -> str:
     return f"pool:{fiscal_year}"
+
+
+def pool_held_account(fiscal_year: int) -> str:
+    return f"pool_held:{fiscal_year}"
 
 
 def entitlements_account(fiscal_year: int) -> str:
@@ -423,6 +439,24 @@ def pending_remaining(db: sqlite_utils.Database, pending_id: bytes) -> int:
     return 0 if found is None else found.amount - found.resolved
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A pending transfer as it stands: what it holds on which accounts, and what is left."""
+
+    id: bytes
+    debit_account: str
+    credit_account: str
+    amount: int
+    remaining: int
+
+
+def holds(db: sqlite_utils.Database, pending_ids: Sequence[bytes]) -> dict[bytes, Hold]:
+    """The pending transfers among these ids (those that exist), each with what it still holds."""
+    return {pending_id: Hold(pending_id, o.debit_account, o.credit_account, o.amount,
+                             o.amount - o.resolved)
+            for pending_id, o in _load_pendings(db, list(pending_ids)).items()}
+
+
 def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -> list[Transfer]:
     """Write a linked set of transfers: all of them, applied in order, or none.
 
@@ -472,6 +506,7 @@ class TransferBatch:
         self.db = db
         self._working: dict[str, _Working] = {}
         self._opens: dict[bytes, _Open] = {}
+        self._absent: set[bytes] = set()
         self._unwritten: list[Transfer] = []
         self._touched: set[str] = set()
 
@@ -488,10 +523,17 @@ class TransferBatch:
         self._load(account_ids)
         missing = [p for p in set(pending_ids) if p not in self._opens]
         self._opens.update(_load_pendings(self.db, missing))
+        # asked and not found: no need to ask again for each usage
+        self._absent |= {p for p in missing if p not in self._opens}
 
     def pending_remaining(self, pending_id: bytes) -> int:
         found = self._open(pending_id)
         return 0 if found is None else found.amount - found.resolved
+
+    def pending_accounts(self, pending_id: bytes) -> tuple[str, str] | None:
+        """The (debit, credit) accounts a pending transfer holds on, or None if there is none."""
+        found = self._open(pending_id)
+        return None if found is None else (found.debit_account, found.credit_account)
 
     def _load(self, account_ids: Sequence[str]) -> dict[str, _Working]:
         missing = [a for a in account_ids if a not in self._working]
@@ -502,6 +544,8 @@ class TransferBatch:
 
     def _open(self, pending_id: bytes) -> _Open | None:
         if pending_id not in self._opens:
+            if pending_id in self._absent:
+                return None
             found = _load_pending(self.db, pending_id)
             if found is None:
                 return None
@@ -515,7 +559,8 @@ class TransferBatch:
         touched = {a for t in transfers for a in (t.debit_account, t.credit_account)}
         saved = {a: working[a].balances.copy() for a in touched if a in working}
         resolved = {t.pending_id for t in transfers if t.pending_id is not None}
-        saved_opens = {p: replace(self._opens[p]) for p in resolved if p in self._opens}
+        saved_opens = {p: _Open(o.debit_account, o.credit_account, o.amount, o.resolved, o.voided)
+                       for p in resolved if (o := self._opens.get(p)) is not None}
         try:
             for t in transfers:
                 self._apply(t, working)
@@ -732,35 +777,53 @@ def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
             problems.append(f"usage transfer #{seq} names receipt {_hex(digest)}, which has no posting")
     _check_postings(conn, problems)
     _check_quotas(conn, stored, problems)
+    _check_reservations(conn, problems)
 
 
-# the transfers a posting must consist of: (code, debit account, credit account) in SQL
-_POSTING_LEGS = {
-    USAGE_VOUCHER: ("'pool:' || p.fiscal_year", "'earnings:' || p.provider_id", "p.voucher"),
-    USAGE_CAP: ("'cap:' || p.fiscal_year || ':' || p.enterprise_uscc",
-                "'entitlements_used:' || p.fiscal_year", "p.voucher"),
-    USAGE_DEFERRED: ("'receivable:' || p.enterprise_id", "'earnings:' || p.provider_id",
-                     "p.deferred"),
-    USAGE_CREDIT: ("'credit:' || p.enterprise_id", f"'{CREDIT_USED}'", "p.deferred"),
-}
+# the transfers a posting may consist of, as an SQL test of one transfer `t` of posting `p`.
+# Voucher money goes from the pool to the provider's earnings directly, or (when the job's
+# reservation held it) through pool_held, whose usage_pool legs must then bring in exactly
+# what its usage_voucher legs pay out.
+_POOL = "'pool:' || p.fiscal_year"
+_POOL_HELD = "'pool_held:' || p.fiscal_year"
+_EARNINGS = "'earnings:' || p.provider_id"
+_DRAWS = "t.kind IN ('posted', 'post_pending')"
+_LEG_OK = (
+    f"CASE t.code "
+    f"WHEN '{USAGE_VOUCHER}' THEN t.kind = 'posted' AND t.credit_account = {_EARNINGS} AND "
+    f"(t.debit_account = {_POOL} OR t.debit_account = {_POOL_HELD}) "
+    f"WHEN '{USAGE_POOL}' THEN {_DRAWS} AND t.debit_account = {_POOL} AND "
+    f"t.credit_account = {_POOL_HELD} "
+    f"WHEN '{USAGE_CAP}' THEN {_DRAWS} AND "
+    f"t.debit_account = 'cap:' || p.fiscal_year || ':' || p.enterprise_uscc AND "
+    f"t.credit_account = 'entitlements_used:' || p.fiscal_year "
+    f"WHEN '{USAGE_DEFERRED}' THEN {_DRAWS} AND t.debit_account = 'receivable:' || p.enterprise_id "
+    f"AND t.credit_account = {_EARNINGS} "
+    f"WHEN '{USAGE_CREDIT}' THEN {_DRAWS} AND t.debit_account = 'credit:' || p.enterprise_id AND "
+    f"t.credit_account = '{CREDIT_USED}' "
+    f"ELSE 0 END")
+
+
+def _code_sum(code: str) -> str:
+    return f"SUM(CASE t.code WHEN '{code}' THEN t.amount ELSE 0 END)"
 
 
 def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
-    """Each posting's transfers are exactly its four legs, summing to its voucher and deferred parts.
+    """Each posting's transfers are exactly its legs, summing to its voucher and deferred parts.
 
-    The whole table is checked in SQL; only postings found wrong are read back to say how.
+    The whole table is checked in SQL (every leg of the right shape, the sums right); only
+    postings found wrong are read back to say how.
     """
-    shapes = {code: f"(t.code = '{code}' AND t.debit_account = {debit} AND t.credit_account = "
-                    f"{credit} AND t.kind IN ('posted', 'post_pending'))"
-              for code, (debit, credit, _) in _POSTING_LEGS.items()}
-    sums = " OR ".join(f"SUM(CASE WHEN {shape} THEN t.amount ELSE 0 END) <> {_POSTING_LEGS[code][2]}"
-                       for code, shape in shapes.items())
-    stray = " OR ".join(shapes.values())
+    paid_from_held = (f"SUM(CASE WHEN t.code = '{USAGE_VOUCHER}' AND t.debit_account = "
+                      f"{_POOL_HELD} THEN t.amount ELSE 0 END)")
     bad = conn.execute(
         f"SELECT p.receipt_digest FROM ledger_postings p "
         f"LEFT JOIN ledger_transfers t ON t.receipt_digest = p.receipt_digest "
-        f"GROUP BY p.receipt_digest HAVING {sums} "
-        f"OR SUM(CASE WHEN t.seq IS NOT NULL AND NOT ({stray}) THEN 1 ELSE 0 END) > 0 "
+        f"GROUP BY p.receipt_digest HAVING "
+        f"SUM(CASE WHEN t.seq IS NOT NULL AND NOT COALESCE(({_LEG_OK}), 0) THEN 1 ELSE 0 END) > 0 "
+        f"OR {_code_sum(USAGE_VOUCHER)} <> p.voucher OR {_code_sum(USAGE_CAP)} <> p.voucher "
+        f"OR {_code_sum(USAGE_DEFERRED)} <> p.deferred OR {_code_sum(USAGE_CREDIT)} <> p.deferred "
+        f"OR {_code_sum(USAGE_POOL)} <> {paid_from_held} "
         f"OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = p.receipt_digest)").fetchall()
     for (digest,) in bad[:MAX_PROBLEMS + 1]:
         enterprise_id, provider_id, year, uscc, voucher, deferred, accepted = conn.execute(
@@ -769,27 +832,37 @@ def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
             "FROM ledger_postings WHERE receipt_digest = ?", [digest]).fetchone()
         if not accepted:
             problems.append(f"posting {_hex(digest)} names no accepted receipt")
+        earnings = earnings_account(provider_id)
         want = {
-            USAGE_VOUCHER: (pool_account(year), earnings_account(provider_id)),
-            USAGE_CAP: (cap_account(year, uscc), entitlements_used_account(year)),
-            USAGE_DEFERRED: (receivable_account(enterprise_id), earnings_account(provider_id)),
-            USAGE_CREDIT: (credit_account(enterprise_id), CREDIT_USED),
+            USAGE_VOUCHER: {(pool_account(year), earnings), (pool_held_account(year), earnings)},
+            USAGE_POOL: {(pool_account(year), pool_held_account(year))},
+            USAGE_CAP: {(cap_account(year, uscc), entitlements_used_account(year))},
+            USAGE_DEFERRED: {(receivable_account(enterprise_id), earnings)},
+            USAGE_CREDIT: {(credit_account(enterprise_id), CREDIT_USED)},
         }
         legs: dict[str, int] = {}
+        held = 0
         for code, debit, credit, kind, amount in conn.execute(
                 "SELECT code, debit_account, credit_account, kind, amount FROM ledger_transfers "
                 "WHERE receipt_digest = ? ORDER BY seq", [digest]):
-            if want.get(code) != (debit, credit) or kind not in (POSTED, POST_PENDING):
+            kinds = (POSTED,) if code == USAGE_VOUCHER else (POSTED, POST_PENDING)
+            if (debit, credit) not in want.get(code, set()) or kind not in kinds:
                 problems.append(f"posting {_hex(digest)} has a stray transfer {code} ({kind}) of "
                                 f"{amount} µ¥ from {debit} to {credit}")
-            else:
-                legs[code] = legs.get(code, 0) + amount
-        got = [legs.get(code, 0) for code in _POSTING_LEGS]
+                continue
+            legs[code] = legs.get(code, 0) + amount
+            if code == USAGE_VOUCHER and debit == pool_held_account(year):
+                held += amount
+        got = [legs.get(code, 0) for code in (USAGE_VOUCHER, USAGE_CAP, USAGE_DEFERRED, USAGE_CREDIT)]
         if got != [voucher, voucher, deferred, deferred]:
             problems.append(
                 f"posting {_hex(digest)} says voucher {voucher} µ¥ and deferred {deferred} µ¥ but "
                 f"its transfers move voucher {got[0]}, cap {got[1]}, deferred {got[2]} and "
                 f"credit {got[3]} µ¥")
+        if legs.get(USAGE_POOL, 0) != held:
+            problems.append(f"posting {_hex(digest)} pays {held} µ¥ of vouchers out of "
+                            f"{pool_held_account(year)} but draws {legs.get(USAGE_POOL, 0)} µ¥ "
+                            f"into it from the pool")
 
 
 def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
@@ -802,6 +875,18 @@ def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
             if account.debits_posted != used_total:
                 problems.append(f"{account.id} paid out {account.debits_posted} µ¥ of vouchers but "
                                 f"the caps of {year} record {used_total} µ¥ used")
+            # every job's voucher hold is on its company's cap and on the pool alike
+            cap_held = used.credits_pending if used is not None else 0
+            if account.debits_pending != cap_held:
+                problems.append(f"{account.id} holds {account.debits_pending} µ¥ for jobs but the "
+                                f"caps of {year} hold {cap_held} µ¥")
+            held = stored.get(pool_held_account(year))
+            if held is not None and (held.debits_posted != held.credits_posted
+                                     or held.credits_pending != account.debits_pending):
+                problems.append(f"{held.id} took in {held.credits_posted} µ¥ and paid "
+                                f"{held.debits_posted} µ¥ to providers, and is promised "
+                                f"{held.credits_pending} µ¥ while the pool holds "
+                                f"{account.debits_pending} µ¥")
         elif account.kind == "credit":
             enterprise_id = account.id.split(":", 1)[1]
             line = stored.get(credit_line_account(enterprise_id))
@@ -812,3 +897,31 @@ def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
             if free != limit - owed:
                 problems.append(f"{account.id} has {free} µ¥ of credit unused but its limit "
                                 f"{limit} µ¥ less the {owed} µ¥ owed is {limit - owed} µ¥")
+
+
+def _check_reservations(conn: sqlite3.Connection, problems: list[str]) -> None:
+    """Every job whose reservation is not settled still holds what it may yet be charged.
+
+    A job's holds are its pending transfers caused by `job:ID` on the credit ledger and on the
+    pool (its cap hold mirrors the pool's, see `_check_quotas`); what they still hold must be
+    at least its maximum cost less what its postings charged, so usage within the maximum can
+    always be paid. A job is settled once one of its holds was voided by code `reservation`.
+    """
+    held = dict(conn.execute(
+        "SELECT h.cause, SUM(h.amount - COALESCE((SELECT SUM(d.amount) FROM ledger_transfers d "
+        "WHERE d.pending_id = h.id), 0)) FROM ledger_transfers h "
+        "WHERE h.kind = 'pending' AND h.cause LIKE 'job:%' "
+        "AND (h.debit_account LIKE 'credit:%' OR h.debit_account LIKE 'pool:%') GROUP BY h.cause"))
+    settled = {row[0] for row in conn.execute(
+        "SELECT DISTINCT cause FROM ledger_transfers WHERE pending_id IS NOT NULL "
+        f"AND kind = 'void_pending' AND code = '{RESERVATION}'")}
+    for job_id, max_cost, charged in conn.execute(
+            "SELECT r.job_id, r.max_cost, (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
+            "WHERE p.job_id = r.job_id) FROM ledger_reservations r"):
+        cause = f"job:{job_id}"
+        if cause in settled:
+            continue
+        still = max_cost - charged
+        if held.get(cause, 0) < still:
+            problems.append(f"job {job_id} may still be charged {still} µ¥ of its maximum "
+                            f"{max_cost} µ¥ but its reservation holds only {held.get(cause, 0)} µ¥")

@@ -195,8 +195,8 @@ class Coordinator:
                 lease.charged = row["amount"]
         for row in db.query("SELECT DISTINCT lease_id, seq FROM receipt_rejections WHERE rule NOT IN "
                             f"({receipt_rules.RETRYABLE_SQL}) AND seq IS NOT NULL"):
-            lease = self.leases.get(row["lease_id"])
-            if lease is not None and lease.active:
+            # an ended lease's receipts may still arrive, so its refusals are remembered too
+            if row["lease_id"] in self.leases:
                 self._refused.add((row["lease_id"], row["seq"]))
         for row in db.query("SELECT job_id, SUM(amount) AS amount, SUM(voucher) AS voucher, "
                             "SUM(deferred) AS deferred FROM ledger_postings GROUP BY job_id"):

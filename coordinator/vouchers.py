@@ -8,17 +8,22 @@ company's cap and each enterprise's credit limit are balance limits of ledger ac
 ledger itself refuses to overspend them. Usage belongs to the calendar month (UTC) in which its
 receipt was accepted; closing a month issues statements, with a due date, that must be paid.
 
-Reservations: at award the coordinator reserves a job's maximum cost less the voucher part it
-could get (`reserve_job`) as a pending transfer on the enterprise's credit account. Each usage
-posting draws its deferred part from that reservation (a partial post of the pending transfer)
-and takes only any excess from the free credit; `settle_job` at the job's end voids what is
-left. Every function here is synchronous, takes the coordinator's `sqlite_utils.Database`, runs
+Reservations: when a job is accepted, `reserve_job` holds everything it may need, as pending
+transfers named after the job: the voucher share it counts on against its company's cap and
+against the pool, and the rest of its maximum cost against the enterprise's credit. So the sum
+of accepted jobs can always be paid, and a job that cannot be held is refused at submission.
+Each usage posting draws its parts from these holds (partial posts of the pending transfers)
+and takes only any excess from what is free; `settle_job` at the job's end voids what is left.
+Self-dealing is settled at acceptance too (see `reserve_job` and `cover_self_dealing`).
+
+Every function here is synchronous, takes the coordinator's `sqlite_utils.Database`, runs
 inside the caller's transaction (the writer thread's, or `coordinator.db.transaction`) and is
 atomic by its own savepoint: it either does everything or raises and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -307,6 +312,7 @@ def _year_specs(year: int) -> list[tuple[str, str, str, str | None, str]]:
     return [
         (L.treasury_account(year), L.CNY, "treasury", str(year), L.NO_LIMIT),
         (L.pool_account(year), L.CNY, "pool", str(year), L.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        (L.pool_held_account(year), L.CNY, "pool_held", str(year), L.DEBITS_MUST_NOT_EXCEED_CREDITS),
         (L.entitlements_account(year), L.VOUCHER_QUOTA, "entitlements", str(year), L.NO_LIMIT),
         (L.entitlements_used_account(year), L.VOUCHER_QUOTA, "entitlements_used", str(year),
          L.NO_LIMIT),
@@ -485,9 +491,27 @@ def _credit_figures(db: sqlite_utils.Database, enterprise_id: str) -> dict[str, 
 
 # -- reservations ----------------------------------------------------------------------------
 
+# the legs of a job's reservation, each a pending transfer whose id derives from the job
+_CREDIT_HOLD = "reserve"
+_CAP_HOLD = "reserve-cap"
+_POOL_HOLD = "reserve-pool"
+_COVER_HOLD = "reserve-cover"
+_HOLDS = (_CREDIT_HOLD, _COVER_HOLD, _CAP_HOLD, _POOL_HOLD)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _hold_ids(job_id: str) -> dict[str, bytes]:
+    """The ids of the job's holds (hashes, so cached: every posting of the job asks again).
+    The answer is shared; callers never change it."""
+    cause = f"job:{job_id}"
+    return {leg: transfer_id(cause, leg) for leg in _HOLDS}
+
 
 @dataclass(frozen=True)
 class Reservation:
+    """What a job's reservation holds: credit for the deferred part, and the voucher share on
+    its company's cap and on the pool; `remaining` and `voucher_remaining` are what is left."""
+
     job_id: str
     enterprise_id: str
     max_cost: int
@@ -495,12 +519,23 @@ class Reservation:
     amount: int
     remaining: int
     transfer_id: bytes | None
+    voucher_remaining: int = 0
+    cover: int = 0
+    fiscal_year: int | None = None
+
+    @property
+    def held(self) -> int:
+        """Everything the reservation still holds for the job, credit and voucher together."""
+        return self.remaining + self.voucher_remaining
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "enterprise_id": self.enterprise_id,
                 "max_cost_micro_yuan": self.max_cost,
                 "voucher_estimate_micro_yuan": self.voucher_estimate,
                 "reserved_micro_yuan": self.amount, "remaining_micro_yuan": self.remaining,
+                "voucher_held_micro_yuan": self.voucher_remaining,
+                "self_dealing_cover_micro_yuan": self.cover,
+                "fiscal_year": self.fiscal_year,
                 "transfer_id": self.transfer_id.hex() if self.transfer_id else None}
 
 
@@ -510,19 +545,38 @@ def _reservation(db: sqlite_utils.Database, job_id: str) -> Reservation | None:
         "FROM ledger_reservations WHERE job_id = ?", [job_id]).fetchone()
     if row is None:
         return None
-    remaining = L.pending_remaining(db, row[5]) if row[5] is not None else 0
-    return Reservation(row[0], row[1], row[2], row[3], row[4], remaining, row[5])
+    ids = _hold_ids(job_id)
+    found = L.holds(db, list(ids.values()))
+    left = {leg: found[i].remaining if i in found else 0 for leg, i in ids.items()}
+    pool = found.get(ids[_POOL_HOLD])
+    year = int(pool.debit_account.split(":", 1)[1]) if pool is not None else None
+    cover = found[ids[_COVER_HOLD]].amount if ids[_COVER_HOLD] in found else 0
+    return Reservation(row[0], row[1], row[2], row[3], row[4],
+                       left[_CREDIT_HOLD] + left[_COVER_HOLD], row[5], left[_POOL_HOLD], cover, year)
 
 
 def reserve_job(db: sqlite_utils.Database, job_id: str, enterprise_id: str, max_cost: int, *,
                 policy: VoucherPolicy, now_ms: int) -> Reservation:
-    """Hold the credit a job may need: its maximum cost less the voucher part it could get now.
+    """Hold everything a job may need, so that it can always be paid up to its maximum cost.
 
-    Call once, at the job's first award; idempotent by job (the same request returns the first
-    reservation). Raises `Suspended` if the enterprise is suspended and `CreditExceeded` if the
-    amount does not fit its credit limit less what it owes and has reserved for other jobs.
-    The estimate assumes the provider is another company and the pool is not spent meanwhile;
-    deferred parts beyond the reservation are taken from the free credit when they are posted.
+    Three pending transfers named after the job, written together or not at all: the voucher
+    share it counts on (`split_charge` of the maximum cost against what the company's cap and
+    the pool have not spent or held for other jobs) on the company's cap and on the pool, and
+    the rest of the maximum cost on the enterprise's credit. Usage postings draw these holds
+    down and never fail for cap, pool or credit while the job stays within its maximum;
+    `settle_job` voids what is left. Call once, when the job is accepted; idempotent by job
+    (the same request returns the first reservation). Raises `Suspended` if the enterprise is
+    suspended and `CreditExceeded`, with a sentence, when the credit cannot hold its part:
+    the job is refused then, rather than starved of payment later.
+
+    Self-dealing: the voucher pays nothing for compute a company buys from itself, and the
+    provider is not known until the auction. So when the enterprise's company is also a
+    registered provider (its own agents may win the job), the reservation counts on no
+    voucher and holds the whole maximum cost on credit; a job awarded to another company
+    still gets the voucher at posting, from what the cap and pool have free. A company that
+    registers as a provider later has its open reservations moved to credit then
+    (`cover_self_dealing`). Either way a self-dealing job is payable to its maximum cost and
+    no voucher money reaches it.
     """
     _check_amount(max_cost, "a job's maximum cost", allow_zero=True)
     if type(job_id) is not str or not job_id:
@@ -540,43 +594,111 @@ def reserve_job(db: sqlite_utils.Database, job_id: str, enterprise_id: str, max_
         if suspended:
             raise Suspended(why)
         estimate = 0
-        if _utc(now_ms).year == policy.fiscal_year:
+        own = _is_provider(db, uscc)
+        year = policy.fiscal_year
+        if _utc(now_ms).year == year:
             pool, cap = _ensure_year(db, uscc, policy, now_ms)
-            estimate = split_charge(max_cost, policy.coverage_bps, max(cap.debit_headroom, 0),
-                                    max(pool.debit_headroom, 0), False,
-                                    _subsidy_allowed(db, uscc, policy)).voucher
+            if not own:
+                estimate = split_charge(max_cost, policy.coverage_bps, max(cap.debit_headroom, 0),
+                                        max(pool.debit_headroom, 0), False,
+                                        _subsidy_allowed(db, uscc, policy)).voucher
         amount = max_cost - estimate
+        cause = f"job:{job_id}"
+        ids = _hold_ids(job_id)
+        legs = []
+        if estimate:
+            legs += [
+                Transfer(ids[_CAP_HOLD], L.cap_account(year, uscc), L.entitlements_used_account(year),
+                         estimate, L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms),
+                Transfer(ids[_POOL_HOLD], L.pool_account(year), L.pool_held_account(year), estimate,
+                         L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms)]
         pending: bytes | None = None
         if amount > 0:
-            cause = f"job:{job_id}"
-            pending = transfer_id(cause, "reserve")
-            try:
-                create_transfers(db, [Transfer(pending, L.credit_account(enterprise_id), L.CREDIT_USED,
-                                               amount, L.RESERVATION, cause, kind=L.PENDING,
-                                               at_ms=now_ms)])
-            except LimitExceeded:
-                raise _credit_exceeded(db, enterprise_id, amount,
-                                       f"job {job_id}'s reservation") from None
+            pending = ids[_CREDIT_HOLD]
+            legs.append(Transfer(pending, L.credit_account(enterprise_id), L.CREDIT_USED, amount,
+                                 L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms))
+        try:
+            create_transfers(db, legs)
+        except LimitExceeded as exc:
+            if exc.account != L.credit_account(enterprise_id):
+                raise
+            whole = (" (the whole maximum cost: the company also provides compute, and no "
+                     "voucher pays for compute it may win itself)") if own and not estimate else (
+                f" (its maximum cost {_yuan(max_cost)} less the voucher {_yuan(estimate)} held "
+                f"for it)" if estimate else "")
+            raise _credit_exceeded(db, enterprise_id, amount,
+                                   f"job {job_id}'s reservation{whole}") from None
         db.conn.execute(
             "INSERT INTO ledger_reservations (job_id, enterprise_id, max_cost, voucher_estimate, "
             "amount, transfer_id, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [job_id, enterprise_id, max_cost, estimate, amount, pending, now_ms])
-    return Reservation(job_id, enterprise_id, max_cost, estimate, amount, amount, pending)
+    return Reservation(job_id, enterprise_id, max_cost, estimate, amount, amount, pending,
+                       estimate, 0, year if estimate else None)
 
 
 def settle_job(db: sqlite_utils.Database, job_id: str, now_ms: int) -> Reservation | None:
-    """Release what the job's usage did not draw of its reservation (a void); idempotent.
+    """Release what the job's usage did not draw of its holds (voids, one linked set); idempotent.
 
     Returns the reservation as it now stands, or None if the job never had one.
     """
     found = _reservation(db, job_id)
-    if found is None or found.transfer_id is None or found.remaining == 0:
+    if found is None or found.held == 0:
         return found
     cause = f"job:{job_id}"
-    create_transfers(db, [Transfer(transfer_id(cause, "release"), L.credit_account(found.enterprise_id),
-                                   L.CREDIT_USED, found.remaining, L.RESERVATION, cause,
-                                   kind=L.VOID_PENDING, pending_id=found.transfer_id, at_ms=now_ms)])
+    ids = _hold_ids(job_id)
+    open_holds = L.holds(db, list(ids.values()))
+    legs = [Transfer(transfer_id(cause, f"release-{leg}" if leg != _CREDIT_HOLD else "release"),
+                     hold.debit_account, hold.credit_account, hold.remaining, L.RESERVATION, cause,
+                     kind=L.VOID_PENDING, pending_id=hold.id, at_ms=now_ms)
+            for leg, hold in ((leg, open_holds.get(ids[leg])) for leg in _HOLDS)
+            if hold is not None and hold.remaining > 0]
+    create_transfers(db, legs)
     return _reservation(db, job_id)
+
+
+def cover_self_dealing(db: sqlite_utils.Database, uscc: str, now_ms: int) -> list[Reservation]:
+    """Move the voucher holds of a company's open jobs to its credit: it is becoming a provider.
+
+    Called when a provider is registered: from then on the company's own agents may win its
+    jobs, and the voucher pays nothing for compute a company buys from itself. Each open
+    reservation of the company's enterprises that holds voucher money has that hold voided
+    and the same amount held on the enterprise's credit instead (a linked set per job), so
+    the job stays payable to its maximum cost whoever wins it. Raises `CreditExceeded`, and
+    moves nothing, when an enterprise's credit cannot take it: raise its credit limit or
+    wait for those jobs to end, then register the provider. Returns the reservations moved.
+    """
+    code = validate_uscc(uscc)
+    moved = []
+    with savepoint(db, "vouchers_cover"):
+        for job_id, enterprise_id in db.conn.execute(
+                "SELECT r.job_id, r.enterprise_id FROM ledger_reservations r "
+                "JOIN ledger_enterprises e ON e.enterprise_id = r.enterprise_id "
+                "WHERE e.uscc = ? AND r.voucher_estimate > 0 ORDER BY r.at_ms, r.job_id",
+                [code]).fetchall():
+            ids = _hold_ids(job_id)
+            found = L.holds(db, [ids[_CAP_HOLD], ids[_POOL_HOLD], ids[_COVER_HOLD]])
+            cap, pool = found.get(ids[_CAP_HOLD]), found.get(ids[_POOL_HOLD])
+            if ids[_COVER_HOLD] in found or cap is None or pool is None or pool.remaining == 0:
+                continue
+            cause = f"job:{job_id}"
+            legs = [Transfer(transfer_id(cause, f"cover-{hold.id.hex()}"), hold.debit_account,
+                             hold.credit_account, hold.remaining, L.RESERVATION_COVER, cause,
+                             kind=L.VOID_PENDING, pending_id=hold.id, at_ms=now_ms)
+                    for hold in (cap, pool)]
+            legs.append(Transfer(ids[_COVER_HOLD], L.credit_account(enterprise_id), L.CREDIT_USED,
+                                 pool.remaining, L.RESERVATION_COVER, cause, kind=L.PENDING,
+                                 at_ms=now_ms))
+            try:
+                create_transfers(db, legs)
+            except LimitExceeded:
+                raise _credit_exceeded(
+                    db, enterprise_id, pool.remaining,
+                    f"company {code} is becoming a provider, so the voucher held for job "
+                    f"{job_id} must be held on its credit instead: that hold") from None
+            reservation = _reservation(db, job_id)
+            assert reservation is not None
+            moved.append(reservation)
+    return moved
 
 
 def _credit_exceeded(db: sqlite_utils.Database, enterprise_id: str, amount: int,
@@ -688,9 +810,11 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
     """Post accepted receipts' usage in order: voucher part, deferred part, provider's earning.
 
     Each usage is one linked set of transfers whose ids derive from the receipt digest: the
-    voucher part moves pool → provider earnings and uses the company's cap; the deferred part
-    moves the enterprise's receivable → provider earnings and uses its credit (drawing first
-    on the job's reservation). Each set sees the balances the earlier ones left, and all are
+    voucher part moves pool → provider earnings and uses the company's cap (drawing first on
+    the job's voucher holds, through pool_held); the deferred part moves the enterprise's
+    receivable → provider earnings and uses its credit (drawing first on the job's credit
+    holds), so usage within the job's maximum cost never needs anything that is not already
+    held for it (see `_split`). Each set sees the balances the earlier ones left, and all are
     written in one go. A usage whose deferred part does not fit the enterprise's credit gets
     `CreditExceeded` in its place in the answer (the caller revokes the lease) and posts
     nothing, nor do the same lease's later usages in the call. A repeat with the same fields returns the first posting; with other fields,
@@ -740,8 +864,11 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
             if usage.lease_id in refused:  # its amount builds on the refused usage before it
                 results[n] = refused[usage.lease_id]
                 continue
-            split = _split(batch, usage, policy, year, subsidy)
-            legs = _usage_legs(batch, usage, split, year, now_ms, reservations)
+            holds = reservations.get(usage.job_id)
+            if holds is not None and holds.enterprise_id != usage.enterprise_id:
+                holds = None
+            split, fiscal_year = _split(batch, usage, policy, year, subsidy, holds)
+            legs = _usage_legs(batch, usage, split, fiscal_year, now_ms, holds)
             try:
                 batch.add(legs)
             except LimitExceeded as exc:
@@ -754,8 +881,8 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
                 continue
             rows.append((usage.receipt_digest, usage.enterprise_id, usage.provider_id,
                          usage.enterprise_uscc, usage.provider_uscc, usage.lease_id, usage.job_id,
-                         usage.amount, split.voucher, split.deferred, split.reason, year, period,
-                         now_ms))
+                         usage.amount, split.voucher, split.deferred, split.reason, fiscal_year,
+                         period, now_ms))
             results[n] = Posting(*rows[-1], transfer_ids=tuple(t.id for t in legs), legs=tuple(legs))
         batch.flush()
         db.conn.executemany(
@@ -801,35 +928,108 @@ def _prepare_parties(db: sqlite_utils.Database, usages: list[Usage], policy: Vou
     return {uscc: policy.providers_may_be_subsidised or uscc not in providing for uscc in usccs}
 
 
+@dataclass(frozen=True)
+class _JobHolds:
+    """A job's reservation as its postings draw on it: the pending transfer ids that exist."""
+
+    enterprise_id: str
+    credit: tuple[bytes, ...]  # the credit hold, then the self-dealing cover, those that exist
+    cap: bytes | None
+    pool: bytes | None
+    fiscal_year: int | None  # the year whose cap and pool hold its voucher share
+
+
 def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usage],
-             year: int) -> dict[str, tuple[str, bytes]]:
-    """Read every account and reservation the usages may move; returns the jobs' reservations
-    as (enterprise_id, pending transfer id)."""
-    reservations = {row[0]: (row[1], row[2]) for row in L.rows_in(
-        db, "SELECT job_id, enterprise_id, transfer_id FROM ledger_reservations WHERE job_id IN",
-        sorted({u.job_id for u in usages})) if row[2] is not None}
-    accounts = {L.pool_account(year), L.entitlements_used_account(year), L.CREDIT_USED}
+             year: int) -> dict[str, _JobHolds]:
+    """Read every account and hold the usages may move, in a few queries; returns each job's
+    holds. A voucher hold is in the fiscal year of its reservation (see `reserve_job`)."""
+    rows = L.rows_in(db, "SELECT job_id, enterprise_id, voucher_estimate, transfer_id, at_ms "
+                     "FROM ledger_reservations WHERE job_id IN", sorted({u.job_id for u in usages}))
+    ids = {job_id: _hold_ids(job_id) for job_id, *_ in rows}
+    wanted: list[bytes] = []
+    accounts = {L.pool_account(year), L.pool_held_account(year), L.entitlements_used_account(year),
+                L.CREDIT_USED}
+    held_years = {job_id: _utc(at_ms).year for job_id, _, voucher, _, at_ms in rows if voucher}
+    for job_id, _, voucher, credit, _ in rows:
+        if credit is not None:
+            wanted.append(ids[job_id][_CREDIT_HOLD])
+        if voucher:
+            wanted += [ids[job_id][leg] for leg in (_COVER_HOLD, _CAP_HOLD, _POOL_HOLD)]
     for u in usages:
         accounts |= {L.cap_account(year, u.enterprise_uscc), L.earnings_account(u.provider_id),
                      L.receivable_account(u.enterprise_id), L.credit_account(u.enterprise_id)}
-    batch.preload(sorted(accounts), [pending for _, pending in reservations.values()])
+        held_year = held_years.get(u.job_id)
+        if held_year is not None and held_year != year:
+            accounts |= {L.pool_account(held_year), L.pool_held_account(held_year),
+                         L.entitlements_used_account(held_year),
+                         L.cap_account(held_year, u.enterprise_uscc)}
+    batch.preload(sorted(accounts), wanted)
+    asked = set(wanted)
+
+    def found(pending: bytes) -> tuple[str, str] | None:
+        return batch.pending_accounts(pending) if pending in asked else None
+
+    reservations: dict[str, _JobHolds] = {}
+    for job_id, enterprise_id, *_ in rows:
+        mine = ids[job_id]
+        credit = tuple(mine[leg] for leg in (_CREDIT_HOLD, _COVER_HOLD)
+                       if found(mine[leg]) is not None)
+        pool, cap = found(mine[_POOL_HOLD]), found(mine[_CAP_HOLD])
+        fiscal_year = int(pool[0].split(":", 1)[1]) if pool is not None and cap is not None else None
+        reservations[job_id] = _JobHolds(enterprise_id, credit,
+                                         mine[_CAP_HOLD] if fiscal_year is not None else None,
+                                         mine[_POOL_HOLD] if fiscal_year is not None else None,
+                                         fiscal_year)
     return reservations
 
 
 def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: int,
-           subsidy: dict[str, bool]) -> Split:
-    if year != policy.fiscal_year:
-        return Split(0, usage.amount, OUTSIDE_FISCAL_YEAR)
-    pool = batch.account(L.pool_account(year))
-    cap = batch.account(L.cap_account(year, usage.enterprise_uscc))
-    assert pool is not None and cap is not None
-    return split_charge(usage.amount, policy.coverage_bps, max(cap.debit_headroom, 0),
-                        max(pool.debit_headroom, 0), usage.enterprise_uscc == usage.provider_uscc,
-                        subsidy[usage.enterprise_uscc])
+           subsidy: dict[str, bool], holds: _JobHolds | None) -> tuple[Split, int]:
+    """The usage's voucher and deferred parts, and the fiscal year whose pool and cap pay.
+
+    Without a voucher hold, the voucher is `split_charge` against what the year's cap and
+    pool have free. With one, the job's hold pays first and free money may add to it (in the
+    hold's year, while that is the policy's); and the voucher takes at least what the job's
+    credit holds cannot cover, from its voucher hold alone: so rounding each receipt's share
+    down, or a policy changed since the job was accepted, never leaves usage within the
+    maximum cost short of credit. Voucher money held in one year pays the job's usage after
+    the year's end too: it was committed to the job when the job was accepted. Self-dealing
+    gets no voucher, whatever is held.
+    """
+    self_dealing = usage.enterprise_uscc == usage.provider_uscc
+    held = batch.pending_remaining(holds.pool) if holds is not None and holds.pool else 0
+    if held == 0 or self_dealing:
+        if year != policy.fiscal_year:
+            return Split(0, usage.amount, OUTSIDE_FISCAL_YEAR), year
+        pool = batch.account(L.pool_account(year))
+        cap = batch.account(L.cap_account(year, usage.enterprise_uscc))
+        assert pool is not None and cap is not None
+        return split_charge(usage.amount, policy.coverage_bps, max(cap.debit_headroom, 0),
+                            max(pool.debit_headroom, 0), self_dealing,
+                            subsidy[usage.enterprise_uscc]), year
+    assert holds is not None and holds.fiscal_year is not None
+    fiscal_year = holds.fiscal_year
+    free_cap = free_pool = 0
+    if fiscal_year == year == policy.fiscal_year and subsidy.get(usage.enterprise_uscc, False):
+        pool = batch.account(L.pool_account(year))
+        cap = batch.account(L.cap_account(year, usage.enterprise_uscc))
+        assert pool is not None and cap is not None
+        free_cap, free_pool = max(cap.debit_headroom, 0), max(pool.debit_headroom, 0)
+    share = usage.amount * policy.coverage_bps // BPS
+    credit_held = sum(batch.pending_remaining(pending) for pending in holds.credit)
+    ordinary = min(share, held + free_cap, held + free_pool)
+    voucher = min(usage.amount, max(ordinary, min(usage.amount - credit_held, held)))
+    if voucher >= share:
+        reason = COVERED
+    elif free_cap <= free_pool:
+        reason = CAP_EXHAUSTED
+    else:
+        reason = POOL_EXHAUSTED
+    return Split(voucher, usage.amount - voucher, reason), fiscal_year
 
 
 def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, now_ms: int,
-                reservations: dict[str, tuple[str, bytes]]) -> list[Transfer]:
+                holds: _JobHolds | None) -> list[Transfer]:
     cause = "receipt:" + usage.receipt_digest.hex()
     earnings = L.earnings_account(usage.provider_id)
 
@@ -840,24 +1040,45 @@ def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, n
 
     legs: list[Transfer] = []
     if split.voucher:
-        legs.append(leg("voucher", L.pool_account(year), earnings, split.voucher, L.USAGE_VOUCHER))
-        legs.append(leg("cap", L.cap_account(year, usage.enterprise_uscc),
-                        L.entitlements_used_account(year), split.voucher, L.USAGE_CAP))
+        cap = L.cap_account(year, usage.enterprise_uscc)
+        used = L.entitlements_used_account(year)
+        pool_hold = cap_hold = None
+        if holds is not None and holds.fiscal_year == year:
+            pool_hold, cap_hold = holds.pool, holds.cap
+        held = 0
+        if pool_hold is not None and cap_hold is not None:
+            held = min(split.voucher, batch.pending_remaining(pool_hold))
+        if held and pool_hold is not None and cap_hold is not None:
+            # the job's voucher hold pays first: partial posts of its pool and cap holds, the
+            # money passing through pool_held to the provider (unknown when it was held)
+            pool, pool_held = L.pool_account(year), L.pool_held_account(year)
+            legs.append(leg("pool-draw", pool, pool_held, held, L.USAGE_POOL, L.POST_PENDING,
+                            pool_hold))
+            if split.voucher > held:
+                legs.append(leg("pool", pool, pool_held, split.voucher - held, L.USAGE_POOL))
+            legs.append(leg("voucher", pool_held, earnings, split.voucher, L.USAGE_VOUCHER))
+            legs.append(leg("cap-draw", cap, used, held, L.USAGE_CAP, L.POST_PENDING, cap_hold))
+            if split.voucher > held:
+                legs.append(leg("cap", cap, used, split.voucher - held, L.USAGE_CAP))
+        else:
+            legs.append(leg("voucher", L.pool_account(year), earnings, split.voucher,
+                            L.USAGE_VOUCHER))
+            legs.append(leg("cap", cap, used, split.voucher, L.USAGE_CAP))
     if split.deferred:
         credit = L.credit_account(usage.enterprise_id)
         legs.append(leg("deferred", L.receivable_account(usage.enterprise_id), earnings,
                         split.deferred, L.USAGE_DEFERRED))
-        # the job's reservation pays first (a partial post of its pending transfer); only
-        # what it does not cover needs free credit
-        reservation = reservations.get(usage.job_id)
-        drawn = 0
-        if reservation is not None and reservation[0] == usage.enterprise_id:
-            drawn = min(split.deferred, batch.pending_remaining(reservation[1]))
+        # the job's credit holds pay first (partial posts of its pending transfers); only
+        # what they do not cover needs free credit
+        left = split.deferred
+        for n, pending in enumerate(holds.credit if holds is not None else ()):
+            drawn = min(left, batch.pending_remaining(pending))
             if drawn:
-                legs.append(leg("credit-draw", credit, L.CREDIT_USED, drawn, L.USAGE_CREDIT,
-                                L.POST_PENDING, reservation[1]))
-        if split.deferred > drawn:
-            legs.append(leg("credit", credit, L.CREDIT_USED, split.deferred - drawn, L.USAGE_CREDIT))
+                legs.append(leg("credit-draw" if n == 0 else "credit-cover", credit, L.CREDIT_USED,
+                                drawn, L.USAGE_CREDIT, L.POST_PENDING, pending))
+                left -= drawn
+        if left:
+            legs.append(leg("credit", credit, L.CREDIT_USED, left, L.USAGE_CREDIT))
     return legs
 
 
@@ -1107,7 +1328,8 @@ def is_suspended(db: sqlite_utils.Database, enterprise_id: str, now_ms: int) -> 
 
 
 def pool_status(db: sqlite_utils.Database, policy: VoucherPolicy) -> dict[str, int]:
-    """The policy year's pool: granted (funded), used by vouchers, remaining; and the caps granted."""
+    """The policy year's pool: granted (funded), used by vouchers, held for accepted jobs,
+    remaining (what new jobs may still count on); and the caps granted."""
     year = policy.fiscal_year
     pool = L.get_account(db, L.pool_account(year))
     granted = pool.credits_posted if pool else 0
@@ -1117,6 +1339,7 @@ def pool_status(db: sqlite_utils.Database, policy: VoucherPolicy) -> dict[str, i
         "SELECT COUNT(*) FROM ledger_accounts WHERE kind = 'cap' AND id LIKE ?",
         [f"cap:{year}:%"]).fetchone()[0]
     return {"fiscal_year": year, "granted": granted, "used": used,
+            "held": pool.debits_pending if pool else 0,
             "remaining": pool.debit_headroom if pool else 0,
             "policy_total": policy.pool_total_micro_yuan, "companies": companies,
             "entitlements_granted": entitlements.debits_posted if entitlements else 0}
@@ -1130,14 +1353,15 @@ def enterprise_account(db: sqlite_utils.Database, enterprise_id: str, policy: Vo
     cap = L.get_account(db, L.cap_account(year, uscc))
     cap_total = max(cap.credits_posted if cap else 0, policy.per_company_cap_micro_yuan)
     cap_used = cap.debits_posted if cap else 0
+    cap_held = cap.debits_pending if cap else 0
     eligible = _subsidy_allowed(db, uscc, policy)
     figures = _credit_figures(db, enterprise_id)
     reservations = []
     for row in db.conn.execute(
-            "SELECT job_id FROM ledger_reservations WHERE enterprise_id = ? AND transfer_id IS NOT NULL "
+            "SELECT job_id FROM ledger_reservations WHERE enterprise_id = ? "
             "ORDER BY at_ms, job_id", [enterprise_id]):
         found = _reservation(db, row[0])
-        if found is not None and found.remaining:
+        if found is not None and found.held:
             reservations.append(found.to_dict())
     statements = enterprise_statements(db, enterprise_id, now_ms)
     billed = sum(s["outstanding_micro_yuan"] for s in statements)
@@ -1147,7 +1371,8 @@ def enterprise_account(db: sqlite_utils.Database, enterprise_id: str, policy: Vo
         "enterprise_id": enterprise_id, "uscc": uscc, "fiscal_year": year,
         "voucher": {"eligible": eligible, "cap_micro_yuan": cap_total,
                     "used_micro_yuan": cap_used,
-                    "remaining_micro_yuan": max(cap_total - cap_used, 0) if eligible else 0,
+                    "held_micro_yuan": cap_held,
+                    "remaining_micro_yuan": max(cap_total - cap_used - cap_held, 0) if eligible else 0,
                     "coverage_bps": policy.coverage_bps},
         "pool_remaining_micro_yuan": pool["remaining"] if pool["granted"] else
         policy.pool_total_micro_yuan,

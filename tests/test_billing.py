@@ -75,7 +75,9 @@ async def test_charges_split_into_voucher_and_deferred_parts(coordinator: Coordi
         async with session.get(coordinator.url + "/v1/vouchers/pool") as response:
             pool = await response.json()
     assert pool["used"] == job["voucher_micro_yuan"]
-    assert pool["remaining"] == pool["granted"] - pool["used"]
+    # the job is still open: the rest of its voucher share stays held for it
+    assert pool["held"] == usage_amount(600_000, agent.ask) // 2 - pool["used"]
+    assert pool["remaining"] == pool["granted"] - pool["used"] - pool["held"]
     check = coordinator.admin("check-ledger", check=False)
     assert check.returncode == 0, check.stdout
 

@@ -366,7 +366,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.cap_used: dict[str, int] = {}
         self.owed: dict[str, int] = {}
         self.limit: dict[str, int] = {}
-        self.reserved: dict[str, int] = {}  # job -> remaining reservation
+        self.reserved: dict[str, int] = {}  # job -> remaining credit hold
+        self.covered: dict[str, int] = {}  # job -> remaining self-dealing cover (credit)
+        self.voucher_held: dict[str, int] = {}  # job -> remaining voucher hold (cap and pool)
+        self.max_cost: dict[str, int] = {}  # job -> maximum cost, while its reservation is open
+        self.charged: dict[str, int] = {}  # job -> what its postings charged
         self.postings: dict[bytes, tuple[dict[str, Any], V.Posting]] = {}
         self.payments: dict[str, tuple[str, int]] = {}
         self.paid: dict[str, int] = {}
@@ -410,8 +414,21 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- model helpers
     def headroom(self, ent: str) -> int:
-        held = sum(r for job, r in self.reserved.items() if self.jobs[job][0] == ent)
-        return self.limit[ent] - self.owed[ent] - held
+        return self.limit[ent] - self.owed[ent] - self.credit_held(ent)
+
+    def credit_held(self, ent: str) -> int:
+        return sum(self.reserved.get(job, 0) + self.covered.get(job, 0)
+                   for job in self.jobs if self.jobs[job][0] == ent)
+
+    def cap_held(self, code: str) -> int:
+        return sum(held for job, held in self.voucher_held.items()
+                   if self.enterprises[self.jobs[job][0]] == code)
+
+    def cap_free(self, code: str) -> int:
+        return self.policy.per_company_cap_micro_yuan - self.cap_used.get(code, 0) - self.cap_held(code)
+
+    def pool_free(self) -> int:
+        return self.policy.pool_total_micro_yuan - self.pool_used - sum(self.voucher_held.values())
 
     def subsidy_allowed(self, code: str) -> bool:
         return self.policy.providers_may_be_subsidised or code not in self.providers.values()
@@ -420,10 +437,26 @@ class LedgerMachine(RuleBasedStateMachine):
         if V._utc(self.now).year != 2026:
             return V.Split(0, amount, V.OUTSIDE_FISCAL_YEAR)
         code = self.enterprises[ent]
-        return V.split_charge(amount, self.policy.coverage_bps,
-                              self.policy.per_company_cap_micro_yuan - self.cap_used.get(code, 0),
-                              self.policy.pool_total_micro_yuan - self.pool_used, self_dealing,
-                              self.subsidy_allowed(code))
+        return V.split_charge(amount, self.policy.coverage_bps, self.cap_free(code),
+                              self.pool_free(), self_dealing, self.subsidy_allowed(code))
+
+    def expected_usage_split(self, job: str, ent: str, amount: int, self_dealing: bool) -> V.Split:
+        """The split with the job's holds: its voucher hold first, and at least what its
+        credit holds cannot cover (see vouchers._split)."""
+        held = self.voucher_held.get(job, 0)
+        if held == 0 or self_dealing:
+            return self.expected_split(ent, "", amount, self_dealing)
+        code = self.enterprises[ent]
+        free_cap = free_pool = 0
+        if V._utc(self.now).year == 2026 and self.subsidy_allowed(code):
+            free_cap, free_pool = self.cap_free(code), self.pool_free()
+        share = amount * self.policy.coverage_bps // V.BPS
+        credit = self.reserved.get(job, 0) + self.covered.get(job, 0)
+        ordinary = min(share, held + free_cap, held + free_pool)
+        voucher = min(amount, max(ordinary, min(amount - credit, held)))
+        reason = V.COVERED if voucher >= share else (
+            V.CAP_EXHAUSTED if free_cap <= free_pool else V.POOL_EXHAUSTED)
+        return V.Split(voucher, amount - voucher, reason)
 
     def suspended(self, ent: str) -> bool:
         unallocated = self.paid.get(ent, 0)
@@ -443,6 +476,7 @@ class LedgerMachine(RuleBasedStateMachine):
         with transaction(self.db):
             ent = self.world.enterprise(code, self.policy, self.now)
             if also_provider:
+                assert V.cover_self_dealing(self.db, code, self.now) == []
                 self.providers[self.world.provider(code, self.now)] = code
         self.enterprises[ent] = code
         self.owed[ent] = 0
@@ -467,17 +501,23 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         result = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
                                                    now_ms=self.now))
-        estimate = self.expected_split(ent, prov, max_cost, False).voucher
+        # a company that also provides compute may win its own job: no voucher is counted on
+        own = self.enterprises[ent] in self.providers.values()
+        estimate = 0 if own else self.expected_split(ent, prov, max_cost, False).voucher
         event(f"reservation: {type(result).__name__}")
         if self.suspended(ent):
             assert isinstance(result, V.Suspended), result
             assert "suspended" in result.detail
         elif max_cost - estimate > self.headroom(ent):
             assert isinstance(result, V.CreditExceeded), result
+            assert "does not fit the credit" in result.detail
         else:
             assert isinstance(result, V.Reservation), result
             assert (result.voucher_estimate, result.amount) == (estimate, max_cost - estimate)
+            assert result.voucher_remaining == estimate and result.held == max_cost
             self.reserved[job] = result.amount
+            self.voucher_held[job] = estimate
+            self.max_cost[job] = max_cost
             again = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
                                                       now_ms=self.now))
             assert again == result
@@ -485,7 +525,25 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), amount=AMOUNTS)
     def post_usage(self, data: st.DataObject, amount: int) -> None:
-        job = data.draw(st.sampled_from(sorted(self.jobs)))
+        self.post(data.draw(st.sampled_from(sorted(self.jobs))), amount)
+
+    @precondition(lambda self: any(self.charged.get(job, 0) < most
+                                   for job, most in self.max_cost.items()))
+    @rule(data=st.data())
+    def post_usage_within_the_maximum(self, data: st.DataObject) -> None:
+        """Usage that the job's reservation promised to pay, in one piece or in many."""
+        job = data.draw(st.sampled_from(sorted(
+            job for job, most in self.max_cost.items() if self.charged.get(job, 0) < most)))
+        left = self.max_cost[job] - self.charged.get(job, 0)
+        self.post(job, data.draw(st.one_of(st.just(left), st.integers(1, left),
+                                           st.integers(1, min(left, 10)))))
+
+    @precondition(lambda self: self.enterprises and self.providers)
+    @rule(data=st.data(), max_cost=st.integers(1, 3_000_000_000))
+    def award_an_affordable_job(self, data: st.DataObject, max_cost: int) -> None:
+        self.award_job(data, max_cost)
+
+    def post(self, job: str, amount: int) -> None:
         ent, prov, lease = self.jobs[job]
         with transaction(self.db):
             digest = self.world.receipt(lease, self.now)
@@ -494,10 +552,16 @@ class LedgerMachine(RuleBasedStateMachine):
             "provider_uscc": self.providers[prov], "lease_id": lease, "job_id": job,
             "receipt_digest": digest, "amount": amount}
         result = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now))
-        split = self.expected_split(ent, prov, amount,
-                                    self.enterprises[ent] == self.providers[prov])
+        within = job in self.max_cost and self.charged.get(job, 0) + amount <= self.max_cost[job]
+        if within:
+            # the promise: usage within the job's maximum cost is never refused for credit
+            assert isinstance(result, V.Posting), result
+            event("posted within the job's maximum")
+        split = self.expected_usage_split(job, ent, amount,
+                                          self.enterprises[ent] == self.providers[prov])
         drawn = min(split.deferred, self.reserved.get(job, 0))
-        if split.deferred - drawn > self.headroom(ent):
+        drawn_cover = min(split.deferred - drawn, self.covered.get(job, 0))
+        if split.deferred - drawn - drawn_cover > self.headroom(ent):
             assert isinstance(result, V.CreditExceeded), result
             assert "does not fit the credit" in result.detail
             event("posting refused: credit exceeded")
@@ -509,6 +573,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.postings[digest] = (fields, result)
         if job in self.reserved:
             self.reserved[job] -= drawn
+        if job in self.covered:
+            self.covered[job] -= drawn_cover
+        if self.voucher_held.get(job):
+            self.voucher_held[job] -= min(split.voucher, self.voucher_held[job])
+        self.charged[job] = self.charged.get(job, 0) + amount
         self.pool_used += split.voucher
         code = self.enterprises[ent]
         self.cap_used[code] = self.cap_used.get(code, 0) + split.voucher
@@ -558,10 +627,47 @@ class LedgerMachine(RuleBasedStateMachine):
         job = data.draw(st.sampled_from(sorted(self.jobs)))
         result = self.call(lambda db: V.settle_job(db, job, self.now))
         if job in self.reserved:
-            assert isinstance(result, V.Reservation) and result.remaining == 0
+            assert isinstance(result, V.Reservation) and result.held == 0
             self.reserved[job] = 0
+            self.covered.pop(job, None)
+            self.voucher_held[job] = 0
+            self.max_cost.pop(job, None)
         else:
-            assert result is None or result.remaining == 0
+            assert result is None or result.held == 0
+
+    @precondition(lambda self: any(code not in self.providers.values()
+                                   for code in self.enterprises.values()))
+    @rule(data=st.data())
+    def an_enterprise_becomes_a_provider(self, data: st.DataObject) -> None:
+        """Its company registers as a provider, and its open jobs may now go to its own agents."""
+        ent = data.draw(st.sampled_from(sorted(
+            e for e, code in self.enterprises.items() if code not in self.providers.values())))
+        code = self.enterprises[ent]
+        moving = sorted(job for job, held in self.voucher_held.items()
+                        if held and self.jobs[job][0] == ent and job not in self.covered)
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result: Any = V.cover_self_dealing(self.db, code, self.now)
+            provider = self.world.provider(code, self.now)
+        except L.LedgerError as exc:
+            result = exc
+        finally:
+            self.db.conn.execute("COMMIT")
+        need = sum(self.voucher_held[job] for job in moving)
+        if need > self.headroom(ent):
+            assert isinstance(result, V.CreditExceeded), result
+            assert "becoming a provider" in result.detail
+            event("a provider registration refused: credit cannot cover its jobs")
+            return
+        assert [r.job_id for r in result] == moving
+        event(f"a company becomes a provider, moving {len(moving)} reservations")
+        for job in moving:
+            self.covered[job] = self.voucher_held[job]
+            self.voucher_held[job] = 0
+        self.providers[provider] = code
+        for job in sorted(self.jobs):  # its own agents win its jobs from now on
+            if self.jobs[job][0] == ent:
+                self.jobs[job] = (ent, provider, self.jobs[job][2])
 
     @precondition(lambda self: self.enterprises)
     @rule(data=st.data(), fraction=st.sampled_from([1, 2, 3]), overpay=st.booleans())
@@ -675,20 +781,31 @@ class LedgerMachine(RuleBasedStateMachine):
         assert check_invariants(self.db) == []
         status = V.pool_status(self.db, self.policy)
         assert status["used"] == self.pool_used <= self.policy.pool_total_micro_yuan
-        assert status["remaining"] == status["granted"] - self.pool_used
+        assert status["remaining"] == self.pool_free() >= 0
         for code, used in self.cap_used.items():
             cap = L.get_account(self.db, L.cap_account(2026, code))
             assert cap is not None and cap.debits_posted == used
             assert used <= self.policy.per_company_cap_micro_yuan
+        for code in set(self.enterprises.values()):
+            cap = L.get_account(self.db, L.cap_account(2026, code))
+            assert cap is not None and cap.debits_pending == self.cap_held(code)
+            assert cap.debit_headroom == self.cap_free(code) >= 0
+        # every open reservation can still pay what its job may yet be charged, all at once:
+        # its holds are its own, and no account is past its limit
+        for job, max_cost in self.max_cost.items():
+            reservation = V._reservation(self.db, job)
+            assert reservation is not None
+            assert (reservation.remaining, reservation.voucher_remaining) == (
+                self.reserved[job] + self.covered.get(job, 0), self.voucher_held[job])
+            assert reservation.held >= max_cost - self.charged.get(job, 0)
         for ent in self.enterprises:
             receivable = L.get_account(self.db, L.receivable_account(ent))
             assert receivable is not None
             assert receivable.debits_posted - receivable.credits_posted == self.owed[ent]
             credit = L.get_account(self.db, L.credit_account(ent))
             assert credit is not None
-            assert credit.debits_pending == sum(
-                r for job, r in self.reserved.items() if self.jobs[job][0] == ent)
-            assert credit.debit_headroom == self.headroom(ent)
+            assert credit.debits_pending == self.credit_held(ent)
+            assert credit.debit_headroom == self.headroom(ent) >= 0
             assert V.is_suspended(self.db, ent, self.now)[0] == self.suspended(ent)
             if self.suspended(ent):
                 event("an enterprise is suspended")

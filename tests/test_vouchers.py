@@ -422,3 +422,175 @@ def test_usccs_must_be_the_registered_ones(db: sqlite_utils.Database, field: str
         market.run(lambda db: V.post_usage(
             db, enterprise_id=market.both, provider_id=market.both_provider, lease_id=lease,
             job_id=job, receipt_digest=digest, amount=1_000, policy=POLICY, now_ms=SEP_21, **fields))
+
+
+# -- reservations: every accepted job is payable to its maximum cost --------------------------
+
+
+def _reserve(market: Market, job: str, ent: str, max_cost: int, now: int = SEP_21) -> V.Reservation:
+    return market.run(lambda db: V.reserve_job(db, job, ent, max_cost, policy=market.policy,
+                                               now_ms=now))
+
+
+def _job(market: Market, ent: str, prov: str) -> str:
+    with transaction(market.db):
+        job, _ = market.world.job(ent, prov)
+    return job
+
+
+def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_credit(
+        db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    job = _job(market, market.ent, market.prov)
+    held = _reserve(market, job, market.ent, 4_000_000)
+    assert (held.voucher_estimate, held.amount, held.voucher_remaining, held.held) == (
+        2_000_000, 2_000_000, 2_000_000, 4_000_000)
+    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
+    pool = L.get_account(db, L.pool_account(2026))
+    assert cap is not None and pool is not None
+    assert (cap.debits_pending, pool.debits_pending) == (2_000_000, 2_000_000)
+    # a second job finds only the cap's unheld ¥1 to count on
+    other = _reserve(market, _job(market, market.ent, market.prov), market.ent, 4_000_000)
+    assert (other.voucher_estimate, other.amount) == (1_000_000, 3_000_000)
+    assert market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))[
+        "voucher"]["remaining_micro_yuan"] == 0
+    # usage draws the holds down; settling voids the rest, on every account
+    posting = market.post(3_000_000, job=job)
+    assert (posting.voucher, posting.deferred) == (1_500_000, 1_500_000)
+    left = market.run(lambda db: V._reservation(db, job))
+    assert (left.remaining, left.voucher_remaining) == (500_000, 500_000)
+    settled = market.run(lambda db: V.settle_job(db, job, SEP_21))
+    assert settled.held == 0
+    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
+    assert cap is not None and (cap.debits_posted, cap.debits_pending) == (1_500_000, 1_000_000)
+    assert L.check_invariants(db) == []
+
+
+def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
+        db: sqlite_utils.Database) -> None:
+    """1 µ¥ receipts have no voucher share of their own; the job's voucher hold takes what its
+    credit hold cannot, so all of its maximum is paid with no free credit at all."""
+    market = Market(db)
+    market.run(lambda db: V.set_credit_limit(db, market.ent, 501, SEP_21))
+    with transaction(db):
+        job, lease = market.world.job(market.ent, market.prov)
+    held = _reserve(market, job, market.ent, 1_001)
+    assert (held.voucher_estimate, held.amount) == (500, 501)
+    with transaction(db):
+        usages = [V.Usage(market.ent, market.prov, uscc(1), uscc(3), lease, job,
+                          market.world.receipt(lease), 1) for _ in range(1_001)]
+        results = V.post_usages(db, usages, policy=POLICY, now_ms=SEP_21)
+    assert all(isinstance(r, V.Posting) for r in results), [r for r in results if not isinstance(r, V.Posting)][:1]
+    assert sum(r.voucher for r in results) == 500  # type: ignore[union-attr]
+    assert market.run(lambda db: V._reservation(db, job)).held == 0
+    with pytest.raises(V.CreditExceeded):  # beyond the maximum, credit truly cannot cover
+        market.post(1, job=job)
+    assert L.check_invariants(db) == []
+
+
+def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
+        db: sqlite_utils.Database) -> None:
+    """Self-dealing, first case: the enterprise's company is a provider when the job is
+    accepted, so its own agents may win it and no voucher would pay: nothing is counted on."""
+    market = Market(db)
+    market.run(lambda db: V.set_credit_limit(db, market.both, 4_000_000, SEP_21))
+    own = _job(market, market.both, market.both_provider)
+    held = _reserve(market, own, market.both, 4_000_000)
+    assert (held.voucher_estimate, held.amount, held.voucher_remaining) == (0, 4_000_000, 0)
+    with pytest.raises(V.CreditExceeded, match="the company also provides compute"):
+        _reserve(market, _job(market, market.both, market.prov), market.both, 1)
+    # won by its own agents: no voucher money, and the whole maximum is still paid
+    posting = market.post(4_000_000, ent=market.both, prov=market.both_provider, job=own)
+    assert (posting.voucher, posting.deferred, posting.reason) == (0, 4_000_000, V.SELF_DEALING)
+    assert V.pool_status(db, POLICY)["used"] == 0
+    assert L.check_invariants(db) == []
+
+
+def test_a_company_that_also_provides_still_gets_vouchers_from_others(
+        db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    job = _job(market, market.both, market.prov)
+    assert _reserve(market, job, market.both, 4_000_000).voucher_estimate == 0
+    posting = market.post(4_000_000, ent=market.both, job=job)
+    assert (posting.voucher, posting.deferred, posting.reason) == (2_000_000, 2_000_000, V.COVERED)
+    assert L.check_invariants(db) == []
+
+
+def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils.Database) -> None:
+    """Self-dealing, second case: the company registers as a provider while its job is open."""
+    from coordinator import accounts
+
+    market = Market(db)
+    job = _job(market, market.ent, market.prov)
+    held = _reserve(market, job, market.ent, 4_000_000)
+    assert held.voucher_remaining == 2_000_000
+    provider_id, _ = market.run(lambda db: accounts.add_provider(db, "Own DC", uscc(1), SEP_21))
+    moved = market.run(lambda db: V._reservation(db, job))
+    assert (moved.voucher_remaining, moved.cover, moved.remaining) == (0, 2_000_000, 4_000_000)
+    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
+    assert cap is not None and cap.debits_pending == 0
+    assert V.pool_status(db, POLICY)["remaining"] == POLICY.pool_total_micro_yuan
+    # its own agent wins it: paid in full from credit, no voucher
+    market.run(lambda db: V.set_credit_limit(db, market.ent, 4_000_000, SEP_21))  # nothing free
+    posting = market.post(4_000_000, prov=provider_id, job=job)
+    assert (posting.voucher, posting.deferred, posting.reason) == (0, 4_000_000, V.SELF_DEALING)
+    assert market.run(lambda db: V._reservation(db, job)).held == 0
+    assert market.run(lambda db: V.cover_self_dealing(db, uscc(1), SEP_21)) == []
+    assert L.check_invariants(db) == []
+
+
+def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_holds(
+        db: sqlite_utils.Database) -> None:
+    from coordinator import accounts
+
+    market = Market(db)
+    market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
+    job = _job(market, market.ent, market.prov)
+    assert _reserve(market, job, market.ent, 4_000_000).amount == 2_000_000
+    before = db.conn.execute("SELECT COUNT(*) FROM providers").fetchone()[0]
+    with pytest.raises(V.CreditExceeded, match=f"company {uscc(1)} is becoming a provider"):
+        market.run(lambda db: accounts.add_provider(db, "Own DC", uscc(1), SEP_21))
+    assert db.conn.execute("SELECT COUNT(*) FROM providers").fetchone()[0] == before
+    assert market.run(lambda db: V._reservation(db, job)).voucher_remaining == 2_000_000
+    assert L.check_invariants(db) == []
+
+
+def test_voucher_money_held_in_one_year_pays_the_job_after_the_year_ends(
+        db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
+    job = _job(market, market.ent, market.prov)
+    _reserve(market, job, market.ent, 4_000_000)
+    jan_2027 = 1_798_761_600_000
+    posting = market.post(4_000_000, now=jan_2027, job=job)
+    assert (posting.voucher, posting.fiscal_year, posting.period) == (2_000_000, 2026, "2027-01")
+    unreserved = market.post(1_000, now=jan_2027, ent=market.both)
+    assert (unreserved.voucher, unreserved.reason) == (0, V.OUTSIDE_FISCAL_YEAR)
+    assert L.check_invariants(db) == []
+
+
+def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    job = _job(market, market.ent, market.prov)
+    _reserve(market, job, market.ent, 4_000_000)
+    db.conn.execute("DROP TRIGGER ledger_reservations_no_update")
+    db.conn.execute("UPDATE ledger_reservations SET max_cost = max_cost + 1")
+    assert any("reservation holds only" in p for p in L.check_invariants(db))
+
+
+def test_check_invariants_finds_held_voucher_money_that_went_astray(
+        db: sqlite_utils.Database) -> None:
+    market = Market(db)
+    job = _job(market, market.ent, market.prov)
+    _reserve(market, job, market.ent, 4_000_000)
+    posting = market.post(1_000_000, job=job)
+    codes = [t.code for t in L.transfers_for_receipt(db, posting.receipt_digest)]
+    assert codes == [L.USAGE_POOL, L.USAGE_VOUCHER, L.USAGE_CAP, L.USAGE_DEFERRED, L.USAGE_CREDIT]
+    assert L.check_invariants(db) == []
+    db.conn.execute("DROP TRIGGER ledger_transfers_no_update")
+    db.conn.execute("UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?",
+                    [L.USAGE_VOUCHER])
+    problems = L.check_invariants(db)
+    assert any("stray transfer usage_voucher" in p for p in problems), problems
+    assert any("pays 0 µ¥ of vouchers out of pool_held:2026 but draws 500000 µ¥" in p
+               for p in problems), problems
