@@ -390,7 +390,10 @@ class AgentDaemon:
                     else:
                         record.lease["billable_from_ms"] = None  # refused, or ended meanwhile
                     record.status_reported = "started"
-                if record.final_sealed and record.status_reported == "started":
+                if (record.final_sealed and record.status_reported == "started"
+                        and not await asyncio.to_thread(self.spool.unanswered, record.lease_id)):
+                    # the exit is reported once the final receipt is answered: the job's
+                    # reservation is released at its end and must still pay that receipt
                     why = record.lease.get("agent_stop_reason")
                     await self._report(record, "exited", exit_code=record.exit_code,
                                        **({"reason": why} if why else {}))

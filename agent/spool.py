@@ -179,6 +179,13 @@ class Spool:
             "ORDER BY created_at_ms, lease_id, seq LIMIT ?", (limit,))
         return [SpooledReceipt(**dict(row)) for row in rows]
 
+    def unanswered(self, lease_id: str) -> int:
+        """How many of the lease's receipts the coordinator has neither accepted nor refused."""
+        with self._lock:
+            return int(self._conn.execute(
+                "SELECT COUNT(*) FROM receipts WHERE lease_id = ? AND acked_at_ms IS NULL "
+                "AND rejected_rule IS NULL", (lease_id,)).fetchone()[0])
+
     def receipts(self, lease_id: str | None = None) -> list[SpooledReceipt]:
         where, params = ("WHERE lease_id = ?", (lease_id,)) if lease_id else ("", ())
         rows = self._rows(

@@ -30,6 +30,9 @@ class Settings:
     heartbeat_interval_ms: int = setting(10_000, "how often agents are told to heartbeat")
     heartbeat_timeout_ms: int = setting(45_000, "silence after which an agent's leases are lost")
     start_deadline_ms: int = setting(120_000, "time an agent has to start a leased job")
+    settle_grace_ms: int = setting(
+        3_600_000, "how long after a job ends its reservation still holds for receipts that may "
+        "arrive late (a lease its coordinator ended); a job whose receipts are all in settles at once")
     stop_grace_ms: int = setting(
         60_000, "time an agent has to stop a job after a cancel or revocation; nothing is billed "
         "after it, and an agent that has not ended the lease by its window's close plus this "

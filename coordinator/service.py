@@ -91,6 +91,8 @@ class Coordinator:
         self.jobs: dict[str, Job] = {}
         self.jobs_by_key: dict[tuple[str, str], Job] = {}
         self.leases: dict[str, Lease] = {}
+        self._job_leases: dict[str, list[str]] = {}
+        self._settle_due: dict[str, int] = {}  # finished job -> when its reservation is released anyway
         self.pending: dict[str, Job] = {}
         self.agent_versions: dict[str, int] = {}
         self._agent_events: dict[str, asyncio.Event] = {}
@@ -184,6 +186,7 @@ class Coordinator:
                 stop_requested_at_ms=row["stop_requested_at_ms"],
             )
             self.leases[lease.id] = lease
+            self._job_leases.setdefault(lease.job_id, []).append(lease.id)
             agent = self.market.agents.get(lease.agent_id)
             if lease.active and agent is not None:
                 for uuid in lease.gpu_uuids:
@@ -216,6 +219,11 @@ class Coordinator:
             if agent.online:
                 agent.last_seen_ms = max(agent.last_seen_ms or 0, now)
             self.market.refresh(agent)
+        # a job that ended lately may still hold for late receipts (settling twice is a no-op)
+        grace = self.settings.settle_grace_ms
+        for job in self.jobs.values():
+            if job.final and job.ended_at_ms is not None and now - job.ended_at_ms < 2 * grace:
+                self._settle_due[job.id] = job.ended_at_ms + grace
 
     def _index_job(self, job: Job) -> None:
         self.jobs[job.id] = job
@@ -262,12 +270,14 @@ class Coordinator:
         for job_id in ended:
             self._secrets.pop(job_id, None)
         now = self.clock()
+        settle = self._settle_or_defer([j for j in jobs if j.final], now)
 
         def write(db: sqlite_utils.Database) -> None:
             if job_rows:
                 db["jobs"].upsert_all(job_rows, pk="id")
-            for job_id in ended:
+            for job_id in settle:
                 vouchers.settle_job(db, job_id, now)
+            for job_id in ended:
                 db.conn.execute("DELETE FROM job_secrets WHERE job_id = ?", [job_id])
             if lease_rows:
                 db["leases"].upsert_all(lease_rows, pk="id")
@@ -277,6 +287,46 @@ class Coordinator:
                 extra(db)
             if entries:
                 tlog.append_entries(db, list(entries))
+
+        await self.database.run(write)
+
+    # -- settlement: a finished job's reservation is released once no receipt may still come --
+
+    def _billing_closed(self, job: Job) -> bool:
+        """Every lease of the job either never started or has its final receipt accepted."""
+        for lease_id in self._job_leases.get(job.id, ()):
+            lease = self.leases[lease_id]
+            if lease.started_at_ms is None:
+                continue
+            last = self.last_receipts.get(lease_id)
+            if lease.active or last is None or not last.receipt.final:
+                return False
+        return True
+
+    def _settle_or_defer(self, finished: list[Job], now: int) -> list[str]:
+        """The finished jobs to settle now; the others wait (up to settle_grace_ms) for their
+        leases' last receipts, which the reservation must still be able to pay."""
+        settle = []
+        for job in finished:
+            if self._billing_closed(job):
+                settle.append(job.id)
+                self._settle_due.pop(job.id, None)
+            else:
+                self._settle_due.setdefault(job.id, now + self.settings.settle_grace_ms)
+        return settle
+
+    async def settle_due(self) -> None:
+        now = self.clock()
+        due = [job_id for job_id, at in self._settle_due.items()
+               if now >= at or self._billing_closed(self.jobs[job_id])]
+        if not due:
+            return
+        for job_id in due:
+            del self._settle_due[job_id]
+
+        def write(db: sqlite_utils.Database) -> None:
+            for job_id in due:
+                vouchers.settle_job(db, job_id, now)
 
         await self.database.run(write)
 
@@ -737,6 +787,7 @@ class Coordinator:
             stop_grace_ms=self.settings.stop_grace_ms,
         )
         self.leases[lease.id] = lease
+        self._job_leases.setdefault(job.id, []).append(lease.id)
         self.market.assign(self.market.agents[lease.agent_id], lease.gpu_uuids, lease.id)
         job.state, job.lease_id = LEASED, lease.id
         job.reason, job.reason_detail = "waiting_for_agent", "the winning agent is starting the job"
@@ -778,6 +829,7 @@ class Coordinator:
                 self._flush_agents()
                 await self.schedule_once()
                 await self.check_deadlines()
+                await self.settle_due()
             except Exception:
                 log.exception("scheduler pass failed")
 
@@ -1118,6 +1170,9 @@ class Coordinator:
                 self.leases[verdict.sealed.receipt.lease_id].charged = verdict.sealed.receipt.amount
         for lease_id, before in chain_before.items():
             self.last_receipts[lease_id] = last_accepted.get(lease_id, before)
+        if any(sealed.receipt.final and sealed.receipt.job_id in self._settle_due
+               for sealed in last_accepted.values()):
+            self._wake_scheduler.set()  # a finished job's last receipt is in: settle it now
         for verdict in verdicts:
             if verdict.rule == "credit_exceeded" and verdict.lease_id in self.leases:
                 lease = self.leases[verdict.lease_id]

@@ -357,7 +357,8 @@ class SimAgent:
                 self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "failed",
                                              "reason_code": record.lease["fail_code"],
                                              "reason": "simulated start failure"})
-            elif record.final_sealed and record.status_reported == "started":
+            elif (record.final_sealed and record.status_reported == "started"
+                  and self.spool is not None and not self.spool.unanswered(record.lease_id)):
                 self.events[kind] = "exited"
                 self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "exited",
                                              "exit_code": record.exit_code})

@@ -197,3 +197,32 @@ async def test_another_agents_lease_cannot_be_billed(rogue: Rogue, coordinator: 
     result = await rogue.send(rogue.receipt(20, job_id="job-000000000000"))
     assert (result["status"], result["rule"]) == ("rejected", "lease"), result
     assert rogue.charged() == 0
+
+
+def _held(coordinator: CoordinatorProcess, job_id: str) -> int:
+    import sqlite_utils
+
+    from coordinator.vouchers import _reservation
+
+    found = _reservation(sqlite_utils.Database(coordinator.db), job_id)
+    assert found is not None
+    return found.remaining + found.voucher_remaining
+
+
+async def test_a_job_the_coordinator_ended_still_holds_for_its_last_receipt(rogue: Rogue) -> None:
+    # cancelled, and its agent never stops: the coordinator ends the lease and the job...
+    status, _ = await rogue.api.call("POST", f"/v1/jobs/{rogue.job_id}/cancel")
+    assert status == 200
+    await rogue.api.wait_for(rogue.job_id, lambda j: j["state"] == "cancelled", timeout_s=10)
+    # ...but the reservation waits for the lease's receipts, which arrive late and are paid from it
+    assert _held(rogue.coordinator, rogue.job_id) > 0
+    opened, closes = rogue.window()
+    assert opened is not None
+    gpus = len(rogue.lease["gpu_uuids"])
+    final = rogue.receipt(gpus * (closes - opened), final=True, exit_code=137)
+    assert (await rogue.send(final))["status"] == "accepted"
+    deadline = time.monotonic() + 5
+    while _held(rogue.coordinator, rogue.job_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert _held(rogue.coordinator, rogue.job_id) == 0, "settled once its final receipt is in"
+    assert rogue.coordinator.admin("check-ledger", check=False).returncode == 0
