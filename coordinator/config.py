@@ -30,6 +30,9 @@ class Settings:
     heartbeat_interval_ms: int = setting(10_000, "how often agents are told to heartbeat")
     heartbeat_timeout_ms: int = setting(45_000, "silence after which an agent's leases are lost")
     start_deadline_ms: int = setting(120_000, "time an agent has to start a leased job")
+    rejections_per_agent_per_day: int = setting(
+        10_000, "refused receipts kept for auditors per agent and day; a flood past it is "
+        "answered and counted (metric suanli_receipt_rejections_dropped_total), not stored")
     settle_grace_ms: int = setting(
         3_600_000, "how long after a job ends its reservation still holds for receipts that may "
         "arrive late (a lease its coordinator ended); a job whose receipts are all in settles at once")

@@ -48,6 +48,9 @@ class MarketCollector(Collector):
                                   value=counters.placements)
         yield CounterMetricFamily("suanli_auction_seconds", "Time spent in auction rounds",
                                   value=counters.auction_seconds)
+        yield CounterMetricFamily("suanli_receipt_rejections_dropped",
+                                  "Refused receipts answered but not stored: an agent's daily limit was reached",
+                                  value=self.coordinator.receipt_store.rejections_dropped)
 
 
 class Metrics:

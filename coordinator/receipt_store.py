@@ -57,9 +57,15 @@ class _Accepted:
 class ReceiptStore:
     def __init__(self, signing_key: PrivateKey, policy: vouchers.VoucherPolicy,
                  lease_party: Callable[[str], tuple[str, str]],
-                 enterprise_uscc: Callable[[sqlite_utils.Database, str], str]) -> None:
-        """`lease_party(lease_id)` gives the lease's (job_id, enterprise_id)."""
+                 enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
+                 rejections_per_agent_per_day: int = 10_000) -> None:
+        """`lease_party(lease_id)` gives the lease's (job_id, enterprise_id). Rejections are
+        kept for auditors up to `rejections_per_agent_per_day` rows per agent and UTC day: a
+        rogue agent's flood of bad receipts is answered, counted, and not stored past it."""
         self.signing_key = signing_key
+        self.rejection_limit = rejections_per_agent_per_day
+        self.rejections_stored: dict[str, tuple[int, int]] = {}  # agent -> (day, rows stored)
+        self.rejections_dropped = 0
         self.policy = policy
         self.lease_party = lease_party
         self.enterprise_uscc = enterprise_uscc
@@ -83,8 +89,22 @@ class ReceiptStore:
             self._store_accepted(db, batches, stored, accepted, rejected, now)
         db.conn.executemany(
             "INSERT INTO receipt_rejections (agent_id, lease_id, seq, rule, detail, envelope, at_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(agent_id, *row, now) for agent_id, row in rejected])
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(agent_id, *row, now) for agent_id, row in self._kept(rejected, now)])
         return stored
+
+    def _kept(self, rejected: list[tuple[str, Rejection]], now: int) -> list[tuple[str, Rejection]]:
+        day = now // 86_400_000
+        kept = []
+        for agent_id, row in rejected:
+            seen_day, count = self.rejections_stored.get(agent_id, (day, 0))
+            count = count if seen_day == day else 0
+            if count < self.rejection_limit:
+                kept.append((agent_id, row))
+                count += 1
+            else:
+                self.rejections_dropped += 1
+            self.rejections_stored[agent_id] = (day, count)
+        return kept
 
     def _store_accepted(self, db: sqlite_utils.Database, batches: list[Batch], stored: list[Stored],
                         accepted: list[_Accepted], rejected: list[tuple[str, Rejection]],

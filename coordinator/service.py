@@ -112,7 +112,8 @@ class Coordinator:
         self.logs = JobLogs(database, settings.job_log_limit_bytes)
         self.opener = ReceiptOpener(settings.receipt_workers)
         self.receipt_store = receipt_store.ReceiptStore(signing_key, self.policy, self._lease_party,
-                                                        self._enterprise_uscc)
+                                                        self._enterprise_uscc,
+                                                        settings.rejections_per_agent_per_day)
         self._load(database.db)
 
     # -- start-up -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from coordinator.client import audit
@@ -226,3 +227,23 @@ async def test_a_job_the_coordinator_ended_still_holds_for_its_last_receipt(rogu
         await asyncio.sleep(0.1)
     assert _held(rogue.coordinator, rogue.job_id) == 0, "settled once its final receipt is in"
     assert rogue.coordinator.admin("check-ledger", check=False).returncode == 0
+
+
+async def test_a_flood_of_bad_receipts_is_answered_but_stored_only_to_a_daily_limit(
+        tmp_path: Path, cleanup: list[Any]) -> None:
+    process = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300}).start()
+    try:
+        started = await started_lease(process, cleanup, PRICE)
+        rogue = Rogue(process, started.agent, started.api, started.lease, started.job_id)
+        bad = [rogue.receipt(10**9, seq=n).envelope for n in range(2, 202)]  # each breaks the chain
+        for _ in range(3):
+            answer = await rogue.agent.client.signed("/v1/agent/receipts", {"receipts": bad})
+            assert {r["status"] for r in answer["results"]} == {"rejected"}
+        with sqlite3.connect(process.db) as db:
+            [(stored,)] = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchall()
+        assert stored == 300
+        async with aiohttp.ClientSession() as http, http.get(process.url + "/metrics") as response:
+            assert "suanli_receipt_rejections_dropped_total 300.0" in await response.text()
+        assert rogue.charged() == 0
+    finally:
+        process.stop()
