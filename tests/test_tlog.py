@@ -29,6 +29,7 @@ from shared import canonical, merkle
 from shared import log_entries as L
 from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction
 from shared.checkpoint import open_checkpoint
+from shared.envelope import seal
 from shared.identity import PrivateKey, parse_verifier_key, verifier_key
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
@@ -154,6 +155,18 @@ class Story:
             sealed.receipt.agent_id, sealed.receipt.issued_at_ms + 5,
             (self.acknowledged(sealed, log_index),)), key or self.log_key)
 
+    def rotation_entry(self, new_key: PrivateKey, signer: PrivateKey | None = None,
+                       old_key: PrivateKey | None = None) -> bytes:
+        """A log_key entry moving the log from `old_key` (the story's key) to `new_key`, signed
+        by `signer` (the old key, as an honest rotation is)."""
+        old = old_key or self.log_key
+        change = L.LogKeyChange(tlog.default_origin(self.log_key), old.public.raw,
+                                new_key.public.raw)
+        envelope = L.seal_log_key(change.origin, new_key.public, old)
+        if signer is not None and signer is not old:
+            envelope = seal("log_key", change.to_payload(), signer)
+        return L.encode_entry(L.LOG_KEY, T0 + 3 * 10**6, L.LogKeyEntry(envelope))
+
     def receipts(self, count: int) -> list[bytes]:
         return [self.receipt_entry(self.next_receipt()) for _ in range(count)]
 
@@ -270,7 +283,11 @@ def test_every_kind_round_trips(story: Story) -> None:
         entry = L.decode_entry(data)
         assert entry.kind in L.KINDS
         assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == data
-    kinds = [L.decode_entry(data).kind for data in story.honest() + [story.acknowledgement_entry()]]
+    rotation = story.rotation_entry(PrivateKey.generate())
+    entry = L.decode_entry(rotation)
+    assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == rotation
+    kinds = [L.decode_entry(data).kind
+             for data in story.honest() + [story.acknowledgement_entry(), rotation]]
     assert set(kinds) == set(L.KINDS)
 
 
