@@ -15,10 +15,9 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -383,15 +382,17 @@ def log_key_changes(db: sqlite_utils.Database | sqlite3.Connection,
     return [int(idx) for (idx,) in rows if below is None or idx < below]
 
 
-def _last_change(conn: sqlite3.Connection) -> tuple[int, log_entries.LogKeyChange] | None:
-    row = conn.execute(
-        "SELECT e.idx, e.data FROM log_lookup l JOIN log_entries e ON e.idx = l.idx "
-        "WHERE l.kind = ? ORDER BY l.idx DESC LIMIT 1", [log_entries.LOG_KEY]).fetchone()
-    if row is None:
-        return None
-    body = log_entries.decode_entry(bytes(row[1])).body
+def _last_change_index(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT MAX(idx) FROM log_lookup WHERE kind = ?",
+                       [log_entries.LOG_KEY]).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _change_at(conn: sqlite3.Connection, index: int) -> log_entries.LogKeyChange:
+    row = conn.execute("SELECT data FROM log_entries WHERE idx = ?", [index]).fetchone()
+    body = log_entries.decode_entry(bytes(row[0])).body
     assert isinstance(body, log_entries.LogKeyEntry)
-    return int(row[0]), log_entries.read_log_key(body.envelope)
+    return log_entries.read_log_key(body.envelope)
 
 
 class LogKeyMissing(SuanliError):
@@ -415,20 +416,20 @@ class LogKey:
     """The key the log signs with now, and the log's name: what the database's last log_key
     entry says, refreshed in every transaction that signs, so that a rotation made by another
     process (`admin rotate-log-key`) takes effect at the very next checkpoint or acknowledgement
-    and nothing after the rotation's entry is signed with the old key."""
+    and nothing after the rotation's entry is signed with the old key. Refreshed on the writer
+    thread only (`refresh` runs inside its transactions)."""
 
     key: PrivateKey
     origin: str
     key_path: Path | None = None
     _seen: int = -1
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, db: sqlite_utils.Database | sqlite3.Connection, key_path: Path) -> LogKey:
         """The key in force for the log in `db`, from key_path (created on a new log) or the key a
         rotation interrupted before its last step left beside it."""
         conn = _conn(db)
-        if _last_change(conn) is None and not key_path.exists():
+        if _last_change_index(conn) is None and not key_path.exists():
             save_private_key(key_path, PrivateKey.generate())
         candidate = next_key_path(key_path) if not key_path.exists() else key_path
         key = load_private_key(candidate)
@@ -438,14 +439,14 @@ class LogKey:
 
     def refresh(self, db: sqlite_utils.Database | sqlite3.Connection) -> PrivateKey:
         """Follow the log's last rotation, if it is newer than the one seen; returns the key."""
-        last = _last_change(_conn(db))
-        if last is None or last[0] == self._seen:
+        conn = _conn(db)
+        index = _last_change_index(conn)  # one indexed read in each signing transaction
+        if index is None or index == self._seen:
             return self.key
-        index, change = last
-        with self._lock:
-            if change.new_key != self.key.public.raw:
-                self.key = self._find(change.new_key)
-            self.origin, self._seen = change.origin, index
+        change = _change_at(conn, index)
+        if change.new_key != self.key.public.raw:
+            self.key = self._find(change.new_key)
+        self.origin, self._seen = change.origin, index
         log.info("the log key is now %s (rotated at entry %d)", self.verifier_key, index)
         return self.key
 

@@ -370,8 +370,10 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
         chosen = parse_verifier_key(given) if given is not None else None
     except KeyMaterialError as exc:
         raise AuditUsageError(f"a log key is malformed: {exc.detail}") from None
-    if chosen is not None and pinned is not None and chosen != pinned:
+    if chosen is not None and pinned is not None and chosen.name != pinned.name:
         raise AuditUsageError(f"--log-key {chosen} is not the key {pinned} pinned in {state_path}")
+    # a given key other than the pinned one must chain to it (`check_pinned`): the key given
+    # once, before a rotation, stays good for runs whose state pins the key it rotated to
     if chosen is not None:
         key, trust = chosen, "given"
     elif pinned is not None:
@@ -396,6 +398,17 @@ class KeyChain:
         self.origin = trusted.name
         self.first = trusted.public
         self.changes: list[tuple[int, PublicKey]] = []  # (log_key entry, the key after it)
+        self.keys: list[PublicKey] = [trusted.public]  # every key of the chain, in order
+
+    def check_pinned(self, state: dict[str, Any], state_path: Path | None) -> None:
+        """A key pinned in the state must be the trusted key or one the chain reaches from it."""
+        if "log_key" not in state:
+            return
+        pinned = parse_verifier_key(state["log_key"])
+        keys = self.keys[self.keys.index(self.trusted.public):]
+        if pinned.name != self.origin or pinned.public not in keys:
+            raise AuditUsageError(f"--log-key {self.trusted} is not the key {pinned} pinned in "
+                                  f"{state_path}, nor does the log's key chain lead from it there")
 
     def at(self, position: int) -> PublicKey:
         key = self.first
@@ -414,7 +427,8 @@ class KeyChain:
 
     def follow(self, rotations: list[tuple[int, bytes]], report: AuditReport | ReceiptReport) -> None:
         """Walk the log_key entries (index, entry bytes) in log order; one that does not verify
-        is a discrepancy and changes nothing."""
+        is a discrepancy and changes nothing. Raises _Stop when the trusted key is not in the
+        chain at all."""
         parsed: list[tuple[int, L.LogKeyEntry]] = []
         for index, raw in rotations:
             try:
@@ -428,7 +442,7 @@ class KeyChain:
             # the log's first key is the one its first rotation names as old; the trusted key
             # must be it or a key the chain reaches from it
             self.first = PublicKey(L.read_log_key(parsed[0][1].envelope).old_key)
-        seen = [self.first]
+        seen = self.keys = [self.first]
         for index, body in parsed:
             in_force = self.at(index + 1)
             try:
@@ -445,10 +459,12 @@ class KeyChain:
             self.changes.append((index, PublicKey(change.new_key)))
             seen.append(PublicKey(change.new_key))
         if self.trusted.public not in seen:
+            # nothing the chain's keys signed can be believed, and none of them may be pinned
             report.problem("untrusted_log_key", f"the trusted log key {self.trusted} is none of the "
                            f"keys the log's rotations chain ({len(seen)} keys, from "
                            f"{verifier_key(self.origin, seen[0])}); the log cannot be followed "
                            "from it")
+            raise _Stop
 
 
 def _compare_served(served: VerifierKey, chain: KeyChain, size: int,
@@ -503,6 +519,8 @@ async def _verify(client: LogClient, key: VerifierKey, served: VerifierKey, stat
     # which key signs the checkpoint follows from the rotations in the tree it covers
     chain = KeyChain(key)
     chain.follow([(n, raw) for n, raw in enumerate(data) if _is_rotation(raw)], report)
+    if not auctions_only:
+        chain.check_pinned(state, state_path)
     _compare_served(served, chain, checkpoint.size, report)
     checkpoint = _verified(note, chain, checkpoint.size, report)
     if chain.rotations:
@@ -621,11 +639,13 @@ async def _consistency(client: LogClient, key: VerifierKey, state: dict[str, Any
             report.notes.append(f"no earlier checkpoint in {state_path}; this run's is saved for "
                                 "the next run to check the log against")
         return True
+    # the state's checkpoint was signed by the key pinned with it, which the chain reaches
+    pinned = parse_verifier_key(state["log_key"]) if "log_key" in state else key
     try:
-        saved = open_checkpoint(saved_note, key, key.name)
+        saved = open_checkpoint(saved_note, pinned, pinned.name)
     except SuanliError as exc:
         raise AuditUsageError(f"the checkpoint saved in {state_path} does not verify with the "
-                              f"trusted log key: {exc.detail}") from None
+                              f"log key pinned with it: {exc.detail}") from None
     report.previous_size = saved.size
     if saved.size > checkpoint.size:
         report.problem("inconsistent_history", f"the log shrank from {saved.size} entries (the "
@@ -914,8 +934,8 @@ async def check_receipt(url: str, envelope: bytes, log_key: str | None = None,
         report.coordinator = client.url
         key, _, served = await trusted_key(client, log_key, state, state_path, report)
         with contextlib.suppress(_Stop):
-            await _check_receipt(client, key, served, envelope, digest, report, wait_s,
-                                 acknowledgement)
+            await _check_receipt(client, key, served, state, state_path, envelope, digest,
+                                 report, wait_s, acknowledgement)
     return report
 
 
@@ -958,7 +978,8 @@ async def _proven_chain(client: LogClient, trusted: VerifierKey, note: str, chec
     return chain, _verified(note, chain, checkpoint.size, report)
 
 
-async def _check_receipt(client: LogClient, key: VerifierKey, served: VerifierKey, envelope: bytes,
+async def _check_receipt(client: LogClient, key: VerifierKey, served: VerifierKey,
+                         state: dict[str, Any], state_path: Path | None, envelope: bytes,
                          digest: bytes, report: ReceiptReport, wait_s: float,
                          acknowledgement: bytes | None) -> None:
     try:
@@ -979,6 +1000,7 @@ async def _check_receipt(client: LogClient, key: VerifierKey, served: VerifierKe
             break
         await asyncio.sleep(_POLL_S)
     chain, checkpoint = await _proven_chain(client, key, note, checkpoint, report)
+    chain.check_pinned(state, state_path)
     _compare_served(served, chain, checkpoint.size, report)
     report.size, report.root_hash = checkpoint.size, checkpoint.root_hash.hex()
     if index >= checkpoint.size:
