@@ -853,6 +853,45 @@ async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pin
         assert codes(stale) == {"bad_acknowledgement"}
 
 
+def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.cli import main
+
+    db_path = tmp_path / "coordinator.db"
+    key_path = Path(f"{db_path}.key")
+    assert main(["admin", "--db", str(db_path), "rotate-log-key"]) == 0
+    assert "log key rotated at entry 0" in capsys.readouterr().out
+    assert main(["admin", "--db", str(db_path), "rotate-log-key", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    retired = sorted(tmp_path.glob("coordinator.db.key.*.retired"))
+    assert len(retired) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in retired)
+    db = connect(db_path)
+    assert tlog.log_key_changes(db) == [0, 1] == [second["log_index"] - 1, second["log_index"]]
+    first_key = next(load_private_key(p) for p in retired
+                     if tlog.verifier_key_text(load_private_key(p), second["origin"])
+                     != second["old_log_key"])
+    assert second["origin"] == tlog.default_origin(first_key)  # the log keeps its first name
+    loaded = tlog.LogKey.load(db, key_path)
+    assert loaded.verifier_key == second["new_log_key"] and loaded.origin == second["origin"]
+    chain = audit.KeyChain(verifier_key(second["origin"], first_key.public))
+    report = audit.AuditReport(coordinator="test")
+    chain.follow([(n, raw) for n, raw in enumerate(tlog.entries(db, 0, 2))], report)
+    assert report.ok and str(chain.verifier_at(2)) == second["new_log_key"]
+    note = tlog.latest_checkpoint(db)  # the rotation signed the new key's first checkpoint
+    assert note is not None
+    assert open_checkpoint(note, chain.verifier_at(2), second["origin"]).size == 2
+    # interrupted after the entry committed, before the new key moved into place
+    key_path.rename(tlog.next_key_path(key_path))
+    old = next(p for p in retired if load_private_key(p).public != first_key.public)
+    key_path.write_bytes(old.read_bytes())
+    key_path.chmod(0o600)
+    assert tlog.LogKey.load(db, key_path).verifier_key == second["new_log_key"]
+    # a key file that the log never named is refused rather than signed with
+    tlog.next_key_path(key_path).unlink()
+    with pytest.raises(tlog.LogKeyMissing):
+        tlog.LogKey.load(db, key_path)
+
+
 async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, _rigged_auction(story))
