@@ -374,12 +374,11 @@ async def checkpoint_loop(database: Database, key: PrivateKey | LogKey, origin: 
 # -- the log key and its rotations ------------------------------------------------------------
 
 
-def log_key_changes(db: sqlite_utils.Database | sqlite3.Connection,
-                    below: int | None = None) -> list[int]:
-    """The indices of the log_key entries (below `below`), in log order."""
+def log_key_changes(db: sqlite_utils.Database | sqlite3.Connection) -> list[int]:
+    """The indices of the log_key entries, in log order."""
     rows = _conn(db).execute("SELECT idx FROM log_lookup WHERE kind = ? ORDER BY idx",
                              [log_entries.LOG_KEY]).fetchall()
-    return [int(idx) for (idx,) in rows if below is None or idx < below]
+    return [int(idx) for (idx,) in rows]
 
 
 def _last_change_index(conn: sqlite3.Connection) -> int | None:
@@ -401,14 +400,27 @@ class LogKeyMissing(SuanliError):
     code = "log_key_missing"
 
 
-def next_key_path(key_path: Path) -> Path:
-    """Where a rotation writes the new key before the log names it (then moves it to key_path)."""
-    return key_path.with_name(key_path.name + ".next")
+def pending_key_path(key_path: Path, key: PublicKey) -> Path:
+    """Where a rotation writes the new key before the log names it (then moves it to key_path):
+    named by its key id, so the log's entry says where to find it and rotations never collide."""
+    return key_path.with_name(f"{key_path.name}.{key.key_id.hex()[:16]}.next")
 
 
 def archived_key_path(key_path: Path, key: PublicKey) -> Path:
     """Where a rotated-out key is kept, named by its key id: never deleted."""
     return key_path.with_name(f"{key_path.name}.{key.key_id.hex()[:16]}.retired")
+
+
+def _find_key(key_path: Path, public: bytes) -> PrivateKey:
+    # the new key is moved from its pending file after its entry commits: look there first,
+    # so that a move between the two reads cannot hide it
+    for path in (pending_key_path(key_path, PublicKey(public)), key_path):
+        with contextlib.suppress(SuanliError):
+            key = load_private_key(path)
+            if key.public.raw == public:
+                return key
+    raise LogKeyMissing(f"the log's key rotated to {PublicKey(public).key_id.hex()[:16]}, but no "
+                        f"key file beside the database holds it ({key_path})")
 
 
 @dataclass
@@ -426,16 +438,18 @@ class LogKey:
 
     @classmethod
     def load(cls, db: sqlite_utils.Database | sqlite3.Connection, key_path: Path) -> LogKey:
-        """The key in force for the log in `db`, from key_path (created on a new log) or the key a
-        rotation interrupted before its last step left beside it."""
+        """The key in force for the log in `db`: key_path (created for a log that never
+        rotated), or the key its last rotation names, wherever beside it that rotation left it.
+        Raises LogKeyMissing rather than sign with a key the log does not name."""
         conn = _conn(db)
-        if _last_change_index(conn) is None and not key_path.exists():
-            save_private_key(key_path, PrivateKey.generate())
-        candidate = next_key_path(key_path) if not key_path.exists() else key_path
-        key = load_private_key(candidate)
-        log_key = cls(key, default_origin(key), key_path)
-        log_key.refresh(conn)
-        return log_key
+        index = _last_change_index(conn)
+        if index is None:
+            if not key_path.exists():
+                save_private_key(key_path, PrivateKey.generate())
+            key = load_private_key(key_path)
+            return cls(key, default_origin(key), key_path)
+        change = _change_at(conn, index)
+        return cls(_find_key(key_path, change.new_key), change.origin, key_path, index)
 
     def refresh(self, db: sqlite_utils.Database | sqlite3.Connection) -> PrivateKey:
         """Follow the log's last rotation, if it is newer than the one seen; returns the key."""
@@ -445,22 +459,12 @@ class LogKey:
             return self.key
         change = _change_at(conn, index)
         if change.new_key != self.key.public.raw:
-            self.key = self._find(change.new_key)
+            if self.key_path is None:
+                raise LogKeyMissing("the log's key rotated, and this log has no key file to follow")
+            self.key = _find_key(self.key_path, change.new_key)
         self.origin, self._seen = change.origin, index
         log.info("the log key is now %s (rotated at entry %d)", self.verifier_key, index)
         return self.key
-
-    def _find(self, public: bytes) -> PrivateKey:
-        if self.key_path is not None:
-            # the new key is written to .next before its entry commits and moved after it:
-            # look there first, so that a move between the two reads cannot hide it
-            for path in (next_key_path(self.key_path), self.key_path):
-                with contextlib.suppress(SuanliError):
-                    key = load_private_key(path)
-                    if key.public.raw == public:
-                        return key
-        raise LogKeyMissing(f"the log's key rotated to {PublicKey(public).key_id.hex()[:16]}, but no "
-                            f"key file beside the database holds it ({self.key_path})")
 
     @property
     def verifier_key(self) -> str:
@@ -479,19 +483,22 @@ def rotate_log_key(db: sqlite_utils.Database, key_path: Path, now_ms: int) -> di
     current = LogKey.load(db, key_path)
     old = current.key
     new = PrivateKey.generate()
-    pending = next_key_path(key_path)
-    pending.unlink(missing_ok=True)  # a rotation interrupted before its entry committed
+    pending = pending_key_path(key_path, new.public)
     save_private_key(pending, new)
     archive = archived_key_path(key_path, old.public)
     if not archive.exists():
         save_private_key(archive, old)
-    with transaction(db):
-        if current.refresh(db) is not old:
-            raise SuanliError("the log key rotated while this rotation ran; run it again")
-        entry = log_entries.encode_entry(log_entries.LOG_KEY, now_ms, log_entries.LogKeyEntry(
-            log_entries.seal_log_key(current.origin, new.public, old)))
-        index = append_entries(db, [entry])
-        sign_checkpoint(db, new, current.origin, now_ms)  # the first checkpoint of the new key
+    try:
+        with transaction(db):
+            if current.refresh(db) is not old:
+                raise SuanliError("the log key rotated while this rotation ran; run it again")
+            entry = log_entries.encode_entry(log_entries.LOG_KEY, now_ms, log_entries.LogKeyEntry(
+                log_entries.seal_log_key(current.origin, new.public, old)))
+            index = append_entries(db, [entry])
+            sign_checkpoint(db, new, current.origin, now_ms)  # the new key's first checkpoint
+    except BaseException:
+        pending.unlink(missing_ok=True)  # never named by the log: nothing may sign with it
+        raise
     os.replace(pending, key_path)
     return {"log_index": index, "origin": current.origin,
             "old_log_key": verifier_key_text(old, current.origin),

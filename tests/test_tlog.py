@@ -881,13 +881,14 @@ def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation
     assert note is not None
     assert open_checkpoint(note, chain.verifier_at(2), second["origin"]).size == 2
     # interrupted after the entry committed, before the new key moved into place
-    key_path.rename(tlog.next_key_path(key_path))
+    pending = tlog.pending_key_path(key_path, parse_verifier_key(second["new_log_key"]).public)
+    key_path.rename(pending)
     old = next(p for p in retired if load_private_key(p).public != first_key.public)
     key_path.write_bytes(old.read_bytes())
     key_path.chmod(0o600)
     assert tlog.LogKey.load(db, key_path).verifier_key == second["new_log_key"]
     # a key file that the log never named is refused rather than signed with
-    tlog.next_key_path(key_path).unlink()
+    pending.unlink()
     with pytest.raises(tlog.LogKeyMissing):
         tlog.LogKey.load(db, key_path)
 
