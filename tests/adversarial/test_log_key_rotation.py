@@ -128,3 +128,19 @@ async def test_one_receipt_is_refused_against_a_checkpoint_the_chain_does_not_re
     async with serving(path, thief, origin=origin) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, trusted, wait_s=0)
     assert {"log_key_signature", "checkpoint_signature"} <= codes(report)
+
+
+async def test_a_rotation_hidden_from_a_receipt_holder_leaves_the_checkpoint_unverified(
+        tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.db"
+    origin = tlog.default_origin(log_key)
+    successor = PrivateKey.generate()
+    write_log(path, successor, rotated(story, successor), origin)
+    trusted = tlog.verifier_key_text(log_key, origin)
+    async with serving(path, successor, origin=origin) as url:
+        honest = await audit.check_receipt(url, story.sealed[3].envelope, trusted, wait_s=0)
+        assert honest.ok, honest.discrepancies
+        # the coordinator lists no rotation, hoping the receipt is judged by the old key alone
+        monkeypatch.setattr(tlog, "log_key_changes", lambda db: [])
+        report = await audit.check_receipt(url, story.sealed[3].envelope, trusted, wait_s=0)
+    assert "checkpoint_signature" in codes(report)
