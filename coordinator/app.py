@@ -373,6 +373,11 @@ def load_or_create_key(path: Path) -> PrivateKey:
     return load_private_key(path)
 
 
+def log_key_path(db_path: str | Path) -> Path:
+    """The log key's file beside the database (`admin rotate-log-key` replaces it)."""
+    return Path(f"{db_path}.key")
+
+
 def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms,
              policy: VoucherPolicy | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics],
@@ -380,8 +385,8 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     database = Database(db_path)
     # what is deleted (secret env values at a job's end) is overwritten, not left in free pages
     database.db.conn.execute("PRAGMA secure_delete = ON")
-    coordinator = Coordinator(settings, database, load_or_create_key(Path(f"{db_path}.key")), clock,
-                              policy)
+    log_key = tlog.LogKey.load(database.db, log_key_path(db_path))
+    coordinator = Coordinator(settings, database, log_key, clock, policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
     app[AGENT_LIMITS] = RateLimiter(settings.agent_requests_per_s, settings.agent_request_burst,
@@ -389,8 +394,7 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     app[LOG_LIMITS] = RateLimiter(LOG_CHUNKS_PER_S, LOG_CHUNK_BURST, "this agent's log shipping")
     app[TOKEN_LIMITS] = RateLimiter(settings.token_requests_per_s, settings.token_request_burst,
                                     "this token")
-    key = coordinator.signing_key
-    app[tlog.TLOG] = tlog.TransparencyLog(database, key, tlog.default_origin(key), clock=clock)
+    app[tlog.TLOG] = tlog.TransparencyLog(database, log_key, clock=clock)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from typing import Any
 
 from coordinator import accounts, ledger, tlog, vouchers
-from coordinator.app import make_app
+from coordinator.app import log_key_path, make_app
 from coordinator.config import Settings, load_settings
 from coordinator.db import connect, transaction
 from coordinator.service import wall_clock_ms
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "leave the market and its leases end as lost")
     revoke_agent.add_argument("agent_id", metavar="AGENT_ID")
     revoke_agent.set_defaults(run=cmd_revoke_agent)
+    rotate = tasks.add_parser("rotate-log-key", parents=[json_flag],
+                              help="make a new log key, signed over by the old one in the log (the "
+                              "server switches within a second; the old key is kept)")
+    rotate.set_defaults(run=cmd_rotate_log_key)
     return parser
 
 
@@ -366,6 +370,13 @@ def cmd_revoke_agent(args: argparse.Namespace) -> int:
     with transaction(db):
         revoked = accounts.revoke_agent(db, args.agent_id, wall_clock_ms())
     _print(args, revoked, f"agent {args.agent_id} revoked")
+    return 0
+
+
+def cmd_rotate_log_key(args: argparse.Namespace) -> int:
+    rotated = tlog.rotate_log_key(connect(args.db), log_key_path(args.db), wall_clock_ms())
+    _print(args, rotated, f"log key rotated at entry {rotated['log_index']}\n"
+           f"new log key: {rotated['new_log_key']}\nold key kept in {rotated['archived_key']}")
     return 0
 
 

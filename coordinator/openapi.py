@@ -161,6 +161,10 @@ def openapi_document() -> dict[str, Any]:
                 {"type": "string"}, "text/plain", ()),
             "/v1/log/key": _log("The log's C2SP verifier key (name+keyhash+base64 key)", {},
                                 {"type": "string"}, "text/plain", ()),
+            "/v1/log/key-changes": _log(
+                "The indices of the log_key entries (rotations of the log's key), in log order",
+                {}, {"type": "object", "properties": {
+                    "indices": {"type": "array", "items": {"type": "integer"}}}}, errors=()),
             "/v1/log/entries": _log(
                 "Log entries [start, end), base64; a page may stop early (at most 1000 entries)",
                 {"start": "first index", "end": "index after the last (at most the log's size)"},

@@ -21,7 +21,6 @@ from coordinator import receipts as receipt_rules
 from coordinator import tlog, vouchers
 from coordinator.market import Agent
 from shared import log_entries
-from shared.identity import PrivateKey
 from shared.receipts import SealedReceipt
 
 Rejection = tuple[str | None, int | None, str | None, str | None, bytes]
@@ -55,14 +54,14 @@ class _Accepted:
 
 
 class ReceiptStore:
-    def __init__(self, signing_key: PrivateKey, policy: vouchers.VoucherPolicy,
+    def __init__(self, log_key: tlog.LogKey, policy: vouchers.VoucherPolicy,
                  lease_party: Callable[[str], tuple[str, str]],
                  enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
                  rejections_per_agent_per_day: int = 10_000) -> None:
         """`lease_party(lease_id)` gives the lease's (job_id, enterprise_id). Rejections are
         kept for auditors up to `rejections_per_agent_per_day` rows per agent and UTC day: a
         rogue agent's flood of bad receipts is answered, counted, and not stored past it."""
-        self.signing_key = signing_key
+        self.log_key = log_key
         self.rejection_limit = rejections_per_agent_per_day
         self.rejections_stored: dict[str, tuple[int, int]] = {}  # agent -> (day, rows stored)
         self.rejections_dropped = 0
@@ -162,6 +161,7 @@ class ReceiptStore:
         for index, a in enumerate(logged, start=first):
             by_batch.setdefault(a.batch, []).append((index, a))
         signed = []
+        key = self.log_key.refresh(db)  # in this transaction: a rotation logged before it counts
         for b, acknowledgement_id in acknowledgement_ids.items():
             if b not in by_batch:
                 db.conn.execute("DELETE FROM receipt_acknowledgements WHERE id = ?", [acknowledgement_id])
@@ -171,7 +171,7 @@ class ReceiptStore:
                     log_entries.AcknowledgedReceipt(a.sealed.digest, a.sealed.receipt.lease_id,
                                                     a.sealed.receipt.seq, a.sealed.receipt.amount,
                                                     a.delta, index, a.transfer_ids)
-                    for index, a in by_batch[b])), self.signing_key)
+                    for index, a in by_batch[b])), key)
             signed.append((envelope, acknowledgement_id))
             for _, a in by_batch[b]:
                 stored[b].verdicts[a.position] = receipt_rules.Verdict(

@@ -73,12 +73,14 @@ class Counters:
 
 
 class Coordinator:
-    def __init__(self, settings: Settings, database: Database, signing_key: PrivateKey,
+    def __init__(self, settings: Settings, database: Database, signing_key: PrivateKey | tlog.LogKey,
                  clock: Callable[[], int] = wall_clock_ms,
                  policy: vouchers.VoucherPolicy | None = None) -> None:
         self.settings = settings
         self.policy = policy or vouchers.VoucherPolicy()
-        self.signing_key = signing_key
+        # the log's key follows rotations: acknowledgements are signed with the key in force
+        self.log_key = (signing_key if isinstance(signing_key, tlog.LogKey)
+                        else tlog.LogKey(signing_key, tlog.default_origin(signing_key)))
         self.last_receipts: dict[str, SealedReceipt | None] = {}
         self.closing = False
         self._dirty_agents: dict[str, Agent] = {}
@@ -111,7 +113,7 @@ class Coordinator:
         self.counters = Counters()
         self.logs = JobLogs(database, settings.job_log_limit_bytes)
         self.opener = ReceiptOpener(settings.receipt_workers)
-        self.receipt_store = receipt_store.ReceiptStore(signing_key, self.policy, self._lease_party,
+        self.receipt_store = receipt_store.ReceiptStore(self.log_key, self.policy, self._lease_party,
                                                         self._enterprise_uscc,
                                                         settings.rejections_per_agent_per_day)
         self._load(database.db)

@@ -13,10 +13,12 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
@@ -27,7 +29,7 @@ from shared import log_entries
 from shared.checkpoint import Checkpoint, open_checkpoint
 from shared.checkpoint import sign_checkpoint as sign_checkpoint_note
 from shared.errors import SuanliError
-from shared.identity import PrivateKey, verifier_key
+from shared.identity import PrivateKey, PublicKey, load_private_key, save_private_key, verifier_key
 from shared.merkle import MerkleTree
 
 if TYPE_CHECKING:  # coordinator.schema imports LOG_SCHEMA from here, and coordinator.db imports it
@@ -218,6 +220,8 @@ def _lookup_key(entry: log_entries.Entry) -> bytes | None:
         return entry.body.reference.encode()
     if isinstance(entry.body, log_entries.PeriodCloseEntry):
         return entry.body.period.encode()
+    if isinstance(entry.body, log_entries.LogKeyEntry):
+        return entry.body.digest  # so that /v1/log/key-changes lists them without a scan
     return None
 
 
@@ -318,14 +322,20 @@ def latest_checkpoint(db: sqlite_utils.Database | sqlite3.Connection) -> str | N
     return str(row[0]) if row is not None else None
 
 
-def sign_checkpoint(db: sqlite_utils.Database | sqlite3.Connection, key: PrivateKey, origin: str,
-                    now_ms: int) -> str:
+def sign_checkpoint(db: sqlite_utils.Database | sqlite3.Connection, key: PrivateKey | LogKey,
+                    origin: str | None, now_ms: int) -> str:
     """Sign (and store) a checkpoint of the log as it is now; returns the signed note.
 
+    Given a LogKey, the key and origin in force now (after any rotation) sign it.
     When the latest stored checkpoint already covers the current size and was signed by this
     key for this origin, it is returned as it is: an idle log is not re-signed.
     """
     conn = _conn(db)
+    if isinstance(key, LogKey):
+        log_key = key
+        log_key.refresh(conn)
+        key, origin = log_key.key, log_key.origin
+    origin = origin or default_origin(key)
     log_tree = tree(conn)
     row = conn.execute(
         "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
@@ -349,7 +359,8 @@ def _signed_by(note: str, key: PrivateKey, origin: str) -> bool:
     return True
 
 
-async def checkpoint_loop(database: Database, key: PrivateKey, origin: str, interval_s: float,
+async def checkpoint_loop(database: Database, key: PrivateKey | LogKey, origin: str | None,
+                          interval_s: float,
                           clock: Callable[[], int] = wall_clock_ms) -> None:
     """Sign a checkpoint every `interval_s` while the log grows (an idle log is not re-signed)."""
     while True:
@@ -360,22 +371,164 @@ async def checkpoint_loop(database: Database, key: PrivateKey, origin: str, inte
         await asyncio.sleep(interval_s)
 
 
+# -- the log key and its rotations ------------------------------------------------------------
+
+
+def log_key_changes(db: sqlite_utils.Database | sqlite3.Connection) -> list[int]:
+    """The indices of the log_key entries, in log order."""
+    rows = _conn(db).execute("SELECT idx FROM log_lookup WHERE kind = ? ORDER BY idx",
+                             [log_entries.LOG_KEY]).fetchall()
+    return [int(idx) for (idx,) in rows]
+
+
+def _last_change_index(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT MAX(idx) FROM log_lookup WHERE kind = ?",
+                       [log_entries.LOG_KEY]).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _change_at(conn: sqlite3.Connection, index: int) -> log_entries.LogKeyChange:
+    row = conn.execute("SELECT data FROM log_entries WHERE idx = ?", [index]).fetchone()
+    body = log_entries.decode_entry(bytes(row[0])).body
+    assert isinstance(body, log_entries.LogKeyEntry)
+    return log_entries.read_log_key(body.envelope)
+
+
+class LogKeyMissing(SuanliError):
+    """The log says its key rotated to a key that no key file beside the database holds."""
+
+    code = "log_key_missing"
+
+
+def pending_key_path(key_path: Path, key: PublicKey) -> Path:
+    """Where a rotation writes the new key before the log names it (then moves it to key_path):
+    named by its key id, so the log's entry says where to find it and rotations never collide."""
+    return key_path.with_name(f"{key_path.name}.{key.key_id.hex()[:16]}.next")
+
+
+def archived_key_path(key_path: Path, key: PublicKey) -> Path:
+    """Where a rotated-out key is kept, named by its key id: never deleted."""
+    return key_path.with_name(f"{key_path.name}.{key.key_id.hex()[:16]}.retired")
+
+
+def _find_key(key_path: Path, public: bytes) -> PrivateKey:
+    # the new key is moved from its pending file after its entry commits: look there first,
+    # so that a move between the two reads cannot hide it
+    for path in (pending_key_path(key_path, PublicKey(public)), key_path):
+        with contextlib.suppress(SuanliError):
+            key = load_private_key(path)
+            if key.public.raw == public:
+                return key
+    raise LogKeyMissing(f"the log's key rotated to {PublicKey(public).key_id.hex()[:16]}, but no "
+                        f"key file beside the database holds it ({key_path})")
+
+
+@dataclass
+class LogKey:
+    """The key the log signs with now, and the log's name: what the database's last log_key
+    entry says, refreshed in every transaction that signs, so that a rotation made by another
+    process (`admin rotate-log-key`) takes effect at the very next checkpoint or acknowledgement
+    and nothing after the rotation's entry is signed with the old key. Refreshed on the writer
+    thread only (`refresh` runs inside its transactions)."""
+
+    key: PrivateKey
+    origin: str
+    key_path: Path | None = None
+    _seen: int = -1
+
+    @classmethod
+    def load(cls, db: sqlite_utils.Database | sqlite3.Connection, key_path: Path) -> LogKey:
+        """The key in force for the log in `db`: key_path (created for a log that never
+        rotated), or the key its last rotation names, wherever beside it that rotation left it.
+        Raises LogKeyMissing rather than sign with a key the log does not name."""
+        conn = _conn(db)
+        index = _last_change_index(conn)
+        if index is None:
+            if not key_path.exists():
+                save_private_key(key_path, PrivateKey.generate())
+            key = load_private_key(key_path)
+            return cls(key, default_origin(key), key_path)
+        change = _change_at(conn, index)
+        return cls(_find_key(key_path, change.new_key), change.origin, key_path, index)
+
+    def refresh(self, db: sqlite_utils.Database | sqlite3.Connection) -> PrivateKey:
+        """Follow the log's last rotation, if it is newer than the one seen; returns the key."""
+        conn = _conn(db)
+        index = _last_change_index(conn)  # one indexed read in each signing transaction
+        if index is None or index == self._seen:
+            return self.key
+        change = _change_at(conn, index)
+        if change.new_key != self.key.public.raw:
+            if self.key_path is None:
+                raise LogKeyMissing("the log's key rotated, and this log has no key file to follow")
+            self.key = _find_key(self.key_path, change.new_key)
+        self.origin, self._seen = change.origin, index
+        log.info("the log key is now %s (rotated at entry %d)", self.verifier_key, index)
+        return self.key
+
+    @property
+    def verifier_key(self) -> str:
+        return verifier_key_text(self.key, self.origin)
+
+
+def rotate_log_key(db: sqlite_utils.Database, key_path: Path, now_ms: int) -> dict[str, Any]:
+    """Make a new log key and log the old key's signature over it; keep the old key.
+
+    The new key is written (0600) before the log_key entry commits, and the old one is archived
+    beside the database; a running server switches to the new key in the first transaction that
+    signs after the entry. Run inside no transaction: this one commits its own.
+    """
+    from coordinator.db import transaction  # coordinator.db imports this module
+
+    current = LogKey.load(db, key_path)
+    old = current.key
+    new = PrivateKey.generate()
+    pending = pending_key_path(key_path, new.public)
+    save_private_key(pending, new)
+    archive = archived_key_path(key_path, old.public)
+    if not archive.exists():
+        save_private_key(archive, old)
+    try:
+        with transaction(db):
+            if current.refresh(db) is not old:
+                raise SuanliError("the log key rotated while this rotation ran; run it again")
+            entry = log_entries.encode_entry(log_entries.LOG_KEY, now_ms, log_entries.LogKeyEntry(
+                log_entries.seal_log_key(current.origin, new.public, old)))
+            index = append_entries(db, [entry])
+            sign_checkpoint(db, new, current.origin, now_ms)  # the new key's first checkpoint
+    except BaseException:
+        pending.unlink(missing_ok=True)  # never named by the log: nothing may sign with it
+        raise
+    os.replace(pending, key_path)
+    return {"log_index": index, "origin": current.origin,
+            "old_log_key": verifier_key_text(old, current.origin),
+            "new_log_key": verifier_key_text(new, current.origin),
+            "archived_key": str(archive), "at_ms": now_ms}
+
+
 # -- HTTP --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TransparencyLog:
-    """What the log's handlers need: the writer, the log key and the log's name."""
+    """What the log's handlers need: the writer, the log key (a LogKey follows rotations) and
+    the log's name (a LogKey's own when it is one)."""
 
     database: Database
-    key: PrivateKey
-    origin: str
+    key: PrivateKey | LogKey
+    origin: str | None = None
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     clock: Callable[[], int] = wall_clock_ms
 
     @property
+    def log_key(self) -> LogKey:
+        if isinstance(self.key, LogKey):
+            return self.key
+        return LogKey(self.key, self.origin or default_origin(self.key))
+
+    @property
     def verifier_key(self) -> str:
-        return verifier_key_text(self.key, self.origin)
+        return self.log_key.verifier_key
 
 
 TLOG = web.AppKey("tlog", TransparencyLog)
@@ -432,8 +585,20 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
 
 @_public
 async def get_key(request: web.Request) -> web.StreamResponse:
-    """The log's C2SP verifier key."""
-    return web.Response(text=request.app[TLOG].verifier_key + "\n", content_type="text/plain")
+    """The log's C2SP verifier key, as it is now (after the last rotation)."""
+    tlog = request.app[TLOG]
+    if isinstance(tlog.key, LogKey):
+        await _run(request, tlog.key.refresh)
+    return web.Response(text=tlog.verifier_key + "\n", content_type="text/plain",
+                        headers={"Cache-Control": "no-store"})
+
+
+@_public
+async def get_key_changes(request: web.Request) -> web.StreamResponse:
+    """The indices of the log_key entries, so that a holder of one receipt can follow the log's
+    key from the one it trusts to the one that signed the checkpoint."""
+    indices = await _run(request, log_key_changes)
+    return web.json_response({"indices": indices})
 
 
 @_public
@@ -495,6 +660,7 @@ async def get_find(request: web.Request) -> web.StreamResponse:
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/log/checkpoint", get_checkpoint),
     ("GET", "/v1/log/key", get_key),
+    ("GET", "/v1/log/key-changes", get_key_changes),
     ("GET", "/v1/log/entries", get_entries),
     ("GET", "/v1/log/proof/inclusion", get_inclusion),
     ("GET", "/v1/log/proof/consistency", get_consistency),

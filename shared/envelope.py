@@ -26,6 +26,7 @@ KINDS: dict[str, int] = {
     "acceptance": 256 * 1024,  # one acknowledgement answers a batch of up to 500 receipts
     "lease": 16 * 1024,
     "transaction": 64 * 1024,
+    "log_key": 1024,  # the old log key's word for the new one (shared.log_entries)
 }
 _ENVELOPE_OVERHEAD = 2 + 5 + 2 + KEY_ID_SIZE + 2 + SIGNATURE_SIZE
 _DOMAINS = {kind: f"suanli/{kind}/v1\n".encode() for kind in KINDS}

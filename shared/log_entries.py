@@ -15,6 +15,7 @@ positional arrays (the voucher policy is a map with sorted string keys):
     lease_award    [lease_id, job_id, agent_id, [gpu_uuid, ...], price_per_gpu_hour,
                     max_duration_ms, stop_grace_ms]          (at_ms: the award)
     lease_event    [lease_id, event, reason | None, exit_code | None, report | None]
+    log_key        a "log_key" envelope signed by the log key in force until this entry (below)
 
 A lease event is `started` (report: the agent's signed status request saying so),
 `stop_requested` (reason: cancelled, revoked, lease_ended), or `ended` (reason: exited with the
@@ -39,6 +40,15 @@ The acknowledgement is the coordinator's countersignature of a batch of accepted
 naming for each receipt its cumulative amount, what it added (delta), the log entry that holds
 it and the ledger transfers posted on it. `open_acknowledgement` verifies one. Each is logged
 after the receipts it names, so auditors check the coordinator's word to agents against the log.
+
+A log_key entry rotates the log's key: its envelope is signed by the key in force so far (the
+old key) over
+
+    [origin, old public key (32 bytes), new public key (32 bytes)]
+
+and from the next entry on, checkpoints and acknowledgements are signed by the new key. An
+auditor who trusted the old key follows the chain with `open_log_key`; the origin, the log's
+name in its checkpoints, stays the same across rotations.
 """
 
 from __future__ import annotations
@@ -67,6 +77,8 @@ __all__ = [
     "LEASE_EVENTS",
     "LEASE_STARTED",
     "LEASE_STOP_REQUESTED",
+    "LOG_KEY",
+    "LOG_KEY_KIND",
     "AUCTION_ROUND",
     "ENTERPRISE",
     "ENTRY_VERSION",
@@ -88,6 +100,8 @@ __all__ = [
     "LeaseAwardEntry",
     "LeaseEventEntry",
     "LogEntryError",
+    "LogKeyChange",
+    "LogKeyEntry",
     "PaymentEntry",
     "PeriodCloseEntry",
     "Posting",
@@ -97,8 +111,11 @@ __all__ = [
     "encode_entry",
     "encode_receipt_entry",
     "open_acknowledgement",
+    "open_log_key",
     "read_acknowledgement",
+    "read_log_key",
     "seal_acknowledgement",
+    "seal_log_key",
 ]
 
 ENTRY_VERSION = 1
@@ -122,14 +139,16 @@ AUCTION_ROUND = "auction_round"
 ACKNOWLEDGEMENT = "acknowledgement"
 LEASE_AWARD = "lease_award"
 LEASE_EVENT = "lease_event"
+LOG_KEY = "log_key"
 KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND,
-         ACKNOWLEDGEMENT, LEASE_AWARD, LEASE_EVENT)
+         ACKNOWLEDGEMENT, LEASE_AWARD, LEASE_EVENT, LOG_KEY)
 LEASE_STARTED = "started"
 LEASE_STOP_REQUESTED = "stop_requested"
 LEASE_ENDED = "ended"
 LEASE_EVENTS = (LEASE_STARTED, LEASE_STOP_REQUESTED, LEASE_ENDED)
 MAX_LEASE_GPUS = 64
 
+LOG_KEY_KIND = "log_key"
 ACKNOWLEDGEMENT_KIND = "acceptance"
 ACKNOWLEDGEMENT_VERSION = 2
 MAX_ACKNOWLEDGED = 500
@@ -284,9 +303,33 @@ class LeaseEventEntry(NamedTuple):
         return list(self)
 
 
+class LogKeyEntry(NamedTuple):
+    """A rotation of the log's key: the old key's signed word for the new one (an envelope)."""
+
+    envelope: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return envelope_digest(self.envelope)
+
+    def to_wire(self) -> bytes:
+        return self.envelope
+
+
+class LogKeyChange(NamedTuple):
+    """What a log_key envelope says: the log (origin) moves from old_key to new_key."""
+
+    origin: str
+    old_key: bytes
+    new_key: bytes
+
+    def to_payload(self) -> list[Any]:
+        return [self.origin, self.old_key, self.new_key]
+
+
 Body: TypeAlias = (
     AgentKey | EnterpriseEntry | dict[str, Any] | ReceiptEntry | PaymentEntry | PeriodCloseEntry
-    | AuctionRoundEntry | AcknowledgementEntry | LeaseAwardEntry | LeaseEventEntry
+    | AuctionRoundEntry | AcknowledgementEntry | LeaseAwardEntry | LeaseEventEntry | LogKeyEntry
 )
 
 
@@ -463,6 +506,11 @@ def _lease_event(body: Any) -> LeaseEventEntry:
     return LeaseEventEntry(_text(lease_id, "lease_id"), event, reason, exit_code, report)
 
 
+def _log_key_entry(body: Any) -> LogKeyEntry:
+    read_log_key(_envelope(body, LOG_KEY_KIND))
+    return LogKeyEntry(body)
+
+
 _PARSERS: dict[str, Callable[[Any], Body]] = {
     AGENT_KEY: _agent_key,
     ENTERPRISE: _enterprise,
@@ -474,6 +522,7 @@ _PARSERS: dict[str, Callable[[Any], Body]] = {
     ACKNOWLEDGEMENT: _acknowledgement_entry,
     LEASE_AWARD: _lease_award,
     LEASE_EVENT: _lease_event,
+    LOG_KEY: _log_key_entry,
 }
 
 
@@ -596,3 +645,46 @@ def _acknowledgement(payload: Any) -> Acknowledgement:
         receipts.append(AcknowledgedReceipt(digest, lease_id, seq, amount, delta, log_index,
                                             tuple(transfer_ids)))
     return Acknowledgement(agent_id, accepted_at_ms, tuple(receipts))
+
+
+# -- log key rotations -------------------------------------------------------------------------
+
+
+def seal_log_key(origin: str, new_key: PublicKey, old_key: PrivateKey) -> bytes:
+    """The old key's signature over the new one, for the log named `origin`."""
+    change = LogKeyChange(origin, old_key.public.raw, new_key.raw)
+    _log_key_change(change.to_payload())
+    return seal(LOG_KEY_KIND, change.to_payload(), old_key)
+
+
+def open_log_key(envelope: bytes, in_force: PublicKey) -> LogKeyChange:
+    """Verify a rotation against the key in force before it and parse it.
+
+    Raises EnvelopeError (SignatureError when another key signed it), EncodingError, or
+    LogEntryError when the payload is malformed or names another old key than its signer.
+    """
+    change = _log_key_change(open_envelope(envelope, LOG_KEY_KIND, in_force).payload)
+    if change.old_key != in_force.raw:
+        raise LogEntryError("the log_key rotation names another old key than the one that signed it")
+    return change
+
+
+def read_log_key(envelope: bytes) -> LogKeyChange:
+    """Parse a rotation without checking its signature (to find the log's first key)."""
+    try:
+        payload = canonical.decode(unverified_payload(envelope, LOG_KEY_KIND),
+                                   max_envelope_bytes(LOG_KEY_KIND))
+    except SuanliError as exc:
+        raise LogEntryError(f"the log_key envelope is malformed: {exc.detail}") from None
+    return _log_key_change(payload)
+
+
+def _log_key_change(payload: Any) -> LogKeyChange:
+    origin, old_key, new_key = _array(payload, 3, "a log_key rotation")
+    _text(origin, "a log_key rotation's origin")
+    for value, what in ((old_key, "old"), (new_key, "new")):
+        if type(value) is not bytes or len(value) != PUBLIC_KEY_SIZE:
+            raise LogEntryError(f"a log_key rotation's {what} key is {PUBLIC_KEY_SIZE} bytes")
+    if old_key == new_key:
+        raise LogEntryError("a log_key rotation must name a new key, not the old one again")
+    return LogKeyChange(origin, old_key, new_key)

@@ -29,7 +29,9 @@ from shared import canonical, merkle
 from shared import log_entries as L
 from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction
 from shared.checkpoint import open_checkpoint
-from shared.identity import PrivateKey, parse_verifier_key, verifier_key
+from shared.envelope import seal
+from shared.errors import SuanliError
+from shared.identity import PrivateKey, load_private_key, parse_verifier_key, verifier_key
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 from shared.signed_request import sign_request
@@ -154,6 +156,18 @@ class Story:
             sealed.receipt.agent_id, sealed.receipt.issued_at_ms + 5,
             (self.acknowledged(sealed, log_index),)), key or self.log_key)
 
+    def rotation_entry(self, new_key: PrivateKey, signer: PrivateKey | None = None,
+                       old_key: PrivateKey | None = None) -> bytes:
+        """A log_key entry moving the log from `old_key` (the story's key) to `new_key`, signed
+        by `signer` (the old key, as an honest rotation is)."""
+        old = old_key or self.log_key
+        change = L.LogKeyChange(tlog.default_origin(self.log_key), old.public.raw,
+                                new_key.public.raw)
+        envelope = L.seal_log_key(change.origin, new_key.public, old)
+        if signer is not None and signer is not old:
+            envelope = seal("log_key", change.to_payload(), signer)
+        return L.encode_entry(L.LOG_KEY, T0 + 3 * 10**6, L.LogKeyEntry(envelope))
+
     def receipts(self, count: int) -> list[bytes]:
         return [self.receipt_entry(self.next_receipt()) for _ in range(count)]
 
@@ -209,9 +223,10 @@ def story(log_key: PrivateKey) -> Story:
     return Story(log_key)
 
 
-def write_log(path: Path, key: PrivateKey, entries: list[bytes]) -> None:
-    """A log holding exactly these entries, signed; what an honest coordinator, or an attacker
-    with the database and the key who rebuilds the tree, leaves behind."""
+def write_log(path: Path, key: PrivateKey, entries: list[bytes], origin: str | None = None) -> None:
+    """A log holding exactly these entries, signed (as `origin`, by default the key's own log);
+    what an honest coordinator, or an attacker with the database and the key who rebuilds the
+    tree, leaves behind."""
     db = open_db(path)
     conn = db.conn
     conn.execute("DROP TRIGGER IF EXISTS log_entries_no_update")
@@ -222,13 +237,14 @@ def write_log(path: Path, key: PrivateKey, entries: list[bytes]) -> None:
         conn.execute("UPDATE log_meta SET size = 0")
         if entries:
             tlog.append_entries(db, entries)
-        tlog.sign_checkpoint(db, key, tlog.default_origin(key), T0)
+        tlog.sign_checkpoint(db, key, origin or tlog.default_origin(key), T0)
     conn.executescript(tlog.LOG_SCHEMA)  # the triggers again
     conn.close()
 
 
 @asynccontextmanager
-async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05) -> AsyncIterator[str]:
+async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05,
+                  origin: str | None = None) -> AsyncIterator[str]:
     """The log's routes on a real aiohttp server on loopback, over the real writer thread."""
     open_db(path).conn.close()
     database = Database(path)
@@ -240,7 +256,8 @@ async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05) -> Asyn
         database.close()
 
     app.cleanup_ctx.append(writer)
-    tlog.add_routes(app, tlog.TransparencyLog(database, key, tlog.default_origin(key), interval_s))
+    tlog.add_routes(app, tlog.TransparencyLog(database, key, origin or tlog.default_origin(key),
+                                              interval_s))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -253,8 +270,8 @@ async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05) -> Asyn
 
 
 async def verify(path: Path, key: PrivateKey, state: Path | None = None,
-                 log_key: str | None = None) -> audit.AuditReport:
-    async with serving(path, key) as url:
+                 log_key: str | None = None, origin: str | None = None) -> audit.AuditReport:
+    async with serving(path, key, origin=origin) as url:
         return await audit.verify_log(url, log_key, state, None)
 
 
@@ -270,7 +287,11 @@ def test_every_kind_round_trips(story: Story) -> None:
         entry = L.decode_entry(data)
         assert entry.kind in L.KINDS
         assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == data
-    kinds = [L.decode_entry(data).kind for data in story.honest() + [story.acknowledgement_entry()]]
+    rotation = story.rotation_entry(PrivateKey.generate())
+    entry = L.decode_entry(rotation)
+    assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == rotation
+    kinds = [L.decode_entry(data).kind
+             for data in story.honest() + [story.acknowledgement_entry(), rotation]]
     assert set(kinds) == set(L.KINDS)
 
 
@@ -777,6 +798,101 @@ async def test_the_logged_acknowledgements_must_match_the_receipts(
         assert {d.index for d in report.discrepancies} == {12}
 
 
+def rotated(story: Story, new_key: PrivateKey, signer: PrivateKey | None = None) -> list[bytes]:
+    """Seventeen entries: the honest story and its acknowledgement (12, by the story's key),
+    a rotation to `new_key` (13), two more receipts (14-15) and their acknowledgement by the new
+    key (16): what an honest coordinator that rotated its key logs."""
+    leaves = story.honest() + [story.acknowledgement_entry(), story.rotation_entry(new_key, signer)]
+    leaves += story.receipts(2)
+    acknowledged = tuple(story.acknowledged(sealed, index)
+                         for index, sealed in zip((14, 15), story.sealed[3:5], strict=True))
+    envelope = L.seal_acknowledgement(L.Acknowledgement(
+        story.agent.public.agent_id, T0 + 4 * 10**6, acknowledged), new_key)
+    return leaves + [L.encode_entry(L.ACKNOWLEDGEMENT, T0 + 4 * 10**6,
+                                    L.AcknowledgementEntry(envelope))]
+
+
+async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pinned(
+        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    origin = tlog.default_origin(log_key)
+    write_log(path, log_key, story.honest())
+    assert (await verify(path, log_key, state)).ok
+    old_pin = json.loads(state.read_text())["log_key"]
+    new_key = PrivateKey.generate()
+    write_log(path, new_key, rotated(story, new_key), origin)  # the log keeps its name
+    report = await verify(path, new_key, state, origin=origin)
+    assert report.ok, report.discrepancies
+    assert (report.key_trust, report.previous_size, report.size) == ("pinned", 12, 17)
+    assert report.acknowledgements == 2  # one by each key, each checked with the key of its time
+    assert report.entries_by_kind[L.LOG_KEY] == 1
+    assert any("rotated 1 time" in note for note in report.notes)
+    new_pin = tlog.verifier_key_text(new_key, origin)
+    assert report.log_key == new_pin and json.loads(state.read_text())["log_key"] == new_pin
+    again = await verify(path, new_key, state, origin=origin)
+    assert again.ok and again.key_trust == "pinned" and again.previous_size == 17
+    # the old key, given as it was before the rotation, still leads to the key now pinned
+    given_old = await verify(path, new_key, state, log_key=old_pin, origin=origin)
+    assert given_old.ok and given_old.key_trust == "given", given_old.discrepancies
+    pinned = state.read_text()
+    stranger = await verify(path, new_key, state, origin=origin, log_key=tlog.verifier_key_text(
+        PrivateKey.generate(), origin))
+    assert codes(stranger) == {"untrusted_log_key"} and state.read_text() == pinned
+    # an auditor given the old key out of band, or the new one, follows the chain alike
+    for given in (old_pin, new_pin):
+        fresh = await verify(path, new_key, None, log_key=given, origin=origin)
+        assert fresh.ok and fresh.key_trust == "given", fresh.discrepancies
+    async with serving(path, new_key, origin=origin) as url:
+        for sealed, index, key in ((story.sealed[1], 6, log_key), (story.sealed[3], 14, new_key)):
+            proof = await audit.check_receipt(url, sealed.envelope, old_pin, wait_s=0,
+                                              acknowledgement=story.acknowledgement(sealed, index, key))
+            assert proof.ok, proof.discrepancies
+        stale = await audit.check_receipt(url, story.sealed[3].envelope, old_pin, wait_s=0,
+                                          acknowledgement=story.acknowledgement(
+                                              story.sealed[3], 14, log_key))
+        assert codes(stale) == {"bad_acknowledgement"}
+
+
+def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.cli import main
+
+    db_path = tmp_path / "coordinator.db"
+    key_path = Path(f"{db_path}.key")
+    assert main(["admin", "--db", str(db_path), "rotate-log-key"]) == 0
+    assert "log key rotated at entry 0" in capsys.readouterr().out
+    assert main(["admin", "--db", str(db_path), "rotate-log-key", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    retired = sorted(tmp_path.glob("coordinator.db.key.*.retired"))
+    assert len(retired) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in retired)
+    db = connect(db_path)
+    assert tlog.log_key_changes(db) == [0, 1] == [second["log_index"] - 1, second["log_index"]]
+    first_key = next(load_private_key(p) for p in retired
+                     if tlog.verifier_key_text(load_private_key(p), second["origin"])
+                     != second["old_log_key"])
+    assert second["origin"] == tlog.default_origin(first_key)  # the log keeps its first name
+    loaded = tlog.LogKey.load(db, key_path)
+    assert loaded.verifier_key == second["new_log_key"] and loaded.origin == second["origin"]
+    chain = audit.KeyChain(verifier_key(second["origin"], first_key.public))
+    report = audit.AuditReport(coordinator="test")
+    chain.follow([(n, raw) for n, raw in enumerate(tlog.entries(db, 0, 2))], report)
+    assert report.ok and str(chain.verifier_at(2)) == second["new_log_key"]
+    note = tlog.latest_checkpoint(db)  # the rotation signed the new key's first checkpoint
+    assert note is not None
+    assert open_checkpoint(note, chain.verifier_at(2), second["origin"]).size == 2
+    # interrupted after the entry committed, before the new key moved into place
+    pending = tlog.pending_key_path(key_path, parse_verifier_key(second["new_log_key"]).public)
+    key_path.rename(pending)
+    old = next(p for p in retired if load_private_key(p).public != first_key.public)
+    key_path.write_bytes(old.read_bytes())
+    key_path.chmod(0o600)
+    assert tlog.LogKey.load(db, key_path).verifier_key == second["new_log_key"]
+    # a key file that the log never named is refused rather than signed with
+    pending.unlink()
+    with pytest.raises(tlog.LogKeyMissing):
+        tlog.LogKey.load(db, key_path)
+
+
 async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, _rigged_auction(story))
@@ -891,3 +1007,83 @@ async def test_the_running_coordinator_logs_what_the_auditor_verifies(
                                       acknowledgement=answer["acknowledgements"][0])
     assert proof.ok, proof.discrepancies
     assert proof.delta == sealed[1].receipt.amount - sealed[0].receipt.amount
+
+
+async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_follows(
+        tmp_path: Path, coordinator: Any, cleanup: list[Any]) -> None:
+    from coordinator_harness import started_lease
+
+    started = await started_lease(coordinator, cleanup, 6_000_000)
+    agent, lease, job_id = started.agent, started.lease, started.job_id
+    sealed: list[SealedReceipt] = []
+
+    async def send(count: int) -> tuple[list[SealedReceipt], bytes]:
+        batch = []
+        for _ in range(count):
+            seq = len(sealed) + 1
+            gpu_ms = seq * 100
+            receipt = Receipt(
+                lease_id=lease["lease_id"], job_id=job_id, agent_id=agent.agent_id, seq=seq,
+                prev=sealed[-1].digest if sealed else GENESIS_PREV,
+                issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]),
+                gpu_ms=gpu_ms, energy_mj=seq, utilization_pct=50, peak_memory_bytes=1 << 20,
+                price_per_gpu_hour=lease["price_per_gpu_hour"],
+                amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]), final=False,
+                exit_code=None)
+            sealed.append(seal_receipt(receipt, agent.key))
+            batch.append(sealed[-1])
+        answer = await agent.client.signed("/v1/agent/receipts",
+                                           {"receipts": [s.envelope for s in batch]})
+        assert [r["status"] for r in answer["results"]] == ["accepted"] * count, answer
+        return batch, bytes(answer["acknowledgements"][0])
+
+    async def audited(receipts: int) -> audit.AuditReport:
+        for _ in range(100):
+            report = await audit.verify_log(coordinator.url, None, state)
+            if report.receipts == receipts:
+                break
+            await asyncio.sleep(0.1)
+        assert report.ok, report.discrepancies
+        return report
+
+    state = tmp_path / "audit.json"
+    before, old_acknowledgement = await send(2)
+    old_pin = (await audited(2)).log_key
+    assert json.loads(state.read_text())["log_key"] == old_pin
+
+    rotated = coordinator.admin_json("rotate-log-key")
+    old_key, new_key = parse_verifier_key(rotated["old_log_key"]), parse_verifier_key(
+        rotated["new_log_key"])
+    assert str(old_key) == old_pin and new_key.name == old_key.name  # the log keeps its name
+    assert new_key.public != old_key.public
+    archived = Path(rotated["archived_key"])
+    assert archived.stat().st_mode & 0o777 == 0o600
+    assert load_private_key(archived).public == old_key.public  # the old key is kept
+    assert load_private_key(Path(f"{coordinator.db}.key")).public == new_key.public
+    async with audit.LogClient(coordinator.url) as client:
+        for _ in range(40):  # the server follows within a poll
+            if (await client.text("/v1/log/key")).strip() == str(new_key):
+                break
+            await asyncio.sleep(0.05)
+        assert (await client.text("/v1/log/key")).strip() == str(new_key)
+        note = await client.text("/v1/log/checkpoint")
+    checkpoint = open_checkpoint(note, new_key, new_key.name)
+    assert checkpoint.size > rotated["log_index"]
+
+    after, new_acknowledgement = await send(2)
+    L.open_acknowledgement(new_acknowledgement, new_key.public)
+    with pytest.raises(SuanliError):
+        L.open_acknowledgement(new_acknowledgement, old_key.public)
+    report = await audited(4)
+    assert report.key_trust == "pinned" and report.acknowledgements == 2
+    assert report.log_key == str(new_key) == json.loads(state.read_text())["log_key"]
+    for receipt, acknowledgement in ((before[1], old_acknowledgement),
+                                     (after[1], new_acknowledgement)):
+        proof = await audit.check_receipt(coordinator.url, receipt.envelope, old_pin,
+                                          acknowledgement=acknowledgement)
+        assert proof.ok, proof.discrepancies
+
+    coordinator.restart()  # the new key, and the log's name, survive a restart
+    async with audit.LogClient(coordinator.url) as client:
+        assert (await client.text("/v1/log/key")).strip() == str(new_key)
+    assert (await audit.verify_log(coordinator.url, old_pin, None)).ok

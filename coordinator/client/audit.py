@@ -37,14 +37,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from coordinator.client.audit_windows import WindowAudit
+from shared import canonical
 from shared import log_entries as L
 from shared.auction import AuctionError, replay, replay_round, round_from_record
-from shared.checkpoint import Checkpoint, open_checkpoint
+from shared.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_body
 from shared.envelope import envelope_digest, peek_key_id
 from shared.errors import KeyMaterialError, ReceiptRuleError, SuanliError
-from shared.identity import PublicKey, VerifierKey, parse_verifier_key
+from shared.identity import PublicKey, VerifierKey, parse_verifier_key, verifier_key
 from shared.merkle import MerkleTree, verify_consistency, verify_inclusion
 from shared.money import format_yuan
+from shared.note import parse_note
 from shared.receipts import SealedReceipt, check_amount, check_pure, open_receipt
 from shared.transport import TransportError, check_coordinator_url, client_ssl_context
 from shared.uscc import validate_uscc
@@ -259,9 +261,21 @@ class LogClient:
             raise AuditError("the coordinator's /v1/ledger/balances answer is malformed")
         return data
 
-    async def checkpoint(self, key: VerifierKey) -> tuple[str, Checkpoint]:
+    async def checkpoint(self) -> tuple[str, Checkpoint]:
+        """The latest checkpoint, parsed but NOT verified: which key must have signed it
+        depends on the log_key entries of the tree it covers (`KeyChain`)."""
         note = await self.text("/v1/log/checkpoint")
-        return note, open_checkpoint(note, key, key.name)
+        try:
+            return note, parse_checkpoint_body(parse_note(note)[0])
+        except SuanliError as exc:
+            raise AuditError(f"the coordinator's checkpoint is not a signed note: {exc.detail}") from None
+
+    async def key_changes(self) -> list[int]:
+        answer = await self.json("/v1/log/key-changes", {})
+        indices = answer.get("indices")
+        if not isinstance(indices, list) or any(type(i) is not int or i < 0 for i in indices):
+            raise AuditError("the coordinator's /v1/log/key-changes answer has no index list")
+        return indices
 
     async def entries(self, start: int, end: int) -> list[bytes]:
         page = await self.json("/v1/log/entries", {"start": start, "end": end})
@@ -345,9 +359,10 @@ def save_state(path: Path, url: str, key: VerifierKey, note: str) -> None:
 
 async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any],
                       state_path: Path | None, report: AuditReport | ReceiptReport
-                      ) -> tuple[VerifierKey, str]:
+                      ) -> tuple[VerifierKey, str, VerifierKey]:
     """The log key to trust: --log-key, else the one pinned in the state, else the coordinator's
-    own (trust on first use, said in the report's notes). A given key must match a pinned one."""
+    own (trust on first use, said in the report's notes), and the key the coordinator presents
+    now. A given key must match a pinned one."""
     served = await client.text("/v1/log/key")
     try:
         fetched = parse_verifier_key(served.strip())
@@ -355,8 +370,10 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
         chosen = parse_verifier_key(given) if given is not None else None
     except KeyMaterialError as exc:
         raise AuditUsageError(f"a log key is malformed: {exc.detail}") from None
-    if chosen is not None and pinned is not None and chosen != pinned:
+    if chosen is not None and pinned is not None and chosen.name != pinned.name:
         raise AuditUsageError(f"--log-key {chosen} is not the key {pinned} pinned in {state_path}")
+    # a given key other than the pinned one must chain to it (`check_pinned`): the key given
+    # once, before a rotation, stays good for runs whose state pins the key it rotated to
     if chosen is not None:
         key, trust = chosen, "given"
     elif pinned is not None:
@@ -367,10 +384,96 @@ async def trusted_key(client: LogClient, given: str | None, state: dict[str, Any
             "; pass --log-key with a key obtained another way to check it")
         report.notes.append(f"trusting the log key {fetched} on first use, as the coordinator "
                             f"presents it{where}")
-    if fetched != key:
-        report.problem("log_key_changed", f"the coordinator now presents the log key {fetched}, "
-                       f"not the trusted key {key}")
-    return key, trust
+    return key, trust, fetched
+
+
+class KeyChain:
+    """The log's key at each position of the log, from the trusted key through the log_key
+    entries: each must be signed by the key in force before it, and the trusted key must be one
+    of the keys the chain holds. `at(n)` is the key that signs entry n's acknowledgement and a
+    checkpoint of n entries."""
+
+    def __init__(self, trusted: VerifierKey) -> None:
+        self.trusted = trusted
+        self.origin = trusted.name
+        self.first = trusted.public
+        self.changes: list[tuple[int, PublicKey]] = []  # (log_key entry, the key after it)
+        self.keys: list[PublicKey] = [trusted.public]  # every key of the chain, in order
+
+    def check_pinned(self, state: dict[str, Any], state_path: Path | None) -> None:
+        """A key pinned in the state must be the trusted key or one the chain reaches from it."""
+        if "log_key" not in state:
+            return
+        pinned = parse_verifier_key(state["log_key"])
+        keys = self.keys[self.keys.index(self.trusted.public):]
+        if pinned.name != self.origin or pinned.public not in keys:
+            raise AuditUsageError(f"--log-key {self.trusted} is not the key {pinned} pinned in "
+                                  f"{state_path}, nor does the log's key chain lead from it there")
+
+    def at(self, position: int) -> PublicKey:
+        key = self.first
+        for index, new in self.changes:
+            if index >= position:
+                break
+            key = new
+        return key
+
+    def verifier_at(self, size: int) -> VerifierKey:
+        return verifier_key(self.origin, self.at(size))
+
+    @property
+    def rotations(self) -> int:
+        return len(self.changes)
+
+    def follow(self, rotations: list[tuple[int, bytes]], report: AuditReport | ReceiptReport) -> None:
+        """Walk the log_key entries (index, entry bytes) in log order; one that does not verify
+        is a discrepancy and changes nothing. Raises _Stop when the trusted key is not in the
+        chain at all."""
+        parsed: list[tuple[int, L.LogKeyEntry]] = []
+        for index, raw in rotations:
+            try:
+                body = L.decode_entry(raw).body
+            except L.LogEntryError as exc:
+                report.problem("bad_entry", exc.detail, index)
+                continue
+            if isinstance(body, L.LogKeyEntry):
+                parsed.append((index, body))
+        if parsed:
+            # the log's first key is the one its first rotation names as old; the trusted key
+            # must be it or a key the chain reaches from it
+            self.first = PublicKey(L.read_log_key(parsed[0][1].envelope).old_key)
+        seen = self.keys = [self.first]
+        for index, body in parsed:
+            in_force = self.at(index + 1)
+            try:
+                change = L.open_log_key(body.envelope, in_force)
+            except SuanliError as exc:
+                report.problem("log_key_signature", f"the log_key entry is not signed by the key "
+                               f"in force, {verifier_key(self.origin, in_force)}: {exc.detail}",
+                               index)
+                continue
+            if change.origin != self.origin:
+                report.problem("log_key_signature", f"the log_key entry rotates the key of the log "
+                               f"{change.origin!r}, not of {self.origin!r}", index)
+                continue
+            self.changes.append((index, PublicKey(change.new_key)))
+            seen.append(PublicKey(change.new_key))
+        if self.trusted.public not in seen:
+            # nothing the chain's keys signed can be believed, and none of them may be pinned
+            report.problem("untrusted_log_key", f"the trusted log key {self.trusted} is none of the "
+                           f"keys the log's rotations chain ({len(seen)} keys, from "
+                           f"{verifier_key(self.origin, seen[0])}); the log cannot be followed "
+                           "from it")
+            raise _Stop
+
+
+def _compare_served(served: VerifierKey, chain: KeyChain, size: int,
+                    report: AuditReport | ReceiptReport) -> None:
+    expected = chain.verifier_at(size)
+    if served != expected:
+        report.problem("log_key_changed", f"the coordinator now presents the log key {served}, "
+                       f"not {expected}, the key the log's chain from the trusted key "
+                       f"{chain.trusted} reaches at its checkpoint")
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -385,11 +488,12 @@ async def verify_log(url: str, log_key: str | None, state_path: Path | None,
     report = AuditReport(coordinator=url)
     async with LogClient(url, ca_file) as client:
         report.coordinator = client.url
-        key, report.key_trust = await trusted_key(
+        key, report.key_trust, served = await trusted_key(
             client, log_key, state, None if auctions_only else state_path, report)
         report.log_key, report.origin = str(key), key.name
         with contextlib.suppress(_Stop):
-            await _verify(client, key, state, state_path, progress, report, auctions_only, token)
+            await _verify(client, key, served, state, state_path, progress, report, auctions_only,
+                          token)
     return report
 
 
@@ -399,20 +503,31 @@ async def replay_auctions(url: str, log_key: str | None, progress: Progress | No
     return await verify_log(url, log_key, None, progress, ca_file=ca_file, auctions_only=True)
 
 
-async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
+async def _verify(client: LogClient, key: VerifierKey, served: VerifierKey, state: dict[str, Any],
                   state_path: Path | None, progress: Progress | None, report: AuditReport,
                   auctions_only: bool, token: str | None = None) -> None:
     # balances are read first, with the log size they belong to; the checkpoint must cover it
     balances = await client.balances(token) if token and not auctions_only else None
-    note, checkpoint = await _checkpoint(client, key, report)
+    note, checkpoint = await client.checkpoint()
     if balances is not None:
         for _ in range(BALANCE_WAIT_S * 4):
             if checkpoint.size >= balances["log_size"]:
                 break
             await asyncio.sleep(0.25)
-            note, checkpoint = await _checkpoint(client, key, report)
-    report.size, report.root_hash = checkpoint.size, checkpoint.root_hash.hex()
+            note, checkpoint = await client.checkpoint()
     data = await download(client, checkpoint.size, progress)
+    # which key signs the checkpoint follows from the rotations in the tree it covers
+    chain = KeyChain(key)
+    chain.follow([(n, raw) for n, raw in enumerate(data) if _is_rotation(raw)], report)
+    if not auctions_only:
+        chain.check_pinned(state, state_path)
+    _compare_served(served, chain, checkpoint.size, report)
+    checkpoint = _verified(note, chain, checkpoint.size, report)
+    if chain.rotations:
+        report.log_key = str(chain.verifier_at(checkpoint.size))
+        report.notes.append(f"the log key rotated {chain.rotations} time(s); each rotation is "
+                            f"signed by the key before it, from the trusted key {key}")
+    report.size, report.root_hash = checkpoint.size, checkpoint.root_hash.hex()
     tree = MerkleTree()
     tree.append_many(data)
     intact = tree.root() == checkpoint.root_hash
@@ -424,7 +539,7 @@ async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
     consistent = True
     if not auctions_only:
         consistent = await _consistency(client, key, state, state_path, checkpoint, report)
-    _Auditor(report, key.public, auctions_only).run(data)
+    _Auditor(report, chain, auctions_only).run(data)
     if balances is not None:
         if checkpoint.size >= balances["log_size"]:
             compare_balances(data[:balances["log_size"]], balances["accounts"], report)
@@ -434,7 +549,7 @@ async def _verify(client: LogClient, key: VerifierKey, state: dict[str, Any],
                            f"signed within {BALANCE_WAIT_S} s")
     if state_path is not None and not auctions_only and intact and consistent and not any(
             d.code == "log_key_changed" for d in report.discrepancies):
-        save_state(state_path, client.url, key, note)
+        save_state(state_path, client.url, chain.verifier_at(checkpoint.size), note)
         report.state_saved = True
 
 
@@ -476,16 +591,30 @@ def compare_balances(entries: list[bytes], accounts: list[Any], report: AuditRep
     report.balances_compared = compared
 
 
-async def _checkpoint(client: LogClient, key: VerifierKey,
-                      report: AuditReport | ReceiptReport) -> tuple[str, Checkpoint]:
+# how every log_key entry begins: an entry has one spelling, so this finds them all without
+# decoding the whole log twice (a malformed one is the auditor's discrepancy)
+_ROTATION_PREFIX = b"\x94" + canonical.encode([L.ENTRY_VERSION, L.LOG_KEY])[1:]
+
+
+def _is_rotation(raw: bytes) -> bool:
+    return raw.startswith(_ROTATION_PREFIX)
+
+
+def _verified(note: str, chain: KeyChain, size: int,
+              report: AuditReport | ReceiptReport) -> Checkpoint:
+    """The checkpoint of `size` entries, verified with the key in force at that size."""
+    key = chain.verifier_at(size)
     try:
-        return await client.checkpoint(key)
+        checkpoint = open_checkpoint(note, key, key.name)
     except SuanliError as exc:
-        if isinstance(exc, AuditError):
-            raise
-        report.problem("checkpoint_signature", f"the coordinator's checkpoint does not verify "
-                       f"with the log key {key}: {exc.detail}")
+        signed = f" (from the trusted key {chain.trusted})" if chain.rotations else ""
+        report.problem("checkpoint_signature", f"the coordinator's checkpoint of {size} entries "
+                       f"does not verify with the log key {key}, the key in force at that size"
+                       f"{signed}: {exc.detail}")
         raise _Stop from None
+    if checkpoint.size != size:
+        raise AuditError("the coordinator's checkpoint changed between two reads of it")
+    return checkpoint
 
 
 async def download(client: LogClient, size: int, progress: Progress | None = None) -> list[bytes]:
@@ -510,11 +639,13 @@ async def _consistency(client: LogClient, key: VerifierKey, state: dict[str, Any
             report.notes.append(f"no earlier checkpoint in {state_path}; this run's is saved for "
                                 "the next run to check the log against")
         return True
+    # the state's checkpoint was signed by the key pinned with it, which the chain reaches
+    pinned = parse_verifier_key(state["log_key"]) if "log_key" in state else key
     try:
-        saved = open_checkpoint(saved_note, key, key.name)
+        saved = open_checkpoint(saved_note, pinned, pinned.name)
     except SuanliError as exc:
         raise AuditUsageError(f"the checkpoint saved in {state_path} does not verify with the "
-                              f"trusted log key: {exc.detail}") from None
+                              f"log key pinned with it: {exc.detail}") from None
     report.previous_size = saved.size
     if saved.size > checkpoint.size:
         report.problem("inconsistent_history", f"the log shrank from {saved.size} entries (the "
@@ -543,9 +674,9 @@ async def _consistency(client: LogClient, key: VerifierKey, state: dict[str, Any
 class _Auditor:
     """Re-verifies the entries in log order, keeping what later entries are checked against."""
 
-    def __init__(self, report: AuditReport, log_key: PublicKey, auctions_only: bool) -> None:
+    def __init__(self, report: AuditReport, chain: KeyChain, auctions_only: bool) -> None:
         self.report = report
-        self.log_key = log_key
+        self.chain = chain
         self.auctions_only = auctions_only
         self.agents: dict[str, PublicKey] = {}
         self.usccs: dict[str, str] = {}
@@ -693,11 +824,13 @@ class _Auditor:
 
     def acknowledgement(self, index: int, body: L.AcknowledgementEntry) -> None:
         """The coordinator's word to an agent must match the receipts the log holds."""
+        key = self.chain.at(index)
         try:
-            acknowledgement = L.open_acknowledgement(body.envelope, self.log_key)
+            acknowledgement = L.open_acknowledgement(body.envelope, key)
         except SuanliError as exc:
             self.problem("bad_acknowledgement", f"the acknowledgement does not verify with the "
-                         f"log key: {exc.detail}", index)
+                         f"log key in force at entry {index}, "
+                         f"{verifier_key(self.chain.origin, key)}: {exc.detail}", index)
             return
         self.report.acknowledgements += 1
         for said in acknowledgement.receipts:
@@ -799,9 +932,10 @@ async def check_receipt(url: str, envelope: bytes, log_key: str | None = None,
     state = load_state(state_path)
     async with LogClient(url, ca_file) as client:
         report.coordinator = client.url
-        key, _ = await trusted_key(client, log_key, state, state_path, report)
+        key, _, served = await trusted_key(client, log_key, state, state_path, report)
         with contextlib.suppress(_Stop):
-            await _check_receipt(client, key, envelope, digest, report, wait_s, acknowledgement)
+            await _check_receipt(client, key, served, state, state_path, envelope, digest,
+                                 report, wait_s, acknowledgement)
     return report
 
 
@@ -829,8 +963,25 @@ async def _proven_entry(client: LogClient, index: int, checkpoint: Checkpoint,
     return data
 
 
-async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, digest: bytes,
-                         report: ReceiptReport, wait_s: float, acknowledgement: bytes | None) -> None:
+async def _proven_chain(client: LogClient, trusted: VerifierKey, note: str, checkpoint: Checkpoint,
+                        report: ReceiptReport) -> tuple[KeyChain, Checkpoint]:
+    """The key chain of the checkpoint's tree, from the log_key entries the coordinator lists,
+    each proven to be in it; and the checkpoint, verified with the key in force at its size.
+    A rotation left out of the list leaves the chain short of the checkpoint's signer."""
+    chain = KeyChain(trusted)
+    rotations = []
+    for index in sorted({i for i in await client.key_changes() if i < checkpoint.size}):
+        data = await _proven_entry(client, index, checkpoint, report, "a log key rotation")
+        if data is not None:
+            rotations.append((index, data))
+    chain.follow(rotations, report)
+    return chain, _verified(note, chain, checkpoint.size, report)
+
+
+async def _check_receipt(client: LogClient, key: VerifierKey, served: VerifierKey,
+                         state: dict[str, Any], state_path: Path | None, envelope: bytes,
+                         digest: bytes, report: ReceiptReport, wait_s: float,
+                         acknowledgement: bytes | None) -> None:
     try:
         agent_key_id = peek_key_id(envelope, "receipt")
     except SuanliError as exc:
@@ -844,10 +995,13 @@ async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, d
     report.index = index
     deadline = time.monotonic() + wait_s
     while True:
-        _, checkpoint = await _checkpoint(client, key, report)
+        note, checkpoint = await client.checkpoint()
         if index < checkpoint.size or time.monotonic() >= deadline:
             break
         await asyncio.sleep(_POLL_S)
+    chain, checkpoint = await _proven_chain(client, key, note, checkpoint, report)
+    chain.check_pinned(state, state_path)
+    _compare_served(served, chain, checkpoint.size, report)
     report.size, report.root_hash = checkpoint.size, checkpoint.root_hash.hex()
     if index >= checkpoint.size:
         report.problem("not_yet_checkpointed", f"the receipt is entry {index}, but the latest "
@@ -888,7 +1042,8 @@ async def _check_receipt(client: LogClient, key: VerifierKey, envelope: bytes, d
     report.accepted_at_ms = entry.at_ms
     report.charged = sum(p.amount for p in body.postings if p.code in L.USAGE_CHARGE_CODES)
     if acknowledgement is not None:
-        _check_acknowledgement(acknowledgement, key, digest, index, body, report)
+        _check_acknowledgement(acknowledgement, chain.verifier_at(index), digest, index, body,
+                               report)
     report.notes.append("the receipt's place in its lease's chain, and that its lease's postings "
                         "add up to its receipts, is checked by `suanli audit verify`, which reads "
                         "the whole log")
@@ -901,7 +1056,7 @@ def _check_acknowledgement(envelope: bytes, key: VerifierKey, digest: bytes, ind
         acknowledged = L.open_acknowledgement(envelope, key.public).find(digest)
     except SuanliError as exc:
         report.problem("bad_acknowledgement", f"the acknowledgement does not verify with the log "
-                       f"key: {exc.detail}", index)
+                       f"key in force at the receipt's entry, {key}: {exc.detail}", index)
         return
     if acknowledged is None:
         report.problem("bad_acknowledgement", "the acknowledgement does not name this receipt", index)
