@@ -64,6 +64,10 @@ class Settings:
         if not 0 <= self.receipt_workers <= MAX_RECEIPT_WORKERS:
             raise ConfigError(f"receipt_workers must be from 0 to {MAX_RECEIPT_WORKERS}, "
                               f"not {self.receipt_workers}")
+        for name in ("stop_grace_ms", "settle_grace_ms", "rejections_per_agent_per_day"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {value}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:

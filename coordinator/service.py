@@ -94,6 +94,7 @@ class Coordinator:
         self.jobs_by_key: dict[tuple[str, str], Job] = {}
         self.leases: dict[str, Lease] = {}
         self._job_leases: dict[str, list[str]] = {}
+        self._agent_leases: dict[str, list[str]] = {}
         self._settle_due: dict[str, int] = {}  # finished job -> when its reservation is released anyway
         self.pending: dict[str, Job] = {}
         self.agent_versions: dict[str, int] = {}
@@ -188,8 +189,7 @@ class Coordinator:
                 else self.settings.stop_grace_ms,
                 stop_requested_at_ms=row["stop_requested_at_ms"],
             )
-            self.leases[lease.id] = lease
-            self._job_leases.setdefault(lease.job_id, []).append(lease.id)
+            self._index_lease(lease)
             agent = self.market.agents.get(lease.agent_id)
             if lease.active and agent is not None:
                 for uuid in lease.gpu_uuids:
@@ -227,6 +227,16 @@ class Coordinator:
         for job in self.jobs.values():
             if job.final and job.ended_at_ms is not None and now - job.ended_at_ms < 2 * grace:
                 self._settle_due[job.id] = job.ended_at_ms + grace
+
+    def _index_lease(self, lease: Lease) -> None:
+        self.leases[lease.id] = lease
+        self._job_leases.setdefault(lease.job_id, []).append(lease.id)
+        self._agent_leases.setdefault(lease.agent_id, []).append(lease.id)
+
+    def _leases_of(self, agent_id: str, active_only: bool = True) -> list[Lease]:
+        """The agent's leases, oldest first (its active ones unless `active_only` is False)."""
+        leases = [self.leases[lease_id] for lease_id in self._agent_leases.get(agent_id, ())]
+        return [lease for lease in leases if lease.active] if active_only else leases
 
     def _index_job(self, job: Job) -> None:
         self.jobs[job.id] = job
@@ -269,11 +279,12 @@ class Coordinator:
         job_rows = [self._job_row(j) for j in jobs]
         lease_rows = [self._lease_row(lease) for lease in leases]
         agent_rows = [self._agent_row(a) for a in agents]
-        ended = [j.id for j in jobs if j.final]
+        finished = [j for j in jobs if j.final]
+        ended = [j.id for j in finished]
         for job_id in ended:
             self._secrets.pop(job_id, None)
         now = self.clock()
-        settle = self._settle_or_defer([j for j in jobs if j.final], now)
+        settle = self._settle_or_defer(finished, now)
 
         def write(db: sqlite_utils.Database) -> None:
             if job_rows:
@@ -442,7 +453,7 @@ class Coordinator:
         now = self.clock()
         self.market.revoke(agent)
         changed_jobs, changed_leases, entries = [], [], []
-        for lease in [l for l in self.leases.values() if l.agent_id == agent_id and l.active]:
+        for lease in self._leases_of(agent_id):
             job = self.jobs[lease.job_id]
             entries.append(self._close(lease, now, "agent_revoked"))
             self._requeue(job, agent_id, "agent_revoked",
@@ -538,7 +549,7 @@ class Coordinator:
             raise Unprocessable("the new key's request must say {rotates: <this agent's id>}")
         if public.agent_id in self.market.agents or public.agent_id in self._enrolling:
             raise Conflict("the new key is already enrolled")
-        active = [l.id for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]
+        active = self._leases_of(agent.agent_id)
         if active:
             raise Conflict(f"this agent holds {len(active)} active leases; rotate its key when it "
                            "is idle (stop taking jobs, let them end)", code="agent_busy")
@@ -789,8 +800,7 @@ class Coordinator:
             max_duration_ms=job.request.max_duration_s * 1000,
             stop_grace_ms=self.settings.stop_grace_ms,
         )
-        self.leases[lease.id] = lease
-        self._job_leases.setdefault(job.id, []).append(lease.id)
+        self._index_lease(lease)
         self.market.assign(self.market.agents[lease.agent_id], lease.gpu_uuids, lease.id)
         job.state, job.lease_id = LEASED, lease.id
         job.reason, job.reason_detail = "waiting_for_agent", "the winning agent is starting the job"
@@ -882,7 +892,7 @@ class Coordinator:
             except TimeoutError:
                 pass
         now = self.clock()
-        mine = [lease for lease in self.leases.values() if lease.agent_id == agent.agent_id]
+        mine = self._leases_of(agent.agent_id, active_only=False)
         # leases ended lately (lost, say) whose agent may not know yet where their window closed
         closed = [lease for lease in mine if not lease.active and lease.started_at_ms is not None
                   and lease.ended_at_ms is not None and now - lease.ended_at_ms < CLOSED_LEASES_SHOWN_MS]
@@ -1003,7 +1013,7 @@ class Coordinator:
             if agent.online and agent.last_seen_ms is not None and now - agent.last_seen_ms > timeout:
                 self.market.mark_offline(agent)
                 changed_agents.append(agent)
-                for lease in [l for l in self.leases.values() if l.agent_id == agent.agent_id and l.active]:
+                for lease in self._leases_of(agent.agent_id):
                     job = self.jobs[lease.job_id]
                     entries.append(self._close(lease, now, "agent_lost"))
                     self._requeue(job, agent.agent_id, "agent_lost",
@@ -1027,9 +1037,9 @@ class Coordinator:
                 changed_agents.append(agent)
                 self._notify(lease.agent_id)
             elif (lease.state == LEASE_RUNNING and (lease.stop_requested_at_ms is not None or now >= lease.ends_at_ms)
-                  and now > lease.window().closes_at_ms + lease.stop_grace_ms):
+                  and now > (closed := lease.window().closes_at_ms) + lease.stop_grace_ms):
                 agent = self.market.agents[lease.agent_id]
-                entries.append(self._overrun(lease, job, agent, now))
+                entries.append(self._overrun(lease, job, agent, now, closed))
                 changed_jobs.append(job)
                 changed_leases.append(lease)
                 changed_agents.append(agent)
@@ -1043,10 +1053,9 @@ class Coordinator:
                              entries=entries)
             self._wake_scheduler.set()
 
-    def _overrun(self, lease: Lease, job: Job, agent: Agent, now: int) -> bytes:
-        """The agent did not end the lease by its window's close plus the stop grace: end it
+    def _overrun(self, lease: Lease, job: Job, agent: Agent, now: int, closed: int) -> bytes:
+        """The agent did not end the lease by its window's `closed` plus the stop grace: end it
         here, penalise the agent, and tell the enterprise why (nothing after the close bills)."""
-        closed = lease.window().closes_at_ms
         ended = self._close(lease, now, "overrun")
         self._penalise(agent, now)
         why = (f"agent {lease.agent_id[:12]} did not stop the job within {lease.stop_grace_ms // 1000} s "

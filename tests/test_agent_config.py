@@ -142,6 +142,9 @@ async def test_a_lease_for_gpus_the_agent_cannot_give_is_refused(tmp_path: Path)
         ("[coordinator]\nheartbeat_timeout_ms = \"45s\"\n", "heartbeat_timeout_ms must be a int"),
         ("[coordinator]\nsurprise = 1\n", "unknown setting 'surprise'"),
         ("[coordinator]\nreceipt_workers = -1\n", "receipt_workers must be from 0 to 256, not -1"),
+        ("[coordinator]\nstop_grace_ms = -5\n", "stop_grace_ms must be 0 or more, not -5"),
+        ("[coordinator]\nrejections_per_agent_per_day = -1\n",
+         "rejections_per_agent_per_day must be 0 or more, not -1"),
         ("[coordinator\n", "not valid TOML"),
     ],
 )
