@@ -209,7 +209,8 @@ class LeaseRunner:
         return int(exit_code)
 
     async def _finish(self, exit_code: int) -> None:
-        """Record the exit, ship the rest of the log, then seal the final receipt and report."""
+        """Record the exit, ship the rest of the log and remove the container, then seal the
+        final receipt (which may wait for the coordinator to answer the start) and report."""
         daemon, record = self.daemon, self.record
         if record.ended_at_ms is None:
             record.ended_at_ms = now_ms()
@@ -218,10 +219,10 @@ class LeaseRunner:
         if self._log_task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, timeout=30)
+        await self._remove_container()
         if not record.final_sealed:
             await daemon.seal_final(record)
             daemon.kick_reports()
-        await self._remove_container()
 
     async def _fail(self, code: str, detail: str) -> None:
         record = self.record
