@@ -158,14 +158,22 @@ DEFAULT_STATE_DIR = AgentSettings().state_dir
 
 def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
-        "enroll", help="register this host's new key with a coordinator",
+        "enroll",
+        help="register this host's new key with a coordinator",
         description="Create this host's Ed25519 key (mode 0600) and register it with the "
-        "coordinator using the provider's one-time enrolment token.")
+        "coordinator using the provider's one-time enrolment token.",
+    )
     command.add_argument("--coordinator", required=True, help="coordinator URL (https://...)")
-    command.add_argument("--token", required=True, help="enrolment token from the coordinator's operator")
-    command.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live")
+    command.add_argument(
+        "--token", required=True, help="enrolment token from the coordinator's operator"
+    )
+    command.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live"
+    )
     command.add_argument("--ca-file", help="CA bundle for the coordinator's certificate")
-    command.add_argument("--hostname", help="name shown to the operator (default: this host's name)")
+    command.add_argument(
+        "--hostname", help="name shown to the operator (default: this host's name)"
+    )
     command.set_defaults(handler=cmd_enroll)
 
 
@@ -177,9 +185,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     state = AgentState(args.state_dir)
     if state.enrolment_path.exists():
         enrolled = state.enrolment()
-        print(f"suanli-agent: already enrolled as {enrolled['agent_id']} with "
-              f"{enrolled['coordinator_url']}; remove {state.directory} to enrol again",
-              file=sys.stderr)
+        print(
+            f"suanli-agent: already enrolled as {enrolled['agent_id']} with "
+            f"{enrolled['coordinator_url']}; remove {state.directory} to enrol again",
+            file=sys.stderr,
+        )
         return 1
     key = state.key_for_enrolment()
 
@@ -188,10 +198,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return await client.enrol(args.token, args.hostname)
 
     answer = asyncio.run(enrol())
-    state.save_enrolment({
-        "coordinator_url": args.coordinator.rstrip("/"), "agent_id": answer["agent_id"],
-        "provider_id": answer["provider_id"], "ca_file": args.ca_file,
-    })
+    state.save_enrolment(
+        {
+            "coordinator_url": args.coordinator.rstrip("/"),
+            "agent_id": answer["agent_id"],
+            "provider_id": answer["provider_id"],
+            "ca_file": args.ca_file,
+        }
+    )
     print(f"enrolled: agent {answer['agent_id']} of provider {answer['provider_id']}")
     print(f"key: {state.key_path} (0600); next: suanli-agent run --state-dir {state.directory}")
     return 0
@@ -202,11 +216,15 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     epilog = "settings (agent.toml, [agent] table):\n" + "\n".join(
-        f"  {name} = {default!r}\n      {help}" for name, default, help in AgentSettings.describe())
+        f"  {name} = {default!r}\n      {help}" for name, default, help in AgentSettings.describe()
+    )
     command = commands.add_parser(
-        "run", help="run the agent daemon", epilog=epilog,
+        "run",
+        help="run the agent daemon",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Heartbeat NVML-measured capacity, run leased containers, sign receipts.")
+        description="Heartbeat NVML-measured capacity, run leased containers, sign receipts.",
+    )
     _add_common_run_flags(command)
     command.set_defaults(handler=cmd_run)
 
@@ -220,9 +238,16 @@ def _add_common_run_flags(command: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:
-    return load_agent_settings(args.config).with_overrides(
-        state_dir=args.state_dir, ask_per_gpu_hour=args.ask_per_gpu_hour,
-        engine_socket=args.engine_socket, coordinator_url=args.coordinator).validate()
+    return (
+        load_agent_settings(args.config)
+        .with_overrides(
+            state_dir=args.state_dir,
+            ask_per_gpu_hour=args.ask_per_gpu_hour,
+            engine_socket=args.engine_socket,
+            coordinator_url=args.coordinator,
+        )
+        .validate()
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -232,7 +257,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.daemon import AgentDaemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = _settings(args)
     state = AgentState(settings.state_dir)
     if settings.ca_file is None and state.enrolment_path.exists():
@@ -249,7 +276,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             await daemon.run()
         except asyncio.CancelledError:
-            logging.getLogger("agent").info("stopping; running jobs keep running and are re-adopted")
+            logging.getLogger("agent").info(
+                "stopping; running jobs keep running and are re-adopted"
+            )
 
     asyncio.run(serve())
     return 0
@@ -260,8 +289,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _add_self_test(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
-        "self-test", help="check key, enrolment, coordinator, container engine and GPUs",
-        description="Check everything the agent needs and say what is wrong, one line each.")
+        "self-test",
+        help="check key, enrolment, coordinator, container engine and GPUs",
+        description="Check everything the agent needs and say what is wrong, one line each.",
+    )
     _add_common_run_flags(command)
     command.add_argument("--json", action="store_true", help="machine-readable output")
     command.set_defaults(handler=cmd_self_test)
@@ -274,7 +305,9 @@ def cmd_self_test(args: argparse.Namespace) -> int:
 
     results = asyncio.run(run_checks(_settings(args)))
     if args.json:
-        json.dump([{"check": c, "ok": ok, "detail": d} for c, ok, d in results], sys.stdout, indent=2)
+        json.dump(
+            [{"check": c, "ok": ok, "detail": d} for c, ok, d in results], sys.stdout, indent=2
+        )
         sys.stdout.write("\n")
     else:
         for check, ok, detail in results:
@@ -287,11 +320,15 @@ def cmd_self_test(args: argparse.Namespace) -> int:
 
 def _add_rotate_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
-        "rotate-key", help="replace this host's key (stop the agent first)",
+        "rotate-key",
+        help="replace this host's key (stop the agent first)",
         description="Make a new Ed25519 key and have the coordinator take it in place of the "
         "old one, which signs the change. Run it with the agent stopped and no lease or "
-        "unacknowledged receipt left; start the agent again after it.")
-    command.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live")
+        "unacknowledged receipt left; start the agent again after it.",
+    )
+    command.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live"
+    )
     command.set_defaults(handler=cmd_rotate_key)
 
 
@@ -312,8 +349,11 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         finally:
             spool.close()
         if busy:
-            print("suanli-agent: this host still has leases or unacknowledged receipts; let them "
-                  "finish with the agent running, stop it, then rotate", file=sys.stderr)
+            print(
+                "suanli-agent: this host still has leases or unacknowledged receipts; let them "
+                "finish with the agent running, stop it, then rotate",
+                file=sys.stderr,
+            )
             return 1
     # the new key is kept beside the old until the coordinator has it: an interrupted
     # rotation is finished, not repeated, by the next run
@@ -338,9 +378,18 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
     answer = asyncio.run(rotate())
     new_path.replace(state.key_path)
-    state.save_enrolment({**enrolled, "agent_id": answer["agent_id"],
-                          "previous_agent_ids": [*enrolled.get("previous_agent_ids", []),
-                                                 old_key.public.agent_id]})
-    print(f"key rotated: agent {old_key.public.agent_id} is now {answer['agent_id']}; "
-          f"key: {state.key_path} (0600)")
+    state.save_enrolment(
+        {
+            **enrolled,
+            "agent_id": answer["agent_id"],
+            "previous_agent_ids": [
+                *enrolled.get("previous_agent_ids", []),
+                old_key.public.agent_id,
+            ],
+        }
+    )
+    print(
+        f"key rotated: agent {old_key.public.agent_id} is now {answer['agent_id']}; "
+        f"key: {state.key_path} (0600)"
+    )
     return 0

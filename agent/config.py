@@ -25,14 +25,18 @@ class AgentSettings:
     coordinator_url: str | None = setting(None, "coordinator URL (taken from enrolment when unset)")
     ca_file: str | None = setting(None, "CA bundle that signs the coordinator's certificate")
     state_dir: str = setting("/var/lib/suanli-agent", "key, enrolment and receipt spool live here")
-    ask_per_gpu_hour: str | None = setting(None, "ask price in yuan per GPU-hour, e.g. \"12.50\"; unset: offer nothing")
+    ask_per_gpu_hour: str | None = setting(
+        None, 'ask price in yuan per GPU-hour, e.g. "12.50"; unset: offer nothing'
+    )
     offered_gpus: list[int] | None = setting(None, "GPU indexes offered to the market; unset: all")
     engine_socket: str = setting("/run/docker.sock", "Docker Engine API socket (Docker or Podman)")
     gpu_mode: str = setting("auto", "GPU pinning: auto, nvidia-runtime, cdi or none")
     heartbeat_interval_s: int = setting(10, "seconds between heartbeats")
     sample_interval_ms: int = setting(1000, "milliseconds between NVML samples")
     receipt_interval_s: int = setting(60, "seconds between signed receipts of a running lease")
-    acceptance_deadline_s: int = setting(600, "stop a job if none of its receipts is accepted by then")
+    acceptance_deadline_s: int = setting(
+        600, "stop a job if none of its receipts is accepted by then"
+    )
     job_network: str = setting("none", "container network: none or bridge")
     max_job_log_bytes: int = setting(16 << 20, "job log bytes shipped to the coordinator per lease")
     pids_limit: int = setting(4096, "most processes one job may run")
@@ -40,14 +44,34 @@ class AgentSettings:
     image_pull_timeout_s: int = setting(1800, "longest an image pull may take")
     image_max_bytes: int = setting(64 << 30, "largest image the agent will pull")
     disk_path: str = setting("/", "filesystem reported as the host's disk")
-    engine_log_max_bytes: int = setting(64 << 20, "most bytes of one job's log the engine keeps on the host's disk")
-    memory_reserve_bytes: int = setting(4 << 30, "host memory never given to jobs; a job gets at most the rest")
-    memory_by_gpu_share: bool = setting(True, "cap a job's memory at its GPUs' share of the host's (memory - reserve)")
-    scratch_bytes: int = setting(8 << 30, "writable tmpfs at /scratch (the root filesystem is read-only); counts as the job's memory, at most half of it")
-    tmp_bytes: int = setting(1 << 30, "writable tmpfs at /tmp; counts as the job's memory, at most a quarter of it")
-    userns_host_id: int = setting(1_000_000_000, "host uid/gid that container root maps to (Podman; Docker needs userns-remap, else jobs run as 65534)")
-    registry_allow: list[str] | None = setting(None, "registry hosts jobs' images may come from (\"docker.io\" for Docker Hub, \"*.example.cn\"); unset: any")
-    registry_refuse_private: bool = setting(True, "refuse registry hosts that are or resolve to loopback, link-local or private addresses")
+    engine_log_max_bytes: int = setting(
+        64 << 20, "most bytes of one job's log the engine keeps on the host's disk"
+    )
+    memory_reserve_bytes: int = setting(
+        4 << 30, "host memory never given to jobs; a job gets at most the rest"
+    )
+    memory_by_gpu_share: bool = setting(
+        True, "cap a job's memory at its GPUs' share of the host's (memory - reserve)"
+    )
+    scratch_bytes: int = setting(
+        8 << 30,
+        "writable tmpfs at /scratch (the root filesystem is read-only); counts as the job's memory, at most half of it",
+    )
+    tmp_bytes: int = setting(
+        1 << 30, "writable tmpfs at /tmp; counts as the job's memory, at most a quarter of it"
+    )
+    userns_host_id: int = setting(
+        1_000_000_000,
+        "host uid/gid that container root maps to (Podman; Docker needs userns-remap, else jobs run as 65534)",
+    )
+    registry_allow: list[str] | None = setting(
+        None,
+        'registry hosts jobs\' images may come from ("docker.io" for Docker Hub, "*.example.cn"); unset: any',
+    )
+    registry_refuse_private: bool = setting(
+        True,
+        "refuse registry hosts that are or resolve to loopback, link-local or private addresses",
+    )
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
@@ -68,10 +92,21 @@ class AgentSettings:
             raise AgentConfigError("gpu_mode must be auto, nvidia-runtime, cdi or none")
         if self.job_network not in ("none", "bridge"):
             raise AgentConfigError("job_network must be none or bridge")
-        for name in ("heartbeat_interval_s", "receipt_interval_s", "acceptance_deadline_s",
-                     "sample_interval_ms", "max_job_log_bytes", "pids_limit", "stop_grace_s",
-                     "image_pull_timeout_s", "image_max_bytes", "engine_log_max_bytes",
-                     "scratch_bytes", "tmp_bytes", "userns_host_id"):
+        for name in (
+            "heartbeat_interval_s",
+            "receipt_interval_s",
+            "acceptance_deadline_s",
+            "sample_interval_ms",
+            "max_job_log_bytes",
+            "pids_limit",
+            "stop_grace_s",
+            "image_pull_timeout_s",
+            "image_max_bytes",
+            "engine_log_max_bytes",
+            "scratch_bytes",
+            "tmp_bytes",
+            "userns_host_id",
+        ):
             if getattr(self, name) <= 0:
                 raise AgentConfigError(f"{name} must be positive")
         if self.memory_reserve_bytes < 0:
@@ -81,9 +116,12 @@ class AgentSettings:
         if self.userns_host_id + USERNS_SIZE >= 1 << 32:
             raise AgentConfigError(f"userns_host_id must leave {USERNS_SIZE} ids below 2^32")
         if self.registry_allow is not None and not all(
-                isinstance(h, str) and h and not any(c.isspace() or c == "/" for c in h)
-                for h in self.registry_allow):
-            raise AgentConfigError("registry_allow must list registry hosts like \"registry.example.cn\"")
+            isinstance(h, str) and h and not any(c.isspace() or c == "/" for c in h)
+            for h in self.registry_allow
+        ):
+            raise AgentConfigError(
+                'registry_allow must list registry hosts like "registry.example.cn"'
+            )
         return self
 
     @property
@@ -96,16 +134,24 @@ def load_agent_settings(path: Path | None) -> AgentSettings:
     if path is None:
         return AgentSettings()
     section = read_table(path, "agent", AgentConfigError, whole_file=True)
-    special = {name: section.pop(name) for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow")
-               if name in section}
+    special = {
+        name: section.pop(name)
+        for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow")
+        if name in section
+    }
     allow = special.get("registry_allow")
-    if "registry_allow" in special and (type(allow) is not list or not all(type(h) is str for h in allow)):
+    if "registry_allow" in special and (
+        type(allow) is not list or not all(type(h) is str for h in allow)
+    ):
         raise AgentConfigError(f"{path}: registry_allow must be a list of registry hosts")
     offered = special.get("offered_gpus")
     if "offered_gpus" in special and (
-            type(offered) is not list or not all(type(i) is int and i >= 0 for i in offered)):
+        type(offered) is not list or not all(type(i) is int and i >= 0 for i in offered)
+    ):
         raise AgentConfigError(f"{path}: offered_gpus must be a list of GPU indexes")
     if "ask_per_gpu_hour" in special and type(special["ask_per_gpu_hour"]) is not str:
-        raise AgentConfigError(f"{path}: ask_per_gpu_hour must be a quoted yuan amount like \"12.50\"")
+        raise AgentConfigError(
+            f'{path}: ask_per_gpu_hour must be a quoted yuan amount like "12.50"'
+        )
     values = typed_values(section, AgentSettings, path, AgentConfigError)
     return AgentSettings(**values, **special).validate()

@@ -33,8 +33,14 @@ def _now_ms() -> int:
 
 
 class CoordinatorClient:
-    def __init__(self, url: str, key: PrivateKey, ca_file: str | None = None,
-                 session: aiohttp.ClientSession | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: PrivateKey,
+        ca_file: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.url = check_coordinator_url(url)
         self.key = key
         self._ssl = client_ssl_context(ca_file) if self.url.startswith("https://") else None
@@ -61,9 +67,13 @@ class CoordinatorClient:
     async def _post(self, path: str, body: bytes, timeout_s: float | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         try:
-            async with self._http().post(self.url + path, data=body, ssl=self._ssl,
-                                         headers={"Content-Type": MSGPACK},
-                                         timeout=timeout) as response:
+            async with self._http().post(
+                self.url + path,
+                data=body,
+                ssl=self._ssl,
+                headers={"Content-Type": MSGPACK},
+                timeout=timeout,
+            ) as response:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -71,13 +81,15 @@ class CoordinatorClient:
         try:
             data = canonical.decode(raw)
         except SuanliError:
-            raise CoordinatorError(f"the coordinator answered {status} with an unreadable body",
-                                   status) from None
+            raise CoordinatorError(
+                f"the coordinator answered {status} with an unreadable body", status
+            ) from None
         if status >= 400:
             detail = data.get("detail") if isinstance(data, dict) else None
             error = data.get("error") if isinstance(data, dict) else None
-            raise CoordinatorError(f"coordinator refused {path} ({status} {error}): {detail}",
-                                   status, error)
+            raise CoordinatorError(
+                f"coordinator refused {path} ({status} {error}): {detail}", status, error
+            )
         return data
 
     async def signed(self, path: str, body: Any, timeout_s: float | None = None) -> Any:
@@ -86,9 +98,13 @@ class CoordinatorClient:
 
     async def enrol(self, token: str, hostname: str | None = None) -> dict[str, Any]:
         path = "/v1/agent/enroll"
-        request = sign_request(self.key, "POST", path,
-                               {"token": token, "hostname": hostname or socket.gethostname()},
-                               _now_ms())
+        request = sign_request(
+            self.key,
+            "POST",
+            path,
+            {"token": token, "hostname": hostname or socket.gethostname()},
+            _now_ms(),
+        )
         body = canonical.encode({"public_key": self.key.public.raw, "request": request})
         return dict(await self._post(path, body))
 
@@ -96,20 +112,38 @@ class CoordinatorClient:
         """Replace this client's key with `new_key` at the coordinator: the old key signs the
         request, the new key signs that it takes over this agent."""
         path = "/v1/agent/rotate-key"
-        proof = sign_request(new_key, "POST", path, {"rotates": self.key.public.agent_id}, _now_ms())
+        proof = sign_request(
+            new_key, "POST", path, {"rotates": self.key.public.agent_id}, _now_ms()
+        )
         return dict(await self.signed(path, {"public_key": new_key.public.raw, "request": proof}))
 
-    async def heartbeat(self, ask_per_gpu_hour: int | None, inventory: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.signed("/v1/agent/heartbeat",
-                                      {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory}))
+    async def heartbeat(
+        self, ask_per_gpu_hour: int | None, inventory: dict[str, Any]
+    ) -> dict[str, Any]:
+        return dict(
+            await self.signed(
+                "/v1/agent/heartbeat",
+                {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory},
+            )
+        )
 
     async def leases(self, known_version: int, wait_ms: int) -> dict[str, Any]:
-        return dict(await self.signed("/v1/agent/leases",
-                                      {"known_version": known_version, "wait_ms": wait_ms},
-                                      timeout_s=wait_ms / 1000 + 30))
+        return dict(
+            await self.signed(
+                "/v1/agent/leases",
+                {"known_version": known_version, "wait_ms": wait_ms},
+                timeout_s=wait_ms / 1000 + 30,
+            )
+        )
 
     async def status(self, lease_id: str, event: str, **fields: Any) -> dict[str, Any]:
-        return dict(await self.signed("/v1/agent/status", {"lease_id": lease_id, "event": event, **fields}))
+        return dict(
+            await self.signed("/v1/agent/status", {"lease_id": lease_id, "event": event, **fields})
+        )
 
     async def log_chunk(self, lease_id: str, offset: int, data: bytes) -> dict[str, Any]:
-        return dict(await self.signed("/v1/agent/logs", {"lease_id": lease_id, "offset": offset, "data": data}))
+        return dict(
+            await self.signed(
+                "/v1/agent/logs", {"lease_id": lease_id, "offset": offset, "data": data}
+            )
+        )

@@ -19,7 +19,11 @@ from agent.coordinator_client import CoordinatorClient, CoordinatorError
 from agent.engine import Engine, EngineError
 from agent.inventory import gpu_record, read_host
 from agent.metering import (
-    account_sample, billable_from_ms, learn_window, seal_final_receipt, seal_interim_receipt,
+    account_sample,
+    billable_from_ms,
+    learn_window,
+    seal_final_receipt,
+    seal_interim_receipt,
 )
 from agent.nvml import GpuSample, NvmlSampler
 from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner, now_ms
@@ -36,8 +40,13 @@ MAX_BACKOFF_S = 10.0
 
 
 class AgentDaemon:
-    def __init__(self, settings: AgentSettings, state: AgentState, engine: Engine | None = None,
-                 sampler: NvmlSampler | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        state: AgentState,
+        engine: Engine | None = None,
+        sampler: NvmlSampler | None = None,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.key = state.load_key()
@@ -64,10 +73,16 @@ class AgentDaemon:
     async def run(self) -> None:
         await self._prepare()
         tasks = [
-            asyncio.create_task(self._forever(self._sample_once, self.settings.sample_interval_ms / 1000), name="sample"),
+            asyncio.create_task(
+                self._forever(self._sample_once, self.settings.sample_interval_ms / 1000),
+                name="sample",
+            ),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._lease_loop(), name="leases"),
-            asyncio.create_task(self._forever(self._receipt_round, self.settings.receipt_interval_s), name="receipts"),
+            asyncio.create_task(
+                self._forever(self._receipt_round, self.settings.receipt_interval_s),
+                name="receipts",
+            ),
             asyncio.create_task(self._report_loop(), name="reports"),
             asyncio.create_task(self._forever(self._enforce_limits, 1.0), name="limits"),
         ]
@@ -106,8 +121,10 @@ class AgentDaemon:
             log.warning("container engine not reachable yet: %s", exc.detail)
             return "none"
         if mode == "none" and self.samples:
-            log.warning("GPUs found but the engine offers neither the NVIDIA runtime nor CDI; "
-                        "jobs would not see their GPUs")
+            log.warning(
+                "GPUs found but the engine offers neither the NVIDIA runtime nor CDI; "
+                "jobs would not see their GPUs"
+            )
         return mode
 
     async def _adopt(self) -> None:
@@ -122,7 +139,9 @@ class AgentDaemon:
             lease_id = (container.get("Labels") or {}).get(LABEL_LEASE)
             record = records.get(lease_id or "")
             if record is None:
-                log.warning("removing container %s of unknown lease %s", container.get("Id"), lease_id)
+                log.warning(
+                    "removing container %s of unknown lease %s", container.get("Id"), lease_id
+                )
                 with contextlib.suppress(EngineError):
                     await self.engine.remove(container["Id"], force=True)
                 continue
@@ -132,8 +151,11 @@ class AgentDaemon:
             for receipt in self.spool.receipts(record.lease_id):
                 if receipt.acked_at_ms is not None:
                     self.last_accepted_ms[record.lease_id] = max(
-                        self.last_accepted_ms[record.lease_id], receipt.acked_at_ms)
-            if record.ended_at_ms is None and (record.container_id is not None or record.started_at_ms is None):
+                        self.last_accepted_ms[record.lease_id], receipt.acked_at_ms
+                    )
+            if record.ended_at_ms is None and (
+                record.container_id is not None or record.started_at_ms is None
+            ):
                 self._start_runner(record)
             else:
                 if record.ended_at_ms is None:
@@ -141,7 +163,9 @@ class AgentDaemon:
                     record.exit_code = -1
                 if not record.final_sealed and record.started_at_ms is not None:
                     # its start report may still be unanswered: seal once it is, in the background
-                    task = asyncio.create_task(self.seal_final(record), name=f"final {record.lease_id}")
+                    task = asyncio.create_task(
+                        self.seal_final(record), name=f"final {record.lease_id}"
+                    )
                     self._finals.add(task)
                     task.add_done_callback(self._finals.discard)
         self.kick_reports()
@@ -175,8 +199,12 @@ class AgentDaemon:
 
     def gpus_unavailable(self, record: LeaseRecord) -> str | None:
         offered = {s.uuid: s for s in self.offered_samples()}
-        busy = {uuid for r in self.runners.values() if r.record is not record and r.record.ended_at_ms is None
-                for uuid in r.record.gpu_uuids}
+        busy = {
+            uuid
+            for r in self.runners.values()
+            if r.record is not record and r.record.ended_at_ms is None
+            for uuid in r.record.gpu_uuids
+        }
         for uuid in record.gpu_uuids:
             if uuid not in offered:
                 return f"GPU {uuid} is not offered by this agent"
@@ -190,8 +218,13 @@ class AgentDaemon:
         gpus = []
         for sample in sorted(self.offered_samples(), key=lambda s: s.index):
             record = gpu_record(sample)
-            gpus.append({k: v for k, v in record.items()
-                         if k not in ("tflops_bf16", "model", "compute_capability")})
+            gpus.append(
+                {
+                    k: v
+                    for k, v in record.items()
+                    if k not in ("tflops_bf16", "model", "compute_capability")
+                }
+            )
         host = read_host(self.settings.disk_path, cpu_interval_s=None)
         return {"gpus": gpus, "host": dict(host), "driver_version": self.sampler.driver_version}
 
@@ -202,14 +235,20 @@ class AgentDaemon:
         while True:
             try:
                 sent = now_ms()
-                answer = await self.client.heartbeat(self.settings.ask_micro_yuan, self.heartbeat_inventory())
+                answer = await self.client.heartbeat(
+                    self.settings.ask_micro_yuan, self.heartbeat_inventory()
+                )
                 timeout = answer.get("heartbeat_timeout_ms")
                 if type(timeout) is int and timeout > 0:
                     self.contact_until_ms = sent + timeout
                 self.heartbeat_interval_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
-                self.heartbeat_interval_s = min(self.heartbeat_interval_s, self.settings.heartbeat_interval_s)
+                self.heartbeat_interval_s = min(
+                    self.heartbeat_interval_s, self.settings.heartbeat_interval_s
+                )
                 for flag in answer.get("flags", []):
-                    log.warning("the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind"))
+                    log.warning(
+                        "the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind")
+                    )
                 backoff = 1.0
                 await asyncio.sleep(self.heartbeat_interval_s)
             except CoordinatorError as exc:
@@ -241,9 +280,18 @@ class AgentDaemon:
             runner = self.runners.get(lease_id)
             if runner is None and lease["desired"] == "run":
                 record = LeaseRecord(
-                    lease_id=lease_id, job_id=lease["job_id"], gpu_uuids=tuple(lease["gpu_uuids"]),
-                    price_per_gpu_hour=lease["price_per_gpu_hour"], lease=lease, created_at_ms=now_ms())
-                known = [r for r in await asyncio.to_thread(self.spool.leases, True) if r.lease_id == lease_id]
+                    lease_id=lease_id,
+                    job_id=lease["job_id"],
+                    gpu_uuids=tuple(lease["gpu_uuids"]),
+                    price_per_gpu_hour=lease["price_per_gpu_hour"],
+                    lease=lease,
+                    created_at_ms=now_ms(),
+                )
+                known = [
+                    r
+                    for r in await asyncio.to_thread(self.spool.leases, True)
+                    if r.lease_id == lease_id
+                ]
                 if known:
                     continue
                 await self.save(record)
@@ -255,7 +303,11 @@ class AgentDaemon:
                 if lease["desired"] == "stop":
                     runner.request_stop(lease.get("stop_reason") or "stopped by the coordinator")
         for lease_id, runner in self.runners.items():
-            if lease_id not in listed and runner.record.ended_at_ms is None and runner.record.started_at_ms:
+            if (
+                lease_id not in listed
+                and runner.record.ended_at_ms is None
+                and runner.record.started_at_ms
+            ):
                 runner.request_stop("the coordinator no longer lists this lease")
 
     def _start_runner(self, record: LeaseRecord) -> None:
@@ -273,7 +325,9 @@ class AgentDaemon:
             ends = record.lease.get("ends_at_ms")
             if ends is not None and now >= ends + 5_000:
                 runner.request_stop("the lease has ended")
-            elif now - self.last_accepted_ms.get(record.lease_id, record.started_at_ms) > deadline_ms:
+            elif (
+                now - self.last_accepted_ms.get(record.lease_id, record.started_at_ms) > deadline_ms
+            ):
                 runner.request_stop("no receipt was accepted within the acceptance deadline")
 
     # -- receipts -----------------------------------------------------------------------
@@ -282,10 +336,20 @@ class AgentDaemon:
         for runner in list(self.runners.values()):
             record = runner.record
             billing_now = self.billing_now()
-            if billable_from_ms(record) is not None and record.ended_at_ms is None and billing_now is not None:
+            if (
+                billable_from_ms(record) is not None
+                and record.ended_at_ms is None
+                and billing_now is not None
+            ):
                 sealed = seal_interim_receipt(record, self.key, billing_now)
-                await asyncio.to_thread(self.spool.add_receipt, record, sealed.receipt.seq,
-                                        sealed.envelope, sealed.digest, now_ms())
+                await asyncio.to_thread(
+                    self.spool.add_receipt,
+                    record,
+                    sealed.receipt.seq,
+                    sealed.envelope,
+                    sealed.digest,
+                    now_ms(),
+                )
         await self.drain_receipts()
 
     def billing_now(self) -> int | None:
@@ -308,8 +372,14 @@ class AgentDaemon:
             return
         sealed = seal_final_receipt(record, self.key, now_ms())
         await self.save(record)
-        await asyncio.to_thread(self.spool.add_receipt, record, sealed.receipt.seq,
-                                sealed.envelope, sealed.digest, now_ms())
+        await asyncio.to_thread(
+            self.spool.add_receipt,
+            record,
+            sealed.receipt.seq,
+            sealed.envelope,
+            sealed.digest,
+            now_ms(),
+        )
         with contextlib.suppress(Exception):
             await self.drain_receipts()
 
@@ -319,11 +389,15 @@ class AgentDaemon:
         if not pending:
             return 0
         try:
-            answer = await self.client.signed("/v1/agent/receipts", {"receipts": [p.envelope for p in pending]})
+            answer = await self.client.signed(
+                "/v1/agent/receipts", {"receipts": [p.envelope for p in pending]}
+            )
         except CoordinatorError as exc:
             if exc.status == 404 and exc.error == "not_found":
                 if not self._receipts_endpoint_missing_logged:
-                    log.warning("the coordinator does not accept receipts yet; they stay in the spool")
+                    log.warning(
+                        "the coordinator does not accept receipts yet; they stay in the spool"
+                    )
                     self._receipts_endpoint_missing_logged = True
             else:
                 log.warning("sending receipts failed: %s", exc.detail)
@@ -335,20 +409,31 @@ class AgentDaemon:
         for item in answer.get("results", []):
             lease_id, seq = item.get("lease_id"), item.get("seq")
             if item.get("status") == "accepted":
-                envelope = _acknowledging(acknowledgements, item.get("acknowledgement"),
-                                          sent.get((lease_id, seq)))
+                envelope = _acknowledging(
+                    acknowledgements, item.get("acknowledgement"), sent.get((lease_id, seq))
+                )
                 if envelope is None:
-                    log.error("receipt %s/%s was accepted without an acknowledgement that names it; "
-                              "it stays in the spool", lease_id, seq)
+                    log.error(
+                        "receipt %s/%s was accepted without an acknowledgement that names it; "
+                        "it stays in the spool",
+                        lease_id,
+                        seq,
+                    )
                     continue
                 await asyncio.to_thread(self.spool.acknowledge, lease_id, seq, envelope, now)
                 self.last_accepted_ms[lease_id] = now
                 accepted += 1
             elif item.get("status") == "rejected":
-                log.error("receipt %s/%s rejected by rule %s: %s", lease_id, seq, item.get("rule"),
-                          item.get("detail"))
-                await asyncio.to_thread(self.spool.reject, lease_id, seq, str(item.get("rule")),
-                                        str(item.get("detail")))
+                log.error(
+                    "receipt %s/%s rejected by rule %s: %s",
+                    lease_id,
+                    seq,
+                    item.get("rule"),
+                    item.get("detail"),
+                )
+                await asyncio.to_thread(
+                    self.spool.reject, lease_id, seq, str(item.get("rule")), str(item.get("detail"))
+                )
         return accepted
 
     # -- status and logs ----------------------------------------------------------------
@@ -390,29 +475,47 @@ class AgentDaemon:
                     else:
                         record.lease["billable_from_ms"] = None  # refused, or ended meanwhile
                     record.status_reported = "started"
-                if (record.final_sealed and record.status_reported == "started"
-                        and not await asyncio.to_thread(self.spool.unanswered, record.lease_id)):
+                if (
+                    record.final_sealed
+                    and record.status_reported == "started"
+                    and not await asyncio.to_thread(self.spool.unanswered, record.lease_id)
+                ):
                     # the exit is reported once the final receipt is answered: the job's
                     # reservation is released at its end and must still pay that receipt
                     why = record.lease.get("agent_stop_reason")
-                    await self._report(record, "exited", exit_code=record.exit_code,
-                                       **({"reason": why} if why else {}))
+                    await self._report(
+                        record,
+                        "exited",
+                        exit_code=record.exit_code,
+                        **({"reason": why} if why else {}),
+                    )
                     record.status_reported = "exited"
             if record.status_reported != before:
                 await self.save(record)
         for lease_id, runner in list(self.runners.items()):
             record = runner.record
-            if record.status_reported in ("exited", "failed") and runner.task is not None and runner.task.done():
+            if (
+                record.status_reported in ("exited", "failed")
+                and runner.task is not None
+                and runner.task.done()
+            ):
                 record.done = True
                 await self.save(record)
                 del self.runners[lease_id]
 
-    async def _report(self, record: LeaseRecord, event: str, **fields: Any) -> dict[str, Any] | None:
+    async def _report(
+        self, record: LeaseRecord, event: str, **fields: Any
+    ) -> dict[str, Any] | None:
         try:
             return await self.client.status(record.lease_id, event, **fields)
         except CoordinatorError as exc:
             if exc.status in (404, 422):
-                log.error("the coordinator refused the %s report of %s: %s", event, record.lease_id, exc.detail)
+                log.error(
+                    "the coordinator refused the %s report of %s: %s",
+                    event,
+                    record.lease_id,
+                    exc.detail,
+                )
                 return None
             raise
 
@@ -420,7 +523,9 @@ class AgentDaemon:
         """Wait until the coordinator has answered the lease's start report (or refused it),
         and a lease poll since this agent started has told which windows closed meanwhile:
         the final receipt is sealed only once billing knows where it began and ended."""
-        while (record.status_reported == "" and record.started_at_ms is not None) or not self.polled:
+        while (
+            record.status_reported == "" and record.started_at_ms is not None
+        ) or not self.polled:
             self.kick_reports()
             await asyncio.sleep(0.1)
 
@@ -458,8 +563,9 @@ def _acknowledged_digests(envelopes: Any) -> list[tuple[bytes, frozenset[bytes]]
     return found
 
 
-def _acknowledging(acknowledgements: list[tuple[bytes, frozenset[bytes]]], position: object,
-                   digest: bytes | None) -> bytes | None:
+def _acknowledging(
+    acknowledgements: list[tuple[bytes, frozenset[bytes]]], position: object, digest: bytes | None
+) -> bytes | None:
     """The acknowledgement an accepted result points to, if it names the receipt that was sent."""
     if digest is None or type(position) is not int or not 0 <= position < len(acknowledgements):
         return None

@@ -221,8 +221,10 @@ class ContainerSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):
-            raise InvalidContainerSpec(f"container spec {self.name!r}: the command must be a "
-                                       "list of arguments, not one string")
+            raise InvalidContainerSpec(
+                f"container spec {self.name!r}: the command must be a "
+                "list of arguments, not one string"
+            )
 
         def fix(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
@@ -238,8 +240,10 @@ class ContainerSpec:
 
     def _problem(self) -> str | None:
         if not _NAME_RE.fullmatch(self.name):
-            return ("the name must be 1-128 letters, digits, '_', '.' or '-', starting with a "
-                    "letter or digit")
+            return (
+                "the name must be 1-128 letters, digits, '_', '.' or '-', starting with a "
+                "letter or digit"
+            )
         if not self.image or any(c.isspace() for c in self.image):
             return "the image reference is empty or contains whitespace"
         if not all(isinstance(arg, str) for arg in self.command):
@@ -277,8 +281,10 @@ class ContainerSpec:
             if type(size) is not int or size < 4096:
                 return f"tmpfs {path} must be at least 4096 bytes"
         if self.userns_host_id is not None and not (
-                1 <= self.userns_host_id and 1 <= self.userns_size
-                and self.userns_host_id + self.userns_size <= _MAX_ID):
+            1 <= self.userns_host_id
+            and 1 <= self.userns_size
+            and self.userns_host_id + self.userns_size <= _MAX_ID
+        ):
             return "userns_host_id and userns_size must name a range of host ids above 0"
         return None
 
@@ -295,8 +301,11 @@ class ContainerSpec:
         return env
 
     def _labels(self) -> dict[str, str]:
-        return {**self.labels, LABEL_GPU_MODE: self.gpu_mode,
-                LABEL_GPU_UUIDS: ",".join(self.gpu_uuids)}
+        return {
+            **self.labels,
+            LABEL_GPU_MODE: self.gpu_mode,
+            LABEL_GPU_UUIDS: ",".join(self.gpu_uuids),
+        }
 
 
 def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
@@ -327,20 +336,26 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
         "OomKillDisable": False,
     }
     if spec.gpu_uuids and spec.gpu_mode == "nvidia-runtime":
-        host["DeviceRequests"] = [{"Driver": "nvidia", "DeviceIDs": list(spec.gpu_uuids),
-                                   "Capabilities": [["gpu"]]}]
+        host["DeviceRequests"] = [
+            {"Driver": "nvidia", "DeviceIDs": list(spec.gpu_uuids), "Capabilities": [["gpu"]]}
+        ]
     elif spec.gpu_uuids and spec.gpu_mode == "cdi":
         host["DeviceRequests"] = [{"Driver": "cdi", "DeviceIDs": list(spec.cdi_devices)}]
     if spec.tmpfs:
         # exec: jobs run what they install in their scratch; Docker's default is noexec.
-        host["Tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size}"
-                         for path, size in spec.tmpfs.items()}
+        host["Tmpfs"] = {
+            path: f"rw,exec,nosuid,nodev,size={size}" for path, size in spec.tmpfs.items()
+        }
     if spec.shm_bytes is not None:
         host["ShmSize"] = spec.shm_bytes
     if spec.log_max_bytes is not None:
-        host["LogConfig"] = {"Type": "json-file", "Config": {
-            "max-size": str(max(4096, spec.log_max_bytes // DOCKER_LOG_FILES)),
-            "max-file": str(DOCKER_LOG_FILES)}}
+        host["LogConfig"] = {
+            "Type": "json-file",
+            "Config": {
+                "max-size": str(max(4096, spec.log_max_bytes // DOCKER_LOG_FILES)),
+                "max-file": str(DOCKER_LOG_FILES),
+            },
+        }
     body: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{key}={value}" for key, value in spec._env().items()],
@@ -396,9 +411,15 @@ def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
     if spec.user:
         body["user"] = spec.user
     if spec.tmpfs:
-        body["mounts"] = [{"destination": path, "type": "tmpfs", "source": "tmpfs",
-                           "options": ["rw", "exec", "nosuid", "nodev", f"size={size}"]}
-                          for path, size in spec.tmpfs.items()]
+        body["mounts"] = [
+            {
+                "destination": path,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["rw", "exec", "nosuid", "nodev", f"size={size}"],
+            }
+            for path, size in spec.tmpfs.items()
+        ]
     if spec.read_only_rootfs:
         # Podman would otherwise add tmpfs mounts of its own, of no set size, at /run, /tmp
         # and /var/tmp of a read-only container.
@@ -411,8 +432,12 @@ def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
     if spec.userns_host_id is not None:
         mapping = [{"container_id": 0, "host_id": spec.userns_host_id, "size": spec.userns_size}]
         body["userns"] = {"nsmode": "private"}
-        body["idmappings"] = {"HostUIDMapping": False, "HostGIDMapping": False,
-                              "UIDMap": mapping, "GIDMap": mapping}
+        body["idmappings"] = {
+            "HostUIDMapping": False,
+            "HostGIDMapping": False,
+            "UIDMap": mapping,
+            "GIDMap": mapping,
+        }
     return body
 
 
@@ -486,9 +511,15 @@ def _version_tuple(text: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-_NOT_FOUND_WORDS = ("not found", "manifest unknown", "name unknown", "pull access denied",
-                    "repository does not exist", "no such image",
-                    "requested access to the resource is denied")
+_NOT_FOUND_WORDS = (
+    "not found",
+    "manifest unknown",
+    "name unknown",
+    "pull access denied",
+    "repository does not exist",
+    "no such image",
+    "requested access to the resource is denied",
+)
 # Docker without the NVIDIA hook or CDI, CDI names no spec defines, the NVIDIA hook itself.
 _GPU_START_WORDS = ("could not select device driver", "cdi device", "nvidia-container")
 
@@ -505,8 +536,9 @@ def _numeric_non_root(user: str | None) -> bool:
     return bool(sep) and uid.isdigit() and gid.isdigit() and int(uid) > 0 and int(gid) > 0
 
 
-def unenforced_limits(spec: ContainerSpec, document: Mapping[str, Any],
-                      flavor: str = "docker") -> list[str]:
+def unenforced_limits(
+    spec: ContainerSpec, document: Mapping[str, Any], flavor: str = "docker"
+) -> list[str]:
     """What a created container's inspect document (Podman's own, on Podman) says the engine
     will not enforce of spec: each a phrase naming the limit. Empty when all is in place."""
     host = document.get("HostConfig") or {}
@@ -542,8 +574,9 @@ def _start_error(container_id: str, message: str) -> EngineError:
 class Engine:
     """A client of one engine socket. Methods are coroutines; call `close()` when done."""
 
-    def __init__(self, socket_path: str | Path, *, timeout_s: float = 30.0,
-                 api_version: str | None = None) -> None:
+    def __init__(
+        self, socket_path: str | Path, *, timeout_s: float = 30.0, api_version: str | None = None
+    ) -> None:
         self.socket_path = str(socket_path)
         self.timeout_s = timeout_s
         self._api_version = api_version
@@ -568,21 +601,27 @@ class Engine:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket_path))
+                connector=aiohttp.UnixConnector(path=self.socket_path)
+            )
         return self._session
 
-    async def _raw(self, method: str, path: str, *, timeout: aiohttp.ClientTimeout,
-                   **kwargs: Any) -> aiohttp.ClientResponse:
+    async def _raw(
+        self, method: str, path: str, *, timeout: aiohttp.ClientTimeout, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
         """Send a request; the caller reads and releases the response."""
         try:
-            return await self._http().request(method, "http://engine" + path, timeout=timeout,
-                                              **kwargs)
+            return await self._http().request(
+                method, "http://engine" + path, timeout=timeout, **kwargs
+            )
         except aiohttp.ClientConnectionError as exc:
             raise EngineUnavailable(
-                f"the container engine at {self.socket_path} is not answering: {exc}") from exc
+                f"the container engine at {self.socket_path} is not answering: {exc}"
+            ) from exc
         except TimeoutError as exc:
-            raise EngineTimeout(f"the container engine did not answer {method} {path} "
-                                f"within {timeout.total or timeout.sock_connect} s") from exc
+            raise EngineTimeout(
+                f"the container engine did not answer {method} {path} "
+                f"within {timeout.total or timeout.sock_connect} s"
+            ) from exc
 
     async def _prefix(self) -> str:
         if self._api_version is None:
@@ -602,7 +641,8 @@ class Engine:
             raise EngineUnavailable(
                 f"the container engine speaks API {low[0]}.{low[1]} to {server[0]}.{server[1]}, "
                 f"and this agent needs {API_VERSION_MIN[0]}.{API_VERSION_MIN[1]} to "
-                f"{API_VERSION_MAX[0]}.{API_VERSION_MAX[1]}")
+                f"{API_VERSION_MAX[0]}.{API_VERSION_MAX[1]}"
+            )
         self._api_version = f"{chosen[0]}.{chosen[1]}"
 
     async def _fetch_version(self, path: str) -> dict[str, Any]:
@@ -611,26 +651,43 @@ class Engine:
         async with response:
             body = await self._read(response, "GET", path, timeout)
             if response.status != 200:
-                raise EngineUnavailable(f"the container engine answered GET /version with "
-                                        f"{response.status}: {_message(body)}")
+                raise EngineUnavailable(
+                    f"the container engine answered GET /version with "
+                    f"{response.status}: {_message(body)}"
+                )
         version = cast(dict[str, Any], json.loads(body))
         self._version = version
         return version
 
-    async def _read(self, response: aiohttp.ClientResponse, method: str, path: str,
-                    timeout: aiohttp.ClientTimeout) -> bytes:
+    async def _read(
+        self,
+        response: aiohttp.ClientResponse,
+        method: str,
+        path: str,
+        timeout: aiohttp.ClientTimeout,
+    ) -> bytes:
         try:
             return await response.read()
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(
-                f"the container engine broke off {method} {path}: {exc}") from exc
+                f"the container engine broke off {method} {path}: {exc}"
+            ) from exc
         except TimeoutError as exc:
-            raise EngineTimeout(f"the container engine did not finish answering {method} {path} "
-                                f"within {timeout.total} s") from exc
+            raise EngineTimeout(
+                f"the container engine did not finish answering {method} {path} "
+                f"within {timeout.total} s"
+            ) from exc
 
-    async def _call(self, method: str, path: str, *, ok: Collection[int] = (200,),
-                    timeout_s: float | None = None, libpod: bool = False,
-                    **kwargs: Any) -> tuple[int, bytes]:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: Collection[int] = (200,),
+        timeout_s: float | None = None,
+        libpod: bool = False,
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
         """One request under the API prefix; a status outside `ok` raises an EngineError whose
         sentence names the request. Callers map 404/409 to their own errors first via `ok`."""
         full = (LIBPOD_API if libpod else await self._prefix()) + path
@@ -639,12 +696,21 @@ class Engine:
         async with response:
             body = await self._read(response, method, path, timeout)
         if response.status not in ok:
-            raise EngineError(f"the container engine refused {method} {path.split('?')[0]} "
-                              f"({response.status}): {_message(body)}")
+            raise EngineError(
+                f"the container engine refused {method} {path.split('?')[0]} "
+                f"({response.status}): {_message(body)}"
+            )
         return response.status, body
 
-    async def _container_call(self, method: str, container_id: str, action: str, *,
-                              ok: Collection[int] = (200, 204), **kwargs: Any) -> tuple[int, bytes]:
+    async def _container_call(
+        self,
+        method: str,
+        container_id: str,
+        action: str,
+        *,
+        ok: Collection[int] = (200, 204),
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
         path = f"/containers/{quote(container_id, safe='')}{action}"
         status, body = await self._call(method, path, ok={*ok, 404}, **kwargs)
         if status == 404:
@@ -660,8 +726,10 @@ class Engine:
         async with response:
             body = await self._read(response, "GET", "/_ping", timeout)
         if response.status != 200 or body.strip() != b"OK":
-            raise EngineUnavailable(f"the container engine at {self.socket_path} answered its "
-                                    f"ping with {response.status} {body[:80]!r}")
+            raise EngineUnavailable(
+                f"the container engine at {self.socket_path} answered its "
+                f"ping with {response.status} {body[:80]!r}"
+            )
 
     async def version(self) -> dict[str, Any]:
         """The engine's `/version` document (Docker's shape; Podman adds a component)."""
@@ -718,11 +786,18 @@ class Engine:
 
     async def remove_image(self, ref: str) -> None:
         """Delete an image (forced: even if stopped containers use it); absent is fine."""
-        await self._call("DELETE", f"/images/{quote(ref, safe='/:@')}", params={"force": "true"},
-                         ok=(200, 404))
+        await self._call(
+            "DELETE", f"/images/{quote(ref, safe='/:@')}", params={"force": "true"}, ok=(200, 404)
+        )
 
-    async def pull(self, ref: str, *, timeout_s: float = 600.0, max_bytes: int | None = None,
-                   progress: Callable[[str], object] | None = None) -> None:
+    async def pull(
+        self,
+        ref: str,
+        *,
+        timeout_s: float = 600.0,
+        max_bytes: int | None = None,
+        progress: Callable[[str], object] | None = None,
+    ) -> None:
         """Pull an image, giving up after timeout_s or once its layers exceed max_bytes.
 
         Closing the request is what stops the engine's download, so both limits end it."""
@@ -732,35 +807,47 @@ class Engine:
         try:
             async with asyncio.timeout(timeout_s):
                 response = await self._raw(
-                    "POST", path, params=params,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s))
+                    "POST",
+                    path,
+                    params=params,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+                )
                 async with response:
                     if response.status != 200:
                         message = _message(await response.read())
                         if response.status == 404:
-                            raise ImageNotFound(f"image {ref} was not found in its registry: "
-                                                f"{message}")
+                            raise ImageNotFound(
+                                f"image {ref} was not found in its registry: {message}"
+                            )
                         raise _pull_error(ref, message)
                     await follow_pull(ref, response.content, max_bytes, progress)
         except TimeoutError as exc:
-            raise ImagePullFailed(f"pulling image {ref} did not finish within {timeout_s:g} s"
-                                  ) from exc
+            raise ImagePullFailed(
+                f"pulling image {ref} did not finish within {timeout_s:g} s"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise ImagePullFailed(f"pulling image {ref} broke off: {exc}") from exc
         if not await self.image_exists(ref):
-            raise ImagePullFailed(f"pulling image {ref} ended without error, yet the engine does "
-                                  "not have it")
+            raise ImagePullFailed(
+                f"pulling image {ref} ended without error, yet the engine does not have it"
+            )
 
-    async def import_rootfs(self, source: bytes | Path, ref: str, *,
-                            timeout_s: float = 300.0) -> str:
+    async def import_rootfs(
+        self, source: bytes | Path, ref: str, *, timeout_s: float = 300.0
+    ) -> str:
         """Import a root filesystem tarball as image `ref` (`repo:tag`); return the image id.
 
         The tag is applied by a separate request: Podman 4.3's import ignores `tag`."""
         repo, tag = split_image_ref(ref)
         with source.open("rb") if isinstance(source, Path) else io.BytesIO(source) as stream:
-            _, body = await self._call("POST", "/images/create", params={"fromSrc": "-"},
-                                       data=stream, timeout_s=timeout_s,
-                                       headers={"Content-Type": "application/x-tar"})
+            _, body = await self._call(
+                "POST",
+                "/images/create",
+                params={"fromSrc": "-"},
+                data=stream,
+                timeout_s=timeout_s,
+                headers={"Content-Type": "application/x-tar"},
+            )
         image_id = None
         for line in body.splitlines():
             event = json.loads(line) if line.strip() else {}
@@ -771,8 +858,9 @@ class Engine:
                 image_id = status
         if image_id is None:
             raise EngineError(f"importing image {ref} gave no image id: {body[:200]!r}")
-        await self._call("POST", f"/images/{image_id}/tag", params={"repo": repo, "tag": tag},
-                         ok=(200, 201))
+        await self._call(
+            "POST", f"/images/{image_id}/tag", params={"repo": repo, "tag": tag}, ok=(200, 201)
+        )
         return image_id
 
     # -- containers ------------------------------------------------------------------------
@@ -786,27 +874,42 @@ class Engine:
         applied is checked against the spec: a limit it dropped removes the container."""
         flavor = await self._flavor()
         if flavor == "podman" and spec.gpu_mode == "nvidia-runtime" and spec.gpu_uuids:
-            raise GpuPinningFailed("Podman ignores Docker device requests, so gpu_mode "
-                                   "nvidia-runtime would start the job without its GPUs; use cdi")
+            raise GpuPinningFailed(
+                "Podman ignores Docker device requests, so gpu_mode "
+                "nvidia-runtime would start the job without its GPUs; use cdi"
+            )
         if flavor == "podman":
-            status, body = await self._call("POST", "/containers/create", libpod=True,
-                                            json=build_libpod_create_body(spec),
-                                            ok=(201, 404, 409, 500),
-                                            timeout_s=max(self.timeout_s, 60))
+            status, body = await self._call(
+                "POST",
+                "/containers/create",
+                libpod=True,
+                json=build_libpod_create_body(spec),
+                ok=(201, 404, 409, 500),
+                timeout_s=max(self.timeout_s, 60),
+            )
             if status == 500:
                 # Podman's own API answers a missing image with 500 "image not known".
                 if "image not known" not in _message(body):
-                    raise EngineError(f"the container engine refused POST /containers/create "
-                                      f"(500): {_message(body)}")
+                    raise EngineError(
+                        f"the container engine refused POST /containers/create "
+                        f"(500): {_message(body)}"
+                    )
                 status = 404
         else:
-            if (spec.userns_host_id is not None and not _numeric_non_root(spec.user)
-                    and not await self.userns_remapped()):
+            if (
+                spec.userns_host_id is not None
+                and not _numeric_non_root(spec.user)
+                and not await self.userns_remapped()
+            ):
                 spec = replace(spec, user=FALLBACK_USER)
-            status, body = await self._call("POST", "/containers/create",
-                                            params={"name": spec.name},
-                                            json=build_create_body(spec),
-                                            ok=(201, 404, 409), timeout_s=max(self.timeout_s, 60))
+            status, body = await self._call(
+                "POST",
+                "/containers/create",
+                params={"name": spec.name},
+                json=build_create_body(spec),
+                ok=(201, 404, 409),
+                timeout_s=max(self.timeout_s, 60),
+            )
         if status == 404:
             raise ImageNotFound(f"image {spec.image} is not on this host: {_message(body)}")
         if status == 409:
@@ -816,14 +919,17 @@ class Engine:
         discarded = [w for w in created.get("Warnings") or () if "discarded" in str(w).lower()]
         if not discarded:
             # Podman's own inspect shows the log size and id maps; its compatible one does not.
-            _, raw = await self._call("GET", f"/containers/{quote(container_id, safe='')}/json",
-                                      libpod=flavor == "podman")
+            _, raw = await self._call(
+                "GET", f"/containers/{quote(container_id, safe='')}/json", libpod=flavor == "podman"
+            )
             document = json.loads(raw)
             discarded = unenforced_limits(spec, document, flavor)
         if discarded:
             await self.remove(container_id, force=True)
-            raise LimitNotEnforced(f"the engine would not enforce a limit of container "
-                                   f"{spec.name}: {'; '.join(map(str, discarded))}")
+            raise LimitNotEnforced(
+                f"the engine would not enforce a limit of container "
+                f"{spec.name}: {'; '.join(map(str, discarded))}"
+            )
         for warning in created.get("Warnings") or ():
             log.warning("engine warning creating %s: %s", spec.name, warning)
         return container_id
@@ -843,20 +949,25 @@ class Engine:
         "non-root-user" (Docker without userns-remap: the job runs as FALLBACK_USER)."""
         flavor = await self._flavor()
         if flavor == "podman":
-            return "userns", ("Podman: each job gets its own user namespace (explicit uid/gid "
-                              "maps); container root is not host root")
+            return "userns", (
+                "Podman: each job gets its own user namespace (explicit uid/gid "
+                "maps); container root is not host root"
+            )
         if await self.userns_remapped():
-            return "userns", ("Docker remaps user namespaces (userns-remap): container root "
-                              "is not host root")
-        return "non-root-user", (f"Docker without userns-remap: container root would be host "
-                                 f"root, so jobs run as uid:gid {FALLBACK_USER}; set "
-                                 f"\"userns-remap\" in daemon.json for a user namespace")
+            return "userns", (
+                "Docker remaps user namespaces (userns-remap): container root is not host root"
+            )
+        return "non-root-user", (
+            f"Docker without userns-remap: container root would be host "
+            f"root, so jobs run as uid:gid {FALLBACK_USER}; set "
+            f'"userns-remap" in daemon.json for a user namespace'
+        )
 
     async def start(self, container_id: str) -> None:
         """Start a created container. 304 (already running) is success."""
-        status, body = await self._container_call("POST", container_id, "/start",
-                                                  ok=range(200, 600),
-                                                  timeout_s=max(self.timeout_s, 60))
+        status, body = await self._container_call(
+            "POST", container_id, "/start", ok=range(200, 600), timeout_s=max(self.timeout_s, 60)
+        )
         if status not in (204, 304):
             raise _start_error(container_id, _message(body))
 
@@ -867,18 +978,22 @@ class Engine:
         full = await self._prefix() + path
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.timeout_s)
         try:
-            response = await self._raw("POST", full, params={"condition": "not-running"},
-                                       timeout=timeout)
+            response = await self._raw(
+                "POST", full, params={"condition": "not-running"}, timeout=timeout
+            )
             async with response:
                 body = await self._read(response, "POST", path, timeout)
         except EngineTimeout as exc:
-            raise EngineTimeout(f"container {container_id[:12]} was still running after "
-                                f"{timeout_s:g} s") from exc
+            raise EngineTimeout(
+                f"container {container_id[:12]} was still running after {timeout_s:g} s"
+            ) from exc
         if response.status == 404:
             raise ContainerNotFound(f"the container engine has no container {container_id}")
         if response.status != 200:
-            raise EngineError(f"waiting for container {container_id[:12]} failed "
-                              f"({response.status}): {_message(body)}")
+            raise EngineError(
+                f"waiting for container {container_id[:12]} failed "
+                f"({response.status}): {_message(body)}"
+            )
         return int(json.loads(body)["StatusCode"])
 
     async def inspect(self, container_id: str) -> dict[str, Any]:
@@ -901,23 +1016,30 @@ class Engine:
 
     async def stop(self, container_id: str, grace_s: int = 10) -> bool:
         """SIGTERM, then SIGKILL after grace_s. False if it was not running."""
-        status, _ = await self._container_call("POST", container_id, "/stop",
-                                               params={"t": str(int(grace_s))}, ok=(204, 304),
-                                               timeout_s=grace_s + max(self.timeout_s, 30))
+        status, _ = await self._container_call(
+            "POST",
+            container_id,
+            "/stop",
+            params={"t": str(int(grace_s))},
+            ok=(204, 304),
+            timeout_s=grace_s + max(self.timeout_s, 30),
+        )
         return status == 204
 
     async def kill(self, container_id: str, signal: str = "SIGKILL") -> bool:
         """Send a signal to the container's main process. False if it was not running."""
-        status, body = await self._container_call("POST", container_id, "/kill",
-                                                  params={"signal": signal}, ok=(204, 409, 500))
+        status, body = await self._container_call(
+            "POST", container_id, "/kill", params={"signal": signal}, ok=(204, 409, 500)
+        )
         if status == 204:
             return True
         message = _message(body)
         # Docker answers 409 "is not running"; Podman 500 "container state improper".
         if status == 409 or "state improper" in message or "not running" in message:
             return False
-        raise EngineError(f"signalling container {container_id[:12]} with {signal} failed: "
-                          f"{message}")
+        raise EngineError(
+            f"signalling container {container_id[:12]} with {signal} failed: {message}"
+        )
 
     async def remove(self, container_id: str, *, force: bool = True) -> None:
         """Delete the container and its anonymous volumes (force: even while running).
@@ -926,8 +1048,13 @@ class Engine:
         exited container still holds a mount; that passes within moments, so it is retried."""
         for attempt in range(_REMOVE_TRIES):
             status, body = await self._container_call(
-                "DELETE", container_id, "", params={"force": str(force).lower(), "v": "true"},
-                ok=(204, 409, 500), timeout_s=max(self.timeout_s, 60))
+                "DELETE",
+                container_id,
+                "",
+                params={"force": str(force).lower(), "v": "true"},
+                ok=(204, 409, 500),
+                timeout_s=max(self.timeout_s, 60),
+            )
             if status != 500 or "resource busy" not in _message(body):
                 break
             log.warning("removing container %s: %s; retrying", container_id[:12], _message(body))
@@ -935,29 +1062,44 @@ class Engine:
         if status == 500:
             raise EngineError(f"cannot remove container {container_id[:12]}: {_message(body)}")
         if status == 409:
-            raise ContainerConflict(f"cannot remove container {container_id[:12]}: "
-                                    f"{_message(body)}")
+            raise ContainerConflict(
+                f"cannot remove container {container_id[:12]}: {_message(body)}"
+            )
 
-    async def logs(self, container_id: str, *, since: int | None = None, follow: bool = False,
-                   stdout: bool = True, stderr: bool = True) -> AsyncIterator[tuple[str, bytes]]:
+    async def logs(
+        self,
+        container_id: str,
+        *,
+        since: int | None = None,
+        follow: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> AsyncIterator[tuple[str, bytes]]:
         """The container's output as ("stdout" | "stderr", bytes) chunks, from `since` (unix
         seconds) on. With follow it goes on until the container exits."""
         config = (await self.inspect(container_id)).get("Config") or {}
-        params = {"stdout": str(stdout).lower(), "stderr": str(stderr).lower(),
-                  "follow": str(follow).lower()}
+        params = {
+            "stdout": str(stdout).lower(),
+            "stderr": str(stderr).lower(),
+            "follow": str(follow).lower(),
+        }
         if since is not None:
             params["since"] = str(int(since))
         path = f"/containers/{quote(container_id, safe='')}/logs"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s,
-                                        sock_read=None if follow else self.timeout_s)
-        response = await self._raw("GET", await self._prefix() + path, params=params,
-                                   timeout=timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout_s, sock_read=None if follow else self.timeout_s
+        )
+        response = await self._raw(
+            "GET", await self._prefix() + path, params=params, timeout=timeout
+        )
         async with response:
             if response.status == 404:
                 raise ContainerNotFound(f"the container engine has no container {container_id}")
             if response.status != 200:
-                raise EngineError(f"reading the logs of container {container_id[:12]} failed "
-                                  f"({response.status}): {_message(await response.read())}")
+                raise EngineError(
+                    f"reading the logs of container {container_id[:12]} failed "
+                    f"({response.status}): {_message(await response.read())}"
+                )
             try:
                 if config.get("Tty"):
                     async for chunk in response.content.iter_any():
@@ -966,23 +1108,30 @@ class Engine:
                     async for frame in demultiplex(response.content):
                         yield frame
             except aiohttp.ClientError as exc:
-                raise EngineUnavailable(f"the log stream of container {container_id[:12]} "
-                                        f"broke off: {exc}") from exc
+                raise EngineUnavailable(
+                    f"the log stream of container {container_id[:12]} broke off: {exc}"
+                ) from exc
             except TimeoutError as exc:
-                raise EngineTimeout(f"the log stream of container {container_id[:12]} "
-                                    "stalled") from exc
+                raise EngineTimeout(
+                    f"the log stream of container {container_id[:12]} stalled"
+                ) from exc
 
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[dict[str, Any]]:
         """Every container (running or not) carrying all of these labels, as the engine's
         summaries (keys Id, Names, Image, State, Status, Labels)."""
         filters = {"label": [f"{key}={value}" for key, value in (labels or {}).items()]}
-        _, body = await self._call("GET", "/containers/json",
-                                   params={"all": "true", "filters": json.dumps(filters)})
+        _, body = await self._call(
+            "GET", "/containers/json", params={"all": "true", "filters": json.dumps(filters)}
+        )
         return cast(builtins.list[dict[str, Any]], json.loads(body))
 
 
-async def follow_pull(ref: str, lines: AsyncIterable[bytes], max_bytes: int | None,
-                      progress: Callable[[str], object] | None) -> None:
+async def follow_pull(
+    ref: str,
+    lines: AsyncIterable[bytes],
+    max_bytes: int | None,
+    progress: Callable[[str], object] | None,
+) -> None:
     """Read a pull's progress lines (JSON, one per line) until the engine ends them; raise on
     an error line or once the layer sizes seen add up to more than max_bytes."""
     sizes: dict[str, int] = {}
@@ -1004,8 +1153,9 @@ async def follow_pull(ref: str, lines: AsyncIterable[bytes], max_bytes: int | No
         if layer and seen:
             sizes[layer] = max(sizes.get(layer, 0), seen)
         if max_bytes is not None and sum(sizes.values()) > max_bytes:
-            raise ImageTooLarge(f"pulling image {ref} stopped: its layers exceed the "
-                                f"limit of {max_bytes} bytes")
+            raise ImageTooLarge(
+                f"pulling image {ref} stopped: its layers exceed the limit of {max_bytes} bytes"
+            )
         if progress is not None:
             words = [layer, str(event.get("status") or ""), str(event.get("progress") or "")]
             progress(" ".join(word for word in words if word))

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MIN_JOB_MEMORY_BYTES", "SCRATCH_PATH", "TMP_PATH", "JobLimits", "job_limits", "memory_cap"]
+__all__ = [
+    "MIN_JOB_MEMORY_BYTES",
+    "SCRATCH_PATH",
+    "TMP_PATH",
+    "JobLimits",
+    "job_limits",
+    "memory_cap",
+]
 
 MIN_JOB_MEMORY_BYTES = 6 << 20  # Docker refuses a smaller memory limit
 SCRATCH_PATH = "/scratch"
 TMP_PATH = "/tmp"
 
 
-def memory_cap(asked: int, host_memory: int, reserve: int, leased_gpus: int, host_gpus: int,
-               by_gpu_share: bool) -> int:
+def memory_cap(
+    asked: int, host_memory: int, reserve: int, leased_gpus: int, host_gpus: int, by_gpu_share: bool
+) -> int:
     """The most memory a job gets: what it asked, at most the host's memory less the reserve,
     and (by_gpu_share) at most its GPUs' share of that, so that jobs on every GPU of the host
     together still leave the reserve. May be below MIN_JOB_MEMORY_BYTES: the host cannot run it."""
@@ -38,11 +46,21 @@ class JobLimits:
         return self.memory_bytes < self.asked_memory_bytes
 
 
-def job_limits(asked_memory: int, host_memory: int, reserve: int, leased_gpus: int,
-               host_gpus: int, by_gpu_share: bool, scratch_bytes: int, tmp_bytes: int) -> JobLimits:
+def job_limits(
+    asked_memory: int,
+    host_memory: int,
+    reserve: int,
+    leased_gpus: int,
+    host_gpus: int,
+    by_gpu_share: bool,
+    scratch_bytes: int,
+    tmp_bytes: int,
+) -> JobLimits:
     """The memory cap and the tmpfs mounts (/scratch at most half the cap, /tmp at most a
     quarter), so a full scratch leaves the job's processes a quarter of their memory."""
     memory = memory_cap(asked_memory, host_memory, reserve, leased_gpus, host_gpus, by_gpu_share)
-    tmpfs = {SCRATCH_PATH: max(4096, min(scratch_bytes, memory // 2)),
-             TMP_PATH: max(4096, min(tmp_bytes, memory // 4))}
+    tmpfs = {
+        SCRATCH_PATH: max(4096, min(scratch_bytes, memory // 2)),
+        TMP_PATH: max(4096, min(tmp_bytes, memory // 4)),
+    }
     return JobLimits(memory_bytes=memory, asked_memory_bytes=asked_memory, tmpfs=tmpfs)

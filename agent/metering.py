@@ -105,7 +105,9 @@ def next_receipt(record: LeaseRecord, agent_id: str, now_ms: int, final: bool) -
         gpu_uuids=record.gpu_uuids,
         gpu_ms=gpu_ms,
         energy_mj=record.energy_mj,
-        utilization_pct=min(100, record.util_sum // record.util_samples) if record.util_samples else 0,
+        utilization_pct=min(100, record.util_sum // record.util_samples)
+        if record.util_samples
+        else 0,
         peak_memory_bytes=record.peak_memory_bytes,
         price_per_gpu_hour=record.price_per_gpu_hour,
         amount=usage_amount(gpu_ms, record.price_per_gpu_hour),

@@ -31,8 +31,15 @@ from typing import NoReturn
 
 from shared.errors import SuanliError
 
-__all__ = ["DOCKER_HUB", "RegistryAddressRefused", "RegistryPolicy", "RegistryRefused",
-           "non_global_address", "pull_failed_sentence", "registry_host"]
+__all__ = [
+    "DOCKER_HUB",
+    "RegistryAddressRefused",
+    "RegistryPolicy",
+    "RegistryRefused",
+    "non_global_address",
+    "pull_failed_sentence",
+    "registry_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,9 @@ def registry_host(ref: str) -> str:
     upper-case letter; otherwise the image is on Docker Hub ("docker.io")."""
     name = ref.split("@", 1)[0]
     first, slash, _ = name.partition("/")
-    if not slash or (not any(c in first for c in ".:") and first != "localhost"
-                     and first.lower() == first):
+    if not slash or (
+        not any(c in first for c in ".:") and first != "localhost" and first.lower() == first
+    ):
         return DOCKER_HUB
     host = first.lower()
     return DOCKER_HUB if _hostname(host) in _HUB_ALIASES else host
@@ -101,8 +109,9 @@ def non_global_address(text: str) -> bool:
 
 async def _resolve(name: str) -> list[str]:
     loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM),
-                                   RESOLVE_TIMEOUT_S)
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
+    )
     return [str(info[4][0]) for info in infos]
 
 
@@ -155,8 +164,9 @@ class RegistryPolicy:
             self._refuse(ref, host, f"it does not resolve ({exc})", by_address=True)
         bad = [a for a in addresses if non_global_address(a)]
         if bad or not addresses:
-            self._refuse(ref, host, f"it resolves to {', '.join(bad) or 'nothing'}",
-                         by_address=True)
+            self._refuse(
+                ref, host, f"it resolves to {', '.join(bad) or 'nothing'}", by_address=True
+            )
         return host
 
     @staticmethod

@@ -44,8 +44,15 @@ def host_memory_bytes() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def job_spec(record: LeaseRecord, settings: AgentSettings, limits: JobLimits, *, agent_id: str,
-             gpu_mode: str, host_cpus_milli: int) -> ContainerSpec:
+def job_spec(
+    record: LeaseRecord,
+    settings: AgentSettings,
+    limits: JobLimits,
+    *,
+    agent_id: str,
+    gpu_mode: str,
+    host_cpus_milli: int,
+) -> ContainerSpec:
     """The container of a lease's job: what the enterprise asked, within what the host gives."""
     job = record.lease["job"]
     env = dict(job["env"])
@@ -75,11 +82,15 @@ def _limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
     lines = []
     if limits.memory_lowered:
         share = "its GPUs' share of " if by_gpu_share else ""
-        lines.append(f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
-                     f"asked: the provider's host gives a job at most {share}the memory it can spare")
-    lines.append(f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
-                 f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
-                 "bytes), both counted in the memory limit")
+        lines.append(
+            f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
+            f"asked: the provider's host gives a job at most {share}the memory it can spare"
+        )
+    lines.append(
+        f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
+        f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
+        "bytes), both counted in the memory limit"
+    )
     if isolation == "non-root-user":
         lines.append(f"the job runs as uid:gid {FALLBACK_USER}, not as root")
     return "".join(f"[suanli] {line}\n" for line in lines)
@@ -135,12 +146,21 @@ class LeaseRunner:
         engine, settings = daemon.engine, daemon.settings
         image = job["image"]
         limits = job_limits(
-            job["memory_bytes"], host_memory_bytes(), settings.memory_reserve_bytes,
-            len(record.gpu_uuids), len(daemon.samples), settings.memory_by_gpu_share,
-            settings.scratch_bytes, settings.tmp_bytes)
+            job["memory_bytes"],
+            host_memory_bytes(),
+            settings.memory_reserve_bytes,
+            len(record.gpu_uuids),
+            len(daemon.samples),
+            settings.memory_by_gpu_share,
+            settings.scratch_bytes,
+            settings.tmp_bytes,
+        )
         if limits.memory_bytes < MIN_JOB_MEMORY_BYTES:
-            await self._fail("host_memory_exhausted", "this host keeps its memory for itself "
-                             "and cannot give a job the least a container needs")
+            await self._fail(
+                "host_memory_exhausted",
+                "this host keeps its memory for itself "
+                "and cannot give a job the least a container needs",
+            )
             return False
         policy = settings.registry_policy
         try:
@@ -149,20 +169,34 @@ class LeaseRunner:
                 await policy.check(image)
                 await self._note(f"[suanli] pulling image {image}\n")
                 progress = _PullProgress()
-                await engine.pull(image, timeout_s=settings.image_pull_timeout_s,
-                                  max_bytes=settings.image_max_bytes, progress=progress.add)
+                await engine.pull(
+                    image,
+                    timeout_s=settings.image_pull_timeout_s,
+                    max_bytes=settings.image_max_bytes,
+                    progress=progress.add,
+                )
                 await self._note(progress.summary(image))
             isolation, _ = await engine.root_isolation()
             await self._note(_limits_note(limits, isolation, settings.memory_by_gpu_share))
-            spec = job_spec(record, settings, limits, agent_id=daemon.agent_id,
-                            gpu_mode=daemon.gpu_mode, host_cpus_milli=daemon.host_cpus_milli())
+            spec = job_spec(
+                record,
+                settings,
+                limits,
+                agent_id=daemon.agent_id,
+                gpu_mode=daemon.gpu_mode,
+                host_cpus_milli=daemon.host_cpus_milli(),
+            )
             record.container_id = await engine.create(spec)
             await daemon.save(record)
             await engine.start(record.container_id)
         except RegistryRefused as exc:
             # the job's own choice of registry fails the job; a refusal for what the name
             # resolves to reads as any failed pull, so it tells nothing of the provider's DNS
-            code = "image_pull_failed" if isinstance(exc, RegistryAddressRefused) else "registry_refused"
+            code = (
+                "image_pull_failed"
+                if isinstance(exc, RegistryAddressRefused)
+                else "registry_refused"
+            )
             await self._fail(code, exc.detail)
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
@@ -172,14 +206,19 @@ class LeaseRunner:
             # The engine's words name the provider's addresses, resolvers and proxies.
             log.warning("lease %s: image %s: %s", record.lease_id, image, exc.detail)
             code = "image_not_found" if isinstance(exc, ImageNotFound) else "image_pull_failed"
-            await self._fail(code, pull_failed_sentence(image) if code == "image_pull_failed"
-                             else f"image {image} was not found in its registry, or the "
-                                  "registry refused access to it")
+            await self._fail(
+                code,
+                pull_failed_sentence(image)
+                if code == "image_pull_failed"
+                else f"image {image} was not found in its registry, or the "
+                "registry refused access to it",
+            )
             return False
         except LimitNotEnforced as exc:
             # The provider's engine is at fault, not the job: the coordinator requeues it.
-            log.error("lease %s: %s; no job can run safely on this engine", record.lease_id,
-                      exc.detail)
+            log.error(
+                "lease %s: %s; no job can run safely on this engine", record.lease_id, exc.detail
+            )
             await self._fail(exc.code, exc.detail)
             return False
         except EngineError as exc:
@@ -279,7 +318,7 @@ class LeaseRunner:
     async def _flush(self, buffer: bytearray, limit: int) -> None:
         record = self.record
         room = max(0, limit - record.log_offset)
-        chunk = bytes(buffer[:min(LOG_CHUNK, room)]) if room else b""
+        chunk = bytes(buffer[: min(LOG_CHUNK, room)]) if room else b""
         del buffer[:]
         if chunk:
             await self.daemon.send_log(record, chunk)
@@ -296,5 +335,7 @@ class _PullProgress:
             self.lines.append(line)
 
     def summary(self, image: str) -> str:
-        shown = [line for line in self.lines if "Downloading" not in line and "Extracting" not in line]
+        shown = [
+            line for line in self.lines if "Downloading" not in line and "Extracting" not in line
+        ]
         return "".join(f"[suanli] {line}\n" for line in shown[-20:]) + f"[suanli] pulled {image}\n"

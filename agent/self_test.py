@@ -29,7 +29,9 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
     try:
         key = state.load_key()
         mode = stat.S_IMODE(state.key_path.stat().st_mode)
-        results.append(("key", True, f"{state.key_path} mode {mode:04o}, agent {key.public.agent_id[:16]}…"))
+        results.append(
+            ("key", True, f"{state.key_path} mode {mode:04o}, agent {key.public.agent_id[:16]}…")
+        )
     except (SuanliError, OSError) as exc:
         results.append(("key", False, str(exc)))
     try:
@@ -45,8 +47,13 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
     results.extend(await _job_isolation(settings))
     results.append(await asyncio.to_thread(_gpus))
     ask = settings.ask_per_gpu_hour
-    results.append(("ask price", ask is not None,
-                    f"¥{ask} per GPU-hour" if ask else "no ask_per_gpu_hour: the agent offers nothing"))
+    results.append(
+        (
+            "ask price",
+            ask is not None,
+            f"¥{ask} per GPU-hour" if ask else "no ask_per_gpu_hour: the agent offers nothing",
+        )
+    )
     return results
 
 
@@ -71,8 +78,11 @@ async def _engine(socket_path: str) -> Check:
     engine = Engine(socket_path)
     try:
         version = await engine.version()
-        return ("container engine", True, f"{socket_path}: {version.get('Version', '?')} "
-                f"(API {version.get('ApiVersion', '?')})")
+        return (
+            "container engine",
+            True,
+            f"{socket_path}: {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})",
+        )
     except (SuanliError, aiohttp.ClientError, OSError) as exc:
         return ("container engine", False, f"{socket_path}: {exc}")
     finally:
@@ -89,19 +99,23 @@ async def _job_isolation(settings: AgentSettings) -> list[Check]:
         # the operator reads here that a user namespace would be stronger.
         checks.append(("container root", True, f"{mode}: {sentence}"))
     except (SuanliError, aiohttp.ClientError, OSError) as exc:
-        checks.append(("container root", False,
-                       f"cannot tell whether container root is host root: {exc}"))
+        checks.append(
+            ("container root", False, f"cannot tell whether container root is host root: {exc}")
+        )
     finally:
         await engine.close()
     reserve = settings.memory_reserve_bytes
     share = "its GPUs' share of" if settings.memory_by_gpu_share else "all of"
-    limits = (f"engine log at most {settings.engine_log_max_bytes} bytes per job; read-only "
-              f"root filesystem with tmpfs /scratch <= {settings.scratch_bytes} and /tmp <= "
-              f"{settings.tmp_bytes} bytes inside the memory limit; memory at most "
-              f"{share} host memory less {reserve} bytes")
+    limits = (
+        f"engine log at most {settings.engine_log_max_bytes} bytes per job; read-only "
+        f"root filesystem with tmpfs /scratch <= {settings.scratch_bytes} and /tmp <= "
+        f"{settings.tmp_bytes} bytes inside the memory limit; memory at most "
+        f"{share} host memory less {reserve} bytes"
+    )
     problem = await _probe_limits(settings)
-    checks.append(("job limits", problem is None,
-                   limits if problem is None else f"NOT BOUNDED: {problem}"))
+    checks.append(
+        ("job limits", problem is None, limits if problem is None else f"NOT BOUNDED: {problem}")
+    )
     allow = settings.registry_allow
     policy = "any registry host" if allow is None else f"only {', '.join(allow) or 'none'}"
     if settings.registry_refuse_private:
@@ -109,8 +123,10 @@ async def _job_isolation(settings: AgentSettings) -> list[Check]:
     else:
         policy += "; private hosts NOT refused (registry_refuse_private = false)"
     if allow is None:
-        policy += ("; the engine's redirects and DNS answers after the check are not: an "
-                   "allow-list or an egress rule for the engine closes that")
+        policy += (
+            "; the engine's redirects and DNS answers after the check are not: an "
+            "allow-list or an egress rule for the engine closes that"
+        )
     checks.append(("registry policy", True, policy))
     return checks
 
@@ -134,11 +150,18 @@ async def _probe_limits(settings: AgentSettings) -> str | None:
     try:
         await engine.import_rootfs(_probe_rootfs(), PROBE_IMAGE)
         spec = ContainerSpec(
-            name=f"suanli-self-test-{secrets.token_hex(4)}", image=PROBE_IMAGE,
-            command=["/probe"], cpus_milli=100, memory_bytes=64 << 20, pids_limit=16,
-            read_only_rootfs=True, tmpfs={"/scratch": 8 << 20, "/tmp": 4 << 20},
-            log_max_bytes=settings.engine_log_max_bytes, userns_host_id=settings.userns_host_id,
-            userns_size=USERNS_SIZE)
+            name=f"suanli-self-test-{secrets.token_hex(4)}",
+            image=PROBE_IMAGE,
+            command=["/probe"],
+            cpus_milli=100,
+            memory_bytes=64 << 20,
+            pids_limit=16,
+            read_only_rootfs=True,
+            tmpfs={"/scratch": 8 << 20, "/tmp": 4 << 20},
+            log_max_bytes=settings.engine_log_max_bytes,
+            userns_host_id=settings.userns_host_id,
+            userns_size=USERNS_SIZE,
+        )
         await engine.remove(await engine.create(spec), force=True)
         return None
     except LimitNotEnforced as exc:
@@ -159,5 +182,7 @@ def _gpus() -> Check:
         unhealthy = [s for s in samples if not s.healthy]
         detail = f"{len(samples)} GPUs, driver {sampler.driver_version}"
         if unhealthy:
-            detail += f"; unhealthy: {', '.join(f'#{s.index} {s.health_reason}' for s in unhealthy)}"
+            detail += (
+                f"; unhealthy: {', '.join(f'#{s.index} {s.health_reason}' for s in unhealthy)}"
+            )
         return ("GPUs", not unhealthy, detail)

@@ -134,11 +134,16 @@ class Spool:
         columns = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
         with self._lock:
-            self._conn.execute(f"INSERT OR REPLACE INTO leases ({columns}) VALUES ({marks})", values)
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO leases ({columns}) VALUES ({marks})", values
+            )
 
     def leases(self, include_done: bool = False) -> list[LeaseRecord]:
-        rows = self._rows("SELECT * FROM leases" + ("" if include_done else " WHERE done = 0")
-                          + " ORDER BY created_at_ms")
+        rows = self._rows(
+            "SELECT * FROM leases"
+            + ("" if include_done else " WHERE done = 0")
+            + " ORDER BY created_at_ms"
+        )
         records = []
         for row in rows:
             values = dict(row)
@@ -152,21 +157,33 @@ class Spool:
 
     # -- receipts -----------------------------------------------------------------------
 
-    def add_receipt(self, record: LeaseRecord, seq: int, envelope: bytes, digest: bytes, now_ms: int) -> None:
+    def add_receipt(
+        self, record: LeaseRecord, seq: int, envelope: bytes, digest: bytes, now_ms: int
+    ) -> None:
         """Store a sealed receipt and the lease's advanced chain in one transaction."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
                     "INSERT INTO receipts (lease_id, seq, envelope, digest, created_at_ms) "
-                    "VALUES (?, ?, ?, ?, ?)", (record.lease_id, seq, envelope, digest, now_ms))
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (record.lease_id, seq, envelope, digest, now_ms),
+                )
                 self._conn.execute(
                     "UPDATE leases SET last_seq = ?, last_digest = ?, final_sealed = ?, "
                     "last_gpu_ms = ?, last_issued_at_ms = ?, energy_mj = ?, energy_base = ? "
                     "WHERE lease_id = ?",
-                    (seq, digest, int(record.final_sealed), record.last_gpu_ms,
-                     record.last_issued_at_ms, record.energy_mj,
-                     json.dumps(record.energy_base, sort_keys=True), record.lease_id))
+                    (
+                        seq,
+                        digest,
+                        int(record.final_sealed),
+                        record.last_gpu_ms,
+                        record.last_issued_at_ms,
+                        record.energy_mj,
+                        json.dumps(record.energy_base, sort_keys=True),
+                        record.lease_id,
+                    ),
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -176,21 +193,29 @@ class Spool:
         rows = self._rows(
             "SELECT lease_id, seq, envelope, digest, created_at_ms, acked_at_ms, rejected_rule "
             "FROM receipts WHERE acked_at_ms IS NULL AND rejected_rule IS NULL "
-            "ORDER BY created_at_ms, lease_id, seq LIMIT ?", (limit,))
+            "ORDER BY created_at_ms, lease_id, seq LIMIT ?",
+            (limit,),
+        )
         return [SpooledReceipt(**dict(row)) for row in rows]
 
     def unanswered(self, lease_id: str) -> int:
         """How many of the lease's receipts the coordinator has neither accepted nor refused."""
         with self._lock:
-            return int(self._conn.execute(
-                "SELECT COUNT(*) FROM receipts WHERE lease_id = ? AND acked_at_ms IS NULL "
-                "AND rejected_rule IS NULL", (lease_id,)).fetchone()[0])
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM receipts WHERE lease_id = ? AND acked_at_ms IS NULL "
+                    "AND rejected_rule IS NULL",
+                    (lease_id,),
+                ).fetchone()[0]
+            )
 
     def receipts(self, lease_id: str | None = None) -> list[SpooledReceipt]:
         where, params = ("WHERE lease_id = ?", (lease_id,)) if lease_id else ("", ())
         rows = self._rows(
             "SELECT lease_id, seq, envelope, digest, created_at_ms, acked_at_ms, rejected_rule "
-            f"FROM receipts {where} ORDER BY lease_id, seq", params)
+            f"FROM receipts {where} ORDER BY lease_id, seq",
+            params,
+        )
         return [SpooledReceipt(**dict(row)) for row in rows]
 
     def acknowledge(self, lease_id: str, seq: int, acknowledgement: bytes, now_ms: int) -> None:
@@ -198,17 +223,23 @@ class Spool:
         receipt names it by its SHA-256."""
         digest = hashlib.sha256(acknowledgement).digest()
         with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO acknowledgements (digest, envelope) VALUES (?, ?)",
-                               (digest, acknowledgement))
+            self._conn.execute(
+                "INSERT OR IGNORE INTO acknowledgements (digest, envelope) VALUES (?, ?)",
+                (digest, acknowledgement),
+            )
             self._conn.execute(
                 "UPDATE receipts SET acked_at_ms = ?, acknowledgement = ? WHERE lease_id = ? AND seq = ?",
-                (now_ms, digest, lease_id, seq))
+                (now_ms, digest, lease_id, seq),
+            )
             self._conn.execute(
-                "UPDATE leases SET accepted_seq = MAX(accepted_seq, ?) WHERE lease_id = ?", (seq, lease_id))
+                "UPDATE leases SET accepted_seq = MAX(accepted_seq, ?) WHERE lease_id = ?",
+                (seq, lease_id),
+            )
 
     def reject(self, lease_id: str, seq: int, rule: str, detail: str) -> None:
         """A rejected receipt is kept, with the rule it broke, never dropped."""
         with self._lock:
             self._conn.execute(
                 "UPDATE receipts SET rejected_rule = ?, rejected_detail = ? WHERE lease_id = ? AND seq = ?",
-                (rule, detail, lease_id, seq))
+                (rule, detail, lease_id, seq),
+            )

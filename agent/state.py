@@ -54,7 +54,8 @@ class AgentState:
         if not self.enrolment_path.exists():
             raise NotEnrolled(
                 f"this host is not enrolled (no {self.enrolment_path}); run "
-                "suanli-agent enroll --coordinator URL --token TOKEN first")
+                "suanli-agent enroll --coordinator URL --token TOKEN first"
+            )
         return load_private_key(self.key_path)
 
     def save_enrolment(self, data: dict[str, Any]) -> None:

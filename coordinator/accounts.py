@@ -44,19 +44,32 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _issue(db: sqlite_utils.Database, role: str, subject_id: str, now_ms: int,
-           uses: int | None = None, expires_at_ms: int | None = None) -> str:
+def _issue(
+    db: sqlite_utils.Database,
+    role: str,
+    subject_id: str,
+    now_ms: int,
+    uses: int | None = None,
+    expires_at_ms: int | None = None,
+) -> str:
     token = TOKEN_PREFIX[role] + secrets.token_urlsafe(32)
-    db["tokens"].insert({
-        "token_hash": hash_token(token), "role": role, "subject_id": subject_id,
-        "uses_left": uses, "expires_at_ms": expires_at_ms, "revoked": 0,
-        "created_at_ms": now_ms,
-    })
+    db["tokens"].insert(
+        {
+            "token_hash": hash_token(token),
+            "role": role,
+            "subject_id": subject_id,
+            "uses_left": uses,
+            "expires_at_ms": expires_at_ms,
+            "revoked": 0,
+            "created_at_ms": now_ms,
+        }
+    )
     return token
 
 
-def add_provider(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int,
-                 max_hosts: int = 1) -> tuple[str, str]:
+def add_provider(
+    db: sqlite_utils.Database, name: str, uscc: str, now_ms: int, max_hosts: int = 1
+) -> tuple[str, str]:
     """Register a provider; returns (provider_id, enrolment token for max_hosts hosts).
 
     Its company's own agents may now win its company's open jobs, which no voucher pays for:
@@ -70,8 +83,13 @@ def add_provider(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int,
     return provider_id, _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts)
 
 
-def issue_enrolment_token(db: sqlite_utils.Database, provider_id: str, now_ms: int,
-                          max_hosts: int = 1, expires_at_ms: int | None = None) -> str:
+def issue_enrolment_token(
+    db: sqlite_utils.Database,
+    provider_id: str,
+    now_ms: int,
+    max_hosts: int = 1,
+    expires_at_ms: int | None = None,
+) -> str:
     if not db["providers"].count_where("id = ?", [provider_id]):
         raise NotFound(f"no provider {provider_id}")
     return _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts, expires_at_ms=expires_at_ms)
@@ -84,8 +102,9 @@ def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int)
     if existing:
         raise Conflict(f"USCC {code} already has an enterprise account ({existing[0]['id']})")
     enterprise_id = new_id("ent")
-    db["enterprises"].insert({"id": enterprise_id, "name": _check_name(name), "uscc": code,
-                              "created_at_ms": now_ms})
+    db["enterprises"].insert(
+        {"id": enterprise_id, "name": _check_name(name), "uscc": code, "created_at_ms": now_ms}
+    )
     return enterprise_id, _issue(db, "enterprise", enterprise_id, now_ms)
 
 
@@ -97,10 +116,12 @@ def add_auditor(db: sqlite_utils.Database, name: str, now_ms: int) -> tuple[str,
 
 def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principal | None:
     """The principal an API token stands for, or None if unknown, revoked or expired."""
-    rows = list(db.query(
-        "SELECT role, subject_id, revoked, expires_at_ms FROM tokens WHERE token_hash = ?",
-        [hash_token(token)],
-    ))
+    rows = list(
+        db.query(
+            "SELECT role, subject_id, revoked, expires_at_ms FROM tokens WHERE token_hash = ?",
+            [hash_token(token)],
+        )
+    )
     if not rows:
         return None
     row = rows[0]
@@ -116,18 +137,24 @@ def _admin_change(db: sqlite_utils.Database, kind: str, subject: str, now_ms: in
     db["admin_changes"].insert({"kind": kind, "subject": subject, "at_ms": now_ms})
 
 
-def revoke_tokens(db: sqlite_utils.Database, now_ms: int, token: str | None = None,
-                  subject_id: str | None = None) -> list[str]:
+def revoke_tokens(
+    db: sqlite_utils.Database, now_ms: int, token: str | None = None, subject_id: str | None = None
+) -> list[str]:
     """Revoke one token, or every token of a subject; returns the hashes revoked."""
     if (token is None) == (subject_id is None):
         raise ValueError("name either the token or the subject whose tokens to revoke")
     if token is not None:
-        rows = list(db.query("SELECT token_hash FROM tokens WHERE token_hash = ?", [hash_token(token)]))
+        rows = list(
+            db.query("SELECT token_hash FROM tokens WHERE token_hash = ?", [hash_token(token)])
+        )
         if not rows:
             raise NotFound("no such token")
     else:
-        rows = list(db.query("SELECT token_hash FROM tokens WHERE subject_id = ? AND revoked = 0",
-                             [subject_id]))
+        rows = list(
+            db.query(
+                "SELECT token_hash FROM tokens WHERE subject_id = ? AND revoked = 0", [subject_id]
+            )
+        )
         if not rows:
             raise NotFound(f"{subject_id} has no unrevoked tokens")
     hashes = [str(row["token_hash"]) for row in rows]
@@ -139,27 +166,38 @@ def revoke_tokens(db: sqlite_utils.Database, now_ms: int, token: str | None = No
 
 def revoke_agent(db: sqlite_utils.Database, agent_id: str, now_ms: int) -> dict[str, Any]:
     """Revoke an agent's key for good: its requests are refused and its leases are lost."""
-    rows = list(db.query("SELECT agent_id, provider_id, revoked_at_ms FROM agents WHERE agent_id = ?",
-                         [agent_id]))
+    rows = list(
+        db.query(
+            "SELECT agent_id, provider_id, revoked_at_ms FROM agents WHERE agent_id = ?", [agent_id]
+        )
+    )
     if not rows:
         raise NotFound(f"no agent {agent_id}")
     if rows[0]["revoked_at_ms"] is None:
         db.execute("UPDATE agents SET revoked_at_ms = ? WHERE agent_id = ?", [now_ms, agent_id])
         _admin_change(db, "revoke_agent", agent_id, now_ms)
-    return {"agent_id": agent_id, "provider_id": rows[0]["provider_id"],
-            "revoked_at_ms": rows[0]["revoked_at_ms"] or now_ms}
+    return {
+        "agent_id": agent_id,
+        "provider_id": rows[0]["provider_id"],
+        "revoked_at_ms": rows[0]["revoked_at_ms"] or now_ms,
+    }
 
 
-def list_flags(db: sqlite_utils.Database, include_cleared: bool = False,
-               agent_id: str | None = None) -> list[dict[str, Any]]:
+def list_flags(
+    db: sqlite_utils.Database, include_cleared: bool = False, agent_id: str | None = None
+) -> list[dict[str, Any]]:
     where = ["1 = 1" if include_cleared else "cleared_at_ms IS NULL"]
     params: list[Any] = []
     if agent_id is not None:
         where.append("agent_id = ?")
         params.append(agent_id)
-    return list(db.query(
-        "SELECT id, agent_id, gpu_uuid, kind, detail, at_ms, cleared_at_ms FROM capacity_flags "
-        f"WHERE {' AND '.join(where)} ORDER BY id", params))
+    return list(
+        db.query(
+            "SELECT id, agent_id, gpu_uuid, kind, detail, at_ms, cleared_at_ms FROM capacity_flags "
+            f"WHERE {' AND '.join(where)} ORDER BY id",
+            params,
+        )
+    )
 
 
 def clear_flag(db: sqlite_utils.Database, flag_id: int, now_ms: int) -> dict[str, Any]:
@@ -175,20 +213,26 @@ def clear_flag(db: sqlite_utils.Database, flag_id: int, now_ms: int) -> dict[str
         raise Conflict(f"flag {flag_id} was already cleared")
     db.execute("UPDATE capacity_flags SET cleared_at_ms = ? WHERE id = ?", [now_ms, flag_id])
     if flag["kind"] == "uuid_conflict":
-        db.execute("UPDATE gpus SET agent_id = ? WHERE uuid = ?", [flag["agent_id"], flag["gpu_uuid"]])
+        db.execute(
+            "UPDATE gpus SET agent_id = ? WHERE uuid = ?", [flag["agent_id"], flag["gpu_uuid"]]
+        )
     elif flag["kind"] == "gpu_missing":
-        db.execute("DELETE FROM gpus WHERE uuid = ? AND agent_id = ?", [flag["gpu_uuid"], flag["agent_id"]])
+        db.execute(
+            "DELETE FROM gpus WHERE uuid = ? AND agent_id = ?", [flag["gpu_uuid"], flag["agent_id"]]
+        )
     _admin_change(db, "clear_flag", f"{flag['agent_id']}|{flag['gpu_uuid']}|{flag['kind']}", now_ms)
     return {**flag, "cleared_at_ms": now_ms}
 
 
 def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -> str:
     """Use one host's worth of an enrolment token; returns the provider id."""
-    rows = list(db.query(
-        "SELECT subject_id, uses_left, revoked, expires_at_ms FROM tokens "
-        "WHERE token_hash = ? AND role = 'enrolment'",
-        [hash_token(token)],
-    ))
+    rows = list(
+        db.query(
+            "SELECT subject_id, uses_left, revoked, expires_at_ms FROM tokens "
+            "WHERE token_hash = ? AND role = 'enrolment'",
+            [hash_token(token)],
+        )
+    )
     if not rows:
         raise Unauthenticated("the enrolment token is not known")
     row = rows[0]
@@ -197,18 +241,25 @@ def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -
     if row["expires_at_ms"] is not None and row["expires_at_ms"] <= now_ms:
         raise Unauthenticated("the enrolment token has expired")
     if row["uses_left"] is not None:
-        db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
-                   [hash_token(token)])
+        db.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", [hash_token(token)]
+        )
     return str(row["subject_id"])
 
 
 def list_accounts(db: sqlite_utils.Database) -> dict[str, list[dict[str, Any]]]:
     return {
-        "providers": list(db.query(
-            "SELECT p.id, p.name, p.uscc, p.created_at_ms, "
-            "(SELECT COUNT(*) FROM agents a WHERE a.provider_id = p.id) AS agents "
-            "FROM providers p ORDER BY p.created_at_ms")),
-        "enterprises": list(db.query(
-            "SELECT id, name, uscc, created_at_ms FROM enterprises ORDER BY created_at_ms")),
-        "auditors": list(db.query("SELECT id, name, created_at_ms FROM auditors ORDER BY created_at_ms")),
+        "providers": list(
+            db.query(
+                "SELECT p.id, p.name, p.uscc, p.created_at_ms, "
+                "(SELECT COUNT(*) FROM agents a WHERE a.provider_id = p.id) AS agents "
+                "FROM providers p ORDER BY p.created_at_ms"
+            )
+        ),
+        "enterprises": list(
+            db.query("SELECT id, name, uscc, created_at_ms FROM enterprises ORDER BY created_at_ms")
+        ),
+        "auditors": list(
+            db.query("SELECT id, name, created_at_ms FROM auditors ORDER BY created_at_ms")
+        ),
     }

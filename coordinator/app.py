@@ -14,22 +14,28 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator import tlog, vouchers
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.errors import (
-    ApiError, Forbidden, NotFound, TooManyRequests, Unauthenticated, Unprocessable, UnsupportedMediaType,
+    ApiError,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthenticated,
+    Unprocessable,
+    UnsupportedMediaType,
 )
-from coordinator.limits import RateLimiter
-from coordinator import tlog, vouchers
 from coordinator.jobs import JOB_STATES
-from coordinator.vouchers import VoucherPolicy
+from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator, wall_clock_ms
-from shared.identity import PrivateKey, load_private_key, save_private_key
+from coordinator.vouchers import VoucherPolicy
 from shared import canonical
 from shared.errors import SuanliError
+from shared.identity import PrivateKey, load_private_key, save_private_key
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +81,14 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPRequestEntityTooLarge:
         status = 413
         limit = request.app[COORDINATOR].settings.request_body_limit_bytes
-        return _error_response(request, 413, {
-            "error": "too_large",
-            "detail": f"the request body is larger than the limit of {limit} bytes"})
+        return _error_response(
+            request,
+            413,
+            {
+                "error": "too_large",
+                "detail": f"the request body is larger than the limit of {limit} bytes",
+            },
+        )
     except web.HTTPException as exc:
         status = exc.status
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
@@ -87,11 +98,15 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         return _error_response(request, 422, exc.as_body())
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error_response(request, 500, {
-            "error": "internal", "detail": "the coordinator failed on this request; it is logged"})
+        return _error_response(
+            request,
+            500,
+            {"error": "internal", "detail": "the coordinator failed on this request; it is logged"},
+        )
     finally:
         request.app[METRICS].requests.labels(route, request.method, str(status)).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -103,8 +118,9 @@ async def _read_body(request: web.Request) -> bytes:
     try:
         return await asyncio.wait_for(request.read(), timeout)
     except TimeoutError:
-        raise ApiError(f"the request body did not arrive within {timeout} s",
-                       code="body_timeout") from None
+        raise ApiError(
+            f"the request body did not arrive within {timeout} s", code="body_timeout"
+        ) from None
 
 
 async def _msgpack_body(request: web.Request) -> bytes:
@@ -128,8 +144,9 @@ async def _json_body(request: web.Request) -> Any:
     except ValueError:
         raise Unprocessable("the request body is not valid JSON") from None
     if body is None and raw.strip() != b"null" or _too_deep(body, MAX_JSON_DEPTH):
-        raise Unprocessable(f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
-                            code="too_deep")
+        raise Unprocessable(
+            f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="too_deep"
+        )
     return body
 
 
@@ -137,8 +154,12 @@ def _too_deep(value: Any, limit: int) -> bool:
     """Whether parsed JSON nests deeper than `limit`, walked without recursion."""
     level = [value]
     for _ in range(limit + 1):
-        level = [item for container in level if isinstance(container, (list, dict))
-                 for item in (container.values() if isinstance(container, dict) else container)]
+        level = [
+            item
+            for container in level
+            if isinstance(container, (list, dict))
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
         if not level:
             return False
     return True
@@ -154,10 +175,14 @@ async def _principal(request: web.Request) -> Principal:
     return principal
 
 
-def _agent_handler(method: Callable[..., Awaitable[dict[str, Any]]],
-                   limits: web.AppKey[RateLimiter] | None = None, signed: bool = False) -> Handler:
+def _agent_handler(
+    method: Callable[..., Awaitable[dict[str, Any]]],
+    limits: web.AppKey[RateLimiter] | None = None,
+    signed: bool = False,
+) -> Handler:
     """A handler for a signed agent request; with `signed` the method also gets the request's
     envelope itself (a status report is logged as the agent signed it)."""
+
     async def handle(request: web.Request) -> web.Response:
         coordinator = request.app[COORDINATOR]
         body = await _msgpack_body(request)
@@ -196,10 +221,14 @@ async def openapi(request: web.Request) -> web.Response:
 async def enrol(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     agent = await coordinator.enrol(await _msgpack_body(request), request.path)
-    return _msgpack({
-        "agent_id": agent.agent_id, "provider_id": agent.provider_id,
-        "heartbeat_interval_ms": coordinator.settings.heartbeat_interval_ms,
-    }, status=201)
+    return _msgpack(
+        {
+            "agent_id": agent.agent_id,
+            "provider_id": agent.provider_id,
+            "heartbeat_interval_ms": coordinator.settings.heartbeat_interval_ms,
+        },
+        status=201,
+    )
 
 
 # -- enterprises and auditors -----------------------------------------------------------
@@ -209,7 +238,9 @@ async def submit_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
     body = await _json_body(request)
-    job, created = await coordinator.submit_job(principal, body, request.headers.get("Idempotency-Key"))
+    job, created = await coordinator.submit_job(
+        principal, body, request.headers.get("Idempotency-Key")
+    )
     return web.json_response(coordinator.job_view(job), status=201 if created else 200)
 
 
@@ -251,11 +282,16 @@ async def job_logs(request: web.Request) -> web.Response:
     full_page = len(data) == limit
     if full_page:
         data = _whole_characters(data)
-    return web.json_response({
-        "job_id": job.id, "offset": offset, "next_offset": offset + len(data),
-        "data": data.decode("utf-8", errors="replace"), "job_state": job.state,
-        "complete": job.final and not full_page,
-    })
+    return web.json_response(
+        {
+            "job_id": job.id,
+            "offset": offset,
+            "next_offset": offset + len(data),
+            "data": data.decode("utf-8", errors="replace"),
+            "job_state": job.state,
+            "complete": job.final and not full_page,
+        }
+    )
 
 
 def _whole_characters(data: bytes) -> bytes:
@@ -282,8 +318,11 @@ async def account(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"role": principal.role, "id": principal.subject_id}
     if principal.role == "enterprise":
         now = coordinator.clock()
-        body.update(await coordinator.database.run(
-            lambda db: coordinator.enterprise_account(db, principal.subject_id, now)))
+        body.update(
+            await coordinator.database.run(
+                lambda db: coordinator.enterprise_account(db, principal.subject_id, now)
+            )
+        )
     return web.json_response(body)
 
 
@@ -301,9 +340,14 @@ async def ledger_balances(request: web.Request) -> web.Response:
         where = " OR ".join("id LIKE ?" for _ in AUDITED_ACCOUNTS)
         rows = db.conn.execute(
             f"SELECT id, debits_posted, credits_posted FROM ledger_accounts WHERE {where} ORDER BY id",
-            AUDITED_ACCOUNTS).fetchall()
-        return {"log_size": size, "accounts": [
-            {"id": row[0], "debits_posted": row[1], "credits_posted": row[2]} for row in rows]}
+            AUDITED_ACCOUNTS,
+        ).fetchall()
+        return {
+            "log_size": size,
+            "accounts": [
+                {"id": row[0], "debits_posted": row[1], "credits_posted": row[2]} for row in rows
+            ],
+        }
 
     return web.json_response(await request.app[COORDINATOR].database.run(read))
 
@@ -378,10 +422,15 @@ def log_key_path(db_path: str | Path) -> Path:
     return Path(f"{db_path}.key")
 
 
-def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_clock_ms,
-             policy: VoucherPolicy | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics],
-                          client_max_size=settings.request_body_limit_bytes)
+def make_app(
+    settings: Settings,
+    db_path: str,
+    clock: Callable[[], int] = wall_clock_ms,
+    policy: VoucherPolicy | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_and_metrics], client_max_size=settings.request_body_limit_bytes
+    )
     database = Database(db_path)
     # what is deleted (secret env values at a job's end) is overwritten, not left in free pages
     database.db.conn.execute("PRAGMA secure_delete = ON")
@@ -389,11 +438,13 @@ def make_app(settings: Settings, db_path: str, clock: Callable[[], int] = wall_c
     coordinator = Coordinator(settings, database, log_key, clock, policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(coordinator)
-    app[AGENT_LIMITS] = RateLimiter(settings.agent_requests_per_s, settings.agent_request_burst,
-                                    "this agent")
+    app[AGENT_LIMITS] = RateLimiter(
+        settings.agent_requests_per_s, settings.agent_request_burst, "this agent"
+    )
     app[LOG_LIMITS] = RateLimiter(LOG_CHUNKS_PER_S, LOG_CHUNK_BURST, "this agent's log shipping")
-    app[TOKEN_LIMITS] = RateLimiter(settings.token_requests_per_s, settings.token_request_burst,
-                                    "this token")
+    app[TOKEN_LIMITS] = RateLimiter(
+        settings.token_requests_per_s, settings.token_request_burst, "this token"
+    )
     app[tlog.TLOG] = tlog.TransparencyLog(database, log_key, clock=clock)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -44,8 +44,15 @@ class Inventory:
     driver_version: str | None
 
 
-def _int(data: dict[str, Any], name: str, where: str, *, optional: bool = False,
-         low: int = 0, high: int = _INT64) -> Any:
+def _int(
+    data: dict[str, Any],
+    name: str,
+    where: str,
+    *,
+    optional: bool = False,
+    low: int = 0,
+    high: int = _INT64,
+) -> Any:
     value = data.get(name)
     if value is None and optional:
         return None
@@ -77,20 +84,24 @@ def parse_inventory(raw: object) -> Inventory:
         healthy = gpu.get("healthy", True)
         if type(healthy) is not bool:
             raise Unprocessable(f"{where}.healthy must be a boolean")
-        gpus.append(GpuReport(
-            index=_int(gpu, "index", where, high=MAX_GPUS_PER_AGENT * 4),
-            uuid=_text(gpu, "uuid", where),
-            model=canonical_model(_text(gpu, "name", where)),
-            memory_total_bytes=_int(gpu, "memory_total_bytes", where, low=1),
-            memory_used_bytes=_int(gpu, "memory_used_bytes", where, optional=True) or 0,
-            utilization_gpu_pct=_int(gpu, "utilization_gpu_pct", where, optional=True, high=100),
-            temperature_c=_int(gpu, "temperature_c", where, optional=True, low=-100, high=200),
-            power_mw=_int(gpu, "power_mw", where, optional=True),
-            power_limit_mw=_int(gpu, "power_limit_mw", where, optional=True),
-            energy_mj=_int(gpu, "energy_mj", where, optional=True),
-            healthy=healthy,
-            health_reason=_text(gpu, "health_reason", where, optional=True),
-        ))
+        gpus.append(
+            GpuReport(
+                index=_int(gpu, "index", where, high=MAX_GPUS_PER_AGENT * 4),
+                uuid=_text(gpu, "uuid", where),
+                model=canonical_model(_text(gpu, "name", where)),
+                memory_total_bytes=_int(gpu, "memory_total_bytes", where, low=1),
+                memory_used_bytes=_int(gpu, "memory_used_bytes", where, optional=True) or 0,
+                utilization_gpu_pct=_int(
+                    gpu, "utilization_gpu_pct", where, optional=True, high=100
+                ),
+                temperature_c=_int(gpu, "temperature_c", where, optional=True, low=-100, high=200),
+                power_mw=_int(gpu, "power_mw", where, optional=True),
+                power_limit_mw=_int(gpu, "power_limit_mw", where, optional=True),
+                energy_mj=_int(gpu, "energy_mj", where, optional=True),
+                healthy=healthy,
+                health_reason=_text(gpu, "health_reason", where, optional=True),
+            )
+        )
     if len({g.uuid for g in gpus}) != len(gpus):
         raise Unprocessable("inventory.gpus lists a GPU UUID twice")
     host_raw = raw.get("host")
@@ -99,7 +110,9 @@ def parse_inventory(raw: object) -> Inventory:
     host = HostReport(
         cpu_count=_int(host_raw, "cpu_count", "inventory.host", low=1, high=1 << 16),
         memory_total_bytes=_int(host_raw, "memory_total_bytes", "inventory.host", low=1),
-        memory_available_bytes=_int(host_raw, "memory_available_bytes", "inventory.host", optional=True),
+        memory_available_bytes=_int(
+            host_raw, "memory_available_bytes", "inventory.host", optional=True
+        ),
         disk_free_bytes=_int(host_raw, "disk_free_bytes", "inventory.host", optional=True),
     )
     driver = _text(raw, "driver_version", "inventory", optional=True)

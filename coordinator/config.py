@@ -10,7 +10,6 @@ from typing import Any
 from shared.errors import SuanliError
 from shared.settings_file import describe, read_table, setting, typed_values
 
-
 MAX_RECEIPT_WORKERS = 256
 
 
@@ -26,44 +25,65 @@ class Settings:
     tls_cert: str | None = setting(None, "PEM certificate chain; serve HTTPS when given")
     tls_key: str | None = setting(None, "PEM private key for tls_cert")
     request_body_limit_bytes: int = setting(1 << 20, "largest request body accepted")
-    signed_request_window_ms: int = setting(60_000, "how far an agent's request time may be from ours")
+    signed_request_window_ms: int = setting(
+        60_000, "how far an agent's request time may be from ours"
+    )
     heartbeat_interval_ms: int = setting(10_000, "how often agents are told to heartbeat")
     heartbeat_timeout_ms: int = setting(45_000, "silence after which an agent's leases are lost")
     start_deadline_ms: int = setting(120_000, "time an agent has to start a leased job")
     rejections_per_agent_per_day: int = setting(
-        10_000, "refused receipts kept for auditors per agent and day; a flood past it is "
-        "answered and counted (metric suanli_receipt_rejections_dropped_total), not stored")
+        10_000,
+        "refused receipts kept for auditors per agent and day; a flood past it is "
+        "answered and counted (metric suanli_receipt_rejections_dropped_total), not stored",
+    )
     settle_grace_ms: int = setting(
-        3_600_000, "how long after a job ends its reservation still holds for receipts that may "
-        "arrive late (a lease its coordinator ended); a job whose receipts are all in settles at once")
+        3_600_000,
+        "how long after a job ends its reservation still holds for receipts that may "
+        "arrive late (a lease its coordinator ended); a job whose receipts are all in settles at once",
+    )
     stop_grace_ms: int = setting(
-        60_000, "time an agent has to stop a job after a cancel or revocation; nothing is billed "
+        60_000,
+        "time an agent has to stop a job after a cancel or revocation; nothing is billed "
         "after it, and an agent that has not ended the lease by its window's close plus this "
-        "is ended by the coordinator and penalised")
+        "is ended by the coordinator and penalised",
+    )
     max_attempts: int = setting(3, "leases a job may lose before it is marked lost")
     long_poll_max_ms: int = setting(25_000, "longest an agent's lease poll is held open")
     job_log_limit_bytes: int = setting(1 << 20, "log bytes kept per job; the rest is dropped")
     max_jobs_per_enterprise: int = setting(10_000, "unfinished jobs one enterprise may hold")
     scheduler_interval_ms: int = setting(1_000, "how often pending jobs are re-auctioned")
-    reliability_penalty_ppm: int = setting(200_000, "reliability lost per failed start or lost lease")
+    reliability_penalty_ppm: int = setting(
+        200_000, "reliability lost per failed start or lost lease"
+    )
     reliability_half_life_ms: int = setting(86_400_000, "time for a reliability penalty to halve")
     agent_requests_per_s: int = setting(
-        100, "requests a second one agent may make on average (0: no limit); the rest get 429")
+        100, "requests a second one agent may make on average (0: no limit); the rest get 429"
+    )
     agent_request_burst: int = setting(1_000, "requests one agent may make at once above its rate")
     token_requests_per_s: int = setting(
-        50, "requests a second one API token may make on average (0: no limit); the rest get 429")
-    token_request_burst: int = setting(500, "requests one API token may make at once above its rate")
+        50, "requests a second one API token may make on average (0: no limit); the rest get 429"
+    )
+    token_request_burst: int = setting(
+        500, "requests one API token may make at once above its rate"
+    )
     header_timeout_s: int = setting(
-        20, "a connection that has not sent a whole request head in this long, or sat idle, is closed")
-    body_timeout_s: int = setting(30, "a request whose body has not arrived in this long is refused")
+        20,
+        "a connection that has not sent a whole request head in this long, or sat idle, is closed",
+    )
+    body_timeout_s: int = setting(
+        30, "a request whose body has not arrived in this long is refused"
+    )
     receipt_workers: int = setting(
         os.cpu_count() or 1,
-        "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)")
+        "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.receipt_workers <= MAX_RECEIPT_WORKERS:
-            raise ConfigError(f"receipt_workers must be from 0 to {MAX_RECEIPT_WORKERS}, "
-                              f"not {self.receipt_workers}")
+            raise ConfigError(
+                f"receipt_workers must be from 0 to {MAX_RECEIPT_WORKERS}, "
+                f"not {self.receipt_workers}"
+            )
         for name in ("stop_grace_ms", "settle_grace_ms", "rejections_per_agent_per_day"):
             value = getattr(self, name)
             if value < 0:

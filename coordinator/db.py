@@ -82,14 +82,17 @@ class Database:
         # (and the fsync that takes) is the checkpointer's job, off the writer's path
         self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._stopping.clear()
-        self._checkpointer = threading.Thread(target=self._checkpoint, name="suanli-db-checkpoint",
-                                              daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint, name="suanli-db-checkpoint", daemon=True
+        )
         self._checkpointer.start()
         self._thread = threading.Thread(target=self._work, name="suanli-db", daemon=True)
         self._thread.start()
 
     def _checkpoint(self) -> None:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30
+        )
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
                 try:
@@ -106,7 +109,9 @@ class Database:
         self._put((fn, loop, future))
         return await future
 
-    async def run_grouped(self, group: Callable[[sqlite_utils.Database, list[I]], list[T]], item: I) -> T:
+    async def run_grouped(
+        self, group: Callable[[sqlite_utils.Database, list[I]], list[T]], item: I
+    ) -> T:
         """Run `group(db, items)` once for this item and the ones queued right after it for the
         same `group`, in the writer's next transaction; each caller gets its own result.
 
@@ -153,11 +158,16 @@ class Database:
         conn.execute("RELEASE call")
         return value, None
 
-    def _run_group(self, entries: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, BaseException | None]]:
+    def _run_group(
+        self, entries: list[tuple[Any, Any, Any]]
+    ) -> list[tuple[Any, Any, Any, BaseException | None]]:
         group = entries[0][0].group
         values, error = self._call(lambda db: group(db, [fn.item for fn, _, _ in entries]))
         if error is None and len(values) == len(entries):
-            return [(loop, future, value, None) for (_, loop, future), value in zip(entries, values, strict=True)]
+            return [
+                (loop, future, value, None)
+                for (_, loop, future), value in zip(entries, values, strict=True)
+            ]
         if len(entries) == 1:
             if error is None:
                 error = RuntimeError("a grouped call returned no result for its item")
@@ -191,8 +201,11 @@ class Database:
                 fn, loop, future = batch[at]
                 if isinstance(fn, _Grouped):
                     end = at + 1
-                    while end < len(batch) and isinstance(batch[end][0], _Grouped) and \
-                            batch[end][0].group == fn.group:
+                    while (
+                        end < len(batch)
+                        and isinstance(batch[end][0], _Grouped)
+                        and batch[end][0].group == fn.group
+                    ):
                         end += 1
                     results += self._run_group(batch[at:end])
                     at = end

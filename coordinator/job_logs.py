@@ -38,11 +38,16 @@ class JobLogs:
     async def size(self, job_id: str) -> int:
         cached = self._sizes.get(job_id)
         if cached is None:
+
             def read(db: Any) -> tuple[int, tuple[int, int] | None]:
-                total = db.conn.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_logs "
-                                        "WHERE job_id = ?", [job_id]).fetchone()[0]
-                last = db.conn.execute("SELECT offset, LENGTH(data) FROM job_logs WHERE job_id = ? "
-                                       "ORDER BY offset DESC LIMIT 1", [job_id]).fetchone()
+                total = db.conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_logs WHERE job_id = ?", [job_id]
+                ).fetchone()[0]
+                last = db.conn.execute(
+                    "SELECT offset, LENGTH(data) FROM job_logs WHERE job_id = ? "
+                    "ORDER BY offset DESC LIMIT 1",
+                    [job_id],
+                ).fetchone()
                 return int(total), (int(last[0]), int(last[1])) if last else None
 
             total, last = await self.database.run(read)
@@ -52,11 +57,18 @@ class JobLogs:
             return total
         return cached
 
-    async def append(self, job_id: str, offset: Any, data: Any,
-                     secrets: list[str] | None = None) -> dict[str, Any]:
-        if type(offset) is not int or offset < 0 or type(data) is not bytes or len(data) > MAX_LOG_CHUNK:
+    async def append(
+        self, job_id: str, offset: Any, data: Any, secrets: list[str] | None = None
+    ) -> dict[str, Any]:
+        if (
+            type(offset) is not int
+            or offset < 0
+            or type(data) is not bytes
+            or len(data) > MAX_LOG_CHUNK
+        ):
             raise Unprocessable(
-                f"offset must be a non-negative integer and data at most {MAX_LOG_CHUNK} bytes")
+                f"offset must be a non-negative integer and data at most {MAX_LOG_CHUNK} bytes"
+            )
         size = await self.size(job_id)
         if offset > size and size < self.limit:
             raise Conflict(f"the log has {size} bytes; send from offset {size}", code="log_gap")
@@ -72,16 +84,21 @@ class JobLogs:
 
             def grow(db: Any) -> None:
                 # joined here, not with SQL's ||, which makes text of the bytes
-                (data,) = db.conn.execute("SELECT data FROM job_logs WHERE job_id = ? AND offset = ?",
-                                          [job_id, row_offset]).fetchone()
-                db.conn.execute("UPDATE job_logs SET data = ? WHERE job_id = ? AND offset = ?",
-                                [bytes(data) + chunk, job_id, row_offset])
+                (data,) = db.conn.execute(
+                    "SELECT data FROM job_logs WHERE job_id = ? AND offset = ?",
+                    [job_id, row_offset],
+                ).fetchone()
+                db.conn.execute(
+                    "UPDATE job_logs SET data = ? WHERE job_id = ? AND offset = ?",
+                    [bytes(data) + chunk, job_id, row_offset],
+                )
 
             await self.database.run(grow)
         else:
             row_offset, row_length = size, len(chunk)
-            await self.database.run(lambda db: db["job_logs"].insert(
-                {"job_id": job_id, "offset": size, "data": chunk}))
+            await self.database.run(
+                lambda db: db["job_logs"].insert({"job_id": job_id, "offset": size, "data": chunk})
+            )
         if row_length < COALESCE_BYTES:
             self._last[job_id] = (row_offset, row_length)
         else:
@@ -90,10 +107,13 @@ class JobLogs:
 
     async def read(self, job_id: str, offset: int, limit: int) -> tuple[bytes, int]:
         end = offset + limit
-        rows = await self.database.run(lambda db: db.conn.execute(
-            "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) FROM job_logs "
-            "WHERE job_id = ? AND offset + LENGTH(data) > ? AND offset < ? ORDER BY offset",
-            [offset, end, offset, job_id, offset, end]).fetchall())
+        rows = await self.database.run(
+            lambda db: db.conn.execute(
+                "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) FROM job_logs "
+                "WHERE job_id = ? AND offset + LENGTH(data) > ? AND offset < ? ORDER BY offset",
+                [offset, end, offset, job_id, offset, end],
+            ).fetchall()
+        )
         out = b"".join(bytes(row[1]) for row in rows)[:limit]
         return out, offset + len(out)
 

@@ -47,11 +47,11 @@ SPEC_FIELDS = {
     "command": "command and arguments, a list of strings (empty: the image's default)",
     "env": "environment variables, a map of name to string",
     "secret_env": "secret environment variables, a map of name to string: delivered only to "
-                  "the winning agent, never shown back (the name is, with a redacted value), "
-                  "never logged, erased when the job ends",
+    "the winning agent, never shown back (the name is, with a redacted value), "
+    "never logged, erased when the job ends",
     "gpus": "number of GPUs, 1 to 64",
     "min_gpu_memory_bytes": "least memory each GPU must have",
-    "gpu_models": "GPU models allowed (empty: any), e.g. [\"H100\"]",
+    "gpu_models": 'GPU models allowed (empty: any), e.g. ["H100"]',
     "cpus_milli": "CPU limit in thousandths of a core (default 4000 per GPU)",
     "memory_bytes": "memory limit for the container (default 16 GiB per GPU)",
     "max_duration_s": "longest the job may run, in seconds",
@@ -108,7 +108,9 @@ def _is_text(value: object, max_length: int) -> bool:
     return True
 
 
-def _int_field(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
+def _int_field(
+    body: dict[str, Any], name: str, low: int, high: int, default: int | None = None
+) -> int:
     value = body.get(name, default)
     if type(value) is not int or not low <= value <= high:
         raise Unprocessable(f"{name} must be an integer from {low} to {high}", code="invalid_job")
@@ -124,32 +126,45 @@ def parse_job_request(body: object) -> JobRequest:
         raise Unprocessable(f"unknown job fields: {', '.join(sorted(unknown))}", code="invalid_job")
     image = body.get("image")
     if type(image) is not str or not _IMAGE.fullmatch(image):
-        raise Unprocessable("image must be an image reference of 1 to 255 characters without "
-                            "spaces", code="invalid_job")
+        raise Unprocessable(
+            "image must be an image reference of 1 to 255 characters without spaces",
+            code="invalid_job",
+        )
     command = body.get("command", [])
-    if type(command) is not list or len(command) > MAX_COMMAND_ITEMS or not all(
-        _is_text(part, MAX_COMMAND_BYTES) for part in command
+    if (
+        type(command) is not list
+        or len(command) > MAX_COMMAND_ITEMS
+        or not all(_is_text(part, MAX_COMMAND_BYTES) for part in command)
     ):
-        raise Unprocessable(f"command must be a list of at most {MAX_COMMAND_ITEMS} strings "
-                            "of valid Unicode without NUL characters", code="invalid_job")
+        raise Unprocessable(
+            f"command must be a list of at most {MAX_COMMAND_ITEMS} strings "
+            "of valid Unicode without NUL characters",
+            code="invalid_job",
+        )
     if sum(len(part.encode()) for part in command) > MAX_COMMAND_BYTES:
         raise Unprocessable(f"command is longer than {MAX_COMMAND_BYTES} bytes", code="invalid_job")
     env = _env_field(body, "env")
     secret_env = _env_field(body, "secret_env")
     both = sorted(set(env) & set(secret_env))
     if both:
-        raise Unprocessable(f"secret_env names {', '.join(both)}, which env also has; give each "
-                            "variable once", code="invalid_job")
+        raise Unprocessable(
+            f"secret_env names {', '.join(both)}, which env also has; give each variable once",
+            code="invalid_job",
+        )
     if len(env) + len(secret_env) > MAX_ENV:
-        raise Unprocessable(f"env and secret_env hold at most {MAX_ENV} variables together",
-                            code="invalid_job")
+        raise Unprocessable(
+            f"env and secret_env hold at most {MAX_ENV} variables together", code="invalid_job"
+        )
     gpus = _int_field(body, "gpus", 1, MAX_GPUS)
     models = body.get("gpu_models", [])
-    if type(models) is not list or len(models) > MAX_MODELS or any(
-        not _is_text(m, 128) or not m for m in models
+    if (
+        type(models) is not list
+        or len(models) > MAX_MODELS
+        or any(not _is_text(m, 128) or not m for m in models)
     ):
-        raise Unprocessable(f"gpu_models must be a list of at most {MAX_MODELS} model names",
-                            code="invalid_job")
+        raise Unprocessable(
+            f"gpu_models must be a list of at most {MAX_MODELS} model names", code="invalid_job"
+        )
     return JobRequest(
         image=image,
         command=tuple(command),
@@ -168,15 +183,22 @@ def parse_job_request(body: object) -> JobRequest:
 def _env_field(body: dict[str, Any], field_name: str) -> dict[str, str]:
     env = body.get(field_name, {})
     if type(env) is not dict or len(env) > MAX_ENV:
-        raise Unprocessable(f"{field_name} must be a map of at most {MAX_ENV} variables",
-                            code="invalid_job")
+        raise Unprocessable(
+            f"{field_name} must be a map of at most {MAX_ENV} variables", code="invalid_job"
+        )
     for name, value in env.items():
         if not _ENV_NAME.fullmatch(name):
-            raise Unprocessable(f"{field_name} name {name!r} must be letters, digits and _ and not "
-                                "start with a digit", code="invalid_job")
+            raise Unprocessable(
+                f"{field_name} name {name!r} must be letters, digits and _ and not "
+                "start with a digit",
+                code="invalid_job",
+            )
         if not _is_text(value, MAX_ENV_VALUE):
-            raise Unprocessable(f"{field_name} {name} must be a string of at most {MAX_ENV_VALUE} "
-                                "characters of valid Unicode without NUL", code="invalid_job")
+            raise Unprocessable(
+                f"{field_name} {name} must be a string of at most {MAX_ENV_VALUE} "
+                "characters of valid Unicode without NUL",
+                code="invalid_job",
+            )
     return dict(env)
 
 
@@ -239,9 +261,16 @@ class Lease:
         return self.state != LEASE_ENDED
 
     def terms(self) -> LeaseTerms:
-        return LeaseTerms(self.id, self.job_id, self.agent_id, self.gpu_uuids,
-                          self.price_per_gpu_hour, self.created_at_ms, self.max_duration_ms,
-                          self.stop_grace_ms)
+        return LeaseTerms(
+            self.id,
+            self.job_id,
+            self.agent_id,
+            self.gpu_uuids,
+            self.price_per_gpu_hour,
+            self.created_at_ms,
+            self.max_duration_ms,
+            self.stop_grace_ms,
+        )
 
     def window(self) -> LeaseWindow:
         """The billable window as the coordinator knows it now (`shared.billing_window`)."""

@@ -253,17 +253,31 @@ class Transfer:
 
     def differences(self, other: Transfer) -> list[str]:
         """The fields (all but the time) in which `other` differs; a retry differs in none."""
-        names = ("debit_account", "credit_account", "amount", "code", "cause", "kind",
-                 "pending_id", "receipt_digest")
+        names = (
+            "debit_account",
+            "credit_account",
+            "amount",
+            "code",
+            "cause",
+            "kind",
+            "pending_id",
+            "receipt_digest",
+        )
         return [name for name in names if getattr(self, name) != getattr(other, name)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id.hex(), "kind": self.kind, "debit_account": self.debit_account,
-            "credit_account": self.credit_account, "amount": self.amount, "code": self.code,
+            "id": self.id.hex(),
+            "kind": self.kind,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "amount": self.amount,
+            "code": self.code,
             "cause": self.cause,
             "pending_id": self.pending_id.hex() if self.pending_id is not None else None,
-            "receipt_digest": self.receipt_digest.hex() if self.receipt_digest is not None else None,
+            "receipt_digest": self.receipt_digest.hex()
+            if self.receipt_digest is not None
+            else None,
             "at_ms": self.at_ms,
         }
 
@@ -289,8 +303,9 @@ def savepoint(db: sqlite_utils.Database, name: str = "ledger") -> Iterator[None]
 
 # -- accounts --------------------------------------------------------------------------------
 
-_ACCOUNT_COLUMNS = ("id, ledger, kind, owner, flags, debits_pending, debits_posted, "
-                    "credits_pending, credits_posted")
+_ACCOUNT_COLUMNS = (
+    "id, ledger, kind, owner, flags, debits_pending, debits_posted, credits_pending, credits_posted"
+)
 
 
 def _account_from_row(row: Sequence[Any]) -> Account:
@@ -299,7 +314,8 @@ def _account_from_row(row: Sequence[Any]) -> Account:
 
 def get_account(db: sqlite_utils.Database, account_id: str) -> Account | None:
     row = db.conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ?", [account_id]).fetchone()
+        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ?", [account_id]
+    ).fetchone()
     return _account_from_row(row) if row is not None else None
 
 
@@ -307,7 +323,7 @@ def rows_in(db: sqlite_utils.Database, query: str, values: Sequence[Any]) -> lis
     """The rows of `query` (ending in `IN`) for each of `values`, asked 500 at a time."""
     rows: list[Any] = []
     for at in range(0, len(values), 500):
-        chunk = list(values[at:at + 500])
+        chunk = list(values[at : at + 500])
         rows += db.conn.execute(f"{query} ({','.join('?' * len(chunk))})", chunk).fetchall()
     return rows
 
@@ -317,29 +333,44 @@ def get_accounts(db: sqlite_utils.Database, account_ids: Sequence[str]) -> dict[
     return {row[0]: _account_from_row(row) for row in rows}
 
 
-def open_account(db: sqlite_utils.Database, account_id: str, *, ledger: str, kind: str,
-                 owner: str | None = None, flags: str = NO_LIMIT, now_ms: int) -> Account:
+def open_account(
+    db: sqlite_utils.Database,
+    account_id: str,
+    *,
+    ledger: str,
+    kind: str,
+    owner: str | None = None,
+    flags: str = NO_LIMIT,
+    now_ms: int,
+) -> Account:
     """Create the account, or return it if it exists with the same ledger, kind, owner and flags."""
     if ledger not in LEDGERS:
-        raise InvalidTransfer(f"there is no ledger {ledger!r}; the ledgers are {', '.join(LEDGERS)}")
+        raise InvalidTransfer(
+            f"there is no ledger {ledger!r}; the ledgers are {', '.join(LEDGERS)}"
+        )
     if flags not in FLAGS:
         raise InvalidTransfer(f"{flags!r} is not a balance limit")
     db.conn.execute(
         "INSERT OR IGNORE INTO ledger_accounts (id, ledger, kind, owner, flags, created_at_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?)", [account_id, ledger, kind, owner, flags, now_ms])
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [account_id, ledger, kind, owner, flags, now_ms],
+    )
     account = get_account(db, account_id)
     assert account is not None
     if (account.ledger, account.kind, account.owner, account.flags) != (ledger, kind, owner, flags):
         raise IdempotencyConflict(
             f"account {account_id} already exists as a {account.kind} account on ledger "
-            f"{account.ledger} (owner {account.owner}, limit {account.flags or 'none'})")
+            f"{account.ledger} (owner {account.owner}, limit {account.flags or 'none'})"
+        )
     return account
 
 
 # -- transfers -------------------------------------------------------------------------------
 
-_TRANSFER_COLUMNS = ("id, debit_account, credit_account, amount, code, cause, kind, pending_id, "
-                     "receipt_digest, at_ms")
+_TRANSFER_COLUMNS = (
+    "id, debit_account, credit_account, amount, code, cause, kind, pending_id, "
+    "receipt_digest, at_ms"
+)
 
 
 def _transfer_from_row(row: Sequence[Any]) -> Transfer:
@@ -351,14 +382,16 @@ def get_transfers(db: sqlite_utils.Database, ids: Sequence[bytes]) -> dict[bytes
         return {}
     marks = ",".join("?" * len(ids))
     rows = db.conn.execute(
-        f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE id IN ({marks})", list(ids))
+        f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE id IN ({marks})", list(ids)
+    )
     return {row[0]: _transfer_from_row(row) for row in rows}
 
 
 def transfers_for_receipt(db: sqlite_utils.Database, digest: bytes) -> list[Transfer]:
     rows = db.conn.execute(
         f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE receipt_digest = ? ORDER BY seq",
-        [digest])
+        [digest],
+    )
     return [_transfer_from_row(row) for row in rows]
 
 
@@ -370,28 +403,38 @@ def _validate(t: Transfer) -> None:
     if type(t.id) is not bytes or len(t.id) != 32:
         raise InvalidTransfer("a transfer id is 32 bytes (see transfer_id)")
     if t.kind not in KINDS:
-        raise InvalidTransfer(f"{t.kind!r} is not a transfer kind; the kinds are {', '.join(KINDS)}")
+        raise InvalidTransfer(
+            f"{t.kind!r} is not a transfer kind; the kinds are {', '.join(KINDS)}"
+        )
     if not _is_amount(t.amount):
         raise InvalidTransfer(
             f"a transfer moves a positive integer number of micro-yuan up to {MAX_BALANCE}, "
-            f"not {t.amount!r}")
+            f"not {t.amount!r}"
+        )
     for name in ("debit_account", "credit_account", "code", "cause"):
         value = getattr(t, name)
         if type(value) is not str or not value:
             raise InvalidTransfer(f"a transfer's {name} must be non-empty text")
     if t.debit_account == t.credit_account:
-        raise InvalidTransfer(f"transfer {t.code} debits and credits the same account {t.debit_account}")
+        raise InvalidTransfer(
+            f"transfer {t.code} debits and credits the same account {t.debit_account}"
+        )
     if len(t.code) > MAX_CODE or len(t.cause) > MAX_CAUSE:
-        raise InvalidTransfer(f"a code is at most {MAX_CODE} and a cause at most {MAX_CAUSE} characters")
+        raise InvalidTransfer(
+            f"a code is at most {MAX_CODE} and a cause at most {MAX_CAUSE} characters"
+        )
     resolves = t.kind in (POST_PENDING, VOID_PENDING)
     if resolves != (t.pending_id is not None):
         raise InvalidTransfer("a post or void names its pending transfer, and only those do")
     if t.pending_id is not None and (type(t.pending_id) is not bytes or len(t.pending_id) != 32):
         raise InvalidTransfer("a pending id is 32 bytes")
     if t.code.startswith(USAGE_PREFIX) != (t.receipt_digest is not None):
-        raise InvalidTransfer(f"a {USAGE_PREFIX}* transfer names its receipt digest, and only those do")
-    if t.receipt_digest is not None and (type(t.receipt_digest) is not bytes
-                                         or not 0 < len(t.receipt_digest) <= 64):
+        raise InvalidTransfer(
+            f"a {USAGE_PREFIX}* transfer names its receipt digest, and only those do"
+        )
+    if t.receipt_digest is not None and (
+        type(t.receipt_digest) is not bytes or not 0 < len(t.receipt_digest) <= 64
+    ):
         raise InvalidTransfer("a receipt digest is 1 to 64 bytes")
     if type(t.at_ms) is not int:
         raise InvalidTransfer("a transfer's time is integer milliseconds")
@@ -420,13 +463,19 @@ class _Open:
 
 def _load_pendings(db: sqlite_utils.Database, pending_ids: Sequence[bytes]) -> dict[bytes, _Open]:
     rows = rows_in(
-        db, "SELECT p.id, p.kind, p.debit_account, p.credit_account, p.amount, "
+        db,
+        "SELECT p.id, p.kind, p.debit_account, p.credit_account, p.amount, "
         "(SELECT COALESCE(SUM(r.amount), 0) FROM ledger_transfers r WHERE r.pending_id = p.id), "
         "EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = p.id "
         "        AND r.kind = 'void_pending') "
-        "FROM ledger_transfers p WHERE p.id IN", pending_ids)
-    return {row[0]: _Open(row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
-            if row[1] == PENDING}
+        "FROM ledger_transfers p WHERE p.id IN",
+        pending_ids,
+    )
+    return {
+        row[0]: _Open(row[2], row[3], row[4], row[5], bool(row[6]))
+        for row in rows
+        if row[1] == PENDING
+    }
 
 
 def _load_pending(db: sqlite_utils.Database, pending_id: bytes) -> _Open | None:
@@ -452,9 +501,12 @@ class Hold:
 
 def holds(db: sqlite_utils.Database, pending_ids: Sequence[bytes]) -> dict[bytes, Hold]:
     """The pending transfers among these ids (those that exist), each with what it still holds."""
-    return {pending_id: Hold(pending_id, o.debit_account, o.credit_account, o.amount,
-                             o.amount - o.resolved)
-            for pending_id, o in _load_pendings(db, list(pending_ids)).items()}
+    return {
+        pending_id: Hold(
+            pending_id, o.debit_account, o.credit_account, o.amount, o.amount - o.resolved
+        )
+        for pending_id, o in _load_pendings(db, list(pending_ids)).items()
+    }
 
 
 def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -> list[Transfer]:
@@ -481,12 +533,14 @@ def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -
                 raise IdempotencyConflict(
                     f"transfer {t.id.hex()[:16]} ({old.code}, cause {old.cause}) already exists "
                     f"with a different {', '.join(old.differences(t))}; a retry must repeat "
-                    f"the first request exactly")
+                    f"the first request exactly"
+                )
         if len(existing) == len(transfers):
             return [existing[t.id] for t in transfers]
         raise IdempotencyConflict(
             "part of this linked set of transfers already exists; a linked set is written "
-            "whole or not at all, so its ids must not be reused")
+            "whole or not at all, so its ids must not be reused"
+        )
     batch = TransferBatch(db)
     batch.add(transfers)
     batch.flush()
@@ -515,8 +569,13 @@ class TransferBatch:
         working = self._load([account_id]).get(account_id)
         if working is None:
             return None
-        return Account(*(getattr(working.account, name) for name in ("id", "ledger", "kind", "owner", "flags")),
-                       *working.balances)
+        return Account(
+            *(
+                getattr(working.account, name)
+                for name in ("id", "ledger", "kind", "owner", "flags")
+            ),
+            *working.balances,
+        )
 
     def preload(self, account_ids: Sequence[str], pending_ids: Sequence[bytes]) -> None:
         """Read these accounts and pending transfers now, in a few queries, not one by one."""
@@ -559,8 +618,11 @@ class TransferBatch:
         touched = {a for t in transfers for a in (t.debit_account, t.credit_account)}
         saved = {a: working[a].balances.copy() for a in touched if a in working}
         resolved = {t.pending_id for t in transfers if t.pending_id is not None}
-        saved_opens = {p: _Open(o.debit_account, o.credit_account, o.amount, o.resolved, o.voided)
-                       for p in resolved if (o := self._opens.get(p)) is not None}
+        saved_opens = {
+            p: _Open(o.debit_account, o.credit_account, o.amount, o.resolved, o.voided)
+            for p in resolved
+            if (o := self._opens.get(p)) is not None
+        }
         try:
             for t in transfers:
                 self._apply(t, working)
@@ -579,12 +641,15 @@ class TransferBatch:
     def _apply(self, t: Transfer, working: dict[str, _Working]) -> None:
         for account_id in (t.debit_account, t.credit_account):
             if account_id not in working:
-                raise UnknownAccount(f"transfer {t.code} names account {account_id}, which does not exist")
+                raise UnknownAccount(
+                    f"transfer {t.code} names account {account_id}, which does not exist"
+                )
         debit, credit = working[t.debit_account], working[t.credit_account]
         if debit.account.ledger != credit.account.ledger:
             raise InvalidTransfer(
                 f"transfer {t.code} would cross ledgers ({t.debit_account} is on "
-                f"{debit.account.ledger}, {t.credit_account} on {credit.account.ledger})")
+                f"{debit.account.ledger}, {t.credit_account} on {credit.account.ledger})"
+            )
         amount = t.amount
         if t.kind == POSTED:
             debit.balances[1] += amount
@@ -597,18 +662,29 @@ class TransferBatch:
             assert t.pending_id is not None
             pending = self._open(t.pending_id)
             if pending is None:
-                raise PendingError(f"transfer {t.code} resolves {t.pending_id.hex()[:16]}, "
-                                   f"which is not a pending transfer")
-            if (pending.debit_account, pending.credit_account) != (t.debit_account, t.credit_account):
-                raise PendingError(f"transfer {t.code} must move the same accounts as the pending "
-                                   f"transfer it resolves")
+                raise PendingError(
+                    f"transfer {t.code} resolves {t.pending_id.hex()[:16]}, "
+                    f"which is not a pending transfer"
+                )
+            if (pending.debit_account, pending.credit_account) != (
+                t.debit_account,
+                t.credit_account,
+            ):
+                raise PendingError(
+                    f"transfer {t.code} must move the same accounts as the pending "
+                    f"transfer it resolves"
+                )
             remaining = pending.amount - pending.resolved
             if pending.voided or amount > remaining:
-                raise PendingError(f"transfer {t.code} resolves {amount} µ¥ of a pending transfer "
-                                   f"that holds only {remaining} µ¥")
+                raise PendingError(
+                    f"transfer {t.code} resolves {amount} µ¥ of a pending transfer "
+                    f"that holds only {remaining} µ¥"
+                )
             if t.kind == VOID_PENDING and amount != remaining:
-                raise PendingError("a void releases the whole remainder of its pending transfer "
-                                   f"({remaining} µ¥), not {amount} µ¥")
+                raise PendingError(
+                    "a void releases the whole remainder of its pending transfer "
+                    f"({remaining} µ¥), not {amount} µ¥"
+                )
             pending.resolved += amount
             pending.voided = t.kind == VOID_PENDING
             debit.balances[0] -= amount
@@ -618,23 +694,36 @@ class TransferBatch:
                 credit.balances[3] += amount
         for side in (debit, credit):
             if max(side.balances) > MAX_BALANCE:
-                raise LedgerOverflow(f"transfer {t.code} would take account {side.account.id} past "
-                                     f"{MAX_BALANCE} µ¥")
+                raise LedgerOverflow(
+                    f"transfer {t.code} would take account {side.account.id} past {MAX_BALANCE} µ¥"
+                )
         grows = t.kind in (POSTED, PENDING)
         d_pending, d_posted, c_pending, c_posted = debit.balances
-        if grows and debit.account.flags == DEBITS_MUST_NOT_EXCEED_CREDITS and \
-                d_pending + d_posted > c_posted:
+        if (
+            grows
+            and debit.account.flags == DEBITS_MUST_NOT_EXCEED_CREDITS
+            and d_pending + d_posted > c_posted
+        ):
             raise LimitExceeded(
                 f"transfer {t.code} of {amount} µ¥ would make the debits of {debit.account.id} "
                 f"({d_pending + d_posted} µ¥ pending and posted) exceed its credits ({c_posted} µ¥)",
-                account=debit.account.id, flag=DEBITS_MUST_NOT_EXCEED_CREDITS, transfer=t)
+                account=debit.account.id,
+                flag=DEBITS_MUST_NOT_EXCEED_CREDITS,
+                transfer=t,
+            )
         d_pending, d_posted, c_pending, c_posted = credit.balances
-        if grows and credit.account.flags == CREDITS_MUST_NOT_EXCEED_DEBITS and \
-                c_pending + c_posted > d_posted:
+        if (
+            grows
+            and credit.account.flags == CREDITS_MUST_NOT_EXCEED_DEBITS
+            and c_pending + c_posted > d_posted
+        ):
             raise LimitExceeded(
                 f"transfer {t.code} of {amount} µ¥ would make the credits of {credit.account.id} "
                 f"({c_pending + c_posted} µ¥ pending and posted) exceed its debits ({d_posted} µ¥)",
-                account=credit.account.id, flag=CREDITS_MUST_NOT_EXCEED_DEBITS, transfer=t)
+                account=credit.account.id,
+                flag=CREDITS_MUST_NOT_EXCEED_DEBITS,
+                transfer=t,
+            )
 
     def flush(self) -> None:
         """Insert what was added since the last flush and store the balances it moved."""
@@ -643,12 +732,27 @@ class TransferBatch:
         with savepoint(self.db, "ledger_link"):
             self.db.conn.executemany(
                 f"INSERT INTO ledger_transfers ({_TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(t.id, t.debit_account, t.credit_account, t.amount, t.code, t.cause, t.kind,
-                  t.pending_id, t.receipt_digest, t.at_ms) for t in self._unwritten])
+                [
+                    (
+                        t.id,
+                        t.debit_account,
+                        t.credit_account,
+                        t.amount,
+                        t.code,
+                        t.cause,
+                        t.kind,
+                        t.pending_id,
+                        t.receipt_digest,
+                        t.at_ms,
+                    )
+                    for t in self._unwritten
+                ],
+            )
             self.db.conn.executemany(
                 "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, "
                 "credits_pending = ?, credits_posted = ? WHERE id = ?",
-                [(*self._working[a].balances, a) for a in sorted(self._touched)])
+                [(*self._working[a].balances, a) for a in sorted(self._touched)],
+            )
         self._unwritten = []
         self._touched = set()
 
@@ -682,15 +786,17 @@ def check_invariants(db: sqlite_utils.Database) -> list[str]:
 def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
     stored: dict[str, Account] = {
         row[0]: _account_from_row(row)
-        for row in conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts")}
+        for row in conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts")
+    }
 
     # one pass over the transfers: balances recomputed per account, as
     # [debits_pending, debits_posted, credits_pending, credits_posted], and every pair of
     # accounts that money moved between (for the ledger check)
     computed: dict[str, list[int]] = {}
     for debit, credit, kind, total in conn.execute(
-            "SELECT debit_account, credit_account, kind, SUM(amount) FROM ledger_transfers "
-            "GROUP BY debit_account, credit_account, kind"):
+        "SELECT debit_account, credit_account, kind, SUM(amount) FROM ledger_transfers "
+        "GROUP BY debit_account, credit_account, kind"
+    ):
         d = computed.setdefault(debit, [0, 0, 0, 0])
         c = computed.setdefault(credit, [0, 0, 0, 0])
         if kind == PENDING:
@@ -710,8 +816,10 @@ def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
         else:
             problems.append(f"transfers of unknown kind {kind!r} move {debit} → {credit}")
         if debit in stored and credit in stored and stored[debit].ledger != stored[credit].ledger:
-            problems.append(f"transfers from {debit} to {credit} cross ledgers "
-                            f"({stored[debit].ledger} → {stored[credit].ledger})")
+            problems.append(
+                f"transfers from {debit} to {credit} cross ledgers "
+                f"({stored[debit].ledger} → {stored[credit].ledger})"
+            )
     for account_id in sorted(set(computed) - set(stored)):
         problems.append(f"transfers name account {account_id}, which does not exist")
     names = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
@@ -719,62 +827,84 @@ def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
         sums = computed.get(account_id, [0, 0, 0, 0])
         for name, expected in zip(names, sums, strict=True):
             if getattr(account, name) != expected:
-                problems.append(f"account {account_id} stores {name} = {getattr(account, name)} µ¥ "
-                                f"but its transfers sum to {expected} µ¥")
+                problems.append(
+                    f"account {account_id} stores {name} = {getattr(account, name)} µ¥ "
+                    f"but its transfers sum to {expected} µ¥"
+                )
             if expected < 0:
-                problems.append(f"account {account_id} has negative {name} ({expected} µ¥) from its "
-                                f"transfers")
+                problems.append(
+                    f"account {account_id} has negative {name} ({expected} µ¥) from its transfers"
+                )
         if account.over_limit():
-            problems.append(f"account {account_id} is past its limit {account.flags}: debits "
-                            f"{account.debits_posted} posted + {account.debits_pending} pending, "
-                            f"credits {account.credits_posted} posted + {account.credits_pending} "
-                            f"pending")
+            problems.append(
+                f"account {account_id} is past its limit {account.flags}: debits "
+                f"{account.debits_posted} posted + {account.debits_pending} pending, "
+                f"credits {account.credits_posted} posted + {account.credits_pending} "
+                f"pending"
+            )
     for ledger in LEDGERS:
         accounts = [a for a in stored.values() if a.ledger == ledger]
-        for debits, credits, what in (("debits_posted", "credits_posted", "posted"),
-                                      ("debits_pending", "credits_pending", "pending")):
+        for debits, credits, what in (
+            ("debits_posted", "credits_posted", "posted"),
+            ("debits_pending", "credits_pending", "pending"),
+        ):
             d_total = sum(getattr(a, debits) for a in accounts)
             c_total = sum(getattr(a, credits) for a in accounts)
             if d_total != c_total:
-                problems.append(f"ledger {ledger}: {what} debits ({d_total} µ¥) do not equal {what} "
-                                f"credits ({c_total} µ¥)")
+                problems.append(
+                    f"ledger {ledger}: {what} debits ({d_total} µ¥) do not equal {what} "
+                    f"credits ({c_total} µ¥)"
+                )
 
     for seq, pending_id in conn.execute(
-            "SELECT r.seq, r.pending_id FROM ledger_transfers r "
-            "LEFT JOIN ledger_transfers p ON p.id = r.pending_id "
-            "WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending' "
-            "OR p.debit_account <> r.debit_account OR p.credit_account <> r.credit_account "
-            "OR r.seq < p.seq)"):
-        problems.append(f"transfer #{seq} resolves {_hex(pending_id)}, which is not an earlier "
-                        f"pending transfer of the same accounts")
+        "SELECT r.seq, r.pending_id FROM ledger_transfers r "
+        "LEFT JOIN ledger_transfers p ON p.id = r.pending_id "
+        "WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind <> 'pending' "
+        "OR p.debit_account <> r.debit_account OR p.credit_account <> r.credit_account "
+        "OR r.seq < p.seq)"
+    ):
+        problems.append(
+            f"transfer #{seq} resolves {_hex(pending_id)}, which is not an earlier "
+            f"pending transfer of the same accounts"
+        )
     for pending_id, amount, resolved, voids, last_void, last in conn.execute(
-            "SELECT r.pending_id, p.amount, SUM(r.amount), SUM(r.kind = 'void_pending'), "
-            "MAX(CASE WHEN r.kind = 'void_pending' THEN r.seq END), MAX(r.seq) "
-            "FROM ledger_transfers r JOIN ledger_transfers p ON p.id = r.pending_id "
-            "WHERE r.pending_id IS NOT NULL GROUP BY r.pending_id"):
+        "SELECT r.pending_id, p.amount, SUM(r.amount), SUM(r.kind = 'void_pending'), "
+        "MAX(CASE WHEN r.kind = 'void_pending' THEN r.seq END), MAX(r.seq) "
+        "FROM ledger_transfers r JOIN ledger_transfers p ON p.id = r.pending_id "
+        "WHERE r.pending_id IS NOT NULL GROUP BY r.pending_id"
+    ):
         if resolved > amount:
-            problems.append(f"pending transfer {_hex(pending_id)} of {amount} µ¥ was resolved for "
-                            f"{resolved} µ¥")
+            problems.append(
+                f"pending transfer {_hex(pending_id)} of {amount} µ¥ was resolved for {resolved} µ¥"
+            )
         if voids > 1 or (voids == 1 and last_void != last):
             problems.append(f"pending transfer {_hex(pending_id)} was resolved after it was voided")
 
     for seq, code in conn.execute(
-            "SELECT seq, code FROM ledger_transfers "
-            "WHERE (receipt_digest IS NULL) = (code LIKE 'usage\\_%' ESCAPE '\\')"):
-        problems.append(f"transfer #{seq} ({code}) names a receipt digest if and only if it is not "
-                        f"a usage transfer")
+        "SELECT seq, code FROM ledger_transfers "
+        "WHERE (receipt_digest IS NULL) = (code LIKE 'usage\\_%' ESCAPE '\\')"
+    ):
+        problems.append(
+            f"transfer #{seq} ({code}) names a receipt digest if and only if it is not "
+            f"a usage transfer"
+        )
     for digest, seq, accepted, posted in conn.execute(
-            "SELECT t.receipt_digest, MIN(t.seq), "
-            "EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest), "
-            "EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest) "
-            "FROM ledger_transfers t WHERE t.receipt_digest IS NOT NULL GROUP BY t.receipt_digest "
-            "HAVING NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest) "
-            "OR NOT EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest)"):
+        "SELECT t.receipt_digest, MIN(t.seq), "
+        "EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest), "
+        "EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest) "
+        "FROM ledger_transfers t WHERE t.receipt_digest IS NOT NULL GROUP BY t.receipt_digest "
+        "HAVING NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = t.receipt_digest) "
+        "OR NOT EXISTS (SELECT 1 FROM ledger_postings p WHERE p.receipt_digest = t.receipt_digest)"
+    ):
         if not accepted:
-            problems.append(f"usage transfer #{seq} names receipt {_hex(digest)}, which is not an "
-                            f"accepted receipt")
+            problems.append(
+                f"usage transfer #{seq} names receipt {_hex(digest)}, which is not an "
+                f"accepted receipt"
+            )
         if not posted:
-            problems.append(f"usage transfer #{seq} names receipt {_hex(digest)}, which has no posting")
+            problems.append(
+                f"usage transfer #{seq} names receipt {_hex(digest)}, which has no posting"
+            )
     _check_postings(conn, problems)
     _check_quotas(conn, stored, problems)
     _check_reservations(conn, problems)
@@ -801,7 +931,8 @@ _LEG_OK = (
     f"AND t.credit_account = {_EARNINGS} "
     f"WHEN '{USAGE_CREDIT}' THEN {_DRAWS} AND t.debit_account = 'credit:' || p.enterprise_id AND "
     f"t.credit_account = '{CREDIT_USED}' "
-    f"ELSE 0 END")
+    f"ELSE 0 END"
+)
 
 
 def _code_sum(code: str) -> str:
@@ -814,8 +945,10 @@ def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
     The whole table is checked in SQL (every leg of the right shape, the sums right); only
     postings found wrong are read back to say how.
     """
-    paid_from_held = (f"SUM(CASE WHEN t.code = '{USAGE_VOUCHER}' AND t.debit_account = "
-                      f"{_POOL_HELD} THEN t.amount ELSE 0 END)")
+    paid_from_held = (
+        f"SUM(CASE WHEN t.code = '{USAGE_VOUCHER}' AND t.debit_account = "
+        f"{_POOL_HELD} THEN t.amount ELSE 0 END)"
+    )
     bad = conn.execute(
         f"SELECT p.receipt_digest FROM ledger_postings p "
         f"LEFT JOIN ledger_transfers t ON t.receipt_digest = p.receipt_digest "
@@ -824,12 +957,15 @@ def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
         f"OR {_code_sum(USAGE_VOUCHER)} <> p.voucher OR {_code_sum(USAGE_CAP)} <> p.voucher "
         f"OR {_code_sum(USAGE_DEFERRED)} <> p.deferred OR {_code_sum(USAGE_CREDIT)} <> p.deferred "
         f"OR {_code_sum(USAGE_POOL)} <> {paid_from_held} "
-        f"OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = p.receipt_digest)").fetchall()
-    for (digest,) in bad[:MAX_PROBLEMS + 1]:
+        f"OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.digest = p.receipt_digest)"
+    ).fetchall()
+    for (digest,) in bad[: MAX_PROBLEMS + 1]:
         enterprise_id, provider_id, year, uscc, voucher, deferred, accepted = conn.execute(
             "SELECT enterprise_id, provider_id, fiscal_year, enterprise_uscc, voucher, deferred, "
             "EXISTS (SELECT 1 FROM receipts r WHERE r.digest = receipt_digest) "
-            "FROM ledger_postings WHERE receipt_digest = ?", [digest]).fetchone()
+            "FROM ledger_postings WHERE receipt_digest = ?",
+            [digest],
+        ).fetchone()
         if not accepted:
             problems.append(f"posting {_hex(digest)} names no accepted receipt")
         earnings = earnings_account(provider_id)
@@ -843,50 +979,68 @@ def _check_postings(conn: sqlite3.Connection, problems: list[str]) -> None:
         legs: dict[str, int] = {}
         held = 0
         for code, debit, credit, kind, amount in conn.execute(
-                "SELECT code, debit_account, credit_account, kind, amount FROM ledger_transfers "
-                "WHERE receipt_digest = ? ORDER BY seq", [digest]):
+            "SELECT code, debit_account, credit_account, kind, amount FROM ledger_transfers "
+            "WHERE receipt_digest = ? ORDER BY seq",
+            [digest],
+        ):
             kinds = (POSTED,) if code == USAGE_VOUCHER else (POSTED, POST_PENDING)
             if (debit, credit) not in want.get(code, set()) or kind not in kinds:
-                problems.append(f"posting {_hex(digest)} has a stray transfer {code} ({kind}) of "
-                                f"{amount} µ¥ from {debit} to {credit}")
+                problems.append(
+                    f"posting {_hex(digest)} has a stray transfer {code} ({kind}) of "
+                    f"{amount} µ¥ from {debit} to {credit}"
+                )
                 continue
             legs[code] = legs.get(code, 0) + amount
             if code == USAGE_VOUCHER and debit == pool_held_account(year):
                 held += amount
-        got = [legs.get(code, 0) for code in (USAGE_VOUCHER, USAGE_CAP, USAGE_DEFERRED, USAGE_CREDIT)]
+        got = [
+            legs.get(code, 0) for code in (USAGE_VOUCHER, USAGE_CAP, USAGE_DEFERRED, USAGE_CREDIT)
+        ]
         if got != [voucher, voucher, deferred, deferred]:
             problems.append(
                 f"posting {_hex(digest)} says voucher {voucher} µ¥ and deferred {deferred} µ¥ but "
                 f"its transfers move voucher {got[0]}, cap {got[1]}, deferred {got[2]} and "
-                f"credit {got[3]} µ¥")
+                f"credit {got[3]} µ¥"
+            )
         if legs.get(USAGE_POOL, 0) != held:
-            problems.append(f"posting {_hex(digest)} pays {held} µ¥ of vouchers out of "
-                            f"{pool_held_account(year)} but draws {legs.get(USAGE_POOL, 0)} µ¥ "
-                            f"into it from the pool")
+            problems.append(
+                f"posting {_hex(digest)} pays {held} µ¥ of vouchers out of "
+                f"{pool_held_account(year)} but draws {legs.get(USAGE_POOL, 0)} µ¥ "
+                f"into it from the pool"
+            )
 
 
-def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
-                  problems: list[str]) -> None:
+def _check_quotas(
+    conn: sqlite3.Connection, stored: dict[str, Account], problems: list[str]
+) -> None:
     for account in stored.values():
         if account.kind == "pool":
             year = int(account.id.split(":", 1)[1])
             used = stored.get(entitlements_used_account(year))
             used_total = used.credits_posted if used is not None else 0
             if account.debits_posted != used_total:
-                problems.append(f"{account.id} paid out {account.debits_posted} µ¥ of vouchers but "
-                                f"the caps of {year} record {used_total} µ¥ used")
+                problems.append(
+                    f"{account.id} paid out {account.debits_posted} µ¥ of vouchers but "
+                    f"the caps of {year} record {used_total} µ¥ used"
+                )
             # every job's voucher hold is on its company's cap and on the pool alike
             cap_held = used.credits_pending if used is not None else 0
             if account.debits_pending != cap_held:
-                problems.append(f"{account.id} holds {account.debits_pending} µ¥ for jobs but the "
-                                f"caps of {year} hold {cap_held} µ¥")
+                problems.append(
+                    f"{account.id} holds {account.debits_pending} µ¥ for jobs but the "
+                    f"caps of {year} hold {cap_held} µ¥"
+                )
             held = stored.get(pool_held_account(year))
-            if held is not None and (held.debits_posted != held.credits_posted
-                                     or held.credits_pending != account.debits_pending):
-                problems.append(f"{held.id} took in {held.credits_posted} µ¥ and paid "
-                                f"{held.debits_posted} µ¥ to providers, and is promised "
-                                f"{held.credits_pending} µ¥ while the pool holds "
-                                f"{account.debits_pending} µ¥")
+            if held is not None and (
+                held.debits_posted != held.credits_posted
+                or held.credits_pending != account.debits_pending
+            ):
+                problems.append(
+                    f"{held.id} took in {held.credits_posted} µ¥ and paid "
+                    f"{held.debits_posted} µ¥ to providers, and is promised "
+                    f"{held.credits_pending} µ¥ while the pool holds "
+                    f"{account.debits_pending} µ¥"
+                )
         elif account.kind == "credit":
             enterprise_id = account.id.split(":", 1)[1]
             line = stored.get(credit_line_account(enterprise_id))
@@ -895,8 +1049,10 @@ def _check_quotas(conn: sqlite3.Connection, stored: dict[str, Account],
             owed = (receivable.debits_posted - receivable.credits_posted) if receivable else 0
             free = account.credits_posted - account.debits_posted
             if free != limit - owed:
-                problems.append(f"{account.id} has {free} µ¥ of credit unused but its limit "
-                                f"{limit} µ¥ less the {owed} µ¥ owed is {limit - owed} µ¥")
+                problems.append(
+                    f"{account.id} has {free} µ¥ of credit unused but its limit "
+                    f"{limit} µ¥ less the {owed} µ¥ owed is {limit - owed} µ¥"
+                )
 
 
 def _check_reservations(conn: sqlite3.Connection, problems: list[str]) -> None:
@@ -907,21 +1063,31 @@ def _check_reservations(conn: sqlite3.Connection, problems: list[str]) -> None:
     at least its maximum cost less what its postings charged, so usage within the maximum can
     always be paid. A job is settled once one of its holds was voided by code `reservation`.
     """
-    held = dict(conn.execute(
-        "SELECT h.cause, SUM(h.amount - COALESCE((SELECT SUM(d.amount) FROM ledger_transfers d "
-        "WHERE d.pending_id = h.id), 0)) FROM ledger_transfers h "
-        "WHERE h.kind = 'pending' AND h.cause LIKE 'job:%' "
-        "AND (h.debit_account LIKE 'credit:%' OR h.debit_account LIKE 'pool:%') GROUP BY h.cause"))
-    settled = {row[0] for row in conn.execute(
-        "SELECT DISTINCT cause FROM ledger_transfers WHERE pending_id IS NOT NULL "
-        f"AND kind = 'void_pending' AND code = '{RESERVATION}'")}
+    held = dict(
+        conn.execute(
+            "SELECT h.cause, SUM(h.amount - COALESCE((SELECT SUM(d.amount) FROM ledger_transfers d "
+            "WHERE d.pending_id = h.id), 0)) FROM ledger_transfers h "
+            "WHERE h.kind = 'pending' AND h.cause LIKE 'job:%' "
+            "AND (h.debit_account LIKE 'credit:%' OR h.debit_account LIKE 'pool:%') GROUP BY h.cause"
+        )
+    )
+    settled = {
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT cause FROM ledger_transfers WHERE pending_id IS NOT NULL "
+            f"AND kind = 'void_pending' AND code = '{RESERVATION}'"
+        )
+    }
     for job_id, max_cost, charged in conn.execute(
-            "SELECT r.job_id, r.max_cost, (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
-            "WHERE p.job_id = r.job_id) FROM ledger_reservations r"):
+        "SELECT r.job_id, r.max_cost, (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
+        "WHERE p.job_id = r.job_id) FROM ledger_reservations r"
+    ):
         cause = f"job:{job_id}"
         if cause in settled:
             continue
         still = max_cost - charged
         if held.get(cause, 0) < still:
-            problems.append(f"job {job_id} may still be charged {still} µ¥ of its maximum "
-                            f"{max_cost} µ¥ but its reservation holds only {held.get(cause, 0)} µ¥")
+            problems.append(
+                f"job {job_id} may still be charged {still} µ¥ of its maximum "
+                f"{max_cost} µ¥ but its reservation holds only {held.get(cause, 0)} µ¥"
+            )

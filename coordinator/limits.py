@@ -17,8 +17,9 @@ MAX_BUCKETS = 200_000
 
 
 class RateLimiter:
-    def __init__(self, rate_per_s: float, burst: int, what: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate_per_s: float, burst: int, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = float(rate_per_s)
         self.burst = float(burst)
         self.what = what
@@ -40,7 +41,9 @@ class RateLimiter:
             wait = max(1, math.ceil((cost - tokens) / self.rate))
             raise TooManyRequests(
                 f"{self.what} sent more than {self.rate:g} requests a second (bursts of "
-                f"{self.burst:g}); retry after {wait} s", wait)
+                f"{self.burst:g}); retry after {wait} s",
+                wait,
+            )
         self._buckets[principal] = (tokens - cost, now)
         if len(self._buckets) > MAX_BUCKETS:
             self._forget_full(now)
@@ -51,5 +54,6 @@ class RateLimiter:
                 del self._buckets[principal]
         if len(self._buckets) > MAX_BUCKETS:  # all busy: the oldest-counted go first
             for principal in sorted(self._buckets, key=lambda p: self._buckets[p][1])[
-                    : len(self._buckets) - MAX_BUCKETS]:
+                : len(self._buckets) - MAX_BUCKETS
+            ]:
                 del self._buckets[principal]

@@ -134,20 +134,31 @@ class Market:
         if old is not None:
             self._offering.remove(old)
         new_index = None
-        if agent.online and not agent.revoked and agent.ask_per_gpu_hour is not None and any(
-            g.offerable for g in agent.gpus.values()
+        if (
+            agent.online
+            and not agent.revoked
+            and agent.ask_per_gpu_hour is not None
+            and any(g.offerable for g in agent.gpus.values())
         ):
             key = (agent.ask_per_gpu_hour, agent.agent_id)
             self._offering.add(key)
             self._offering_keys[agent.agent_id] = key
-            counts = Counter((g.model, g.memory_total_bytes) for g in agent.gpus.values() if g.offerable)
-            new_index = (agent.ask_per_gpu_hour,
-                         tuple(sorted((model, memory, _bucket(n)) for (model, memory), n in counts.items())),
-                         _bucket(sum(counts.values())))
+            counts = Counter(
+                (g.model, g.memory_total_bytes) for g in agent.gpus.values() if g.offerable
+            )
+            new_index = (
+                agent.ask_per_gpu_hour,
+                tuple(sorted((model, memory, _bucket(n)) for (model, memory), n in counts.items())),
+                _bucket(sum(counts.values())),
+            )
         self._reindex(agent.agent_id, new_index, capacity_may_grow)
 
-    def _reindex(self, agent_id: str, new: tuple[int, tuple[tuple[str, int, int], ...], int] | None,
-                 capacity_may_grow: bool) -> None:
+    def _reindex(
+        self,
+        agent_id: str,
+        new: tuple[int, tuple[tuple[str, int, int], ...], int] | None,
+        capacity_may_grow: bool,
+    ) -> None:
         old = self._index_keys.pop(agent_id, None)
         if old == new:
             if new is not None:
@@ -170,7 +181,9 @@ class Market:
 
     # -- heartbeats and reconciliation --------------------------------------------------
 
-    def reconcile(self, agent: Agent, inventory: Inventory, now_ms: int) -> tuple[list[Gpu], list[Flag]]:
+    def reconcile(
+        self, agent: Agent, inventory: Inventory, now_ms: int
+    ) -> tuple[list[Gpu], list[Flag]]:
         """Apply a heartbeat's inventory; returns (GPUs this agent now holds for the first time,
         flags raised or cleared: a cleared one has cleared_at_ms).
 
@@ -178,21 +191,29 @@ class Market:
         MAX_KNOWN_GPUS GPUs or that names new UUIDs faster than its allowance.
         """
         reported = {report.uuid for report in inventory.gpus}
-        kept = sum(1 for uuid, gpu in agent.gpus.items() if gpu.claimed_from is None or uuid in reported)
+        kept = sum(
+            1 for uuid, gpu in agent.gpus.items() if gpu.claimed_from is None or uuid in reported
+        )
         fresh = len(reported - agent.gpus.keys())
         if kept + fresh > MAX_KNOWN_GPUS:
             raise Conflict(
                 f"this agent would be known by {kept + fresh} GPUs, more than {MAX_KNOWN_GPUS} "
                 "(vanished GPUs count until an operator clears their gpu_missing flag)",
-                code="too_many_gpus")
-        budget = min(float(NEW_UUID_BURST), agent.uuid_budget + max(
-            0, now_ms - agent.uuid_budget_at_ms) * NEW_UUIDS_PER_HOUR / 3_600_000)
+                code="too_many_gpus",
+            )
+        budget = min(
+            float(NEW_UUID_BURST),
+            agent.uuid_budget
+            + max(0, now_ms - agent.uuid_budget_at_ms) * NEW_UUIDS_PER_HOUR / 3_600_000,
+        )
         if fresh > budget:
             wait = int((fresh - budget) * 3_600 / NEW_UUIDS_PER_HOUR) + 1
             raise TooManyRequests(
                 f"this heartbeat names {fresh} new GPU UUIDs; an agent may name {NEW_UUID_BURST} "
-                f"at first and {NEW_UUIDS_PER_HOUR} an hour after (UUID churn)", wait,
-                code="uuid_churn")
+                f"at first and {NEW_UUIDS_PER_HOUR} an hour after (UUID churn)",
+                wait,
+                code="uuid_churn",
+            )
         agent.uuid_budget, agent.uuid_budget_at_ms = budget - fresh, now_ms
 
         new_gpus: list[Gpu] = []
@@ -205,9 +226,15 @@ class Market:
                     gpu = Gpu(report.uuid, agent.agent_id, report.model, report.memory_total_bytes)
                     agent.gpus[report.uuid] = gpu
                 gpu.claimed_from = owner
-                self._raise(agent, gpu, FLAG_UUID_CONFLICT,
-                            f"GPU {report.uuid} is already held by agent {owner}; this agent's "
-                            "claim to it is not offered", now_ms, changed)
+                self._raise(
+                    agent,
+                    gpu,
+                    FLAG_UUID_CONFLICT,
+                    f"GPU {report.uuid} is already held by agent {owner}; this agent's "
+                    "claim to it is not offered",
+                    now_ms,
+                    changed,
+                )
             elif gpu is None or gpu.claimed_from is not None:
                 # new, or a claim whose holder has let the UUID go: this agent holds it now
                 if gpu is None:
@@ -219,9 +246,15 @@ class Market:
                 self._clear(agent, report.uuid, FLAG_UUID_CONFLICT, now_ms, changed)
                 new_gpus.append(gpu)
             elif gpu.memory_total_bytes != report.memory_total_bytes or gpu.model != report.model:
-                self._raise(agent, gpu, FLAG_MEMORY_CHANGED,
-                            f"GPU {gpu.uuid} was {gpu.model} with {gpu.memory_total_bytes} bytes; "
-                            f"now reports {report.model} with {report.memory_total_bytes}", now_ms, changed)
+                self._raise(
+                    agent,
+                    gpu,
+                    FLAG_MEMORY_CHANGED,
+                    f"GPU {gpu.uuid} was {gpu.model} with {gpu.memory_total_bytes} bytes; "
+                    f"now reports {report.model} with {report.memory_total_bytes}",
+                    now_ms,
+                    changed,
+                )
             else:
                 self._clear(agent, report.uuid, FLAG_MEMORY_CHANGED, now_ms, changed)
             self._clear(agent, report.uuid, FLAG_MISSING, now_ms, changed)
@@ -236,8 +269,14 @@ class Market:
                 del agent.gpus[uuid]
                 self._clear(agent, uuid, FLAG_UUID_CONFLICT, now_ms, changed)
             else:
-                self._raise(agent, gpu, FLAG_MISSING, f"GPU {uuid} is no longer reported by its agent",
-                            now_ms, changed)
+                self._raise(
+                    agent,
+                    gpu,
+                    FLAG_MISSING,
+                    f"GPU {uuid} is no longer reported by its agent",
+                    now_ms,
+                    changed,
+                )
         for uuid, kind in list(agent.flags):  # a claim flagged before a restart, not made again
             if kind == FLAG_UUID_CONFLICT and uuid not in reported:
                 self._clear(agent, uuid, kind, now_ms, changed)
@@ -249,7 +288,9 @@ class Market:
         return new_gpus, changed
 
     @staticmethod
-    def _raise(agent: Agent, gpu: Gpu, kind: str, detail: str, now_ms: int, changed: list[Flag]) -> None:
+    def _raise(
+        agent: Agent, gpu: Gpu, kind: str, detail: str, now_ms: int, changed: list[Flag]
+    ) -> None:
         if (gpu.uuid, kind) not in agent.flags:
             entry = Flag(agent.agent_id, gpu.uuid, kind, detail, now_ms)
             agent.flags[(gpu.uuid, kind)] = entry
@@ -288,7 +329,10 @@ class Market:
             self.gpu_owner[uuid] = agent.agent_id
             moved.append(gpu)
         elif kind == FLAG_MEMORY_CHANGED and gpu.telemetry is not None:
-            gpu.model, gpu.memory_total_bytes = gpu.telemetry.model, gpu.telemetry.memory_total_bytes
+            gpu.model, gpu.memory_total_bytes = (
+                gpu.telemetry.model,
+                gpu.telemetry.memory_total_bytes,
+            )
         elif kind == FLAG_MISSING and gpu.lease_id is None:
             del agent.gpus[uuid]
             for key in [k for k in agent.flags if k[0] == uuid]:
@@ -310,7 +354,11 @@ class Market:
             flag.agent_id = new.agent_id
             new.flags[(uuid, kind)] = flag
         old.gpus, old.flags = {}, {}
-        new.ask_per_gpu_hour, new.online, new.last_seen_ms = old.ask_per_gpu_hour, old.online, old.last_seen_ms
+        new.ask_per_gpu_hour, new.online, new.last_seen_ms = (
+            old.ask_per_gpu_hour,
+            old.online,
+            old.last_seen_ms,
+        )
         new.host, new.driver_version = old.host, old.driver_version
         new.uuid_budget, new.uuid_budget_at_ms = old.uuid_budget, old.uuid_budget_at_ms
         old.revoked, old.online = True, False
@@ -385,14 +433,18 @@ class Market:
     def _hardware_lists(self, job: JobSpec, min_memory: int) -> list[SortedList]:
         # an agent with enough suitable GPUs spread over k (model, memory) kinds has at least
         # ceil(need / k) of one kind, so lists with fewer can be skipped
-        keys = [key for key in self._by_hardware
-                if (not job.gpu_models or key[0] in job.gpu_models) and key[1] >= min_memory]
+        keys = [
+            key
+            for key in self._by_hardware
+            if (not job.gpu_models or key[0] in job.gpu_models) and key[1] >= min_memory
+        ]
         kinds = len({key[:2] for key in keys})
         least = _bucket(-(-job.gpu_count // max(1, kinds)))
         return [self._by_hardware[key] for key in keys if key[2] >= least]
 
-    def _closest_misses(self, job: JobSpec, now_ms: int, excluded: set[str],
-                        roomy: list[SortedList], sample: int) -> list[AgentOffer]:
+    def _closest_misses(
+        self, job: JobSpec, now_ms: int, excluded: set[str], roomy: list[SortedList], sample: int
+    ) -> list[AgentOffer]:
         """Nobody could run the job at any price: a few offers from the furthest stage reached."""
         searches: list[tuple[int, list[SortedList]]] = [
             (_MEMORY_SHORT, self._hardware_lists(job, 0)),
@@ -441,11 +493,19 @@ class Market:
             for gpu in agent.gpus.values():
                 if gpu.claimed_from is not None or agent.revoked:
                     continue  # another agent's GPU, or no longer in the market
-                row = by_model.setdefault(gpu.model, {
-                    "model": gpu.model, "gpus": 0, "free": 0, "leased": 0, "unavailable": 0,
-                    "memory_total_bytes": gpu.memory_total_bytes, "asks": [],
-                    "tflops_bf16_each": tflops_display(tflops_bf16_milli(gpu.model)),
-                })
+                row = by_model.setdefault(
+                    gpu.model,
+                    {
+                        "model": gpu.model,
+                        "gpus": 0,
+                        "free": 0,
+                        "leased": 0,
+                        "unavailable": 0,
+                        "memory_total_bytes": gpu.memory_total_bytes,
+                        "asks": [],
+                        "tflops_bf16_each": tflops_display(tflops_bf16_milli(gpu.model)),
+                    },
+                )
                 row["gpus"] += 1
                 usable = agent.online and gpu.healthy and gpu.flag is None
                 if gpu.lease_id is not None:

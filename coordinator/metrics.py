@@ -25,40 +25,53 @@ class MarketCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         market = self.coordinator.market
         summary = market.summary()
-        yield GaugeMetricFamily("suanli_agents_online", "Agents heartbeating within the timeout",
-                                value=summary["agents_online"])
-        gpus = GaugeMetricFamily("suanli_gpus", "GPUs by model and availability",
-                                 labels=["model", "status"])
+        yield GaugeMetricFamily(
+            "suanli_agents_online",
+            "Agents heartbeating within the timeout",
+            value=summary["agents_online"],
+        )
+        gpus = GaugeMetricFamily(
+            "suanli_gpus", "GPUs by model and availability", labels=["model", "status"]
+        )
         for row in summary["models"]:
             for status in ("free", "leased", "unavailable"):
                 gpus.add_metric([row["model"], status], row[status])
         yield gpus
-        yield GaugeMetricFamily("suanli_pool_pflops_bf16",
-                                "Dense BF16 capacity of usable and leased GPUs, in PFLOPS",
-                                value=summary["pflops_bf16_milli"] / 1000)
+        yield GaugeMetricFamily(
+            "suanli_pool_pflops_bf16",
+            "Dense BF16 capacity of usable and leased GPUs, in PFLOPS",
+            value=summary["pflops_bf16_milli"] / 1000,
+        )
         states = Counter(job.state for job in self.coordinator.jobs.values())
         jobs = GaugeMetricFamily("suanli_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
             jobs.add_metric([state], states.get(state, 0))
         yield jobs
         counters = self.coordinator.counters
-        yield CounterMetricFamily("suanli_auction_rounds", "Auction rounds run",
-                                  value=counters.auction_rounds)
-        yield CounterMetricFamily("suanli_placements", "Jobs placed on an agent",
-                                  value=counters.placements)
-        yield CounterMetricFamily("suanli_auction_seconds", "Time spent in auction rounds",
-                                  value=counters.auction_seconds)
-        yield CounterMetricFamily("suanli_receipt_rejections_dropped",
-                                  "Refused receipts answered but not stored: an agent's daily limit was reached",
-                                  value=self.coordinator.receipt_store.rejections_dropped)
+        yield CounterMetricFamily(
+            "suanli_auction_rounds", "Auction rounds run", value=counters.auction_rounds
+        )
+        yield CounterMetricFamily(
+            "suanli_placements", "Jobs placed on an agent", value=counters.placements
+        )
+        yield CounterMetricFamily(
+            "suanli_auction_seconds", "Time spent in auction rounds", value=counters.auction_seconds
+        )
+        yield CounterMetricFamily(
+            "suanli_receipt_rejections_dropped",
+            "Refused receipts answered but not stored: an agent's daily limit was reached",
+            value=self.coordinator.receipt_store.rejections_dropped,
+        )
 
 
 class Metrics:
     def __init__(self, coordinator: Coordinator) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
-            "suanli_http_request_seconds", "HTTP requests by route, method and status",
-            ["route", "method", "status"], registry=self.registry,
+            "suanli_http_request_seconds",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
         )
         self.registry.register(MarketCollector(coordinator))

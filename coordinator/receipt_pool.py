@@ -69,13 +69,16 @@ class ReceiptOpener:
             return [_open_one(envelope, key) for envelope in envelopes]
         if self._pool is None:
             # a fresh interpreter per worker: forking a process that runs threads is unsafe
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
         loop = asyncio.get_running_loop()
         size = -(-len(envelopes) // self.workers)
-        chunks = [envelopes[at:at + size] for at in range(0, len(envelopes), size)]
+        chunks = [envelopes[at : at + size] for at in range(0, len(envelopes), size)]
         try:
-            answers = await asyncio.gather(*(loop.run_in_executor(self._pool, _open_chunk, key.raw, chunk)
-                                             for chunk in chunks))
+            answers = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, _open_chunk, key.raw, chunk) for chunk in chunks)
+            )
         except BrokenProcessPool:
             # a worker died (killed, out of memory): this batch is opened here, the next
             # large one starts a fresh pool

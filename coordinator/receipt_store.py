@@ -54,10 +54,14 @@ class _Accepted:
 
 
 class ReceiptStore:
-    def __init__(self, log_key: tlog.LogKey, policy: vouchers.VoucherPolicy,
-                 lease_party: Callable[[str], tuple[str, str]],
-                 enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
-                 rejections_per_agent_per_day: int = 10_000) -> None:
+    def __init__(
+        self,
+        log_key: tlog.LogKey,
+        policy: vouchers.VoucherPolicy,
+        lease_party: Callable[[str], tuple[str, str]],
+        enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
+        rejections_per_agent_per_day: int = 10_000,
+    ) -> None:
         """`lease_party(lease_id)` gives the lease's (job_id, enterprise_id). Rejections are
         kept for auditors up to `rejections_per_agent_per_day` rows per agent and UTC day: a
         rogue agent's flood of bad receipts is answered, counted, and not stored past it."""
@@ -79,16 +83,31 @@ class ReceiptStore:
                 if verdict.sealed is not None:
                     accepted.append(_Accepted(b, n, verdict.sealed, verdict.delta))
                 elif not verdict.accepted and not verdict.already_stored:
-                    if verdict.lease_id is not None and verdict.seq is not None and \
-                            verdict.rule not in receipt_rules.RETRYABLE_RULES:
+                    if (
+                        verdict.lease_id is not None
+                        and verdict.seq is not None
+                        and verdict.rule not in receipt_rules.RETRYABLE_RULES
+                    ):
                         stored[b].refused.append((verdict.lease_id, verdict.seq))
-                    rejected.append((batch.agent.agent_id, (verdict.lease_id, verdict.seq, verdict.rule,
-                                                            verdict.detail, verdict.envelope)))
+                    rejected.append(
+                        (
+                            batch.agent.agent_id,
+                            (
+                                verdict.lease_id,
+                                verdict.seq,
+                                verdict.rule,
+                                verdict.detail,
+                                verdict.envelope,
+                            ),
+                        )
+                    )
         if accepted:
             self._store_accepted(db, batches, stored, accepted, rejected, now)
         db.conn.executemany(
             "INSERT INTO receipt_rejections (agent_id, lease_id, seq, rule, detail, envelope, at_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(agent_id, *row, now) for agent_id, row in self._kept(rejected, now)])
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(agent_id, *row, now) for agent_id, row in self._kept(rejected, now)],
+        )
         return stored
 
     def _kept(self, rejected: list[tuple[str, Rejection]], now: int) -> list[tuple[str, Rejection]]:
@@ -105,20 +124,44 @@ class ReceiptStore:
             self.rejections_stored[agent_id] = (day, count)
         return kept
 
-    def _store_accepted(self, db: sqlite_utils.Database, batches: list[Batch], stored: list[Stored],
-                        accepted: list[_Accepted], rejected: list[tuple[str, Rejection]],
-                        now: int) -> None:
-        acknowledgement_ids = {b: db.conn.execute(
-            "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) VALUES (?, ?, x'')",
-            [batches[b].agent.agent_id, now]).lastrowid for b in sorted({a.batch for a in accepted})}
+    def _store_accepted(
+        self,
+        db: sqlite_utils.Database,
+        batches: list[Batch],
+        stored: list[Stored],
+        accepted: list[_Accepted],
+        rejected: list[tuple[str, Rejection]],
+        now: int,
+    ) -> None:
+        acknowledgement_ids = {
+            b: db.conn.execute(
+                "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) VALUES (?, ?, x'')",
+                [batches[b].agent.agent_id, now],
+            ).lastrowid
+            for b in sorted({a.batch for a in accepted})
+        }
         db.conn.executemany(
             "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
             "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(a.sealed.receipt.lease_id, a.sealed.receipt.seq, batches[a.batch].agent.agent_id,
-              a.sealed.envelope, a.sealed.digest, a.sealed.receipt.issued_at_ms, now,
-              a.sealed.receipt.gpu_ms, a.sealed.receipt.amount, a.delta, int(a.sealed.receipt.final),
-              acknowledgement_ids[a.batch]) for a in accepted])
+            [
+                (
+                    a.sealed.receipt.lease_id,
+                    a.sealed.receipt.seq,
+                    batches[a.batch].agent.agent_id,
+                    a.sealed.envelope,
+                    a.sealed.digest,
+                    a.sealed.receipt.issued_at_ms,
+                    now,
+                    a.sealed.receipt.gpu_ms,
+                    a.sealed.receipt.amount,
+                    a.delta,
+                    int(a.sealed.receipt.final),
+                    acknowledgement_ids[a.batch],
+                )
+                for a in accepted
+            ],
+        )
         outcome = self._post_usage(db, batches, accepted, now)
         logged: list[_Accepted] = []
         entries: list[tuple[bytes, log_entries.Entry]] = []
@@ -128,33 +171,66 @@ class ReceiptStore:
             result = outcome.get(a.sealed.digest)
             if isinstance(result, vouchers.CreditExceeded):
                 stored[a.batch].verdicts[a.position] = receipt_rules.Verdict(
-                    receipt.lease_id, receipt.seq, False, "credit_exceeded", result.detail)
+                    receipt.lease_id, receipt.seq, False, "credit_exceeded", result.detail
+                )
                 stored[a.batch].refused.append((receipt.lease_id, receipt.seq))
-                rejected.append((batches[a.batch].agent.agent_id, (
-                    receipt.lease_id, receipt.seq, "credit_exceeded", result.detail, a.sealed.envelope)))
+                rejected.append(
+                    (
+                        batches[a.batch].agent.agent_id,
+                        (
+                            receipt.lease_id,
+                            receipt.seq,
+                            "credit_exceeded",
+                            result.detail,
+                            a.sealed.envelope,
+                        ),
+                    )
+                )
                 refused_digests.append(a.sealed.digest)
                 continue
             legs = result.legs if result is not None else ()
             if result is not None:
                 stored[a.batch].postings.append(result)
             a.transfer_ids = tuple(t.id for t in legs)
-            entries.append(log_entries.encode_receipt_entry(now, log_entries.ReceiptEntry(
-                a.sealed.envelope, tuple(log_entries.Posting(t.id, t.debit_account, t.credit_account,
-                                                             t.amount, t.code) for t in legs))))
+            entries.append(
+                log_entries.encode_receipt_entry(
+                    now,
+                    log_entries.ReceiptEntry(
+                        a.sealed.envelope,
+                        tuple(
+                            log_entries.Posting(
+                                t.id, t.debit_account, t.credit_account, t.amount, t.code
+                            )
+                            for t in legs
+                        ),
+                    ),
+                )
+            )
             logged.append(a)
         if refused_digests:
-            db.conn.executemany("DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused_digests])
+            db.conn.executemany(
+                "DELETE FROM receipts WHERE digest = ?", [(d,) for d in refused_digests]
+            )
         # the acknowledgements name the receipts' log indices and are logged right after them:
         # one append for both
         first = tlog.size(db)
         entries += self._acknowledge(db, batches, stored, logged, first, acknowledgement_ids, now)
         if entries:
-            appended = tlog.append_entries(db, [data for data, _ in entries], [entry for _, entry in entries])
+            appended = tlog.append_entries(
+                db, [data for data, _ in entries], [entry for _, entry in entries]
+            )
             assert appended == first
 
-    def _acknowledge(self, db: sqlite_utils.Database, batches: list[Batch], stored: list[Stored],
-                     logged: list[_Accepted], first: int, acknowledgement_ids: dict[int, int],
-                     now: int) -> list[tuple[bytes, log_entries.Entry]]:
+    def _acknowledge(
+        self,
+        db: sqlite_utils.Database,
+        batches: list[Batch],
+        stored: list[Stored],
+        logged: list[_Accepted],
+        first: int,
+        acknowledgement_ids: dict[int, int],
+        now: int,
+    ) -> list[tuple[bytes, log_entries.Entry]]:
         """Sign each batch's acknowledgement, the receipts logged from index `first` on; returns
         their log entries. A batch with nothing accepted after all has none."""
         by_batch: dict[int, list[tuple[int, _Accepted]]] = {}
@@ -164,26 +240,52 @@ class ReceiptStore:
         key = self.log_key.refresh(db)  # in this transaction: a rotation logged before it counts
         for b, acknowledgement_id in acknowledgement_ids.items():
             if b not in by_batch:
-                db.conn.execute("DELETE FROM receipt_acknowledgements WHERE id = ?", [acknowledgement_id])
+                db.conn.execute(
+                    "DELETE FROM receipt_acknowledgements WHERE id = ?", [acknowledgement_id]
+                )
                 continue
-            envelope = log_entries.seal_acknowledgement(log_entries.Acknowledgement(
-                batches[b].agent.agent_id, now, tuple(
-                    log_entries.AcknowledgedReceipt(a.sealed.digest, a.sealed.receipt.lease_id,
-                                                    a.sealed.receipt.seq, a.sealed.receipt.amount,
-                                                    a.delta, index, a.transfer_ids)
-                    for index, a in by_batch[b])), key)
+            envelope = log_entries.seal_acknowledgement(
+                log_entries.Acknowledgement(
+                    batches[b].agent.agent_id,
+                    now,
+                    tuple(
+                        log_entries.AcknowledgedReceipt(
+                            a.sealed.digest,
+                            a.sealed.receipt.lease_id,
+                            a.sealed.receipt.seq,
+                            a.sealed.receipt.amount,
+                            a.delta,
+                            index,
+                            a.transfer_ids,
+                        )
+                        for index, a in by_batch[b]
+                    ),
+                ),
+                key,
+            )
             signed.append((envelope, acknowledgement_id))
             for _, a in by_batch[b]:
                 stored[b].verdicts[a.position] = receipt_rules.Verdict(
-                    a.sealed.receipt.lease_id, a.sealed.receipt.seq, True, acknowledgement=envelope,
-                    sealed=a.sealed, delta=a.delta)
+                    a.sealed.receipt.lease_id,
+                    a.sealed.receipt.seq,
+                    True,
+                    acknowledgement=envelope,
+                    sealed=a.sealed,
+                    delta=a.delta,
+                )
         db.conn.executemany("UPDATE receipt_acknowledgements SET envelope = ? WHERE id = ?", signed)
         bodies = [log_entries.AcknowledgementEntry(envelope) for envelope, _ in signed]
-        return [(log_entries.encode_entry(log_entries.ACKNOWLEDGEMENT, now, body),
-                 log_entries.Entry(log_entries.ACKNOWLEDGEMENT, now, body)) for body in bodies]
+        return [
+            (
+                log_entries.encode_entry(log_entries.ACKNOWLEDGEMENT, now, body),
+                log_entries.Entry(log_entries.ACKNOWLEDGEMENT, now, body),
+            )
+            for body in bodies
+        ]
 
-    def _post_usage(self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted],
-                    now: int) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:
+    def _post_usage(
+        self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted], now: int
+    ) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:
         """Post each batch's usage, a lease's receipts together on the last of them, unless
         the credit cannot cover the sum (`post_usages` refuses what follows a refusal)."""
         runs: dict[tuple[int, str], list[_Accepted]] = {}
@@ -193,21 +295,34 @@ class ReceiptStore:
         def usage(a: _Accepted, amount: int) -> vouchers.Usage:
             agent = batches[a.batch].agent
             job_id, enterprise_id = self.lease_party(a.sealed.receipt.lease_id)
-            return vouchers.Usage(enterprise_id, agent.provider_id, self.enterprise_uscc(db, enterprise_id),
-                                  agent.provider_uscc, a.sealed.receipt.lease_id, job_id,
-                                  a.sealed.digest, amount)
+            return vouchers.Usage(
+                enterprise_id,
+                agent.provider_id,
+                self.enterprise_uscc(db, enterprise_id),
+                agent.provider_uscc,
+                a.sealed.receipt.lease_id,
+                job_id,
+                a.sealed.digest,
+                amount,
+            )
 
         together = [usage(run[-1], sum(a.delta for a in run)) for run in runs.values()]
         outcome: dict[bytes, vouchers.Posting | vouchers.CreditExceeded] = {}
         one_by_one: list[vouchers.Usage] = []
-        for run, result in zip(runs.values(), vouchers.post_usages(
-                db, together, policy=self.policy, now_ms=now), strict=True):
+        for run, result in zip(
+            runs.values(),
+            vouchers.post_usages(db, together, policy=self.policy, now_ms=now),
+            strict=True,
+        ):
             if isinstance(result, vouchers.CreditExceeded) and len(run) > 1:
                 one_by_one += [usage(a, a.delta) for a in run]
             else:
                 outcome[run[-1].sealed.digest] = result
         if one_by_one:
-            for single, result in zip(one_by_one, vouchers.post_usages(
-                    db, one_by_one, policy=self.policy, now_ms=now), strict=True):
+            for single, result in zip(
+                one_by_one,
+                vouchers.post_usages(db, one_by_one, policy=self.policy, now_ms=now),
+                strict=True,
+            ):
                 outcome[single.receipt_digest] = result
         return outcome

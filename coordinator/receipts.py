@@ -41,35 +41,64 @@ class Verdict:
     def to_wire(self, acknowledgements: dict[bytes, int]) -> dict[str, Any]:
         if self.accepted:
             assert self.acknowledgement is not None
-            return {"lease_id": self.lease_id, "seq": self.seq, "status": "accepted",
-                    "acknowledgement": acknowledgements[self.acknowledgement]}
-        return {"lease_id": self.lease_id, "seq": self.seq, "status": "rejected",
-                "rule": self.rule, "detail": self.detail}
+            return {
+                "lease_id": self.lease_id,
+                "seq": self.seq,
+                "status": "accepted",
+                "acknowledgement": acknowledgements[self.acknowledgement],
+            }
+        return {
+            "lease_id": self.lease_id,
+            "seq": self.seq,
+            "status": "rejected",
+            "rule": self.rule,
+            "detail": self.detail,
+        }
 
 
-def check_receipt(sealed: SealedReceipt, agent: Agent, lease: Lease | None, previous: SealedReceipt | None,
-                  power_limits_mw: dict[str, int], now_ms: int) -> None:
+def check_receipt(
+    sealed: SealedReceipt,
+    agent: Agent,
+    lease: Lease | None,
+    previous: SealedReceipt | None,
+    power_limits_mw: dict[str, int],
+    now_ms: int,
+) -> None:
     """Every rule after the signature (`shared.receipts.open_receipt`, run by the receipt
     workers): lease, chain, GPUs, price, the billable window (`shared.billing_window`) and
     energy bounds; raises ReceiptRuleError naming the first one broken. `now_ms` is the
     receipt's acceptance time."""
     receipt = sealed.receipt
     if lease is None or lease.agent_id != agent.agent_id or lease.job_id != receipt.job_id:
-        raise ReceiptRuleError(Rule.LEASE, f"lease {receipt.lease_id} is not this agent's lease for job {receipt.job_id}")
+        raise ReceiptRuleError(
+            Rule.LEASE,
+            f"lease {receipt.lease_id} is not this agent's lease for job {receipt.job_id}",
+        )
     check_pure(previous, receipt)
-    if receipt.gpu_uuids != lease.gpu_uuids and sorted(receipt.gpu_uuids) != sorted(lease.gpu_uuids):
+    if receipt.gpu_uuids != lease.gpu_uuids and sorted(receipt.gpu_uuids) != sorted(
+        lease.gpu_uuids
+    ):
         raise ReceiptRuleError(Rule.GPU_UUIDS, "the receipt names GPUs other than the leased ones")
     if receipt.price_per_gpu_hour != lease.price_per_gpu_hour:
-        raise ReceiptRuleError(Rule.PRICE, f"the price is {receipt.price_per_gpu_hour} µ¥/GPU-h but the lease's is "
-                               f"{lease.price_per_gpu_hour}")
+        raise ReceiptRuleError(
+            Rule.PRICE,
+            f"the price is {receipt.price_per_gpu_hour} µ¥/GPU-h but the lease's is "
+            f"{lease.price_per_gpu_hour}",
+        )
     window = lease.window()
     check_window(window, receipt, now_ms)
     elapsed = window.billable_gpu_ms(receipt.issued_at_ms, now_ms) // len(lease.gpu_uuids)
-    energy_bound_mj = sum(power_limits_mw.get(uuid) or DEFAULT_POWER_LIMIT_MW
-                          for uuid in lease.gpu_uuids) * elapsed // 1000
+    energy_bound_mj = (
+        sum(power_limits_mw.get(uuid) or DEFAULT_POWER_LIMIT_MW for uuid in lease.gpu_uuids)
+        * elapsed
+        // 1000
+    )
     if receipt.energy_mj > energy_bound_mj:
-        raise ReceiptRuleError(Rule.ENERGY, f"{receipt.energy_mj} mJ is more than the GPUs' power limits allow "
-                               f"in {elapsed} ms ({energy_bound_mj} mJ)")
+        raise ReceiptRuleError(
+            Rule.ENERGY,
+            f"{receipt.energy_mj} mJ is more than the GPUs' power limits allow "
+            f"in {elapsed} ms ({energy_bound_mj} mJ)",
+        )
 
 
 def answer(verdicts: list[Verdict]) -> dict[str, Any]:
@@ -79,8 +108,10 @@ def answer(verdicts: list[Verdict]) -> dict[str, Any]:
     for verdict in verdicts:
         if verdict.accepted and verdict.acknowledgement is not None:
             acknowledgements.setdefault(verdict.acknowledgement, len(acknowledgements))
-    return {"results": [v.to_wire(acknowledgements) for v in verdicts],
-            "acknowledgements": list(acknowledgements)}
+    return {
+        "results": [v.to_wire(acknowledgements) for v in verdicts],
+        "acknowledgements": list(acknowledgements),
+    }
 
 
 def rejection(envelope: bytes, exc: SuanliError, lease_id: str | None, seq: int | None) -> Verdict:

@@ -361,11 +361,14 @@ def migrate(conn: sqlite3.Connection) -> int:
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise RuntimeError(f"migration {number} left rows whose references do not resolve: "
-                                   f"{broken[:5]}")
+                raise RuntimeError(
+                    f"migration {number} left rows whose references do not resolve: {broken[:5]}"
+                )
     finally:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
     return len(MIGRATIONS)

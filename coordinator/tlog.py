@@ -102,14 +102,16 @@ class SqliteHashStore:
 
     def get(self, level: int, index: int) -> bytes:
         row = self._conn.execute(
-            "SELECT hash FROM log_hashes WHERE level = ? AND idx = ?", [level, index]).fetchone()
+            "SELECT hash FROM log_hashes WHERE level = ? AND idx = ?", [level, index]
+        ).fetchone()
         if row is None:
             raise KeyError((level, index))
         return bytes(row[0])
 
     def put_many(self, items: list[tuple[int, int, bytes]]) -> None:
         self._conn.executemany(
-            "INSERT OR REPLACE INTO log_hashes (level, idx, hash) VALUES (?, ?, ?)", items)
+            "INSERT OR REPLACE INTO log_hashes (level, idx, hash) VALUES (?, ?, ?)", items
+        )
 
     def size(self) -> int:
         row = self._conn.execute("SELECT size FROM log_meta WHERE id = 1").fetchone()
@@ -118,7 +120,9 @@ class SqliteHashStore:
     def set_size(self, size: int) -> None:
         self._conn.execute(
             "INSERT INTO log_meta (id, size) VALUES (1, ?) "
-            "ON CONFLICT (id) DO UPDATE SET size = excluded.size", [size])
+            "ON CONFLICT (id) DO UPDATE SET size = excluded.size",
+            [size],
+        )
 
 
 def tree(db: sqlite_utils.Database | sqlite3.Connection) -> MerkleTree:
@@ -131,8 +135,11 @@ def size(db: sqlite_utils.Database | sqlite3.Connection) -> int:
     return SqliteHashStore(db).size()
 
 
-def append_entries(db: sqlite_utils.Database | sqlite3.Connection, entries: list[bytes],
-                   decoded: list[log_entries.Entry] | None = None) -> int:
+def append_entries(
+    db: sqlite_utils.Database | sqlite3.Connection,
+    entries: list[bytes],
+    decoded: list[log_entries.Entry] | None = None,
+) -> int:
     """Append encoded entries in order; returns the index of the first.
 
     Every entry is decoded first, so a malformed one appends nothing (LogEntryError); a
@@ -151,12 +158,19 @@ def append_entries(db: sqlite_utils.Database | sqlite3.Connection, entries: list
         first = log_tree.size
         conn.executemany(
             "INSERT INTO log_entries (idx, kind, at_ms, data) VALUES (?, ?, ?, ?)",
-            [(first + n, entry.kind, entry.at_ms, data)
-             for n, (entry, data) in enumerate(zip(decoded, entries, strict=True))])
+            [
+                (first + n, entry.kind, entry.at_ms, data)
+                for n, (entry, data) in enumerate(zip(decoded, entries, strict=True))
+            ],
+        )
         conn.executemany(
             "INSERT OR IGNORE INTO log_lookup (kind, key, idx) VALUES (?, ?, ?)",
-            [(entry.kind, key, first + n) for n, entry in enumerate(decoded)
-             if (key := _lookup_key(entry)) is not None])
+            [
+                (entry.kind, key, first + n)
+                for n, entry in enumerate(decoded)
+                if (key := _lookup_key(entry)) is not None
+            ],
+        )
         log_tree.append_many(entries)
     except BaseException:
         conn.execute("ROLLBACK TO tlog_append")
@@ -178,7 +192,8 @@ def entries(db: sqlite_utils.Database | sqlite3.Connection, start: int, end: int
     page: list[bytes] = []
     total = 0
     rows = _conn(db).execute(
-        "SELECT idx, data FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx", [start, end])
+        "SELECT idx, data FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx", [start, end]
+    )
     for idx, data in rows:
         if idx != start + len(page):
             break
@@ -191,13 +206,15 @@ def entries(db: sqlite_utils.Database | sqlite3.Connection, start: int, end: int
     return page
 
 
-def inclusion(db: sqlite_utils.Database | sqlite3.Connection, index: int,
-              tree_size: int) -> list[bytes]:
+def inclusion(
+    db: sqlite_utils.Database | sqlite3.Connection, index: int, tree_size: int
+) -> list[bytes]:
     """Audit path of entry `index` in the tree of the first `tree_size` entries."""
     log_tree = tree(db)
     _need_within(tree_size, log_tree.size, "size")
-    _need_range(0 <= index < tree_size,
-                f"index {index} is not an entry of a tree of {tree_size} entries")
+    _need_range(
+        0 <= index < tree_size, f"index {index} is not an entry of a tree of {tree_size} entries"
+    )
     return log_tree.inclusion_proof(index, tree_size)
 
 
@@ -225,8 +242,9 @@ def _lookup_key(entry: log_entries.Entry) -> bytes | None:
     return None
 
 
-def append_unless_logged(db: sqlite_utils.Database | sqlite3.Connection,
-                         entry: bytes) -> int | None:
+def append_unless_logged(
+    db: sqlite_utils.Database | sqlite3.Connection, entry: bytes
+) -> int | None:
     """Append an entry unless one of its kind with the same key (agent, enterprise, receipt
     digest, payment reference, period) is logged already, so that an idempotent command
     retried logs once; returns the new entry's index, or None when it was logged before."""
@@ -252,34 +270,51 @@ def log_registrations(db: sqlite_utils.Database | sqlite3.Connection) -> int:
     hold yet (those registered before the log existed, or by a path that did not log them), in
     the order they registered; returns how many were appended. Run at start-up."""
     conn = _conn(db)
-    logged = {(kind, bytes(key)) for kind, key in conn.execute(
-        "SELECT kind, key FROM log_lookup WHERE kind IN (?, ?)",
-        [log_entries.AGENT_KEY, log_entries.ENTERPRISE])}
+    logged = {
+        (kind, bytes(key))
+        for kind, key in conn.execute(
+            "SELECT kind, key FROM log_lookup WHERE kind IN (?, ?)",
+            [log_entries.AGENT_KEY, log_entries.ENTERPRISE],
+        )
+    }
     found: list[tuple[int, bytes]] = []
     for agent_id, public_key, provider_id, uscc, at_ms in conn.execute(
-            "SELECT a.agent_id, a.public_key, a.provider_id, p.uscc, a.enrolled_at_ms "
-            "FROM agents a JOIN providers p ON p.id = a.provider_id"):
+        "SELECT a.agent_id, a.public_key, a.provider_id, p.uscc, a.enrolled_at_ms "
+        "FROM agents a JOIN providers p ON p.id = a.provider_id"
+    ):
         if (log_entries.AGENT_KEY, bytes.fromhex(agent_id)) not in logged:
             body = log_entries.AgentKey(agent_id, bytes(public_key), provider_id, uscc)
             found.append((at_ms, log_entries.encode_entry(log_entries.AGENT_KEY, at_ms, body)))
     for enterprise_id, uscc, at_ms in conn.execute(
-            "SELECT id, uscc, created_at_ms FROM enterprises"):
+        "SELECT id, uscc, created_at_ms FROM enterprises"
+    ):
         if (log_entries.ENTERPRISE, enterprise_id.encode()) not in logged:
-            found.append((at_ms, log_entries.encode_entry(
-                log_entries.ENTERPRISE, at_ms, log_entries.EnterpriseEntry(enterprise_id, uscc))))
+            found.append(
+                (
+                    at_ms,
+                    log_entries.encode_entry(
+                        log_entries.ENTERPRISE,
+                        at_ms,
+                        log_entries.EnterpriseEntry(enterprise_id, uscc),
+                    ),
+                )
+            )
     found.sort(key=lambda item: item[0])
     if found:
         append_entries(conn, [data for _, data in found])
     return len(found)
 
 
-def log_voucher_policy(db: sqlite_utils.Database | sqlite3.Connection, policy: dict[str, Any],
-                       now_ms: int) -> bool:
+def log_voucher_policy(
+    db: sqlite_utils.Database | sqlite3.Connection, policy: dict[str, Any], now_ms: int
+) -> bool:
     """Append the voucher policy (its settings by name) unless the last one logged is the same;
     returns whether it was appended. Run at start-up, after the policy is loaded."""
     conn = _conn(db)
-    row = conn.execute("SELECT data FROM log_entries WHERE kind = ? ORDER BY idx DESC LIMIT 1",
-                       [log_entries.VOUCHER_POLICY]).fetchone()
+    row = conn.execute(
+        "SELECT data FROM log_entries WHERE kind = ? ORDER BY idx DESC LIMIT 1",
+        [log_entries.VOUCHER_POLICY],
+    ).fetchone()
     if row is not None and log_entries.decode_entry(bytes(row[0])).body == policy:
         return False
     append_entries(conn, [log_entries.encode_entry(log_entries.VOUCHER_POLICY, now_ms, policy)])
@@ -287,8 +322,11 @@ def log_voucher_policy(db: sqlite_utils.Database | sqlite3.Connection, policy: d
 
 
 def _find(db: sqlite_utils.Database | sqlite3.Connection, kind: str, key: bytes) -> int | None:
-    row = _conn(db).execute(
-        "SELECT idx FROM log_lookup WHERE kind = ? AND key = ?", [kind, key]).fetchone()
+    row = (
+        _conn(db)
+        .execute("SELECT idx FROM log_lookup WHERE kind = ? AND key = ?", [kind, key])
+        .fetchone()
+    )
     return int(row[0]) if row is not None else None
 
 
@@ -317,13 +355,18 @@ def verifier_key_text(key: PrivateKey, origin: str) -> str:
 
 def latest_checkpoint(db: sqlite_utils.Database | sqlite3.Connection) -> str | None:
     """The signed note of the largest tree signed so far, or None before the first."""
-    row = _conn(db).execute(
-        "SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+    row = (
+        _conn(db).execute("SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+    )
     return str(row[0]) if row is not None else None
 
 
-def sign_checkpoint(db: sqlite_utils.Database | sqlite3.Connection, key: PrivateKey | LogKey,
-                    origin: str | None, now_ms: int) -> str:
+def sign_checkpoint(
+    db: sqlite_utils.Database | sqlite3.Connection,
+    key: PrivateKey | LogKey,
+    origin: str | None,
+    now_ms: int,
+) -> str:
     """Sign (and store) a checkpoint of the log as it is now; returns the signed note.
 
     Given a LogKey, the key and origin in force now (after any rotation) sign it.
@@ -338,16 +381,21 @@ def sign_checkpoint(db: sqlite_utils.Database | sqlite3.Connection, key: Private
     origin = origin or default_origin(key)
     log_tree = tree(conn)
     row = conn.execute(
-        "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
+    ).fetchone()
     if row is not None:
         if row[0] > log_tree.size:
-            raise RuntimeError(f"the log has {log_tree.size} entries but a checkpoint of {row[0]} "
-                               "was signed; the database lost entries")
+            raise RuntimeError(
+                f"the log has {log_tree.size} entries but a checkpoint of {row[0]} "
+                "was signed; the database lost entries"
+            )
         if row[0] == log_tree.size and _signed_by(row[1], key, origin):
             return str(row[1])
     note = sign_checkpoint_note(Checkpoint(origin, log_tree.size, log_tree.root()), origin, key)
-    conn.execute("INSERT OR REPLACE INTO log_checkpoints (size, note, at_ms) VALUES (?, ?, ?)",
-                 [log_tree.size, note, now_ms])
+    conn.execute(
+        "INSERT OR REPLACE INTO log_checkpoints (size, note, at_ms) VALUES (?, ?, ?)",
+        [log_tree.size, note, now_ms],
+    )
     return note
 
 
@@ -359,9 +407,13 @@ def _signed_by(note: str, key: PrivateKey, origin: str) -> bool:
     return True
 
 
-async def checkpoint_loop(database: Database, key: PrivateKey | LogKey, origin: str | None,
-                          interval_s: float,
-                          clock: Callable[[], int] = wall_clock_ms) -> None:
+async def checkpoint_loop(
+    database: Database,
+    key: PrivateKey | LogKey,
+    origin: str | None,
+    interval_s: float,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> None:
     """Sign a checkpoint every `interval_s` while the log grows (an idle log is not re-signed)."""
     while True:
         try:
@@ -376,14 +428,18 @@ async def checkpoint_loop(database: Database, key: PrivateKey | LogKey, origin: 
 
 def log_key_changes(db: sqlite_utils.Database | sqlite3.Connection) -> list[int]:
     """The indices of the log_key entries, in log order."""
-    rows = _conn(db).execute("SELECT idx FROM log_lookup WHERE kind = ? ORDER BY idx",
-                             [log_entries.LOG_KEY]).fetchall()
+    rows = (
+        _conn(db)
+        .execute("SELECT idx FROM log_lookup WHERE kind = ? ORDER BY idx", [log_entries.LOG_KEY])
+        .fetchall()
+    )
     return [int(idx) for (idx,) in rows]
 
 
 def _last_change_index(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute("SELECT MAX(idx) FROM log_lookup WHERE kind = ?",
-                       [log_entries.LOG_KEY]).fetchone()
+    row = conn.execute(
+        "SELECT MAX(idx) FROM log_lookup WHERE kind = ?", [log_entries.LOG_KEY]
+    ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
@@ -419,8 +475,10 @@ def _find_key(key_path: Path, public: bytes) -> PrivateKey:
             key = load_private_key(path)
             if key.public.raw == public:
                 return key
-    raise LogKeyMissing(f"the log's key rotated to {PublicKey(public).key_id.hex()[:16]}, but no "
-                        f"key file beside the database holds it ({key_path})")
+    raise LogKeyMissing(
+        f"the log's key rotated to {PublicKey(public).key_id.hex()[:16]}, but no "
+        f"key file beside the database holds it ({key_path})"
+    )
 
 
 @dataclass
@@ -492,18 +550,25 @@ def rotate_log_key(db: sqlite_utils.Database, key_path: Path, now_ms: int) -> di
         with transaction(db):
             if current.refresh(db) is not old:
                 raise SuanliError("the log key rotated while this rotation ran; run it again")
-            entry = log_entries.encode_entry(log_entries.LOG_KEY, now_ms, log_entries.LogKeyEntry(
-                log_entries.seal_log_key(current.origin, new.public, old)))
+            entry = log_entries.encode_entry(
+                log_entries.LOG_KEY,
+                now_ms,
+                log_entries.LogKeyEntry(log_entries.seal_log_key(current.origin, new.public, old)),
+            )
             index = append_entries(db, [entry])
             sign_checkpoint(db, new, current.origin, now_ms)  # the new key's first checkpoint
     except BaseException:
         pending.unlink(missing_ok=True)  # never named by the log: nothing may sign with it
         raise
     os.replace(pending, key_path)
-    return {"log_index": index, "origin": current.origin,
-            "old_log_key": verifier_key_text(old, current.origin),
-            "new_log_key": verifier_key_text(new, current.origin),
-            "archived_key": str(archive), "at_ms": now_ms}
+    return {
+        "log_index": index,
+        "origin": current.origin,
+        "old_log_key": verifier_key_text(old, current.origin),
+        "new_log_key": verifier_key_text(new, current.origin),
+        "archived_key": str(archive),
+        "at_ms": now_ms,
+    }
 
 
 # -- HTTP --------------------------------------------------------------------------------------
@@ -559,8 +624,11 @@ def _query_int(request: web.Request, name: str, default: int | None = None) -> i
             return default
         raise ApiError(f"query parameter {name} is required", code="missing_parameter")
     if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_QUERY_DIGITS:
-        raise ApiError(f"query parameter {name} must be a whole number of at most "
-                       f"{_MAX_QUERY_DIGITS} digits, not {raw[:40]!r}", code="bad_parameter")
+        raise ApiError(
+            f"query parameter {name} must be a whole number of at most "
+            f"{_MAX_QUERY_DIGITS} digits, not {raw[:40]!r}",
+            code="bad_parameter",
+        )
     return int(raw)
 
 
@@ -579,7 +647,8 @@ async def get_checkpoint(request: web.Request) -> web.StreamResponse:
     note = await _run(request, latest_checkpoint)
     if note is None:
         note = await _run(
-            request, lambda db: sign_checkpoint(db, tlog.key, tlog.origin, tlog.clock()))
+            request, lambda db: sign_checkpoint(db, tlog.key, tlog.origin, tlog.clock())
+        )
     return web.Response(text=note, content_type="text/plain", headers={"Cache-Control": "no-store"})
 
 
@@ -589,8 +658,11 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     tlog = request.app[TLOG]
     if isinstance(tlog.key, LogKey):
         await _run(request, tlog.key.refresh)
-    return web.Response(text=tlog.verifier_key + "\n", content_type="text/plain",
-                        headers={"Cache-Control": "no-store"})
+    return web.Response(
+        text=tlog.verifier_key + "\n",
+        content_type="text/plain",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @_public
@@ -632,8 +704,9 @@ def _query_hash(request: web.Request, name: str, what: str) -> bytes:
     except ValueError:
         value = b""
     if len(value) != 32:
-        raise ApiError(f"query parameter {name} must be {what}, 64 hex digits",
-                       code="bad_parameter")
+        raise ApiError(
+            f"query parameter {name} must be {what}, 64 hex digits", code="bad_parameter"
+        )
     return value
 
 
@@ -643,8 +716,9 @@ async def get_find(request: web.Request) -> web.StreamResponse:
     (`agent_id`), so that a holder of one receipt can prove it is logged without the whole log."""
     given = [name for name in ("digest", "agent_id") if name in request.query]
     if len(given) != 1:
-        raise ApiError("give exactly one of the query parameters digest and agent_id",
-                       code="missing_parameter")
+        raise ApiError(
+            "give exactly one of the query parameters digest and agent_id", code="missing_parameter"
+        )
     if given[0] == "digest":
         key = _query_hash(request, "digest", "the SHA-256 of a receipt envelope")
         kind, what = log_entries.RECEIPT, f"receipt with digest {key.hex()}"
@@ -673,9 +747,11 @@ async def checkpoint_ctx(app: web.Application) -> AsyncIterator[None]:
     shutdown. Append it after the context that starts the database, so it stops first."""
     tlog = app[TLOG]
     task = asyncio.create_task(
-        checkpoint_loop(tlog.database, tlog.key, tlog.origin, tlog.checkpoint_interval_s,
-                        tlog.clock),
-        name="log-checkpoints")
+        checkpoint_loop(
+            tlog.database, tlog.key, tlog.origin, tlog.checkpoint_interval_s, tlog.clock
+        ),
+        name="log-checkpoints",
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

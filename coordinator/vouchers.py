@@ -140,45 +140,66 @@ class VoucherPolicy:
     """The city's voucher rules for one fiscal year, from the coordinator TOML's [vouchers] table."""
 
     fiscal_year: int = setting(
-        _this_year, "calendar year whose pool and caps vouchers draw on (default: this UTC year); "
-        "usage accepted in another year gets no voucher")
+        _this_year,
+        "calendar year whose pool and caps vouchers draw on (default: this UTC year); "
+        "usage accepted in another year gets no voucher",
+    )
     pool_total_micro_yuan: int = setting(
-        1_000_000_000 * MICRO_PER_YUAN, "the year's voucher pool, spent first come, first served")
+        1_000_000_000 * MICRO_PER_YUAN, "the year's voucher pool, spent first come, first served"
+    )
     per_company_cap_micro_yuan: int = setting(
-        5_000_000 * MICRO_PER_YUAN, "most voucher money one company (USCC) may receive in the year")
+        5_000_000 * MICRO_PER_YUAN, "most voucher money one company (USCC) may receive in the year"
+    )
     coverage_bps: int = setting(
-        5_000, "share of each charge the voucher pays, in basis points (5000 = 50%), rounded down")
+        5_000, "share of each charge the voucher pays, in basis points (5000 = 50%), rounded down"
+    )
     providers_may_be_subsidised: bool = setting(
-        True, "whether a company that is also a provider gets vouchers at all "
-        "(never for compute it buys from itself)")
+        True,
+        "whether a company that is also a provider gets vouchers at all "
+        "(never for compute it buys from itself)",
+    )
     statement_period: str = setting("month", "statement period; only calendar months (UTC)")
     payment_terms_days: int = setting(30, "days after a period's end that its statement is due")
-    grace_days: int = setting(15, "days after the due date before an unpaid enterprise is suspended")
+    grace_days: int = setting(
+        15, "days after the due date before an unpaid enterprise is suspended"
+    )
     default_credit_limit_micro_yuan: int = setting(
-        100_000 * MICRO_PER_YUAN, "credit limit a new enterprise starts with")
+        100_000 * MICRO_PER_YUAN, "credit limit a new enterprise starts with"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = bool if f.name == "providers_may_be_subsidised" else (
-                str if f.name == "statement_period" else int)
+            expected = (
+                bool
+                if f.name == "providers_may_be_subsidised"
+                else (str if f.name == "statement_period" else int)
+            )
             if type(value) is not expected:
                 kind = {int: "an integer", bool: "true or false", str: "a string"}[expected]
                 raise VoucherPolicyError(f"[vouchers] {f.name} must be {kind}, not {value!r}")
         if not 2000 <= self.fiscal_year <= 9999:
-            raise VoucherPolicyError(f"[vouchers] fiscal_year {self.fiscal_year} is not a plausible year")
-        for name in ("pool_total_micro_yuan", "per_company_cap_micro_yuan",
-                     "default_credit_limit_micro_yuan"):
+            raise VoucherPolicyError(
+                f"[vouchers] fiscal_year {self.fiscal_year} is not a plausible year"
+            )
+        for name in (
+            "pool_total_micro_yuan",
+            "per_company_cap_micro_yuan",
+            "default_credit_limit_micro_yuan",
+        ):
             value = getattr(self, name)
             if not 0 <= value <= MAX_AMOUNT:
                 raise VoucherPolicyError(
-                    f"[vouchers] {name} must be between 0 and {MAX_AMOUNT} micro-yuan, not {value}")
+                    f"[vouchers] {name} must be between 0 and {MAX_AMOUNT} micro-yuan, not {value}"
+                )
         if not 0 <= self.coverage_bps <= BPS:
             raise VoucherPolicyError(
-                f"[vouchers] coverage_bps must be between 0 and {BPS} (100%), not {self.coverage_bps}")
+                f"[vouchers] coverage_bps must be between 0 and {BPS} (100%), not {self.coverage_bps}"
+            )
         if self.statement_period != "month":
             raise VoucherPolicyError(
-                f"[vouchers] statement_period must be \"month\", not {self.statement_period!r}")
+                f'[vouchers] statement_period must be "month", not {self.statement_period!r}'
+            )
         for name in ("payment_terms_days", "grace_days"):
             if not 0 <= getattr(self, name) <= 3650:
                 raise VoucherPolicyError(f"[vouchers] {name} must be between 0 and 3650 days")
@@ -197,7 +218,8 @@ class VoucherPolicy:
         for name in table:
             if name not in known:
                 raise VoucherPolicyError(
-                    f"[vouchers] has no setting {name!r}; the settings are {', '.join(sorted(known))}")
+                    f"[vouchers] has no setting {name!r}; the settings are {', '.join(sorted(known))}"
+                )
         return cls(**table)
 
 
@@ -217,8 +239,14 @@ class Split(NamedTuple):
     reason: str
 
 
-def split_charge(charge: int, coverage_bps: int, cap_remaining: int, pool_remaining: int,
-                 self_dealing: bool, subsidy_allowed: bool) -> Split:
+def split_charge(
+    charge: int,
+    coverage_bps: int,
+    cap_remaining: int,
+    pool_remaining: int,
+    self_dealing: bool,
+    subsidy_allowed: bool,
+) -> Split:
     """Split a charge into (voucher part, deferred part, reason); pure integer arithmetic.
 
     The voucher pays coverage_bps/10 000 of the charge, rounded down, but never more than the
@@ -226,8 +254,12 @@ def split_charge(charge: int, coverage_bps: int, cap_remaining: int, pool_remain
     enterprise are one company or the policy does not subsidise this company. The reason
     names what held the voucher below its share ("covered" when nothing did).
     """
-    for name, value in (("charge", charge), ("coverage_bps", coverage_bps),
-                        ("cap_remaining", cap_remaining), ("pool_remaining", pool_remaining)):
+    for name, value in (
+        ("charge", charge),
+        ("coverage_bps", coverage_bps),
+        ("cap_remaining", cap_remaining),
+        ("pool_remaining", pool_remaining),
+    ):
         if type(value) is not int or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
     if coverage_bps > BPS:
@@ -293,18 +325,21 @@ def _check_amount(value: object, name: str, *, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
     if type(value) is not int or not low <= value <= MAX_AMOUNT:
         raise L.InvalidTransfer(
-            f"{name} must be an integer number of micro-yuan from {low} to {MAX_AMOUNT}, not {value!r}")
+            f"{name} must be an integer number of micro-yuan from {low} to {MAX_AMOUNT}, not {value!r}"
+        )
     return value
 
 
-def _need(db: sqlite_utils.Database, specs: list[tuple[str, str, str, str | None, str]],
-          now_ms: int) -> dict[str, L.Account]:
+def _need(
+    db: sqlite_utils.Database, specs: list[tuple[str, str, str, str | None, str]], now_ms: int
+) -> dict[str, L.Account]:
     """These accounts, opening any that do not exist yet (one query when all do)."""
     found = L.get_accounts(db, [spec[0] for spec in specs])
     for account_id, ledger, kind, owner, flags in specs:
         if account_id not in found:
-            found[account_id] = L.open_account(db, account_id, ledger=ledger, kind=kind, owner=owner,
-                                               flags=flags, now_ms=now_ms)
+            found[account_id] = L.open_account(
+                db, account_id, ledger=ledger, kind=kind, owner=owner, flags=flags, now_ms=now_ms
+            )
     return found
 
 
@@ -312,42 +347,95 @@ def _year_specs(year: int) -> list[tuple[str, str, str, str | None, str]]:
     return [
         (L.treasury_account(year), L.CNY, "treasury", str(year), L.NO_LIMIT),
         (L.pool_account(year), L.CNY, "pool", str(year), L.DEBITS_MUST_NOT_EXCEED_CREDITS),
-        (L.pool_held_account(year), L.CNY, "pool_held", str(year), L.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        (
+            L.pool_held_account(year),
+            L.CNY,
+            "pool_held",
+            str(year),
+            L.DEBITS_MUST_NOT_EXCEED_CREDITS,
+        ),
         (L.entitlements_account(year), L.VOUCHER_QUOTA, "entitlements", str(year), L.NO_LIMIT),
-        (L.entitlements_used_account(year), L.VOUCHER_QUOTA, "entitlements_used", str(year),
-         L.NO_LIMIT),
+        (
+            L.entitlements_used_account(year),
+            L.VOUCHER_QUOTA,
+            "entitlements_used",
+            str(year),
+            L.NO_LIMIT,
+        ),
     ]
 
 
 def _cap_spec(year: int, uscc: str) -> tuple[str, str, str, str | None, str]:
-    return (L.cap_account(year, uscc), L.VOUCHER_QUOTA, "cap", uscc, L.DEBITS_MUST_NOT_EXCEED_CREDITS)
+    return (
+        L.cap_account(year, uscc),
+        L.VOUCHER_QUOTA,
+        "cap",
+        uscc,
+        L.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    )
 
 
 def _enterprise_specs(enterprise_id: str) -> list[tuple[str, str, str, str | None, str]]:
     return [
-        (L.receivable_account(enterprise_id), L.CNY, "receivable", enterprise_id,
-         L.CREDITS_MUST_NOT_EXCEED_DEBITS),
-        (L.credit_account(enterprise_id), L.CREDIT, "credit", enterprise_id,
-         L.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        (
+            L.receivable_account(enterprise_id),
+            L.CNY,
+            "receivable",
+            enterprise_id,
+            L.CREDITS_MUST_NOT_EXCEED_DEBITS,
+        ),
+        (
+            L.credit_account(enterprise_id),
+            L.CREDIT,
+            "credit",
+            enterprise_id,
+            L.DEBITS_MUST_NOT_EXCEED_CREDITS,
+        ),
         (L.credit_line_account(enterprise_id), L.CREDIT, "credit_line", enterprise_id, L.NO_LIMIT),
         (L.CREDIT_USED, L.CREDIT, "credit_used", None, L.NO_LIMIT),
     ]
 
 
 def _earnings_specs(provider_id: str) -> list[tuple[str, str, str, str | None, str]]:
-    return [(L.earnings_account(provider_id), L.CNY, "earnings", provider_id,
-             L.DEBITS_MUST_NOT_EXCEED_CREDITS),
-            (L.BANK, L.CNY, "bank", None, L.NO_LIMIT)]
+    return [
+        (
+            L.earnings_account(provider_id),
+            L.CNY,
+            "earnings",
+            provider_id,
+            L.DEBITS_MUST_NOT_EXCEED_CREDITS,
+        ),
+        (L.BANK, L.CNY, "bank", None, L.NO_LIMIT),
+    ]
 
 
-def _grow(db: sqlite_utils.Database, account: L.Account, source: str, target: int, code: str,
-          cause: str, now_ms: int) -> L.Account:
+def _grow(
+    db: sqlite_utils.Database,
+    account: L.Account,
+    source: str,
+    target: int,
+    code: str,
+    cause: str,
+    now_ms: int,
+) -> L.Account:
     """Credit `account` from `source` until its credits reach `target` (never takes back)."""
     if account.credits_posted >= target:
         return account
     amount = target - account.credits_posted
-    create_transfers(db, [Transfer(transfer_id(cause, f"to:{target}"), source, account.id, amount,
-                                   code, cause, at_ms=now_ms)])
+    create_transfers(
+        db,
+        [
+            Transfer(
+                transfer_id(cause, f"to:{target}"),
+                source,
+                account.id,
+                amount,
+                code,
+                cause,
+                at_ms=now_ms,
+            )
+        ],
+    )
     return L.get_account(db, account.id) or account
 
 
@@ -359,20 +447,36 @@ def open_fiscal_year(db: sqlite_utils.Database, policy: VoucherPolicy, now_ms: i
     year = policy.fiscal_year
     with savepoint(db, "vouchers_year"):
         accounts = _need(db, _year_specs(year), now_ms)
-        return _grow(db, accounts[L.pool_account(year)], L.treasury_account(year),
-                     policy.pool_total_micro_yuan, L.POOL_FUNDING, f"pool:{year}", now_ms)
+        return _grow(
+            db,
+            accounts[L.pool_account(year)],
+            L.treasury_account(year),
+            policy.pool_total_micro_yuan,
+            L.POOL_FUNDING,
+            f"pool:{year}",
+            now_ms,
+        )
 
 
-def _ensure_cap(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy,
-                now_ms: int) -> L.Account:
+def _ensure_cap(
+    db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy, now_ms: int
+) -> L.Account:
     year = policy.fiscal_year
     cap = _need(db, [_cap_spec(year, uscc)], now_ms)[L.cap_account(year, uscc)]
-    return _grow(db, cap, L.entitlements_account(year), policy.per_company_cap_micro_yuan,
-                 L.ENTITLEMENT, f"entitlement:{year}:{uscc}", now_ms)
+    return _grow(
+        db,
+        cap,
+        L.entitlements_account(year),
+        policy.per_company_cap_micro_yuan,
+        L.ENTITLEMENT,
+        f"entitlement:{year}:{uscc}",
+        now_ms,
+    )
 
 
-def _ensure_year(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy,
-                 now_ms: int) -> tuple[L.Account, L.Account]:
+def _ensure_year(
+    db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy, now_ms: int
+) -> tuple[L.Account, L.Account]:
     """The year's pool and this company's cap, opened and granted as the policy says."""
     year = policy.fiscal_year
     accounts = _need(db, [*_year_specs(year), _cap_spec(year, uscc)], now_ms)
@@ -385,8 +489,9 @@ def _ensure_year(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy,
     return pool, cap
 
 
-def open_enterprise_accounts(db: sqlite_utils.Database, enterprise_id: str, uscc: str,
-                             policy: VoucherPolicy, now_ms: int) -> None:
+def open_enterprise_accounts(
+    db: sqlite_utils.Database, enterprise_id: str, uscc: str, policy: VoucherPolicy, now_ms: int
+) -> None:
     """Give a newly registered enterprise its ledger accounts and its entitlement; idempotent.
 
     Opens its receivable and credit accounts with the policy's default credit limit, and its
@@ -397,30 +502,51 @@ def open_enterprise_accounts(db: sqlite_utils.Database, enterprise_id: str, uscc
     if type(enterprise_id) is not str or not enterprise_id:
         raise L.InvalidTransfer("an enterprise id is non-empty text")
     with savepoint(db, "vouchers_open"):
-        row = db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
-                              [enterprise_id]).fetchone()
+        row = db.conn.execute(
+            "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [enterprise_id]
+        ).fetchone()
         if row is not None and row[0] != code:
             raise IdempotencyConflict(
-                f"enterprise {enterprise_id} already has its entitlement under USCC {row[0]}, not {code}")
+                f"enterprise {enterprise_id} already has its entitlement under USCC {row[0]}, not {code}"
+            )
         if row is None:
-            db.conn.execute("INSERT INTO ledger_enterprises (enterprise_id, uscc, opened_at_ms) "
-                            "VALUES (?, ?, ?)", [enterprise_id, code, now_ms])
+            db.conn.execute(
+                "INSERT INTO ledger_enterprises (enterprise_id, uscc, opened_at_ms) "
+                "VALUES (?, ?, ?)",
+                [enterprise_id, code, now_ms],
+            )
         accounts = _need(db, _enterprise_specs(enterprise_id), now_ms)
         line = accounts[L.credit_line_account(enterprise_id)]
-        if line.debits_posted == 0 and line.credits_posted == 0 and \
-                policy.default_credit_limit_micro_yuan > 0:
+        if (
+            line.debits_posted == 0
+            and line.credits_posted == 0
+            and policy.default_credit_limit_micro_yuan > 0
+        ):
             cause = f"credit-limit:{enterprise_id}"
-            create_transfers(db, [Transfer(
-                transfer_id(cause, "opening"), line.id, L.credit_account(enterprise_id),
-                policy.default_credit_limit_micro_yuan, L.CREDIT_LIMIT, cause, at_ms=now_ms)])
+            create_transfers(
+                db,
+                [
+                    Transfer(
+                        transfer_id(cause, "opening"),
+                        line.id,
+                        L.credit_account(enterprise_id),
+                        policy.default_credit_limit_micro_yuan,
+                        L.CREDIT_LIMIT,
+                        cause,
+                        at_ms=now_ms,
+                    )
+                ],
+            )
         _ensure_year(db, code, policy, now_ms)
 
 
-def _enterprise_uscc(db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy,
-                     now_ms: int) -> str:
+def _enterprise_uscc(
+    db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy, now_ms: int
+) -> str:
     """The USCC the enterprise's entitlement hangs on, opening its accounts if registration predates them."""
-    row = db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
-                          [enterprise_id]).fetchone()
+    row = db.conn.execute(
+        "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [enterprise_id]
+    ).fetchone()
     if row is not None:
         return str(row[0])
     found = db.conn.execute("SELECT uscc FROM enterprises WHERE id = ?", [enterprise_id]).fetchone()
@@ -431,23 +557,28 @@ def _enterprise_uscc(db: sqlite_utils.Database, enterprise_id: str, policy: Vouc
 
 
 def _opened_uscc(db: sqlite_utils.Database, enterprise_id: str) -> str:
-    row = db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
-                          [enterprise_id]).fetchone()
+    row = db.conn.execute(
+        "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [enterprise_id]
+    ).fetchone()
     if row is None:
         raise UnknownEnterprise(f"enterprise {enterprise_id} has no ledger accounts")
     return str(row[0])
 
 
 def _is_provider(db: sqlite_utils.Database, uscc: str) -> bool:
-    return db.conn.execute("SELECT 1 FROM providers WHERE uscc = ? LIMIT 1", [uscc]).fetchone() is not None
+    return (
+        db.conn.execute("SELECT 1 FROM providers WHERE uscc = ? LIMIT 1", [uscc]).fetchone()
+        is not None
+    )
 
 
 def _subsidy_allowed(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy) -> bool:
     return policy.providers_may_be_subsidised or not _is_provider(db, uscc)
 
 
-def set_credit_limit(db: sqlite_utils.Database, enterprise_id: str, amount: int,
-                     now_ms: int) -> int:
+def set_credit_limit(
+    db: sqlite_utils.Database, enterprise_id: str, amount: int, now_ms: int
+) -> int:
     """Set the enterprise's credit limit; returns it. Lowering it below what is owed and
     reserved is refused (`CreditExceeded`): collect or wait for the jobs first."""
     _check_amount(amount, "a credit limit", allow_zero=True)
@@ -463,21 +594,39 @@ def set_credit_limit(db: sqlite_utils.Database, enterprise_id: str, amount: int,
         credit = L.credit_account(enterprise_id)
         debit_id, credit_id = (line.id, credit) if amount > current else (credit, line.id)
         try:
-            create_transfers(db, [Transfer(transfer_id(cause, leg), debit_id, credit_id,
-                                           abs(amount - current), L.CREDIT_LIMIT, cause,
-                                           at_ms=now_ms)])
+            create_transfers(
+                db,
+                [
+                    Transfer(
+                        transfer_id(cause, leg),
+                        debit_id,
+                        credit_id,
+                        abs(amount - current),
+                        L.CREDIT_LIMIT,
+                        cause,
+                        at_ms=now_ms,
+                    )
+                ],
+            )
         except LimitExceeded:
             held = _credit_figures(db, enterprise_id)
             raise CreditExceeded(
                 f"the credit limit of {enterprise_id} cannot be lowered to {_yuan(amount)}: it owes "
                 f"{_yuan(held['deferred_balance'])} and has {_yuan(held['reserved'])} reserved for "
-                f"running jobs") from None
+                f"running jobs"
+            ) from None
     return amount
 
 
 def _credit_figures(db: sqlite_utils.Database, enterprise_id: str) -> dict[str, int]:
-    accounts = L.get_accounts(db, [L.credit_account(enterprise_id), L.credit_line_account(enterprise_id),
-                                   L.receivable_account(enterprise_id)])
+    accounts = L.get_accounts(
+        db,
+        [
+            L.credit_account(enterprise_id),
+            L.credit_line_account(enterprise_id),
+            L.receivable_account(enterprise_id),
+        ],
+    )
     credit = accounts.get(L.credit_account(enterprise_id))
     line = accounts.get(L.credit_line_account(enterprise_id))
     receivable = accounts.get(L.receivable_account(enterprise_id))
@@ -485,8 +634,13 @@ def _credit_figures(db: sqlite_utils.Database, enterprise_id: str) -> dict[str, 
     owed = receivable.debits_posted - receivable.credits_posted if receivable else 0
     reserved = credit.debits_pending if credit else 0
     headroom = credit.debit_headroom if credit else 0
-    return {"credit_limit": limit, "deferred_balance": owed, "reserved": reserved,
-            "headroom": headroom, "paid": receivable.credits_posted if receivable else 0}
+    return {
+        "credit_limit": limit,
+        "deferred_balance": owed,
+        "reserved": reserved,
+        "headroom": headroom,
+        "paid": receivable.credits_posted if receivable else 0,
+    }
 
 
 # -- reservations ----------------------------------------------------------------------------
@@ -529,20 +683,26 @@ class Reservation:
         return self.remaining + self.voucher_remaining
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "enterprise_id": self.enterprise_id,
-                "max_cost_micro_yuan": self.max_cost,
-                "voucher_estimate_micro_yuan": self.voucher_estimate,
-                "reserved_micro_yuan": self.amount, "remaining_micro_yuan": self.remaining,
-                "voucher_held_micro_yuan": self.voucher_remaining,
-                "self_dealing_cover_micro_yuan": self.cover,
-                "fiscal_year": self.fiscal_year,
-                "transfer_id": self.transfer_id.hex() if self.transfer_id else None}
+        return {
+            "job_id": self.job_id,
+            "enterprise_id": self.enterprise_id,
+            "max_cost_micro_yuan": self.max_cost,
+            "voucher_estimate_micro_yuan": self.voucher_estimate,
+            "reserved_micro_yuan": self.amount,
+            "remaining_micro_yuan": self.remaining,
+            "voucher_held_micro_yuan": self.voucher_remaining,
+            "self_dealing_cover_micro_yuan": self.cover,
+            "fiscal_year": self.fiscal_year,
+            "transfer_id": self.transfer_id.hex() if self.transfer_id else None,
+        }
 
 
 def _reservation(db: sqlite_utils.Database, job_id: str) -> Reservation | None:
     row = db.conn.execute(
         "SELECT job_id, enterprise_id, max_cost, voucher_estimate, amount, transfer_id "
-        "FROM ledger_reservations WHERE job_id = ?", [job_id]).fetchone()
+        "FROM ledger_reservations WHERE job_id = ?",
+        [job_id],
+    ).fetchone()
     if row is None:
         return None
     ids = _hold_ids(job_id)
@@ -551,12 +711,29 @@ def _reservation(db: sqlite_utils.Database, job_id: str) -> Reservation | None:
     pool = found.get(ids[_POOL_HOLD])
     year = int(pool.debit_account.split(":", 1)[1]) if pool is not None else None
     cover = found[ids[_COVER_HOLD]].amount if ids[_COVER_HOLD] in found else 0
-    return Reservation(row[0], row[1], row[2], row[3], row[4],
-                       left[_CREDIT_HOLD] + left[_COVER_HOLD], row[5], left[_POOL_HOLD], cover, year)
+    return Reservation(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        left[_CREDIT_HOLD] + left[_COVER_HOLD],
+        row[5],
+        left[_POOL_HOLD],
+        cover,
+        year,
+    )
 
 
-def reserve_job(db: sqlite_utils.Database, job_id: str, enterprise_id: str, max_cost: int, *,
-                policy: VoucherPolicy, now_ms: int) -> Reservation:
+def reserve_job(
+    db: sqlite_utils.Database,
+    job_id: str,
+    enterprise_id: str,
+    max_cost: int,
+    *,
+    policy: VoucherPolicy,
+    now_ms: int,
+) -> Reservation:
     """Hold everything a job may need, so that it can always be paid up to its maximum cost.
 
     Three pending transfers named after the job, written together or not at all: the voucher
@@ -586,7 +763,8 @@ def reserve_job(db: sqlite_utils.Database, job_id: str, enterprise_id: str, max_
         if (found.enterprise_id, found.max_cost) != (enterprise_id, max_cost):
             raise IdempotencyConflict(
                 f"job {job_id} already has a reservation for {found.enterprise_id} with maximum "
-                f"cost {_yuan(found.max_cost)}")
+                f"cost {_yuan(found.max_cost)}"
+            )
         return found
     with savepoint(db, "vouchers_reserve"):
         uscc = _enterprise_uscc(db, enterprise_id, policy, now_ms)
@@ -599,41 +777,94 @@ def reserve_job(db: sqlite_utils.Database, job_id: str, enterprise_id: str, max_
         if _utc(now_ms).year == year:
             pool, cap = _ensure_year(db, uscc, policy, now_ms)
             if not own:
-                estimate = split_charge(max_cost, policy.coverage_bps, max(cap.debit_headroom, 0),
-                                        max(pool.debit_headroom, 0), False,
-                                        _subsidy_allowed(db, uscc, policy)).voucher
+                estimate = split_charge(
+                    max_cost,
+                    policy.coverage_bps,
+                    max(cap.debit_headroom, 0),
+                    max(pool.debit_headroom, 0),
+                    False,
+                    _subsidy_allowed(db, uscc, policy),
+                ).voucher
         amount = max_cost - estimate
         cause = f"job:{job_id}"
         ids = _hold_ids(job_id)
         legs = []
         if estimate:
             legs += [
-                Transfer(ids[_CAP_HOLD], L.cap_account(year, uscc), L.entitlements_used_account(year),
-                         estimate, L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms),
-                Transfer(ids[_POOL_HOLD], L.pool_account(year), L.pool_held_account(year), estimate,
-                         L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms)]
+                Transfer(
+                    ids[_CAP_HOLD],
+                    L.cap_account(year, uscc),
+                    L.entitlements_used_account(year),
+                    estimate,
+                    L.RESERVATION,
+                    cause,
+                    kind=L.PENDING,
+                    at_ms=now_ms,
+                ),
+                Transfer(
+                    ids[_POOL_HOLD],
+                    L.pool_account(year),
+                    L.pool_held_account(year),
+                    estimate,
+                    L.RESERVATION,
+                    cause,
+                    kind=L.PENDING,
+                    at_ms=now_ms,
+                ),
+            ]
         pending: bytes | None = None
         if amount > 0:
             pending = ids[_CREDIT_HOLD]
-            legs.append(Transfer(pending, L.credit_account(enterprise_id), L.CREDIT_USED, amount,
-                                 L.RESERVATION, cause, kind=L.PENDING, at_ms=now_ms))
+            legs.append(
+                Transfer(
+                    pending,
+                    L.credit_account(enterprise_id),
+                    L.CREDIT_USED,
+                    amount,
+                    L.RESERVATION,
+                    cause,
+                    kind=L.PENDING,
+                    at_ms=now_ms,
+                )
+            )
         try:
             create_transfers(db, legs)
         except LimitExceeded as exc:
             if exc.account != L.credit_account(enterprise_id):
                 raise
-            whole = (" (the whole maximum cost: the company also provides compute, and no "
-                     "voucher pays for compute it may win itself)") if own and not estimate else (
-                f" (its maximum cost {_yuan(max_cost)} less the voucher {_yuan(estimate)} held "
-                f"for it)" if estimate else "")
-            raise _credit_exceeded(db, enterprise_id, amount,
-                                   f"job {job_id}'s reservation{whole}") from None
+            whole = (
+                (
+                    " (the whole maximum cost: the company also provides compute, and no "
+                    "voucher pays for compute it may win itself)"
+                )
+                if own and not estimate
+                else (
+                    f" (its maximum cost {_yuan(max_cost)} less the voucher {_yuan(estimate)} held "
+                    f"for it)"
+                    if estimate
+                    else ""
+                )
+            )
+            raise _credit_exceeded(
+                db, enterprise_id, amount, f"job {job_id}'s reservation{whole}"
+            ) from None
         db.conn.execute(
             "INSERT INTO ledger_reservations (job_id, enterprise_id, max_cost, voucher_estimate, "
             "amount, transfer_id, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [job_id, enterprise_id, max_cost, estimate, amount, pending, now_ms])
-    return Reservation(job_id, enterprise_id, max_cost, estimate, amount, amount, pending,
-                       estimate, 0, year if estimate else None)
+            [job_id, enterprise_id, max_cost, estimate, amount, pending, now_ms],
+        )
+    return Reservation(
+        job_id,
+        enterprise_id,
+        max_cost,
+        estimate,
+        amount,
+        amount,
+        pending,
+        estimate,
+        0,
+        year if estimate else None,
+    )
 
 
 def settle_job(db: sqlite_utils.Database, job_id: str, now_ms: int) -> Reservation | None:
@@ -647,11 +878,21 @@ def settle_job(db: sqlite_utils.Database, job_id: str, now_ms: int) -> Reservati
     cause = f"job:{job_id}"
     ids = _hold_ids(job_id)
     open_holds = L.holds(db, list(ids.values()))
-    legs = [Transfer(transfer_id(cause, f"release-{leg}" if leg != _CREDIT_HOLD else "release"),
-                     hold.debit_account, hold.credit_account, hold.remaining, L.RESERVATION, cause,
-                     kind=L.VOID_PENDING, pending_id=hold.id, at_ms=now_ms)
-            for leg, hold in ((leg, open_holds.get(ids[leg])) for leg in _HOLDS)
-            if hold is not None and hold.remaining > 0]
+    legs = [
+        Transfer(
+            transfer_id(cause, f"release-{leg}" if leg != _CREDIT_HOLD else "release"),
+            hold.debit_account,
+            hold.credit_account,
+            hold.remaining,
+            L.RESERVATION,
+            cause,
+            kind=L.VOID_PENDING,
+            pending_id=hold.id,
+            at_ms=now_ms,
+        )
+        for leg, hold in ((leg, open_holds.get(ids[leg])) for leg in _HOLDS)
+        if hold is not None and hold.remaining > 0
+    ]
     create_transfers(db, legs)
     return _reservation(db, job_id)
 
@@ -671,43 +912,68 @@ def cover_self_dealing(db: sqlite_utils.Database, uscc: str, now_ms: int) -> lis
     moved = []
     with savepoint(db, "vouchers_cover"):
         for job_id, enterprise_id in db.conn.execute(
-                "SELECT r.job_id, r.enterprise_id FROM ledger_reservations r "
-                "JOIN ledger_enterprises e ON e.enterprise_id = r.enterprise_id "
-                "WHERE e.uscc = ? AND r.voucher_estimate > 0 ORDER BY r.at_ms, r.job_id",
-                [code]).fetchall():
+            "SELECT r.job_id, r.enterprise_id FROM ledger_reservations r "
+            "JOIN ledger_enterprises e ON e.enterprise_id = r.enterprise_id "
+            "WHERE e.uscc = ? AND r.voucher_estimate > 0 ORDER BY r.at_ms, r.job_id",
+            [code],
+        ).fetchall():
             ids = _hold_ids(job_id)
             found = L.holds(db, [ids[_CAP_HOLD], ids[_POOL_HOLD], ids[_COVER_HOLD]])
             cap, pool = found.get(ids[_CAP_HOLD]), found.get(ids[_POOL_HOLD])
             if ids[_COVER_HOLD] in found or cap is None or pool is None or pool.remaining == 0:
                 continue
             cause = f"job:{job_id}"
-            legs = [Transfer(transfer_id(cause, f"cover-{hold.id.hex()}"), hold.debit_account,
-                             hold.credit_account, hold.remaining, L.RESERVATION_COVER, cause,
-                             kind=L.VOID_PENDING, pending_id=hold.id, at_ms=now_ms)
-                    for hold in (cap, pool)]
-            legs.append(Transfer(ids[_COVER_HOLD], L.credit_account(enterprise_id), L.CREDIT_USED,
-                                 pool.remaining, L.RESERVATION_COVER, cause, kind=L.PENDING,
-                                 at_ms=now_ms))
+            legs = [
+                Transfer(
+                    transfer_id(cause, f"cover-{hold.id.hex()}"),
+                    hold.debit_account,
+                    hold.credit_account,
+                    hold.remaining,
+                    L.RESERVATION_COVER,
+                    cause,
+                    kind=L.VOID_PENDING,
+                    pending_id=hold.id,
+                    at_ms=now_ms,
+                )
+                for hold in (cap, pool)
+            ]
+            legs.append(
+                Transfer(
+                    ids[_COVER_HOLD],
+                    L.credit_account(enterprise_id),
+                    L.CREDIT_USED,
+                    pool.remaining,
+                    L.RESERVATION_COVER,
+                    cause,
+                    kind=L.PENDING,
+                    at_ms=now_ms,
+                )
+            )
             try:
                 create_transfers(db, legs)
             except LimitExceeded:
                 raise _credit_exceeded(
-                    db, enterprise_id, pool.remaining,
+                    db,
+                    enterprise_id,
+                    pool.remaining,
                     f"company {code} is becoming a provider, so the voucher held for job "
-                    f"{job_id} must be held on its credit instead: that hold") from None
+                    f"{job_id} must be held on its credit instead: that hold",
+                ) from None
             reservation = _reservation(db, job_id)
             assert reservation is not None
             moved.append(reservation)
     return moved
 
 
-def _credit_exceeded(db: sqlite_utils.Database, enterprise_id: str, amount: int,
-                     what: str) -> CreditExceeded:
+def _credit_exceeded(
+    db: sqlite_utils.Database, enterprise_id: str, amount: int, what: str
+) -> CreditExceeded:
     held = _credit_figures(db, enterprise_id)
     return CreditExceeded(
         f"{what} of {_yuan(amount)} does not fit the credit of enterprise {enterprise_id}: limit "
         f"{_yuan(held['credit_limit'])}, owed {_yuan(held['deferred_balance'])}, reserved for jobs "
-        f"{_yuan(held['reserved'])}, free {_yuan(max(held['headroom'], 0))}")
+        f"{_yuan(held['reserved'])}, free {_yuan(max(held['headroom'], 0))}"
+    )
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -736,26 +1002,37 @@ class Posting:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "receipt_digest": self.receipt_digest.hex(), "enterprise_id": self.enterprise_id,
-            "provider_id": self.provider_id, "lease_id": self.lease_id, "job_id": self.job_id,
-            "charged_micro_yuan": self.amount, "voucher_micro_yuan": self.voucher,
-            "deferred_micro_yuan": self.deferred, "reason": self.reason,
-            "fiscal_year": self.fiscal_year, "period": self.period, "at_ms": self.at_ms,
+            "receipt_digest": self.receipt_digest.hex(),
+            "enterprise_id": self.enterprise_id,
+            "provider_id": self.provider_id,
+            "lease_id": self.lease_id,
+            "job_id": self.job_id,
+            "charged_micro_yuan": self.amount,
+            "voucher_micro_yuan": self.voucher,
+            "deferred_micro_yuan": self.deferred,
+            "reason": self.reason,
+            "fiscal_year": self.fiscal_year,
+            "period": self.period,
+            "at_ms": self.at_ms,
             "transfer_ids": [t.hex() for t in self.transfer_ids],
         }
 
 
-_POSTING_COLUMNS = ("receipt_digest, enterprise_id, provider_id, enterprise_uscc, provider_uscc, "
-                    "lease_id, job_id, amount, voucher, deferred, reason, fiscal_year, period, at_ms")
+_POSTING_COLUMNS = (
+    "receipt_digest, enterprise_id, provider_id, enterprise_uscc, provider_uscc, "
+    "lease_id, job_id, amount, voucher, deferred, reason, fiscal_year, period, at_ms"
+)
 
 
 def _load_postings(db: sqlite_utils.Database, digests: list[bytes]) -> dict[bytes, Posting]:
     found: dict[bytes, Posting] = {}
-    for row in L.rows_in(db, f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest IN",
-                         digests):
+    for row in L.rows_in(
+        db, f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest IN", digests
+    ):
         ids = tuple(t.id for t in L.transfers_for_receipt(db, row[0]))
-        found[row[0]] = Posting(**dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)),
-                                transfer_ids=ids)
+        found[row[0]] = Posting(
+            **dict(zip(_POSTING_COLUMNS.split(", "), row, strict=True)), transfer_ids=ids
+        )
     return found
 
 
@@ -764,8 +1041,10 @@ def _accepted_digests(db: sqlite_utils.Database, digests: list[bytes]) -> set[by
 
 
 def _is_closed(db: sqlite_utils.Database, period: str) -> bool:
-    return db.conn.execute("SELECT 1 FROM ledger_period_closes WHERE period = ?",
-                           [period]).fetchone() is not None
+    return (
+        db.conn.execute("SELECT 1 FROM ledger_period_closes WHERE period = ?", [period]).fetchone()
+        is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -782,14 +1061,39 @@ class Usage:
     amount: int
 
 
-def post_usage(db: sqlite_utils.Database, *, enterprise_id: str, provider_id: str,
-               enterprise_uscc: str, provider_uscc: str, lease_id: str, job_id: str,
-               receipt_digest: bytes, amount: int, policy: VoucherPolicy, now_ms: int) -> Posting:
+def post_usage(
+    db: sqlite_utils.Database,
+    *,
+    enterprise_id: str,
+    provider_id: str,
+    enterprise_uscc: str,
+    provider_uscc: str,
+    lease_id: str,
+    job_id: str,
+    receipt_digest: bytes,
+    amount: int,
+    policy: VoucherPolicy,
+    now_ms: int,
+) -> Posting:
     """Post one accepted receipt's usage (see `post_usages`); raises `CreditExceeded` when the
     deferred part does not fit the enterprise's credit."""
-    (result,) = post_usages(db, [Usage(enterprise_id, provider_id, enterprise_uscc, provider_uscc,
-                                       lease_id, job_id, receipt_digest, amount)],
-                            policy=policy, now_ms=now_ms)
+    (result,) = post_usages(
+        db,
+        [
+            Usage(
+                enterprise_id,
+                provider_id,
+                enterprise_uscc,
+                provider_uscc,
+                lease_id,
+                job_id,
+                receipt_digest,
+                amount,
+            )
+        ],
+        policy=policy,
+        now_ms=now_ms,
+    )
     if isinstance(result, CreditExceeded):
         raise result
     return result
@@ -805,8 +1109,9 @@ def _check_usage(usage: Usage) -> None:
             raise L.InvalidTransfer(f"{name} must be non-empty text")
 
 
-def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: VoucherPolicy,
-                now_ms: int) -> list[Posting | CreditExceeded]:
+def post_usages(
+    db: sqlite_utils.Database, usages: list[Usage], *, policy: VoucherPolicy, now_ms: int
+) -> list[Posting | CreditExceeded]:
     """Post accepted receipts' usage in order: voucher part, deferred part, provider's earning.
 
     Each usage is one linked set of transfers whose ids derive from the receipt digest: the
@@ -833,13 +1138,24 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
         found = existing.get(usage.receipt_digest)
         if found is None:
             continue
-        changed = [name for name in ("enterprise_id", "provider_id", "enterprise_uscc",
-                                     "provider_uscc", "lease_id", "job_id", "amount")
-                   if getattr(found, name) != getattr(usage, name)]
+        changed = [
+            name
+            for name in (
+                "enterprise_id",
+                "provider_id",
+                "enterprise_uscc",
+                "provider_uscc",
+                "lease_id",
+                "job_id",
+                "amount",
+            )
+            if getattr(found, name) != getattr(usage, name)
+        ]
         if changed:
             raise IdempotencyConflict(
                 f"receipt {usage.receipt_digest.hex()[:16]} was already posted with a different "
-                f"{', '.join(changed)}; a retry must repeat the first posting exactly")
+                f"{', '.join(changed)}; a retry must repeat the first posting exactly"
+            )
         results[n] = found
     new = [(n, u) for n, u in enumerate(usages) if results[n] is None]
     if not new:
@@ -847,12 +1163,15 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
     accepted = _accepted_digests(db, [u.receipt_digest for _, u in new])
     for _, usage in new:
         if usage.receipt_digest not in accepted:
-            raise UnknownReceipt(f"receipt {usage.receipt_digest.hex()[:16]} is not an accepted "
-                                 f"receipt; usage is posted only for accepted receipts")
+            raise UnknownReceipt(
+                f"receipt {usage.receipt_digest.hex()[:16]} is not an accepted "
+                f"receipt; usage is posted only for accepted receipts"
+            )
     period = period_of(now_ms)
     if _is_closed(db, period):
-        raise PeriodClosed(f"period {period} is closed; usage accepted at {now_ms} cannot be posted "
-                           f"into it")
+        raise PeriodClosed(
+            f"period {period} is closed; usage accepted at {now_ms} cannot be posted into it"
+        )
     year = _utc(now_ms).year
     with savepoint(db, "vouchers_usage"):
         subsidy = _prepare_parties(db, [u for _, u in new], policy, year, now_ms)
@@ -876,44 +1195,86 @@ def post_usages(db: sqlite_utils.Database, usages: list[Usage], *, policy: Vouch
                     raise
                 batch.flush()  # the refusal's figures include the usage posted before it
                 results[n] = refused[usage.lease_id] = _credit_exceeded(
-                    db, usage.enterprise_id, split.deferred,
-                    f"the deferred part of receipt {usage.receipt_digest.hex()[:16]}")
+                    db,
+                    usage.enterprise_id,
+                    split.deferred,
+                    f"the deferred part of receipt {usage.receipt_digest.hex()[:16]}",
+                )
                 continue
-            rows.append((usage.receipt_digest, usage.enterprise_id, usage.provider_id,
-                         usage.enterprise_uscc, usage.provider_uscc, usage.lease_id, usage.job_id,
-                         usage.amount, split.voucher, split.deferred, split.reason, fiscal_year,
-                         period, now_ms))
-            results[n] = Posting(*rows[-1], transfer_ids=tuple(t.id for t in legs), legs=tuple(legs))
+            rows.append(
+                (
+                    usage.receipt_digest,
+                    usage.enterprise_id,
+                    usage.provider_id,
+                    usage.enterprise_uscc,
+                    usage.provider_uscc,
+                    usage.lease_id,
+                    usage.job_id,
+                    usage.amount,
+                    split.voucher,
+                    split.deferred,
+                    split.reason,
+                    fiscal_year,
+                    period,
+                    now_ms,
+                )
+            )
+            results[n] = Posting(
+                *rows[-1], transfer_ids=tuple(t.id for t in legs), legs=tuple(legs)
+            )
         batch.flush()
         db.conn.executemany(
             f"INSERT INTO ledger_postings ({_POSTING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows)
+            rows,
+        )
     return results  # type: ignore[return-value]
 
 
-def _prepare_parties(db: sqlite_utils.Database, usages: list[Usage], policy: VoucherPolicy,
-                     year: int, now_ms: int) -> dict[str, bool]:
+def _prepare_parties(
+    db: sqlite_utils.Database, usages: list[Usage], policy: VoucherPolicy, year: int, now_ms: int
+) -> dict[str, bool]:
     """Open what the usages' parties need, asking for all of them at once; returns whether each
     company may be subsidised."""
     enterprises = sorted({(u.enterprise_id, u.enterprise_uscc) for u in usages})
-    opened = dict(L.rows_in(db, "SELECT enterprise_id, uscc FROM ledger_enterprises WHERE enterprise_id IN",
-                            sorted({e for e, _ in enterprises})))
+    opened = dict(
+        L.rows_in(
+            db,
+            "SELECT enterprise_id, uscc FROM ledger_enterprises WHERE enterprise_id IN",
+            sorted({e for e, _ in enterprises}),
+        )
+    )
     for enterprise_id, uscc in enterprises:
         if enterprise_id not in opened:
             open_enterprise_accounts(db, enterprise_id, uscc, policy, now_ms)
         elif opened[enterprise_id] != uscc:
-            raise IdempotencyConflict(f"enterprise {enterprise_id}'s entitlement is under USCC "
-                                      f"{opened[enterprise_id]}, not {uscc}")
+            raise IdempotencyConflict(
+                f"enterprise {enterprise_id}'s entitlement is under USCC "
+                f"{opened[enterprise_id]}, not {uscc}"
+            )
     providers = sorted({(u.provider_id, u.provider_uscc) for u in usages})
-    registered = dict(L.rows_in(db, "SELECT id, uscc FROM providers WHERE id IN",
-                                sorted({p for p, _ in providers})))
+    registered = dict(
+        L.rows_in(
+            db, "SELECT id, uscc FROM providers WHERE id IN", sorted({p for p, _ in providers})
+        )
+    )
     for provider_id, uscc in providers:
         if provider_id in registered and registered[provider_id] != uscc:
             # self-dealing is judged on USCCs, so the caller's must be the registered one
-            raise IdempotencyConflict(f"provider {provider_id} is registered under USCC "
-                                      f"{registered[provider_id]}, not {uscc}")
-    _need(db, list({spec[0]: spec for provider_id, _ in providers
-                    for spec in _earnings_specs(provider_id)}.values()), now_ms)
+            raise IdempotencyConflict(
+                f"provider {provider_id} is registered under USCC "
+                f"{registered[provider_id]}, not {uscc}"
+            )
+    _need(
+        db,
+        list(
+            {
+                spec[0]: spec
+                for provider_id, _ in providers
+                for spec in _earnings_specs(provider_id)
+            }.values()
+        ),
+        now_ms,
+    )
     if year != policy.fiscal_year:
         return {}
     usccs = sorted({u.enterprise_uscc for u in usages})
@@ -923,8 +1284,9 @@ def _prepare_parties(db: sqlite_utils.Database, usages: list[Usage], policy: Vou
     for uscc in usccs:
         if accounts[L.cap_account(year, uscc)].credits_posted < policy.per_company_cap_micro_yuan:
             _ensure_cap(db, uscc, policy, now_ms)
-    providing = {row[0] for row in L.rows_in(db, "SELECT DISTINCT uscc FROM providers WHERE uscc IN",
-                                             usccs)}
+    providing = {
+        row[0] for row in L.rows_in(db, "SELECT DISTINCT uscc FROM providers WHERE uscc IN", usccs)
+    }
     return {uscc: policy.providers_may_be_subsidised or uscc not in providing for uscc in usccs}
 
 
@@ -939,16 +1301,25 @@ class _JobHolds:
     fiscal_year: int | None  # the year whose cap and pool hold its voucher share
 
 
-def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usage],
-             year: int) -> dict[str, _JobHolds]:
+def _preload(
+    db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usage], year: int
+) -> dict[str, _JobHolds]:
     """Read every account and hold the usages may move, in a few queries; returns each job's
     holds. A voucher hold is in the fiscal year of its reservation (see `reserve_job`)."""
-    rows = L.rows_in(db, "SELECT job_id, enterprise_id, voucher_estimate, transfer_id, at_ms "
-                     "FROM ledger_reservations WHERE job_id IN", sorted({u.job_id for u in usages}))
+    rows = L.rows_in(
+        db,
+        "SELECT job_id, enterprise_id, voucher_estimate, transfer_id, at_ms "
+        "FROM ledger_reservations WHERE job_id IN",
+        sorted({u.job_id for u in usages}),
+    )
     ids = {job_id: _hold_ids(job_id) for job_id, *_ in rows}
     wanted: list[bytes] = []
-    accounts = {L.pool_account(year), L.pool_held_account(year), L.entitlements_used_account(year),
-                L.CREDIT_USED}
+    accounts = {
+        L.pool_account(year),
+        L.pool_held_account(year),
+        L.entitlements_used_account(year),
+        L.CREDIT_USED,
+    }
     held_years = {job_id: _utc(at_ms).year for job_id, _, voucher, _, at_ms in rows if voucher}
     for job_id, _, voucher, credit, _ in rows:
         if credit is not None:
@@ -956,13 +1327,20 @@ def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usa
         if voucher:
             wanted += [ids[job_id][leg] for leg in (_COVER_HOLD, _CAP_HOLD, _POOL_HOLD)]
     for u in usages:
-        accounts |= {L.cap_account(year, u.enterprise_uscc), L.earnings_account(u.provider_id),
-                     L.receivable_account(u.enterprise_id), L.credit_account(u.enterprise_id)}
+        accounts |= {
+            L.cap_account(year, u.enterprise_uscc),
+            L.earnings_account(u.provider_id),
+            L.receivable_account(u.enterprise_id),
+            L.credit_account(u.enterprise_id),
+        }
         held_year = held_years.get(u.job_id)
         if held_year is not None and held_year != year:
-            accounts |= {L.pool_account(held_year), L.pool_held_account(held_year),
-                         L.entitlements_used_account(held_year),
-                         L.cap_account(held_year, u.enterprise_uscc)}
+            accounts |= {
+                L.pool_account(held_year),
+                L.pool_held_account(held_year),
+                L.entitlements_used_account(held_year),
+                L.cap_account(held_year, u.enterprise_uscc),
+            }
     batch.preload(sorted(accounts), wanted)
     asked = set(wanted)
 
@@ -972,19 +1350,31 @@ def _preload(db: sqlite_utils.Database, batch: L.TransferBatch, usages: list[Usa
     reservations: dict[str, _JobHolds] = {}
     for job_id, enterprise_id, *_ in rows:
         mine = ids[job_id]
-        credit = tuple(mine[leg] for leg in (_CREDIT_HOLD, _COVER_HOLD)
-                       if found(mine[leg]) is not None)
+        credit = tuple(
+            mine[leg] for leg in (_CREDIT_HOLD, _COVER_HOLD) if found(mine[leg]) is not None
+        )
         pool, cap = found(mine[_POOL_HOLD]), found(mine[_CAP_HOLD])
-        fiscal_year = int(pool[0].split(":", 1)[1]) if pool is not None and cap is not None else None
-        reservations[job_id] = _JobHolds(enterprise_id, credit,
-                                         mine[_CAP_HOLD] if fiscal_year is not None else None,
-                                         mine[_POOL_HOLD] if fiscal_year is not None else None,
-                                         fiscal_year)
+        fiscal_year = (
+            int(pool[0].split(":", 1)[1]) if pool is not None and cap is not None else None
+        )
+        reservations[job_id] = _JobHolds(
+            enterprise_id,
+            credit,
+            mine[_CAP_HOLD] if fiscal_year is not None else None,
+            mine[_POOL_HOLD] if fiscal_year is not None else None,
+            fiscal_year,
+        )
     return reservations
 
 
-def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: int,
-           subsidy: dict[str, bool], holds: _JobHolds | None) -> tuple[Split, int]:
+def _split(
+    batch: L.TransferBatch,
+    usage: Usage,
+    policy: VoucherPolicy,
+    year: int,
+    subsidy: dict[str, bool],
+    holds: _JobHolds | None,
+) -> tuple[Split, int]:
     """The usage's voucher and deferred parts, and the fiscal year whose pool and cap pay.
 
     Without a voucher hold, the voucher is `split_charge` against what the year's cap and
@@ -1004,9 +1394,14 @@ def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: in
         pool = batch.account(L.pool_account(year))
         cap = batch.account(L.cap_account(year, usage.enterprise_uscc))
         assert pool is not None and cap is not None
-        return split_charge(usage.amount, policy.coverage_bps, max(cap.debit_headroom, 0),
-                            max(pool.debit_headroom, 0), self_dealing,
-                            subsidy[usage.enterprise_uscc]), year
+        return split_charge(
+            usage.amount,
+            policy.coverage_bps,
+            max(cap.debit_headroom, 0),
+            max(pool.debit_headroom, 0),
+            self_dealing,
+            subsidy[usage.enterprise_uscc],
+        ), year
     assert holds is not None and holds.fiscal_year is not None
     fiscal_year = holds.fiscal_year
     free_cap = free_pool = 0
@@ -1028,15 +1423,38 @@ def _split(batch: L.TransferBatch, usage: Usage, policy: VoucherPolicy, year: in
     return Split(voucher, usage.amount - voucher, reason), fiscal_year
 
 
-def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, now_ms: int,
-                holds: _JobHolds | None) -> list[Transfer]:
+def _usage_legs(
+    batch: L.TransferBatch,
+    usage: Usage,
+    split: Split,
+    year: int,
+    now_ms: int,
+    holds: _JobHolds | None,
+) -> list[Transfer]:
     cause = "receipt:" + usage.receipt_digest.hex()
     earnings = L.earnings_account(usage.provider_id)
 
-    def leg(name: str, debit: str, credit: str, value: int, code: str, kind: str = L.POSTED,
-            pending: bytes | None = None) -> Transfer:
-        return Transfer(transfer_id(cause, name), debit, credit, value, code, cause, kind=kind,
-                        pending_id=pending, receipt_digest=usage.receipt_digest, at_ms=now_ms)
+    def leg(
+        name: str,
+        debit: str,
+        credit: str,
+        value: int,
+        code: str,
+        kind: str = L.POSTED,
+        pending: bytes | None = None,
+    ) -> Transfer:
+        return Transfer(
+            transfer_id(cause, name),
+            debit,
+            credit,
+            value,
+            code,
+            cause,
+            kind=kind,
+            pending_id=pending,
+            receipt_digest=usage.receipt_digest,
+            at_ms=now_ms,
+        )
 
     legs: list[Transfer] = []
     if split.voucher:
@@ -1052,8 +1470,9 @@ def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, n
             # the job's voucher hold pays first: partial posts of its pool and cap holds, the
             # money passing through pool_held to the provider (unknown when it was held)
             pool, pool_held = L.pool_account(year), L.pool_held_account(year)
-            legs.append(leg("pool-draw", pool, pool_held, held, L.USAGE_POOL, L.POST_PENDING,
-                            pool_hold))
+            legs.append(
+                leg("pool-draw", pool, pool_held, held, L.USAGE_POOL, L.POST_PENDING, pool_hold)
+            )
             if split.voucher > held:
                 legs.append(leg("pool", pool, pool_held, split.voucher - held, L.USAGE_POOL))
             legs.append(leg("voucher", pool_held, earnings, split.voucher, L.USAGE_VOUCHER))
@@ -1061,21 +1480,38 @@ def _usage_legs(batch: L.TransferBatch, usage: Usage, split: Split, year: int, n
             if split.voucher > held:
                 legs.append(leg("cap", cap, used, split.voucher - held, L.USAGE_CAP))
         else:
-            legs.append(leg("voucher", L.pool_account(year), earnings, split.voucher,
-                            L.USAGE_VOUCHER))
+            legs.append(
+                leg("voucher", L.pool_account(year), earnings, split.voucher, L.USAGE_VOUCHER)
+            )
             legs.append(leg("cap", cap, used, split.voucher, L.USAGE_CAP))
     if split.deferred:
         credit = L.credit_account(usage.enterprise_id)
-        legs.append(leg("deferred", L.receivable_account(usage.enterprise_id), earnings,
-                        split.deferred, L.USAGE_DEFERRED))
+        legs.append(
+            leg(
+                "deferred",
+                L.receivable_account(usage.enterprise_id),
+                earnings,
+                split.deferred,
+                L.USAGE_DEFERRED,
+            )
+        )
         # the job's credit holds pay first (partial posts of its pending transfers); only
         # what they do not cover needs free credit
         left = split.deferred
         for n, pending in enumerate(holds.credit if holds is not None else ()):
             drawn = min(left, batch.pending_remaining(pending))
             if drawn:
-                legs.append(leg("credit-draw" if n == 0 else "credit-cover", credit, L.CREDIT_USED,
-                                drawn, L.USAGE_CREDIT, L.POST_PENDING, pending))
+                legs.append(
+                    leg(
+                        "credit-draw" if n == 0 else "credit-cover",
+                        credit,
+                        L.CREDIT_USED,
+                        drawn,
+                        L.USAGE_CREDIT,
+                        L.POST_PENDING,
+                        pending,
+                    )
+                )
                 left -= drawn
         if left:
             legs.append(leg("credit", credit, L.CREDIT_USED, left, L.USAGE_CREDIT))
@@ -1086,9 +1522,14 @@ def job_charges(db: sqlite_utils.Database, job_id: str) -> dict[str, int]:
     """What a job has been charged so far, and the voucher and deferred parts of it."""
     row = db.conn.execute(
         "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(voucher), 0), COALESCE(SUM(deferred), 0) "
-        "FROM ledger_postings WHERE job_id = ?", [job_id]).fetchone()
-    return {"charged_micro_yuan": row[0], "voucher_micro_yuan": row[1],
-            "deferred_micro_yuan": row[2]}
+        "FROM ledger_postings WHERE job_id = ?",
+        [job_id],
+    ).fetchone()
+    return {
+        "charged_micro_yuan": row[0],
+        "voucher_micro_yuan": row[1],
+        "deferred_micro_yuan": row[2],
+    }
 
 
 # -- payments --------------------------------------------------------------------------------
@@ -1103,14 +1544,21 @@ class Payment:
     transfer_ids: tuple[bytes, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "party_id": self.party_id,
-                "amount_micro_yuan": self.amount, "at_ms": self.at_ms,
-                "transfer_ids": [t.hex() for t in self.transfer_ids]}
+        return {
+            "reference": self.reference,
+            "party_id": self.party_id,
+            "amount_micro_yuan": self.amount,
+            "at_ms": self.at_ms,
+            "transfer_ids": [t.hex() for t in self.transfer_ids],
+        }
 
 
 def _check_reference(reference: object) -> str:
-    if type(reference) is not str or not 0 < len(reference) <= MAX_REFERENCE or \
-            not reference.isprintable():
+    if (
+        type(reference) is not str
+        or not 0 < len(reference) <= MAX_REFERENCE
+        or not reference.isprintable()
+    ):
         raise L.InvalidTransfer(f"a payment reference is 1 to {MAX_REFERENCE} printable characters")
     return reference
 
@@ -1125,11 +1573,13 @@ def _repeat(db: sqlite_utils.Database, transfers: list[Transfer], what: str) -> 
             raise
         raise IdempotencyConflict(
             f"{what} was already recorded differently: {_yuan(first.amount)} from "
-            f"{first.debit_account} to {first.credit_account}") from None
+            f"{first.debit_account} to {first.credit_account}"
+        ) from None
 
 
-def record_payment(db: sqlite_utils.Database, enterprise_id: str, amount: int, reference: str,
-                   now_ms: int) -> Payment:
+def record_payment(
+    db: sqlite_utils.Database, enterprise_id: str, amount: int, reference: str, now_ms: int
+) -> Payment:
     """Record money received from an enterprise; it restores as much of its credit.
 
     Idempotent by reference: the same reference with the same enterprise and amount is a no-op
@@ -1142,30 +1592,60 @@ def record_payment(db: sqlite_utils.Database, enterprise_id: str, amount: int, r
     _opened_uscc(db, enterprise_id)
     cause = f"payment:{reference}"
     legs = [
-        Transfer(transfer_id(cause, "receivable"), L.BANK, L.receivable_account(enterprise_id), amount,
-                 L.PAYMENT, cause, at_ms=now_ms),
-        Transfer(transfer_id(cause, "credit"), L.CREDIT_USED, L.credit_account(enterprise_id), amount,
-                 L.PAYMENT_CREDIT, cause, at_ms=now_ms),
+        Transfer(
+            transfer_id(cause, "receivable"),
+            L.BANK,
+            L.receivable_account(enterprise_id),
+            amount,
+            L.PAYMENT,
+            cause,
+            at_ms=now_ms,
+        ),
+        Transfer(
+            transfer_id(cause, "credit"),
+            L.CREDIT_USED,
+            L.credit_account(enterprise_id),
+            amount,
+            L.PAYMENT_CREDIT,
+            cause,
+            at_ms=now_ms,
+        ),
     ]
     with savepoint(db, "vouchers_payment"):
-        _need(db, [*_enterprise_specs(enterprise_id), (L.BANK, L.CNY, "bank", None, L.NO_LIMIT)], now_ms)
+        _need(
+            db,
+            [*_enterprise_specs(enterprise_id), (L.BANK, L.CNY, "bank", None, L.NO_LIMIT)],
+            now_ms,
+        )
         try:
             stored = _repeat(db, legs, f"payment {reference!r}")
         except LimitExceeded:
             owed = _credit_figures(db, enterprise_id)["deferred_balance"]
-            raise Overpayment(f"payment {reference!r} of {_yuan(amount)} is more than the "
-                              f"{_yuan(owed)} enterprise {enterprise_id} owes") from None
+            raise Overpayment(
+                f"payment {reference!r} of {_yuan(amount)} is more than the "
+                f"{_yuan(owed)} enterprise {enterprise_id} owes"
+            ) from None
     return Payment(reference, enterprise_id, amount, stored[0].at_ms, tuple(t.id for t in stored))
 
 
-def record_payout(db: sqlite_utils.Database, provider_id: str, amount: int, reference: str,
-                  now_ms: int) -> Payment:
+def record_payout(
+    db: sqlite_utils.Database, provider_id: str, amount: int, reference: str, now_ms: int
+) -> Payment:
     """Record money paid out to a provider; never more than it has earned. Idempotent by reference."""
     _check_amount(amount, "a payout")
     reference = _check_reference(reference)
     cause = f"payout:{reference}"
-    legs = [Transfer(transfer_id(cause, "earnings"), L.earnings_account(provider_id), L.BANK, amount,
-                     L.PAYOUT, cause, at_ms=now_ms)]
+    legs = [
+        Transfer(
+            transfer_id(cause, "earnings"),
+            L.earnings_account(provider_id),
+            L.BANK,
+            amount,
+            L.PAYOUT,
+            cause,
+            at_ms=now_ms,
+        )
+    ]
     with savepoint(db, "vouchers_payout"):
         _need(db, _earnings_specs(provider_id), now_ms)
         try:
@@ -1173,8 +1653,10 @@ def record_payout(db: sqlite_utils.Database, provider_id: str, amount: int, refe
         except LimitExceeded:
             balance = L.get_account(db, L.earnings_account(provider_id))
             left = balance.debit_headroom if balance else 0
-            raise LedgerError(f"payout {reference!r} of {_yuan(amount)} is more than the "
-                              f"{_yuan(left)} provider {provider_id} has earned and not been paid") from None
+            raise LedgerError(
+                f"payout {reference!r} of {_yuan(amount)} is more than the "
+                f"{_yuan(left)} provider {provider_id} has earned and not been paid"
+            ) from None
     return Payment(reference, provider_id, amount, stored[0].at_ms, (stored[0].id,))
 
 
@@ -1196,10 +1678,15 @@ class Statement:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "period": self.period, "party_kind": self.party_kind, "party_id": self.party_id,
-            "total_micro_yuan": self.total, "voucher_micro_yuan": self.voucher,
-            "deferred_micro_yuan": self.deferred, "lines": list(self.lines),
-            "issued_at_ms": self.issued_at_ms}
+            "period": self.period,
+            "party_kind": self.party_kind,
+            "party_id": self.party_id,
+            "total_micro_yuan": self.total,
+            "voucher_micro_yuan": self.voucher,
+            "deferred_micro_yuan": self.deferred,
+            "lines": list(self.lines),
+            "issued_at_ms": self.issued_at_ms,
+        }
         if self.party_kind == "enterprise":
             out["amount_due_micro_yuan"] = self.deferred
             out["due_at_ms"] = self.due_at_ms
@@ -1215,12 +1702,17 @@ class PeriodClose:
     statements: tuple[Statement, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"period": self.period, "closed_at_ms": self.closed_at_ms,
-                "statements": [s.to_dict() for s in self.statements]}
+        return {
+            "period": self.period,
+            "closed_at_ms": self.closed_at_ms,
+            "statements": [s.to_dict() for s in self.statements],
+        }
 
 
-_STATEMENT_COLUMNS = ("period, party_kind, party_id, total, voucher, deferred, lines, issued_at_ms, "
-                      "due_at_ms, suspend_after_ms")
+_STATEMENT_COLUMNS = (
+    "period, party_kind, party_id, total, voucher, deferred, lines, issued_at_ms, "
+    "due_at_ms, suspend_after_ms"
+)
 
 
 def _statement(row: Any) -> Statement:
@@ -1229,13 +1721,17 @@ def _statement(row: Any) -> Statement:
 
 
 def _statements(db: sqlite_utils.Database, where: str, args: list[Any]) -> list[Statement]:
-    rows = db.conn.execute(f"SELECT {_STATEMENT_COLUMNS} FROM ledger_statements WHERE {where} "
-                           f"ORDER BY period, party_kind, party_id", args)
+    rows = db.conn.execute(
+        f"SELECT {_STATEMENT_COLUMNS} FROM ledger_statements WHERE {where} "
+        f"ORDER BY period, party_kind, party_id",
+        args,
+    )
     return [_statement(row) for row in rows]
 
 
-def close_period(db: sqlite_utils.Database, period: str, policy: VoucherPolicy,
-                 now_ms: int, early: bool = False) -> PeriodClose:
+def close_period(
+    db: sqlite_utils.Database, period: str, policy: VoucherPolicy, now_ms: int, early: bool = False
+) -> PeriodClose:
     """Close a month: no more usage is posted into it, and statements are issued.
 
     Each enterprise with usage in the period gets a statement (usage by job, voucher part,
@@ -1248,44 +1744,65 @@ def close_period(db: sqlite_utils.Database, period: str, policy: VoucherPolicy,
     if _is_closed(db, period):
         return _load_close(db, period)
     if now_ms < end and not early:
-        raise PeriodNotEnded(f"period {period} ends at {_utc(end).isoformat()}; it cannot be closed "
-                             f"before then")
+        raise PeriodNotEnded(
+            f"period {period} ends at {_utc(end).isoformat()}; it cannot be closed before then"
+        )
     due = end + policy.payment_terms_days * DAY_MS
     suspend = due + policy.grace_days * DAY_MS
     with savepoint(db, "vouchers_close"):
-        db.conn.execute("INSERT INTO ledger_period_closes (period, closed_at_ms) VALUES (?, ?)",
-                        [period, now_ms])
+        db.conn.execute(
+            "INSERT INTO ledger_period_closes (period, closed_at_ms) VALUES (?, ?)",
+            [period, now_ms],
+        )
         for party_kind, column in (("enterprise", "enterprise_id"), ("provider", "provider_id")):
             rows = db.conn.execute(
                 f"SELECT {column}, job_id, SUM(amount), SUM(voucher), SUM(deferred), COUNT(*) "
                 f"FROM ledger_postings WHERE period = ? GROUP BY {column}, job_id "
-                f"ORDER BY {column}, job_id", [period]).fetchall()
+                f"ORDER BY {column}, job_id",
+                [period],
+            ).fetchall()
             by_party: dict[str, list[dict[str, Any]]] = {}
             for party, job, total, voucher, deferred, count in rows:
-                by_party.setdefault(party, []).append({
-                    "job_id": job, "total_micro_yuan": total, "voucher_micro_yuan": voucher,
-                    "deferred_micro_yuan": deferred, "receipts": count})
+                by_party.setdefault(party, []).append(
+                    {
+                        "job_id": job,
+                        "total_micro_yuan": total,
+                        "voucher_micro_yuan": voucher,
+                        "deferred_micro_yuan": deferred,
+                        "receipts": count,
+                    }
+                )
             db.conn.executemany(
                 f"INSERT INTO ledger_statements ({_STATEMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(period, party_kind, party,
-                  sum(line["total_micro_yuan"] for line in lines),
-                  sum(line["voucher_micro_yuan"] for line in lines),
-                  sum(line["deferred_micro_yuan"] for line in lines),
-                  json.dumps(lines, separators=(",", ":")), now_ms,
-                  due if party_kind == "enterprise" else None,
-                  suspend if party_kind == "enterprise" else None)
-                 for party, lines in by_party.items()])
+                [
+                    (
+                        period,
+                        party_kind,
+                        party,
+                        sum(line["total_micro_yuan"] for line in lines),
+                        sum(line["voucher_micro_yuan"] for line in lines),
+                        sum(line["deferred_micro_yuan"] for line in lines),
+                        json.dumps(lines, separators=(",", ":")),
+                        now_ms,
+                        due if party_kind == "enterprise" else None,
+                        suspend if party_kind == "enterprise" else None,
+                    )
+                    for party, lines in by_party.items()
+                ],
+            )
     return _load_close(db, period)
 
 
 def _load_close(db: sqlite_utils.Database, period: str) -> PeriodClose:
-    row = db.conn.execute("SELECT closed_at_ms FROM ledger_period_closes WHERE period = ?",
-                          [period]).fetchone()
+    row = db.conn.execute(
+        "SELECT closed_at_ms FROM ledger_period_closes WHERE period = ?", [period]
+    ).fetchone()
     return PeriodClose(period, row[0], tuple(_statements(db, "period = ?", [period])))
 
 
-def enterprise_statements(db: sqlite_utils.Database, enterprise_id: str,
-                          now_ms: int) -> list[dict[str, Any]]:
+def enterprise_statements(
+    db: sqlite_utils.Database, enterprise_id: str, now_ms: int
+) -> list[dict[str, Any]]:
     """The enterprise's statements, oldest first, with what is paid (oldest first) and their status:
     "paid", "open" (not yet due), "late" (past due, within grace) or "overdue" (suspended)."""
     statements = _statements(db, "party_kind = 'enterprise' AND party_id = ?", [enterprise_id])
@@ -1320,7 +1837,8 @@ def is_suspended(db: sqlite_utils.Database, enterprise_id: str, now_ms: int) -> 
                 f"enterprise {enterprise_id} is suspended: its statement for {item['period']} "
                 f"({_yuan(item['deferred_micro_yuan'])} due {item['due_date']}) still has "
                 f"{_yuan(item['outstanding_micro_yuan'])} unpaid after the due date and {grace} "
-                f"days' grace; paying it reinstates the account")
+                f"days' grace; paying it reinstates the account"
+            )
     return False, f"enterprise {enterprise_id} has no overdue statement"
 
 
@@ -1336,17 +1854,23 @@ def pool_status(db: sqlite_utils.Database, policy: VoucherPolicy) -> dict[str, i
     used = pool.debits_posted if pool else 0
     entitlements = L.get_account(db, L.entitlements_account(year))
     companies = db.conn.execute(
-        "SELECT COUNT(*) FROM ledger_accounts WHERE kind = 'cap' AND id LIKE ?",
-        [f"cap:{year}:%"]).fetchone()[0]
-    return {"fiscal_year": year, "granted": granted, "used": used,
-            "held": pool.debits_pending if pool else 0,
-            "remaining": pool.debit_headroom if pool else 0,
-            "policy_total": policy.pool_total_micro_yuan, "companies": companies,
-            "entitlements_granted": entitlements.debits_posted if entitlements else 0}
+        "SELECT COUNT(*) FROM ledger_accounts WHERE kind = 'cap' AND id LIKE ?", [f"cap:{year}:%"]
+    ).fetchone()[0]
+    return {
+        "fiscal_year": year,
+        "granted": granted,
+        "used": used,
+        "held": pool.debits_pending if pool else 0,
+        "remaining": pool.debit_headroom if pool else 0,
+        "policy_total": policy.pool_total_micro_yuan,
+        "companies": companies,
+        "entitlements_granted": entitlements.debits_posted if entitlements else 0,
+    }
 
 
-def enterprise_account(db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy,
-                       now_ms: int) -> dict[str, Any]:
+def enterprise_account(
+    db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy, now_ms: int
+) -> dict[str, Any]:
     """Everything an enterprise sees of its money: voucher, credit, reservations, statements."""
     uscc = _opened_uscc(db, enterprise_id)
     year = policy.fiscal_year
@@ -1358,8 +1882,9 @@ def enterprise_account(db: sqlite_utils.Database, enterprise_id: str, policy: Vo
     figures = _credit_figures(db, enterprise_id)
     reservations = []
     for row in db.conn.execute(
-            "SELECT job_id FROM ledger_reservations WHERE enterprise_id = ? "
-            "ORDER BY at_ms, job_id", [enterprise_id]):
+        "SELECT job_id FROM ledger_reservations WHERE enterprise_id = ? ORDER BY at_ms, job_id",
+        [enterprise_id],
+    ):
         found = _reservation(db, row[0])
         if found is not None and found.held:
             reservations.append(found.to_dict())
@@ -1368,14 +1893,20 @@ def enterprise_account(db: sqlite_utils.Database, enterprise_id: str, policy: Vo
     suspended, why = is_suspended(db, enterprise_id, now_ms)
     pool = pool_status(db, policy)
     return {
-        "enterprise_id": enterprise_id, "uscc": uscc, "fiscal_year": year,
-        "voucher": {"eligible": eligible, "cap_micro_yuan": cap_total,
-                    "used_micro_yuan": cap_used,
-                    "held_micro_yuan": cap_held,
-                    "remaining_micro_yuan": max(cap_total - cap_used - cap_held, 0) if eligible else 0,
-                    "coverage_bps": policy.coverage_bps},
-        "pool_remaining_micro_yuan": pool["remaining"] if pool["granted"] else
-        policy.pool_total_micro_yuan,
+        "enterprise_id": enterprise_id,
+        "uscc": uscc,
+        "fiscal_year": year,
+        "voucher": {
+            "eligible": eligible,
+            "cap_micro_yuan": cap_total,
+            "used_micro_yuan": cap_used,
+            "held_micro_yuan": cap_held,
+            "remaining_micro_yuan": max(cap_total - cap_used - cap_held, 0) if eligible else 0,
+            "coverage_bps": policy.coverage_bps,
+        },
+        "pool_remaining_micro_yuan": pool["remaining"]
+        if pool["granted"]
+        else policy.pool_total_micro_yuan,
         "deferred_balance_micro_yuan": figures["deferred_balance"],
         "unbilled_micro_yuan": figures["deferred_balance"] - billed,
         "paid_micro_yuan": figures["paid"],
@@ -1393,14 +1924,20 @@ def provider_earnings(db: sqlite_utils.Database, provider_id: str) -> dict[str, 
     """What a provider earned (voucher and deferred parts), was paid out, and its statements."""
     row = db.conn.execute(
         "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(voucher), 0), COALESCE(SUM(deferred), 0), "
-        "COUNT(*) FROM ledger_postings WHERE provider_id = ?", [provider_id]).fetchone()
+        "COUNT(*) FROM ledger_postings WHERE provider_id = ?",
+        [provider_id],
+    ).fetchone()
     account = L.get_account(db, L.earnings_account(provider_id))
     return {
         "provider_id": provider_id,
         "earned_micro_yuan": account.credits_posted if account else 0,
-        "voucher_micro_yuan": row[1], "deferred_micro_yuan": row[2], "receipts": row[3],
+        "voucher_micro_yuan": row[1],
+        "deferred_micro_yuan": row[2],
+        "receipts": row[3],
         "paid_out_micro_yuan": account.debits_posted if account else 0,
         "balance_micro_yuan": account.debit_headroom if account else 0,
-        "statements": [s.to_dict() for s in _statements(
-            db, "party_kind = 'provider' AND party_id = ?", [provider_id])],
+        "statements": [
+            s.to_dict()
+            for s in _statements(db, "party_kind = 'provider' AND party_id = ?", [provider_id])
+        ],
     }

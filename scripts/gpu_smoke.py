@@ -61,8 +61,10 @@ def cuda_device() -> tuple[Any, int]:
     except ImportError:
         fail("PyTorch is not installed for this Python, so there is no workload to meter")
     if not torch.cuda.is_available():
-        fail(f"PyTorch {torch.__version__} cannot use CUDA here (built for CUDA "
-             f"{torch.version.cuda}); no workload to meter")
+        fail(
+            f"PyTorch {torch.__version__} cannot use CUDA here (built for CUDA "
+            f"{torch.version.cuda}); no workload to meter"
+        )
     return torch, 0
 
 
@@ -75,8 +77,10 @@ def nvml_uuid_of(torch: Any, device: int, gpus: list[dict[str, Any]]) -> dict[st
             if gpu["uuid"] and len(wanted) == 32 and _hex(gpu["uuid"]) == wanted:
                 return gpu
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        fail("CUDA_VISIBLE_DEVICES is set and PyTorch does not say the device's UUID, so the "
-             "NVML GPU under CUDA device 0 is unknown; unset it")
+        fail(
+            "CUDA_VISIBLE_DEVICES is set and PyTorch does not say the device's UUID, so the "
+            "NVML GPU under CUDA device 0 is unknown; unset it"
+        )
     return next(gpu for gpu in gpus if gpu["index"] == device)
 
 
@@ -167,16 +171,25 @@ def main() -> None:
         from shared.identity import PrivateKey
         from shared.receipts import check_pure, open_receipt
     except ImportError as exc:
-        fail(f"cannot load the agent's receipt code ({exc}); on a host without cryptography, "
-             "carry wheels in .wheels/ as the header of scripts/gpu-smoke says")
+        fail(
+            f"cannot load the agent's receipt code ({exc}); on a host without cryptography, "
+            "carry wheels in .wheels/ as the header of scripts/gpu-smoke says"
+        )
 
     gpu = nvml_uuid_of(torch, device, found["gpus"])
-    print(f"\nCUDA device {device} = NVML GPU {gpu['index']} {gpu['uuid']} ({gpu['name']}), "
-          f"torch {torch.__version__}", flush=True)
+    print(
+        f"\nCUDA device {device} = NVML GPU {gpu['index']} {gpu['uuid']} ({gpu['name']}), "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
     record = LeaseRecord(
-        lease_id=f"smoke-{secrets.token_hex(8)}", job_id=f"smoke-job-{secrets.token_hex(8)}",
-        gpu_uuids=(gpu["uuid"],), price_per_gpu_hour=PRICE_PER_GPU_HOUR, lease={},
-        created_at_ms=now_ms())
+        lease_id=f"smoke-{secrets.token_hex(8)}",
+        job_id=f"smoke-job-{secrets.token_hex(8)}",
+        gpu_uuids=(gpu["uuid"],),
+        price_per_gpu_hour=PRICE_PER_GPU_HOUR,
+        lease={},
+        created_at_ms=now_ms(),
+    )
     torch.zeros(1, device=torch.device("cuda", device))  # CUDA context before the lease starts
 
     with NvmlSampler() as sampler:
@@ -205,13 +218,19 @@ def main() -> None:
 
     mean_sample_ms = 1e3 * sum(meter.sample_s) / len(meter.sample_s)
     mean_power_w = receipt.energy_mj / receipt.gpu_ms if receipt.gpu_ms else 0.0
-    print(f"\nworkload   {products} {dtype} matmuls of {args.size}×{args.size} in "
-          f"~{args.seconds:g} s: {tflops:.1f} TFLOPS")
-    print(f"metering   {meter.samples} NVML samples at ~{SAMPLE_HZ} Hz, "
-          f"one NvmlSampler.sample() of {len(found['gpus'])} GPU(s): mean {mean_sample_ms:.2f} ms, "
-          f"max {1e3 * max(meter.sample_s):.2f} ms; peak utilisation {meter.max_util} %, "
-          f"peak power {meter.max_power_mw / 1000:.0f} W")
-    print("receipt    (final, sealed with a fresh key, opened and checked: signature, amount, chain start)")
+    print(
+        f"\nworkload   {products} {dtype} matmuls of {args.size}×{args.size} in "
+        f"~{args.seconds:g} s: {tflops:.1f} TFLOPS"
+    )
+    print(
+        f"metering   {meter.samples} NVML samples at ~{SAMPLE_HZ} Hz, "
+        f"one NvmlSampler.sample() of {len(found['gpus'])} GPU(s): mean {mean_sample_ms:.2f} ms, "
+        f"max {1e3 * max(meter.sample_s):.2f} ms; peak utilisation {meter.max_util} %, "
+        f"peak power {meter.max_power_mw / 1000:.0f} W"
+    )
+    print(
+        "receipt    (final, sealed with a fresh key, opened and checked: signature, amount, chain start)"
+    )
     print(f"  lease_id          {receipt.lease_id}")
     print(f"  agent_id          {receipt.agent_id}")
     print(f"  seq, final, exit  {receipt.seq}, {receipt.final}, {receipt.exit_code}")
@@ -219,7 +238,9 @@ def main() -> None:
     print(f"  gpu_ms            {receipt.gpu_ms}")
     print(f"  energy_mj         {receipt.energy_mj}  (mean {mean_power_w:.0f} W over the lease)")
     print(f"  utilization_pct   {receipt.utilization_pct}")
-    print(f"  peak_memory_bytes {receipt.peak_memory_bytes}  ({receipt.peak_memory_bytes / 2**30:.2f} GiB)")
+    print(
+        f"  peak_memory_bytes {receipt.peak_memory_bytes}  ({receipt.peak_memory_bytes / 2**30:.2f} GiB)"
+    )
     print(f"  price             {receipt.price_per_gpu_hour} µ¥/GPU-h")
     print(f"  amount            {receipt.amount} µ¥  (¥{receipt.amount / 1e6:.6f})")
     print(f"  envelope          {len(sealed.envelope)} bytes, SHA-256 {sealed.digest.hex()}")

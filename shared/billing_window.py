@@ -103,11 +103,13 @@ def check_window(window: LeaseWindow, receipt: Billed, accepted_at_ms: int) -> N
         raise ReceiptRuleError(
             Rule.TIME_WINDOW,
             f"the receipt is issued {receipt.issued_at_ms - accepted_at_ms} ms after the moment it "
-            f"arrived; at most {CLOCK_SKEW_MS} ms of clock skew is allowed")
+            f"arrived; at most {CLOCK_SKEW_MS} ms of clock skew is allowed",
+        )
     if window.opened_at_ms is None:
         raise ReceiptRuleError(
             Rule.NOT_STARTED,
-            f"lease {window.terms.lease_id} was never reported started, so it bills nothing")
+            f"lease {window.terms.lease_id} was never reported started, so it bills nothing",
+        )
     limit = window.billable_gpu_ms(receipt.issued_at_ms, accepted_at_ms)
     if receipt.gpu_ms > limit:
         until = min(receipt.issued_at_ms, accepted_at_ms, window.closes_at_ms)
@@ -116,4 +118,5 @@ def check_window(window: LeaseWindow, receipt: Billed, accepted_at_ms: int) -> N
             f"{receipt.gpu_ms} GPU-ms is more than the {limit} GPU-ms of lease "
             f"{window.terms.lease_id}'s billable window ({len(window.terms.gpu_uuids)} GPUs × "
             f"{max(0, until - window.opened_at_ms)} ms from its start at {window.opened_at_ms} to "
-            f"{until})")
+            f"{until})",
+        )

@@ -9,7 +9,6 @@ have no TFLOPS; they are never dropped. Both the agent (inventory) and the coord
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass
 

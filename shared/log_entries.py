@@ -62,7 +62,13 @@ import msgpack
 from shared import canonical
 from shared.auction import AuctionError, round_from_record
 from shared.billing_window import LeaseTerms
-from shared.envelope import envelope_digest, max_envelope_bytes, open_envelope, seal, unverified_payload
+from shared.envelope import (
+    envelope_digest,
+    max_envelope_bytes,
+    open_envelope,
+    seal,
+    unverified_payload,
+)
 from shared.errors import EncodingError, SuanliError
 from shared.identity import PUBLIC_KEY_SIZE, PrivateKey, PublicKey
 
@@ -140,8 +146,19 @@ ACKNOWLEDGEMENT = "acknowledgement"
 LEASE_AWARD = "lease_award"
 LEASE_EVENT = "lease_event"
 LOG_KEY = "log_key"
-KINDS = (AGENT_KEY, ENTERPRISE, VOUCHER_POLICY, RECEIPT, PAYMENT, PERIOD_CLOSE, AUCTION_ROUND,
-         ACKNOWLEDGEMENT, LEASE_AWARD, LEASE_EVENT, LOG_KEY)
+KINDS = (
+    AGENT_KEY,
+    ENTERPRISE,
+    VOUCHER_POLICY,
+    RECEIPT,
+    PAYMENT,
+    PERIOD_CLOSE,
+    AUCTION_ROUND,
+    ACKNOWLEDGEMENT,
+    LEASE_AWARD,
+    LEASE_EVENT,
+    LOG_KEY,
+)
 LEASE_STARTED = "started"
 LEASE_STOP_REQUESTED = "stop_requested"
 LEASE_ENDED = "ended"
@@ -281,13 +298,27 @@ class LeaseAwardEntry(NamedTuple):
     stop_grace_ms: int
 
     def terms(self, awarded_at_ms: int) -> LeaseTerms:
-        return LeaseTerms(self.lease_id, self.job_id, self.agent_id, self.gpu_uuids,
-                          self.price_per_gpu_hour, awarded_at_ms, self.max_duration_ms,
-                          self.stop_grace_ms)
+        return LeaseTerms(
+            self.lease_id,
+            self.job_id,
+            self.agent_id,
+            self.gpu_uuids,
+            self.price_per_gpu_hour,
+            awarded_at_ms,
+            self.max_duration_ms,
+            self.stop_grace_ms,
+        )
 
     def to_wire(self) -> list[Any]:
-        return [self.lease_id, self.job_id, self.agent_id, list(self.gpu_uuids),
-                self.price_per_gpu_hour, self.max_duration_ms, self.stop_grace_ms]
+        return [
+            self.lease_id,
+            self.job_id,
+            self.agent_id,
+            list(self.gpu_uuids),
+            self.price_per_gpu_hour,
+            self.max_duration_ms,
+            self.stop_grace_ms,
+        ]
 
 
 class LeaseEventEntry(NamedTuple):
@@ -328,8 +359,17 @@ class LogKeyChange(NamedTuple):
 
 
 Body: TypeAlias = (
-    AgentKey | EnterpriseEntry | dict[str, Any] | ReceiptEntry | PaymentEntry | PeriodCloseEntry
-    | AuctionRoundEntry | AcknowledgementEntry | LeaseAwardEntry | LeaseEventEntry | LogKeyEntry
+    AgentKey
+    | EnterpriseEntry
+    | dict[str, Any]
+    | ReceiptEntry
+    | PaymentEntry
+    | PeriodCloseEntry
+    | AuctionRoundEntry
+    | AcknowledgementEntry
+    | LeaseAwardEntry
+    | LeaseEventEntry
+    | LogKeyEntry
 )
 
 
@@ -419,12 +459,14 @@ def _enterprise(body: Any) -> EnterpriseEntry:
 def _voucher_policy(body: Any) -> dict[str, Any]:
     if type(body) is not dict or len(body) > MAX_POLICY_SETTINGS:
         raise LogEntryError(
-            f"a voucher_policy body is a map of at most {MAX_POLICY_SETTINGS} settings")
+            f"a voucher_policy body is a map of at most {MAX_POLICY_SETTINGS} settings"
+        )
     for name, setting in body.items():
         _text(name, "a voucher policy setting's name")
         if setting is not None and type(setting) not in (int, str, bool):
-            raise LogEntryError(f"voucher policy setting {name} must be an integer, text, "
-                                f"a boolean or nil")
+            raise LogEntryError(
+                f"voucher policy setting {name} must be an integer, text, a boolean or nil"
+            )
     return dict(body)
 
 
@@ -483,14 +525,20 @@ def _auction_round(body: Any) -> AuctionRoundEntry:
 
 
 def _lease_award(body: Any) -> LeaseAwardEntry:
-    lease_id, job_id, agent_id, uuids, price, max_duration, grace = _array(body, 7, "a lease_award body")
+    lease_id, job_id, agent_id, uuids, price, max_duration, grace = _array(
+        body, 7, "a lease_award body"
+    )
     if type(uuids) is not list or not 0 < len(uuids) <= MAX_LEASE_GPUS:
         raise LogEntryError(f"a lease names 1 to {MAX_LEASE_GPUS} GPUs")
-    return LeaseAwardEntry(_text(lease_id, "lease_id"), _text(job_id, "job_id"),
-                           _text(agent_id, "agent_id"),
-                           tuple(_text(uuid, "a GPU UUID") for uuid in uuids),
-                           _int(price, "price_per_gpu_hour"), _int(max_duration, "max_duration_ms"),
-                           _int(grace, "stop_grace_ms"))
+    return LeaseAwardEntry(
+        _text(lease_id, "lease_id"),
+        _text(job_id, "job_id"),
+        _text(agent_id, "agent_id"),
+        tuple(_text(uuid, "a GPU UUID") for uuid in uuids),
+        _int(price, "price_per_gpu_hour"),
+        _int(max_duration, "max_duration_ms"),
+        _int(grace, "stop_grace_ms"),
+    )
 
 
 def _lease_event(body: Any) -> LeaseEventEntry:
@@ -581,8 +629,15 @@ class AcknowledgedReceipt(NamedTuple):
     transfer_ids: tuple[bytes, ...]
 
     def to_wire(self) -> list[Any]:
-        return [self.digest, self.lease_id, self.seq, self.amount, self.delta, self.log_index,
-                list(self.transfer_ids)]
+        return [
+            self.digest,
+            self.lease_id,
+            self.seq,
+            self.amount,
+            self.delta,
+            self.log_index,
+            list(self.transfer_ids),
+        ]
 
 
 class Acknowledgement(NamedTuple):
@@ -593,8 +648,12 @@ class Acknowledgement(NamedTuple):
     receipts: tuple[AcknowledgedReceipt, ...]
 
     def to_payload(self) -> list[Any]:
-        return [ACKNOWLEDGEMENT_VERSION, self.agent_id, self.accepted_at_ms,
-                [r.to_wire() for r in self.receipts]]
+        return [
+            ACKNOWLEDGEMENT_VERSION,
+            self.agent_id,
+            self.accepted_at_ms,
+            [r.to_wire() for r in self.receipts],
+        ]
 
     def find(self, digest: bytes) -> AcknowledgedReceipt | None:
         return next((r for r in self.receipts if r.digest == digest), None)
@@ -616,14 +675,20 @@ def open_acknowledgement(envelope: bytes, log_key: PublicKey) -> Acknowledgement
 def read_acknowledgement(envelope: bytes) -> Acknowledgement:
     """Parse an acknowledgement without checking its signature: for an agent deciding which
     spooled receipts it answers. Raises as `open_acknowledgement` does for a bad shape."""
-    return _acknowledgement(canonical.decode(unverified_payload(envelope, ACKNOWLEDGEMENT_KIND),
-                                             max_envelope_bytes(ACKNOWLEDGEMENT_KIND)))
+    return _acknowledgement(
+        canonical.decode(
+            unverified_payload(envelope, ACKNOWLEDGEMENT_KIND),
+            max_envelope_bytes(ACKNOWLEDGEMENT_KIND),
+        )
+    )
 
 
 def _acknowledgement(payload: Any) -> Acknowledgement:
     version, agent_id, accepted_at_ms, items = _array(payload, 4, "an acknowledgement")
     if type(version) is not int or version != ACKNOWLEDGEMENT_VERSION:
-        raise LogEntryError(f"acknowledgement version {version!r:.20} is not {ACKNOWLEDGEMENT_VERSION}")
+        raise LogEntryError(
+            f"acknowledgement version {version!r:.20} is not {ACKNOWLEDGEMENT_VERSION}"
+        )
     _text(agent_id, "an acknowledgement's agent_id")
     _int(accepted_at_ms, "an acknowledgement's accepted_at_ms")
     if type(items) is not list or len(items) > MAX_ACKNOWLEDGED:
@@ -631,19 +696,34 @@ def _acknowledgement(payload: Any) -> Acknowledgement:
     receipts = []
     for item in items:
         digest, lease_id, seq, amount, delta, log_index, transfer_ids = _array(
-            item, 7, "an acknowledged receipt")
+            item, 7, "an acknowledged receipt"
+        )
         if type(digest) is not bytes or len(digest) != HASH_SIZE:
-            raise LogEntryError(f"an acknowledgement names each receipt by its {HASH_SIZE}-byte digest")
+            raise LogEntryError(
+                f"an acknowledgement names each receipt by its {HASH_SIZE}-byte digest"
+            )
         _text(lease_id, "an acknowledged receipt's lease_id")
-        for number, what in ((seq, "seq"), (amount, "amount"), (delta, "delta"),
-                             (log_index, "log_index")):
+        for number, what in (
+            (seq, "seq"),
+            (amount, "amount"),
+            (delta, "delta"),
+            (log_index, "log_index"),
+        ):
             _int(number, f"an acknowledged receipt's {what}")
-        if type(transfer_ids) is not list or len(transfer_ids) > MAX_POSTINGS or any(
-                type(t) is not bytes or len(t) != HASH_SIZE for t in transfer_ids):
-            raise LogEntryError(f"an acknowledged receipt lists at most {MAX_POSTINGS} transfer ids "
-                                f"of {HASH_SIZE} bytes")
-        receipts.append(AcknowledgedReceipt(digest, lease_id, seq, amount, delta, log_index,
-                                            tuple(transfer_ids)))
+        if (
+            type(transfer_ids) is not list
+            or len(transfer_ids) > MAX_POSTINGS
+            or any(type(t) is not bytes or len(t) != HASH_SIZE for t in transfer_ids)
+        ):
+            raise LogEntryError(
+                f"an acknowledged receipt lists at most {MAX_POSTINGS} transfer ids "
+                f"of {HASH_SIZE} bytes"
+            )
+        receipts.append(
+            AcknowledgedReceipt(
+                digest, lease_id, seq, amount, delta, log_index, tuple(transfer_ids)
+            )
+        )
     return Acknowledgement(agent_id, accepted_at_ms, tuple(receipts))
 
 
@@ -665,15 +745,18 @@ def open_log_key(envelope: bytes, in_force: PublicKey) -> LogKeyChange:
     """
     change = _log_key_change(open_envelope(envelope, LOG_KEY_KIND, in_force).payload)
     if change.old_key != in_force.raw:
-        raise LogEntryError("the log_key rotation names another old key than the one that signed it")
+        raise LogEntryError(
+            "the log_key rotation names another old key than the one that signed it"
+        )
     return change
 
 
 def read_log_key(envelope: bytes) -> LogKeyChange:
     """Parse a rotation without checking its signature (to find the log's first key)."""
     try:
-        payload = canonical.decode(unverified_payload(envelope, LOG_KEY_KIND),
-                                   max_envelope_bytes(LOG_KEY_KIND))
+        payload = canonical.decode(
+            unverified_payload(envelope, LOG_KEY_KIND), max_envelope_bytes(LOG_KEY_KIND)
+        )
     except SuanliError as exc:
         raise LogEntryError(f"the log_key envelope is malformed: {exc.detail}") from None
     return _log_key_change(payload)

@@ -16,7 +16,7 @@ _YUAN = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
 def parse_yuan(text: str, *, allow_negative: bool = False, field: str = "amount") -> int:
     """Parse a plain decimal yuan string ("12.5", "0.000001") into integer micro-yuan."""
     if not isinstance(text, str):
-        raise MoneyError(f"{field} must be a decimal string of yuan, like \"12.50\"")
+        raise MoneyError(f'{field} must be a decimal string of yuan, like "12.50"')
     if len(text) > _MAX_TEXT:
         raise MoneyError(f"{field} is longer than {_MAX_TEXT} characters")
     match = _YUAN.fullmatch(text)

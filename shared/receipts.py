@@ -7,8 +7,8 @@ The payload is a positional array in the order of `Receipt`'s fields, after a ve
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from enum import StrEnum
+from typing import NamedTuple
 
 from shared import canonical
 from shared.envelope import Opened, envelope_digest, open_envelope, seal, unverified_payload
@@ -106,7 +106,9 @@ class Receipt(NamedTuple):
             raise ReceiptError(f"gpu_uuids must list 1 to {MAX_GPUS} GPUs")
         for uuid in uuids:
             if type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID_LENGTH:
-                raise ReceiptError(f"each GPU UUID must be a string of 1 to {MAX_UUID_LENGTH} characters")
+                raise ReceiptError(
+                    f"each GPU UUID must be a string of 1 to {MAX_UUID_LENGTH} characters"
+                )
         if len(set(uuids)) != len(uuids):
             raise ReceiptError("gpu_uuids must not repeat a GPU")
         if type(self.final) is not bool:
@@ -122,8 +124,15 @@ _UUIDS_AT = Receipt._fields.index("gpu_uuids")
 _ID_FIELDS = tuple(Receipt._fields.index(name) for name in ("lease_id", "job_id", "agent_id"))
 _COUNTER_FIELDS = tuple(
     Receipt._fields.index(name)
-    for name in ("seq", "issued_at_ms", "gpu_ms", "energy_mj", "peak_memory_bytes",
-                 "price_per_gpu_hour", "amount")
+    for name in (
+        "seq",
+        "issued_at_ms",
+        "gpu_ms",
+        "energy_mj",
+        "peak_memory_bytes",
+        "price_per_gpu_hour",
+        "amount",
+    )
 )
 
 
@@ -169,7 +178,9 @@ def check_amount(receipt: Receipt) -> None:
 
 def check_first(receipt: Receipt) -> None:
     if receipt.seq != 1:
-        raise ReceiptRuleError(Rule.SEQ, f"the lease has no accepted receipt yet; seq {receipt.seq} is not 1")
+        raise ReceiptRuleError(
+            Rule.SEQ, f"the lease has no accepted receipt yet; seq {receipt.seq} is not 1"
+        )
     if receipt.prev != GENESIS_PREV:
         raise ReceiptRuleError(Rule.PREV, "the first receipt's prev must be 32 zero bytes")
 
@@ -181,9 +192,13 @@ def check_successor(previous: SealedReceipt, receipt: Receipt) -> None:
     """The pure chain rules between a lease's previous accepted receipt and the next one."""
     before = previous.receipt
     if (receipt.lease_id, receipt.job_id, receipt.agent_id) != (
-        before.lease_id, before.job_id, before.agent_id
+        before.lease_id,
+        before.job_id,
+        before.agent_id,
     ):
-        raise ReceiptRuleError(Rule.LEASE, "the receipt names another lease, job or agent than its chain")
+        raise ReceiptRuleError(
+            Rule.LEASE, "the receipt names another lease, job or agent than its chain"
+        )
     if before.final:
         raise ReceiptRuleError(Rule.AFTER_FINAL, "the lease's final receipt was already accepted")
     if receipt.seq != before.seq + 1:
@@ -192,11 +207,18 @@ def check_successor(previous: SealedReceipt, receipt: Receipt) -> None:
         raise ReceiptRuleError(Rule.PREV, "prev is not the hash of the previous accepted receipt")
     for name in _CUMULATIVE:
         if getattr(receipt, name) < getattr(before, name):
-            raise ReceiptRuleError(Rule.COUNTERS, f"{name} went down from {getattr(before, name)} to {getattr(receipt, name)}")
+            raise ReceiptRuleError(
+                Rule.COUNTERS,
+                f"{name} went down from {getattr(before, name)} to {getattr(receipt, name)}",
+            )
     if receipt.gpu_uuids != before.gpu_uuids:
-        raise ReceiptRuleError(Rule.GPU_UUIDS, "the receipt's GPUs differ from the previous receipt's")
+        raise ReceiptRuleError(
+            Rule.GPU_UUIDS, "the receipt's GPUs differ from the previous receipt's"
+        )
     if receipt.price_per_gpu_hour != before.price_per_gpu_hour:
-        raise ReceiptRuleError(Rule.PRICE, "the receipt's price differs from the previous receipt's")
+        raise ReceiptRuleError(
+            Rule.PRICE, "the receipt's price differs from the previous receipt's"
+        )
 
 
 def check_pure(previous: SealedReceipt | None, receipt: Receipt) -> None:

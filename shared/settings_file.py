@@ -31,7 +31,9 @@ def describe(cls: type) -> list[tuple[str, Any, str]]:
     return out
 
 
-def read_table(path: Path, table: str, error: type[SuanliError], whole_file: bool = False) -> dict[str, Any]:
+def read_table(
+    path: Path, table: str, error: type[SuanliError], whole_file: bool = False
+) -> dict[str, Any]:
     """The `[table]` of a TOML file (the whole file when it has no such table and whole_file)."""
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -45,8 +47,13 @@ def read_table(path: Path, table: str, error: type[SuanliError], whole_file: boo
     return section
 
 
-def typed_values(section: dict[str, Any], cls: type, path: Path, error: type[SuanliError],
-                 skip_tables: bool = False) -> dict[str, Any]:
+def typed_values(
+    section: dict[str, Any],
+    cls: type,
+    path: Path,
+    error: type[SuanliError],
+    skip_tables: bool = False,
+) -> dict[str, Any]:
     """Check each value of a table against its setting's type (that of its default)."""
     known: dict[str, Field[Any]] = {item.name: item for item in fields(cls)}
     values: dict[str, Any] = {}

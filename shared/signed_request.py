@@ -26,8 +26,9 @@ class SignedRequest(NamedTuple):
     key_id: bytes
 
 
-def sign_request(key: PrivateKey, method: str, path: str, body: Any, now_ms: int,
-                 nonce: bytes | None = None) -> bytes:
+def sign_request(
+    key: PrivateKey, method: str, path: str, body: Any, now_ms: int, nonce: bytes | None = None
+) -> bytes:
     nonce = os.urandom(NONCE_SIZE) if nonce is None else nonce
     return seal(KIND, [method.upper(), path, now_ms, nonce, body], key)
 
@@ -36,8 +37,9 @@ def request_key_id(envelope: bytes) -> bytes:
     return peek_key_id(envelope, KIND)
 
 
-def open_request(envelope: bytes, key: PublicKey, method: str, path: str, now_ms: int,
-                 window_ms: int) -> SignedRequest:
+def open_request(
+    envelope: bytes, key: PublicKey, method: str, path: str, now_ms: int, window_ms: int
+) -> SignedRequest:
     """Verify a signed request for this method and path, issued within `window_ms` of now."""
     opened = open_envelope(envelope, KIND, key)
     payload = opened.payload
@@ -45,9 +47,13 @@ def open_request(envelope: bytes, key: PublicKey, method: str, path: str, now_ms
         raise EnvelopeError("a signed request is [method, path, issued_at_ms, nonce, body]")
     signed_method, signed_path, issued_at_ms, nonce, body = payload
     if signed_method != method.upper() or signed_path != path:
-        raise EnvelopeError(f"the request was signed for {signed_method} {signed_path}, not {method} {path}")
+        raise EnvelopeError(
+            f"the request was signed for {signed_method} {signed_path}, not {method} {path}"
+        )
     if type(issued_at_ms) is not int or abs(now_ms - issued_at_ms) > window_ms:
-        raise EnvelopeError("the request's time is outside the accepted window; check the host clock")
+        raise EnvelopeError(
+            "the request's time is outside the accepted window; check the host clock"
+        )
     if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
         raise EnvelopeError(f"the request nonce must be {NONCE_SIZE} bytes")
     return SignedRequest(body, issued_at_ms, nonce, opened.key_id)

@@ -32,7 +32,8 @@ def check_coordinator_url(url: str) -> str:
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise TransportError(
             f"refusing to send credentials over plain HTTP to {parts.hostname}; use https:// "
-            "(plain HTTP is allowed only to loopback)")
+            "(plain HTTP is allowed only to loopback)"
+        )
     if parts.query or parts.fragment:
         raise TransportError(f"coordinator URL {url!r} must not have a query or fragment")
     return url.rstrip("/")

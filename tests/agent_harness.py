@@ -49,9 +49,23 @@ class AgentProcess:
         write_config(self.nvml_config, self.gpus)
         token = self.coordinator.add_provider(provider)
         result = subprocess.run(
-            [BIN / "suanli-agent", "enroll", "--coordinator", self.coordinator.url, "--token", token,
-             "--state-dir", str(self.state_dir), "--hostname", "gpu-host-1"],
-            capture_output=True, text=True, env=self.env(), check=True)
+            [
+                BIN / "suanli-agent",
+                "enroll",
+                "--coordinator",
+                self.coordinator.url,
+                "--token",
+                token,
+                "--state-dir",
+                str(self.state_dir),
+                "--hostname",
+                "gpu-host-1",
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            check=True,
+        )
         return result.stdout
 
     @property
@@ -60,12 +74,22 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         config = self.workdir / "agent.toml"
-        settings = {**self.settings, "engine_socket": str(self.engine_socket),
-                    "state_dir": str(self.state_dir), "ask_per_gpu_hour": self.ask}
-        config.write_text("[agent]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+        settings = {
+            **self.settings,
+            "engine_socket": str(self.engine_socket),
+            "state_dir": str(self.state_dir),
+            "ask_per_gpu_hour": self.ask,
+        }
+        config.write_text(
+            "[agent]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        )
         log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen([BIN / "suanli-agent", "run", "--config", str(config)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=self.env())
+        self.process = subprocess.Popen(
+            [BIN / "suanli-agent", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
         log.close()
         return self
 

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent
 from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
 

@@ -66,13 +66,27 @@ class CoordinatorProcess:
 
     def start(self) -> CoordinatorProcess:
         config = self.workdir / "coordinator.toml"
-        config.write_text("[coordinator]\n" + "".join(
-            f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
+        config.write_text(
+            "[coordinator]\n"
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
+        )
         log = open(self.workdir / "coordinator.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [BIN / "suanli-coordinator", "serve", "--db", self.db, "--listen",
-             f"127.0.0.1:{self.port}", "--config", config, *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            [
+                BIN / "suanli-coordinator",
+                "serve",
+                "--db",
+                self.db,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--config",
+                config,
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -103,27 +117,56 @@ class CoordinatorProcess:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([BIN / "suanli-coordinator", "admin", "--db", str(self.db), *args],
-                              capture_output=True, text=True, check=check)
+        return subprocess.run(
+            [BIN / "suanli-coordinator", "admin", "--db", str(self.db), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     def admin_json(self, *args: str) -> dict[str, Any]:
         return json.loads(self.admin(*args, "--json").stdout)  # type: ignore[no-any-return]
 
     def add_provider(self, n: int, max_hosts: int = 10) -> str:
-        return str(self.admin_json("add-provider", "--name", f"Provider {n}", "--uscc", uscc(n),
-                                   "--max-hosts", str(max_hosts))["enrolment_token"])
+        return str(
+            self.admin_json(
+                "add-provider",
+                "--name",
+                f"Provider {n}",
+                "--uscc",
+                uscc(n),
+                "--max-hosts",
+                str(max_hosts),
+            )["enrolment_token"]
+        )
 
     def add_enterprise(self, n: int) -> str:
-        return str(self.admin_json("add-enterprise", "--name", f"Enterprise {n}",
-                                   "--uscc", uscc(n))["token"])
+        return str(
+            self.admin_json("add-enterprise", "--name", f"Enterprise {n}", "--uscc", uscc(n))[
+                "token"
+            ]
+        )
 
 
-def inventory(uuids: list[str], name: str = "NVIDIA H100 80GB HBM3", memory: int = 80 * GIB,
-              healthy: bool = True) -> dict[str, Any]:
+def inventory(
+    uuids: list[str],
+    name: str = "NVIDIA H100 80GB HBM3",
+    memory: int = 80 * GIB,
+    healthy: bool = True,
+) -> dict[str, Any]:
     return {
-        "gpus": [{"index": i, "uuid": uuid, "name": name, "memory_total_bytes": memory,
-                  "memory_used_bytes": 0, "utilization_gpu_pct": 0, "healthy": healthy}
-                 for i, uuid in enumerate(uuids)],
+        "gpus": [
+            {
+                "index": i,
+                "uuid": uuid,
+                "name": name,
+                "memory_total_bytes": memory,
+                "memory_used_bytes": 0,
+                "utilization_gpu_pct": 0,
+                "healthy": healthy,
+            }
+            for i, uuid in enumerate(uuids)
+        ],
         "host": {"cpu_count": 64, "memory_total_bytes": 512 * GIB},
         "driver_version": "550.54.15",
     }
@@ -205,15 +248,28 @@ class Api:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         return {**headers, **(extra or {})}
 
-    async def call(self, method: str, path: str, json_body: Any = None,
-                   headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Any]:
-        async with self.session.request(method, self.url + path, json=json_body, data=data,
-                                        headers=self._headers(headers)) as response:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.url + path, json=json_body, data=data, headers=self._headers(headers)
+        ) as response:
             return response.status, await response.json(content_type=None)
 
     async def submit(self, **fields: Any) -> tuple[int, Any]:
-        body = {"image": "busybox:latest", "command": ["true"], "gpus": 1, "max_duration_s": 600,
-                "max_price_per_gpu_hour_micro_yuan": 10_000_000, **fields}
+        body = {
+            "image": "busybox:latest",
+            "command": ["true"],
+            "gpus": 1,
+            "max_duration_s": 600,
+            "max_price_per_gpu_hour_micro_yuan": 10_000_000,
+            **fields,
+        }
         return await self.call("POST", "/v1/jobs", body)
 
     async def job(self, job_id: str) -> dict[str, Any]:
@@ -237,8 +293,14 @@ class Api:
         await self.session.close()
 
 
-async def seller_and_buyer(coordinator: CoordinatorProcess, cleanup: list[Any], uuids: list[str],
-                           ask: int, provider: int = 1, enterprise: int = 2) -> tuple[FakeAgent, Api]:
+async def seller_and_buyer(
+    coordinator: CoordinatorProcess,
+    cleanup: list[Any],
+    uuids: list[str],
+    ask: int,
+    provider: int = 1,
+    enterprise: int = 2,
+) -> tuple[FakeAgent, Api]:
     """An enrolled agent heartbeating its GPUs at `ask`, and an enterprise to buy them."""
     agent = FakeAgent(coordinator.url, uuids, ask)
     cleanup.append(agent)
@@ -261,7 +323,9 @@ class StartedLease:
     job_id: str
 
 
-async def started_lease(coordinator: CoordinatorProcess, cleanup: list[Any], price: int) -> StartedLease:
+async def started_lease(
+    coordinator: CoordinatorProcess, cleanup: list[Any], price: int
+) -> StartedLease:
     import asyncio
 
     agent = FakeAgent(coordinator.url, ["GPU-r0", "GPU-r1"], price)
@@ -288,21 +352,30 @@ def clean_env() -> dict[str, str]:
 def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "suanli test coordinator")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     return cert_path, key_path

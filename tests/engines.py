@@ -74,19 +74,27 @@ def _is_static_elf(path: Path) -> bool:
     phnum = int.from_bytes(data[56:58], "little")
     pt_interp = 3
     return all(
-        int.from_bytes(data[phoff + i * phentsize:phoff + i * phentsize + 4], "little") != pt_interp
+        int.from_bytes(data[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+        != pt_interp
         for i in range(phnum)
     )
 
 
 def busybox_rootfs() -> bytes:
     """A root filesystem tarball: static busybox with a symlink for each applet it has."""
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, mode in (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("proc", 0o555),
-                           ("sys", 0o555), ("tmp", 0o1777)):
+        for name, mode in (
+            ("bin", 0o755),
+            ("dev", 0o755),
+            ("etc", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("tmp", 0o1777),
+        ):
             entry = tarfile.TarInfo(name)
             entry.type, entry.mode = tarfile.DIRTYPE, mode
             tar.addfile(entry)
@@ -128,8 +136,9 @@ class EngineService:
     log_path: Path
     started_in_s: float = 0.0
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                timeout: float = 60.0) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 60.0
+    ) -> tuple[int, bytes]:
         """A plain synchronous API call, for set-up and clean-up outside any event loop."""
         connection = _UnixConnection(self.socket, timeout)
         try:
@@ -149,14 +158,17 @@ class EngineService:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.process.returncode} while "
-                                   f"starting:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.kind} exited with {self.process.returncode} while "
+                    f"starting:\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if self.request("GET", "/_ping", timeout=2.0) == (200, b"OK"):
                     return
             time.sleep(0.05)
-        raise RuntimeError(f"{self.kind} did not answer /_ping within {START_TIMEOUT_S:g} s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.kind} did not answer /_ping within {START_TIMEOUT_S:g} s:\n{self.log_tail()}"
+        )
 
     def import_image(self, ref: str, tarball: bytes) -> str:
         status, body = self.request("POST", "/v1.41/images/create?fromSrc=-", tarball)
@@ -173,8 +185,9 @@ class EngineService:
         with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
             _, body = self.request("GET", "/v1.41/containers/json?all=true", timeout=10)
             for container in json.loads(body):
-                self.request("DELETE", f"/v1.41/containers/{container['Id']}?force=true&v=true",
-                             timeout=30)
+                self.request(
+                    "DELETE", f"/v1.41/containers/{container['Id']}?force=true&v=true", timeout=30
+                )
 
     def stop(self) -> None:
         """Stop the engine and everything it started, unmount its storage, delete its dir."""
@@ -219,9 +232,15 @@ def _unmount_under(workdir: Path) -> None:
 def _spawn(kind: str, workdir: Path, argv: list[str], env: dict[str, str]) -> EngineService:
     log_path = workdir / f"{kind}.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, cwd=workdir, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
     sock = workdir / f"{kind}.sock"
     return EngineService(kind, workdir, sock, process, log_path)
 
@@ -230,9 +249,19 @@ def start_docker(workdir: Path) -> EngineService:
     config = workdir / "daemon.json"
     config.write_text("{}\n")  # not the host's /etc/docker/daemon.json
     argv = [
-        "dockerd", "--host", f"unix://{workdir}/docker.sock", "--config-file", str(config),
-        "--data-root", str(workdir / "data"), "--exec-root", str(workdir / "exec"),
-        "--pidfile", str(workdir / "docker.pid"), "--iptables=false", "--ip6tables=false",
+        "dockerd",
+        "--host",
+        f"unix://{workdir}/docker.sock",
+        "--config-file",
+        str(config),
+        "--data-root",
+        str(workdir / "data"),
+        "--exec-root",
+        str(workdir / "exec"),
+        "--pidfile",
+        str(workdir / "docker.pid"),
+        "--iptables=false",
+        "--ip6tables=false",
         "--bridge=none",
     ]
     return _spawn("docker", workdir, argv, dict(os.environ))
@@ -276,8 +305,9 @@ def serve(kind: str) -> Iterator[EngineService]:
         unavailable(f"{kind} engine tests start the engine as root, and this is uid {os.geteuid()}")
     missing = missing_binaries(kind)
     if missing:
-        unavailable(f"{kind} engine tests need {', '.join(missing)}; "
-                    "run scripts/install-test-deps as root")
+        unavailable(
+            f"{kind} engine tests need {', '.join(missing)}; run scripts/install-test-deps as root"
+        )
     # Short and under /tmp: containerd and conmon put unix sockets in here (108-byte limit).
     workdir = Path(tempfile.mkdtemp(prefix=f"suanli-{kind}-", dir="/tmp"))
     began = time.monotonic()

@@ -61,22 +61,33 @@ from coordinator.receipts import RETRYABLE_SQL
 from coordinator.service import Coordinator
 from shared import canonical
 from shared.errors import SuanliError
-from shared.money import usage_amount
 from shared.identity import PrivateKey
+from shared.money import usage_amount
 from shared.signed_request import NONCE_SIZE, sign_request
 
 T0 = 1_740_787_200_000  # 2025-03-01T00:00:00Z
 GIB = 1 << 30
 ENROL, HEARTBEAT, LEASES, STATUS, RECEIPTS = (
-    "/v1/agent/enroll", "/v1/agent/heartbeat", "/v1/agent/leases", "/v1/agent/status",
-    "/v1/agent/receipts")
+    "/v1/agent/enroll",
+    "/v1/agent/heartbeat",
+    "/v1/agent/leases",
+    "/v1/agent/status",
+    "/v1/agent/receipts",
+)
 SETTINGS = Settings(
-    heartbeat_interval_ms=1_000, heartbeat_timeout_ms=5_000, start_deadline_ms=3_000,
-    max_attempts=3, scheduler_interval_ms=200, long_poll_max_ms=0,
+    heartbeat_interval_ms=1_000,
+    heartbeat_timeout_ms=5_000,
+    start_deadline_ms=3_000,
+    max_attempts=3,
+    scheduler_interval_ms=200,
+    long_poll_max_ms=0,
 )
 POLICY = vouchers.VoucherPolicy(
-    fiscal_year=2025, pool_total_micro_yuan=60_000, per_company_cap_micro_yuan=40_000,
-    coverage_bps=5_000, default_credit_limit_micro_yuan=60_000,
+    fiscal_year=2025,
+    pool_total_micro_yuan=60_000,
+    per_company_cap_micro_yuan=40_000,
+    coverage_bps=5_000,
+    default_credit_limit_micro_yuan=60_000,
 )
 REQUEST_TIMEOUT_MS = 2_500
 RECEIPT_INTERVAL_MS = 700
@@ -240,10 +251,18 @@ class SimAgent:
 
     def inventory(self) -> dict[str, Any]:
         return {
-            "gpus": [{"index": i, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3",
-                      "memory_total_bytes": 80 * GIB, "memory_used_bytes": 0,
-                      "utilization_gpu_pct": 0, "healthy": True}
-                     for i, uuid in enumerate(self.uuids)],
+            "gpus": [
+                {
+                    "index": i,
+                    "uuid": uuid,
+                    "name": "NVIDIA H100 80GB HBM3",
+                    "memory_total_bytes": 80 * GIB,
+                    "memory_used_bytes": 0,
+                    "utilization_gpu_pct": 0,
+                    "healthy": True,
+                }
+                for i, uuid in enumerate(self.uuids)
+            ],
             "host": {"cpu_count": 64, "memory_total_bytes": 512 * GIB},
             "driver_version": "550.54.15",
         }
@@ -258,7 +277,9 @@ class SimAgent:
             envelope = sign_request(self.key, "POST", path, body, sim.now, nonce=nonce)
         sim.req_ids += 1
         self.outstanding[kind] = (sim.req_ids, sim.now + REQUEST_TIMEOUT_MS)
-        sim.network.send(sim.now, Message("coordinator", self.name, sim.req_ids, path, envelope), sim.stats)
+        sim.network.send(
+            sim.now, Message("coordinator", self.name, sim.req_ids, path, envelope), sim.stats
+        )
 
     def save(self, record: LeaseRecord) -> None:
         assert self.spool is not None
@@ -273,24 +294,39 @@ class SimAgent:
                 sim.stats["request_timeout"] += 1
         if not self.enrolled:
             if "enrol" not in self.outstanding:
-                self._request("enrol", ENROL, {"token": sim.enrolment_token, "hostname": f"host{self.index}"})
+                self._request(
+                    "enrol", ENROL, {"token": sim.enrolment_token, "hostname": f"host{self.index}"}
+                )
             return
         if now >= self.next_heartbeat and "heartbeat" not in self.outstanding:
             self.heartbeat_sent_ms = now
-            self._request("heartbeat", HEARTBEAT, {"ask_per_gpu_hour": self.ask, "inventory": self.inventory()})
+            self._request(
+                "heartbeat",
+                HEARTBEAT,
+                {"ask_per_gpu_hour": self.ask, "inventory": self.inventory()},
+            )
         if now >= self.next_poll and "leases" not in self.outstanding:
             self._request("leases", LEASES, {"known_version": -1, "wait_ms": 0})
         self._supervise()
         if now >= self.next_receipts:
             self.next_receipts = now + RECEIPT_INTERVAL_MS
             for record in self.records.values():
-                if (billable_from_ms(record) is not None and record.ended_at_ms is None
-                        and self.contact_until_ms is not None and self.polled):
+                if (
+                    billable_from_ms(record) is not None
+                    and record.ended_at_ms is None
+                    and self.contact_until_ms is not None
+                    and self.polled
+                ):
                     self._seal(record, final=False, at=min(now, self.contact_until_ms))
         for record in self.records.values():
             # the final receipt waits for the start report's answer, as the daemon's does
-            if (record.ended_at_ms is not None and record.started_at_ms is not None
-                    and record.status_reported != "" and not record.final_sealed and self.polled):
+            if (
+                record.ended_at_ms is not None
+                and record.started_at_ms is not None
+                and record.status_reported != ""
+                and not record.final_sealed
+                and self.polled
+            ):
                 self._seal(record, final=True)
         self.send_receipts()
         self.send_reports()
@@ -316,8 +352,11 @@ class SimAgent:
         if container.stopped_at is None:
             container.stopped_at = min(self.sim.now, container.exit_at)
         self.sim.log(f"{self.name} stops {record.lease_id}: {why}")
-        self._ended(record, container.stopped_at,
-                    137 if container.stopped_at < container.exit_at else container.exit_code)
+        self._ended(
+            record,
+            container.stopped_at,
+            137 if container.stopped_at < container.exit_at else container.exit_code,
+        )
 
     def _ended(self, record: LeaseRecord, at: int, code: int) -> None:
         record.ended_at_ms, record.exit_code = at, code
@@ -335,7 +374,9 @@ class SimAgent:
             return
         seal = seal_final_receipt if final else seal_interim_receipt
         sealed = seal(record, self.key, self.sim.now if at is None else at)
-        self.spool.add_receipt(record, sealed.receipt.seq, sealed.envelope, sealed.digest, self.sim.now)
+        self.spool.add_receipt(
+            record, sealed.receipt.seq, sealed.envelope, sealed.digest, self.sim.now
+        )
         self.sim.sealed[sealed.digest] = (self.index, record.lease_id, sealed.receipt.seq)
         self.sim.stats["receipts_sealed"] += 1
 
@@ -352,16 +393,34 @@ class SimAgent:
             kind = "status:" + record.lease_id
             if kind in self.outstanding:
                 continue
-            if record.ended_at_ms is not None and record.started_at_ms is None and record.status_reported != "failed":
+            if (
+                record.ended_at_ms is not None
+                and record.started_at_ms is None
+                and record.status_reported != "failed"
+            ):
                 self.events[kind] = "failed"
-                self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "failed",
-                                             "reason_code": record.lease["fail_code"],
-                                             "reason": "simulated start failure"})
-            elif (record.final_sealed and record.status_reported == "started"
-                  and self.spool is not None and not self.spool.unanswered(record.lease_id)):
+                self._request(
+                    kind,
+                    STATUS,
+                    {
+                        "lease_id": record.lease_id,
+                        "event": "failed",
+                        "reason_code": record.lease["fail_code"],
+                        "reason": "simulated start failure",
+                    },
+                )
+            elif (
+                record.final_sealed
+                and record.status_reported == "started"
+                and self.spool is not None
+                and not self.spool.unanswered(record.lease_id)
+            ):
                 self.events[kind] = "exited"
-                self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "exited",
-                                             "exit_code": record.exit_code})
+                self._request(
+                    kind,
+                    STATUS,
+                    {"lease_id": record.lease_id, "event": "exited", "exit_code": record.exit_code},
+                )
             elif record.started_at_ms is not None and record.status_reported == "":
                 self.events[kind] = "started"
                 self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "started"})
@@ -395,7 +454,7 @@ class SimAgent:
         elif kind == "receipts":
             self._receipt_results(body["results"], body["acknowledgements"])
         elif kind.startswith("status:"):
-            record = self.records[kind[len("status:"):]]
+            record = self.records[kind[len("status:") :]]
             record.status_reported = self.events.pop(kind)
             window = body.get("window") or {}
             if record.status_reported == "started" and window.get("opened_at_ms") is not None:
@@ -414,10 +473,14 @@ class SimAgent:
         for lease_id, lease in listed.items():
             record = self.records.get(lease_id)
             if record is None and lease["desired"] == "run":
-                record = LeaseRecord(lease_id=lease_id, job_id=lease["job_id"],
-                                     gpu_uuids=tuple(lease["gpu_uuids"]),
-                                     price_per_gpu_hour=lease["price_per_gpu_hour"], lease=dict(lease),
-                                     created_at_ms=now)
+                record = LeaseRecord(
+                    lease_id=lease_id,
+                    job_id=lease["job_id"],
+                    gpu_uuids=tuple(lease["gpu_uuids"]),
+                    price_per_gpu_hour=lease["price_per_gpu_hour"],
+                    lease=dict(lease),
+                    created_at_ms=now,
+                )
                 self.records[lease_id] = record
                 roll = sim.rng.random()
                 if roll < 0.05:
@@ -428,39 +491,58 @@ class SimAgent:
                     record.started_at_ms = now
                     duration = lease["job"]["max_duration_s"] * 1000
                     run_for = sim.rng.randint(duration // 4, duration + 3_000)
-                    self.containers[lease_id] = Container(now + run_for, sim.rng.choice([0, 0, 0, 1]))
+                    self.containers[lease_id] = Container(
+                        now + run_for, sim.rng.choice([0, 0, 0, 1])
+                    )
                     sim.stats["started"] += 1
                 self.save(record)
-                sim.log(f"{self.name} takes {lease_id} ({'fails' if record.started_at_ms is None else 'starts'})")
+                sim.log(
+                    f"{self.name} takes {lease_id} ({'fails' if record.started_at_ms is None else 'starts'})"
+                )
             elif record is not None:
                 record.lease["ends_at_ms"] = lease["ends_at_ms"]
                 learn_window(record, lease["window"])
                 if lease["desired"] == "stop" and record.started_at_ms is not None:
                     self.stop(record, lease.get("stop_reason") or "stop")
         for lease_id, record in self.records.items():
-            if lease_id not in listed and record.started_at_ms is not None and record.ended_at_ms is None:
+            if (
+                lease_id not in listed
+                and record.started_at_ms is not None
+                and record.ended_at_ms is None
+            ):
                 self.stop(record, "the coordinator no longer lists this lease")
 
-    def _receipt_results(self, results: list[dict[str, Any]], acknowledgements: list[bytes]) -> None:
+    def _receipt_results(
+        self, results: list[dict[str, Any]], acknowledgements: list[bytes]
+    ) -> None:
         assert self.spool is not None
         for item in results:
             lease_id, seq = item["lease_id"], item["seq"]
             if item["status"] == "accepted":
-                self.spool.acknowledge(lease_id, seq, acknowledgements[item["acknowledgement"]], self.sim.now)
+                self.spool.acknowledge(
+                    lease_id, seq, acknowledgements[item["acknowledgement"]], self.sim.now
+                )
                 self.sim.stats["receipts_acked"] += 1
             else:
                 self.spool.reject(lease_id, seq, str(item["rule"]), str(item["detail"]))
                 self.sim.stats["rejected:" + str(item["rule"])] += 1
-                self.sim.log(f"{self.name} receipt {lease_id}/{seq} rejected: {item['rule']} {item['detail']}")
+                self.sim.log(
+                    f"{self.name} receipt {lease_id}/{seq} rejected: {item['rule']} {item['detail']}"
+                )
 
     def quiet(self) -> bool:
         assert self.spool is not None
-        if any(k not in ("heartbeat", "leases") for k in self.outstanding) or self.spool.pending_receipts(1):
+        if any(
+            k not in ("heartbeat", "leases") for k in self.outstanding
+        ) or self.spool.pending_receipts(1):
             return False
         for record in self.records.values():
             if record.started_at_ms is not None and record.ended_at_ms is None:
                 return False
-            if record.ended_at_ms is not None and record.status_reported not in ("exited", "failed"):
+            if record.ended_at_ms is not None and record.status_reported not in (
+                "exited",
+                "failed",
+            ):
                 return False
             if record.started_at_ms is not None and record.status_reported == "":
                 return False
@@ -483,22 +565,32 @@ class SimEnterprise:
         self.counter += 1
         key = f"e{self.index}-{self.counter}"
         self.unanswered[key] = {
-            "idempotency_key": key, "image": "busybox:latest", "command": ["true"],
-            "gpus": rng.choice([1, 1, 2]), "max_duration_s": rng.randint(2, 8),
-            "max_price_per_gpu_hour_micro_yuan": rng.choice([3_000_000, 6_000_000, 9_000_000, 12_000_000]),
+            "idempotency_key": key,
+            "image": "busybox:latest",
+            "command": ["true"],
+            "gpus": rng.choice([1, 1, 2]),
+            "max_duration_s": rng.randint(2, 8),
+            "max_price_per_gpu_hour_micro_yuan": rng.choice(
+                [3_000_000, 6_000_000, 9_000_000, 12_000_000]
+            ),
         }
         self.send(key)
 
     def send(self, key: str) -> None:
         sim = self.sim
         sim.req_ids += 1
-        sim.network.send(sim.now, Message("coordinator", self.name, sim.req_ids, "submit",
-                                          self.unanswered[key]), sim.stats)
+        sim.network.send(
+            sim.now,
+            Message("coordinator", self.name, sim.req_ids, "submit", self.unanswered[key]),
+            sim.stats,
+        )
 
     def cancel(self, job_id: str) -> None:
         sim = self.sim
         sim.req_ids += 1
-        sim.network.send(sim.now, Message("coordinator", self.name, sim.req_ids, "cancel", job_id), sim.stats)
+        sim.network.send(
+            sim.now, Message("coordinator", self.name, sim.req_ids, "cancel", job_id), sim.stats
+        )
 
     def receive(self, message: Message) -> None:
         status, body = message.body
@@ -546,9 +638,12 @@ class Simulation:
         self.digest = hashlib.sha256()
         self.sealed: dict[bytes, tuple[int, str, int]] = {}
         rng = self.rng
-        self.network = Network(rng, drop=rng.choice([0.0, 0.05, 0.15]),
-                               duplicate=rng.choice([0.0, 0.05, 0.15]),
-                               long_delay=rng.choice([0.0, 0.05, 0.2]))
+        self.network = Network(
+            rng,
+            drop=rng.choice([0.0, 0.05, 0.15]),
+            duplicate=rng.choice([0.0, 0.05, 0.15]),
+            long_delay=rng.choice([0.0, 0.05, 0.2]),
+        )
         self.coordinator_key = PrivateKey.from_seed(rng.randbytes(32))
         self.path = workdir / "coordinator.db"
         self.crash_countdown: int | None = None
@@ -580,8 +675,9 @@ class Simulation:
 
     def start_coordinator(self) -> None:
         self.database = SimDatabase(self.path, self._before_commit)
-        self.coordinator = Coordinator(SETTINGS, self.database, self.coordinator_key,
-                                       clock=lambda: self.now, policy=POLICY)
+        self.coordinator = Coordinator(
+            SETTINGS, self.database, self.coordinator_key, clock=lambda: self.now, policy=POLICY
+        )
         self.log("coordinator up")
 
     def crash_coordinator(self, why: str) -> None:
@@ -645,12 +741,20 @@ class Simulation:
         self.log(f"{message.sender} {path} #{message.req_id} -> {answer[0]}")
         if answer[0] == "error":
             self.log(f"{message.sender} {path} -> {answer[1]}")
-            if message.sender.startswith("enterprise:") and path == "submit" and answer[1] != "conflict":
+            if (
+                message.sender.startswith("enterprise:")
+                and path == "submit"
+                and answer[1] != "conflict"
+            ):
                 # a refused job (credit, suspension) is not retried
                 self.enterprises[int(message.sender.split(":")[1])].unanswered.pop(
-                    body["idempotency_key"], None)
-        self.network.send(self.now, Message(message.sender, "coordinator", message.req_id, path, answer),
-                          self.stats)
+                    body["idempotency_key"], None
+                )
+        self.network.send(
+            self.now,
+            Message(message.sender, "coordinator", message.req_id, path, answer),
+            self.stats,
+        )
 
     async def tick_coordinator(self) -> None:
         async def tick(c: Coordinator) -> None:
@@ -668,13 +772,19 @@ class Simulation:
     def setup(self) -> None:
         db = Database(self.path)  # a plain connection for the admin's setup, as the CLI would
         with transaction(db.db):
-            _, self.enrolment_token = accounts.add_provider(db.db, "Provider One", _uscc(1), T0, max_hosts=10)
-            enterprise_ids = [accounts.add_enterprise(db.db, f"Enterprise {i}", _uscc(10 + i), T0)[0]
-                              for i in range(2)]
+            _, self.enrolment_token = accounts.add_provider(
+                db.db, "Provider One", _uscc(1), T0, max_hosts=10
+            )
+            enterprise_ids = [
+                accounts.add_enterprise(db.db, f"Enterprise {i}", _uscc(10 + i), T0)[0]
+                for i in range(2)
+            ]
         db.close()
         self.enterprises = [SimEnterprise(self, i, eid) for i, eid in enumerate(enterprise_ids)]
-        self.agents = [SimAgent(self, i, self.rng.randint(1, 3), self.rng.choice([2, 3, 5, 8]) * 1_000_000)
-                       for i in range(self.rng.randint(2, 4))]
+        self.agents = [
+            SimAgent(self, i, self.rng.randint(1, 3), self.rng.choice([2, 3, 5, 8]) * 1_000_000)
+            for i in range(self.rng.randint(2, 4))
+        ]
         self.start_coordinator()
 
     # -- one step
@@ -743,55 +853,85 @@ class Simulation:
             self.fail("ledger: " + "; ".join(problems))
         # a lease's receipts of one batch are posted together, on the batch's last one of it
         for lease_id, acknowledgement_id, last in conn.execute(
-                "SELECT lease_id, acknowledgement_id, MAX(seq) FROM receipts "
-                "GROUP BY lease_id, acknowledgement_id"):
+            "SELECT lease_id, acknowledgement_id, MAX(seq) FROM receipts "
+            "GROUP BY lease_id, acknowledgement_id"
+        ):
             posted = conn.execute(
                 "SELECT COUNT(*) FROM ledger_postings p JOIN receipts r ON r.digest = p.receipt_digest "
                 "WHERE r.lease_id = ? AND r.acknowledgement_id = ? AND r.seq = ?",
-                [lease_id, acknowledgement_id, last]).fetchone()[0]
+                [lease_id, acknowledgement_id, last],
+            ).fetchone()[0]
             if not posted:
-                self.fail(f"lease {lease_id}'s receipts up to seq {last} were accepted but not posted")
+                self.fail(
+                    f"lease {lease_id}'s receipts up to seq {last} were accepted but not posted"
+                )
         for lease_id, top, posted in conn.execute(
-                "SELECT r.lease_id, MAX(r.amount), (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
-                "WHERE p.lease_id = r.lease_id) FROM receipts r GROUP BY r.lease_id"):
+            "SELECT r.lease_id, MAX(r.amount), (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
+            "WHERE p.lease_id = r.lease_id) FROM receipts r GROUP BY r.lease_id"
+        ):
             if top != posted:
-                self.fail(f"lease {lease_id}: highest accepted receipt is {top} µ¥ but {posted} µ¥ was posted")
+                self.fail(
+                    f"lease {lease_id}: highest accepted receipt is {top} µ¥ but {posted} µ¥ was posted"
+                )
         pool = vouchers.pool_status(db, POLICY)
-        if pool["used"] > POLICY.pool_total_micro_yuan or pool["granted"] > POLICY.pool_total_micro_yuan:
+        if (
+            pool["used"] > POLICY.pool_total_micro_yuan
+            or pool["granted"] > POLICY.pool_total_micro_yuan
+        ):
             self.fail(f"voucher pool over its total: {pool}")
         asks = {a.agent_id: a.ask for a in self.agents}
         for lease_id, agent_id, price, spec in conn.execute(
-                "SELECT l.id, l.agent_id, l.price_per_gpu_hour, j.spec FROM leases l JOIN jobs j ON j.id = l.job_id"):
+            "SELECT l.id, l.agent_id, l.price_per_gpu_hour, j.spec FROM leases l JOIN jobs j ON j.id = l.job_id"
+        ):
             max_price = json.loads(spec)["max_price_per_gpu_hour_micro_yuan"]
             if not asks[agent_id] <= price <= max_price:
-                self.fail(f"lease {lease_id} pays {price}, outside [ask {asks[agent_id]}, max {max_price}]")
+                self.fail(
+                    f"lease {lease_id} pays {price}, outside [ask {asks[agent_id]}, max {max_price}]"
+                )
         # no lease is charged beyond its billable window × GPUs × price
-        by_lease = dict(conn.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id"))
+        by_lease = dict(
+            conn.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id")
+        )
         for lease in self.coordinator.leases.values():
             window = lease.window()
             billable = window.billable_gpu_ms(self.now, self.now)
             if by_lease.get(lease.id, 0) > usage_amount(billable, lease.price_per_gpu_hour):
-                self.fail(f"lease {lease.id} is charged {by_lease[lease.id]} µ¥, more than its window "
-                          f"({billable} GPU-ms at {lease.price_per_gpu_hour} µ¥/GPU-h) allows")
-        charged = dict(conn.execute("SELECT job_id, SUM(amount) FROM ledger_postings GROUP BY job_id"))
+                self.fail(
+                    f"lease {lease.id} is charged {by_lease[lease.id]} µ¥, more than its window "
+                    f"({billable} GPU-ms at {lease.price_per_gpu_hour} µ¥/GPU-h) allows"
+                )
+        charged = dict(
+            conn.execute("SELECT job_id, SUM(amount) FROM ledger_postings GROUP BY job_id")
+        )
         for job in self.coordinator.jobs.values():
             if job.charged != charged.get(job.id, 0):
-                self.fail(f"job {job.id} shows {job.charged} µ¥ charged but {charged.get(job.id, 0)} µ¥ is posted")
+                self.fail(
+                    f"job {job.id} shows {job.charged} µ¥ charged but {charged.get(job.id, 0)} µ¥ is posted"
+                )
         accepted = {row[0] for row in conn.execute("SELECT digest FROM receipts")}
         for agent in self.agents:
             if agent.spool is None:
                 continue
             for spooled in agent.spool.receipts():
                 if spooled.acked_at_ms is not None and spooled.digest not in accepted:
-                    self.fail(f"{agent.name} holds an acknowledgement of {spooled.lease_id}/{spooled.seq} "
-                              "that the coordinator does not have")
+                    self.fail(
+                        f"{agent.name} holds an acknowledgement of {spooled.lease_id}/{spooled.seq} "
+                        "that the coordinator does not have"
+                    )
 
     def final_check(self) -> None:
         assert self.database is not None
         conn = self.database.db.conn
-        accepted = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT digest, lease_id, seq FROM receipts")}
-        rejected = {(row[0], row[1]) for row in conn.execute(
-            "SELECT lease_id, seq FROM receipt_rejections WHERE rule IS NOT NULL")}
+        accepted = {
+            row[0]: (row[1], row[2])
+            for row in conn.execute("SELECT digest, lease_id, seq FROM receipts")
+        }
+        rejected = {
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT lease_id, seq FROM receipt_rejections WHERE rule IS NOT NULL"
+            )
+        }
         for agent in self.agents:
             assert agent.spool is not None
             for spooled in agent.spool.receipts():
@@ -800,16 +940,19 @@ class Simulation:
                     continue
                 if (spooled.lease_id, spooled.seq) in rejected:
                     continue
-                self.fail(f"{where} was neither accepted nor rejected by a rule (spool: acked="
-                          f"{spooled.acked_at_ms}, rejected={spooled.rejected_rule})")
+                self.fail(
+                    f"{where} was neither accepted nor rejected by a rule (spool: acked="
+                    f"{spooled.acked_at_ms}, rejected={spooled.rejected_rule})"
+                )
         for digest, (lease_id, seq) in accepted.items():
             if digest not in self.sealed:
                 self.fail(f"accepted receipt {lease_id}/{seq} was never sealed by an agent")
         # one receipt, one verdict: a retry must not turn a final refusal into an acceptance
         for lease_id, seq, rule in conn.execute(
-                "SELECT r.lease_id, r.seq, x.rule FROM receipts r JOIN receipt_rejections x "
-                "ON x.lease_id = r.lease_id AND x.seq = r.seq AND x.envelope = r.envelope "
-                f"WHERE x.rule NOT IN ({RETRYABLE_SQL})"):
+            "SELECT r.lease_id, r.seq, x.rule FROM receipts r JOIN receipt_rejections x "
+            "ON x.lease_id = r.lease_id AND x.seq = r.seq AND x.envelope = r.envelope "
+            f"WHERE x.rule NOT IN ({RETRYABLE_SQL})"
+        ):
             self.fail(f"receipt {lease_id}/{seq} was refused ({rule}) and later accepted")
 
     # -- the drain
@@ -841,14 +984,18 @@ class Simulation:
             await self.tick_coordinator()
             self.check()
             assert self.coordinator is not None
-            if (all(agent.quiet() for agent in self.agents)
-                    and not any(e.unanswered for e in self.enterprises)
-                    and not any(lease.active for lease in self.coordinator.leases.values())):
+            if (
+                all(agent.quiet() for agent in self.agents)
+                and not any(e.unanswered for e in self.enterprises)
+                and not any(lease.active for lease in self.coordinator.leases.values())
+            ):
                 self.log("quiet")
                 return
         active = [lease.id for lease in self.coordinator.leases.values() if lease.active]  # type: ignore[union-attr]
         noisy = [agent.name for agent in self.agents if not agent.quiet()]
-        self.fail(f"the drain did not settle in {DRAIN_LIMIT_MS} ms: active leases {active}, busy {noisy}")
+        self.fail(
+            f"the drain did not settle in {DRAIN_LIMIT_MS} ms: active leases {active}, busy {noisy}"
+        )
 
     async def main(self) -> None:
         self.setup()
@@ -895,7 +1042,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--start", type=int, default=0, help="the first seed")
-    parser.add_argument("--steps", type=int, default=300, help="random steps per seed (then a drain)")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="random steps per seed (then a drain)"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every event of the trace")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -905,14 +1054,27 @@ def main(argv: list[str] | None = None) -> int:
             result = run(seed, args.steps, verbose=args.verbose)
         except InvariantViolation as exc:
             print(f"FAILED {exc}")
-            print(f"replay: scripts/simulate --seeds 1 --start {seed} --steps {args.steps} --verbose")
+            print(
+                f"replay: scripts/simulate --seeds 1 --start {seed} --steps {args.steps} --verbose"
+            )
             return 1
         totals.update(result.stats)
         if args.verbose or n % 50 == 0 or n == args.seeds:
-            print(f"{n}/{args.seeds} seeds passed (last {seed}, trace {result.digest[:16]}), "
-                  f"{time.monotonic() - started:.1f} s", flush=True)
-    interesting = ("coordinator_crash", "agent_crash", "net_drop", "net_duplicate", "receipts_sealed",
-                   "receipts_acked", "rejected:credit_exceeded", "started")
+            print(
+                f"{n}/{args.seeds} seeds passed (last {seed}, trace {result.digest[:16]}), "
+                f"{time.monotonic() - started:.1f} s",
+                flush=True,
+            )
+    interesting = (
+        "coordinator_crash",
+        "agent_crash",
+        "net_drop",
+        "net_duplicate",
+        "receipts_sealed",
+        "receipts_acked",
+        "rejected:credit_exceeded",
+        "started",
+    )
     print("totals: " + ", ".join(f"{k} {totals[k]}" for k in interesting))
     return 0
 

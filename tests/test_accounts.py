@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from coordinator_harness import BIN, CoordinatorProcess, uscc
 
 
@@ -40,7 +39,9 @@ def test_human_output_says_the_token_is_shown_once(admin: CoordinatorProcess) ->
         ("91350100O000100Y43", "never used"),
     ],
 )
-def test_invalid_uscc_is_refused_with_a_sentence(admin: CoordinatorProcess, code: str, message: str) -> None:
+def test_invalid_uscc_is_refused_with_a_sentence(
+    admin: CoordinatorProcess, code: str, message: str
+) -> None:
     result = admin.admin("add-enterprise", "--name", "Acme", "--uscc", code, check=False)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -63,7 +64,9 @@ def test_a_provider_may_also_be_an_enterprise(admin: CoordinatorProcess) -> None
 
 def test_enrolment_tokens_for_more_hosts(admin: CoordinatorProcess) -> None:
     provider = admin.admin_json("add-provider", "--name", "DC", "--uscc", uscc(3))
-    more = admin.admin_json("enrolment-token", "--provider", provider["provider_id"], "--max-hosts", "50")
+    more = admin.admin_json(
+        "enrolment-token", "--provider", provider["provider_id"], "--max-hosts", "50"
+    )
     assert more["enrolment_token"].startswith("sk_enr_")
     missing = admin.admin("enrolment-token", "--provider", "prov-nope", check=False)
     assert missing.returncode == 1 and "no provider prov-nope" in missing.stderr
@@ -78,6 +81,10 @@ def test_list_prints_tables(admin: CoordinatorProcess) -> None:
 def test_admin_needs_a_task(admin: CoordinatorProcess) -> None:
     import subprocess
 
-    result = subprocess.run([BIN / "suanli-coordinator", "admin", "--db", str(admin.db)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [BIN / "suanli-coordinator", "admin", "--db", str(admin.db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2 and "required" in result.stderr

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from coordinator_harness import BIN, CoordinatorProcess
 
 from agent.config import AgentConfigError, AgentSettings, load_agent_settings
 from agent.daemon import AgentDaemon
 from agent.nvml import GpuSample
 from agent.spool import LeaseRecord
 from agent.state import AgentState, NotEnrolled
-from coordinator_harness import BIN, CoordinatorProcess
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -24,7 +24,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_settings_load_and_flags_override(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[agent]\nask_per_gpu_hour = "12.50"\noffered_gpus = [0, 2]\nreceipt_interval_s = 30\n')
+    path = _write(
+        tmp_path,
+        '[agent]\nask_per_gpu_hour = "12.50"\noffered_gpus = [0, 2]\nreceipt_interval_s = 30\n',
+    )
     settings = load_agent_settings(path).with_overrides(engine_socket="/run/podman/podman.sock")
     assert settings.ask_micro_yuan == 12_500_000
     assert settings.offered_gpus == [0, 2]
@@ -38,10 +41,10 @@ def test_settings_load_and_flags_override(tmp_path: Path) -> None:
         ("[agent]\nask_per_gpu_hour = 12.5\n", "quoted yuan amount"),
         ('[agent]\nask_per_gpu_hour = "12.5e0"\n', "not a plain decimal"),
         ("[agent]\nsurprise = 1\n", "unknown setting 'surprise'"),
-        ("[agent]\nreceipt_interval_s = \"60\"\n", "receipt_interval_s must be a int"),
+        ('[agent]\nreceipt_interval_s = "60"\n', "receipt_interval_s must be a int"),
         ("[agent]\nreceipt_interval_s = 0\n", "receipt_interval_s must be positive"),
-        ("[agent]\ngpu_mode = \"magic\"\n", "gpu_mode must be"),
-        ("[agent]\noffered_gpus = [\"0\"]\n", "offered_gpus must be a list"),
+        ('[agent]\ngpu_mode = "magic"\n', "gpu_mode must be"),
+        ('[agent]\noffered_gpus = ["0"]\n', "offered_gpus must be a list"),
         ("[agent\n", "not valid TOML"),
     ],
 )
@@ -70,29 +73,64 @@ def test_enroll_command_registers_once(tmp_path: Path) -> None:
     try:
         token = coordinator.add_provider(1, max_hosts=5)
         state_dir = tmp_path / "agent-state"
-        command = [BIN / "suanli-agent", "enroll", "--coordinator", coordinator.url, "--token", token,
-                   "--state-dir", str(state_dir)]
+        command = [
+            BIN / "suanli-agent",
+            "enroll",
+            "--coordinator",
+            coordinator.url,
+            "--token",
+            token,
+            "--state-dir",
+            str(state_dir),
+        ]
         first = subprocess.run(command, capture_output=True, text=True, check=False)
         assert first.returncode == 0, first.stderr
         enrolment = json.loads((state_dir / "enrolment.json").read_text())
         assert enrolment["agent_id"] in first.stdout
         again = subprocess.run(command, capture_output=True, text=True, check=False)
         assert again.returncode == 1 and "already enrolled" in again.stderr
-        bad = subprocess.run([*command[:5], "sk_enr_wrong", "--state-dir", str(tmp_path / "other")],
-                             capture_output=True, text=True, check=False)
+        bad = subprocess.run(
+            [*command[:5], "sk_enr_wrong", "--state-dir", str(tmp_path / "other")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert bad.returncode == 1 and "not known" in bad.stderr and "Traceback" not in bad.stderr
-        plain = subprocess.run([BIN / "suanli-agent", "enroll", "--coordinator", "http://192.0.2.1:8420",
-                                "--token", token, "--state-dir", str(tmp_path / "third")],
-                               capture_output=True, text=True, check=False)
+        plain = subprocess.run(
+            [
+                BIN / "suanli-agent",
+                "enroll",
+                "--coordinator",
+                "http://192.0.2.1:8420",
+                "--token",
+                token,
+                "--state-dir",
+                str(tmp_path / "third"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert plain.returncode == 1 and "plain HTTP" in plain.stderr
     finally:
         coordinator.stop()
 
 
 def test_self_test_names_what_is_wrong(tmp_path: Path) -> None:
-    result = subprocess.run([BIN / "suanli-agent", "self-test", "--state-dir", str(tmp_path / "none"),
-                             "--engine-socket", str(tmp_path / "no.sock"), "--json"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [
+            BIN / "suanli-agent",
+            "self-test",
+            "--state-dir",
+            str(tmp_path / "none"),
+            "--engine-socket",
+            str(tmp_path / "no.sock"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     checks = {c["check"]: c for c in json.loads(result.stdout)}
     assert not checks["key"]["ok"] and "not enrolled" in checks["key"]["detail"]
@@ -101,25 +139,47 @@ def test_self_test_names_what_is_wrong(tmp_path: Path) -> None:
 
 
 def _sample(index: int, uuid: str, healthy: bool = True) -> GpuSample:
-    return GpuSample(index=index, uuid=uuid, name="NVIDIA H100 80GB HBM3", memory_total_bytes=80 << 30,
-                     memory_used_bytes=0, compute_capability=(9, 0), power_limit_mw=700_000,
-                     utilization_gpu_pct=0, temperature_c=40, power_mw=100_000, energy_mj=0,
-                     ecc_uncorrected=0, retired_pages_pending=False, healthy=healthy,
-                     health_reason=None if healthy else "GPU is lost")
+    return GpuSample(
+        index=index,
+        uuid=uuid,
+        name="NVIDIA H100 80GB HBM3",
+        memory_total_bytes=80 << 30,
+        memory_used_bytes=0,
+        compute_capability=(9, 0),
+        power_limit_mw=700_000,
+        utilization_gpu_pct=0,
+        temperature_c=40,
+        power_mw=100_000,
+        energy_mj=0,
+        ecc_uncorrected=0,
+        retired_pages_pending=False,
+        healthy=healthy,
+        health_reason=None if healthy else "GPU is lost",
+    )
 
 
 async def test_a_lease_for_gpus_the_agent_cannot_give_is_refused(tmp_path: Path) -> None:
     state = AgentState(tmp_path / "state")
     state.key_for_enrolment()
-    state.save_enrolment({"coordinator_url": "http://127.0.0.1:9", "agent_id": "x", "provider_id": "p"})
+    state.save_enrolment(
+        {"coordinator_url": "http://127.0.0.1:9", "agent_id": "x", "provider_id": "p"}
+    )
     daemon = AgentDaemon(AgentSettings(state_dir=str(state.directory), offered_gpus=[0, 1]), state)
     try:
-        daemon.samples = {s.uuid: s for s in (_sample(0, "GPU-0"), _sample(1, "GPU-1", healthy=False),
-                                              _sample(2, "GPU-2"))}
+        daemon.samples = {
+            s.uuid: s
+            for s in (_sample(0, "GPU-0"), _sample(1, "GPU-1", healthy=False), _sample(2, "GPU-2"))
+        }
 
         def lease(*uuids: str) -> LeaseRecord:
-            return LeaseRecord(lease_id="l", job_id="j", gpu_uuids=uuids, price_per_gpu_hour=1,
-                               lease={}, created_at_ms=0)
+            return LeaseRecord(
+                lease_id="l",
+                job_id="j",
+                gpu_uuids=uuids,
+                price_per_gpu_hour=1,
+                lease={},
+                created_at_ms=0,
+            )
 
         assert daemon.gpus_unavailable(lease("GPU-0")) is None
         assert "not offered" in (daemon.gpus_unavailable(lease("GPU-2")) or "")
@@ -139,12 +199,14 @@ async def test_a_lease_for_gpus_the_agent_cannot_give_is_refused(tmp_path: Path)
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[coordinator]\nheartbeat_timeout_ms = \"45s\"\n", "heartbeat_timeout_ms must be a int"),
+        ('[coordinator]\nheartbeat_timeout_ms = "45s"\n', "heartbeat_timeout_ms must be a int"),
         ("[coordinator]\nsurprise = 1\n", "unknown setting 'surprise'"),
         ("[coordinator]\nreceipt_workers = -1\n", "receipt_workers must be from 0 to 256, not -1"),
         ("[coordinator]\nstop_grace_ms = -5\n", "stop_grace_ms must be 0 or more, not -5"),
-        ("[coordinator]\nrejections_per_agent_per_day = -1\n",
-         "rejections_per_agent_per_day must be 0 or more, not -1"),
+        (
+            "[coordinator]\nrejections_per_agent_per_day = -1\n",
+            "rejections_per_agent_per_day must be 0 or more, not -1",
+        ),
         ("[coordinator\n", "not valid TOML"),
     ],
 )
@@ -159,7 +221,9 @@ def test_coordinator_settings_and_voucher_policy_share_one_file(tmp_path: Path) 
     from coordinator.config import load_settings
     from coordinator.vouchers import VoucherPolicyError, load_voucher_policy
 
-    path = _write(tmp_path, "[coordinator]\nheartbeat_timeout_ms = 60000\n\n[vouchers]\ncoverage_bps = 2500\n")
+    path = _write(
+        tmp_path, "[coordinator]\nheartbeat_timeout_ms = 60000\n\n[vouchers]\ncoverage_bps = 2500\n"
+    )
     assert load_settings(path).heartbeat_timeout_ms == 60_000
     assert load_voucher_policy(path).coverage_bps == 2_500
     with pytest.raises(VoucherPolicyError, match="has no setting 'coverage'"):

@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agent.spool import Spool
 from agent_harness import AgentProcess
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
-GPUS = [FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000001", power_mw=300_000),
-        FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000002", power_mw=300_000)]
+from agent.spool import Spool
+
+GPUS = [
+    FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000001", power_mw=300_000),
+    FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-000000000002", power_mw=300_000),
+]
 
 # these tests restart and kill processes on a loaded machine; none of them is about losing an
 # agent, so the coordinator waits longer than the harness's 3 s before it calls one lost
@@ -26,26 +28,40 @@ UNHURRIED = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000}
 
 
 class Stack:
-    def __init__(self, coordinator: CoordinatorProcess, agent: AgentProcess, api: Api,
-                 engine: EngineService) -> None:
+    def __init__(
+        self, coordinator: CoordinatorProcess, agent: AgentProcess, api: Api, engine: EngineService
+    ) -> None:
         self.coordinator, self.agent, self.api, self.engine = coordinator, agent, api, engine
 
     async def submit(self, command: list[str], **fields: Any) -> str:
-        status, job = await self.api.submit(image=BUSYBOX_IMAGE, command=command,
-                                            max_price_per_gpu_hour_micro_yuan=10_000_000, **fields)
+        status, job = await self.api.submit(
+            image=BUSYBOX_IMAGE,
+            command=command,
+            max_price_per_gpu_hour_micro_yuan=10_000_000,
+            **fields,
+        )
         assert status == 201, job
         return str(job["id"])
 
-    async def wait_state(self, job_id: str, states: set[str], timeout_s: float = 30) -> dict[str, Any]:
+    async def wait_state(
+        self, job_id: str, states: set[str], timeout_s: float = 30
+    ) -> dict[str, Any]:
         try:
             return await self.api.wait_for(job_id, lambda j: j["state"] in states, timeout_s)
         except AssertionError:
-            raise AssertionError(f"{await self.api.job(job_id)}\n--- agent log ---\n{self.agent.log()[-4000:]}")
+            raise AssertionError(
+                f"{await self.api.job(job_id)}\n--- agent log ---\n{self.agent.log()[-4000:]}"
+            )
 
     def receipts(self, lease_id: str) -> list[tuple[int, int, int, int]]:
         with sqlite3.connect(self.coordinator.db) as db:
-            return list(db.execute("SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? "
-                                   "ORDER BY seq", [lease_id]))
+            return list(
+                db.execute(
+                    "SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? "
+                    "ORDER BY seq",
+                    [lease_id],
+                )
+            )
 
     def rejections(self) -> list[tuple[str, str]]:
         with sqlite3.connect(self.coordinator.db) as db:
@@ -56,13 +72,17 @@ class Stack:
         import urllib.parse
 
         filters = urllib.parse.quote(json.dumps({"label": [f"suanli.agent={self.agent.agent_id}"]}))
-        status, body = self.engine.request("GET", f"/v1.41/containers/json?all=true&filters={filters}")
+        status, body = self.engine.request(
+            "GET", f"/v1.41/containers/json?all=true&filters={filters}"
+        )
         assert status == 200, body
         return list(json.loads(body))
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, engine_service: EngineService, cleanup: list) -> AsyncIterator[Stack]:
+async def stack(
+    tmp_path: Path, engine_service: EngineService, cleanup: list
+) -> AsyncIterator[Stack]:
     coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
     coordinator.workdir.mkdir()
     coordinator.start()
@@ -95,8 +115,9 @@ async def _until_market_has_gpus(api: Api, timeout_s: float = 20) -> None:
 
 
 async def test_a_job_runs_in_a_container_and_is_billed_by_signed_receipts(stack: Stack) -> None:
-    job_id = await stack.submit(["sh", "-c", "echo hello from the job; echo to stderr >&2; sleep 3"],
-                                gpus=2)
+    job_id = await stack.submit(
+        ["sh", "-c", "echo hello from the job; echo to stderr >&2; sleep 3"], gpus=2
+    )
     job = await stack.wait_state(job_id, {"succeeded", "failed"})
     assert (job["state"], job["exit_code"]) == ("succeeded", 0), job
     receipts = await asyncio.to_thread(lambda: _wait_for_final(stack, job["lease_id"]))
@@ -109,7 +130,9 @@ async def test_a_job_runs_in_a_container_and_is_billed_by_signed_receipts(stack:
     assert (await stack.api.job(job_id))["charged_micro_yuan"] == amount
     assert stack.rejections() == []
     _, log = await stack.api.call("GET", f"/v1/jobs/{job_id}/logs")
-    assert "hello from the job" in log["data"] and "to stderr" in log["data"], stack.agent.log()[-3000:]
+    assert "hello from the job" in log["data"] and "to stderr" in log["data"], stack.agent.log()[
+        -3000:
+    ]
     # the agent removes the container once its final receipt is sent, a moment after it lands
     deadline = time.monotonic() + 10
     while stack.containers() and time.monotonic() < deadline:
@@ -124,7 +147,9 @@ def _wait_for_final(stack: Stack, lease_id: str) -> list[tuple[int, int, int, in
         if receipts and receipts[-1][1]:
             return receipts
         time.sleep(0.2)
-    raise AssertionError(f"no final receipt: {stack.receipts(lease_id)}\n{stack.agent.log()[-3000:]}")
+    raise AssertionError(
+        f"no final receipt: {stack.receipts(lease_id)}\n{stack.agent.log()[-3000:]}"
+    )
 
 
 async def test_cancel_stops_the_container_and_the_billing(stack: Stack) -> None:
@@ -143,15 +168,19 @@ async def test_cancel_stops_the_container_and_the_billing(stack: Stack) -> None:
 
 
 async def test_a_memory_hog_is_killed_and_reported(stack: Stack) -> None:
-    job_id = await stack.submit(["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"],
-                                memory_bytes=64 << 20)
+    job_id = await stack.submit(
+        ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"], memory_bytes=64 << 20
+    )
     job = await stack.wait_state(job_id, {"succeeded", "failed"}, timeout_s=60)
     assert (job["state"], job["exit_code"], job["reason"]) == ("failed", 137, "killed")
 
 
 async def test_a_missing_image_fails_the_job_clearly(stack: Stack) -> None:
-    status, job = await stack.api.submit(image="registry.invalid/nobody/nothing:1", command=["true"],
-                                         max_price_per_gpu_hour_micro_yuan=10_000_000)
+    status, job = await stack.api.submit(
+        image="registry.invalid/nobody/nothing:1",
+        command=["true"],
+        max_price_per_gpu_hour_micro_yuan=10_000_000,
+    )
     job = await stack.wait_state(job["id"], {"failed"}, timeout_s=60)
     assert job["reason"] in ("image_not_found", "image_pull_failed")
     assert "registry.invalid" in job["reason_detail"]
@@ -204,8 +233,9 @@ async def test_spool_holds_every_signed_receipt_until_acknowledged(stack: Stack)
     assert [r.seq for r in kept] == [r[0] for r in stack.receipts(job["lease_id"])]
 
 
-async def test_an_unpaid_job_is_stopped_at_the_acceptance_deadline(tmp_path: Path, engine_service: EngineService,
-                                                                   cleanup: list) -> None:
+async def test_an_unpaid_job_is_stopped_at_the_acceptance_deadline(
+    tmp_path: Path, engine_service: EngineService, cleanup: list
+) -> None:
     coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
     coordinator.workdir.mkdir()
     coordinator.start()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from coordinator_harness import CoordinatorProcess, FakeAgent, inventory
 
 from agent.coordinator_client import CoordinatorClient, CoordinatorError
-from coordinator_harness import CoordinatorProcess, FakeAgent, inventory
 from shared import canonical
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
@@ -15,7 +15,10 @@ from shared.signed_request import sign_request
 
 async def test_enrolment_token_is_one_time(coordinator: CoordinatorProcess, cleanup: list) -> None:
     token = coordinator.add_provider(1, max_hosts=1)
-    first, second = FakeAgent(coordinator.url, ["GPU-1"], 1), FakeAgent(coordinator.url, ["GPU-2"], 1)
+    first, second = (
+        FakeAgent(coordinator.url, ["GPU-1"], 1),
+        FakeAgent(coordinator.url, ["GPU-2"], 1),
+    )
     cleanup += [first, second]
     answer = await first.enrol(token)
     assert answer["agent_id"] == first.agent_id
@@ -24,7 +27,9 @@ async def test_enrolment_token_is_one_time(coordinator: CoordinatorProcess, clea
     assert caught.value.status == 401
 
 
-async def test_unknown_token_and_reenrolment_are_refused(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_unknown_token_and_reenrolment_are_refused(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = FakeAgent(coordinator.url, ["GPU-1"], 1)
     cleanup.append(agent)
     with pytest.raises(CoordinatorError, match="not known"):
@@ -36,23 +41,36 @@ async def test_unknown_token_and_reenrolment_are_refused(coordinator: Coordinato
     assert caught.value.status == 409
 
 
-async def test_enrolment_must_be_signed_by_the_registered_key(coordinator: CoordinatorProcess) -> None:
+async def test_enrolment_must_be_signed_by_the_registered_key(
+    coordinator: CoordinatorProcess,
+) -> None:
     token = coordinator.add_provider(1)
     key, other = PrivateKey.generate(), PrivateKey.generate()
-    request = sign_request(other, "POST", "/v1/agent/enroll", {"token": token, "hostname": "h"},
-                           time.time_ns() // 1_000_000)
+    request = sign_request(
+        other,
+        "POST",
+        "/v1/agent/enroll",
+        {"token": token, "hostname": "h"},
+        time.time_ns() // 1_000_000,
+    )
     client = CoordinatorClient(coordinator.url, key)
     try:
         with pytest.raises(CoordinatorError, match="not signed by the key") as caught:
-            await client._post("/v1/agent/enroll", canonical.encode(
-                {"public_key": key.public.raw, "request": request}))
+            await client._post(
+                "/v1/agent/enroll",
+                canonical.encode({"public_key": key.public.raw, "request": request}),
+            )
         assert caught.value.status == 401
     finally:
         await client.close()
 
 
-async def _enrolled(coordinator: CoordinatorProcess, cleanup: list, uuids: list[str] | None = None,
-                    ask: int = 5_000_000) -> FakeAgent:
+async def _enrolled(
+    coordinator: CoordinatorProcess,
+    cleanup: list,
+    uuids: list[str] | None = None,
+    ask: int = 5_000_000,
+) -> FakeAgent:
     agent = FakeAgent(coordinator.url, uuids or ["GPU-a0", "GPU-a1"], ask)
     cleanup.append(agent)
     await agent.enrol(coordinator.add_provider(len(cleanup)))
@@ -69,9 +87,13 @@ async def test_unenrolled_key_is_refused(coordinator: CoordinatorProcess, cleanu
 
 async def test_replayed_request_is_refused(coordinator: CoordinatorProcess, cleanup: list) -> None:
     agent = await _enrolled(coordinator, cleanup)
-    body = sign_request(agent.key, "POST", "/v1/agent/heartbeat",
-                        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
-                        time.time_ns() // 1_000_000)
+    body = sign_request(
+        agent.key,
+        "POST",
+        "/v1/agent/heartbeat",
+        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
+        time.time_ns() // 1_000_000,
+    )
     await agent.client._post("/v1/agent/heartbeat", body)
     with pytest.raises(CoordinatorError, match="replayed") as caught:
         await agent.client._post("/v1/agent/heartbeat", body)
@@ -79,30 +101,47 @@ async def test_replayed_request_is_refused(coordinator: CoordinatorProcess, clea
 
 
 @pytest.mark.parametrize("skew_ms", [-120_000, 120_000])
-async def test_stale_or_future_request_is_refused(coordinator: CoordinatorProcess, cleanup: list,
-                                                  skew_ms: int) -> None:
+async def test_stale_or_future_request_is_refused(
+    coordinator: CoordinatorProcess, cleanup: list, skew_ms: int
+) -> None:
     agent = await _enrolled(coordinator, cleanup)
-    body = sign_request(agent.key, "POST", "/v1/agent/heartbeat",
-                        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
-                        time.time_ns() // 1_000_000 + skew_ms)
+    body = sign_request(
+        agent.key,
+        "POST",
+        "/v1/agent/heartbeat",
+        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
+        time.time_ns() // 1_000_000 + skew_ms,
+    )
     with pytest.raises(CoordinatorError, match="outside the accepted window"):
         await agent.client._post("/v1/agent/heartbeat", body)
 
 
-async def test_request_signed_for_another_route_is_refused(coordinator: CoordinatorProcess,
-                                                           cleanup: list) -> None:
+async def test_request_signed_for_another_route_is_refused(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _enrolled(coordinator, cleanup)
-    body = sign_request(agent.key, "POST", "/v1/agent/leases", {"known_version": 0, "wait_ms": 0},
-                        time.time_ns() // 1_000_000)
+    body = sign_request(
+        agent.key,
+        "POST",
+        "/v1/agent/leases",
+        {"known_version": 0, "wait_ms": 0},
+        time.time_ns() // 1_000_000,
+    )
     with pytest.raises(CoordinatorError, match="signed for POST /v1/agent/leases"):
         await agent.client._post("/v1/agent/heartbeat", body)
 
 
 async def test_tampered_request_is_refused(coordinator: CoordinatorProcess, cleanup: list) -> None:
     agent = await _enrolled(coordinator, cleanup)
-    body = bytearray(sign_request(agent.key, "POST", "/v1/agent/heartbeat",
-                                  {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
-                                  time.time_ns() // 1_000_000))
+    body = bytearray(
+        sign_request(
+            agent.key,
+            "POST",
+            "/v1/agent/heartbeat",
+            {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-a0"])},
+            time.time_ns() // 1_000_000,
+        )
+    )
     body[10] ^= 0x01
     with pytest.raises(CoordinatorError, match="signature") as caught:
         await agent.client._post("/v1/agent/heartbeat", bytes(body))
@@ -120,15 +159,18 @@ async def test_tampered_request_is_refused(coordinator: CoordinatorProcess, clea
         ([1, 2, 3], "a heartbeat is a map"),
     ],
 )
-async def test_bad_heartbeats_are_refused_by_field(coordinator: CoordinatorProcess, cleanup: list,
-                                                   body: object, message: str) -> None:
+async def test_bad_heartbeats_are_refused_by_field(
+    coordinator: CoordinatorProcess, cleanup: list, body: object, message: str
+) -> None:
     agent = await _enrolled(coordinator, cleanup)
     with pytest.raises(CoordinatorError, match=message) as caught:
         await agent.client.signed("/v1/agent/heartbeat", body)
     assert caught.value.status == 422
 
 
-async def test_agent_cannot_touch_another_agents_lease(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_agent_cannot_touch_another_agents_lease(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     from coordinator_harness import Api
 
     owner = await _enrolled(coordinator, cleanup, ["GPU-o0"], ask=1_000_000)
@@ -139,9 +181,11 @@ async def test_agent_cannot_touch_another_agents_lease(coordinator: CoordinatorP
     status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=1_500_000)
     assert status == 201
     lease = await owner.wait_for_lease()
-    for call in (intruder.client.status(lease["lease_id"], "started"),
-                 intruder.client.log_chunk(lease["lease_id"], 0, b"forged"),
-                 intruder.client.status(lease["lease_id"], "exited", exit_code=0)):
+    for call in (
+        intruder.client.status(lease["lease_id"], "started"),
+        intruder.client.log_chunk(lease["lease_id"], 0, b"forged"),
+        intruder.client.status(lease["lease_id"], "exited", exit_code=0),
+    ):
         with pytest.raises(CoordinatorError) as caught:
             await call
         assert caught.value.status == 404
@@ -154,13 +198,18 @@ async def test_body_limit_and_content_type(coordinator: CoordinatorProcess, clea
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(coordinator.url + "/v1/agent/heartbeat",
-                                data=io.BytesIO(b"\x00" * ((1 << 20) + 1)),
-                                headers={"Content-Type": "application/msgpack"}) as response:
+        async with session.post(
+            coordinator.url + "/v1/agent/heartbeat",
+            data=io.BytesIO(b"\x00" * ((1 << 20) + 1)),
+            headers={"Content-Type": "application/msgpack"},
+        ) as response:
             assert response.status == 413
             assert "larger than the limit" in canonical.decode(await response.read())["detail"]
-        async with session.post(coordinator.url + "/v1/agent/heartbeat", data=b"{}",
-                                headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            coordinator.url + "/v1/agent/heartbeat",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        ) as response:
             assert response.status == 415
             assert canonical.decode(await response.read())["error"] == "unsupported_media_type"
 
@@ -168,7 +217,9 @@ async def test_body_limit_and_content_type(coordinator: CoordinatorProcess, clea
 async def test_log_chunks_are_idempotent_by_offset_and_bounded(tmp_path, cleanup: list) -> None:
     from coordinator_harness import FAST_SETTINGS, Api
 
-    coordinator = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "job_log_limit_bytes": 10}).start()
+    coordinator = CoordinatorProcess(
+        tmp_path, settings={**FAST_SETTINGS, "job_log_limit_bytes": 10}
+    ).start()
     try:
         agent = await _enrolled(coordinator, cleanup, ["GPU-l0"], ask=1)
         await agent.heartbeat()

@@ -53,7 +53,8 @@ def test_client_imports_only_shared() -> None:
         f"{path.relative_to(ROOT)} imports {name}"
         for path in client
         for name in sorted(_imports(path))
-        if name.split(".")[0] in ("agent", "coordinator") and not name.startswith("coordinator.client")
+        if name.split(".")[0] in ("agent", "coordinator")
+        and not name.startswith("coordinator.client")
     ]
     assert offending == []
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from coordinator_harness import GIB, Api, CoordinatorProcess, FakeAgent
 
 
-async def _agent(coordinator: CoordinatorProcess, cleanup: list, uuids: list[str], ask: int,
-                 **gpu: object) -> FakeAgent:
+async def _agent(
+    coordinator: CoordinatorProcess, cleanup: list, uuids: list[str], ask: int, **gpu: object
+) -> FakeAgent:
     agent = FakeAgent(coordinator.url, uuids, ask, **gpu)
     cleanup.append(agent)
     await agent.enrol(coordinator.add_provider(len(cleanup)))
@@ -23,7 +23,9 @@ async def _api(coordinator: CoordinatorProcess, cleanup: list, n: int = 100) -> 
     return api
 
 
-async def test_lowest_ask_wins_and_pays_the_second_lowest(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_lowest_ask_wins_and_pays_the_second_lowest(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     cheap = await _agent(coordinator, cleanup, ["GPU-c0", "GPU-c1"], 4_000_000)
     middle = await _agent(coordinator, cleanup, ["GPU-m0", "GPU-m1"], 6_000_000)
     await _agent(coordinator, cleanup, ["GPU-e0", "GPU-e1"], 9_000_000)
@@ -36,7 +38,10 @@ async def test_lowest_ask_wins_and_pays_the_second_lowest(coordinator: Coordinat
     assert lease["job"]["image"] == "busybox:latest"
     shown = await api.job(job["id"])
     assert (shown["state"], shown["agent_id"], shown["price_per_gpu_hour_micro_yuan"]) == (
-        "leased", cheap.agent_id, 6_000_000)
+        "leased",
+        cheap.agent_id,
+        6_000_000,
+    )
     assert await middle.leases() == []
 
     # the cheap agent is now full; the next job goes to the middle ask, priced at the next ask
@@ -46,7 +51,9 @@ async def test_lowest_ask_wins_and_pays_the_second_lowest(coordinator: Coordinat
     assert (lease["job_id"], lease["price_per_gpu_hour"]) == (second["id"], 7_000_000)
 
 
-async def test_a_single_eligible_offer_is_paid_the_max_price(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_a_single_eligible_offer_is_paid_the_max_price(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-s0"], 3_000_000)
     await _agent(coordinator, cleanup, ["GPU-t0"], 20_000_000)
     api = await _api(coordinator, cleanup)
@@ -63,8 +70,9 @@ async def test_a_single_eligible_offer_is_paid_the_max_price(coordinator: Coordi
         ({"max_price_per_gpu_hour_micro_yuan": 1_000}, "no_agent_at_or_below_max_price"),
     ],
 )
-async def test_pending_jobs_say_why(coordinator: CoordinatorProcess, cleanup: list, fields: dict,
-                                    reason: str) -> None:
+async def test_pending_jobs_say_why(
+    coordinator: CoordinatorProcess, cleanup: list, fields: dict, reason: str
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-p0", "GPU-p1"], 2_000_000)
     api = await _api(coordinator, cleanup)
     _, job = await api.submit(**fields)
@@ -73,7 +81,9 @@ async def test_pending_jobs_say_why(coordinator: CoordinatorProcess, cleanup: li
     assert await agent.leases() == []
 
 
-async def test_model_filter_accepts_a_family_name(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_model_filter_accepts_a_family_name(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     await _agent(coordinator, cleanup, ["GPU-a0"], 1_000_000, name="NVIDIA A100-SXM4-80GB")
     h100 = await _agent(coordinator, cleanup, ["GPU-h0"], 5_000_000)
     api = await _api(coordinator, cleanup)
@@ -82,7 +92,9 @@ async def test_model_filter_accepts_a_family_name(coordinator: CoordinatorProces
     assert (await api.job(job["id"]))["spec"]["gpu_models"] == ["H100 NVL", "H100 PCIe", "H100 SXM"]
 
 
-async def test_run_to_success_and_to_failure(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_run_to_success_and_to_failure(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-r0", "GPU-r1"], 1_000_000)
     api = await _api(coordinator, cleanup)
     _, ok_job = await api.submit()
@@ -104,7 +116,9 @@ async def test_run_to_success_and_to_failure(coordinator: CoordinatorProcess, cl
     assert await agent.leases() == [], "ended leases leave the agent's list"
 
 
-async def test_cancel_reaches_the_agent_and_ends_the_job(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_cancel_reaches_the_agent_and_ends_the_job(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-x0"], 1_000_000)
     api = await _api(coordinator, cleanup)
     _, job = await api.submit()
@@ -125,18 +139,26 @@ async def test_cancel_pending_job_at_once(coordinator: CoordinatorProcess, clean
     assert (status, shown["state"]) == (200, "cancelled")
 
 
-async def test_failed_start_by_job_fault_fails_the_job(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_failed_start_by_job_fault_fails_the_job(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-f0"], 1_000_000)
     api = await _api(coordinator, cleanup)
     _, job = await api.submit(image="no/such-image:1")
     lease = await agent.wait_for_lease()
-    await agent.client.status(lease["lease_id"], "failed", reason_code="image_not_found",
-                              reason="image no/such-image:1 was not found")
+    await agent.client.status(
+        lease["lease_id"],
+        "failed",
+        reason_code="image_not_found",
+        reason="image no/such-image:1 was not found",
+    )
     shown = await api.job(job["id"])
     assert (shown["state"], shown["reason"]) == ("failed", "image_not_found")
 
 
-async def test_missed_start_deadline_requeues_elsewhere(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_missed_start_deadline_requeues_elsewhere(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     slow = await _agent(coordinator, cleanup, ["GPU-slow"], 1_000_000)
     other = await _agent(coordinator, cleanup, ["GPU-other"], 2_000_000)
     api = await _api(coordinator, cleanup)
@@ -149,7 +171,9 @@ async def test_missed_start_deadline_requeues_elsewhere(coordinator: Coordinator
     assert await slow.leases() == []
 
 
-async def test_silent_agent_loses_its_lease_and_the_job_moves(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_silent_agent_loses_its_lease_and_the_job_moves(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     doomed = await _agent(coordinator, cleanup, ["GPU-d0"], 1_000_000)
     backup = await _agent(coordinator, cleanup, ["GPU-b0"], 2_000_000)
     api = await _api(coordinator, cleanup)
@@ -164,7 +188,8 @@ async def test_silent_agent_loses_its_lease_and_the_job_moves(coordinator: Coord
 
 
 async def test_capacity_conflicts_flag_the_newcomers_claim_and_withdraw_it(
-        coordinator: CoordinatorProcess, cleanup: list) -> None:
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     first = await _agent(coordinator, cleanup, ["GPU-shared", "GPU-f1"], 1_000_000)
     second = FakeAgent(coordinator.url, ["GPU-shared"], 1_000_000)
     cleanup.append(second)
@@ -188,7 +213,9 @@ async def test_capacity_conflicts_flag_the_newcomers_claim_and_withdraw_it(
     assert shown["state"] == "pending"
 
 
-async def test_vanished_gpu_is_flagged_until_it_returns(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_vanished_gpu_is_flagged_until_it_returns(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-v0", "GPU-v1"], 1_000_000)
     await agent.stop_heartbeats()
     agent.uuids = ["GPU-v0"]
@@ -198,7 +225,9 @@ async def test_vanished_gpu_is_flagged_until_it_returns(coordinator: Coordinator
     assert (await agent.heartbeat())["flags"] == []
 
 
-async def test_unhealthy_gpus_are_not_offered(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_unhealthy_gpus_are_not_offered(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-u0"], 1_000_000, healthy=False)
     api = await _api(coordinator, cleanup)
     _, job = await api.submit()
@@ -207,7 +236,9 @@ async def test_unhealthy_gpus_are_not_offered(coordinator: CoordinatorProcess, c
     assert (await agent.wait_for_lease())["job_id"] == job["id"]
 
 
-async def test_restart_keeps_accounts_jobs_and_leases(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_restart_keeps_accounts_jobs_and_leases(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-k0", "GPU-k1"], 1_000_000)
     api = await _api(coordinator, cleanup)
     _, leased = await api.submit()

@@ -9,25 +9,49 @@ import time
 from typing import Any
 
 import aiohttp
-
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, uscc
+
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
 
-def _receipt(agent: FakeAgent, lease: dict[str, Any], previous: SealedReceipt | None, gpu_ms: int,
-             final: bool = False) -> SealedReceipt:
+def _receipt(
+    agent: FakeAgent,
+    lease: dict[str, Any],
+    previous: SealedReceipt | None,
+    gpu_ms: int,
+    final: bool = False,
+) -> SealedReceipt:
     price = lease["price_per_gpu_hour"]
-    return seal_receipt(Receipt(
-        lease_id=lease["lease_id"], job_id=lease["job_id"], agent_id=agent.agent_id,
-        seq=previous.receipt.seq + 1 if previous else 1, prev=previous.digest if previous else GENESIS_PREV,
-        issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]), gpu_ms=gpu_ms,
-        energy_mj=0, utilization_pct=90, peak_memory_bytes=0, price_per_gpu_hour=price,
-        amount=usage_amount(gpu_ms, price), final=final, exit_code=0 if final else None), agent.key)
+    return seal_receipt(
+        Receipt(
+            lease_id=lease["lease_id"],
+            job_id=lease["job_id"],
+            agent_id=agent.agent_id,
+            seq=previous.receipt.seq + 1 if previous else 1,
+            prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=time.time_ns() // 1_000_000,
+            gpu_uuids=tuple(lease["gpu_uuids"]),
+            gpu_ms=gpu_ms,
+            energy_mj=0,
+            utilization_pct=90,
+            peak_memory_bytes=0,
+            price_per_gpu_hour=price,
+            amount=usage_amount(gpu_ms, price),
+            final=final,
+            exit_code=0 if final else None,
+        ),
+        agent.key,
+    )
 
 
-async def _setup(coordinator: CoordinatorProcess, cleanup: list, provider_uscc: int, enterprise_uscc: int,
-                 price: int = 3_600_000_000) -> tuple[FakeAgent, Api]:
+async def _setup(
+    coordinator: CoordinatorProcess,
+    cleanup: list,
+    provider_uscc: int,
+    enterprise_uscc: int,
+    price: int = 3_600_000_000,
+) -> tuple[FakeAgent, Api]:
     agent = FakeAgent(coordinator.url, ["GPU-b0"], price)
     cleanup.append(agent)
     token = coordinator.admin_json("add-provider", "--name", "DC", "--uscc", uscc(provider_uscc))
@@ -39,8 +63,9 @@ async def _setup(coordinator: CoordinatorProcess, cleanup: list, provider_uscc: 
     return agent, api
 
 
-async def _run(agent: FakeAgent, api: Api, milliseconds: list[int], start_delay_s: float = 0,
-               **fields: Any) -> tuple[dict[str, Any], list]:
+async def _run(
+    agent: FakeAgent, api: Api, milliseconds: list[int], start_delay_s: float = 0, **fields: Any
+) -> tuple[dict[str, Any], list]:
     status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, **fields)
     assert status == 201, job
     lease = await agent.wait_for_lease()
@@ -52,7 +77,9 @@ async def _run(agent: FakeAgent, api: Api, milliseconds: list[int], start_delay_
     previous = None
     for gpu_ms in milliseconds:
         if not start_delay_s:
-            await asyncio.sleep(gpu_ms / 1000 - (previous.receipt.gpu_ms / 1000 if previous else 0) + 0.05)
+            await asyncio.sleep(
+                gpu_ms / 1000 - (previous.receipt.gpu_ms / 1000 if previous else 0) + 0.05
+            )
         sealed = _receipt(agent, lease, previous, gpu_ms)
         answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [sealed.envelope]})
         results.append(answer["results"][0])
@@ -61,7 +88,9 @@ async def _run(agent: FakeAgent, api: Api, milliseconds: list[int], start_delay_
     return await api.job(job["id"]), results
 
 
-async def test_charges_split_into_voucher_and_deferred_parts(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_charges_split_into_voucher_and_deferred_parts(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=2)
     job, results = await _run(agent, api, [200, 500])
     assert [r["status"] for r in results] == ["accepted", "accepted"]
@@ -82,35 +111,45 @@ async def test_charges_split_into_voucher_and_deferred_parts(coordinator: Coordi
     assert check.returncode == 0, check.stdout
 
 
-async def test_no_voucher_when_a_company_buys_from_itself(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_no_voucher_when_a_company_buys_from_itself(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent, api = await _setup(coordinator, cleanup, provider_uscc=7, enterprise_uscc=7)
     job, _ = await _run(agent, api, [300])
     assert job["charged_micro_yuan"] > 0
     assert (job["voucher_micro_yuan"], job["deferred_micro_yuan"]) == (0, job["charged_micro_yuan"])
 
 
-async def test_a_job_that_does_not_fit_the_credit_is_refused(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_a_job_that_does_not_fit_the_credit_is_refused(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=3)
     _, account = await api.call("GET", "/v1/account")
     coordinator.admin("set-credit-limit", "--enterprise", account["id"], "--amount", "1.00")
-    status, answer = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, max_duration_s=3600)
+    status, answer = await api.submit(
+        max_price_per_gpu_hour_micro_yuan=agent.ask, max_duration_s=3600
+    )
     assert (status, answer["error"]) == (402, "credit_exceeded"), answer
     _, listing = await api.call("GET", "/v1/jobs")
     assert listing["jobs"] == []
 
 
 async def test_usage_beyond_the_jobs_maximum_duration_is_refused_by_its_window(
-        coordinator: CoordinatorProcess, cleanup: list) -> None:
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     # reservations hold each job's maximum cost, so a receipt cannot outrun the credit inside
     # its window; past the window it is refused by the window rule, and nothing is charged
-    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=4,
-                              price=36_000_000_000)
+    agent, api = await _setup(
+        coordinator, cleanup, provider_uscc=1, enterprise_uscc=4, price=36_000_000_000
+    )
     job, results = await _run(agent, api, [200, 1_500], max_duration_s=1)
     assert [r["status"] for r in results] == ["accepted", "rejected"], results
     assert results[1]["rule"] == "outside_billable_window"
     assert job["charged_micro_yuan"] == usage_amount(200, agent.ask)
     leases = await agent.leases(wait_ms=2000)
-    assert [(lease["desired"], lease["stop_reason"]) for lease in leases] == [("stop", "lease_ended")]
+    assert [(lease["desired"], lease["stop_reason"]) for lease in leases] == [
+        ("stop", "lease_ended")
+    ]
     await agent.client.status(leases[0]["lease_id"], "exited", exit_code=143)
     ended = await api.job(job["id"])
     assert (ended["state"], ended["reason"]) == ("failed", "max_duration_reached")
@@ -118,10 +157,12 @@ async def test_usage_beyond_the_jobs_maximum_duration_is_refused_by_its_window(
 
 
 async def test_a_batch_is_accepted_up_to_the_receipt_that_leaves_the_window(
-        coordinator: CoordinatorProcess, cleanup: list) -> None:
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     # the batch's receipts of one lease inside the window are posted together, on the last
-    agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=4,
-                              price=36_000_000_000)
+    agent, api = await _setup(
+        coordinator, cleanup, provider_uscc=1, enterprise_uscc=4, price=36_000_000_000
+    )
     status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=agent.ask, max_duration_s=1)
     assert status == 201, job
     lease = await agent.wait_for_lease()
@@ -130,7 +171,9 @@ async def test_a_batch_is_accepted_up_to_the_receipt_that_leaves_the_window(
     chain: list[SealedReceipt] = []
     for gpu_ms in (200, 400, 1_500):
         chain.append(_receipt(agent, lease, chain[-1] if chain else None, gpu_ms))
-    answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [s.envelope for s in chain]})
+    answer = await agent.client.signed(
+        "/v1/agent/receipts", {"receipts": [s.envelope for s in chain]}
+    )
     results = answer["results"]
     assert [r["status"] for r in results] == ["accepted", "accepted", "rejected"], results
     assert results[2]["rule"] == "outside_billable_window"
@@ -141,7 +184,9 @@ async def test_a_batch_is_accepted_up_to_the_receipt_that_leaves_the_window(
     assert [row[0] for row in postings] == [usage_amount(400, agent.ask)]
 
 
-async def test_suanli_account_shows_the_money_in_yuan(coordinator: CoordinatorProcess, cleanup: list) -> None:
+async def test_suanli_account_shows_the_money_in_yuan(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     import os
     import subprocess
     import sys
@@ -150,16 +195,23 @@ async def test_suanli_account_shows_the_money_in_yuan(coordinator: CoordinatorPr
     agent, api = await _setup(coordinator, cleanup, provider_uscc=1, enterprise_uscc=9)
     await _run(agent, api, [300])
     env = {**os.environ, "SUANLI_COORDINATOR": coordinator.url, "SUANLI_TOKEN": api.token or ""}
-    result = await asyncio.to_thread(subprocess.run, [Path(sys.executable).parent / "suanli", "account"],
-                                     capture_output=True, text=True, env=env, check=False)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [Path(sys.executable).parent / "suanli", "account"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "voucher 20" in result.stdout and "¥0.15 used of ¥5000000.00" in result.stdout
     assert "covers 50% of each charge" in result.stdout
     assert "owed (deferred): ¥0.15" in result.stdout
 
 
-async def test_the_audit_compares_ledger_balances_with_the_log(coordinator: CoordinatorProcess,
-                                                               cleanup: list) -> None:
+async def test_the_audit_compares_ledger_balances_with_the_log(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     import os
     import sqlite3
     import subprocess
@@ -184,7 +236,9 @@ async def test_the_audit_compares_ledger_balances_with_the_log(coordinator: Coor
     refused = await asyncio.to_thread(audit, api.token)
     assert refused.returncode == 1 and "auditors" in refused.stderr
     with sqlite3.connect(coordinator.db) as db:
-        db.execute("UPDATE ledger_accounts SET debits_posted = debits_posted - 1 WHERE id LIKE 'receivable:%'")
+        db.execute(
+            "UPDATE ledger_accounts SET debits_posted = debits_posted - 1 WHERE id LIKE 'receivable:%'"
+        )
     edited = await asyncio.to_thread(audit, auditor)
     assert edited.returncode == 3, edited.stdout + edited.stderr
     codes = {d["code"] for d in json.loads(edited.stdout)["discrepancies"]}

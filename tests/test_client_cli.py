@@ -25,11 +25,27 @@ from coordinator.client.units import (
 )
 
 SUANLI = Path(sys.executable).parent / "suanli"
-REQUIRED_JOB_FIELDS = {"id", "state", "reason", "agent_id", "gpu_uuids",
-                       "price_per_gpu_hour_micro_yuan", "started_at_ms", "ended_at_ms",
-                       "exit_code"}
-JOB = ["--image", "busybox:latest", "--gpus", "1", "--max-duration", "10m",
-       "--max-price-per-gpu-hour", "10"]
+REQUIRED_JOB_FIELDS = {
+    "id",
+    "state",
+    "reason",
+    "agent_id",
+    "gpu_uuids",
+    "price_per_gpu_hour_micro_yuan",
+    "started_at_ms",
+    "ended_at_ms",
+    "exit_code",
+}
+JOB = [
+    "--image",
+    "busybox:latest",
+    "--gpus",
+    "1",
+    "--max-duration",
+    "10m",
+    "--max-price-per-gpu-hour",
+    "10",
+]
 
 
 @dataclass
@@ -52,16 +68,26 @@ def _env(url: str | None, token: str | None) -> dict[str, str]:
 
 
 def run(*args: str, url: str | None = None, token: str | None = None) -> Result:
-    done = subprocess.run([SUANLI, *args], capture_output=True, text=True, check=False,
-                          env=_env(url, token), timeout=30)
+    done = subprocess.run(
+        [SUANLI, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_env(url, token),
+        timeout=30,
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return Result(done.returncode, done.stdout, done.stderr)
 
 
 async def arun(*args: str, url: str | None = None, token: str | None = None) -> Result:
     process = await asyncio.create_subprocess_exec(
-        SUANLI, *args, env=_env(url, token),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        SUANLI,
+        *args,
+        env=_env(url, token),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode is not None
     assert b"Traceback" not in stderr, stderr
@@ -74,8 +100,14 @@ def ok(result: Result) -> Result:
     return result
 
 
-async def small_gpu_agent(coordinator: CoordinatorProcess, cleanup: list[Any], n: int,
-                          memory: int = 16 * GIB, gpus: int = 1, ask: int = 2_000_000) -> FakeAgent:
+async def small_gpu_agent(
+    coordinator: CoordinatorProcess,
+    cleanup: list[Any],
+    n: int,
+    memory: int = 16 * GIB,
+    gpus: int = 1,
+    ask: int = 2_000_000,
+) -> FakeAgent:
     """An enrolled agent that keeps heartbeating, so that the market is not empty."""
     agent = FakeAgent(coordinator.url, [f"GPU-{n}-{i}" for i in range(gpus)], ask, memory=memory)
     cleanup.append(agent)
@@ -88,43 +120,103 @@ async def small_gpu_agent(coordinator: CoordinatorProcess, cleanup: list[Any], n
 # -- the unit parsers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("4096", 4096), ("1B", 1), ("40GiB", 40 * GIB), ("40gib", 40 * GIB), ("40 GiB", 40 * GIB),
-    ("1.5GiB", 3 * GIB // 2), ("512MiB", 512 << 20), ("2KiB", 2048), ("1TiB", 1 << 40),
-    ("40GB", 40 * 10**9), ("1.5MB", 1_500_000), ("0.001KB", 1), ("64mb", 64 * 10**6),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4096", 4096),
+        ("1B", 1),
+        ("40GiB", 40 * GIB),
+        ("40gib", 40 * GIB),
+        ("40 GiB", 40 * GIB),
+        ("1.5GiB", 3 * GIB // 2),
+        ("512MiB", 512 << 20),
+        ("2KiB", 2048),
+        ("1TiB", 1 << 40),
+        ("40GB", 40 * 10**9),
+        ("1.5MB", 1_500_000),
+        ("0.001KB", 1),
+        ("64mb", 64 * 10**6),
+    ],
+)
 def test_sizes_are_exact(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", [
-    "", "lots", "40G", "40 GiBs", "-1GiB", "1e9", "0", "0GiB", "1.5B", "0.1KiB", "GiB", "1..5GiB",
-    "٣GiB", "1" * 41,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "lots",
+        "40G",
+        "40 GiBs",
+        "-1GiB",
+        "1e9",
+        "0",
+        "0GiB",
+        "1.5B",
+        "0.1KiB",
+        "GiB",
+        "1..5GiB",
+        "٣GiB",
+        "1" * 41,
+    ],
+)
 def test_bad_sizes_are_refused_with_a_sentence(text: str) -> None:
     with pytest.raises(UnitError, match=r"size|bytes|zero|longer"):
         parse_size(text)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90), ("30m", 1800), ("2h", 7200), ("1d", 86_400), ("1h30m", 5400),
-    ("1d2h3m4s", 93_784), ("3600", 3600), ("90m", 5400),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1d", 86_400),
+        ("1h30m", 5400),
+        ("1d2h3m4s", 93_784),
+        ("3600", 3600),
+        ("90m", 5400),
+    ],
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", [
-    "", "2x", "h", "1.5h", "30m1h", "1h1h", "1h 30m", "-1h", "0s", "0", "1w", "²", "PT1H",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "2x",
+        "h",
+        "1.5h",
+        "30m1h",
+        "1h1h",
+        "1h 30m",
+        "-1h",
+        "0s",
+        "0",
+        "1w",
+        "²",
+        "PT1H",
+    ],
+)
 def test_bad_durations_are_refused_with_a_sentence(text: str) -> None:
     with pytest.raises(UnitError, match="duration"):
         parse_duration(text)
 
 
-@pytest.mark.parametrize(("text", "milli"), [
-    ("8", 8000), ("0.5", 500), ("1.25", 1250), ("0.001", 1), ("2.500", 2500), ("16.0000", 16000),
-])
+@pytest.mark.parametrize(
+    ("text", "milli"),
+    [
+        ("8", 8000),
+        ("0.5", 500),
+        ("1.25", 1250),
+        ("0.001", 1),
+        ("2.500", 2500),
+        ("16.0000", 16000),
+    ],
+)
 def test_cores_are_exact(text: str, milli: int) -> None:
     assert parse_cores(text) == milli
 
@@ -135,8 +227,10 @@ def test_bad_cores_are_refused_with_a_sentence(text: str) -> None:
         parse_cores(text)
 
 
-@pytest.mark.parametrize(("size", "text"), [
-    (80 * GIB, "80 GiB"), (3 * GIB // 2, "1.5 GiB"), (512 << 20, "512 MiB"), (100, "100 B")])
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(80 * GIB, "80 GiB"), (3 * GIB // 2, "1.5 GiB"), (512 << 20, "512 MiB"), (100, "100 B")],
+)
 def test_sizes_display(size: int, text: str) -> None:
     assert format_size(size) == text
 
@@ -154,16 +248,19 @@ def test_cores_display_in_the_form_they_are_read(milli: int) -> None:
 # -- the command line, before anything is sent --------------------------------------------
 
 
-@pytest.mark.parametrize(("flag", "value"), [
-    ("--max-price-per-gpu-hour", "1e3"),
-    ("--max-price-per-gpu-hour", "0"),
-    ("--max-duration", "2x"),
-    ("--min-gpu-memory", "lots"),
-    ("--memory", "64G"),
-    ("--cpus", "0.0001"),
-    ("--gpus", "0"),
-    ("--env", "NOEQUALS"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-price-per-gpu-hour", "1e3"),
+        ("--max-price-per-gpu-hour", "0"),
+        ("--max-duration", "2x"),
+        ("--min-gpu-memory", "lots"),
+        ("--memory", "64G"),
+        ("--cpus", "0.0001"),
+        ("--gpus", "0"),
+        ("--env", "NOEQUALS"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_sentence_naming_the_flag(flag: str, value: str) -> None:
     args = list(JOB)
     if flag in args:
@@ -180,10 +277,14 @@ def test_bad_flags_exit_2_with_a_sentence_naming_the_flag(flag: str, value: str)
 def test_missing_coordinator_or_token_is_one_clear_sentence() -> None:
     result = run("account", token="t")
     assert (result.returncode, result.stderr) == (
-        2, "suanli: no coordinator given; pass --coordinator URL or set SUANLI_COORDINATOR\n")
+        2,
+        "suanli: no coordinator given; pass --coordinator URL or set SUANLI_COORDINATOR\n",
+    )
     result = run("job", "list", url="http://127.0.0.1:9")
     assert (result.returncode, result.stderr) == (
-        2, "suanli: no token given; pass --token T or set SUANLI_TOKEN\n")
+        2,
+        "suanli: no token given; pass --token T or set SUANLI_TOKEN\n",
+    )
 
 
 def test_plain_http_to_another_host_is_refused_without_sending_anything() -> None:
@@ -217,13 +318,41 @@ def test_an_unreachable_coordinator_is_one_sentence_naming_it() -> None:
 
 
 def test_submit_prints_the_id_and_show_json_has_the_fields_scripts_use(
-        coordinator: CoordinatorProcess) -> None:
+    coordinator: CoordinatorProcess,
+) -> None:
     token = coordinator.add_enterprise(1)
-    submitted = ok(run("job", "submit", *JOB, "--min-gpu-memory", "40GiB", "--gpu-model", "H100",
-                       "--gpu-model", "A100", "--cpus", "0.5", "--memory", "1.5GiB",
-                       "--max-duration", "1h30m", "--max-price-per-gpu-hour", "12.345678",
-                       "--env", "A=1", "--env", "B=x=y", "--",
-                       "python", "-c", "print(1)", "--json", url=coordinator.url, token=token))
+    submitted = ok(
+        run(
+            "job",
+            "submit",
+            *JOB,
+            "--min-gpu-memory",
+            "40GiB",
+            "--gpu-model",
+            "H100",
+            "--gpu-model",
+            "A100",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "1.5GiB",
+            "--max-duration",
+            "1h30m",
+            "--max-price-per-gpu-hour",
+            "12.345678",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--",
+            "python",
+            "-c",
+            "print(1)",
+            "--json",
+            url=coordinator.url,
+            token=token,
+        )
+    )
     job_id = submitted.stdout.strip()
     assert submitted.stdout == job_id + "\n" and job_id.startswith("job")
 
@@ -231,7 +360,11 @@ def test_submit_prints_the_id_and_show_json_has_the_fields_scripts_use(
     assert REQUIRED_JOB_FIELDS <= job.keys()
     assert job["id"] == job_id
     assert job["state"] == "pending"
-    assert (job["agent_id"], job["gpu_uuids"], job["price_per_gpu_hour_micro_yuan"]) == (None, [], None)
+    assert (job["agent_id"], job["gpu_uuids"], job["price_per_gpu_hour_micro_yuan"]) == (
+        None,
+        [],
+        None,
+    )
     spec = job["spec"]
     assert spec["command"] == ["python", "-c", "print(1)", "--json"]
     assert spec["env"] == {"A": "1", "B": "x=y"}
@@ -243,8 +376,9 @@ def test_submit_prints_the_id_and_show_json_has_the_fields_scripts_use(
     assert spec["gpu_models"]  # the server expands H100/A100 to its canonical models
 
     # --json before the subcommand, connection settings as flags instead of the environment.
-    again = ok(run("--coordinator", coordinator.url, "--token", token, "--json",
-                   "job", "show", job_id))
+    again = ok(
+        run("--coordinator", coordinator.url, "--token", token, "--json", "job", "show", job_id)
+    )
     assert again.json()["id"] == job_id
 
     shown = ok(run("job", "show", job_id, url=coordinator.url, token=token)).stdout
@@ -256,12 +390,16 @@ def test_submit_prints_the_id_and_show_json_has_the_fields_scripts_use(
     assert as_json["state"] == "pending" and as_json["id"] != job_id
 
 
-async def test_a_pending_job_shows_why_it_waits(coordinator: CoordinatorProcess,
-                                               cleanup: list[Any]) -> None:
+async def test_a_pending_job_shows_why_it_waits(
+    coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
     await small_gpu_agent(coordinator, cleanup, 1, memory=16 * GIB)
     token = coordinator.add_enterprise(2)
-    job_id = ok(await arun("job", "submit", *JOB, "--min-gpu-memory", "1TiB",
-                           url=coordinator.url, token=token)).stdout.strip()
+    job_id = ok(
+        await arun(
+            "job", "submit", *JOB, "--min-gpu-memory", "1TiB", url=coordinator.url, token=token
+        )
+    ).stdout.strip()
     api = Api(coordinator.url, token)
     cleanup.append(api)
     await api.wait_for(job_id, lambda j: j["reason"] == "no_agent_with_enough_gpu_memory")
@@ -275,18 +413,45 @@ async def test_a_pending_job_shows_why_it_waits(coordinator: CoordinatorProcess,
 
 def test_the_same_idempotency_key_gives_the_same_job(coordinator: CoordinatorProcess) -> None:
     token = coordinator.add_enterprise(3)
-    first = ok(run("job", "submit", *JOB, "--idempotency-key", "nightly-42",
-                   url=coordinator.url, token=token)).stdout
-    second = ok(run("job", "submit", *JOB, "--idempotency-key", "nightly-42",
-                    url=coordinator.url, token=token)).stdout
+    first = ok(
+        run(
+            "job",
+            "submit",
+            *JOB,
+            "--idempotency-key",
+            "nightly-42",
+            url=coordinator.url,
+            token=token,
+        )
+    ).stdout
+    second = ok(
+        run(
+            "job",
+            "submit",
+            *JOB,
+            "--idempotency-key",
+            "nightly-42",
+            url=coordinator.url,
+            token=token,
+        )
+    ).stdout
     assert first == second
     # Without a key each submit is a new job.
     third = ok(run("job", "submit", *JOB, url=coordinator.url, token=token)).stdout
     fourth = ok(run("job", "submit", *JOB, url=coordinator.url, token=token)).stdout
     assert len({first, third, fourth}) == 3
     # The key reused for another job is the server's refusal, in its words.
-    clash = run("job", "submit", *JOB, "--gpus", "2", "--idempotency-key", "nightly-42",
-                url=coordinator.url, token=token)
+    clash = run(
+        "job",
+        "submit",
+        *JOB,
+        "--gpus",
+        "2",
+        "--idempotency-key",
+        "nightly-42",
+        url=coordinator.url,
+        token=token,
+    )
     assert clash.returncode == 1
     assert clash.stderr.startswith("suanli: idempotency key 'nightly-42' was already used")
 
@@ -311,8 +476,10 @@ def test_server_refusals_are_its_sentence_and_exit_1(coordinator: CoordinatorPro
 def test_job_list_shows_only_your_own_jobs(coordinator: CoordinatorProcess) -> None:
     mine, theirs = coordinator.add_enterprise(5), coordinator.add_enterprise(6)
     assert ok(run("job", "list", url=coordinator.url, token=mine)).stdout == "no jobs\n"
-    my_ids = {ok(run("job", "submit", *JOB, url=coordinator.url, token=mine)).stdout.strip()
-              for _ in range(2)}
+    my_ids = {
+        ok(run("job", "submit", *JOB, url=coordinator.url, token=mine)).stdout.strip()
+        for _ in range(2)
+    }
     their_id = ok(run("job", "submit", *JOB, url=coordinator.url, token=theirs)).stdout.strip()
 
     listed = ok(run("job", "list", "--json", url=coordinator.url, token=mine)).json()
@@ -322,7 +489,9 @@ def test_job_list_shows_only_your_own_jobs(coordinator: CoordinatorProcess) -> N
     assert "pending" in table and "busybox:latest" in table
     limited = ok(run("job", "list", "--limit", "1", "--json", url=coordinator.url, token=mine))
     assert len(limited.json()["jobs"]) == 1
-    other = ok(run("job", "list", "--state", "pending", "--json", url=coordinator.url, token=theirs))
+    other = ok(
+        run("job", "list", "--state", "pending", "--json", url=coordinator.url, token=theirs)
+    )
     assert [job["id"] for job in other.json()["jobs"]] == [their_id]
     # Another enterprise's job is not even visible by id.
     assert run("job", "show", their_id, url=coordinator.url, token=mine).returncode == 1
@@ -332,17 +501,18 @@ def test_cancelling_a_pending_job(coordinator: CoordinatorProcess) -> None:
     token = coordinator.add_enterprise(7)
     job_id = ok(run("job", "submit", *JOB, url=coordinator.url, token=token)).stdout.strip()
     assert ok(run("job", "cancel", job_id, url=coordinator.url, token=token)).stdout == (
-        f"{job_id} cancelled\n")
+        f"{job_id} cancelled\n"
+    )
     job = ok(run("job", "show", job_id, "--json", url=coordinator.url, token=token)).json()
     assert job["state"] == "cancelled" and job["ended_at_ms"] is not None
     again = ok(run("job", "cancel", job_id, "--json", url=coordinator.url, token=token)).json()
     assert again["state"] == "cancelled"
 
 
-async def test_market_shows_the_agents_gpus(coordinator: CoordinatorProcess,
-                                           cleanup: list[Any]) -> None:
-    agent = await small_gpu_agent(coordinator, cleanup, 8, memory=80 * GIB, gpus=2,
-                                  ask=2_500_000)
+async def test_market_shows_the_agents_gpus(
+    coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
+    agent = await small_gpu_agent(coordinator, cleanup, 8, memory=80 * GIB, gpus=2, ask=2_500_000)
     token = coordinator.add_enterprise(9)
     market = ok(await arun("market", "--json", url=coordinator.url, token=token)).json()
     assert market["agents_online"] == market["agents_total"] == 1
@@ -361,8 +531,9 @@ async def test_market_shows_the_agents_gpus(coordinator: CoordinatorProcess,
     assert as_json["role"] == "enterprise"
 
 
-async def test_job_logs_print_what_the_agent_sent(coordinator: CoordinatorProcess,
-                                                 cleanup: list[Any]) -> None:
+async def test_job_logs_print_what_the_agent_sent(
+    coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
     agent = await small_gpu_agent(coordinator, cleanup, 10, memory=80 * GIB)
     token = coordinator.add_enterprise(11)
     url = coordinator.url
@@ -380,8 +551,11 @@ async def test_job_logs_print_what_the_agent_sent(coordinator: CoordinatorProces
     assert (last["complete"], last["job_state"]) == (False, "running")
 
     job = ok(await arun("job", "show", job_id, "--json", url=url, token=token)).json()
-    assert (job["state"], job["agent_id"], job["gpu_uuids"]) == ("running", agent.agent_id,
-                                                                 agent.uuids)
+    assert (job["state"], job["agent_id"], job["gpu_uuids"]) == (
+        "running",
+        agent.agent_id,
+        agent.uuids,
+    )
     assert job["price_per_gpu_hour_micro_yuan"] == 10_000_000  # one offer: the job's max price
     assert job["started_at_ms"] is not None
     shown = ok(await arun("job", "show", job_id, url=url, token=token)).stdout
@@ -406,8 +580,9 @@ async def test_job_logs_print_what_the_agent_sent(coordinator: CoordinatorProces
 
 def test_https_is_verified_against_the_ca_file(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    process = CoordinatorProcess(tmp_path, scheme="https",
-                                 extra_args=["--tls-cert", str(cert), "--tls-key", str(key)])
+    process = CoordinatorProcess(
+        tmp_path, scheme="https", extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
+    )
     process.start()
     try:
         token = process.add_enterprise(12)
@@ -416,10 +591,12 @@ def test_https_is_verified_against_the_ca_file(tmp_path: Path) -> None:
         untrusted = run("account", url=process.url, token=token)
         assert untrusted.returncode == 1
         assert untrusted.stderr.startswith(
-            f"suanli: cannot verify the TLS certificate of the coordinator at {process.url}")
+            f"suanli: cannot verify the TLS certificate of the coordinator at {process.url}"
+        )
         assert "--ca-file" in untrusted.stderr and untrusted.stderr.count("\n") == 1
-        missing = run("account", "--ca-file", str(tmp_path / "nope.pem"), url=process.url,
-                      token=token)
+        missing = run(
+            "account", "--ca-file", str(tmp_path / "nope.pem"), url=process.url, token=token
+        )
         assert missing.returncode == 2 and missing.stderr.startswith("suanli: cannot use CA file")
     finally:
         process.stop()

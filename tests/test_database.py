@@ -23,37 +23,59 @@ def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: 
     path = tmp_path / "coordinator.db"
     old = _database_at(path, 4)
     old.execute("PRAGMA foreign_keys = ON")
-    old.execute("INSERT INTO providers (id, name, uscc, created_at_ms) VALUES ('prov-1', 'DC', 'U', 1)")
-    old.execute("INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES ('ent-1', 'E', 'V', 1)")
-    old.execute("INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, created_at_ms) "
-                "VALUES ('job-1', 'ent-1', 'k', '{}', 'running', 1)")
-    old.execute("INSERT INTO agents (agent_id, provider_id, public_key, hostname, enrolled_at_ms) "
-                "VALUES ('agent-1', 'prov-1', x'00', 'h', 1)")
-    old.execute("INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
-                "start_deadline_ms, ends_at_ms, state) VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')")
+    old.execute(
+        "INSERT INTO providers (id, name, uscc, created_at_ms) VALUES ('prov-1', 'DC', 'U', 1)"
+    )
+    old.execute(
+        "INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES ('ent-1', 'E', 'V', 1)"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, created_at_ms) "
+        "VALUES ('job-1', 'ent-1', 'k', '{}', 'running', 1)"
+    )
+    old.execute(
+        "INSERT INTO agents (agent_id, provider_id, public_key, hostname, enrolled_at_ms) "
+        "VALUES ('agent-1', 'prov-1', x'00', 'h', 1)"
+    )
+    old.execute(
+        "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
+        "start_deadline_ms, ends_at_ms, state) VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')"
+    )
     for seq in (1, 2):
-        old.execute("INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
-                    "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
-                    "VALUES ('lease-1', ?, 'agent-1', ?, ?, 1, 2, 0, 0, 0, 0, ?)",
-                    [seq, f"receipt {seq}".encode(), bytes([seq]) * 32, f"ack {seq}".encode()])
-    old.execute("INSERT INTO ledger_accounts (id, ledger, kind, created_at_ms) VALUES "
-                "('a', 'cny', 'bank', 1), ('b', 'cny', 'bank', 1)")
-    old.execute("INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
-                "cause, receipt_digest, at_ms) VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
-                [b"t" * 32, bytes([2]) * 32])
+        old.execute(
+            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
+            "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement) "
+            "VALUES ('lease-1', ?, 'agent-1', ?, ?, 1, 2, 0, 0, 0, 0, ?)",
+            [seq, f"receipt {seq}".encode(), bytes([seq]) * 32, f"ack {seq}".encode()],
+        )
+    old.execute(
+        "INSERT INTO ledger_accounts (id, ledger, kind, created_at_ms) VALUES "
+        "('a', 'cny', 'bank', 1), ('b', 'cny', 'bank', 1)"
+    )
+    old.execute(
+        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
+        "cause, receipt_digest, at_ms) VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
+        [b"t" * 32, bytes([2]) * 32],
+    )
     old.close()
 
     db = connect(path)  # migrates
     conn = db.conn
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    rows = conn.execute("SELECT r.seq, r.envelope, a.envelope, a.agent_id, a.accepted_at_ms FROM receipts r "
-                        "JOIN receipt_acknowledgements a ON a.id = r.acknowledgement_id ORDER BY r.seq").fetchall()
-    assert rows == [(1, b"receipt 1", b"ack 1", "agent-1", 2), (2, b"receipt 2", b"ack 2", "agent-1", 2)]
+    rows = conn.execute(
+        "SELECT r.seq, r.envelope, a.envelope, a.agent_id, a.accepted_at_ms FROM receipts r "
+        "JOIN receipt_acknowledgements a ON a.id = r.acknowledgement_id ORDER BY r.seq"
+    ).fetchall()
+    assert rows == [
+        (1, b"receipt 1", b"ack 1", "agent-1", 2),
+        (2, b"receipt 2", b"ack 2", "agent-1", 2),
+    ]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     # the ledger's reference to the rebuilt table still holds
-    assert conn.execute("SELECT r.seq FROM ledger_transfers t JOIN receipts r ON r.digest = t.receipt_digest"
-                        ).fetchall() == [(2,)]
+    assert conn.execute(
+        "SELECT r.seq FROM ledger_transfers t JOIN receipts r ON r.digest = t.receipt_digest"
+    ).fetchall() == [(2,)]
     columns = {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}
     assert "acknowledgement" not in columns and "acknowledgement_id" in columns
     db.conn.close()
@@ -69,9 +91,12 @@ def test_the_checkpointer_copies_the_log_into_the_file_and_close_empties_it(tmp_
 
     async def write() -> None:
         for n in range(40):
-            await database.run(lambda db, n=n: db.conn.execute(
-                "INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)",
-                [f"auditor-{n}", "x" * 50_000]))
+            await database.run(
+                lambda db, n=n: db.conn.execute(
+                    "INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)",
+                    [f"auditor-{n}", "x" * 50_000],
+                )
+            )
 
     asyncio.run(write())
     deadline = time.monotonic() + 10
@@ -93,15 +118,23 @@ def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path:
     def group(db: Any, names: list[str]) -> list[int]:
         calls.append(list(names))
         if "bad" in names:
-            db.conn.execute("INSERT INTO auditors (id, name, created_at_ms) VALUES ('half-done', 'x', 1)")
+            db.conn.execute(
+                "INSERT INTO auditors (id, name, created_at_ms) VALUES ('half-done', 'x', 1)"
+            )
             raise ValueError("bad item")
-        return [db.conn.execute("INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)",
-                                [name, name]).lastrowid for name in names]
+        return [
+            db.conn.execute(
+                "INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)", [name, name]
+            ).lastrowid
+            for name in names
+        ]
 
     async def burst() -> list[Any]:
         # queued before the writer starts, so it finds them all at once
-        pending = [asyncio.ensure_future(database.run_grouped(group, name))
-                   for name in ("a", "b", "bad", "c")]
+        pending = [
+            asyncio.ensure_future(database.run_grouped(group, name))
+            for name in ("a", "b", "bad", "c")
+        ]
         await asyncio.sleep(0)
         database.start()
         return await asyncio.gather(*pending, return_exceptions=True)

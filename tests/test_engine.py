@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import engines
 import pytest
 from engines import BUSYBOX_IMAGE, EngineService, busybox_rootfs
 
@@ -40,7 +39,6 @@ from agent.engine import (
     split_image_ref,
     unenforced_limits,
 )
-
 
 MIB = 1 << 20
 GPU_A = "GPU-11111111-2222-3333-4444-555555555555"
@@ -101,8 +99,9 @@ def test_create_body_hardening_is_always_there() -> None:
 
 
 def test_nvidia_runtime_pins_exactly_the_leased_gpus() -> None:
-    body = build_create_body(spec("gpu", ["true"], gpu_uuids=(GPU_A, GPU_B),
-                                  gpu_mode="nvidia-runtime"))
+    body = build_create_body(
+        spec("gpu", ["true"], gpu_uuids=(GPU_A, GPU_B), gpu_mode="nvidia-runtime")
+    )
     assert body["HostConfig"]["DeviceRequests"] == [
         {"Driver": "nvidia", "DeviceIDs": [GPU_A, GPU_B], "Capabilities": [["gpu"]]}
     ]
@@ -147,37 +146,68 @@ def test_libpod_body_has_the_same_hardening() -> None:
 
 
 def test_host_bounds_reach_both_bodies() -> None:
-    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
-                   tmpfs={"/scratch": 32 * MIB, "/tmp": 8 * MIB}, userns_host_id=1_000_000_000)
+    bounded = spec(
+        "bounded",
+        ["true"],
+        read_only_rootfs=True,
+        log_max_bytes=4 * MIB,
+        tmpfs={"/scratch": 32 * MIB, "/tmp": 8 * MIB},
+        userns_host_id=1_000_000_000,
+    )
     host = build_create_body(bounded)["HostConfig"]
     assert host["ReadonlyRootfs"] is True
     # Docker keeps max-file files of max-size each: together the bound asked for.
-    assert host["LogConfig"] == {"Type": "json-file",
-                                 "Config": {"max-size": str(2 * MIB), "max-file": "2"}}
-    assert host["Tmpfs"] == {"/scratch": f"rw,exec,nosuid,nodev,size={32 * MIB}",
-                             "/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}"}
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": str(2 * MIB), "max-file": "2"},
+    }
+    assert host["Tmpfs"] == {
+        "/scratch": f"rw,exec,nosuid,nodev,size={32 * MIB}",
+        "/tmp": f"rw,exec,nosuid,nodev,size={8 * MIB}",
+    }
     libpod = build_libpod_create_body(bounded)
     assert libpod["read_only_filesystem"] is True and libpod["read_only_tmpfs"] is False
     assert libpod["log_configuration"] == {"driver": "k8s-file", "size": 4 * MIB}
     assert sorted((m["destination"], m["options"][-1]) for m in libpod["mounts"]) == [
-        ("/scratch", f"size={32 * MIB}"), ("/tmp", f"size={8 * MIB}")]
+        ("/scratch", f"size={32 * MIB}"),
+        ("/tmp", f"size={8 * MIB}"),
+    ]
     mapping = [{"container_id": 0, "host_id": 1_000_000_000, "size": 65536}]
     assert libpod["userns"] == {"nsmode": "private"}
     assert libpod["idmappings"]["UIDMap"] == libpod["idmappings"]["GIDMap"] == mapping
 
 
 def test_unenforced_limits_name_what_the_engine_dropped() -> None:
-    bounded = spec("bounded", ["true"], read_only_rootfs=True, log_max_bytes=4 * MIB,
-                   tmpfs={"/scratch": 32 * MIB}, userns_host_id=1_000_000_000, user="7:7")
-    applied = {"Config": {"User": "7:7"}, "HostConfig": {
-        "Memory": 64 * MIB, "ReadonlyRootfs": True,
-        "LogConfig": {"Type": "k8s-file", "Size": "4.194MB"},
-        "Tmpfs": {"/scratch": f"rw,size={32 * MIB},rprivate"},
-        "IDMappings": {"UidMap": ["0:1000000000:65536"]}}}
+    bounded = spec(
+        "bounded",
+        ["true"],
+        read_only_rootfs=True,
+        log_max_bytes=4 * MIB,
+        tmpfs={"/scratch": 32 * MIB},
+        userns_host_id=1_000_000_000,
+        user="7:7",
+    )
+    applied = {
+        "Config": {"User": "7:7"},
+        "HostConfig": {
+            "Memory": 64 * MIB,
+            "ReadonlyRootfs": True,
+            "LogConfig": {"Type": "k8s-file", "Size": "4.194MB"},
+            "Tmpfs": {"/scratch": f"rw,size={32 * MIB},rprivate"},
+            "IDMappings": {"UidMap": ["0:1000000000:65536"]},
+        },
+    }
     assert unenforced_limits(bounded, applied, "podman") == []
-    dropped = {"Config": {"User": ""}, "HostConfig": {
-        "Memory": 0, "ReadonlyRootfs": False, "LogConfig": {"Type": "json-file", "Config": {}},
-        "Tmpfs": {}, "IDMappings": {"UidMap": None}}}
+    dropped = {
+        "Config": {"User": ""},
+        "HostConfig": {
+            "Memory": 0,
+            "ReadonlyRootfs": False,
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "Tmpfs": {},
+            "IDMappings": {"UidMap": None},
+        },
+    }
     problems = " | ".join(unenforced_limits(bounded, dropped, "podman"))
     for words in ("memory", "read-only", "log bound", "tmpfs", "user 7:7", "user namespace"):
         assert words in problems
@@ -185,8 +215,10 @@ def test_unenforced_limits_name_what_the_engine_dropped() -> None:
     assert "user namespace" not in " ".join(unenforced_limits(bounded, dropped, "docker"))
 
 
-@pytest.mark.parametrize("tmpfs", [{"/": 8 * MIB}, {"tmp": 8 * MIB}, {"/a/../b": 8 * MIB},
-                                   {"/tmp": 10}, {"/a b": 8 * MIB}])
+@pytest.mark.parametrize(
+    "tmpfs",
+    [{"/": 8 * MIB}, {"tmp": 8 * MIB}, {"/a/../b": 8 * MIB}, {"/tmp": 10}, {"/a b": 8 * MIB}],
+)
 def test_spec_refuses_bad_tmpfs(tmpfs: dict[str, int]) -> None:
     with pytest.raises(InvalidContainerSpec, match="tmpfs"):
         spec("bad", ["true"], tmpfs=tmpfs)
@@ -264,12 +296,17 @@ def _frame(stream: int, payload: bytes) -> bytes:
 async def test_demultiplex_splits_stdout_and_stderr() -> None:
     data = _frame(1, b"out\n") + _frame(2, b"err\n") + _frame(1, b"") + _frame(1, b"x" * 70_000)
     frames = [frame async for frame in demultiplex(_reader(data))]
-    assert frames == [("stdout", b"out\n"), ("stderr", b"err\n"), ("stdout", b""),
-                      ("stdout", b"x" * 70_000)]
+    assert frames == [
+        ("stdout", b"out\n"),
+        ("stderr", b"err\n"),
+        ("stdout", b""),
+        ("stdout", b"x" * 70_000),
+    ]
 
 
-@pytest.mark.parametrize("data", [_frame(1, b"hello")[:-2], _frame(1, b"a")[:5],
-                                  b"\x09\0\0\0\0\0\0\x01a"])
+@pytest.mark.parametrize(
+    "data", [_frame(1, b"hello")[:-2], _frame(1, b"a")[:5], b"\x09\0\0\0\0\0\0\x01a"]
+)
 async def test_demultiplex_refuses_broken_streams(data: bytes) -> None:
     with pytest.raises(EngineError):
         _ = [frame async for frame in demultiplex(_reader(data))]
@@ -295,11 +332,13 @@ async def test_pull_progress_is_bounded_in_bytes() -> None:
 
 async def test_pull_error_lines_become_errors() -> None:
     with pytest.raises(ImageNotFound, match="manifest unknown"):
-        await follow_pull("x:1", _lines(b'{"error":"manifest unknown: manifest unknown"}\n'),
-                          None, None)
+        await follow_pull(
+            "x:1", _lines(b'{"error":"manifest unknown: manifest unknown"}\n'), None, None
+        )
     with pytest.raises(ImagePullFailed, match="no such host"):
-        await follow_pull("x:1", _lines(b'{"errorDetail":{"message":"dial tcp: no such host"}}\n'),
-                          None, None)
+        await follow_pull(
+            "x:1", _lines(b'{"errorDetail":{"message":"dial tcp: no such host"}}\n'), None, None
+        )
 
 
 async def test_missing_socket_is_engine_unavailable(tmp_path: Path) -> None:
@@ -343,13 +382,19 @@ async def test_exit_code_and_both_streams(engine: Engine) -> None:
     async with container(engine, hello) as container_id:
         await engine.start(container_id)
         assert await engine.wait(container_id, timeout_s=20) == 3
-        assert await collect_logs(engine, container_id) == {"stdout": b"hello\n",
-                                                            "stderr": b"err\n"}
-        assert await collect_logs(engine, container_id, stderr=False) == {"stdout": b"hello\n",
-                                                                          "stderr": b""}
+        assert await collect_logs(engine, container_id) == {
+            "stdout": b"hello\n",
+            "stderr": b"err\n",
+        }
+        assert await collect_logs(engine, container_id, stderr=False) == {
+            "stdout": b"hello\n",
+            "stderr": b"",
+        }
         later = int(time.time()) + 3600
-        assert await collect_logs(engine, container_id, since=later) == {"stdout": b"",
-                                                                         "stderr": b""}
+        assert await collect_logs(engine, container_id, since=later) == {
+            "stdout": b"",
+            "stderr": b"",
+        }
         state = await engine.state(container_id)
         assert (state.status, state.exit_code, state.running) == ("exited", 3, False)
 
@@ -366,9 +411,18 @@ async def test_follow_ends_when_the_container_exits(engine: Engine) -> None:
 
 async def test_logs_of_a_tty_container_are_raw(engine: Engine) -> None:
     # The agent never asks for a TTY, but a container it re-adopts might have one.
-    _, body = await engine._call("POST", "/containers/create", ok=(201,), json={
-        "Image": BUSYBOX_IMAGE, "Cmd": ["sh", "-c", "echo tty; echo err >&2"], "Tty": True,
-        "Labels": {"suanli.test-run": RUN}, "HostConfig": {"NetworkMode": "none"}})
+    _, body = await engine._call(
+        "POST",
+        "/containers/create",
+        ok=(201,),
+        json={
+            "Image": BUSYBOX_IMAGE,
+            "Cmd": ["sh", "-c", "echo tty; echo err >&2"],
+            "Tty": True,
+            "Labels": {"suanli.test-run": RUN},
+            "HostConfig": {"NetworkMode": "none"},
+        },
+    )
     container_id = json.loads(body)["Id"]
     try:
         await engine.start(container_id)
@@ -381,12 +435,19 @@ async def test_logs_of_a_tty_container_are_raw(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("gpu_mode", ["none", "cdi"])
-async def test_hardening_visible_in_inspect(engine: Engine, engine_service: EngineService,
-                                            gpu_mode: str) -> None:
+async def test_hardening_visible_in_inspect(
+    engine: Engine, engine_service: EngineService, gpu_mode: str
+) -> None:
     # Docker's body and Podman's own (libpod) body, each with and without CDI devices.
-    hardened = spec(f"hardened-{gpu_mode}", ["sleep", "30"], cpus_milli=250,
-                    memory_bytes=48 * MIB, pids_limit=32, gpu_mode=gpu_mode,
-                    env={"JOB": "1"})
+    hardened = spec(
+        f"hardened-{gpu_mode}",
+        ["sleep", "30"],
+        cpus_milli=250,
+        memory_bytes=48 * MIB,
+        pids_limit=32,
+        gpu_mode=gpu_mode,
+        env={"JOB": "1"},
+    )
     async with container(engine, hardened) as container_id:
         await engine.start(container_id)
         document = await engine.inspect(container_id)
@@ -397,14 +458,17 @@ async def test_hardening_visible_in_inspect(engine: Engine, engine_service: Engi
         else:
             # Podman spells "drop ALL" as the list of its default capabilities, all dropped.
             assert {"CHOWN", "DAC_OVERRIDE", "KILL", "NET_RAW", "SETUID", "SYS_CHROOT"} <= set(
-                host["CapDrop"])
+                host["CapDrop"]
+            )
         assert not host.get("CapAdd")
         assert host["SecurityOpt"] == ["no-new-privileges"]
         assert not host.get("Binds") and not document.get("Mounts")
         assert not host.get("Devices") and not host.get("DeviceRequests")
         assert host["Memory"] == 48 * MIB and host["MemorySwap"] == 48 * MIB
         assert host["NanoCpus"] == 250_000_000 or (host["CpuQuota"], host["CpuPeriod"]) == (
-            25_000, 100_000)
+            25_000,
+            100_000,
+        )
         assert host["PidsLimit"] == 32
         assert host["NetworkMode"] == "none"
         assert config["Labels"]["suanli.test-run"] == RUN
@@ -417,15 +481,21 @@ async def test_hardening_visible_in_inspect(engine: Engine, engine_service: Engi
 
 
 async def _exec_status(engine: Engine, container_id: str) -> dict[str, str]:
-    _, body = await engine._call("POST", f"/containers/{container_id}/exec", ok=(201,), json={
-        "Cmd": ["cat", "/proc/1/status"], "AttachStdout": True, "AttachStderr": True})
+    _, body = await engine._call(
+        "POST",
+        f"/containers/{container_id}/exec",
+        ok=(201,),
+        json={"Cmd": ["cat", "/proc/1/status"], "AttachStdout": True, "AttachStderr": True},
+    )
     exec_id = json.loads(body)["Id"]
-    _, output = await engine._call("POST", f"/exec/{exec_id}/start", ok=(200,),
-                                   json={"Detach": False, "Tty": False})
+    _, output = await engine._call(
+        "POST", f"/exec/{exec_id}/start", ok=(200,), json={"Detach": False, "Tty": False}
+    )
     frames = [frame async for frame in demultiplex(_reader(output))]
     text = b"".join(data for stream, data in frames if stream == "stdout").decode()
-    return {key: value.strip() for key, _, value in
-            (line.partition(":") for line in text.splitlines())}
+    return {
+        key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())
+    }
 
 
 async def test_memory_limit_kills_with_137(engine: Engine, engine_service: EngineService) -> None:
@@ -440,8 +510,9 @@ async def test_memory_limit_kills_with_137(engine: Engine, engine_service: Engin
 
 
 async def test_pids_limit_stops_a_fork_bomb(engine: Engine) -> None:
-    bomb = spec("forks", ["sh", "-c", "for i in $(seq 40); do sleep 30 & done; echo done"],
-                pids_limit=10)
+    bomb = spec(
+        "forks", ["sh", "-c", "for i in $(seq 40); do sleep 30 & done; echo done"], pids_limit=10
+    )
     async with container(engine, bomb) as container_id:
         await engine.start(container_id)
         await engine.wait(container_id, timeout_s=30)
@@ -536,7 +607,8 @@ def silent_registry() -> Iterator[str]:
 
 
 async def test_pull_from_a_hanging_registry_honours_the_timeout(
-        engine: Engine, silent_registry: str) -> None:
+    engine: Engine, silent_registry: str
+) -> None:
     began = time.monotonic()
     with pytest.raises(ImagePullFailed, match="within 2 s"):
         await engine.pull(f"{silent_registry}/x:1", timeout_s=2)
@@ -544,7 +616,8 @@ async def test_pull_from_a_hanging_registry_honours_the_timeout(
 
 
 async def test_a_command_that_cannot_start_fails_at_start(
-        engine: Engine, engine_service: EngineService) -> None:
+    engine: Engine, engine_service: EngineService
+) -> None:
     async with container(engine, spec("nobinary", ["/no/such/binary"])) as container_id:
         with pytest.raises(ContainerStartFailed, match="/no/such/binary") as caught:
             await engine.start(container_id)
@@ -584,8 +657,9 @@ async def fake_dockerd(tmp_path: Path, security_options: list[str]) -> AsyncIter
     bodies: list[Any] = []
 
     async def version(_: web.Request) -> web.Response:
-        return web.json_response({"Version": "26.1.5", "ApiVersion": "1.45",
-                                  "MinAPIVersion": "1.24"})
+        return web.json_response(
+            {"Version": "26.1.5", "ApiVersion": "1.45", "MinAPIVersion": "1.24"}
+        )
 
     async def info(_: web.Request) -> web.Response:
         return web.json_response({"SecurityOptions": security_options})
@@ -596,13 +670,20 @@ async def fake_dockerd(tmp_path: Path, security_options: list[str]) -> AsyncIter
 
     async def inspect(_: web.Request) -> web.Response:
         body = bodies[-1]
-        return web.json_response({"Config": {"User": body["User"]},
-                                  "HostConfig": body["HostConfig"]})
+        return web.json_response(
+            {"Config": {"User": body["User"]}, "HostConfig": body["HostConfig"]}
+        )
 
     app = web.Application()
-    app.add_routes([web.get("/version", version), web.get("/v1.45/version", version),
-                    web.get("/v1.45/info", info), web.post("/v1.45/containers/create", create),
-                    web.get("/v1.45/containers/c0ffee/json", inspect)])
+    app.add_routes(
+        [
+            web.get("/version", version),
+            web.get("/v1.45/version", version),
+            web.get("/v1.45/info", info),
+            web.post("/v1.45/containers/create", create),
+            web.get("/v1.45/containers/c0ffee/json", inspect),
+        ]
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     await web.UnixSite(runner, str(tmp_path / "docker.sock")).start()
@@ -612,13 +693,20 @@ async def fake_dockerd(tmp_path: Path, security_options: list[str]) -> AsyncIter
         await runner.cleanup()
 
 
-@pytest.mark.parametrize(("options", "user", "mode"), [
-    (["name=seccomp,profile=builtin", "name=userns"], "", "userns"),
-    (["name=seccomp,profile=builtin"], FALLBACK_USER, "non-root-user"),
-])
+@pytest.mark.parametrize(
+    ("options", "user", "mode"),
+    [
+        (["name=seccomp,profile=builtin", "name=userns"], "", "userns"),
+        (["name=seccomp,profile=builtin"], FALLBACK_USER, "non-root-user"),
+    ],
+)
 async def test_docker_runs_root_jobs_as_nobody_unless_the_daemon_remaps(
-        tmp_path: Path, options: list[str], user: str, mode: str) -> None:
-    async with fake_dockerd(tmp_path, options) as bodies, Engine(tmp_path / "docker.sock") as client:
+    tmp_path: Path, options: list[str], user: str, mode: str
+) -> None:
+    async with (
+        fake_dockerd(tmp_path, options) as bodies,
+        Engine(tmp_path / "docker.sock") as client,
+    ):
         assert (await client.root_isolation())[0] == mode
         await client.create(spec("remap", ["true"], userns_host_id=1_000_000_000))
         # A job's own non-root numeric user is kept either way; root or a name is not.

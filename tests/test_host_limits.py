@@ -22,8 +22,9 @@ GIB = 1 << 30
         (1 << 44, 2 * GIB, 4 * GIB, 1, 1, True, 0),  # the reserve takes it all
     ],
 )
-def test_memory_cap(asked: int, host: int, reserve: int, leased: int, host_gpus: int,
-                    share: bool, cap: int) -> None:
+def test_memory_cap(
+    asked: int, host: int, reserve: int, leased: int, host_gpus: int, share: bool, cap: int
+) -> None:
     assert memory_cap(asked, host, reserve, leased, host_gpus, share) == cap
 
 

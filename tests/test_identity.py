@@ -127,7 +127,9 @@ def test_bad_verifier_keys_are_refused(text: str, message: str) -> None:
 
 
 def test_verifier_keys_whose_base64_holds_plus_and_slash_round_trip() -> None:
-    texts = [str(verifier_key("log", PrivateKey.from_seed(bytes([i]) * 32).public)) for i in range(64)]
+    texts = [
+        str(verifier_key("log", PrivateKey.from_seed(bytes([i]) * 32).public)) for i in range(64)
+    ]
     assert any("+" in text.split("+", 2)[2] for text in texts)
     for text in texts:
         assert str(parse_verifier_key(text)) == text

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-
 from coordinator_harness import Api, CoordinatorProcess
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CoordinatorProcess, dict[str, str]]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CoordinatorProcess, dict[str, str]]]:
     process = CoordinatorProcess(tmp_path_factory.mktemp("jobs-api")).start()
     tokens = {
         "a": process.add_enterprise(1),
@@ -59,8 +60,11 @@ async def test_authorisation_matrix(apis: dict[str, Api]) -> None:
         ("auditor", "GET", "/v1/market", 200),
     ]
     for who, method, path, expected in expectations:
-        body = {"image": "x", "gpus": 1, "max_duration_s": 1,
-                "max_price_per_gpu_hour_micro_yuan": 1} if method == "POST" else None
+        body = (
+            {"image": "x", "gpus": 1, "max_duration_s": 1, "max_price_per_gpu_hour_micro_yuan": 1}
+            if method == "POST"
+            else None
+        )
         status, answer = await apis[who].call(method, path, body)
         assert status == expected, (who, method, path, answer)
         if status >= 400:
@@ -93,7 +97,9 @@ async def test_authorisation_matrix(apis: dict[str, Api]) -> None:
         ({"idempotency_key": ""}, "idempotency_key"),
     ],
 )
-async def test_invalid_jobs_are_refused_naming_the_field(apis: dict[str, Api], fields: dict, message: str) -> None:
+async def test_invalid_jobs_are_refused_naming_the_field(
+    apis: dict[str, Api], fields: dict, message: str
+) -> None:
     status, answer = await apis["validation"].submit(**fields)
     assert status == 422, answer
     assert message in answer["detail"]
@@ -102,25 +108,37 @@ async def test_invalid_jobs_are_refused_naming_the_field(apis: dict[str, Api], f
 
 
 async def test_malformed_json_and_wrong_content_type(apis: dict[str, Api]) -> None:
-    status, answer = await apis["a"].call("POST", "/v1/jobs", data=b"{not json",
-                                          headers={"Content-Type": "application/json"})
+    status, answer = await apis["a"].call(
+        "POST", "/v1/jobs", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert (status, answer["error"]) == (422, "invalid")
-    status, answer = await apis["a"].call("POST", "/v1/jobs", data=b"image=x",
-                                          headers={"Content-Type": "text/plain"})
+    status, answer = await apis["a"].call(
+        "POST", "/v1/jobs", data=b"image=x", headers={"Content-Type": "text/plain"}
+    )
     assert (status, answer["error"]) == (415, "unsupported_media_type")
     status, answer = await apis["a"].call("POST", "/v1/jobs", json_body=[1, 2])
     assert status == 422
 
 
-async def test_idempotency_key_returns_the_first_job_and_refuses_other_fields(apis: dict[str, Api]) -> None:
+async def test_idempotency_key_returns_the_first_job_and_refuses_other_fields(
+    apis: dict[str, Api],
+) -> None:
     status, first = await apis["a"].submit(idempotency_key="nightly-42")
     assert status == 201
     status, again = await apis["a"].submit(idempotency_key="nightly-42")
     assert (status, again["id"]) == (200, first["id"])
     status, header_retry = await apis["a"].call(
-        "POST", "/v1/jobs", {"image": "busybox:latest", "command": ["true"], "gpus": 1,
-                             "max_duration_s": 600, "max_price_per_gpu_hour_micro_yuan": 10_000_000},
-        headers={"Idempotency-Key": "nightly-42"})
+        "POST",
+        "/v1/jobs",
+        {
+            "image": "busybox:latest",
+            "command": ["true"],
+            "gpus": 1,
+            "max_duration_s": 600,
+            "max_price_per_gpu_hour_micro_yuan": 10_000_000,
+        },
+        headers={"Idempotency-Key": "nightly-42"},
+    )
     assert (status, header_retry["id"]) == (200, first["id"])
     status, conflict = await apis["a"].submit(idempotency_key="nightly-42", gpus=2)
     assert (status, conflict["error"]) == (409, "idempotency_conflict")
@@ -131,13 +149,24 @@ async def test_idempotency_key_returns_the_first_job_and_refuses_other_fields(ap
 async def test_job_show_has_the_documented_fields(apis: dict[str, Api]) -> None:
     _, job = await apis["a"].submit()
     shown = await apis["a"].job(job["id"])
-    for name in ("id", "state", "reason", "agent_id", "gpu_uuids", "price_per_gpu_hour_micro_yuan",
-                 "started_at_ms", "ended_at_ms", "exit_code"):
+    for name in (
+        "id",
+        "state",
+        "reason",
+        "agent_id",
+        "gpu_uuids",
+        "price_per_gpu_hour_micro_yuan",
+        "started_at_ms",
+        "ended_at_ms",
+        "exit_code",
+    ):
         assert name in shown
     assert shown["state"] == "pending"
 
 
-async def test_unknown_routes_and_methods_use_the_error_shape(coordinator: CoordinatorProcess) -> None:
+async def test_unknown_routes_and_methods_use_the_error_shape(
+    coordinator: CoordinatorProcess,
+) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(coordinator.url + "/v1/nothing") as response:
             assert response.status == 404
@@ -153,20 +182,30 @@ async def test_openapi_documents_every_route(coordinator: CoordinatorProcess) ->
     async with aiohttp.ClientSession() as session:
         async with session.get(coordinator.url + "/v1/openapi.json") as response:
             document = await response.json()
-    documented = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+    documented = {
+        (method.upper(), path) for path, ops in document["paths"].items() for method in ops
+    }
     served = {(method, path) for method, path, _ in ROUTES}
     assert served - documented == set()
     assert documented - served == set()
 
 
-async def test_metrics_expose_market_and_requests(coordinator: CoordinatorProcess, apis: dict[str, Api]) -> None:
+async def test_metrics_expose_market_and_requests(
+    coordinator: CoordinatorProcess, apis: dict[str, Api]
+) -> None:
     await apis["b"].submit()
     async with aiohttp.ClientSession() as session:
         async with session.get(coordinator.url + "/metrics") as response:
             text = await response.text()
             assert response.headers["Content-Type"].startswith("text/plain")
-    for name in ("suanli_agents_online", "suanli_pool_pflops_bf16", 'suanli_jobs{state="pending"}',
-                 "suanli_auction_rounds_total", 'route="/v1/jobs"', "suanli_http_request_seconds_bucket"):
+    for name in (
+        "suanli_agents_online",
+        "suanli_pool_pflops_bf16",
+        'suanli_jobs{state="pending"}',
+        "suanli_auction_rounds_total",
+        'route="/v1/jobs"',
+        "suanli_http_request_seconds_bucket",
+    ):
         assert name in text, name
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent
 
 from agent.coordinator_client import CoordinatorError
-from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
@@ -54,14 +54,26 @@ class Stream:
         # GPU time counts from when the coordinator answered the start report
         gpu_ms = max(previous.receipt.gpu_ms if previous else 0, now - self.seen_at_ms)
         price = self.lease["price_per_gpu_hour"]
-        sealed = seal_receipt(Receipt(
-            lease_id=self.lease["lease_id"], job_id=self.lease["job_id"],
-            agent_id=self.agent.agent_id, seq=previous.receipt.seq + 1 if previous else 1,
-            prev=previous.digest if previous else GENESIS_PREV, issued_at_ms=now,
-            gpu_uuids=tuple(self.lease["gpu_uuids"]), gpu_ms=gpu_ms, energy_mj=0,
-            utilization_pct=80, peak_memory_bytes=0, price_per_gpu_hour=price,
-            amount=usage_amount(gpu_ms, price), final=final, exit_code=0 if final else None),
-            self.agent.key)
+        sealed = seal_receipt(
+            Receipt(
+                lease_id=self.lease["lease_id"],
+                job_id=self.lease["job_id"],
+                agent_id=self.agent.agent_id,
+                seq=previous.receipt.seq + 1 if previous else 1,
+                prev=previous.digest if previous else GENESIS_PREV,
+                issued_at_ms=now,
+                gpu_uuids=tuple(self.lease["gpu_uuids"]),
+                gpu_ms=gpu_ms,
+                energy_mj=0,
+                utilization_pct=80,
+                peak_memory_bytes=0,
+                price_per_gpu_hour=price,
+                amount=usage_amount(gpu_ms, price),
+                final=final,
+                exit_code=0 if final else None,
+            ),
+            self.agent.key,
+        )
         self.signed.append(sealed)
         self.spool.append(sealed)
         return sealed
@@ -71,7 +83,8 @@ class Stream:
         batch = self.spool[:BATCH]
         try:
             answer = await self.agent.client.signed(
-                "/v1/agent/receipts", {"receipts": [s.envelope for s in batch]}, timeout_s=5)
+                "/v1/agent/receipts", {"receipts": [s.envelope for s in batch]}, timeout_s=5
+            )
         except CoordinatorError as exc:
             if exc.status is not None and exc.status < 500:
                 raise AssertionError(f"the coordinator refused a receipt batch: {exc}") from None
@@ -80,9 +93,12 @@ class Stream:
             return
         for sealed, result in zip(batch, answer["results"], strict=True):
             assert result["status"] == "accepted", (sealed.receipt, result)
-            assert (result["lease_id"], result["seq"]) == (sealed.receipt.lease_id, sealed.receipt.seq)
+            assert (result["lease_id"], result["seq"]) == (
+                sealed.receipt.lease_id,
+                sealed.receipt.seq,
+            )
             self.acked[sealed.receipt.seq] = result["acknowledgement"]
-        del self.spool[:len(batch)]
+        del self.spool[: len(batch)]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -118,8 +134,9 @@ async def _checkpoint_size(url: str) -> int | None:
         return None
 
 
-async def _kill_repeatedly(coordinator: CoordinatorProcess, stop: asyncio.Event,
-                           log_sizes: list[int]) -> int:
+async def _kill_repeatedly(
+    coordinator: CoordinatorProcess, stop: asyncio.Event, log_sizes: list[int]
+) -> int:
     kills = 0
     rng = random.Random()
     for n in range(KILLS):
@@ -166,13 +183,18 @@ async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) 
             await agent.heartbeat()
             agent.keep_alive()
         apis = [Api(coordinator.url, coordinator.add_enterprise(20 + n)) for n in range(2)]
-        auditor = Api(coordinator.url, coordinator.admin_json("add-auditor", "--name", "Audit")["token"])
+        auditor = Api(
+            coordinator.url, coordinator.admin_json("add-auditor", "--name", "Audit")["token"]
+        )
         apis.append(auditor)
         jobs = []
         for api in apis[:2]:
             for i in range(3):
-                status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=PRICE,
-                                               max_duration_s=3600, idempotency_key=f"kill9-{i}")
+                status, job = await api.submit(
+                    max_price_per_gpu_hour_micro_yuan=PRICE,
+                    max_duration_s=3600,
+                    idempotency_key=f"kill9-{i}",
+                )
                 assert status == 201, job
                 jobs.append(job["id"])
         streams = await _leases_of(agents, len(jobs))
@@ -198,7 +220,9 @@ async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) 
             assert job["state"] == "succeeded", job
             assert job["attempts"] == 0, f"a lease was lost across a restart: {job}"
             assert job["charged_micro_yuan"] == last.amount, (job, last)
-            assert job["voucher_micro_yuan"] + job["deferred_micro_yuan"] == job["charged_micro_yuan"]
+            assert (
+                job["voucher_micro_yuan"] + job["deferred_micro_yuan"] == job["charged_micro_yuan"]
+            )
     finally:
         for thing in [*agents, *apis]:
             await thing.close()
@@ -206,12 +230,20 @@ async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) 
 
     # the ledger, read from the file with the coordinator stopped
     with sqlite3.connect(coordinator.db) as db:
-        posted = dict(db.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id"))
-        stored = {lease_id: (count, top) for lease_id, count, top in db.execute(
-            "SELECT lease_id, COUNT(*), MAX(seq) FROM receipts GROUP BY lease_id")}
+        posted = dict(
+            db.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id")
+        )
+        stored = {
+            lease_id: (count, top)
+            for lease_id, count, top in db.execute(
+                "SELECT lease_id, COUNT(*), MAX(seq) FROM receipts GROUP BY lease_id"
+            )
+        }
         rejected = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
         lost = db.execute("SELECT COUNT(*) FROM leases WHERE end_reason != 'exited'").fetchone()[0]
-        parts = db.execute("SELECT SUM(amount), SUM(voucher), SUM(deferred) FROM ledger_postings").fetchone()
+        parts = db.execute(
+            "SELECT SUM(amount), SUM(voucher), SUM(deferred) FROM ledger_postings"
+        ).fetchone()
     assert rejected == 0
     assert lost == 0
     assert set(posted) == set(by_lease)

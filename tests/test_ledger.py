@@ -47,18 +47,24 @@ class World:
 
     def enterprise(self, code: str, policy: V.VoucherPolicy, now: int = NOW) -> str:
         enterprise_id = f"ent-{self._next()}"
-        self.db.conn.execute("INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
-                             [enterprise_id, "E", code, now])
+        self.db.conn.execute(
+            "INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
+            [enterprise_id, "E", code, now],
+        )
         V.open_enterprise_accounts(self.db, enterprise_id, code, policy, now)
         return enterprise_id
 
     def provider(self, code: str, now: int = NOW) -> str:
         provider_id = f"prov-{self._next()}"
-        self.db.conn.execute("INSERT INTO providers (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
-                             [provider_id, "P", code, now])
+        self.db.conn.execute(
+            "INSERT INTO providers (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
+            [provider_id, "P", code, now],
+        )
         self.db.conn.execute(
             "INSERT INTO agents (agent_id, provider_id, public_key, hostname, enrolled_at_ms) "
-            "VALUES (?,?,?,?,?)", [f"agent-{provider_id}", provider_id, b"k" * 32, "host", now])
+            "VALUES (?,?,?,?,?)",
+            [f"agent-{provider_id}", provider_id, b"k" * 32, "host", now],
+        )
         return provider_id
 
     def job(self, enterprise_id: str, provider_id: str, now: int = NOW) -> tuple[str, str]:
@@ -66,26 +72,36 @@ class World:
         job_id, lease_id = f"job-{n}", f"lease-{n}"
         self.db.conn.execute(
             "INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, created_at_ms) "
-            "VALUES (?,?,?,?,?,?)", [job_id, enterprise_id, job_id, "{}", "running", now])
+            "VALUES (?,?,?,?,?,?)",
+            [job_id, enterprise_id, job_id, "{}", "running", now],
+        )
         self.db.conn.execute(
             "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
             "start_deadline_ms, ends_at_ms, state) VALUES (?,?,?,?,?,?,?,?,?)",
-            [lease_id, job_id, f"agent-{provider_id}", "[]", 1, now, now, now, "running"])
+            [lease_id, job_id, f"agent-{provider_id}", "[]", 1, now, now, now, "running"],
+        )
         return job_id, lease_id
 
     def receipt(self, lease_id: str, now: int = NOW) -> bytes:
         n = self._next()
         digest = hashlib.sha256(f"receipt {n}".encode()).digest()
-        seq = self.db.conn.execute("SELECT COUNT(*) FROM receipts WHERE lease_id = ?",
-                                   [lease_id]).fetchone()[0] + 1
+        seq = (
+            self.db.conn.execute(
+                "SELECT COUNT(*) FROM receipts WHERE lease_id = ?", [lease_id]
+            ).fetchone()[0]
+            + 1
+        )
         acknowledgement = self.db.conn.execute(
             "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) "
-            "VALUES ('agent', ?, x'00')", [now]).lastrowid
+            "VALUES ('agent', ?, x'00')",
+            [now],
+        ).lastrowid
         self.db.conn.execute(
             "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
             "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [lease_id, seq, "agent", b"envelope", digest, now, now, 0, 0, 0, 0, acknowledgement])
+            [lease_id, seq, "agent", b"envelope", digest, now, now, 0, 0, 0, 0, acknowledgement],
+        )
         return digest
 
 
@@ -96,21 +112,35 @@ def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
     database.conn.close()
 
 
-POLICY = V.VoucherPolicy(fiscal_year=2026, pool_total_micro_yuan=10_000_000_000,
-                         per_company_cap_micro_yuan=1_000_000_000,
-                         default_credit_limit_micro_yuan=2_000_000_000)
+POLICY = V.VoucherPolicy(
+    fiscal_year=2026,
+    pool_total_micro_yuan=10_000_000_000,
+    per_company_cap_micro_yuan=1_000_000_000,
+    default_credit_limit_micro_yuan=2_000_000_000,
+)
 
 
 def _accounts(db: sqlite_utils.Database) -> None:
-    for account_id, flags in (("a", L.NO_LIMIT), ("b", L.DEBITS_MUST_NOT_EXCEED_CREDITS),
-                              ("c", L.CREDITS_MUST_NOT_EXCEED_DEBITS)):
+    for account_id, flags in (
+        ("a", L.NO_LIMIT),
+        ("b", L.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        ("c", L.CREDITS_MUST_NOT_EXCEED_DEBITS),
+    ):
         L.open_account(db, account_id, ledger=L.CNY, kind="test", flags=flags, now_ms=NOW)
     L.open_account(db, "q", ledger=L.CREDIT, kind="test", now_ms=NOW)
 
 
 def _t(cause: str, debit: str, credit: str, amount: int, **kw: Any) -> Transfer:
-    return Transfer(transfer_id(cause, kw.pop("leg", "leg")), debit, credit, amount, "test", cause,
-                    at_ms=NOW, **kw)
+    return Transfer(
+        transfer_id(cause, kw.pop("leg", "leg")),
+        debit,
+        credit,
+        amount,
+        "test",
+        cause,
+        at_ms=NOW,
+        **kw,
+    )
 
 
 # -- the transfer engine ---------------------------------------------------------------------
@@ -120,7 +150,9 @@ def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: sqlite_utils.Data
     with transaction(db):
         _accounts(db)
         first = create_transfers(db, [_t("x", "a", "b", 10)])
-        again = create_transfers(db, [Transfer(first[0].id, "a", "b", 10, "test", "x", at_ms=NOW + 5)])
+        again = create_transfers(
+            db, [Transfer(first[0].id, "a", "b", 10, "test", "x", at_ms=NOW + 5)]
+        )
         assert again == first
         with pytest.raises(L.IdempotencyConflict, match="different amount"):
             create_transfers(db, [_t("x", "a", "b", 11)])
@@ -131,8 +163,16 @@ def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: sqlite_utils.Data
 
 def test_transfer_ids_come_from_their_cause() -> None:
     assert transfer_id("receipt:ab", "voucher") == transfer_id("receipt:ab", "voucher")
-    assert len({transfer_id("receipt:ab", "voucher"), transfer_id("receipt:ab", "deferred"),
-                transfer_id("receipt:ac", "voucher")}) == 3
+    assert (
+        len(
+            {
+                transfer_id("receipt:ab", "voucher"),
+                transfer_id("receipt:ab", "deferred"),
+                transfer_id("receipt:ac", "voucher"),
+            }
+        )
+        == 3
+    )
 
 
 def test_a_linked_set_is_written_whole_or_not_at_all(db: sqlite_utils.Database) -> None:
@@ -166,12 +206,17 @@ def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database)
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
         (hold,) = create_transfers(db, [_t("hold", "b", "a", 50, kind=L.PENDING)])
-        create_transfers(db, [_t("use", "b", "a", 20, leg="1", kind=L.POST_PENDING, pending_id=hold.id)])
-        create_transfers(db, [_t("use", "b", "a", 10, leg="2", kind=L.POST_PENDING, pending_id=hold.id)])
+        create_transfers(
+            db, [_t("use", "b", "a", 20, leg="1", kind=L.POST_PENDING, pending_id=hold.id)]
+        )
+        create_transfers(
+            db, [_t("use", "b", "a", 10, leg="2", kind=L.POST_PENDING, pending_id=hold.id)]
+        )
         assert L.pending_remaining(db, hold.id) == 20
         with pytest.raises(L.PendingError, match="holds only 20"):
-            create_transfers(db, [_t("use", "b", "a", 21, leg="3", kind=L.POST_PENDING,
-                                     pending_id=hold.id)])
+            create_transfers(
+                db, [_t("use", "b", "a", 21, leg="3", kind=L.POST_PENDING, pending_id=hold.id)]
+            )
         with pytest.raises(L.PendingError, match="whole remainder"):
             create_transfers(db, [_t("end", "b", "a", 5, kind=L.VOID_PENDING, pending_id=hold.id)])
         with pytest.raises(L.PendingError, match="same accounts"):
@@ -184,17 +229,21 @@ def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database)
     assert check_invariants(db) == []
 
 
-@pytest.mark.parametrize(("debit", "credit", "amount", "error"), [
-    ("a", "q", 1, "cross ledgers"),
-    ("a", "a", 1, "same account"),
-    ("a", "b", 0, "positive integer"),
-    ("a", "b", -5, "positive integer"),
-    ("a", "b", True, "positive integer"),
-    ("a", "b", 2**63, "positive integer"),
-    ("a", "nowhere", 1, "does not exist"),
-])
-def test_malformed_transfers_are_refused(db: sqlite_utils.Database, debit: str, credit: str,
-                                         amount: Any, error: str) -> None:
+@pytest.mark.parametrize(
+    ("debit", "credit", "amount", "error"),
+    [
+        ("a", "q", 1, "cross ledgers"),
+        ("a", "a", 1, "same account"),
+        ("a", "b", 0, "positive integer"),
+        ("a", "b", -5, "positive integer"),
+        ("a", "b", True, "positive integer"),
+        ("a", "b", 2**63, "positive integer"),
+        ("a", "nowhere", 1, "does not exist"),
+    ],
+)
+def test_malformed_transfers_are_refused(
+    db: sqlite_utils.Database, debit: str, credit: str, amount: Any, error: str
+) -> None:
     with transaction(db):
         _accounts(db)
         with pytest.raises(L.LedgerError, match=error):
@@ -205,10 +254,18 @@ def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Data
     with transaction(db):
         _accounts(db)
         with pytest.raises(L.InvalidTransfer, match="receipt digest"):
-            create_transfers(db, [Transfer(transfer_id("u", "l"), "a", "b", 1, L.USAGE_VOUCHER, "u")])
+            create_transfers(
+                db, [Transfer(transfer_id("u", "l"), "a", "b", 1, L.USAGE_VOUCHER, "u")]
+            )
         with pytest.raises(L.InvalidTransfer, match="receipt digest"):
-            create_transfers(db, [Transfer(transfer_id("u", "l"), "a", "b", 1, "test", "u",
-                                           receipt_digest=b"x" * 32)])
+            create_transfers(
+                db,
+                [
+                    Transfer(
+                        transfer_id("u", "l"), "a", "b", 1, "test", "u", receipt_digest=b"x" * 32
+                    )
+                ],
+            )
 
 
 # -- tampering -------------------------------------------------------------------------------
@@ -223,15 +280,26 @@ def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, V.Posting]
         job, lease = world.job(ent, prov)
         V.reserve_job(db, job, ent, 400_000_000, policy=POLICY, now_ms=NOW)
         digest = world.receipt(lease)
-        posting = V.post_usage(db, enterprise_id=ent, provider_id=prov, enterprise_uscc=uscc(1),
-                               provider_uscc=uscc(2), lease_id=lease, job_id=job,
-                               receipt_digest=digest, amount=300_000_000, policy=POLICY, now_ms=NOW)
+        posting = V.post_usage(
+            db,
+            enterprise_id=ent,
+            provider_id=prov,
+            enterprise_uscc=uscc(1),
+            provider_uscc=uscc(2),
+            lease_id=lease,
+            job_id=job,
+            receipt_digest=digest,
+            amount=300_000_000,
+            policy=POLICY,
+            now_ms=NOW,
+        )
     assert check_invariants(db) == []
     return db, posting
 
 
 def test_the_database_refuses_to_update_or_delete_a_transfer(
-        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    posted: tuple[sqlite_utils.Database, V.Posting],
+) -> None:
     db, _ = posted
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
         db.conn.execute("UPDATE ledger_transfers SET amount = amount + 1")
@@ -246,8 +314,9 @@ def test_the_database_refuses_to_update_or_delete_a_transfer(
 
 def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
     db, _ = posted
-    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 "
-                    "WHERE id = 'pool:2026'")
+    db.conn.execute(
+        "UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = 'pool:2026'"
+    )
     problems = check_invariants(db)
     assert any("pool:2026 stores credits_posted" in p for p in problems)
     assert any("ledger cny: posted debits" in p for p in problems)
@@ -261,18 +330,24 @@ def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, V.Posting
     db.conn.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
         "at_ms) VALUES (?, 'posted', ?, 'credit_used', ?, 'forged', 'forged', 0)",
-        [b"f" * 32, credit, 10**12])
-    db.conn.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + ? WHERE id = ?",
-                    [10**12, credit])
-    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + ? WHERE id = ?",
-                    [10**12, "credit_used"])
+        [b"f" * 32, credit, 10**12],
+    )
+    db.conn.execute(
+        "UPDATE ledger_accounts SET debits_posted = debits_posted + ? WHERE id = ?",
+        [10**12, credit],
+    )
+    db.conn.execute(
+        "UPDATE ledger_accounts SET credits_posted = credits_posted + ? WHERE id = ?",
+        [10**12, "credit_used"],
+    )
     problems = check_invariants(db)
     assert any(f"account {credit} is past its limit" in p for p in problems)
     assert any("of credit unused" in p for p in problems)
 
 
 def test_usage_naming_no_accepted_receipt_is_caught(
-        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    posted: tuple[sqlite_utils.Database, V.Posting],
+) -> None:
     db, posting = posted
     db.conn.execute("PRAGMA foreign_keys = OFF")
     db.conn.execute("DELETE FROM receipts WHERE digest = ?", [posting.receipt_digest])
@@ -288,10 +363,14 @@ def test_a_forged_usage_transfer_is_caught(posted: tuple[sqlite_utils.Database, 
     db.conn.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
         "receipt_digest, at_ms) VALUES (?, 'posted', 'pool:2026', ?, 5, 'usage_voucher', 'x', ?, 0)",
-        [b"g" * 32, earnings, b"no such receipt"])
-    db.conn.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + 5 WHERE id = 'pool:2026'")
-    db.conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 5 WHERE id = ?",
-                    [earnings])
+        [b"g" * 32, earnings, b"no such receipt"],
+    )
+    db.conn.execute(
+        "UPDATE ledger_accounts SET debits_posted = debits_posted + 5 WHERE id = 'pool:2026'"
+    )
+    db.conn.execute(
+        "UPDATE ledger_accounts SET credits_posted = credits_posted + 5 WHERE id = ?", [earnings]
+    )
     problems = check_invariants(db)
     assert any("not an accepted receipt" in p for p in problems)
     assert any("has no posting" in p for p in problems)
@@ -299,7 +378,8 @@ def test_a_forged_usage_transfer_is_caught(posted: tuple[sqlite_utils.Database, 
 
 
 def test_a_posting_that_disagrees_with_its_transfers_is_caught(
-        posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+    posted: tuple[sqlite_utils.Database, V.Posting],
+) -> None:
     db, _ = posted
     db.conn.execute("DROP TRIGGER ledger_postings_no_update")
     db.conn.execute("UPDATE ledger_postings SET voucher = voucher + 1, deferred = deferred - 1")
@@ -310,7 +390,8 @@ def test_a_posting_that_disagrees_with_its_transfers_is_caught(
 
 
 async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_itself(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     database = Database(tmp_path / "writer.db")
     world = World(database.db)
     with transaction(database.db):
@@ -320,23 +401,36 @@ async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_i
         digests = [world.receipt(lease) for _ in range(3)]
     database.start()
     try:
+
         def post(digest: bytes, amount: int) -> Callable[[sqlite_utils.Database], V.Posting]:
             return lambda db: V.post_usage(
-                db, enterprise_id=ent, provider_id=prov, enterprise_uscc=uscc(1),
-                provider_uscc=uscc(2), lease_id=lease, job_id=job, receipt_digest=digest,
-                amount=amount, policy=POLICY, now_ms=NOW)
+                db,
+                enterprise_id=ent,
+                provider_id=prov,
+                enterprise_uscc=uscc(1),
+                provider_uscc=uscc(2),
+                lease_id=lease,
+                job_id=job,
+                receipt_digest=digest,
+                amount=amount,
+                policy=POLICY,
+                now_ms=NOW,
+            )
 
         results = await asyncio.gather(
             database.run(post(digests[0], 1_000_000)),
             database.run(post(digests[1], 10**15)),  # far past the credit limit
             database.run(post(digests[2], 2_000_000)),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         assert isinstance(results[1], V.CreditExceeded)
         assert [r.voucher for r in (results[0], results[2])] == [500_000, 1_000_000]  # type: ignore[union-attr]
         assert await database.run(check_invariants) == []
         assert await database.run(lambda db: V.job_charges(db, job)) == {
-            "charged_micro_yuan": 3_000_000, "voucher_micro_yuan": 1_500_000,
-            "deferred_micro_yuan": 1_500_000}
+            "charged_micro_yuan": 3_000_000,
+            "voucher_micro_yuan": 1_500_000,
+            "deferred_micro_yuan": 1_500_000,
+        }
     finally:
         database.close()
 
@@ -344,8 +438,12 @@ async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_i
 # -- the stateful model ----------------------------------------------------------------------
 
 START = 1_788_220_800_000  # 2026-09-01T00:00Z; a run may cross into fiscal year 2027
-AMOUNTS = st.one_of(st.integers(1, 10), st.integers(1, 2_000_000_000),
-                    st.integers(2_000_000_000, 6_000_000_000), st.just(V.MAX_AMOUNT))
+AMOUNTS = st.one_of(
+    st.integers(1, 10),
+    st.integers(1, 2_000_000_000),
+    st.integers(2_000_000_000, 6_000_000_000),
+    st.just(V.MAX_AMOUNT),
+)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -394,15 +492,23 @@ class LedgerMachine(RuleBasedStateMachine):
         finally:
             self.db.conn.execute("COMMIT")
 
-    @initialize(coverage=st.sampled_from([0, 1, 5_000, 7_777, 10_000]), subsidise=st.booleans(),
-                both=st.lists(st.booleans(), min_size=1, max_size=3))
+    @initialize(
+        coverage=st.sampled_from([0, 1, 5_000, 7_777, 10_000]),
+        subsidise=st.booleans(),
+        both=st.lists(st.booleans(), min_size=1, max_size=3),
+    )
     def set_up(self, coverage: int, subsidise: bool, both: list[bool]) -> None:
         """A policy, a few enterprises (some of them providers too) and one more provider."""
         self.policy = V.VoucherPolicy(
-            fiscal_year=2026, pool_total_micro_yuan=5_000_000_000,
-            per_company_cap_micro_yuan=3_000_000_000, coverage_bps=coverage,
-            providers_may_be_subsidised=subsidise, payment_terms_days=10, grace_days=5,
-            default_credit_limit_micro_yuan=8_000_000_000)
+            fiscal_year=2026,
+            pool_total_micro_yuan=5_000_000_000,
+            per_company_cap_micro_yuan=3_000_000_000,
+            coverage_bps=coverage,
+            providers_may_be_subsidised=subsidise,
+            payment_terms_days=10,
+            grace_days=5,
+            default_credit_limit_micro_yuan=8_000_000_000,
+        )
         for also_provider in [False, *both]:
             self.register_enterprise(also_provider)
         self.register_provider()
@@ -417,15 +523,25 @@ class LedgerMachine(RuleBasedStateMachine):
         return self.limit[ent] - self.owed[ent] - self.credit_held(ent)
 
     def credit_held(self, ent: str) -> int:
-        return sum(self.reserved.get(job, 0) + self.covered.get(job, 0)
-                   for job in self.jobs if self.jobs[job][0] == ent)
+        return sum(
+            self.reserved.get(job, 0) + self.covered.get(job, 0)
+            for job in self.jobs
+            if self.jobs[job][0] == ent
+        )
 
     def cap_held(self, code: str) -> int:
-        return sum(held for job, held in self.voucher_held.items()
-                   if self.enterprises[self.jobs[job][0]] == code)
+        return sum(
+            held
+            for job, held in self.voucher_held.items()
+            if self.enterprises[self.jobs[job][0]] == code
+        )
 
     def cap_free(self, code: str) -> int:
-        return self.policy.per_company_cap_micro_yuan - self.cap_used.get(code, 0) - self.cap_held(code)
+        return (
+            self.policy.per_company_cap_micro_yuan
+            - self.cap_used.get(code, 0)
+            - self.cap_held(code)
+        )
 
     def pool_free(self) -> int:
         return self.policy.pool_total_micro_yuan - self.pool_used - sum(self.voucher_held.values())
@@ -437,8 +553,14 @@ class LedgerMachine(RuleBasedStateMachine):
         if V._utc(self.now).year != 2026:
             return V.Split(0, amount, V.OUTSIDE_FISCAL_YEAR)
         code = self.enterprises[ent]
-        return V.split_charge(amount, self.policy.coverage_bps, self.cap_free(code),
-                              self.pool_free(), self_dealing, self.subsidy_allowed(code))
+        return V.split_charge(
+            amount,
+            self.policy.coverage_bps,
+            self.cap_free(code),
+            self.pool_free(),
+            self_dealing,
+            self.subsidy_allowed(code),
+        )
 
     def expected_usage_split(self, job: str, ent: str, amount: int, self_dealing: bool) -> V.Split:
         """The split with the job's holds: its voucher hold first, and at least what its
@@ -454,8 +576,11 @@ class LedgerMachine(RuleBasedStateMachine):
         credit = self.reserved.get(job, 0) + self.covered.get(job, 0)
         ordinary = min(share, held + free_cap, held + free_pool)
         voucher = min(amount, max(ordinary, min(amount - credit, held)))
-        reason = V.COVERED if voucher >= share else (
-            V.CAP_EXHAUSTED if free_cap <= free_pool else V.POOL_EXHAUSTED)
+        reason = (
+            V.COVERED
+            if voucher >= share
+            else (V.CAP_EXHAUSTED if free_cap <= free_pool else V.POOL_EXHAUSTED)
+        )
         return V.Split(voucher, amount - voucher, reason)
 
     def suspended(self, ent: str) -> bool:
@@ -499,8 +624,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.jobs[job] = (ent, prov, lease)
         if max_cost is None:
             return
-        result = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
-                                                   now_ms=self.now))
+        result = self.call(
+            lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy, now_ms=self.now)
+        )
         # a company that also provides compute may win its own job: no voucher is counted on
         own = self.enterprises[ent] in self.providers.values()
         estimate = 0 if own else self.expected_split(ent, prov, max_cost, False).voucher
@@ -518,8 +644,11 @@ class LedgerMachine(RuleBasedStateMachine):
             self.reserved[job] = result.amount
             self.voucher_held[job] = estimate
             self.max_cost[job] = max_cost
-            again = self.call(lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy,
-                                                      now_ms=self.now))
+            again = self.call(
+                lambda db: V.reserve_job(
+                    db, job, ent, max_cost, policy=self.policy, now_ms=self.now
+                )
+            )
             assert again == result
 
     @precondition(lambda self: self.jobs)
@@ -527,16 +656,26 @@ class LedgerMachine(RuleBasedStateMachine):
     def post_usage(self, data: st.DataObject, amount: int) -> None:
         self.post(data.draw(st.sampled_from(sorted(self.jobs))), amount)
 
-    @precondition(lambda self: any(self.charged.get(job, 0) < most
-                                   for job, most in self.max_cost.items()))
+    @precondition(
+        lambda self: any(self.charged.get(job, 0) < most for job, most in self.max_cost.items())
+    )
     @rule(data=st.data())
     def post_usage_within_the_maximum(self, data: st.DataObject) -> None:
         """Usage that the job's reservation promised to pay, in one piece or in many."""
-        job = data.draw(st.sampled_from(sorted(
-            job for job, most in self.max_cost.items() if self.charged.get(job, 0) < most)))
+        job = data.draw(
+            st.sampled_from(
+                sorted(
+                    job for job, most in self.max_cost.items() if self.charged.get(job, 0) < most
+                )
+            )
+        )
         left = self.max_cost[job] - self.charged.get(job, 0)
-        self.post(job, data.draw(st.one_of(st.just(left), st.integers(1, left),
-                                           st.integers(1, min(left, 10)))))
+        self.post(
+            job,
+            data.draw(
+                st.one_of(st.just(left), st.integers(1, left), st.integers(1, min(left, 10)))
+            ),
+        )
 
     @precondition(lambda self: self.enterprises and self.providers)
     @rule(data=st.data(), max_cost=st.integers(1, 3_000_000_000))
@@ -548,17 +687,26 @@ class LedgerMachine(RuleBasedStateMachine):
         with transaction(self.db):
             digest = self.world.receipt(lease, self.now)
         fields: dict[str, Any] = {
-            "enterprise_id": ent, "provider_id": prov, "enterprise_uscc": self.enterprises[ent],
-            "provider_uscc": self.providers[prov], "lease_id": lease, "job_id": job,
-            "receipt_digest": digest, "amount": amount}
-        result = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now))
+            "enterprise_id": ent,
+            "provider_id": prov,
+            "enterprise_uscc": self.enterprises[ent],
+            "provider_uscc": self.providers[prov],
+            "lease_id": lease,
+            "job_id": job,
+            "receipt_digest": digest,
+            "amount": amount,
+        }
+        result = self.call(
+            lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
+        )
         within = job in self.max_cost and self.charged.get(job, 0) + amount <= self.max_cost[job]
         if within:
             # the promise: usage within the job's maximum cost is never refused for credit
             assert isinstance(result, V.Posting), result
             event("posted within the job's maximum")
-        split = self.expected_usage_split(job, ent, amount,
-                                          self.enterprises[ent] == self.providers[prov])
+        split = self.expected_usage_split(
+            job, ent, amount, self.enterprises[ent] == self.providers[prov]
+        )
         drawn = min(split.deferred, self.reserved.get(job, 0))
         drawn_cover = min(split.deferred - drawn, self.covered.get(job, 0))
         if split.deferred - drawn - drawn_cover > self.headroom(ent):
@@ -606,7 +754,9 @@ class LedgerMachine(RuleBasedStateMachine):
         digest = data.draw(st.sampled_from(sorted(self.postings)))
         fields = dict(self.postings[digest][0])
         fields[change] = fields[change] + 1 if change == "amount" else fields[change] + "x"
-        result = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now))
+        result = self.call(
+            lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
+        )
         assert isinstance(result, L.IdempotencyConflict), result
         assert change in result.detail
 
@@ -615,10 +765,21 @@ class LedgerMachine(RuleBasedStateMachine):
     def post_without_a_receipt(self, data: st.DataObject) -> None:
         job = data.draw(st.sampled_from(sorted(self.jobs)))
         ent, prov, lease = self.jobs[job]
-        result = self.call(lambda db: V.post_usage(
-            db, enterprise_id=ent, provider_id=prov, enterprise_uscc=self.enterprises[ent],
-            provider_uscc=self.providers[prov], lease_id=lease, job_id=job,
-            receipt_digest=b"\x00" * 32, amount=1_000, policy=self.policy, now_ms=self.now))
+        result = self.call(
+            lambda db: V.post_usage(
+                db,
+                enterprise_id=ent,
+                provider_id=prov,
+                enterprise_uscc=self.enterprises[ent],
+                provider_uscc=self.providers[prov],
+                lease_id=lease,
+                job_id=job,
+                receipt_digest=b"\x00" * 32,
+                amount=1_000,
+                policy=self.policy,
+                now_ms=self.now,
+            )
+        )
         assert isinstance(result, V.UnknownReceipt), result
 
     @precondition(lambda self: self.jobs)
@@ -635,16 +796,25 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert result is None or result.held == 0
 
-    @precondition(lambda self: any(code not in self.providers.values()
-                                   for code in self.enterprises.values()))
+    @precondition(
+        lambda self: any(code not in self.providers.values() for code in self.enterprises.values())
+    )
     @rule(data=st.data())
     def an_enterprise_becomes_a_provider(self, data: st.DataObject) -> None:
         """Its company registers as a provider, and its open jobs may now go to its own agents."""
-        ent = data.draw(st.sampled_from(sorted(
-            e for e, code in self.enterprises.items() if code not in self.providers.values())))
+        ent = data.draw(
+            st.sampled_from(
+                sorted(
+                    e for e, code in self.enterprises.items() if code not in self.providers.values()
+                )
+            )
+        )
         code = self.enterprises[ent]
-        moving = sorted(job for job, held in self.voucher_held.items()
-                        if held and self.jobs[job][0] == ent and job not in self.covered)
+        moving = sorted(
+            job
+            for job, held in self.voucher_held.items()
+            if held and self.jobs[job][0] == ent and job not in self.covered
+        )
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             result: Any = V.cover_self_dealing(self.db, code, self.now)
@@ -691,8 +861,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def repeat_a_payment(self, data: st.DataObject, same: bool) -> None:
         reference = data.draw(st.sampled_from(sorted(self.payments)))
         ent, amount = self.payments[reference]
-        result = self.call(lambda db: V.record_payment(db, ent, amount + (0 if same else 1),
-                                                       reference, self.now + 1))
+        result = self.call(
+            lambda db: V.record_payment(
+                db, ent, amount + (0 if same else 1), reference, self.now + 1
+            )
+        )
         if same:
             assert isinstance(result, V.Payment) and result.amount == amount
         else:
@@ -739,14 +912,16 @@ class LedgerMachine(RuleBasedStateMachine):
             assert statement.total == statement.voucher + statement.deferred
             assert statement.due_at_ms is not None and statement.suspend_after_ms is not None
             self.statements.setdefault(ent, []).append(
-                (period, statement.due_at_ms, statement.suspend_after_ms))
+                (period, statement.due_at_ms, statement.suspend_after_ms)
+            )
         providers = [s for s in result.statements if s.party_kind == "provider"]
         assert sum(s.total for s in providers) == sum(s.total for s in issued.values())
 
     @rule()
     def close_the_current_period_too_early(self) -> None:
-        result = self.call(lambda db: V.close_period(db, V.period_of(self.now), self.policy,
-                                                     self.now))
+        result = self.call(
+            lambda db: V.close_period(db, V.period_of(self.now), self.policy, self.now)
+        )
         assert isinstance(result, V.PeriodNotEnded), result
 
     @rule()
@@ -764,16 +939,29 @@ class LedgerMachine(RuleBasedStateMachine):
         self.db.conn.execute("BEGIN IMMEDIATE")
         digest = self.world.receipt(lease, self.now)
         try:
-            V.post_usage(self.db, enterprise_id=ent, provider_id=prov,
-                         enterprise_uscc=self.enterprises[ent], provider_uscc=self.providers[prov],
-                         lease_id=lease, job_id=job, receipt_digest=digest, amount=amount,
-                         policy=self.policy, now_ms=self.now)
+            V.post_usage(
+                self.db,
+                enterprise_id=ent,
+                provider_id=prov,
+                enterprise_uscc=self.enterprises[ent],
+                provider_uscc=self.providers[prov],
+                lease_id=lease,
+                job_id=job,
+                receipt_digest=digest,
+                amount=amount,
+                policy=self.policy,
+                now_ms=self.now,
+            )
         except L.LedgerError:
             pass
         self.db.conn.close()
         self.restart()
-        assert self.db.conn.execute("SELECT COUNT(*) FROM receipts WHERE digest = ?",
-                                    [digest]).fetchone()[0] == 0
+        assert (
+            self.db.conn.execute(
+                "SELECT COUNT(*) FROM receipts WHERE digest = ?", [digest]
+            ).fetchone()[0]
+            == 0
+        )
 
     # -- what must hold after every step
     @invariant()
@@ -796,7 +984,9 @@ class LedgerMachine(RuleBasedStateMachine):
             reservation = V._reservation(self.db, job)
             assert reservation is not None
             assert (reservation.remaining, reservation.voucher_remaining) == (
-                self.reserved[job] + self.covered.get(job, 0), self.voucher_held[job])
+                self.reserved[job] + self.covered.get(job, 0),
+                self.voucher_held[job],
+            )
             assert reservation.held >= max_cost - self.charged.get(job, 0)
         for ent in self.enterprises:
             receivable = L.get_account(self.db, L.receivable_account(ent))
@@ -813,5 +1003,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(
-    max_examples=60, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    max_examples=60,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)

@@ -20,19 +20,38 @@ GPUS = ("GPU-a", "GPU-b")
 
 
 def record(**changes: object) -> LeaseRecord:
-    base = LeaseRecord(lease_id="lease-1", job_id="job-1", gpu_uuids=GPUS, price_per_gpu_hour=7_200_000,
-                       lease={"job": {}, "billable_from_ms": 10_000}, created_at_ms=1_000,
-                       started_at_ms=10_000)
+    base = LeaseRecord(
+        lease_id="lease-1",
+        job_id="job-1",
+        gpu_uuids=GPUS,
+        price_per_gpu_hour=7_200_000,
+        lease={"job": {}, "billable_from_ms": 10_000},
+        created_at_ms=1_000,
+        started_at_ms=10_000,
+    )
     for name, value in changes.items():
         setattr(base, name, value)
     return base
 
 
 def sample(uuid: str, energy: int | None, util: int = 50, memory: int = 1 << 30) -> GpuSample:
-    return GpuSample(index=0, uuid=uuid, name="NVIDIA H100 80GB HBM3", memory_total_bytes=80 << 30,
-                     memory_used_bytes=memory, compute_capability=(9, 0), power_limit_mw=700_000,
-                     utilization_gpu_pct=util, temperature_c=50, power_mw=300_000, energy_mj=energy,
-                     ecc_uncorrected=0, retired_pages_pending=False, healthy=True, health_reason=None)
+    return GpuSample(
+        index=0,
+        uuid=uuid,
+        name="NVIDIA H100 80GB HBM3",
+        memory_total_bytes=80 << 30,
+        memory_used_bytes=memory,
+        compute_capability=(9, 0),
+        power_limit_mw=700_000,
+        utilization_gpu_pct=util,
+        temperature_c=50,
+        power_mw=300_000,
+        energy_mj=energy,
+        ecc_uncorrected=0,
+        retired_pages_pending=False,
+        healthy=True,
+        health_reason=None,
+    )
 
 
 def test_gpu_ms_is_leased_gpus_times_running_time() -> None:
@@ -57,13 +76,27 @@ def test_billing_counts_from_the_start_acknowledgement_not_the_container_start()
 
 def test_gpu_time_never_passes_the_window_the_coordinator_described() -> None:
     # the window closed at 40 s by the coordinator's clock (a cancel plus its grace, say)
-    closed = record(lease={"job": {}, "billable_from_ms": 10_000,
-                           "window": {"opened_at_ms": 10_500, "closes_at_ms": 40_000}})
-    assert next_receipt(closed, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 29_500
+    closed = record(
+        lease={
+            "job": {},
+            "billable_from_ms": 10_000,
+            "window": {"opened_at_ms": 10_500, "closes_at_ms": 40_000},
+        }
+    )
+    assert (
+        next_receipt(closed, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 29_500
+    )
     # a host clock behind the coordinator's bills no more than its receipts' times allow
-    behind = record(lease={"job": {}, "billable_from_ms": 10_000,
-                           "window": {"opened_at_ms": 15_000, "closes_at_ms": 10**9}})
-    assert next_receipt(behind, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 55_000
+    behind = record(
+        lease={
+            "job": {},
+            "billable_from_ms": 10_000,
+            "window": {"opened_at_ms": 15_000, "closes_at_ms": 10**9},
+        }
+    )
+    assert (
+        next_receipt(behind, KEY.public.agent_id, now_ms=70_000, final=False).gpu_ms == 2 * 55_000
+    )
 
 
 def test_a_lease_reported_started_by_an_older_agent_counts_from_its_start() -> None:
@@ -86,10 +119,21 @@ def test_counters_never_go_down_when_the_clock_does() -> None:
 
 def test_energy_utilisation_and_memory_from_samples() -> None:
     lease = record()
-    account_sample(lease, {"GPU-a": sample("GPU-a", 1_000, util=40, memory=2 << 30),
-                           "GPU-b": sample("GPU-b", 5_000, util=60, memory=1 << 30)})
-    account_sample(lease, {"GPU-a": sample("GPU-a", 1_700, util=80), "GPU-b": sample("GPU-b", 5_300, util=100),
-                           "GPU-other": sample("GPU-other", 10**9)})
+    account_sample(
+        lease,
+        {
+            "GPU-a": sample("GPU-a", 1_000, util=40, memory=2 << 30),
+            "GPU-b": sample("GPU-b", 5_000, util=60, memory=1 << 30),
+        },
+    )
+    account_sample(
+        lease,
+        {
+            "GPU-a": sample("GPU-a", 1_700, util=80),
+            "GPU-b": sample("GPU-b", 5_300, util=100),
+            "GPU-other": sample("GPU-other", 10**9),
+        },
+    )
     assert lease.energy_mj == 700 + 300
     assert lease.util_sum // lease.util_samples == (50 + 90) // 2
     assert lease.peak_memory_bytes == 3 << 30
@@ -146,7 +190,11 @@ def test_spool_keeps_receipts_until_acknowledged_and_rejections_forever(tmp_path
     kept = {r.seq: r for r in reopened.receipts("lease-1")}
     assert kept[2].rejected_rule == "price" and kept[1].acked_at_ms == 2
     [restored] = reopened.leases()
-    assert (restored.last_seq, restored.last_digest, restored.last_gpu_ms) == (3, sealed[2].digest, 2 * 180_000)
+    assert (restored.last_seq, restored.last_digest, restored.last_gpu_ms) == (
+        3,
+        sealed[2].digest,
+        2 * 180_000,
+    )
     assert restored.accepted_seq == 1
     continued = seal_interim_receipt(restored, KEY, 250_000)
     check_pure(open_receipt(sealed[2].envelope, KEY.public), continued.receipt)
@@ -155,9 +203,24 @@ def test_spool_keeps_receipts_until_acknowledged_and_rejections_forever(tmp_path
 def test_an_accepted_receipt_is_dropped_only_if_its_acknowledgement_names_it() -> None:
     coordinator = PrivateKey.generate()
     sealed = [seal_interim_receipt(record(), KEY, now) for now in (70_000, 130_000)]
-    named = seal_acknowledgement(Acknowledgement(KEY.public.agent_id, 5, (AcknowledgedReceipt(
-        sealed[0].digest, "lease-1", 1, sealed[0].receipt.amount, sealed[0].receipt.amount, 7, ()),)),
-        coordinator)
+    named = seal_acknowledgement(
+        Acknowledgement(
+            KEY.public.agent_id,
+            5,
+            (
+                AcknowledgedReceipt(
+                    sealed[0].digest,
+                    "lease-1",
+                    1,
+                    sealed[0].receipt.amount,
+                    sealed[0].receipt.amount,
+                    7,
+                    (),
+                ),
+            ),
+        ),
+        coordinator,
+    )
     acknowledgements = _acknowledged_digests([named, b"\x93not an envelope"])
     assert _acknowledging(acknowledgements, 0, sealed[0].digest) == named
     assert _acknowledging(acknowledgements, 0, sealed[1].digest) is None  # not the receipt sent
@@ -179,5 +242,7 @@ def test_one_acknowledgement_is_kept_once_for_all_the_receipts_it_names(tmp_path
     spool.close()
     with sqlite3.connect(tmp_path / "spool.db") as db:
         assert db.execute("SELECT COUNT(*), MIN(envelope) FROM acknowledgements").fetchone() == (
-            1, b"one acknowledgement for both")
+            1,
+            b"one acknowledgement for both",
+        )
         assert db.execute("SELECT COUNT(DISTINCT acknowledgement) FROM receipts").fetchone() == (1,)

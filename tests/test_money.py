@@ -73,8 +73,14 @@ def test_error_names_the_field() -> None:
 
 @pytest.mark.parametrize(
     ("micro", "text"),
-    [(0, "0.00"), (1, "0.000001"), (12_500_000, "12.50"), (100_000, "0.10"), (-1_230_000, "-1.23"),
-     (1_234_567, "1.234567")],
+    [
+        (0, "0.00"),
+        (1, "0.000001"),
+        (12_500_000, "12.50"),
+        (100_000, "0.10"),
+        (-1_230_000, "-1.23"),
+        (1_234_567, "1.234567"),
+    ],
 )
 def test_format(micro: int, text: str) -> None:
     assert format_yuan(micro) == text
@@ -87,8 +93,14 @@ def test_format_parse_round_trip(micro: int) -> None:
 
 @pytest.mark.parametrize(
     ("gpu_ms", "price", "amount"),
-    [(3_600_000, 2_000_000, 2_000_000), (1, 3_599_999, 0), (1, 3_600_000, 1), (0, 10**12, 0),
-     (8 * 3_600_000, 12_345_678, 8 * 12_345_678), (1_799_999, 1, 0)],
+    [
+        (3_600_000, 2_000_000, 2_000_000),
+        (1, 3_599_999, 0),
+        (1, 3_600_000, 1),
+        (0, 10**12, 0),
+        (8 * 3_600_000, 12_345_678, 8 * 12_345_678),
+        (1_799_999, 1, 0),
+    ],
 )
 def test_usage_amount_rounds_down(gpu_ms: int, price: int, amount: int) -> None:
     assert usage_amount(gpu_ms, price) == amount

@@ -17,7 +17,11 @@ from coordinator.client.cli import build_parser as client_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PARSERS = {"suanli-agent": agent_parser, "suanli-coordinator": coordinator_parser, "suanli": client_parser}
+PARSERS = {
+    "suanli-agent": agent_parser,
+    "suanli-coordinator": coordinator_parser,
+    "suanli": client_parser,
+}
 
 
 def readme_commands() -> list[list[str]]:
@@ -40,7 +44,13 @@ COMMANDS = readme_commands()
 
 def test_the_readme_shows_the_commands_of_every_user() -> None:
     firsts = {words[0] for words in COMMANDS}
-    assert {"scripts/demo", "scripts/test", "suanli", "suanli-agent", "suanli-coordinator"} <= firsts
+    assert {
+        "scripts/demo",
+        "scripts/test",
+        "suanli",
+        "suanli-agent",
+        "suanli-coordinator",
+    } <= firsts
     assert any(words[:2] == ["suanli", "audit"] for words in COMMANDS)
 
 
@@ -62,8 +72,11 @@ def test_each_readme_command_is_real(words: list[str]) -> None:
 def test_the_readme_admin_commands_run_as_written(tmp_path: Path) -> None:
     for words in COMMANDS:
         if words[:2] == ["suanli-coordinator", "admin"]:
-            argv = [str(tmp_path / "coordinator.db") if word.endswith("coordinator.db") else word
-                    for word in words[1:]]
-            result = subprocess.run([BIN / "suanli-coordinator", *argv], capture_output=True, text=True,
-                                    check=False)
+            argv = [
+                str(tmp_path / "coordinator.db") if word.endswith("coordinator.db") else word
+                for word in words[1:]
+            ]
+            result = subprocess.run(
+                [BIN / "suanli-coordinator", *argv], capture_output=True, text=True, check=False
+            )
             assert result.returncode == 0, (words, result.stderr)

@@ -9,10 +9,10 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import pytest
-
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, started_lease
-from shared.log_entries import decode_entry, open_acknowledgement
+
 from shared.identity import PrivateKey, load_private_key
+from shared.log_entries import decode_entry, open_acknowledgement
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
@@ -24,32 +24,56 @@ def _now() -> int:
 
 
 class Lab:
-    def __init__(self, coordinator: CoordinatorProcess, agent: FakeAgent, api: Api, lease: dict[str, Any],
-                 job_id: str) -> None:
-        self.coordinator, self.agent, self.api, self.lease, self.job_id = coordinator, agent, api, lease, job_id
+    def __init__(
+        self,
+        coordinator: CoordinatorProcess,
+        agent: FakeAgent,
+        api: Api,
+        lease: dict[str, Any],
+        job_id: str,
+    ) -> None:
+        self.coordinator, self.agent, self.api, self.lease, self.job_id = (
+            coordinator,
+            agent,
+            api,
+            lease,
+            job_id,
+        )
 
     def receipt(self, previous: SealedReceipt | None = None, **changes: Any) -> Receipt:
         gpus = tuple(self.lease["gpu_uuids"])
         gpu_ms = (previous.receipt.gpu_ms if previous else 0) + len(gpus) * 10
         base = Receipt(
-            lease_id=self.lease["lease_id"], job_id=self.job_id, agent_id=self.agent.agent_id,
+            lease_id=self.lease["lease_id"],
+            job_id=self.job_id,
+            agent_id=self.agent.agent_id,
             seq=previous.receipt.seq + 1 if previous else 1,
             prev=previous.digest if previous else GENESIS_PREV,
-            issued_at_ms=_now(), gpu_uuids=gpus, gpu_ms=gpu_ms,
+            issued_at_ms=_now(),
+            gpu_uuids=gpus,
+            gpu_ms=gpu_ms,
             energy_mj=(previous.receipt.energy_mj if previous else 0) + 10,
-            utilization_pct=50, peak_memory_bytes=1 << 30,
+            utilization_pct=50,
+            peak_memory_bytes=1 << 30,
             price_per_gpu_hour=self.lease["price_per_gpu_hour"],
-            amount=usage_amount(gpu_ms, self.lease["price_per_gpu_hour"]), final=False, exit_code=None)
+            amount=usage_amount(gpu_ms, self.lease["price_per_gpu_hour"]),
+            final=False,
+            exit_code=None,
+        )
         receipt = base._replace(**changes)
         if "amount" not in changes:
-            receipt = receipt._replace(amount=usage_amount(receipt.gpu_ms, receipt.price_per_gpu_hour))
+            receipt = receipt._replace(
+                amount=usage_amount(receipt.gpu_ms, receipt.price_per_gpu_hour)
+            )
         return receipt
 
     async def send(self, *envelopes: bytes) -> list[dict[str, Any]]:
         return list((await self.send_batch(*envelopes))["results"])
 
     async def send_batch(self, *envelopes: bytes) -> dict[str, Any]:
-        return dict(await self.agent.client.signed("/v1/agent/receipts", {"receipts": list(envelopes)}))
+        return dict(
+            await self.agent.client.signed("/v1/agent/receipts", {"receipts": list(envelopes)})
+        )
 
     def rejections(self) -> list[tuple[str, str]]:
         with sqlite3.connect(self.coordinator.db) as db:
@@ -75,21 +99,41 @@ async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab)
     ack = open_acknowledgement(envelope, coordinator_key.public)
     assert ack.agent_id == lab.agent.agent_id
     one, two = ack.receipts
-    assert (one.digest, one.seq, one.amount, one.delta) == (first.digest, 1, first.receipt.amount,
-                                                             first.receipt.amount)
+    assert (one.digest, one.seq, one.amount, one.delta) == (
+        first.digest,
+        1,
+        first.receipt.amount,
+        first.receipt.amount,
+    )
     assert (two.digest, two.seq, two.amount, two.delta) == (
-        second.digest, 2, second.receipt.amount, second.receipt.amount - first.receipt.amount)
+        second.digest,
+        2,
+        second.receipt.amount,
+        second.receipt.amount - first.receipt.amount,
+    )
     assert two.log_index == one.log_index + 1
     # the lease's receipts are posted together, on the last: its transfers are the posting's
     with sqlite3.connect(lab.coordinator.db) as db:
         postings = db.execute("SELECT receipt_digest, amount FROM ledger_postings").fetchall()
-        transfers = {row[0] for row in db.execute(
-            "SELECT id FROM ledger_transfers WHERE receipt_digest = ?", [second.digest])}
-        logged = [row[0] for row in db.execute(
-            "SELECT data FROM log_entries WHERE idx IN (?, ?) ORDER BY idx", [one.log_index, two.log_index])]
+        transfers = {
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM ledger_transfers WHERE receipt_digest = ?", [second.digest]
+            )
+        }
+        logged = [
+            row[0]
+            for row in db.execute(
+                "SELECT data FROM log_entries WHERE idx IN (?, ?) ORDER BY idx",
+                [one.log_index, two.log_index],
+            )
+        ]
     assert postings == [(second.digest, second.receipt.amount)]
     assert one.transfer_ids == () and set(two.transfer_ids) == transfers and transfers
-    assert [decode_entry(data).body.envelope for data in logged] == [first.envelope, second.envelope]
+    assert [decode_entry(data).body.envelope for data in logged] == [
+        first.envelope,
+        second.envelope,
+    ]
     assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == second.receipt.amount
 
 
@@ -115,8 +159,11 @@ async def test_a_large_batch_is_verified_by_the_receipt_workers_in_order(lab: La
     assert (await lab.api.job(lab.job_id))["charged_micro_yuan"] == chain[-1].receipt.amount
     # the batch was large enough to go to the worker processes
     assert lab.coordinator.process is not None
-    workers = [p for p in psutil.Process(lab.coordinator.process.pid).children()
-               if "resource_tracker" not in " ".join(p.cmdline())]
+    workers = [
+        p
+        for p in psutil.Process(lab.coordinator.process.pid).children()
+        if "resource_tracker" not in " ".join(p.cmdline())
+    ]
     assert workers
     # a worker killed (out of memory, say) costs no batch: the next is opened anyway
     for worker in workers:
@@ -172,8 +219,20 @@ def _break(lab: Lab, first: SealedReceipt, rule: str) -> bytes:
     raise AssertionError(rule)
 
 
-RULES = ["signature", "lease", "seq", "prev", "counters_decreased", "outside_billable_window",
-         "energy_bounds", "price", "amount", "gpu_uuids", "time_window", "malformed"]
+RULES = [
+    "signature",
+    "lease",
+    "seq",
+    "prev",
+    "counters_decreased",
+    "outside_billable_window",
+    "energy_bounds",
+    "price",
+    "amount",
+    "gpu_uuids",
+    "time_window",
+    "malformed",
+]
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -150,11 +150,17 @@ BROKEN_SUCCESSORS = [
     ("other GPUs", lambda prev: successor(prev, gpu_uuids=GPUS[:1]), Rule.GPU_UUIDS),
     ("other lease", lambda prev: successor(prev, lease_id="lease-2"), Rule.LEASE),
     ("other job", lambda prev: successor(prev, job_id="job-2"), Rule.LEASE),
-    ("wrong amount", lambda prev: successor(prev)._replace(amount=successor(prev).amount + 1), Rule.AMOUNT),
+    (
+        "wrong amount",
+        lambda prev: successor(prev)._replace(amount=successor(prev).amount + 1),
+        Rule.AMOUNT,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "make", "rule"), BROKEN_SUCCESSORS, ids=[b[0] for b in BROKEN_SUCCESSORS])
+@pytest.mark.parametrize(
+    ("name", "make", "rule"), BROKEN_SUCCESSORS, ids=[b[0] for b in BROKEN_SUCCESSORS]
+)
 def test_each_broken_successor_fails_its_rule(name: str, make: object, rule: Rule) -> None:
     previous = seal_receipt(first(), KEY)
     receipt = make(previous)  # type: ignore[operator]

@@ -85,24 +85,46 @@ def test_registry_host_is_read_as_docker_reads_it(ref: str, host: str) -> None:
 )
 async def test_non_global_registry_hosts_are_refused_by_name(ref: str) -> None:
     policy = RegistryPolicy()
-    with pytest.raises(RegistryRefused, match="the provider's registry policy refuses registry") as caught:
+    with pytest.raises(
+        RegistryRefused, match="the provider's registry policy refuses registry"
+    ) as caught:
         policy.check_name(ref)
     assert caught.value.code == "registry_refused"
-    assert caught.value.detail == f"the provider's registry policy refuses registry {registry_host(ref)}"
+    assert (
+        caught.value.detail
+        == f"the provider's registry policy refuses registry {registry_host(ref)}"
+    )
     with pytest.raises(RegistryRefused):
         await policy.check(ref, fake_resolve)
 
 
-@pytest.mark.parametrize("ref", ["busybox", "suanli-test/busybox:1", "registry.example.cn/t/x:1",
-                                 "ghcr.io/org/img", "8.8.8.8/x", "[2606:4700:4700::1111]:443/x",
-                                 "172.32.0.1/x", "100.128.0.1/x"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "busybox",
+        "suanli-test/busybox:1",
+        "registry.example.cn/t/x:1",
+        "ghcr.io/org/img",
+        "8.8.8.8/x",
+        "[2606:4700:4700::1111]:443/x",
+        "172.32.0.1/x",
+        "100.128.0.1/x",
+    ],
+)
 async def test_public_registry_hosts_pass(ref: str) -> None:
     policy = RegistryPolicy()
     assert await policy.check(ref, fake_resolve) == registry_host(ref)
 
 
-@pytest.mark.parametrize("ref", ["gitlab.corp.internal/x", "half.example.cn/x",
-                                 "rebind.example.cn:5000/x", "nowhere.invalid/x"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "gitlab.corp.internal/x",
+        "half.example.cn/x",
+        "rebind.example.cn:5000/x",
+        "nowhere.invalid/x",
+    ],
+)
 async def test_names_that_resolve_privately_or_not_at_all_read_as_a_pull_failure(ref: str) -> None:
     policy = RegistryPolicy()
     assert policy.check_name(ref) == registry_host(ref), "the name alone is fine"
@@ -124,8 +146,12 @@ async def test_numeric_forms_of_loopback_are_caught_by_resolving() -> None:
 
 async def test_the_allow_list_limits_hosts() -> None:
     policy = RegistryPolicy(allow=("registry.example.cn", "*.mirror.example.cn", "docker.io"))
-    for ref in ("busybox", "registry.example.cn/t/x", "registry.example.cn:443/t/x",
-                "a.mirror.example.cn/x"):
+    for ref in (
+        "busybox",
+        "registry.example.cn/t/x",
+        "registry.example.cn:443/t/x",
+        "a.mirror.example.cn/x",
+    ):
         policy.check_name(ref)
     for ref in ("ghcr.io/x", "mirror.example.cn/x", "evil-registry.example.cn/x"):
         with pytest.raises(RegistryRefused, match=f"refuses registry {registry_host(ref)}$"):
@@ -142,25 +168,42 @@ async def test_an_operator_can_allow_a_private_mirror_explicitly() -> None:
         policy.check_name("10.0.0.6:5000/x")
 
 
-@pytest.mark.parametrize(("address", "refused"), [
-    ("127.0.0.1", True), ("10.0.0.1", True), ("100.64.0.1", True), ("169.254.1.1", True),
-    ("fc00::1", True), ("fe80::1%eth0", True), ("::ffff:10.0.0.1", True), ("0.0.0.0", True),
-    ("8.8.8.8", False), ("2606:4700:4700::1111", False), ("not-an-address", False),
-])
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.1", True),
+        ("10.0.0.1", True),
+        ("100.64.0.1", True),
+        ("169.254.1.1", True),
+        ("fc00::1", True),
+        ("fe80::1%eth0", True),
+        ("::ffff:10.0.0.1", True),
+        ("0.0.0.0", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+        ("not-an-address", False),
+    ],
+)
 def test_non_global_address(address: str, refused: bool) -> None:
     assert non_global_address(address) is refused
 
 
 def test_policy_settings_load_from_agent_toml(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text('[agent]\nregistry_allow = ["registry.example.cn", "docker.io"]\n'
-                    "registry_refuse_private = false\n")
+    path.write_text(
+        '[agent]\nregistry_allow = ["registry.example.cn", "docker.io"]\n'
+        "registry_refuse_private = false\n"
+    )
     policy = load_agent_settings(path).registry_policy
-    assert policy == RegistryPolicy(allow=("registry.example.cn", "docker.io"), refuse_private=False)
+    assert policy == RegistryPolicy(
+        allow=("registry.example.cn", "docker.io"), refuse_private=False
+    )
     assert AgentSettings().registry_policy == RegistryPolicy(allow=None, refuse_private=True)
-    for text, words in (('registry_allow = "docker.io"', "list of registry hosts"),
-                        ('registry_allow = ["a b"]', "registry hosts like"),
-                        ('registry_refuse_private = "no"', "must be a bool")):
+    for text, words in (
+        ('registry_allow = "docker.io"', "list of registry hosts"),
+        ('registry_allow = ["a b"]', "registry hosts like"),
+        ('registry_refuse_private = "no"', "must be a bool"),
+    ):
         path.write_text(f"[agent]\n{text}\n")
         with pytest.raises(AgentConfigError, match=words):
             load_agent_settings(path)

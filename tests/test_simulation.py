@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 import simulation
+
 from coordinator import vouchers
 
 SEEDS = 200
@@ -29,8 +29,16 @@ def test_the_simulation_exercises_the_faults_it_claims_to() -> None:
     for seed in range(20):
         for name, count in simulation.run(seed, 300).stats.items():
             totals[name] = totals.get(name, 0) + count
-    for name in ("coordinator_crash", "agent_crash", "net_drop", "net_duplicate", "net_long_delay",
-                 "request_timeout", "receipts_acked", "start_failed"):
+    for name in (
+        "coordinator_crash",
+        "agent_crash",
+        "net_drop",
+        "net_duplicate",
+        "net_long_delay",
+        "request_timeout",
+        "receipts_acked",
+        "start_failed",
+    ):
         assert totals.get(name, 0) > 0, (name, totals)
     # honest receipts bill inside their windows, which reservations hold credit for
     assert totals.get("rejected:credit_exceeded", 0) == 0, totals
@@ -45,10 +53,14 @@ def test_the_same_seed_gives_the_same_trace() -> None:
 
 def test_the_trace_does_not_depend_on_string_hashing() -> None:
     code = "import simulation; print(simulation.run(11, 200).digest)"
-    env = {**os.environ, "PYTHONHASHSEED": "12345",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == simulation.run(11, 200).digest
 
 
@@ -65,13 +77,17 @@ def test_a_posting_of_the_wrong_amount_is_caught(monkeypatch: pytest.MonkeyPatch
     assert "posted" in caught.value.what or "ledger" in caught.value.what
 
 
-def test_an_acknowledgement_the_coordinator_forgets_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_acknowledgement_the_coordinator_forgets_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # plant a lost write: accepted receipts are acknowledged but never stored
     from coordinator.receipt_store import ReceiptStore, Stored
 
     def forgetful(self, db, batches):  # type: ignore[no-untyped-def]
-        return [Stored([replace(v, acknowledgement=b"signed, never stored") for v in batch.verdicts])
-                for batch in batches]
+        return [
+            Stored([replace(v, acknowledgement=b"signed, never stored") for v in batch.verdicts])
+            for batch in batches
+        ]
 
     monkeypatch.setattr(ReceiptStore, "store", forgetful)
     with pytest.raises(simulation.InvariantViolation) as caught:

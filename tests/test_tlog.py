@@ -62,15 +62,35 @@ def usage_postings(digest: bytes, delta: int) -> tuple[L.Posting, ...]:
     deferred = delta - voucher
     legs = []
     if voucher:
-        legs += [L.Posting(transfer(digest, "voucher"), "pool:2025", "earnings:prov-1", voucher,
-                           "usage_voucher"),
-                 L.Posting(transfer(digest, "cap"), f"cap:2025:{USCC}", "entitlements_used:2025",
-                           voucher, "usage_cap")]
+        legs += [
+            L.Posting(
+                transfer(digest, "voucher"),
+                "pool:2025",
+                "earnings:prov-1",
+                voucher,
+                "usage_voucher",
+            ),
+            L.Posting(
+                transfer(digest, "cap"),
+                f"cap:2025:{USCC}",
+                "entitlements_used:2025",
+                voucher,
+                "usage_cap",
+            ),
+        ]
     if deferred:
-        legs += [L.Posting(transfer(digest, "deferred"), "receivable:ent-1", "earnings:prov-1",
-                           deferred, "usage_deferred"),
-                 L.Posting(transfer(digest, "credit"), "credit:ent-1", "credit_used", deferred,
-                           "usage_credit")]
+        legs += [
+            L.Posting(
+                transfer(digest, "deferred"),
+                "receivable:ent-1",
+                "earnings:prov-1",
+                deferred,
+                "usage_deferred",
+            ),
+            L.Posting(
+                transfer(digest, "credit"), "credit:ent-1", "credit_used", deferred, "usage_credit"
+            ),
+        ]
     return tuple(legs)
 
 
@@ -84,11 +104,21 @@ class Story:
         self.rival = PrivateKey.generate()
         job = JobSpec("job-1", 2, 40 << 30, (), 10_000_000)
         offers = [
-            AgentOffer(self.agent.public.agent_id, 5_000_000, 1_000_000,
-                       tuple(GpuOffer(uuid, "H100", 80 << 30, True) for uuid in GPUS)),
-            AgentOffer(self.rival.public.agent_id, 6_000_000, 900_000,
-                       (GpuOffer("GPU-b0", "H100", 80 << 30, True),
-                        GpuOffer("GPU-b1", "H100", 80 << 30, True))),
+            AgentOffer(
+                self.agent.public.agent_id,
+                5_000_000,
+                1_000_000,
+                tuple(GpuOffer(uuid, "H100", 80 << 30, True) for uuid in GPUS),
+            ),
+            AgentOffer(
+                self.rival.public.agent_id,
+                6_000_000,
+                900_000,
+                (
+                    GpuOffer("GPU-b0", "H100", 80 << 30, True),
+                    GpuOffer("GPU-b1", "H100", 80 << 30, True),
+                ),
+            ),
         ]
         self.job, self.offers = job, offers
         self.outcome = run_auction(job, offers)
@@ -104,19 +134,31 @@ class Story:
         return L.encode_entry(L.AUCTION_ROUND, T0 + 3, body)
 
     def agent_entry(self, key: PrivateKey) -> bytes:
-        return L.encode_entry(L.AGENT_KEY, T0 + 1, L.AgentKey(
-            key.public.agent_id, key.public.raw, "prov-1", USCC))
+        return L.encode_entry(
+            L.AGENT_KEY, T0 + 1, L.AgentKey(key.public.agent_id, key.public.raw, "prov-1", USCC)
+        )
 
     def next_receipt(self, signer: PrivateKey | None = None) -> SealedReceipt:
         previous = self.sealed[-1] if self.sealed else None
         seq = previous.receipt.seq + 1 if previous else 1
         gpu_ms = seq * STEP_GPU_MS
         receipt = Receipt(
-            lease_id="lease-1", job_id="job-1", agent_id=(signer or self.agent).public.agent_id,
-            seq=seq, prev=previous.digest if previous else GENESIS_PREV,
-            issued_at_ms=T0 + STARTED + seq * 60_000, gpu_uuids=GPUS, gpu_ms=gpu_ms, energy_mj=seq * 1000,
-            utilization_pct=90, peak_memory_bytes=1 << 30, price_per_gpu_hour=self.price,
-            amount=usage_amount(gpu_ms, self.price), final=False, exit_code=None)
+            lease_id="lease-1",
+            job_id="job-1",
+            agent_id=(signer or self.agent).public.agent_id,
+            seq=seq,
+            prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=T0 + STARTED + seq * 60_000,
+            gpu_uuids=GPUS,
+            gpu_ms=gpu_ms,
+            energy_mj=seq * 1000,
+            utilization_pct=90,
+            peak_memory_bytes=1 << 30,
+            price_per_gpu_hour=self.price,
+            amount=usage_amount(gpu_ms, self.price),
+            final=False,
+            exit_code=None,
+        )
         sealed = seal_receipt(receipt, signer or self.agent)
         self.sealed.append(sealed)
         return sealed
@@ -125,44 +167,79 @@ class Story:
         index = next(n for n, s in enumerate(self.sealed) if s.digest == sealed.digest)
         return sealed.receipt.amount - (self.sealed[index - 1].receipt.amount if index else 0)
 
-    def receipt_entry(self, sealed: SealedReceipt, *, postings: tuple[L.Posting, ...] | None = None,
-                      envelope: bytes | None = None) -> bytes:
-        return L.encode_entry(L.RECEIPT, sealed.receipt.issued_at_ms + 5, L.ReceiptEntry(
-            envelope or sealed.envelope,
-            postings if postings is not None else usage_postings(sealed.digest, self.delta(sealed))))
+    def receipt_entry(
+        self,
+        sealed: SealedReceipt,
+        *,
+        postings: tuple[L.Posting, ...] | None = None,
+        envelope: bytes | None = None,
+    ) -> bytes:
+        return L.encode_entry(
+            L.RECEIPT,
+            sealed.receipt.issued_at_ms + 5,
+            L.ReceiptEntry(
+                envelope or sealed.envelope,
+                postings
+                if postings is not None
+                else usage_postings(sealed.digest, self.delta(sealed)),
+            ),
+        )
 
     def acknowledged(self, sealed: SealedReceipt, log_index: int) -> L.AcknowledgedReceipt:
         """How an acknowledgement names this receipt, posted on its own at `log_index`."""
         receipt = sealed.receipt
         ids = tuple(p.transfer_id for p in usage_postings(sealed.digest, self.delta(sealed)))
-        return L.AcknowledgedReceipt(sealed.digest, receipt.lease_id, receipt.seq, receipt.amount,
-                                     self.delta(sealed), log_index, ids)
+        return L.AcknowledgedReceipt(
+            sealed.digest,
+            receipt.lease_id,
+            receipt.seq,
+            receipt.amount,
+            self.delta(sealed),
+            log_index,
+            ids,
+        )
 
-    def acknowledgement_entry(self, log_index: int = 5, key: PrivateKey | None = None,
-                              **changes: Any) -> bytes:
+    def acknowledgement_entry(
+        self, log_index: int = 5, key: PrivateKey | None = None, **changes: Any
+    ) -> bytes:
         """The logged acknowledgement of the three receipts of `honest()` (entries 5-7), the
         last of them with `changes`."""
-        acknowledged = [self.acknowledged(sealed, index)
-                        for index, sealed in enumerate(self.sealed[:3], start=log_index)]
+        acknowledged = [
+            self.acknowledged(sealed, index)
+            for index, sealed in enumerate(self.sealed[:3], start=log_index)
+        ]
         acknowledged[-1] = acknowledged[-1]._replace(**changes)
-        envelope = L.seal_acknowledgement(L.Acknowledgement(
-            self.agent.public.agent_id, T0 + 10**6, tuple(acknowledged)), key or self.log_key)
+        envelope = L.seal_acknowledgement(
+            L.Acknowledgement(self.agent.public.agent_id, T0 + 10**6, tuple(acknowledged)),
+            key or self.log_key,
+        )
         return L.encode_entry(L.ACKNOWLEDGEMENT, T0 + 10**6, L.AcknowledgementEntry(envelope))
 
-    def acknowledgement(self, sealed: SealedReceipt, log_index: int,
-                        key: PrivateKey | None = None) -> bytes:
+    def acknowledgement(
+        self, sealed: SealedReceipt, log_index: int, key: PrivateKey | None = None
+    ) -> bytes:
         """What the coordinator would have countersigned for this receipt alone."""
-        return L.seal_acknowledgement(L.Acknowledgement(
-            sealed.receipt.agent_id, sealed.receipt.issued_at_ms + 5,
-            (self.acknowledged(sealed, log_index),)), key or self.log_key)
+        return L.seal_acknowledgement(
+            L.Acknowledgement(
+                sealed.receipt.agent_id,
+                sealed.receipt.issued_at_ms + 5,
+                (self.acknowledged(sealed, log_index),),
+            ),
+            key or self.log_key,
+        )
 
-    def rotation_entry(self, new_key: PrivateKey, signer: PrivateKey | None = None,
-                       old_key: PrivateKey | None = None) -> bytes:
+    def rotation_entry(
+        self,
+        new_key: PrivateKey,
+        signer: PrivateKey | None = None,
+        old_key: PrivateKey | None = None,
+    ) -> bytes:
         """A log_key entry moving the log from `old_key` (the story's key) to `new_key`, signed
         by `signer` (the old key, as an honest rotation is)."""
         old = old_key or self.log_key
-        change = L.LogKeyChange(tlog.default_origin(self.log_key), old.public.raw,
-                                new_key.public.raw)
+        change = L.LogKeyChange(
+            tlog.default_origin(self.log_key), old.public.raw, new_key.public.raw
+        )
         envelope = L.seal_log_key(change.origin, new_key.public, old)
         if signer is not None and signer is not old:
             envelope = seal("log_key", change.to_payload(), signer)
@@ -174,8 +251,11 @@ class Story:
     def opening(self) -> list[bytes]:
         """Entries 0-4: policy, enterprise, both agents, the auction."""
         return [
-            L.encode_entry(L.VOUCHER_POLICY, T0, {"coverage_bps": 5000, "fiscal_year": 2025,
-                                                  "self_dealing_allowed": False}),
+            L.encode_entry(
+                L.VOUCHER_POLICY,
+                T0,
+                {"coverage_bps": 5000, "fiscal_year": 2025, "self_dealing_allowed": False},
+            ),
             L.encode_entry(L.ENTERPRISE, T0, L.EnterpriseEntry("ent-1", USCC)),
             self.agent_entry(self.agent),
             self.agent_entry(self.rival),
@@ -183,26 +263,61 @@ class Story:
         ]
 
     def closing(self) -> list[bytes]:
-        pay = L.PaymentEntry("pay-1", "ent-1", 100_000, (
-            L.Posting(transfer(b"pay-1", "receivable"), "bank", "receivable:ent-1", 100_000,
-                      "payment"),
-            L.Posting(transfer(b"pay-1", "credit"), "credit_used", "credit:ent-1", 100_000,
-                      "payment_credit")))
-        close = L.PeriodCloseEntry("2025-06", (
-            L.Statement("enterprise", "ent-1", 600_000, 300_000, 300_000, T0 + 30 * 86_400_000),
-            L.Statement("provider", "prov-1", 600_000, 300_000, 300_000, None)))
-        return [L.encode_entry(L.PAYMENT, T0 + 10**6, pay),
-                L.encode_entry(L.PERIOD_CLOSE, T0 + 2 * 10**6, close)]
+        pay = L.PaymentEntry(
+            "pay-1",
+            "ent-1",
+            100_000,
+            (
+                L.Posting(
+                    transfer(b"pay-1", "receivable"), "bank", "receivable:ent-1", 100_000, "payment"
+                ),
+                L.Posting(
+                    transfer(b"pay-1", "credit"),
+                    "credit_used",
+                    "credit:ent-1",
+                    100_000,
+                    "payment_credit",
+                ),
+            ),
+        )
+        close = L.PeriodCloseEntry(
+            "2025-06",
+            (
+                L.Statement("enterprise", "ent-1", 600_000, 300_000, 300_000, T0 + 30 * 86_400_000),
+                L.Statement("provider", "prov-1", 600_000, 300_000, 300_000, None),
+            ),
+        )
+        return [
+            L.encode_entry(L.PAYMENT, T0 + 10**6, pay),
+            L.encode_entry(L.PERIOD_CLOSE, T0 + 2 * 10**6, close),
+        ]
 
     def lease_entries(self) -> list[bytes]:
         """The lease's award and the agent's signed start report (they fix its window)."""
-        award = L.LeaseAwardEntry("lease-1", "job-1", self.agent.public.agent_id, GPUS, self.price,
-                                  MAX_DURATION_MS, 60_000)
-        report = sign_request(self.agent, "POST", "/v1/agent/status",
-                              {"lease_id": "lease-1", "event": "started"}, T0 + STARTED)
-        return [L.encode_entry(L.LEASE_AWARD, T0 + 3, award),
-                L.encode_entry(L.LEASE_EVENT, T0 + STARTED,
-                               L.LeaseEventEntry("lease-1", L.LEASE_STARTED, report=report))]
+        award = L.LeaseAwardEntry(
+            "lease-1",
+            "job-1",
+            self.agent.public.agent_id,
+            GPUS,
+            self.price,
+            MAX_DURATION_MS,
+            60_000,
+        )
+        report = sign_request(
+            self.agent,
+            "POST",
+            "/v1/agent/status",
+            {"lease_id": "lease-1", "event": "started"},
+            T0 + STARTED,
+        )
+        return [
+            L.encode_entry(L.LEASE_AWARD, T0 + 3, award),
+            L.encode_entry(
+                L.LEASE_EVENT,
+                T0 + STARTED,
+                L.LeaseEventEntry("lease-1", L.LEASE_STARTED, report=report),
+            ),
+        ]
 
     def honest(self) -> list[bytes]:
         """Twelve entries: opening (0-4), three receipts (5-7), payment and period close (8-9),
@@ -243,8 +358,9 @@ def write_log(path: Path, key: PrivateKey, entries: list[bytes], origin: str | N
 
 
 @asynccontextmanager
-async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05,
-                  origin: str | None = None) -> AsyncIterator[str]:
+async def serving(
+    path: Path, key: PrivateKey, interval_s: float = 0.05, origin: str | None = None
+) -> AsyncIterator[str]:
     """The log's routes on a real aiohttp server on loopback, over the real writer thread."""
     open_db(path).conn.close()
     database = Database(path)
@@ -256,8 +372,9 @@ async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05,
         database.close()
 
     app.cleanup_ctx.append(writer)
-    tlog.add_routes(app, tlog.TransparencyLog(database, key, origin or tlog.default_origin(key),
-                                              interval_s))
+    tlog.add_routes(
+        app, tlog.TransparencyLog(database, key, origin or tlog.default_origin(key), interval_s)
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -269,8 +386,13 @@ async def serving(path: Path, key: PrivateKey, interval_s: float = 0.05,
         await runner.cleanup()
 
 
-async def verify(path: Path, key: PrivateKey, state: Path | None = None,
-                 log_key: str | None = None, origin: str | None = None) -> audit.AuditReport:
+async def verify(
+    path: Path,
+    key: PrivateKey,
+    state: Path | None = None,
+    log_key: str | None = None,
+    origin: str | None = None,
+) -> audit.AuditReport:
     async with serving(path, key, origin=origin) as url:
         return await audit.verify_log(url, log_key, state, None)
 
@@ -290,8 +412,10 @@ def test_every_kind_round_trips(story: Story) -> None:
     rotation = story.rotation_entry(PrivateKey.generate())
     entry = L.decode_entry(rotation)
     assert L.encode_entry(entry.kind, entry.at_ms, entry.body) == rotation
-    kinds = [L.decode_entry(data).kind
-             for data in story.honest() + [story.acknowledgement_entry(), rotation]]
+    kinds = [
+        L.decode_entry(data).kind
+        for data in story.honest() + [story.acknowledgement_entry(), rotation]
+    ]
     assert set(kinds) == set(L.KINDS)
 
 
@@ -302,8 +426,11 @@ def test_the_receipt_fast_path_writes_what_the_general_encoder_would(story: Stor
             data, entry = L.encode_receipt_entry(T0 + 7, body)
             assert data == L.encode_entry(L.RECEIPT, T0 + 7, body)
             assert entry == L.decode_entry(data)
-    bad = [L.Posting(b"short", "a", "b", 1, "usage_voucher")], [L.Posting(bytes(32), "a", "b", 0, "c")], \
-        [L.Posting(bytes(32), "", "b", 1, "c")]
+    bad = (
+        [L.Posting(b"short", "a", "b", 1, "usage_voucher")],
+        [L.Posting(bytes(32), "a", "b", 0, "c")],
+        [L.Posting(bytes(32), "", "b", 1, "c")],
+    )
     for postings in bad:
         with pytest.raises(L.LogEntryError):
             L.encode_receipt_entry(T0, L.ReceiptEntry(sealed.envelope, tuple(postings)))
@@ -313,17 +440,20 @@ def test_the_receipt_fast_path_writes_what_the_general_encoder_would(story: Stor
         L.encode_receipt_entry(-1, L.ReceiptEntry(sealed.envelope, ()))
 
 
-@pytest.mark.parametrize(("data", "words"), [
-    (b"\xc1", "not canonical"),
-    (canonical.encode([2, "enterprise", 0, ["e", USCC]]), "version 2"),
-    (canonical.encode([1, "gossip", 0, []]), "kind 'gossip'"),
-    (canonical.encode([1, "enterprise", -1, ["e", USCC]]), "at_ms"),
-    (canonical.encode([1, "enterprise", 0, ["e"]]), "array of 2"),
-    (canonical.encode([1, "agent_key", 0, ["ab" * 32, bytes(32), "p", USCC]]), "SHA-256"),
-    (canonical.encode([1, "payment", 0, ["r", "p", 0, []]]), "amount"),
-    (canonical.encode([1, "auction_round", 0, canonical.encode([1, [], [], []])]), "malformed"),
-    (canonical.encode([1, "period_close", 0, ["2025-13", []]]), "YYYY-MM"),
-])
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"\xc1", "not canonical"),
+        (canonical.encode([2, "enterprise", 0, ["e", USCC]]), "version 2"),
+        (canonical.encode([1, "gossip", 0, []]), "kind 'gossip'"),
+        (canonical.encode([1, "enterprise", -1, ["e", USCC]]), "at_ms"),
+        (canonical.encode([1, "enterprise", 0, ["e"]]), "array of 2"),
+        (canonical.encode([1, "agent_key", 0, ["ab" * 32, bytes(32), "p", USCC]]), "SHA-256"),
+        (canonical.encode([1, "payment", 0, ["r", "p", 0, []]]), "amount"),
+        (canonical.encode([1, "auction_round", 0, canonical.encode([1, [], [], []])]), "malformed"),
+        (canonical.encode([1, "period_close", 0, ["2025-13", []]]), "YYYY-MM"),
+    ],
+)
 def test_malformed_entries_are_refused_with_a_sentence(data: bytes, words: str) -> None:
     with pytest.raises(L.LogEntryError) as caught:
         L.decode_entry(data)
@@ -335,14 +465,15 @@ def test_malformed_entries_are_refused_with_a_sentence(data: bytes, words: str) 
 # -- the tree in SQLite ------------------------------------------------------------------------
 
 
-def test_roots_match_shared_merkle_across_batches_and_reopening(tmp_path: Path,
-                                                                story: Story) -> None:
+def test_roots_match_shared_merkle_across_batches_and_reopening(
+    tmp_path: Path, story: Story
+) -> None:
     path = tmp_path / "c.db"
     pool = story.honest() + story.receipts(30)
     appended: list[bytes] = []
     for batch in (1, 2, 1, 5, 0, 3, 8, 13, 7):
         db = open_db(path)
-        chunk = pool[len(appended):len(appended) + batch]
+        chunk = pool[len(appended) : len(appended) + batch]
         with transaction(db):
             first = tlog.append_entries(db, chunk)
         assert first == len(appended)
@@ -371,9 +502,17 @@ def test_registrations_made_before_the_log_are_logged_once(tmp_path: Path) -> No
     key = PrivateKey.generate()
     with transaction(db):
         provider_id, _ = accounts.add_provider(db, "GPU Farm", USCC, T0)
-        db["agents"].insert({"agent_id": key.public.agent_id, "provider_id": provider_id,
-                             "public_key": key.public.raw, "hostname": "h1",
-                             "enrolled_at_ms": T0 + 2, "penalty_ppm": 0, "penalty_at_ms": T0})
+        db["agents"].insert(
+            {
+                "agent_id": key.public.agent_id,
+                "provider_id": provider_id,
+                "public_key": key.public.raw,
+                "hostname": "h1",
+                "enrolled_at_ms": T0 + 2,
+                "penalty_ppm": 0,
+                "penalty_at_ms": T0,
+            }
+        )
         enterprise_id, _ = accounts.add_enterprise(db, "Buyer", USCC, T0 + 1)
         assert tlog.log_registrations(db) == 2
         assert tlog.log_registrations(db) == 0
@@ -406,8 +545,10 @@ def test_logged_entries_cannot_be_updated_or_deleted(tmp_path: Path, story: Stor
     db = open_db(tmp_path / "c.db")
     with transaction(db):
         tlog.append_entries(db, story.opening())
-    for statement in ("UPDATE log_entries SET data = x'00' WHERE idx = 1",
-                      "DELETE FROM log_entries WHERE idx = 4"):
+    for statement in (
+        "UPDATE log_entries SET data = x'00' WHERE idx = 1",
+        "DELETE FROM log_entries WHERE idx = 4",
+    ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.conn.execute(statement)
 
@@ -440,8 +581,9 @@ def test_inclusion_and_consistency_proofs_verify(tmp_path: Path, story: Story) -
     assert tlog.find_receipt(db, bytes(32)) is None
 
 
-def test_checkpoints_verify_and_an_idle_log_is_not_re_signed(tmp_path: Path, story: Story,
-                                                             log_key: PrivateKey) -> None:
+def test_checkpoints_verify_and_an_idle_log_is_not_re_signed(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     db = open_db(tmp_path / "c.db")
     origin = tlog.default_origin(log_key)
     vkey = parse_verifier_key(tlog.verifier_key_text(log_key, origin))
@@ -464,8 +606,9 @@ def test_checkpoints_verify_and_an_idle_log_is_not_re_signed(tmp_path: Path, sto
     open_checkpoint(renote, verifier_key(tlog.default_origin(other), other.public))
 
 
-async def test_the_loop_signs_while_the_log_grows(tmp_path: Path, story: Story,
-                                                  log_key: PrivateKey) -> None:
+async def test_the_loop_signs_while_the_log_grows(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path = tmp_path / "c.db"
     open_db(path).conn.close()
     database = Database(path)
@@ -474,6 +617,7 @@ async def test_the_loop_signs_while_the_log_grows(tmp_path: Path, story: Story,
     loop = asyncio.create_task(tlog.checkpoint_loop(database, log_key, origin, 0.01))
     try:
         for batch in (story.opening(), story.receipts(2)):
+
             def append(db: sqlite_utils.Database, batch: list[bytes] = batch) -> int:
                 return tlog.append_entries(db, batch)
 
@@ -487,6 +631,7 @@ async def test_the_loop_signs_while_the_log_grows(tmp_path: Path, story: Story,
                 await asyncio.sleep(0.01)
             else:
                 pytest.fail(f"no checkpoint of size {target} was signed")
+
         def signed(db: sqlite_utils.Database) -> int:
             return int(db.conn.execute("SELECT COUNT(*) FROM log_checkpoints").fetchone()[0])
 
@@ -503,8 +648,9 @@ async def test_the_loop_signs_while_the_log_grows(tmp_path: Path, story: Story,
 # -- HTTP --------------------------------------------------------------------------------------
 
 
-async def test_the_public_routes_serve_what_the_auditor_needs(tmp_path: Path, story: Story,
-                                                              log_key: PrivateKey) -> None:
+async def test_the_public_routes_serve_what_the_auditor_needs(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path = tmp_path / "c.db"
     leaves = story.honest()
     write_log(path, log_key, leaves)
@@ -519,68 +665,90 @@ async def test_the_public_routes_serve_what_the_auditor_needs(tmp_path: Path, st
             page = await response.json()
         assert page["start"] == 2 and page["end"] == 7
         assert [base64.b64decode(e) for e in page["entries"]] == leaves[2:7]
-        async with http.get(url + "/v1/log/proof/inclusion",
-                            params={"index": "6", "size": "12"}) as response:
+        async with http.get(
+            url + "/v1/log/proof/inclusion", params={"index": "6", "size": "12"}
+        ) as response:
             proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
         assert merkle.verify_inclusion(leaves[6], 6, 12, proof, checkpoint.root_hash)
-        async with http.get(url + "/v1/log/proof/consistency",
-                            params={"old": "3", "new": "12"}) as response:
+        async with http.get(
+            url + "/v1/log/proof/consistency", params={"old": "3", "new": "12"}
+        ) as response:
             proof = [base64.b64decode(h) for h in (await response.json())["proof"]]
         old_root = merkle.root(leaves[:3])
         assert merkle.verify_consistency(3, 12, old_root, checkpoint.root_hash, proof)
-        async with http.get(url + "/v1/log/find",
-                            params={"digest": story.sealed[2].digest.hex()}) as response:
+        async with http.get(
+            url + "/v1/log/find", params={"digest": story.sealed[2].digest.hex()}
+        ) as response:
             assert (await response.json())["index"] == 7
-        async with http.get(url + "/v1/log/find",
-                            params={"agent_id": story.agent.public.agent_id}) as response:
+        async with http.get(
+            url + "/v1/log/find", params={"agent_id": story.agent.public.agent_id}
+        ) as response:
             assert (await response.json())["index"] == 2
 
 
-async def test_entry_pages_are_bounded(tmp_path: Path, story: Story, log_key: PrivateKey,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_entry_pages_are_bounded(
+    tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tlog, "MAX_PAGE", 4)
     path = tmp_path / "c.db"
     leaves = story.honest()
     write_log(path, log_key, leaves)
-    async with (serving(path, log_key) as url, aiohttp.ClientSession() as http,
-                http.get(url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response):
+    async with (
+        serving(path, log_key) as url,
+        aiohttp.ClientSession() as http,
+        http.get(url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response,
+    ):
         page = await response.json()
     assert (page["start"], page["end"], len(page["entries"])) == (1, 5, 4)
     monkeypatch.setattr(tlog, "MAX_PAGE_BYTES", 1)
     async with serving(path, log_key) as url:
-        async with aiohttp.ClientSession() as http, http.get(
-                url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url + "/v1/log/entries", params={"start": "1", "end": "10"}) as response,
+        ):
             assert len((await response.json())["entries"]) == 1
         report = await audit.verify_log(url, None, None)
     assert report.ok and report.size == 12
 
 
-@pytest.mark.parametrize(("route", "query", "status", "words"), [
-    ("entries", {"end": "3"}, 400, "start is required"),
-    ("entries", {"start": "x", "end": "3"}, 400, "whole number"),
-    ("entries", {"start": "-1", "end": "3"}, 400, "whole number"),
-    ("entries", {"start": "1" * 30, "end": "3"}, 400, "at most 19 digits"),
-    ("entries", {"start": "5", "end": "5"}, 422, "below end"),
-    ("entries", {"start": "0", "end": "13"}, 404, "beyond the log, which has 12 entries"),
-    ("proof/inclusion", {"index": "12", "size": "12"}, 422, "not an entry"),
-    ("proof/inclusion", {"index": "0", "size": "13"}, 404, "beyond the log"),
-    ("proof/inclusion", {"index": "0"}, 400, "size is required"),
-    ("proof/consistency", {"old": "0", "new": "4"}, 422, "0 < old <= new"),
-    ("proof/consistency", {"old": "5", "new": "4"}, 422, "0 < old <= new"),
-    ("proof/consistency", {"old": "1", "new": "99"}, 404, "beyond the log"),
-    ("find", {}, 400, "exactly one of"),
-    ("find", {"digest": "zz" * 32}, 400, "64 hex digits"),
-    ("find", {"digest": "00 " * 21 + "0"}, 400, "64 hex digits"),
-    ("find", {"digest": "00" * 32}, 404, "no receipt with digest"),
-    ("find", {"agent_id": "00" * 32}, 404, "no key of agent"),
-])
+@pytest.mark.parametrize(
+    ("route", "query", "status", "words"),
+    [
+        ("entries", {"end": "3"}, 400, "start is required"),
+        ("entries", {"start": "x", "end": "3"}, 400, "whole number"),
+        ("entries", {"start": "-1", "end": "3"}, 400, "whole number"),
+        ("entries", {"start": "1" * 30, "end": "3"}, 400, "at most 19 digits"),
+        ("entries", {"start": "5", "end": "5"}, 422, "below end"),
+        ("entries", {"start": "0", "end": "13"}, 404, "beyond the log, which has 12 entries"),
+        ("proof/inclusion", {"index": "12", "size": "12"}, 422, "not an entry"),
+        ("proof/inclusion", {"index": "0", "size": "13"}, 404, "beyond the log"),
+        ("proof/inclusion", {"index": "0"}, 400, "size is required"),
+        ("proof/consistency", {"old": "0", "new": "4"}, 422, "0 < old <= new"),
+        ("proof/consistency", {"old": "5", "new": "4"}, 422, "0 < old <= new"),
+        ("proof/consistency", {"old": "1", "new": "99"}, 404, "beyond the log"),
+        ("find", {}, 400, "exactly one of"),
+        ("find", {"digest": "zz" * 32}, 400, "64 hex digits"),
+        ("find", {"digest": "00 " * 21 + "0"}, 400, "64 hex digits"),
+        ("find", {"digest": "00" * 32}, 404, "no receipt with digest"),
+        ("find", {"agent_id": "00" * 32}, 404, "no key of agent"),
+    ],
+)
 async def test_bad_parameters_are_refused_with_a_sentence(
-        tmp_path: Path, story: Story, log_key: PrivateKey, route: str, query: dict[str, str],
-        status: int, words: str) -> None:
+    tmp_path: Path,
+    story: Story,
+    log_key: PrivateKey,
+    route: str,
+    query: dict[str, str],
+    status: int,
+    words: str,
+) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, story.honest())
-    async with (serving(path, log_key) as url, aiohttp.ClientSession() as http,
-                http.get(f"{url}/v1/log/{route}", params=query) as response):
+    async with (
+        serving(path, log_key) as url,
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/v1/log/{route}", params=query) as response,
+    ):
         body = await response.json()
         assert response.status == status, body
     assert set(body) == {"error", "detail"}
@@ -591,15 +759,22 @@ async def test_bad_parameters_are_refused_with_a_sentence(
 
 
 async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     report = await verify(path, log_key, state)
     assert report.ok, report.discrepancies
     assert report.key_trust == "first use" and "first use" in report.notes[0]
-    assert (report.size, report.receipts, report.leases, report.agents, report.enterprises,
-            report.auctions_replayed) == (12, 3, 1, 2, 1, 1)
+    assert (
+        report.size,
+        report.receipts,
+        report.leases,
+        report.agents,
+        report.enterprises,
+        report.auctions_replayed,
+    ) == (12, 3, 1, 2, 1, 1)
     assert (report.charged, report.voucher, report.deferred) == (600_000, 300_000, 300_000)
     assert report.accounts["earnings:prov-1"] == {"debits": 0, "credits": 600_000}
     assert report.accounts["receivable:ent-1"] == {"debits": 300_000, "credits": 100_000}
@@ -612,21 +787,27 @@ async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
     again = await verify(path, log_key, state)
     assert again.ok, again.discrepancies
     assert (again.key_trust, again.previous_size, again.size, again.receipts) == (
-        "pinned", 12, 14, 5)
+        "pinned",
+        12,
+        14,
+        5,
+    )
     assert json.loads(state.read_text())["checkpoint"] != saved["checkpoint"]
     same = await verify(path, log_key, state, log_key=again.log_key)
     assert same.ok and same.key_trust == "given" and same.previous_size == 14
 
 
-async def test_an_entry_changed_in_the_database_is_caught(tmp_path: Path, story: Story,
-                                                          log_key: PrivateKey) -> None:
+async def test_an_entry_changed_in_the_database_is_caught(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     assert (await verify(path, log_key, state)).ok
     before = state.read_text()
-    inflated = story.receipt_entry(story.sealed[1], postings=usage_postings(
-        story.sealed[1].digest, 2_000_000))
+    inflated = story.receipt_entry(
+        story.sealed[1], postings=usage_postings(story.sealed[1].digest, 2_000_000)
+    )
     db = open_db(path)
     db.conn.execute("DROP TRIGGER log_entries_no_update")
     db.conn.execute("UPDATE log_entries SET data = ? WHERE idx = 6", [inflated])
@@ -639,14 +820,16 @@ async def test_an_entry_changed_in_the_database_is_caught(tmp_path: Path, story:
 
 @pytest.mark.parametrize("padding", [0, 3], ids=["shrunk", "padded-to-grow"])
 async def test_a_removed_entry_is_caught_even_when_the_tree_is_rebuilt_and_re_signed(
-        tmp_path: Path, story: Story, log_key: PrivateKey, padding: int) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey, padding: int
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     assert (await verify(path, log_key, state)).ok
     before = state.read_text()
-    rewritten = leaves[:6] + leaves[7:] + [story.agent_entry(PrivateKey.generate())
-                                           for _ in range(padding)]
+    rewritten = (
+        leaves[:6] + leaves[7:] + [story.agent_entry(PrivateKey.generate()) for _ in range(padding)]
+    )
     write_log(path, log_key, rewritten)
     report = await verify(path, log_key, state)
     assert "inconsistent_history" in codes(report)
@@ -656,7 +839,8 @@ async def test_a_removed_entry_is_caught_even_when_the_tree_is_rebuilt_and_re_si
 
 
 async def test_a_forked_history_re_signed_with_the_same_key_is_caught(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
@@ -671,8 +855,9 @@ async def test_a_forked_history_re_signed_with_the_same_key_is_caught(
     assert (await verify(path, log_key)).ok
 
 
-async def test_a_coordinator_presenting_another_key_is_caught(tmp_path: Path, story: Story,
-                                                              log_key: PrivateKey) -> None:
+async def test_a_coordinator_presenting_another_key_is_caught(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     write_log(path, log_key, story.honest())
     assert (await verify(path, log_key, state)).ok
@@ -681,8 +866,12 @@ async def test_a_coordinator_presenting_another_key_is_caught(tmp_path: Path, st
     report = await verify(path, impostor, state)
     assert {"log_key_changed", "checkpoint_signature"} <= codes(report)
     with pytest.raises(audit.AuditUsageError, match="pinned"):
-        await verify(path, impostor, state,
-                     log_key=tlog.verifier_key_text(impostor, tlog.default_origin(impostor)))
+        await verify(
+            path,
+            impostor,
+            state,
+            log_key=tlog.verifier_key_text(impostor, tlog.default_origin(impostor)),
+        )
 
 
 def _drop_agent(story: Story) -> list[bytes]:
@@ -706,8 +895,9 @@ def _rigged_auction(story: Story) -> list[bytes]:
 
 def _inflated_postings(story: Story) -> list[bytes]:
     leaves = story.honest()
-    leaves[6] = story.receipt_entry(story.sealed[1], postings=usage_postings(
-        story.sealed[1].digest, 999_999))
+    leaves[6] = story.receipt_entry(
+        story.sealed[1], postings=usage_postings(story.sealed[1].digest, 999_999)
+    )
     return leaves
 
 
@@ -720,8 +910,10 @@ def _unposted_usage(story: Story) -> list[bytes]:
 def _posted_too_early(story: Story) -> list[bytes]:
     # the batch's first receipt carries the postings of all three: more than it adds so far
     leaves = story.honest()
-    leaves[5] = story.receipt_entry(story.sealed[0], postings=usage_postings(
-        story.sealed[0].digest, story.sealed[2].receipt.amount))
+    leaves[5] = story.receipt_entry(
+        story.sealed[0],
+        postings=usage_postings(story.sealed[0].digest, story.sealed[2].receipt.amount),
+    )
     leaves[6] = story.receipt_entry(story.sealed[1], postings=())
     leaves[7] = story.receipt_entry(story.sealed[2], postings=())
     return leaves
@@ -734,8 +926,12 @@ def _missing_receipt(story: Story) -> list[bytes]:
 
 def _double_posting(story: Story) -> list[bytes]:
     leaves = story.honest()
-    leaves[7] = story.receipt_entry(story.sealed[2], postings=usage_postings(
-        story.sealed[1].digest, story.sealed[2].receipt.amount - story.sealed[1].receipt.amount))
+    leaves[7] = story.receipt_entry(
+        story.sealed[2],
+        postings=usage_postings(
+            story.sealed[1].digest, story.sealed[2].receipt.amount - story.sealed[1].receipt.amount
+        ),
+    )
     return leaves
 
 
@@ -744,20 +940,24 @@ def _no_auction(story: Story) -> list[bytes]:
     return leaves[:4] + leaves[5:]
 
 
-@pytest.mark.parametrize(("build", "code", "index"), [
-    (_drop_agent, "unregistered_agent", 4),
-    (_tampered_receipt, "bad_receipt", 6),
-    (_rigged_auction, "auction_mismatch", 4),
-    (_inflated_postings, "postings_mismatch", 6),
-    (_unposted_usage, "unposted_usage", 7),
-    (_posted_too_early, "postings_mismatch", 5),
-    (_missing_receipt, "receipt_chain", 6),
-    (_double_posting, "duplicate_transfer", 7),
-    (_no_auction, "unawarded_lease", 4),
-], ids=lambda value: value if isinstance(value, str) else None)
+@pytest.mark.parametrize(
+    ("build", "code", "index"),
+    [
+        (_drop_agent, "unregistered_agent", 4),
+        (_tampered_receipt, "bad_receipt", 6),
+        (_rigged_auction, "auction_mismatch", 4),
+        (_inflated_postings, "postings_mismatch", 6),
+        (_unposted_usage, "unposted_usage", 7),
+        (_posted_too_early, "postings_mismatch", 5),
+        (_missing_receipt, "receipt_chain", 6),
+        (_double_posting, "duplicate_transfer", 7),
+        (_no_auction, "unawarded_lease", 4),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
 async def test_a_self_consistent_log_with_bad_contents_fails(
-        tmp_path: Path, story: Story, log_key: PrivateKey, build: Any, code: str,
-        index: int) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey, build: Any, code: str, index: int
+) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, build(story))
     report = await verify(path, log_key)
@@ -768,12 +968,15 @@ async def test_a_self_consistent_log_with_bad_contents_fails(
 
 
 async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     leaves = story.honest()
     total = story.sealed[2].receipt.amount
     leaves[5] = story.receipt_entry(story.sealed[0], postings=())
     leaves[6] = story.receipt_entry(story.sealed[1], postings=())
-    leaves[7] = story.receipt_entry(story.sealed[2], postings=usage_postings(story.sealed[2].digest, total))
+    leaves[7] = story.receipt_entry(
+        story.sealed[2], postings=usage_postings(story.sealed[2].digest, total)
+    )
     path = tmp_path / "c.db"
     write_log(path, log_key, leaves)
     report = await verify(path, log_key)
@@ -782,16 +985,19 @@ async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
 
 
 async def test_the_logged_acknowledgements_must_match_the_receipts(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, story.honest() + [story.acknowledgement_entry()])
     report = await verify(path, log_key)
     assert report.ok, report.discrepancies
     assert report.acknowledgements == 1
-    for bad in (story.acknowledgement_entry(key=PrivateKey.generate()),  # not the log's key
-                story.acknowledgement_entry(amount=1),  # says another amount than the receipt
-                story.acknowledgement_entry(log_index=4),  # places them at other entries
-                story.acknowledgement_entry(transfer_ids=())):  # names no transfers
+    for bad in (
+        story.acknowledgement_entry(key=PrivateKey.generate()),  # not the log's key
+        story.acknowledgement_entry(amount=1),  # says another amount than the receipt
+        story.acknowledgement_entry(log_index=4),  # places them at other entries
+        story.acknowledgement_entry(transfer_ids=()),
+    ):  # names no transfers
         write_log(path, log_key, story.honest() + [bad])
         report = await verify(path, log_key)
         assert codes(report) == {"bad_acknowledgement"}, report.discrepancies
@@ -804,16 +1010,21 @@ def rotated(story: Story, new_key: PrivateKey, signer: PrivateKey | None = None)
     key (16): what an honest coordinator that rotated its key logs."""
     leaves = story.honest() + [story.acknowledgement_entry(), story.rotation_entry(new_key, signer)]
     leaves += story.receipts(2)
-    acknowledged = tuple(story.acknowledged(sealed, index)
-                         for index, sealed in zip((14, 15), story.sealed[3:5], strict=True))
-    envelope = L.seal_acknowledgement(L.Acknowledgement(
-        story.agent.public.agent_id, T0 + 4 * 10**6, acknowledged), new_key)
-    return leaves + [L.encode_entry(L.ACKNOWLEDGEMENT, T0 + 4 * 10**6,
-                                    L.AcknowledgementEntry(envelope))]
+    acknowledged = tuple(
+        story.acknowledged(sealed, index)
+        for index, sealed in zip((14, 15), story.sealed[3:5], strict=True)
+    )
+    envelope = L.seal_acknowledgement(
+        L.Acknowledgement(story.agent.public.agent_id, T0 + 4 * 10**6, acknowledged), new_key
+    )
+    return leaves + [
+        L.encode_entry(L.ACKNOWLEDGEMENT, T0 + 4 * 10**6, L.AcknowledgementEntry(envelope))
+    ]
 
 
 async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pinned(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state = tmp_path / "c.db", tmp_path / "audit.json"
     origin = tlog.default_origin(log_key)
     write_log(path, log_key, story.honest())
@@ -835,8 +1046,13 @@ async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pin
     given_old = await verify(path, new_key, state, log_key=old_pin, origin=origin)
     assert given_old.ok and given_old.key_trust == "given", given_old.discrepancies
     pinned = state.read_text()
-    stranger = await verify(path, new_key, state, origin=origin, log_key=tlog.verifier_key_text(
-        PrivateKey.generate(), origin))
+    stranger = await verify(
+        path,
+        new_key,
+        state,
+        origin=origin,
+        log_key=tlog.verifier_key_text(PrivateKey.generate(), origin),
+    )
     assert codes(stranger) == {"untrusted_log_key"} and state.read_text() == pinned
     # an auditor given the old key out of band, or the new one, follows the chain alike
     for given in (old_pin, new_pin):
@@ -844,17 +1060,27 @@ async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pin
         assert fresh.ok and fresh.key_trust == "given", fresh.discrepancies
     async with serving(path, new_key, origin=origin) as url:
         for sealed, index, key in ((story.sealed[1], 6, log_key), (story.sealed[3], 14, new_key)):
-            proof = await audit.check_receipt(url, sealed.envelope, old_pin, wait_s=0,
-                                              acknowledgement=story.acknowledgement(sealed, index, key))
+            proof = await audit.check_receipt(
+                url,
+                sealed.envelope,
+                old_pin,
+                wait_s=0,
+                acknowledgement=story.acknowledgement(sealed, index, key),
+            )
             assert proof.ok, proof.discrepancies
-        stale = await audit.check_receipt(url, story.sealed[3].envelope, old_pin, wait_s=0,
-                                          acknowledgement=story.acknowledgement(
-                                              story.sealed[3], 14, log_key))
+        stale = await audit.check_receipt(
+            url,
+            story.sealed[3].envelope,
+            old_pin,
+            wait_s=0,
+            acknowledgement=story.acknowledgement(story.sealed[3], 14, log_key),
+        )
         assert codes(stale) == {"bad_acknowledgement"}
 
 
 def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from coordinator.cli import main
 
     db_path = tmp_path / "coordinator.db"
@@ -867,9 +1093,11 @@ def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation
     assert len(retired) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in retired)
     db = connect(db_path)
     assert tlog.log_key_changes(db) == [0, 1] == [second["log_index"] - 1, second["log_index"]]
-    first_key = next(load_private_key(p) for p in retired
-                     if tlog.verifier_key_text(load_private_key(p), second["origin"])
-                     != second["old_log_key"])
+    first_key = next(
+        load_private_key(p)
+        for p in retired
+        if tlog.verifier_key_text(load_private_key(p), second["origin"]) != second["old_log_key"]
+    )
     assert second["origin"] == tlog.default_origin(first_key)  # the log keeps its first name
     loaded = tlog.LogKey.load(db, key_path)
     assert loaded.verifier_key == second["new_log_key"] and loaded.origin == second["origin"]
@@ -903,24 +1131,36 @@ async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: Priv
     assert "replaying its inputs gives winner" in report.discrepancies[0].detail
 
 
-async def test_one_receipt_is_proven_to_be_in_the_log(tmp_path: Path, story: Story,
-                                                      log_key: PrivateKey) -> None:
+async def test_one_receipt_is_proven_to_be_in_the_log(
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path = tmp_path / "c.db"
     write_log(path, log_key, story.honest())
     async with serving(path, log_key) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
         assert report.ok, report.discrepancies
         assert (report.index, report.size, report.seq, report.charged) == (6, 12, 2, 200_000)
-        acknowledged = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0,
-                                                 acknowledgement=story.acknowledgement(story.sealed[1], 6))
+        acknowledged = await audit.check_receipt(
+            url,
+            story.sealed[1].envelope,
+            wait_s=0,
+            acknowledgement=story.acknowledgement(story.sealed[1], 6),
+        )
         assert acknowledged.ok, acknowledged.discrepancies
         assert acknowledged.delta == 200_000
-        misplaced = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0,
-                                              acknowledgement=story.acknowledgement(story.sealed[1], 7))
+        misplaced = await audit.check_receipt(
+            url,
+            story.sealed[1].envelope,
+            wait_s=0,
+            acknowledgement=story.acknowledgement(story.sealed[1], 7),
+        )
         assert codes(misplaced) == {"bad_acknowledgement"}
         forged = await audit.check_receipt(
-            url, story.sealed[1].envelope, wait_s=0,
-            acknowledgement=story.acknowledgement(story.sealed[1], 6, PrivateKey.generate()))
+            url,
+            story.sealed[1].envelope,
+            wait_s=0,
+            acknowledgement=story.acknowledgement(story.sealed[1], 6, PrivateKey.generate()),
+        )
         assert codes(forged) == {"bad_acknowledgement"}
         stranger = story.next_receipt()
         missing = await audit.check_receipt(url, stranger.envelope, wait_s=0)
@@ -928,8 +1168,8 @@ async def test_one_receipt_is_proven_to_be_in_the_log(tmp_path: Path, story: Sto
 
 
 async def test_the_cli_exits_non_zero_naming_each_discrepancy(
-        tmp_path: Path, story: Story, log_key: PrivateKey,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
     def options(parser: argparse.ArgumentParser, top: bool) -> None:
         parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
@@ -949,21 +1189,42 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
         assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_DISCREPANCY
         result = json.loads(capsys.readouterr().out)
         assert not result["ok"] and "inconsistent_history" in {
-            d["code"] for d in result["discrepancies"]}
+            d["code"] for d in result["discrepancies"]
+        }
         receipt_file = tmp_path / "r.bin"
         receipt_file.write_bytes(story.sealed[0].envelope)
         args = parser.parse_args(["audit", "receipt", str(receipt_file), "--json"])
         assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_OK
         assert json.loads(capsys.readouterr().out)["index"] == 5
-        missing = parser.parse_args(["audit", "receipt", str(receipt_file), "--acknowledgement",
-                                     str(tmp_path / "no-such-ack.bin")])
+        missing = parser.parse_args(
+            [
+                "audit",
+                "receipt",
+                str(receipt_file),
+                "--acknowledgement",
+                str(tmp_path / "no-such-ack.bin"),
+            ]
+        )
         assert await asyncio.to_thread(audit.main, missing, url) == audit.EXIT_USAGE
-        assert "cannot read" in capsys.readouterr().err and "no-such-ack.bin" in missing.acknowledgement.name
+        assert (
+            "cannot read" in capsys.readouterr().err
+            and "no-such-ack.bin" in missing.acknowledgement.name
+        )
         (tmp_path / "junk.bin").write_bytes(b"\x93 not an acknowledgement")
-        junk = parser.parse_args(["audit", "receipt", str(receipt_file), "--acknowledgement",
-                                  str(tmp_path / "junk.bin"), "--json"])
+        junk = parser.parse_args(
+            [
+                "audit",
+                "receipt",
+                str(receipt_file),
+                "--acknowledgement",
+                str(tmp_path / "junk.bin"),
+                "--json",
+            ]
+        )
         assert await asyncio.to_thread(audit.main, junk, url) == audit.EXIT_DISCREPANCY
-        assert "bad_acknowledgement" in {d["code"] for d in json.loads(capsys.readouterr().out)["discrepancies"]}
+        assert "bad_acknowledgement" in {
+            d["code"] for d in json.loads(capsys.readouterr().out)["discrepancies"]
+        }
     assert audit.main(args, None) == audit.EXIT_USAGE
     assert audit.main(args, "http://example.com") == audit.EXIT_USAGE
     assert "plain HTTP" in capsys.readouterr().err
@@ -973,7 +1234,8 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
 
 
 async def test_the_running_coordinator_logs_what_the_auditor_verifies(
-        tmp_path: Path, coordinator: Any, cleanup: list[Any]) -> None:
+    tmp_path: Path, coordinator: Any, cleanup: list[Any]
+) -> None:
     from coordinator_harness import started_lease
 
     started = await started_lease(coordinator, cleanup, 6_000_000)
@@ -982,15 +1244,26 @@ async def test_the_running_coordinator_logs_what_the_auditor_verifies(
     for seq in (1, 2, 3):
         gpu_ms = seq * 100
         receipt = Receipt(
-            lease_id=lease["lease_id"], job_id=job_id, agent_id=agent.agent_id, seq=seq,
+            lease_id=lease["lease_id"],
+            job_id=job_id,
+            agent_id=agent.agent_id,
+            seq=seq,
             prev=sealed[-1].digest if sealed else GENESIS_PREV,
-            issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]),
-            gpu_ms=gpu_ms, energy_mj=seq, utilization_pct=50, peak_memory_bytes=1 << 20,
+            issued_at_ms=time.time_ns() // 1_000_000,
+            gpu_uuids=tuple(lease["gpu_uuids"]),
+            gpu_ms=gpu_ms,
+            energy_mj=seq,
+            utilization_pct=50,
+            peak_memory_bytes=1 << 20,
             price_per_gpu_hour=lease["price_per_gpu_hour"],
-            amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]), final=False, exit_code=None)
+            amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]),
+            final=False,
+            exit_code=None,
+        )
         sealed.append(seal_receipt(receipt, agent.key))
-    answer = await agent.client.signed("/v1/agent/receipts",
-                                       {"receipts": [s.envelope for s in sealed]})
+    answer = await agent.client.signed(
+        "/v1/agent/receipts", {"receipts": [s.envelope for s in sealed]}
+    )
     assert [r["status"] for r in answer["results"]] == ["accepted"] * 3, answer
     state = tmp_path / "audit.json"
     for _ in range(100):
@@ -1003,14 +1276,19 @@ async def test_the_running_coordinator_logs_what_the_auditor_verifies(
     assert report.acknowledgements == 1  # one batch, one countersignature, logged after it
     assert report.agents == 2
     assert report.charged == sealed[-1].receipt.amount
-    proof = await audit.check_receipt(coordinator.url, sealed[1].envelope, state_path=state,
-                                      acknowledgement=answer["acknowledgements"][0])
+    proof = await audit.check_receipt(
+        coordinator.url,
+        sealed[1].envelope,
+        state_path=state,
+        acknowledgement=answer["acknowledgements"][0],
+    )
     assert proof.ok, proof.discrepancies
     assert proof.delta == sealed[1].receipt.amount - sealed[0].receipt.amount
 
 
 async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_follows(
-        tmp_path: Path, coordinator: Any, cleanup: list[Any]) -> None:
+    tmp_path: Path, coordinator: Any, cleanup: list[Any]
+) -> None:
     from coordinator_harness import started_lease
 
     started = await started_lease(coordinator, cleanup, 6_000_000)
@@ -1023,17 +1301,27 @@ async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_fo
             seq = len(sealed) + 1
             gpu_ms = seq * 100
             receipt = Receipt(
-                lease_id=lease["lease_id"], job_id=job_id, agent_id=agent.agent_id, seq=seq,
+                lease_id=lease["lease_id"],
+                job_id=job_id,
+                agent_id=agent.agent_id,
+                seq=seq,
                 prev=sealed[-1].digest if sealed else GENESIS_PREV,
-                issued_at_ms=time.time_ns() // 1_000_000, gpu_uuids=tuple(lease["gpu_uuids"]),
-                gpu_ms=gpu_ms, energy_mj=seq, utilization_pct=50, peak_memory_bytes=1 << 20,
+                issued_at_ms=time.time_ns() // 1_000_000,
+                gpu_uuids=tuple(lease["gpu_uuids"]),
+                gpu_ms=gpu_ms,
+                energy_mj=seq,
+                utilization_pct=50,
+                peak_memory_bytes=1 << 20,
                 price_per_gpu_hour=lease["price_per_gpu_hour"],
-                amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]), final=False,
-                exit_code=None)
+                amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]),
+                final=False,
+                exit_code=None,
+            )
             sealed.append(seal_receipt(receipt, agent.key))
             batch.append(sealed[-1])
-        answer = await agent.client.signed("/v1/agent/receipts",
-                                           {"receipts": [s.envelope for s in batch]})
+        answer = await agent.client.signed(
+            "/v1/agent/receipts", {"receipts": [s.envelope for s in batch]}
+        )
         assert [r["status"] for r in answer["results"]] == ["accepted"] * count, answer
         return batch, bytes(answer["acknowledgements"][0])
 
@@ -1052,8 +1340,10 @@ async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_fo
     assert json.loads(state.read_text())["log_key"] == old_pin
 
     rotated = coordinator.admin_json("rotate-log-key")
-    old_key, new_key = parse_verifier_key(rotated["old_log_key"]), parse_verifier_key(
-        rotated["new_log_key"])
+    old_key, new_key = (
+        parse_verifier_key(rotated["old_log_key"]),
+        parse_verifier_key(rotated["new_log_key"]),
+    )
     assert str(old_key) == old_pin and new_key.name == old_key.name  # the log keeps its name
     assert new_key.public != old_key.public
     archived = Path(rotated["archived_key"])
@@ -1077,10 +1367,13 @@ async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_fo
     report = await audited(4)
     assert report.key_trust == "pinned" and report.acknowledgements == 2
     assert report.log_key == str(new_key) == json.loads(state.read_text())["log_key"]
-    for receipt, acknowledgement in ((before[1], old_acknowledgement),
-                                     (after[1], new_acknowledgement)):
-        proof = await audit.check_receipt(coordinator.url, receipt.envelope, old_pin,
-                                          acknowledgement=acknowledgement)
+    for receipt, acknowledgement in (
+        (before[1], old_acknowledgement),
+        (after[1], new_acknowledgement),
+    ):
+        proof = await audit.check_receipt(
+            coordinator.url, receipt.envelope, old_pin, acknowledgement=acknowledgement
+        )
         assert proof.ok, proof.discrepancies
 
     coordinator.restart()  # the new key, and the log's name, survive a restart

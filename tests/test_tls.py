@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from coordinator_harness import CoordinatorProcess, self_signed
 
 from agent.coordinator_client import CoordinatorClient, CoordinatorError
-from coordinator_harness import CoordinatorProcess, self_signed
 from shared.errors import SuanliError
 from shared.identity import PrivateKey
 from shared.transport import check_coordinator_url
@@ -16,13 +16,16 @@ from shared.transport import check_coordinator_url
 @pytest.fixture
 def tls_coordinator(tmp_path: Path) -> tuple[CoordinatorProcess, Path]:
     cert, key = self_signed(tmp_path)
-    process = CoordinatorProcess(tmp_path, scheme="https",
-                                 extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]).start()
+    process = CoordinatorProcess(
+        tmp_path, scheme="https", extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
+    ).start()
     yield process, cert
     process.stop()
 
 
-async def test_agent_enrols_over_verified_https(tls_coordinator: tuple[CoordinatorProcess, Path]) -> None:
+async def test_agent_enrols_over_verified_https(
+    tls_coordinator: tuple[CoordinatorProcess, Path],
+) -> None:
     process, cert = tls_coordinator
     token = process.add_provider(1)
     async with CoordinatorClient(process.url, PrivateKey.generate(), ca_file=str(cert)) as client:
@@ -30,14 +33,18 @@ async def test_agent_enrols_over_verified_https(tls_coordinator: tuple[Coordinat
     assert answer["agent_id"]
 
 
-async def test_unverified_certificate_is_refused(tls_coordinator: tuple[CoordinatorProcess, Path]) -> None:
+async def test_unverified_certificate_is_refused(
+    tls_coordinator: tuple[CoordinatorProcess, Path],
+) -> None:
     process, _ = tls_coordinator
     token = process.add_provider(1)
     async with CoordinatorClient(process.url, PrivateKey.generate()) as client:
         with pytest.raises(CoordinatorError, match="cannot reach|certificate"):
             await client.enrol(token, "tls-host")
     # the token was never redeemed: nothing reached the coordinator
-    async with CoordinatorClient(process.url, PrivateKey.generate(), ca_file=str(process.workdir / "cert.pem")) as client:
+    async with CoordinatorClient(
+        process.url, PrivateKey.generate(), ca_file=str(process.workdir / "cert.pem")
+    ) as client:
         assert (await client.enrol(token, "tls-host"))["agent_id"]
 
 

@@ -28,43 +28,55 @@ DAY = V.DAY_MS
 # -- the split -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ((0, 5_000, BIG, BIG, False, True), (0, 0, V.COVERED)),
-    ((1_000, 0, BIG, BIG, False, True), (0, 1_000, V.NO_COVERAGE)),
-    ((1_000, 10_000, BIG, BIG, False, True), (1_000, 0, V.COVERED)),
-    ((1_000, 5_000, BIG, BIG, False, True), (500, 500, V.COVERED)),
-    ((1, 5_000, BIG, BIG, False, True), (0, 1, V.COVERED)),  # a 1 µ¥ charge rounds down to 0
-    ((3, 5_000, BIG, BIG, False, True), (1, 2, V.COVERED)),
-    ((10, 7_777, BIG, BIG, False, True), (7, 3, V.COVERED)),
-    ((1, 10_000, BIG, BIG, False, True), (1, 0, V.COVERED)),
-    ((1_000, 5_000, BIG, 200, False, True), (200, 800, V.POOL_EXHAUSTED)),  # pool runs out mid-charge
-    ((1_000, 5_000, BIG, 0, False, True), (0, 1_000, V.POOL_EXHAUSTED)),
-    ((1_000, 5_000, 100, BIG, False, True), (100, 900, V.CAP_EXHAUSTED)),  # cap below the share
-    ((1_000, 5_000, 0, BIG, False, True), (0, 1_000, V.CAP_EXHAUSTED)),
-    ((1_000, 5_000, 300, 300, False, True), (300, 700, V.CAP_EXHAUSTED)),
-    ((1_000, 5_000, 500, 500, False, True), (500, 500, V.COVERED)),
-    ((1_000, 5_000, 100, 50, False, True), (50, 950, V.POOL_EXHAUSTED)),
-    ((2**62, 5_000, 2**62, 2**62, False, True), (2**61, 2**61, V.COVERED)),
-    ((2**62 - 1, 5_000, 2**62, 2**62, False, True), (2**61 - 1, 2**61, V.COVERED)),
-    ((2**62, 10_000, 10**15, 2**62, False, True), (10**15, 2**62 - 10**15, V.CAP_EXHAUSTED)),
-    ((2**62, 1, 2**62, 2**62, False, True), (2**62 // 10_000, 2**62 - 2**62 // 10_000, V.COVERED)),
-    ((1_000, 5_000, BIG, BIG, True, True), (0, 1_000, V.SELF_DEALING)),
-    ((1_000, 5_000, BIG, BIG, True, False), (0, 1_000, V.SELF_DEALING)),
-    ((1_000, 5_000, BIG, BIG, False, False), (0, 1_000, V.NOT_ELIGIBLE)),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((0, 5_000, BIG, BIG, False, True), (0, 0, V.COVERED)),
+        ((1_000, 0, BIG, BIG, False, True), (0, 1_000, V.NO_COVERAGE)),
+        ((1_000, 10_000, BIG, BIG, False, True), (1_000, 0, V.COVERED)),
+        ((1_000, 5_000, BIG, BIG, False, True), (500, 500, V.COVERED)),
+        ((1, 5_000, BIG, BIG, False, True), (0, 1, V.COVERED)),  # a 1 µ¥ charge rounds down to 0
+        ((3, 5_000, BIG, BIG, False, True), (1, 2, V.COVERED)),
+        ((10, 7_777, BIG, BIG, False, True), (7, 3, V.COVERED)),
+        ((1, 10_000, BIG, BIG, False, True), (1, 0, V.COVERED)),
+        (
+            (1_000, 5_000, BIG, 200, False, True),
+            (200, 800, V.POOL_EXHAUSTED),
+        ),  # pool runs out mid-charge
+        ((1_000, 5_000, BIG, 0, False, True), (0, 1_000, V.POOL_EXHAUSTED)),
+        ((1_000, 5_000, 100, BIG, False, True), (100, 900, V.CAP_EXHAUSTED)),  # cap below the share
+        ((1_000, 5_000, 0, BIG, False, True), (0, 1_000, V.CAP_EXHAUSTED)),
+        ((1_000, 5_000, 300, 300, False, True), (300, 700, V.CAP_EXHAUSTED)),
+        ((1_000, 5_000, 500, 500, False, True), (500, 500, V.COVERED)),
+        ((1_000, 5_000, 100, 50, False, True), (50, 950, V.POOL_EXHAUSTED)),
+        ((2**62, 5_000, 2**62, 2**62, False, True), (2**61, 2**61, V.COVERED)),
+        ((2**62 - 1, 5_000, 2**62, 2**62, False, True), (2**61 - 1, 2**61, V.COVERED)),
+        ((2**62, 10_000, 10**15, 2**62, False, True), (10**15, 2**62 - 10**15, V.CAP_EXHAUSTED)),
+        (
+            (2**62, 1, 2**62, 2**62, False, True),
+            (2**62 // 10_000, 2**62 - 2**62 // 10_000, V.COVERED),
+        ),
+        ((1_000, 5_000, BIG, BIG, True, True), (0, 1_000, V.SELF_DEALING)),
+        ((1_000, 5_000, BIG, BIG, True, False), (0, 1_000, V.SELF_DEALING)),
+        ((1_000, 5_000, BIG, BIG, False, False), (0, 1_000, V.NOT_ELIGIBLE)),
+    ],
+)
 def test_split_table(args: tuple[Any, ...], expected: tuple[int, int, str]) -> None:
     assert split_charge(*args) == expected
 
 
-@pytest.mark.parametrize("args", [
-    (-1, 5_000, 0, 0, False, True),
-    (1.0, 5_000, 0, 0, False, True),
-    (True, 5_000, 0, 0, False, True),
-    (10, 10_001, 0, 0, False, True),
-    (10, -1, 0, 0, False, True),
-    (10, 5_000, -1, 0, False, True),
-    (10, 5_000, 0, -1, False, True),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (-1, 5_000, 0, 0, False, True),
+        (1.0, 5_000, 0, 0, False, True),
+        (True, 5_000, 0, 0, False, True),
+        (10, 10_001, 0, 0, False, True),
+        (10, -1, 0, 0, False, True),
+        (10, 5_000, -1, 0, False, True),
+        (10, 5_000, 0, -1, False, True),
+    ],
+)
 def test_split_refuses_what_is_not_money(args: tuple[Any, ...]) -> None:
     with pytest.raises(ValueError, match="must be"):
         split_charge(*args)
@@ -73,10 +85,17 @@ def test_split_refuses_what_is_not_money(args: tuple[Any, ...]) -> None:
 MONEY = st.one_of(st.integers(0, 100), st.integers(0, 2**62))
 
 
-@given(charge=MONEY, bps=st.integers(0, 10_000), cap=MONEY, pool=MONEY,
-       self_dealing=st.booleans(), allowed=st.booleans())
-def test_split_properties(charge: int, bps: int, cap: int, pool: int, self_dealing: bool,
-                          allowed: bool) -> None:
+@given(
+    charge=MONEY,
+    bps=st.integers(0, 10_000),
+    cap=MONEY,
+    pool=MONEY,
+    self_dealing=st.booleans(),
+    allowed=st.booleans(),
+)
+def test_split_properties(
+    charge: int, bps: int, cap: int, pool: int, self_dealing: bool, allowed: bool
+) -> None:
     voucher, deferred, reason = split_charge(charge, bps, cap, pool, self_dealing, allowed)
     assert type(voucher) is int and type(deferred) is int
     assert voucher + deferred == charge
@@ -110,26 +129,38 @@ def test_policy_defaults_are_the_seed_case() -> None:
 
 
 def test_policy_from_a_toml_table() -> None:
-    policy = VoucherPolicy.from_toml_table({
-        "fiscal_year": 2027, "pool_total_micro_yuan": 2 * 10**15, "coverage_bps": 3_000,
-        "providers_may_be_subsidised": False})
-    assert (policy.fiscal_year, policy.pool_total_micro_yuan, policy.coverage_bps) == (2027, 2 * 10**15, 3_000)
+    policy = VoucherPolicy.from_toml_table(
+        {
+            "fiscal_year": 2027,
+            "pool_total_micro_yuan": 2 * 10**15,
+            "coverage_bps": 3_000,
+            "providers_may_be_subsidised": False,
+        }
+    )
+    assert (policy.fiscal_year, policy.pool_total_micro_yuan, policy.coverage_bps) == (
+        2027,
+        2 * 10**15,
+        3_000,
+    )
     assert policy.providers_may_be_subsidised is False
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ({"pool_total": 5}, "has no setting 'pool_total'"),
-    ({"coverage_bps": True}, "coverage_bps must be an integer"),
-    ({"coverage_bps": 50.0}, "coverage_bps must be an integer"),
-    ({"per_company_cap_micro_yuan": "5000000"}, "must be an integer"),
-    ({"coverage_bps": 10_001}, "between 0 and 10000"),
-    ({"per_company_cap_micro_yuan": -1}, "between 0 and"),
-    ({"pool_total_micro_yuan": 2**63 - 1}, "between 0 and"),
-    ({"statement_period": "week"}, "must be \"month\""),
-    ({"fiscal_year": 26}, "not a plausible year"),
-    ({"providers_may_be_subsidised": 1}, "must be true or false"),
-    ({"grace_days": -3}, "between 0 and 3650"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"pool_total": 5}, "has no setting 'pool_total'"),
+        ({"coverage_bps": True}, "coverage_bps must be an integer"),
+        ({"coverage_bps": 50.0}, "coverage_bps must be an integer"),
+        ({"per_company_cap_micro_yuan": "5000000"}, "must be an integer"),
+        ({"coverage_bps": 10_001}, "between 0 and 10000"),
+        ({"per_company_cap_micro_yuan": -1}, "between 0 and"),
+        ({"pool_total_micro_yuan": 2**63 - 1}, "between 0 and"),
+        ({"statement_period": "week"}, 'must be "month"'),
+        ({"fiscal_year": 26}, "not a plausible year"),
+        ({"providers_may_be_subsidised": 1}, "must be true or false"),
+        ({"grace_days": -3}, "between 0 and 3650"),
+    ],
+)
 def test_policy_errors_say_what_is_wrong(table: dict[str, Any], message: str) -> None:
     with pytest.raises(VoucherPolicyError, match=message) as caught:
         VoucherPolicy.from_toml_table({"fiscal_year": 2026, **table})
@@ -138,8 +169,10 @@ def test_policy_errors_say_what_is_wrong(table: dict[str, Any], message: str) ->
 
 def test_policy_from_the_coordinator_file(tmp_path: Path) -> None:
     config = tmp_path / "coordinator.toml"
-    config.write_text('listen = "127.0.0.1:1"\n[vouchers]\nfiscal_year = 2026\n'
-                      'per_company_cap_micro_yuan = 1_000_000\n')
+    config.write_text(
+        'listen = "127.0.0.1:1"\n[vouchers]\nfiscal_year = 2026\n'
+        "per_company_cap_micro_yuan = 1_000_000\n"
+    )
     assert V.load_voucher_policy(config).per_company_cap_micro_yuan == 1_000_000
     config.write_text('listen = "127.0.0.1:1"\n')
     assert V.load_voucher_policy(config) == VoucherPolicy()
@@ -155,7 +188,11 @@ def test_policy_from_the_coordinator_file(tmp_path: Path) -> None:
 
 def test_periods_are_utc_calendar_months() -> None:
     start, end = V.period_bounds("2026-12")
-    assert (V.period_of(start), V.period_of(end - 1), V.period_of(end)) == ("2026-12", "2026-12", "2027-01")
+    assert (V.period_of(start), V.period_of(end - 1), V.period_of(end)) == (
+        "2026-12",
+        "2026-12",
+        "2027-01",
+    )
     assert V.period_bounds("2026-10") == (OCT_1, OCT_1 + 31 * DAY)
     for bad in ("2026-13", "2026-1", " 2026-01", "2026/01", "", 202601):
         with pytest.raises(V.BadPeriod, match="YYYY-MM"):
@@ -172,9 +209,13 @@ def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
     database.conn.close()
 
 
-POLICY = VoucherPolicy(fiscal_year=2026, pool_total_micro_yuan=10_000_000,
-                       per_company_cap_micro_yuan=3_000_000, coverage_bps=5_000,
-                       default_credit_limit_micro_yuan=50_000_000)
+POLICY = VoucherPolicy(
+    fiscal_year=2026,
+    pool_total_micro_yuan=10_000_000,
+    per_company_cap_micro_yuan=3_000_000,
+    coverage_bps=5_000,
+    default_credit_limit_micro_yuan=50_000_000,
+)
 
 
 class Market:
@@ -188,23 +229,42 @@ class Market:
             self.both_provider = self.world.provider(uscc(2))
             self.prov = self.world.provider(uscc(3))
 
-    def post(self, amount: int, now: int = SEP_21, ent: str | None = None,
-             prov: str | None = None, job: str | None = None) -> V.Posting:
+    def post(
+        self,
+        amount: int,
+        now: int = SEP_21,
+        ent: str | None = None,
+        prov: str | None = None,
+        job: str | None = None,
+    ) -> V.Posting:
         ent, prov = ent or self.ent, prov or self.prov
-        ent_code = self.db.conn.execute("SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?",
-                                        [ent]).fetchone()[0]
-        prov_code = self.db.conn.execute("SELECT uscc FROM providers WHERE id = ?", [prov]).fetchone()[0]
+        ent_code = self.db.conn.execute(
+            "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [ent]
+        ).fetchone()[0]
+        prov_code = self.db.conn.execute(
+            "SELECT uscc FROM providers WHERE id = ?", [prov]
+        ).fetchone()[0]
         with transaction(self.db):
             if job is None:
                 job, lease = self.world.job(ent, prov, now)
             else:
-                lease = self.db.conn.execute("SELECT id FROM leases WHERE job_id = ?",
-                                             [job]).fetchone()[0]
+                lease = self.db.conn.execute(
+                    "SELECT id FROM leases WHERE job_id = ?", [job]
+                ).fetchone()[0]
             digest = self.world.receipt(lease, now)
-            return V.post_usage(self.db, enterprise_id=ent, provider_id=prov,
-                                enterprise_uscc=ent_code, provider_uscc=prov_code,
-                                lease_id=lease, job_id=job, receipt_digest=digest, amount=amount,
-                                policy=self.policy, now_ms=now)
+            return V.post_usage(
+                self.db,
+                enterprise_id=ent,
+                provider_id=prov,
+                enterprise_uscc=ent_code,
+                provider_uscc=prov_code,
+                lease_id=lease,
+                job_id=job,
+                receipt_digest=digest,
+                amount=amount,
+                policy=self.policy,
+                now_ms=now,
+            )
 
     def run(self, fn: Any) -> Any:
         with transaction(self.db):
@@ -226,8 +286,11 @@ def test_suspension_names_the_statement_and_payment_reinstates(db: sqlite_utils.
     assert suspended
     assert "statement for 2026-09" in why and "due 2026-10-31" in why and "¥2.00 unpaid" in why
     with pytest.raises(V.Suspended, match="2026-09"):
-        market.run(lambda db: V.reserve_job(db, "job-x", market.ent, 1_000, policy=POLICY,
-                                            now_ms=suspend_after + 1))
+        market.run(
+            lambda db: V.reserve_job(
+                db, "job-x", market.ent, 1_000, policy=POLICY, now_ms=suspend_after + 1
+            )
+        )
 
     market.run(lambda db: V.record_payment(db, market.ent, 1_500_000, "bank-1", suspend_after + 2))
     suspended, why = market.run(lambda db: V.is_suspended(db, market.ent, suspend_after + 3))
@@ -249,7 +312,9 @@ def test_statements_are_paid_oldest_first(db: sqlite_utils.Database) -> None:
     late = OCT_1 + 31 * DAY + 46 * DAY
     statements = market.run(lambda db: V.enterprise_statements(db, market.ent, late))
     assert [(s["period"], s["paid_micro_yuan"], s["status"]) for s in statements] == [
-        ("2026-09", 1_000_000, "paid"), ("2026-10", 200_000, "overdue")]
+        ("2026-09", 1_000_000, "paid"),
+        ("2026-10", 200_000, "overdue"),
+    ]
     suspended, why = market.run(lambda db: V.is_suspended(db, market.ent, late))
     assert suspended and "2026-10" in why and "2026-09" not in why
 
@@ -269,7 +334,8 @@ def test_closing_a_period_freezes_it(db: sqlite_utils.Database) -> None:
 
 
 def test_the_cap_is_per_company_and_the_pool_is_first_come_first_served(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     assert market.post(10_000_000).voucher == 3_000_000  # cap ¥3 of a ¥5 share
     assert market.post(2_000_000).reason == V.CAP_EXHAUSTED
@@ -291,27 +357,41 @@ def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: sqlite_utils.Da
     with transaction(db):
         job, lease = market.world.job(market.ent, market.prov)
         digest = market.world.receipt(lease)
-        alias = V.post_usage(db, enterprise_id="ent-alias", provider_id=market.prov,
-                             enterprise_uscc=uscc(1), provider_uscc=uscc(3), lease_id=lease,
-                             job_id=job, receipt_digest=digest, amount=1_000, policy=POLICY,
-                             now_ms=SEP_21)
+        alias = V.post_usage(
+            db,
+            enterprise_id="ent-alias",
+            provider_id=market.prov,
+            enterprise_uscc=uscc(1),
+            provider_uscc=uscc(3),
+            lease_id=lease,
+            job_id=job,
+            receipt_digest=digest,
+            amount=1_000,
+            policy=POLICY,
+            now_ms=SEP_21,
+        )
     assert (alias.voucher, alias.reason) == (0, V.CAP_EXHAUSTED)
     with pytest.raises(L.IdempotencyConflict, match="already has its entitlement"):
         market.run(lambda db: V.open_enterprise_accounts(db, "ent-alias", uscc(4), POLICY, SEP_21))
 
 
 def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     own = market.post(1_000, ent=market.both, prov=market.both_provider)
     assert (own.voucher, own.reason) == (0, V.SELF_DEALING)
     assert market.post(1_000, ent=market.both).voucher == 500
-    market.policy = strict = VoucherPolicy(**{**POLICY.__dict__, "providers_may_be_subsidised": False})
+    market.policy = strict = VoucherPolicy(
+        **{**POLICY.__dict__, "providers_may_be_subsidised": False}
+    )
     refused = market.post(1_000, ent=market.both)
     assert (refused.voucher, refused.reason) == (0, V.NOT_ELIGIBLE)
     assert market.post(1_000).voucher == 500
     account = market.run(lambda db: V.enterprise_account(db, market.both, strict, SEP_21))
-    assert account["voucher"]["eligible"] is False and account["voucher"]["remaining_micro_yuan"] == 0
+    assert (
+        account["voucher"]["eligible"] is False and account["voucher"]["remaining_micro_yuan"] == 0
+    )
 
 
 def test_each_fiscal_year_has_its_own_pool_and_caps(db: sqlite_utils.Database) -> None:
@@ -323,16 +403,24 @@ def test_each_fiscal_year_has_its_own_pool_and_caps(db: sqlite_utils.Database) -
     market.policy = VoucherPolicy(**{**POLICY.__dict__, "fiscal_year": 2027})
     fresh = market.post(1_000, now=jan_2027 + 1)
     assert (fresh.voucher, fresh.fiscal_year) == (500, 2027)
-    assert L.get_account(db, "pool:2027") is not None and L.get_account(db, L.cap_account(2027, uscc(1)))
+    assert L.get_account(db, "pool:2027") is not None and L.get_account(
+        db, L.cap_account(2027, uscc(1))
+    )
     assert market.run(lambda db: V.pool_status(db, market.policy))["used"] == 500
     assert L.check_invariants(db) == []
 
 
 def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
-    market.policy = VoucherPolicy(**{**POLICY.__dict__, "pool_total_micro_yuan": 20_000_000,
-                                     "per_company_cap_micro_yuan": 4_000_000})
+    market.policy = VoucherPolicy(
+        **{
+            **POLICY.__dict__,
+            "pool_total_micro_yuan": 20_000_000,
+            "per_company_cap_micro_yuan": 4_000_000,
+        }
+    )
     assert market.post(10_000_000).voucher == 4_000_000
     market.policy = POLICY
     assert market.post(10_000_000).voucher == 0
@@ -343,19 +431,30 @@ def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
 
 def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) -> None:
     market = Market(db)
-    reservation = market.run(lambda db: V.reserve_job(db, "job-r", market.ent, 30_000_000,
-                                                      policy=POLICY, now_ms=SEP_21))
+    reservation = market.run(
+        lambda db: V.reserve_job(db, "job-r", market.ent, 30_000_000, policy=POLICY, now_ms=SEP_21)
+    )
     assert (reservation.voucher_estimate, reservation.amount) == (3_000_000, 27_000_000)
     with transaction(db):
-        db.conn.execute("INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, "
-                        "created_at_ms) VALUES ('job-r', ?, 'r', '{}', 'running', 0)", [market.ent])
-        db.conn.execute("INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, "
-                        "created_at_ms, start_deadline_ms, ends_at_ms, state) VALUES "
-                        "('lease-r', 'job-r', ?, '[]', 1, 0, 0, 0, 'running')",
-                        [f"agent-{market.prov}"])
-    with pytest.raises(V.CreditExceeded, match="limit ¥50.00, owed ¥0.00, reserved for jobs ¥27.00"):
-        market.run(lambda db: V.reserve_job(db, "job-s", market.ent, 30_000_000, policy=POLICY,
-                                            now_ms=SEP_21))
+        db.conn.execute(
+            "INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, "
+            "created_at_ms) VALUES ('job-r', ?, 'r', '{}', 'running', 0)",
+            [market.ent],
+        )
+        db.conn.execute(
+            "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, "
+            "created_at_ms, start_deadline_ms, ends_at_ms, state) VALUES "
+            "('lease-r', 'job-r', ?, '[]', 1, 0, 0, 0, 'running')",
+            [f"agent-{market.prov}"],
+        )
+    with pytest.raises(
+        V.CreditExceeded, match="limit ¥50.00, owed ¥0.00, reserved for jobs ¥27.00"
+    ):
+        market.run(
+            lambda db: V.reserve_job(
+                db, "job-s", market.ent, 30_000_000, policy=POLICY, now_ms=SEP_21
+            )
+        )
     posting = market.post(4_000_000, job="job-r")
     account = market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))
     assert account["reserved_micro_yuan"] == 27_000_000 - posting.deferred
@@ -372,7 +471,10 @@ def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) 
     with pytest.raises(V.Overpayment, match="more than the ¥2.00"):
         market.run(lambda db: V.record_payment(db, market.ent, 2_000_001, "bank-9", SEP_21))
     first = market.run(lambda db: V.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21))
-    assert market.run(lambda db: V.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21 + 9)) == first
+    assert (
+        market.run(lambda db: V.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21 + 9))
+        == first
+    )
     with pytest.raises(L.IdempotencyConflict, match="payment 'bank-9' was already recorded"):
         market.run(lambda db: V.record_payment(db, market.both, 2_000_000, "bank-9", SEP_21))
     assert L.check_invariants(db) == []
@@ -382,20 +484,26 @@ def test_providers_earn_both_parts_and_are_never_paid_more(db: sqlite_utils.Data
     market = Market(db)
     market.post(1_000_000)
     earnings = market.run(lambda db: V.provider_earnings(db, market.prov))
-    assert (earnings["earned_micro_yuan"], earnings["voucher_micro_yuan"],
-            earnings["deferred_micro_yuan"]) == (1_000_000, 500_000, 500_000)
+    assert (
+        earnings["earned_micro_yuan"],
+        earnings["voucher_micro_yuan"],
+        earnings["deferred_micro_yuan"],
+    ) == (1_000_000, 500_000, 500_000)
     market.run(lambda db: V.record_payout(db, market.prov, 600_000, "wire-1", SEP_21))
     with pytest.raises(L.LedgerError, match="more than the ¥0.40"):
         market.run(lambda db: V.record_payout(db, market.prov, 400_001, "wire-2", SEP_21))
-    assert market.run(lambda db: V.provider_earnings(db, market.prov))["balance_micro_yuan"] == 400_000
+    assert (
+        market.run(lambda db: V.provider_earnings(db, market.prov))["balance_micro_yuan"] == 400_000
+    )
     assert L.check_invariants(db) == []
 
 
 def test_bad_input_is_refused_with_a_sentence(db: sqlite_utils.Database) -> None:
     market = Market(db)
     with pytest.raises(SuanliError, match="check character"):
-        market.run(lambda db: V.open_enterprise_accounts(db, "ent-z", "91330000100000001X",
-                                                         POLICY, SEP_21))
+        market.run(
+            lambda db: V.open_enterprise_accounts(db, "ent-z", "91330000100000001X", POLICY, SEP_21)
+        )
     with pytest.raises(L.InvalidTransfer, match="micro-yuan"):
         market.post(-1)
     with pytest.raises(L.InvalidTransfer, match="micro-yuan"):
@@ -407,29 +515,45 @@ def test_bad_input_is_refused_with_a_sentence(db: sqlite_utils.Database) -> None
     assert L.check_invariants(db) == []
 
 
-@pytest.mark.parametrize(("field", "message"), [
-    ("provider_uscc", "is registered under USCC"),  # a caller cannot hide self-dealing
-    ("enterprise_uscc", "entitlement is under USCC"),  # nor switch to another company's cap
-])
-def test_usccs_must_be_the_registered_ones(db: sqlite_utils.Database, field: str,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("provider_uscc", "is registered under USCC"),  # a caller cannot hide self-dealing
+        ("enterprise_uscc", "entitlement is under USCC"),  # nor switch to another company's cap
+    ],
+)
+def test_usccs_must_be_the_registered_ones(
+    db: sqlite_utils.Database, field: str, message: str
+) -> None:
     market = Market(db)
     with transaction(db):
         job, lease = market.world.job(market.both, market.both_provider)
         digest = market.world.receipt(lease)
     fields = {"enterprise_uscc": uscc(2), "provider_uscc": uscc(2), field: uscc(3)}
     with pytest.raises(L.IdempotencyConflict, match=message):
-        market.run(lambda db: V.post_usage(
-            db, enterprise_id=market.both, provider_id=market.both_provider, lease_id=lease,
-            job_id=job, receipt_digest=digest, amount=1_000, policy=POLICY, now_ms=SEP_21, **fields))
+        market.run(
+            lambda db: V.post_usage(
+                db,
+                enterprise_id=market.both,
+                provider_id=market.both_provider,
+                lease_id=lease,
+                job_id=job,
+                receipt_digest=digest,
+                amount=1_000,
+                policy=POLICY,
+                now_ms=SEP_21,
+                **fields,
+            )
+        )
 
 
 # -- reservations: every accepted job is payable to its maximum cost --------------------------
 
 
 def _reserve(market: Market, job: str, ent: str, max_cost: int, now: int = SEP_21) -> V.Reservation:
-    return market.run(lambda db: V.reserve_job(db, job, ent, max_cost, policy=market.policy,
-                                               now_ms=now))
+    return market.run(
+        lambda db: V.reserve_job(db, job, ent, max_cost, policy=market.policy, now_ms=now)
+    )
 
 
 def _job(market: Market, ent: str, prov: str) -> str:
@@ -439,12 +563,17 @@ def _job(market: Market, ent: str, prov: str) -> str:
 
 
 def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_credit(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     job = _job(market, market.ent, market.prov)
     held = _reserve(market, job, market.ent, 4_000_000)
     assert (held.voucher_estimate, held.amount, held.voucher_remaining, held.held) == (
-        2_000_000, 2_000_000, 2_000_000, 4_000_000)
+        2_000_000,
+        2_000_000,
+        2_000_000,
+        4_000_000,
+    )
     cap = L.get_account(db, L.cap_account(2026, uscc(1)))
     pool = L.get_account(db, L.pool_account(2026))
     assert cap is not None and pool is not None
@@ -452,8 +581,12 @@ def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_c
     # a second job finds only the cap's unheld ¥1 to count on
     other = _reserve(market, _job(market, market.ent, market.prov), market.ent, 4_000_000)
     assert (other.voucher_estimate, other.amount) == (1_000_000, 3_000_000)
-    assert market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))[
-        "voucher"]["remaining_micro_yuan"] == 0
+    assert (
+        market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))["voucher"][
+            "remaining_micro_yuan"
+        ]
+        == 0
+    )
     # usage draws the holds down; settling voids the rest, on every account
     posting = market.post(3_000_000, job=job)
     assert (posting.voucher, posting.deferred) == (1_500_000, 1_500_000)
@@ -467,7 +600,8 @@ def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_c
 
 
 def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     """1 µ¥ receipts have no voucher share of their own; the job's voucher hold takes what its
     credit hold cannot, so all of its maximum is paid with no free credit at all."""
     market = Market(db)
@@ -477,10 +611,23 @@ def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
     held = _reserve(market, job, market.ent, 1_001)
     assert (held.voucher_estimate, held.amount) == (500, 501)
     with transaction(db):
-        usages = [V.Usage(market.ent, market.prov, uscc(1), uscc(3), lease, job,
-                          market.world.receipt(lease), 1) for _ in range(1_001)]
+        usages = [
+            V.Usage(
+                market.ent,
+                market.prov,
+                uscc(1),
+                uscc(3),
+                lease,
+                job,
+                market.world.receipt(lease),
+                1,
+            )
+            for _ in range(1_001)
+        ]
         results = V.post_usages(db, usages, policy=POLICY, now_ms=SEP_21)
-    assert all(isinstance(r, V.Posting) for r in results), [r for r in results if not isinstance(r, V.Posting)][:1]
+    assert all(isinstance(r, V.Posting) for r in results), [
+        r for r in results if not isinstance(r, V.Posting)
+    ][:1]
     assert sum(r.voucher for r in results) == 500  # type: ignore[union-attr]
     assert market.run(lambda db: V._reservation(db, job)).held == 0
     with pytest.raises(V.CreditExceeded):  # beyond the maximum, credit truly cannot cover
@@ -489,7 +636,8 @@ def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
 
 
 def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     """Self-dealing, first case: the enterprise's company is a provider when the job is
     accepted, so its own agents may win it and no voucher would pay: nothing is counted on."""
     market = Market(db)
@@ -507,7 +655,8 @@ def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
 
 
 def test_a_company_that_also_provides_still_gets_vouchers_from_others(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     job = _job(market, market.both, market.prov)
     assert _reserve(market, job, market.both, 4_000_000).voucher_estimate == 0
@@ -540,7 +689,8 @@ def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils
 
 
 def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_holds(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     from coordinator import accounts
 
     market = Market(db)
@@ -556,7 +706,8 @@ def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_hold
 
 
 def test_voucher_money_held_in_one_year_pays_the_job_after_the_year_ends(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
     job = _job(market, market.ent, market.prov)
@@ -579,7 +730,8 @@ def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.D
 
 
 def test_check_invariants_finds_held_voucher_money_that_went_astray(
-        db: sqlite_utils.Database) -> None:
+    db: sqlite_utils.Database,
+) -> None:
     market = Market(db)
     job = _job(market, market.ent, market.prov)
     _reserve(market, job, market.ent, 4_000_000)
@@ -588,9 +740,11 @@ def test_check_invariants_finds_held_voucher_money_that_went_astray(
     assert codes == [L.USAGE_POOL, L.USAGE_VOUCHER, L.USAGE_CAP, L.USAGE_DEFERRED, L.USAGE_CREDIT]
     assert L.check_invariants(db) == []
     db.conn.execute("DROP TRIGGER ledger_transfers_no_update")
-    db.conn.execute("UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?",
-                    [L.USAGE_VOUCHER])
+    db.conn.execute(
+        "UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?", [L.USAGE_VOUCHER]
+    )
     problems = L.check_invariants(db)
     assert any("stray transfer usage_voucher" in p for p in problems), problems
-    assert any("pays 0 µ¥ of vouchers out of pool_held:2026 but draws 500000 µ¥" in p
-               for p in problems), problems
+    assert any(
+        "pays 0 µ¥ of vouchers out of pool_held:2026 but draws 500000 µ¥" in p for p in problems
+    ), problems

@@ -51,11 +51,13 @@ def _path_part(value: str) -> str:
 class CoordinatorApi:
     """One token's view of the coordinator: jobs, logs, market and account."""
 
-    def __init__(self, url: str, token: str, ca_file: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, token: str, ca_file: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.url = check_coordinator_url(url)
-        self._ssl = (client_ssl_context(ca_file)
-                     if self.url.startswith("https://") or ca_file else None)
+        self._ssl = (
+            client_ssl_context(ca_file) if self.url.startswith("https://") or ca_file else None
+        )
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -79,34 +81,42 @@ class CoordinatorApi:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers)
+                connector=connector, timeout=self._timeout, headers=self._headers
+            )
         return self._session
 
-    async def request(self, method: str, path: str, *, query: dict[str, str] | None = None,
-                      body: Any = None) -> Any:
+    async def request(
+        self, method: str, path: str, *, query: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
         target = self.url + path
         try:
-            async with self._http().request(method, target, params=query, json=body,
-                                            allow_redirects=False) as response:
+            async with self._http().request(
+                method, target, params=query, json=body, allow_redirects=False
+            ) as response:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unreachable(
                 f"cannot verify the TLS certificate of the coordinator at {self.url} "
-                f"({_os_reason(exc)}); pass --ca-file if it uses a private CA") from None
+                f"({_os_reason(exc)}); pass --ca-file if it uses a private CA"
+            ) from None
         except aiohttp.ClientSSLError as exc:
             raise Unreachable(
-                f"the TLS handshake with the coordinator at {self.url} failed "
-                f"({_os_reason(exc)})") from None
+                f"the TLS handshake with the coordinator at {self.url} failed ({_os_reason(exc)})"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise Unreachable(
-                f"cannot reach the coordinator at {self.url} ({_os_reason(exc)})") from None
+                f"cannot reach the coordinator at {self.url} ({_os_reason(exc)})"
+            ) from None
         except TimeoutError:
-            raise Unreachable(f"the coordinator at {self.url} did not answer within "
-                              f"{self._timeout.total:g} s") from None
+            raise Unreachable(
+                f"the coordinator at {self.url} did not answer within {self._timeout.total:g} s"
+            ) from None
         except aiohttp.ClientError as exc:
-            raise Unreachable(f"lost the connection to the coordinator at {self.url} "
-                              f"({exc.__class__.__name__}: {exc})") from None
+            raise Unreachable(
+                f"lost the connection to the coordinator at {self.url} "
+                f"({exc.__class__.__name__}: {exc})"
+            ) from None
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -115,8 +125,12 @@ class CoordinatorApi:
             return data
         if isinstance(data, dict) and isinstance(data.get("detail"), str):
             raise Refused(data["detail"], status, str(data.get("error", "error")))
-        raise Refused(f"the coordinator at {self.url} answered {method} {path} with HTTP "
-                      f"{status} and no JSON error body", status, "bad_response")
+        raise Refused(
+            f"the coordinator at {self.url} answered {method} {path} with HTTP "
+            f"{status} and no JSON error body",
+            status,
+            "bad_response",
+        )
 
     # -- the API --------------------------------------------------------------------------
 
@@ -137,7 +151,9 @@ class CoordinatorApi:
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return dict(await self.request("POST", f"/v1/jobs/{_path_part(job_id)}/cancel"))
 
-    async def job_logs(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    async def job_logs(
+        self, job_id: str, offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
         query = {"offset": str(offset)}
         if limit is not None:
             query["limit"] = str(limit)

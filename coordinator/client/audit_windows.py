@@ -67,14 +67,20 @@ class WindowAudit:
     def _apply(self, index: int, at_ms: int, body: L.LeaseEventEntry) -> None:
         window = self.windows.get(body.lease_id)
         if window is None:
-            self.problem("bad_lease", f"lease {body.lease_id} has a {body.event} event but no "
-                         "earlier lease_award entry", index)
+            self.problem(
+                "bad_lease",
+                f"lease {body.lease_id} has a {body.event} event but no earlier lease_award entry",
+                index,
+            )
             return
         if body.event == L.LEASE_STARTED:
             why = self._start_report_problem(window, at_ms, body)
             if why:
-                self.problem("bad_start_report", f"lease {body.lease_id}: {why}; its window "
-                             "stays closed", index)
+                self.problem(
+                    "bad_start_report",
+                    f"lease {body.lease_id}: {why}; its window stays closed",
+                    index,
+                )
                 return
             window.open(at_ms)
         elif body.event == L.LEASE_STOP_REQUESTED:
@@ -82,8 +88,9 @@ class WindowAudit:
         else:
             window.end(at_ms)
 
-    def _start_report_problem(self, window: LeaseWindow, at_ms: int,
-                              body: L.LeaseEventEntry) -> str | None:
+    def _start_report_problem(
+        self, window: LeaseWindow, at_ms: int, body: L.LeaseEventEntry
+    ) -> str | None:
         """Why the start is not the agent's own word, or None if it is."""
         key = self.agents.get(window.terms.agent_id)
         if body.report is None or key is None:
@@ -93,20 +100,38 @@ class WindowAudit:
         except SuanliError as exc:
             return f"the start report does not verify with the agent's key: {exc.detail}"
         said = signed.body
-        if type(said) is not dict or said.get("lease_id") != body.lease_id or said.get("event") != "started":
+        if (
+            type(said) is not dict
+            or said.get("lease_id") != body.lease_id
+            or said.get("event") != "started"
+        ):
             return "the signed report does not say this lease started"
         if signed.issued_at_ms > at_ms + CLOCK_SKEW_MS:
-            return (f"the report was signed at {signed.issued_at_ms}, after the moment "
-                    f"({at_ms}) the log says the lease started")
+            return (
+                f"the report was signed at {signed.issued_at_ms}, after the moment "
+                f"({at_ms}) the log says the lease started"
+            )
         return None
 
     def receipt(self, index: int, at_ms: int, receipt: Receipt) -> None:
         if receipt.seq == 1:
-            self.terms_of.append((index, receipt.lease_id, (
-                receipt.job_id, receipt.agent_id, receipt.price_per_gpu_hour,
-                tuple(sorted(receipt.gpu_uuids)))))
-        self.accepted.append(_Accepted(index, at_ms, receipt.lease_id, receipt.seq,
-                                       receipt.issued_at_ms, receipt.gpu_ms))
+            self.terms_of.append(
+                (
+                    index,
+                    receipt.lease_id,
+                    (
+                        receipt.job_id,
+                        receipt.agent_id,
+                        receipt.price_per_gpu_hour,
+                        tuple(sorted(receipt.gpu_uuids)),
+                    ),
+                )
+            )
+        self.accepted.append(
+            _Accepted(
+                index, at_ms, receipt.lease_id, receipt.seq, receipt.issued_at_ms, receipt.gpu_ms
+            )
+        )
 
     def finish(self) -> None:
         for event in self.events:
@@ -114,22 +139,38 @@ class WindowAudit:
         for index, lease_id, said in self.terms_of:
             found = self.windows.get(lease_id)
             terms = found.terms if found is not None else None
-            if terms is not None and said != (terms.job_id, terms.agent_id, terms.price_per_gpu_hour,
-                                               tuple(sorted(terms.gpu_uuids))):
-                self.problem("lease_terms", f"lease {lease_id}'s receipts name another job, agent, "
-                             "price or GPUs than its award", index)
+            if terms is not None and said != (
+                terms.job_id,
+                terms.agent_id,
+                terms.price_per_gpu_hour,
+                tuple(sorted(terms.gpu_uuids)),
+            ):
+                self.problem(
+                    "lease_terms",
+                    f"lease {lease_id}'s receipts name another job, agent, "
+                    "price or GPUs than its award",
+                    index,
+                )
         for accepted in self.accepted:
             window = self.windows.get(accepted.lease_id)
             if window is None:
-                self.problem("outside_billable_window", f"lease {accepted.lease_id} seq "
-                             f"{accepted.seq} is accepted, but no lease_award entry of the log "
-                             "awards that lease", accepted.index)
+                self.problem(
+                    "outside_billable_window",
+                    f"lease {accepted.lease_id} seq "
+                    f"{accepted.seq} is accepted, but no lease_award entry of the log "
+                    "awards that lease",
+                    accepted.index,
+                )
                 continue
             try:
                 check_window(window, accepted, accepted.accepted_at_ms)
             except ReceiptRuleError as exc:
-                self.problem("outside_billable_window", f"lease {accepted.lease_id} seq "
-                             f"{accepted.seq} was accepted though it breaks rule {exc.rule}: "
-                             f"{exc.detail}", accepted.index)
+                self.problem(
+                    "outside_billable_window",
+                    f"lease {accepted.lease_id} seq "
+                    f"{accepted.seq} was accepted though it breaks rule {exc.rule}: "
+                    f"{exc.detail}",
+                    accepted.index,
+                )
         self.accepted.clear()
         self.events.clear()

@@ -70,8 +70,13 @@ def _positive_int(text: str) -> int:
 class _EnvAction(argparse.Action):
     """`--env NAME=VALUE`, repeatable, each name at most once."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         name, sep, value = str(values).partition("=")
         if not sep or not name:
             raise argparse.ArgumentError(self, f"{values!r} is not NAME=VALUE")
@@ -90,21 +95,38 @@ def _connection_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # was given before it: `suanli --json job show ID` and `suanli job show ID --json`.
     default: Any = None if top else argparse.SUPPRESS
     group = parser.add_argument_group("connection and output")
-    group.add_argument("--coordinator", metavar="URL", default=default,
-                       help=f"the coordinator, https://host[:port] (env {ENV_COORDINATOR})")
-    group.add_argument("--token", metavar="T", default=default,
-                       help=f"your API token (env {ENV_TOKEN}, which keeps it out of "
-                       "the process list)")
-    group.add_argument("--ca-file", metavar="PATH", default=default,
-                       help=f"CA certificate(s) to verify the coordinator with (env {ENV_CA_FILE})")
-    group.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
-                       help="print machine-readable JSON only")
+    group.add_argument(
+        "--coordinator",
+        metavar="URL",
+        default=default,
+        help=f"the coordinator, https://host[:port] (env {ENV_COORDINATOR})",
+    )
+    group.add_argument(
+        "--token",
+        metavar="T",
+        default=default,
+        help=f"your API token (env {ENV_TOKEN}, which keeps it out of the process list)",
+    )
+    group.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        default=default,
+        help=f"CA certificate(s) to verify the coordinator with (env {ENV_CA_FILE})",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print machine-readable JSON only",
+    )
 
 
-def _leaf(commands: Any, name: str, run: Command, help_text: str,
-          description: str | None = None) -> argparse.ArgumentParser:
+def _leaf(
+    commands: Any, name: str, run: Command, help_text: str, description: str | None = None
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=help_text, description=description or help_text)
+        name, help=help_text, description=description or help_text
+    )
     _connection_options(parser, top=False)
     parser.set_defaults(run=run)
     return parser
@@ -120,65 +142,128 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=None, help_parser=parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    job = commands.add_parser("job", help="post, list, show, follow and cancel GPU jobs",
-                              description="Post, list, show, follow and cancel GPU jobs.")
+    job = commands.add_parser(
+        "job",
+        help="post, list, show, follow and cancel GPU jobs",
+        description="Post, list, show, follow and cancel GPU jobs.",
+    )
     job.set_defaults(help_parser=job)
     _connection_options(job, top=False)
     actions = job.add_subparsers(dest="action", metavar="ACTION")
 
     submit = _leaf(
-        actions, "submit", cmd_submit, "post a job; prints its id",
+        actions,
+        "submit",
+        cmd_submit,
+        "post a job; prints its id",
         "Post a job: a container image run on N GPUs for at most a given time, at no more "
-        "than a given price per GPU-hour. Put the command after `--`.")
+        "than a given price per GPU-hour. Put the command after `--`.",
+    )
     submit.add_argument("--image", required=True, help="container image reference")
-    submit.add_argument("--gpus", required=True, type=_positive_int, metavar="N",
-                        help="number of GPUs")
-    submit.add_argument("--min-gpu-memory", type=_unit(parse_size), metavar="SIZE",
-                        dest="min_gpu_memory_bytes", help="least memory per GPU, e.g. 40GiB")
-    submit.add_argument("--gpu-model", action="append", metavar="MODEL", dest="gpu_models",
-                        help="an allowed GPU model, e.g. H100 (repeat for several; default any)")
-    submit.add_argument("--cpus", type=_unit(parse_cores), metavar="CORES", dest="cpus_milli",
-                        help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)")
-    submit.add_argument("--memory", type=_unit(parse_size), metavar="SIZE", dest="memory_bytes",
-                        help="container memory limit, e.g. 64GiB (default 16 GiB per GPU)")
-    submit.add_argument("--max-duration", required=True, type=_unit(parse_duration),
-                        metavar="DURATION", dest="max_duration_s",
-                        help="longest the job may run, e.g. 90s, 30m, 2h, 1d, 1h30m")
-    submit.add_argument("--max-price-per-gpu-hour", required=True, type=_price, metavar="YUAN",
-                        dest="max_price_micro_yuan",
-                        help="most you pay per GPU-hour, in yuan, e.g. 12.50")
-    submit.add_argument("--env", action=_EnvAction, metavar="NAME=VALUE", default={},
-                        help="an environment variable for the container (repeatable)")
-    submit.add_argument("--secret-env", action=_EnvAction, metavar="NAME=VALUE", default={},
-                        help="a secret environment variable (repeatable): only the winning "
-                        "agent gets its value; it is never shown back or logged, and is erased "
-                        "when the job ends")
-    submit.add_argument("--idempotency-key", metavar="KEY",
-                        help="makes a retried submit return the first job instead of posting "
-                        "another (default: a fresh key each time)")
-    submit.add_argument("job_command", nargs="*", metavar="-- CMD ARGS",
-                        help="the command and its arguments (default: the image's own)")
+    submit.add_argument(
+        "--gpus", required=True, type=_positive_int, metavar="N", help="number of GPUs"
+    )
+    submit.add_argument(
+        "--min-gpu-memory",
+        type=_unit(parse_size),
+        metavar="SIZE",
+        dest="min_gpu_memory_bytes",
+        help="least memory per GPU, e.g. 40GiB",
+    )
+    submit.add_argument(
+        "--gpu-model",
+        action="append",
+        metavar="MODEL",
+        dest="gpu_models",
+        help="an allowed GPU model, e.g. H100 (repeat for several; default any)",
+    )
+    submit.add_argument(
+        "--cpus",
+        type=_unit(parse_cores),
+        metavar="CORES",
+        dest="cpus_milli",
+        help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)",
+    )
+    submit.add_argument(
+        "--memory",
+        type=_unit(parse_size),
+        metavar="SIZE",
+        dest="memory_bytes",
+        help="container memory limit, e.g. 64GiB (default 16 GiB per GPU)",
+    )
+    submit.add_argument(
+        "--max-duration",
+        required=True,
+        type=_unit(parse_duration),
+        metavar="DURATION",
+        dest="max_duration_s",
+        help="longest the job may run, e.g. 90s, 30m, 2h, 1d, 1h30m",
+    )
+    submit.add_argument(
+        "--max-price-per-gpu-hour",
+        required=True,
+        type=_price,
+        metavar="YUAN",
+        dest="max_price_micro_yuan",
+        help="most you pay per GPU-hour, in yuan, e.g. 12.50",
+    )
+    submit.add_argument(
+        "--env",
+        action=_EnvAction,
+        metavar="NAME=VALUE",
+        default={},
+        help="an environment variable for the container (repeatable)",
+    )
+    submit.add_argument(
+        "--secret-env",
+        action=_EnvAction,
+        metavar="NAME=VALUE",
+        default={},
+        help="a secret environment variable (repeatable): only the winning "
+        "agent gets its value; it is never shown back or logged, and is erased "
+        "when the job ends",
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="makes a retried submit return the first job instead of posting "
+        "another (default: a fresh key each time)",
+    )
+    submit.add_argument(
+        "job_command",
+        nargs="*",
+        metavar="-- CMD ARGS",
+        help="the command and its arguments (default: the image's own)",
+    )
 
     listing = _leaf(actions, "list", cmd_list, "list your jobs, newest first")
-    listing.add_argument("--state", help="only jobs in this state (pending, leased, running, "
-                         "succeeded, failed, cancelled, lost)")
-    listing.add_argument("--limit", type=_positive_int, metavar="N",
-                         help="at most N jobs (server default 100)")
+    listing.add_argument(
+        "--state",
+        help="only jobs in this state (pending, leased, running, "
+        "succeeded, failed, cancelled, lost)",
+    )
+    listing.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="at most N jobs (server default 100)"
+    )
 
-    show = _leaf(actions, "show", cmd_show,
-                 "a job's state, why it waits, its agent, GPUs, price and times")
+    show = _leaf(
+        actions, "show", cmd_show, "a job's state, why it waits, its agent, GPUs, price and times"
+    )
     show.add_argument("job_id", metavar="ID")
 
     logs = _leaf(actions, "logs", cmd_logs, "print a job's log")
     logs.add_argument("job_id", metavar="ID")
-    logs.add_argument("--follow", "-f", action="store_true",
-                      help="keep printing until the job has ended and its log is complete")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing until the job has ended and its log is complete",
+    )
 
     cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="ID")
 
-    _leaf(commands, "market", cmd_market,
-          "capacity and asks by GPU model, and the pool in PFLOPS")
+    _leaf(commands, "market", cmd_market, "capacity and asks by GPU model, and the pool in PFLOPS")
     _leaf(commands, "account", cmd_account, "who your token is")
     audit.add_commands(commands, _connection_options)
     return parser
@@ -260,8 +345,10 @@ async def cmd_cancel(api: CoordinatorApi, args: argparse.Namespace) -> int:
     elif job.get("state") == "cancelled":
         print(f"{job['id']} cancelled")
     elif job.get("cancel_requested") and job.get("state") in ("leased", "running"):
-        print(f"{job['id']}: cancel requested; it stays {job['state']} until its agent "
-              "stops the container")
+        print(
+            f"{job['id']}: cancel requested; it stays {job['state']} until its agent "
+            "stops the container"
+        )
     else:
         print(f"{job['id']} had already ended ({job.get('state')}); nothing to cancel")
     return 0
@@ -320,8 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.help_parser.print_help(sys.stderr)
         return EXIT_USAGE
     if getattr(args, "audit", None) is not None:  # the log is public: no token
-        return audit.main(args, _setting(args, "coordinator", ENV_COORDINATOR),
-                          _setting(args, "ca_file", ENV_CA_FILE))
+        return audit.main(
+            args,
+            _setting(args, "coordinator", ENV_COORDINATOR),
+            _setting(args, "ca_file", ENV_CA_FILE),
+        )
     try:
         api = _api(args)
         return asyncio.run(_run(args.run, api, args))

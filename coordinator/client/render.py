@@ -55,16 +55,26 @@ def job_details(job: dict[str, Any]) -> str:
         reason = f"{reason}: {job['reason_detail']}"
     rows: list[tuple[str, str]] = [
         ("id", _text(job.get("id"))),
-        ("state", _text(job.get("state"))
-         + (" (cancel requested)" if job.get("cancel_requested") and job.get("state")
-            not in ("cancelled", "succeeded", "failed", "lost") else "")),
+        (
+            "state",
+            _text(job.get("state"))
+            + (
+                " (cancel requested)"
+                if job.get("cancel_requested")
+                and job.get("state") not in ("cancelled", "succeeded", "failed", "lost")
+                else ""
+            ),
+        ),
         ("reason", _text(reason)),
         ("agent", _text(job.get("agent_id"))),
         ("GPUs", ", ".join(job.get("gpu_uuids") or []) or NONE),
         ("price", price(job.get("price_per_gpu_hour_micro_yuan"))),
     ]
-    for field, label in (("charged_micro_yuan", "charged"), ("voucher_micro_yuan", "  voucher"),
-                         ("deferred_micro_yuan", "  deferred")):
+    for field, label in (
+        ("charged_micro_yuan", "charged"),
+        ("voucher_micro_yuan", "  voucher"),
+        ("deferred_micro_yuan", "  deferred"),
+    ):
         if field in job:
             rows.append((label, price(job[field], unit="")))
     rows += [
@@ -81,18 +91,30 @@ def job_details(job: dict[str, Any]) -> str:
         rows += [
             ("image", _text(spec.get("image"))),
             ("command", shlex.join(spec.get("command") or []) or "(the image's default)"),
-            ("asked for", f"{spec.get('gpus')} GPU(s), model {models}"
-             + (f", at least {format_size(memory)} each" if memory else "")),
-            ("limits", f"{format_cores(spec['cpus_milli'])} CPUs, "
-             f"{format_size(spec['memory_bytes'])} memory, "
-             f"{format_duration(spec['max_duration_s'])} at most"
-             if {"cpus_milli", "memory_bytes", "max_duration_s"} <= spec.keys() else NONE),
+            (
+                "asked for",
+                f"{spec.get('gpus')} GPU(s), model {models}"
+                + (f", at least {format_size(memory)} each" if memory else ""),
+            ),
+            (
+                "limits",
+                f"{format_cores(spec['cpus_milli'])} CPUs, "
+                f"{format_size(spec['memory_bytes'])} memory, "
+                f"{format_duration(spec['max_duration_s'])} at most"
+                if {"cpus_milli", "memory_bytes", "max_duration_s"} <= spec.keys()
+                else NONE,
+            ),
             ("max price", price(spec.get("max_price_per_gpu_hour_micro_yuan"))),
         ]
         if spec.get("env"):
             rows.append(("env", " ".join(sorted(spec["env"]))))
         if spec.get("secret_env"):
-            rows.append(("secret env", " ".join(f"{name}=<redacted>" for name in sorted(spec["secret_env"]))))
+            rows.append(
+                (
+                    "secret env",
+                    " ".join(f"{name}=<redacted>" for name in sorted(spec["secret_env"])),
+                )
+            )
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -116,9 +138,13 @@ def jobs_table(jobs: list[dict[str, Any]], out: IO[str] | None = None) -> None:
     for job in jobs:
         spec = job.get("spec") or {}
         table.add_row(
-            _text(job.get("id")), _text(job.get("state")), _text(job.get("reason")),
-            _text(spec.get("gpus")), yuan(job.get("price_per_gpu_hour_micro_yuan")),
-            _text(spec.get("image")), when(job.get("created_at_ms")),
+            _text(job.get("id")),
+            _text(job.get("state")),
+            _text(job.get("reason")),
+            _text(spec.get("gpus")),
+            yuan(job.get("price_per_gpu_hour_micro_yuan")),
+            _text(spec.get("image")),
+            when(job.get("created_at_ms")),
         )
     _console(out).print(table)
 
@@ -128,23 +154,40 @@ def market_table(summary: dict[str, Any], out: IO[str] | None = None) -> None:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name in ("MODEL", "MEMORY", "GPUS", "FREE", "LEASED", "UNAVAILABLE",
-                 "ASK MIN ¥/GPU-h", "MEDIAN", "MAX", "TFLOPS BF16"):
+    for name in (
+        "MODEL",
+        "MEMORY",
+        "GPUS",
+        "FREE",
+        "LEASED",
+        "UNAVAILABLE",
+        "ASK MIN ¥/GPU-h",
+        "MEDIAN",
+        "MAX",
+        "TFLOPS BF16",
+    ):
         table.add_column(name, justify="left" if name in ("MODEL", "MEMORY") else "right")
     for row in summary.get("models", []):
         memory = row.get("memory_total_bytes")
         table.add_row(
-            _text(row.get("model")), NONE if memory is None else format_size(memory),
-            _text(row.get("gpus")), _text(row.get("free")), _text(row.get("leased")),
-            _text(row.get("unavailable")), yuan(row.get("ask_min_micro_yuan")),
-            yuan(row.get("ask_median_micro_yuan")), yuan(row.get("ask_max_micro_yuan")),
+            _text(row.get("model")),
+            NONE if memory is None else format_size(memory),
+            _text(row.get("gpus")),
+            _text(row.get("free")),
+            _text(row.get("leased")),
+            _text(row.get("unavailable")),
+            yuan(row.get("ask_min_micro_yuan")),
+            yuan(row.get("ask_median_micro_yuan")),
+            yuan(row.get("ask_max_micro_yuan")),
             _text(row.get("tflops_bf16_each")),
         )
     console = _console(out)
     console.print(table)
-    console.print(f"agents online: {summary.get('agents_online', NONE)} of "
-                  f"{summary.get('agents_total', NONE)}; pool: "
-                  f"{summary.get('pflops_bf16', NONE)} PFLOPS BF16 (dense)")
+    console.print(
+        f"agents online: {summary.get('agents_online', NONE)} of "
+        f"{summary.get('agents_total', NONE)}; pool: "
+        f"{summary.get('pflops_bf16', NONE)} PFLOPS BF16 (dense)"
+    )
 
 
 def mapping(data: dict[str, Any]) -> str:
@@ -163,19 +206,27 @@ def account_text(account: dict[str, Any]) -> str:
         return f"¥{format_yuan(micro)}"
 
     if voucher.get("eligible"):
-        lines.append(f"voucher {account['fiscal_year']}: {yuan(voucher['used_micro_yuan'])} used of "
-                     f"{yuan(voucher['cap_micro_yuan'])}, {yuan(voucher['remaining_micro_yuan'])} left "
-                     f"(covers {_percent(voucher['coverage_bps'])} of each charge)")
+        lines.append(
+            f"voucher {account['fiscal_year']}: {yuan(voucher['used_micro_yuan'])} used of "
+            f"{yuan(voucher['cap_micro_yuan'])}, {yuan(voucher['remaining_micro_yuan'])} left "
+            f"(covers {_percent(voucher['coverage_bps'])} of each charge)"
+        )
     else:
         lines.append("voucher: not eligible")
     lines.append(f"city pool remaining: {yuan(account['pool_remaining_micro_yuan'])}")
-    lines.append(f"owed (deferred): {yuan(account['deferred_balance_micro_yuan'])}, of which not yet "
-                 f"billed {yuan(account['unbilled_micro_yuan'])}; paid {yuan(account['paid_micro_yuan'])}")
-    lines.append(f"credit: limit {yuan(account['credit_limit_micro_yuan'])}, reserved for running jobs "
-                 f"{yuan(account['reserved_micro_yuan'])}, headroom {yuan(account['headroom_micro_yuan'])}")
+    lines.append(
+        f"owed (deferred): {yuan(account['deferred_balance_micro_yuan'])}, of which not yet "
+        f"billed {yuan(account['unbilled_micro_yuan'])}; paid {yuan(account['paid_micro_yuan'])}"
+    )
+    lines.append(
+        f"credit: limit {yuan(account['credit_limit_micro_yuan'])}, reserved for running jobs "
+        f"{yuan(account['reserved_micro_yuan'])}, headroom {yuan(account['headroom_micro_yuan'])}"
+    )
     for item in account.get("statements", []):
-        lines.append(f"statement {item['period']}: {yuan(item['deferred_micro_yuan'])} due {item['due_date']}, "
-                     f"outstanding {yuan(item['outstanding_micro_yuan'])} ({item['status']})")
+        lines.append(
+            f"statement {item['period']}: {yuan(item['deferred_micro_yuan'])} due {item['due_date']}, "
+            f"outstanding {yuan(item['outstanding_micro_yuan'])} ({item['status']})"
+        )
     if account.get("suspended"):
         lines.append(f"SUSPENDED: {account['suspended_reason']}")
     return "\n".join(lines)

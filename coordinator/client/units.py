@@ -14,9 +14,16 @@ GIB = 1 << 30
 TIB = 1 << 40
 
 SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": GIB,
+    "tib": TIB,
 }
 DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 MAX_TEXT = 40
@@ -53,7 +60,8 @@ def parse_size(text: str) -> int:
     if match is None or match.group(3).lower() not in SIZE_UNITS:
         raise UnitError(
             f"{text!r} is not a size; write a number and a unit, like 40GiB, 512MiB or 1.5TB "
-            "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; no unit means bytes)")
+            "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; no unit means bytes)"
+        )
     whole, fraction, unit = match.groups()
     size, exact = _scaled(whole, fraction, SIZE_UNITS[unit.lower()])
     if not exact:
@@ -73,11 +81,15 @@ def parse_duration(text: str) -> int:
         parts = _DURATION_PART.findall(text)
         units = [unit for _, unit in parts]
         order = list(DURATION_UNITS)
-        if (not parts or "".join(n + u for n, u in parts) != text
-                or units != sorted(set(units), key=order.index)):
+        if (
+            not parts
+            or "".join(n + u for n, u in parts) != text
+            or units != sorted(set(units), key=order.index)
+        ):
             raise UnitError(
                 f"{text!r} is not a duration; write it like 90s, 30m, 2h, 1d or 1h30m "
-                "(units d, h, m, s, largest first, each at most once)")
+                "(units d, h, m, s, largest first, each at most once)"
+            )
         seconds = sum(int(n) * DURATION_UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise UnitError(f"duration {text!r} must be longer than zero")
@@ -92,8 +104,10 @@ def parse_cores(text: str) -> int:
         raise UnitError(f"{text!r} is not a number of CPU cores; write it like 8 or 0.5")
     whole, fraction = match.groups()
     if fraction is not None and len(fraction.rstrip("0")) > MAX_CORES_DECIMALS:
-        raise UnitError(f"{text!r} has more than {MAX_CORES_DECIMALS} decimals "
-                        "(the smallest step is a thousandth of a core)")
+        raise UnitError(
+            f"{text!r} has more than {MAX_CORES_DECIMALS} decimals "
+            "(the smallest step is a thousandth of a core)"
+        )
     milli, _ = _scaled(whole, fraction, 1000)
     if milli <= 0:
         raise UnitError(f"CPU amount {text!r} must be more than zero")

@@ -44,8 +44,14 @@ GPU_COUNT = 8
 GOAL_CPU_PCT = 1.0
 GOAL_RSS_BYTES = 80_000_000  # 80 MB
 MB = 1_000_000
-GPUS = [FakeGpu(uuid=f"GPU-5a1c0000-0000-4000-8000-{i:012x}", power_mw=95_000 + 1_000 * i,
-                temperature=35 + i) for i in range(GPU_COUNT)]
+GPUS = [
+    FakeGpu(
+        uuid=f"GPU-5a1c0000-0000-4000-8000-{i:012x}",
+        power_mw=95_000 + 1_000 * i,
+        temperature=35 + i,
+    )
+    for i in range(GPU_COUNT)
+]
 SETTINGS = {
     **AGENT_SETTINGS,
     "sample_interval_ms": 1000,
@@ -141,22 +147,37 @@ class Sampler:
         end = self.process.cpu_times()
         ctx = self.process.num_ctx_switches()
         sched = _schedstat_s(self.process.pid)
-        precise = None if sched is None or self.start_sched is None else 100 * (sched - self.start_sched) / wall_s
+        precise = (
+            None
+            if sched is None or self.start_sched is None
+            else 100 * (sched - self.start_sched) / wall_s
+        )
         return {
             "cpu_pct": 100 * (_cpu_s(end) - _cpu_s(self.start_cpu)) / wall_s,
             "sched_pct": precise,
             "user_s": end.user - self.start_cpu.user,
             "system_s": end.system - self.start_cpu.system,
-            "ctx_per_s": (ctx.voluntary + ctx.involuntary
-                          - self.start_ctx.voluntary - self.start_ctx.involuntary) / wall_s,
+            "ctx_per_s": (
+                ctx.voluntary
+                + ctx.involuntary
+                - self.start_ctx.voluntary
+                - self.start_ctx.involuntary
+            )
+            / wall_s,
         }
 
 
 def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="suanli-bench-agent-"))
     coordinator = CoordinatorProcess(workdir / "coordinator", settings={})
-    agent = AgentProcess(workdir / "agent", coordinator, workdir / "no-engine.sock", GPUS,
-                         ask="12.00", settings=dict(SETTINGS))
+    agent = AgentProcess(
+        workdir / "agent",
+        coordinator,
+        workdir / "no-engine.sock",
+        GPUS,
+        ask="12.00",
+        settings=dict(SETTINGS),
+    )
     try:
         coordinator.workdir.mkdir()
         agent.workdir.mkdir()
@@ -169,12 +190,18 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
         deadline = started + 30
         while _gpus_in_market(_metrics(coordinator.url)) < GPU_COUNT:
             if agent.process.poll() is not None:
-                print("the agent exited before its first heartbeat (does it tolerate a missing "
-                      f"container engine?):\n{agent.log()[-3000:]}", file=sys.stderr)
+                print(
+                    "the agent exited before its first heartbeat (does it tolerate a missing "
+                    f"container engine?):\n{agent.log()[-3000:]}",
+                    file=sys.stderr,
+                )
                 return 1
             if time.monotonic() > deadline:
-                print(f"the coordinator never listed the agent's {GPU_COUNT} GPUs:\n"
-                      f"{agent.log()[-3000:]}", file=sys.stderr)
+                print(
+                    f"the coordinator never listed the agent's {GPU_COUNT} GPUs:\n"
+                    f"{agent.log()[-3000:]}",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.1)
         registered_s = time.monotonic() - started
@@ -185,8 +212,11 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
         coordinator_sampler = Sampler(coordinator.process.pid, uss=False)  # type: ignore[union-attr]
         t0 = last = time.monotonic()
         next_tick = t0 + 1
-        print(f"measuring the idle agent for {duration_s:.0f} s "
-              f"({GPU_COUNT} fake GPUs at 1 Hz, heartbeat 10 s) ...", flush=True)
+        print(
+            f"measuring the idle agent for {duration_s:.0f} s "
+            f"({GPU_COUNT} fake GPUs at 1 Hz, heartbeat 10 s) ...",
+            flush=True,
+        )
         while True:
             time.sleep(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
@@ -216,37 +246,61 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
     rss, uss = agent_sampler.rss, agent_sampler.uss_values
     cpu_pct = agent_totals["cpu_pct"]
     print()
-    print(f"agent    pid {agent_sampler.process.pid}, {statistics.median(agent_sampler.threads):.0f} threads, "
-          f"GPUs listed by the coordinator {registered_s:.1f} s after start")
-    print(f"  CPU    {cpu_pct:6.3f} % of one core over {wall:.1f} s "
-          f"(user {agent_totals['user_s']:.3f} s, system {agent_totals['system_s']:.3f} s)   "
-          f"goal < {GOAL_CPU_PCT:g} %  {'ok' if cpu_pct < GOAL_CPU_PCT else 'MISSED'}")
+    print(
+        f"agent    pid {agent_sampler.process.pid}, {statistics.median(agent_sampler.threads):.0f} threads, "
+        f"GPUs listed by the coordinator {registered_s:.1f} s after start"
+    )
+    print(
+        f"  CPU    {cpu_pct:6.3f} % of one core over {wall:.1f} s "
+        f"(user {agent_totals['user_s']:.3f} s, system {agent_totals['system_s']:.3f} s)   "
+        f"goal < {GOAL_CPU_PCT:g} %  {'ok' if cpu_pct < GOAL_CPU_PCT else 'MISSED'}"
+    )
     if agent_totals["sched_pct"] is not None:
-        print(f"         {agent_totals['sched_pct']:6.3f} % by the scheduler's ns counters "
-              "(psutil counts 10 ms ticks, so the line above is coarse)")
-    print(f"         per second: median {statistics.median(agent_sampler.per_second_pct):.2f} %, "
-          f"max {max(agent_sampler.per_second_pct):.2f} %; "
-          f"{agent_totals['ctx_per_s']:.1f} context switches/s")
-    print(f"  RSS    max {max(rss) / MB:6.1f} MB, mean {statistics.fmean(rss) / MB:6.1f} MB   "
-          f"goal < {GOAL_RSS_BYTES / MB:.0f} MB  {'ok' if max(rss) < GOAL_RSS_BYTES else 'MISSED'}")
+        print(
+            f"         {agent_totals['sched_pct']:6.3f} % by the scheduler's ns counters "
+            "(psutil counts 10 ms ticks, so the line above is coarse)"
+        )
+    print(
+        f"         per second: median {statistics.median(agent_sampler.per_second_pct):.2f} %, "
+        f"max {max(agent_sampler.per_second_pct):.2f} %; "
+        f"{agent_totals['ctx_per_s']:.1f} context switches/s"
+    )
+    print(
+        f"  RSS    max {max(rss) / MB:6.1f} MB, mean {statistics.fmean(rss) / MB:6.1f} MB   "
+        f"goal < {GOAL_RSS_BYTES / MB:.0f} MB  {'ok' if max(rss) < GOAL_RSS_BYTES else 'MISSED'}"
+    )
     if uss:
-        print(f"  USS    max {max(uss) / MB:6.1f} MB, mean {statistics.fmean(uss) / MB:6.1f} MB "
-              "(memory no other process shares)")
+        print(
+            f"  USS    max {max(uss) / MB:6.1f} MB, mean {statistics.fmean(uss) / MB:6.1f} MB "
+            "(memory no other process shares)"
+        )
     else:
         print("  USS    not available on this platform")
-    print(f"  sent   {', '.join(f'{route} {count}' for route, count in sorted(requests.items())) or 'nothing'}"
-          f" in {wall:.0f} s")
-    warnings = Counter(re.sub(r"^\S+ \S+ ", "", line) for line in log_lines
-                       if " WARNING " in line or " ERROR " in line)
+    print(
+        f"  sent   {', '.join(f'{route} {count}' for route, count in sorted(requests.items())) or 'nothing'}"
+        f" in {wall:.0f} s"
+    )
+    warnings = Counter(
+        re.sub(r"^\S+ \S+ ", "", line)
+        for line in log_lines
+        if " WARNING " in line or " ERROR " in line
+    )
     if warnings:
-        print("  log    " + "\n         ".join(f"{n}× {text[:150]}" for text, n in warnings.most_common(6)))
-    print(f"  engine socket missing: the agent {'kept running' if alive else 'DID NOT survive'}"
-          f"{' and heartbeated' if requests.get('/v1/agent/heartbeat') else ''}")
+        print(
+            "  log    "
+            + "\n         ".join(f"{n}× {text[:150]}" for text, n in warnings.most_common(6))
+        )
+    print(
+        f"  engine socket missing: the agent {'kept running' if alive else 'DID NOT survive'}"
+        f"{' and heartbeated' if requests.get('/v1/agent/heartbeat') else ''}"
+    )
     coordinator_pct = coordinator_totals["sched_pct"]
     if coordinator_pct is None:
         coordinator_pct = coordinator_totals["cpu_pct"]
-    print(f"coordinator CPU {coordinator_pct:6.3f} % of one core, "
-          f"RSS max {max(coordinator_sampler.rss) / MB:.1f} MB (context)")
+    print(
+        f"coordinator CPU {coordinator_pct:6.3f} % of one core, "
+        f"RSS max {max(coordinator_sampler.rss) / MB:.1f} MB (context)"
+    )
     if breakdown:
         print()
         component_costs()
@@ -261,9 +315,13 @@ def component_costs() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="suanli-bench-agent-parts-"))
     try:
         config = write_config(workdir / "fake-nvml.conf", GPUS)
-        result = subprocess.run([sys.executable, __file__, "--component-costs-child"],
-                                env=environment(build(), config), capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [sys.executable, __file__, "--component-costs-child"],
+            env=environment(build(), config),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
             print(f"component timings failed:\n{result.stderr[-2000:]}")
             return
@@ -298,13 +356,17 @@ def component_costs_child() -> None:
 
     # NVML calls per sample, counted by wrapping the binding's functions
     calls: Counter[str] = Counter()
-    originals = {name: getattr(pynvml, name) for name in dir(pynvml)
-                 if name.startswith("nvmlDevice") or name == "nvmlDeviceGetCount"}
+    originals = {
+        name: getattr(pynvml, name)
+        for name in dir(pynvml)
+        if name.startswith("nvmlDevice") or name == "nvmlDeviceGetCount"
+    }
 
     def counting(name: str, function: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             calls[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     for name, function in originals.items():
@@ -323,39 +385,66 @@ def component_costs_child() -> None:
     read_host(cpu_interval_s=None)
 
     def inventory() -> dict[str, Any]:
-        gpus = [{k: v for k, v in gpu_record(s).items()
-                 if k not in ("tflops_bf16", "model", "compute_capability")} for s in samples]
-        return {"gpus": gpus, "host": dict(read_host("/", cpu_interval_s=None)),
-                "driver_version": sampler.driver_version}
+        gpus = [
+            {
+                k: v
+                for k, v in gpu_record(s).items()
+                if k not in ("tflops_bf16", "model", "compute_capability")
+            }
+            for s in samples
+        ]
+        return {
+            "gpus": gpus,
+            "host": dict(read_host("/", cpu_interval_s=None)),
+            "driver_version": sampler.driver_version,
+        }
 
     inventory_s = _cpu_per_call(inventory, 200)
     body = {"ask_per_gpu_hour": 12_000_000, "inventory": inventory()}
-    sign_s = _cpu_per_call(lambda: sign_request(key, "POST", "/v1/agent/heartbeat", body,
-                                                time.time_ns() // 1_000_000), 500)
+    sign_s = _cpu_per_call(
+        lambda: sign_request(key, "POST", "/v1/agent/heartbeat", body, time.time_ns() // 1_000_000),
+        500,
+    )
     host_s = _cpu_per_call(lambda: read_host("/", cpu_interval_s=None), 200)
     sampler.close()
 
     fake_share_s = nvml_calls * max(0.0, nvml_call_s - ctypes_call_s)
     print("component costs, each timed alone (CPU of one thread):")
-    print(f"  NVML sample of {GPU_COUNT} GPUs   {sample_s * 1e3:7.3f} ms per sample "
-          f"({nvml_calls} NVML calls; {sample_s * 100:.3f} % of a core at 1 Hz)")
-    print(f"    one pynvml call           {nvml_call_s * 1e6:7.1f} µs here, of which a bare ctypes call is "
-          f"{ctypes_call_s * 1e6:.1f} µs; the fake re-reading its config accounts for about "
-          f"{fake_share_s * 1e3:.2f} ms per sample")
-    print(f"  heartbeat inventory         {inventory_s * 1e3:7.3f} ms (host part via psutil {host_s * 1e3:.3f} ms)")
-    print(f"  heartbeat signing+encoding  {sign_s * 1e3:7.3f} ms ({len(json.dumps(body, default=str))} B of JSON-equivalent body)")
+    print(
+        f"  NVML sample of {GPU_COUNT} GPUs   {sample_s * 1e3:7.3f} ms per sample "
+        f"({nvml_calls} NVML calls; {sample_s * 100:.3f} % of a core at 1 Hz)"
+    )
+    print(
+        f"    one pynvml call           {nvml_call_s * 1e6:7.1f} µs here, of which a bare ctypes call is "
+        f"{ctypes_call_s * 1e6:.1f} µs; the fake re-reading its config accounts for about "
+        f"{fake_share_s * 1e3:.2f} ms per sample"
+    )
+    print(
+        f"  heartbeat inventory         {inventory_s * 1e3:7.3f} ms (host part via psutil {host_s * 1e3:.3f} ms)"
+    )
+    print(
+        f"  heartbeat signing+encoding  {sign_s * 1e3:7.3f} ms ({len(json.dumps(body, default=str))} B of JSON-equivalent body)"
+    )
     per_second = sample_s + (inventory_s + sign_s) / 10
-    print(f"  sum at 1 Hz samples + 0.1 Hz heartbeats: {per_second * 100:.3f} % of a core "
-          f"({(sample_s - fake_share_s) * 100 + (inventory_s + sign_s) * 10:.3f} % without the fake's file reads); "
-          "the rest of the measured figure is the event loop, its thread hand-offs and HTTP")
+    print(
+        f"  sum at 1 Hz samples + 0.1 Hz heartbeats: {per_second * 100:.3f} % of a core "
+        f"({(sample_s - fake_share_s) * 100 + (inventory_s + sign_s) * 10:.3f} % without the fake's file reads); "
+        "the rest of the measured figure is the event loop, its thread hand-offs and HTTP"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds (default 60)")
+    parser.add_argument(
+        "--duration-s", type=float, default=60.0, help="measured seconds (default 60)"
+    )
     parser.add_argument("--quick", action="store_true", help="measure 15 s instead")
-    parser.add_argument("--warmup-s", type=float, default=5.0, help="seconds after the agent starts")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and its logs")
+    parser.add_argument(
+        "--warmup-s", type=float, default=5.0, help="seconds after the agent starts"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder and its logs"
+    )
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-part timings")
     parser.add_argument("--component-costs-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -53,8 +53,12 @@ FLEET: list[tuple[str, int, tuple[float, float], float, float]] = [
 ]
 # (model filter as a person types it, share of jobs); the rest take any model
 FILTERS: list[tuple[list[str], float]] = [
-    (["H100"], 0.15), (["H200"], 0.06), (["A100"], 0.08), (["L40S"], 0.04),
-    (["RTX 4090"], 0.04), (["H100", "H200"], 0.05),
+    (["H100"], 0.15),
+    (["H200"], 0.06),
+    (["A100"], 0.08),
+    (["L40S"], 0.04),
+    (["RTX 4090"], 0.04),
+    (["H100", "H200"], 0.05),
 ]
 GPU_COUNTS = [(1, 0.30), (2, 0.20), (4, 0.25), (8, 0.23), (16, 0.02)]  # 16: nobody has that many
 MIN_MEMORY = [(0, 0.75), (40 * GIB, 0.10), (48 * GIB, 0.05), (80 * GIB, 0.08), (141 * GIB, 0.02)]
@@ -69,8 +73,9 @@ def _yuan(rng: random.Random, low: float, high: float) -> int:
     return round(rng.uniform(low, high) * 100) * (YUAN // 100)  # whole fen
 
 
-def build_market(coordinator: Coordinator, count: int, rng: random.Random, now: int) -> tuple[
-        list[dict[str, Any]], list[dict[str, Any]]]:
+def build_market(
+    coordinator: Coordinator, count: int, rng: random.Random, now: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Enrol `count` agents in memory; returns their agents and gpus rows for the database."""
     market = coordinator.market
     agent_rows: list[dict[str, Any]] = []
@@ -81,22 +86,43 @@ def build_market(coordinator: Coordinator, count: int, rng: random.Random, now: 
         board, memory, (low, high), four = rng.choices(fleet, shares)[0]
         gpus = 4 if rng.random() < four else 8
         key = PrivateKey.from_seed(rng.randbytes(32)).public
-        agent = Agent(agent_id=key.agent_id, provider_id=f"prov-{n % 100:03d}",
-                      provider_uscc=uscc(n % 100), public_key=key, hostname=f"host-{n:05d}",
-                      ask_per_gpu_hour=_yuan(rng, low, high), penalty_at_ms=now)
+        agent = Agent(
+            agent_id=key.agent_id,
+            provider_id=f"prov-{n % 100:03d}",
+            provider_uscc=uscc(n % 100),
+            public_key=key,
+            hostname=f"host-{n:05d}",
+            ask_per_gpu_hour=_yuan(rng, low, high),
+            penalty_at_ms=now,
+        )
         market.add_agent(agent)
         uuids = [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(gpus)]
-        new_gpus, _flags = market.reconcile(agent, parse_inventory(inventory(uuids, board, memory)),
-                                            now)
-        agent_rows.append({
-            "agent_id": agent.agent_id, "provider_id": agent.provider_id,
-            "public_key": key.raw, "hostname": agent.hostname, "enrolled_at_ms": now,
-            "ask_per_gpu_hour": agent.ask_per_gpu_hour, "last_seen_ms": now,
-            "penalty_ppm": 0, "penalty_at_ms": now,
-        })
-        gpu_rows.extend({"uuid": g.uuid, "agent_id": g.agent_id, "model": g.model,
-                         "memory_total_bytes": g.memory_total_bytes, "first_seen_ms": now}
-                        for g in new_gpus)
+        new_gpus, _flags = market.reconcile(
+            agent, parse_inventory(inventory(uuids, board, memory)), now
+        )
+        agent_rows.append(
+            {
+                "agent_id": agent.agent_id,
+                "provider_id": agent.provider_id,
+                "public_key": key.raw,
+                "hostname": agent.hostname,
+                "enrolled_at_ms": now,
+                "ask_per_gpu_hour": agent.ask_per_gpu_hour,
+                "last_seen_ms": now,
+                "penalty_ppm": 0,
+                "penalty_at_ms": now,
+            }
+        )
+        gpu_rows.extend(
+            {
+                "uuid": g.uuid,
+                "agent_id": g.agent_id,
+                "model": g.model,
+                "memory_total_bytes": g.memory_total_bytes,
+                "first_seen_ms": now,
+            }
+            for g in new_gpus
+        )
     return agent_rows, gpu_rows
 
 
@@ -106,35 +132,54 @@ def build_jobs(coordinator: Coordinator, count: int, rng: random.Random, now: in
     filters = [*FILTERS, ([], no_filter)]
     for i in range(count):
         models = _pick(rng, filters)
-        request = parse_job_request({
-            "image": "registry.example/team/train:1.4", "command": ["python", "train.py"],
-            "gpus": _pick(rng, GPU_COUNTS), "min_gpu_memory_bytes": _pick(rng, MIN_MEMORY),
-            "gpu_models": models, "max_duration_s": rng.choice([600, 3600, 4 * 3600, 86_400]),
-            # ¥3–¥28: the cheap end is below every ask for some models, so some jobs must wait
-            "max_price_per_gpu_hour_micro_yuan": _yuan(rng, 3.0, 28.0),
-        })
+        request = parse_job_request(
+            {
+                "image": "registry.example/team/train:1.4",
+                "command": ["python", "train.py"],
+                "gpus": _pick(rng, GPU_COUNTS),
+                "min_gpu_memory_bytes": _pick(rng, MIN_MEMORY),
+                "gpu_models": models,
+                "max_duration_s": rng.choice([600, 3600, 4 * 3600, 86_400]),
+                # ¥3–¥28: the cheap end is below every ask for some models, so some jobs must wait
+                "max_price_per_gpu_hour_micro_yuan": _yuan(rng, 3.0, 28.0),
+            }
+        )
         if request.gpu_models:
             request = replace(request, gpu_models=expand_model_filter(request.gpu_models))
-        coordinator._index_job(Job(
-            id=f"job-{i:08d}", enterprise_id="ent-bench", idempotency_key=f"key-{i:08d}",
-            request=request, created_at_ms=now - count + i, reason="waiting_for_auction",
-            reason_detail="the job waits for the next auction"))
+        coordinator._index_job(
+            Job(
+                id=f"job-{i:08d}",
+                enterprise_id="ent-bench",
+                idempotency_key=f"key-{i:08d}",
+                request=request,
+                created_at_ms=now - count + i,
+                reason="waiting_for_auction",
+                reason_detail="the job waits for the next auction",
+            )
+        )
 
 
-def seed_database(db: sqlite_utils.Database, coordinator: Coordinator,
-                  agent_rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]],
-                  now: int) -> None:
+def seed_database(
+    db: sqlite_utils.Database,
+    coordinator: Coordinator,
+    agent_rows: list[dict[str, Any]],
+    gpu_rows: list[dict[str, Any]],
+    now: int,
+) -> None:
     """Write what enrolment, heartbeats and job submission would already have committed."""
     db.conn.execute("BEGIN IMMEDIATE")
     db.table("providers").insert_all(
         {"id": f"prov-{n:03d}", "name": f"Provider {n}", "uscc": uscc(n), "created_at_ms": now}
-        for n in range(100))
+        for n in range(100)
+    )
     db.table("enterprises").insert(
-        {"id": "ent-bench", "name": "Bench", "uscc": uscc(999), "created_at_ms": now})
+        {"id": "ent-bench", "name": "Bench", "uscc": uscc(999), "created_at_ms": now}
+    )
     db.table("agents").insert_all(agent_rows, batch_size=1000)
     db.table("gpus").insert_all(gpu_rows, batch_size=1000)
     db.table("jobs").insert_all(
-        (Coordinator._job_row(job) for job in coordinator.jobs.values()), batch_size=1000)
+        (Coordinator._job_row(job) for job in coordinator.jobs.values()), batch_size=1000
+    )
     db.conn.execute("COMMIT")
 
 
@@ -204,14 +249,19 @@ def main() -> None:
         build_s = time.perf_counter() - started
         build_jobs(coordinator, args.jobs, rng, now)
         seed_database(database.db, coordinator, agent_rows, gpu_rows, now)
-        free = sum(1 for a in coordinator.market.agents.values() for g in a.gpus.values()
-                   if g.offerable)
-        print(f"market             {args.agents:,} agents, {len(gpu_rows):,} GPUs "
-              f"({free:,} free); {len(coordinator.pending):,} pending jobs "
-              f"needing {sum(j.request.gpus for j in coordinator.pending.values()):,} GPUs; "
-              f"seed {args.seed}")
-        print(f"enrol+reconcile    {args.agents / build_s:10,.0f} agents/s in memory "
-              f"(parse_inventory + Market.reconcile, 4–8 GPUs each)")
+        free = sum(
+            1 for a in coordinator.market.agents.values() for g in a.gpus.values() if g.offerable
+        )
+        print(
+            f"market             {args.agents:,} agents, {len(gpu_rows):,} GPUs "
+            f"({free:,} free); {len(coordinator.pending):,} pending jobs "
+            f"needing {sum(j.request.gpus for j in coordinator.pending.values()):,} GPUs; "
+            f"seed {args.seed}"
+        )
+        print(
+            f"enrol+reconcile    {args.agents / build_s:10,.0f} agents/s in memory "
+            f"(parse_inventory + Market.reconcile, 4–8 GPUs each)"
+        )
 
         watch = Stopwatch(coordinator)
         started = time.perf_counter()
@@ -223,8 +273,11 @@ def main() -> None:
 
         def extra(db: sqlite_utils.Database) -> None:  # the same rows schedule_once commits
             db.table("auction_rounds").insert_all(
-                [{"job_id": job_id, "at_ms": at, "record": record}
-                 for job_id, at, record in records])
+                [
+                    {"job_id": job_id, "at_ms": at, "record": record}
+                    for job_id, at, record in records
+                ]
+            )
 
         async def commit() -> float:
             database.start()
@@ -241,8 +294,10 @@ def main() -> None:
     placed = len(leases)
     unplaced = Counter(job.reason for job in coordinator.pending.values())
     rate = placed / place_s
-    print(f"auction rounds     {rounds:,} in {place_s:.3f} s: {placed:,} placed, "
-          f"{rounds - placed:,} unplaceable")
+    print(
+        f"auction rounds     {rounds:,} in {place_s:.3f} s: {placed:,} placed, "
+        f"{rounds - placed:,} unplaceable"
+    )
     for reason, n in unplaced.most_common():
         print(f"    {n:7,}  {reason}")
     print(f"placements/s       {rate:10,.0f}  (in memory: candidates + auction + lease)")
@@ -252,25 +307,36 @@ def main() -> None:
     order = sorted(coordinator.jobs.values(), key=lambda j: j.created_at_ms)[:rounds]
     won = [t for t, job in zip(per_job, order, strict=True) if job.id in placed_ids]
     lost = [t for t, job in zip(per_job, order, strict=True) if job.id not in placed_ids]
-    for label, times in (("per round       ", per_job), ("  placed jobs   ", won),
-                         ("  unplaceable   ", lost)):
+    for label, times in (
+        ("per round       ", per_job),
+        ("  placed jobs   ", won),
+        ("  unplaceable   ", lost),
+    ):
         if times:
-            print(f"{label}   p50 {_us(_quantile(times, 0.5))}   p99 {_us(_quantile(times, 0.99))}"
-                  f"   max {_us(max(times))}   total {sum(times):.3f} s")
+            print(
+                f"{label}   p50 {_us(_quantile(times, 0.5))}   p99 {_us(_quantile(times, 0.99))}"
+                f"   max {_us(max(times))}   total {sum(times):.3f} s"
+            )
     cand, auct = sum(watch.candidates_s), sum(watch.auction_s)
-    print(f"  split            Market.candidates {cand / place_s:5.1%}, run_auction "
-          f"{auct / place_s:5.1%}, rest (lease, round record) {1 - (cand + auct) / place_s:5.1%}"
-          f"; offers per round p50 {int(_quantile(watch.offers, 0.5))}, "
-          f"max {max(watch.offers, default=0)}")
+    print(
+        f"  split            Market.candidates {cand / place_s:5.1%}, run_auction "
+        f"{auct / place_s:5.1%}, rest (lease, round record) {1 - (cand + auct) / place_s:5.1%}"
+        f"; offers per round p50 {int(_quantile(watch.offers, 0.5))}, "
+        f"max {max(watch.offers, default=0)}"
+    )
     rows = len(jobs) + len(leases) + len(records)
-    print(f"commit             {commit_s:.3f} s for {len(jobs):,} jobs, {len(leases):,} leases, "
-          f"{len(records):,} rounds ({rows / commit_s:,.0f} rows/s, one transaction)")
-    print(f"end to end         {placed / (place_s + commit_s):10,.0f} placements/s "
-          f"(place + commit)")
-    print(f"ratio to goal      {rate / GOAL:10.2f}  (in memory vs {GOAL:,}/s); end to end "
-          f"{placed / (place_s + commit_s) / GOAL:.2f}")
-    print(f"ratio to Nomad     {rate / NOMAD_C2M:10.2f}  "
-          f"(Nomad C2M ≈ {NOMAD_C2M:,} placements/s)")
+    print(
+        f"commit             {commit_s:.3f} s for {len(jobs):,} jobs, {len(leases):,} leases, "
+        f"{len(records):,} rounds ({rows / commit_s:,.0f} rows/s, one transaction)"
+    )
+    print(
+        f"end to end         {placed / (place_s + commit_s):10,.0f} placements/s (place + commit)"
+    )
+    print(
+        f"ratio to goal      {rate / GOAL:10.2f}  (in memory vs {GOAL:,}/s); end to end "
+        f"{placed / (place_s + commit_s) / GOAL:.2f}"
+    )
+    print(f"ratio to Nomad     {rate / NOMAD_C2M:10.2f}  (Nomad C2M ≈ {NOMAD_C2M:,} placements/s)")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,14 @@ class AgentSpec:
 
 
 def _agent_specs(count: int, interval_s: float) -> list[AgentSpec]:
-    return [AgentSpec(os.urandom(32),
-                      [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(GPUS_PER_AGENT)],
-                      interval_s * n / count)
-            for n in range(count)]
+    return [
+        AgentSpec(
+            os.urandom(32),
+            [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(GPUS_PER_AGENT)],
+            interval_s * n / count,
+        )
+        for n in range(count)
+    ]
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -93,8 +97,9 @@ class LoadGenerator:
     async def _clients(self, url: str, session: aiohttp.ClientSession) -> list[CoordinatorClient]:
         return [CoordinatorClient(url, key, session=session) for key in self.keys]
 
-    async def _beat(self, client: CoordinatorClient, inv: dict[str, Any], due: float,
-                    result: PhaseResult) -> None:
+    async def _beat(
+        self, client: CoordinatorClient, inv: dict[str, Any], due: float, result: PhaseResult
+    ) -> None:
         started = time.monotonic()
         result.lags.append(started - due)
         try:
@@ -107,13 +112,15 @@ class LoadGenerator:
         result.latencies.append(done - due)
         result.done_at.append(done)
 
-    async def steady(self, url: str, start: float, duration_s: float, interval_s: float,
-                     max_in_flight: int) -> PhaseResult:
+    async def steady(
+        self, url: str, start: float, duration_s: float, interval_s: float, max_in_flight: int
+    ) -> PhaseResult:
         """Open loop: each agent heartbeats every interval at its offset, answered or not."""
         result = PhaseResult()
         connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        ) as session:
             clients = await self._clients(url, session)
             schedule = sorted(range(len(clients)), key=lambda i: self.specs[i].offset_s)
             tasks: set[asyncio.Task[None]] = set()
@@ -136,8 +143,9 @@ class LoadGenerator:
                     if len(tasks) >= max_in_flight:
                         result.errors["shed by the load generator (too many in flight)"] += 1
                         continue
-                    task = asyncio.create_task(self._beat(clients[i], self.inventories[i], due,
-                                                          result))
+                    task = asyncio.create_task(
+                        self._beat(clients[i], self.inventories[i], due, result)
+                    )
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 beat += 1
@@ -149,8 +157,9 @@ class LoadGenerator:
         """Closed loop: `connections` workers, each sending again as soon as it is answered."""
         result = PhaseResult()
         connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        ) as session:
             clients = await self._clients(url, session)
             end = start + duration_s
             position = 0
@@ -195,9 +204,11 @@ class LoadProcesses:
         self.procs = []
         for n in range(procs):
             mine, theirs = context.Pipe()
-            proc = context.Process(target=_load_process,
-                                   args=(theirs, specs[n::procs], max(1, connections // procs)),
-                                   daemon=True)
+            proc = context.Process(
+                target=_load_process,
+                args=(theirs, specs[n::procs], max(1, connections // procs)),
+                daemon=True,
+            )
             proc.start()
             self.conns.append(mine)
             self.procs.append(proc)
@@ -282,8 +293,14 @@ class CpuWatch:
 
     def _times(self) -> tuple[float, float, float]:
         total = sum(self.process.cpu_times()[:2])
-        loop = next((t.user_time + t.system_time for t in self.process.threads()
-                     if t.id == self.process.pid), 0.0)
+        loop = next(
+            (
+                t.user_time + t.system_time
+                for t in self.process.threads()
+                if t.id == self.process.pid
+            ),
+            0.0,
+        )
         machine = psutil.cpu_times()
         busy = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
         return total, loop, busy
@@ -291,8 +308,9 @@ class CpuWatch:
     def db_lag_s(self) -> float | None:
         if self.db is None:
             return None
-        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True,
-                                                timeout=5)) as conn:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        ) as conn:
             newest = conn.execute("SELECT MAX(last_seen_ms) FROM agents").fetchone()[0]
         return None if newest is None else max(0.0, time.time() - newest / 1000)
 
@@ -315,9 +333,14 @@ class CpuWatch:
                 lags.append(lag)
         total, loop, machine = self._times()
         wall = time.monotonic() - began
-        return Usage(100 * (total - first[0]) / wall, peak, 100 * (loop - first[1]) / wall,
-                     100 * (machine - first[2]) / wall, lags[-1] if lags else None,
-                     max(lags, default=None))
+        return Usage(
+            100 * (total - first[0]) / wall,
+            peak,
+            100 * (loop - first[1]) / wall,
+            100 * (machine - first[2]) / wall,
+            lags[-1] if lags else None,
+            max(lags, default=None),
+        )
 
 
 def _merge(results: list[PhaseResult]) -> PhaseResult:
@@ -360,8 +383,9 @@ async def enrol_all(url: str, token: str, specs: list[AgentSpec]) -> tuple[int, 
     limit = asyncio.Semaphore(ENROL_CONCURRENCY)
     enrolled = beaten = 0
     connector = aiohttp.TCPConnector(limit=ENROL_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
 
         async def one(n: int, spec: AgentSpec) -> None:
             nonlocal enrolled, beaten
@@ -400,17 +424,21 @@ def _stop(coordinator: CoordinatorProcess, grace_s: float) -> tuple[float, bool]
 
 def _cpu_line(server: str, usage: Usage, load_cpu: float, procs: int) -> str:
     others = max(0.0, usage.machine - usage.server - load_cpu)
-    return (f"{server} {usage.server:5.1f}% (event-loop thread {usage.loop:5.1f}%, busiest "
-            f"second {usage.server_peak:5.1f}%), load generator {load_cpu:5.1f}% ({procs} "
-            f"process{'es' if procs > 1 else ''}), everything else {others:5.1f}%; "
-            f"100% = one core of {os.cpu_count()}")
+    return (
+        f"{server} {usage.server:5.1f}% (event-loop thread {usage.loop:5.1f}%, busiest "
+        f"second {usage.server_peak:5.1f}%), load generator {load_cpu:5.1f}% ({procs} "
+        f"process{'es' if procs > 1 else ''}), everything else {others:5.1f}%; "
+        f"100% = one core of {os.cpu_count()}"
+    )
 
 
 def _lag_line(usage: Usage) -> str:
     if usage.db_lag_s is None or usage.db_lag_max_s is None:
         return "no committed heartbeat yet"
-    return (f"the newest committed heartbeat is {usage.db_lag_s:.1f} s old at the end "
-            f"(at most {usage.db_lag_max_s:.1f} s during the phase)")
+    return (
+        f"the newest committed heartbeat is {usage.db_lag_s:.1f} s old at the end "
+        f"(at most {usage.db_lag_max_s:.1f} s during the phase)"
+    )
 
 
 @dataclass
@@ -432,22 +460,38 @@ class BenchRun:
 def _parse() -> BenchRun:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, help="simulated agents (default 20,000; quick 2,000)")
-    parser.add_argument("--interval-s", type=float,
-                        help="each agent's heartbeat interval (default 10; quick 1)")
-    parser.add_argument("--duration-s", type=float,
-                        help="length of the steady phase (default 30; quick 6)")
-    parser.add_argument("--flood-s", type=float,
-                        help="length of each max-rate phase (default 5; quick 2)")
+    parser.add_argument(
+        "--interval-s", type=float, help="each agent's heartbeat interval (default 10; quick 1)"
+    )
+    parser.add_argument(
+        "--duration-s", type=float, help="length of the steady phase (default 30; quick 6)"
+    )
+    parser.add_argument(
+        "--flood-s", type=float, help="length of each max-rate phase (default 5; quick 2)"
+    )
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes")
-    parser.add_argument("--connections", type=int, default=64,
-                        help="HTTP connections the load generator keeps open, in all")
-    parser.add_argument("--max-in-flight", type=int, default=4096,
-                        help="heartbeats a load process may have outstanding before it sheds")
-    parser.add_argument("--stop-grace-s", type=float,
-                        help="how long the coordinator may take to stop before it is killed "
-                        "(default 10; quick 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="2,000 agents at a 1 s interval (the same offered rate), ~20 s")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="HTTP connections the load generator keeps open, in all",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4096,
+        help="heartbeats a load process may have outstanding before it sheds",
+    )
+    parser.add_argument(
+        "--stop-grace-s",
+        type=float,
+        help="how long the coordinator may take to stop before it is killed (default 10; quick 3)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 agents at a 1 s interval (the same offered rate), ~20 s",
+    )
     args = parser.parse_args()
     quick = args.quick
     return BenchRun(
@@ -456,12 +500,18 @@ def _parse() -> BenchRun:
         duration_s=args.duration_s or (6.0 if quick else 30.0),
         flood_s=args.flood_s or (2.0 if quick else 5.0),
         grace_s=args.stop_grace_s or (3.0 if quick else 10.0),
-        procs=args.load_procs, connections=args.connections, max_in_flight=args.max_in_flight,
+        procs=args.load_procs,
+        connections=args.connections,
+        max_in_flight=args.max_in_flight,
     )
 
 
-def coordinator_phases(run: BenchRun, coordinator: CoordinatorProcess, specs: list[AgentSpec],
-                       load_holder: list[LoadProcesses]) -> tuple[float, float]:
+def coordinator_phases(
+    run: BenchRun,
+    coordinator: CoordinatorProcess,
+    specs: list[AgentSpec],
+    load_holder: list[LoadProcesses],
+) -> tuple[float, float]:
     """Enrol, then the steady and the max-rate phase; returns (steady answered/s, max/s)."""
     coordinator.start()
     assert coordinator.process is not None
@@ -470,23 +520,30 @@ def coordinator_phases(run: BenchRun, coordinator: CoordinatorProcess, specs: li
     started = time.monotonic()
     enrolled, beaten = asyncio.run(enrol_all(coordinator.url, token, specs))
     setup_s = time.monotonic() - started
-    print(f"enrol + 1st beat   {enrolled:,} enrolled and {beaten:,} first heartbeats in "
-          f"{setup_s:.1f} s ({enrolled / setup_s:,.0f} agents/s, {ENROL_CONCURRENCY} at a time)",
-          flush=True)
+    print(
+        f"enrol + 1st beat   {enrolled:,} enrolled and {beaten:,} first heartbeats in "
+        f"{setup_s:.1f} s ({enrolled / setup_s:,.0f} agents/s, {ENROL_CONCURRENCY} at a time)",
+        flush=True,
+    )
 
     load = LoadProcesses(specs, run.procs, run.connections)
     load_holder.append(load)
     start = time.monotonic() + 0.5
-    steady, usage = load.run(watch, ("steady", coordinator.url, start, run.duration_s,
-                                     run.interval_s, run.max_in_flight))
+    steady, usage = load.run(
+        watch, ("steady", coordinator.url, start, run.duration_s, run.interval_s, run.max_in_flight)
+    )
     answered = _in_window(steady, start, run.duration_s) / run.duration_s
-    print(f"steady phase       {run.duration_s:g} s, offered {steady.sent / run.duration_s:,.0f}/s,"
-          f" answered {answered:,.0f}/s within it ({answered / run.offered:.1%}); "
-          f"{steady.ok:,} ok in all; errors: {_errors(steady)}")
-    print(f"  latency          p50 {_ms(_q(steady.latencies, 0.5))}   "
-          f"p99 {_ms(_q(steady.latencies, 0.99))}   "
-          f"max {_ms(max(steady.latencies, default=0))}   (from when due; load generator lag "
-          f"p99 {_ms(_q(steady.lags, 0.99))})")
+    print(
+        f"steady phase       {run.duration_s:g} s, offered {steady.sent / run.duration_s:,.0f}/s,"
+        f" answered {answered:,.0f}/s within it ({answered / run.offered:.1%}); "
+        f"{steady.ok:,} ok in all; errors: {_errors(steady)}"
+    )
+    print(
+        f"  latency          p50 {_ms(_q(steady.latencies, 0.5))}   "
+        f"p99 {_ms(_q(steady.latencies, 0.99))}   "
+        f"max {_ms(max(steady.latencies, default=0))}   (from when due; load generator lag "
+        f"p99 {_ms(_q(steady.lags, 0.99))})"
+    )
     load_cpu = 100 * steady.cpu_s / run.duration_s
     print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, run.procs)}")
     print(f"  database writer  {_lag_line(usage)}", flush=True)
@@ -494,39 +551,48 @@ def coordinator_phases(run: BenchRun, coordinator: CoordinatorProcess, specs: li
     start = time.monotonic() + 0.3
     flood, usage = load.run(watch, ("flood", coordinator.url, start, run.flood_s))
     most = flood.ok / run.flood_s
-    print(f"coordinator max    {most:10,.0f} heartbeats/s, closed loop over {run.connections} "
-          f"connections; p50 {_ms(_q(flood.latencies, 0.5))}  "
-          f"p99 {_ms(_q(flood.latencies, 0.99))}; errors: {_errors(flood)}")
+    print(
+        f"coordinator max    {most:10,.0f} heartbeats/s, closed loop over {run.connections} "
+        f"connections; p50 {_ms(_q(flood.latencies, 0.5))}  "
+        f"p99 {_ms(_q(flood.latencies, 0.99))}; errors: {_errors(flood)}"
+    )
     load_cpu = 100 * flood.cpu_s / run.flood_s
     print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, run.procs)}")
     print(f"  database writer  {_lag_line(usage)}", flush=True)
 
     lag = watch.db_lag_s()
     stop_s, killed = _stop(coordinator, run.grace_s)
-    print(f"  stop             {'killed after' if killed else 'exited in'} {stop_s:.1f} s (it "
-          f"drains the writer's queue first); the newest committed heartbeat was "
-          f"{lag if lag is not None else float('nan'):.1f} s old when it was asked to stop",
-          flush=True)
+    print(
+        f"  stop             {'killed after' if killed else 'exited in'} {stop_s:.1f} s (it "
+        f"drains the writer's queue first); the newest committed heartbeat was "
+        f"{lag if lag is not None else float('nan'):.1f} s old when it was asked to stop",
+        flush=True,
+    )
     return answered, most
 
 
-def bare_phase(run: BenchRun, load: LoadProcesses,
-               bare_holder: list[multiprocessing.process.BaseProcess]) -> float:
+def bare_phase(
+    run: BenchRun, load: LoadProcesses, bare_holder: list[multiprocessing.process.BaseProcess]
+) -> float:
     """The same max-rate phase against a bare aiohttp server; returns its requests/s."""
     port = free_port()
-    bare = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(port,),
-                                                        daemon=True)
+    bare = multiprocessing.get_context("spawn").Process(
+        target=_bare_server, args=(port,), daemon=True
+    )
     bare.start()
     bare_holder.append(bare)
     _wait_listening(port, bare)
     assert bare.pid is not None
     start = time.monotonic() + 0.3
-    ceiling, usage = load.run(CpuWatch(bare.pid),
-                              ("flood", f"http://127.0.0.1:{port}", start, run.flood_s))
+    ceiling, usage = load.run(
+        CpuWatch(bare.pid), ("flood", f"http://127.0.0.1:{port}", start, run.flood_s)
+    )
     most = ceiling.ok / run.flood_s
-    print(f"bare aiohttp max   {most:10,.0f} requests/s, same bodies, same load generator; "
-          f"p50 {_ms(_q(ceiling.latencies, 0.5))}  p99 {_ms(_q(ceiling.latencies, 0.99))}; "
-          f"errors: {_errors(ceiling)}")
+    print(
+        f"bare aiohttp max   {most:10,.0f} requests/s, same bodies, same load generator; "
+        f"p50 {_ms(_q(ceiling.latencies, 0.5))}  p99 {_ms(_q(ceiling.latencies, 0.99))}; "
+        f"errors: {_errors(ceiling)}"
+    )
     load_cpu = 100 * ceiling.cpu_s / run.flood_s
     print(f"  CPU              {_cpu_line('bare server', usage, load_cpu, run.procs)}")
     return most
@@ -536,21 +602,32 @@ def main() -> None:
     run = _parse()
     began = time.monotonic()
     specs = _agent_specs(run.agents, run.interval_s)
-    body = sign_request(PrivateKey.from_seed(specs[0].seed), "POST", HEARTBEAT,
-                        {"ask_per_gpu_hour": ASK, "inventory": inventory(specs[0].uuids)}, 0)
-    print(f"setup              {run.agents:,} agents × {GPUS_PER_AGENT} GPUs, one heartbeat "
-          f"each per {run.interval_s:g} s = {run.offered:,.0f}/s offered; signed body "
-          f"{len(body):,} bytes; {os.cpu_count()} CPUs shared by the server, {run.procs} load "
-          f"process(es) and anything else running", flush=True)
+    body = sign_request(
+        PrivateKey.from_seed(specs[0].seed),
+        "POST",
+        HEARTBEAT,
+        {"ask_per_gpu_hour": ASK, "inventory": inventory(specs[0].uuids)},
+        0,
+    )
+    print(
+        f"setup              {run.agents:,} agents × {GPUS_PER_AGENT} GPUs, one heartbeat "
+        f"each per {run.interval_s:g} s = {run.offered:,.0f}/s offered; signed body "
+        f"{len(body):,} bytes; {os.cpu_count()} CPUs shared by the server, {run.procs} load "
+        f"process(es) and anything else running",
+        flush=True,
+    )
 
     load: list[LoadProcesses] = []
     bare: list[multiprocessing.process.BaseProcess] = []
     with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
-        coordinator = CoordinatorProcess(Path(tmp), settings={
-            "heartbeat_interval_ms": int(run.interval_s * 1000),
-            # enrolment takes a while; no agent may time out before the steady phase
-            "heartbeat_timeout_ms": 3_600_000,
-        })
+        coordinator = CoordinatorProcess(
+            Path(tmp),
+            settings={
+                "heartbeat_interval_ms": int(run.interval_s * 1000),
+                # enrolment takes a while; no agent may time out before the steady phase
+                "heartbeat_timeout_ms": 3_600_000,
+            },
+        )
         try:
             answered, coordinator_max = coordinator_phases(run, coordinator, specs, load)
             bare_max = bare_phase(run, load[0], bare)
@@ -561,9 +638,11 @@ def main() -> None:
             for process in bare:
                 process.terminate()
                 process.join(timeout=10)
-    print(f"ratio              coordinator max / bare {coordinator_max / bare_max:.2f}; "
-          f"steady answered / bare {answered / bare_max:.2f}; "
-          f"steady answered / offered {answered / run.offered:.2f}")
+    print(
+        f"ratio              coordinator max / bare {coordinator_max / bare_max:.2f}; "
+        f"steady answered / bare {answered / bare_max:.2f}; "
+        f"steady answered / offered {answered / run.offered:.2f}"
+    )
     print(f"total              {time.monotonic() - began:.0f} s")
 
 

@@ -101,14 +101,19 @@ class AgentLoad:
 async def setup_market(coordinator: CoordinatorProcess, bench: Bench) -> list[AgentLoad]:
     """Enrol the agents, fund the enterprises, submit a job per GPU, start every lease."""
     token = coordinator.add_provider(1, max_hosts=bench.agents)
-    loads = [AgentLoad(PrivateKey.generate(),
-                       [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(bench.gpus)])
-             for n in range(bench.agents)]
+    loads = [
+        AgentLoad(
+            PrivateKey.generate(),
+            [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(bench.gpus)],
+        )
+        for n in range(bench.agents)
+    ]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
         clients = [CoordinatorClient(coordinator.url, load.key, session=session) for load in loads]
 
         async def enrol(client: CoordinatorClient, load: AgentLoad) -> None:
             from coordinator_harness import inventory
+
             await client.enrol(token, f"bench-{load.agent_id[:8]}")
             await client.heartbeat(PRICE, inventory(load.uuids))
 
@@ -119,14 +124,18 @@ async def setup_market(coordinator: CoordinatorProcess, bench: Bench) -> list[Ag
             api = Api(coordinator.url, coordinator.add_enterprise(100 + n))
             apis.append(api)
             _, account = await api.call("GET", "/v1/account")
-            coordinator.admin("set-credit-limit", "--enterprise", account["id"], "--amount", "100000000")
+            coordinator.admin(
+                "set-credit-limit", "--enterprise", account["id"], "--amount", "100000000"
+            )
         try:
             jobs = bench.agents * bench.gpus
 
             async def submit(n: int) -> None:
                 status, job = await apis[n % ENTERPRISES].submit(
-                    max_price_per_gpu_hour_micro_yuan=PRICE * 2, max_duration_s=86_400,
-                    idempotency_key=f"bench-{n}")
+                    max_price_per_gpu_hour_micro_yuan=PRICE * 2,
+                    max_duration_s=86_400,
+                    idempotency_key=f"bench-{n}",
+                )
                 assert status == 201, job
 
             await asyncio.gather(*(submit(n) for n in range(jobs)))
@@ -174,18 +183,32 @@ def seal_all(loads: list[AgentLoad], bench: Bench) -> tuple[int, float]:
             previous: SealedReceipt | None = None
             chain = []
             for seq in range(1, per_lease + 1):
-                previous = seal_receipt(Receipt(
-                    lease_id=lease["lease_id"], job_id=lease["job_id"], agent_id=load.agent_id,
-                    seq=seq, prev=previous.digest if previous else GENESIS_PREV,
-                    issued_at_ms=_now(), gpu_uuids=tuple(lease["gpu_uuids"]), gpu_ms=seq,
-                    energy_mj=0, utilization_pct=90, peak_memory_bytes=0,
-                    price_per_gpu_hour=lease["price_per_gpu_hour"],
-                    amount=usage_amount(seq, lease["price_per_gpu_hour"]), final=False,
-                    exit_code=None), load.key)
+                previous = seal_receipt(
+                    Receipt(
+                        lease_id=lease["lease_id"],
+                        job_id=lease["job_id"],
+                        agent_id=load.agent_id,
+                        seq=seq,
+                        prev=previous.digest if previous else GENESIS_PREV,
+                        issued_at_ms=_now(),
+                        gpu_uuids=tuple(lease["gpu_uuids"]),
+                        gpu_ms=seq,
+                        energy_mj=0,
+                        utilization_pct=90,
+                        peak_memory_bytes=0,
+                        price_per_gpu_hour=lease["price_per_gpu_hour"],
+                        amount=usage_amount(seq, lease["price_per_gpu_hour"]),
+                        final=False,
+                        exit_code=None,
+                    ),
+                    load.key,
+                )
                 chain.append(previous.envelope)
             chains.append(chain)
         interleaved = [envelope for row in zip(*chains, strict=True) for envelope in row]
-        load.batches = [interleaved[i:i + bench.batch] for i in range(0, len(interleaved), bench.batch)]
+        load.batches = [
+            interleaved[i : i + bench.batch] for i in range(0, len(interleaved), bench.batch)
+        ]
         total += len(interleaved)
     return total, time.perf_counter() - began
 
@@ -240,14 +263,33 @@ async def warm_up(url: str, load: AgentLoad) -> int:
     """Start the coordinator's receipt workers (they start with the first large batch) with a
     batch of forged receipts, all rejected; returns how many were."""
     forger = PrivateKey.generate()
-    forged = [seal_receipt(Receipt(
-        lease_id=f"warm-up-{n}", job_id="warm-up", agent_id=load.agent_id, seq=1, prev=GENESIS_PREV,
-        issued_at_ms=_now(), gpu_uuids=(load.uuids[0],), gpu_ms=0, energy_mj=0, utilization_pct=0,
-        peak_memory_bytes=0, price_per_gpu_hour=PRICE, amount=0, final=False, exit_code=None),
-        forger).envelope for n in range(100)]
+    forged = [
+        seal_receipt(
+            Receipt(
+                lease_id=f"warm-up-{n}",
+                job_id="warm-up",
+                agent_id=load.agent_id,
+                seq=1,
+                prev=GENESIS_PREV,
+                issued_at_ms=_now(),
+                gpu_uuids=(load.uuids[0],),
+                gpu_ms=0,
+                energy_mj=0,
+                utilization_pct=0,
+                peak_memory_bytes=0,
+                price_per_gpu_hour=PRICE,
+                amount=0,
+                final=False,
+                exit_code=None,
+            ),
+            forger,
+        ).envelope
+        for n in range(100)
+    ]
     async with aiohttp.ClientSession() as session:
         answer = await CoordinatorClient(url, load.key, session=session).signed(
-            RECEIPTS, {"receipts": forged}, timeout_s=120)
+            RECEIPTS, {"receipts": forged}, timeout_s=120
+        )
     return sum(1 for r in answer["results"] if r["status"] == "rejected")
 
 
@@ -255,8 +297,9 @@ async def send_all(url: str, loads: list[AgentLoad], concurrency: int) -> HttpRe
     result = HttpResult()
     limit = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
         clients = [CoordinatorClient(url, load.key, session=session) for load in loads]
 
         async def agent(client: CoordinatorClient, load: AgentLoad) -> None:
@@ -297,22 +340,34 @@ class CpuWatch:
 
     def snapshot(self) -> tuple[float, dict[int, float], float, float, dict[int, float], int]:
         threads = {t.id: t.user_time + t.system_time for t in self.process.threads()}
-        return (sum(self.process.cpu_times()[:2]), threads, sum(self.me.cpu_times()[:2]),
-                time.perf_counter(), self.workers(), self.process.io_counters().write_bytes)
+        return (
+            sum(self.process.cpu_times()[:2]),
+            threads,
+            sum(self.me.cpu_times()[:2]),
+            time.perf_counter(),
+            self.workers(),
+            self.process.io_counters().write_bytes,
+        )
 
-    def since(self, before: tuple[float, dict[int, float], float, float, dict[int, float], int]
-              ) -> dict[str, float]:
+    def since(
+        self, before: tuple[float, dict[int, float], float, float, dict[int, float], int]
+    ) -> dict[str, float]:
         total, threads, mine, at, workers, written = self.snapshot()
         wall = at - before[3]
         used = {t: threads[t] - before[1].get(t, 0.0) for t in threads}
         loop = used.get(self.process.pid, 0.0)
         others = sorted((c for t, c in used.items() if t != self.process.pid), reverse=True)
         worker_cpu = sum(c - before[4].get(pid, 0.0) for pid, c in workers.items())
-        return {"server": 100 * (total - before[0]) / wall, "loop": 100 * loop / wall,
-                "busiest_other": 100 * (others[0] if others else 0.0) / wall,
-                "others": 100 * sum(others) / wall, "bench": 100 * (mine - before[2]) / wall,
-                "workers": 100 * worker_cpu / wall, "worker_count": len(workers),
-                "written": written - before[5]}
+        return {
+            "server": 100 * (total - before[0]) / wall,
+            "loop": 100 * loop / wall,
+            "busiest_other": 100 * (others[0] if others else 0.0) / wall,
+            "others": 100 * sum(others) / wall,
+            "bench": 100 * (mine - before[2]) / wall,
+            "workers": 100 * worker_cpu / wall,
+            "worker_count": len(workers),
+            "written": written - before[5],
+        }
 
 
 # -- the in-process replay, phase by phase -----------------------------------------------------
@@ -331,6 +386,7 @@ class Phases:
             finally:
                 self.seconds[name] += time.perf_counter() - began
                 self.calls[name] += 1
+
         return timed
 
     def wrap_async(self, name: str, fn: Any) -> Any:
@@ -341,45 +397,66 @@ class Phases:
             finally:
                 self.seconds[name] += time.perf_counter() - began
                 self.calls[name] += 1
+
         return timed
 
 
-async def replay_in_process(db_path: Path, loads: list[AgentLoad], accepted: int
-                            ) -> tuple[float, int, Phases]:
+async def replay_in_process(
+    db_path: Path, loads: list[AgentLoad], accepted: int
+) -> tuple[float, int, Phases]:
     """Feed the same batches to Coordinator.accept_receipts, one at a time, phases timed."""
-    from coordinator import tlog, vouchers
     from coordinator import receipts as receipt_rules
-    from shared import log_entries
+    from coordinator import tlog, vouchers
     from coordinator.app import load_or_create_key
     from coordinator.config import Settings
     from coordinator.db import Database
     from coordinator.service import Coordinator
+    from shared import log_entries
 
     phases = Phases()
     database = Database(db_path)
-    coordinator = Coordinator(Settings(**SETTINGS), database, load_or_create_key(Path(f"{db_path}.key")))
+    coordinator = Coordinator(
+        Settings(**SETTINGS), database, load_or_create_key(Path(f"{db_path}.key"))
+    )
     database.start()
 
     # what the loop thread does
-    coordinator.authenticate_agent = phases.wrap("request: verify + decode the signed batch",  # type: ignore[method-assign]
-                                                 coordinator.authenticate_agent)
+    coordinator.authenticate_agent = phases.wrap(
+        "request: verify + decode the signed batch",  # type: ignore[method-assign]
+        coordinator.authenticate_agent,
+    )
     coordinator.opener.open_all = phases.wrap_async(  # type: ignore[method-assign]
-        "receipts: signature + decode (worker processes, wall)", coordinator.opener.open_all)
+        "receipts: signature + decode (worker processes, wall)", coordinator.opener.open_all
+    )
     coordinator._answered_before = phases.wrap_async(  # type: ignore[method-assign]
-        "retry check (memory; the database for unknown leases)", coordinator._answered_before)
+        "retry check (memory; the database for unknown leases)", coordinator._answered_before
+    )
     patches: list[tuple[Any, str, Any]] = [
-        (receipt_rules, "check_receipt", phases.wrap("receipts: rules", receipt_rules.check_receipt)),
+        (
+            receipt_rules,
+            "check_receipt",
+            phases.wrap("receipts: rules", receipt_rules.check_receipt),
+        ),
     ]
     # what the writer thread does inside the batch's transaction
     coordinator.receipt_store.store = phases.wrap(  # type: ignore[method-assign]
-        "writer: ReceiptStore.store (all)", coordinator.receipt_store.store)
+        "writer: ReceiptStore.store (all)", coordinator.receipt_store.store
+    )
     patches += [
         (vouchers, "post_usages", phases.wrap("writer: ledger post_usages", vouchers.post_usages)),
         (tlog, "append_entries", phases.wrap("writer: tlog append_entries", tlog.append_entries)),
-        (log_entries, "encode_receipt_entry", phases.wrap("writer: log entries encoded + checked",
-                                                          log_entries.encode_receipt_entry)),
-        (log_entries, "seal_acknowledgement", phases.wrap("writer: acknowledgement sealed + signed",
-                                                          log_entries.seal_acknowledgement)),
+        (
+            log_entries,
+            "encode_receipt_entry",
+            phases.wrap("writer: log entries encoded + checked", log_entries.encode_receipt_entry),
+        ),
+        (
+            log_entries,
+            "seal_acknowledgement",
+            phases.wrap(
+                "writer: acknowledgement sealed + signed", log_entries.seal_acknowledgement
+            ),
+        ),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, value in patches:
@@ -413,24 +490,39 @@ async def replay_in_process(db_path: Path, loads: list[AgentLoad], accepted: int
 def _parse() -> Bench:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, help="simulated agents (default 50; quick 10)")
-    parser.add_argument("--gpus", type=int, default=4, help="GPUs (so leases) per agent (default 4)")
-    parser.add_argument("--receipts", type=int,
-                        help="receipts to send in all (default 40,000; quick 4,000)")
+    parser.add_argument(
+        "--gpus", type=int, default=4, help="GPUs (so leases) per agent (default 4)"
+    )
+    parser.add_argument(
+        "--receipts", type=int, help="receipts to send in all (default 40,000; quick 4,000)"
+    )
     parser.add_argument("--batch", type=int, default=100, help="receipts per request (default 100)")
-    parser.add_argument("--concurrency", type=int, default=16,
-                        help="requests in flight at once, each from a different agent (default 16)")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="skip the in-process replay that times each phase")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="requests in flight at once, each from a different agent (default 16)",
+    )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the in-process replay that times each phase"
+    )
     parser.add_argument("--quick", action="store_true", help="10 agents, 4,000 receipts, ~15 s")
     args = parser.parse_args()
-    return Bench(agents=args.agents or (10 if args.quick else 50), gpus=args.gpus,
-                 receipts=args.receipts or (4_000 if args.quick else 40_000), batch=args.batch,
-                 concurrency=args.concurrency, profile=not args.no_profile)
+    return Bench(
+        agents=args.agents or (10 if args.quick else 50),
+        gpus=args.gpus,
+        receipts=args.receipts or (4_000 if args.quick else 40_000),
+        batch=args.batch,
+        concurrency=args.concurrency,
+        profile=not args.no_profile,
+    )
 
 
 def _snapshot_db(source: Path, target: Path) -> None:
-    with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)) as src, \
-            contextlib.closing(sqlite3.connect(target)) as dst:
+    with (
+        contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)) as src,
+        contextlib.closing(sqlite3.connect(target)) as dst,
+    ):
         src.backup(dst)
     Path(f"{target}.key").write_bytes(Path(f"{source}.key").read_bytes())
     Path(f"{target}.key").chmod(0o600)
@@ -447,64 +539,97 @@ def main() -> None:
             t = time.monotonic()
             loads = asyncio.run(setup_market(coordinator, bench))
             leases = sum(len(load.leases) for load in loads)
-            print(f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
-                  f"started in {time.monotonic() - t:.1f} s", flush=True)
+            print(
+                f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
+                f"started in {time.monotonic() - t:.1f} s",
+                flush=True,
+            )
             snapshot = Path(tmp) / "replay.db"
             if bench.profile:
                 _snapshot_db(coordinator.db, snapshot)
             total, seal_s = seal_all(loads, bench)
             sample = loads[0].batches[0][0]
-            print(f"sealed             {total:,} receipts ({total // leases} per lease, "
-                  f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
-                  f"({total / seal_s:,.0f}/s client side)", flush=True)
+            print(
+                f"sealed             {total:,} receipts ({total // leases} per lease, "
+                f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
+                f"({total / seal_s:,.0f}/s client side)",
+                flush=True,
+            )
 
             verify_rate, sign_rate, size = raw_ed25519(loads, 1.5)
             both = 1 / (1 / verify_rate + 1 / sign_rate)
-            print(f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
-                  f"one core ({size}-byte messages); verify + sign {both:,.0f}/s", flush=True)
+            print(
+                f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
+                f"one core ({size}-byte messages); verify + sign {both:,.0f}/s",
+                flush=True,
+            )
 
             began_warm = time.monotonic()
             refused = asyncio.run(warm_up(coordinator.url, loads[0]))
-            print(f"warm-up            {refused} forged receipts refused, which started the receipt "
-                  f"workers ({time.monotonic() - began_warm:.1f} s)", flush=True)
+            print(
+                f"warm-up            {refused} forged receipts refused, which started the receipt "
+                f"workers ({time.monotonic() - began_warm:.1f} s)",
+                flush=True,
+            )
             watch = CpuWatch(coordinator.process.pid)
             before = watch.snapshot()
             result = asyncio.run(send_all(coordinator.url, loads, bench.concurrency))
             cpu = watch.since(before)
             rate = result.accepted / result.wall_s
-            print(f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
-                  f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
-                  f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
-                  f"errors: {dict(result.errors) or 'none'}")
-            print(f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
-                  f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign")
-            print(f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
-                  f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
-                  f"{max(result.latencies, default=0) * 1000:.1f} ms")
-            print(f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
-                  f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
-                  f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
-                  f"(receipt workers) {cpu['workers']:.0f}%, load generator "
-                  f"{cpu['bench']:.0f}%; 100% = one core of {os.cpu_count()}")
+            print(
+                f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
+                f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
+                f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
+                f"errors: {dict(result.errors) or 'none'}"
+            )
+            print(
+                f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
+                f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign"
+            )
+            print(
+                f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
+                f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
+                f"{max(result.latencies, default=0) * 1000:.1f} ms"
+            )
+            print(
+                f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
+                f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
+                f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
+                f"(receipt workers) {cpu['workers']:.0f}%, load generator "
+                f"{cpu['bench']:.0f}%; 100% = one core of {os.cpu_count()}"
+            )
             if cpu["server"] > 0:
-                per = (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
-                print(f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
-                      f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
-                      f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk")
-            with contextlib.closing(sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True)) as db:
+                per = (
+                    (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
+                )
+                print(
+                    f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
+                    f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
+                    f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk"
+                )
+            with contextlib.closing(
+                sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True)
+            ) as db:
                 stored = db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
                 posted = db.execute("SELECT COUNT(*) FROM ledger_postings").fetchone()[0]
-                logged = db.execute("SELECT COUNT(*) FROM log_entries WHERE kind = "
-                                    "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)").fetchone()[0]
-            print(f"  committed        {stored:,} receipts, {posted:,} ledger postings, "
-                  f"{logged:,} log entries of the last kind", flush=True)
+                logged = db.execute(
+                    "SELECT COUNT(*) FROM log_entries WHERE kind = "
+                    "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)"
+                ).fetchone()[0]
+            print(
+                f"  committed        {stored:,} receipts, {posted:,} ledger postings, "
+                f"{logged:,} log entries of the last kind",
+                flush=True,
+            )
         finally:
             coordinator.stop()
 
         if bench.profile:
             wall, done, phases = asyncio.run(replay_in_process(snapshot, loads, result.accepted))
-            print(f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
-                  f"at a time, no HTTP; loop + writer threads)")
+            print(
+                f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
+                f"at a time, no HTTP; loop + writer threads)"
+            )
             order = sorted(phases.seconds.items(), key=lambda item: -item[1])
             for name, seconds in order:
                 print(f"  {seconds / max(1, done) * 1e6:8.1f} µs/receipt  {name}")

@@ -18,12 +18,21 @@ def _receipts(count: int, key: PrivateKey) -> list[bytes]:
     for i in range(count):
         gpu_ms = 8 * 60_000 * (i + 1)
         receipt = Receipt(
-            lease_id=f"lease-{i:08d}", job_id=f"job-{i:08d}", agent_id=key.public.agent_id,
-            seq=1, prev=GENESIS_PREV, issued_at_ms=1_790_000_000_000 + i,
+            lease_id=f"lease-{i:08d}",
+            job_id=f"job-{i:08d}",
+            agent_id=key.public.agent_id,
+            seq=1,
+            prev=GENESIS_PREV,
+            issued_at_ms=1_790_000_000_000 + i,
             gpu_uuids=tuple(f"GPU-{i:08x}-0000-0000-0000-{g:012x}" for g in range(8)),
-            gpu_ms=gpu_ms, energy_mj=gpu_ms * 700, utilization_pct=93,
-            peak_memory_bytes=70 << 30, price_per_gpu_hour=15_000_000,
-            amount=usage_amount(gpu_ms, 15_000_000), final=False, exit_code=None,
+            gpu_ms=gpu_ms,
+            energy_mj=gpu_ms * 700,
+            utilization_pct=93,
+            peak_memory_bytes=70 << 30,
+            price_per_gpu_hour=15_000_000,
+            amount=usage_amount(gpu_ms, 15_000_000),
+            final=False,
+            exit_code=None,
         )
         envelopes.append(seal_receipt(receipt, key).envelope)
     return envelopes

@@ -33,13 +33,16 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _rows(coordinator: CoordinatorProcess, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def _rows(
+    coordinator: CoordinatorProcess, sql: str, params: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
     with sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True) as db:
         return db.execute(sql, params).fetchall()
 
 
-def _count(coordinator: CoordinatorProcess, table: str, where: str = "1 = 1",
-           params: tuple[Any, ...] = ()) -> int:
+def _count(
+    coordinator: CoordinatorProcess, table: str, where: str = "1 = 1", params: tuple[Any, ...] = ()
+) -> int:
     return int(_rows(coordinator, f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
 
 
@@ -58,8 +61,13 @@ async def _eventually(check: Any, timeout_s: float = 5.0, what: str = "the condi
         await asyncio.sleep(0.1)
 
 
-async def _agent(coordinator: CoordinatorProcess, cleanup: list, uuids: list[str], ask: int = 1_000_000,
-                 provider: int | None = None) -> FakeAgent:
+async def _agent(
+    coordinator: CoordinatorProcess,
+    cleanup: list,
+    uuids: list[str],
+    ask: int = 1_000_000,
+    provider: int | None = None,
+) -> FakeAgent:
     agent = FakeAgent(coordinator.url, uuids, ask)
     cleanup.append(agent)
     await agent.enrol(coordinator.add_provider(provider or 100 + len(cleanup)))
@@ -77,8 +85,14 @@ async def _run(*command: Any, env: dict[str, str], check: bool = True) -> Any:
     """A command line run off the event loop (the coordinator under test shares nothing with it)."""
     import subprocess
 
-    return await asyncio.to_thread(subprocess.run, [str(c) for c in command], capture_output=True,
-                                   text=True, env=env, check=check)
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(c) for c in command],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+    )
 
 
 def _started(tmp_path: Path, **settings: Any) -> CoordinatorProcess:
@@ -100,11 +114,13 @@ def roomy(tmp_path: Path) -> Any:
 
 @pytest.mark.parametrize("depth", [40, 100_000])
 async def test_deeply_nested_json_is_refused_with_400_class_not_500(
-        coordinator: CoordinatorProcess, cleanup: list, depth: int) -> None:
+    coordinator: CoordinatorProcess, cleanup: list, depth: int
+) -> None:
     api = await _enterprise(coordinator, cleanup, 1)
     body = b"[" * depth + b"]" * depth
-    status, answer = await api.call("POST", "/v1/jobs", data=body,
-                                    headers={"Content-Type": "application/json"})
+    status, answer = await api.call(
+        "POST", "/v1/jobs", data=body, headers={"Content-Type": "application/json"}
+    )
     assert status == 422 and answer["error"] == "too_deep", answer
     assert set(answer) == {"error", "detail"}
     nested: Any = "x"
@@ -120,8 +136,12 @@ async def test_deeply_nested_json_is_refused_with_400_class_not_500(
 async def test_deeply_nested_msgpack_is_refused(coordinator: CoordinatorProcess, path: str) -> None:
     for depth in (17, 5_000, 200_000):
         body = b"\x91" * depth + b"\xc0"
-        async with aiohttp.ClientSession() as session, session.post(
-                coordinator.url + path, data=body, headers={"Content-Type": MSGPACK}) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                coordinator.url + path, data=body, headers={"Content-Type": MSGPACK}
+            ) as response,
+        ):
             assert 400 <= response.status < 500, await response.read()
             answer = canonical.decode(await response.read())
             assert set(answer) == {"error", "detail"}
@@ -129,15 +149,18 @@ async def test_deeply_nested_msgpack_is_refused(coordinator: CoordinatorProcess,
     assert "Traceback" not in coordinator.log()
 
 
-async def test_a_token_flood_gets_429_with_retry_after_and_spares_others(tmp_path: Path, cleanup: list) -> None:
+async def test_a_token_flood_gets_429_with_retry_after_and_spares_others(
+    tmp_path: Path, cleanup: list
+) -> None:
     coordinator = _started(tmp_path, token_requests_per_s=1, token_request_burst=5)
     try:
         flooder = await _enterprise(coordinator, cleanup, 1)
         bystander = await _enterprise(coordinator, cleanup, 2)
         began, ok, refused = time.monotonic(), 0, None
         for _ in range(200):
-            async with flooder.session.get(coordinator.url + "/v1/market",
-                                           headers=flooder._headers()) as response:
+            async with flooder.session.get(
+                coordinator.url + "/v1/market", headers=flooder._headers()
+            ) as response:
                 if response.status == 429:
                     refused = (dict(response.headers), await response.json())
                     break
@@ -156,7 +179,9 @@ async def test_a_token_flood_gets_429_with_retry_after_and_spares_others(tmp_pat
         coordinator.stop()
 
 
-async def test_an_agent_flood_gets_429_after_its_signature_is_checked(tmp_path: Path, cleanup: list) -> None:
+async def test_an_agent_flood_gets_429_after_its_signature_is_checked(
+    tmp_path: Path, cleanup: list
+) -> None:
     coordinator = _started(tmp_path, agent_requests_per_s=1, agent_request_burst=5)
     try:
         flooder = await _agent(coordinator, cleanup, ["GPU-f0"])
@@ -164,12 +189,22 @@ async def test_an_agent_flood_gets_429_after_its_signature_is_checked(tmp_path: 
         # forged requests in the flooder's name spend nothing of its allowance
         forger = PrivateKey.generate()
         for _ in range(20):
-            payload, _key_id, signature = msgpack.unpackb(sign_request(
-                forger, "POST", "/v1/agent/leases", {"known_version": -1, "wait_ms": 0}, _now()))
-            envelope = msgpack.packb([payload, flooder.key.public.key_id, signature], use_bin_type=True)
-            async with aiohttp.ClientSession() as session, session.post(
-                    coordinator.url + "/v1/agent/leases", data=envelope,
-                    headers={"Content-Type": MSGPACK}) as response:
+            payload, _key_id, signature = msgpack.unpackb(
+                sign_request(
+                    forger, "POST", "/v1/agent/leases", {"known_version": -1, "wait_ms": 0}, _now()
+                )
+            )
+            envelope = msgpack.packb(
+                [payload, flooder.key.public.key_id, signature], use_bin_type=True
+            )
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    coordinator.url + "/v1/agent/leases",
+                    data=envelope,
+                    headers={"Content-Type": MSGPACK},
+                ) as response,
+            ):
                 assert response.status == 401, await response.read()
         began, ok, refused = time.monotonic(), 0, 0
         for _ in range(30):
@@ -189,7 +224,9 @@ async def test_an_agent_flood_gets_429_after_its_signature_is_checked(tmp_path: 
 # -- a rogue agent: enrolment races, UUID theft and churn, log floods ----------------------------
 
 
-async def test_concurrent_enrolments_with_one_key_give_one_201_and_409s(coordinator: CoordinatorProcess) -> None:
+async def test_concurrent_enrolments_with_one_key_give_one_201_and_409s(
+    coordinator: CoordinatorProcess,
+) -> None:
     token = coordinator.add_provider(1, max_hosts=20)
     key = PrivateKey.generate()
     path = "/v1/agent/enroll"
@@ -197,8 +234,9 @@ async def test_concurrent_enrolments_with_one_key_give_one_201_and_409s(coordina
     async def enrol(session: aiohttp.ClientSession) -> int:
         request = sign_request(key, "POST", path, {"token": token, "hostname": "racer"}, _now())
         body = canonical.encode({"public_key": key.public.raw, "request": request})
-        async with session.post(coordinator.url + path, data=body,
-                                headers={"Content-Type": MSGPACK}) as response:
+        async with session.post(
+            coordinator.url + path, data=body, headers={"Content-Type": MSGPACK}
+        ) as response:
             answer = canonical.decode(await response.read())
             if response.status == 409:
                 assert answer["error"] == "conflict" and "already enrolled" in answer["detail"]
@@ -213,7 +251,8 @@ async def test_concurrent_enrolments_with_one_key_give_one_201_and_409s(coordina
 
 
 async def test_uuid_theft_flags_the_thief_and_clears_when_its_claim_goes(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     victim = await _agent(roomy, cleanup, ["GPU-victim"], ask=2_000_000)
     thief = await _agent(roomy, cleanup, ["GPU-thief-own"], ask=1_000_000)
     thief.uuids = ["GPU-thief-own", "GPU-victim"]
@@ -222,16 +261,21 @@ async def test_uuid_theft_flags_the_thief_and_clears_when_its_claim_goes(
     for _ in range(5):  # repeating the claim adds no flag row
         await thief.heartbeat()
     assert (await victim.heartbeat())["flags"] == []
-    assert _rows(roomy, "SELECT agent_id, kind FROM capacity_flags WHERE cleared_at_ms IS NULL") == [
-        (thief.agent_id, "uuid_conflict")]
-    assert _rows(roomy, "SELECT agent_id FROM gpus WHERE uuid = 'GPU-victim'") == [(victim.agent_id,)]
+    assert _rows(
+        roomy, "SELECT agent_id, kind FROM capacity_flags WHERE cleared_at_ms IS NULL"
+    ) == [(thief.agent_id, "uuid_conflict")]
+    assert _rows(roomy, "SELECT agent_id FROM gpus WHERE uuid = 'GPU-victim'") == [
+        (victim.agent_id,)
+    ]
 
     # the victim's GPU is still sold, and to the victim, although the thief asks less
     api = await _enterprise(roomy, cleanup, 3)
     _, first = await api.submit(max_price_per_gpu_hour_micro_yuan=5_000_000)
     _, second = await api.submit(max_price_per_gpu_hour_micro_yuan=5_000_000)
-    leases = {(await api.wait_for(j["id"], lambda j: j["state"] == "leased"))["agent_id"]
-              for j in (first, second)}
+    leases = {
+        (await api.wait_for(j["id"], lambda j: j["state"] == "leased"))["agent_id"]
+        for j in (first, second)
+    }
     assert leases == {victim.agent_id, thief.agent_id}
     shown = [await api.job(j["id"]) for j in (first, second)]
     assert {tuple(j["gpu_uuids"]) for j in shown} == {("GPU-victim",), ("GPU-thief-own",)}
@@ -245,12 +289,17 @@ async def test_uuid_theft_flags_the_thief_and_clears_when_its_claim_goes(
 
 
 async def test_operators_list_and_clear_flags_on_the_running_server(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(roomy, cleanup, ["GPU-k0", "GPU-k1"])
     agent.uuids = ["GPU-k0"]
     assert (await agent.heartbeat())["flags"] == [{"gpu_uuid": "GPU-k1", "kind": "gpu_missing"}]
     [flag] = roomy.admin_json("flags")["flags"]
-    assert (flag["kind"], flag["gpu_uuid"], flag["agent_id"]) == ("gpu_missing", "GPU-k1", agent.agent_id)
+    assert (flag["kind"], flag["gpu_uuid"], flag["agent_id"]) == (
+        "gpu_missing",
+        "GPU-k1",
+        agent.agent_id,
+    )
     text = roomy.admin("flags").stdout
     assert "gpu_missing" in text and "GPU-k1" in text
     assert roomy.admin_json("clear-flag", str(flag["id"]))["cleared_at_ms"] is not None
@@ -268,7 +317,8 @@ async def test_operators_list_and_clear_flags_on_the_running_server(
 
 
 async def test_a_cleared_uuid_conflict_hands_the_gpu_to_its_claimant(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     # the host really moved: its old agent still names the GPU, the operator says who has it
     old = await _agent(roomy, cleanup, ["GPU-moved"])
     new = await _agent(roomy, cleanup, ["GPU-moved"])
@@ -295,7 +345,9 @@ async def test_uuid_churn_is_bounded(roomy: CoordinatorProcess, cleanup: list) -
             refused = exc
             break
     assert refused is not None, "fresh UUIDs were accepted without end"
-    assert refused.status in (409, 429) and refused.error in ("too_many_gpus", "uuid_churn"), refused
+    assert refused.status in (409, 429) and refused.error in ("too_many_gpus", "uuid_churn"), (
+        refused
+    )
     assert _count(roomy, "gpus") <= 64
     assert _count(roomy, "capacity_flags") <= 64
     # a thief that names and drops a rival's UUID over and over runs out of new names too
@@ -313,8 +365,9 @@ async def test_uuid_churn_is_bounded(roomy: CoordinatorProcess, cleanup: list) -
     assert (await victim.heartbeat())["flags"] == []
 
 
-async def test_a_flood_of_64_fresh_uuids_per_heartbeat_grows_nothing(roomy: CoordinatorProcess,
-                                                                      cleanup: list) -> None:
+async def test_a_flood_of_64_fresh_uuids_per_heartbeat_grows_nothing(
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(roomy, cleanup, [f"GPU-r0-{i}" for i in range(64)])
     with pytest.raises(CoordinatorError) as caught:
         for round_ in range(1, 50):
@@ -325,7 +378,9 @@ async def test_a_flood_of_64_fresh_uuids_per_heartbeat_grows_nothing(roomy: Coor
     assert _count(roomy, "capacity_flags") == 0
 
 
-async def _running_lease(coordinator: CoordinatorProcess, cleanup: list, **job: Any) -> tuple[FakeAgent, Api, dict[str, Any], str]:
+async def _running_lease(
+    coordinator: CoordinatorProcess, cleanup: list, **job: Any
+) -> tuple[FakeAgent, Api, dict[str, Any], str]:
     agent = await _agent(coordinator, cleanup, ["GPU-l0"])
     api = await _enterprise(coordinator, cleanup, 7)
     status, submitted = await api.submit(**job)
@@ -336,7 +391,8 @@ async def _running_lease(coordinator: CoordinatorProcess, cleanup: list, **job: 
 
 
 async def test_a_log_flood_of_tiny_chunks_is_coalesced_and_rate_limited(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     agent, api, lease, job_id = await _running_lease(roomy, cleanup)
     stored = 0
     refused = None
@@ -357,8 +413,11 @@ async def test_a_log_flood_of_tiny_chunks_is_coalesced_and_rate_limited(
 
 
 async def test_auditors_see_job_metadata_but_not_env_values_or_logs(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
-    agent, api, lease, job_id = await _running_lease(roomy, cleanup, env={"PLAIN": "visible-to-owner"})
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
+    agent, api, lease, job_id = await _running_lease(
+        roomy, cleanup, env={"PLAIN": "visible-to-owner"}
+    )
     await agent.client.log_chunk(lease["lease_id"], 0, b"the model's private output\n")
     auditor = Api(roomy.url, roomy.admin_json("add-auditor", "--name", "Nosy")["token"])
     cleanup.append(auditor)
@@ -374,10 +433,12 @@ async def test_auditors_see_job_metadata_but_not_env_values_or_logs(
 
 
 async def test_secret_env_reaches_only_the_winning_agent_and_is_erased_at_the_end(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     bystander = await _agent(roomy, cleanup, ["GPU-by"], ask=9_000_000)
-    agent, api, lease, job_id = await _running_lease(roomy, cleanup, secret_env={"API_KEY": SECRET},
-                                                     max_price_per_gpu_hour_micro_yuan=5_000_000)
+    agent, api, lease, job_id = await _running_lease(
+        roomy, cleanup, secret_env={"API_KEY": SECRET}, max_price_per_gpu_hour_micro_yuan=5_000_000
+    )
     assert lease["job"]["env"] == {"API_KEY": SECRET}
     assert await bystander.leases() == []
     status, shown = await api.call("GET", f"/v1/jobs/{job_id}")
@@ -393,8 +454,11 @@ async def test_secret_env_reaches_only_the_winning_agent_and_is_erased_at_the_en
     assert page["data"] == "connecting with " + "*" * len(SECRET) + "\n"
     # a retry with the same key but another secret is a conflict, not the same job
     key = shown["idempotency_key"]
-    status, answer = await api.submit(secret_env={"API_KEY": "other"}, idempotency_key=key,
-                                      max_price_per_gpu_hour_micro_yuan=5_000_000)
+    status, answer = await api.submit(
+        secret_env={"API_KEY": "other"},
+        idempotency_key=key,
+        max_price_per_gpu_hour_micro_yuan=5_000_000,
+    )
     assert status == 409, answer
     assert _count(roomy, "job_secrets") == 1
 
@@ -412,30 +476,67 @@ def _rows_text(coordinator: CoordinatorProcess) -> str:
 
 
 async def test_secret_env_in_the_cli_is_sent_apart_and_shown_redacted(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     from coordinator_harness import BIN, clean_env
 
     token = roomy.add_enterprise(9)
     env = {**clean_env(), "SUANLI_COORDINATOR": roomy.url, "SUANLI_TOKEN": token}
     submitted = await _run(
-        BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
-        "60s", "--max-price-per-gpu-hour", "1", "--env", "PLAIN=1", "--secret-env", f"TOKEN={SECRET}",
-        "--json", "--", "true", env=env)
+        BIN / "suanli",
+        "job",
+        "submit",
+        "--image",
+        "busybox:latest",
+        "--gpus",
+        "1",
+        "--max-duration",
+        "60s",
+        "--max-price-per-gpu-hour",
+        "1",
+        "--env",
+        "PLAIN=1",
+        "--secret-env",
+        f"TOKEN={SECRET}",
+        "--json",
+        "--",
+        "true",
+        env=env,
+    )
     job = json.loads(submitted.stdout)
-    assert job["spec"]["secret_env"] == {"TOKEN": "<redacted>"} and job["spec"]["env"] == {"PLAIN": "1"}
+    assert job["spec"]["secret_env"] == {"TOKEN": "<redacted>"} and job["spec"]["env"] == {
+        "PLAIN": "1"
+    }
     shown = (await _run(BIN / "suanli", "job", "show", job["id"], env=env)).stdout
     assert "TOKEN=<redacted>" in shown and SECRET not in shown
     both = await _run(
-        BIN / "suanli", "job", "submit", "--image", "busybox:latest", "--gpus", "1", "--max-duration",
-        "60s", "--max-price-per-gpu-hour", "1", "--env", "A=1", "--secret-env", "A=2", env=env,
-        check=False)
+        BIN / "suanli",
+        "job",
+        "submit",
+        "--image",
+        "busybox:latest",
+        "--gpus",
+        "1",
+        "--max-duration",
+        "60s",
+        "--max-price-per-gpu-hour",
+        "1",
+        "--env",
+        "A=1",
+        "--secret-env",
+        "A=2",
+        env=env,
+        check=False,
+    )
     assert both.returncode == 2 and "both" in both.stderr
 
 
 # -- revocations on the running server ----------------------------------------------------------
 
 
-async def test_a_revoked_token_stops_working_within_a_second(roomy: CoordinatorProcess, cleanup: list) -> None:
+async def test_a_revoked_token_stops_working_within_a_second(
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     token = roomy.add_enterprise(5)
     api = Api(roomy.url, token)
     cleanup.append(api)
@@ -457,7 +558,8 @@ async def test_a_revoked_token_stops_working_within_a_second(roomy: CoordinatorP
 
 
 async def test_a_revoked_agent_is_refused_out_of_the_market_and_its_leases_lost(
-        roomy: CoordinatorProcess, cleanup: list) -> None:
+    roomy: CoordinatorProcess, cleanup: list
+) -> None:
     agent, api, lease, job_id = await _running_lease(roomy, cleanup)
     roomy.admin_json("revoke-agent", agent.agent_id)
 
@@ -497,11 +599,17 @@ async def test_a_revoked_agent_is_refused_out_of_the_market_and_its_leases_lost(
 # -- a network replayer and slow clients ----------------------------------------------------------
 
 
-async def test_a_request_replayed_after_a_restart_is_refused(coordinator: CoordinatorProcess,
-                                                             cleanup: list) -> None:
+async def test_a_request_replayed_after_a_restart_is_refused(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
     agent = await _agent(coordinator, cleanup, ["GPU-p0"])
-    body = sign_request(agent.key, "POST", "/v1/agent/heartbeat",
-                        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-p0"])}, _now())
+    body = sign_request(
+        agent.key,
+        "POST",
+        "/v1/agent/heartbeat",
+        {"ask_per_gpu_hour": 1, "inventory": inventory(["GPU-p0"])},
+        _now(),
+    )
     await agent.client._post("/v1/agent/heartbeat", body)
     for kill in (False, True):
         coordinator.stop(kill=kill)
@@ -530,8 +638,10 @@ def test_a_half_sent_body_is_refused_and_disconnected(tmp_path: Path) -> None:
     try:
         token = coordinator.add_enterprise(1)
         with socket.create_connection(("127.0.0.1", coordinator.port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 500\r\n\r\n{\"im")
+            sock.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + token.encode() + b'\r\nContent-Length: 500\r\n\r\n{"im'
+            )
             began = time.monotonic()
             answer = b""
             while chunk := sock.recv(4096):
@@ -556,7 +666,9 @@ def test_msgpack_depth_limits_hold_in_the_shared_decoder() -> None:
         canonical.decode(msgpack.packb(nested))
 
 
-def test_rate_buckets_refill_name_their_wait_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_buckets_refill_name_their_wait_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from coordinator import limits
     from coordinator.errors import TooManyRequests
 
@@ -581,7 +693,8 @@ def test_rate_buckets_refill_name_their_wait_and_stay_bounded(monkeypatch: pytes
 
 
 async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_one(
-        roomy: CoordinatorProcess, cleanup: list, tmp_path: Path) -> None:
+    roomy: CoordinatorProcess, cleanup: list, tmp_path: Path
+) -> None:
     import os
 
     from coordinator_harness import BIN, clean_env
@@ -591,8 +704,19 @@ async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_o
 
     state = tmp_path / "agent-state"
     token = roomy.add_provider(1)
-    await _run(BIN / "suanli-agent", "enroll", "--coordinator", roomy.url, "--token", token,
-               "--state-dir", state, "--hostname", "rotating-host", env=clean_env())
+    await _run(
+        BIN / "suanli-agent",
+        "enroll",
+        "--coordinator",
+        roomy.url,
+        "--token",
+        token,
+        "--state-dir",
+        state,
+        "--hostname",
+        "rotating-host",
+        env=clean_env(),
+    )
     from agent.state import AgentState
     from shared.identity import load_private_key
 
@@ -613,13 +737,17 @@ async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_o
     await old.client.status(lease["lease_id"], "exited", exit_code=0)
     await api.wait_for(busy_job["id"], lambda j: j["state"] == "succeeded")
 
-    rotated = await _run(BIN / "suanli-agent", "rotate-key", "--state-dir", state, env=clean_env(),
-                         check=False)
+    rotated = await _run(
+        BIN / "suanli-agent", "rotate-key", "--state-dir", state, env=clean_env(), check=False
+    )
     assert rotated.returncode == 0, rotated.stderr
     new_key = load_private_key(AgentState(state).key_path)
     assert new_key.public.agent_id != old_key.public.agent_id
     assert oct(os.stat(AgentState(state).key_path).st_mode & 0o777) == "0o600"
-    assert json.loads(AgentState(state).enrolment_path.read_text())["agent_id"] == new_key.public.agent_id
+    assert (
+        json.loads(AgentState(state).enrolment_path.read_text())["agent_id"]
+        == new_key.public.agent_id
+    )
     with pytest.raises(CoordinatorError) as caught:
         await old.heartbeat()
     assert (caught.value.status, caught.value.error) == (401, "agent_revoked")
@@ -636,18 +764,39 @@ async def test_an_agent_rotates_its_key_and_later_receipts_verify_with_the_new_o
     await asyncio.sleep(0.2)
     gpus = tuple(lease["gpu_uuids"])
     receipt = Receipt(
-        lease_id=lease["lease_id"], job_id=job["id"], agent_id=new.agent_id, seq=1, prev=GENESIS_PREV,
-        issued_at_ms=_now(), gpu_uuids=gpus, gpu_ms=10, energy_mj=10, utilization_pct=50,
-        peak_memory_bytes=1 << 30, price_per_gpu_hour=lease["price_per_gpu_hour"],
-        amount=usage_amount(10, lease["price_per_gpu_hour"]), final=False, exit_code=None)
-    answer = await new.client.signed("/v1/agent/receipts",
-                                     {"receipts": [seal_receipt(receipt, new_key).envelope]})
+        lease_id=lease["lease_id"],
+        job_id=job["id"],
+        agent_id=new.agent_id,
+        seq=1,
+        prev=GENESIS_PREV,
+        issued_at_ms=_now(),
+        gpu_uuids=gpus,
+        gpu_ms=10,
+        energy_mj=10,
+        utilization_pct=50,
+        peak_memory_bytes=1 << 30,
+        price_per_gpu_hour=lease["price_per_gpu_hour"],
+        amount=usage_amount(10, lease["price_per_gpu_hour"]),
+        final=False,
+        exit_code=None,
+    )
+    answer = await new.client.signed(
+        "/v1/agent/receipts", {"receipts": [seal_receipt(receipt, new_key).envelope]}
+    )
     assert answer["results"][0]["status"] == "accepted", answer
     logged = _rows(roomy, "SELECT size FROM log_meta WHERE id = 1")[0][0]
 
     async def audited() -> dict[str, Any] | None:
-        audit = await _run(BIN / "suanli", "audit", "verify", "--coordinator", roomy.url, "--json",
-                           env=clean_env(), check=False)
+        audit = await _run(
+            BIN / "suanli",
+            "audit",
+            "verify",
+            "--coordinator",
+            roomy.url,
+            "--json",
+            env=clean_env(),
+            check=False,
+        )
         assert audit.returncode == 0, audit.stdout + audit.stderr
         report = json.loads(audit.stdout)
         # checkpoints are signed every few seconds: wait for one that covers the receipt

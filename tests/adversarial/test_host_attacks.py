@@ -49,25 +49,47 @@ from agent.spool import LeaseRecord
 MIB = 1 << 20
 RUN = secrets.token_hex(4)
 USERNS_HOST_ID = 1_000_000_000
-GPUS = [FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-00000000a001", power_mw=300_000),
-        FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-00000000a002", power_mw=300_000)]
+GPUS = [
+    FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-00000000a001", power_mw=300_000),
+    FakeGpu(uuid="GPU-0b7f6a52-0000-4000-8000-00000000a002", power_mw=300_000),
+]
 
 
 # -- the agent's own container for a job, on a live engine ------------------------------------
 
 
-def agent_spec(short: str, command: list[str], settings: AgentSettings,
-               memory_bytes: int = 256 * MIB) -> ContainerSpec:
+def agent_spec(
+    short: str, command: list[str], settings: AgentSettings, memory_bytes: int = 256 * MIB
+) -> ContainerSpec:
     """The container the agent's runner would create for a one-GPU job (of two) like this."""
-    job = {"image": BUSYBOX_IMAGE, "command": command, "env": {}, "cpus_milli": 1000,
-           "memory_bytes": memory_bytes}
-    record = LeaseRecord(lease_id=f"attack-{RUN}-{short}", job_id="job", gpu_uuids=(GPUS[0].uuid,),
-                         price_per_gpu_hour=1, lease={"job": job}, created_at_ms=0)
-    limits = job_limits(memory_bytes, psutil.virtual_memory().total, settings.memory_reserve_bytes,
-                        1, 2, settings.memory_by_gpu_share, settings.scratch_bytes,
-                        settings.tmp_bytes)
-    return job_spec(record, settings, limits, agent_id="attacker-test", gpu_mode="none",
-                    host_cpus_milli=2000)
+    job = {
+        "image": BUSYBOX_IMAGE,
+        "command": command,
+        "env": {},
+        "cpus_milli": 1000,
+        "memory_bytes": memory_bytes,
+    }
+    record = LeaseRecord(
+        lease_id=f"attack-{RUN}-{short}",
+        job_id="job",
+        gpu_uuids=(GPUS[0].uuid,),
+        price_per_gpu_hour=1,
+        lease={"job": job},
+        created_at_ms=0,
+    )
+    limits = job_limits(
+        memory_bytes,
+        psutil.virtual_memory().total,
+        settings.memory_reserve_bytes,
+        1,
+        2,
+        settings.memory_by_gpu_share,
+        settings.scratch_bytes,
+        settings.tmp_bytes,
+    )
+    return job_spec(
+        record, settings, limits, agent_id="attacker-test", gpu_mode="none", host_cpus_milli=2000
+    )
 
 
 @contextlib.asynccontextmanager
@@ -98,13 +120,15 @@ async def log_files(engine: Engine, engine_service: EngineService, container_id:
 
 
 async def test_a_log_flood_stays_bounded_on_the_hosts_disk(
-        engine: Engine, engine_service: EngineService) -> None:
+    engine: Engine, engine_service: EngineService
+) -> None:
     """Attack: 300 MB of stdout made an 811 MB engine log. Here 24 MB against a 1 MiB bound."""
     bound = 1 * MIB
     settings = AgentSettings(engine_log_max_bytes=bound)
     line = "x" * 199
-    flood = agent_spec("logflood", ["sh", "-c", f"yes {line} | head -c 24000000; echo done"],
-                       settings)
+    flood = agent_spec(
+        "logflood", ["sh", "-c", f"yes {line} | head -c 24000000; echo done"], settings
+    )
     async with running(engine, flood) as container_id:
         files = await log_files(engine, engine_service, container_id)
         largest = 0
@@ -126,10 +150,12 @@ async def test_a_log_flood_stays_bounded_on_the_hosts_disk(
 async def test_the_root_filesystem_is_read_only_and_scratch_is_bounded(engine: Engine) -> None:
     """Attack: the root filesystem was writable without a quota."""
     settings = AgentSettings(scratch_bytes=8 * MIB, tmp_bytes=4 * MIB)
-    script = ("touch /attack; echo root=$?; touch /etc/attack; echo etc=$?; "
-              "dd if=/dev/zero of=/scratch/fill bs=1M count=64; echo scratch=$?; "
-              "wc -c < /scratch/fill; dd if=/dev/zero of=/tmp/fill bs=1M count=64; echo tmp=$?; "
-              "wc -c < /tmp/fill; echo home=$HOME")
+    script = (
+        "touch /attack; echo root=$?; touch /etc/attack; echo etc=$?; "
+        "dd if=/dev/zero of=/scratch/fill bs=1M count=64; echo scratch=$?; "
+        "wc -c < /scratch/fill; dd if=/dev/zero of=/tmp/fill bs=1M count=64; echo tmp=$?; "
+        "wc -c < /tmp/fill; echo home=$HOME"
+    )
     writer = agent_spec("writer", ["sh", "-c", script], settings)
     async with running(engine, writer) as container_id:
         assert await engine.wait(container_id, timeout_s=30) == 0
@@ -149,8 +175,12 @@ async def test_tmpfs_pages_are_charged_to_the_jobs_memory(engine: Engine) -> Non
     agent_made = agent_spec("tmpfs", ["true"], settings, memory_bytes=32 * MIB)
     assert agent_made.tmpfs == {"/scratch": 16 * MIB, "/tmp": 8 * MIB}
     script = "dd if=/dev/zero of=/scratch/f bs=1M count=96; echo dd=$?; wc -c < /scratch/f"
-    oversized = replace(agent_made, name=f"attack-{RUN}-tmpfs-big", tmpfs={"/scratch": 128 * MIB},
-                        command=("sh", "-c", script))
+    oversized = replace(
+        agent_made,
+        name=f"attack-{RUN}-tmpfs-big",
+        tmpfs={"/scratch": 128 * MIB},
+        command=("sh", "-c", script),
+    )
     async with running(engine, oversized) as container_id:
         assert await engine.wait(container_id, timeout_s=30) == 0
         text = await output(engine, container_id)
@@ -158,15 +188,20 @@ async def test_tmpfs_pages_are_charged_to_the_jobs_memory(engine: Engine) -> Non
     assert int(text.split()[-1]) <= 32 * MIB
 
 
-async def test_container_root_is_not_host_root(engine: Engine, engine_service: EngineService) -> None:
+async def test_container_root_is_not_host_root(
+    engine: Engine, engine_service: EngineService
+) -> None:
     """Attack: the job ran as uid 0 without a user namespace, so container root was host root."""
     settings = AgentSettings(userns_host_id=USERNS_HOST_ID)
     sleeper = agent_spec("root", ["sh", "-c", "id -u; id -g; sleep 30"], settings)
     async with running(engine, sleeper) as container_id:
         pid = (await engine.state(container_id)).pid
         assert pid > 0
-        status = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        status = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":" in line
+        )
         host_uids = {int(v) for v in status["Uid"].split()}
         host_gids = {int(v) for v in status["Gid"].split()}
         uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
@@ -206,15 +241,20 @@ def remapping_docker() -> Iterator[EngineService]:
     for name in ("subuid", "subgid"):
         (workdir / name).write_text(f"nobody:{REMAP_HOST_ID}:65536\n")
     (workdir / "daemon.json").write_text("{}\n")
-    script = (f"mount --bind {workdir}/subuid /etc/subuid && "
-              f"mount --bind {workdir}/subgid /etc/subgid && "
-              f"exec dockerd --host unix://{workdir}/docker.sock "
-              f"--config-file {workdir}/daemon.json --data-root {workdir}/data "
-              f"--exec-root {workdir}/exec --pidfile {workdir}/docker.pid --iptables=false "
-              f"--ip6tables=false --bridge=none --userns-remap=nobody:nogroup")
-    service = engines._spawn("docker", workdir, ["unshare", "--mount", "--propagation",
-                                                 "private", "sh", "-c", script],
-                             dict(os.environ))
+    script = (
+        f"mount --bind {workdir}/subuid /etc/subuid && "
+        f"mount --bind {workdir}/subgid /etc/subgid && "
+        f"exec dockerd --host unix://{workdir}/docker.sock "
+        f"--config-file {workdir}/daemon.json --data-root {workdir}/data "
+        f"--exec-root {workdir}/exec --pidfile {workdir}/docker.pid --iptables=false "
+        f"--ip6tables=false --bridge=none --userns-remap=nobody:nogroup"
+    )
+    service = engines._spawn(
+        "docker",
+        workdir,
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        dict(os.environ),
+    )
     try:
         service.wait_ready()
         service.import_image(BUSYBOX_IMAGE, engines.busybox_rootfs())
@@ -224,7 +264,8 @@ def remapping_docker() -> Iterator[EngineService]:
 
 
 async def test_docker_with_userns_remap_keeps_root_off_the_host(
-        remapping_docker: EngineService) -> None:
+    remapping_docker: EngineService,
+) -> None:
     """Where the operator turns on userns-remap, Docker jobs keep root inside, not outside."""
     settings = AgentSettings()
     sleeper = agent_spec("remap", ["sh", "-c", "id -u; sleep 30"], settings)
@@ -234,8 +275,11 @@ async def test_docker_with_userns_remap_keeps_root_off_the_host(
         async with running(engine, sleeper) as container_id:
             config = (await engine.inspect(container_id))["Config"]
             pid = (await engine.state(container_id)).pid
-            uid_line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                            if line.startswith("Uid:"))
+            uid_line = next(
+                line
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("Uid:")
+            )
             deadline = time.monotonic() + 10
             while not (await output(engine, container_id)).strip() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -249,13 +293,15 @@ async def test_docker_with_userns_remap_keeps_root_off_the_host(
 
 
 class Stack:
-    def __init__(self, coordinator: CoordinatorProcess, agent: AgentProcess, api: Api,
-                 engine: EngineService) -> None:
+    def __init__(
+        self, coordinator: CoordinatorProcess, agent: AgentProcess, api: Api, engine: EngineService
+    ) -> None:
         self.coordinator, self.agent, self.api, self.engine = coordinator, agent, api, engine
 
     async def submit(self, image: str, command: list[str], **fields: Any) -> str:
-        status, job = await self.api.submit(image=image, command=command,
-                                            max_price_per_gpu_hour_micro_yuan=10_000_000, **fields)
+        status, job = await self.api.submit(
+            image=image, command=command, max_price_per_gpu_hour_micro_yuan=10_000_000, **fields
+        )
         assert status == 201, job
         return str(job["id"])
 
@@ -263,12 +309,15 @@ class Stack:
         try:
             return await self.api.wait_for(job_id, predicate, timeout_s)
         except AssertionError:
-            raise AssertionError(f"{await self.api.job(job_id)}\n--- agent log ---\n"
-                                 f"{self.agent.log()[-4000:]}") from None
+            raise AssertionError(
+                f"{await self.api.job(job_id)}\n--- agent log ---\n{self.agent.log()[-4000:]}"
+            ) from None
 
     def containers(self) -> list[dict[str, Any]]:
         filters = urllib.parse.quote(json.dumps({"label": [f"suanli.agent={self.agent.agent_id}"]}))
-        status, body = self.engine.request("GET", f"/v1.41/containers/json?all=true&filters={filters}")
+        status, body = self.engine.request(
+            "GET", f"/v1.41/containers/json?all=true&filters={filters}"
+        )
         assert status == 200, body
         return list(json.loads(body))
 
@@ -278,8 +327,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def agent_stack(tmp_path: Path, engine_service: EngineService,
-                      **settings: Any) -> AsyncIterator[Stack]:
+async def agent_stack(
+    tmp_path: Path, engine_service: EngineService, **settings: Any
+) -> AsyncIterator[Stack]:
     coordinator = CoordinatorProcess(tmp_path / "coordinator")
     coordinator.workdir.mkdir()
     coordinator.start()
@@ -298,7 +348,9 @@ async def agent_stack(tmp_path: Path, engine_service: EngineService,
                 break
             await asyncio.sleep(0.2)
         else:
-            raise AssertionError(f"the agent's GPUs never reached the market:\n{agent.log()[-3000:]}")
+            raise AssertionError(
+                f"the agent's GPUs never reached the market:\n{agent.log()[-3000:]}"
+            )
         yield stack
     finally:
         agent.stop()
@@ -309,7 +361,8 @@ async def agent_stack(tmp_path: Path, engine_service: EngineService,
 
 
 async def test_a_job_asking_2_44_bytes_runs_with_the_hosts_cap(
-        tmp_path: Path, engine_service: EngineService) -> None:
+    tmp_path: Path, engine_service: EngineService
+) -> None:
     """Attack: 2^44 bytes of memory passed through to the engine, not capped by the host."""
     reserve = 2 << 30
     async with agent_stack(tmp_path, engine_service, memory_reserve_bytes=reserve) as stack:
@@ -354,8 +407,10 @@ class Listener:
                 connection.settimeout(2)
                 with contextlib.suppress(OSError):
                     connection.recv(65536)
-                    connection.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 25"
-                                       b"\r\nConnection: close\r\n\r\nprovider-internal-secret\n")
+                    connection.sendall(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 25"
+                        b"\r\nConnection: close\r\n\r\nprovider-internal-secret\n"
+                    )
 
     def close(self) -> None:
         self._stop.set()
@@ -373,7 +428,8 @@ def loopback_service() -> Iterator[Listener]:
 
 
 async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
-        tmp_path: Path, engine_service: EngineService, loopback_service: Listener) -> None:
+    tmp_path: Path, engine_service: EngineService, loopback_service: Listener
+) -> None:
     """Attack: `127.0.0.1:PORT/...` made the provider's engine call its own loopback."""
     registry = f"127.0.0.1:{loopback_service.port}"
     # The attack itself: the engine, asked directly, does connect to the provider's loopback.
@@ -394,12 +450,14 @@ async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
 
 
 async def test_an_engine_pull_error_does_not_reach_the_enterprise(
-        tmp_path: Path, engine_service: EngineService, loopback_service: Listener) -> None:
+    tmp_path: Path, engine_service: EngineService, loopback_service: Listener
+) -> None:
     """Attack: the engine's pull error, naming the provider's network, went to the enterprise.
     Here the operator allows a registry on its own network, which then fails."""
     registry = f"127.0.0.1:{loopback_service.port}"
-    async with agent_stack(tmp_path, engine_service, registry_allow=[registry],
-                           registry_refuse_private=False) as stack:
+    async with agent_stack(
+        tmp_path, engine_service, registry_allow=[registry], registry_refuse_private=False
+    ) as stack:
         image = f"{registry}/team/x:1"
         job_id = await stack.submit(image, ["true"])
         job = await stack.wait(job_id, lambda j: j["state"] == "failed", timeout_s=60)
@@ -413,11 +471,22 @@ async def test_an_engine_pull_error_does_not_reach_the_enterprise(
 
 
 def test_self_test_says_whether_container_root_is_host_root(
-        tmp_path: Path, engine_service: EngineService) -> None:
+    tmp_path: Path, engine_service: EngineService
+) -> None:
     result = subprocess.run(
-        [BIN / "suanli-agent", "self-test", "--state-dir", str(tmp_path / "none"),
-         "--engine-socket", str(engine_service.socket), "--json"],
-        capture_output=True, text=True, check=False)
+        [
+            BIN / "suanli-agent",
+            "self-test",
+            "--state-dir",
+            str(tmp_path / "none"),
+            "--engine-socket",
+            str(engine_service.socket),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     checks = {c["check"]: c for c in json.loads(result.stdout)}
     root = checks["container root"]
     assert root["ok"], root
@@ -437,13 +506,16 @@ def test_self_test_says_whether_container_root_is_host_root(
 
 
 async def test_a_log_flood_through_the_agent_ends_and_ships_what_it_can(
-        tmp_path: Path, engine_service: EngineService) -> None:
+    tmp_path: Path, engine_service: EngineService
+) -> None:
     """The bound on disk must not stall the agent's own log shipping or the job's end. What
     the engine rotated away before the agent read it is lost: the bound is a window."""
-    async with agent_stack(tmp_path, engine_service, engine_log_max_bytes=256 * 1024,
-                           max_job_log_bytes=512 * 1024) as stack:
-        job_id = await stack.submit(BUSYBOX_IMAGE, [
-            "sh", "-c", f"echo first; yes {'y' * 99} | head -c 8000000; echo last"])
+    async with agent_stack(
+        tmp_path, engine_service, engine_log_max_bytes=256 * 1024, max_job_log_bytes=512 * 1024
+    ) as stack:
+        job_id = await stack.submit(
+            BUSYBOX_IMAGE, ["sh", "-c", f"echo first; yes {'y' * 99} | head -c 8000000; echo last"]
+        )
         began = time.monotonic()
         job = await stack.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"))
         assert job["state"] == "succeeded", job

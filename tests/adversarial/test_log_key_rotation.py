@@ -26,8 +26,8 @@ async def _pinned(tmp_path: Path, story: Story, log_key: PrivateKey) -> tuple[Pa
 
 
 async def test_a_rotation_signed_by_another_key_than_the_one_in_force_fails_the_audit(
-        tmp_path: Path, story: Story, log_key: PrivateKey,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, state, before = await _pinned(tmp_path, story, log_key)
     origin = tlog.default_origin(log_key)
     thief, forger = PrivateKey.generate(), PrivateKey.generate()
@@ -43,35 +43,46 @@ async def test_a_rotation_signed_by_another_key_than_the_one_in_force_fails_the_
     # `suanli audit verify` exits 3 naming what failed
     parser = argparse.ArgumentParser(prog="suanli")
     parser.add_argument("--json", action="store_true", default=False)
-    audit.add_commands(parser.add_subparsers(), lambda leaf, top: leaf.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS))
+    audit.add_commands(
+        parser.add_subparsers(),
+        lambda leaf, top: leaf.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS
+        ),
+    )
     args = parser.parse_args(["audit", "verify", "--state", str(state), "--json"])
     async with serving(path, thief, origin=origin) as url:
         assert await asyncio.to_thread(audit.main, args, url) == audit.EXIT_DISCREPANCY
     failed = json.loads(capsys.readouterr().out)["discrepancies"]
-    assert any(d["code"] == "log_key_signature" and "not signed by the key in force" in d["detail"]
-               for d in failed)
+    assert any(
+        d["code"] == "log_key_signature" and "not signed by the key in force" in d["detail"]
+        for d in failed
+    )
     assert state.read_text() == before
 
 
 async def test_a_rotation_from_a_key_the_log_never_had_fails_the_audit(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state, before = await _pinned(tmp_path, story, log_key)
     origin = tlog.default_origin(log_key)
     thief, accomplice = PrivateKey.generate(), PrivateKey.generate()
     # a chain of its own: the first rotation says the log's first key was the thief's
-    leaves = story.honest() + [story.acknowledgement_entry(),
-                               story.rotation_entry(accomplice, old_key=thief)]
+    leaves = story.honest() + [
+        story.acknowledgement_entry(),
+        story.rotation_entry(accomplice, old_key=thief),
+    ]
     write_log(path, accomplice, leaves, origin)
     report = await verify(path, accomplice, state, origin=origin)
     assert codes(report) == {"untrusted_log_key"}  # and nothing signed by the thieves is believed
     assert str(tlog.verifier_key_text(log_key, origin)) in next(
-        d.detail for d in report.discrepancies if d.code == "untrusted_log_key")
+        d.detail for d in report.discrepancies if d.code == "untrusted_log_key"
+    )
     assert not report.state_saved and state.read_text() == before
 
 
 async def test_a_rotation_signed_by_a_retired_key_fails_the_audit(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state, _ = await _pinned(tmp_path, story, log_key)
     origin = tlog.default_origin(log_key)
     successor, thief = PrivateKey.generate(), PrivateKey.generate()
@@ -82,11 +93,13 @@ async def test_a_rotation_signed_by_a_retired_key_fails_the_audit(
     assert {"log_key_signature", "checkpoint_signature"} <= codes(report)
     assert [d.index for d in report.discrepancies if d.code == "log_key_signature"] == [17]
     assert "another key than the one expected" in next(
-        d.detail for d in report.discrepancies if d.code == "log_key_signature")
+        d.detail for d in report.discrepancies if d.code == "log_key_signature"
+    )
 
 
 async def test_a_checkpoint_signed_by_an_unchained_key_fails_the_audit(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state, before = await _pinned(tmp_path, story, log_key)
     origin = tlog.default_origin(log_key)
     successor, stranger = PrivateKey.generate(), PrivateKey.generate()
@@ -107,7 +120,8 @@ async def test_a_checkpoint_signed_by_an_unchained_key_fails_the_audit(
 
 
 async def test_an_acknowledgement_by_the_old_key_after_the_rotation_fails_the_audit(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path, state, _ = await _pinned(tmp_path, story, log_key)
     origin = tlog.default_origin(log_key)
     successor = PrivateKey.generate()
@@ -119,7 +133,8 @@ async def test_an_acknowledgement_by_the_old_key_after_the_rotation_fails_the_au
 
 
 async def test_one_receipt_is_refused_against_a_checkpoint_the_chain_does_not_reach(
-        tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey
+) -> None:
     path = tmp_path / "c.db"
     origin = tlog.default_origin(log_key)
     thief, forger = PrivateKey.generate(), PrivateKey.generate()
@@ -131,7 +146,8 @@ async def test_one_receipt_is_refused_against_a_checkpoint_the_chain_does_not_re
 
 
 async def test_a_rotation_hidden_from_a_receipt_holder_leaves_the_checkpoint_unverified(
-        tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "c.db"
     origin = tlog.default_origin(log_key)
     successor = PrivateKey.generate()

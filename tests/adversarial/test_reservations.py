@@ -32,20 +32,36 @@ CREDIT = 3 * (MAX_COST - CAP)  # what the old reservations took for three jobs
 def _config(workdir: Path) -> Path:
     path = workdir / "attack.toml"
     path.write_text(
-        "[coordinator]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST_SETTINGS.items())
+        "[coordinator]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST_SETTINGS.items())
         + "\n[vouchers]\n"
         f"coverage_bps = 5000\nper_company_cap_micro_yuan = {CAP}\n"
-        f"default_credit_limit_micro_yuan = {CREDIT}\n")
+        f"default_credit_limit_micro_yuan = {CREDIT}\n"
+    )
     return path
 
 
 def _receipt(agent: FakeAgent, lease: dict[str, Any], gpu_ms: int) -> SealedReceipt:
-    return seal_receipt(Receipt(
-        lease_id=lease["lease_id"], job_id=lease["job_id"], agent_id=agent.agent_id, seq=1,
-        prev=GENESIS_PREV, issued_at_ms=time.time_ns() // 1_000_000,
-        gpu_uuids=tuple(lease["gpu_uuids"]), gpu_ms=gpu_ms, energy_mj=0, utilization_pct=90,
-        peak_memory_bytes=0, price_per_gpu_hour=PRICE, amount=usage_amount(gpu_ms, PRICE),
-        final=False, exit_code=None), agent.key)
+    return seal_receipt(
+        Receipt(
+            lease_id=lease["lease_id"],
+            job_id=lease["job_id"],
+            agent_id=agent.agent_id,
+            seq=1,
+            prev=GENESIS_PREV,
+            issued_at_ms=time.time_ns() // 1_000_000,
+            gpu_uuids=tuple(lease["gpu_uuids"]),
+            gpu_ms=gpu_ms,
+            energy_mj=0,
+            utilization_pct=90,
+            peak_memory_bytes=0,
+            price_per_gpu_hour=PRICE,
+            amount=usage_amount(gpu_ms, PRICE),
+            final=False,
+            exit_code=None,
+        ),
+        agent.key,
+    )
 
 
 async def _leases(agent: FakeAgent, count: int) -> list[dict[str, Any]]:
@@ -59,7 +75,8 @@ async def _leases(agent: FakeAgent, count: int) -> list[dict[str, Any]]:
 
 
 async def test_three_jobs_on_one_credit_limit_the_third_is_refused_at_submission(
-        tmp_path: Path, cleanup: list[Any]) -> None:
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
     config = _config(tmp_path)
     coordinator = CoordinatorProcess(tmp_path, extra_args=["--config", str(config)]).start()
     try:
@@ -71,13 +88,15 @@ async def test_three_jobs_on_one_credit_limit_the_third_is_refused_at_submission
 async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[Any]) -> None:
     agent = FakeAgent(coordinator.url, ["GPU-t0", "GPU-t1", "GPU-t2"], PRICE)
     cleanup.append(agent)
-    provider = coordinator.admin_json("--config", str(config), "add-provider", "--name", "DC",
-                                      "--uscc", uscc(71))
+    provider = coordinator.admin_json(
+        "--config", str(config), "add-provider", "--name", "DC", "--uscc", uscc(71)
+    )
     await agent.enrol(provider["enrolment_token"])
     await agent.heartbeat()
     agent.keep_alive()
-    enterprise = coordinator.admin_json("--config", str(config), "add-enterprise", "--name", "Buyer",
-                                        "--uscc", uscc(72))
+    enterprise = coordinator.admin_json(
+        "--config", str(config), "add-enterprise", "--name", "Buyer", "--uscc", uscc(72)
+    )
     api = Api(coordinator.url, enterprise["token"])
     cleanup.append(api)
 
@@ -105,15 +124,19 @@ async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[A
         await agent.client.status(lease["lease_id"], "started")
     await asyncio.sleep(BILLED_MS / 1000 + 0.3)
     sealed = [_receipt(agent, lease, BILLED_MS) for lease in leases]
-    answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [s.envelope for s in sealed]})
+    answer = await agent.client.signed(
+        "/v1/agent/receipts", {"receipts": [s.envelope for s in sealed]}
+    )
     assert [r["status"] for r in answer["results"]] == ["accepted", "accepted"], answer
     charged = usage_amount(BILLED_MS, PRICE)
     jobs = [await api.job(first[1]["id"]), await api.job(second[1]["id"])]
     assert [j["charged_micro_yuan"] for j in jobs] == [charged, charged]
     assert sum(j["voucher_micro_yuan"] for j in jobs) <= CAP
     with sqlite3.connect(coordinator.db) as db:
-        earned = db.execute("SELECT credits_posted FROM ledger_accounts WHERE id = ?",
-                            [f"earnings:{provider['provider_id']}"]).fetchone()[0]
+        earned = db.execute(
+            "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
+            [f"earnings:{provider['provider_id']}"],
+        ).fetchone()[0]
         refusals = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
     assert earned == 2 * charged, "the provider is paid for everything it served"
     assert refusals == 0

@@ -12,11 +12,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from coordinator_harness import (
+    FAST_SETTINGS,
+    Api,
+    CoordinatorProcess,
+    FakeAgent,
+    seller_and_buyer,
+    started_lease,
+)
 
 from coordinator.client import audit
-from coordinator_harness import (
-    FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, seller_and_buyer, started_lease,
-)
 from shared.billing_window import CLOCK_SKEW_MS
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
@@ -32,26 +37,51 @@ def _now() -> int:
 class Rogue:
     """An agent's key on a lease, signing receipts of any content it chooses."""
 
-    def __init__(self, coordinator: CoordinatorProcess, agent: FakeAgent, api: Api,
-                 lease: dict[str, Any], job_id: str) -> None:
-        self.coordinator, self.agent, self.api, self.lease, self.job_id = coordinator, agent, api, lease, job_id
+    def __init__(
+        self,
+        coordinator: CoordinatorProcess,
+        agent: FakeAgent,
+        api: Api,
+        lease: dict[str, Any],
+        job_id: str,
+    ) -> None:
+        self.coordinator, self.agent, self.api, self.lease, self.job_id = (
+            coordinator,
+            agent,
+            api,
+            lease,
+            job_id,
+        )
         self.chain: list[SealedReceipt] = []
 
-    def receipt(self, gpu_ms: int, issued_at_ms: int | None = None, **changes: Any) -> SealedReceipt:
+    def receipt(
+        self, gpu_ms: int, issued_at_ms: int | None = None, **changes: Any
+    ) -> SealedReceipt:
         previous = self.chain[-1] if self.chain else None
         price = self.lease["price_per_gpu_hour"]
         receipt = Receipt(
-            lease_id=self.lease["lease_id"], job_id=self.job_id, agent_id=self.agent.agent_id,
+            lease_id=self.lease["lease_id"],
+            job_id=self.job_id,
+            agent_id=self.agent.agent_id,
             seq=previous.receipt.seq + 1 if previous else 1,
             prev=previous.digest if previous else GENESIS_PREV,
             issued_at_ms=_now() if issued_at_ms is None else issued_at_ms,
-            gpu_uuids=tuple(self.lease["gpu_uuids"]), gpu_ms=gpu_ms, energy_mj=0,
-            utilization_pct=50, peak_memory_bytes=0, price_per_gpu_hour=price,
-            amount=usage_amount(gpu_ms, price), final=False, exit_code=None)._replace(**changes)
+            gpu_uuids=tuple(self.lease["gpu_uuids"]),
+            gpu_ms=gpu_ms,
+            energy_mj=0,
+            utilization_pct=50,
+            peak_memory_bytes=0,
+            price_per_gpu_hour=price,
+            amount=usage_amount(gpu_ms, price),
+            final=False,
+            exit_code=None,
+        )._replace(**changes)
         return seal_receipt(receipt, self.agent.key)
 
     async def send(self, sealed: SealedReceipt) -> dict[str, Any]:
-        answer = await self.agent.client.signed("/v1/agent/receipts", {"receipts": [sealed.envelope]})
+        answer = await self.agent.client.signed(
+            "/v1/agent/receipts", {"receipts": [sealed.envelope]}
+        )
         [result] = answer["results"]
         if result["status"] == "accepted":
             self.chain.append(sealed)
@@ -63,7 +93,8 @@ class Rogue:
             created, started, max_ms, grace, stop, ended = db.execute(
                 "SELECT created_at_ms, started_at_ms, max_duration_ms, stop_grace_ms, "
                 "stop_requested_at_ms, ended_at_ms FROM leases WHERE id = ?",
-                [self.lease["lease_id"]]).fetchone()
+                [self.lease["lease_id"]],
+            ).fetchone()
         closes = created + max_ms
         if stop is not None:
             closes = min(closes, stop + grace)
@@ -73,8 +104,12 @@ class Rogue:
 
     def charged(self) -> int:
         with sqlite3.connect(self.coordinator.db) as db:
-            return int(db.execute("SELECT COALESCE(SUM(amount), 0) FROM ledger_postings WHERE job_id = ?",
-                                  [self.job_id]).fetchone()[0])
+            return int(
+                db.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM ledger_postings WHERE job_id = ?",
+                    [self.job_id],
+                ).fetchone()[0]
+            )
 
     async def audit_passes(self) -> None:
         await asyncio.sleep(2.5)  # the next checkpoint covers everything logged
@@ -84,7 +119,9 @@ class Rogue:
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Any:
-    process = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS}).start()
+    process = CoordinatorProcess(
+        tmp_path, settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS}
+    ).start()
     try:
         yield process
     finally:
@@ -97,10 +134,13 @@ async def rogue(coordinator: CoordinatorProcess, cleanup: list[Any]) -> Rogue:
     return Rogue(coordinator, started.agent, started.api, started.lease, started.job_id)
 
 
-async def _short_lease(coordinator: CoordinatorProcess, cleanup: list[Any], max_duration_s: int,
-                       start: bool = True) -> Rogue:
+async def _short_lease(
+    coordinator: CoordinatorProcess, cleanup: list[Any], max_duration_s: int, start: bool = True
+) -> Rogue:
     agent, api = await seller_and_buyer(coordinator, cleanup, ["GPU-s0", "GPU-s1"], PRICE, 5, 6)
-    _, job = await api.submit(gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE, max_duration_s=max_duration_s)
+    _, job = await api.submit(
+        gpus=2, max_price_per_gpu_hour_micro_yuan=PRICE, max_duration_s=max_duration_s
+    )
     lease = await agent.wait_for_lease()
     if start:
         await agent.client.status(lease["lease_id"], "started")
@@ -116,7 +156,9 @@ async def test_future_time_bills_nothing_and_far_future_is_refused(rogue: Rogue)
     claimed = gpus * (ahead - opened)
     result = await rogue.send(rogue.receipt(claimed, issued_at_ms=ahead))
     assert (result["status"], result["rule"]) == ("rejected", "outside_billable_window"), result
-    result = await rogue.send(rogue.receipt(gpus * 10, issued_at_ms=_now() + CLOCK_SKEW_MS + 60_000))
+    result = await rogue.send(
+        rogue.receipt(gpus * 10, issued_at_ms=_now() + CLOCK_SKEW_MS + 60_000)
+    )
     assert (result["status"], result["rule"]) == ("rejected", "time_window"), result
     assert rogue.charged() == 0
     honest = await rogue.send(rogue.receipt(gpus * (_now() - opened) - gpus * 50))
@@ -125,7 +167,8 @@ async def test_future_time_bills_nothing_and_far_future_is_refused(rogue: Rogue)
 
 
 async def test_after_the_maximum_duration_the_agent_bills_nothing_more_and_is_ended(
-        coordinator: CoordinatorProcess, cleanup: list[Any]) -> None:
+    coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
     rogue = await _short_lease(coordinator, cleanup, max_duration_s=2)
     gpus = 2
     max_cost = usage_amount(gpus * 2_000, PRICE)
@@ -143,9 +186,12 @@ async def test_after_the_maximum_duration_the_agent_bills_nothing_more_and_is_en
     assert (job["state"], job["reason"]) == ("failed", "agent_overran"), job
     assert "did not stop" in job["reason_detail"]
     with sqlite3.connect(coordinator.db) as db:
-        penalty = db.execute("SELECT penalty_ppm FROM agents WHERE agent_id = ?",
-                             [rogue.agent.agent_id]).fetchone()[0]
-        end = db.execute("SELECT end_reason FROM leases WHERE id = ?", [rogue.lease["lease_id"]]).fetchone()[0]
+        penalty = db.execute(
+            "SELECT penalty_ppm FROM agents WHERE agent_id = ?", [rogue.agent.agent_id]
+        ).fetchone()[0]
+        end = db.execute(
+            "SELECT end_reason FROM leases WHERE id = ?", [rogue.lease["lease_id"]]
+        ).fetchone()[0]
     assert penalty > 0 and end == "overrun"
     # later receipts still cannot reach past the close
     late = await rogue.send(rogue.receipt(gpus * (_now() - opened)))
@@ -172,22 +218,27 @@ async def test_after_a_cancel_only_the_stop_grace_is_billed(rogue: Rogue) -> Non
 
 
 async def test_a_lease_never_started_bills_nothing_even_after_it_moved(
-        coordinator: CoordinatorProcess, cleanup: list[Any]) -> None:
+    coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
     rogue = await _short_lease(coordinator, cleanup, max_duration_s=600, start=False)
     await asyncio.sleep(0.5)
     result = await rogue.send(rogue.receipt(20))
     assert (result["status"], result["rule"]) == ("rejected", "lease_not_started"), result
     # the start deadline passes; the lease is dead and still bills nothing
-    await rogue.api.wait_for(rogue.job_id, lambda j: j["lease_id"] != rogue.lease["lease_id"]
-                             or j["state"] != "leased", timeout_s=10)
+    await rogue.api.wait_for(
+        rogue.job_id,
+        lambda j: j["lease_id"] != rogue.lease["lease_id"] or j["state"] != "leased",
+        timeout_s=10,
+    )
     result = await rogue.send(rogue.receipt(20))
     assert (result["status"], result["rule"]) == ("rejected", "lease_not_started"), result
     assert rogue.charged() == 0
     await rogue.audit_passes()
 
 
-async def test_another_agents_lease_cannot_be_billed(rogue: Rogue, coordinator: CoordinatorProcess,
-                                                    cleanup: list[Any]) -> None:
+async def test_another_agents_lease_cannot_be_billed(
+    rogue: Rogue, coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
     thief = FakeAgent(coordinator.url, ["GPU-t0"], PRICE)
     cleanup.append(thief)
     await thief.enrol(coordinator.add_provider(7))
@@ -230,8 +281,11 @@ async def test_a_job_the_coordinator_ended_still_holds_for_its_last_receipt(rogu
 
 
 async def test_a_flood_of_bad_receipts_is_answered_but_stored_only_to_a_daily_limit(
-        tmp_path: Path, cleanup: list[Any]) -> None:
-    process = CoordinatorProcess(tmp_path, settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300}).start()
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    process = CoordinatorProcess(
+        tmp_path, settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300}
+    ).start()
     try:
         started = await started_lease(process, cleanup, PRICE)
         rogue = Rogue(process, started.agent, started.api, started.lease, started.job_id)
