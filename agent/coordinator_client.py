@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 import aiohttp
 
 from shared import canonical
+from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
@@ -26,10 +26,6 @@ class CoordinatorError(SuanliError):
         super().__init__(detail)
         self.status = status
         self.error = error
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class CoordinatorClient:
@@ -93,7 +89,7 @@ class CoordinatorClient:
         return data
 
     async def signed(self, path: str, body: Any, timeout_s: float | None = None) -> Any:
-        envelope = sign_request(self.key, "POST", path, body, _now_ms())
+        envelope = sign_request(self.key, "POST", path, body, now_ms())
         return await self._post(path, envelope, timeout_s)
 
     async def enrol(self, token: str, hostname: str | None = None) -> dict[str, Any]:
@@ -103,7 +99,7 @@ class CoordinatorClient:
             "POST",
             path,
             {"token": token, "hostname": hostname or socket.gethostname()},
-            _now_ms(),
+            now_ms(),
         )
         body = canonical.encode({"public_key": self.key.public.raw, "request": request})
         return dict(await self._post(path, body))
@@ -112,9 +108,7 @@ class CoordinatorClient:
         """Replace this client's key with `new_key` at the coordinator: the old key signs the
         request, the new key signs that it takes over this agent."""
         path = "/v1/agent/rotate-key"
-        proof = sign_request(
-            new_key, "POST", path, {"rotates": self.key.public.agent_id}, _now_ms()
-        )
+        proof = sign_request(new_key, "POST", path, {"rotates": self.key.public.agent_id}, now_ms())
         return dict(await self.signed(path, {"public_key": new_key.public.raw, "request": proof}))
 
     async def heartbeat(

@@ -26,9 +26,10 @@ from agent.metering import (
     seal_interim_receipt,
 )
 from agent.nvml import GpuSample, NvmlSampler
-from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner, now_ms
+from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner
 from agent.spool import LeaseRecord, Spool
 from agent.state import AgentState
+from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.log_entries import read_acknowledgement
 

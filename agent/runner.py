@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import psutil  # type: ignore[import-untyped]
@@ -23,6 +22,7 @@ from agent.engine import (
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from agent.spool import LeaseRecord
+from shared.clock import now_ms
 
 if TYPE_CHECKING:
     from agent.config import AgentSettings
@@ -34,10 +34,6 @@ LABEL_LEASE = "suanli.lease"
 LABEL_JOB = "suanli.job"
 LABEL_AGENT = "suanli.agent"
 NOTE_BYTES = "agent_note_bytes"  # in the lease record: log bytes the agent wrote, not the job
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def host_memory_bytes() -> int:

@@ -31,9 +31,10 @@ from coordinator.jobs import JOB_STATES
 from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
-from coordinator.service import Coordinator, wall_clock_ms
+from coordinator.service import Coordinator
 from coordinator.vouchers import VoucherPolicy
 from shared import canonical
+from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.identity import PrivateKey, load_private_key, save_private_key
 
@@ -425,7 +426,7 @@ def log_key_path(db_path: str | Path) -> Path:
 def make_app(
     settings: Settings,
     db_path: str,
-    clock: Callable[[], int] = wall_clock_ms,
+    clock: Callable[[], int] = now_ms,
     policy: VoucherPolicy | None = None,
 ) -> web.Application:
     app = web.Application(

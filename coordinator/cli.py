@@ -17,9 +17,9 @@ from coordinator import accounts, ledger, tlog, vouchers
 from coordinator.app import log_key_path, make_app
 from coordinator.config import Settings, load_settings
 from coordinator.db import connect, transaction
-from coordinator.service import wall_clock_ms
 from coordinator.vouchers import VoucherPolicy, load_voucher_policy
 from shared import log_entries
+from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.money import format_yuan, parse_yuan
 
@@ -233,7 +233,7 @@ def cmd_add_provider(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
         provider_id, token = accounts.add_provider(
-            db, args.name, args.uscc, wall_clock_ms(), args.max_hosts
+            db, args.name, args.uscc, now_ms(), args.max_hosts
         )
     _print(
         args,
@@ -246,7 +246,7 @@ def cmd_add_provider(args: argparse.Namespace) -> int:
 def cmd_add_enterprise(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
-        enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, wall_clock_ms())
+        enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
         tlog.log_registrations(db)
     _print(
         args,
@@ -259,7 +259,7 @@ def cmd_add_enterprise(args: argparse.Namespace) -> int:
 def cmd_add_auditor(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
-        auditor_id, token = accounts.add_auditor(db, args.name, wall_clock_ms())
+        auditor_id, token = accounts.add_auditor(db, args.name, now_ms())
     _print(
         args,
         {"auditor_id": auditor_id, "token": token},
@@ -270,7 +270,7 @@ def cmd_add_auditor(args: argparse.Namespace) -> int:
 
 def cmd_enrolment_token(args: argparse.Namespace) -> int:
     db = connect(args.db)
-    now = wall_clock_ms()
+    now = now_ms()
     expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
     with transaction(db):
         token = accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
@@ -305,7 +305,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _ledger_db(args: argparse.Namespace) -> tuple[Any, VoucherPolicy, int]:
     policy = load_voucher_policy(args.config)
     db = connect(args.db)
-    now = wall_clock_ms()
+    now = now_ms()
     with transaction(db):
         vouchers.open_fiscal_year(db, policy, now)
     return db, policy, now
@@ -463,7 +463,7 @@ def cmd_flags(args: argparse.Namespace) -> int:
 def cmd_clear_flag(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
-        flag = accounts.clear_flag(db, args.flag_id, wall_clock_ms())
+        flag = accounts.clear_flag(db, args.flag_id, now_ms())
     _print(args, flag, f"flag {flag['id']} ({flag['kind']} on {flag['gpu_uuid']}) cleared")
     return 0
 
@@ -471,9 +471,7 @@ def cmd_clear_flag(args: argparse.Namespace) -> int:
 def cmd_revoke_token(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
-        hashes = accounts.revoke_tokens(
-            db, wall_clock_ms(), token=args.token, subject_id=args.subject
-        )
+        hashes = accounts.revoke_tokens(db, now_ms(), token=args.token, subject_id=args.subject)
     _print(args, {"revoked_token_hashes": hashes}, f"{len(hashes)} token(s) revoked")
     return 0
 
@@ -481,13 +479,13 @@ def cmd_revoke_token(args: argparse.Namespace) -> int:
 def cmd_revoke_agent(args: argparse.Namespace) -> int:
     db = connect(args.db)
     with transaction(db):
-        revoked = accounts.revoke_agent(db, args.agent_id, wall_clock_ms())
+        revoked = accounts.revoke_agent(db, args.agent_id, now_ms())
     _print(args, revoked, f"agent {args.agent_id} revoked")
     return 0
 
 
 def cmd_rotate_log_key(args: argparse.Namespace) -> int:
-    rotated = tlog.rotate_log_key(connect(args.db), log_key_path(args.db), wall_clock_ms())
+    rotated = tlog.rotate_log_key(connect(args.db), log_key_path(args.db), now_ms())
     _print(
         args,
         rotated,

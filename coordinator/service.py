@@ -48,6 +48,7 @@ from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
 from coordinator.receipt_pool import ReceiptOpener
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
+from shared.clock import now_ms
 from shared.errors import ReceiptRuleError, SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey, PublicKey
@@ -72,10 +73,6 @@ ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_a
 FLAG_HISTORY = 256  # cleared capacity flags kept per agent for operators
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass
 class Counters:
     auction_rounds: int = 0
@@ -89,7 +86,7 @@ class Coordinator:
         settings: Settings,
         database: Database,
         signing_key: PrivateKey | tlog.LogKey,
-        clock: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], int] = now_ms,
         policy: vouchers.VoucherPolicy | None = None,
     ) -> None:
         self.settings = settings

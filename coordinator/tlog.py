@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from coordinator.errors import ApiError, NotFound, Unprocessable
 from shared import log_entries
 from shared.checkpoint import Checkpoint, open_checkpoint
 from shared.checkpoint import sign_checkpoint as sign_checkpoint_note
+from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.identity import PrivateKey, PublicKey, load_private_key, save_private_key, verifier_key
 from shared.merkle import MerkleTree
@@ -81,10 +81,6 @@ CREATE TRIGGER IF NOT EXISTS log_entries_no_delete BEFORE DELETE ON log_entries 
     SELECT RAISE(ABORT, 'log entries are append-only');
 END;
 """
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _conn(db: sqlite_utils.Database | sqlite3.Connection) -> sqlite3.Connection:
@@ -412,7 +408,7 @@ async def checkpoint_loop(
     key: PrivateKey | LogKey,
     origin: str | None,
     interval_s: float,
-    clock: Callable[[], int] = wall_clock_ms,
+    clock: Callable[[], int] = now_ms,
 ) -> None:
     """Sign a checkpoint every `interval_s` while the log grows (an idle log is not re-signed)."""
     while True:
@@ -583,7 +579,7 @@ class TransparencyLog:
     key: PrivateKey | LogKey
     origin: str | None = None
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
-    clock: Callable[[], int] = wall_clock_ms
+    clock: Callable[[], int] = now_ms
 
     @property
     def log_key(self) -> LogKey:

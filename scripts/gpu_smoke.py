@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shared.clock import now_ms  # noqa: E402  (the repository is on sys.path only now)
+
 PRICE_PER_GPU_HOUR = 10_000_000  # µ¥: ¥10 per GPU-hour
 SAMPLE_HZ = 5
 
@@ -35,10 +37,6 @@ SAMPLE_HZ = 5
 def fail(sentence: str) -> NoReturn:
     print(f"gpu-smoke: {sentence}", file=sys.stderr)
     sys.exit(1)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def inventory() -> dict[str, Any]:

@@ -1,7 +1,13 @@
-"""Fixtures shared by the integration tests."""
+"""Fixtures shared by every area, and the `integration` marker given to tests of real processes.
+
+A test is `integration` when it lives in `tests/integration`, uses a fixture that starts a real
+process (a coordinator, a container engine), or starts one itself (`CoordinatorProcess(`,
+`AgentProcess(`, `subprocess.`). `scripts/test --fast` runs the others.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,3 +31,28 @@ async def cleanup() -> AsyncIterator[list[FakeAgent | Api]]:
     yield things
     for thing in things:
         await thing.close()
+
+
+REAL_PROCESS_FIXTURES = frozenset(
+    {"coordinator", "engine", "engine_service", "docker_service", "podman_service"}
+)
+STARTS_A_PROCESS = ("CoordinatorProcess(", "AgentProcess(", "subprocess.")
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def _starts_real_processes(item: pytest.Item) -> bool:
+    if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+        return True
+    if REAL_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    source = inspect.getsource(function)
+    return any(marker in source for marker in STARTS_A_PROCESS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_real_processes(item):
+            item.add_marker(pytest.mark.integration)

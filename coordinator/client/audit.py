@@ -41,6 +41,7 @@ from shared import canonical
 from shared import log_entries as L
 from shared.auction import AuctionError, replay, replay_round, round_from_record
 from shared.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_body
+from shared.clock import now_ms
 from shared.envelope import envelope_digest, peek_key_id
 from shared.errors import KeyMaterialError, ReceiptRuleError, SuanliError
 from shared.identity import PublicKey, VerifierKey, parse_verifier_key, verifier_key
@@ -384,7 +385,7 @@ def save_state(path: Path, url: str, key: VerifierKey, note: str) -> None:
         "coordinator": url,
         "log_key": str(key),
         "checkpoint": note,
-        "saved_at_ms": time.time_ns() // 1_000_000,
+        "saved_at_ms": now_ms(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_tlog import Story, codes, log_key, rotated, serving, story, verify, write_log  # noqa: F401 - fixtures
+from log_story import Story, codes, log_key, rotated, serving, story, verify, write_log  # noqa: F401 - fixtures
 
 from coordinator import tlog
 from coordinator.client import audit

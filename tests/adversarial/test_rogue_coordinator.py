@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_tlog import (  # noqa: F401 - fixtures
+from log_story import (  # noqa: F401 - fixtures
     GPUS,
     MAX_DURATION_MS,
     STARTED,

@@ -16,7 +16,7 @@ from coordinator import vouchers
 
 SEEDS = 200
 STEPS = 150
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))

@@ -11,7 +11,7 @@ import pytest
 import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
-from test_ledger import World, uscc
+from ledger_world import World, uscc
 
 from coordinator import ledger as L
 from coordinator import vouchers as V
