@@ -33,7 +33,7 @@ from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator
 from coordinator.vouchers import VoucherPolicy
-from shared import canonical
+from shared import canonical, ledger_names
 from shared.clock import now_ms
 from shared.errors import SuanliError
 from shared.identity import PrivateKey, load_private_key, save_private_key
@@ -327,7 +327,15 @@ async def account(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-AUDITED_ACCOUNTS = ("receivable:%", "earnings:%", "pool:%", "cap:%")
+AUDITED_ACCOUNTS = tuple(
+    ledger_names.name_pattern(kind)
+    for kind in (
+        ledger_names.RECEIVABLE,
+        ledger_names.EARNINGS,
+        ledger_names.POOL,
+        ledger_names.CAP,
+    )
+)
 
 
 async def ledger_balances(request: web.Request) -> web.Response:

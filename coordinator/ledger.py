@@ -64,46 +64,52 @@ from typing import Any
 import sqlite_utils
 
 from coordinator.errors import ApiError
+from shared.ledger_names import (  # the vocabulary the ledger writes, re-used by its callers
+    BANK,
+    CNY,
+    CREDIT,
+    CREDIT_LIMIT,
+    CREDIT_USED,
+    CREDITS_MUST_NOT_EXCEED_DEBITS,
+    DEBITS_MUST_NOT_EXCEED_CREDITS,
+    ENTITLEMENT,
+    FLAGS,
+    KINDS,
+    LEDGERS,
+    NO_LIMIT,
+    PAYMENT,
+    PAYMENT_CREDIT,
+    PAYOUT,
+    PENDING,
+    POOL_FUNDING,
+    POST_PENDING,
+    POSTED,
+    RESERVATION,
+    RESERVATION_COVER,
+    USAGE_CAP,
+    USAGE_CREDIT,
+    USAGE_DEFERRED,
+    USAGE_POOL,
+    USAGE_PREFIX,
+    USAGE_VOUCHER,
+    VOID_PENDING,
+    VOUCHER_QUOTA,
+    cap_account,
+    credit_account,
+    credit_line_account,
+    earnings_account,
+    entitlements_account,
+    entitlements_used_account,
+    pool_account,
+    pool_held_account,
+    receivable_account,
+    treasury_account,
+)
 
 MAX_BALANCE = 2**63 - 1
 MAX_CODE = 64
 MAX_CAUSE = 300
 MAX_PROBLEMS = 100
-
-CNY = "cny"
-VOUCHER_QUOTA = "voucher_quota"
-CREDIT = "credit"
-LEDGERS = (CNY, VOUCHER_QUOTA, CREDIT)
-
-NO_LIMIT = ""
-DEBITS_MUST_NOT_EXCEED_CREDITS = "debits_must_not_exceed_credits"
-CREDITS_MUST_NOT_EXCEED_DEBITS = "credits_must_not_exceed_debits"
-FLAGS = (NO_LIMIT, DEBITS_MUST_NOT_EXCEED_CREDITS, CREDITS_MUST_NOT_EXCEED_DEBITS)
-
-POSTED = "posted"
-PENDING = "pending"
-POST_PENDING = "post_pending"
-VOID_PENDING = "void_pending"
-KINDS = (POSTED, PENDING, POST_PENDING, VOID_PENDING)
-
-# transfer codes; every code starting with "usage_" must name an accepted receipt
-POOL_FUNDING = "pool_funding"
-ENTITLEMENT = "entitlement"
-CREDIT_LIMIT = "credit_limit"
-USAGE_VOUCHER = "usage_voucher"
-USAGE_POOL = "usage_pool"
-USAGE_CAP = "usage_cap"
-USAGE_DEFERRED = "usage_deferred"
-USAGE_CREDIT = "usage_credit"
-RESERVATION = "reservation"
-RESERVATION_COVER = "reservation_cover"
-PAYMENT = "payment"
-PAYMENT_CREDIT = "payment_credit"
-PAYOUT = "payout"
-USAGE_PREFIX = "usage_"
-
-BANK = "bank"
-CREDIT_USED = "credit_used"
 
 _ID_DOMAIN = b"suanli/ledger/transfer/v1\n"
 
@@ -160,49 +166,6 @@ class LedgerOverflow(LedgerError):
     """A balance would pass the largest integer SQLite stores."""
 
     code = "ledger_overflow"
-
-
-# -- the chart of accounts -------------------------------------------------------------------
-
-
-def treasury_account(fiscal_year: int) -> str:
-    return f"treasury:{fiscal_year}"
-
-
-def pool_account(fiscal_year: int) -> str:
-    return f"pool:{fiscal_year}"
-
-
-def pool_held_account(fiscal_year: int) -> str:
-    return f"pool_held:{fiscal_year}"
-
-
-def entitlements_account(fiscal_year: int) -> str:
-    return f"entitlements:{fiscal_year}"
-
-
-def entitlements_used_account(fiscal_year: int) -> str:
-    return f"entitlements_used:{fiscal_year}"
-
-
-def cap_account(fiscal_year: int, uscc: str) -> str:
-    return f"cap:{fiscal_year}:{uscc}"
-
-
-def earnings_account(provider_id: str) -> str:
-    return f"earnings:{provider_id}"
-
-
-def receivable_account(enterprise_id: str) -> str:
-    return f"receivable:{enterprise_id}"
-
-
-def credit_account(enterprise_id: str) -> str:
-    return f"credit:{enterprise_id}"
-
-
-def credit_line_account(enterprise_id: str) -> str:
-    return f"credit_line:{enterprise_id}"
 
 
 # -- records ---------------------------------------------------------------------------------

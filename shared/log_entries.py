@@ -93,7 +93,6 @@ __all__ = [
     "PAYMENT",
     "PERIOD_CLOSE",
     "RECEIPT",
-    "USAGE_CHARGE_CODES",
     "VOUCHER_POLICY",
     "AcknowledgedReceipt",
     "AcknowledgementEntry",
@@ -172,7 +171,6 @@ MAX_ACKNOWLEDGED = 500
 # The postings of a receipt that move money to the provider (the voucher part and the part the
 # enterprise pays later); together they are the receipt's charge, its delta. A receipt's other
 # postings move quotas (the company's voucher cap, the enterprise's credit) on other ledgers.
-USAGE_CHARGE_CODES = ("usage_voucher", "usage_deferred")
 
 
 class LogEntryError(SuanliError):

@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from coordinator.client.audit_windows import WindowAudit
-from shared import canonical
+from shared import canonical, ledger_names
 from shared import log_entries as L
 from shared.auction import AuctionError, replay, replay_round, round_from_record
 from shared.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_body
@@ -973,17 +973,17 @@ class _Auditor:
             )
         charge = 0
         for posting in body.postings:
-            if not posting.code.startswith("usage_"):
+            if not posting.code.startswith(ledger_names.USAGE_PREFIX):
                 self.problem(
                     "postings_mismatch",
                     f"{where} has a posting with code {posting.code}, which is not a usage code",
                     index,
                 )
-            if posting.code in L.USAGE_CHARGE_CODES:
+            if posting.code in ledger_names.USAGE_CHARGE_CODES:
                 charge += posting.amount
-            if posting.code == "usage_voucher":
+            if posting.code == ledger_names.USAGE_VOUCHER:
                 self.report.voucher += posting.amount
-            elif posting.code == "usage_deferred":
+            elif posting.code == ledger_names.USAGE_DEFERRED:
                 self.report.deferred += posting.amount
             self.post(index, posting)
         self.report.charged += charge
@@ -1312,7 +1312,9 @@ async def _check_receipt(
     receipt = sealed.receipt
     report.lease_id, report.seq, report.amount = receipt.lease_id, receipt.seq, receipt.amount
     report.accepted_at_ms = entry.at_ms
-    report.charged = sum(p.amount for p in body.postings if p.code in L.USAGE_CHARGE_CODES)
+    report.charged = sum(
+        p.amount for p in body.postings if p.code in ledger_names.USAGE_CHARGE_CODES
+    )
     if acknowledgement is not None:
         _check_acknowledgement(
             acknowledgement, chain.verifier_at(index), digest, index, body, report
