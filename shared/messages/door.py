@@ -1,0 +1,75 @@
+"""The door every body passes: bytes (or an opened signed body) into its declared type, or a
+MessageError naming the field. Signed bytes are verified before they get here, never
+re-encoded: only the body a verified envelope carries is converted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.messages.error import MessageError
+from shared.messages.explain import JSON, MSGPACK, UNKNOWN, explain
+
+T = TypeVar("T")
+_json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_msgpack_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode_json(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
+    """A JSON body as `type_`; refusals name the field in the user's words."""
+    decoder = _json_decoders.get(type_)
+    if decoder is None:
+        decoder = _json_decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        return decoder.decode(raw)  # type: ignore[no-any-return]  # Decoder[Any] per type
+    except msgspec.ValidationError as exc:
+        raise MessageError(
+            explain(type_, exc, _untyped(msgspec.json.decode, raw), JSON), code
+        ) from None
+    except msgspec.DecodeError:
+        pass
+    # msgspec refuses some JSON that Python reads (a lone surrogate such as \ud800, NaN): read
+    # it as Python does, so that the refusal still names the field that holds it
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MessageError("the request body is not valid JSON", code) from None
+    return _convert(type_, value, code, JSON)
+
+
+def decode_msgpack(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
+    """A msgpack body that no signature covers (an answer, the enrolment's outer map)."""
+    decoder = _msgpack_decoders.get(type_)
+    if decoder is None:
+        decoder = _msgpack_decoders[type_] = msgspec.msgpack.Decoder(type_)
+    try:
+        return decoder.decode(raw)  # type: ignore[no-any-return]  # Decoder[Any] per type
+    except msgspec.ValidationError as exc:
+        value = _untyped(msgspec.msgpack.decode, raw)
+        raise MessageError(explain(type_, exc, value, MSGPACK), code) from None
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"the body is not valid msgpack ({exc})", code) from None
+
+
+def convert(type_: type[T], value: object, *, code: str | None = None) -> T:
+    """A body already decoded (the body of a verified signed request) as `type_`."""
+    return _convert(type_, value, code, MSGPACK)
+
+
+def _convert(type_: type[T], value: object, code: str | None, fmt: str) -> T:
+    # from msgpack, bytes are bytes: a string is never read as base64
+    builtin = (bytes,) if fmt == MSGPACK else ()
+    try:
+        return msgspec.convert(value, type_, builtin_types=builtin)
+    except msgspec.ValidationError as exc:
+        raise MessageError(explain(type_, exc, value, fmt), code) from None
+
+
+def _untyped(decode: Any, raw: bytes) -> Any:
+    """The body without a type, to show what a refused field held (UNKNOWN if unreadable)."""
+    try:
+        return decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return UNKNOWN
