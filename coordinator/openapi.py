@@ -1,121 +1,278 @@
-"""The OpenAPI 3.1 document of the coordinator's HTTP API, served at /v1/openapi.json."""
+"""The OpenAPI 3.1 document of the coordinator, served at /v1/openapi.json, generated from the
+declared message types (`shared.messages`) and a route table: nothing in it is written twice."""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
-from coordinator.jobs import JOB_STATES, SPEC_FIELDS
+import msgspec
 
-ERROR = {"$ref": "#/components/schemas/Error"}
-JOB = {"$ref": "#/components/schemas/Job"}
-MSGPACK = "application/msgpack"
+from shared.messages import ErrorBody, api, log
+from shared.messages import agent_protocol as ap
 
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    words = {
-        400: "Bad request",
-        401: "Missing or invalid credentials",
-        403: "Not allowed for this role",
-        404: "Not found",
-        409: "Conflicts with the current state",
-        413: "Body too large",
-        415: "Wrong content type",
-        422: "A field is invalid; the detail names it",
-        429: "Too many requests from this agent or token; retry after the Retry-After "
-        "header's seconds",
-    }
-    return {
-        str(s): {"description": words[s], "content": {"application/json": {"schema": ERROR}}}
-        for s in statuses
-    }
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _signed(description: str) -> dict[str, Any]:
-    return {
-        "summary": description,
-        "security": [{"agentSignature": []}],
-        "requestBody": {
-            "required": True,
-            "content": {
-                MSGPACK: {
-                    "schema": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": "a `request` envelope: [payload, key_id, signature] with payload "
-                        "[method, path, issued_at_ms, nonce, body]",
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {"description": "msgpack map", "content": {MSGPACK: {}}},
-            **_errors(400, 401, 404, 409, 413, 415, 422, 429),
-        },
-    }
+JSON, MSGPACK, TEXT = "application/json", "application/msgpack", "text/plain"
+REF = "#/components/schemas/{name}"
+Access = Literal["bearer", "signed", "enrolment", "public"]
+ERRORS: dict[Access, tuple[int, ...]] = {
+    "bearer": (400, 401, 403, 404, 409, 422, 429),
+    "signed": (400, 401, 404, 409, 413, 415, 422, 429),
+    "enrolment": (401, 409, 413, 415, 422),
+    "public": (),
+}
+WORDS = {
+    400: "Bad request",
+    401: "Missing or invalid credentials",
+    403: "Not allowed for this role",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    413: "Body too large",
+    415: "Wrong content type",
+    422: "A field is invalid; the detail names it",
+    429: "Too many requests from this agent or token; retry after the Retry-After header's seconds",
+}
+ENVELOPE = (
+    "a `request` envelope [payload, key_id, signature], Ed25519-signed, whose payload is "
+    "[method, path, issued_at_ms, nonce, body]; x-suanli-body is the body's type"
+)
 
 
-def _bearer(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": {**responses, **_errors(400, 401, 403, 404, 422, 429)},
-        **extra,
-    }
+class Route(NamedTuple):
+    """One documented operation. `request` is the JSON body, or for agent routes the body the
+    signed envelope carries; `response` a declared type, or a media type for plain text."""
+
+    method: str
+    path: str
+    request: type[msgspec.Struct] | None
+    response: type[msgspec.Struct] | str | None
+    summary: str
+    access: Access = "bearer"
+    query: type[msgspec.Struct] | None = None
+    status: int = 200
+    headers: tuple[str, ...] = ()
+    replayed: str | None = None  # a 200 answer beside a 201 (an idempotent retry)
 
 
-def _log(
-    summary: str,
-    query: dict[str, str],
-    schema: dict[str, Any],
-    media: str = "application/json",
-    errors: tuple[int, ...] = (400, 404, 422),
-) -> dict[str, Any]:
-    """A public route of the transparency log (no token)."""
-    return {
-        "get": {
-            "summary": summary,
-            "security": [],
-            "parameters": [
-                {
-                    "name": name,
-                    "in": "query",
-                    "required": not help.startswith("one of"),
-                    "description": help,
-                    "schema": {"type": "string"},
-                }
-                for name, help in query.items()
-            ],
-            "responses": {
-                "200": {"description": "OK", "content": {media: {"schema": schema}}},
-                **_errors(*errors),
-            },
-        }
-    }
+def _agent(
+    path: str, request: type[msgspec.Struct], response: type[msgspec.Struct], summary: str
+) -> Route:
+    return Route("POST", "/v1/agent/" + path, request, response, summary, "signed")
 
 
-def openapi_document() -> dict[str, Any]:
-    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-    spec_properties: dict[str, Any] = {
-        name: {"description": help} for name, help in SPEC_FIELDS.items()
-    }
-    for name in (
-        "gpus",
-        "min_gpu_memory_bytes",
-        "cpus_milli",
-        "memory_bytes",
-        "max_duration_s",
-        "max_price_per_gpu_hour_micro_yuan",
-    ):
-        spec_properties[name]["type"] = "integer"
-    spec_properties["image"]["type"] = "string"
-    spec_properties["command"].update(type="array", items={"type": "string"})
-    spec_properties["gpu_models"].update(type="array", items={"type": "string"})
-    spec_properties["env"].update(type="object", additionalProperties={"type": "string"})
-    spec_properties["secret_env"].update(type="object", additionalProperties={"type": "string"})
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", None, api.Health, "Liveness", "public"),
+    Route("GET", "/metrics", None, TEXT, "Prometheus metrics (text exposition format)", "public"),
+    Route("GET", "/v1/openapi.json", None, None, "This document", "public"),
+    Route(
+        "POST",
+        "/v1/agent/enroll",
+        ap.EnrolRequest,
+        ap.EnrolAnswer,
+        "Register an agent key with a one-time enrolment token: `request` is a signed request "
+        "envelope, by the key it registers, whose body is an EnrolBody",
+        "enrolment",
+        status=201,
+    ),
+    _agent(
+        "heartbeat",
+        ap.Heartbeat,
+        ap.HeartbeatAnswer,
+        "Report inventory, telemetry and ask price; capacity is reconciled",
+    ),
+    _agent(
+        "leases",
+        ap.LeasePoll,
+        ap.LeasesAnswer,
+        "Long-poll the agent's leases: returns when they change or after wait_ms",
+    ),
+    _agent(
+        "status",
+        ap.StatusReport,
+        ap.StatusAnswer,
+        "Report a lease's container started, exited (exit_code) or failed (reason_code)",
+    ),
+    _agent("logs", ap.LogChunk, ap.LogAnswer, "Append a chunk of a job's log at an offset"),
+    _agent(
+        "receipts",
+        ap.ReceiptBatch,
+        ap.ReceiptsAnswer,
+        "Submit a batch of sealed usage receipts: one result per receipt, accepted (naming its "
+        "acknowledgement by position) or rejected naming the rule it broke; acknowledgements "
+        "are countersigned 'acceptance' envelopes",
+    ),
+    _agent(
+        "rotate-key",
+        ap.RotateKey,
+        ap.RotateAnswer,
+        "Replace the agent's key (signed by the old key; `request` is the new key's signed "
+        "request whose body is a RotateProof); only while the agent holds no active lease. The "
+        "new key is logged as an agent_key entry and the old one is refused from then on",
+    ),
+    Route(
+        "POST",
+        "/v1/jobs",
+        api.JobSubmit,
+        api.JobView,
+        "Post a job (enterprise)",
+        status=201,
+        headers=("Idempotency-Key",),
+        replayed="the job this idempotency key already created",
+    ),
+    Route(
+        "GET",
+        "/v1/jobs",
+        None,
+        api.JobList,
+        "List your jobs, newest first (auditors: all, without env values)",
+        query=api.JobListQuery,
+    ),
+    Route("GET", "/v1/jobs/{job_id}", None, api.JobView, "Show a job"),
+    Route(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        None,
+        api.JobView,
+        "Cancel a job; a running one stops when its agent confirms",
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/logs",
+        None,
+        api.JobLogPage,
+        "Read a job's log from an offset (the enterprise's own jobs; auditors get 403)",
+        query=api.JobLogQuery,
+    ),
+    Route(
+        "GET", "/v1/market", None, api.Market, "Capacity by GPU model, asks and the pool in PFLOPS"
+    ),
+    Route(
+        "GET",
+        "/v1/account",
+        None,
+        api.Account,
+        "Who this token is; for an enterprise also its voucher entitlement, credit, "
+        "reservations and statements",
+    ),
+    Route(
+        "GET",
+        "/v1/vouchers/pool",
+        None,
+        api.VoucherPool,
+        "The year's public voucher pool: granted, used, remaining (no token)",
+        "public",
+    ),
+    Route(
+        "GET",
+        "/v1/ledger/balances",
+        None,
+        api.LedgerBalances,
+        "Posted balances of the receivable, earnings, pool and cap accounts with the log size "
+        "they belong to (auditors), to compare with the log's postings",
+    ),
+    Route(
+        "GET",
+        "/v1/log/checkpoint",
+        None,
+        TEXT,
+        "The latest signed checkpoint (C2SP tlog-checkpoint signed note)",
+        "public",
+    ),
+    Route(
+        "GET",
+        "/v1/log/key",
+        None,
+        TEXT,
+        "The log's C2SP verifier key (name+keyhash+base64 key)",
+        "public",
+    ),
+    Route(
+        "GET",
+        "/v1/log/key-changes",
+        None,
+        log.KeyChanges,
+        "The indices of the log_key entries (rotations of the log's key), in log order",
+        "public",
+    ),
+    Route(
+        "GET",
+        "/v1/log/entries",
+        None,
+        log.EntriesPage,
+        "Log entries [start, end), base64; a page may stop early (at most 1000 entries)",
+        "public",
+        log.EntriesQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/log/proof/inclusion",
+        None,
+        log.InclusionProof,
+        "RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
+        "public",
+        log.InclusionQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/log/proof/consistency",
+        None,
+        log.ConsistencyProof,
+        "RFC 9162 consistency proof from the tree of `old` entries to that of `new`",
+        "public",
+        log.ConsistencyQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/log/find",
+        None,
+        log.FoundEntry,
+        "The index of a receipt (by the SHA-256 of its envelope) or of an agent's key",
+        "public",
+        log.FindQuery,
+    ),
+)
+# carried inside other bodies' signed bytes, so no route names them directly
+ALSO_DECLARED: tuple[type[msgspec.Struct], ...] = (ErrorBody, ap.EnrolBody, ap.RotateProof)
+SECURITY = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "enterprise or auditor token from the operator",
+    },
+    "agentSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Unused",
+        "description": "requests are Ed25519-signed envelopes",
+    },
+}
+
+
+def declared_types(routes: Sequence[Route] = ROUTES) -> list[type[msgspec.Struct]]:
+    """Every body type the routes name, once, in route order, and the ones carried inside."""
+    found: dict[type[msgspec.Struct], None] = {}
+    for route in routes:
+        for tp in (route.request, route.response):
+            if isinstance(tp, type):
+                found[tp] = None
+    for tp in ALSO_DECLARED:
+        found[tp] = None
+    return list(found)
+
+
+def openapi_document(routes: Sequence[Route] = ROUTES) -> dict[str, Any]:
+    """The document for `routes` (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_document(tuple(routes)))
+
+
+@functools.lru_cache(maxsize=4)
+def _document(routes: tuple[Route, ...]) -> dict[str, Any]:
+    _, schemas = msgspec.json.schema_components(declared_types(routes), ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -123,356 +280,78 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": "GPU compute marketplace: jobs, agents, auctions and leases.",
         },
-        "paths": {
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "security": [],
-                    "responses": {"200": _json({"type": "object"}, "alive")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "text exposition format",
-                            "content": {"text/plain": {}},
-                        }
-                    },
-                }
-            },
-            "/v1/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {"200": _json({"type": "object"}, "OpenAPI")},
-                }
-            },
-            "/v1/agent/enroll": {
-                "post": {
-                    "summary": "Register an agent key with a one-time enrolment token",
-                    "security": [],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            MSGPACK: {
-                                "schema": {
-                                    "type": "object",
-                                    "description": "{public_key: bytes, request: signed request "
-                                    "envelope whose body is {token, hostname}}",
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": {"description": "enrolled", "content": {MSGPACK: {}}},
-                        **_errors(401, 409, 413, 415, 422),
-                    },
-                }
-            },
-            "/v1/agent/heartbeat": {
-                "post": _signed("Report inventory, telemetry and ask price; capacity is reconciled")
-            },
-            "/v1/agent/leases": {
-                "post": _signed(
-                    "Long-poll the agent's leases: returns when they change or after wait_ms"
-                )
-            },
-            "/v1/agent/status": {
-                "post": _signed(
-                    "Report a lease's container started, exited (exit_code) or failed (reason_code)"
-                )
-            },
-            "/v1/agent/logs": {"post": _signed("Append a chunk of a job's log at an offset")},
-            "/v1/agent/receipts": {
-                "post": _signed(
-                    "Submit a batch of sealed usage receipts: {results: one per receipt, accepted "
-                    "(naming its acknowledgement by position) or rejected naming the rule it broke; "
-                    "acknowledgements: countersigned 'acceptance' envelopes}"
-                )
-            },
-            "/v1/agent/rotate-key": {
-                "post": _signed(
-                    "Replace the agent's key (signed by the old key; body {public_key, request: the "
-                    "new key's signed request {rotates: agent_id}}); only while the agent holds no "
-                    "active lease. The new key is logged as an agent_key entry and the old one is "
-                    "refused from then on"
-                )
-            },
-            "/v1/jobs": {
-                "post": _bearer(
-                    "Post a job (enterprise)",
-                    {
-                        "201": _json(JOB, "created"),
-                        "200": _json(JOB, "the job this idempotency key already created"),
-                    },
-                    requestBody={
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": [
-                                        "image",
-                                        "gpus",
-                                        "max_duration_s",
-                                        "max_price_per_gpu_hour_micro_yuan",
-                                    ],
-                                    "properties": {
-                                        **spec_properties,
-                                        "idempotency_key": {"type": "string", "maxLength": 128},
-                                    },
-                                    "additionalProperties": False,
-                                }
-                            }
-                        },
-                    },
-                    parameters=[
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                ),
-                "get": _bearer(
-                    "List your jobs (auditors: all, without env values)",
-                    {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {"jobs": {"type": "array", "items": JOB}},
-                            },
-                            "jobs, newest first",
-                        )
-                    },
-                    parameters=[
-                        {"name": "state", "in": "query", "schema": {"enum": list(JOB_STATES)}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
-                    ],
-                ),
-            },
-            "/v1/jobs/{job_id}": {
-                "get": _bearer("Show a job", {"200": _json(JOB, "the job")}, parameters=job_id)
-            },
-            "/v1/jobs/{job_id}/cancel": {
-                "post": _bearer(
-                    "Cancel a job; a running one stops when its agent confirms",
-                    {"200": _json(JOB, "the job")},
-                    parameters=job_id,
-                )
-            },
-            "/v1/jobs/{job_id}/logs": {
-                "get": _bearer(
-                    "Read a job's log from an offset (the enterprise's own jobs; auditors get 403)",
-                    {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "data": {"type": "string"},
-                                    "offset": {"type": "integer"},
-                                    "next_offset": {"type": "integer"},
-                                    "complete": {"type": "boolean"},
-                                },
-                            },
-                            "a chunk of the log",
-                        )
-                    },
-                    parameters=[
-                        *job_id,
-                        {
-                            "name": "offset",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1},
-                        },
-                    ],
-                )
-            },
-            "/v1/market": {
-                "get": _bearer(
-                    "Capacity by GPU model, asks and the pool in PFLOPS",
-                    {"200": _json({"type": "object"}, "market summary")},
-                )
-            },
-            "/v1/account": {
-                "get": _bearer(
-                    "Who this token is; for an enterprise also its voucher entitlement, credit, "
-                    "reservations and statements",
-                    {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "role": {"type": "string"},
-                                    "id": {"type": "string"},
-                                },
-                            },
-                            "the account",
-                        )
-                    },
-                )
-            },
-            "/v1/ledger/balances": {
-                "get": _bearer(
-                    "Posted balances of the receivable, earnings, pool and cap accounts with the log "
-                    "size they belong to (auditors), to compare with the log's postings",
-                    {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "log_size": {"type": "integer"},
-                                    "accounts": {"type": "array", "items": {"type": "object"}},
-                                },
-                            },
-                            "balances",
-                        )
-                    },
-                )
-            },
-            "/v1/vouchers/pool": {
-                "get": {
-                    "summary": "The year's public voucher pool: granted, used, remaining (no token)",
-                    "security": [],
-                    "responses": {"200": _json({"type": "object"}, "pool totals in micro-yuan")},
-                }
-            },
-            "/v1/log/checkpoint": _log(
-                "The latest signed checkpoint (C2SP tlog-checkpoint signed note)",
-                {},
-                {"type": "string"},
-                "text/plain",
-                (),
-            ),
-            "/v1/log/key": _log(
-                "The log's C2SP verifier key (name+keyhash+base64 key)",
-                {},
-                {"type": "string"},
-                "text/plain",
-                (),
-            ),
-            "/v1/log/key-changes": _log(
-                "The indices of the log_key entries (rotations of the log's key), in log order",
-                {},
-                {
-                    "type": "object",
-                    "properties": {"indices": {"type": "array", "items": {"type": "integer"}}},
-                },
-                errors=(),
-            ),
-            "/v1/log/entries": _log(
-                "Log entries [start, end), base64; a page may stop early (at most 1000 entries)",
-                {"start": "first index", "end": "index after the last (at most the log's size)"},
-                {
-                    "type": "object",
-                    "properties": {
-                        "start": {"type": "integer"},
-                        "end": {"type": "integer"},
-                        "entries": {
-                            "type": "array",
-                            "items": {"type": "string", "contentEncoding": "base64"},
-                        },
-                    },
-                },
-            ),
-            "/v1/log/proof/inclusion": _log(
-                "RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
-                {"index": "entry index", "size": "tree size"},
-                {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "size": {"type": "integer"},
-                        "proof": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            ),
-            "/v1/log/proof/consistency": _log(
-                "RFC 9162 consistency proof from the tree of `old` entries to that of `new`",
-                {"old": "older tree size (at least 1)", "new": "newer tree size"},
-                {
-                    "type": "object",
-                    "properties": {
-                        "old": {"type": "integer"},
-                        "new": {"type": "integer"},
-                        "proof": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            ),
-            "/v1/log/find": _log(
-                "The index of a receipt (by the SHA-256 of its envelope) or of an agent's key",
-                {
-                    "digest": "one of digest and agent_id: 64 hex digits",
-                    "agent_id": "one of digest and agent_id: 64 hex digits",
-                },
-                {
-                    "type": "object",
-                    "properties": {"index": {"type": "integer"}, "kind": {"type": "string"}},
-                },
-            ),
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "enterprise or auditor token from the operator",
-                },
-                "agentSignature": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "X-Unused",
-                    "description": "requests are Ed25519-signed envelopes",
-                },
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "detail"],
-                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-                },
-                "Job": {
-                    "type": "object",
-                    "required": [
-                        "id",
-                        "state",
-                        "reason",
-                        "agent_id",
-                        "gpu_uuids",
-                        "price_per_gpu_hour_micro_yuan",
-                        "started_at_ms",
-                        "ended_at_ms",
-                        "exit_code",
-                    ],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "state": {"enum": list(JOB_STATES)},
-                        "reason": {"type": ["string", "null"]},
-                        "reason_detail": {"type": ["string", "null"]},
-                        "agent_id": {"type": ["string", "null"]},
-                        "gpu_uuids": {"type": "array", "items": {"type": "string"}},
-                        "price_per_gpu_hour_micro_yuan": {"type": ["integer", "null"]},
-                        "started_at_ms": {"type": ["integer", "null"]},
-                        "ended_at_ms": {"type": ["integer", "null"]},
-                        "exit_code": {"type": ["integer", "null"]},
-                        "charged_micro_yuan": {"type": "integer"},
-                        "voucher_micro_yuan": {"type": "integer"},
-                        "deferred_micro_yuan": {"type": "integer"},
-                    },
-                },
-            },
-        },
+        "paths": paths,
+        "components": {"securitySchemes": SECURITY, "schemas": schemas},
     }
+
+
+def _ref(tp: type[msgspec.Struct]) -> dict[str, str]:
+    return {"$ref": REF.format(name=tp.__name__)}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    agent = route.access in ("signed", "enrolment")
+    media = MSGPACK if agent else JSON
+    security: dict[str, list[dict[str, list[str]]]] = {
+        "bearer": [{"bearer": []}],
+        "signed": [{"agentSignature": []}],
+    }
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "security": security.get(route.access, []),
+    }
+    parameters = _parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.request is not None:
+        schema: dict[str, Any] = _ref(route.request)
+        if route.access == "signed":
+            schema = {
+                "type": "string",
+                "format": "binary",
+                "description": ENVELOPE,
+                "x-suanli-body": schema,
+            }
+        operation["requestBody"] = {"required": True, "content": {media: {"schema": schema}}}
+    responses = {
+        str(route.status): _answer(
+            route.response, media, "Created" if route.status == 201 else "OK"
+        )
+    }
+    if route.replayed is not None:
+        responses["200"] = _answer(route.response, media, route.replayed)
+    errors = ERRORS[route.access] or ((400, 404, 422) if route.query else ())
+    for status in errors:
+        responses[str(status)] = _answer(ErrorBody, media, WORDS[status])
+    operation["responses"] = responses
+    return operation
+
+
+def _answer(response: type[msgspec.Struct] | str | None, media: str, words: str) -> dict[str, Any]:
+    if response is None:
+        return {"description": words, "content": {JSON: {"schema": {"type": "object"}}}}
+    if isinstance(response, str):
+        return {"description": words, "content": {response: {"schema": {"type": "string"}}}}
+    return {"description": words, "content": {media: {"schema": _ref(response)}}}
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", route.path)
+    ]
+    if route.query is not None:
+        _, components = msgspec.json.schema_components([route.query], ref_template=REF)
+        properties = components[route.query.__name__]["properties"]
+        required = set(components[route.query.__name__].get("required", ()))
+        for name, field_schema in properties.items():
+            parameter = {"name": name, "in": "query", "required": name in required}
+            description = field_schema.pop("description", None)
+            if description:
+                parameter["description"] = description
+            out.append({**parameter, "schema": field_schema})
+    out.extend(
+        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+        for name in route.headers
+    )
+    return out
