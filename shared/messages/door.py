@@ -5,6 +5,7 @@ re-encoded: only the body a verified envelope carries is converted."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -15,6 +16,7 @@ from shared.messages.explain import JSON, MSGPACK, UNKNOWN, explain
 T = TypeVar("T")
 _json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 _msgpack_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def decode_json(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
@@ -65,6 +67,26 @@ def _convert(type_: type[T], value: object, code: str | None, fmt: str) -> T:
         return msgspec.convert(value, type_, builtin_types=builtin)
     except msgspec.ValidationError as exc:
         raise MessageError(explain(type_, exc, value, fmt), code) from None
+    except UnicodeEncodeError:
+        pass
+    # msgspec cannot name a field whose text holds a lone surrogate where it expected no text
+    # (it fails encoding it): find the field with the surrogates as NUL, which every declared
+    # text refuses, and show the value as it was sent
+    try:
+        msgspec.convert(_without_surrogates(value), type_, builtin_types=builtin)
+    except msgspec.ValidationError as exc:
+        raise MessageError(explain(type_, exc, value, fmt), code) from None
+    raise MessageError("the body holds text that is not valid Unicode (a lone surrogate)", code)
+
+
+def _without_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\x00", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _untyped(decode: Any, raw: bytes) -> Any:

@@ -42,7 +42,9 @@ def explain(root: Any, error: msgspec.ValidationError, value: Any, fmt: str) -> 
         return _sentence(_join(label, name), field_type, MISSING, fmt)
     if what.startswith("Object contains unknown field"):
         known = ", ".join(_struct_fields(node_type))
-        return f"{_join(label, _field_name(what))}: unknown field; the fields are {known}"
+        name = _field_name(what)
+        shown = name if name.isidentifier() else quote(name)
+        return f"{_join(label, shown)}: unknown field; the fields are {known}"
     if what.startswith(("Expected", "Invalid", "Integer value out of range")):
         return _sentence(label, node_type, node_value, fmt)
     # raised by a struct's own check (__post_init__), already naming its field

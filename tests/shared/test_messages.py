@@ -241,6 +241,9 @@ def _beat(ask: Any = 1, gpus: Any = None, host: Any = None) -> dict[str, Any]:
         (_job(unknown_field=1), "unknown_field: unknown field; the fields are image, gpus"),
         (b"[]", "the request body: expected a JSON object with image, gpus, max_duration_s"),
         (b"{", "the request body is not valid JSON"),
+        (json.dumps("\ud800").encode(), "the request body: expected a JSON object with image"),
+        (_job(gpus="\ud800"), 'gpus: expected an integer from 1 to 64, got "\\ud800"'),
+        (json.dumps({"\ud800": 1}).encode(), '"\\u0000": unknown field; the fields are image'),
         (b'{"image": "\xff"}', "the request body is not valid JSON"),
     ],
 )

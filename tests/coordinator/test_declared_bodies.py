@@ -1,0 +1,182 @@
+"""The declared types accept exactly what today's hand-written checks accept: generated bodies,
+near-valid with odd values, are refused by both or by neither (so handlers can switch to the
+door without changing who gets in)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator.capacity import parse_inventory
+from coordinator.errors import Unprocessable
+from coordinator.jobs import parse_job_request, secret_env_values
+from shared.messages import MessageError, api, convert, decode_json
+from shared.messages import agent_protocol as ap
+
+ODD_TEXT = ["", " ", "\x00", "a\x00b", "\ud800", "\u200f", "\u202eevil", "A\n", "1A", "_", "é"]
+ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, -(2**63), -1, 0, 1, 64, 65, 10**12, 10**30]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(ODD_TEXT),
+    st.lists(st.sampled_from(["a", "", "\x00", 1]), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["A", "a b", "_x", "\u200fA"]),
+        st.sampled_from(["v", 1, "\x00"]),
+        max_size=2,
+    ),
+)
+JOB = {
+    "image": "busybox:latest",
+    "gpus": 1,
+    "max_duration_s": 60,
+    "max_price_per_gpu_hour_micro_yuan": 1_000,
+    "command": ["true"],
+    "env": {"A": "b"},
+}
+JOB_KEYS = [
+    *JOB,
+    "secret_env",
+    "min_gpu_memory_bytes",
+    "gpu_models",
+    "cpus_milli",
+    "memory_bytes",
+    "idempotency_key",
+    "unknown_field",
+]
+EXAMPLES = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@st.composite
+def near_valid(draw: st.DrawFn, valid: dict[str, Any], keys: list[str]) -> Any:
+    body = dict(valid)
+    for name in draw(st.lists(st.sampled_from(keys), max_size=3, unique=True)):
+        if draw(st.booleans()) and name in body:
+            del body[name]
+        else:
+            body[name] = draw(ODD)
+    return body if draw(st.integers(0, 20)) else draw(ODD)
+
+
+def _today_accepts_job(body: Any) -> bool:
+    """What POST /v1/jobs checks before it looks at the enterprise's state."""
+    if not isinstance(body, dict):
+        return False
+    key = body.get("idempotency_key")
+    if key is not None and (
+        type(key) is not str or not 0 < len(key) <= 128 or not key.isprintable()
+    ):
+        return False
+    try:
+        parse_job_request({k: v for k, v in body.items() if k != "idempotency_key"})
+        secret_env_values(body)
+    except Unprocessable:
+        return False
+    return True
+
+
+def _door_accepts(type_: Any, body: Any, raw: bytes | None = None) -> bool:
+    try:
+        decode_json(type_, raw) if raw is not None else convert(type_, body)
+    except MessageError:
+        return False
+    return True
+
+
+@EXAMPLES
+@given(near_valid(JOB, JOB_KEYS))
+def test_job_submission(body: Any) -> None:
+    raw = json.dumps(body).encode()
+    assert _door_accepts(api.JobSubmit, None, raw) == _today_accepts_job(json.loads(raw)), body
+
+
+GPU = {"index": 0, "uuid": "GPU-0", "name": "NVIDIA H100", "memory_total_bytes": 1 << 30}
+GPU_KEYS = [*GPU, "memory_used_bytes", "utilization_gpu_pct", "temperature_c", "power_mw",
+            "power_limit_mw", "energy_mj", "healthy", "health_reason", "extra"]  # fmt: skip
+HOST = {"cpu_count": 8, "memory_total_bytes": 1 << 30}
+HOST_KEYS = [*HOST, "memory_available_bytes", "disk_free_bytes", "hostname"]
+
+
+@st.composite
+def heartbeats(draw: st.DrawFn) -> Any:
+    gpus = draw(st.lists(near_valid(GPU, GPU_KEYS), max_size=3))
+    inventory = {"gpus": gpus, "host": draw(near_valid(HOST, HOST_KEYS))}
+    inventory = draw(near_valid(inventory, ["gpus", "host", "driver_version"]))
+    body = {"ask_per_gpu_hour": 1, "inventory": inventory}
+    return draw(near_valid(body, ["ask_per_gpu_hour", "inventory"]))
+
+
+def _today_accepts_heartbeat(body: Any) -> bool:
+    if type(body) is not dict:
+        return False
+    ask = body.get("ask_per_gpu_hour")
+    if ask is not None and (type(ask) is not int or not 0 <= ask <= 10**12):
+        return False
+    try:
+        parse_inventory(body.get("inventory"))
+    except Unprocessable:
+        return False
+    return True
+
+
+@EXAMPLES
+@given(heartbeats())
+def test_heartbeat(body: Any) -> None:
+    assert _door_accepts(ap.Heartbeat, body) == _today_accepts_heartbeat(body), body
+
+
+def _today_accepts_poll(body: Any) -> bool:
+    if type(body) is not dict:
+        return False
+    known, wait_ms = body.get("known_version", -1), body.get("wait_ms", 0)
+    return type(known) is int and type(wait_ms) is int and wait_ms >= 0
+
+
+def _today_accepts_chunk(body: Any) -> bool:
+    if type(body) is not dict or type(body.get("lease_id")) is not str:
+        return False
+    offset, data = body.get("offset"), body.get("data")
+    return type(offset) is int and offset >= 0 and type(data) is bytes and len(data) <= 256 * 1024
+
+
+def _today_accepts_batch(body: Any) -> bool:
+    envelopes = body.get("receipts") if type(body) is dict else None
+    return (
+        type(envelopes) is list
+        and 0 < len(envelopes) <= 500
+        and all(type(e) is bytes for e in envelopes)
+    )
+
+
+BYTES_ODD = st.one_of(ODD, st.binary(max_size=8), st.lists(st.binary(max_size=4), max_size=3))
+
+
+@pytest.mark.parametrize(
+    ("type_", "today", "valid"),
+    [
+        (ap.LeasePoll, _today_accepts_poll, {"known_version": -1, "wait_ms": 0}),
+        (ap.LogChunk, _today_accepts_chunk, {"lease_id": "l", "offset": 0, "data": b"x"}),
+        (ap.ReceiptBatch, _today_accepts_batch, {"receipts": [b"x"]}),
+    ],
+)
+def test_small_agent_bodies(type_: Any, today: Any, valid: dict[str, Any]) -> None:
+    @EXAMPLES
+    @given(st.data())
+    def one(data: st.DataObject) -> None:
+        body = dict(valid)
+        for name in data.draw(st.lists(st.sampled_from([*valid, "extra"]), max_size=2)):
+            body[name] = data.draw(BYTES_ODD)
+        if data.draw(st.booleans()) and body:
+            del body[data.draw(st.sampled_from(sorted(body)))]
+        assert _door_accepts(type_, body) == today(body), body
+
+    one()
