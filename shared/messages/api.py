@@ -143,10 +143,14 @@ class JobSubmit(Message, forbid_unknown_fields=True):
         both = sorted(set(self.env) & set(self.secret_env))
         if both:
             raise ValueError(
-                f"secret_env: expected names env does not have, got {', '.join(both)} in both"
+                f"secret_env: expected names env does not have, got {', '.join(both)} in both; "
+                "give each variable once"
             )
-        if len(self.env) + len(self.secret_env) > MAX_ENV:
-            raise ValueError(f"env: expected at most {MAX_ENV} variables with secret_env")
+        count = len(self.env) + len(self.secret_env)
+        if count > MAX_ENV:
+            raise ValueError(
+                f"env: expected at most {MAX_ENV} variables together with secret_env, got {count}"
+            )
 
 
 class JobSpecView(Message):

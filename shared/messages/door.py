@@ -20,7 +20,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def decode_json(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
-    """A JSON body as `type_`; refusals name the field in the user's words."""
+    """A JSON body as `type_`; refusals name the field in the user's words. `code` is the error
+    code of a body that is JSON but not a `type_` (bytes that are not JSON are "invalid")."""
     decoder = _json_decoders.get(type_)
     if decoder is None:
         decoder = _json_decoders[type_] = msgspec.json.Decoder(type_)
@@ -36,8 +37,10 @@ def decode_json(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
     # it as Python does, so that the refusal still names the field that holds it
     try:
         value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise MessageError("the request body is not valid JSON", code) from None
+    except ValueError:
+        raise MessageError("the request body is not valid JSON") from None
+    except RecursionError:
+        raise MessageError("the request body nests too deeply", "too_deep") from None
     return _convert(type_, value, code, JSON)
 
 

@@ -251,7 +251,9 @@ def test_job_refusals_name_the_field(body: bytes, detail: str) -> None:
     with pytest.raises(MessageError) as refused:
         decode_json(api.JobSubmit, body, code="invalid_job")
     assert refused.value.detail.startswith(detail), refused.value.detail
-    assert refused.value.as_body() == {"error": "invalid_job", "detail": refused.value.detail}
+    # bytes that are not JSON are refused before the route looks at them, as today
+    code = "invalid" if "not valid JSON" in detail else "invalid_job"
+    assert refused.value.as_body() == {"error": code, "detail": refused.value.detail}
 
 
 @pytest.mark.parametrize(
