@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -97,7 +96,14 @@ def _best(count: int, rounds: int, run: Callable[[], object]) -> float:
 def pydantic_models() -> tuple[Any, Any] | None:
     """The same heartbeat and job as pydantic (strict) models, or None without pydantic."""
     try:
-        from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+        from pydantic import (
+            BaseModel,
+            ConfigDict,
+            Field,
+            StringConstraints,
+            field_validator,
+            model_validator,
+        )
     except ImportError:
         return None
     text = Field(min_length=1, max_length=128)
@@ -149,8 +155,14 @@ def pydantic_models() -> tuple[Any, Any] | None:
         inventory: Inventory
         ask_per_gpu_hour: int | None = Field(default=None, ge=0, le=10**12)
 
-    env_name = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-    no_nul = r"^[^\x00]*$"
+    # the same per-string rules as shared.messages.api (pydantic's regex engine has no
+    # surrogate ranges: strict str already refuses what UTF-8 cannot carry)
+    env_name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    env_value = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")]
+    command_part = Annotated[str, StringConstraints(max_length=65536, pattern=r"^[^\x00]*$")]
+    model_name = Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]*$")
+    ]
 
     class JobSubmit(BaseModel):
         model_config = ConfigDict(strict=True, extra="forbid")
@@ -158,22 +170,23 @@ def pydantic_models() -> tuple[Any, Any] | None:
         gpus: int = Field(ge=1, le=64)
         max_duration_s: int = Field(ge=1, le=30 * 86_400)
         max_price_per_gpu_hour_micro_yuan: int = Field(ge=1, le=10**12)
-        command: list[str] = Field(default_factory=list, max_length=256)
-        env: dict[str, str] = Field(default_factory=dict, max_length=128)
-        secret_env: dict[str, str] = Field(default_factory=dict, max_length=128)
+        command: list[command_part] = Field(default_factory=list, max_length=256)
+        env: dict[env_name, env_value] = Field(default_factory=dict, max_length=128)
+        secret_env: dict[env_name, env_value] = Field(default_factory=dict, max_length=128)
         min_gpu_memory_bytes: int = Field(default=0, ge=0, le=1 << 50)
-        gpu_models: list[str] = Field(default_factory=list, max_length=16)
+        gpu_models: list[model_name] = Field(default_factory=list, max_length=16)
         cpus_milli: int | None = Field(default=None, ge=100, le=1024 * 1000)
         memory_bytes: int | None = Field(default=None, ge=64 << 20, le=1 << 44)
         idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
         @model_validator(mode="after")
         def across(self) -> JobSubmit:
-            for name, value in [*self.env.items(), *self.secret_env.items()]:
-                if not re.match(env_name, name) or not re.match(no_nul, value):
-                    raise ValueError("bad env")
+            if sum(len(part.encode()) for part in self.command) > 65536:
+                raise ValueError("command too long")
             if set(self.env) & set(self.secret_env):
                 raise ValueError("env and secret_env overlap")
+            if len(self.env) + len(self.secret_env) > 128:
+                raise ValueError("too many variables")
             if self.idempotency_key is not None and not self.idempotency_key.isprintable():
                 raise ValueError("idempotency_key must be printable")
             return self
