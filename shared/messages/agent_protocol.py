@@ -189,9 +189,10 @@ class LeasesAnswer(Message):
 # -- status and logs --------------------------------------------------------------------
 
 
-class StatusReport(Message):
+class StatusReport(Message, omit_defaults=True):
     """POST /v1/agent/status: a lease's container started, exited (exit_code) or failed to
-    start (reason_code); `reason` says why in the agent's words."""
+    start (reason_code); `reason` says why in the agent's words. Fields left unset are left
+    out when encoded, as the agent sends them today (the log keeps these signed bytes)."""
 
     lease_id: str
     event: Literal["started", "exited", "failed"]

@@ -55,7 +55,7 @@ def _daemon_inventory(samples: list[GpuSample]) -> dict[str, Any]:
         settings=SimpleNamespace(disk_path="/"),
         sampler=SimpleNamespace(driver_version="550.54.15"),
     )
-    return AgentDaemon.heartbeat_inventory(stub)  # type: ignore[arg-type]
+    return AgentDaemon.heartbeat_inventory(stub)  # type: ignore[arg-type]  # a stub daemon
 
 
 class Recorder(CoordinatorClient):
@@ -131,6 +131,34 @@ async def test_the_agents_real_requests_decode() -> None:
     assert convert(ap.ReceiptBatch, client.opened()).receipts == receipts
 
 
+async def test_bodies_built_from_the_types_sign_to_todays_bytes() -> None:
+    """A body encoded from its declared type is the body the agent signs today, byte for byte
+    (canonical encoding sorts the keys; unset optional fields are left out as today)."""
+    key = PrivateKey.generate()
+    client = Recorder(key)
+    batch = ap.ReceiptBatch(receipts=[_receipt(key)])
+    built: list[msgspec.Struct] = [
+        ap.LeasePoll(known_version=3, wait_ms=0),
+        ap.StatusReport(lease_id="lease-1", event="started"),
+        ap.StatusReport(lease_id="lease-1", event="exited", exit_code=0, reason="lease ended"),
+        ap.StatusReport(lease_id="lease-1", event="failed", reason_code="x", reason="y"),
+        ap.LogChunk(lease_id="lease-1", offset=0, data=b"out"),
+        batch,
+    ]
+    await client.leases(3, 0)
+    await client.status("lease-1", "started")
+    await client.status("lease-1", "exited", exit_code=0, reason="lease ended")
+    await client.status("lease-1", "failed", reason_code="x", reason="y")
+    await client.log_chunk("lease-1", 0, b"out")
+    await client.signed("/v1/agent/receipts", {"receipts": batch.receipts})
+    now = time.time_ns() // 1_000_000
+    for message, (path, envelope) in zip(built, client.sent, strict=True):
+        sent = open_request(envelope, key.public, "POST", path, now, 60_000).body
+        assert canonical.encode(msgspec.to_builtins(message, builtin_types=(bytes,))) == (
+            canonical.encode(sent)
+        ), path
+
+
 async def test_enrolment_and_rotation_decode_outside_and_inside() -> None:
     key, new_key = PrivateKey.generate(), PrivateKey.generate()
     client = Recorder(key)
@@ -167,7 +195,7 @@ async def test_what_suanli_submit_sends_decodes() -> None:
             "--secret-env", "TOKEN=s3cret", "--", "python", "train.py",
         ]
     )  # fmt: skip
-    await client_cli.cmd_submit(Api(), args)  # type: ignore[arg-type]
+    await client_cli.cmd_submit(Api(), args)  # type: ignore[arg-type]  # a stub client
     job = decode_json(api.JobSubmit, json.dumps(sent[0]).encode())
     assert (job.gpus, job.cpus_milli, job.memory_bytes) == (2, 8000, 64 * GIB)
     assert job.command == ["python", "train.py"] and job.secret_env == {"TOKEN": "s3cret"}
