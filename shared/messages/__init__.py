@@ -1,9 +1,9 @@
 """Every body that crosses a process boundary, declared once: the agent protocol
 (`agent_protocol`), the JSON API (`api`), the transparency log's routes (`log`) and the one
-error body; `decode_json`, `decode_msgpack` and `convert` are the door they pass."""
+error body; `decode_json`, `decode_msgpack`, `decode_query` and `convert` are the door they pass."""
 
 from shared.messages import agent_protocol, api, log
-from shared.messages.door import convert, decode_json, decode_msgpack
+from shared.messages.door import convert, decode_json, decode_msgpack, decode_query
 from shared.messages.error import ErrorBody, MessageError
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "convert",
     "decode_json",
     "decode_msgpack",
+    "decode_query",
     "log",
 ]

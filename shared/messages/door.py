@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import re
+import typing
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
 
 from shared.messages.error import MessageError
-from shared.messages.explain import JSON, MSGPACK, UNKNOWN, explain
+from shared.messages.explain import JSON, MSGPACK, QUERY, UNKNOWN, describe, explain, members
+from shared.messages.fields import quote
 
 T = TypeVar("T")
 _json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 _msgpack_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 def decode_json(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
@@ -56,6 +60,26 @@ def decode_msgpack(type_: type[T], raw: bytes, *, code: str | None = None) -> T:
         raise MessageError(explain(type_, exc, value, MSGPACK), code) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"the body is not valid msgpack ({exc})", code) from None
+
+
+def decode_query(type_: type[T], query: Mapping[str, str], *, code: str | None = None) -> T:
+    """A URL query as `type_`: an integer field takes 1 to 19 ASCII digits (no sign, no
+    spaces, no other numerals), then bounds and choices are checked as for a body. Parameters
+    the type does not declare are ignored, as the routes ignore them today."""
+    hints = typing.get_type_hints(type_, include_extras=True)
+    fields: dict[str, object] = {}
+    for name in getattr(type_, "__struct_fields__", ()):
+        raw = query.get(name)
+        if raw is None:
+            continue
+        if int in members(hints[name]):
+            if not _DECIMAL.fullmatch(raw):
+                expected = describe(hints[name], QUERY)
+                raise MessageError(f"{name}: expected {expected}, got {quote(raw)}", code)
+            fields[name] = int(raw)
+        else:
+            fields[name] = raw
+    return _convert(type_, fields, code, QUERY)
 
 
 def convert(type_: type[T], value: object, *, code: str | None = None) -> T:

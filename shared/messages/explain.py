@@ -15,7 +15,7 @@ import msgspec.inspect as mi
 
 from shared.messages.fields import quote
 
-JSON, MSGPACK = "json", "msgpack"
+JSON, MSGPACK, QUERY = "json", "msgpack", "query"
 MISSING: Any = object()  # the field is not in the body
 UNKNOWN: Any = object()  # the body could not be read without its type
 _LOCATED = re.compile(r"^(?P<what>.*?)(?: - at `(?P<at>[^`]*)`(?: in `(?P<outer>[^`]*)`)?)?$", re.S)
@@ -82,7 +82,7 @@ def _strip(tp: Any) -> Any:
     return tp
 
 
-def _members(tp: Any) -> list[Any]:
+def members(tp: Any) -> list[Any]:
     """The alternatives of a union (or the type itself), without null and UNSET."""
     tp = _strip(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -95,7 +95,7 @@ def _members(tp: Any) -> list[Any]:
 
 
 def _struct_fields(tp: Any) -> dict[str, Any]:
-    for member in _members(tp):
+    for member in members(tp):
         if isinstance(member, type) and issubclass(member, msgspec.Struct):
             hints = typing.get_type_hints(member, include_extras=True)
             return {name: hints[name] for name in member.__struct_fields__}
@@ -110,7 +110,7 @@ def _walk(root: Any, path: list[Segment], value: Any) -> tuple[Any, Any, list[st
             value = _item(value, segment)
             labels.append(f"[{segment}]")
         elif segment in (_KEY, _VALUE):
-            dict_type = next((m for m in _members(tp) if typing.get_origin(m) is dict), None)
+            dict_type = next((m for m in members(tp) if typing.get_origin(m) is dict), None)
             key_type, item_type = typing.get_args(dict_type) if dict_type else (Any, Any)
             tp = key_type if segment == _KEY else item_type
             key, value = _first_refused(value, tp, keys=segment == _KEY)
@@ -128,7 +128,7 @@ def _item(value: Any, index: int) -> Any:
 
 
 def _item_type(tp: Any, origin: type) -> Any:
-    for member in _members(tp):
+    for member in members(tp):
         if typing.get_origin(member) is origin:
             return typing.get_args(member)[0]
     return Any
@@ -182,7 +182,8 @@ def _describe(info: mi.Type, fmt: str) -> str:
     if isinstance(info, mi.UnionType):
         parts = [_describe(t, fmt) for t in info.types if not isinstance(t, mi.NoneType)]
         nullable = any(isinstance(t, mi.NoneType) for t in info.types)
-        return " or ".join(parts) + (f", or {_null(fmt)}" if nullable else "")
+        # a query parameter left out is the null of its type: not worth saying
+        return " or ".join(parts) + (f", or {_null(fmt)}" if nullable and fmt != QUERY else "")
     names = {mi.BoolType: "true or false", mi.FloatType: "a number", mi.NoneType: _null(fmt)}
     return names.get(type(info), "a valid value")
 

@@ -11,7 +11,9 @@ from shared.messages.fields import INT64_MAX, Count, Message
 
 # the routes read up to 19 digits; a larger index than int64 is beyond any log
 Index = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+Hex32 = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$", extra={"expected": "64 hex digits"})
+]
 
 
 class EntriesQuery(Message):

@@ -17,7 +17,14 @@ from agent.nvml import GpuSample
 from coordinator.client import cli as client_cli
 from shared import canonical
 from shared.identity import PrivateKey
-from shared.messages import MessageError, api, convert, decode_json, decode_msgpack
+from shared.messages import (
+    MessageError,
+    api,
+    convert,
+    decode_json,
+    decode_msgpack,
+    decode_query,
+)
 from shared.messages import agent_protocol as ap
 from shared.messages import log as log_messages
 from shared.money import usage_amount
@@ -410,8 +417,41 @@ def test_log_queries_and_answers() -> None:
     page = msgspec.json.encode(log_messages.EntriesPage(start=0, end=1, entries=[b"\x00\x01"]))
     assert json.loads(page)["entries"] == ["AAE="]  # base64, as the route sends it today
     assert decode_json(log_messages.EntriesPage, page).entries == [b"\x00\x01"]
-    with pytest.raises(MessageError, match=r"^digest: expected a string matching"):
-        convert(log_messages.FindQuery, {"digest": "xyz"})
+    with pytest.raises(MessageError, match=r'^digest: expected 64 hex digits, got "xyz"$'):
+        decode_query(log_messages.FindQuery, {"digest": "xyz"})
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ({"limit": "²"}, 'limit: expected an integer from 1 to 1000, got "²"'),
+        ({"limit": "١٢"}, 'limit: expected an integer from 1 to 1000, got "١٢"'),
+        ({"limit": "0"}, "limit: expected an integer from 1 to 1000, got 0"),
+        ({"limit": "1001"}, "limit: expected an integer from 1 to 1000, got 1001"),
+        ({"limit": "-1"}, 'limit: expected an integer from 1 to 1000, got "-1"'),
+        ({"limit": "1.5"}, 'limit: expected an integer from 1 to 1000, got "1.5"'),
+        ({"limit": ""}, 'limit: expected an integer from 1 to 1000, got ""'),
+        ({"limit": "18446744073709551616"}, "limit: expected an integer from 1 to 1000, got"),
+        ({"state": "Pending"}, "state: expected one of cancelled, failed, leased, lost, pending"),
+        ({"state": "pending\u200f"}, "state: expected one of"),
+    ],
+)
+def test_queries_are_read_exactly(query: dict[str, str], detail: str) -> None:
+    with pytest.raises(MessageError) as refused:
+        decode_query(api.JobListQuery, query)
+    assert refused.value.detail.startswith(detail), refused.value.detail
+
+
+def test_queries_take_their_declared_defaults() -> None:
+    assert decode_query(api.JobListQuery, {"other": "x"}) == api.JobListQuery()
+    assert decode_query(api.JobListQuery, {"state": "running", "limit": "7"}) == (
+        api.JobListQuery(state="running", limit=7)
+    )
+    assert decode_query(api.JobLogQuery, {}) == api.JobLogQuery(offset=0, limit=256 * 1024)
+    page = decode_query(log_messages.EntriesQuery, {"start": "0", "end": "12"})
+    assert (page.start, page.end) == (0, 12)
+    with pytest.raises(MessageError, match="^end: expected an integer from 0 to"):
+        decode_query(log_messages.EntriesQuery, {"start": "0"})
 
 
 def test_a_non_msgpack_body_is_refused_as_such() -> None:
