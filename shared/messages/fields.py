@@ -8,7 +8,6 @@ from typing import Annotated
 import msgspec
 
 INT64_MAX = 2**63 - 1
-UINT64_MAX = 2**64 - 1
 # no NUL and no lone surrogate (JSON can smuggle one in as \ud800; UTF-8 cannot carry it);
 # written with escapes so that JSON Schema validators read the same pattern
 UNICODE_TEXT = r"^[^\x00\ud800-\udfff]*$"
@@ -23,17 +22,13 @@ Milliseconds = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX)]
 MicroYuan = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX, description="micro-yuan")]
 
 
-class PrintableError(ValueError):
-    """A text field holds a character that is not printable (raised in __post_init__)."""
-
-
 def require_printable(struct: msgspec.Struct, names: tuple[str, ...], low: int, high: int) -> None:
     """Refuse text fields that are set but not printable, naming the field: msgspec's patterns
     cannot say "printable" (Unicode categories), so the struct checks it after decoding."""
     for name in names:
         value = getattr(struct, name)
         if isinstance(value, str) and not value.isprintable():
-            raise PrintableError(
+            raise ValueError(
                 f"{name}: expected {low} to {high} printable characters, got {quote(value)}"
             )
 
