@@ -335,8 +335,9 @@ def _add_rotate_key(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agent.coordinator_client import CoordinatorClient, CoordinatorError
+    from agent.coordinator_client import CoordinatorClient
     from agent.spool import Spool
+    from shared.http_client import CoordinatorError
     from shared.identity import PrivateKey, load_private_key, save_private_key
 
     state = AgentState(args.state_dir)

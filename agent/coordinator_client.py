@@ -1,4 +1,6 @@
-"""The agent's side of the coordinator protocol: every request signed with the agent's key."""
+"""The agent's side of the coordinator protocol: msgpack bodies, every request signed with the
+agent's key. The session, TLS, timeouts and the error mapping (`CoordinatorError`) are
+`shared.http_client`'s."""
 
 from __future__ import annotations
 
@@ -9,84 +11,41 @@ import aiohttp
 
 from shared import canonical
 from shared.clock import now_ms
-from shared.errors import SuanliError
+from shared.http_client import HttpClient
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
-from shared.transport import check_coordinator_url, client_ssl_context
 
 MSGPACK = "application/msgpack"
+DEFAULT_TIMEOUT_S = 60.0
+# a long poll is answered within its wait; this much more is allowed for the answer to come
+LONG_POLL_SLACK_S = 30.0
 
 
-class CoordinatorError(SuanliError):
-    """The coordinator refused a request or could not be reached."""
+class CoordinatorClient(HttpClient):
+    """One agent key's requests to the coordinator; `session` may be shared by many clients."""
 
-    code = "coordinator_error"
+    body_kind = "msgpack"
 
-    def __init__(self, detail: str, status: int | None = None, error: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-
-
-class CoordinatorClient:
     def __init__(
         self,
         url: str,
         key: PrivateKey,
         ca_file: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.url = check_coordinator_url(url)
+        super().__init__(
+            url, ca_file=ca_file, timeout_s=timeout_s, product="suanli-agent", session=session
+        )
         self.key = key
-        self._ssl = client_ssl_context(ca_file) if self.url.startswith("https://") else None
-        self._session = session
-        self._owns_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def __aenter__(self) -> CoordinatorClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-        self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+    def decode(self, raw: bytes) -> Any:
+        return canonical.decode(raw)
 
     async def _post(self, path: str, body: bytes, timeout_s: float | None = None) -> Any:
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
-        try:
-            async with self._http().post(
-                self.url + path,
-                data=body,
-                ssl=self._ssl,
-                headers={"Content-Type": MSGPACK},
-                timeout=timeout,
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise CoordinatorError(f"cannot reach the coordinator at {self.url}: {exc!r}") from None
-        try:
-            data = canonical.decode(raw)
-        except SuanliError:
-            raise CoordinatorError(
-                f"the coordinator answered {status} with an unreadable body", status
-            ) from None
-        if status >= 400:
-            detail = data.get("detail") if isinstance(data, dict) else None
-            error = data.get("error") if isinstance(data, dict) else None
-            raise CoordinatorError(
-                f"coordinator refused {path} ({status} {error}): {detail}", status, error
-            )
-        return data
+        return await self.request(
+            "POST", path, data=body, headers={"Content-Type": MSGPACK}, timeout_s=timeout_s
+        )
 
     async def signed(self, path: str, body: Any, timeout_s: float | None = None) -> Any:
         envelope = sign_request(self.key, "POST", path, body, now_ms())
@@ -126,7 +85,7 @@ class CoordinatorClient:
             await self.signed(
                 "/v1/agent/leases",
                 {"known_version": known_version, "wait_ms": wait_ms},
-                timeout_s=wait_ms / 1000 + 30,
+                timeout_s=wait_ms / 1000 + LONG_POLL_SLACK_S,
             )
         )
 

@@ -15,7 +15,7 @@ import random
 from typing import Any
 
 from agent.config import AgentSettings
-from agent.coordinator_client import CoordinatorClient, CoordinatorError
+from agent.coordinator_client import CoordinatorClient
 from agent.engine import Engine, EngineError
 from agent.inventory import gpu_record, read_host
 from agent.metering import (
@@ -31,6 +31,7 @@ from agent.spool import LeaseRecord, Spool
 from agent.state import AgentState
 from shared.clock import now_ms
 from shared.errors import SuanliError
+from shared.http_client import CoordinatorError
 from shared.log_entries import read_acknowledgement
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from shared import (
     envelope,
     errors,
     gpu_models,
+    http_client,
     identity,
     ledger_names,
     log_entries,
@@ -22,7 +23,6 @@ from shared import (
     receipts,
     settings_file,
     signed_request,
-    transport,
     uscc,
 )
 from shared.auction import AuctionError
@@ -41,10 +41,16 @@ from shared.errors import (
     SuanliError,
 )
 from shared.gpu_models import GpuModelError
+from shared.http_client import (
+    BadAnswer,
+    CoordinatorError,
+    Refused,
+    TransportError,
+    Unreachable,
+)
 from shared.identity import PrivateKey, PublicKey, VerifierKey
 from shared.log_entries import LogEntryError
 from shared.receipts import Receipt, SealedReceipt
-from shared.transport import TransportError
 from shared.uscc import UsccError
 
 PUBLIC_MODULES = (
@@ -56,6 +62,7 @@ PUBLIC_MODULES = (
     "envelope",
     "errors",
     "gpu_models",
+    "http_client",
     "identity",
     "ledger_names",
     "log_entries",
@@ -65,14 +72,15 @@ PUBLIC_MODULES = (
     "receipts",
     "settings_file",
     "signed_request",
-    "transport",
     "uscc",
 )
 
 __all__ = [
     *PUBLIC_MODULES,
     "AuctionError",
+    "BadAnswer",
     "Checkpoint",
+    "CoordinatorError",
     "EncodingError",
     "EnvelopeError",
     "GpuModelError",
@@ -87,10 +95,12 @@ __all__ = [
     "Receipt",
     "ReceiptError",
     "ReceiptRuleError",
+    "Refused",
     "SealedReceipt",
     "SignatureError",
     "SuanliError",
     "TransportError",
+    "Unreachable",
     "UsccError",
     "VerifierKey",
 ]

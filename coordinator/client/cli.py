@@ -16,12 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
-from coordinator.client import audit, render
-from coordinator.client.api import ClientError, CoordinatorApi
-from coordinator.client.units import UnitError, parse_cores, parse_duration, parse_size
-from shared.errors import MoneyError
-from shared.money import parse_yuan
-from shared.transport import TransportError
+from coordinator.client import arguments, audit, render
+from coordinator.client.api import CoordinatorApi
+from coordinator.client.units import parse_cores, parse_duration, parse_size
+from shared.http_client import CoordinatorError, TransportError
 
 ENV_COORDINATOR = "SUANLI_COORDINATOR"
 ENV_TOKEN = "SUANLI_TOKEN"
@@ -35,56 +33,6 @@ Command = Callable[[CoordinatorApi, argparse.Namespace], Awaitable[int]]
 
 class UsageError(Exception):
     """The command line or the environment lacks something; nothing was sent."""
-
-
-# -- argument types: each refusal is a sentence argparse prefixes with the flag's name ----
-
-
-def _unit(parse: Callable[[str], int]) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            return parse(text)
-        except UnitError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__.removeprefix("parse_")
-    return convert
-
-
-def _price(text: str) -> int:
-    try:
-        micro = parse_yuan(text, field="price")
-    except MoneyError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
-    if micro <= 0:
-        raise argparse.ArgumentTypeError(f"price {text!r} must be more than 0 yuan")
-    return micro
-
-
-def _positive_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
-    return int(text)
-
-
-class _EnvAction(argparse.Action):
-    """`--env NAME=VALUE`, repeatable, each name at most once."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        name, sep, value = str(values).partition("=")
-        if not sep or not name:
-            raise argparse.ArgumentError(self, f"{values!r} is not NAME=VALUE")
-        env = dict(getattr(namespace, self.dest, None) or {})
-        if name in env:
-            raise argparse.ArgumentError(self, f"{name} is given twice")
-        env[name] = value
-        setattr(namespace, self.dest, env)
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -161,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--image", required=True, help="container image reference")
     submit.add_argument(
-        "--gpus", required=True, type=_positive_int, metavar="N", help="number of GPUs"
+        "--gpus", required=True, type=arguments.positive_int, metavar="N", help="number of GPUs"
     )
     submit.add_argument(
         "--min-gpu-memory",
-        type=_unit(parse_size),
+        type=arguments.unit(parse_size),
         metavar="SIZE",
         dest="min_gpu_memory_bytes",
         help="least memory per GPU, e.g. 40GiB",
@@ -179,14 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--cpus",
-        type=_unit(parse_cores),
+        type=arguments.unit(parse_cores),
         metavar="CORES",
         dest="cpus_milli",
         help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)",
     )
     submit.add_argument(
         "--memory",
-        type=_unit(parse_size),
+        type=arguments.unit(parse_size),
         metavar="SIZE",
         dest="memory_bytes",
         help="container memory limit, e.g. 64GiB (default 16 GiB per GPU)",
@@ -194,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--max-duration",
         required=True,
-        type=_unit(parse_duration),
+        type=arguments.unit(parse_duration),
         metavar="DURATION",
         dest="max_duration_s",
         help="longest the job may run, e.g. 90s, 30m, 2h, 1d, 1h30m",
@@ -202,21 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--max-price-per-gpu-hour",
         required=True,
-        type=_price,
+        type=arguments.price,
         metavar="YUAN",
         dest="max_price_micro_yuan",
         help="most you pay per GPU-hour, in yuan, e.g. 12.50",
     )
     submit.add_argument(
         "--env",
-        action=_EnvAction,
+        action=arguments.EnvAction,
         metavar="NAME=VALUE",
         default={},
         help="an environment variable for the container (repeatable)",
     )
     submit.add_argument(
         "--secret-env",
-        action=_EnvAction,
+        action=arguments.EnvAction,
         metavar="NAME=VALUE",
         default={},
         help="a secret environment variable (repeatable): only the winning "
@@ -243,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         "succeeded, failed, cancelled, lost)",
     )
     listing.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="at most N jobs (server default 100)"
+        "--limit",
+        type=arguments.positive_int,
+        metavar="N",
+        help="at most N jobs (server default 100)",
     )
 
     show = _leaf(
@@ -419,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except TransportError as exc:
         return _fail(exc.detail, EXIT_USAGE)
-    except ClientError as exc:
+    except CoordinatorError as exc:
         return _fail(exc.detail, EXIT_REFUSED)
     except KeyboardInterrupt:
         return 130

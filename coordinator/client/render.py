@@ -224,8 +224,9 @@ def account_text(account: dict[str, Any]) -> str:
     )
     for item in account.get("statements", []):
         lines.append(
-            f"statement {item['period']}: {yuan(item['deferred_micro_yuan'])} due {item['due_date']}, "
-            f"outstanding {yuan(item['outstanding_micro_yuan'])} ({item['status']})"
+            f"statement {item['period']}: {yuan(item['deferred_micro_yuan'])} "
+            f"due {item['due_date']}, outstanding "
+            f"{yuan(item['outstanding_micro_yuan'])} ({item['status']})"
         )
     if account.get("suspended"):
         lines.append(f"SUSPENDED: {account['suspended_reason']}")

@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness lives with the t
 
 from coordinator_harness import CoordinatorProcess, free_port, inventory
 
-from agent.coordinator_client import CoordinatorClient, CoordinatorError
+from agent.coordinator_client import CoordinatorClient
 from shared import canonical
+from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
 

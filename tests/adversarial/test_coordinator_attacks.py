@@ -20,8 +20,8 @@ import msgpack
 import pytest
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, inventory
 
-from agent.coordinator_client import CoordinatorError
 from shared import canonical
+from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
 

@@ -268,7 +268,7 @@ async def test_another_agent_cannot_submit_for_this_lease(lab: Lab, cleanup: lis
 
 @pytest.mark.parametrize("body", [{"receipts": []}, {"receipts": "x"}, {"receipts": [1]}, [b"x"]])
 async def test_malformed_batches_are_refused(lab: Lab, body: Any) -> None:
-    from agent.coordinator_client import CoordinatorError
+    from shared.http_client import CoordinatorError
 
     with pytest.raises(CoordinatorError) as caught:
         await lab.agent.client.signed("/v1/agent/receipts", body)

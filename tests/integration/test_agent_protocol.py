@@ -7,8 +7,9 @@ import time
 import pytest
 from coordinator_harness import CoordinatorProcess, FakeAgent, inventory
 
-from agent.coordinator_client import CoordinatorClient, CoordinatorError
+from agent.coordinator_client import CoordinatorClient
 from shared import canonical
+from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
 

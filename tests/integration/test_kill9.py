@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent
 
-from agent.coordinator_client import CoordinatorError
+from shared.http_client import CoordinatorError
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from coordinator_harness import CoordinatorProcess, self_signed
 
-from agent.coordinator_client import CoordinatorClient, CoordinatorError
+from agent.coordinator_client import CoordinatorClient
 from shared.errors import SuanliError
+from shared.http_client import CoordinatorError, check_coordinator_url
 from shared.identity import PrivateKey
-from shared.transport import check_coordinator_url
 
 
 @pytest.fixture

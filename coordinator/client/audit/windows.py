@@ -34,7 +34,7 @@ Problem = Callable[[str, str, int], None]
 class _Accepted(NamedTuple):
     """What the window rule needs of an accepted receipt, kept small: a log holds millions."""
 
-    index: int
+    log_index: int
     accepted_at_ms: int
     lease_id: str
     seq: int
@@ -159,7 +159,7 @@ class WindowAudit:
                     f"lease {accepted.lease_id} seq "
                     f"{accepted.seq} is accepted, but no lease_award entry of the log "
                     "awards that lease",
-                    accepted.index,
+                    accepted.log_index,
                 )
                 continue
             try:
@@ -170,7 +170,7 @@ class WindowAudit:
                     f"lease {accepted.lease_id} seq "
                     f"{accepted.seq} was accepted though it breaks rule {exc.rule}: "
                     f"{exc.detail}",
-                    accepted.index,
+                    accepted.log_index,
                 )
         self.accepted.clear()
         self.events.clear()
