@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent
 
-from agent.coordinator_client import CoordinatorError
+from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
 from shared.messages import ErrorBody, api, convert, decode_json
 from shared.messages import agent_protocol as ap
