@@ -233,10 +233,17 @@ def _us(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, default=20_000)
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--agents", type=int, help="agents in the market (default 20,000)")
+    parser.add_argument("--jobs", type=int, help="pending jobs to place (default 10,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller market: 4,000 agents and 2,000 jobs"
+    )
     args = parser.parse_args()
+    if args.agents is None:
+        args.agents = 4_000 if args.quick else 20_000
+    if args.jobs is None:
+        args.jobs = 2_000 if args.quick else 10_000
     rng = random.Random(args.seed)
 
     with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
