@@ -28,11 +28,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness and inventory() 
 from coordinator_harness import inventory, uscc
 
 from coordinator import service
-from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.jobs import Job, parse_job_request
-from coordinator.market import Agent
+from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
