@@ -208,13 +208,13 @@ class Stopwatch:
             self.auction_s.append(clock() - start)
             return outcome
 
-        coordinator.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]
+        coordinator.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]  # timed in place
         setattr(service, "run_auction", timed_auction)  # noqa: B010 - a patch, on purpose
         self._restore = (coordinator, candidates, run_auction)
 
     def restore(self) -> None:
         coordinator, candidates, run_auction = self._restore
-        coordinator.market.candidates = candidates  # type: ignore[method-assign]
+        coordinator.market.candidates = candidates  # type: ignore[method-assign]  # put back
         setattr(service, "run_auction", run_auction)  # noqa: B010
 
     def per_job(self, end: float) -> list[float]:

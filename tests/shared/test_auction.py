@@ -241,20 +241,20 @@ def test_winner_detail_names_winner_and_price_basis() -> None:
         (lambda: JobSpec("j", True, 0, (), 1, ()), "gpu_count"),
         (lambda: JobSpec("", 1, 0, (), 1, ()), "job_id"),
         (lambda: JobSpec("j", 1, -1, (), 1, ()), "min_gpu_memory_bytes"),
-        (lambda: JobSpec("j", 1, 0, ["A100"], 1, ()), "gpu_models"),  # type: ignore[arg-type]
+        (lambda: JobSpec("j", 1, 0, ["A100"], 1, ()), "gpu_models"),  # type: ignore[arg-type]  # wrong on purpose
         (lambda: JobSpec("j", 1, 0, ("",), 1, ()), "gpu_models"),
         (lambda: JobSpec("j", 1, 0, (), -1, ()), "max_price_per_gpu_hour"),
-        (lambda: JobSpec("j", 1, 0, (), 1.5, ()), "max_price_per_gpu_hour"),  # type: ignore[arg-type]
+        (lambda: JobSpec("j", 1, 0, (), 1.5, ()), "max_price_per_gpu_hour"),  # type: ignore[arg-type]  # wrong on purpose
         (lambda: JobSpec("j", 1, 0, (), 2**63, ()), "max_price_per_gpu_hour"),
-        (lambda: JobSpec("j", 1, 0, (), 1, ("a", 7)), "excluded_agents"),  # type: ignore[arg-type]
+        (lambda: JobSpec("j", 1, 0, (), 1, ("a", 7)), "excluded_agents"),  # type: ignore[arg-type]  # wrong on purpose
         (lambda: GpuOffer("", "A100", 1, True), "uuid"),
         (lambda: GpuOffer("u", "A100", -1, True), "memory_total_bytes"),
-        (lambda: GpuOffer("u", "A100", 1, 1), "healthy"),  # type: ignore[arg-type]
+        (lambda: GpuOffer("u", "A100", 1, 1), "healthy"),  # type: ignore[arg-type]  # wrong on purpose
         (lambda: AgentOffer("a", -1, 0, ()), "ask of agent a"),
         (lambda: AgentOffer("a", 1, -1, ()), "reliability of agent a"),
         (lambda: AgentOffer("a", 1, 1_000_001, ()), "reliability of agent a"),
-        (lambda: AgentOffer("a", 1, 0, [GpuOffer("u", "A100", 1, True)]), "free_gpus"),  # type: ignore[arg-type]
-        (lambda: AgentOffer("a", 1, 0, (("u", "A100", 1, True),)), "free_gpus"),  # type: ignore[arg-type]
+        (lambda: AgentOffer("a", 1, 0, [GpuOffer("u", "A100", 1, True)]), "free_gpus"),  # type: ignore[arg-type]  # wrong on purpose
+        (lambda: AgentOffer("a", 1, 0, (("u", "A100", 1, True),)), "free_gpus"),  # type: ignore[arg-type]  # wrong on purpose
         (
             lambda: AgentOffer("a", 1, 0, (GpuOffer("u", "A", 1, True),) * 2),
             "same GPU uuid more than once",
@@ -286,9 +286,9 @@ def test_duplicate_agent_is_refused_even_when_excluded() -> None:
 
 def test_wrong_types_are_refused() -> None:
     with pytest.raises(AuctionError, match="JobSpec"):
-        run_auction(job_to_wire(job()), [])  # type: ignore[arg-type]
+        run_auction(job_to_wire(job()), [])  # type: ignore[arg-type]  # wrong on purpose
     with pytest.raises(AuctionError, match="AgentOffer"):
-        run_auction(job(), [["a", 1, 0, []]])  # type: ignore[list-item]
+        run_auction(job(), [["a", 1, 0, []]])  # type: ignore[list-item]  # wrong on purpose
 
 
 # --- recorded rounds ------------------------------------------------------------------------
