@@ -21,7 +21,6 @@ import sqlite_utils
 from coordinator import accounts, receipt_store, tlog, vouchers
 from coordinator import receipts as receipt_rules
 from coordinator.accounts import Principal
-from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
 from coordinator.db import Database, transaction
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
@@ -44,7 +43,7 @@ from coordinator.jobs import (
     secret_env_values,
 )
 from coordinator.limits import RateLimiter
-from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
+from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market, parse_inventory
 from coordinator.receipt_pool import ReceiptOpener
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction

@@ -28,11 +28,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness and inventory() 
 from coordinator_harness import inventory, uscc
 
 from coordinator import service
-from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.jobs import Job, parse_job_request
-from coordinator.market import Agent
+from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
@@ -209,13 +208,13 @@ class Stopwatch:
             self.auction_s.append(clock() - start)
             return outcome
 
-        coordinator.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]
+        coordinator.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]  # timed in place
         setattr(service, "run_auction", timed_auction)  # noqa: B010 - a patch, on purpose
         self._restore = (coordinator, candidates, run_auction)
 
     def restore(self) -> None:
         coordinator, candidates, run_auction = self._restore
-        coordinator.market.candidates = candidates  # type: ignore[method-assign]
+        coordinator.market.candidates = candidates  # type: ignore[method-assign]  # put back
         setattr(service, "run_auction", run_auction)  # noqa: B010
 
     def per_job(self, end: float) -> list[float]:
@@ -233,10 +232,17 @@ def _us(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, default=20_000)
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--agents", type=int, help="agents in the market (default 20,000)")
+    parser.add_argument("--jobs", type=int, help="pending jobs to place (default 10,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller market: 4,000 agents and 2,000 jobs"
+    )
     args = parser.parse_args()
+    if args.agents is None:
+        args.agents = 4_000 if args.quick else 20_000
+    if args.jobs is None:
+        args.jobs = 2_000 if args.quick else 10_000
     rng = random.Random(args.seed)
 
     with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:

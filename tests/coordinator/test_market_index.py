@@ -33,11 +33,13 @@ job_strategy = st.tuples(
     st.integers(1, 8),
     st.sets(st.integers(0, 11), max_size=3),
 )
+# (ask in yuan, GPUs as (model, memory, healthy, flag, leased), online, penalty)
+AgentSpec = tuple[int, list[tuple[str, int, bool, str | None, bool]], bool, int]
+# (GPU count, min memory, models, max price in yuan, excluded agent numbers)
+JobShape = tuple[int, int, set[str], int, set[int]]
 
 
-def _market(
-    specs: list[tuple[int, list[tuple[str, int, bool, str | None, bool]], bool, int]],
-) -> Market:
+def _market(specs: list[AgentSpec]) -> Market:
     market = Market(half_life_ms=86_400_000)
     for n, (ask, gpus, online, penalty) in enumerate(specs):
         agent = Agent(
@@ -68,7 +70,9 @@ def _market(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(agent_strategy, max_size=12), st.lists(job_strategy, min_size=1, max_size=5))
-def test_candidates_decide_like_the_whole_market(agents: list, jobs: list) -> None:
+def test_candidates_decide_like_the_whole_market(
+    agents: list[AgentSpec], jobs: list[JobShape]
+) -> None:
     market = _market(agents)
     everyone = [
         market.offer_of(a, 0)

@@ -1,0 +1,56 @@
+"""The `suanli-coordinator` parser, its commands in the order `--help` lists them, and `main`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from coordinator.cli.accounts import add_account_tasks, add_token_tasks
+from coordinator.cli.agents import add_agent_tasks, add_flag_tasks
+from coordinator.cli.billing import add_billing_tasks
+from coordinator.cli.log_key import add_log_key_tasks
+from coordinator.cli.serve import add_serve
+from shared.errors import SuanliError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="suanli-coordinator",
+        description="Suanli coordinator: auctions jobs to agents, verifies signed receipts, "
+        "debits vouchers and publishes a transparency log.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_serve(commands)
+
+    admin = commands.add_parser("admin", help="manage accounts in the database")
+    admin.add_argument("--db", required=True, type=Path, help="SQLite database file")
+    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    admin.add_argument("--config", type=Path, help="coordinator.toml (its [vouchers] policy)")
+    tasks = admin.add_subparsers(dest="task", metavar="TASK", required=True)
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    add_account_tasks(tasks, json_flag)
+    add_billing_tasks(tasks, json_flag)
+    add_flag_tasks(tasks, json_flag)
+    add_token_tasks(tasks, json_flag)
+    add_agent_tasks(tasks, json_flag)
+    add_log_key_tasks(tasks, json_flag)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except (SuanliError, ValueError) as exc:
+        print(f"suanli-coordinator: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,34 @@
+"""`suanli-coordinator admin rotate-log-key`: a new log key, signed over by the old one."""
+
+from __future__ import annotations
+
+import argparse
+
+from coordinator import tlog
+from coordinator.app import log_key_path
+from coordinator.cli.output import print_result
+from coordinator.db import connect
+from shared.clock import now_ms
+
+
+def add_log_key_tasks(
+    tasks: argparse._SubParsersAction[argparse.ArgumentParser], json_flag: argparse.ArgumentParser
+) -> None:
+    rotate = tasks.add_parser(
+        "rotate-log-key",
+        parents=[json_flag],
+        help="make a new log key, signed over by the old one in the log (the "
+        "server switches within a second; the old key is kept)",
+    )
+    rotate.set_defaults(run=cmd_rotate_log_key)
+
+
+def cmd_rotate_log_key(args: argparse.Namespace) -> int:
+    rotated = tlog.rotate_log_key(connect(args.db), log_key_path(args.db), now_ms())
+    print_result(
+        args,
+        rotated,
+        f"log key rotated at entry {rotated['log_index']}\n"
+        f"new log key: {rotated['new_log_key']}\nold key kept in {rotated['archived_key']}",
+    )
+    return 0
