@@ -18,6 +18,7 @@ from shared import (
     ledger_names,
     log_entries,
     merkle,
+    messages,
     money,
     note,
     receipts,
@@ -50,6 +51,7 @@ from shared.http_client import (
 )
 from shared.identity import PrivateKey, PublicKey, VerifierKey
 from shared.log_entries import LogEntryError
+from shared.messages import MessageError
 from shared.receipts import Receipt, SealedReceipt
 from shared.uscc import UsccError
 
@@ -67,6 +69,7 @@ PUBLIC_MODULES = (
     "ledger_names",
     "log_entries",
     "merkle",
+    "messages",
     "money",
     "note",
     "receipts",
@@ -86,6 +89,7 @@ __all__ = [
     "GpuModelError",
     "KeyMaterialError",
     "LogEntryError",
+    "MessageError",
     "MoneyError",
     "NoteError",
     "Opened",
