@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.capacity import parse_inventory
 from coordinator.errors import Unprocessable
 from coordinator.jobs import parse_job_request, secret_env_values
+from coordinator.market import parse_inventory
 from shared.messages import MessageError, api, convert, decode_json
 from shared.messages import agent_protocol as ap
 
