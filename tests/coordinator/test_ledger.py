@@ -948,3 +948,27 @@ TestLedgerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+def test_the_billing_surface_is_complete() -> None:
+    """Every name other rooms use of `coordinator.billing` is in its `__all__`, and each exists."""
+    import ast
+
+    assert len(set(billing.__all__)) == len(billing.__all__)
+    assert all(hasattr(billing, name) for name in billing.__all__)
+    root = Path(__file__).resolve().parents[2]
+    used: set[str] = set()
+    for folder in ("coordinator", "tests", "scripts", "agent", "shared"):
+        for path in (root / folder).rglob("*.py"):
+            if path.is_relative_to(root / "coordinator" / "billing"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "coordinator.billing":
+                    used |= {alias.name for alias in node.names}
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "billing"
+                ):
+                    used.add(node.attr)
+    assert sorted(used - set(billing.__all__) - {"__all__"}) == []
