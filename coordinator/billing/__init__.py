@@ -14,7 +14,7 @@ inside the caller's transaction (the writer thread's, or `coordinator.db.transac
 atomic by its own savepoint: it either does everything or raises and leaves nothing behind.
 """
 
-from coordinator.billing.accounts import get_account, get_accounts, open_account
+from coordinator.billing.accounts import get_account, open_account
 from coordinator.billing.amounts import MAX_AMOUNT
 from coordinator.billing.chart import open_fiscal_year
 from coordinator.billing.enterprises import open_enterprise_accounts, set_credit_limit
@@ -37,9 +37,9 @@ from coordinator.billing.errors import (
     VoucherPolicyError,
 )
 from coordinator.billing.invariants import check_invariants
-from coordinator.billing.linked_sets import TransferBatch, create_transfers
+from coordinator.billing.linked_sets import create_transfers
 from coordinator.billing.payments import Payment, record_payment, record_payout
-from coordinator.billing.pending import Hold, holds, pending_remaining
+from coordinator.billing.pending import pending_remaining
 from coordinator.billing.periods import DAY_MS, period_bounds, period_of
 from coordinator.billing.policy import (
     BPS,
@@ -64,7 +64,6 @@ from coordinator.billing.reservations import (
     reserve_job,
     settle_job,
 )
-from coordinator.billing.sql import savepoint
 from coordinator.billing.statements import (
     PeriodClose,
     Statement,
@@ -90,7 +89,6 @@ __all__ = [
     "Account",
     "BadPeriod",
     "CreditExceeded",
-    "Hold",
     "IdempotencyConflict",
     "InvalidTransfer",
     "LedgerError",
@@ -108,7 +106,6 @@ __all__ = [
     "Statement",
     "Suspended",
     "Transfer",
-    "TransferBatch",
     "UnknownAccount",
     "UnknownEnterprise",
     "UnknownReceipt",
@@ -122,9 +119,7 @@ __all__ = [
     "enterprise_account",
     "enterprise_statements",
     "get_account",
-    "get_accounts",
     "get_transfers",
-    "holds",
     "is_suspended",
     "job_charges",
     "load_reservation",
@@ -142,7 +137,6 @@ __all__ = [
     "record_payment",
     "record_payout",
     "reserve_job",
-    "savepoint",
     "set_credit_limit",
     "settle_job",
     "split_charge",
