@@ -109,3 +109,8 @@ def transfer_id(cause: str, leg: str) -> bytes:
     """The id of one leg of what `cause` moves: SHA-256, so the same cause always names the
     same transfer."""
     return hashlib.sha256(_ID_DOMAIN + cause.encode() + b"\n" + leg.encode()).digest()
+
+
+def short_hex(value: bytes | None) -> str:
+    """An id or digest as sentences name it: its first 16 hex digits."""
+    return value.hex()[:16] if value is not None else "none"
