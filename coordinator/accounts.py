@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlite_utils
 
-from coordinator import vouchers
+from coordinator import billing
 from coordinator.errors import Conflict, NotFound, Unauthenticated
 from shared.uscc import validate_uscc
 
@@ -73,11 +73,11 @@ def add_provider(
     """Register a provider; returns (provider_id, enrolment token for max_hosts hosts).
 
     Its company's own agents may now win its company's open jobs, which no voucher pays for:
-    their voucher holds move to credit first (`vouchers.cover_self_dealing`, which refuses the
+    their voucher holds move to credit first (`billing.cover_self_dealing`, which refuses the
     registration, with a sentence, when the credit cannot take them).
     """
     name, code = _check_name(name), validate_uscc(uscc)
-    vouchers.cover_self_dealing(db, code, now_ms)
+    billing.cover_self_dealing(db, code, now_ms)
     provider_id = new_id("prov")
     db["providers"].insert({"id": provider_id, "name": name, "uscc": code, "created_at_ms": now_ms})
     return provider_id, _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts)

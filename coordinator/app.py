@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator import tlog, vouchers
+from coordinator import billing, tlog
 from coordinator.accounts import Principal
+from coordinator.billing import VoucherPolicy
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.errors import (
@@ -32,7 +33,6 @@ from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator
-from coordinator.vouchers import VoucherPolicy
 from shared import canonical, ledger_names
 from shared.clock import now_ms
 from shared.errors import SuanliError
@@ -363,7 +363,7 @@ async def ledger_balances(request: web.Request) -> web.Response:
 
 async def voucher_pool(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
-    pool = await coordinator.database.run(lambda db: vouchers.pool_status(db, coordinator.policy))
+    pool = await coordinator.database.run(lambda db: billing.pool_status(db, coordinator.policy))
     return web.json_response({"fiscal_year": coordinator.policy.fiscal_year, **pool})
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from coordinator import billing, tlog
 from coordinator import receipts as receipt_rules
-from coordinator import tlog, vouchers
 from coordinator.market import Agent
 from shared import log_entries
 from shared.receipts import SealedReceipt
@@ -40,7 +40,7 @@ class Stored:
     """A batch as committed: final verdicts, the usage posted, and receipts refused for good."""
 
     verdicts: list[receipt_rules.Verdict]
-    postings: list[vouchers.Posting] = field(default_factory=list)
+    postings: list[billing.Posting] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -57,7 +57,7 @@ class ReceiptStore:
     def __init__(
         self,
         log_key: tlog.LogKey,
-        policy: vouchers.VoucherPolicy,
+        policy: billing.VoucherPolicy,
         lease_party: Callable[[str], tuple[str, str]],
         enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
         rejections_per_agent_per_day: int = 10_000,
@@ -169,7 +169,7 @@ class ReceiptStore:
         for a in accepted:
             receipt = a.sealed.receipt
             result = outcome.get(a.sealed.digest)
-            if isinstance(result, vouchers.CreditExceeded):
+            if isinstance(result, billing.CreditExceeded):
                 stored[a.batch].verdicts[a.position] = receipt_rules.Verdict(
                     receipt.lease_id, receipt.seq, False, "credit_exceeded", result.detail
                 )
@@ -285,17 +285,17 @@ class ReceiptStore:
 
     def _post_usage(
         self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted], now: int
-    ) -> dict[bytes, vouchers.Posting | vouchers.CreditExceeded]:
+    ) -> dict[bytes, billing.Posting | billing.CreditExceeded]:
         """Post each batch's usage, a lease's receipts together on the last of them, unless
         the credit cannot cover the sum (`post_usages` refuses what follows a refusal)."""
         runs: dict[tuple[int, str], list[_Accepted]] = {}
         for a in accepted:
             runs.setdefault((a.batch, a.sealed.receipt.lease_id), []).append(a)
 
-        def usage(a: _Accepted, amount: int) -> vouchers.Usage:
+        def usage(a: _Accepted, amount: int) -> billing.Usage:
             agent = batches[a.batch].agent
             job_id, enterprise_id = self.lease_party(a.sealed.receipt.lease_id)
-            return vouchers.Usage(
+            return billing.Usage(
                 enterprise_id,
                 agent.provider_id,
                 self.enterprise_uscc(db, enterprise_id),
@@ -307,21 +307,21 @@ class ReceiptStore:
             )
 
         together = [usage(run[-1], sum(a.delta for a in run)) for run in runs.values()]
-        outcome: dict[bytes, vouchers.Posting | vouchers.CreditExceeded] = {}
-        one_by_one: list[vouchers.Usage] = []
+        outcome: dict[bytes, billing.Posting | billing.CreditExceeded] = {}
+        one_by_one: list[billing.Usage] = []
         for run, result in zip(
             runs.values(),
-            vouchers.post_usages(db, together, policy=self.policy, now_ms=now),
+            billing.post_usages(db, together, policy=self.policy, now_ms=now),
             strict=True,
         ):
-            if isinstance(result, vouchers.CreditExceeded) and len(run) > 1:
+            if isinstance(result, billing.CreditExceeded) and len(run) > 1:
                 one_by_one += [usage(a, a.delta) for a in run]
             else:
                 outcome[run[-1].sealed.digest] = result
         if one_by_one:
             for single, result in zip(
                 one_by_one,
-                vouchers.post_usages(db, one_by_one, policy=self.policy, now_ms=now),
+                billing.post_usages(db, one_by_one, policy=self.policy, now_ms=now),
                 strict=True,
             ):
                 outcome[single.receipt_digest] = result

@@ -137,7 +137,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX receipt_rejections_by_lease ON receipt_rejections(lease_id);
     """,
-    # 3: the ledger (coordinator/ledger.py) and what vouchers keep beside it (coordinator/vouchers.py).
+    # 3: the ledger and what vouchers keep beside it (coordinator/billing/).
     # Transfers, postings, reservations, statements and period closes are written once and never
     # changed: corrections are new transfers, and the triggers make the database itself refuse
     # an UPDATE or DELETE. Account balances change only with the transfer that moves them.

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from coordinator import accounts, receipt_store, tlog, vouchers
+from coordinator import accounts, billing, receipt_store, tlog
 from coordinator import receipts as receipt_rules
 from coordinator.accounts import Principal
 from coordinator.config import Settings
@@ -86,10 +86,10 @@ class Coordinator:
         database: Database,
         signing_key: PrivateKey | tlog.LogKey,
         clock: Callable[[], int] = now_ms,
-        policy: vouchers.VoucherPolicy | None = None,
+        policy: billing.VoucherPolicy | None = None,
     ) -> None:
         self.settings = settings
-        self.policy = policy or vouchers.VoucherPolicy()
+        self.policy = policy or billing.VoucherPolicy()
         # the log's key follows rotations: acknowledgements are signed with the key in force
         self.log_key = (
             signing_key
@@ -147,7 +147,7 @@ class Coordinator:
 
     def _load(self, db: sqlite_utils.Database) -> None:
         with transaction(db):
-            vouchers.open_fiscal_year(db, self.policy, self.clock())
+            billing.open_fiscal_year(db, self.policy, self.clock())
             tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), self.clock())
             tlog.log_registrations(db)
         usccs = {row["id"]: row["uscc"] for row in db.query("SELECT id, uscc FROM providers")}
@@ -371,7 +371,7 @@ class Coordinator:
             if job_rows:
                 db["jobs"].upsert_all(job_rows, pk="id")
             for job_id in settle:
-                vouchers.settle_job(db, job_id, now)
+                billing.settle_job(db, job_id, now)
             for job_id in ended:
                 db.conn.execute("DELETE FROM job_secrets WHERE job_id = ?", [job_id])
             if lease_rows:
@@ -424,7 +424,7 @@ class Coordinator:
 
         def write(db: sqlite_utils.Database) -> None:
             for job_id in due:
-                vouchers.settle_job(db, job_id, now)
+                billing.settle_job(db, job_id, now)
 
         await self.database.run(write)
 
@@ -829,10 +829,10 @@ class Coordinator:
         policy = self.policy
 
         def write(db: sqlite_utils.Database) -> None:
-            suspended, why = vouchers.is_suspended(db, job.enterprise_id, now)
+            suspended, why = billing.is_suspended(db, job.enterprise_id, now)
             if suspended:
-                raise vouchers.Suspended(why)
-            vouchers.reserve_job(db, job.id, job.enterprise_id, max_cost, policy=policy, now_ms=now)
+                raise billing.Suspended(why)
+            billing.reserve_job(db, job.id, job.enterprise_id, max_cost, policy=policy, now_ms=now)
             db["jobs"].insert(row)
             if secrets:
                 db["job_secrets"].insert_all(
@@ -1460,10 +1460,10 @@ class Coordinator:
     def enterprise_account(
         self, db: sqlite_utils.Database, enterprise_id: str, now: int
     ) -> dict[str, Any]:
-        vouchers.open_enterprise_accounts(
+        billing.open_enterprise_accounts(
             db, enterprise_id, self._enterprise_uscc(db, enterprise_id), self.policy, now
         )
-        return vouchers.enterprise_account(db, enterprise_id, self.policy, now)
+        return billing.enterprise_account(db, enterprise_id, self.policy, now)
 
     def _lease_party(self, lease_id: str) -> tuple[str, str]:
         job = self.jobs[self.leases[lease_id].job_id]
@@ -1481,7 +1481,7 @@ class Coordinator:
     def _apply_postings(
         self,
         verdicts: list[receipt_rules.Verdict],
-        postings: list[vouchers.Posting],
+        postings: list[billing.Posting],
         chain_before: dict[str, SealedReceipt | None],
     ) -> None:
         """After the commit: charges on jobs, and revocation of leases credit cannot cover."""

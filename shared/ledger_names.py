@@ -113,5 +113,42 @@ def account_suffix(account_id: str) -> str:
 
 
 def name_pattern(kind: str) -> str:
-    """A SQL LIKE pattern matching every account of `kind`."""
+    """A SQL LIKE pattern matching every name that starts with `kind:` (an account or a cause)."""
     return f"{kind}:%"
+
+
+# -- causes: what made a transfer; a transfer's id derives from its cause and its leg --------
+
+JOB_CAUSE = "job"
+
+
+def job_cause(job_id: str) -> str:
+    """The cause of a job's reservation: its holds, their draws and their release."""
+    return f"{JOB_CAUSE}:{job_id}"
+
+
+def receipt_cause(receipt_digest: bytes) -> str:
+    """The cause of the transfers posting one accepted receipt's usage."""
+    return f"receipt:{receipt_digest.hex()}"
+
+
+def payment_cause(reference: str) -> str:
+    return f"payment:{reference}"
+
+
+def payout_cause(reference: str) -> str:
+    return f"payout:{reference}"
+
+
+def credit_limit_cause(enterprise_id: str) -> str:
+    return f"credit-limit:{enterprise_id}"
+
+
+def entitlement_cause(fiscal_year: int, uscc: str) -> str:
+    """The cause of granting a company its cap for the year."""
+    return f"{ENTITLEMENT}:{fiscal_year}:{uscc}"
+
+
+def pool_funding_cause(fiscal_year: int) -> str:
+    """The cause of funding the year's pool from the treasury: the pool's own name."""
+    return pool_account(fiscal_year)

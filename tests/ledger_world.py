@@ -6,11 +6,11 @@ import hashlib
 
 import sqlite_utils
 
-from coordinator import vouchers as V
+from coordinator import billing
 from shared.uscc import check_character
 
 NOW = 1_790_000_000_000  # 2026-09-21, inside fiscal year 2026
-DAY = V.DAY_MS
+DAY = billing.DAY_MS
 
 
 def uscc(n: int) -> str:
@@ -29,13 +29,13 @@ class World:
         self.counter += 1
         return self.counter
 
-    def enterprise(self, code: str, policy: V.VoucherPolicy, now: int = NOW) -> str:
+    def enterprise(self, code: str, policy: billing.VoucherPolicy, now: int = NOW) -> str:
         enterprise_id = f"ent-{self._next()}"
         self.db.conn.execute(
             "INSERT INTO enterprises (id, name, uscc, created_at_ms) VALUES (?,?,?,?)",
             [enterprise_id, "E", code, now],
         )
-        V.open_enterprise_accounts(self.db, enterprise_id, code, policy, now)
+        billing.open_enterprise_accounts(self.db, enterprise_id, code, policy, now)
         return enterprise_id
 
     def provider(self, code: str, now: int = NOW) -> str:
@@ -60,8 +60,8 @@ class World:
             [job_id, enterprise_id, job_id, "{}", "running", now],
         )
         self.db.conn.execute(
-            "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
-            "start_deadline_ms, ends_at_ms, state) VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, "
+            "created_at_ms, start_deadline_ms, ends_at_ms, state) VALUES (?,?,?,?,?,?,?,?,?)",
             [lease_id, job_id, f"agent-{provider_id}", "[]", 1, now, now, now, "running"],
         )
         return job_id, lease_id

@@ -17,7 +17,7 @@ committed together (and which are lost by a crash) depends only on the seed.
 seeded generators for the duration of a run; request nonces and keys come from the seeded RNG.
 
 Invariants (checked after every step while the coordinator is up):
-  * `coordinator.ledger.check_invariants(db) == []` (balances, limits, pool, caps, credit);
+  * `coordinator.billing.check_invariants(db) == []` (balances, limits, pool, caps, credit);
   * one `ledger_postings` row per `receipts` row, and per lease the postings add up to the
     amount of its highest accepted receipt;
   * the voucher pool's used and granted amounts are at most the policy's total;
@@ -53,7 +53,7 @@ from typing import Any
 
 from agent.metering import billable_from_ms, learn_window, seal_final_receipt, seal_interim_receipt
 from agent.spool import LeaseRecord, Spool
-from coordinator import accounts, ledger, vouchers
+from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import _STOP, Database, transaction
@@ -82,7 +82,7 @@ SETTINGS = Settings(
     scheduler_interval_ms=200,
     long_poll_max_ms=0,
 )
-POLICY = vouchers.VoucherPolicy(
+POLICY = billing.VoucherPolicy(
     fiscal_year=2025,
     pool_total_micro_yuan=60_000,
     per_company_cap_micro_yuan=40_000,
@@ -848,7 +848,7 @@ class Simulation:
             return
         db = self.database.db
         conn = db.conn
-        problems = ledger.check_invariants(db)
+        problems = billing.check_invariants(db)
         if problems:
             self.fail("ledger: " + "; ".join(problems))
         # a lease's receipts of one batch are posted together, on the batch's last one of it
@@ -873,7 +873,7 @@ class Simulation:
                 self.fail(
                     f"lease {lease_id}: highest accepted receipt is {top} µ¥ but {posted} µ¥ was posted"
                 )
-        pool = vouchers.pool_status(db, POLICY)
+        pool = billing.pool_status(db, POLICY)
         if (
             pool["used"] > POLICY.pool_total_micro_yuan
             or pool["granted"] > POLICY.pool_total_micro_yuan

@@ -7,10 +7,10 @@ import argparse
 import json
 from typing import Any
 
-from coordinator import ledger, tlog, vouchers
+from coordinator import billing, tlog
+from coordinator.billing import VoucherPolicy, load_voucher_policy
 from coordinator.cli.output import print_result
 from coordinator.db import connect, transaction
-from coordinator.vouchers import VoucherPolicy, load_voucher_policy
 from shared import log_entries
 from shared.clock import now_ms
 from shared.errors import SuanliError
@@ -74,7 +74,7 @@ def _ledger_db(args: argparse.Namespace) -> tuple[Any, VoucherPolicy, int]:
     db = connect(args.db)
     now = now_ms()
     with transaction(db):
-        vouchers.open_fiscal_year(db, policy, now)
+        billing.open_fiscal_year(db, policy, now)
     return db, policy, now
 
 
@@ -82,11 +82,11 @@ def _enterprise_ready(db: Any, enterprise_id: str, policy: VoucherPolicy, now: i
     row = db.conn.execute("SELECT uscc FROM enterprises WHERE id = ?", [enterprise_id]).fetchone()
     if row is None:
         raise SuanliError(f"no enterprise {enterprise_id}")
-    vouchers.open_enterprise_accounts(db, enterprise_id, row[0], policy, now)
+    billing.open_enterprise_accounts(db, enterprise_id, row[0], policy, now)
 
 
 def cmd_check_ledger(args: argparse.Namespace) -> int:
-    problems = ledger.check_invariants(connect(args.db))
+    problems = billing.check_invariants(connect(args.db))
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
     elif problems:
@@ -100,7 +100,7 @@ def cmd_check_ledger(args: argparse.Namespace) -> int:
 def cmd_close_period(args: argparse.Namespace) -> int:
     db, policy, now = _ledger_db(args)
     with transaction(db):
-        closed = vouchers.close_period(db, args.period, policy, now, early=args.early)
+        closed = billing.close_period(db, args.period, policy, now, early=args.early)
         statements = tuple(
             log_entries.Statement(
                 s.party_kind, s.party_id, s.total, s.voucher, s.deferred, s.due_at_ms
@@ -125,7 +125,7 @@ def cmd_record_payment(args: argparse.Namespace) -> int:
     amount = parse_yuan(args.amount, field="--amount")
     with transaction(db):
         _enterprise_ready(db, args.enterprise, policy, now)
-        payment = vouchers.record_payment(db, args.enterprise, amount, args.reference, now)
+        payment = billing.record_payment(db, args.enterprise, amount, args.reference, now)
         tlog.append_unless_logged(db, _payment_entry(db, payment))
     print_result(
         args,
@@ -135,8 +135,8 @@ def cmd_record_payment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _payment_entry(db: Any, payment: vouchers.Payment) -> bytes:
-    transfers = ledger.get_transfers(db, payment.transfer_ids)
+def _payment_entry(db: Any, payment: billing.Payment) -> bytes:
+    transfers = billing.get_transfers(db, payment.transfer_ids)
     postings = tuple(
         log_entries.Posting(t.id, t.debit_account, t.credit_account, t.amount, t.code)
         for t in (transfers[i] for i in payment.transfer_ids)
@@ -153,7 +153,7 @@ def cmd_set_credit_limit(args: argparse.Namespace) -> int:
     amount = parse_yuan(args.amount, field="--amount")
     with transaction(db):
         _enterprise_ready(db, args.enterprise, policy, now)
-        vouchers.set_credit_limit(db, args.enterprise, amount, now)
+        billing.set_credit_limit(db, args.enterprise, amount, now)
     print_result(
         args,
         {"enterprise_id": args.enterprise, "credit_limit_micro_yuan": amount},
@@ -172,9 +172,7 @@ def cmd_statements(args: argparse.Namespace) -> int:
             for row in db.conn.execute("SELECT enterprise_id FROM ledger_enterprises ORDER BY 1")
         ]
     )
-    listing = {
-        enterprise: vouchers.enterprise_statements(db, enterprise, now) for enterprise in ids
-    }
+    listing = {enterprise: billing.enterprise_statements(db, enterprise, now) for enterprise in ids}
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
@@ -189,7 +187,7 @@ def cmd_statements(args: argparse.Namespace) -> int:
 
 
 def cmd_provider_earnings(args: argparse.Namespace) -> int:
-    earned = vouchers.provider_earnings(connect(args.db), args.provider)
+    earned = billing.provider_earnings(connect(args.db), args.provider)
     print(
         json.dumps(earned, indent=2)
         if args.json
@@ -202,7 +200,7 @@ def cmd_provider_earnings(args: argparse.Namespace) -> int:
 
 def cmd_pool(args: argparse.Namespace) -> int:
     db, policy, _now = _ledger_db(args)
-    pool = vouchers.pool_status(db, policy)
+    pool = billing.pool_status(db, policy)
     print_result(
         args,
         {"fiscal_year": policy.fiscal_year, **pool},

@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from coordinator.app import make_app
+from coordinator.billing import VoucherPolicy, load_voucher_policy
 from coordinator.config import Settings, load_settings
-from coordinator.vouchers import VoucherPolicy, load_voucher_policy
 from shared.errors import SuanliError
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import sqlite_utils
 
-from coordinator import ledger as L
-from coordinator import vouchers as V
+from coordinator import billing
 from coordinator.db import connect, transaction
+from shared import ledger_names as names
 from shared.uscc import check_character
 
 NOW = 1_790_000_000_000  # 2026-09-21
-POLICY = V.VoucherPolicy(fiscal_year=2026, default_credit_limit_micro_yuan=10**14)
+POLICY = billing.VoucherPolicy(fiscal_year=2026, default_credit_limit_micro_yuan=10**14)
 
 
 def _uscc(n: int) -> str:
@@ -49,7 +49,7 @@ def _world(
             [(f"ent-{e}", "E", _uscc(e), NOW) for e in range(enterprises)],
         )
         for e in range(enterprises):
-            V.open_enterprise_accounts(db, f"ent-{e}", _uscc(e), POLICY, NOW)
+            billing.open_enterprise_accounts(db, f"ent-{e}", _uscc(e), POLICY, NOW)
         conn.executemany(
             "INSERT INTO jobs (id, enterprise_id, idempotency_key, spec, state, "
             "created_at_ms) VALUES (?,?,?,?,?,?)",
@@ -75,7 +75,7 @@ def _world(
             ],
         )
         for e in range(enterprises):
-            V.reserve_job(db, f"job-{e}", f"ent-{e}", 10**12, policy=POLICY, now_ms=NOW)
+            billing.reserve_job(db, f"job-{e}", f"ent-{e}", 10**12, policy=POLICY, now_ms=NOW)
         conn.execute(
             "INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
             "envelope) VALUES (1, 'a', ?, x'00')",
@@ -126,20 +126,20 @@ def bench_postings(
     conn = db.conn
     transfers_before = conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0]
 
-    def usage(r: int) -> V.Usage:
+    def usage(r: int) -> billing.Usage:
         ent, prov, ent_uscc, prov_uscc, lease, job = plan[r]
-        return V.Usage(ent, prov, ent_uscc, prov_uscc, lease, job, _digest(r), 1_000_000 + r)
+        return billing.Usage(ent, prov, ent_uscc, prov_uscc, lease, job, _digest(r), 1_000_000 + r)
 
     start = time.perf_counter()
     for first in range(0, count, batch):
         conn.execute("BEGIN IMMEDIATE")
         numbers = range(first, min(first + batch, count))
         if together:
-            V.post_usages(db, [usage(r) for r in numbers], policy=POLICY, now_ms=NOW)
+            billing.post_usages(db, [usage(r) for r in numbers], policy=POLICY, now_ms=NOW)
         for r in numbers if not together else ():
             conn.execute("SAVEPOINT call")
             u = usage(r)
-            V.post_usage(
+            billing.post_usage(
                 db,
                 enterprise_id=u.enterprise_id,
                 provider_id=u.provider_id,
@@ -158,7 +158,7 @@ def bench_postings(
     transfers = (
         conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] - transfers_before
     )
-    problems = L.check_invariants(db)
+    problems = billing.check_invariants(db)
     db.conn.close()
     how = "post_usages, one call per batch" if together else "post_usage, one call each"
     print(
@@ -180,15 +180,15 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
     started = time.perf_counter()
     with transaction(db):
         for e in range(enterprises):
-            V.open_enterprise_accounts(db, f"ent-{e}", _uscc(e), POLICY, NOW)
+            billing.open_enterprise_accounts(db, f"ent-{e}", _uscc(e), POLICY, NOW)
         for p in range(providers):
-            L.open_account(
+            billing.open_account(
                 db,
-                L.earnings_account(f"prov-{p}"),
-                ledger=L.CNY,
-                kind="earnings",
+                names.earnings_account(f"prov-{p}"),
+                ledger=names.CNY,
+                kind=names.EARNINGS,
                 owner=f"prov-{p}",
-                flags=L.DEBITS_MUST_NOT_EXCEED_CREDITS,
+                flags=names.DEBITS_MUST_NOT_EXCEED_CREDITS,
                 now_ms=NOW,
             )
     conn.execute("PRAGMA foreign_keys = OFF")  # bulk load: leases and jobs are not needed here
@@ -219,7 +219,7 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
                 voucher + deferred,
                 voucher,
                 deferred,
-                V.COVERED,
+                billing.COVERED,
                 2026,
                 "2026-09",
                 NOW,
@@ -228,36 +228,36 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
         for leg, debit, credit, amount, code in (
             (
                 "voucher",
-                L.pool_account(2026),
-                L.earnings_account(f"prov-{p}"),
+                names.pool_account(2026),
+                names.earnings_account(f"prov-{p}"),
                 voucher,
-                L.USAGE_VOUCHER,
+                names.USAGE_VOUCHER,
             ),
             (
                 "cap",
-                L.cap_account(2026, uscc),
-                L.entitlements_used_account(2026),
+                names.cap_account(2026, uscc),
+                names.entitlements_used_account(2026),
                 voucher,
-                L.USAGE_CAP,
+                names.USAGE_CAP,
             ),
             (
                 "deferred",
-                L.receivable_account(ent),
-                L.earnings_account(f"prov-{p}"),
+                names.receivable_account(ent),
+                names.earnings_account(f"prov-{p}"),
                 deferred,
-                L.USAGE_DEFERRED,
+                names.USAGE_DEFERRED,
             ),
-            ("credit", L.credit_account(ent), L.CREDIT_USED, deferred, L.USAGE_CREDIT),
+            ("credit", names.credit_account(ent), names.CREDIT_USED, deferred, names.USAGE_CREDIT),
         ):
             transfer_rows.append(
                 (
-                    L.transfer_id(cause, leg),
+                    billing.transfer_id(cause, leg),
                     debit,
                     credit,
                     amount,
                     code,
                     cause,
-                    L.POSTED,
+                    names.POSTED,
                     None,
                     digest,
                     NOW,
@@ -298,7 +298,7 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
     total = conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0]
     size = path.stat().st_size
     start = time.perf_counter()
-    problems = L.check_invariants(db)
+    problems = billing.check_invariants(db)
     elapsed = time.perf_counter() - start
     conn.close()
     print(

@@ -405,8 +405,8 @@ async def replay_in_process(
     db_path: Path, loads: list[AgentLoad], accepted: int
 ) -> tuple[float, int, Phases]:
     """Feed the same batches to Coordinator.accept_receipts, one at a time, phases timed."""
+    from coordinator import billing, tlog
     from coordinator import receipts as receipt_rules
-    from coordinator import tlog, vouchers
     from coordinator.app import load_or_create_key
     from coordinator.config import Settings
     from coordinator.db import Database
@@ -443,7 +443,7 @@ async def replay_in_process(
         "writer: ReceiptStore.store (all)", coordinator.receipt_store.store
     )
     patches += [
-        (vouchers, "post_usages", phases.wrap("writer: ledger post_usages", vouchers.post_usages)),
+        (billing, "post_usages", phases.wrap("writer: ledger post_usages", billing.post_usages)),
         (tlog, "append_entries", phases.wrap("writer: tlog append_entries", tlog.append_entries)),
         (
             log_entries,

@@ -18,6 +18,7 @@ from typing import Any
 
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, uscc
 
+from shared.ledger_names import earnings_account
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
@@ -135,7 +136,7 @@ async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[A
     with sqlite3.connect(coordinator.db) as db:
         earned = db.execute(
             "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
-            [f"earnings:{provider['provider_id']}"],
+            [earnings_account(provider["provider_id"])],
         ).fetchone()[0]
         refusals = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
     assert earned == 2 * charged, "the provider is paid for everything it served"

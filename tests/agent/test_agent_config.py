@@ -218,8 +218,8 @@ def test_bad_coordinator_settings_are_refused(tmp_path: Path, text: str, message
 
 
 def test_coordinator_settings_and_voucher_policy_share_one_file(tmp_path: Path) -> None:
+    from coordinator.billing import VoucherPolicyError, load_voucher_policy
     from coordinator.config import load_settings
-    from coordinator.vouchers import VoucherPolicyError, load_voucher_policy
 
     path = _write(
         tmp_path, "[coordinator]\nheartbeat_timeout_ms = 60000\n\n[vouchers]\ncoverage_bps = 2500\n"

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from ledger_world import DAY, NOW, World, uscc
 
-from coordinator import ledger as L
-from coordinator import vouchers as V
+from coordinator import billing
+from coordinator.billing import Transfer, check_invariants, create_transfers, transfer_id
+from coordinator.billing.periods import utc
 from coordinator.db import Database, connect, transaction
-from coordinator.ledger import Transfer, check_invariants, create_transfers, transfer_id
+from shared import ledger_names as names
 from shared.uscc import check_character
 
 
@@ -34,7 +35,7 @@ def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
     database.conn.close()
 
 
-POLICY = V.VoucherPolicy(
+POLICY = billing.VoucherPolicy(
     fiscal_year=2026,
     pool_total_micro_yuan=10_000_000_000,
     per_company_cap_micro_yuan=1_000_000_000,
@@ -44,12 +45,12 @@ POLICY = V.VoucherPolicy(
 
 def _accounts(db: sqlite_utils.Database) -> None:
     for account_id, flags in (
-        ("a", L.NO_LIMIT),
-        ("b", L.DEBITS_MUST_NOT_EXCEED_CREDITS),
-        ("c", L.CREDITS_MUST_NOT_EXCEED_DEBITS),
+        ("a", names.NO_LIMIT),
+        ("b", names.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        ("c", names.CREDITS_MUST_NOT_EXCEED_DEBITS),
     ):
-        L.open_account(db, account_id, ledger=L.CNY, kind="test", flags=flags, now_ms=NOW)
-    L.open_account(db, "q", ledger=L.CREDIT, kind="test", now_ms=NOW)
+        billing.open_account(db, account_id, ledger=names.CNY, kind="test", flags=flags, now_ms=NOW)
+    billing.open_account(db, "q", ledger=names.CREDIT, kind="test", now_ms=NOW)
 
 
 def _t(cause: str, debit: str, credit: str, amount: int, **kw: Any) -> Transfer:
@@ -76,10 +77,10 @@ def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: sqlite_utils.Data
             db, [Transfer(first[0].id, "a", "b", 10, "test", "x", at_ms=NOW + 5)]
         )
         assert again == first
-        with pytest.raises(L.IdempotencyConflict, match="different amount"):
+        with pytest.raises(billing.IdempotencyConflict, match="different amount"):
             create_transfers(db, [_t("x", "a", "b", 11)])
     assert db.conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] == 1
-    assert L.get_account(db, "b").credits_posted == 10  # type: ignore[union-attr]
+    assert billing.get_account(db, "b").credits_posted == 10  # type: ignore[union-attr]
     assert check_invariants(db) == []
 
 
@@ -101,10 +102,10 @@ def test_a_linked_set_is_written_whole_or_not_at_all(db: sqlite_utils.Database) 
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
-        with pytest.raises(L.LimitExceeded) as caught:
+        with pytest.raises(billing.LimitExceeded) as caught:
             create_transfers(db, [_t("s", "b", "a", 60, leg="1"), _t("s", "b", "a", 60, leg="2")])
         assert caught.value.account == "b"
-    assert L.get_account(db, "b").debits_posted == 0  # type: ignore[union-attr]
+    assert billing.get_account(db, "b").debits_posted == 0  # type: ignore[union-attr]
     assert db.conn.execute("SELECT COUNT(*) FROM ledger_transfers").fetchone()[0] == 1
     assert check_invariants(db) == []
 
@@ -113,12 +114,12 @@ def test_limits_count_pending_debits_and_refuse_overpaying(db: sqlite_utils.Data
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
-        create_transfers(db, [_t("hold", "b", "a", 70, kind=L.PENDING)])
-        with pytest.raises(L.LimitExceeded, match="exceed its credits"):
+        create_transfers(db, [_t("hold", "b", "a", 70, kind=names.PENDING)])
+        with pytest.raises(billing.LimitExceeded, match="exceed its credits"):
             create_transfers(db, [_t("spend", "b", "a", 31)])
         create_transfers(db, [_t("spend", "b", "a", 30)])
         # c may never be credited more than it was debited
-        with pytest.raises(L.LimitExceeded, match="exceed its debits"):
+        with pytest.raises(billing.LimitExceeded, match="exceed its debits"):
             create_transfers(db, [_t("pay", "a", "c", 1)])
     assert check_invariants(db) == []
 
@@ -127,26 +128,32 @@ def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database)
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
-        (hold,) = create_transfers(db, [_t("hold", "b", "a", 50, kind=L.PENDING)])
+        (hold,) = create_transfers(db, [_t("hold", "b", "a", 50, kind=names.PENDING)])
         create_transfers(
-            db, [_t("use", "b", "a", 20, leg="1", kind=L.POST_PENDING, pending_id=hold.id)]
+            db, [_t("use", "b", "a", 20, leg="1", kind=names.POST_PENDING, pending_id=hold.id)]
         )
         create_transfers(
-            db, [_t("use", "b", "a", 10, leg="2", kind=L.POST_PENDING, pending_id=hold.id)]
+            db, [_t("use", "b", "a", 10, leg="2", kind=names.POST_PENDING, pending_id=hold.id)]
         )
-        assert L.pending_remaining(db, hold.id) == 20
-        with pytest.raises(L.PendingError, match="holds only 20"):
+        assert billing.pending_remaining(db, hold.id) == 20
+        with pytest.raises(billing.PendingError, match="holds only 20"):
             create_transfers(
-                db, [_t("use", "b", "a", 21, leg="3", kind=L.POST_PENDING, pending_id=hold.id)]
+                db, [_t("use", "b", "a", 21, leg="3", kind=names.POST_PENDING, pending_id=hold.id)]
             )
-        with pytest.raises(L.PendingError, match="whole remainder"):
-            create_transfers(db, [_t("end", "b", "a", 5, kind=L.VOID_PENDING, pending_id=hold.id)])
-        with pytest.raises(L.PendingError, match="same accounts"):
-            create_transfers(db, [_t("end", "a", "b", 20, kind=L.VOID_PENDING, pending_id=hold.id)])
-        create_transfers(db, [_t("end", "b", "a", 20, kind=L.VOID_PENDING, pending_id=hold.id)])
-        with pytest.raises(L.PendingError):
-            create_transfers(db, [_t("late", "b", "a", 1, kind=L.POST_PENDING, pending_id=hold.id)])
-    b = L.get_account(db, "b")
+        with pytest.raises(billing.PendingError, match="whole remainder"):
+            create_transfers(
+                db, [_t("end", "b", "a", 5, kind=names.VOID_PENDING, pending_id=hold.id)]
+            )
+        with pytest.raises(billing.PendingError, match="same accounts"):
+            create_transfers(
+                db, [_t("end", "a", "b", 20, kind=names.VOID_PENDING, pending_id=hold.id)]
+            )
+        create_transfers(db, [_t("end", "b", "a", 20, kind=names.VOID_PENDING, pending_id=hold.id)])
+        with pytest.raises(billing.PendingError):
+            create_transfers(
+                db, [_t("late", "b", "a", 1, kind=names.POST_PENDING, pending_id=hold.id)]
+            )
+    b = billing.get_account(db, "b")
     assert b is not None and (b.debits_posted, b.debits_pending) == (30, 0)
     assert check_invariants(db) == []
 
@@ -168,18 +175,18 @@ def test_malformed_transfers_are_refused(
 ) -> None:
     with transaction(db):
         _accounts(db)
-        with pytest.raises(L.LedgerError, match=error):
+        with pytest.raises(billing.LedgerError, match=error):
             create_transfers(db, [_t("bad", debit, credit, amount)])
 
 
 def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Database) -> None:
     with transaction(db):
         _accounts(db)
-        with pytest.raises(L.InvalidTransfer, match="receipt digest"):
+        with pytest.raises(billing.InvalidTransfer, match="receipt digest"):
             create_transfers(
-                db, [Transfer(transfer_id("u", "l"), "a", "b", 1, L.USAGE_VOUCHER, "u")]
+                db, [Transfer(transfer_id("u", "l"), "a", "b", 1, names.USAGE_VOUCHER, "u")]
             )
-        with pytest.raises(L.InvalidTransfer, match="receipt digest"):
+        with pytest.raises(billing.InvalidTransfer, match="receipt digest"):
             create_transfers(
                 db,
                 [
@@ -194,15 +201,15 @@ def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Data
 
 
 @pytest.fixture
-def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, V.Posting]:
+def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, billing.Posting]:
     world = World(db)
     with transaction(db):
         ent = world.enterprise(uscc(1), POLICY)
         prov = world.provider(uscc(2))
         job, lease = world.job(ent, prov)
-        V.reserve_job(db, job, ent, 400_000_000, policy=POLICY, now_ms=NOW)
+        billing.reserve_job(db, job, ent, 400_000_000, policy=POLICY, now_ms=NOW)
         digest = world.receipt(lease)
-        posting = V.post_usage(
+        posting = billing.post_usage(
             db,
             enterprise_id=ent,
             provider_id=prov,
@@ -220,7 +227,7 @@ def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, V.Posting]
 
 
 def test_the_database_refuses_to_update_or_delete_a_transfer(
-    posted: tuple[sqlite_utils.Database, V.Posting],
+    posted: tuple[sqlite_utils.Database, billing.Posting],
 ) -> None:
     db, _ = posted
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
@@ -234,7 +241,7 @@ def test_the_database_refuses_to_update_or_delete_a_transfer(
     assert check_invariants(db) == []
 
 
-def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, billing.Posting]) -> None:
     db, _ = posted
     db.conn.execute(
         "UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = 'pool:2026'"
@@ -244,14 +251,14 @@ def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, V.Post
     assert any("ledger cny: posted debits" in p for p in problems)
 
 
-def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, billing.Posting]) -> None:
     db, posting = posted
     # spend the enterprise's credit behind the ledger's back, keeping balances consistent
-    credit = L.credit_account(posting.enterprise_id)
+    credit = names.credit_account(posting.enterprise_id)
     db.conn.execute("PRAGMA foreign_keys = OFF")
     db.conn.execute(
-        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
-        "at_ms) VALUES (?, 'posted', ?, 'credit_used', ?, 'forged', 'forged', 0)",
+        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
+        "cause, at_ms) VALUES (?, 'posted', ?, 'credit_used', ?, 'forged', 'forged', 0)",
         [b"f" * 32, credit, 10**12],
     )
     db.conn.execute(
@@ -260,7 +267,7 @@ def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, V.Posting
     )
     db.conn.execute(
         "UPDATE ledger_accounts SET credits_posted = credits_posted + ? WHERE id = ?",
-        [10**12, "credit_used"],
+        [10**12, names.CREDIT_USED],
     )
     problems = check_invariants(db)
     assert any(f"account {credit} is past its limit" in p for p in problems)
@@ -268,7 +275,7 @@ def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, V.Posting
 
 
 def test_usage_naming_no_accepted_receipt_is_caught(
-    posted: tuple[sqlite_utils.Database, V.Posting],
+    posted: tuple[sqlite_utils.Database, billing.Posting],
 ) -> None:
     db, posting = posted
     db.conn.execute("PRAGMA foreign_keys = OFF")
@@ -278,13 +285,16 @@ def test_usage_naming_no_accepted_receipt_is_caught(
     assert any("names no accepted receipt" in p for p in problems)
 
 
-def test_a_forged_usage_transfer_is_caught(posted: tuple[sqlite_utils.Database, V.Posting]) -> None:
+def test_a_forged_usage_transfer_is_caught(
+    posted: tuple[sqlite_utils.Database, billing.Posting],
+) -> None:
     db, posting = posted
     db.conn.execute("PRAGMA foreign_keys = OFF")
-    earnings = L.earnings_account(posting.provider_id)
+    earnings = names.earnings_account(posting.provider_id)
     db.conn.execute(
-        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, cause, "
-        "receipt_digest, at_ms) VALUES (?, 'posted', 'pool:2026', ?, 5, 'usage_voucher', 'x', ?, 0)",
+        "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
+        "cause, receipt_digest, at_ms) "
+        "VALUES (?, 'posted', 'pool:2026', ?, 5, 'usage_voucher', 'x', ?, 0)",
         [b"g" * 32, earnings, b"no such receipt"],
     )
     db.conn.execute(
@@ -300,7 +310,7 @@ def test_a_forged_usage_transfer_is_caught(posted: tuple[sqlite_utils.Database, 
 
 
 def test_a_posting_that_disagrees_with_its_transfers_is_caught(
-    posted: tuple[sqlite_utils.Database, V.Posting],
+    posted: tuple[sqlite_utils.Database, billing.Posting],
 ) -> None:
     db, _ = posted
     db.conn.execute("DROP TRIGGER ledger_postings_no_update")
@@ -324,8 +334,8 @@ async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_i
     database.start()
     try:
 
-        def post(digest: bytes, amount: int) -> Callable[[sqlite_utils.Database], V.Posting]:
-            return lambda db: V.post_usage(
+        def post(digest: bytes, amount: int) -> Callable[[sqlite_utils.Database], billing.Posting]:
+            return lambda db: billing.post_usage(
                 db,
                 enterprise_id=ent,
                 provider_id=prov,
@@ -345,10 +355,10 @@ async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_i
             database.run(post(digests[2], 2_000_000)),
             return_exceptions=True,
         )
-        assert isinstance(results[1], V.CreditExceeded)
+        assert isinstance(results[1], billing.CreditExceeded)
         assert [r.voucher for r in (results[0], results[2])] == [500_000, 1_000_000]  # type: ignore[union-attr]
         assert await database.run(check_invariants) == []
-        assert await database.run(lambda db: V.job_charges(db, job)) == {
+        assert await database.run(lambda db: billing.job_charges(db, job)) == {
             "charged_micro_yuan": 3_000_000,
             "voucher_micro_yuan": 1_500_000,
             "deferred_micro_yuan": 1_500_000,
@@ -364,7 +374,7 @@ AMOUNTS = st.one_of(
     st.integers(1, 10),
     st.integers(1, 2_000_000_000),
     st.integers(2_000_000_000, 6_000_000_000),
-    st.just(V.MAX_AMOUNT),
+    st.just(billing.MAX_AMOUNT),
 )
 
 
@@ -391,7 +401,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.voucher_held: dict[str, int] = {}  # job -> remaining voucher hold (cap and pool)
         self.max_cost: dict[str, int] = {}  # job -> maximum cost, while its reservation is open
         self.charged: dict[str, int] = {}  # job -> what its postings charged
-        self.postings: dict[bytes, tuple[dict[str, Any], V.Posting]] = {}
+        self.postings: dict[bytes, tuple[dict[str, Any], billing.Posting]] = {}
         self.payments: dict[str, tuple[str, int]] = {}
         self.paid: dict[str, int] = {}
         self.usage: dict[tuple[str, str], int] = {}  # (period, enterprise) -> deferred
@@ -409,7 +419,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             return fn(self.db)
-        except L.LedgerError as exc:
+        except billing.LedgerError as exc:
             return exc
         finally:
             self.db.conn.execute("COMMIT")
@@ -421,7 +431,7 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def set_up(self, coverage: int, subsidise: bool, both: list[bool]) -> None:
         """A policy, a few enterprises (some of them providers too) and one more provider."""
-        self.policy = V.VoucherPolicy(
+        self.policy = billing.VoucherPolicy(
             fiscal_year=2026,
             pool_total_micro_yuan=5_000_000_000,
             per_company_cap_micro_yuan=3_000_000_000,
@@ -471,11 +481,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def subsidy_allowed(self, code: str) -> bool:
         return self.policy.providers_may_be_subsidised or code not in self.providers.values()
 
-    def expected_split(self, ent: str, prov: str, amount: int, self_dealing: bool) -> V.Split:
-        if V._utc(self.now).year != 2026:
-            return V.Split(0, amount, V.OUTSIDE_FISCAL_YEAR)
+    def expected_split(self, ent: str, prov: str, amount: int, self_dealing: bool) -> billing.Split:
+        if utc(self.now).year != 2026:
+            return billing.Split(0, amount, billing.OUTSIDE_FISCAL_YEAR)
         code = self.enterprises[ent]
-        return V.split_charge(
+        return billing.split_charge(
             amount,
             self.policy.coverage_bps,
             self.cap_free(code),
@@ -484,26 +494,28 @@ class LedgerMachine(RuleBasedStateMachine):
             self.subsidy_allowed(code),
         )
 
-    def expected_usage_split(self, job: str, ent: str, amount: int, self_dealing: bool) -> V.Split:
+    def expected_usage_split(
+        self, job: str, ent: str, amount: int, self_dealing: bool
+    ) -> billing.Split:
         """The split with the job's holds: its voucher hold first, and at least what its
-        credit holds cannot cover (see vouchers._split)."""
+        credit holds cannot cover (see billing.usage_legs.split_usage)."""
         held = self.voucher_held.get(job, 0)
         if held == 0 or self_dealing:
             return self.expected_split(ent, "", amount, self_dealing)
         code = self.enterprises[ent]
         free_cap = free_pool = 0
-        if V._utc(self.now).year == 2026 and self.subsidy_allowed(code):
+        if utc(self.now).year == 2026 and self.subsidy_allowed(code):
             free_cap, free_pool = self.cap_free(code), self.pool_free()
-        share = amount * self.policy.coverage_bps // V.BPS
+        share = amount * self.policy.coverage_bps // billing.BPS
         credit = self.reserved.get(job, 0) + self.covered.get(job, 0)
         ordinary = min(share, held + free_cap, held + free_pool)
         voucher = min(amount, max(ordinary, min(amount - credit, held)))
         reason = (
-            V.COVERED
+            billing.COVERED
             if voucher >= share
-            else (V.CAP_EXHAUSTED if free_cap <= free_pool else V.POOL_EXHAUSTED)
+            else (billing.CAP_EXHAUSTED if free_cap <= free_pool else billing.POOL_EXHAUSTED)
         )
-        return V.Split(voucher, amount - voucher, reason)
+        return billing.Split(voucher, amount - voucher, reason)
 
     def suspended(self, ent: str) -> bool:
         unallocated = self.paid.get(ent, 0)
@@ -523,7 +535,7 @@ class LedgerMachine(RuleBasedStateMachine):
         with transaction(self.db):
             ent = self.world.enterprise(code, self.policy, self.now)
             if also_provider:
-                assert V.cover_self_dealing(self.db, code, self.now) == []
+                assert billing.cover_self_dealing(self.db, code, self.now) == []
                 self.providers[self.world.provider(code, self.now)] = code
         self.enterprises[ent] = code
         self.owed[ent] = 0
@@ -547,27 +559,29 @@ class LedgerMachine(RuleBasedStateMachine):
         if max_cost is None:
             return
         result = self.call(
-            lambda db: V.reserve_job(db, job, ent, max_cost, policy=self.policy, now_ms=self.now)
+            lambda db: billing.reserve_job(
+                db, job, ent, max_cost, policy=self.policy, now_ms=self.now
+            )
         )
         # a company that also provides compute may win its own job: no voucher is counted on
         own = self.enterprises[ent] in self.providers.values()
         estimate = 0 if own else self.expected_split(ent, prov, max_cost, False).voucher
         event(f"reservation: {type(result).__name__}")
         if self.suspended(ent):
-            assert isinstance(result, V.Suspended), result
+            assert isinstance(result, billing.Suspended), result
             assert "suspended" in result.detail
         elif max_cost - estimate > self.headroom(ent):
-            assert isinstance(result, V.CreditExceeded), result
+            assert isinstance(result, billing.CreditExceeded), result
             assert "does not fit the credit" in result.detail
         else:
-            assert isinstance(result, V.Reservation), result
+            assert isinstance(result, billing.Reservation), result
             assert (result.voucher_estimate, result.amount) == (estimate, max_cost - estimate)
             assert result.voucher_remaining == estimate and result.held == max_cost
             self.reserved[job] = result.amount
             self.voucher_held[job] = estimate
             self.max_cost[job] = max_cost
             again = self.call(
-                lambda db: V.reserve_job(
+                lambda db: billing.reserve_job(
                     db, job, ent, max_cost, policy=self.policy, now_ms=self.now
                 )
             )
@@ -619,12 +633,12 @@ class LedgerMachine(RuleBasedStateMachine):
             "amount": amount,
         }
         result = self.call(
-            lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
+            lambda db: billing.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
         )
         within = job in self.max_cost and self.charged.get(job, 0) + amount <= self.max_cost[job]
         if within:
             # the promise: usage within the job's maximum cost is never refused for credit
-            assert isinstance(result, V.Posting), result
+            assert isinstance(result, billing.Posting), result
             event("posted within the job's maximum")
         split = self.expected_usage_split(
             job, ent, amount, self.enterprises[ent] == self.providers[prov]
@@ -632,11 +646,11 @@ class LedgerMachine(RuleBasedStateMachine):
         drawn = min(split.deferred, self.reserved.get(job, 0))
         drawn_cover = min(split.deferred - drawn, self.covered.get(job, 0))
         if split.deferred - drawn - drawn_cover > self.headroom(ent):
-            assert isinstance(result, V.CreditExceeded), result
+            assert isinstance(result, billing.CreditExceeded), result
             assert "does not fit the credit" in result.detail
             event("posting refused: credit exceeded")
             return
-        assert isinstance(result, V.Posting), result
+        assert isinstance(result, billing.Posting), result
         event(f"posted: {result.reason}")
         assert (result.voucher, result.deferred, result.reason) == tuple(split)
         assert result.voucher + result.deferred == amount
@@ -658,7 +672,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), amount=st.integers(1_000_000_000, 6_000_000_000))
     def post_big_usage(self, data: st.DataObject, amount: int) -> None:
-        """The same as post_usage, drawn as often again, with sizes that exhaust caps and the pool."""
+        """The same as post_usage, drawn as often again, with sizes that exhaust caps and the
+        pool."""
         self.post_usage(data, amount)
 
     @precondition(lambda self: self.postings)
@@ -667,7 +682,9 @@ class LedgerMachine(RuleBasedStateMachine):
         digest = data.draw(st.sampled_from(sorted(self.postings)))
         fields, first = self.postings[digest]
         later = self.now + data.draw(st.integers(0, DAY))
-        again = self.call(lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=later))
+        again = self.call(
+            lambda db: billing.post_usage(db, **fields, policy=self.policy, now_ms=later)
+        )
         assert again == first
 
     @precondition(lambda self: self.postings)
@@ -677,9 +694,9 @@ class LedgerMachine(RuleBasedStateMachine):
         fields = dict(self.postings[digest][0])
         fields[change] = fields[change] + 1 if change == "amount" else fields[change] + "x"
         result = self.call(
-            lambda db: V.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
+            lambda db: billing.post_usage(db, **fields, policy=self.policy, now_ms=self.now)
         )
-        assert isinstance(result, L.IdempotencyConflict), result
+        assert isinstance(result, billing.IdempotencyConflict), result
         assert change in result.detail
 
     @precondition(lambda self: self.jobs)
@@ -688,7 +705,7 @@ class LedgerMachine(RuleBasedStateMachine):
         job = data.draw(st.sampled_from(sorted(self.jobs)))
         ent, prov, lease = self.jobs[job]
         result = self.call(
-            lambda db: V.post_usage(
+            lambda db: billing.post_usage(
                 db,
                 enterprise_id=ent,
                 provider_id=prov,
@@ -702,15 +719,15 @@ class LedgerMachine(RuleBasedStateMachine):
                 now_ms=self.now,
             )
         )
-        assert isinstance(result, V.UnknownReceipt), result
+        assert isinstance(result, billing.UnknownReceipt), result
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def settle_a_job(self, data: st.DataObject) -> None:
         job = data.draw(st.sampled_from(sorted(self.jobs)))
-        result = self.call(lambda db: V.settle_job(db, job, self.now))
+        result = self.call(lambda db: billing.settle_job(db, job, self.now))
         if job in self.reserved:
-            assert isinstance(result, V.Reservation) and result.held == 0
+            assert isinstance(result, billing.Reservation) and result.held == 0
             self.reserved[job] = 0
             self.covered.pop(job, None)
             self.voucher_held[job] = 0
@@ -739,15 +756,15 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
-            result: Any = V.cover_self_dealing(self.db, code, self.now)
+            result: Any = billing.cover_self_dealing(self.db, code, self.now)
             provider = self.world.provider(code, self.now)
-        except L.LedgerError as exc:
+        except billing.LedgerError as exc:
             result = exc
         finally:
             self.db.conn.execute("COMMIT")
         need = sum(self.voucher_held[job] for job in moving)
         if need > self.headroom(ent):
-            assert isinstance(result, V.CreditExceeded), result
+            assert isinstance(result, billing.CreditExceeded), result
             assert "becoming a provider" in result.detail
             event("a provider registration refused: credit cannot cover its jobs")
             return
@@ -767,13 +784,13 @@ class LedgerMachine(RuleBasedStateMachine):
         ent = data.draw(st.sampled_from(sorted(self.enterprises)))
         amount = self.owed[ent] // fraction + (1 if overpay else 0)
         reference = f"bank-{len(self.payments) + 1}"
-        result = self.call(lambda db: V.record_payment(db, ent, amount, reference, self.now))
+        result = self.call(lambda db: billing.record_payment(db, ent, amount, reference, self.now))
         if amount == 0:
-            assert isinstance(result, L.InvalidTransfer), result
+            assert isinstance(result, billing.InvalidTransfer), result
         elif amount > self.owed[ent]:
-            assert isinstance(result, V.Overpayment), result
+            assert isinstance(result, billing.Overpayment), result
         else:
-            assert isinstance(result, V.Payment) and result.amount == amount
+            assert isinstance(result, billing.Payment) and result.amount == amount
             self.payments[reference] = (ent, amount)
             self.owed[ent] -= amount
             self.paid[ent] = self.paid.get(ent, 0) + amount
@@ -784,24 +801,24 @@ class LedgerMachine(RuleBasedStateMachine):
         reference = data.draw(st.sampled_from(sorted(self.payments)))
         ent, amount = self.payments[reference]
         result = self.call(
-            lambda db: V.record_payment(
+            lambda db: billing.record_payment(
                 db, ent, amount + (0 if same else 1), reference, self.now + 1
             )
         )
         if same:
-            assert isinstance(result, V.Payment) and result.amount == amount
+            assert isinstance(result, billing.Payment) and result.amount == amount
         else:
-            assert isinstance(result, L.IdempotencyConflict), result
+            assert isinstance(result, billing.IdempotencyConflict), result
             assert reference in result.detail
 
     @precondition(lambda self: self.enterprises)
     @rule(data=st.data(), limit=st.integers(0, 12_000_000_000))
     def set_credit_limit(self, data: st.DataObject, limit: int) -> None:
         ent = data.draw(st.sampled_from(sorted(self.enterprises)))
-        result = self.call(lambda db: V.set_credit_limit(db, ent, limit, self.now))
+        result = self.call(lambda db: billing.set_credit_limit(db, ent, limit, self.now))
         in_use = self.limit[ent] - self.headroom(ent)
         if limit < in_use and limit < self.limit[ent]:
-            assert isinstance(result, V.CreditExceeded), result
+            assert isinstance(result, billing.CreditExceeded), result
         else:
             assert result == limit
             self.limit[ent] = limit
@@ -813,16 +830,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(days=st.sampled_from([0, 9, 16, 30]))
     def next_month(self, days: int) -> None:
         """Jump to a day of the next month and close the one that ended."""
-        _, end = V.period_bounds(V.period_of(self.now))
+        _, end = billing.period_bounds(billing.period_of(self.now))
         self.now = end + days * DAY
         self.close_last_period()
 
     @rule()
     def close_last_period(self) -> None:
-        start, _ = V.period_bounds(V.period_of(self.now))
-        period = V.period_of(start - 1)
-        result = self.call(lambda db: V.close_period(db, period, self.policy, self.now))
-        assert isinstance(result, V.PeriodClose), result
+        start, _ = billing.period_bounds(billing.period_of(self.now))
+        period = billing.period_of(start - 1)
+        result = self.call(lambda db: billing.close_period(db, period, self.policy, self.now))
+        assert isinstance(result, billing.PeriodClose), result
         if period in self.closed:
             return
         self.closed.add(period)
@@ -842,9 +859,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def close_the_current_period_too_early(self) -> None:
         result = self.call(
-            lambda db: V.close_period(db, V.period_of(self.now), self.policy, self.now)
+            lambda db: billing.close_period(db, billing.period_of(self.now), self.policy, self.now)
         )
-        assert isinstance(result, V.PeriodNotEnded), result
+        assert isinstance(result, billing.PeriodNotEnded), result
 
     @rule()
     def restart(self) -> None:
@@ -855,13 +872,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), amount=AMOUNTS)
     def crash_before_commit(self, data: st.DataObject, amount: int) -> None:
-        """A receipt and its posting written but never committed: after a restart, neither is there."""
+        """A receipt and its posting written but never committed: after a restart, neither is
+        there."""
         job = data.draw(st.sampled_from(sorted(self.jobs)))
         ent, prov, lease = self.jobs[job]
         self.db.conn.execute("BEGIN IMMEDIATE")
         digest = self.world.receipt(lease, self.now)
         try:
-            V.post_usage(
+            billing.post_usage(
                 self.db,
                 enterprise_id=ent,
                 provider_id=prov,
@@ -874,7 +892,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 policy=self.policy,
                 now_ms=self.now,
             )
-        except L.LedgerError:
+        except billing.LedgerError:
             pass
         self.db.conn.close()
         self.restart()
@@ -889,21 +907,21 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def the_ledger_is_exact(self) -> None:
         assert check_invariants(self.db) == []
-        status = V.pool_status(self.db, self.policy)
+        status = billing.pool_status(self.db, self.policy)
         assert status["used"] == self.pool_used <= self.policy.pool_total_micro_yuan
         assert status["remaining"] == self.pool_free() >= 0
         for code, used in self.cap_used.items():
-            cap = L.get_account(self.db, L.cap_account(2026, code))
+            cap = billing.get_account(self.db, names.cap_account(2026, code))
             assert cap is not None and cap.debits_posted == used
             assert used <= self.policy.per_company_cap_micro_yuan
         for code in set(self.enterprises.values()):
-            cap = L.get_account(self.db, L.cap_account(2026, code))
+            cap = billing.get_account(self.db, names.cap_account(2026, code))
             assert cap is not None and cap.debits_pending == self.cap_held(code)
             assert cap.debit_headroom == self.cap_free(code) >= 0
         # every open reservation can still pay what its job may yet be charged, all at once:
         # its holds are its own, and no account is past its limit
         for job, max_cost in self.max_cost.items():
-            reservation = V._reservation(self.db, job)
+            reservation = billing.load_reservation(self.db, job)
             assert reservation is not None
             assert (reservation.remaining, reservation.voucher_remaining) == (
                 self.reserved[job] + self.covered.get(job, 0),
@@ -911,14 +929,14 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert reservation.held >= max_cost - self.charged.get(job, 0)
         for ent in self.enterprises:
-            receivable = L.get_account(self.db, L.receivable_account(ent))
+            receivable = billing.get_account(self.db, names.receivable_account(ent))
             assert receivable is not None
             assert receivable.debits_posted - receivable.credits_posted == self.owed[ent]
-            credit = L.get_account(self.db, L.credit_account(ent))
+            credit = billing.get_account(self.db, names.credit_account(ent))
             assert credit is not None
             assert credit.debits_pending == self.credit_held(ent)
             assert credit.debit_headroom == self.headroom(ent) >= 0
-            assert V.is_suspended(self.db, ent, self.now)[0] == self.suspended(ent)
+            assert billing.is_suspended(self.db, ent, self.now)[0] == self.suspended(ent)
             if self.suspended(ent):
                 event("an enterprise is suspended")
 
@@ -930,3 +948,27 @@ TestLedgerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+def test_the_billing_surface_is_complete() -> None:
+    """Every name other rooms use of `coordinator.billing` is in its `__all__`, and each exists."""
+    import ast
+
+    assert len(set(billing.__all__)) == len(billing.__all__)
+    assert all(hasattr(billing, name) for name in billing.__all__)
+    root = Path(__file__).resolve().parents[2]
+    used: set[str] = set()
+    for folder in ("coordinator", "tests", "scripts", "agent", "shared"):
+        for path in (root / folder).rglob("*.py"):
+            if path.is_relative_to(root / "coordinator" / "billing"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "coordinator.billing":
+                    used |= {alias.name for alias in node.names}
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "billing"
+                ):
+                    used.add(node.attr)
+    assert sorted(used - set(billing.__all__) - {"__all__"}) == []

@@ -13,16 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ledger_world import World, uscc
 
-from coordinator import ledger as L
-from coordinator import vouchers as V
+from coordinator import billing
+from coordinator.billing import VoucherPolicy, VoucherPolicyError, split_charge
 from coordinator.db import connect, transaction
-from coordinator.vouchers import VoucherPolicy, VoucherPolicyError, split_charge
+from shared import ledger_names as names
 from shared.errors import SuanliError
 
 BIG = 10**15
 SEP_21 = 1_790_000_000_000  # 2026-09-21
 OCT_1 = 1_790_812_800_000  # 2026-10-01T00:00Z
-DAY = V.DAY_MS
+DAY = billing.DAY_MS
 
 
 # -- the split -------------------------------------------------------------------------------
@@ -31,34 +31,43 @@ DAY = V.DAY_MS
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((0, 5_000, BIG, BIG, False, True), (0, 0, V.COVERED)),
-        ((1_000, 0, BIG, BIG, False, True), (0, 1_000, V.NO_COVERAGE)),
-        ((1_000, 10_000, BIG, BIG, False, True), (1_000, 0, V.COVERED)),
-        ((1_000, 5_000, BIG, BIG, False, True), (500, 500, V.COVERED)),
-        ((1, 5_000, BIG, BIG, False, True), (0, 1, V.COVERED)),  # a 1 µ¥ charge rounds down to 0
-        ((3, 5_000, BIG, BIG, False, True), (1, 2, V.COVERED)),
-        ((10, 7_777, BIG, BIG, False, True), (7, 3, V.COVERED)),
-        ((1, 10_000, BIG, BIG, False, True), (1, 0, V.COVERED)),
+        ((0, 5_000, BIG, BIG, False, True), (0, 0, billing.COVERED)),
+        ((1_000, 0, BIG, BIG, False, True), (0, 1_000, billing.NO_COVERAGE)),
+        ((1_000, 10_000, BIG, BIG, False, True), (1_000, 0, billing.COVERED)),
+        ((1_000, 5_000, BIG, BIG, False, True), (500, 500, billing.COVERED)),
+        (
+            (1, 5_000, BIG, BIG, False, True),
+            (0, 1, billing.COVERED),
+        ),  # a 1 µ¥ charge rounds down to 0
+        ((3, 5_000, BIG, BIG, False, True), (1, 2, billing.COVERED)),
+        ((10, 7_777, BIG, BIG, False, True), (7, 3, billing.COVERED)),
+        ((1, 10_000, BIG, BIG, False, True), (1, 0, billing.COVERED)),
         (
             (1_000, 5_000, BIG, 200, False, True),
-            (200, 800, V.POOL_EXHAUSTED),
+            (200, 800, billing.POOL_EXHAUSTED),
         ),  # pool runs out mid-charge
-        ((1_000, 5_000, BIG, 0, False, True), (0, 1_000, V.POOL_EXHAUSTED)),
-        ((1_000, 5_000, 100, BIG, False, True), (100, 900, V.CAP_EXHAUSTED)),  # cap below the share
-        ((1_000, 5_000, 0, BIG, False, True), (0, 1_000, V.CAP_EXHAUSTED)),
-        ((1_000, 5_000, 300, 300, False, True), (300, 700, V.CAP_EXHAUSTED)),
-        ((1_000, 5_000, 500, 500, False, True), (500, 500, V.COVERED)),
-        ((1_000, 5_000, 100, 50, False, True), (50, 950, V.POOL_EXHAUSTED)),
-        ((2**62, 5_000, 2**62, 2**62, False, True), (2**61, 2**61, V.COVERED)),
-        ((2**62 - 1, 5_000, 2**62, 2**62, False, True), (2**61 - 1, 2**61, V.COVERED)),
-        ((2**62, 10_000, 10**15, 2**62, False, True), (10**15, 2**62 - 10**15, V.CAP_EXHAUSTED)),
+        ((1_000, 5_000, BIG, 0, False, True), (0, 1_000, billing.POOL_EXHAUSTED)),
+        (
+            (1_000, 5_000, 100, BIG, False, True),
+            (100, 900, billing.CAP_EXHAUSTED),
+        ),  # cap below the share
+        ((1_000, 5_000, 0, BIG, False, True), (0, 1_000, billing.CAP_EXHAUSTED)),
+        ((1_000, 5_000, 300, 300, False, True), (300, 700, billing.CAP_EXHAUSTED)),
+        ((1_000, 5_000, 500, 500, False, True), (500, 500, billing.COVERED)),
+        ((1_000, 5_000, 100, 50, False, True), (50, 950, billing.POOL_EXHAUSTED)),
+        ((2**62, 5_000, 2**62, 2**62, False, True), (2**61, 2**61, billing.COVERED)),
+        ((2**62 - 1, 5_000, 2**62, 2**62, False, True), (2**61 - 1, 2**61, billing.COVERED)),
+        (
+            (2**62, 10_000, 10**15, 2**62, False, True),
+            (10**15, 2**62 - 10**15, billing.CAP_EXHAUSTED),
+        ),
         (
             (2**62, 1, 2**62, 2**62, False, True),
-            (2**62 // 10_000, 2**62 - 2**62 // 10_000, V.COVERED),
+            (2**62 // 10_000, 2**62 - 2**62 // 10_000, billing.COVERED),
         ),
-        ((1_000, 5_000, BIG, BIG, True, True), (0, 1_000, V.SELF_DEALING)),
-        ((1_000, 5_000, BIG, BIG, True, False), (0, 1_000, V.SELF_DEALING)),
-        ((1_000, 5_000, BIG, BIG, False, False), (0, 1_000, V.NOT_ELIGIBLE)),
+        ((1_000, 5_000, BIG, BIG, True, True), (0, 1_000, billing.SELF_DEALING)),
+        ((1_000, 5_000, BIG, BIG, True, False), (0, 1_000, billing.SELF_DEALING)),
+        ((1_000, 5_000, BIG, BIG, False, False), (0, 1_000, billing.NOT_ELIGIBLE)),
     ],
 )
 def test_split_table(args: tuple[Any, ...], expected: tuple[int, int, str]) -> None:
@@ -102,12 +111,12 @@ def test_split_properties(
     assert 0 <= voucher <= min(charge * bps // 10_000, cap, pool)
     assert deferred >= 0
     if self_dealing or not allowed or bps == 0:
-        assert voucher == 0 and reason != V.COVERED
+        assert voucher == 0 and reason != billing.COVERED
     elif voucher < charge * bps // 10_000:
-        assert reason in (V.CAP_EXHAUSTED, V.POOL_EXHAUSTED)
-        assert voucher == (cap if reason == V.CAP_EXHAUSTED else pool)
+        assert reason in (billing.CAP_EXHAUSTED, billing.POOL_EXHAUSTED)
+        assert voucher == (cap if reason == billing.CAP_EXHAUSTED else pool)
     else:
-        assert reason == V.COVERED
+        assert reason == billing.COVERED
     # more money in the pool or cap never means less voucher
     assert split_charge(charge, bps, cap + 1, pool + 1, self_dealing, allowed).voucher >= voucher
 
@@ -173,30 +182,30 @@ def test_policy_from_the_coordinator_file(tmp_path: Path) -> None:
         'listen = "127.0.0.1:1"\n[vouchers]\nfiscal_year = 2026\n'
         "per_company_cap_micro_yuan = 1_000_000\n"
     )
-    assert V.load_voucher_policy(config).per_company_cap_micro_yuan == 1_000_000
+    assert billing.load_voucher_policy(config).per_company_cap_micro_yuan == 1_000_000
     config.write_text('listen = "127.0.0.1:1"\n')
-    assert V.load_voucher_policy(config) == VoucherPolicy()
+    assert billing.load_voucher_policy(config) == VoucherPolicy()
     config.write_text("[vouchers\n")
     with pytest.raises(VoucherPolicyError, match="not valid TOML"):
-        V.load_voucher_policy(config)
+        billing.load_voucher_policy(config)
     with pytest.raises(VoucherPolicyError, match="no configuration file"):
-        V.load_voucher_policy(tmp_path / "missing.toml")
+        billing.load_voucher_policy(tmp_path / "missing.toml")
 
 
 # -- periods ---------------------------------------------------------------------------------
 
 
 def test_periods_are_utc_calendar_months() -> None:
-    start, end = V.period_bounds("2026-12")
-    assert (V.period_of(start), V.period_of(end - 1), V.period_of(end)) == (
+    start, end = billing.period_bounds("2026-12")
+    assert (billing.period_of(start), billing.period_of(end - 1), billing.period_of(end)) == (
         "2026-12",
         "2026-12",
         "2027-01",
     )
-    assert V.period_bounds("2026-10") == (OCT_1, OCT_1 + 31 * DAY)
+    assert billing.period_bounds("2026-10") == (OCT_1, OCT_1 + 31 * DAY)
     for bad in ("2026-13", "2026-1", " 2026-01", "2026/01", "", 202601):
-        with pytest.raises(V.BadPeriod, match="YYYY-MM"):
-            V.period_bounds(bad)  # type: ignore[arg-type]
+        with pytest.raises(billing.BadPeriod, match="YYYY-MM"):
+            billing.period_bounds(bad)  # type: ignore[arg-type]
 
 
 # -- against a database ----------------------------------------------------------------------
@@ -236,7 +245,7 @@ class Market:
         ent: str | None = None,
         prov: str | None = None,
         job: str | None = None,
-    ) -> V.Posting:
+    ) -> billing.Posting:
         ent, prov = ent or self.ent, prov or self.prov
         ent_code = self.db.conn.execute(
             "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [ent]
@@ -252,7 +261,7 @@ class Market:
                     "SELECT id FROM leases WHERE job_id = ?", [job]
                 ).fetchone()[0]
             digest = self.world.receipt(lease, now)
-            return V.post_usage(
+            return billing.post_usage(
                 self.db,
                 enterprise_id=ent,
                 provider_id=prov,
@@ -275,62 +284,72 @@ def test_suspension_names_the_statement_and_payment_reinstates(db: sqlite_utils.
     market = Market(db)
     posting = market.post(4_000_000)
     assert (posting.voucher, posting.deferred, posting.period) == (2_000_000, 2_000_000, "2026-09")
-    close = market.run(lambda db: V.close_period(db, "2026-09", POLICY, OCT_1))
+    close = market.run(lambda db: billing.close_period(db, "2026-09", POLICY, OCT_1))
     (statement,) = [s for s in close.statements if s.party_id == market.ent]
     assert statement.to_dict()["due_date"] == "2026-10-31" and statement.deferred == 2_000_000
     assert statement.lines[0]["job_id"] == posting.job_id
 
     suspend_after = OCT_1 + 45 * DAY
-    assert market.run(lambda db: V.is_suspended(db, market.ent, suspend_after))[0] is False
-    suspended, why = market.run(lambda db: V.is_suspended(db, market.ent, suspend_after + 1))
+    assert market.run(lambda db: billing.is_suspended(db, market.ent, suspend_after))[0] is False
+    suspended, why = market.run(lambda db: billing.is_suspended(db, market.ent, suspend_after + 1))
     assert suspended
     assert "statement for 2026-09" in why and "due 2026-10-31" in why and "¥2.00 unpaid" in why
-    with pytest.raises(V.Suspended, match="2026-09"):
+    with pytest.raises(billing.Suspended, match="2026-09"):
         market.run(
-            lambda db: V.reserve_job(
+            lambda db: billing.reserve_job(
                 db, "job-x", market.ent, 1_000, policy=POLICY, now_ms=suspend_after + 1
             )
         )
 
-    market.run(lambda db: V.record_payment(db, market.ent, 1_500_000, "bank-1", suspend_after + 2))
-    suspended, why = market.run(lambda db: V.is_suspended(db, market.ent, suspend_after + 3))
+    market.run(
+        lambda db: billing.record_payment(db, market.ent, 1_500_000, "bank-1", suspend_after + 2)
+    )
+    suspended, why = market.run(lambda db: billing.is_suspended(db, market.ent, suspend_after + 3))
     assert suspended and "¥0.50 unpaid" in why
-    market.run(lambda db: V.record_payment(db, market.ent, 500_000, "bank-2", suspend_after + 4))
-    assert market.run(lambda db: V.is_suspended(db, market.ent, suspend_after + 5))[0] is False
-    account = market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, suspend_after + 5))
+    market.run(
+        lambda db: billing.record_payment(db, market.ent, 500_000, "bank-2", suspend_after + 4)
+    )
+    assert (
+        market.run(lambda db: billing.is_suspended(db, market.ent, suspend_after + 5))[0] is False
+    )
+    account = market.run(
+        lambda db: billing.enterprise_account(db, market.ent, POLICY, suspend_after + 5)
+    )
     assert account["statements"][0]["status"] == "paid" and not account["suspended"]
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_statements_are_paid_oldest_first(db: sqlite_utils.Database) -> None:
     market = Market(db)
     market.post(2_000_000)  # September: 1 000 000 deferred
     market.post(6_000_000, now=OCT_1 + DAY)  # October: cap leaves 500 000 voucher
-    market.run(lambda db: V.close_period(db, "2026-09", POLICY, OCT_1))
-    market.run(lambda db: V.close_period(db, "2026-10", POLICY, OCT_1 + 31 * DAY))
-    market.run(lambda db: V.record_payment(db, market.ent, 1_200_000, "bank-1", OCT_1 + 31 * DAY))
+    market.run(lambda db: billing.close_period(db, "2026-09", POLICY, OCT_1))
+    market.run(lambda db: billing.close_period(db, "2026-10", POLICY, OCT_1 + 31 * DAY))
+    market.run(
+        lambda db: billing.record_payment(db, market.ent, 1_200_000, "bank-1", OCT_1 + 31 * DAY)
+    )
     late = OCT_1 + 31 * DAY + 46 * DAY
-    statements = market.run(lambda db: V.enterprise_statements(db, market.ent, late))
+    statements = market.run(lambda db: billing.enterprise_statements(db, market.ent, late))
     assert [(s["period"], s["paid_micro_yuan"], s["status"]) for s in statements] == [
         ("2026-09", 1_000_000, "paid"),
         ("2026-10", 200_000, "overdue"),
     ]
-    suspended, why = market.run(lambda db: V.is_suspended(db, market.ent, late))
+    suspended, why = market.run(lambda db: billing.is_suspended(db, market.ent, late))
     assert suspended and "2026-10" in why and "2026-09" not in why
 
 
 def test_closing_a_period_freezes_it(db: sqlite_utils.Database) -> None:
     market = Market(db)
     market.post(1_000)
-    with pytest.raises(V.PeriodNotEnded, match="2026-09"):
-        market.run(lambda db: V.close_period(db, "2026-09", POLICY, OCT_1 - 1))
-    first = market.run(lambda db: V.close_period(db, "2026-09", POLICY, OCT_1))
-    assert market.run(lambda db: V.close_period(db, "2026-09", POLICY, OCT_1 + DAY)) == first
-    with pytest.raises(V.PeriodClosed, match="2026-09 is closed"):
+    with pytest.raises(billing.PeriodNotEnded, match="2026-09"):
+        market.run(lambda db: billing.close_period(db, "2026-09", POLICY, OCT_1 - 1))
+    first = market.run(lambda db: billing.close_period(db, "2026-09", POLICY, OCT_1))
+    assert market.run(lambda db: billing.close_period(db, "2026-09", POLICY, OCT_1 + DAY)) == first
+    with pytest.raises(billing.PeriodClosed, match="2026-09 is closed"):
         market.post(1_000, now=SEP_21 + 1)
-    empty = market.run(lambda db: V.close_period(db, "2026-08", POLICY, OCT_1))
+    empty = market.run(lambda db: billing.close_period(db, "2026-08", POLICY, OCT_1))
     assert empty.statements == ()
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_the_cap_is_per_company_and_the_pool_is_first_come_first_served(
@@ -338,26 +357,28 @@ def test_the_cap_is_per_company_and_the_pool_is_first_come_first_served(
 ) -> None:
     market = Market(db)
     assert market.post(10_000_000).voucher == 3_000_000  # cap ¥3 of a ¥5 share
-    assert market.post(2_000_000).reason == V.CAP_EXHAUSTED
+    assert market.post(2_000_000).reason == billing.CAP_EXHAUSTED
     with transaction(db):
         others = [market.world.enterprise(uscc(10 + i), POLICY) for i in range(3)]
     parts = [market.post(6_000_000, ent=ent).voucher for ent in others]
     assert parts == [3_000_000, 3_000_000, 1_000_000]  # the pool of ¥10 is spent
-    assert market.post(6_000_000, ent=market.both).reason == V.POOL_EXHAUSTED
-    status = market.run(lambda db: V.pool_status(db, POLICY))
+    assert market.post(6_000_000, ent=market.both).reason == billing.POOL_EXHAUSTED
+    status = market.run(lambda db: billing.pool_status(db, POLICY))
     assert (status["granted"], status["used"], status["remaining"]) == (10_000_000, 10_000_000, 0)
     assert status["companies"] == 5
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: sqlite_utils.Database) -> None:
     market = Market(db)
-    market.run(lambda db: V.open_enterprise_accounts(db, "ent-alias", uscc(1), POLICY, SEP_21))
+    market.run(
+        lambda db: billing.open_enterprise_accounts(db, "ent-alias", uscc(1), POLICY, SEP_21)
+    )
     assert market.post(10_000_000).voucher == 3_000_000
     with transaction(db):
         job, lease = market.world.job(market.ent, market.prov)
         digest = market.world.receipt(lease)
-        alias = V.post_usage(
+        alias = billing.post_usage(
             db,
             enterprise_id="ent-alias",
             provider_id=market.prov,
@@ -370,9 +391,11 @@ def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: sqlite_utils.Da
             policy=POLICY,
             now_ms=SEP_21,
         )
-    assert (alias.voucher, alias.reason) == (0, V.CAP_EXHAUSTED)
-    with pytest.raises(L.IdempotencyConflict, match="already has its entitlement"):
-        market.run(lambda db: V.open_enterprise_accounts(db, "ent-alias", uscc(4), POLICY, SEP_21))
+    assert (alias.voucher, alias.reason) == (0, billing.CAP_EXHAUSTED)
+    with pytest.raises(billing.IdempotencyConflict, match="already has its entitlement"):
+        market.run(
+            lambda db: billing.open_enterprise_accounts(db, "ent-alias", uscc(4), POLICY, SEP_21)
+        )
 
 
 def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
@@ -380,15 +403,15 @@ def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
 ) -> None:
     market = Market(db)
     own = market.post(1_000, ent=market.both, prov=market.both_provider)
-    assert (own.voucher, own.reason) == (0, V.SELF_DEALING)
+    assert (own.voucher, own.reason) == (0, billing.SELF_DEALING)
     assert market.post(1_000, ent=market.both).voucher == 500
     market.policy = strict = VoucherPolicy(
         **{**POLICY.__dict__, "providers_may_be_subsidised": False}
     )
     refused = market.post(1_000, ent=market.both)
-    assert (refused.voucher, refused.reason) == (0, V.NOT_ELIGIBLE)
+    assert (refused.voucher, refused.reason) == (0, billing.NOT_ELIGIBLE)
     assert market.post(1_000).voucher == 500
-    account = market.run(lambda db: V.enterprise_account(db, market.both, strict, SEP_21))
+    account = market.run(lambda db: billing.enterprise_account(db, market.both, strict, SEP_21))
     assert (
         account["voucher"]["eligible"] is False and account["voucher"]["remaining_micro_yuan"] == 0
     )
@@ -397,17 +420,17 @@ def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
 def test_each_fiscal_year_has_its_own_pool_and_caps(db: sqlite_utils.Database) -> None:
     market = Market(db)
     jan_2027 = 1_798_761_600_000
-    assert V.period_of(jan_2027) == "2027-01"
+    assert billing.period_of(jan_2027) == "2027-01"
     late = market.post(1_000, now=jan_2027)
-    assert (late.voucher, late.reason, late.fiscal_year) == (0, V.OUTSIDE_FISCAL_YEAR, 2027)
+    assert (late.voucher, late.reason, late.fiscal_year) == (0, billing.OUTSIDE_FISCAL_YEAR, 2027)
     market.policy = VoucherPolicy(**{**POLICY.__dict__, "fiscal_year": 2027})
     fresh = market.post(1_000, now=jan_2027 + 1)
     assert (fresh.voucher, fresh.fiscal_year) == (500, 2027)
-    assert L.get_account(db, "pool:2027") is not None and L.get_account(
-        db, L.cap_account(2027, uscc(1))
+    assert billing.get_account(db, names.pool_account(2027)) is not None and billing.get_account(
+        db, names.cap_account(2027, uscc(1))
     )
-    assert market.run(lambda db: V.pool_status(db, market.policy))["used"] == 500
-    assert L.check_invariants(db) == []
+    assert market.run(lambda db: billing.pool_status(db, market.policy))["used"] == 500
+    assert billing.check_invariants(db) == []
 
 
 def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
@@ -424,15 +447,17 @@ def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
     assert market.post(10_000_000).voucher == 4_000_000
     market.policy = POLICY
     assert market.post(10_000_000).voucher == 0
-    status = market.run(lambda db: V.pool_status(db, POLICY))
+    status = market.run(lambda db: billing.pool_status(db, POLICY))
     assert (status["granted"], status["used"]) == (20_000_000, 4_000_000)
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) -> None:
     market = Market(db)
     reservation = market.run(
-        lambda db: V.reserve_job(db, "job-r", market.ent, 30_000_000, policy=POLICY, now_ms=SEP_21)
+        lambda db: billing.reserve_job(
+            db, "job-r", market.ent, 30_000_000, policy=POLICY, now_ms=SEP_21
+        )
     )
     assert (reservation.voucher_estimate, reservation.amount) == (3_000_000, 27_000_000)
     with transaction(db):
@@ -448,71 +473,81 @@ def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) 
             [f"agent-{market.prov}"],
         )
     with pytest.raises(
-        V.CreditExceeded, match="limit ¥50.00, owed ¥0.00, reserved for jobs ¥27.00"
+        billing.CreditExceeded, match="limit ¥50.00, owed ¥0.00, reserved for jobs ¥27.00"
     ):
         market.run(
-            lambda db: V.reserve_job(
+            lambda db: billing.reserve_job(
                 db, "job-s", market.ent, 30_000_000, policy=POLICY, now_ms=SEP_21
             )
         )
     posting = market.post(4_000_000, job="job-r")
-    account = market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))
+    account = market.run(lambda db: billing.enterprise_account(db, market.ent, POLICY, SEP_21))
     assert account["reserved_micro_yuan"] == 27_000_000 - posting.deferred
     assert account["deferred_balance_micro_yuan"] == posting.deferred
     assert account["headroom_micro_yuan"] == 50_000_000 - 27_000_000
-    settled = market.run(lambda db: V.settle_job(db, "job-r", SEP_21))
+    settled = market.run(lambda db: billing.settle_job(db, "job-r", SEP_21))
     assert settled.remaining == 0
-    assert market.run(lambda db: V.settle_job(db, "job-r", SEP_21)) == settled
-    with pytest.raises(V.CreditExceeded, match="deferred part"):
+    assert market.run(lambda db: billing.settle_job(db, "job-r", SEP_21)) == settled
+    with pytest.raises(billing.CreditExceeded, match="deferred part"):
         market.post(200_000_000)
-    with pytest.raises(V.CreditExceeded, match="cannot be lowered"):
-        market.run(lambda db: V.set_credit_limit(db, market.ent, 1_000_000, SEP_21))
-    assert market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21)) == 2_000_000
-    with pytest.raises(V.Overpayment, match="more than the ¥2.00"):
-        market.run(lambda db: V.record_payment(db, market.ent, 2_000_001, "bank-9", SEP_21))
-    first = market.run(lambda db: V.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21))
+    with pytest.raises(billing.CreditExceeded, match="cannot be lowered"):
+        market.run(lambda db: billing.set_credit_limit(db, market.ent, 1_000_000, SEP_21))
     assert (
-        market.run(lambda db: V.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21 + 9))
+        market.run(lambda db: billing.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
+        == 2_000_000
+    )
+    with pytest.raises(billing.Overpayment, match="more than the ¥2.00"):
+        market.run(lambda db: billing.record_payment(db, market.ent, 2_000_001, "bank-9", SEP_21))
+    first = market.run(
+        lambda db: billing.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21)
+    )
+    assert (
+        market.run(
+            lambda db: billing.record_payment(db, market.ent, 2_000_000, "bank-9", SEP_21 + 9)
+        )
         == first
     )
-    with pytest.raises(L.IdempotencyConflict, match="payment 'bank-9' was already recorded"):
-        market.run(lambda db: V.record_payment(db, market.both, 2_000_000, "bank-9", SEP_21))
-    assert L.check_invariants(db) == []
+    with pytest.raises(billing.IdempotencyConflict, match="payment 'bank-9' was already recorded"):
+        market.run(lambda db: billing.record_payment(db, market.both, 2_000_000, "bank-9", SEP_21))
+    assert billing.check_invariants(db) == []
 
 
 def test_providers_earn_both_parts_and_are_never_paid_more(db: sqlite_utils.Database) -> None:
     market = Market(db)
     market.post(1_000_000)
-    earnings = market.run(lambda db: V.provider_earnings(db, market.prov))
+    earnings = market.run(lambda db: billing.provider_earnings(db, market.prov))
     assert (
         earnings["earned_micro_yuan"],
         earnings["voucher_micro_yuan"],
         earnings["deferred_micro_yuan"],
     ) == (1_000_000, 500_000, 500_000)
-    market.run(lambda db: V.record_payout(db, market.prov, 600_000, "wire-1", SEP_21))
-    with pytest.raises(L.LedgerError, match="more than the ¥0.40"):
-        market.run(lambda db: V.record_payout(db, market.prov, 400_001, "wire-2", SEP_21))
+    market.run(lambda db: billing.record_payout(db, market.prov, 600_000, "wire-1", SEP_21))
+    with pytest.raises(billing.LedgerError, match="more than the ¥0.40"):
+        market.run(lambda db: billing.record_payout(db, market.prov, 400_001, "wire-2", SEP_21))
     assert (
-        market.run(lambda db: V.provider_earnings(db, market.prov))["balance_micro_yuan"] == 400_000
+        market.run(lambda db: billing.provider_earnings(db, market.prov))["balance_micro_yuan"]
+        == 400_000
     )
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_bad_input_is_refused_with_a_sentence(db: sqlite_utils.Database) -> None:
     market = Market(db)
     with pytest.raises(SuanliError, match="check character"):
         market.run(
-            lambda db: V.open_enterprise_accounts(db, "ent-z", "91330000100000001X", POLICY, SEP_21)
+            lambda db: billing.open_enterprise_accounts(
+                db, "ent-z", "91330000100000001X", POLICY, SEP_21
+            )
         )
-    with pytest.raises(L.InvalidTransfer, match="micro-yuan"):
+    with pytest.raises(billing.InvalidTransfer, match="micro-yuan"):
         market.post(-1)
-    with pytest.raises(L.InvalidTransfer, match="micro-yuan"):
-        market.post(V.MAX_AMOUNT + 1)
-    with pytest.raises(V.UnknownEnterprise):
-        market.run(lambda db: V.record_payment(db, "ent-nobody", 1, "ref", SEP_21))
-    with pytest.raises(L.InvalidTransfer, match="reference"):
-        market.run(lambda db: V.record_payment(db, market.ent, 1, "", SEP_21))
-    assert L.check_invariants(db) == []
+    with pytest.raises(billing.InvalidTransfer, match="micro-yuan"):
+        market.post(billing.MAX_AMOUNT + 1)
+    with pytest.raises(billing.UnknownEnterprise):
+        market.run(lambda db: billing.record_payment(db, "ent-nobody", 1, "ref", SEP_21))
+    with pytest.raises(billing.InvalidTransfer, match="reference"):
+        market.run(lambda db: billing.record_payment(db, market.ent, 1, "", SEP_21))
+    assert billing.check_invariants(db) == []
 
 
 @pytest.mark.parametrize(
@@ -530,9 +565,9 @@ def test_usccs_must_be_the_registered_ones(
         job, lease = market.world.job(market.both, market.both_provider)
         digest = market.world.receipt(lease)
     fields = {"enterprise_uscc": uscc(2), "provider_uscc": uscc(2), field: uscc(3)}
-    with pytest.raises(L.IdempotencyConflict, match=message):
+    with pytest.raises(billing.IdempotencyConflict, match=message):
         market.run(
-            lambda db: V.post_usage(
+            lambda db: billing.post_usage(
                 db,
                 enterprise_id=market.both,
                 provider_id=market.both_provider,
@@ -550,9 +585,11 @@ def test_usccs_must_be_the_registered_ones(
 # -- reservations: every accepted job is payable to its maximum cost --------------------------
 
 
-def _reserve(market: Market, job: str, ent: str, max_cost: int, now: int = SEP_21) -> V.Reservation:
+def _reserve(
+    market: Market, job: str, ent: str, max_cost: int, now: int = SEP_21
+) -> billing.Reservation:
     return market.run(
-        lambda db: V.reserve_job(db, job, ent, max_cost, policy=market.policy, now_ms=now)
+        lambda db: billing.reserve_job(db, job, ent, max_cost, policy=market.policy, now_ms=now)
     )
 
 
@@ -574,29 +611,29 @@ def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_c
         2_000_000,
         4_000_000,
     )
-    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
-    pool = L.get_account(db, L.pool_account(2026))
+    cap = billing.get_account(db, names.cap_account(2026, uscc(1)))
+    pool = billing.get_account(db, names.pool_account(2026))
     assert cap is not None and pool is not None
     assert (cap.debits_pending, pool.debits_pending) == (2_000_000, 2_000_000)
     # a second job finds only the cap's unheld ¥1 to count on
     other = _reserve(market, _job(market, market.ent, market.prov), market.ent, 4_000_000)
     assert (other.voucher_estimate, other.amount) == (1_000_000, 3_000_000)
     assert (
-        market.run(lambda db: V.enterprise_account(db, market.ent, POLICY, SEP_21))["voucher"][
-            "remaining_micro_yuan"
-        ]
+        market.run(lambda db: billing.enterprise_account(db, market.ent, POLICY, SEP_21))[
+            "voucher"
+        ]["remaining_micro_yuan"]
         == 0
     )
     # usage draws the holds down; settling voids the rest, on every account
     posting = market.post(3_000_000, job=job)
     assert (posting.voucher, posting.deferred) == (1_500_000, 1_500_000)
-    left = market.run(lambda db: V._reservation(db, job))
+    left = market.run(lambda db: billing.load_reservation(db, job))
     assert (left.remaining, left.voucher_remaining) == (500_000, 500_000)
-    settled = market.run(lambda db: V.settle_job(db, job, SEP_21))
+    settled = market.run(lambda db: billing.settle_job(db, job, SEP_21))
     assert settled.held == 0
-    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
+    cap = billing.get_account(db, names.cap_account(2026, uscc(1)))
     assert cap is not None and (cap.debits_posted, cap.debits_pending) == (1_500_000, 1_000_000)
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
@@ -605,14 +642,14 @@ def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
     """1 µ¥ receipts have no voucher share of their own; the job's voucher hold takes what its
     credit hold cannot, so all of its maximum is paid with no free credit at all."""
     market = Market(db)
-    market.run(lambda db: V.set_credit_limit(db, market.ent, 501, SEP_21))
+    market.run(lambda db: billing.set_credit_limit(db, market.ent, 501, SEP_21))
     with transaction(db):
         job, lease = market.world.job(market.ent, market.prov)
     held = _reserve(market, job, market.ent, 1_001)
     assert (held.voucher_estimate, held.amount) == (500, 501)
     with transaction(db):
         usages = [
-            V.Usage(
+            billing.Usage(
                 market.ent,
                 market.prov,
                 uscc(1),
@@ -624,15 +661,15 @@ def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
             )
             for _ in range(1_001)
         ]
-        results = V.post_usages(db, usages, policy=POLICY, now_ms=SEP_21)
-    assert all(isinstance(r, V.Posting) for r in results), [
-        r for r in results if not isinstance(r, V.Posting)
+        results = billing.post_usages(db, usages, policy=POLICY, now_ms=SEP_21)
+    assert all(isinstance(r, billing.Posting) for r in results), [
+        r for r in results if not isinstance(r, billing.Posting)
     ][:1]
     assert sum(r.voucher for r in results) == 500  # type: ignore[union-attr]
-    assert market.run(lambda db: V._reservation(db, job)).held == 0
-    with pytest.raises(V.CreditExceeded):  # beyond the maximum, credit truly cannot cover
+    assert market.run(lambda db: billing.load_reservation(db, job)).held == 0
+    with pytest.raises(billing.CreditExceeded):  # beyond the maximum, credit truly cannot cover
         market.post(1, job=job)
-    assert L.check_invariants(db) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
@@ -641,17 +678,21 @@ def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
     """Self-dealing, first case: the enterprise's company is a provider when the job is
     accepted, so its own agents may win it and no voucher would pay: nothing is counted on."""
     market = Market(db)
-    market.run(lambda db: V.set_credit_limit(db, market.both, 4_000_000, SEP_21))
+    market.run(lambda db: billing.set_credit_limit(db, market.both, 4_000_000, SEP_21))
     own = _job(market, market.both, market.both_provider)
     held = _reserve(market, own, market.both, 4_000_000)
     assert (held.voucher_estimate, held.amount, held.voucher_remaining) == (0, 4_000_000, 0)
-    with pytest.raises(V.CreditExceeded, match="the company also provides compute"):
+    with pytest.raises(billing.CreditExceeded, match="the company also provides compute"):
         _reserve(market, _job(market, market.both, market.prov), market.both, 1)
     # won by its own agents: no voucher money, and the whole maximum is still paid
     posting = market.post(4_000_000, ent=market.both, prov=market.both_provider, job=own)
-    assert (posting.voucher, posting.deferred, posting.reason) == (0, 4_000_000, V.SELF_DEALING)
-    assert V.pool_status(db, POLICY)["used"] == 0
-    assert L.check_invariants(db) == []
+    assert (posting.voucher, posting.deferred, posting.reason) == (
+        0,
+        4_000_000,
+        billing.SELF_DEALING,
+    )
+    assert billing.pool_status(db, POLICY)["used"] == 0
+    assert billing.check_invariants(db) == []
 
 
 def test_a_company_that_also_provides_still_gets_vouchers_from_others(
@@ -661,8 +702,12 @@ def test_a_company_that_also_provides_still_gets_vouchers_from_others(
     job = _job(market, market.both, market.prov)
     assert _reserve(market, job, market.both, 4_000_000).voucher_estimate == 0
     posting = market.post(4_000_000, ent=market.both, job=job)
-    assert (posting.voucher, posting.deferred, posting.reason) == (2_000_000, 2_000_000, V.COVERED)
-    assert L.check_invariants(db) == []
+    assert (posting.voucher, posting.deferred, posting.reason) == (
+        2_000_000,
+        2_000_000,
+        billing.COVERED,
+    )
+    assert billing.check_invariants(db) == []
 
 
 def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils.Database) -> None:
@@ -674,18 +719,24 @@ def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils
     held = _reserve(market, job, market.ent, 4_000_000)
     assert held.voucher_remaining == 2_000_000
     provider_id, _ = market.run(lambda db: accounts.add_provider(db, "Own DC", uscc(1), SEP_21))
-    moved = market.run(lambda db: V._reservation(db, job))
+    moved = market.run(lambda db: billing.load_reservation(db, job))
     assert (moved.voucher_remaining, moved.cover, moved.remaining) == (0, 2_000_000, 4_000_000)
-    cap = L.get_account(db, L.cap_account(2026, uscc(1)))
+    cap = billing.get_account(db, names.cap_account(2026, uscc(1)))
     assert cap is not None and cap.debits_pending == 0
-    assert V.pool_status(db, POLICY)["remaining"] == POLICY.pool_total_micro_yuan
+    assert billing.pool_status(db, POLICY)["remaining"] == POLICY.pool_total_micro_yuan
     # its own agent wins it: paid in full from credit, no voucher
-    market.run(lambda db: V.set_credit_limit(db, market.ent, 4_000_000, SEP_21))  # nothing free
+    market.run(
+        lambda db: billing.set_credit_limit(db, market.ent, 4_000_000, SEP_21)
+    )  # nothing free
     posting = market.post(4_000_000, prov=provider_id, job=job)
-    assert (posting.voucher, posting.deferred, posting.reason) == (0, 4_000_000, V.SELF_DEALING)
-    assert market.run(lambda db: V._reservation(db, job)).held == 0
-    assert market.run(lambda db: V.cover_self_dealing(db, uscc(1), SEP_21)) == []
-    assert L.check_invariants(db) == []
+    assert (posting.voucher, posting.deferred, posting.reason) == (
+        0,
+        4_000_000,
+        billing.SELF_DEALING,
+    )
+    assert market.run(lambda db: billing.load_reservation(db, job)).held == 0
+    assert market.run(lambda db: billing.cover_self_dealing(db, uscc(1), SEP_21)) == []
+    assert billing.check_invariants(db) == []
 
 
 def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_holds(
@@ -694,30 +745,30 @@ def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_hold
     from coordinator import accounts
 
     market = Market(db)
-    market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
+    market.run(lambda db: billing.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
     job = _job(market, market.ent, market.prov)
     assert _reserve(market, job, market.ent, 4_000_000).amount == 2_000_000
     before = db.conn.execute("SELECT COUNT(*) FROM providers").fetchone()[0]
-    with pytest.raises(V.CreditExceeded, match=f"company {uscc(1)} is becoming a provider"):
+    with pytest.raises(billing.CreditExceeded, match=f"company {uscc(1)} is becoming a provider"):
         market.run(lambda db: accounts.add_provider(db, "Own DC", uscc(1), SEP_21))
     assert db.conn.execute("SELECT COUNT(*) FROM providers").fetchone()[0] == before
-    assert market.run(lambda db: V._reservation(db, job)).voucher_remaining == 2_000_000
-    assert L.check_invariants(db) == []
+    assert market.run(lambda db: billing.load_reservation(db, job)).voucher_remaining == 2_000_000
+    assert billing.check_invariants(db) == []
 
 
 def test_voucher_money_held_in_one_year_pays_the_job_after_the_year_ends(
     db: sqlite_utils.Database,
 ) -> None:
     market = Market(db)
-    market.run(lambda db: V.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
+    market.run(lambda db: billing.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
     job = _job(market, market.ent, market.prov)
     _reserve(market, job, market.ent, 4_000_000)
     jan_2027 = 1_798_761_600_000
     posting = market.post(4_000_000, now=jan_2027, job=job)
     assert (posting.voucher, posting.fiscal_year, posting.period) == (2_000_000, 2026, "2027-01")
     unreserved = market.post(1_000, now=jan_2027, ent=market.both)
-    assert (unreserved.voucher, unreserved.reason) == (0, V.OUTSIDE_FISCAL_YEAR)
-    assert L.check_invariants(db) == []
+    assert (unreserved.voucher, unreserved.reason) == (0, billing.OUTSIDE_FISCAL_YEAR)
+    assert billing.check_invariants(db) == []
 
 
 def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.Database) -> None:
@@ -726,7 +777,7 @@ def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.D
     _reserve(market, job, market.ent, 4_000_000)
     db.conn.execute("DROP TRIGGER ledger_reservations_no_update")
     db.conn.execute("UPDATE ledger_reservations SET max_cost = max_cost + 1")
-    assert any("reservation holds only" in p for p in L.check_invariants(db))
+    assert any("reservation holds only" in p for p in billing.check_invariants(db))
 
 
 def test_check_invariants_finds_held_voucher_money_that_went_astray(
@@ -736,14 +787,20 @@ def test_check_invariants_finds_held_voucher_money_that_went_astray(
     job = _job(market, market.ent, market.prov)
     _reserve(market, job, market.ent, 4_000_000)
     posting = market.post(1_000_000, job=job)
-    codes = [t.code for t in L.transfers_for_receipt(db, posting.receipt_digest)]
-    assert codes == [L.USAGE_POOL, L.USAGE_VOUCHER, L.USAGE_CAP, L.USAGE_DEFERRED, L.USAGE_CREDIT]
-    assert L.check_invariants(db) == []
+    codes = [t.code for t in billing.transfers_for_receipt(db, posting.receipt_digest)]
+    assert codes == [
+        names.USAGE_POOL,
+        names.USAGE_VOUCHER,
+        names.USAGE_CAP,
+        names.USAGE_DEFERRED,
+        names.USAGE_CREDIT,
+    ]
+    assert billing.check_invariants(db) == []
     db.conn.execute("DROP TRIGGER ledger_transfers_no_update")
     db.conn.execute(
-        "UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?", [L.USAGE_VOUCHER]
+        "UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?", [names.USAGE_VOUCHER]
     )
-    problems = L.check_invariants(db)
+    problems = billing.check_invariants(db)
     assert any("stray transfer usage_voucher" in p for p in problems), problems
     assert any(
         "pays 0 µ¥ of vouchers out of pool_held:2026 but draws 500000 µ¥" in p for p in problems

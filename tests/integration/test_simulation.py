@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import simulation
 
-from coordinator import vouchers
+from coordinator import billing
 
 SEEDS = 200
 STEPS = 150
@@ -65,12 +65,12 @@ def test_the_trace_does_not_depend_on_string_hashing() -> None:
 
 
 def test_a_posting_of_the_wrong_amount_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = vouchers.post_usages
+    real = billing.post_usages
 
     def post_double(db, usages, **fields):  # type: ignore[no-untyped-def]
         return real(db, [replace(u, amount=u.amount * 2) for u in usages], **fields)
 
-    monkeypatch.setattr(vouchers, "post_usages", post_double)
+    monkeypatch.setattr(billing, "post_usages", post_double)
     with pytest.raises(simulation.InvariantViolation) as caught:
         for seed in range(5):
             simulation.run(seed, STEPS)
