@@ -53,7 +53,7 @@ def _issue(
     expires_at_ms: int | None = None,
 ) -> str:
     token = TOKEN_PREFIX[role] + secrets.token_urlsafe(32)
-    db["tokens"].insert(
+    db.table("tokens").insert(
         {
             "token_hash": hash_token(token),
             "role": role,
@@ -79,7 +79,9 @@ def add_provider(
     name, code = _check_name(name), validate_uscc(uscc)
     billing.cover_self_dealing(db, code, now_ms)
     provider_id = new_id("prov")
-    db["providers"].insert({"id": provider_id, "name": name, "uscc": code, "created_at_ms": now_ms})
+    db.table("providers").insert(
+        {"id": provider_id, "name": name, "uscc": code, "created_at_ms": now_ms}
+    )
     return provider_id, _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts)
 
 
@@ -102,7 +104,7 @@ def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int)
     if existing:
         raise Conflict(f"USCC {code} already has an enterprise account ({existing[0]['id']})")
     enterprise_id = new_id("ent")
-    db["enterprises"].insert(
+    db.table("enterprises").insert(
         {"id": enterprise_id, "name": _check_name(name), "uscc": code, "created_at_ms": now_ms}
     )
     return enterprise_id, _issue(db, "enterprise", enterprise_id, now_ms)
@@ -110,7 +112,9 @@ def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int)
 
 def add_auditor(db: sqlite_utils.Database, name: str, now_ms: int) -> tuple[str, str]:
     auditor_id = new_id("aud")
-    db["auditors"].insert({"id": auditor_id, "name": _check_name(name), "created_at_ms": now_ms})
+    db.table("auditors").insert(
+        {"id": auditor_id, "name": _check_name(name), "created_at_ms": now_ms}
+    )
     return auditor_id, _issue(db, "auditor", auditor_id, now_ms)
 
 
@@ -134,7 +138,7 @@ def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principa
 
 def _admin_change(db: sqlite_utils.Database, kind: str, subject: str, now_ms: int) -> None:
     """Tell the running coordinator, which polls this table, what an operator changed."""
-    db["admin_changes"].insert({"kind": kind, "subject": subject, "at_ms": now_ms})
+    db.table("admin_changes").insert({"kind": kind, "subject": subject, "at_ms": now_ms})
 
 
 def revoke_tokens(

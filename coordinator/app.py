@@ -29,6 +29,7 @@ from coordinator.errors import (
     UnsupportedMediaType,
 )
 from coordinator.jobs import JOB_STATES
+from coordinator.jobs.views import job_view
 from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
@@ -51,7 +52,7 @@ MSGPACK = "application/msgpack"
 AGENT_PREFIX = "/v1/agent/"
 # deeper than any body the API declares; Python's own parser would recurse to a RecursionError
 MAX_JSON_DEPTH = 32
-ADMIN_POLL_S = 0.5  # below service.ALIVE_INTERVAL_MS
+ADMIN_POLL_S = 0.5  # below state.ALIVE_INTERVAL_MS
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -171,30 +172,33 @@ async def _principal(request: web.Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send your token as 'Authorization: Bearer <token>'")
-    principal = await request.app[COORDINATOR].principal_for_token(token.strip())
+    principal = await request.app[COORDINATOR].principals.for_token(token.strip())
     request.app[TOKEN_LIMITS].take(principal.token_hash or principal.subject_id)
     return principal
 
 
 def _agent_handler(
-    method: Callable[..., Awaitable[dict[str, Any]]],
+    method: Callable[[Coordinator], Callable[..., Awaitable[dict[str, Any]]]],
     limits: web.AppKey[RateLimiter] | None = None,
     signed: bool = False,
 ) -> Handler:
-    """A handler for a signed agent request; with `signed` the method also gets the request's
-    envelope itself (a status report is logged as the agent signed it)."""
+    """A handler for a signed agent request, answered by the room method that `method` picks;
+    with `signed` the method also gets the request's envelope itself (a status report is
+    logged as the agent signed it)."""
 
     async def handle(request: web.Request) -> web.Response:
         coordinator = request.app[COORDINATOR]
         body = await _msgpack_body(request)
-        agent, payload = coordinator.authenticate_agent(body, request.method, request.path)
+        agent, payload = coordinator.signed_requests.authenticate(
+            body, request.method, request.path
+        )
         # counted after the signature: nobody can spend another agent's allowance
         request.app[AGENT_LIMITS].take(agent.agent_id)
         if limits is not None:
             request.app[limits].take(agent.agent_id)
         if signed:
-            return _msgpack(await method(coordinator, agent, payload, body))
-        return _msgpack(await method(coordinator, agent, payload))
+            return _msgpack(await method(coordinator)(agent, payload, body))
+        return _msgpack(await method(coordinator)(agent, payload))
 
     return handle
 
@@ -221,7 +225,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def enrol(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
-    agent = await coordinator.enrol(await _msgpack_body(request), request.path)
+    agent = await coordinator.enrolment.enrol(await _msgpack_body(request), request.path)
     return _msgpack(
         {
             "agent_id": agent.agent_id,
@@ -239,10 +243,10 @@ async def submit_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
     body = await _json_body(request)
-    job, created = await coordinator.submit_job(
+    job, created = await coordinator.jobs.submit(
         principal, body, request.headers.get("Idempotency-Key")
     )
-    return web.json_response(coordinator.job_view(job), status=201 if created else 200)
+    return web.json_response(job_view(coordinator.state, job), status=201 if created else 200)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -252,22 +256,24 @@ async def list_jobs(request: web.Request) -> web.Response:
     if state is not None and state not in JOB_STATES:
         raise Unprocessable(f"state must be one of {', '.join(JOB_STATES)}")
     limit = _int_query(request, "limit", 100, 1, 1000)
-    jobs = coordinator.jobs_for(principal, state, limit)
-    return web.json_response({"jobs": [coordinator.job_view(j, principal.role) for j in jobs]})
+    jobs = coordinator.jobs.search(principal, state, limit)
+    return web.json_response(
+        {"jobs": [job_view(coordinator.state, j, principal.role) for j in jobs]}
+    )
 
 
 async def show_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
-    job = coordinator.job_for(principal, request.match_info["job_id"])
-    return web.json_response(coordinator.job_view(job, principal.role))
+    job = coordinator.jobs.find(principal, request.match_info["job_id"])
+    return web.json_response(job_view(coordinator.state, job, principal.role))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     principal = await _principal(request)
-    job = await coordinator.cancel_job(principal, request.match_info["job_id"])
-    return web.json_response(coordinator.job_view(job))
+    job = await coordinator.jobs.cancel(principal, request.match_info["job_id"])
+    return web.json_response(job_view(coordinator.state, job))
 
 
 async def job_logs(request: web.Request) -> web.Response:
@@ -276,10 +282,10 @@ async def job_logs(request: web.Request) -> web.Response:
     if principal.role != "enterprise":
         # what a job prints is the enterprise's and its provider's, not the auditors'
         raise Forbidden("job logs are for the enterprise that posted the job")
-    job = coordinator.job_for(principal, request.match_info["job_id"])
+    job = coordinator.jobs.find(principal, request.match_info["job_id"])
     offset = _int_query(request, "offset", 0, 0, 1 << 40)
     limit = _int_query(request, "limit", 256 * 1024, 1, 1 << 20)
-    data, _ = await coordinator.read_log(job, offset, limit)
+    data, _ = await coordinator.logs.read(job.id, offset, limit)
     full_page = len(data) == limit
     if full_page:
         data = _whole_characters(data)
@@ -310,7 +316,7 @@ def _whole_characters(data: bytes) -> bytes:
 
 async def market(request: web.Request) -> web.Response:
     await _principal(request)
-    return web.json_response(request.app[COORDINATOR].market.summary())
+    return web.json_response(request.app[COORDINATOR].state.market.summary())
 
 
 async def account(request: web.Request) -> web.Response:
@@ -321,7 +327,7 @@ async def account(request: web.Request) -> web.Response:
         now = coordinator.clock()
         body.update(
             await coordinator.database.run(
-                lambda db: coordinator.enterprise_account(db, principal.subject_id, now)
+                lambda db: coordinator.enterprises.account(db, principal.subject_id, now)
             )
         )
     return web.json_response(body)
@@ -388,12 +394,12 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/metrics", metrics),
     ("GET", "/v1/openapi.json", openapi),
     ("POST", "/v1/agent/enroll", enrol),
-    ("POST", "/v1/agent/heartbeat", _agent_handler(Coordinator.heartbeat)),
-    ("POST", "/v1/agent/leases", _agent_handler(Coordinator.agent_leases)),
-    ("POST", "/v1/agent/status", _agent_handler(Coordinator.agent_status, signed=True)),
-    ("POST", "/v1/agent/logs", _agent_handler(Coordinator.append_log, LOG_LIMITS)),
-    ("POST", "/v1/agent/receipts", _agent_handler(Coordinator.accept_receipts)),
-    ("POST", "/v1/agent/rotate-key", _agent_handler(Coordinator.rotate_key)),
+    ("POST", "/v1/agent/heartbeat", _agent_handler(lambda c: c.heartbeats.heartbeat)),
+    ("POST", "/v1/agent/leases", _agent_handler(lambda c: c.delivery.agent_leases)),
+    ("POST", "/v1/agent/status", _agent_handler(lambda c: c.reports.agent_status, signed=True)),
+    ("POST", "/v1/agent/logs", _agent_handler(lambda c: c.reports.append_log, LOG_LIMITS)),
+    ("POST", "/v1/agent/receipts", _agent_handler(lambda c: c.receipts.accept_receipts)),
+    ("POST", "/v1/agent/rotate-key", _agent_handler(lambda c: c.enrolment.rotate_key)),
     ("POST", "/v1/jobs", submit_job),
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", show_job),
@@ -413,8 +419,8 @@ async def _watch_admin(coordinator: Coordinator) -> None:
     while True:
         await asyncio.sleep(ADMIN_POLL_S)
         try:
-            await coordinator.apply_admin_changes()
-            coordinator.flush_request_floors()
+            await coordinator.admin.apply()
+            coordinator.signed_requests.flush_request_floors()
         except Exception:
             log.exception("applying administrative changes failed")
 
@@ -446,7 +452,11 @@ def make_app(
     log_key = tlog.LogKey.load(database.db, log_key_path(db_path))
     coordinator = Coordinator(settings, database, log_key, clock, policy)
     app[COORDINATOR] = coordinator
-    app[METRICS] = Metrics(coordinator)
+    app[METRICS] = Metrics(
+        coordinator.state,
+        coordinator.scheduler.counters,
+        lambda: coordinator.receipt_store.rejections_dropped,
+    )
     app[AGENT_LIMITS] = RateLimiter(
         settings.agent_requests_per_s, settings.agent_request_burst, "this agent"
     )
@@ -466,13 +476,13 @@ def make_app(
         scheduler.append(asyncio.create_task(_watch_admin(coordinator), name="admin-watch"))
         yield
         await stop_scheduler(app)
-        coordinator.flush_request_floors(stopping=True)
+        coordinator.signed_requests.flush_request_floors(stopping=True)
         database.close()
-        coordinator.opener.close()
+        coordinator.close()
 
     async def stop_scheduler(app: web.Application) -> None:
         # from the moment the service stops answering, nobody's silence may count against them
-        coordinator.close_long_polls()
+        coordinator.signals.close_long_polls()
         for task in scheduler:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,5 @@
-"""Coordinator settings: one table of name, default and help, read from TOML and overridden by flags."""
+"""Coordinator settings: one table of name, default and help, read from TOML and overridden by
+flags."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Settings:
     settle_grace_ms: int = setting(
         3_600_000,
         "how long after a job ends its reservation still holds for receipts that may "
-        "arrive late (a lease its coordinator ended); a job whose receipts are all in settles at once",
+        "arrive late (a lease its coordinator ended); a job whose receipts are all in settles "
+        "at once",
     )
     stop_grace_ms: int = setting(
         60_000,
@@ -75,7 +77,8 @@ class Settings:
     )
     receipt_workers: int = setting(
         os.cpu_count() or 1,
-        "worker processes that verify large receipt batches (default: one per CPU; 0: the event loop does)",
+        "worker processes that verify large receipt batches (default: one per CPU; 0: the event "
+        "loop does)",
     )
 
     def __post_init__(self) -> None:

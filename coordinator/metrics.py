@@ -1,29 +1,32 @@
-"""Prometheus metrics: request counts and latency by route, and market gauges read at scrape time."""
+"""Prometheus metrics: request counts and latency by route, and market gauges read at scrape
+time."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.jobs import JOB_STATES
-
-if TYPE_CHECKING:
-    from coordinator.service import Coordinator
+from coordinator.scheduler import Counters
+from coordinator.state import State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MarketCollector(Collector):
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
+    def __init__(
+        self, state: State, counters: Counters, rejections_dropped: Callable[[], int]
+    ) -> None:
+        self.state = state
+        self.counters = counters
+        self.rejections_dropped = rejections_dropped
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        market = self.coordinator.market
+        market = self.state.market
         summary = market.summary()
         yield GaugeMetricFamily(
             "suanli_agents_online",
@@ -42,12 +45,12 @@ class MarketCollector(Collector):
             "Dense BF16 capacity of usable and leased GPUs, in PFLOPS",
             value=summary["pflops_bf16_milli"] / 1000,
         )
-        states = Counter(job.state for job in self.coordinator.jobs.values())
+        states = Counter(job.state for job in self.state.jobs.values())
         jobs = GaugeMetricFamily("suanli_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
             jobs.add_metric([state], states.get(state, 0))
         yield jobs
-        counters = self.coordinator.counters
+        counters = self.counters
         yield CounterMetricFamily(
             "suanli_auction_rounds", "Auction rounds run", value=counters.auction_rounds
         )
@@ -60,12 +63,14 @@ class MarketCollector(Collector):
         yield CounterMetricFamily(
             "suanli_receipt_rejections_dropped",
             "Refused receipts answered but not stored: an agent's daily limit was reached",
-            value=self.coordinator.receipt_store.rejections_dropped,
+            value=self.rejections_dropped(),
         )
 
 
 class Metrics:
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(
+        self, state: State, counters: Counters, rejections_dropped: Callable[[], int]
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
             "suanli_http_request_seconds",
@@ -74,7 +79,7 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
         )
-        self.registry.register(MarketCollector(coordinator))
+        self.registry.register(MarketCollector(state, counters, rejections_dropped))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -57,7 +57,7 @@ from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.config import Settings
 from coordinator.db import _STOP, Database, transaction
-from coordinator.receipts import RETRYABLE_SQL
+from coordinator.receipts.rules import RETRYABLE_SQL
 from coordinator.service import Coordinator
 from shared import canonical
 from shared.errors import SuanliError
@@ -713,21 +713,21 @@ class Simulation:
             if message.sender.startswith("enterprise:"):
                 enterprise = self.enterprises[int(message.sender.split(":")[1])]
                 if path == "submit":
-                    job, _ = await c.submit_job(enterprise.principal, body, None)
+                    job, _ = await c.jobs.submit(enterprise.principal, body, None)
                     return (body["idempotency_key"], job.id)
-                job = await c.cancel_job(enterprise.principal, body)
+                job = await c.jobs.cancel(enterprise.principal, body)
                 return job.state
             if path == ENROL:
-                agent = await c.enrol(body, path)
+                agent = await c.enrolment.enrol(body, path)
                 return agent.agent_id
-            agent, payload = c.authenticate_agent(body, "POST", path)
+            agent, payload = c.signed_requests.authenticate(body, "POST", path)
             if path == HEARTBEAT:
-                return await c.heartbeat(agent, payload)
+                return await c.heartbeats.heartbeat(agent, payload)
             if path == LEASES:
-                return await c.agent_leases(agent, payload)
+                return await c.delivery.agent_leases(agent, payload)
             if path == STATUS:
-                return await c.agent_status(agent, payload, body)
-            return await c.accept_receipts(agent, payload)
+                return await c.reports.agent_status(agent, payload, body)
+            return await c.receipts.accept_receipts(agent, payload)
 
         try:
             answer: tuple[str, Any] = ("ok", await self.coordinator_call(handle))
@@ -758,9 +758,9 @@ class Simulation:
 
     async def tick_coordinator(self) -> None:
         async def tick(c: Coordinator) -> None:
-            c._flush_agents()
-            placed = await c.schedule_once()
-            await c.check_deadlines()
+            c.heartbeats.flush()
+            placed = await c.scheduler.schedule_once()
+            await c.deadlines.check()
             if placed:
                 self.log(f"placed {placed}")
 
@@ -892,7 +892,7 @@ class Simulation:
         by_lease = dict(
             conn.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id")
         )
-        for lease in self.coordinator.leases.values():
+        for lease in self.coordinator.state.leases.values():
             window = lease.window()
             billable = window.billable_gpu_ms(self.now, self.now)
             if by_lease.get(lease.id, 0) > usage_amount(billable, lease.price_per_gpu_hour):
@@ -903,7 +903,7 @@ class Simulation:
         charged = dict(
             conn.execute("SELECT job_id, SUM(amount) FROM ledger_postings GROUP BY job_id")
         )
-        for job in self.coordinator.jobs.values():
+        for job in self.coordinator.state.jobs.values():
             if job.charged != charged.get(job.id, 0):
                 self.fail(
                     f"job {job.id} shows {job.charged} µ¥ charged but {charged.get(job.id, 0)} µ¥ is posted"
@@ -976,7 +976,7 @@ class Simulation:
                 for key in sorted(enterprise.unanswered):
                     enterprise.send(key)
                 for job_id in enterprise.jobs:
-                    job = self.coordinator.jobs.get(job_id)  # type: ignore[union-attr]
+                    job = self.coordinator.state.jobs.get(job_id)  # type: ignore[union-attr]
                     if job is not None and not job.final and not job.cancel_requested:
                         enterprise.cancel(job_id)
             for agent in self.agents:
@@ -987,11 +987,11 @@ class Simulation:
             if (
                 all(agent.quiet() for agent in self.agents)
                 and not any(e.unanswered for e in self.enterprises)
-                and not any(lease.active for lease in self.coordinator.leases.values())
+                and not any(lease.active for lease in self.coordinator.state.leases.values())
             ):
                 self.log("quiet")
                 return
-        active = [lease.id for lease in self.coordinator.leases.values() if lease.active]  # type: ignore[union-attr]
+        active = [lease.id for lease in self.coordinator.state.leases.values() if lease.active]  # type: ignore[union-attr]
         noisy = [agent.name for agent in self.agents if not agent.quiet()]
         self.fail(
             f"the drain did not settle in {DRAIN_LIMIT_MS} ms: active leases {active}, busy {noisy}"

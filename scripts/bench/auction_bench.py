@@ -1,7 +1,7 @@
 """Benchmark: placing a backlog of pending jobs on a city-sized market, in memory and on disk.
 
 Builds a coordinator with a real SQLite file, enrols a fleet of agents with mixed GPU models
-and asks, queues jobs of mixed shapes and max prices, then times `Coordinator.place_pending`
+and asks, queues jobs of mixed shapes and max prices, then times `Scheduler.place_pending`
 (auctions and placement in memory) and, separately, the commit of what it returns through
 the same `_save` call `schedule_once` makes.
 """
@@ -27,12 +27,13 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness and inventory() 
 
 from coordinator_harness import inventory, uscc
 
-from coordinator import service
+from coordinator import scheduler
 from coordinator.config import Settings
 from coordinator.db import Database
 from coordinator.jobs import Job, parse_job_request
 from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
+from coordinator.state.rows import job_row
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
 
@@ -76,7 +77,7 @@ def build_market(
     coordinator: Coordinator, count: int, rng: random.Random, now: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Enrol `count` agents in memory; returns their agents and gpus rows for the database."""
-    market = coordinator.market
+    market = coordinator.state.market
     agent_rows: list[dict[str, Any]] = []
     gpu_rows: list[dict[str, Any]] = []
     fleet = [(board, memory, asks, four) for board, memory, asks, _share, four in FLEET]
@@ -145,7 +146,7 @@ def build_jobs(coordinator: Coordinator, count: int, rng: random.Random, now: in
         )
         if request.gpu_models:
             request = replace(request, gpu_models=expand_model_filter(request.gpu_models))
-        coordinator._index_job(
+        coordinator.state.index_job(
             Job(
                 id=f"job-{i:08d}",
                 enterprise_id="ent-bench",
@@ -177,7 +178,7 @@ def seed_database(
     db.table("agents").insert_all(agent_rows, batch_size=1000)
     db.table("gpus").insert_all(gpu_rows, batch_size=1000)
     db.table("jobs").insert_all(
-        (Coordinator._job_row(job) for job in coordinator.jobs.values()), batch_size=1000
+        (job_row(job) for job in coordinator.state.jobs.values()), batch_size=1000
     )
     db.conn.execute("COMMIT")
 
@@ -190,8 +191,8 @@ class Stopwatch:
         self.candidates_s: list[float] = []
         self.auction_s: list[float] = []
         self.offers: list[int] = []
-        candidates = coordinator.market.candidates
-        run_auction = vars(service)["run_auction"]  # place_pending's own reference
+        candidates = coordinator.state.market.candidates
+        run_auction = vars(scheduler)["run_auction"]  # place_pending's own reference
         clock = time.perf_counter
 
         def timed_candidates(job: Any, now_ms: int) -> Any:
@@ -208,14 +209,14 @@ class Stopwatch:
             self.auction_s.append(clock() - start)
             return outcome
 
-        coordinator.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]  # timed in place
-        setattr(service, "run_auction", timed_auction)  # noqa: B010 - a patch, on purpose
+        coordinator.state.market.candidates = timed_candidates  # type: ignore[method-assign,assignment]  # timed in place
+        setattr(scheduler, "run_auction", timed_auction)  # noqa: B010 - a patch, on purpose
         self._restore = (coordinator, candidates, run_auction)
 
     def restore(self) -> None:
         coordinator, candidates, run_auction = self._restore
-        coordinator.market.candidates = candidates  # type: ignore[method-assign]  # put back
-        setattr(service, "run_auction", run_auction)  # noqa: B010
+        coordinator.state.market.candidates = candidates  # type: ignore[method-assign]  # put back
+        setattr(scheduler, "run_auction", run_auction)  # noqa: B010
 
     def per_job(self, end: float) -> list[float]:
         return [b - a for a, b in zip(self.marks, [*self.marks[1:], end], strict=True)]
@@ -256,12 +257,15 @@ def main() -> None:
         build_jobs(coordinator, args.jobs, rng, now)
         seed_database(database.db, coordinator, agent_rows, gpu_rows, now)
         free = sum(
-            1 for a in coordinator.market.agents.values() for g in a.gpus.values() if g.offerable
+            1
+            for a in coordinator.state.market.agents.values()
+            for g in a.gpus.values()
+            if g.offerable
         )
         print(
             f"market             {args.agents:,} agents, {len(gpu_rows):,} GPUs "
-            f"({free:,} free); {len(coordinator.pending):,} pending jobs "
-            f"needing {sum(j.request.gpus for j in coordinator.pending.values()):,} GPUs; "
+            f"({free:,} free); {len(coordinator.state.pending):,} pending jobs "
+            f"needing {sum(j.request.gpus for j in coordinator.state.pending.values()):,} GPUs; "
             f"seed {args.seed}"
         )
         print(
@@ -271,7 +275,8 @@ def main() -> None:
 
         watch = Stopwatch(coordinator)
         started = time.perf_counter()
-        jobs, leases, records = coordinator.place_pending(limit=args.jobs)
+        placement = coordinator.scheduler.place_pending(limit=args.jobs)
+        jobs, leases, records = placement.jobs, placement.leases, placement.rounds
         ended = time.perf_counter()
         watch.restore()
         place_s = ended - started
@@ -279,17 +284,14 @@ def main() -> None:
 
         def extra(db: sqlite_utils.Database) -> None:  # the same rows schedule_once commits
             db.table("auction_rounds").insert_all(
-                [
-                    {"job_id": job_id, "at_ms": at, "record": record}
-                    for job_id, at, record in records
-                ]
+                [{"job_id": r.job_id, "at_ms": r.at_ms, "record": r.record} for r in records]
             )
 
         async def commit() -> float:
             database.start()
             try:
                 begun = time.perf_counter()
-                await coordinator._save(jobs=jobs, leases=leases, extra=extra)
+                await coordinator.scheduler.committer.save(jobs=jobs, leases=leases, extra=extra)
                 return time.perf_counter() - begun
             finally:
                 database.close()
@@ -298,7 +300,7 @@ def main() -> None:
 
     rounds = len(per_job)
     placed = len(leases)
-    unplaced = Counter(job.reason for job in coordinator.pending.values())
+    unplaced = Counter(job.reason for job in coordinator.state.pending.values())
     rate = placed / place_s
     print(
         f"auction rounds     {rounds:,} in {place_s:.3f} s: {placed:,} placed, "
@@ -310,7 +312,7 @@ def main() -> None:
     print(f"rounds/s           {rounds / place_s:10,.0f}")
     # place_pending takes jobs oldest first, the order build_jobs created them in
     placed_ids = {lease.job_id for lease in leases}
-    order = sorted(coordinator.jobs.values(), key=lambda j: j.created_at_ms)[:rounds]
+    order = sorted(coordinator.state.jobs.values(), key=lambda j: j.created_at_ms)[:rounds]
     won = [t for t, job in zip(per_job, order, strict=True) if job.id in placed_ids]
     lost = [t for t, job in zip(per_job, order, strict=True) if job.id not in placed_ids]
     for label, times in (

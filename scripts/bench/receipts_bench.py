@@ -15,7 +15,7 @@ receipt as it is sealed (one receipt per lease per batch).
 In the same run it measures what one core does with raw `cryptography` Ed25519 on the same
 messages (verify, and sign for the acknowledgement), the ceiling of a one-core coordinator
 that verifies every receipt. Afterwards it replays the same receipts into an in-process
-`Coordinator.accept_receipts` on a copy of the database taken before the HTTP phase, with
+`ReceiptIntake.accept_receipts` on a copy of the database taken before the HTTP phase, with
 each phase timed, to show where a receipt's time goes without HTTP.
 """
 
@@ -404,12 +404,12 @@ class Phases:
 async def replay_in_process(
     db_path: Path, loads: list[AgentLoad], accepted: int
 ) -> tuple[float, int, Phases]:
-    """Feed the same batches to Coordinator.accept_receipts, one at a time, phases timed."""
+    """Feed the same batches to ReceiptIntake.accept_receipts, one at a time, phases timed."""
     from coordinator import billing, tlog
-    from coordinator import receipts as receipt_rules
     from coordinator.app import load_or_create_key
     from coordinator.config import Settings
     from coordinator.db import Database
+    from coordinator.receipts import rules as receipt_rules
     from coordinator.service import Coordinator
     from shared import log_entries
 
@@ -421,15 +421,15 @@ async def replay_in_process(
     database.start()
 
     # what the loop thread does
-    coordinator.authenticate_agent = phases.wrap(
-        "request: verify + decode the signed batch",  # type: ignore[method-assign]
-        coordinator.authenticate_agent,
+    door, intake = coordinator.signed_requests, coordinator.receipts
+    door.authenticate = phases.wrap(  # type: ignore[method-assign]
+        "request: verify + decode the signed batch", door.authenticate
     )
-    coordinator.opener.open_all = phases.wrap_async(  # type: ignore[method-assign]
-        "receipts: signature + decode (worker processes, wall)", coordinator.opener.open_all
+    intake.workers.open_all = phases.wrap_async(  # type: ignore[method-assign]
+        "receipts: signature + decode (worker processes, wall)", intake.workers.open_all
     )
-    coordinator._answered_before = phases.wrap_async(  # type: ignore[method-assign]
-        "retry check (memory; the database for unknown leases)", coordinator._answered_before
+    intake._answered_before = phases.wrap_async(  # type: ignore[method-assign]
+        "retry check (memory; the database for unknown leases)", intake._answered_before
     )
     patches: list[tuple[Any, str, Any]] = [
         (
@@ -468,9 +468,9 @@ async def replay_in_process(
             for batch in load.batches:
                 body = sign_request(load.key, "POST", RECEIPTS, {"receipts": batch}, _now())
                 began = time.perf_counter()
-                agent, payload = coordinator.authenticate_agent(body, "POST", RECEIPTS)
+                agent, payload = door.authenticate(body, "POST", RECEIPTS)
                 before = time.perf_counter()
-                answer = await coordinator.accept_receipts(agent, payload)
+                answer = await intake.accept_receipts(agent, payload)
                 phases.seconds["accept_receipts (all, wall)"] += time.perf_counter() - before
                 wall += time.perf_counter() - began
                 done += sum(1 for r in answer["results"] if r["status"] == "accepted")
@@ -480,7 +480,7 @@ async def replay_in_process(
         for obj, name, value in saved:
             setattr(obj, name, value)
         database.close()
-        coordinator.opener.close()
+        coordinator.close()
     return wall, done, phases
 
 

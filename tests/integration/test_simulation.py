@@ -81,7 +81,7 @@ def test_an_acknowledgement_the_coordinator_forgets_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # plant a lost write: accepted receipts are acknowledged but never stored
-    from coordinator.receipt_store import ReceiptStore, Stored
+    from coordinator.receipts.store import ReceiptStore, Stored
 
     def forgetful(self, db, batches):  # type: ignore[no-untyped-def]
         return [

@@ -1,4 +1,4 @@
-"""Receipt acceptance: every rule of design.md, checked with the same shared/ code auditors run.
+"""Receipt acceptance rules, checked with the same shared/ code auditors run.
 
 The accepted receipts of a batch share one countersigned acknowledgement; a rejected receipt
 is stored with the rule it broke. The same receipt sent twice gets the same answer. The usage

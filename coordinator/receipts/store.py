@@ -12,14 +12,15 @@ logged after them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from coordinator import billing, tlog
-from coordinator import receipts as receipt_rules
+from coordinator.enterprises import Enterprises
 from coordinator.market import Agent
+from coordinator.receipts import rules as receipt_rules
+from coordinator.state import State
 from shared import log_entries
 from shared.receipts import SealedReceipt
 
@@ -58,20 +59,20 @@ class ReceiptStore:
         self,
         log_key: tlog.LogKey,
         policy: billing.VoucherPolicy,
-        lease_party: Callable[[str], tuple[str, str]],
-        enterprise_uscc: Callable[[sqlite_utils.Database, str], str],
+        state: State,
+        enterprises: Enterprises,
         rejections_per_agent_per_day: int = 10_000,
     ) -> None:
-        """`lease_party(lease_id)` gives the lease's (job_id, enterprise_id). Rejections are
-        kept for auditors up to `rejections_per_agent_per_day` rows per agent and UTC day: a
-        rogue agent's flood of bad receipts is answered, counted, and not stored past it."""
+        """The leases' jobs and enterprises are read from `state`. Rejections are kept for
+        auditors up to `rejections_per_agent_per_day` rows per agent and UTC day: a rogue
+        agent's flood of bad receipts is answered, counted, and not stored past it."""
         self.log_key = log_key
         self.rejection_limit = rejections_per_agent_per_day
         self.rejections_stored: dict[str, tuple[int, int]] = {}  # agent -> (day, rows stored)
         self.rejections_dropped = 0
         self.policy = policy
-        self.lease_party = lease_party
-        self.enterprise_uscc = enterprise_uscc
+        self.state = state
+        self.enterprises = enterprises
 
     def store(self, db: sqlite_utils.Database, batches: list[Batch]) -> list[Stored]:
         now = max(batch.now for batch in batches)
@@ -104,8 +105,8 @@ class ReceiptStore:
         if accepted:
             self._store_accepted(db, batches, stored, accepted, rejected, now)
         db.conn.executemany(
-            "INSERT INTO receipt_rejections (agent_id, lease_id, seq, rule, detail, envelope, at_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO receipt_rejections "
+            "(agent_id, lease_id, seq, rule, detail, envelope, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(agent_id, *row, now) for agent_id, row in self._kept(rejected, now)],
         )
         return stored
@@ -134,10 +135,7 @@ class ReceiptStore:
         now: int,
     ) -> None:
         acknowledgement_ids = {
-            b: db.conn.execute(
-                "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) VALUES (?, ?, x'')",
-                [batches[b].agent.agent_id, now],
-            ).lastrowid
+            b: _new_acknowledgement(db, batches[b].agent.agent_id, now)
             for b in sorted({a.batch for a in accepted})
         }
         db.conn.executemany(
@@ -294,11 +292,11 @@ class ReceiptStore:
 
         def usage(a: _Accepted, amount: int) -> billing.Usage:
             agent = batches[a.batch].agent
-            job_id, enterprise_id = self.lease_party(a.sealed.receipt.lease_id)
+            job_id, enterprise_id = self.state.lease_party(a.sealed.receipt.lease_id)
             return billing.Usage(
                 enterprise_id,
                 agent.provider_id,
-                self.enterprise_uscc(db, enterprise_id),
+                self.enterprises.uscc(db, enterprise_id),
                 agent.provider_uscc,
                 a.sealed.receipt.lease_id,
                 job_id,
@@ -326,3 +324,14 @@ class ReceiptStore:
             ):
                 outcome[single.receipt_digest] = result
         return outcome
+
+
+def _new_acknowledgement(db: sqlite_utils.Database, agent_id: str, now: int) -> int:
+    """A batch's acknowledgement row, its envelope signed once its receipts are logged."""
+    cursor = db.conn.execute(
+        "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) "
+        "VALUES (?, ?, x'')",
+        [agent_id, now],
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid

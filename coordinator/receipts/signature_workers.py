@@ -55,8 +55,9 @@ def _open_chunk(raw_key: bytes, envelopes: list[bytes]) -> list[_Result]:
     return results
 
 
-class ReceiptOpener:
-    """Opens a batch of one agent's receipt envelopes, in worker processes when it pays."""
+class SignatureWorkers:
+    """Opens a batch of one agent's receipt envelopes (signature, decoding, field checks), in
+    worker processes when it pays."""
 
     def __init__(self, workers: int) -> None:
         if workers < 0:

@@ -97,7 +97,9 @@ class JobLogs:
         else:
             row_offset, row_length = size, len(chunk)
             await self.database.run(
-                lambda db: db["job_logs"].insert({"job_id": job_id, "offset": size, "data": chunk})
+                lambda db: db.table("job_logs").insert(
+                    {"job_id": job_id, "offset": size, "data": chunk}
+                )
             )
         if row_length < COALESCE_BYTES:
             self._last[job_id] = (row_offset, row_length)
@@ -109,8 +111,9 @@ class JobLogs:
         end = offset + limit
         rows = await self.database.run(
             lambda db: db.conn.execute(
-                "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) FROM job_logs "
-                "WHERE job_id = ? AND offset + LENGTH(data) > ? AND offset < ? ORDER BY offset",
+                "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) "
+                "FROM job_logs WHERE job_id = ? AND offset + LENGTH(data) > ? "
+                "AND offset < ? ORDER BY offset",
                 [offset, end, offset, job_id, offset, end],
             ).fetchall()
         )

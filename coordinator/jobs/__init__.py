@@ -1,0 +1,40 @@
+"""Jobs: what an enterprise asks for, the Job and Lease the coordinator holds, and their states."""
+
+from coordinator.jobs.model import (
+    CANCELLED,
+    FAILED,
+    FINAL_STATES,
+    JOB_STATES,
+    LEASE_ENDED,
+    LEASE_OFFERED,
+    LEASE_RUNNING,
+    LEASED,
+    LOST,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    Lease,
+)
+from coordinator.jobs.spec import SPEC_FIELDS, JobRequest, parse_job_request, secret_env_values
+
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "FINAL_STATES",
+    "JOB_STATES",
+    "LEASED",
+    "LEASE_ENDED",
+    "LEASE_OFFERED",
+    "LEASE_RUNNING",
+    "LOST",
+    "PENDING",
+    "RUNNING",
+    "SPEC_FIELDS",
+    "SUCCEEDED",
+    "Job",
+    "JobRequest",
+    "Lease",
+    "parse_job_request",
+    "secret_env_values",
+]
