@@ -17,7 +17,6 @@ from aiohttp import web
 from coordinator import tlog, vouchers
 from coordinator.accounts import Principal
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import (
     ApiError,
     Forbidden,
@@ -32,6 +31,7 @@ from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator
+from coordinator.storage import Database
 from coordinator.vouchers import VoucherPolicy
 from shared import canonical, ledger_names
 from shared.clock import now_ms

@@ -16,7 +16,7 @@ from aiohttp import web
 from coordinator import accounts, ledger, tlog, vouchers
 from coordinator.app import log_key_path, make_app
 from coordinator.config import Settings, load_settings
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from coordinator.vouchers import VoucherPolicy, load_voucher_policy
 from shared import log_entries
 from shared.clock import now_ms

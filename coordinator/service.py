@@ -23,7 +23,6 @@ from coordinator import receipts as receipt_rules
 from coordinator.accounts import Principal
 from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
-from coordinator.db import Database, transaction
 from coordinator.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 from coordinator.job_logs import JobLogs
 from coordinator.jobs import (
@@ -46,6 +45,7 @@ from coordinator.jobs import (
 from coordinator.limits import RateLimiter
 from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
 from coordinator.receipt_pool import ReceiptOpener
+from coordinator.storage import Database, transaction
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 from shared.clock import now_ms

@@ -17,7 +17,7 @@ and takes only any excess from what is free; `settle_job` at the job's end voids
 Self-dealing is settled at acceptance too (see `reserve_job` and `cover_self_dealing`).
 
 Every function here is synchronous, takes the coordinator's `sqlite_utils.Database`, runs
-inside the caller's transaction (the writer thread's, or `coordinator.db.transaction`) and is
+inside the caller's transaction (the writer thread's, or `coordinator.storage.transaction`) and is
 atomic by its own savepoint: it either does everything or raises and leaves nothing behind.
 """
 

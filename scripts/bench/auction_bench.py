@@ -30,10 +30,10 @@ from coordinator_harness import inventory, uscc
 from coordinator import service
 from coordinator.capacity import parse_inventory
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.jobs import Job, parse_job_request
 from coordinator.market import Agent
 from coordinator.service import Coordinator
+from coordinator.storage import Database
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
 

@@ -13,7 +13,7 @@ import sqlite_utils
 
 from coordinator import ledger as L
 from coordinator import vouchers as V
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from shared.uscc import check_character
 
 NOW = 1_790_000_000_000  # 2026-09-21

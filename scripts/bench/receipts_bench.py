@@ -409,8 +409,8 @@ async def replay_in_process(
     from coordinator import tlog, vouchers
     from coordinator.app import load_or_create_key
     from coordinator.config import Settings
-    from coordinator.db import Database
     from coordinator.service import Coordinator
+    from coordinator.storage import Database
     from shared import log_entries
 
     phases = Phases()

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.db import Database, connect
-from coordinator.schema import MIGRATIONS
+from coordinator.storage import Database, connect
+from coordinator.storage.migrations import MIGRATIONS
 
 
 def _database_at(path: Path, version: int) -> sqlite3.Connection:
@@ -39,7 +39,8 @@ def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: 
     )
     old.execute(
         "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
-        "start_deadline_ms, ends_at_ms, state) VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')"
+        "start_deadline_ms, ends_at_ms, state) "
+        "VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')"
     )
     for seq in (1, 2):
         old.execute(
@@ -54,7 +55,8 @@ def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: 
     )
     old.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
-        "cause, receipt_digest, at_ms) VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
+        "cause, receipt_digest, at_ms) "
+        "VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
         [b"t" * 32, bytes([2]) * 32],
     )
     old.close()

@@ -22,8 +22,8 @@ from ledger_world import DAY, NOW, World, uscc
 
 from coordinator import ledger as L
 from coordinator import vouchers as V
-from coordinator.db import Database, connect, transaction
 from coordinator.ledger import Transfer, check_invariants, create_transfers, transfer_id
+from coordinator.storage import Database, connect, transaction
 from shared.uscc import check_character
 
 

@@ -33,8 +33,9 @@ from log_story import (  # noqa: F401 - fixtures among them
 
 from coordinator import accounts, tlog
 from coordinator.client import audit
-from coordinator.db import Database, connect, transaction
 from coordinator.errors import NotFound, Unprocessable
+from coordinator.storage import Database, connect, transaction
+from coordinator.tlog import proofs
 from shared import canonical, merkle
 from shared import log_entries as L
 from shared.checkpoint import open_checkpoint
@@ -329,7 +330,7 @@ async def test_the_public_routes_serve_what_the_auditor_needs(
 async def test_entry_pages_are_bounded(
     tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tlog, "MAX_PAGE", 4)
+    monkeypatch.setattr(proofs, "MAX_PAGE", 4)
     path = tmp_path / "c.db"
     leaves = story.honest()
     write_log(path, log_key, leaves)
@@ -340,7 +341,7 @@ async def test_entry_pages_are_bounded(
     ):
         page = await response.json()
     assert (page["start"], page["end"], len(page["entries"])) == (1, 5, 4)
-    monkeypatch.setattr(tlog, "MAX_PAGE_BYTES", 1)
+    monkeypatch.setattr(proofs, "MAX_PAGE_BYTES", 1)
     async with serving(path, log_key) as url:
         async with (
             aiohttp.ClientSession() as http,

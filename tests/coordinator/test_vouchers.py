@@ -15,7 +15,7 @@ from ledger_world import World, uscc
 
 from coordinator import ledger as L
 from coordinator import vouchers as V
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from coordinator.vouchers import VoucherPolicy, VoucherPolicyError, split_charge
 from shared.errors import SuanliError
 
