@@ -69,6 +69,7 @@ def test_shared_all_is_complete_and_resolves() -> None:
     for name in shared.__all__:
         assert getattr(shared, name) is not None, name
     modules = {p.stem for p in (ROOT / "shared").glob("*.py") if not p.stem.startswith("_")}
+    modules |= {p.parent.name for p in (ROOT / "shared").glob("*/__init__.py")}
     assert modules == set(shared.PUBLIC_MODULES)
     assert set(shared.PUBLIC_MODULES) <= set(shared.__all__)
 
