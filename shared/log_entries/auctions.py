@@ -1,13 +1,11 @@
-"""Auction rounds in the log, as the coordinator ran them, for auditors to replay.
-
-auction_round  canonical bytes of `shared.auction.round_record(...)`
-"""
+"""Auction rounds in the log, as the coordinator ran them, for auditors to replay: an
+auction_round body is the canonical bytes of `shared.auction.round_record(...)`."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from shared import canonical
+import shared.canonical as canonical
 from shared.auction import AuctionError, round_from_record
 from shared.errors import EncodingError
 from shared.log_entries.kinds import MAX_ENTRY_BYTES, LogEntryError

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
 
-from shared import canonical
+import shared.canonical as canonical
 from shared.errors import EncodingError
 from shared.log_entries.auctions import AuctionRoundEntry, parse_auction_round
 from shared.log_entries.fields import envelope, integer

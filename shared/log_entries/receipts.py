@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from shared import canonical
+import shared.canonical as canonical
 from shared.envelope import (
     envelope_digest,
     max_envelope_bytes,
