@@ -1,4 +1,5 @@
-"""The coordinator's SQLite file: migrations that rebuild a table, and the writer's checkpoints."""
+"""The coordinator's SQLite file: migrations that rebuild a table, the writer's checkpoints and
+grouped calls, and the storage interface the engine offers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.storage import Database, connect
+from coordinator.storage import Database, Session, Store, connect
 from coordinator.storage.migrations import MIGRATIONS
 
 
@@ -150,3 +151,13 @@ def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path:
     reader = sqlite3.connect(tmp_path / "coordinator.db")
     assert sorted(row[0] for row in reader.execute("SELECT id FROM auditors")) == ["a", "b", "c"]
     reader.close()
+
+
+def test_the_sqlite_engine_offers_the_whole_storage_interface(tmp_path: Path) -> None:
+    """What a second engine must also offer: every member the rooms above may use."""
+    database = Database(tmp_path / "coordinator.db")
+    for interface, engine in ((Store, database), (Session, database.db)):
+        members = {name for name in vars(interface) if not name.startswith("_")}
+        assert members and all(hasattr(engine, name) for name in members), interface.__name__
+    assert hasattr(database.db.conn, "execute") and hasattr(database.db.conn, "executemany")
+    database.close()
