@@ -7,12 +7,12 @@ import logging
 from collections.abc import Callable
 
 from coordinator.commit import Committer
-from coordinator.db import Database
 from coordinator.jobs import Job, Lease
 from coordinator.principals import Principals
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import capacity_writes
+from coordinator.storage import Database
 from coordinator.transitions import Transitions
 
 log = logging.getLogger(__name__)

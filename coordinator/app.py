@@ -18,7 +18,6 @@ from coordinator import billing, tlog
 from coordinator.accounts import Principal
 from coordinator.billing import VoucherPolicy
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import (
     ApiError,
     Forbidden,
@@ -34,6 +33,7 @@ from coordinator.limits import RateLimiter
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator
+from coordinator.storage import Database
 from shared import canonical, ledger_names
 from shared.clock import now_ms
 from shared.errors import SuanliError

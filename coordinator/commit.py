@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 import sqlite_utils
 
 from coordinator import billing, tlog
-from coordinator.db import Database
 from coordinator.jobs import Job, Lease
 from coordinator.market import Agent
 from coordinator.settlement import Settlement
 from coordinator.state import State
 from coordinator.state.rows import AGENT_UPDATE, agent_row, job_row, lease_row
+from coordinator.storage import Database
 
 
 class Committer:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from coordinator import accounts
 from coordinator.accounts import Principal
-from coordinator.db import Database
 from coordinator.errors import Unauthenticated
 from coordinator.limits import RateLimiter
+from coordinator.storage import Database
 
 TOKEN_LOOKUPS_PER_S, TOKEN_LOOKUP_BURST = 500, 2_000
 MAX_CACHED = 100_000

@@ -20,7 +20,6 @@ from coordinator.agent_door.reports import LeaseReports
 from coordinator.agent_door.signed_requests import SignedRequests
 from coordinator.commit import Committer
 from coordinator.config import Settings
-from coordinator.db import Database, transaction
 from coordinator.deadlines import Deadlines
 from coordinator.enterprises import Enterprises
 from coordinator.jobs.board import JobBoard
@@ -33,6 +32,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import load_state
+from coordinator.storage import Database, transaction
 from coordinator.transitions import Transitions
 from shared.clock import now_ms
 from shared.identity import PrivateKey

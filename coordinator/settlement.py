@@ -8,9 +8,9 @@ import sqlite_utils
 
 from coordinator import billing
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.jobs import Job
 from coordinator.state import State
+from coordinator.storage import Database
 
 
 class Settlement:

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from coordinator import tlog
 from coordinator.client import audit
-from coordinator.db import Database, connect, transaction
+from coordinator.storage import Database, connect, transaction
+from coordinator.storage.migrations import LOG_TABLES
 from shared import canonical
 from shared import log_entries as L
 from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction
@@ -38,7 +39,7 @@ MAX_DURATION_MS = 3_600_000
 
 def open_db(path: Path) -> sqlite_utils.Database:
     db = connect(path)
-    db.conn.executescript(tlog.LOG_SCHEMA)
+    db.conn.executescript(LOG_TABLES)
     return db
 
 
@@ -342,7 +343,7 @@ def write_log(path: Path, key: PrivateKey, entries: list[bytes], origin: str | N
         if entries:
             tlog.append_entries(db, entries)
         tlog.sign_checkpoint(db, key, origin or tlog.default_origin(key), T0)
-    conn.executescript(tlog.LOG_SCHEMA)  # the triggers again
+    conn.executescript(LOG_TABLES)  # the triggers again
     conn.close()
 
 

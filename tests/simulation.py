@@ -56,9 +56,10 @@ from agent.spool import LeaseRecord, Spool
 from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.config import Settings
-from coordinator.db import _STOP, Database, transaction
 from coordinator.receipts.rules import RETRYABLE_SQL
 from coordinator.service import Coordinator
+from coordinator.storage import Database, transaction
+from coordinator.storage.writer import _STOP
 from shared import canonical
 from shared.errors import SuanliError
 from shared.identity import PrivateKey

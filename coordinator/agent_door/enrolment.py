@@ -11,11 +11,11 @@ import sqlite_utils
 
 from coordinator import accounts, tlog
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import Conflict, Unauthenticated, Unprocessable
 from coordinator.market import Agent
 from coordinator.signals import Signals
 from coordinator.state import State
+from coordinator.storage import Database
 from shared import canonical, log_entries
 from shared.errors import SuanliError
 from shared.identity import PublicKey

@@ -9,12 +9,12 @@ from typing import Any
 
 from coordinator.commit import Committer
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import Unprocessable
 from coordinator.market import Agent, parse_inventory
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import AGENT_UPDATE, agent_row, capacity_writes
+from coordinator.storage import Database
 
 log = logging.getLogger(__name__)
 

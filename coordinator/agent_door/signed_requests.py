@@ -9,10 +9,10 @@ from typing import Any
 import sqlite_utils
 
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import Unauthenticated
 from coordinator.market import Agent
 from coordinator.state import SKEW_MARGIN_MS, State
+from coordinator.storage import Database
 from shared.errors import SuanliError
 from shared.signed_request import open_request, request_key_id
 

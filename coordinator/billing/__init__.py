@@ -10,7 +10,7 @@ every way the ledger could be wrong (`invariants`). The chart of accounts is in 
 vocabulary (ledgers, codes, account names) in `shared.ledger_names`.
 
 Every function here is synchronous, takes the coordinator's `sqlite_utils.Database`, runs
-inside the caller's transaction (the writer thread's, or `coordinator.db.transaction`) and is
+inside the caller's transaction (the writer thread's, or `coordinator.storage.transaction`) and is
 atomic by its own savepoint: it either does everything or raises and leaves nothing behind.
 """
 

@@ -7,7 +7,7 @@ import json
 
 from coordinator import accounts, tlog
 from coordinator.cli.output import print_result
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from shared.clock import now_ms
 
 

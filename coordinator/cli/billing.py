@@ -10,7 +10,7 @@ from typing import Any
 from coordinator import billing, tlog
 from coordinator.billing import VoucherPolicy, load_voucher_policy
 from coordinator.cli.output import print_result
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from shared import log_entries
 from shared.clock import now_ms
 from shared.errors import SuanliError

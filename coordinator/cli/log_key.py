@@ -7,7 +7,7 @@ import argparse
 from coordinator import tlog
 from coordinator.app import log_key_path
 from coordinator.cli.output import print_result
-from coordinator.db import connect
+from coordinator.storage import connect
 from shared.clock import now_ms
 
 

@@ -13,13 +13,13 @@ from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.commit import Committer
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.errors import Conflict, Forbidden, NotFound, Unprocessable
 from coordinator.jobs.model import PENDING, Job
 from coordinator.jobs.spec import MAX_KEY, JobRequest, parse_job_request, secret_env_values
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import job_row
+from coordinator.storage import Database
 from coordinator.transitions import Transitions
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.db import Database
 from coordinator.errors import Conflict, Unprocessable
+from coordinator.storage import Database
 
 MAX_LOG_CHUNK = 256 * 1024
 COALESCE_BYTES = 64 * 1024

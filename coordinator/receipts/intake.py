@@ -9,7 +9,6 @@ from typing import Any
 import sqlite_utils
 
 from coordinator import billing, tlog
-from coordinator.db import Database
 from coordinator.errors import Unprocessable
 from coordinator.market import Agent
 from coordinator.receipts import rules
@@ -20,6 +19,7 @@ from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import lease_row
+from coordinator.storage import Database
 from coordinator.transitions import Transitions
 from shared.errors import ReceiptRuleError, SuanliError
 from shared.receipts import SealedReceipt, claimed_id

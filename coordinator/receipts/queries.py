@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from coordinator.db import Database
 from coordinator.jobs import Lease
 from coordinator.market import Agent
 from coordinator.receipts.rules import RETRYABLE_SQL, Verdict
 from coordinator.state import State
+from coordinator.storage import Database
 from shared.receipts import Rule, SealedReceipt, open_receipt
 
 

@@ -29,11 +29,11 @@ from coordinator_harness import inventory, uscc
 
 from coordinator import scheduler
 from coordinator.config import Settings
-from coordinator.db import Database
 from coordinator.jobs import Job, parse_job_request
 from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
 from coordinator.state.rows import job_row
+from coordinator.storage import Database
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import sqlite_utils
 
 from coordinator import billing
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from shared import ledger_names as names
 from shared.uscc import check_character
 

@@ -408,9 +408,9 @@ async def replay_in_process(
     from coordinator import billing, tlog
     from coordinator.app import load_or_create_key
     from coordinator.config import Settings
-    from coordinator.db import Database
     from coordinator.receipts import rules as receipt_rules
     from coordinator.service import Coordinator
+    from coordinator.storage import Database
     from shared import log_entries
 
     phases = Phases()

@@ -1,4 +1,5 @@
-"""The coordinator's SQLite file: migrations that rebuild a table, and the writer's checkpoints."""
+"""The coordinator's SQLite file: migrations that rebuild a table, the writer's checkpoints and
+grouped calls, and the storage interface the engine offers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.db import Database, connect
-from coordinator.schema import MIGRATIONS
+from coordinator.storage import Database, Session, Store, connect
+from coordinator.storage.migrations import MIGRATIONS
 
 
 def _database_at(path: Path, version: int) -> sqlite3.Connection:
@@ -39,7 +40,8 @@ def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: 
     )
     old.execute(
         "INSERT INTO leases (id, job_id, agent_id, gpu_uuids, price_per_gpu_hour, created_at_ms, "
-        "start_deadline_ms, ends_at_ms, state) VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')"
+        "start_deadline_ms, ends_at_ms, state) "
+        "VALUES ('lease-1', 'job-1', 'agent-1', '[]', 1, 1, 1, 1, 'running')"
     )
     for seq in (1, 2):
         old.execute(
@@ -54,7 +56,8 @@ def test_receipts_acknowledged_one_by_one_keep_their_acknowledgements(tmp_path: 
     )
     old.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
-        "cause, receipt_digest, at_ms) VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
+        "cause, receipt_digest, at_ms) "
+        "VALUES (?, 'posted', 'a', 'b', 5, 'usage_deferred', 'c', ?, 1)",
         [b"t" * 32, bytes([2]) * 32],
     )
     old.close()
@@ -148,3 +151,13 @@ def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path:
     reader = sqlite3.connect(tmp_path / "coordinator.db")
     assert sorted(row[0] for row in reader.execute("SELECT id FROM auditors")) == ["a", "b", "c"]
     reader.close()
+
+
+def test_the_sqlite_engine_offers_the_whole_storage_interface(tmp_path: Path) -> None:
+    """What a second engine must also offer: every member the rooms above may use."""
+    database = Database(tmp_path / "coordinator.db")
+    for interface, engine in ((Store, database), (Session, database.db)):
+        members = {name for name in vars(interface) if not name.startswith("_")}
+        assert members and all(hasattr(engine, name) for name in members), interface.__name__
+    assert hasattr(database.db.conn, "execute") and hasattr(database.db.conn, "executemany")
+    database.close()

@@ -5,7 +5,6 @@ between any two steps and still finds every invariant holding."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shutil
 import sqlite3
 import tempfile
@@ -23,9 +22,8 @@ from ledger_world import DAY, NOW, World, uscc
 from coordinator import billing
 from coordinator.billing import Transfer, check_invariants, create_transfers, transfer_id
 from coordinator.billing.periods import utc
-from coordinator.db import Database, connect, transaction
+from coordinator.storage import Database, connect, transaction
 from shared import ledger_names as names
-from shared.uscc import check_character
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from ledger_world import World, uscc
 
 from coordinator import billing
 from coordinator.billing import VoucherPolicy, VoucherPolicyError, split_charge
-from coordinator.db import connect, transaction
+from coordinator.storage import connect, transaction
 from shared import ledger_names as names
 from shared.errors import SuanliError
 

@@ -1,10 +1,51 @@
-"""The coordinator's SQLite schema as numbered migrations; `user_version` says which have run."""
+"""The coordinator's tables as numbered migrations, in SQLite's dialect; `user_version` says
+which have run (`coordinator.storage.sqlite.migrate`).
+
+Never edit a migration that has shipped: change a table with a new one. A second engine brings
+its own migrations to the same tables, keys and refusals (the triggers that make the ledger and
+the log append-only).
+"""
 
 from __future__ import annotations
 
-import sqlite3
-
-from coordinator.tlog import LOG_SCHEMA
+# The log's tables (coordinator.tlog). It may also run on a database that has them already (the
+# tests apply it again to restore the triggers), hence the IF NOT EXISTS and the INSERT OR IGNORE.
+LOG_TABLES = """
+CREATE TABLE IF NOT EXISTS log_entries (
+    idx INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_hashes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO log_meta (id, size) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS log_checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_lookup (
+    kind TEXT NOT NULL,
+    key BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS log_entries_no_update BEFORE UPDATE ON log_entries BEGIN
+    SELECT RAISE(ABORT, 'log entries are append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS log_entries_no_delete BEFORE DELETE ON log_entries BEGIN
+    SELECT RAISE(ABORT, 'log entries are append-only');
+END;
+"""
 
 MIGRATIONS: list[str] = [
     """
@@ -274,8 +315,8 @@ MIGRATIONS: list[str] = [
         SELECT RAISE(ABORT, 'ledger records are immutable');
     END;
     """,
-    # 4: the transparency log (coordinator/tlog.py)
-    LOG_SCHEMA,
+    # 4: the transparency log (coordinator.tlog)
+    LOG_TABLES,
     # 5: one countersigned acknowledgement per accepted batch, which its receipts name
     """
     CREATE TABLE receipt_acknowledgements (
@@ -344,31 +385,3 @@ MIGRATIONS: list[str] = [
     ALTER TABLE leases ADD COLUMN stop_requested_at_ms INTEGER;
     """,
 ]
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Run the migrations this database has not seen, each in its own transaction."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"database schema version {version} is newer than this coordinator knows "
-            f"({len(MIGRATIONS)}); upgrade suanli"
-        )
-    if version == len(MIGRATIONS):
-        return version
-    # a migration may rebuild a table others refer to; the references are checked after it
-    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys = OFF")
-    try:
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                raise RuntimeError(
-                    f"migration {number} left rows whose references do not resolve: {broken[:5]}"
-                )
-    finally:
-        conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
-    return len(MIGRATIONS)

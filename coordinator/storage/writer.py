@@ -1,4 +1,4 @@
-"""The coordinator's SQLite file: opened in WAL mode, migrated, and written by one thread.
+"""The SQLite engine's `Store`: one thread writes the database, in batches.
 
 Every database call of the running service goes through `Database.run`: a single worker
 thread takes whatever calls are queued, runs them in one transaction (each inside its own
@@ -16,53 +16,21 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
-from coordinator.schema import migrate
+from coordinator.storage.sqlite import connect, open_connection
 
 T = TypeVar("T")
-I = TypeVar("I")
+Item = TypeVar("Item")
 log = logging.getLogger(__name__)
 MAX_BATCH = 512
 CHECKPOINT_INTERVAL_S = 1.0
-WAL_SIZE_LIMIT = 64 << 20  # what a checkpointed write-ahead log is cut back to
-PAGE_CACHE_KIB = 256 << 10
 _STOP = object()
-
-
-def connect(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) and migrate the database; for admin commands and the writer."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA busy_timeout = 30000")
-    # savepoints keep the pages they change in a statement journal: in memory, not a temp file
-    conn.execute("PRAGMA temp_store = MEMORY")
-    # receipts, transfers and the log are indexed by hashes: inserts land on random pages
-    conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-    migrate(conn)
-    return db
-
-
-@contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """One IMMEDIATE transaction on an autocommit connection (for admin commands)."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
 
 
 class Database:
@@ -90,9 +58,7 @@ class Database:
         self._thread.start()
 
     def _checkpoint(self) -> None:
-        conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=30
-        )
+        conn = open_connection(self.path)
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
                 try:
@@ -110,7 +76,7 @@ class Database:
         return await future
 
     async def run_grouped(
-        self, group: Callable[[sqlite_utils.Database, list[I]], list[T]], item: I
+        self, group: Callable[[sqlite_utils.Database, list[Item]], list[T]], item: Item
     ) -> T:
         """Run `group(db, items)` once for this item and the ones queued right after it for the
         same `group`, in the writer's next transaction; each caller gets its own result.

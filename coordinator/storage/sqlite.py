@@ -1,0 +1,85 @@
+"""The SQLite engine's connections: opened in WAL mode with the pragmas the writer relies on,
+migrated, and the IMMEDIATE transaction admin commands write in."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+from coordinator.storage.interface import Session
+from coordinator.storage.migrations import MIGRATIONS
+
+S = TypeVar("S", bound=Session)
+
+WAL_SIZE_LIMIT = 64 << 20  # what a checkpointed write-ahead log is cut back to
+PAGE_CACHE_KIB = 256 << 10
+BUSY_TIMEOUT_S = 30
+
+
+def open_connection(path: Path | str) -> sqlite3.Connection:
+    """An autocommit connection: transactions are begun and ended explicitly."""
+    return sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
+
+
+def connect(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database; for admin commands and the writer."""
+    conn = open_connection(path)
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    # savepoints keep the pages they change in a statement journal: in memory, not a temp file
+    conn.execute("PRAGMA temp_store = MEMORY")
+    # receipts, transfers and the log are indexed by hashes: inserts land on random pages
+    conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    migrate(conn)
+    return db
+
+
+@contextmanager
+def transaction(db: S) -> Iterator[S]:
+    """One IMMEDIATE transaction on an autocommit connection (for admin commands)."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Run the migrations this database has not seen, each in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this coordinator knows "
+            f"({len(MIGRATIONS)}); upgrade suanli"
+        )
+    if version == len(MIGRATIONS):
+        return int(version)
+    # a migration may rebuild a table others refer to; the references are checked after it
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(
+                    f"migration {number} left rows whose references do not resolve: {broken[:5]}"
+                )
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
+    return len(MIGRATIONS)
