@@ -269,7 +269,8 @@ class Agent:
     def start(self) -> None:
         config = self.workdir / "agent.toml"
         config.write_text(
-            f'[agent]\nstate_dir = "{self.workdir / "state"}"\nask_per_gpu_hour = "{self.plan.ask}"\n'
+            f'[agent]\nstate_dir = "{self.workdir / "state"}"\n'
+            f'ask_per_gpu_hour = "{self.plan.ask}"\n'
             f'engine_socket = "{self.engine_socket}"\ngpu_mode = "none"\nheartbeat_interval_s = 1\n'
             "sample_interval_ms = 250\nreceipt_interval_s = 1\nstop_grace_s = 2\n"
         )
@@ -326,7 +327,10 @@ async def wait_for_market(client: Client, gpus: int) -> dict[str, Any]:
 
 def market_table(market: dict[str, Any]) -> Table:
     table = Table(
-        title=f"the market: {market['agents_online']} agents, {market['pflops_bf16']} PFLOPS dense BF16"
+        title=(
+            f"the market: {market['agents_online']} agents, "
+            f"{market['pflops_bf16']} PFLOPS dense BF16"
+        )
     )
     for column in ("GPU model", "GPUs", "free", "memory", "BF16 TFLOPS each", "lowest ask /GPU-h"):
         table.add_column(column)
@@ -418,7 +422,8 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
 
         say(
             "2. Providers enrol their GPU hosts",
-            "each agent makes an Ed25519 key (0600), registers it with a one-time token, reads its GPUs "
+            "each agent makes an Ed25519 key (0600), registers it with a one-time token, "
+            "reads its GPUs "
             "through NVML"
             + (
                 " (a fake libnvidia-ml here: no GPU on this machine)"
@@ -536,7 +541,8 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
 
             say(
                 "4. Jobs run in hardened containers; agents sign a cumulative receipt every second",
-                "unprivileged, all capabilities dropped, no-new-privileges, CPU/memory/pids limits, no host mounts",
+                "unprivileged, all capabilities dropped, no-new-privileges, "
+                "CPU/memory/pids limits, no host mounts",
             )
             finished = await wait_for_jobs(clients, jobs)
             billed = await settled(clients, jobs, coordinator.db)
@@ -660,7 +666,8 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
 async def audit(coordinator: Coordinator, workdir: Path, auditor_token: str) -> bool:
     say(
         "7. An auditor checks everything, trusting only public keys",
-        "suanli audit verify: the signed checkpoint, the Merkle root, every receipt signature and chain, "
+        "suanli audit verify: the signed checkpoint, the Merkle root, every receipt signature "
+        "and chain, "
         "every auction replayed, the ledger's balances compared with the log's postings",
     )
     await asyncio.sleep(2.5)  # the coordinator signs a checkpoint of its log every 2 s

@@ -227,7 +227,8 @@ def main() -> None:
         f"peak power {meter.max_power_mw / 1000:.0f} W"
     )
     print(
-        "receipt    (final, sealed with a fresh key, opened and checked: signature, amount, chain start)"
+        "receipt    (final, sealed with a fresh key, "
+        "opened and checked: signature, amount, chain start)"
     )
     print(f"  lease_id          {receipt.lease_id}")
     print(f"  agent_id          {receipt.agent_id}")
@@ -237,7 +238,8 @@ def main() -> None:
     print(f"  energy_mj         {receipt.energy_mj}  (mean {mean_power_w:.0f} W over the lease)")
     print(f"  utilization_pct   {receipt.utilization_pct}")
     print(
-        f"  peak_memory_bytes {receipt.peak_memory_bytes}  ({receipt.peak_memory_bytes / 2**30:.2f} GiB)"
+        f"  peak_memory_bytes {receipt.peak_memory_bytes}  "
+        f"({receipt.peak_memory_bytes / 2**30:.2f} GiB)"
     )
     print(f"  price             {receipt.price_per_gpu_hour} µ¥/GPU-h")
     print(f"  amount            {receipt.amount} µ¥  (¥{receipt.amount / 1e6:.6f})")

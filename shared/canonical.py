@@ -77,7 +77,7 @@ def encode(obj: object) -> bytes:
 
 
 def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """Decode canonical bytes; refuses trailing bytes, floats, extensions and non-canonical forms."""
+    """Decode canonical bytes; refuses trailing bytes, floats, extensions, non-canonical forms."""
     if not isinstance(data, bytes):
         raise EncodingError("a payload must be given as bytes")
     if len(data) > max_bytes:

@@ -1,4 +1,4 @@
-"""A deterministic, seeded simulation of one coordinator and a few agents (after TigerBeetle's VOPR).
+"""A deterministic, seeded simulation of a coordinator and a few agents (after TigerBeetle's VOPR).
 
 Everything runs in one process on one asyncio loop with a simulated clock: the REAL coordinator
 (`coordinator.service.Coordinator` with its market, receipt rules and ledger) over a real SQLite
@@ -498,7 +498,8 @@ class SimAgent:
                     sim.stats["started"] += 1
                 self.save(record)
                 sim.log(
-                    f"{self.name} takes {lease_id} ({'fails' if record.started_at_ms is None else 'starts'})"
+                    f"{self.name} takes {lease_id} "
+                    f"({'fails' if record.started_at_ms is None else 'starts'})"
                 )
             elif record is not None:
                 record.lease["ends_at_ms"] = lease["ends_at_ms"]
@@ -528,7 +529,8 @@ class SimAgent:
                 self.spool.reject(lease_id, seq, str(item["rule"]), str(item["detail"]))
                 self.sim.stats["rejected:" + str(item["rule"])] += 1
                 self.sim.log(
-                    f"{self.name} receipt {lease_id}/{seq} rejected: {item['rule']} {item['detail']}"
+                    f"{self.name} receipt {lease_id}/{seq} rejected: "
+                    f"{item['rule']} {item['detail']}"
                 )
 
     def quiet(self) -> bool:
@@ -858,7 +860,8 @@ class Simulation:
             "GROUP BY lease_id, acknowledgement_id"
         ):
             posted = conn.execute(
-                "SELECT COUNT(*) FROM ledger_postings p JOIN receipts r ON r.digest = p.receipt_digest "
+                "SELECT COUNT(*) FROM ledger_postings p "
+                "JOIN receipts r ON r.digest = p.receipt_digest "
                 "WHERE r.lease_id = ? AND r.acknowledgement_id = ? AND r.seq = ?",
                 [lease_id, acknowledgement_id, last],
             ).fetchone()[0]
@@ -867,12 +870,14 @@ class Simulation:
                     f"lease {lease_id}'s receipts up to seq {last} were accepted but not posted"
                 )
         for lease_id, top, posted in conn.execute(
-            "SELECT r.lease_id, MAX(r.amount), (SELECT COALESCE(SUM(p.amount), 0) FROM ledger_postings p "
+            "SELECT r.lease_id, MAX(r.amount), (SELECT COALESCE(SUM(p.amount), 0) "
+            "FROM ledger_postings p "
             "WHERE p.lease_id = r.lease_id) FROM receipts r GROUP BY r.lease_id"
         ):
             if top != posted:
                 self.fail(
-                    f"lease {lease_id}: highest accepted receipt is {top} µ¥ but {posted} µ¥ was posted"
+                    f"lease {lease_id}: highest accepted receipt is {top} µ¥ "
+                    f"but {posted} µ¥ was posted"
                 )
         pool = billing.pool_status(db, POLICY)
         if (
@@ -882,12 +887,14 @@ class Simulation:
             self.fail(f"voucher pool over its total: {pool}")
         asks = {a.agent_id: a.ask for a in self.agents}
         for lease_id, agent_id, price, spec in conn.execute(
-            "SELECT l.id, l.agent_id, l.price_per_gpu_hour, j.spec FROM leases l JOIN jobs j ON j.id = l.job_id"
+            "SELECT l.id, l.agent_id, l.price_per_gpu_hour, j.spec FROM leases l "
+            "JOIN jobs j ON j.id = l.job_id"
         ):
             max_price = json.loads(spec)["max_price_per_gpu_hour_micro_yuan"]
             if not asks[agent_id] <= price <= max_price:
                 self.fail(
-                    f"lease {lease_id} pays {price}, outside [ask {asks[agent_id]}, max {max_price}]"
+                    f"lease {lease_id} pays {price}, outside "
+                    f"[ask {asks[agent_id]}, max {max_price}]"
                 )
         # no lease is charged beyond its billable window × GPUs × price
         by_lease = dict(
@@ -907,7 +914,8 @@ class Simulation:
         for job in self.coordinator.state.jobs.values():
             if job.charged != charged.get(job.id, 0):
                 self.fail(
-                    f"job {job.id} shows {job.charged} µ¥ charged but {charged.get(job.id, 0)} µ¥ is posted"
+                    f"job {job.id} shows {job.charged} µ¥ charged "
+                    f"but {charged.get(job.id, 0)} µ¥ is posted"
                 )
         accepted = {row[0] for row in conn.execute("SELECT digest FROM receipts")}
         for agent in self.agents:
@@ -916,7 +924,8 @@ class Simulation:
             for spooled in agent.spool.receipts():
                 if spooled.acked_at_ms is not None and spooled.digest not in accepted:
                     self.fail(
-                        f"{agent.name} holds an acknowledgement of {spooled.lease_id}/{spooled.seq} "
+                        f"{agent.name} holds an acknowledgement of "
+                        f"{spooled.lease_id}/{spooled.seq} "
                         "that the coordinator does not have"
                     )
 
@@ -1023,7 +1032,7 @@ def _uscc(n: int) -> str:
 
 
 def run(seed: int, steps: int, verbose: bool = False, workdir: Path | None = None) -> Result:
-    """Simulate `steps` random steps and a drain for `seed`; raise InvariantViolation on a failure."""
+    """Simulate `steps` random steps and a drain for `seed`; raise InvariantViolation on failure."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     directory = Path(tempfile.mkdtemp(prefix=f"suanli-sim-{seed}-", dir=workdir or base))
     sim = Simulation(seed, steps, directory, verbose)

@@ -11,7 +11,7 @@ import heapq
 from collections import Counter
 from collections.abc import Iterator
 
-from sortedcontainers import SortedList  # type: ignore[import-untyped]  # ships no type hints
+from sortedcontainers import SortedList
 
 from coordinator.market.agents import Agent
 from shared.auction import AgentOffer, JobSpec

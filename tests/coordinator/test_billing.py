@@ -237,7 +237,8 @@ async def test_the_audit_compares_ledger_balances_with_the_log(
     assert refused.returncode == 1 and "auditors" in refused.stderr
     with sqlite3.connect(coordinator.db) as db:
         db.execute(
-            "UPDATE ledger_accounts SET debits_posted = debits_posted - 1 WHERE id LIKE 'receivable:%'"
+            "UPDATE ledger_accounts SET debits_posted = debits_posted - 1 "
+            "WHERE id LIKE 'receivable:%'"
         )
     edited = await asyncio.to_thread(audit, auditor)
     assert edited.returncode == 3, edited.stdout + edited.stderr

@@ -1,4 +1,4 @@
-"""Receipts accepted by rule: each broken rule is named, stored for auditors, and charges nothing."""
+"""Receipts accepted by rule: each broken rule is named, kept for auditors, and charges nothing."""
 
 from __future__ import annotations
 

@@ -127,7 +127,9 @@ async def test_cancel_reaches_the_agent_and_ends_the_job(
     status, shown = await api.call("POST", f"/v1/jobs/{job['id']}/cancel")
     assert status == 200 and shown["cancel_requested"]
     updated = await agent.leases(wait_ms=2000)
-    assert [(l["desired"], l["stop_reason"]) for l in updated] == [("stop", "cancelled")]
+    assert [(lease["desired"], lease["stop_reason"]) for lease in updated] == [
+        ("stop", "cancelled")
+    ]
     await agent.client.status(lease["lease_id"], "exited", exit_code=143)
     assert (await api.job(job["id"]))["state"] == "cancelled"
 
@@ -249,7 +251,7 @@ async def test_restart_keeps_accounts_jobs_and_leases(
     assert (await api.job(leased["id"]))["state"] == "leased"
     assert (await api.job(waiting["id"]))["reason"] == "no_agent_with_enough_gpus"
     agent.version = -1
-    assert [l["lease_id"] for l in await agent.leases()] == [lease["lease_id"]]
+    assert [offered["lease_id"] for offered in await agent.leases()] == [lease["lease_id"]]
     await agent.client.status(lease["lease_id"], "started")
     await agent.client.status(lease["lease_id"], "exited", exit_code=0)
     assert (await api.job(leased["id"]))["state"] == "succeeded"
