@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent
 
 from shared.http_client import CoordinatorError
@@ -170,6 +171,7 @@ async def _leases_of(agents: list[FakeAgent], count: int) -> list[Stream]:
     return list(streams.values())
 
 
+@pytest.mark.slow
 async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) -> None:
     coordinator = CoordinatorProcess(tmp_path, settings=dict(FAST_SETTINGS))
     coordinator.start()

@@ -19,6 +19,7 @@ STEPS = 150
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_every_invariant_holds_for_the_seed(seed: int) -> None:
     simulation.run(seed, STEPS)
