@@ -149,6 +149,8 @@ class Reporting:
 
 @dataclass(slots=True)
 class LeaseRecord:
+    """One lease on this agent, from the coordinator's offer until its end is reported."""
+
     terms: LeaseTerms
     created_at_ms: int
     container: ContainerRun = field(default_factory=ContainerRun)

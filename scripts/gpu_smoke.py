@@ -163,9 +163,9 @@ def main() -> None:
     print(json.dumps(found, indent=2))
     torch, device = cuda_device()
     try:
+        from agent.lease import LeaseRecord, LeaseTerms
         from agent.metering import seal_final_receipt
         from agent.nvml import NvmlSampler
-        from agent.lease import LeaseRecord, LeaseTerms
         from shared.identity import PrivateKey
         from shared.receipts import check_pure, open_receipt
     except ImportError as exc:

@@ -6,7 +6,6 @@ Podman are created through Podman's own API. `build_create_body` and
 """
 
 from agent.engine.api import API_VERSION_MAX, API_VERSION_MIN
-from agent.engine.bodies import build_create_body, build_libpod_create_body, unenforced_limits
 from agent.engine.containers import Engine
 from agent.engine.errors import (
     ContainerConflict,
@@ -22,6 +21,7 @@ from agent.engine.errors import (
     InvalidContainerSpec,
     LimitNotEnforced,
 )
+from agent.engine.hardening import build_create_body, build_libpod_create_body, unenforced_limits
 from agent.engine.info import ContainerState, EngineInfo
 from agent.engine.spec import (
     FALLBACK_USER,

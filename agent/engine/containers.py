@@ -14,12 +14,6 @@ from urllib.parse import quote
 import aiohttp
 
 from agent.backoff import Backoff
-from agent.engine.bodies import (
-    build_create_body,
-    build_libpod_create_body,
-    numeric_non_root,
-    unenforced_limits,
-)
 from agent.engine.errors import (
     ContainerConflict,
     ContainerNotFound,
@@ -31,6 +25,12 @@ from agent.engine.errors import (
     LimitNotEnforced,
     engine_message,
     start_error,
+)
+from agent.engine.hardening import (
+    build_create_body,
+    build_libpod_create_body,
+    numeric_non_root,
+    unenforced_limits,
 )
 from agent.engine.images import ImageCalls
 from agent.engine.info import ContainerState
