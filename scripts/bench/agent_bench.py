@@ -344,7 +344,7 @@ def _cpu_per_call(run: Any, count: int) -> float:
 def component_costs_child() -> None:
     import pynvml  # type: ignore[import-untyped]
 
-    from agent.inventory import gpu_record, read_host
+    from agent.inventory import heartbeat_inventory, read_host
     from agent.nvml import NvmlSampler
     from shared.identity import PrivateKey
     from shared.signed_request import sign_request
@@ -385,19 +385,7 @@ def component_costs_child() -> None:
     read_host(cpu_interval_s=None)
 
     def inventory() -> dict[str, Any]:
-        gpus = [
-            {
-                k: v
-                for k, v in gpu_record(s).items()
-                if k not in ("tflops_bf16", "model", "compute_capability")
-            }
-            for s in samples
-        ]
-        return {
-            "gpus": gpus,
-            "host": dict(read_host("/", cpu_interval_s=None)),
-            "driver_version": sampler.driver_version,
-        }
+        return heartbeat_inventory(samples, "/", sampler.driver_version)
 
     inventory_s = _cpu_per_call(inventory, 200)
     body = {"ask_per_gpu_hour": 12_000_000, "inventory": inventory()}
