@@ -20,6 +20,7 @@ from agent.config import AgentSettings
 from agent.coordinator_client import CoordinatorClient, CoordinatorError
 from agent.engine import Engine, EngineError
 from agent.inventory import heartbeat_inventory
+from agent.job_container import LABEL_AGENT, LABEL_LEASE
 from agent.lease import LeaseRecord, LeaseTerms
 from agent.metering import (
     account_sample,
@@ -31,7 +32,7 @@ from agent.metering import (
 from agent.nvml import GpuSample, NvmlSampler
 from agent.receipt_delivery import deliver_receipts
 from agent.reports import StatusReports
-from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner
+from agent.runner import LeaseRunner
 from agent.spool import Spool
 from agent.state import AgentState
 from shared.clock import now_ms

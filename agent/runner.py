@@ -8,12 +8,8 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
-import psutil
-
-from agent.config import USERNS_SIZE, AgentSettings
+from agent.config import AgentSettings
 from agent.engine import (
-    FALLBACK_USER,
-    ContainerSpec,
     Engine,
     EngineError,
     ImageNotFound,
@@ -21,17 +17,15 @@ from agent.engine import (
     ImageTooLarge,
     LimitNotEnforced,
 )
-from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
-from agent.lease import Failure, JobTerms, LeaseRecord
+from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
+from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
+from agent.lease import Failure, LeaseRecord
 from agent.nvml import GpuSample
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from shared.clock import now_ms
 
 log = logging.getLogger(__name__)
 LOG_CHUNK = 64 * 1024
-LABEL_LEASE = "suanli.lease"
-LABEL_JOB = "suanli.job"
-LABEL_AGENT = "suanli.agent"
 
 
 class LeaseHost(Protocol):
@@ -63,68 +57,6 @@ class LeaseHost(Protocol):
     async def send_log(self, record: LeaseRecord, data: bytes) -> None: ...
 
     async def seal_final(self, record: LeaseRecord) -> None: ...
-
-
-def host_memory_bytes() -> int:
-    return int(psutil.virtual_memory().total)
-
-
-def job_spec(
-    record: LeaseRecord,
-    settings: AgentSettings,
-    limits: JobLimits,
-    *,
-    agent_id: str,
-    gpu_mode: str,
-    host_cpus_milli: int,
-) -> ContainerSpec:
-    """The container of a lease's job: what the enterprise asked, within what the host gives."""
-    job = _job(record)
-    env = dict(job.env)
-    env.setdefault("HOME", SCRATCH_PATH)  # the root filesystem is read-only
-    return ContainerSpec(
-        name=f"suanli-{record.lease_id}",
-        image=job.image,
-        command=job.command,
-        env=env,
-        labels={LABEL_LEASE: record.lease_id, LABEL_JOB: record.job_id, LABEL_AGENT: agent_id},
-        gpu_uuids=record.gpu_uuids,
-        gpu_mode=gpu_mode,
-        cpus_milli=min(job.cpus_milli, host_cpus_milli),
-        memory_bytes=limits.memory_bytes,
-        pids_limit=settings.pids_limit,
-        network=settings.job_network,
-        read_only_rootfs=True,
-        tmpfs=limits.tmpfs,
-        log_max_bytes=settings.engine_log_max_bytes,
-        userns_host_id=settings.userns_host_id,
-        userns_size=USERNS_SIZE,
-    )
-
-
-def _job(record: LeaseRecord) -> JobTerms:
-    if record.terms.job is None:
-        raise ValueError(f"lease {record.lease_id} carries no job the agent can read")
-    return record.terms.job
-
-
-def _limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
-    """What the job's owner is told of the limits the provider's host set."""
-    lines = []
-    if limits.memory_lowered:
-        share = "its GPUs' share of " if by_gpu_share else ""
-        lines.append(
-            f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
-            f"asked: the provider's host gives a job at most {share}the memory it can spare"
-        )
-    lines.append(
-        f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
-        f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
-        "bytes), both counted in the memory limit"
-    )
-    if isolation == "non-root-user":
-        lines.append(f"the job runs as uid:gid {FALLBACK_USER}, not as root")
-    return "".join(f"[suanli] {line}\n" for line in lines)
 
 
 class LeaseRunner:
@@ -174,7 +106,7 @@ class LeaseRunner:
             await self._fail("gpus_unavailable", problem)
             return False
         engine, settings = daemon.engine, daemon.settings
-        job = _job(record)
+        job = job_terms(record)
         image = job.image
         limits = job_limits(
             job.memory_bytes,
@@ -199,7 +131,7 @@ class LeaseRunner:
             if not await engine.image_exists(image):
                 await policy.check(image)
                 await self._note(f"[suanli] pulling image {image}\n")
-                progress = _PullProgress()
+                progress = PullProgress()
                 await engine.pull(
                     image,
                     timeout_s=settings.image_pull_timeout_s,
@@ -208,7 +140,7 @@ class LeaseRunner:
                 )
                 await self._note(progress.summary(image))
             isolation, _ = await engine.root_isolation()
-            await self._note(_limits_note(limits, isolation, settings.memory_by_gpu_share))
+            await self._note(limits_note(limits, isolation, settings.memory_by_gpu_share))
             spec = job_spec(
                 record,
                 settings,
@@ -353,20 +285,3 @@ class LeaseRunner:
         del buffer[:]
         if chunk:
             await self.daemon.send_log(self.record, chunk)
-
-
-class _PullProgress:
-    """Pull progress for the job's log: the engine's status lines, without the byte ticker."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, line: str) -> None:
-        if line and (not self.lines or self.lines[-1] != line) and len(self.lines) < 200:
-            self.lines.append(line)
-
-    def summary(self, image: str) -> str:
-        shown = [
-            line for line in self.lines if "Downloading" not in line and "Extracting" not in line
-        ]
-        return "".join(f"[suanli] {line}\n" for line in shown[-20:]) + f"[suanli] pulled {image}\n"

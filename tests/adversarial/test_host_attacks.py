@@ -43,8 +43,8 @@ from fake_nvml.fixture import FakeGpu
 from agent.config import AgentSettings
 from agent.engine import FALLBACK_USER, ContainerNotFound, ContainerSpec, Engine
 from agent.host_limits import job_limits
+from agent.job_container import job_spec
 from agent.lease import JobTerms, LeaseRecord, LeaseTerms
-from agent.runner import job_spec
 
 MIB = 1 << 20
 RUN = secrets.token_hex(4)
