@@ -100,16 +100,16 @@ def _print_inventory_table(inventory: Inventory) -> None:
         # Piped output: never wrap or cut a UUID someone will copy.
         console = Console(width=200)
     host = inventory["host"]
+    busy = _or_dash(host["cpu_percent"])
+    memory = f"{_gib(host['memory_available_bytes'])}/{_gib(host['memory_total_bytes'])}"
+    disk = f"{_gib(host['disk_free_bytes'])}/{_gib(host['disk_total_bytes'])}"
     console.print(
-        f"host {host['hostname']}: {host['cpu_count']} CPUs ({_or_dash(host['cpu_percent'])}% busy), "
-        f"memory {_gib(host['memory_available_bytes'])}/{_gib(host['memory_total_bytes'])} GiB free, "
-        f"disk {host['disk_path']} {_gib(host['disk_free_bytes'])}/{_gib(host['disk_total_bytes'])} GiB free",
+        f"host {host['hostname']}: {host['cpu_count']} CPUs ({busy}% busy), "
+        f"memory {memory} GiB free, disk {host['disk_path']} {disk} GiB free",
         highlight=False,
     )
-    console.print(
-        f"driver {_or_dash(inventory['driver_version'])}, CUDA {_or_dash(inventory['cuda_version'])}",
-        highlight=False,
-    )
+    driver, cuda = _or_dash(inventory["driver_version"]), _or_dash(inventory["cuda_version"])
+    console.print(f"driver {driver}, CUDA {cuda}", highlight=False)
     gpus = inventory["gpus"]
     if not gpus:
         console.print("GPUs: 0", highlight=False)

@@ -55,18 +55,21 @@ class AgentSettings:
     )
     scratch_bytes: int = setting(
         8 << 30,
-        "writable tmpfs at /scratch (the root filesystem is read-only); counts as the job's memory, at most half of it",
+        "writable tmpfs at /scratch (the root filesystem is read-only); "
+        "counts as the job's memory, at most half of it",
     )
     tmp_bytes: int = setting(
         1 << 30, "writable tmpfs at /tmp; counts as the job's memory, at most a quarter of it"
     )
     userns_host_id: int = setting(
         1_000_000_000,
-        "host uid/gid that container root maps to (Podman; Docker needs userns-remap, else jobs run as 65534)",
+        "host uid/gid that container root maps to "
+        "(Podman; Docker needs userns-remap, else jobs run as 65534)",
     )
     registry_allow: list[str] | None = setting(
         None,
-        'registry hosts jobs\' images may come from ("docker.io" for Docker Hub, "*.example.cn"); unset: any',
+        "registry hosts jobs' images may come from "
+        '("docker.io" for Docker Hub, "*.example.cn"); unset: any',
     )
     registry_refuse_private: bool = setting(
         True,

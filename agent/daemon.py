@@ -11,13 +11,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+from agent.backoff import Backoff
 from agent.config import AgentSettings
 from agent.coordinator_client import CoordinatorClient
 from agent.engine import Engine, EngineError
-from agent.inventory import gpu_record, read_host
+from agent.inventory import heartbeat_inventory
+from agent.job_container import LABEL_AGENT, LABEL_LEASE
+from agent.lease import LeaseRecord, LeaseTerms
 from agent.metering import (
     account_sample,
     billable_from_ms,
@@ -26,19 +30,16 @@ from agent.metering import (
     seal_interim_receipt,
 )
 from agent.nvml import GpuSample, NvmlSampler
-from agent.runner import LABEL_AGENT, LABEL_LEASE, LeaseRunner
-from agent.spool import LeaseRecord, Spool
+from agent.receipt_delivery import deliver_receipts
+from agent.reports import StatusReports
+from agent.runner import LeaseRunner
+from agent.spool import Spool
 from agent.state import AgentState
 from shared.clock import now_ms
-from shared.errors import SuanliError
 from shared.http_client import CoordinatorError
-from shared.log_entries import read_acknowledgement
+from shared.receipts import SealedReceipt
 
 log = logging.getLogger(__name__)
-RECEIPT_BATCH = 100
-# retries back off, but never so far that a coordinator back from a restart would count the
-# agent as silent (its heartbeat timeout is several intervals) or miss a cancel for long
-MAX_BACKOFF_S = 10.0
 
 
 class AgentDaemon:
@@ -67,8 +68,7 @@ class AgentDaemon:
         self.lease_version = -1
         self.heartbeat_interval_s = float(settings.heartbeat_interval_s)
         self.last_accepted_ms: dict[str, int] = {}
-        self._reports = asyncio.Event()
-        self._receipts_endpoint_missing_logged = False
+        self.reports = StatusReports(self.client, self.spool, self.save)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -85,7 +85,7 @@ class AgentDaemon:
                 self._forever(self._receipt_round, self.settings.receipt_interval_s),
                 name="receipts",
             ),
-            asyncio.create_task(self._report_loop(), name="reports"),
+            asyncio.create_task(self.reports.loop(self.runners), name="reports"),
             asyncio.create_task(self._forever(self._enforce_limits, 1.0), name="limits"),
         ]
         try:
@@ -147,23 +147,24 @@ class AgentDaemon:
                 with contextlib.suppress(EngineError):
                     await self.engine.remove(container["Id"], force=True)
                 continue
-            record.container_id = record.container_id or container["Id"]
+            record.container.container_id = record.container.container_id or container["Id"]
         for record in records.values():
-            self.last_accepted_ms[record.lease_id] = record.started_at_ms or record.created_at_ms
+            run = record.container
+            self.last_accepted_ms[record.lease_id] = run.started_at_ms or record.created_at_ms
             for receipt in self.spool.receipts(record.lease_id):
                 if receipt.acked_at_ms is not None:
                     self.last_accepted_ms[record.lease_id] = max(
                         self.last_accepted_ms[record.lease_id], receipt.acked_at_ms
                     )
-            if record.ended_at_ms is None and (
-                record.container_id is not None or record.started_at_ms is None
+            if run.ended_at_ms is None and (
+                run.container_id is not None or run.started_at_ms is None
             ):
                 self._start_runner(record)
             else:
-                if record.ended_at_ms is None:
-                    record.ended_at_ms = now_ms()
-                    record.exit_code = -1
-                if not record.final_sealed and record.started_at_ms is not None:
+                if run.ended_at_ms is None:
+                    run.ended_at_ms = now_ms()
+                    run.exit_code = -1
+                if not record.chain.final_sealed and run.started_at_ms is not None:
                     # its start report may still be unanswered: seal once it is, in the background
                     task = asyncio.create_task(
                         self.seal_final(record), name=f"final {record.lease_id}"
@@ -172,7 +173,7 @@ class AgentDaemon:
                     task.add_done_callback(self._finals.discard)
         self.kick_reports()
 
-    async def _forever(self, step: Any, interval_s: float) -> None:
+    async def _forever(self, step: Callable[[], Awaitable[None]], interval_s: float) -> None:
         while True:
             try:
                 await step()
@@ -204,7 +205,7 @@ class AgentDaemon:
         busy = {
             uuid
             for r in self.runners.values()
-            if r.record is not record and r.record.ended_at_ms is None
+            if r.record is not record and r.record.container.ended_at_ms is None
             for uuid in r.record.gpu_uuids
         }
         for uuid in record.gpu_uuids:
@@ -216,30 +217,17 @@ class AgentDaemon:
                 return f"GPU {uuid} is already leased on this agent"
         return None
 
-    def heartbeat_inventory(self) -> dict[str, Any]:
-        gpus = []
-        for sample in sorted(self.offered_samples(), key=lambda s: s.index):
-            record = gpu_record(sample)
-            gpus.append(
-                {
-                    k: v
-                    for k, v in record.items()
-                    if k not in ("tflops_bf16", "model", "compute_capability")
-                }
-            )
-        host = read_host(self.settings.disk_path, cpu_interval_s=None)
-        return {"gpus": gpus, "host": dict(host), "driver_version": self.sampler.driver_version}
-
     # -- coordinator exchanges ----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        backoff = 1.0
+        backoff = Backoff()
         while True:
             try:
                 sent = now_ms()
-                answer = await self.client.heartbeat(
-                    self.settings.ask_micro_yuan, self.heartbeat_inventory()
+                inventory = heartbeat_inventory(
+                    self.offered_samples(), self.settings.disk_path, self.sampler.driver_version
                 )
+                answer = await self.client.heartbeat(self.settings.ask_micro_yuan, inventory)
                 timeout = answer.get("heartbeat_timeout_ms")
                 if type(timeout) is int and timeout > 0:
                     self.contact_until_ms = sent + timeout
@@ -251,15 +239,14 @@ class AgentDaemon:
                     log.warning(
                         "the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind")
                     )
-                backoff = 1.0
+                backoff.reset()
                 await asyncio.sleep(self.heartbeat_interval_s)
             except CoordinatorError as exc:
                 log.warning("heartbeat failed: %s", exc.detail)
-                await asyncio.sleep(min(_jitter(backoff), self.heartbeat_interval_s))
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                await backoff.wait(at_most_s=self.heartbeat_interval_s)
 
     async def _lease_loop(self) -> None:
-        backoff = 1.0
+        backoff = Backoff()
         while True:
             try:
                 answer = await self.client.leases(self.lease_version, 20_000)
@@ -270,25 +257,17 @@ class AgentDaemon:
                         learn_window(runner.record, closed.get("window"))
                 await self._reconcile(answer["leases"])
                 self.polled = True
-                backoff = 1.0
+                backoff.reset()
             except CoordinatorError as exc:
                 log.warning("lease poll failed: %s", exc.detail)
-                await asyncio.sleep(_jitter(backoff))
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                await backoff.wait()
 
     async def _reconcile(self, leases: list[dict[str, Any]]) -> None:
         listed = {lease["lease_id"]: lease for lease in leases}
         for lease_id, lease in listed.items():
             runner = self.runners.get(lease_id)
             if runner is None and lease["desired"] == "run":
-                record = LeaseRecord(
-                    lease_id=lease_id,
-                    job_id=lease["job_id"],
-                    gpu_uuids=tuple(lease["gpu_uuids"]),
-                    price_per_gpu_hour=lease["price_per_gpu_hour"],
-                    lease=lease,
-                    created_at_ms=now_ms(),
-                )
+                record = LeaseRecord(LeaseTerms.from_wire(lease), created_at_ms=now_ms())
                 known = [
                     r
                     for r in await asyncio.to_thread(self.spool.leases, True)
@@ -300,15 +279,15 @@ class AgentDaemon:
                 self.last_accepted_ms[lease_id] = record.created_at_ms
                 self._start_runner(record)
             elif runner is not None:
-                runner.record.lease["ends_at_ms"] = lease["ends_at_ms"]
+                runner.record.terms = replace(runner.record.terms, ends_at_ms=lease["ends_at_ms"])
                 learn_window(runner.record, lease.get("window"))
                 if lease["desired"] == "stop":
                     runner.request_stop(lease.get("stop_reason") or "stopped by the coordinator")
         for lease_id, runner in self.runners.items():
             if (
                 lease_id not in listed
-                and runner.record.ended_at_ms is None
-                and runner.record.started_at_ms
+                and runner.record.container.ended_at_ms is None
+                and runner.record.container.started_at_ms
             ):
                 runner.request_stop("the coordinator no longer lists this lease")
 
@@ -321,15 +300,13 @@ class AgentDaemon:
         now = now_ms()
         deadline_ms = self.settings.acceptance_deadline_s * 1000
         for runner in list(self.runners.values()):
-            record = runner.record
-            if record.ended_at_ms is not None or record.started_at_ms is None:
+            record, started = runner.record, runner.record.container.started_at_ms
+            if record.container.ended_at_ms is not None or started is None:
                 continue
-            ends = record.lease.get("ends_at_ms")
+            ends = record.terms.ends_at_ms
             if ends is not None and now >= ends + 5_000:
                 runner.request_stop("the lease has ended")
-            elif (
-                now - self.last_accepted_ms.get(record.lease_id, record.started_at_ms) > deadline_ms
-            ):
+            elif now - self.last_accepted_ms.get(record.lease_id, started) > deadline_ms:
                 runner.request_stop("no receipt was accepted within the acceptance deadline")
 
     # -- receipts -----------------------------------------------------------------------
@@ -340,18 +317,10 @@ class AgentDaemon:
             billing_now = self.billing_now()
             if (
                 billable_from_ms(record) is not None
-                and record.ended_at_ms is None
+                and record.container.ended_at_ms is None
                 and billing_now is not None
             ):
-                sealed = seal_interim_receipt(record, self.key, billing_now)
-                await asyncio.to_thread(
-                    self.spool.add_receipt,
-                    record,
-                    sealed.receipt.seq,
-                    sealed.envelope,
-                    sealed.digest,
-                    now_ms(),
-                )
+                await self._spool(record, seal_interim_receipt(record, self.key, billing_now))
         await self.drain_receipts()
 
     def billing_now(self) -> int | None:
@@ -363,217 +332,62 @@ class AgentDaemon:
         return min(now_ms(), self.contact_until_ms)
 
     async def seal_final(self, record: LeaseRecord) -> None:
-        if record.final_sealed or record.started_at_ms is None:
+        if record.chain.final_sealed or record.container.started_at_ms is None:
             await self.save(record)
             return
         await self.start_reported(record)
         if billable_from_ms(record) is None:
             # the coordinator never opened the lease's window: there is nothing to bill
-            record.final_sealed = True
+            record.chain.final_sealed = True
             await self.save(record)
             return
         sealed = seal_final_receipt(record, self.key, now_ms())
         await self.save(record)
-        await asyncio.to_thread(
-            self.spool.add_receipt,
-            record,
-            sealed.receipt.seq,
-            sealed.envelope,
-            sealed.digest,
-            now_ms(),
-        )
+        await self._spool(record, sealed)
         with contextlib.suppress(Exception):
             await self.drain_receipts()
 
+    async def _spool(self, record: LeaseRecord, sealed: SealedReceipt) -> None:
+        """Keep a sealed receipt and the lease's advanced chain, before it is ever sent."""
+        receipt = sealed.receipt
+        await asyncio.to_thread(
+            self.spool.add_receipt, record, receipt.seq, sealed.envelope, sealed.digest, now_ms()
+        )
+
     async def drain_receipts(self) -> int:
         """Send spooled receipts in order; drop only what the coordinator acknowledged."""
-        pending = await asyncio.to_thread(self.spool.pending_receipts, RECEIPT_BATCH)
-        if not pending:
-            return 0
-        try:
-            answer = await self.client.signed(
-                "/v1/agent/receipts", {"receipts": [p.envelope for p in pending]}
-            )
-        except CoordinatorError as exc:
-            if exc.status == 404 and exc.error == "not_found":
-                if not self._receipts_endpoint_missing_logged:
-                    log.warning(
-                        "the coordinator does not accept receipts yet; they stay in the spool"
-                    )
-                    self._receipts_endpoint_missing_logged = True
-            else:
-                log.warning("sending receipts failed: %s", exc.detail)
-            return 0
-        accepted = 0
-        now = now_ms()
-        sent = {(p.lease_id, p.seq): p.digest for p in pending}
-        acknowledgements = _acknowledged_digests(answer.get("acknowledgements"))
-        for item in answer.get("results", []):
-            lease_id, seq = item.get("lease_id"), item.get("seq")
-            if item.get("status") == "accepted":
-                envelope = _acknowledging(
-                    acknowledgements, item.get("acknowledgement"), sent.get((lease_id, seq))
-                )
-                if envelope is None:
-                    log.error(
-                        "receipt %s/%s was accepted without an acknowledgement that names it; "
-                        "it stays in the spool",
-                        lease_id,
-                        seq,
-                    )
-                    continue
-                await asyncio.to_thread(self.spool.acknowledge, lease_id, seq, envelope, now)
-                self.last_accepted_ms[lease_id] = now
-                accepted += 1
-            elif item.get("status") == "rejected":
-                log.error(
-                    "receipt %s/%s rejected by rule %s: %s",
-                    lease_id,
-                    seq,
-                    item.get("rule"),
-                    item.get("detail"),
-                )
-                await asyncio.to_thread(
-                    self.spool.reject, lease_id, seq, str(item.get("rule")), str(item.get("detail"))
-                )
-        return accepted
+        return await deliver_receipts(self.client, self.spool, self.last_accepted_ms)
 
     # -- status and logs ----------------------------------------------------------------
 
     def kick_reports(self) -> None:
-        self._reports.set()
-
-    async def _report_loop(self) -> None:
-        backoff = 1.0
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._reports.wait(), timeout=5)
-            self._reports.clear()
-            try:
-                await self._send_reports()
-                backoff = 1.0
-            except CoordinatorError as exc:
-                log.warning("status report failed: %s", exc.detail)
-                await asyncio.sleep(_jitter(backoff))
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-                self._reports.set()
-
-    async def _send_reports(self) -> None:
-        for runner in list(self.runners.values()):
-            record = runner.record
-            before = record.status_reported
-            failure = record.lease.get("failure")
-            if failure:
-                if before != "failed":
-                    await self._report(record, "failed", **failure)
-                    record.status_reported = "failed"
-            else:
-                if record.started_at_ms is not None and record.status_reported == "":
-                    answer = await self._report(record, "started")
-                    window = (answer or {}).get("window")
-                    if type(window) is dict and window.get("opened_at_ms") is not None:
-                        record.lease["billable_from_ms"] = now_ms()
-                        learn_window(record, window)
-                    else:
-                        record.lease["billable_from_ms"] = None  # refused, or ended meanwhile
-                    record.status_reported = "started"
-                if (
-                    record.final_sealed
-                    and record.status_reported == "started"
-                    and not await asyncio.to_thread(self.spool.unanswered, record.lease_id)
-                ):
-                    # the exit is reported once the final receipt is answered: the job's
-                    # reservation is released at its end and must still pay that receipt
-                    why = record.lease.get("agent_stop_reason")
-                    await self._report(
-                        record,
-                        "exited",
-                        exit_code=record.exit_code,
-                        **({"reason": why} if why else {}),
-                    )
-                    record.status_reported = "exited"
-            if record.status_reported != before:
-                await self.save(record)
-        for lease_id, runner in list(self.runners.items()):
-            record = runner.record
-            if (
-                record.status_reported in ("exited", "failed")
-                and runner.task is not None
-                and runner.task.done()
-            ):
-                record.done = True
-                await self.save(record)
-                del self.runners[lease_id]
-
-    async def _report(
-        self, record: LeaseRecord, event: str, **fields: Any
-    ) -> dict[str, Any] | None:
-        try:
-            return await self.client.status(record.lease_id, event, **fields)
-        except CoordinatorError as exc:
-            if exc.status in (404, 422):
-                log.error(
-                    "the coordinator refused the %s report of %s: %s",
-                    event,
-                    record.lease_id,
-                    exc.detail,
-                )
-                return None
-            raise
+        self.reports.kick()
 
     async def start_reported(self, record: LeaseRecord) -> None:
         """Wait until the coordinator has answered the lease's start report (or refused it),
         and a lease poll since this agent started has told which windows closed meanwhile:
         the final receipt is sealed only once billing knows where it began and ended."""
         while (
-            record.status_reported == "" and record.started_at_ms is not None
+            record.reporting.status == "" and record.container.started_at_ms is not None
         ) or not self.polled:
             self.kick_reports()
             await asyncio.sleep(0.1)
 
     async def send_log(self, record: LeaseRecord, data: bytes) -> None:
-        backoff = 1.0
-        while data:
+        if not data:
+            return
+        backoff = Backoff()
+        while True:
             try:
-                answer = await self.client.log_chunk(record.lease_id, record.log_offset, data)
+                await self.client.log_chunk(record.lease_id, record.reporting.log_offset, data)
+                break
             except CoordinatorError as exc:
                 if exc.status in (404, 409, 422):
                     log.warning("log chunk of %s refused: %s", record.lease_id, exc.detail)
                     return
-                await asyncio.sleep(_jitter(backoff))
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-                continue
-            record.log_offset += len(data)
-            await self.save(record)
-            if answer.get("truncated"):
-                return
-            data = b""
+                await backoff.wait()
+        record.reporting.log_offset += len(data)
+        await self.save(record)
 
     async def save(self, record: LeaseRecord) -> None:
         await asyncio.to_thread(self.spool.save_lease, record)
-
-
-def _acknowledged_digests(envelopes: Any) -> list[tuple[bytes, frozenset[bytes]]]:
-    """Each acknowledgement of a reply with the receipt digests it names (none if malformed)."""
-    found: list[tuple[bytes, frozenset[bytes]]] = []
-    for envelope in envelopes if type(envelopes) is list else []:
-        try:
-            named = frozenset(r.digest for r in read_acknowledgement(envelope).receipts)
-        except SuanliError:
-            named = frozenset()
-        found.append((envelope if type(envelope) is bytes else b"", named))
-    return found
-
-
-def _acknowledging(
-    acknowledgements: list[tuple[bytes, frozenset[bytes]]], position: object, digest: bytes | None
-) -> bytes | None:
-    """The acknowledgement an accepted result points to, if it names the receipt that was sent."""
-    if digest is None or type(position) is not int or not 0 <= position < len(acknowledgements):
-        return None
-    envelope, named = acknowledgements[position]
-    return envelope if digest in named else None
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * (0.5 + random.random())  # noqa: S311 - spreading retries, not security

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import Any, TypedDict
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from agent.nvml import GpuSample, NvmlSampler
 from shared.gpu_models import canonical_model, tflops_bf16_milli, tflops_display
@@ -154,3 +154,22 @@ def offered_gpus(inventory: Inventory, offered: Iterable[int] | None) -> list[Gp
 def total_tflops_bf16_milli(gpus: Iterable[GpuRecord]) -> int:
     """Summed dense BF16 milli-TFLOPS of the GPUs whose model is known."""
     return sum(gpu["tflops_bf16_milli"] or 0 for gpu in gpus)
+
+
+def heartbeat_inventory(
+    samples: Iterable[GpuSample], disk_path: str, driver_version: str | None
+) -> dict[str, Any]:
+    """What a heartbeat tells of the offered GPUs and the host (the GPUs' fixed facts, their
+    model and speed, were told at enrolment)."""
+    gpus = []
+    for sample in sorted(samples, key=lambda s: s.index):
+        record = gpu_record(sample)
+        gpus.append(
+            {
+                k: v
+                for k, v in record.items()
+                if k not in ("tflops_bf16", "model", "compute_capability")
+            }
+        )
+    host = read_host(disk_path, cpu_interval_s=None)
+    return {"gpus": gpus, "host": dict(host), "driver_version": driver_version}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import pynvml  # type: ignore[import-untyped]
+import pynvml
 
 __all__ = ["GpuSample", "NvmlSampler", "cuda_version_string"]
 

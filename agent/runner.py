@@ -5,95 +5,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
-import psutil  # type: ignore[import-untyped]
-
-from agent.config import USERNS_SIZE
+from agent.config import AgentSettings
 from agent.engine import (
-    FALLBACK_USER,
-    ContainerSpec,
+    Engine,
     EngineError,
     ImageNotFound,
     ImagePullFailed,
     ImageTooLarge,
     LimitNotEnforced,
 )
-from agent.host_limits import MIN_JOB_MEMORY_BYTES, SCRATCH_PATH, TMP_PATH, JobLimits, job_limits
+from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
+from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
+from agent.lease import Failure, LeaseRecord
+from agent.nvml import GpuSample
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
-from agent.spool import LeaseRecord
 from shared.clock import now_ms
-
-if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.daemon import AgentDaemon
 
 log = logging.getLogger(__name__)
 LOG_CHUNK = 64 * 1024
-LABEL_LEASE = "suanli.lease"
-LABEL_JOB = "suanli.job"
-LABEL_AGENT = "suanli.agent"
-NOTE_BYTES = "agent_note_bytes"  # in the lease record: log bytes the agent wrote, not the job
 
 
-def host_memory_bytes() -> int:
-    return int(psutil.virtual_memory().total)
+class LeaseHost(Protocol):
+    """What a lease's runner needs of the agent that runs it (the daemon)."""
 
+    @property
+    def settings(self) -> AgentSettings: ...
 
-def job_spec(
-    record: LeaseRecord,
-    settings: AgentSettings,
-    limits: JobLimits,
-    *,
-    agent_id: str,
-    gpu_mode: str,
-    host_cpus_milli: int,
-) -> ContainerSpec:
-    """The container of a lease's job: what the enterprise asked, within what the host gives."""
-    job = record.lease["job"]
-    env = dict(job["env"])
-    env.setdefault("HOME", SCRATCH_PATH)  # the root filesystem is read-only
-    return ContainerSpec(
-        name=f"suanli-{record.lease_id}",
-        image=job["image"],
-        command=tuple(job["command"]),
-        env=env,
-        labels={LABEL_LEASE: record.lease_id, LABEL_JOB: record.job_id, LABEL_AGENT: agent_id},
-        gpu_uuids=record.gpu_uuids,
-        gpu_mode=gpu_mode,
-        cpus_milli=min(job["cpus_milli"], host_cpus_milli),
-        memory_bytes=limits.memory_bytes,
-        pids_limit=settings.pids_limit,
-        network=settings.job_network,
-        read_only_rootfs=True,
-        tmpfs=limits.tmpfs,
-        log_max_bytes=settings.engine_log_max_bytes,
-        userns_host_id=settings.userns_host_id,
-        userns_size=USERNS_SIZE,
-    )
+    @property
+    def engine(self) -> Engine: ...
 
+    @property
+    def agent_id(self) -> str: ...
 
-def _limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
-    """What the job's owner is told of the limits the provider's host set."""
-    lines = []
-    if limits.memory_lowered:
-        share = "its GPUs' share of " if by_gpu_share else ""
-        lines.append(
-            f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
-            f"asked: the provider's host gives a job at most {share}the memory it can spare"
-        )
-    lines.append(
-        f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
-        f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
-        "bytes), both counted in the memory limit"
-    )
-    if isolation == "non-root-user":
-        lines.append(f"the job runs as uid:gid {FALLBACK_USER}, not as root")
-    return "".join(f"[suanli] {line}\n" for line in lines)
+    @property
+    def gpu_mode(self) -> str: ...
+
+    @property
+    def samples(self) -> Mapping[str, GpuSample]: ...
+
+    def gpus_unavailable(self, record: LeaseRecord) -> str | None: ...
+
+    def host_cpus_milli(self) -> int: ...
+
+    def kick_reports(self) -> None: ...
+
+    async def save(self, record: LeaseRecord) -> None: ...
+
+    async def send_log(self, record: LeaseRecord, data: bytes) -> None: ...
+
+    async def seal_final(self, record: LeaseRecord) -> None: ...
 
 
 class LeaseRunner:
-    def __init__(self, daemon: AgentDaemon, record: LeaseRecord) -> None:
+    def __init__(self, daemon: LeaseHost, record: LeaseRecord) -> None:
         self.daemon = daemon
         self.record = record
         self.stop_reason: str | None = None
@@ -111,14 +78,14 @@ class LeaseRunner:
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.record.lease["agent_stop_reason"] = reason
+            self.record.container.stop_reason = reason
             log.info("stopping lease %s: %s", self.lease_id, reason)
         self._stop.set()
 
     async def _run(self) -> None:
         record = self.record
         try:
-            if record.container_id is None:
+            if record.container.container_id is None:
                 if not await self._create_and_start():
                     return
             exit_code = await self._supervise()
@@ -127,22 +94,22 @@ class LeaseRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to the coordinator, never hangs
             log.exception("lease %s failed", self.lease_id)
-            if record.started_at_ms is None:
+            if record.container.started_at_ms is None:
                 await self._fail("start_failed", f"the agent could not run the job: {exc}")
             else:
                 await self._finish(-1)
 
     async def _create_and_start(self) -> bool:
         daemon, record = self.daemon, self.record
-        job = record.lease["job"]
         problem = daemon.gpus_unavailable(record)
         if problem:
             await self._fail("gpus_unavailable", problem)
             return False
         engine, settings = daemon.engine, daemon.settings
-        image = job["image"]
+        job = job_terms(record)
+        image = job.image
         limits = job_limits(
-            job["memory_bytes"],
+            job.memory_bytes,
             host_memory_bytes(),
             settings.memory_reserve_bytes,
             len(record.gpu_uuids),
@@ -164,7 +131,7 @@ class LeaseRunner:
             if not await engine.image_exists(image):
                 await policy.check(image)
                 await self._note(f"[suanli] pulling image {image}\n")
-                progress = _PullProgress()
+                progress = PullProgress()
                 await engine.pull(
                     image,
                     timeout_s=settings.image_pull_timeout_s,
@@ -173,7 +140,7 @@ class LeaseRunner:
                 )
                 await self._note(progress.summary(image))
             isolation, _ = await engine.root_isolation()
-            await self._note(_limits_note(limits, isolation, settings.memory_by_gpu_share))
+            await self._note(limits_note(limits, isolation, settings.memory_by_gpu_share))
             spec = job_spec(
                 record,
                 settings,
@@ -182,9 +149,10 @@ class LeaseRunner:
                 gpu_mode=daemon.gpu_mode,
                 host_cpus_milli=daemon.host_cpus_milli(),
             )
-            record.container_id = await engine.create(spec)
+            container_id = await engine.create(spec)
+            record.container.container_id = container_id
             await daemon.save(record)
-            await engine.start(record.container_id)
+            await engine.start(container_id)
         except RegistryRefused as exc:
             # the job's own choice of registry fails the job; a refusal for what the name
             # resolves to reads as any failed pull, so it tells nothing of the provider's DNS
@@ -221,22 +189,22 @@ class LeaseRunner:
             await self._remove_container()
             await self._fail("start_failed", exc.detail)
             return False
-        record.started_at_ms = now_ms()
+        record.container.started_at_ms = now_ms()
         await daemon.save(record)
         daemon.kick_reports()
         return True
 
     async def _supervise(self) -> int:
         """Wait for the container to exit, stopping it on request; returns its exit code."""
-        engine, record = self.daemon.engine, self.record
-        assert record.container_id is not None
+        engine, container_id = self.daemon.engine, self.record.container.container_id
+        assert container_id is not None
         self._log_task = asyncio.create_task(self._ship_logs())
-        waiter = asyncio.create_task(engine.wait(record.container_id))
+        waiter = asyncio.create_task(engine.wait(container_id))
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:
             with contextlib.suppress(EngineError):
-                await engine.stop(record.container_id, self.daemon.settings.stop_grace_s)
+                await engine.stop(container_id, self.daemon.settings.stop_grace_s)
             exit_code = await waiter
         else:
             stopper.cancel()
@@ -247,40 +215,39 @@ class LeaseRunner:
         """Record the exit, ship the rest of the log and remove the container, then seal the
         final receipt (which may wait for the coordinator to answer the start) and report."""
         daemon, record = self.daemon, self.record
-        if record.ended_at_ms is None:
-            record.ended_at_ms = now_ms()
-            record.exit_code = exit_code
+        if record.container.ended_at_ms is None:
+            record.container.ended_at_ms = now_ms()
+            record.container.exit_code = exit_code
             await daemon.save(record)
         if self._log_task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, timeout=30)
         await self._remove_container()
-        if not record.final_sealed:
+        if not record.chain.final_sealed:
             await daemon.seal_final(record)
             daemon.kick_reports()
 
     async def _fail(self, code: str, detail: str) -> None:
-        record = self.record
-        record.lease["failure"] = {"reason_code": code, "reason": detail[:500]}
-        record.ended_at_ms = record.ended_at_ms or now_ms()
-        await self.daemon.save(record)
+        container = self.record.container
+        container.failure = Failure(code, detail[:500])
+        container.ended_at_ms = container.ended_at_ms or now_ms()
+        await self.daemon.save(self.record)
         self.daemon.kick_reports()
 
     async def _remove_container(self) -> None:
-        if self.record.container_id is not None:
+        container_id = self.record.container.container_id
+        if container_id is not None:
             with contextlib.suppress(EngineError):
-                await self.daemon.engine.remove(self.record.container_id, force=True)
+                await self.daemon.engine.remove(container_id, force=True)
 
     async def _note(self, text: str) -> None:
         """A line of the agent's own in the job's log, before the container's output (whose
         offsets _ship_pass counts without these bytes)."""
-        before = self.record.log_offset
+        reporting = self.record.reporting
+        before = reporting.log_offset
         await self.daemon.send_log(self.record, text.encode())
-        self.record.lease[NOTE_BYTES] = self._note_bytes() + self.record.log_offset - before
+        reporting.note_bytes += reporting.log_offset - before
         await self.daemon.save(self.record)
-
-    def _note_bytes(self) -> int:
-        return int(self.record.lease.get(NOTE_BYTES, 0))
 
     async def _ship_logs(self) -> None:
         """Stream the container's output to the coordinator, skipping what was already sent.
@@ -295,43 +262,26 @@ class LeaseRunner:
             log.warning("logs of lease %s: %s", self.record.lease_id, exc.detail)
 
     async def _ship_pass(self, follow: bool) -> None:
-        record, daemon = self.record, self.daemon
-        assert record.container_id is not None
+        reporting, daemon = self.record.reporting, self.daemon
+        container_id = self.record.container.container_id
+        assert container_id is not None
         seen = 0
         limit = daemon.settings.max_job_log_bytes
         buffer = bytearray()
-        async for _stream, data in daemon.engine.logs(record.container_id, follow=follow):
-            start = max(0, record.log_offset - self._note_bytes() + len(buffer) - seen)
+        async for _stream, data in daemon.engine.logs(container_id, follow=follow):
+            start = max(0, reporting.log_offset - reporting.note_bytes + len(buffer) - seen)
             seen += len(data)
             if start < len(data):
                 buffer += data[start:]
             if len(buffer) >= LOG_CHUNK:
                 await self._flush(buffer, limit)
-            if record.log_offset >= limit:
+            if reporting.log_offset >= limit:
                 return
         await self._flush(buffer, limit)
 
     async def _flush(self, buffer: bytearray, limit: int) -> None:
-        record = self.record
-        room = max(0, limit - record.log_offset)
+        room = max(0, limit - self.record.reporting.log_offset)
         chunk = bytes(buffer[: min(LOG_CHUNK, room)]) if room else b""
         del buffer[:]
         if chunk:
-            await self.daemon.send_log(record, chunk)
-
-
-class _PullProgress:
-    """Pull progress for the job's log: the engine's status lines, without the byte ticker."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, line: str) -> None:
-        if line and (not self.lines or self.lines[-1] != line) and len(self.lines) < 200:
-            self.lines.append(line)
-
-    def summary(self, image: str) -> str:
-        shown = [
-            line for line in self.lines if "Downloading" not in line and "Extracting" not in line
-        ]
-        return "".join(f"[suanli] {line}\n" for line in shown[-20:]) + f"[suanli] pulled {image}\n"
+            await self.daemon.send_log(self.record, chunk)

@@ -8,12 +8,14 @@ re-sends what is pending, in order, and continues each lease's chain where it st
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.lease import LeaseRecord
+from agent.spool_rows import energy_json, lease_from_row, lease_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -62,34 +64,6 @@ CREATE TABLE IF NOT EXISTS acknowledgements (
 
 
 @dataclass
-class LeaseRecord:
-    lease_id: str
-    job_id: str
-    gpu_uuids: tuple[str, ...]
-    price_per_gpu_hour: int
-    lease: dict[str, Any]
-    created_at_ms: int
-    container_id: str | None = None
-    started_at_ms: int | None = None
-    ended_at_ms: int | None = None
-    exit_code: int | None = None
-    energy_base: dict[str, dict[str, int]] = field(default_factory=dict)
-    energy_mj: int = 0
-    util_sum: int = 0
-    util_samples: int = 0
-    peak_memory_bytes: int = 0
-    last_seq: int = 0
-    last_digest: bytes | None = None
-    last_gpu_ms: int = 0
-    last_issued_at_ms: int = 0
-    final_sealed: bool = False
-    accepted_seq: int = 0
-    log_offset: int = 0
-    status_reported: str = ""
-    done: bool = False
-
-
-@dataclass
 class SpooledReceipt:
     lease_id: str
     seq: int
@@ -98,9 +72,6 @@ class SpooledReceipt:
     created_at_ms: int
     acked_at_ms: int | None
     rejected_rule: str | None
-
-
-_JSON_FIELDS = {"gpu_uuids", "lease", "energy_base"}
 
 
 class Spool:
@@ -125,12 +96,7 @@ class Spool:
     # -- leases -------------------------------------------------------------------------
 
     def save_lease(self, record: LeaseRecord) -> None:
-        values = dict(record.__dict__)
-        for name in _JSON_FIELDS:
-            value = values[name]
-            values[name] = json.dumps(list(value) if name == "gpu_uuids" else value, sort_keys=True)
-        values["final_sealed"] = int(record.final_sealed)
-        values["done"] = int(record.done)
+        values = lease_row(record)
         columns = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
         with self._lock:
@@ -144,16 +110,7 @@ class Spool:
             + ("" if include_done else " WHERE done = 0")
             + " ORDER BY created_at_ms"
         )
-        records = []
-        for row in rows:
-            values = dict(row)
-            values["gpu_uuids"] = tuple(json.loads(values["gpu_uuids"]))
-            values["lease"] = json.loads(values["lease"])
-            values["energy_base"] = json.loads(values["energy_base"])
-            values["final_sealed"] = bool(values["final_sealed"])
-            values["done"] = bool(values["done"])
-            records.append(LeaseRecord(**values))
-        return records
+        return [lease_from_row(dict(row)) for row in rows]
 
     # -- receipts -----------------------------------------------------------------------
 
@@ -176,11 +133,11 @@ class Spool:
                     (
                         seq,
                         digest,
-                        int(record.final_sealed),
-                        record.last_gpu_ms,
-                        record.last_issued_at_ms,
-                        record.energy_mj,
-                        json.dumps(record.energy_base, sort_keys=True),
+                        int(record.chain.final_sealed),
+                        record.chain.last_gpu_ms,
+                        record.chain.last_issued_at_ms,
+                        record.metering.energy_mj,
+                        energy_json(record.metering),
                         record.lease_id,
                     ),
                 )
@@ -228,7 +185,8 @@ class Spool:
                 (digest, acknowledgement),
             )
             self._conn.execute(
-                "UPDATE receipts SET acked_at_ms = ?, acknowledgement = ? WHERE lease_id = ? AND seq = ?",
+                "UPDATE receipts SET acked_at_ms = ?, acknowledgement = ? "
+                "WHERE lease_id = ? AND seq = ?",
                 (now_ms, digest, lease_id, seq),
             )
             self._conn.execute(
@@ -240,6 +198,7 @@ class Spool:
         """A rejected receipt is kept, with the rule it broke, never dropped."""
         with self._lock:
             self._conn.execute(
-                "UPDATE receipts SET rejected_rule = ?, rejected_detail = ? WHERE lease_id = ? AND seq = ?",
+                "UPDATE receipts SET rejected_rule = ?, rejected_detail = ? "
+                "WHERE lease_id = ? AND seq = ?",
                 (rule, detail, lease_id, seq),
             )

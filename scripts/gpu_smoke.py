@@ -163,9 +163,9 @@ def main() -> None:
     print(json.dumps(found, indent=2))
     torch, device = cuda_device()
     try:
+        from agent.lease import LeaseRecord, LeaseTerms
         from agent.metering import seal_final_receipt
         from agent.nvml import NvmlSampler
-        from agent.spool import LeaseRecord
         from shared.identity import PrivateKey
         from shared.receipts import check_pure, open_receipt
     except ImportError as exc:
@@ -180,20 +180,20 @@ def main() -> None:
         f"torch {torch.__version__}",
         flush=True,
     )
-    record = LeaseRecord(
+    terms = LeaseTerms(
         lease_id=f"smoke-{secrets.token_hex(8)}",
         job_id=f"smoke-job-{secrets.token_hex(8)}",
         gpu_uuids=(gpu["uuid"],),
         price_per_gpu_hour=PRICE_PER_GPU_HOUR,
-        lease={},
-        created_at_ms=now_ms(),
     )
+    record = LeaseRecord(terms, created_at_ms=now_ms())
     torch.zeros(1, device=torch.device("cuda", device))  # CUDA context before the lease starts
 
     with NvmlSampler() as sampler:
         meter = Meter(sampler, record)
         with meter.lock:
-            record.started_at_ms = now_ms()
+            # billing counts from the start, as if the coordinator had answered it at once
+            record.container.started_at_ms = record.metering.billable_from_ms = now_ms()
         meter.start()
         try:
             dtype, tflops, products = matmuls(torch, device, args.seconds, args.size)
@@ -203,8 +203,8 @@ def main() -> None:
         if meter.error is not None:
             fail(f"sampling NVML failed: {meter.error!r}")
         meter.once()  # the last reading, after the work
-        record.ended_at_ms = now_ms()
-        record.exit_code = 0
+        record.container.ended_at_ms = now_ms()
+        record.container.exit_code = 0
 
     key = PrivateKey.generate()
     sealed = seal_final_receipt(record, key, now_ms())

@@ -47,12 +47,13 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.lease import Failure, LeaseRecord, LeaseTerms
 from agent.metering import billable_from_ms, learn_window, seal_final_receipt, seal_interim_receipt
-from agent.spool import LeaseRecord, Spool
+from agent.spool import Spool
 from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.config import Settings
@@ -314,7 +315,7 @@ class SimAgent:
             for record in self.records.values():
                 if (
                     billable_from_ms(record) is not None
-                    and record.ended_at_ms is None
+                    and record.container.ended_at_ms is None
                     and self.contact_until_ms is not None
                     and self.polled
                 ):
@@ -322,10 +323,10 @@ class SimAgent:
         for record in self.records.values():
             # the final receipt waits for the start report's answer, as the daemon's does
             if (
-                record.ended_at_ms is not None
-                and record.started_at_ms is not None
-                and record.status_reported != ""
-                and not record.final_sealed
+                record.container.ended_at_ms is not None
+                and record.container.started_at_ms is not None
+                and record.reporting.status != ""
+                and not record.chain.final_sealed
                 and self.polled
             ):
                 self._seal(record, final=True)
@@ -335,10 +336,10 @@ class SimAgent:
     def _supervise(self) -> None:
         now = self.sim.now
         for record in self.records.values():
-            if record.started_at_ms is None or record.ended_at_ms is not None:
+            if record.container.started_at_ms is None or record.container.ended_at_ms is not None:
                 continue
             container = self.containers[record.lease_id]
-            ends = record.lease.get("ends_at_ms")
+            ends = record.terms.ends_at_ms
             if container.stopped_at is None and now >= container.exit_at:
                 self._ended(record, container.exit_at, container.exit_code)
             elif container.stopped_at is not None:
@@ -348,7 +349,7 @@ class SimAgent:
 
     def stop(self, record: LeaseRecord, why: str) -> None:
         container = self.containers.get(record.lease_id)
-        if record.ended_at_ms is not None or container is None:
+        if record.container.ended_at_ms is not None or container is None:
             return
         if container.stopped_at is None:
             container.stopped_at = min(self.sim.now, container.exit_at)
@@ -360,17 +361,17 @@ class SimAgent:
         )
 
     def _ended(self, record: LeaseRecord, at: int, code: int) -> None:
-        record.ended_at_ms, record.exit_code = at, code
+        record.container.ended_at_ms, record.container.exit_code = at, code
         self.save(record)
-        if record.status_reported != "" and self.polled:
+        if record.reporting.status != "" and self.polled:
             self._seal(record, final=True)
 
     def _seal(self, record: LeaseRecord, final: bool, at: int | None = None) -> None:
         assert self.spool is not None
-        if record.final_sealed:
+        if record.chain.final_sealed:
             return
         if final and billable_from_ms(record) is None:
-            record.final_sealed = True  # its window never opened: nothing to bill
+            record.chain.final_sealed = True  # its window never opened: nothing to bill
             self.save(record)
             return
         seal = seal_final_receipt if final else seal_interim_receipt
@@ -395,9 +396,9 @@ class SimAgent:
             if kind in self.outstanding:
                 continue
             if (
-                record.ended_at_ms is not None
-                and record.started_at_ms is None
-                and record.status_reported != "failed"
+                record.container.ended_at_ms is not None
+                and record.container.started_at_ms is None
+                and record.reporting.status != "failed"
             ):
                 self.events[kind] = "failed"
                 self._request(
@@ -406,13 +407,13 @@ class SimAgent:
                     {
                         "lease_id": record.lease_id,
                         "event": "failed",
-                        "reason_code": record.lease["fail_code"],
+                        "reason_code": record.container.failure.reason_code,
                         "reason": "simulated start failure",
                     },
                 )
             elif (
-                record.final_sealed
-                and record.status_reported == "started"
+                record.chain.final_sealed
+                and record.reporting.status == "started"
                 and self.spool is not None
                 and not self.spool.unanswered(record.lease_id)
             ):
@@ -420,9 +421,13 @@ class SimAgent:
                 self._request(
                     kind,
                     STATUS,
-                    {"lease_id": record.lease_id, "event": "exited", "exit_code": record.exit_code},
+                    {
+                        "lease_id": record.lease_id,
+                        "event": "exited",
+                        "exit_code": record.container.exit_code,
+                    },
                 )
-            elif record.started_at_ms is not None and record.status_reported == "":
+            elif record.container.started_at_ms is not None and record.reporting.status == "":
                 self.events[kind] = "started"
                 self._request(kind, STATUS, {"lease_id": record.lease_id, "event": "started"})
 
@@ -456,14 +461,14 @@ class SimAgent:
             self._receipt_results(body["results"], body["acknowledgements"])
         elif kind.startswith("status:"):
             record = self.records[kind[len("status:") :]]
-            record.status_reported = self.events.pop(kind)
+            record.reporting.status = self.events.pop(kind)
             window = body.get("window") or {}
-            if record.status_reported == "started" and window.get("opened_at_ms") is not None:
-                record.lease["billable_from_ms"] = now
+            if record.reporting.status == "started" and window.get("opened_at_ms") is not None:
+                record.metering.billable_from_ms = now
                 learn_window(record, window)
-            elif record.status_reported == "started":
-                record.lease["billable_from_ms"] = None
-            if record.status_reported == "started" and body["state"] == "ended":
+            elif record.reporting.status == "started":
+                record.metering.billable_from_ms = None
+            if record.reporting.status == "started" and body["state"] == "ended":
                 # the coordinator ended the lease meanwhile
                 self.stop(record, "the coordinator says the lease has ended")
             self.save(record)
@@ -474,22 +479,16 @@ class SimAgent:
         for lease_id, lease in listed.items():
             record = self.records.get(lease_id)
             if record is None and lease["desired"] == "run":
-                record = LeaseRecord(
-                    lease_id=lease_id,
-                    job_id=lease["job_id"],
-                    gpu_uuids=tuple(lease["gpu_uuids"]),
-                    price_per_gpu_hour=lease["price_per_gpu_hour"],
-                    lease=dict(lease),
-                    created_at_ms=now,
-                )
+                record = LeaseRecord(LeaseTerms.from_wire(lease), created_at_ms=now)
                 self.records[lease_id] = record
                 roll = sim.rng.random()
                 if roll < 0.05:
-                    record.lease["fail_code"] = sim.rng.choice(["engine_error", "image_not_found"])
-                    record.ended_at_ms = now
+                    code = sim.rng.choice(["engine_error", "image_not_found"])
+                    record.container.failure = Failure(code, "simulated start failure")
+                    record.container.ended_at_ms = now
                     sim.stats["start_failed"] += 1
                 else:
-                    record.started_at_ms = now
+                    record.container.started_at_ms = now
                     duration = lease["job"]["max_duration_s"] * 1000
                     run_for = sim.rng.randint(duration // 4, duration + 3_000)
                     self.containers[lease_id] = Container(
@@ -497,20 +496,18 @@ class SimAgent:
                     )
                     sim.stats["started"] += 1
                 self.save(record)
-                sim.log(
-                    f"{self.name} takes {lease_id} "
-                    f"({'fails' if record.started_at_ms is None else 'starts'})"
-                )
+                fate = "fails" if record.container.started_at_ms is None else "starts"
+                sim.log(f"{self.name} takes {lease_id} ({fate})")
             elif record is not None:
-                record.lease["ends_at_ms"] = lease["ends_at_ms"]
+                record.terms = replace(record.terms, ends_at_ms=lease["ends_at_ms"])
                 learn_window(record, lease["window"])
-                if lease["desired"] == "stop" and record.started_at_ms is not None:
+                if lease["desired"] == "stop" and record.container.started_at_ms is not None:
                     self.stop(record, lease.get("stop_reason") or "stop")
         for lease_id, record in self.records.items():
             if (
                 lease_id not in listed
-                and record.started_at_ms is not None
-                and record.ended_at_ms is None
+                and record.container.started_at_ms is not None
+                and record.container.ended_at_ms is None
             ):
                 self.stop(record, "the coordinator no longer lists this lease")
 
@@ -540,14 +537,14 @@ class SimAgent:
         ) or self.spool.pending_receipts(1):
             return False
         for record in self.records.values():
-            if record.started_at_ms is not None and record.ended_at_ms is None:
+            if record.container.started_at_ms is not None and record.container.ended_at_ms is None:
                 return False
-            if record.ended_at_ms is not None and record.status_reported not in (
+            if record.container.ended_at_ms is not None and record.reporting.status not in (
                 "exited",
                 "failed",
             ):
                 return False
-            if record.started_at_ms is not None and record.status_reported == "":
+            if record.container.started_at_ms is not None and record.reporting.status == "":
                 return False
         return True
 

@@ -181,7 +181,7 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
     try:
         coordinator.workdir.mkdir()
         agent.workdir.mkdir()
-        lib = build()
+        build()
         coordinator.start()
         agent.enroll()
         started = time.monotonic()
@@ -247,7 +247,8 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
     cpu_pct = agent_totals["cpu_pct"]
     print()
     print(
-        f"agent    pid {agent_sampler.process.pid}, {statistics.median(agent_sampler.threads):.0f} threads, "
+        f"agent    pid {agent_sampler.process.pid}, "
+        f"{statistics.median(agent_sampler.threads):.0f} threads, "
         f"GPUs listed by the coordinator {registered_s:.1f} s after start"
     )
     print(
@@ -277,8 +278,9 @@ def measure(duration_s: float, warmup_s: float, keep: bool, breakdown: bool) -> 
     else:
         print("  USS    not available on this platform")
     print(
-        f"  sent   {', '.join(f'{route} {count}' for route, count in sorted(requests.items())) or 'nothing'}"
-        f" in {wall:.0f} s"
+        "  sent   "
+        + (", ".join(f"{route} {count}" for route, count in sorted(requests.items())) or "nothing")
+        + f" in {wall:.0f} s"
     )
     warnings = Counter(
         re.sub(r"^\S+ \S+ ", "", line)
@@ -344,7 +346,7 @@ def _cpu_per_call(run: Any, count: int) -> float:
 def component_costs_child() -> None:
     import pynvml  # type: ignore[import-untyped]
 
-    from agent.inventory import gpu_record, read_host
+    from agent.inventory import heartbeat_inventory, read_host
     from agent.nvml import NvmlSampler
     from shared.identity import PrivateKey
     from shared.signed_request import sign_request
@@ -385,19 +387,7 @@ def component_costs_child() -> None:
     read_host(cpu_interval_s=None)
 
     def inventory() -> dict[str, Any]:
-        gpus = [
-            {
-                k: v
-                for k, v in gpu_record(s).items()
-                if k not in ("tflops_bf16", "model", "compute_capability")
-            }
-            for s in samples
-        ]
-        return {
-            "gpus": gpus,
-            "host": dict(read_host("/", cpu_interval_s=None)),
-            "driver_version": sampler.driver_version,
-        }
+        return heartbeat_inventory(samples, "/", sampler.driver_version)
 
     inventory_s = _cpu_per_call(inventory, 200)
     body = {"ask_per_gpu_hour": 12_000_000, "inventory": inventory()}
@@ -415,20 +405,24 @@ def component_costs_child() -> None:
         f"({nvml_calls} NVML calls; {sample_s * 100:.3f} % of a core at 1 Hz)"
     )
     print(
-        f"    one pynvml call           {nvml_call_s * 1e6:7.1f} µs here, of which a bare ctypes call is "
+        f"    one pynvml call           {nvml_call_s * 1e6:7.1f} µs here, "
+        "of which a bare ctypes call is "
         f"{ctypes_call_s * 1e6:.1f} µs; the fake re-reading its config accounts for about "
         f"{fake_share_s * 1e3:.2f} ms per sample"
     )
     print(
-        f"  heartbeat inventory         {inventory_s * 1e3:7.3f} ms (host part via psutil {host_s * 1e3:.3f} ms)"
+        f"  heartbeat inventory         {inventory_s * 1e3:7.3f} ms "
+        f"(host part via psutil {host_s * 1e3:.3f} ms)"
     )
     print(
-        f"  heartbeat signing+encoding  {sign_s * 1e3:7.3f} ms ({len(json.dumps(body, default=str))} B of JSON-equivalent body)"
+        f"  heartbeat signing+encoding  {sign_s * 1e3:7.3f} ms "
+        f"({len(json.dumps(body, default=str))} B of JSON-equivalent body)"
     )
     per_second = sample_s + (inventory_s + sign_s) / 10
     print(
         f"  sum at 1 Hz samples + 0.1 Hz heartbeats: {per_second * 100:.3f} % of a core "
-        f"({(sample_s - fake_share_s) * 100 + (inventory_s + sign_s) * 10:.3f} % without the fake's file reads); "
+        f"({(sample_s - fake_share_s) * 100 + (inventory_s + sign_s) * 10:.3f} % "
+        "without the fake's file reads); "
         "the rest of the measured figure is the event loop, its thread hand-offs and HTTP"
     )
 

@@ -43,8 +43,8 @@ from fake_nvml.fixture import FakeGpu
 from agent.config import AgentSettings
 from agent.engine import FALLBACK_USER, ContainerNotFound, ContainerSpec, Engine
 from agent.host_limits import job_limits
-from agent.runner import job_spec
-from agent.spool import LeaseRecord
+from agent.job_container import job_spec
+from agent.lease import JobTerms, LeaseRecord, LeaseTerms
 
 MIB = 1 << 20
 RUN = secrets.token_hex(4)
@@ -62,21 +62,21 @@ def agent_spec(
     short: str, command: list[str], settings: AgentSettings, memory_bytes: int = 256 * MIB
 ) -> ContainerSpec:
     """The container the agent's runner would create for a one-GPU job (of two) like this."""
-    job = {
-        "image": BUSYBOX_IMAGE,
-        "command": command,
-        "env": {},
-        "cpus_milli": 1000,
-        "memory_bytes": memory_bytes,
-    }
-    record = LeaseRecord(
+    job = JobTerms(
+        image=BUSYBOX_IMAGE,
+        command=tuple(command),
+        env={},
+        cpus_milli=1000,
+        memory_bytes=memory_bytes,
+    )
+    terms = LeaseTerms(
         lease_id=f"attack-{RUN}-{short}",
         job_id="job",
         gpu_uuids=(GPUS[0].uuid,),
         price_per_gpu_hour=1,
-        lease={"job": job},
-        created_at_ms=0,
+        job=job,
     )
+    record = LeaseRecord(terms, created_at_ms=0)
     limits = job_limits(
         memory_bytes,
         psutil.virtual_memory().total,

@@ -12,8 +12,9 @@ from coordinator_harness import BIN, CoordinatorProcess
 
 from agent.config import AgentConfigError, AgentSettings, load_agent_settings
 from agent.daemon import AgentDaemon
+from agent.lease import LeaseRecord, LeaseTerms
 from agent.nvml import GpuSample
-from agent.spool import LeaseRecord
+from agent.runner import LeaseRunner
 from agent.state import AgentState, NotEnrolled
 
 
@@ -171,25 +172,16 @@ async def test_a_lease_for_gpus_the_agent_cannot_give_is_refused(tmp_path: Path)
             for s in (_sample(0, "GPU-0"), _sample(1, "GPU-1", healthy=False), _sample(2, "GPU-2"))
         }
 
-        def lease(*uuids: str) -> LeaseRecord:
-            return LeaseRecord(
-                lease_id="l",
-                job_id="j",
-                gpu_uuids=uuids,
-                price_per_gpu_hour=1,
-                lease={},
-                created_at_ms=0,
-            )
+        def lease(*uuids: str, lease_id: str = "l") -> LeaseRecord:
+            terms = LeaseTerms(lease_id=lease_id, job_id="j", gpu_uuids=uuids, price_per_gpu_hour=1)
+            return LeaseRecord(terms, created_at_ms=0)
 
         assert daemon.gpus_unavailable(lease("GPU-0")) is None
         assert "not offered" in (daemon.gpus_unavailable(lease("GPU-2")) or "")
         assert "not offered" in (daemon.gpus_unavailable(lease("GPU-9")) or "")
         assert "unhealthy" in (daemon.gpus_unavailable(lease("GPU-1")) or "")
-        busy = lease("GPU-0")
-        busy.lease_id = "other"
+        busy = lease("GPU-0", lease_id="other")
         daemon._start_runner = lambda record: None  # type: ignore[method-assign]
-        from agent.runner import LeaseRunner
-
         daemon.runners["other"] = LeaseRunner(daemon, busy)
         assert "already leased" in (daemon.gpus_unavailable(lease("GPU-0")) or "")
     finally:

@@ -1,4 +1,4 @@
-"""The agent daemon end to end: real process, fake NVML, real Docker and Podman, real coordinator."""
+"""The agent daemon end to end: real process, fake NVML, real Docker and Podman, a coordinator."""
 
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ class Stack:
     ) -> dict[str, Any]:
         try:
             return await self.api.wait_for(job_id, lambda j: j["state"] in states, timeout_s)
-        except AssertionError:
+        except AssertionError as timed_out:
             raise AssertionError(
                 f"{await self.api.job(job_id)}\n--- agent log ---\n{self.agent.log()[-4000:]}"
-            )
+            ) from timed_out
 
     def receipts(self, lease_id: str) -> list[tuple[int, int, int, int]]:
         with sqlite3.connect(self.coordinator.db) as db:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
 from agent.coordinator_client import CoordinatorClient
-from agent.daemon import AgentDaemon
+from agent.inventory import heartbeat_inventory
 from agent.nvml import GpuSample
 from coordinator.client import cli as client_cli
 from shared import canonical
@@ -57,12 +56,7 @@ def _sample(index: int, **changes: Any) -> GpuSample:
 
 def _daemon_inventory(samples: list[GpuSample]) -> dict[str, Any]:
     """The inventory exactly as the agent's daemon builds it for a heartbeat."""
-    stub = SimpleNamespace(
-        offered_samples=lambda: samples,
-        settings=SimpleNamespace(disk_path="/"),
-        sampler=SimpleNamespace(driver_version="550.54.15"),
-    )
-    return AgentDaemon.heartbeat_inventory(stub)  # type: ignore[arg-type]  # a stub daemon
+    return heartbeat_inventory(samples, "/", "550.54.15")
 
 
 class Recorder(CoordinatorClient):
