@@ -140,6 +140,14 @@ async def test_a_job_runs_in_a_container_and_is_billed_by_signed_receipts(stack:
     assert stack.containers() == [], "finished containers are removed"
 
 
+def _wait_for_receipts(stack: Stack, lease_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while not stack.receipts(lease_id):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no receipt stored for {lease_id}\n{stack.agent.log()[-3000:]}")
+        time.sleep(0.2)
+
+
 def _wait_for_final(stack: Stack, lease_id: str) -> list[tuple[int, int, int, int]]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -250,7 +258,10 @@ async def test_an_unpaid_job_is_stopped_at_the_acceptance_deadline(
     try:
         await _until_market_has_gpus(api)
         job_id = await stack.submit(["sleep", "300"])
-        await stack.wait_state(job_id, {"running"})
+        job = await stack.wait_state(job_id, {"running"})
+        # "running" shows as soon as the start is in memory; a stored receipt proves the start
+        # was committed (receipts are refused before it), so the kill cannot undo it
+        await asyncio.to_thread(lambda: _wait_for_receipts(stack, job["lease_id"]))
         coordinator.stop(kill=True)
         deadline = time.monotonic() + 20
         while stack.containers() and time.monotonic() < deadline:
