@@ -9,12 +9,8 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from coordinator import accounts, tlog
-from coordinator.commit import Committer
-from coordinator.config import Settings
 from coordinator.jobs import Job, Lease
-from coordinator.signals import Signals
-from coordinator.state import State
-from coordinator.transitions import Transitions
+from coordinator.scheduler_parts import SchedulerParts
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 
@@ -45,23 +41,11 @@ class Placement:
     awards: list[bytes] = field(default_factory=list)
 
 
-class Scheduler:
-    def __init__(
-        self,
-        state: State,
-        transitions: Transitions,
-        committer: Committer,
-        signals: Signals,
-        settings: Settings,
-        clock: Callable[[], int],
-    ) -> None:
-        self.state = state
-        self.transitions = transitions
-        self.committer = committer
-        self.signals = signals
-        self.settings = settings
-        self.clock = clock
-        self.counters = Counters()
+@dataclass(eq=False)
+class Scheduler(SchedulerParts):
+    """Places pending jobs by auction and commits what the auctions changed."""
+
+    counters: Counters = field(default_factory=Counters, init=False)
 
     def place_pending(self, limit: int = 500) -> Placement:
         """Auction pending jobs, oldest first, in memory; returns what must be committed."""
