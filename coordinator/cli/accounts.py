@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+
+import sqlite_utils
 
 from coordinator import accounts, tlog
 from coordinator.cli.output import print_result
@@ -64,40 +67,51 @@ def add_token_tasks(
 
 
 def cmd_add_provider(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        provider_id, token = accounts.add_provider(
-            db, args.name, args.uscc, now_ms(), args.max_hosts
-        )
-    print_result(
+    return _register(
         args,
-        {"provider_id": provider_id, "enrolment_token": token},
-        f"provider {provider_id}\nenrolment token (shown once): {token}",
+        lambda db: accounts.add_provider(db, args.name, args.uscc, now_ms(), args.max_hosts),
+        ("provider_id", "enrolment_token"),
+        "provider {id}\nenrolment token (shown once): {token}",
     )
-    return 0
 
 
 def cmd_add_enterprise(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
+    def register(db: sqlite_utils.Database) -> tuple[str, str]:
+        enterprise = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
         tlog.log_registrations(db)
-    print_result(
+        return enterprise
+
+    return _register(
         args,
-        {"enterprise_id": enterprise_id, "token": token},
-        f"enterprise {enterprise_id}\nAPI token (shown once): {token}",
+        register,
+        ("enterprise_id", "token"),
+        "enterprise {id}\nAPI token (shown once): {token}",
     )
-    return 0
 
 
 def cmd_add_auditor(args: argparse.Namespace) -> int:
+    return _register(
+        args,
+        lambda db: accounts.add_auditor(db, args.name, now_ms()),
+        ("auditor_id", "token"),
+        "auditor {id}\nread-only token (shown once): {token}",
+    )
+
+
+def _register(
+    args: argparse.Namespace,
+    register: Callable[[sqlite_utils.Database], tuple[str, str]],
+    keys: tuple[str, str],
+    text: str,
+) -> int:
+    """Register one account in one transaction, then show its id and its token (once), under
+    `keys` for --json and as `text` otherwise."""
     db = connect(args.db)
     with transaction(db):
-        auditor_id, token = accounts.add_auditor(db, args.name, now_ms())
+        account_id, token = register(db)
+    id_key, token_key = keys
     print_result(
-        args,
-        {"auditor_id": auditor_id, "token": token},
-        f"auditor {auditor_id}\nread-only token (shown once): {token}",
+        args, {id_key: account_id, token_key: token}, text.format(id=account_id, token=token)
     )
     return 0
 
