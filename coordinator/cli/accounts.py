@@ -9,8 +9,9 @@ from collections.abc import Callable
 import sqlite_utils
 
 from coordinator import accounts, tlog
+from coordinator.cli.change import change
 from coordinator.cli.output import print_result
-from coordinator.storage import connect, transaction
+from coordinator.storage import connect
 from shared.clock import now_ms
 
 
@@ -106,9 +107,7 @@ def _register(
 ) -> int:
     """Register one account in one transaction, then show its id and its token (once), under
     `keys` for --json and as `text` otherwise."""
-    db = connect(args.db)
-    with transaction(db):
-        account_id, token = register(db)
+    account_id, token = change(args, register)
     id_key, token_key = keys
     print_result(
         args, {id_key: account_id, token_key: token}, text.format(id=account_id, token=token)
@@ -117,11 +116,12 @@ def _register(
 
 
 def cmd_enrolment_token(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    now = now_ms()
-    expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
-    with transaction(db):
-        token = accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
+    def issue(db: sqlite_utils.Database) -> str:
+        now = now_ms()
+        expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
+        return accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
+
+    token = change(args, issue)
     print_result(
         args,
         {"provider_id": args.provider, "enrolment_token": token},
@@ -151,8 +151,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_token(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        hashes = accounts.revoke_tokens(db, now_ms(), token=args.token, subject_id=args.subject)
+    hashes = change(
+        args,
+        lambda db: accounts.revoke_tokens(db, now_ms(), token=args.token, subject_id=args.subject),
+    )
     print_result(args, {"revoked_token_hashes": hashes}, f"{len(hashes)} token(s) revoked")
     return 0
