@@ -95,6 +95,13 @@ class LoadGenerator:
         self.inventories = [inventory(spec.uuids) for spec in specs]
         self.connections = connections
 
+    def _session(self) -> aiohttp.ClientSession:
+        """One session for a phase: `connections` connections at most, 30 s a request."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
     async def _clients(self, url: str, session: aiohttp.ClientSession) -> list[CoordinatorClient]:
         return [CoordinatorClient(url, key, session=session) for key in self.keys]
 
@@ -118,10 +125,7 @@ class LoadGenerator:
     ) -> PhaseResult:
         """Open loop: each agent heartbeats every interval at its offset, answered or not."""
         result = PhaseResult()
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-        ) as session:
+        async with self._session() as session:
             clients = await self._clients(url, session)
             schedule = sorted(range(len(clients)), key=lambda i: self.specs[i].offset_s)
             tasks: set[asyncio.Task[None]] = set()
@@ -157,10 +161,7 @@ class LoadGenerator:
     async def flood(self, url: str, start: float, duration_s: float) -> PhaseResult:
         """Closed loop: `connections` workers, each sending again as soon as it is answered."""
         result = PhaseResult()
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-        ) as session:
+        async with self._session() as session:
             clients = await self._clients(url, session)
             end = start + duration_s
             position = 0
