@@ -3,28 +3,8 @@ leases at the end of their duration."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from coordinator.jobs import LEASE_OFFERED, LEASE_RUNNING, Job, Lease
-from coordinator.market import Agent
-from coordinator.scheduler_parts import SchedulerParts
-
-
-@dataclass
-class _Changes:
-    """What one check changed, to be committed together."""
-
-    jobs: list[Job] = field(default_factory=list)
-    leases: list[Lease] = field(default_factory=list)
-    agents: list[Agent] = field(default_factory=list)
-    entries: list[bytes] = field(default_factory=list)
-
-    def ended(self, entry: bytes, job: Job, lease: Lease, agent: Agent) -> None:
-        """A lease that ended, with its job, its agent and the log entry that says so."""
-        self.entries.append(entry)
-        self.jobs.append(job)
-        self.leases.append(lease)
-        self.agents.append(agent)
+from coordinator.jobs import LEASE_OFFERED, LEASE_RUNNING
+from coordinator.scheduler_parts import Changes, SchedulerParts
 
 
 class Deadlines(SchedulerParts):
@@ -32,7 +12,7 @@ class Deadlines(SchedulerParts):
 
     async def check(self) -> None:
         now = self.clock()
-        changes = _Changes()
+        changes = Changes()
         self._silent_agents(now, changes)
         transitions, market = self.transitions, self.state.market
         for lease in self.state.leases.values():
@@ -79,7 +59,7 @@ class Deadlines(SchedulerParts):
             )
             self.signals.wake_scheduler()
 
-    def _silent_agents(self, now: int, changes: _Changes) -> None:
+    def _silent_agents(self, now: int, changes: Changes) -> None:
         """Agents past their heartbeat timeout go offline; their leases end as lost."""
         timeout = self.settings.heartbeat_timeout_ms
         for agent in self.state.market.agents.values():

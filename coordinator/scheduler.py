@@ -10,7 +10,7 @@ import sqlite_utils
 
 from coordinator import accounts, tlog
 from coordinator.jobs import Job, Lease
-from coordinator.scheduler_parts import SchedulerParts
+from coordinator.scheduler_parts import Changes, SchedulerParts
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 
@@ -32,13 +32,11 @@ class Round:
 
 
 @dataclass
-class Placement:
-    """What one slice of auctions changed, to be committed together."""
+class Placement(Changes):
+    """What one slice of auctions changed: its entries are the awards, and its rounds are
+    written (and logged) before them."""
 
-    jobs: list[Job] = field(default_factory=list)
-    leases: list[Lease] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
-    awards: list[bytes] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -70,7 +68,7 @@ class Scheduler(SchedulerParts):
                     placement.rounds.append(record)
                 continue
             lease = self._lease_for(job, outcome, now)
-            placement.awards.append(self.transitions.award(job, lease))
+            placement.entries.append(self.transitions.award(job, lease))
             self.counters.placements += 1
             record.record = canonical.encode(round_record(spec, offers, outcome))
             placement.rounds.append(record)
@@ -107,7 +105,7 @@ class Scheduler(SchedulerParts):
                 jobs=placement.jobs,
                 leases=placement.leases,
                 extra=round_writes(placement.rounds),
-                entries=placement.awards,
+                entries=placement.entries,
             )
             for lease in placement.leases:
                 self.signals.notify(lease.agent_id)
