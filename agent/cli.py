@@ -9,26 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 from agent.config import AgentSettings, load_agent_settings
 from agent.inventory import Inventory, read_inventory, total_tflops_bf16_milli
 from agent.state import AgentState
+from shared.command_line import run_command, top_parser
 from shared.errors import SuanliError
 from shared.gpu_models import tflops_display
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="suanli-agent",
-        description="Suanli provider agent: reports NVML-measured GPU capacity, runs leased "
+    parser = top_parser(
+        "suanli-agent",
+        "Suanli provider agent: reports NVML-measured GPU capacity, runs leased "
         "containers and signs usage receipts.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_inventory(commands)
     _add_enroll(commands)
@@ -39,17 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except SuanliError as exc:
-        print(f"suanli-agent: {exc.detail}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, (SuanliError,))
 
 
 # --- inventory ---------------------------------------------------------------------------
@@ -67,7 +53,7 @@ def _add_inventory(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     command.add_argument(
         "--disk-path", default="/", help="filesystem whose size and free space to report"
     )
-    command.set_defaults(handler=cmd_inventory)
+    command.set_defaults(run=cmd_inventory)
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
@@ -174,7 +160,7 @@ def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     command.add_argument(
         "--hostname", help="name shown to the operator (default: this host's name)"
     )
-    command.set_defaults(handler=cmd_enroll)
+    command.set_defaults(run=cmd_enroll)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -226,7 +212,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Heartbeat NVML-measured capacity, run leased containers, sign receipts.",
     )
     _add_common_run_flags(command)
-    command.set_defaults(handler=cmd_run)
+    command.set_defaults(run=cmd_run)
 
 
 def _add_common_run_flags(command: argparse.ArgumentParser) -> None:
@@ -295,7 +281,7 @@ def _add_self_test(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     _add_common_run_flags(command)
     command.add_argument("--json", action="store_true", help="machine-readable output")
-    command.set_defaults(handler=cmd_self_test)
+    command.set_defaults(run=cmd_self_test)
 
 
 def cmd_self_test(args: argparse.Namespace) -> int:
@@ -329,7 +315,7 @@ def _add_rotate_key(commands: argparse._SubParsersAction[argparse.ArgumentParser
     command.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help="where the key and spool live"
     )
-    command.set_defaults(handler=cmd_rotate_key)
+    command.set_defaults(run=cmd_rotate_key)
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:

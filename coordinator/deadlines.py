@@ -3,41 +3,17 @@ leases at the end of their duration."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from coordinator.commit import Committer
-from coordinator.config import Settings
-from coordinator.jobs import LEASE_OFFERED, LEASE_RUNNING, Job, Lease
-from coordinator.market import Agent
-from coordinator.signals import Signals
-from coordinator.state import State
-from coordinator.transitions import Transitions
+from coordinator.jobs import LEASE_OFFERED, LEASE_RUNNING
+from coordinator.scheduler_parts import Changes, SchedulerParts
 
 
-class Deadlines:
-    def __init__(
-        self,
-        state: State,
-        transitions: Transitions,
-        committer: Committer,
-        signals: Signals,
-        settings: Settings,
-        clock: Callable[[], int],
-    ) -> None:
-        self.state = state
-        self.transitions = transitions
-        self.committer = committer
-        self.signals = signals
-        self.settings = settings
-        self.clock = clock
+class Deadlines(SchedulerParts):
+    """Each pass, ends what has run out of time: silent agents, unstarted leases, overruns."""
 
     async def check(self) -> None:
         now = self.clock()
-        changed_jobs: list[Job] = []
-        changed_leases: list[Lease] = []
-        changed_agents: list[Agent] = []
-        entries: list[bytes] = []
-        self._silent_agents(now, changed_jobs, changed_leases, changed_agents, entries)
+        changes = Changes()
+        self._silent_agents(now, changes)
         transitions, market = self.transitions, self.state.market
         for lease in self.state.leases.values():
             if not lease.active:
@@ -45,20 +21,16 @@ class Deadlines:
             job = self.state.jobs[lease.job_id]
             if lease.state == LEASE_OFFERED and now > lease.start_deadline_ms:
                 agent = market.agents[lease.agent_id]
-                entries.append(
-                    transitions.lose(
-                        lease,
-                        job,
-                        "start_deadline",
-                        "start_deadline_missed",
-                        "the winning agent did not start the job in time",
-                        now,
-                    )
+                lost = transitions.lose(
+                    lease,
+                    job,
+                    "start_deadline",
+                    "start_deadline_missed",
+                    "the winning agent did not start the job in time",
+                    now,
                 )
+                changes.ended(lost, job, lease, agent)
                 transitions.penalise(agent, now)
-                changed_jobs.append(job)
-                changed_leases.append(lease)
-                changed_agents.append(agent)
                 self.signals.notify(lease.agent_id)
             elif (
                 lease.state == LEASE_RUNNING
@@ -66,33 +38,28 @@ class Deadlines:
                 and now > (closed := lease.window().closes_at_ms) + lease.stop_grace_ms
             ):
                 agent = market.agents[lease.agent_id]
-                entries.append(transitions.overrun(lease, job, agent, now, closed))
-                changed_jobs.append(job)
-                changed_leases.append(lease)
-                changed_agents.append(agent)
+                changes.ended(
+                    transitions.overrun(lease, job, agent, now, closed), job, lease, agent
+                )
                 self.signals.notify(lease.agent_id)
             elif (
                 lease.state == LEASE_RUNNING
                 and now >= lease.ends_at_ms
                 and lease.stop_reason is None
             ):
-                entries.append(transitions.request_stop(lease, "lease_ended", now))
-                changed_leases.append(lease)
+                changes.entries.append(transitions.request_stop(lease, "lease_ended", now))
+                changes.leases.append(lease)
                 self.signals.notify(lease.agent_id)
-        if changed_jobs or changed_leases or changed_agents:
+        if changes.jobs or changes.leases or changes.agents:
             await self.committer.save(
-                jobs=changed_jobs, leases=changed_leases, agents=changed_agents, entries=entries
+                jobs=changes.jobs,
+                leases=changes.leases,
+                agents=changes.agents,
+                entries=changes.entries,
             )
             self.signals.wake_scheduler()
 
-    def _silent_agents(
-        self,
-        now: int,
-        changed_jobs: list[Job],
-        changed_leases: list[Lease],
-        changed_agents: list[Agent],
-        entries: list[bytes],
-    ) -> None:
+    def _silent_agents(self, now: int, changes: Changes) -> None:
         """Agents past their heartbeat timeout go offline; their leases end as lost."""
         timeout = self.settings.heartbeat_timeout_ms
         for agent in self.state.market.agents.values():
@@ -102,10 +69,10 @@ class Deadlines:
                 and now - agent.last_seen_ms > timeout
             ):
                 self.state.market.mark_offline(agent)
-                changed_agents.append(agent)
+                changes.agents.append(agent)
                 for lease in self.state.leases_of(agent.agent_id):
                     job = self.state.jobs[lease.job_id]
-                    entries.append(
+                    changes.entries.append(
                         self.transitions.lose(
                             lease,
                             job,
@@ -115,7 +82,7 @@ class Deadlines:
                             now,
                         )
                     )
-                    changed_jobs.append(job)
-                    changed_leases.append(lease)
-                if changed_leases:
+                    changes.jobs.append(job)
+                    changes.leases.append(lease)
+                if changes.leases:
                     self.transitions.penalise(agent, now)

@@ -9,12 +9,8 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from coordinator import accounts, tlog
-from coordinator.commit import Committer
-from coordinator.config import Settings
 from coordinator.jobs import Job, Lease
-from coordinator.signals import Signals
-from coordinator.state import State
-from coordinator.transitions import Transitions
+from coordinator.scheduler_parts import Changes, SchedulerParts
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 
@@ -36,32 +32,18 @@ class Round:
 
 
 @dataclass
-class Placement:
-    """What one slice of auctions changed, to be committed together."""
+class Placement(Changes):
+    """What one slice of auctions changed: its entries are the awards, and its rounds are
+    written (and logged) before them."""
 
-    jobs: list[Job] = field(default_factory=list)
-    leases: list[Lease] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
-    awards: list[bytes] = field(default_factory=list)
 
 
-class Scheduler:
-    def __init__(
-        self,
-        state: State,
-        transitions: Transitions,
-        committer: Committer,
-        signals: Signals,
-        settings: Settings,
-        clock: Callable[[], int],
-    ) -> None:
-        self.state = state
-        self.transitions = transitions
-        self.committer = committer
-        self.signals = signals
-        self.settings = settings
-        self.clock = clock
-        self.counters = Counters()
+@dataclass(eq=False)
+class Scheduler(SchedulerParts):
+    """Places pending jobs by auction and commits what the auctions changed."""
+
+    counters: Counters = field(default_factory=Counters, init=False)
 
     def place_pending(self, limit: int = 500) -> Placement:
         """Auction pending jobs, oldest first, in memory; returns what must be committed."""
@@ -86,7 +68,7 @@ class Scheduler:
                     placement.rounds.append(record)
                 continue
             lease = self._lease_for(job, outcome, now)
-            placement.awards.append(self.transitions.award(job, lease))
+            placement.entries.append(self.transitions.award(job, lease))
             self.counters.placements += 1
             record.record = canonical.encode(round_record(spec, offers, outcome))
             placement.rounds.append(record)
@@ -123,7 +105,7 @@ class Scheduler:
                 jobs=placement.jobs,
                 leases=placement.leases,
                 extra=round_writes(placement.rounds),
-                entries=placement.awards,
+                entries=placement.entries,
             )
             for lease in placement.leases:
                 self.signals.notify(lease.agent_id)

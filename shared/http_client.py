@@ -18,12 +18,22 @@ import ssl
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import version
-from typing import Any, Self
+from typing import Any, Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from shared.errors import SuanliError
+
+
+class RequestOptions(TypedDict, total=False):
+    """What a request may add to its method and path: `query` parameters, a body (`data`),
+    `headers` beside the client's own, and a `timeout_s` other than the client's."""
+
+    query: Mapping[str, str] | None
+    data: bytes | None
+    headers: Mapping[str, str] | None
+    timeout_s: float | None
 
 
 class TransportError(SuanliError):
@@ -169,22 +179,19 @@ class HttpClient:
         self,
         method: str,
         path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> bytes:
         """The body of a 2xx answer; any other answer raises `Refused`, no answer
         `Unreachable`."""
+        timeout_s = options.get("timeout_s")
         timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self._http().request(
                 method,
                 self.url + path,
-                params=query,
-                data=data,
-                headers={**self._headers, **(headers or {})},
+                params=options.get("query"),
+                data=options.get("data"),
+                headers={**self._headers, **(options.get("headers") or {})},
                 ssl=self._tls,
                 timeout=timeout,
                 allow_redirects=False,
@@ -223,17 +230,11 @@ class HttpClient:
         self,
         method: str,
         path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """The decoded body of a 2xx answer; raises as `send` does, and `BadAnswer` when the
         body does not decode."""
-        raw = await self.send(
-            method, path, query=query, data=data, headers=headers, timeout_s=timeout_s
-        )
+        raw = await self.send(method, path, **options)
         try:
             return self.decode(raw)
         except (ValueError, SuanliError):

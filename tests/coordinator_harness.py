@@ -22,6 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from agent.coordinator_client import CoordinatorClient
 from shared.identity import PrivateKey
+from shared.money import usage_amount
+from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 from shared.uscc import check_character
 
 BIN = Path(sys.executable).parent
@@ -318,6 +320,55 @@ class StartedLease:
 
     agent: FakeAgent
     other: FakeAgent
+    api: Api
+    lease: dict[str, Any]
+    job_id: str
+
+
+def lease_receipt(
+    agent: FakeAgent,
+    lease: dict[str, Any],
+    gpu_ms: int,
+    previous: SealedReceipt | None = None,
+    *,
+    final: bool = False,
+    utilization_pct: int = 90,
+    issued_at_ms: int | None = None,
+    price: int | None = None,
+) -> SealedReceipt:
+    """The agent's receipt for `gpu_ms` of its lease after `previous` (the first without it),
+    issued now unless `issued_at_ms` says, at the lease's price unless `price` says; a final one
+    reports exit code 0."""
+    price = lease["price_per_gpu_hour"] if price is None else price
+    return seal_receipt(
+        Receipt(
+            lease_id=lease["lease_id"],
+            job_id=lease["job_id"],
+            agent_id=agent.agent_id,
+            seq=previous.receipt.seq + 1 if previous else 1,
+            prev=previous.digest if previous else GENESIS_PREV,
+            issued_at_ms=time.time_ns() // 1_000_000 if issued_at_ms is None else issued_at_ms,
+            gpu_uuids=tuple(lease["gpu_uuids"]),
+            gpu_ms=gpu_ms,
+            energy_mj=0,
+            utilization_pct=utilization_pct,
+            peak_memory_bytes=0,
+            price_per_gpu_hour=price,
+            amount=usage_amount(gpu_ms, price),
+            final=final,
+            exit_code=0 if final else None,
+        ),
+        agent.key,
+    )
+
+
+@dataclass
+class LeaseAtHand:
+    """A started lease with the coordinator it runs on, its agent and its buyer: what a test
+    that signs the lease's receipts itself holds."""
+
+    coordinator: CoordinatorProcess
+    agent: FakeAgent
     api: Api
     lease: dict[str, Any]
     job_id: str

@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,13 @@ class EngineService:
             return response.status, response.read()
         finally:
             connection.close()
+
+    def containers_of(self, agent_id: str) -> list[dict[str, Any]]:
+        """Every container, running or not, that carries the agent's label."""
+        filters = urllib.parse.quote(json.dumps({"label": [f"suanli.agent={agent_id}"]}))
+        status, body = self.request("GET", f"/v1.41/containers/json?all=true&filters={filters}")
+        assert status == 200, body
+        return list(json.loads(body))
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

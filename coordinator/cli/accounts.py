@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+
+import sqlite_utils
 
 from coordinator import accounts, tlog
+from coordinator.cli.change import change
 from coordinator.cli.output import print_result
-from coordinator.storage import connect, transaction
+from coordinator.storage import connect
 from shared.clock import now_ms
 
 
@@ -64,50 +68,60 @@ def add_token_tasks(
 
 
 def cmd_add_provider(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        provider_id, token = accounts.add_provider(
-            db, args.name, args.uscc, now_ms(), args.max_hosts
-        )
-    print_result(
+    return _register(
         args,
-        {"provider_id": provider_id, "enrolment_token": token},
-        f"provider {provider_id}\nenrolment token (shown once): {token}",
+        lambda db: accounts.add_provider(db, args.name, args.uscc, now_ms(), args.max_hosts),
+        ("provider_id", "enrolment_token"),
+        "provider {id}\nenrolment token (shown once): {token}",
     )
-    return 0
 
 
 def cmd_add_enterprise(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        enterprise_id, token = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
+    def register(db: sqlite_utils.Database) -> tuple[str, str]:
+        enterprise = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
         tlog.log_registrations(db)
-    print_result(
+        return enterprise
+
+    return _register(
         args,
-        {"enterprise_id": enterprise_id, "token": token},
-        f"enterprise {enterprise_id}\nAPI token (shown once): {token}",
+        register,
+        ("enterprise_id", "token"),
+        "enterprise {id}\nAPI token (shown once): {token}",
     )
-    return 0
 
 
 def cmd_add_auditor(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        auditor_id, token = accounts.add_auditor(db, args.name, now_ms())
-    print_result(
+    return _register(
         args,
-        {"auditor_id": auditor_id, "token": token},
-        f"auditor {auditor_id}\nread-only token (shown once): {token}",
+        lambda db: accounts.add_auditor(db, args.name, now_ms()),
+        ("auditor_id", "token"),
+        "auditor {id}\nread-only token (shown once): {token}",
+    )
+
+
+def _register(
+    args: argparse.Namespace,
+    register: Callable[[sqlite_utils.Database], tuple[str, str]],
+    keys: tuple[str, str],
+    text: str,
+) -> int:
+    """Register one account in one transaction, then show its id and its token (once), under
+    `keys` for --json and as `text` otherwise."""
+    account_id, token = change(args, register)
+    id_key, token_key = keys
+    print_result(
+        args, {id_key: account_id, token_key: token}, text.format(id=account_id, token=token)
     )
     return 0
 
 
 def cmd_enrolment_token(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    now = now_ms()
-    expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
-    with transaction(db):
-        token = accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
+    def issue(db: sqlite_utils.Database) -> str:
+        now = now_ms()
+        expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
+        return accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)
+
+    token = change(args, issue)
     print_result(
         args,
         {"provider_id": args.provider, "enrolment_token": token},
@@ -137,8 +151,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_token(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        hashes = accounts.revoke_tokens(db, now_ms(), token=args.token, subject_id=args.subject)
+    hashes = change(
+        args,
+        lambda db: accounts.revoke_tokens(db, now_ms(), token=args.token, subject_id=args.subject),
+    )
     print_result(args, {"revoked_token_hashes": hashes}, f"{len(hashes)} token(s) revoked")
     return 0

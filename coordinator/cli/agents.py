@@ -6,8 +6,9 @@ import argparse
 import json
 
 from coordinator import accounts
+from coordinator.cli.change import change
 from coordinator.cli.output import print_result
-from coordinator.storage import connect, transaction
+from coordinator.storage import connect
 from shared.clock import now_ms
 
 
@@ -62,16 +63,12 @@ def cmd_flags(args: argparse.Namespace) -> int:
 
 
 def cmd_clear_flag(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        flag = accounts.clear_flag(db, args.flag_id, now_ms())
+    flag = change(args, lambda db: accounts.clear_flag(db, args.flag_id, now_ms()))
     print_result(args, flag, f"flag {flag['id']} ({flag['kind']} on {flag['gpu_uuid']}) cleared")
     return 0
 
 
 def cmd_revoke_agent(args: argparse.Namespace) -> int:
-    db = connect(args.db)
-    with transaction(db):
-        revoked = accounts.revoke_agent(db, args.agent_id, now_ms())
+    revoked = change(args, lambda db: accounts.revoke_agent(db, args.agent_id, now_ms()))
     print_result(args, revoked, f"agent {args.agent_id} revoked")
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from importlib.metadata import version
 from pathlib import Path
 
 from coordinator.cli.accounts import add_account_tasks, add_token_tasks
@@ -12,16 +10,16 @@ from coordinator.cli.agents import add_agent_tasks, add_flag_tasks
 from coordinator.cli.billing import add_billing_tasks
 from coordinator.cli.log_key import add_log_key_tasks
 from coordinator.cli.serve import add_serve
+from shared.command_line import run_command, top_parser
 from shared.errors import SuanliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="suanli-coordinator",
-        description="Suanli coordinator: auctions jobs to agents, verifies signed receipts, "
+    parser = top_parser(
+        "suanli-coordinator",
+        "Suanli coordinator: auctions jobs to agents, verifies signed receipts, "
         "debits vouchers and publishes a transparency log.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_serve(commands)
 
@@ -44,13 +42,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args.run(args))
-    except (SuanliError, ValueError) as exc:
-        print(f"suanli-coordinator: {exc}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, (SuanliError, ValueError))

@@ -13,12 +13,12 @@ import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.metadata import version
 from typing import Any
 
 from coordinator.client import arguments, audit, render
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.units import parse_cores, parse_duration, parse_size
+from shared.command_line import top_parser
 from shared.http_client import CoordinatorError, TransportError
 
 ENV_COORDINATOR = "SUANLI_COORDINATOR"
@@ -81,11 +81,10 @@ def _leaf(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="suanli",
-        description="Suanli client: post and follow GPU jobs, see the market and your account.",
+    parser = top_parser(
+        "suanli",
+        "Suanli client: post and follow GPU jobs, see the market and your account.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
     _connection_options(parser, top=True)
     parser.set_defaults(run=None, help_parser=parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -71,22 +71,24 @@ def agent_row(agent: Agent) -> dict[str, Any]:
     }
 
 
+def gpu_row(gpu: Gpu, now: int) -> dict[str, Any]:
+    """A GPU's row as first seen `now`."""
+    return {
+        "uuid": gpu.uuid,
+        "agent_id": gpu.agent_id,
+        "model": gpu.model,
+        "memory_total_bytes": gpu.memory_total_bytes,
+        "first_seen_ms": now,
+    }
+
+
 def capacity_writes(
     new_gpus: list[Gpu], new_flags: list[Flag], cleared: list[Flag], now: int
 ) -> Callable[[sqlite_utils.Database], None]:
     """The rows a heartbeat's reconciliation changes: GPUs now held (a claim that became the
     holding replaces its old row), flags raised, flags cleared, and no more than
     FLAG_HISTORY cleared flags kept per agent."""
-    gpu_rows = [
-        {
-            "uuid": g.uuid,
-            "agent_id": g.agent_id,
-            "model": g.model,
-            "memory_total_bytes": g.memory_total_bytes,
-            "first_seen_ms": now,
-        }
-        for g in new_gpus
-    ]
+    gpu_rows = [gpu_row(g, now) for g in new_gpus]
     flag_rows = [
         {
             "agent_id": f.agent_id,

@@ -32,7 +32,7 @@ from coordinator.config import Settings
 from coordinator.jobs import Job, parse_job_request
 from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
-from coordinator.state.rows import job_row
+from coordinator.state.rows import gpu_row, job_row
 from coordinator.storage import Database
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
@@ -113,16 +113,7 @@ def build_market(
                 "penalty_at_ms": now,
             }
         )
-        gpu_rows.extend(
-            {
-                "uuid": g.uuid,
-                "agent_id": g.agent_id,
-                "model": g.model,
-                "memory_total_bytes": g.memory_total_bytes,
-                "first_seen_ms": now,
-            }
-            for g in new_gpus
-        )
+        gpu_rows.extend(gpu_row(g, now) for g in new_gpus)
     return agent_rows, gpu_rows
 
 

@@ -95,6 +95,13 @@ class LoadGenerator:
         self.inventories = [inventory(spec.uuids) for spec in specs]
         self.connections = connections
 
+    def _session(self) -> aiohttp.ClientSession:
+        """One session for a phase: `connections` connections at most, 30 s a request."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
     async def _clients(self, url: str, session: aiohttp.ClientSession) -> list[CoordinatorClient]:
         return [CoordinatorClient(url, key, session=session) for key in self.keys]
 
@@ -118,10 +125,7 @@ class LoadGenerator:
     ) -> PhaseResult:
         """Open loop: each agent heartbeats every interval at its offset, answered or not."""
         result = PhaseResult()
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-        ) as session:
+        async with self._session() as session:
             clients = await self._clients(url, session)
             schedule = sorted(range(len(clients)), key=lambda i: self.specs[i].offset_s)
             tasks: set[asyncio.Task[None]] = set()
@@ -157,10 +161,7 @@ class LoadGenerator:
     async def flood(self, url: str, start: float, duration_s: float) -> PhaseResult:
         """Closed loop: `connections` workers, each sending again as soon as it is answered."""
         result = PhaseResult()
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-        ) as session:
+        async with self._session() as session:
             clients = await self._clients(url, session)
             end = start + duration_s
             position = 0
@@ -433,6 +434,13 @@ def _cpu_line(server: str, usage: Usage, load_cpu: float, procs: int) -> str:
     )
 
 
+def _print_coordinator_load(usage: Usage, cpu_s: float, seconds: float, procs: int) -> None:
+    """The coordinator's CPU over one phase and its database writer's lag."""
+    load_cpu = 100 * cpu_s / seconds
+    print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, procs)}")
+    print(f"  database writer  {_lag_line(usage)}", flush=True)
+
+
 def _lag_line(usage: Usage) -> str:
     if usage.db_lag_s is None or usage.db_lag_max_s is None:
         return "no committed heartbeat yet"
@@ -545,9 +553,7 @@ def coordinator_phases(
         f"max {_ms(max(steady.latencies, default=0))}   (from when due; load generator lag "
         f"p99 {_ms(_q(steady.lags, 0.99))})"
     )
-    load_cpu = 100 * steady.cpu_s / run.duration_s
-    print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, run.procs)}")
-    print(f"  database writer  {_lag_line(usage)}", flush=True)
+    _print_coordinator_load(usage, steady.cpu_s, run.duration_s, run.procs)
 
     start = time.monotonic() + 0.3
     flood, usage = load.run(watch, ("flood", coordinator.url, start, run.flood_s))
@@ -557,9 +563,7 @@ def coordinator_phases(
         f"connections; p50 {_ms(_q(flood.latencies, 0.5))}  "
         f"p99 {_ms(_q(flood.latencies, 0.99))}; errors: {_errors(flood)}"
     )
-    load_cpu = 100 * flood.cpu_s / run.flood_s
-    print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, run.procs)}")
-    print(f"  database writer  {_lag_line(usage)}", flush=True)
+    _print_coordinator_load(usage, flood.cpu_s, run.flood_s, run.procs)
 
     lag = watch.db_lag_s()
     stop_s, killed = _stop(coordinator, run.grace_s)

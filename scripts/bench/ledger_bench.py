@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sqlite3
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sqlite_utils
@@ -27,6 +29,21 @@ def _uscc(n: int) -> str:
 
 def _digest(n: int) -> bytes:
     return hashlib.sha256(b"bench receipt %d" % n).digest()
+
+
+def _insert_receipts(conn: sqlite3.Connection, rows: Iterable[Sequence[object]]) -> None:
+    """Accepted receipts, all under one placeholder acknowledgement."""
+    conn.execute(
+        "INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
+        "envelope) VALUES (1, 'a', ?, x'00')",
+        [NOW],
+    )
+    conn.executemany(
+        "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, "
+        "issued_at_ms, accepted_at_ms, gpu_ms, amount, delta, final, "
+        "acknowledgement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
 
 
 def _world(
@@ -76,15 +93,8 @@ def _world(
         )
         for e in range(enterprises):
             billing.reserve_job(db, f"job-{e}", f"ent-{e}", 10**12, policy=POLICY, now_ms=NOW)
-        conn.execute(
-            "INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
-            "envelope) VALUES (1, 'a', ?, x'00')",
-            [NOW],
-        )
-        conn.executemany(
-            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, "
-            "issued_at_ms, accepted_at_ms, gpu_ms, amount, delta, final, "
-            "acknowledgement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        _insert_receipts(
+            conn,
             [
                 (
                     f"lease-{r % enterprises}",
@@ -265,17 +275,7 @@ def bench_invariants(path: Path, transfers: int, enterprises: int, providers: in
             )
             move(debit, credit, amount)
     with transaction(db):
-        conn.execute(
-            "INSERT OR IGNORE INTO receipt_acknowledgements (id, agent_id, accepted_at_ms, "
-            "envelope) VALUES (1, 'a', ?, x'00')",
-            [NOW],
-        )
-        conn.executemany(
-            "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, "
-            "issued_at_ms, accepted_at_ms, gpu_ms, amount, delta, final, "
-            "acknowledgement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            receipt_rows,
-        )
+        _insert_receipts(conn, receipt_rows)
         conn.executemany(
             "INSERT INTO ledger_postings (receipt_digest, enterprise_id, provider_id, "
             "enterprise_uscc, provider_uscc, lease_id, job_id, amount, voucher, "

@@ -314,12 +314,7 @@ class Stack:
             ) from None
 
     def containers(self) -> list[dict[str, Any]]:
-        filters = urllib.parse.quote(json.dumps({"label": [f"suanli.agent={self.agent.agent_id}"]}))
-        status, body = self.engine.request(
-            "GET", f"/v1.41/containers/json?all=true&filters={filters}"
-        )
-        assert status == 200, body
-        return list(json.loads(body))
+        return self.engine.containers_of(self.agent.agent_id)
 
     async def job_log(self, job_id: str) -> str:
         _, log = await self.api.call("GET", f"/v1/jobs/{job_id}/logs")

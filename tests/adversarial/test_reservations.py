@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, uscc
+from coordinator_harness import (
+    FAST_SETTINGS,
+    Api,
+    CoordinatorProcess,
+    FakeAgent,
+    lease_receipt,
+    uscc,
+)
 
 from shared.ledger_names import earnings_account
 from shared.money import usage_amount
@@ -40,29 +47,6 @@ def _config(workdir: Path) -> Path:
         f"default_credit_limit_micro_yuan = {CREDIT}\n"
     )
     return path
-
-
-def _receipt(agent: FakeAgent, lease: dict[str, Any], gpu_ms: int) -> SealedReceipt:
-    return seal_receipt(
-        Receipt(
-            lease_id=lease["lease_id"],
-            job_id=lease["job_id"],
-            agent_id=agent.agent_id,
-            seq=1,
-            prev=GENESIS_PREV,
-            issued_at_ms=time.time_ns() // 1_000_000,
-            gpu_uuids=tuple(lease["gpu_uuids"]),
-            gpu_ms=gpu_ms,
-            energy_mj=0,
-            utilization_pct=90,
-            peak_memory_bytes=0,
-            price_per_gpu_hour=PRICE,
-            amount=usage_amount(gpu_ms, PRICE),
-            final=False,
-            exit_code=None,
-        ),
-        agent.key,
-    )
 
 
 async def _leases(agent: FakeAgent, count: int) -> list[dict[str, Any]]:
@@ -124,7 +108,7 @@ async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[A
     for lease in leases:
         await agent.client.status(lease["lease_id"], "started")
     await asyncio.sleep(BILLED_MS / 1000 + 0.3)
-    sealed = [_receipt(agent, lease, BILLED_MS) for lease in leases]
+    sealed = [lease_receipt(agent, lease, BILLED_MS, price=PRICE) for lease in leases]
     answer = await agent.client.signed(
         "/v1/agent/receipts", {"receipts": [s.envelope for s in sealed]}
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from coordinator_harness import (
     Api,
     CoordinatorProcess,
     FakeAgent,
+    LeaseAtHand,
     seller_and_buyer,
     started_lease,
 )
@@ -34,25 +36,11 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Rogue:
+@dataclass
+class Rogue(LeaseAtHand):
     """An agent's key on a lease, signing receipts of any content it chooses."""
 
-    def __init__(
-        self,
-        coordinator: CoordinatorProcess,
-        agent: FakeAgent,
-        api: Api,
-        lease: dict[str, Any],
-        job_id: str,
-    ) -> None:
-        self.coordinator, self.agent, self.api, self.lease, self.job_id = (
-            coordinator,
-            agent,
-            api,
-            lease,
-            job_id,
-        )
-        self.chain: list[SealedReceipt] = []
+    chain: list[SealedReceipt] = field(default_factory=list)
 
     def receipt(
         self, gpu_ms: int, issued_at_ms: int | None = None, **changes: Any

@@ -9,40 +9,10 @@ import time
 from typing import Any
 
 import aiohttp
-from coordinator_harness import Api, CoordinatorProcess, FakeAgent, uscc
+from coordinator_harness import Api, CoordinatorProcess, FakeAgent, lease_receipt, uscc
 
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
-
-
-def _receipt(
-    agent: FakeAgent,
-    lease: dict[str, Any],
-    previous: SealedReceipt | None,
-    gpu_ms: int,
-    final: bool = False,
-) -> SealedReceipt:
-    price = lease["price_per_gpu_hour"]
-    return seal_receipt(
-        Receipt(
-            lease_id=lease["lease_id"],
-            job_id=lease["job_id"],
-            agent_id=agent.agent_id,
-            seq=previous.receipt.seq + 1 if previous else 1,
-            prev=previous.digest if previous else GENESIS_PREV,
-            issued_at_ms=time.time_ns() // 1_000_000,
-            gpu_uuids=tuple(lease["gpu_uuids"]),
-            gpu_ms=gpu_ms,
-            energy_mj=0,
-            utilization_pct=90,
-            peak_memory_bytes=0,
-            price_per_gpu_hour=price,
-            amount=usage_amount(gpu_ms, price),
-            final=final,
-            exit_code=0 if final else None,
-        ),
-        agent.key,
-    )
 
 
 async def _setup(
@@ -80,7 +50,7 @@ async def _run(
             await asyncio.sleep(
                 gpu_ms / 1000 - (previous.receipt.gpu_ms / 1000 if previous else 0) + 0.05
             )
-        sealed = _receipt(agent, lease, previous, gpu_ms)
+        sealed = lease_receipt(agent, lease, gpu_ms, previous)
         answer = await agent.client.signed("/v1/agent/receipts", {"receipts": [sealed.envelope]})
         results.append(answer["results"][0])
         if answer["results"][0]["status"] == "accepted":
@@ -170,7 +140,7 @@ async def test_a_batch_is_accepted_up_to_the_receipt_that_leaves_the_window(
     await asyncio.sleep(0.6)
     chain: list[SealedReceipt] = []
     for gpu_ms in (200, 400, 1_500):
-        chain.append(_receipt(agent, lease, chain[-1] if chain else None, gpu_ms))
+        chain.append(lease_receipt(agent, lease, gpu_ms, chain[-1] if chain else None))
     answer = await agent.client.signed(
         "/v1/agent/receipts", {"receipts": [s.envelope for s in chain]}
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import pytest
-from coordinator_harness import Api, CoordinatorProcess, FakeAgent, started_lease
+from coordinator_harness import CoordinatorProcess, LeaseAtHand, started_lease
 
 from shared.identity import PrivateKey, load_private_key
 from shared.log_entries import decode_entry, open_acknowledgement
@@ -23,23 +23,7 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Lab:
-    def __init__(
-        self,
-        coordinator: CoordinatorProcess,
-        agent: FakeAgent,
-        api: Api,
-        lease: dict[str, Any],
-        job_id: str,
-    ) -> None:
-        self.coordinator, self.agent, self.api, self.lease, self.job_id = (
-            coordinator,
-            agent,
-            api,
-            lease,
-            job_id,
-        )
-
+class Lab(LeaseAtHand):
     def receipt(self, previous: SealedReceipt | None = None, **changes: Any) -> Receipt:
         gpus = tuple(self.lease["gpu_uuids"])
         gpu_ms = (previous.receipt.gpu_ms if previous else 0) + len(gpus) * 10

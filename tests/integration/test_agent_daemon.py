@@ -68,15 +68,7 @@ class Stack:
             return list(db.execute("SELECT rule, detail FROM receipt_rejections"))
 
     def containers(self) -> list[dict[str, Any]]:
-        import json
-        import urllib.parse
-
-        filters = urllib.parse.quote(json.dumps({"label": [f"suanli.agent={self.agent.agent_id}"]}))
-        status, body = self.engine.request(
-            "GET", f"/v1.41/containers/json?all=true&filters={filters}"
-        )
-        assert status == 200, body
-        return list(json.loads(body))
+        return self.engine.containers_of(self.agent.agent_id)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from coordinator_harness import Api, CoordinatorProcess, FakeAgent
+from coordinator_harness import Api, CoordinatorProcess, FakeAgent, lease_receipt
 
 from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
@@ -72,26 +72,7 @@ async def test_every_answer_is_its_declared_type(
     same_agent_body(ap.StatusAnswer, await agent.client.status(lease["lease_id"], "started"))
     same_agent_body(ap.LogAnswer, await agent.client.log_chunk(lease["lease_id"], 0, b"hello\n"))
     await asyncio.sleep(0.2)  # the receipt's GPU time must fit in the lease's elapsed time
-    sealed = seal_receipt(
-        Receipt(
-            lease_id=lease["lease_id"],
-            job_id=lease["job_id"],
-            agent_id=agent.agent_id,
-            seq=1,
-            prev=GENESIS_PREV,
-            issued_at_ms=time.time_ns() // 1_000_000,
-            gpu_uuids=tuple(lease["gpu_uuids"]),
-            gpu_ms=100,
-            energy_mj=0,
-            utilization_pct=90,
-            peak_memory_bytes=0,
-            price_per_gpu_hour=lease["price_per_gpu_hour"],
-            amount=usage_amount(100, lease["price_per_gpu_hour"]),
-            final=False,
-            exit_code=None,
-        ),
-        agent.key,
-    )
+    sealed = lease_receipt(agent, lease, 100)
     receipts = await agent.client.signed(
         "/v1/agent/receipts", {"receipts": [sealed.envelope, b"x"]}
     )

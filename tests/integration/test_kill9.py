@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent
+from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, lease_receipt
 
 from shared.http_client import CoordinatorError
 from shared.money import usage_amount
@@ -54,26 +54,14 @@ class Stream:
         now = _now()
         # GPU time counts from when the coordinator answered the start report
         gpu_ms = max(previous.receipt.gpu_ms if previous else 0, now - self.seen_at_ms)
-        price = self.lease["price_per_gpu_hour"]
-        sealed = seal_receipt(
-            Receipt(
-                lease_id=self.lease["lease_id"],
-                job_id=self.lease["job_id"],
-                agent_id=self.agent.agent_id,
-                seq=previous.receipt.seq + 1 if previous else 1,
-                prev=previous.digest if previous else GENESIS_PREV,
-                issued_at_ms=now,
-                gpu_uuids=tuple(self.lease["gpu_uuids"]),
-                gpu_ms=gpu_ms,
-                energy_mj=0,
-                utilization_pct=80,
-                peak_memory_bytes=0,
-                price_per_gpu_hour=price,
-                amount=usage_amount(gpu_ms, price),
-                final=final,
-                exit_code=0 if final else None,
-            ),
-            self.agent.key,
+        sealed = lease_receipt(
+            self.agent,
+            self.lease,
+            gpu_ms,
+            previous,
+            final=final,
+            utilization_pct=80,
+            issued_at_ms=now,
         )
         self.signed.append(sealed)
         self.spool.append(sealed)

@@ -24,34 +24,41 @@ from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
 
 
+def _next_receipt(started: Any, sealed: list[SealedReceipt]) -> SealedReceipt:
+    """The started lease's receipt after those `sealed` so far, 100 GPU-ms a step, sealed by its
+    agent."""
+    lease, seq = started.lease, len(sealed) + 1
+    gpu_ms = seq * 100
+    receipt = Receipt(
+        lease_id=lease["lease_id"],
+        job_id=started.job_id,
+        agent_id=started.agent.agent_id,
+        seq=seq,
+        prev=sealed[-1].digest if sealed else GENESIS_PREV,
+        issued_at_ms=time.time_ns() // 1_000_000,
+        gpu_uuids=tuple(lease["gpu_uuids"]),
+        gpu_ms=gpu_ms,
+        energy_mj=seq,
+        utilization_pct=50,
+        peak_memory_bytes=1 << 20,
+        price_per_gpu_hour=lease["price_per_gpu_hour"],
+        amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]),
+        final=False,
+        exit_code=None,
+    )
+    return seal_receipt(receipt, started.agent.key)
+
+
 async def test_the_running_coordinator_logs_what_the_auditor_verifies(
     tmp_path: Path, coordinator: Any, cleanup: list[Any]
 ) -> None:
     from coordinator_harness import started_lease
 
     started = await started_lease(coordinator, cleanup, 6_000_000)
-    agent, lease, job_id = started.agent, started.lease, started.job_id
+    agent = started.agent
     sealed: list[SealedReceipt] = []
-    for seq in (1, 2, 3):
-        gpu_ms = seq * 100
-        receipt = Receipt(
-            lease_id=lease["lease_id"],
-            job_id=job_id,
-            agent_id=agent.agent_id,
-            seq=seq,
-            prev=sealed[-1].digest if sealed else GENESIS_PREV,
-            issued_at_ms=time.time_ns() // 1_000_000,
-            gpu_uuids=tuple(lease["gpu_uuids"]),
-            gpu_ms=gpu_ms,
-            energy_mj=seq,
-            utilization_pct=50,
-            peak_memory_bytes=1 << 20,
-            price_per_gpu_hour=lease["price_per_gpu_hour"],
-            amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]),
-            final=False,
-            exit_code=None,
-        )
-        sealed.append(seal_receipt(receipt, agent.key))
+    for _ in range(3):
+        sealed.append(_next_receipt(started, sealed))
     answer = await agent.client.signed(
         "/v1/agent/receipts", {"receipts": [s.envelope for s in sealed]}
     )
@@ -83,32 +90,13 @@ async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_fo
     from coordinator_harness import started_lease
 
     started = await started_lease(coordinator, cleanup, 6_000_000)
-    agent, lease, job_id = started.agent, started.lease, started.job_id
+    agent = started.agent
     sealed: list[SealedReceipt] = []
 
     async def send(count: int) -> tuple[list[SealedReceipt], bytes]:
         batch = []
         for _ in range(count):
-            seq = len(sealed) + 1
-            gpu_ms = seq * 100
-            receipt = Receipt(
-                lease_id=lease["lease_id"],
-                job_id=job_id,
-                agent_id=agent.agent_id,
-                seq=seq,
-                prev=sealed[-1].digest if sealed else GENESIS_PREV,
-                issued_at_ms=time.time_ns() // 1_000_000,
-                gpu_uuids=tuple(lease["gpu_uuids"]),
-                gpu_ms=gpu_ms,
-                energy_mj=seq,
-                utilization_pct=50,
-                peak_memory_bytes=1 << 20,
-                price_per_gpu_hour=lease["price_per_gpu_hour"],
-                amount=usage_amount(gpu_ms, lease["price_per_gpu_hour"]),
-                final=False,
-                exit_code=None,
-            )
-            sealed.append(seal_receipt(receipt, agent.key))
+            sealed.append(_next_receipt(started, sealed))
             batch.append(sealed[-1])
         answer = await agent.client.signed(
             "/v1/agent/receipts", {"receipts": [s.envelope for s in batch]}
