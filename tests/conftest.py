@@ -12,13 +12,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from coordinator_harness import Api, CoordinatorProcess, FakeAgent
+from coordinator_harness import UNHURRIED_SETTINGS, Api, CoordinatorProcess, FakeAgent
 from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
 
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
     process = CoordinatorProcess(tmp_path).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def unhurried_coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
+    """A coordinator that calls no agent lost or late within the test's few seconds."""
+    process = CoordinatorProcess(tmp_path, settings=dict(UNHURRIED_SETTINGS)).start()
     try:
         yield process
     finally:
@@ -34,7 +44,14 @@ async def cleanup() -> AsyncIterator[list[FakeAgent | Api]]:
 
 
 REAL_PROCESS_FIXTURES = frozenset(
-    {"coordinator", "engine", "engine_service", "docker_service", "podman_service"}
+    {
+        "coordinator",
+        "unhurried_coordinator",
+        "engine",
+        "engine_service",
+        "docker_service",
+        "podman_service",
+    }
 )
 STARTS_A_PROCESS = ("CoordinatorProcess(", "AgentProcess(", "subprocess.")
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"

@@ -24,7 +24,7 @@ GPUS = [
 
 # these tests restart and kill processes on a loaded machine; none of them is about losing an
 # agent, so the coordinator waits longer than the harness's 3 s before it calls one lost
-UNHURRIED = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000}
+UNHURRIED = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000}  # restarts, not losses
 
 
 class Stack:

@@ -50,8 +50,9 @@ def _next_receipt(started: Any, sealed: list[SealedReceipt]) -> SealedReceipt:
 
 
 async def test_the_running_coordinator_logs_what_the_auditor_verifies(
-    tmp_path: Path, coordinator: Any, cleanup: list[Any]
+    tmp_path: Path, unhurried_coordinator: Any, cleanup: list[Any]
 ) -> None:
+    coordinator = unhurried_coordinator
     from coordinator_harness import started_lease
 
     started = await started_lease(coordinator, cleanup, 6_000_000)
