@@ -9,10 +9,17 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, lease_receipt, uscc
 
 from shared.money import usage_amount
 from shared.receipts import GENESIS_PREV, Receipt, SealedReceipt, seal_receipt
+
+
+@pytest.fixture
+def coordinator(unhurried_coordinator: CoordinatorProcess) -> CoordinatorProcess:
+    """These tests are about money, not losses: no agent here may look lost under load."""
+    return unhurried_coordinator
 
 
 async def _setup(
