@@ -406,8 +406,8 @@ async def replay_in_process(
 ) -> tuple[float, int, Phases]:
     """Feed the same batches to ReceiptIntake.accept_receipts, one at a time, phases timed."""
     from coordinator import billing, tlog
-    from coordinator.app import load_or_create_key
     from coordinator.config import Settings
+    from coordinator.http.app import load_or_create_key
     from coordinator.receipts import rules as receipt_rules
     from coordinator.service import Coordinator
     from coordinator.storage import Database

@@ -177,7 +177,7 @@ async def test_unknown_routes_and_methods_use_the_error_shape(
 
 
 async def test_openapi_documents_every_route(coordinator: CoordinatorProcess) -> None:
-    from coordinator.app import ROUTES
+    from coordinator.http.routes import ROUTES
 
     async with aiohttp.ClientSession() as session:
         async with session.get(coordinator.url + "/v1/openapi.json") as response:
@@ -185,7 +185,7 @@ async def test_openapi_documents_every_route(coordinator: CoordinatorProcess) ->
     documented = {
         (method.upper(), path) for path, ops in document["paths"].items() for method in ops
     }
-    served = {(method, path) for method, path, _ in ROUTES}
+    served = {(route.method, route.path) for route, _ in ROUTES}
     assert served - documented == set()
     assert documented - served == set()
 
