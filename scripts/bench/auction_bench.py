@@ -36,6 +36,8 @@ from coordinator.state.rows import job_row
 from coordinator.storage import Database
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
+from shared.messages import agent_protocol as ap
+from shared.messages import convert
 
 GIB = 1 << 30
 YUAN = 1_000_000  # micro-yuan
@@ -98,7 +100,7 @@ def build_market(
         market.add_agent(agent)
         uuids = [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(gpus)]
         new_gpus, _flags = market.reconcile(
-            agent, parse_inventory(inventory(uuids, board, memory)), now
+            agent, parse_inventory(convert(ap.Inventory, inventory(uuids, board, memory))), now
         )
         agent_rows.append(
             {

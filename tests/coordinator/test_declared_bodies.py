@@ -1,6 +1,7 @@
-"""The declared types accept exactly what today's hand-written checks accept: generated bodies,
-near-valid with odd values, are refused by both or by neither (so handlers can switch to the
-door without changing who gets in)."""
+"""The declared types accept exactly what the hand-written checks they replaced accepted:
+generated bodies, near-valid with odd values, are refused by both or by neither (the door
+changed no one's way in). The old checks are kept here, as the record, where the rooms no
+longer have them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from coordinator.errors import Unprocessable
 from coordinator.jobs import parse_job_request, secret_env_values
 from coordinator.market import parse_inventory
+from shared.gpu_models import canonical_model
 from shared.messages import MessageError, api, convert, decode_json
 from shared.messages import agent_protocol as ap
 
@@ -115,17 +117,69 @@ def heartbeats(draw: st.DrawFn) -> Any:
     return draw(near_valid(body, ["ask_per_gpu_hour", "inventory"]))
 
 
+def _int_ok(data: dict[str, Any], name: str, optional: bool = False, low: int = 0,
+            high: int = 2**63 - 1) -> bool:  # fmt: skip
+    value = data.get(name)
+    return (value is None and optional) or (type(value) is int and low <= value <= high)
+
+
+def _text_ok(data: dict[str, Any], name: str, optional: bool = False) -> bool:
+    value = data.get(name)
+    if value is None and optional:
+        return True
+    return type(value) is str and 0 < len(value) <= 128 and value.isprintable()
+
+
 def _today_accepts_heartbeat(body: Any) -> bool:
+    """The hand-written checks heartbeats passed before the door decoded them (kept here as
+    the record of who got in)."""
     if type(body) is not dict:
         return False
     ask = body.get("ask_per_gpu_hour")
     if ask is not None and (type(ask) is not int or not 0 <= ask <= 10**12):
         return False
-    try:
-        parse_inventory(body.get("inventory"))
-    except Unprocessable:
+    inventory = body.get("inventory")
+    if type(inventory) is not dict:
         return False
-    return True
+    gpus, host = inventory.get("gpus"), inventory.get("host")
+    if type(gpus) is not list or len(gpus) > 64 or type(host) is not dict:
+        return False
+    for gpu in gpus:
+        if type(gpu) is not dict or type(gpu.get("healthy", True)) is not bool:
+            return False
+        if not (
+            _int_ok(gpu, "index", high=256)
+            and _text_ok(gpu, "uuid")
+            and _text_ok(gpu, "name")
+            and _int_ok(gpu, "memory_total_bytes", low=1)
+            and _int_ok(gpu, "memory_used_bytes", optional=True)
+            and _int_ok(gpu, "utilization_gpu_pct", optional=True, high=100)
+            and _int_ok(gpu, "temperature_c", optional=True, low=-100, high=200)
+            and all(_int_ok(gpu, n, optional=True) for n in ("power_mw", "power_limit_mw"))
+            and _int_ok(gpu, "energy_mj", optional=True)
+            and _text_ok(gpu, "health_reason", optional=True)
+        ):
+            return False
+    if len({gpu["uuid"] for gpu in gpus}) != len(gpus):
+        return False
+    return (
+        _int_ok(host, "cpu_count", low=1, high=1 << 16)
+        and _int_ok(host, "memory_total_bytes", low=1)
+        and _int_ok(host, "memory_available_bytes", optional=True)
+        and _int_ok(host, "disk_free_bytes", optional=True)
+        and _text_ok(inventory, "driver_version", optional=True)
+    )
+
+
+def test_the_door_hands_the_market_its_inventory() -> None:
+    """parse_inventory maps a decoded heartbeat: canonical model names, unreported memory use
+    as 0, GPUs by index."""
+    gpus = [{**GPU, "index": 1, "uuid": "GPU-1"}, GPU]
+    body = convert(ap.Heartbeat, {"inventory": {"gpus": gpus, "host": HOST}})
+    inventory = parse_inventory(body.inventory)
+    assert [gpu.uuid for gpu in inventory.gpus] == ["GPU-0", "GPU-1"]
+    assert {gpu.memory_used_bytes for gpu in inventory.gpus} == {0}
+    assert inventory.gpus[0].model == canonical_model("NVIDIA H100") != "NVIDIA H100"
 
 
 @EXAMPLES
