@@ -64,6 +64,7 @@ from shared import canonical
 from shared.errors import SuanliError
 from shared.identity import PrivateKey
 from shared.messages import agent_protocol as ap
+from shared.messages import api
 from shared.messages import convert
 from shared.money import usage_amount
 from shared.signed_request import NONCE_SIZE, sign_request
@@ -716,7 +717,9 @@ class Simulation:
             if message.sender.startswith("enterprise:"):
                 enterprise = self.enterprises[int(message.sender.split(":")[1])]
                 if path == "submit":
-                    job, _ = await c.jobs.submit(enterprise.principal, body, None)
+                    job, _ = await c.jobs.submit(
+                        enterprise.principal, convert(api.JobSubmit, body), None
+                    )
                     return (body["idempotency_key"], job.id)
                 job = await c.jobs.cancel(enterprise.principal, body)
                 return job.state

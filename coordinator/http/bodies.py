@@ -41,7 +41,9 @@ def msgpack_answer(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=canonical.encode(data), content_type=MSGPACK)
 
 
-async def json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> bytes:
+    """A JSON body's bytes, for its declared type's decoder, once they are within the nesting
+    limit (a resource limit like the size: decoding would recurse on anything deeper)."""
     if request.content_type != JSON:
         raise UnsupportedMediaType("send the request body as application/json")
     raw = await read_body(request)
@@ -50,12 +52,12 @@ async def json_body(request: web.Request) -> Any:
     except RecursionError:
         body = None
     except ValueError:
-        raise Unprocessable("the request body is not valid JSON") from None
+        return raw  # the decoder says it is not JSON
     if body is None and raw.strip() != b"null" or _too_deep(body, MAX_JSON_DEPTH):
         raise Unprocessable(
             f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="too_deep"
         )
-    return body
+    return raw
 
 
 def _too_deep(value: Any, limit: int) -> bool:

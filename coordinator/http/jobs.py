@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from coordinator.errors import Forbidden, Unprocessable
+from coordinator.errors import Forbidden
 from coordinator.http.bodies import json_body
 from coordinator.http.keys import COORDINATOR, Handler
 from coordinator.http.tokens import principal
-from coordinator.jobs import JOB_STATES
 from coordinator.jobs.views import job_view
 from coordinator.openapi import Route
-from shared.messages import api
+from shared.messages import api, decode_json, decode_query
 
 
 async def submit_job(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     who = await principal(request)
-    body = await json_body(request)
+    raw = await json_body(request)
+    coordinator.jobs.require_poster(who)
+    body = decode_json(api.JobSubmit, raw, code="invalid_job")
     job, created = await coordinator.jobs.submit(who, body, request.headers.get("Idempotency-Key"))
     return web.json_response(job_view(coordinator.state, job), status=201 if created else 200)
 
@@ -27,11 +26,8 @@ async def submit_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     who = await principal(request)
-    state = request.query.get("state")
-    if state is not None and state not in JOB_STATES:
-        raise Unprocessable(f"state must be one of {', '.join(JOB_STATES)}")
-    limit = _int_query(request, "limit", 100, 1, 1000)
-    jobs = coordinator.jobs.search(who, state, limit)
+    query = decode_query(api.JobListQuery, request.query)
+    jobs = coordinator.jobs.search(who, query.state, query.limit)
     return web.json_response({"jobs": [job_view(coordinator.state, j, who.role) for j in jobs]})
 
 
@@ -56,8 +52,8 @@ async def job_logs(request: web.Request) -> web.Response:
         # what a job prints is the enterprise's and its provider's, not the auditors'
         raise Forbidden("job logs are for the enterprise that posted the job")
     job = coordinator.jobs.find(who, request.match_info["job_id"])
-    offset = _int_query(request, "offset", 0, 0, 1 << 40)
-    limit = _int_query(request, "limit", 256 * 1024, 1, 1 << 20)
+    query = decode_query(api.JobLogQuery, request.query)
+    offset, limit = query.offset, query.limit
     data, _ = await coordinator.logs.read(job.id, offset, limit)
     full_page = len(data) == limit
     if full_page:
@@ -85,18 +81,6 @@ def _whole_characters(data: bytes) -> bytes:
             continue
         return data[:cut]
     return data
-
-
-_DECIMAL = re.compile(r"[0-9]{1,19}")
-
-
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not _DECIMAL.fullmatch(raw) or not low <= int(raw) <= high:
-        raise Unprocessable(f"query parameter {name} must be an integer from {low} to {high}")
-    return int(raw)
 
 
 ROUTES: list[tuple[Route, Handler]] = [
