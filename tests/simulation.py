@@ -64,8 +64,7 @@ from shared import canonical
 from shared.errors import SuanliError
 from shared.identity import PrivateKey
 from shared.messages import agent_protocol as ap
-from shared.messages import api
-from shared.messages import convert
+from shared.messages import api, convert
 from shared.money import usage_amount
 from shared.signed_request import NONCE_SIZE, sign_request
 

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from coordinator.http.bodies import msgpack_answer, msgpack_body
 from coordinator.http.keys import AGENT_LIMITS, COORDINATOR, LOG_LIMITS, Handler
+from coordinator.http.openapi import Route
 from coordinator.limits import RateLimiter
-from coordinator.openapi import Route
 from coordinator.service import Coordinator
 from shared.messages import agent_protocol as ap
 from shared.messages import convert

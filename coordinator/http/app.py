@@ -24,10 +24,10 @@ from coordinator.http.keys import (
     OPENAPI,
     TOKEN_LIMITS,
 )
+from coordinator.http.openapi import openapi_document
 from coordinator.http.routes import DECLARATIONS, ROUTES
 from coordinator.limits import RateLimiter
 from coordinator.metrics import Metrics
-from coordinator.openapi import openapi_document
 from coordinator.service import Coordinator
 from coordinator.storage import Database
 from shared.clock import now_ms

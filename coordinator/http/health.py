@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator.http.keys import COORDINATOR, METRICS, OPENAPI, Handler
+from coordinator.http.openapi import TEXT, Route
 from coordinator.metrics import CONTENT_TYPE
-from coordinator.openapi import TEXT, Route
 from shared.messages import api
 
 

@@ -7,9 +7,9 @@ from aiohttp import web
 from coordinator.errors import Forbidden
 from coordinator.http.bodies import json_body
 from coordinator.http.keys import COORDINATOR, Handler
+from coordinator.http.openapi import Route
 from coordinator.http.tokens import principal
 from coordinator.jobs.views import job_view
-from coordinator.openapi import Route
 from shared.messages import api, decode_json, decode_query
 
 

@@ -10,8 +10,8 @@ from aiohttp import web
 from coordinator import billing
 from coordinator.errors import Forbidden
 from coordinator.http.keys import COORDINATOR, Handler
+from coordinator.http.openapi import Route
 from coordinator.http.tokens import principal
-from coordinator.openapi import Route
 from shared import ledger_names
 from shared.messages import api
 

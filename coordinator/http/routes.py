@@ -7,7 +7,7 @@ from __future__ import annotations
 from coordinator import tlog
 from coordinator.http import agents, health, jobs, money
 from coordinator.http.keys import Handler
-from coordinator.openapi import TEXT, Route
+from coordinator.http.openapi import TEXT, Route
 from shared.messages import log
 
 LOG_DECLARATIONS: tuple[Route, ...] = (

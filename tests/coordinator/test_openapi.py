@@ -9,10 +9,10 @@ import typing
 
 import msgspec
 
+from coordinator.http.openapi import REF, Route, declared_types, openapi_document
 from coordinator.http.routes import DECLARATIONS
 from coordinator.http.routes import ROUTES as SERVED
 from coordinator.jobs import JOB_STATES
-from coordinator.openapi import REF, Route, declared_types, openapi_document
 from shared.messages import api
 from shared.messages.fields import Message
 

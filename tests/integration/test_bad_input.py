@@ -26,8 +26,8 @@ from coordinator_harness import FAST_SETTINGS, CoordinatorProcess, inventory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.http.openapi import openapi_document
 from coordinator.http.routes import DECLARATIONS
-from coordinator.openapi import openapi_document
 from shared import canonical
 from shared.envelope import seal
 from shared.identity import PrivateKey
