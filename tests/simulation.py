@@ -64,6 +64,8 @@ from coordinator.storage.writer import _STOP
 from shared import canonical
 from shared.errors import SuanliError
 from shared.identity import PrivateKey
+from shared.messages import agent_protocol as ap
+from shared.messages import api, convert
 from shared.money import usage_amount
 from shared.signed_request import NONCE_SIZE, sign_request
 
@@ -713,7 +715,9 @@ class Simulation:
             if message.sender.startswith("enterprise:"):
                 enterprise = self.enterprises[int(message.sender.split(":")[1])]
                 if path == "submit":
-                    job, _ = await c.jobs.submit(enterprise.principal, body, None)
+                    job, _ = await c.jobs.submit(
+                        enterprise.principal, convert(api.JobSubmit, body), None
+                    )
                     return (body["idempotency_key"], job.id)
                 job = await c.jobs.cancel(enterprise.principal, body)
                 return job.state
@@ -722,12 +726,12 @@ class Simulation:
                 return agent.agent_id
             agent, payload = c.signed_requests.authenticate(body, "POST", path)
             if path == HEARTBEAT:
-                return await c.heartbeats.heartbeat(agent, payload)
+                return await c.heartbeats.heartbeat(agent, convert(ap.Heartbeat, payload))
             if path == LEASES:
-                return await c.delivery.agent_leases(agent, payload)
+                return await c.delivery.agent_leases(agent, convert(ap.LeasePoll, payload))
             if path == STATUS:
-                return await c.reports.agent_status(agent, payload, body)
-            return await c.receipts.accept_receipts(agent, payload)
+                return await c.reports.agent_status(agent, convert(ap.StatusReport, payload), body)
+            return await c.receipts.accept_receipts(agent, convert(ap.ReceiptBatch, payload))
 
         try:
             answer: tuple[str, Any] = ("ok", await self.coordinator_call(handle))

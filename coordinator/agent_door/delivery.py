@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.config import Settings
-from coordinator.errors import Unprocessable
 from coordinator.jobs import Lease
 from coordinator.market import Agent
 from coordinator.signals import Signals
 from coordinator.state import State
+from shared.messages import agent_protocol as ap
 
 CLOSED_LEASES_SHOWN_MS = 600_000
 MAX_CLOSED_SHOWN = 100
@@ -26,15 +26,9 @@ class LeaseDelivery:
         self.long_poll_max_ms = settings.long_poll_max_ms
         self.clock = clock
 
-    async def agent_leases(self, agent: Agent, body: Any) -> dict[str, Any]:
-        if type(body) is not dict:
-            raise Unprocessable("a lease poll is a map with known_version and wait_ms")
-        known = body.get("known_version", -1)
-        wait_ms = body.get("wait_ms", 0)
-        if type(known) is not int or type(wait_ms) is not int or wait_ms < 0:
-            raise Unprocessable("known_version and wait_ms must be integers, wait_ms ≥ 0")
+    async def agent_leases(self, agent: Agent, body: ap.LeasePoll) -> dict[str, Any]:
         await self.signals.wait_for_change(
-            agent.agent_id, known, min(wait_ms, self.long_poll_max_ms)
+            agent.agent_id, body.known_version, min(body.wait_ms, self.long_poll_max_ms)
         )
         now = self.clock()
         mine = self.state.leases_of(agent.agent_id, active_only=False)

@@ -19,6 +19,8 @@ from coordinator.storage import Database
 from shared import canonical, log_entries
 from shared.errors import SuanliError
 from shared.identity import PublicKey
+from shared.messages import agent_protocol as ap
+from shared.messages import convert
 from shared.signed_request import open_request
 
 log = logging.getLogger(__name__)
@@ -45,32 +47,24 @@ class Enrolment:
         return agent_id in self.state.market.agents or agent_id in self._enrolling
 
     async def enrol(self, body: bytes, path: str) -> Agent:
+        """Enrol the key that signed the request inside `body` (an EnrolRequest): the signature
+        is checked over the request's bytes as sent, its body converted after."""
         try:
             outer = canonical.decode(body)
         except SuanliError as exc:
             raise Unprocessable(f"enrolment body: {exc.detail}") from None
-        if (
-            type(outer) is not dict
-            or type(outer.get("public_key")) is not bytes
-            or type(outer.get("request")) is not bytes
-        ):
-            raise Unprocessable("enrolment is a map with public_key and a signed request")
+        enrolment = convert(ap.EnrolRequest, outer)
         try:
-            public = PublicKey(outer["public_key"])
+            public = PublicKey(enrolment.public_key)
             signed = open_request(
-                outer["request"], public, "POST", path, self.clock(), self.window_ms
+                enrolment.request, public, "POST", path, self.clock(), self.window_ms
             )
         except SuanliError as exc:
             raise Unauthenticated(
                 f"enrolment is not signed by the key it registers: {exc.detail}"
             ) from None
-        request = signed.body
-        if type(request) is not dict or type(request.get("token")) is not str:
-            raise Unprocessable("the signed enrolment names its token")
-        hostname = request.get("hostname")
-        if type(hostname) is not str or not 0 < len(hostname) <= 253 or not hostname.isprintable():
-            raise Unprocessable("hostname must be 1 to 253 printable characters")
-        token = request["token"]
+        request = convert(ap.EnrolBody, signed.body)
+        hostname, token = request.hostname, request.token
         if self._taken(public.agent_id):
             raise Conflict("this key is already enrolled; an agent enrols once")
         now = self.clock()
@@ -116,29 +110,22 @@ class Enrolment:
         self.state.market.add_agent(agent)
         return agent
 
-    async def rotate_key(self, agent: Agent, body: Any) -> dict[str, Any]:
+    async def rotate_key(self, agent: Agent, body: ap.RotateKey) -> dict[str, Any]:
         """The agent replaces its key: signed by the old key, the new key countersigns. The new
         key is a new agent_key in the log (auditors verify later receipts with it; earlier ones
         stay verifiable with the old entry); the agent's GPUs, flags and reliability pass to it
         and the old key is refused from now on. Only an idle agent rotates: a lease is billed
         under the key it was won with."""
-        if (
-            type(body) is not dict
-            or type(body.get("public_key")) is not bytes
-            or type(body.get("request")) is not bytes
-        ):
-            raise Unprocessable(
-                "a key rotation is a map with public_key and the new key's signed request"
-            )
         try:
-            public = PublicKey(body["public_key"])
+            public = PublicKey(body.public_key)
             signed = open_request(
-                body["request"], public, "POST", ROTATE_PATH, self.clock(), self.window_ms
+                body.request, public, "POST", ROTATE_PATH, self.clock(), self.window_ms
             )
         except SuanliError as exc:
             raise Unauthenticated(f"the new key must sign the rotation: {exc.detail}") from None
-        if signed.body != {"rotates": agent.agent_id}:
-            raise Unprocessable("the new key's request must say {rotates: <this agent's id>}")
+        proof = convert(ap.RotateProof, signed.body)
+        if proof.rotates != agent.agent_id:
+            raise Unprocessable("rotates: expected this agent's id, got another")
         if self._taken(public.agent_id):
             raise Conflict("the new key is already enrolled")
         active = self.state.leases_of(agent.agent_id)

@@ -9,12 +9,12 @@ from typing import Any
 
 from coordinator.commit import Committer
 from coordinator.config import Settings
-from coordinator.errors import Unprocessable
 from coordinator.market import Agent, parse_inventory
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import AGENT_UPDATE, agent_row, capacity_writes
 from coordinator.storage import Database
+from shared.messages import agent_protocol as ap
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,9 @@ class Heartbeats:
         self.clock = clock
         self._dirty_agents: dict[str, Agent] = {}
 
-    async def heartbeat(self, agent: Agent, body: Any) -> dict[str, Any]:
-        if type(body) is not dict:
-            raise Unprocessable("a heartbeat is a map with ask_per_gpu_hour and inventory")
-        ask = body.get("ask_per_gpu_hour")
-        if ask is not None and (type(ask) is not int or not 0 <= ask <= 10**12):
-            raise Unprocessable("ask_per_gpu_hour must be micro-yuan from 0 to 10^12, or nil")
-        inventory = parse_inventory(body.get("inventory"))
+    async def heartbeat(self, agent: Agent, body: ap.Heartbeat) -> dict[str, Any]:
+        ask = body.ask_per_gpu_hour
+        inventory = parse_inventory(body.inventory)
         now = self.clock()
         was_online = agent.online
         previous_ask, agent.ask_per_gpu_hour = agent.ask_per_gpu_hour, ask

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from coordinator import tlog
-from coordinator.app import log_key_path
 from coordinator.cli.output import print_result
+from coordinator.http.app import log_key_path
 from coordinator.storage import connect
 from shared.clock import now_ms
 

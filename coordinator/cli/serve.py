@@ -9,9 +9,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coordinator.app import make_app
 from coordinator.billing import VoucherPolicy, load_voucher_policy
 from coordinator.config import Settings, load_settings
+from coordinator.http.app import make_app
 from shared.errors import SuanliError
 
 

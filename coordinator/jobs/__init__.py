@@ -16,7 +16,7 @@ from coordinator.jobs.model import (
     Job,
     Lease,
 )
-from coordinator.jobs.spec import SPEC_FIELDS, JobRequest, parse_job_request, secret_env_values
+from coordinator.jobs.spec import JobRequest, load_job_request, parse_job_request
 
 __all__ = [
     "CANCELLED",
@@ -30,11 +30,10 @@ __all__ = [
     "LOST",
     "PENDING",
     "RUNNING",
-    "SPEC_FIELDS",
     "SUCCEEDED",
     "Job",
     "JobRequest",
     "Lease",
+    "load_job_request",
     "parse_job_request",
-    "secret_env_values",
 ]

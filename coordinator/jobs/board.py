@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import sqlite_utils
 
@@ -15,7 +14,7 @@ from coordinator.commit import Committer
 from coordinator.config import Settings
 from coordinator.errors import Conflict, Forbidden, NotFound, Unprocessable
 from coordinator.jobs.model import PENDING, Job
-from coordinator.jobs.spec import MAX_KEY, JobRequest, parse_job_request, secret_env_values
+from coordinator.jobs.spec import JobRequest, parse_job_request
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import job_row
@@ -23,6 +22,9 @@ from coordinator.storage import Database
 from coordinator.transitions import Transitions
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
+from shared.messages import api
+
+MAX_KEY = api.MAX_KEY
 
 
 class JobBoard:
@@ -46,23 +48,27 @@ class JobBoard:
         self.policy = policy
         self.clock = clock
 
-    async def submit(
-        self, principal: Principal, body: Any, header_key: str | None
-    ) -> tuple[Job, bool]:
-        """The job, and whether it is new (a retry with the same key gets the first one)."""
+    def require_poster(self, principal: Principal) -> None:
+        """Refuse a principal that may not post jobs (checked before the body is read)."""
         if principal.role != "enterprise":
             raise Forbidden("only enterprise accounts can post jobs")
-        if not isinstance(body, dict):
-            raise Unprocessable("the job must be a JSON object", code="invalid_job")
-        key = body.get("idempotency_key", header_key)
+
+    async def submit(
+        self, principal: Principal, body: api.JobSubmit, header_key: str | None
+    ) -> tuple[Job, bool]:
+        """The job, and whether it is new (a retry with the same key gets the first one). The
+        body's idempotency_key, checked at the door, wins over the Idempotency-Key header."""
+        self.require_poster(principal)
+        key = body.idempotency_key or header_key
         if key is None:
             key = accounts.new_id("auto")
-        if type(key) is not str or not 0 < len(key) <= MAX_KEY or not key.isprintable():
+        if not 0 < len(key) <= MAX_KEY or not key.isprintable():
             raise Unprocessable(
-                "idempotency_key must be 1 to 128 printable characters", code="invalid_job"
+                f"Idempotency-Key: expected 1 to {MAX_KEY} printable characters",
+                code="invalid_job",
             )
-        request = parse_job_request({k: v for k, v in body.items() if k != "idempotency_key"})
-        secrets = secret_env_values(body)
+        request = parse_job_request(body)
+        secrets = dict(body.secret_env)
         if request.gpu_models:
             request = _with_models(request)
         state = self.state

@@ -1,6 +1,6 @@
 """The market's hot state: agents, their GPUs, asks and liveness, kept in memory.
 
-`capacity` checks what a heartbeat claims, `reconcile` believes it only when it agrees with
+`capacity` maps what a heartbeat claims, `reconcile` believes it only when it agrees with
 what was seen before, `index` keeps the agents with free GPUs ordered by ask for the
 auctions, `summary` reports the capacity, and `book.Market` keeps them in step.
 """

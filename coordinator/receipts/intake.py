@@ -9,7 +9,6 @@ from typing import Any
 import sqlite_utils
 
 from coordinator import billing, tlog
-from coordinator.errors import Unprocessable
 from coordinator.market import Agent
 from coordinator.receipts import rules
 from coordinator.receipts.queries import ReceiptQueries, refused_for_good
@@ -22,6 +21,7 @@ from coordinator.state.rows import lease_row
 from coordinator.storage import Database
 from coordinator.transitions import Transitions
 from shared.errors import ReceiptRuleError, SuanliError
+from shared.messages import agent_protocol as ap
 from shared.receipts import SealedReceipt, claimed_id
 
 Claim = tuple[str | None, int | None]
@@ -51,20 +51,14 @@ class ReceiptIntake:
         # (lease, seq) refused for good: a retry must be looked up, never re-verified
         self.refused = refused_for_good(database.db, state)
 
-    async def accept_receipts(self, agent: Agent, body: Any) -> dict[str, Any]:
+    async def accept_receipts(self, agent: Agent, body: ap.ReceiptBatch) -> dict[str, Any]:
         """Verify a batch in order, then store, post, log and acknowledge it in one transaction.
 
         Signatures are checked by the signature workers, then every rule in order here. A
         receipt the enterprise's credit cannot cover is rejected (rule credit_exceeded), so
         are the lease's later receipts in the batch, and the lease is revoked.
         """
-        envelopes = body.get("receipts") if type(body) is dict else None
-        if (
-            type(envelopes) is not list
-            or not 0 < len(envelopes) <= rules.MAX_BATCH
-            or any(type(e) is not bytes for e in envelopes)
-        ):
-            raise Unprocessable(f"receipts must be a list of 1 to {rules.MAX_BATCH} envelopes")
+        envelopes = body.receipts
         now = self.clock()
         # a retry is verified again before its stored answer is found: rare, and it keeps the
         # common path from decoding every receipt twice

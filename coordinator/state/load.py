@@ -8,7 +8,7 @@ from typing import Any
 import sqlite_utils
 
 from coordinator.config import Settings
-from coordinator.jobs import Job, Lease, parse_job_request
+from coordinator.jobs import Job, Lease, load_job_request
 from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
 from coordinator.state.memory import State
 from shared.identity import PublicKey
@@ -114,7 +114,7 @@ def _job(row: dict[str, Any]) -> Job:
         id=row["id"],
         enterprise_id=row["enterprise_id"],
         idempotency_key=row["idempotency_key"],
-        request=parse_job_request(json.loads(row["spec"])),
+        request=load_job_request(row["spec"]),
         created_at_ms=row["created_at_ms"],
         state=row["state"],
         reason=row["reason"],

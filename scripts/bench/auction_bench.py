@@ -36,6 +36,8 @@ from coordinator.state.rows import gpu_row, job_row
 from coordinator.storage import Database
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
+from shared.messages import agent_protocol as ap
+from shared.messages import api, convert
 
 GIB = 1 << 30
 YUAN = 1_000_000  # micro-yuan
@@ -98,7 +100,7 @@ def build_market(
         market.add_agent(agent)
         uuids = [f"GPU-{n:08x}-0000-4000-8000-{g:012x}" for g in range(gpus)]
         new_gpus, _flags = market.reconcile(
-            agent, parse_inventory(inventory(uuids, board, memory)), now
+            agent, parse_inventory(convert(ap.Inventory, inventory(uuids, board, memory))), now
         )
         agent_rows.append(
             {
@@ -124,16 +126,19 @@ def build_jobs(coordinator: Coordinator, count: int, rng: random.Random, now: in
     for i in range(count):
         models = _pick(rng, filters)
         request = parse_job_request(
-            {
-                "image": "registry.example/team/train:1.4",
-                "command": ["python", "train.py"],
-                "gpus": _pick(rng, GPU_COUNTS),
-                "min_gpu_memory_bytes": _pick(rng, MIN_MEMORY),
-                "gpu_models": models,
-                "max_duration_s": rng.choice([600, 3600, 4 * 3600, 86_400]),
-                # ¥3–¥28: the cheap end is below every ask for some models, so some jobs must wait
-                "max_price_per_gpu_hour_micro_yuan": _yuan(rng, 3.0, 28.0),
-            }
+            convert(
+                api.JobSubmit,
+                {
+                    "image": "registry.example/team/train:1.4",
+                    "command": ["python", "train.py"],
+                    "gpus": _pick(rng, GPU_COUNTS),
+                    "min_gpu_memory_bytes": _pick(rng, MIN_MEMORY),
+                    "gpu_models": models,
+                    "max_duration_s": rng.choice([600, 3600, 4 * 3600, 86_400]),
+                    # ¥3–¥28: the cheap end is below every ask for some models (some jobs wait)
+                    "max_price_per_gpu_hour_micro_yuan": _yuan(rng, 3.0, 28.0),
+                },
+            )
         )
         if request.gpu_models:
             request = replace(request, gpu_models=expand_model_filter(request.gpu_models))

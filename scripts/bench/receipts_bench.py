@@ -406,12 +406,14 @@ async def replay_in_process(
 ) -> tuple[float, int, Phases]:
     """Feed the same batches to ReceiptIntake.accept_receipts, one at a time, phases timed."""
     from coordinator import billing, tlog
-    from coordinator.app import load_or_create_key
     from coordinator.config import Settings
+    from coordinator.http.app import load_or_create_key
     from coordinator.receipts import rules as receipt_rules
     from coordinator.service import Coordinator
     from coordinator.storage import Database
     from shared import log_entries
+    from shared.messages import agent_protocol as ap
+    from shared.messages import convert
 
     phases = Phases()
     database = Database(db_path)
@@ -469,8 +471,9 @@ async def replay_in_process(
                 body = sign_request(load.key, "POST", RECEIPTS, {"receipts": batch}, _now())
                 began = time.perf_counter()
                 agent, payload = door.authenticate(body, "POST", RECEIPTS)
+                batch_body = convert(ap.ReceiptBatch, payload)
                 before = time.perf_counter()
-                answer = await intake.accept_receipts(agent, payload)
+                answer = await intake.accept_receipts(agent, batch_body)
                 phases.seconds["accept_receipts (all, wall)"] += time.perf_counter() - before
                 wall += time.perf_counter() - began
                 done += sum(1 for r in answer["results"] if r["status"] == "accepted")

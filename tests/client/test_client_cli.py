@@ -470,7 +470,7 @@ def test_server_refusals_are_its_sentence_and_exit_1(coordinator: CoordinatorPro
     odd = run("job", "show", "../../account", url=coordinator.url, token=token)
     assert odd.returncode == 1 and "no job ../../account" in odd.stderr
     state = run("job", "list", "--state", "sleeping", url=coordinator.url, token=token)
-    assert state.returncode == 1 and state.stderr.startswith("suanli: state must be one of")
+    assert state.returncode == 1 and state.stderr.startswith("suanli: state: expected one of")
 
 
 def test_job_list_shows_only_your_own_jobs(coordinator: CoordinatorProcess) -> None:

@@ -1,19 +1,21 @@
-"""The declared types accept exactly what today's hand-written checks accept: generated bodies,
-near-valid with odd values, are refused by both or by neither (so handlers can switch to the
-door without changing who gets in)."""
+"""The declared types accept exactly what the hand-written checks they replaced accepted:
+generated bodies, near-valid with odd values, are refused by both or by neither (the door
+changed no one's way in). The old checks are kept here, as the record, where the rooms no
+longer have them."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.errors import Unprocessable
-from coordinator.jobs import parse_job_request, secret_env_values
+from coordinator.jobs import parse_job_request
 from coordinator.market import parse_inventory
+from shared.gpu_models import canonical_model
 from shared.messages import MessageError, api, convert, decode_json
 from shared.messages import agent_protocol as ap
 
@@ -67,21 +69,74 @@ def near_valid(draw: st.DrawFn, valid: dict[str, Any], keys: list[str]) -> Any:
     return body if draw(st.integers(0, 20)) else draw(ODD)
 
 
+SPEC_KEYS = {*JOB_KEYS} - {"unknown_field"}
+IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _unicode(value: object, max_length: int) -> bool:
+    if type(value) is not str or len(value) > max_length or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _env_ok(env: object) -> bool:
+    return (
+        type(env) is dict
+        and len(env) <= 128
+        and all(ENV_NAME.fullmatch(name) and _unicode(v, 4096) for name, v in env.items())
+    )
+
+
+def _int_in(body: dict[str, Any], name: str, low: int, high: int, default: int | None) -> bool:
+    value = body.get(name, default)
+    return type(value) is int and low <= value <= high
+
+
 def _today_accepts_job(body: Any) -> bool:
-    """What POST /v1/jobs checks before it looks at the enterprise's state."""
-    if not isinstance(body, dict):
+    """The hand-written checks POST /v1/jobs made before the door decoded its body (kept here
+    as the record of who got in), up to where it looks at the enterprise's state."""
+    if not isinstance(body, dict) or set(body) - SPEC_KEYS:
         return False
     key = body.get("idempotency_key")
     if key is not None and (
         type(key) is not str or not 0 < len(key) <= 128 or not key.isprintable()
     ):
         return False
-    try:
-        parse_job_request({k: v for k, v in body.items() if k != "idempotency_key"})
-        secret_env_values(body)
-    except Unprocessable:
+    image, command = body.get("image"), body.get("command", [])
+    if type(image) is not str or not IMAGE.fullmatch(image):
         return False
-    return True
+    if type(command) is not list or len(command) > 256:
+        return False
+    if not all(_unicode(part, 64 * 1024) for part in command):
+        return False
+    if sum(len(part.encode()) for part in command) > 64 * 1024:
+        return False
+    env, secret_env = body.get("env", {}), body.get("secret_env", {})
+    if not _env_ok(env) or not _env_ok(secret_env) or set(env) & set(secret_env):
+        return False
+    if len(env) + len(secret_env) > 128 or not _int_in(body, "gpus", 1, 64, None):
+        return False
+    models = body.get("gpu_models", [])
+    if type(models) is not list or len(models) > 16:
+        return False
+    if any(not _unicode(m, 128) or not m for m in models):
+        return False
+    gpus = body["gpus"]
+    return all(
+        _int_in(body, *bounds)
+        for bounds in [
+            ("min_gpu_memory_bytes", 0, 1 << 50, 0),
+            ("cpus_milli", 100, 1024 * 1000, 4000 * gpus),
+            ("memory_bytes", 64 << 20, 1 << 44, gpus * (16 << 30)),
+            ("max_duration_s", 1, 30 * 86_400, None),
+            ("max_price_per_gpu_hour_micro_yuan", 1, 10**12, None),
+        ]
+    )
 
 
 def _door_accepts(type_: Any, body: Any, raw: bytes | None = None) -> bool:
@@ -115,17 +170,69 @@ def heartbeats(draw: st.DrawFn) -> Any:
     return draw(near_valid(body, ["ask_per_gpu_hour", "inventory"]))
 
 
+def _int_ok(data: dict[str, Any], name: str, optional: bool = False, low: int = 0,
+            high: int = 2**63 - 1) -> bool:  # fmt: skip
+    value = data.get(name)
+    return (value is None and optional) or (type(value) is int and low <= value <= high)
+
+
+def _text_ok(data: dict[str, Any], name: str, optional: bool = False) -> bool:
+    value = data.get(name)
+    if value is None and optional:
+        return True
+    return type(value) is str and 0 < len(value) <= 128 and value.isprintable()
+
+
 def _today_accepts_heartbeat(body: Any) -> bool:
+    """The hand-written checks heartbeats passed before the door decoded them (kept here as
+    the record of who got in)."""
     if type(body) is not dict:
         return False
     ask = body.get("ask_per_gpu_hour")
     if ask is not None and (type(ask) is not int or not 0 <= ask <= 10**12):
         return False
-    try:
-        parse_inventory(body.get("inventory"))
-    except Unprocessable:
+    inventory = body.get("inventory")
+    if type(inventory) is not dict:
         return False
-    return True
+    gpus, host = inventory.get("gpus"), inventory.get("host")
+    if type(gpus) is not list or len(gpus) > 64 or type(host) is not dict:
+        return False
+    for gpu in gpus:
+        if type(gpu) is not dict or type(gpu.get("healthy", True)) is not bool:
+            return False
+        if not (
+            _int_ok(gpu, "index", high=256)
+            and _text_ok(gpu, "uuid")
+            and _text_ok(gpu, "name")
+            and _int_ok(gpu, "memory_total_bytes", low=1)
+            and _int_ok(gpu, "memory_used_bytes", optional=True)
+            and _int_ok(gpu, "utilization_gpu_pct", optional=True, high=100)
+            and _int_ok(gpu, "temperature_c", optional=True, low=-100, high=200)
+            and all(_int_ok(gpu, n, optional=True) for n in ("power_mw", "power_limit_mw"))
+            and _int_ok(gpu, "energy_mj", optional=True)
+            and _text_ok(gpu, "health_reason", optional=True)
+        ):
+            return False
+    if len({gpu["uuid"] for gpu in gpus}) != len(gpus):
+        return False
+    return (
+        _int_ok(host, "cpu_count", low=1, high=1 << 16)
+        and _int_ok(host, "memory_total_bytes", low=1)
+        and _int_ok(host, "memory_available_bytes", optional=True)
+        and _int_ok(host, "disk_free_bytes", optional=True)
+        and _text_ok(inventory, "driver_version", optional=True)
+    )
+
+
+def test_the_door_hands_the_market_its_inventory() -> None:
+    """parse_inventory maps a decoded heartbeat: canonical model names, unreported memory use
+    as 0, GPUs by index."""
+    gpus = [{**GPU, "index": 1, "uuid": "GPU-1"}, GPU]
+    body = convert(ap.Heartbeat, {"inventory": {"gpus": gpus, "host": HOST}})
+    inventory = parse_inventory(body.inventory)
+    assert [gpu.uuid for gpu in inventory.gpus] == ["GPU-0", "GPU-1"]
+    assert {gpu.memory_used_bytes for gpu in inventory.gpus} == {0}
+    assert inventory.gpus[0].model == canonical_model("NVIDIA H100") != "NVIDIA H100"
 
 
 @EXAMPLES
@@ -180,3 +287,12 @@ def test_small_agent_bodies(type_: Any, today: Any, valid: dict[str, Any]) -> No
         assert _door_accepts(type_, body) == today(body), body
 
     one()
+
+
+def test_a_submission_takes_the_defaults_its_gpus_imply() -> None:
+    body = decode_json(
+        api.JobSubmit, json.dumps({**JOB, "gpus": 2, "env": {"B": "1", "A": "2"}}).encode()
+    )
+    request = parse_job_request(body)
+    assert (request.cpus_milli, request.memory_bytes) == (8000, 2 * (16 << 30))
+    assert request.env == (("A", "2"), ("B", "1"))

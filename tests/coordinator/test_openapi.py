@@ -9,18 +9,19 @@ import typing
 
 import msgspec
 
-from coordinator.app import ROUTES as SERVED
+from coordinator.http.openapi import REF, Route, declared_types, openapi_document
+from coordinator.http.routes import DECLARATIONS
+from coordinator.http.routes import ROUTES as SERVED
 from coordinator.jobs import JOB_STATES
-from coordinator.openapi import REF, ROUTES, Route, declared_types, openapi_document
 from shared.messages import api
 from shared.messages.fields import Message
 
 
 def test_every_served_route_is_documented_and_nothing_else() -> None:
-    served = {(method, path) for method, path, _ in SERVED}
-    documented = {(route.method, route.path) for route in ROUTES}
+    served = {(route.method, route.path) for route, _ in SERVED}
+    documented = {(route.method, route.path) for route in DECLARATIONS}
     assert served == documented
-    document = openapi_document()
+    document = openapi_document(DECLARATIONS)
     in_document = {
         (method.upper(), path) for path, ops in document["paths"].items() for method in ops
     }
@@ -28,8 +29,8 @@ def test_every_served_route_is_documented_and_nothing_else() -> None:
 
 
 def test_component_schemas_are_msgspecs_own() -> None:
-    document = openapi_document()
-    _, expected = msgspec.json.schema_components(declared_types(), ref_template=REF)
+    document = openapi_document(DECLARATIONS)
+    _, expected = msgspec.json.schema_components(declared_types(DECLARATIONS), ref_template=REF)
     assert document["components"]["schemas"] == expected
     # every declared body is in the document, and every reference resolves
     declared = {cls.__name__ for cls in _all_messages()}
@@ -56,7 +57,7 @@ def _all_messages() -> list[type[Message]]:
 
 
 def test_query_parameters_come_from_the_query_types() -> None:
-    document = openapi_document()
+    document = openapi_document(DECLARATIONS)
     listing = {p["name"]: p for p in document["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert listing["limit"]["schema"] == {
         "type": "integer",
@@ -80,7 +81,7 @@ def test_the_job_states_are_the_coordinators() -> None:
 
 
 def test_a_route_table_can_be_handed_in() -> None:
-    """app.py can pass its own ROUTES once they carry their types."""
+    """Any table of declarations makes its own document (the app passes its route table's)."""
     routes = [Route("GET", "/v1/market", None, api.Market, "the market")]
     document = openapi_document(routes)
     assert list(document["paths"]) == ["/v1/market"]
@@ -93,7 +94,7 @@ def test_a_route_table_can_be_handed_in() -> None:
 
 
 def test_agent_routes_document_the_signed_body_and_msgpack_answers() -> None:
-    document = openapi_document()
+    document = openapi_document(DECLARATIONS)
     heartbeat = document["paths"]["/v1/agent/heartbeat"]["post"]
     schema = heartbeat["requestBody"]["content"]["application/msgpack"]["schema"]
     assert schema["format"] == "binary"
@@ -106,6 +107,6 @@ def test_agent_routes_document_the_signed_body_and_msgpack_answers() -> None:
 
 
 def test_the_document_is_served_unchanged_by_callers() -> None:
-    first = openapi_document()
+    first = openapi_document(DECLARATIONS)
     first["paths"].clear()
-    assert openapi_document()["paths"]
+    assert openapi_document(DECLARATIONS)["paths"]

@@ -157,7 +157,7 @@ async def test_tampered_request_is_refused(coordinator: CoordinatorProcess, clea
         ({"ask_per_gpu_hour": 1, "inventory": inventory(["G", "G"])}, "twice"),
         ({"ask_per_gpu_hour": 1, "inventory": inventory(["G"], memory=0)}, "memory_total_bytes"),
         ({"ask_per_gpu_hour": 1, "inventory": inventory(["G" * 200])}, "uuid"),
-        ([1, 2, 3], "a heartbeat is a map"),
+        ([1, 2, 3], "the body: expected a map with inventory"),
     ],
 )
 async def test_bad_heartbeats_are_refused_by_field(

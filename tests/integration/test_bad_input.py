@@ -1,4 +1,5 @@
-"""Bad input against a running coordinator: never a 5xx, always the one error shape, nothing written.
+"""Bad input against a running coordinator: never a 5xx, always the one error shape, nothing
+written.
 
 Hypothesis drives every operation of the coordinator's own OpenAPI document with generated
 paths, queries, headers and bodies, with and without valid credentials (bearer tokens for
@@ -25,7 +26,8 @@ from coordinator_harness import FAST_SETTINGS, CoordinatorProcess, inventory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.openapi import openapi_document
+from coordinator.http.openapi import openapi_document
+from coordinator.http.routes import DECLARATIONS
 from shared import canonical
 from shared.envelope import seal
 from shared.identity import PrivateKey
@@ -488,7 +490,7 @@ def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
     ]
 
 
-OPERATIONS = _operations(openapi_document())
+OPERATIONS = _operations(openapi_document(DECLARATIONS))
 
 
 @st.composite
@@ -780,7 +782,8 @@ def _job_json(**changes: Any) -> bytes:
     [
         (_job_json(image="busy\ud800box"), "image"),
         pytest.param(
-            b'{"image": "busybox", "gpus": 1, "max_duration_s": 60, "max_price_per_gpu_hour_micro_yuan": 1,'
+            b'{"image": "busybox", "gpus": 1, "max_duration_s": 60,'
+            b' "max_price_per_gpu_hour_micro_yuan": 1,'
             b' "command": ["\\ud800"]}',
             "command",
         ),

@@ -79,20 +79,23 @@ async def test_authorisation_matrix(apis: dict[str, Api]) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"gpus": 0}, "gpus must be an integer from 1"),
-        ({"gpus": 1.5}, "gpus must be an integer"),
-        ({"gpus": True}, "gpus must be an integer"),
-        ({"image": "has space"}, "image must be"),
-        ({"image": ""}, "image must be"),
-        ({"command": "echo hi"}, "command must be a list"),
+        ({"gpus": 0}, "gpus: expected an integer from 1 to 64, got 0"),
+        ({"gpus": 1.5}, "gpus: expected an integer from 1 to 64"),
+        ({"gpus": True}, "gpus: expected an integer from 1 to 64"),
+        ({"image": "has space"}, "image: expected an image reference of 1 to 255 characters"),
+        ({"image": ""}, "image: expected an image reference"),
+        ({"command": "echo hi"}, "command: expected a list of at most 256 items"),
         ({"command": ["a\x00b"]}, "NUL"),
-        ({"env": {"1BAD": "x"}}, "env name"),
-        ({"env": {"OK": 1}}, "env OK must be a string"),
+        (
+            {"env": {"1BAD": "x"}},
+            'env: expected letters, digits and _, not starting with a digit, got "1BAD"',
+        ),
+        ({"env": {"OK": 1}}, "env.OK: expected a string of at most 4096 characters"),
         ({"max_duration_s": 0}, "max_duration_s"),
         ({"max_price_per_gpu_hour_micro_yuan": -5}, "max_price_per_gpu_hour_micro_yuan"),
         ({"max_price_per_gpu_hour_micro_yuan": 10**20}, "max_price_per_gpu_hour_micro_yuan"),
-        ({"surprise": 1}, "unknown job fields: surprise"),
-        ({"gpu_models": "H100"}, "gpu_models must be a list"),
+        ({"surprise": 1}, "surprise: unknown field"),
+        ({"gpu_models": "H100"}, "gpu_models: expected a list of at most 16 items"),
         ({"memory_bytes": 1}, "memory_bytes"),
         ({"idempotency_key": ""}, "idempotency_key"),
     ],
@@ -177,7 +180,7 @@ async def test_unknown_routes_and_methods_use_the_error_shape(
 
 
 async def test_openapi_documents_every_route(coordinator: CoordinatorProcess) -> None:
-    from coordinator.app import ROUTES
+    from coordinator.http.routes import ROUTES
 
     async with aiohttp.ClientSession() as session:
         async with session.get(coordinator.url + "/v1/openapi.json") as response:
@@ -185,7 +188,7 @@ async def test_openapi_documents_every_route(coordinator: CoordinatorProcess) ->
     documented = {
         (method.upper(), path) for path, ops in document["paths"].items() for method in ops
     }
-    served = {(method, path) for method, path, _ in ROUTES}
+    served = {(route.method, route.path) for route, _ in ROUTES}
     assert served - documented == set()
     assert documented - served == set()
 

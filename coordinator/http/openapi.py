@@ -1,5 +1,6 @@
 """The OpenAPI 3.1 document of the coordinator, served at /v1/openapi.json, generated from the
-declared message types (`shared.messages`) and a route table: nothing in it is written twice."""
+declared message types (`shared.messages`) and the route declarations of the route table
+(`coordinator.http.routes`) the router is built from: nothing in it is written twice."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from shared.messages import ErrorBody, api, log
+from shared.messages import ErrorBody
 from shared.messages import agent_protocol as ap
 
 JSON, MSGPACK, TEXT = "application/json", "application/msgpack", "text/plain"
@@ -56,183 +57,6 @@ class Route(NamedTuple):
     replayed: str | None = None  # a 200 answer beside a 201 (an idempotent retry)
 
 
-def _agent(
-    path: str, request: type[msgspec.Struct], response: type[msgspec.Struct], summary: str
-) -> Route:
-    return Route("POST", "/v1/agent/" + path, request, response, summary, "signed")
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/healthz", None, api.Health, "Liveness", "public"),
-    Route("GET", "/metrics", None, TEXT, "Prometheus metrics (text exposition format)", "public"),
-    Route("GET", "/v1/openapi.json", None, None, "This document", "public"),
-    Route(
-        "POST",
-        "/v1/agent/enroll",
-        ap.EnrolRequest,
-        ap.EnrolAnswer,
-        "Register an agent key with a one-time enrolment token: `request` is a signed request "
-        "envelope, by the key it registers, whose body is an EnrolBody",
-        "enrolment",
-        status=201,
-    ),
-    _agent(
-        "heartbeat",
-        ap.Heartbeat,
-        ap.HeartbeatAnswer,
-        "Report inventory, telemetry and ask price; capacity is reconciled",
-    ),
-    _agent(
-        "leases",
-        ap.LeasePoll,
-        ap.LeasesAnswer,
-        "Long-poll the agent's leases: returns when they change or after wait_ms",
-    ),
-    _agent(
-        "status",
-        ap.StatusReport,
-        ap.StatusAnswer,
-        "Report a lease's container started, exited (exit_code) or failed (reason_code)",
-    ),
-    _agent("logs", ap.LogChunk, ap.LogAnswer, "Append a chunk of a job's log at an offset"),
-    _agent(
-        "receipts",
-        ap.ReceiptBatch,
-        ap.ReceiptsAnswer,
-        "Submit a batch of sealed usage receipts: one result per receipt, accepted (naming its "
-        "acknowledgement by position) or rejected naming the rule it broke; acknowledgements "
-        "are countersigned 'acceptance' envelopes",
-    ),
-    _agent(
-        "rotate-key",
-        ap.RotateKey,
-        ap.RotateAnswer,
-        "Replace the agent's key (signed by the old key; `request` is the new key's signed "
-        "request whose body is a RotateProof); only while the agent holds no active lease. The "
-        "new key is logged as an agent_key entry and the old one is refused from then on",
-    ),
-    Route(
-        "POST",
-        "/v1/jobs",
-        api.JobSubmit,
-        api.JobView,
-        "Post a job (enterprise)",
-        status=201,
-        headers=("Idempotency-Key",),
-        replayed="the job this idempotency key already created",
-    ),
-    Route(
-        "GET",
-        "/v1/jobs",
-        None,
-        api.JobList,
-        "List your jobs, newest first (auditors: all, without env values)",
-        query=api.JobListQuery,
-    ),
-    Route("GET", "/v1/jobs/{job_id}", None, api.JobView, "Show a job"),
-    Route(
-        "POST",
-        "/v1/jobs/{job_id}/cancel",
-        None,
-        api.JobView,
-        "Cancel a job; a running one stops when its agent confirms",
-    ),
-    Route(
-        "GET",
-        "/v1/jobs/{job_id}/logs",
-        None,
-        api.JobLogPage,
-        "Read a job's log from an offset (the enterprise's own jobs; auditors get 403)",
-        query=api.JobLogQuery,
-    ),
-    Route(
-        "GET", "/v1/market", None, api.Market, "Capacity by GPU model, asks and the pool in PFLOPS"
-    ),
-    Route(
-        "GET",
-        "/v1/account",
-        None,
-        api.Account,
-        "Who this token is; for an enterprise also its voucher entitlement, credit, "
-        "reservations and statements",
-    ),
-    Route(
-        "GET",
-        "/v1/vouchers/pool",
-        None,
-        api.VoucherPool,
-        "The year's public voucher pool: granted, used, remaining (no token)",
-        "public",
-    ),
-    Route(
-        "GET",
-        "/v1/ledger/balances",
-        None,
-        api.LedgerBalances,
-        "Posted balances of the receivable, earnings, pool and cap accounts with the log size "
-        "they belong to (auditors), to compare with the log's postings",
-    ),
-    Route(
-        "GET",
-        "/v1/log/checkpoint",
-        None,
-        TEXT,
-        "The latest signed checkpoint (C2SP tlog-checkpoint signed note)",
-        "public",
-    ),
-    Route(
-        "GET",
-        "/v1/log/key",
-        None,
-        TEXT,
-        "The log's C2SP verifier key (name+keyhash+base64 key)",
-        "public",
-    ),
-    Route(
-        "GET",
-        "/v1/log/key-changes",
-        None,
-        log.KeyChanges,
-        "The indices of the log_key entries (rotations of the log's key), in log order",
-        "public",
-    ),
-    Route(
-        "GET",
-        "/v1/log/entries",
-        None,
-        log.EntriesPage,
-        "Log entries [start, end), base64; a page may stop early (at most 1000 entries)",
-        "public",
-        log.EntriesQuery,
-    ),
-    Route(
-        "GET",
-        "/v1/log/proof/inclusion",
-        None,
-        log.InclusionProof,
-        "RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
-        "public",
-        log.InclusionQuery,
-    ),
-    Route(
-        "GET",
-        "/v1/log/proof/consistency",
-        None,
-        log.ConsistencyProof,
-        "RFC 9162 consistency proof from the tree of `old` entries to that of `new`",
-        "public",
-        log.ConsistencyQuery,
-    ),
-    Route(
-        "GET",
-        "/v1/log/find",
-        None,
-        log.FoundEntry,
-        "The index of a receipt (by the SHA-256 of its envelope) or of an agent's key",
-        "public",
-        log.FindQuery,
-    ),
-)
 # carried inside other bodies' signed bytes, so no route names them directly
 ALSO_DECLARED: tuple[type[msgspec.Struct], ...] = (ErrorBody, ap.EnrolBody, ap.RotateProof)
 SECURITY = {
@@ -250,7 +74,7 @@ SECURITY = {
 }
 
 
-def declared_types(routes: Sequence[Route] = ROUTES) -> list[type[msgspec.Struct]]:
+def declared_types(routes: Sequence[Route]) -> list[type[msgspec.Struct]]:
     """Every body type the routes name, once, in route order, and the ones carried inside."""
     found: dict[type[msgspec.Struct], None] = {}
     for route in routes:
@@ -262,7 +86,7 @@ def declared_types(routes: Sequence[Route] = ROUTES) -> list[type[msgspec.Struct
     return list(found)
 
 
-def openapi_document(routes: Sequence[Route] = ROUTES) -> dict[str, Any]:
+def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
     """The document for `routes` (a fresh copy: callers may change it)."""
     return copy.deepcopy(_document(tuple(routes)))
 
