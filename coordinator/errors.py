@@ -15,6 +15,12 @@ class ApiError(SuanliError):
             self.code = code
 
 
+def status_of(exc: SuanliError) -> int:
+    """The HTTP status a refusal answers with: its own for API errors, 422 for any other
+    Suanli error (the request was understood and its content refused)."""
+    return exc.status if isinstance(exc, ApiError) else 422
+
+
 class Unauthenticated(ApiError):
     status = 401
     code = "unauthenticated"

@@ -239,13 +239,11 @@ def test_the_import_graph_resolves_packages_relative_and_type_checking_imports()
     assert found == {"p", "p.r", "p.q"}
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12: other rooms are still being split")
 def test_no_import_circles() -> None:
     cycles = _cycles(_import_graph())
     assert cycles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12: other rooms are still being split")
 def test_no_module_is_over_the_line_limit() -> None:
     over = [
         f"{path.relative_to(ROOT)}: {lines} lines"

@@ -279,7 +279,8 @@ def _complete(
 ) -> list[Posting | CreditExceeded]:
     """The answers, once every usage has one."""
     complete = [result for result in results if result is not None]
-    assert len(complete) == len(results)
+    if len(complete) != len(results):  # a bug, not bad input: refuse the batch rather than drop
+        raise RuntimeError(f"{len(results) - len(complete)} usages were left without an answer")
     return complete
 
 

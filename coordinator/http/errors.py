@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from coordinator.errors import ApiError, TooManyRequests
+from coordinator.errors import TooManyRequests, status_of
 from coordinator.http.keys import COORDINATOR, METRICS, Handler
 from shared import canonical
 from shared.errors import SuanliError
@@ -47,9 +47,6 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(request, exc.status, _body(exc))
         response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
-    except ApiError as exc:
-        status = exc.status
-        return error_response(request, exc.status, _body(exc))
     except web.HTTPRequestEntityTooLarge:
         status = 413
         limit = request.app[COORDINATOR].settings.request_body_limit_bytes
@@ -60,8 +57,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return error_response(request, exc.status, ErrorBody(error=code, detail=exc.reason))
     except SuanliError as exc:
-        status = 422
-        return error_response(request, 422, _body(exc))
+        status = status_of(exc)
+        return error_response(request, status, _body(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         detail = "the coordinator failed on this request; it is logged"

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.errors import ApiError, NotFound
+from coordinator.errors import ApiError, NotFound, status_of
 from coordinator.storage import Session, Store
 from coordinator.tlog.checkpoints import (
     DEFAULT_CHECKPOINT_INTERVAL_S,
@@ -67,10 +67,8 @@ def _public(handler: Handler) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return web.json_response(exc.as_body(), status=exc.status)
         except SuanliError as exc:
-            return web.json_response(exc.as_body(), status=422)
+            return web.json_response(exc.as_body(), status=status_of(exc))
 
     handle.__name__ = handler.__name__
     handle.__doc__ = handler.__doc__
