@@ -188,6 +188,7 @@ async def test_tmpfs_pages_are_charged_to_the_jobs_memory(engine: Engine) -> Non
     assert int(text.split()[-1]) <= 32 * MIB
 
 
+@pytest.mark.slow
 async def test_container_root_is_not_host_root(
     engine: Engine, engine_service: EngineService
 ) -> None:

@@ -205,6 +205,7 @@ async def test_agent_killed_and_restarted_readopts_its_container(stack: Stack) -
     assert log["data"].count("before") == 1 and "after" in log["data"], "logs shipped once"
 
 
+@pytest.mark.slow
 async def test_coordinator_outage_does_not_stop_the_job(stack: Stack) -> None:
     job_id = await stack.submit(["sh", "-c", "sleep 8"], gpus=2)
     running = await stack.wait_state(job_id, {"running"})
@@ -233,6 +234,7 @@ async def test_spool_holds_every_signed_receipt_until_acknowledged(stack: Stack)
     assert [r.seq for r in kept] == [r[0] for r in stack.receipts(job["lease_id"])]
 
 
+@pytest.mark.slow
 async def test_an_unpaid_job_is_stopped_at_the_acceptance_deadline(
     tmp_path: Path, engine_service: EngineService, cleanup: list
 ) -> None:

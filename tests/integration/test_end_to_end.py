@@ -152,6 +152,7 @@ async def test_a_job_no_agent_can_hold_stays_pending_and_says_why(market: Market
     assert job["state"] == "pending" and job["agent_id"] is None
 
 
+@pytest.mark.slow
 async def test_an_agent_killed_mid_job_loses_the_lease_and_the_job_moves(market: Market) -> None:
     job_id = await market.submit(
         "--gpus", "2", "--max-price-per-gpu-hour", "10", "--", "sleep", "30"
