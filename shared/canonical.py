@@ -30,7 +30,7 @@ def _check(obj: object, depth: int, require_sorted: bool) -> bool:
     kind = type(obj)
     if kind is list or kind is tuple:
         has_map = False
-        for item in obj:  # type: ignore[attr-defined]
+        for item in obj:  # type: ignore[attr-defined]  # exact type() check, not isinstance
             item_kind = type(item)
             if item_kind is int:
                 if not INT_MIN <= item <= INT_MAX:
@@ -40,7 +40,7 @@ def _check(obj: object, depth: int, require_sorted: bool) -> bool:
         return has_map
     if kind is dict:
         previous = None
-        for key, value in obj.items():  # type: ignore[attr-defined]
+        for key, value in obj.items():  # type: ignore[attr-defined]  # exact type() check
             if type(key) is not str:
                 raise EncodingError("map keys in a payload must be strings")
             if require_sorted and previous is not None and key <= previous:
@@ -49,7 +49,7 @@ def _check(obj: object, depth: int, require_sorted: bool) -> bool:
             _check(value, depth + 1, require_sorted)
         return True
     if kind is int:
-        if not INT_MIN <= obj <= INT_MAX:  # type: ignore[operator]
+        if not INT_MIN <= obj <= INT_MAX:  # type: ignore[operator]  # exact type() check
             raise EncodingError("an integer in the payload is outside the 64-bit range")
     elif kind is float:
         raise EncodingError("floats are not allowed in a payload; use integers")
@@ -73,7 +73,8 @@ def _sorted_maps(obj: Any) -> Any:
 def encode(obj: object) -> bytes:
     """The canonical bytes of a payload; raises EncodingError for anything not allowed."""
     has_map = _check(obj, 0, False)
-    return msgpack.packb(_sorted_maps(obj) if has_map else obj, use_bin_type=True)  # type: ignore[no-any-return]
+    encoded = msgpack.packb(_sorted_maps(obj) if has_map else obj, use_bin_type=True)
+    return bytes(encoded)  # msgpack is untyped: its packb returns bytes
 
 
 def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:

@@ -67,7 +67,8 @@ def seal(kind: str, payload: object, key: PrivateKey) -> bytes:
             f"a {kind} payload is {len(payload_bytes)} bytes; the limit is {KINDS[kind]}"
         )
     signature = key.sign(prefix + payload_bytes)
-    return msgpack.packb([payload_bytes, key.public.key_id, signature], use_bin_type=True)  # type: ignore[no-any-return]
+    encoded = msgpack.packb([payload_bytes, key.public.key_id, signature], use_bin_type=True)
+    return bytes(encoded)  # msgpack is untyped: its packb returns bytes
 
 
 _KEY_ID_HEADER = bytes([0xC4, KEY_ID_SIZE])
