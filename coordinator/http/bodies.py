@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -13,6 +13,9 @@ from coordinator.errors import ApiError, Unprocessable, UnsupportedMediaType
 from coordinator.http.errors import MSGPACK
 from coordinator.http.keys import COORDINATOR
 from shared import canonical
+from shared.messages import MessageError, decode_json
+
+T = TypeVar("T")
 
 JSON = "application/json"
 # deeper than any body the API declares; Python's own parser would recurse to a RecursionError
@@ -42,22 +45,33 @@ def msgpack_answer(data: Any, status: int = 200) -> web.Response:
 
 
 async def json_body(request: web.Request) -> bytes:
-    """A JSON body's bytes, for its declared type's decoder, once they are within the nesting
-    limit (a resource limit like the size: decoding would recurse on anything deeper)."""
+    """A JSON body's bytes, for its declared type's decoder."""
     if request.content_type != JSON:
         raise UnsupportedMediaType("send the request body as application/json")
-    raw = await read_body(request)
+    return await read_body(request)
+
+
+def decode_json_body(type_: type[T], raw: bytes, *, code: str) -> T:
+    """`raw` as `type_`. No declared body nests anywhere near MAX_JSON_DEPTH, so only a refused
+    body is measured: one that nests deeper is refused as too_deep, whatever else is wrong."""
+    try:
+        return decode_json(type_, raw, code=code)
+    except MessageError:
+        _refuse_if_too_deep(raw)
+        raise
+
+
+def _refuse_if_too_deep(raw: bytes) -> None:
     try:
         body = json.loads(raw)
     except RecursionError:
         body = None
     except ValueError:
-        return raw  # the decoder says it is not JSON
+        return  # not JSON: the decoder's refusal says so
     if body is None and raw.strip() != b"null" or _too_deep(body, MAX_JSON_DEPTH):
         raise Unprocessable(
             f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="too_deep"
         )
-    return raw
 
 
 def _too_deep(value: Any, limit: int) -> bool:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator.errors import Forbidden
-from coordinator.http.bodies import json_body
+from coordinator.http.bodies import decode_json_body, json_body
 from coordinator.http.keys import COORDINATOR, Handler
 from coordinator.http.openapi import Route
 from coordinator.http.tokens import principal
 from coordinator.jobs.views import job_view
-from shared.messages import api, decode_json, decode_query
+from shared.messages import api, decode_query
 
 
 async def submit_job(request: web.Request) -> web.Response:
@@ -18,7 +18,7 @@ async def submit_job(request: web.Request) -> web.Response:
     who = await principal(request)
     raw = await json_body(request)
     coordinator.jobs.require_poster(who)
-    body = decode_json(api.JobSubmit, raw, code="invalid_job")
+    body = decode_json_body(api.JobSubmit, raw, code="invalid_job")
     job, created = await coordinator.jobs.submit(who, body, request.headers.get("Idempotency-Key"))
     return web.json_response(job_view(coordinator.state, job), status=201 if created else 200)
 
