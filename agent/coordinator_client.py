@@ -4,6 +4,7 @@ agent's key. The session, TLS, timeouts and the error mapping (`CoordinatorError
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -11,7 +12,7 @@ import aiohttp
 
 from shared import canonical
 from shared.clock import now_ms
-from shared.http_client import HttpClient
+from shared.http_client import HttpClient, Refused
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
 
@@ -19,6 +20,11 @@ MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT_S = 60.0
 # a long poll is answered within its wait; this much more is allowed for the answer to come
 LONG_POLL_SLACK_S = 30.0
+# a restarted coordinator refuses requests signed before the last moment its previous run may
+# have served (at most about a second after it started); a fresh signature gets through
+SIGNED_BEFORE_RESTART = "signed_before_restart"
+RESIGN_TRIES = 8
+RESIGN_PAUSE_S = 0.2
 
 
 class CoordinatorClient(HttpClient):
@@ -48,8 +54,17 @@ class CoordinatorClient(HttpClient):
         )
 
     async def signed(self, path: str, body: Any, timeout_s: float | None = None) -> Any:
-        envelope = sign_request(self.key, "POST", path, body, now_ms())
-        return await self._post(path, envelope, timeout_s)
+        for _ in range(RESIGN_TRIES - 1):
+            envelope = sign_request(self.key, "POST", path, body, now_ms())
+            try:
+                return await self._post(path, envelope, timeout_s)
+            except Refused as exc:
+                if exc.error != SIGNED_BEFORE_RESTART:
+                    raise
+            await asyncio.sleep(RESIGN_PAUSE_S)
+        return await self._post(
+            path, sign_request(self.key, "POST", path, body, now_ms()), timeout_s
+        )
 
     async def enrol(self, token: str, hostname: str | None = None) -> dict[str, Any]:
         path = "/v1/agent/enroll"

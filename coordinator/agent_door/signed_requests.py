@@ -16,6 +16,7 @@ from coordinator.storage import Database
 from shared.errors import SuanliError
 from shared.signed_request import open_request, request_key_id
 
+SIGNED_BEFORE_RESTART = "signed_before_restart"  # the agent's client signs afresh and retries
 MAX_NONCES = 256  # past this many, an agent's nonces older than two windows are forgotten
 
 
@@ -52,7 +53,8 @@ class SignedRequests:
             # nonces seen before the coordinator's restart are forgotten; their times are not
             raise Unauthenticated(
                 "the request was signed before the coordinator restarted "
-                "(a possible replay); sign it again"
+                "(a possible replay); sign it again",
+                code=SIGNED_BEFORE_RESTART,
             )
         nonces = agent.nonces
         if signed.nonce in nonces:

@@ -617,8 +617,8 @@ async def test_a_request_replayed_after_a_restart_is_refused(
         await agent.client.close()  # its pooled connection was to the old process
         with pytest.raises(CoordinatorError, match="restarted") as caught:
             await agent.client._post("/v1/agent/heartbeat", body)
-        assert caught.value.status == 401
-        await agent.heartbeat()  # a fresh request is fine
+        assert (caught.value.status, caught.value.error) == (401, "signed_before_restart")
+        await agent.heartbeat()  # a fresh request is fine (re-signed while the floor holds)
 
 
 def test_a_half_sent_request_head_is_disconnected(tmp_path: Path) -> None:

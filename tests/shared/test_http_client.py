@@ -180,3 +180,35 @@ def test_tls_is_verified_and_a_bad_ca_file_is_refused_before_sending(tmp_path: P
     assert not isinstance(tls_for("https://example.com"), bool)
     with pytest.raises(TransportError, match="cannot use CA file"):
         tls_for("http://127.0.0.1:8080", str(tmp_path / "missing.pem"))
+
+
+async def test_the_agent_signs_afresh_when_a_restarted_coordinator_refuses_an_old_signature() -> (
+    None
+):
+    bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        if len(bodies) < 3:
+            refusal = {"error": "signed_before_restart", "detail": "sign it again"}
+            return web.Response(status=401, body=canonical.encode(refusal))
+        return web.Response(body=canonical.encode({"ok": True}))
+
+    async with serving(handler) as url:
+        assert await _agent(url) == {"ok": True}
+    assert len(bodies) == 3
+    assert len(set(bodies)) == 3  # each try is a new signature (new nonce), never a resend
+
+
+async def test_the_agent_does_not_resend_after_any_other_refusal() -> None:
+    bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        refusal = {"error": "unauthenticated", "detail": "replayed nonce"}
+        return web.Response(status=401, body=canonical.encode(refusal))
+
+    async with serving(handler) as url:
+        with pytest.raises(Refused) as caught:
+            await _agent(url)
+    assert caught.value.error == "unauthenticated" and len(bodies) == 1
