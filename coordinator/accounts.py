@@ -1,7 +1,7 @@
 """Who is who: providers, enterprises and auditors, and the tokens that stand for them.
 
 Tokens are random, shown once, and stored only as SHA-256 hashes. These functions take a
-`sqlite_utils.Database`, so the admin command runs them directly on the file and the server
+`Session`, so the admin command runs them directly on the file and the server
 runs them on its writer thread.
 """
 
@@ -12,10 +12,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from coordinator import billing
 from coordinator.errors import Conflict, NotFound, Unauthenticated
+from coordinator.storage import Session
 from shared.uscc import validate_uscc
 
 TOKEN_PREFIX = {"enterprise": "sk_ent_", "auditor": "sk_aud_", "enrolment": "sk_enr_"}
@@ -45,7 +44,7 @@ def _check_name(name: str) -> str:
 
 
 def _issue(
-    db: sqlite_utils.Database,
+    db: Session,
     role: str,
     subject_id: str,
     now_ms: int,
@@ -68,7 +67,7 @@ def _issue(
 
 
 def add_provider(
-    db: sqlite_utils.Database, name: str, uscc: str, now_ms: int, max_hosts: int = 1
+    db: Session, name: str, uscc: str, now_ms: int, max_hosts: int = 1
 ) -> tuple[str, str]:
     """Register a provider; returns (provider_id, enrolment token for max_hosts hosts).
 
@@ -86,7 +85,7 @@ def add_provider(
 
 
 def issue_enrolment_token(
-    db: sqlite_utils.Database,
+    db: Session,
     provider_id: str,
     now_ms: int,
     max_hosts: int = 1,
@@ -97,7 +96,7 @@ def issue_enrolment_token(
     return _issue(db, "enrolment", provider_id, now_ms, uses=max_hosts, expires_at_ms=expires_at_ms)
 
 
-def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int) -> tuple[str, str]:
+def add_enterprise(db: Session, name: str, uscc: str, now_ms: int) -> tuple[str, str]:
     """Register an enterprise (one per USCC); returns (enterprise_id, API token)."""
     code = validate_uscc(uscc)
     existing = list(db.query("SELECT id FROM enterprises WHERE uscc = ?", [code]))
@@ -110,7 +109,7 @@ def add_enterprise(db: sqlite_utils.Database, name: str, uscc: str, now_ms: int)
     return enterprise_id, _issue(db, "enterprise", enterprise_id, now_ms)
 
 
-def add_auditor(db: sqlite_utils.Database, name: str, now_ms: int) -> tuple[str, str]:
+def add_auditor(db: Session, name: str, now_ms: int) -> tuple[str, str]:
     auditor_id = new_id("aud")
     db.table("auditors").insert(
         {"id": auditor_id, "name": _check_name(name), "created_at_ms": now_ms}
@@ -118,7 +117,7 @@ def add_auditor(db: sqlite_utils.Database, name: str, now_ms: int) -> tuple[str,
     return auditor_id, _issue(db, "auditor", auditor_id, now_ms)
 
 
-def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principal | None:
+def lookup_token(db: Session, token: str, now_ms: int) -> Principal | None:
     """The principal an API token stands for, or None if unknown, revoked or expired."""
     rows = list(
         db.query(
@@ -136,13 +135,13 @@ def lookup_token(db: sqlite_utils.Database, token: str, now_ms: int) -> Principa
     return Principal(row["role"], row["subject_id"], hash_token(token))
 
 
-def _admin_change(db: sqlite_utils.Database, kind: str, subject: str, now_ms: int) -> None:
+def _admin_change(db: Session, kind: str, subject: str, now_ms: int) -> None:
     """Tell the running coordinator, which polls this table, what an operator changed."""
     db.table("admin_changes").insert({"kind": kind, "subject": subject, "at_ms": now_ms})
 
 
 def revoke_tokens(
-    db: sqlite_utils.Database, now_ms: int, token: str | None = None, subject_id: str | None = None
+    db: Session, now_ms: int, token: str | None = None, subject_id: str | None = None
 ) -> list[str]:
     """Revoke one token, or every token of a subject; returns the hashes revoked."""
     if (token is None) == (subject_id is None):
@@ -168,7 +167,7 @@ def revoke_tokens(
     return hashes
 
 
-def revoke_agent(db: sqlite_utils.Database, agent_id: str, now_ms: int) -> dict[str, Any]:
+def revoke_agent(db: Session, agent_id: str, now_ms: int) -> dict[str, Any]:
     """Revoke an agent's key for good: its requests are refused and its leases are lost."""
     rows = list(
         db.query(
@@ -188,7 +187,7 @@ def revoke_agent(db: sqlite_utils.Database, agent_id: str, now_ms: int) -> dict[
 
 
 def list_flags(
-    db: sqlite_utils.Database, include_cleared: bool = False, agent_id: str | None = None
+    db: Session, include_cleared: bool = False, agent_id: str | None = None
 ) -> list[dict[str, Any]]:
     where = ["1 = 1" if include_cleared else "cleared_at_ms IS NULL"]
     params: list[Any] = []
@@ -204,7 +203,7 @@ def list_flags(
     )
 
 
-def clear_flag(db: sqlite_utils.Database, flag_id: int, now_ms: int) -> dict[str, Any]:
+def clear_flag(db: Session, flag_id: int, now_ms: int) -> dict[str, Any]:
     """Clear an open capacity flag: the running coordinator then believes the GPU as reported.
 
     A cleared uuid_conflict hands the GPU to the agent that claimed it; a cleared
@@ -228,7 +227,7 @@ def clear_flag(db: sqlite_utils.Database, flag_id: int, now_ms: int) -> dict[str
     return {**flag, "cleared_at_ms": now_ms}
 
 
-def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -> str:
+def redeem_enrolment_token(db: Session, token: str, now_ms: int) -> str:
     """Use one host's worth of an enrolment token; returns the provider id."""
     rows = list(
         db.query(
@@ -251,7 +250,7 @@ def redeem_enrolment_token(db: sqlite_utils.Database, token: str, now_ms: int) -
     return str(row["subject_id"])
 
 
-def list_accounts(db: sqlite_utils.Database) -> dict[str, list[dict[str, Any]]]:
+def list_accounts(db: Session) -> dict[str, list[dict[str, Any]]]:
     return {
         "providers": list(
             db.query(

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import sqlite_utils
-
 from coordinator import billing, tlog
 from coordinator.jobs import Job, Lease
 from coordinator.market import Agent
 from coordinator.settlement import Settlement
 from coordinator.state import State
 from coordinator.state.rows import AGENT_UPDATE, agent_row, job_row, lease_row
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 
 
 class Committer:
@@ -33,7 +31,7 @@ class Committer:
         jobs: Sequence[Job] = (),
         leases: Sequence[Lease] = (),
         agents: Sequence[Agent] = (),
-        extra: Callable[[sqlite_utils.Database], None] | None = None,
+        extra: Callable[[Session], None] | None = None,
         entries: Sequence[bytes] = (),
     ) -> None:
         """Commit jobs, leases and agents, and append the log entries of what changed, at once.
@@ -51,7 +49,7 @@ class Committer:
         settle = self.settlement.settle_or_defer(finished, now)
         log_entries = list(entries)
 
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: Session) -> None:
             if job_rows:
                 db.table("jobs").upsert_all(job_rows, pk="id")
             for job_id in settle:

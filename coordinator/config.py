@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.storage import is_postgres_url, sqlite_path
 from shared.errors import SuanliError
 from shared.settings_file import describe, read_table, setting, typed_values
 
@@ -81,11 +82,35 @@ class Settings:
         "loop does)",
     )
 
+    log_key_file: str | None = setting(
+        None,
+        "the log's signing key file (default: beside a SQLite database, as DB.key); needed on "
+        "PostgreSQL, where a leader and its standbys each hold a copy of the same key",
+    )
+    public_url: str | None = setting(
+        None,
+        "the base URL agents and clients reach this coordinator at; standbys name the leader by "
+        "it in their redirects (default: http://LISTEN)",
+    )
+    leader_lease_ms: int = setting(
+        3_000,
+        "PostgreSQL only: how long the leader's lease lasts without renewal; a standby takes "
+        "over once it lapses (at once when the leader's database session ends)",
+    )
+    standby_refresh_ms: int = setting(
+        2_000, "PostgreSQL only: how often a standby reloads its read-only view of the market"
+    )
+
     def __post_init__(self) -> None:
         if not 0 <= self.receipt_workers <= MAX_RECEIPT_WORKERS:
             raise ConfigError(
                 f"receipt_workers must be from 0 to {MAX_RECEIPT_WORKERS}, "
                 f"not {self.receipt_workers}"
+            )
+        if self.leader_lease_ms < 500 or self.standby_refresh_ms < 100:
+            raise ConfigError(
+                "leader_lease_ms must be at least 500 and standby_refresh_ms at least 100, not "
+                f"{self.leader_lease_ms} and {self.standby_refresh_ms}"
             )
         for name in ("stop_grace_ms", "settle_grace_ms", "rejections_per_agent_per_day"):
             value = getattr(self, name)
@@ -98,6 +123,18 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def log_key_location(settings: Settings, database: str) -> Path:
+    """Where the log's signing key is: `log_key_file`, or beside a SQLite database."""
+    if settings.log_key_file:
+        return Path(settings.log_key_file)
+    if is_postgres_url(database):
+        raise ConfigError(
+            "a coordinator on PostgreSQL keeps its log key in a file: set log_key_file in "
+            "coordinator.toml ([coordinator] table) to the same key on the leader and standbys"
+        )
+    return Path(f"{sqlite_path(database)}.key")
 
 
 def load_settings(path: Path | None) -> Settings:

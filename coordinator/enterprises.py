@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
 from coordinator import billing
+from coordinator.storage import Session
 
 
 class Enterprises:
@@ -14,7 +13,7 @@ class Enterprises:
         self.policy = policy
         self._usccs: dict[str, str] = {}
 
-    def uscc(self, db: sqlite_utils.Database, enterprise_id: str) -> str:
+    def uscc(self, db: Session, enterprise_id: str) -> str:
         uscc = self._usccs.get(enterprise_id)
         if uscc is None:
             row = db.conn.execute(
@@ -23,7 +22,7 @@ class Enterprises:
             uscc = self._usccs[enterprise_id] = str(row[0])
         return uscc
 
-    def account(self, db: sqlite_utils.Database, enterprise_id: str, now: int) -> dict[str, Any]:
+    def account(self, db: Session, enterprise_id: str, now: int) -> dict[str, Any]:
         """The enterprise's credit, vouchers and usage, its accounts opened on first sight."""
         billing.open_enterprise_accounts(
             db, enterprise_id, self.uscc(db, enterprise_id), self.policy, now

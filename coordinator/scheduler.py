@@ -6,11 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import sqlite_utils
-
 from coordinator import accounts, tlog
 from coordinator.jobs import Job, Lease
 from coordinator.scheduler_parts import Changes, SchedulerParts
+from coordinator.storage import Session
 from shared import canonical, log_entries
 from shared.auction import JobSpec, Outcome, round_record, run_auction
 
@@ -113,10 +112,10 @@ class Scheduler(SchedulerParts):
         return placed
 
 
-def round_writes(rounds: list[Round]) -> Callable[[sqlite_utils.Database], None]:
+def round_writes(rounds: list[Round]) -> Callable[[Session], None]:
     """The auction rounds' rows and their log entries (appended before the awards)."""
 
-    def write(db: sqlite_utils.Database) -> None:
+    def write(db: Session) -> None:
         db.table("auction_rounds").insert_all(
             [{"job_id": r.job_id, "at_ms": r.at_ms, "record": r.record} for r in rounds]
         )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import sqlite_utils
-
 from coordinator import billing
 from coordinator.config import Settings
 from coordinator.jobs import Job
 from coordinator.state import State
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 
 
 class Settlement:
@@ -70,7 +68,7 @@ class Settlement:
         for job_id in due:
             del self._due[job_id]
 
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: Session) -> None:
             for job_id in due:
                 billing.settle_job(db, job_id, now)
 

@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pytest
 from coordinator_harness import UNHURRIED_SETTINGS, Api, CoordinatorProcess, FakeAgent
+from databases import database_location, engine_name, new_database, stop_shared_cluster  # noqa: F401
 from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_shared_cluster()
+
+
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    process = CoordinatorProcess(tmp_path).start()
+def coordinator(tmp_path: Path, engine_name: str) -> Iterator[CoordinatorProcess]:
+    """A coordinator process, on each database engine in turn."""
+    database = new_database(engine_name, tmp_path)
+    process = CoordinatorProcess(tmp_path, database=database).start()
     try:
         yield process
     finally:
@@ -26,9 +33,12 @@ def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
 
 
 @pytest.fixture
-def unhurried_coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
+def unhurried_coordinator(tmp_path: Path, engine_name: str) -> Iterator[CoordinatorProcess]:
     """A coordinator that calls no agent lost or late within the test's few seconds."""
-    process = CoordinatorProcess(tmp_path, settings=dict(UNHURRIED_SETTINGS)).start()
+    database = new_database(engine_name, tmp_path)
+    process = CoordinatorProcess(
+        tmp_path, settings=dict(UNHURRIED_SETTINGS), database=database
+    ).start()
     try:
         yield process
     finally:

@@ -10,11 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import databases
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,16 +62,31 @@ class CoordinatorProcess:
     extra_args: list[str] = field(default_factory=list)
     scheme: str = "http"
     process: subprocess.Popen[bytes] | None = None
+    database: str | None = None  # a `--db` location; a SQLite file in workdir when None
 
     @property
-    def db(self) -> Path:
-        return self.workdir / "coordinator.db"
+    def db(self) -> str:
+        return self.database or str(self.workdir / "coordinator.db")
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.db.startswith("postgresql://") else "sqlite"
+
+    @property
+    def log_key_file(self) -> Path:
+        return Path(self.settings.get("log_key_file") or f"{self.db}.key")
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows read straight from this coordinator's database, on either engine."""
+        return databases.rows(self.db, sql, params)
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> CoordinatorProcess:
+        if self.engine == "postgresql":
+            self.settings.setdefault("log_key_file", str(self.workdir / "coordinator.key"))
         config = self.workdir / "coordinator.toml"
         config.write_text(
             "[coordinator]\n"
@@ -123,11 +140,25 @@ class CoordinatorProcess:
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [BIN / "suanli-coordinator", "admin", "--db", str(self.db), *args],
+            [
+                BIN / "suanli-coordinator",
+                "admin",
+                "--db",
+                self.db,
+                "--config",
+                self._config(),
+                *args,
+            ],
             capture_output=True,
             text=True,
             check=check,
         )
+
+    def _config(self) -> str:
+        config = self.workdir / "coordinator.toml"
+        if not config.exists():
+            config.write_text("")
+        return str(config)
 
     def admin_json(self, *args: str) -> dict[str, Any]:
         return json.loads(self.admin(*args, "--json").stdout)  # type: ignore[no-any-return]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-import sqlite_utils
-
 from coordinator import billing
+from coordinator.storage import Session
 from shared.uscc import check_character
 
 NOW = 1_790_000_000_000  # 2026-09-21, inside fiscal year 2026
@@ -21,7 +20,7 @@ def uscc(n: int) -> str:
 class World:
     """The coordinator rows the ledger leans on: companies, agents, jobs, leases, receipts."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Session) -> None:
         self.db = db
         self.counter = 0
 

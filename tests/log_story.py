@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
 from aiohttp import web
 
 from coordinator import tlog
 from coordinator.client import audit
-from coordinator.storage import Database, connect, transaction
+from coordinator.storage import Database, Session, connect, transaction
 from coordinator.storage.migrations import LOG_TABLES
 from shared import canonical
 from shared import log_entries as L
@@ -37,7 +36,7 @@ MAX_DURATION_MS = 3_600_000
 # -- building logs -----------------------------------------------------------------------------
 
 
-def open_db(path: Path) -> sqlite_utils.Database:
+def open_db(path: Path) -> Session:
     db = connect(path)
     db.conn.executescript(LOG_TABLES)
     return db

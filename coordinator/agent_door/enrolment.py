@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
-
-import sqlite_utils
 
 from coordinator import accounts, tlog
 from coordinator.config import Settings
@@ -15,7 +12,7 @@ from coordinator.errors import Conflict, Unauthenticated, Unprocessable
 from coordinator.market import Agent
 from coordinator.signals import Signals
 from coordinator.state import State
-from coordinator.storage import Database
+from coordinator.storage import Database, IntegrityError, Session
 from shared import canonical, log_entries
 from shared.errors import SuanliError
 from shared.identity import PublicKey
@@ -69,7 +66,7 @@ class Enrolment:
             raise Conflict("this key is already enrolled; an agent enrols once")
         now = self.clock()
 
-        def write(db: sqlite_utils.Database) -> tuple[str, str]:
+        def write(db: Session) -> tuple[str, str]:
             if db.conn.execute(
                 "SELECT 1 FROM agents WHERE agent_id = ?", [public.agent_id]
             ).fetchone():
@@ -95,7 +92,7 @@ class Enrolment:
         self._enrolling.add(public.agent_id)
         try:
             uscc, provider_id = await self.database.run(write)
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise Conflict("this key is already enrolled; an agent enrols once") from None
         finally:
             self._enrolling.discard(public.agent_id)
@@ -140,7 +137,7 @@ class Enrolment:
         self._enrolling.add(new_id)
         try:
             await self.database.run(_rotation_writes(agent, public, now))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise Conflict("the new key is already enrolled") from None
         finally:
             self._enrolling.discard(new_id)
@@ -160,13 +157,11 @@ class Enrolment:
         return {"agent_id": new_id, "previous_agent_id": old_id, "provider_id": agent.provider_id}
 
 
-def _rotation_writes(
-    agent: Agent, public: PublicKey, now: int
-) -> Callable[[sqlite_utils.Database], None]:
+def _rotation_writes(agent: Agent, public: PublicKey, now: int) -> Callable[[Session], None]:
     """The new key's agent row, the old one revoked, its GPUs and open flags handed over."""
     old_id, new_id = agent.agent_id, public.agent_id
 
-    def write(db: sqlite_utils.Database) -> None:
+    def write(db: Session) -> None:
         db.table("agents").insert(
             {
                 "agent_id": new_id,

@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.config import Settings
 from coordinator.errors import Unauthenticated
 from coordinator.market import Agent
 from coordinator.state import SKEW_MARGIN_MS, State
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 from shared.errors import SuanliError
 from shared.signed_request import open_request, request_key_id
 
@@ -78,7 +76,7 @@ class SignedRequests:
         self._floors_dirty.clear()
         now = self.clock()
 
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: Session) -> None:
             if rows:
                 db.conn.executemany(
                     "INSERT INTO agent_request_floors (agent_id, skew_ms) VALUES (?, ?) "
@@ -86,7 +84,8 @@ class SignedRequests:
                     rows,
                 )
             db.conn.execute(
-                "INSERT OR REPLACE INTO coordinator_alive (id, at_ms, stopped) VALUES (1, ?, ?)",
+                "INSERT INTO coordinator_alive (id, at_ms, stopped) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms, stopped = excluded.stopped",
                 [now, int(stopping)],
             )
 

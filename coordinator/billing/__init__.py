@@ -9,7 +9,7 @@ closing a month issues statements that must be paid (`statements`); `check_invar
 every way the ledger could be wrong (`invariants`). The chart of accounts is in `chart`, the
 vocabulary (ledgers, codes, account names) in `shared.ledger_names`.
 
-Every function here is synchronous, takes the coordinator's `sqlite_utils.Database`, runs
+Every function here is synchronous, takes the coordinator's `Session`, runs
 inside the caller's transaction (the writer thread's, or `coordinator.storage.transaction`) and is
 atomic by its own savepoint: it either does everything or raises and leaves nothing behind.
 """

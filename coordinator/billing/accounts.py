@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.errors import IdempotencyConflict, InvalidTransfer
 from coordinator.billing.records import Account
 from coordinator.billing.sql import rows_in
+from coordinator.storage import Session
 from shared.ledger_names import FLAGS, LEDGERS, NO_LIMIT
 
 ACCOUNT_COLUMNS = (
@@ -21,20 +20,20 @@ def account_from_row(row: Sequence[Any]) -> Account:
     return Account(*row)
 
 
-def get_account(db: sqlite_utils.Database, account_id: str) -> Account | None:
+def get_account(db: Session, account_id: str) -> Account | None:
     row = db.conn.execute(
         f"SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ?", [account_id]
     ).fetchone()
     return account_from_row(row) if row is not None else None
 
 
-def get_accounts(db: sqlite_utils.Database, account_ids: Sequence[str]) -> dict[str, Account]:
+def get_accounts(db: Session, account_ids: Sequence[str]) -> dict[str, Account]:
     rows = rows_in(db, f"SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id IN", account_ids)
     return {row[0]: account_from_row(row) for row in rows}
 
 
 def open_account(
-    db: sqlite_utils.Database,
+    db: Session,
     account_id: str,
     *,
     ledger: str,
@@ -51,8 +50,8 @@ def open_account(
     if flags not in FLAGS:
         raise InvalidTransfer(f"{flags!r} is not a balance limit")
     db.conn.execute(
-        "INSERT OR IGNORE INTO ledger_accounts (id, ledger, kind, owner, flags, created_at_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ledger_accounts (id, ledger, kind, owner, flags, created_at_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [account_id, ledger, kind, owner, flags, now_ms],
     )
     account = get_account(db, account_id)

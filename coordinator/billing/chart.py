@@ -31,13 +31,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_account, get_accounts, open_account
 from coordinator.billing.linked_sets import create_transfers
 from coordinator.billing.policy import VoucherPolicy
 from coordinator.billing.records import Account, Transfer, transfer_id
 from coordinator.billing.sql import savepoint
+from coordinator.storage import Session
 from shared.ledger_names import (
     BANK,
     CAP,
@@ -84,9 +83,7 @@ class AccountSpec(NamedTuple):
     flags: str
 
 
-def need_accounts(
-    db: sqlite_utils.Database, specs: list[AccountSpec], now_ms: int
-) -> dict[str, Account]:
+def need_accounts(db: Session, specs: list[AccountSpec], now_ms: int) -> dict[str, Account]:
     """These accounts, opening any that do not exist yet (one query when all do)."""
     found = get_accounts(db, [spec.id for spec in specs])
     for account_id, ledger, kind, owner, flags in specs:
@@ -156,7 +153,7 @@ def earnings_specs(provider_id: str) -> list[AccountSpec]:
 
 
 def _grow(
-    db: sqlite_utils.Database,
+    db: Session,
     account: Account,
     source: str,
     target: int,
@@ -185,7 +182,7 @@ def _grow(
     return get_account(db, account.id) or account
 
 
-def open_fiscal_year(db: sqlite_utils.Database, policy: VoucherPolicy, now_ms: int) -> Account:
+def open_fiscal_year(db: Session, policy: VoucherPolicy, now_ms: int) -> Account:
     """Open the policy year's pool and fund it up to the policy's total; returns the pool account.
 
     Idempotent. Raising the total mid-year tops the pool up; lowering it takes nothing back.
@@ -204,7 +201,7 @@ def open_fiscal_year(db: sqlite_utils.Database, policy: VoucherPolicy, now_ms: i
         )
 
 
-def ensure_cap(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy, now_ms: int) -> Account:
+def ensure_cap(db: Session, uscc: str, policy: VoucherPolicy, now_ms: int) -> Account:
     """This company's cap for the policy year, opened and granted up to the policy's cap."""
     year = policy.fiscal_year
     cap = need_accounts(db, [cap_spec(year, uscc)], now_ms)[cap_account(year, uscc)]
@@ -220,7 +217,7 @@ def ensure_cap(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy, now_
 
 
 def ensure_year(
-    db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy, now_ms: int
+    db: Session, uscc: str, policy: VoucherPolicy, now_ms: int
 ) -> tuple[Account, Account]:
     """The year's pool and this company's cap, opened and granted as the policy says."""
     year = policy.fiscal_year

@@ -4,9 +4,8 @@ reservation holds what its job may still be charged."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from coordinator.billing.records import Account, short_hex
+from coordinator.storage import Connection
 from shared.ledger_names import (
     CAP,
     CREDIT_ACCOUNT,
@@ -71,7 +70,7 @@ def _code_sum(code: str) -> str:
     return f"SUM(CASE t.code WHEN '{code}' THEN t.amount ELSE 0 END)"
 
 
-def check_postings(conn: sqlite3.Connection, problems: list[str], most: int) -> None:
+def check_postings(conn: Connection, problems: list[str], most: int) -> None:
     """Each posting's transfers are exactly its legs, summing to its voucher and deferred parts.
 
     The whole table is checked in SQL (every leg of the right shape, the sums right); only
@@ -187,7 +186,7 @@ def check_quotas(stored: dict[str, Account], problems: list[str]) -> None:
                 )
 
 
-def check_reservations(conn: sqlite3.Connection, problems: list[str]) -> None:
+def check_reservations(conn: Connection, problems: list[str]) -> None:
     """Every job whose reservation is not settled still holds what it may yet be charged.
 
     A job's holds are its pending transfers caused by `job:ID` on the credit ledger and on the

@@ -4,8 +4,6 @@ and the figures a credit refusal quotes."""
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_accounts
 from coordinator.billing.amounts import check_amount, yuan
 from coordinator.billing.chart import ensure_year, enterprise_specs, need_accounts
@@ -20,6 +18,7 @@ from coordinator.billing.linked_sets import create_transfers
 from coordinator.billing.policy import VoucherPolicy
 from coordinator.billing.records import Transfer, transfer_id
 from coordinator.billing.sql import savepoint
+from coordinator.storage import Session
 from shared.ledger_names import (
     CREDIT_LIMIT,
     credit_account,
@@ -31,7 +30,7 @@ from shared.uscc import validate_uscc
 
 
 def open_enterprise_accounts(
-    db: sqlite_utils.Database, enterprise_id: str, uscc: str, policy: VoucherPolicy, now_ms: int
+    db: Session, enterprise_id: str, uscc: str, policy: VoucherPolicy, now_ms: int
 ) -> None:
     """Give a newly registered enterprise its ledger accounts and its entitlement; idempotent.
 
@@ -82,9 +81,7 @@ def open_enterprise_accounts(
         ensure_year(db, code, policy, now_ms)
 
 
-def enterprise_uscc(
-    db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy, now_ms: int
-) -> str:
+def enterprise_uscc(db: Session, enterprise_id: str, policy: VoucherPolicy, now_ms: int) -> str:
     """The USCC the enterprise's entitlement hangs on, opening its accounts if registration
     predates them."""
     row = db.conn.execute(
@@ -99,7 +96,7 @@ def enterprise_uscc(
     return str(found[0])
 
 
-def opened_uscc(db: sqlite_utils.Database, enterprise_id: str) -> str:
+def opened_uscc(db: Session, enterprise_id: str) -> str:
     row = db.conn.execute(
         "SELECT uscc FROM ledger_enterprises WHERE enterprise_id = ?", [enterprise_id]
     ).fetchone()
@@ -108,20 +105,18 @@ def opened_uscc(db: sqlite_utils.Database, enterprise_id: str) -> str:
     return str(row[0])
 
 
-def is_provider(db: sqlite_utils.Database, uscc: str) -> bool:
+def is_provider(db: Session, uscc: str) -> bool:
     return (
         db.conn.execute("SELECT 1 FROM providers WHERE uscc = ? LIMIT 1", [uscc]).fetchone()
         is not None
     )
 
 
-def subsidy_allowed(db: sqlite_utils.Database, uscc: str, policy: VoucherPolicy) -> bool:
+def subsidy_allowed(db: Session, uscc: str, policy: VoucherPolicy) -> bool:
     return policy.providers_may_be_subsidised or not is_provider(db, uscc)
 
 
-def set_credit_limit(
-    db: sqlite_utils.Database, enterprise_id: str, amount: int, now_ms: int
-) -> int:
+def set_credit_limit(db: Session, enterprise_id: str, amount: int, now_ms: int) -> int:
     """Set the enterprise's credit limit; returns it. Lowering it below what is owed and
     reserved is refused (`CreditExceeded`): collect or wait for the jobs first."""
     check_amount(amount, "a credit limit", allow_zero=True)
@@ -161,7 +156,7 @@ def set_credit_limit(
     return amount
 
 
-def credit_figures(db: sqlite_utils.Database, enterprise_id: str) -> dict[str, int]:
+def credit_figures(db: Session, enterprise_id: str) -> dict[str, int]:
     accounts = get_accounts(
         db,
         [
@@ -186,9 +181,7 @@ def credit_figures(db: sqlite_utils.Database, enterprise_id: str) -> dict[str, i
     }
 
 
-def credit_exceeded(
-    db: sqlite_utils.Database, enterprise_id: str, amount: int, what: str
-) -> CreditExceeded:
+def credit_exceeded(db: Session, enterprise_id: str, amount: int, what: str) -> CreditExceeded:
     """The refusal, quoting the enterprise's credit figures, of `what` (of `amount`)."""
     held = credit_figures(db, enterprise_id)
     return CreditExceeded(

@@ -4,13 +4,10 @@ accepted receipts; and the chart of accounts' own rules (`chart_invariants`)."""
 
 from __future__ import annotations
 
-import sqlite3
-
-import sqlite_utils
-
 from coordinator.billing.accounts import ACCOUNT_COLUMNS, account_from_row
 from coordinator.billing.chart_invariants import check_postings, check_quotas, check_reservations
 from coordinator.billing.records import Account, short_hex
+from coordinator.storage import Connection, DatabaseError, Session
 from shared.ledger_names import (
     LEDGERS,
     PENDING,
@@ -25,7 +22,7 @@ MAX_PROBLEMS = 100
 _USAGE_LIKE = USAGE_PREFIX.replace("_", "\\_") + "%"
 
 
-def check_invariants(db: sqlite_utils.Database) -> list[str]:
+def check_invariants(db: Session) -> list[str]:
     """Every way the ledger could be wrong, one sentence each; an empty list when all hold.
 
     Recomputes every account's balances from its transfers, checks that each ledger's debits
@@ -37,14 +34,14 @@ def check_invariants(db: sqlite_utils.Database) -> list[str]:
     problems: list[str] = []
     try:
         _check(db.conn, problems)
-    except sqlite3.OperationalError as exc:  # e.g. "integer overflow" in SUM over tampered rows
+    except DatabaseError as exc:  # e.g. "integer overflow" in SUM over tampered rows
         problems.append(f"the ledger cannot be summed: {exc}")
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"… and {len(problems) - MAX_PROBLEMS} more problems"]
     return problems
 
 
-def _check(conn: sqlite3.Connection, problems: list[str]) -> None:
+def _check(conn: Connection, problems: list[str]) -> None:
     stored: dict[str, Account] = {
         row[0]: account_from_row(row)
         for row in conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts")

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_accounts
 from coordinator.billing.errors import (
     IdempotencyConflict,
@@ -27,6 +25,7 @@ from coordinator.billing.pending import OpenPending, load_pending, load_pendings
 from coordinator.billing.records import MAX_BALANCE, Account, Transfer
 from coordinator.billing.sql import savepoint
 from coordinator.billing.transfers import TRANSFER_COLUMNS, get_transfers, validate_transfer
+from coordinator.storage import Session
 from shared.ledger_names import (
     CREDITS_MUST_NOT_EXCEED_DEBITS,
     DEBITS_MUST_NOT_EXCEED_CREDITS,
@@ -49,7 +48,7 @@ class _Working:
         self.balances = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
 
 
-def create_transfers(db: sqlite_utils.Database, transfers: Sequence[Transfer]) -> list[Transfer]:
+def create_transfers(db: Session, transfers: Sequence[Transfer]) -> list[Transfer]:
     """Write a linked set of transfers: all of them, applied in order, or none.
 
     If every transfer of the set already exists with the same fields, nothing is written and
@@ -96,7 +95,7 @@ class TransferBatch:
     transaction and gives new transfer ids (the primary key refuses a reused one at flush).
     """
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Session) -> None:
         self.db = db
         self._working: dict[str, _Working] = {}
         self._opens: dict[bytes, OpenPending] = {}

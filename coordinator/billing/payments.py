@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_account
 from coordinator.billing.amounts import check_amount, yuan
 from coordinator.billing.chart import BANK_SPEC, earnings_specs, enterprise_specs, need_accounts
@@ -23,6 +21,7 @@ from coordinator.billing.linked_sets import create_transfers
 from coordinator.billing.records import Transfer, transfer_id
 from coordinator.billing.sql import savepoint
 from coordinator.billing.transfers import get_transfers
+from coordinator.storage import Session
 from shared.ledger_names import (
     BANK,
     CREDIT_USED,
@@ -67,7 +66,7 @@ def _check_reference(reference: object) -> str:
     return reference
 
 
-def _repeat(db: sqlite_utils.Database, transfers: list[Transfer], what: str) -> list[Transfer]:
+def _repeat(db: Session, transfers: list[Transfer], what: str) -> list[Transfer]:
     """create_transfers, with a retry's conflict said in the caller's words."""
     try:
         return create_transfers(db, transfers)
@@ -82,7 +81,7 @@ def _repeat(db: sqlite_utils.Database, transfers: list[Transfer], what: str) -> 
 
 
 def record_payment(
-    db: sqlite_utils.Database, enterprise_id: str, amount: int, reference: str, now_ms: int
+    db: Session, enterprise_id: str, amount: int, reference: str, now_ms: int
 ) -> Payment:
     """Record money received from an enterprise; it restores as much of its credit.
 
@@ -133,7 +132,7 @@ def record_payment(
 
 
 def record_payout(
-    db: sqlite_utils.Database, provider_id: str, amount: int, reference: str, now_ms: int
+    db: Session, provider_id: str, amount: int, reference: str, now_ms: int
 ) -> Payment:
     """Record money paid out to a provider; never more than it has earned.
 

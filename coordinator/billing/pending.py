@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from coordinator.billing.sql import rows_in
+from coordinator.storage import Session
 from shared.ledger_names import PENDING, VOID_PENDING
 
 
@@ -29,9 +28,7 @@ class OpenPending:
     voided: bool
 
 
-def load_pendings(
-    db: sqlite_utils.Database, pending_ids: Sequence[bytes]
-) -> dict[bytes, OpenPending]:
+def load_pendings(db: Session, pending_ids: Sequence[bytes]) -> dict[bytes, OpenPending]:
     """The pending transfers among these ids, with what their posts and voids resolved."""
     rows = rows_in(
         db,
@@ -49,11 +46,11 @@ def load_pendings(
     }
 
 
-def load_pending(db: sqlite_utils.Database, pending_id: bytes) -> OpenPending | None:
+def load_pending(db: Session, pending_id: bytes) -> OpenPending | None:
     return load_pendings(db, [pending_id]).get(pending_id)
 
 
-def pending_remaining(db: sqlite_utils.Database, pending_id: bytes) -> int:
+def pending_remaining(db: Session, pending_id: bytes) -> int:
     """What is still held by a pending transfer (0 once drawn down or voided, or if unknown)."""
     found = load_pending(db, pending_id)
     return 0 if found is None else found.amount - found.resolved
@@ -70,7 +67,7 @@ class Hold:
     remaining: int
 
 
-def holds(db: sqlite_utils.Database, pending_ids: Sequence[bytes]) -> dict[bytes, Hold]:
+def holds(db: Session, pending_ids: Sequence[bytes]) -> dict[bytes, Hold]:
     """The pending transfers among these ids (those that exist), each with what it still holds."""
     return {
         pending_id: Hold(

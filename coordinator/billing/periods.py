@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-import sqlite_utils
-
 from coordinator.billing.errors import BadPeriod
+from coordinator.storage import Session
 
 DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -47,7 +46,7 @@ def date_text(ms: int) -> str:
     return utc(ms).strftime("%Y-%m-%d")
 
 
-def is_closed(db: sqlite_utils.Database, period: str) -> bool:
+def is_closed(db: Session, period: str) -> bool:
     return (
         db.conn.execute("SELECT 1 FROM ledger_period_closes WHERE period = ?", [period]).fetchone()
         is not None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_account
 from coordinator.billing.enterprises import credit_figures, opened_uscc, subsidy_allowed
 from coordinator.billing.policy import VoucherPolicy
@@ -17,6 +15,7 @@ from coordinator.billing.statements import (
     is_suspended,
     statements_of,
 )
+from coordinator.storage import Session
 from shared.ledger_names import (
     CAP,
     cap_account,
@@ -26,7 +25,7 @@ from shared.ledger_names import (
 )
 
 
-def pool_status(db: sqlite_utils.Database, policy: VoucherPolicy) -> dict[str, int]:
+def pool_status(db: Session, policy: VoucherPolicy) -> dict[str, int]:
     """The policy year's pool: granted (funded), used by vouchers, held for accepted jobs,
     remaining (what new jobs may still count on); and the caps granted."""
     year = policy.fiscal_year
@@ -51,7 +50,7 @@ def pool_status(db: sqlite_utils.Database, policy: VoucherPolicy) -> dict[str, i
 
 
 def enterprise_account(
-    db: sqlite_utils.Database, enterprise_id: str, policy: VoucherPolicy, now_ms: int
+    db: Session, enterprise_id: str, policy: VoucherPolicy, now_ms: int
 ) -> dict[str, Any]:
     """Everything an enterprise sees of its money: voucher, credit, reservations, statements."""
     uscc = opened_uscc(db, enterprise_id)
@@ -102,7 +101,7 @@ def enterprise_account(
     }
 
 
-def provider_earnings(db: sqlite_utils.Database, provider_id: str) -> dict[str, Any]:
+def provider_earnings(db: Session, provider_id: str) -> dict[str, Any]:
     """What a provider earned (voucher and deferred parts), was paid out, and its statements."""
     row = db.conn.execute(
         "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(voucher), 0), COALESCE(SUM(deferred), 0), "

@@ -15,8 +15,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.amounts import check_amount, yuan
 from coordinator.billing.chart import ensure_year
 from coordinator.billing.enterprises import (
@@ -38,6 +36,7 @@ from coordinator.billing.policy import VoucherPolicy, split_charge
 from coordinator.billing.records import Transfer, transfer_id
 from coordinator.billing.sql import savepoint
 from coordinator.billing.statements import is_suspended
+from coordinator.storage import Session
 from shared.ledger_names import (
     CREDIT_USED,
     PENDING,
@@ -106,7 +105,7 @@ class Reservation:
         }
 
 
-def load_reservation(db: sqlite_utils.Database, job_id: str) -> Reservation | None:
+def load_reservation(db: Session, job_id: str) -> Reservation | None:
     row = db.conn.execute(
         "SELECT job_id, enterprise_id, max_cost, voucher_estimate, amount, transfer_id "
         "FROM ledger_reservations WHERE job_id = ?",
@@ -135,7 +134,7 @@ def load_reservation(db: sqlite_utils.Database, job_id: str) -> Reservation | No
 
 
 def reserve_job(
-    db: sqlite_utils.Database,
+    db: Session,
     job_id: str,
     enterprise_id: str,
     max_cost: int,
@@ -276,7 +275,7 @@ def reserve_job(
     )
 
 
-def settle_job(db: sqlite_utils.Database, job_id: str, now_ms: int) -> Reservation | None:
+def settle_job(db: Session, job_id: str, now_ms: int) -> Reservation | None:
     """Release what the job's usage did not draw of its holds (voids, one linked set); idempotent.
 
     Returns the reservation as it now stands, or None if the job never had one.
@@ -306,7 +305,7 @@ def settle_job(db: sqlite_utils.Database, job_id: str, now_ms: int) -> Reservati
     return load_reservation(db, job_id)
 
 
-def cover_self_dealing(db: sqlite_utils.Database, uscc: str, now_ms: int) -> list[Reservation]:
+def cover_self_dealing(db: Session, uscc: str, now_ms: int) -> list[Reservation]:
     """Move the voucher holds of a company's open jobs to its credit: it is becoming a provider.
 
     Called when a provider is registered: from then on the company's own agents may win its

@@ -7,13 +7,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import sqlite_utils
+from coordinator.storage import Session
 
 _CHUNK = 500
 
 
 @contextmanager
-def savepoint(db: sqlite_utils.Database, name: str = "ledger") -> Iterator[None]:
+def savepoint(db: Session, name: str = "ledger") -> Iterator[None]:
     """All or nothing inside whatever transaction the caller (or the writer thread) holds."""
     conn = db.conn
     conn.execute(f"SAVEPOINT {name}")
@@ -26,7 +26,7 @@ def savepoint(db: sqlite_utils.Database, name: str = "ledger") -> Iterator[None]
     conn.execute(f"RELEASE {name}")
 
 
-def rows_in(db: sqlite_utils.Database, query: str, values: Sequence[Any]) -> list[Any]:
+def rows_in(db: Session, query: str, values: Sequence[Any]) -> list[Any]:
     """The rows of `query` (ending in `IN`) for each of `values`, asked 500 at a time."""
     rows: list[Any] = []
     for at in range(0, len(values), _CHUNK):

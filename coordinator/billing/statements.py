@@ -8,14 +8,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.accounts import get_account
 from coordinator.billing.amounts import yuan
 from coordinator.billing.errors import PeriodNotEnded
 from coordinator.billing.periods import DAY_MS, date_text, is_closed, period_bounds, utc
 from coordinator.billing.policy import VoucherPolicy
 from coordinator.billing.sql import savepoint
+from coordinator.storage import Session
 from shared.ledger_names import receivable_account
 
 # the two kinds of party a statement is issued to
@@ -80,12 +79,12 @@ def _statement(row: Any) -> Statement:
     return Statement(row[0], row[1], row[2], row[3], row[4], row[5], lines, row[7], row[8], row[9])
 
 
-def statements_of(db: sqlite_utils.Database, party_kind: str, party_id: str) -> list[Statement]:
+def statements_of(db: Session, party_kind: str, party_id: str) -> list[Statement]:
     """The party's statements, oldest first."""
     return _statements(db, "party_kind = ? AND party_id = ?", [party_kind, party_id])
 
 
-def _statements(db: sqlite_utils.Database, where: str, args: list[Any]) -> list[Statement]:
+def _statements(db: Session, where: str, args: list[Any]) -> list[Statement]:
     rows = db.conn.execute(
         f"SELECT {_STATEMENT_COLUMNS} FROM ledger_statements WHERE {where} "
         f"ORDER BY period, party_kind, party_id",
@@ -95,7 +94,7 @@ def _statements(db: sqlite_utils.Database, where: str, args: list[Any]) -> list[
 
 
 def close_period(
-    db: sqlite_utils.Database, period: str, policy: VoucherPolicy, now_ms: int, early: bool = False
+    db: Session, period: str, policy: VoucherPolicy, now_ms: int, early: bool = False
 ) -> PeriodClose:
     """Close a month: no more usage is posted into it, and statements are issued.
 
@@ -159,16 +158,14 @@ def close_period(
     return _load_close(db, period)
 
 
-def _load_close(db: sqlite_utils.Database, period: str) -> PeriodClose:
+def _load_close(db: Session, period: str) -> PeriodClose:
     row = db.conn.execute(
         "SELECT closed_at_ms FROM ledger_period_closes WHERE period = ?", [period]
     ).fetchone()
     return PeriodClose(period, row[0], tuple(_statements(db, "period = ?", [period])))
 
 
-def enterprise_statements(
-    db: sqlite_utils.Database, enterprise_id: str, now_ms: int
-) -> list[dict[str, Any]]:
+def enterprise_statements(db: Session, enterprise_id: str, now_ms: int) -> list[dict[str, Any]]:
     """The enterprise's statements, oldest first, with what is paid (oldest first) and their status:
     "paid", "open" (not yet due), "late" (past due, within grace) or "overdue" (suspended)."""
     statements = statements_of(db, ENTERPRISE, enterprise_id)
@@ -194,7 +191,7 @@ def enterprise_statements(
     return out
 
 
-def is_suspended(db: sqlite_utils.Database, enterprise_id: str, now_ms: int) -> tuple[bool, str]:
+def is_suspended(db: Session, enterprise_id: str, now_ms: int) -> tuple[bool, str]:
     """Whether the enterprise may not start jobs, and a sentence saying why (naming the
     statement)."""
     for item in enterprise_statements(db, enterprise_id, now_ms):

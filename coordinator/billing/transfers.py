@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.errors import InvalidTransfer
 from coordinator.billing.records import MAX_BALANCE, MAX_CAUSE, MAX_CODE, Transfer
+from coordinator.storage import Session
 from shared.ledger_names import KINDS, POST_PENDING, USAGE_PREFIX, VOID_PENDING
 
 TRANSFER_COLUMNS = (
@@ -25,7 +24,7 @@ def _transfer_from_row(row: Sequence[Any]) -> Transfer:
     return Transfer(*row)
 
 
-def get_transfers(db: sqlite_utils.Database, ids: Sequence[bytes]) -> dict[bytes, Transfer]:
+def get_transfers(db: Session, ids: Sequence[bytes]) -> dict[bytes, Transfer]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
@@ -35,7 +34,7 @@ def get_transfers(db: sqlite_utils.Database, ids: Sequence[bytes]) -> dict[bytes
     return {row[0]: _transfer_from_row(row) for row in rows}
 
 
-def transfers_for_receipt(db: sqlite_utils.Database, digest: bytes) -> list[Transfer]:
+def transfers_for_receipt(db: Session, digest: bytes) -> list[Transfer]:
     rows = db.conn.execute(
         f"SELECT {TRANSFER_COLUMNS} FROM ledger_transfers WHERE receipt_digest = ? ORDER BY seq",
         [digest],

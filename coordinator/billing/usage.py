@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.billing.amounts import check_amount
 from coordinator.billing.chart import (
     cap_spec,
@@ -39,6 +37,7 @@ from coordinator.billing.records import Transfer
 from coordinator.billing.sql import rows_in, savepoint
 from coordinator.billing.transfers import transfers_for_receipt
 from coordinator.billing.usage_legs import Usage, preload, split_usage, usage_legs
+from coordinator.storage import Session
 from shared.ledger_names import cap_account, credit_account, pool_account
 
 
@@ -87,7 +86,7 @@ _POSTING_COLUMNS = (
 )
 
 
-def _load_postings(db: sqlite_utils.Database, digests: list[bytes]) -> dict[bytes, Posting]:
+def _load_postings(db: Session, digests: list[bytes]) -> dict[bytes, Posting]:
     found: dict[bytes, Posting] = {}
     for row in rows_in(
         db, f"SELECT {_POSTING_COLUMNS} FROM ledger_postings WHERE receipt_digest IN", digests
@@ -99,12 +98,12 @@ def _load_postings(db: sqlite_utils.Database, digests: list[bytes]) -> dict[byte
     return found
 
 
-def _accepted_digests(db: sqlite_utils.Database, digests: list[bytes]) -> set[bytes]:
+def _accepted_digests(db: Session, digests: list[bytes]) -> set[bytes]:
     return {row[0] for row in rows_in(db, "SELECT digest FROM receipts WHERE digest IN", digests)}
 
 
 def post_usage(
-    db: sqlite_utils.Database,
+    db: Session,
     *,
     enterprise_id: str,
     provider_id: str,
@@ -152,7 +151,7 @@ def _check_usage(usage: Usage) -> None:
 
 
 def post_usages(
-    db: sqlite_utils.Database, usages: list[Usage], *, policy: VoucherPolicy, now_ms: int
+    db: Session, usages: list[Usage], *, policy: VoucherPolicy, now_ms: int
 ) -> list[Posting | CreditExceeded]:
     """Post accepted receipts' usage in order: voucher part, deferred part, provider's earning.
 
@@ -285,7 +284,7 @@ def _complete(
 
 
 def _prepare_parties(
-    db: sqlite_utils.Database, usages: list[Usage], policy: VoucherPolicy, year: int, now_ms: int
+    db: Session, usages: list[Usage], policy: VoucherPolicy, year: int, now_ms: int
 ) -> dict[str, bool]:
     """Open what the usages' parties need, asking for all of them at once; returns whether each
     company may be subsidised."""
@@ -344,7 +343,7 @@ def _prepare_parties(
     return {uscc: policy.providers_may_be_subsidised or uscc not in providing for uscc in usccs}
 
 
-def job_charges(db: sqlite_utils.Database, job_id: str) -> dict[str, int]:
+def job_charges(db: Session, job_id: str) -> dict[str, int]:
     """What a job has been charged so far, and the voucher and deferred parts of it."""
     row = db.conn.execute(
         "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(voucher), 0), COALESCE(SUM(deferred), 0) "

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from coordinator.billing.linked_sets import TransferBatch
 from coordinator.billing.periods import utc
 from coordinator.billing.policy import (
@@ -29,6 +27,7 @@ from coordinator.billing.policy import (
 from coordinator.billing.records import Transfer, transfer_id
 from coordinator.billing.reservations import CAP_HOLD, COVER_HOLD, CREDIT_HOLD, POOL_HOLD, hold_ids
 from coordinator.billing.sql import rows_in
+from coordinator.storage import Session
 from shared.ledger_names import (
     CREDIT_USED,
     POST_PENDING,
@@ -76,7 +75,7 @@ class JobHolds:
 
 
 def preload(
-    db: sqlite_utils.Database, batch: TransferBatch, usages: list[Usage], year: int
+    db: Session, batch: TransferBatch, usages: list[Usage], year: int
 ) -> dict[str, JobHolds]:
     """Read every account and hold the usages may move, in a few queries; returns each job's
     holds. A voucher hold is in the fiscal year of its reservation (see `reserve_job`)."""

@@ -6,12 +6,10 @@ import argparse
 import json
 from collections.abc import Callable
 
-import sqlite_utils
-
 from coordinator import accounts, tlog
 from coordinator.cli.change import change
 from coordinator.cli.output import print_result
-from coordinator.storage import connect
+from coordinator.storage import Session, connect
 from shared.clock import now_ms
 
 
@@ -77,7 +75,7 @@ def cmd_add_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_add_enterprise(args: argparse.Namespace) -> int:
-    def register(db: sqlite_utils.Database) -> tuple[str, str]:
+    def register(db: Session) -> tuple[str, str]:
         enterprise = accounts.add_enterprise(db, args.name, args.uscc, now_ms())
         tlog.log_registrations(db)
         return enterprise
@@ -101,7 +99,7 @@ def cmd_add_auditor(args: argparse.Namespace) -> int:
 
 def _register(
     args: argparse.Namespace,
-    register: Callable[[sqlite_utils.Database], tuple[str, str]],
+    register: Callable[[Session], tuple[str, str]],
     keys: tuple[str, str],
     text: str,
 ) -> int:
@@ -116,7 +114,7 @@ def _register(
 
 
 def cmd_enrolment_token(args: argparse.Namespace) -> int:
-    def issue(db: sqlite_utils.Database) -> str:
+    def issue(db: Session) -> str:
         now = now_ms()
         expires = None if args.expires_days is None else now + args.expires_days * 86_400_000
         return accounts.issue_enrolment_token(db, args.provider, now, args.max_hosts, expires)

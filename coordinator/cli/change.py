@@ -6,14 +6,12 @@ import argparse
 from collections.abc import Callable
 from typing import TypeVar
 
-import sqlite_utils
-
-from coordinator.storage import connect, transaction
+from coordinator.storage import Session, connect, transaction
 
 T = TypeVar("T")
 
 
-def change(args: argparse.Namespace, make: Callable[[sqlite_utils.Database], T]) -> T:
+def change(args: argparse.Namespace, make: Callable[[Session], T]) -> T:
     """Open (and migrate) `args.db`, run `make` in one transaction, and return what it made."""
     db = connect(args.db)
     with transaction(db):

@@ -6,7 +6,7 @@ import argparse
 
 from coordinator import tlog
 from coordinator.cli.output import print_result
-from coordinator.http.app import log_key_path
+from coordinator.config import load_settings, log_key_location
 from coordinator.storage import connect
 from shared.clock import now_ms
 
@@ -24,7 +24,8 @@ def add_log_key_tasks(
 
 
 def cmd_rotate_log_key(args: argparse.Namespace) -> int:
-    rotated = tlog.rotate_log_key(connect(args.db), log_key_path(args.db), now_ms())
+    key_path = log_key_location(load_settings(args.config), args.db)
+    rotated = tlog.rotate_log_key(connect(args.db), key_path, now_ms())
     print_result(
         args,
         rotated,

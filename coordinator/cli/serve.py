@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from coordinator.billing import VoucherPolicy, load_voucher_policy
+from coordinator.cli.database_flag import DB_HELP, database_flag
 from coordinator.config import Settings, load_settings
 from coordinator.http.app import make_app
 from shared.errors import SuanliError
@@ -22,7 +23,7 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--db", required=True, type=Path, help="SQLite database file")
+    serve.add_argument("--db", required=True, type=database_flag, help=DB_HELP)
     serve.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8420)")
     serve.add_argument("--config", type=Path, help="coordinator.toml")
     serve.add_argument("--tls-cert", help="PEM certificate chain; serve HTTPS")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from coordinator import tlog
 from coordinator.billing import VoucherPolicy
-from coordinator.config import Settings
+from coordinator.config import Settings, log_key_location
 from coordinator.http.agents import LOG_CHUNK_BURST, LOG_CHUNKS_PER_S
 from coordinator.http.errors import errors_and_metrics
 from coordinator.http.keys import (
@@ -57,11 +57,6 @@ def load_or_create_key(path: Path) -> PrivateKey:
     return load_private_key(path)
 
 
-def log_key_path(db_path: str | Path) -> Path:
-    """The log key's file beside the database (`admin rotate-log-key` replaces it)."""
-    return Path(f"{db_path}.key")
-
-
 def make_app(
     settings: Settings,
     db_path: str,
@@ -72,9 +67,7 @@ def make_app(
         middlewares=[errors_and_metrics], client_max_size=settings.request_body_limit_bytes
     )
     database = Database(db_path)
-    # what is deleted (secret env values at a job's end) is overwritten, not left in free pages
-    database.db.conn.execute("PRAGMA secure_delete = ON")
-    log_key = tlog.LogKey.load(database.db, log_key_path(db_path))
+    log_key = tlog.LogKey.load(database.db, log_key_location(settings, db_path))
     coordinator = Coordinator(settings, database, log_key, clock, policy)
     app[COORDINATOR] = coordinator
     app[METRICS] = Metrics(

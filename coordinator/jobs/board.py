@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-import sqlite_utils
-
 from coordinator import accounts, billing
 from coordinator.accounts import Principal
 from coordinator.commit import Committer
@@ -18,7 +16,7 @@ from coordinator.jobs.spec import JobRequest, parse_job_request
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import job_row
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 from coordinator.transitions import Transitions
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
@@ -154,12 +152,12 @@ class JobBoard:
 
 def _submission_writes(
     job: Job, secrets: dict[str, str], policy: billing.VoucherPolicy, now: int
-) -> Callable[[sqlite_utils.Database], None]:
+) -> Callable[[Session], None]:
     """The job's reservation (unless its enterprise is suspended), row and secret values."""
     row = job_row(job)
     max_cost = job.request.max_cost_micro_yuan
 
-    def write(db: sqlite_utils.Database) -> None:
+    def write(db: Session) -> None:
         suspended, why = billing.is_suspended(db, job.enterprise_id, now)
         if suspended:
             raise billing.Suspended(why)

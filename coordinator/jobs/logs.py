@@ -43,8 +43,8 @@ class JobLogs:
                     "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM job_logs WHERE job_id = ?", [job_id]
                 ).fetchone()[0]
                 last = db.conn.execute(
-                    "SELECT offset, LENGTH(data) FROM job_logs WHERE job_id = ? "
-                    "ORDER BY offset DESC LIMIT 1",
+                    'SELECT "offset", LENGTH(data) FROM job_logs WHERE job_id = ? '
+                    'ORDER BY "offset" DESC LIMIT 1',
                     [job_id],
                 ).fetchone()
                 return int(total), (int(last[0]), int(last[1])) if last else None
@@ -76,11 +76,11 @@ class JobLogs:
             def grow(db: Any) -> None:
                 # joined here, not with SQL's ||, which makes text of the bytes
                 (data,) = db.conn.execute(
-                    "SELECT data FROM job_logs WHERE job_id = ? AND offset = ?",
+                    'SELECT data FROM job_logs WHERE job_id = ? AND "offset" = ?',
                     [job_id, row_offset],
                 ).fetchone()
                 db.conn.execute(
-                    "UPDATE job_logs SET data = ? WHERE job_id = ? AND offset = ?",
+                    'UPDATE job_logs SET data = ? WHERE job_id = ? AND "offset" = ?',
                     [bytes(data) + chunk, job_id, row_offset],
                 )
 
@@ -102,10 +102,12 @@ class JobLogs:
         end = offset + limit
         rows = await self.database.run(
             lambda db: db.conn.execute(
-                "SELECT offset, substr(data, MAX(1, ? - offset + 1), ? - MAX(offset, ?)) "
-                "FROM job_logs WHERE job_id = ? AND offset + LENGTH(data) > ? "
-                "AND offset < ? ORDER BY offset",
-                [offset, end, offset, job_id, offset, end],
+                'SELECT "offset", substr(data, '
+                'CAST(CASE WHEN "offset" < ? THEN ? - "offset" + 1 ELSE 1 END AS INTEGER), '
+                'CAST(? - CASE WHEN "offset" > ? THEN "offset" ELSE ? END AS INTEGER)) '
+                'FROM job_logs WHERE job_id = ? AND "offset" + LENGTH(data) > ? '
+                'AND "offset" < ? ORDER BY "offset"',
+                [offset, offset, end, offset, offset, job_id, offset, end],
             ).fetchall()
         )
         out = b"".join(bytes(row[1]) for row in rows)[:limit]

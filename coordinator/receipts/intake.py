@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import sqlite_utils
-
 from coordinator import billing, tlog
 from coordinator.market import Agent
 from coordinator.receipts import rules
@@ -18,7 +16,7 @@ from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import lease_row
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 from coordinator.transitions import Transitions
 from shared.errors import ReceiptRuleError, SuanliError
 from shared.messages import agent_protocol as ap
@@ -174,8 +172,8 @@ class ReceiptIntake:
                     self.signals.notify(lease.agent_id)
 
 
-def _stop_writes(row: dict[str, Any], stop: bytes) -> Callable[[sqlite_utils.Database], None]:
-    def write(db: sqlite_utils.Database) -> None:
+def _stop_writes(row: dict[str, Any], stop: bytes) -> Callable[[Session], None]:
+    def write(db: Session) -> None:
         db.table("leases").upsert(row, pk="id")
         tlog.append_entries(db, [stop])
 

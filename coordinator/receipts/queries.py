@@ -3,13 +3,11 @@ already got (so a retry gets the same one), and the receipts refused for good.""
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from coordinator.jobs import Lease
 from coordinator.market import Agent
 from coordinator.receipts.rules import RETRYABLE_SQL, Verdict
 from coordinator.state import State
-from coordinator.storage import Database
+from coordinator.storage import Database, Session
 from shared.receipts import Rule, SealedReceipt, open_receipt
 
 
@@ -80,7 +78,7 @@ class ReceiptQueries:
         return None
 
 
-def refused_for_good(db: sqlite_utils.Database, state: State) -> set[tuple[str, int]]:
+def refused_for_good(db: Session, state: State) -> set[tuple[str, int]]:
     """The (lease, seq) pairs refused by a rule no retry can overturn, of known leases."""
     refused: set[tuple[str, int]] = set()
     for row in db.query(

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sqlite_utils
-
 from coordinator import billing, tlog
 from coordinator.enterprises import Enterprises
 from coordinator.market import Agent
 from coordinator.receipts import rules as receipt_rules
 from coordinator.state import State
+from coordinator.storage import Session
 from shared import log_entries
 from shared.receipts import SealedReceipt
 
@@ -74,7 +73,7 @@ class ReceiptStore:
         self.state = state
         self.enterprises = enterprises
 
-    def store(self, db: sqlite_utils.Database, batches: list[Batch]) -> list[Stored]:
+    def store(self, db: Session, batches: list[Batch]) -> list[Stored]:
         now = max(batch.now for batch in batches)
         stored = [Stored(list(batch.verdicts)) for batch in batches]
         rejected: list[tuple[str, Rejection]] = []
@@ -127,7 +126,7 @@ class ReceiptStore:
 
     def _store_accepted(
         self,
-        db: sqlite_utils.Database,
+        db: Session,
         batches: list[Batch],
         stored: list[Stored],
         accepted: list[_Accepted],
@@ -221,7 +220,7 @@ class ReceiptStore:
 
     def _acknowledge(
         self,
-        db: sqlite_utils.Database,
+        db: Session,
         batches: list[Batch],
         stored: list[Stored],
         logged: list[_Accepted],
@@ -282,7 +281,7 @@ class ReceiptStore:
         ]
 
     def _post_usage(
-        self, db: sqlite_utils.Database, batches: list[Batch], accepted: list[_Accepted], now: int
+        self, db: Session, batches: list[Batch], accepted: list[_Accepted], now: int
     ) -> dict[bytes, billing.Posting | billing.CreditExceeded]:
         """Post each batch's usage, a lease's receipts together on the last of them, unless
         the credit cannot cover the sum (`post_usages` refuses what follows a refusal)."""
@@ -326,12 +325,11 @@ class ReceiptStore:
         return outcome
 
 
-def _new_acknowledgement(db: sqlite_utils.Database, agent_id: str, now: int) -> int:
+def _new_acknowledgement(db: Session, agent_id: str, now: int) -> int:
     """A batch's acknowledgement row, its envelope signed once its receipts are logged."""
     cursor = db.conn.execute(
         "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) "
-        "VALUES (?, ?, x'')",
-        [agent_id, now],
+        "VALUES (?, ?, ?) RETURNING id",
+        [agent_id, now, b""],
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    return int(cursor.fetchone()[0])

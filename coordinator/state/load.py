@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.config import Settings
 from coordinator.jobs import Job, Lease, load_job_request
 from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
 from coordinator.state.memory import State
+from coordinator.storage import Session
 from shared.identity import PublicKey
 
 ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_alive
@@ -19,7 +18,7 @@ ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_a
 SKEW_MARGIN_MS = 25
 
 
-def load_state(db: sqlite_utils.Database, settings: Settings, now: int) -> State:
+def load_state(db: Session, settings: Settings, now: int) -> State:
     state = State(Market(settings.reliability_half_life_ms))
     _load_agents(db, state.market)
     for row in db.query("SELECT job_id, name, value FROM job_secrets"):
@@ -49,7 +48,7 @@ def load_state(db: sqlite_utils.Database, settings: Settings, now: int) -> State
     return state
 
 
-def _load_agents(db: sqlite_utils.Database, market: Market) -> None:
+def _load_agents(db: Session, market: Market) -> None:
     usccs = {row["id"]: row["uscc"] for row in db.query("SELECT id, uscc FROM providers")}
     for row in db.query("SELECT * FROM agents"):
         market.agents[row["agent_id"]] = Agent(
@@ -91,7 +90,7 @@ def _load_agents(db: sqlite_utils.Database, market: Market) -> None:
             agent.skew_ms = row["skew_ms"]
 
 
-def _resume_agents(db: sqlite_utils.Database, market: Market, settings: Settings, now: int) -> None:
+def _resume_agents(db: Session, market: Market, settings: Settings, now: int) -> None:
     # the last moment the previous run may have accepted a request (it wrote this while
     # serving, and once more as it stopped)
     alive = db.conn.execute("SELECT at_ms, stopped FROM coordinator_alive").fetchone()

@@ -6,10 +6,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import sqlite_utils
-
 from coordinator.jobs import Job, Lease
 from coordinator.market import Agent, Flag, Gpu
+from coordinator.storage import Session
 
 FLAG_HISTORY = 256  # cleared capacity flags kept per agent for operators
 
@@ -84,7 +83,7 @@ def gpu_row(gpu: Gpu, now: int) -> dict[str, Any]:
 
 def capacity_writes(
     new_gpus: list[Gpu], new_flags: list[Flag], cleared: list[Flag], now: int
-) -> Callable[[sqlite_utils.Database], None]:
+) -> Callable[[Session], None]:
     """The rows a heartbeat's reconciliation changes: GPUs now held (a claim that became the
     holding replaces its old row), flags raised, flags cleared, and no more than
     FLAG_HISTORY cleared flags kept per agent."""
@@ -102,7 +101,7 @@ def capacity_writes(
     cleared_rows = [(f.cleared_at_ms, f.agent_id, f.gpu_uuid, f.kind) for f in cleared]
     agents = sorted({f.agent_id for f in new_flags})
 
-    def write(db: sqlite_utils.Database) -> None:
+    def write(db: Session) -> None:
         if gpu_rows:
             db.table("gpus").upsert_all(gpu_rows, pk="uuid")
         if cleared_rows:

@@ -1,55 +1,22 @@
-"""What the rooms above storage are handed, as types an engine other than SQLite can implement.
+"""What the rooms above storage are handed.
 
-A room's function runs inside the store's transaction and is given a `Session`; it writes SQL
-with `?` placeholders through `session.conn` (a DB-API `Connection`) or reads rows as dicts
-with `session.query`. A `Store` runs those functions on its one writer, in batches that share
-a commit, each function in its own savepoint.
+A room's function runs inside the store's transaction and is given a `Session`
+(`coordinator.storage.session`); it writes SQL with `?` placeholders through `session.conn` (a
+DB-API `Connection`) or reads rows as dicts with `session.query`. A `Store` runs those
+functions on its one writer, in batches that share a commit, each in its own savepoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from coordinator.storage.session import Connection, Cursor, Parameters, Session
 
 T = TypeVar("T")
 Item = TypeVar("Item")
 
-Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
-
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor the rooms read."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    @property
-    def lastrowid(self) -> int | None: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
-class Connection(Protocol):
-    """A DB-API connection taking `?` placeholders, inside the store's transaction."""
-
-    def execute(self, sql: str, parameters: Parameters = ..., /) -> Cursor: ...
-
-    def executemany(self, sql: str, parameters: Iterable[Parameters], /) -> Cursor: ...
-
-
-class Session(Protocol):
-    """What `Store.run` hands a function: the connection, and rows read as dicts."""
-
-    @property
-    def conn(self) -> Connection: ...
-
-    def query(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
-    ) -> Iterator[dict[str, Any]]: ...
+__all__ = ["Connection", "Cursor", "Parameters", "Session", "Store"]
 
 
 class Store(Protocol):

@@ -1,20 +1,15 @@
 """The SQLite engine's connections: opened in WAL mode with the pragmas the writer relies on,
-migrated, and the IMMEDIATE transaction admin commands write in."""
+and migrated."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-import sqlite_utils
-
-from coordinator.storage.interface import Session
 from coordinator.storage.migrations import MIGRATIONS
+from coordinator.storage.session import Session
 
-S = TypeVar("S", bound=Session)
+ENGINE = "sqlite"
 
 WAL_SIZE_LIMIT = 64 << 20  # what a checkpointed write-ahead log is cut back to
 PAGE_CACHE_KIB = 256 << 10
@@ -28,12 +23,13 @@ def open_connection(path: Path | str) -> sqlite3.Connection:
     )
 
 
-def connect(path: Path | str) -> sqlite_utils.Database:
+def connect(path: Path | str) -> Session:
     """Open (creating if needed) and migrate the database; for admin commands and the writer."""
     conn = open_connection(path)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
+    conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # what is deleted (secret env values at a job's end) is overwritten, not left in free pages
+    conn.execute("PRAGMA secure_delete = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
     # savepoints keep the pages they change in a statement journal: in memory, not a temp file
@@ -42,19 +38,7 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     migrate(conn)
-    return db
-
-
-@contextmanager
-def transaction(db: S) -> Iterator[S]:
-    """One IMMEDIATE transaction on an autocommit connection (for admin commands)."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
+    return Session(conn, ENGINE)
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from coordinator.storage import Session
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # the loopback harness and inventory() live with the tests
@@ -156,7 +156,7 @@ def build_jobs(coordinator: Coordinator, count: int, rng: random.Random, now: in
 
 
 def seed_database(
-    db: sqlite_utils.Database,
+    db: Session,
     coordinator: Coordinator,
     agent_rows: list[dict[str, Any]],
     gpu_rows: list[dict[str, Any]],
@@ -278,7 +278,7 @@ def main() -> None:
         place_s = ended - started
         per_job = watch.per_job(ended)
 
-        def extra(db: sqlite_utils.Database) -> None:  # the same rows schedule_once commits
+        def extra(db: Session) -> None:  # the same rows schedule_once commits
             db.table("auction_rounds").insert_all(
                 [{"job_id": r.job_id, "at_ms": r.at_ms, "record": r.record} for r in records]
             )

@@ -11,10 +11,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import sqlite_utils
-
 from coordinator import billing
-from coordinator.storage import connect, transaction
+from coordinator.storage import Session, connect, transaction
 from shared import ledger_names as names
 from shared.uscc import check_character
 
@@ -47,7 +45,7 @@ def _insert_receipts(conn: sqlite3.Connection, rows: Iterable[Sequence[object]])
 
 
 def _world(
-    db: sqlite_utils.Database, enterprises: int, providers: int, receipts: int
+    db: Session, enterprises: int, providers: int, receipts: int
 ) -> list[tuple[str, str, str, str, str, str]]:
     """Companies, one job and lease per enterprise, and the accepted receipts to post."""
     conn = db.conn

@@ -466,7 +466,7 @@ async def test_secret_env_reaches_only_the_winning_agent_and_is_erased_at_the_en
     await api.wait_for(job_id, lambda j: j["state"] == "succeeded")
     assert _count(roomy, "job_secrets") == 0
     roomy.stop()
-    assert SECRET.encode() not in roomy.db.read_bytes()
+    assert SECRET.encode() not in Path(roomy.db).read_bytes()
     assert SECRET not in roomy.log()
     assert SECRET not in _rows_text(roomy)
 

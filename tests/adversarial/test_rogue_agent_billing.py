@@ -240,11 +240,10 @@ async def test_another_agents_lease_cannot_be_billed(
 
 
 def _held(coordinator: CoordinatorProcess, job_id: str) -> int:
-    import sqlite_utils
-
     from coordinator.billing import load_reservation
+    from coordinator.storage import connect
 
-    found = load_reservation(sqlite_utils.Database(coordinator.db), job_id)
+    found = load_reservation(connect(coordinator.db), job_id)
     assert found is not None
     return found.remaining + found.voucher_remaining
 

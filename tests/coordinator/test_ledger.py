@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -22,12 +21,12 @@ from ledger_world import DAY, NOW, World, uscc
 from coordinator import billing
 from coordinator.billing import Transfer, check_invariants, create_transfers, transfer_id
 from coordinator.billing.periods import utc
-from coordinator.storage import Database, connect, transaction
+from coordinator.storage import Database, Session, connect, transaction
 from shared import ledger_names as names
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
+def db(tmp_path: Path) -> Iterator[Session]:
     database = connect(tmp_path / "coordinator.db")
     yield database
     database.conn.close()
@@ -41,7 +40,7 @@ POLICY = billing.VoucherPolicy(
 )
 
 
-def _accounts(db: sqlite_utils.Database) -> None:
+def _accounts(db: Session) -> None:
     for account_id, flags in (
         ("a", names.NO_LIMIT),
         ("b", names.DEBITS_MUST_NOT_EXCEED_CREDITS),
@@ -67,7 +66,7 @@ def _t(cause: str, debit: str, credit: str, amount: int, **kw: Any) -> Transfer:
 # -- the transfer engine ---------------------------------------------------------------------
 
 
-def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: sqlite_utils.Database) -> None:
+def test_a_retry_is_a_no_op_and_a_changed_retry_is_refused(db: Session) -> None:
     with transaction(db):
         _accounts(db)
         first = create_transfers(db, [_t("x", "a", "b", 10)])
@@ -96,7 +95,7 @@ def test_transfer_ids_come_from_their_cause() -> None:
     )
 
 
-def test_a_linked_set_is_written_whole_or_not_at_all(db: sqlite_utils.Database) -> None:
+def test_a_linked_set_is_written_whole_or_not_at_all(db: Session) -> None:
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
@@ -108,7 +107,7 @@ def test_a_linked_set_is_written_whole_or_not_at_all(db: sqlite_utils.Database) 
     assert check_invariants(db) == []
 
 
-def test_limits_count_pending_debits_and_refuse_overpaying(db: sqlite_utils.Database) -> None:
+def test_limits_count_pending_debits_and_refuse_overpaying(db: Session) -> None:
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
@@ -122,7 +121,7 @@ def test_limits_count_pending_debits_and_refuse_overpaying(db: sqlite_utils.Data
     assert check_invariants(db) == []
 
 
-def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database) -> None:
+def test_pending_transfers_are_drawn_down_then_voided(db: Session) -> None:
     with transaction(db):
         _accounts(db)
         create_transfers(db, [_t("fund", "a", "b", 100)])
@@ -169,7 +168,7 @@ def test_pending_transfers_are_drawn_down_then_voided(db: sqlite_utils.Database)
     ],
 )
 def test_malformed_transfers_are_refused(
-    db: sqlite_utils.Database, debit: str, credit: str, amount: Any, error: str
+    db: Session, debit: str, credit: str, amount: Any, error: str
 ) -> None:
     with transaction(db):
         _accounts(db)
@@ -177,7 +176,7 @@ def test_malformed_transfers_are_refused(
             create_transfers(db, [_t("bad", debit, credit, amount)])
 
 
-def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Database) -> None:
+def test_usage_codes_must_name_a_receipt_and_only_they_may(db: Session) -> None:
     with transaction(db):
         _accounts(db)
         with pytest.raises(billing.InvalidTransfer, match="receipt digest"):
@@ -199,7 +198,7 @@ def test_usage_codes_must_name_a_receipt_and_only_they_may(db: sqlite_utils.Data
 
 
 @pytest.fixture
-def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, billing.Posting]:
+def posted(db: Session) -> tuple[Session, billing.Posting]:
     world = World(db)
     with transaction(db):
         ent = world.enterprise(uscc(1), POLICY)
@@ -225,7 +224,7 @@ def posted(db: sqlite_utils.Database) -> tuple[sqlite_utils.Database, billing.Po
 
 
 def test_the_database_refuses_to_update_or_delete_a_transfer(
-    posted: tuple[sqlite_utils.Database, billing.Posting],
+    posted: tuple[Session, billing.Posting],
 ) -> None:
     db, _ = posted
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
@@ -239,7 +238,7 @@ def test_the_database_refuses_to_update_or_delete_a_transfer(
     assert check_invariants(db) == []
 
 
-def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, billing.Posting]) -> None:
+def test_an_edited_balance_is_caught(posted: tuple[Session, billing.Posting]) -> None:
     db, _ = posted
     db.conn.execute(
         "UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = 'pool:2026'"
@@ -249,7 +248,7 @@ def test_an_edited_balance_is_caught(posted: tuple[sqlite_utils.Database, billin
     assert any("ledger cny: posted debits" in p for p in problems)
 
 
-def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, billing.Posting]) -> None:
+def test_a_raised_limit_is_caught(posted: tuple[Session, billing.Posting]) -> None:
     db, posting = posted
     # spend the enterprise's credit behind the ledger's back, keeping balances consistent
     credit = names.credit_account(posting.enterprise_id)
@@ -273,7 +272,7 @@ def test_a_raised_limit_is_caught(posted: tuple[sqlite_utils.Database, billing.P
 
 
 def test_usage_naming_no_accepted_receipt_is_caught(
-    posted: tuple[sqlite_utils.Database, billing.Posting],
+    posted: tuple[Session, billing.Posting],
 ) -> None:
     db, posting = posted
     db.conn.execute("PRAGMA foreign_keys = OFF")
@@ -284,7 +283,7 @@ def test_usage_naming_no_accepted_receipt_is_caught(
 
 
 def test_a_forged_usage_transfer_is_caught(
-    posted: tuple[sqlite_utils.Database, billing.Posting],
+    posted: tuple[Session, billing.Posting],
 ) -> None:
     db, posting = posted
     db.conn.execute("PRAGMA foreign_keys = OFF")
@@ -308,7 +307,7 @@ def test_a_forged_usage_transfer_is_caught(
 
 
 def test_a_posting_that_disagrees_with_its_transfers_is_caught(
-    posted: tuple[sqlite_utils.Database, billing.Posting],
+    posted: tuple[Session, billing.Posting],
 ) -> None:
     db, _ = posted
     db.conn.execute("DROP TRIGGER ledger_postings_no_update")
@@ -332,7 +331,7 @@ async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_i
     database.start()
     try:
 
-        def post(digest: bytes, amount: int) -> Callable[[sqlite_utils.Database], billing.Posting]:
+        def post(digest: bytes, amount: int) -> Callable[[Session], billing.Posting]:
             return lambda db: billing.post_usage(
                 db,
                 enterprise_id=ent,
@@ -413,7 +412,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # the writer's way: one transaction that commits even when a call raised, so every
     # function must undo its own partial work
-    def call(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+    def call(self, fn: Callable[[Session], Any]) -> Any:
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             return fn(self.db)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import sqlite_utils
 from log_story import (  # noqa: F401 - fixtures among them
     T0,
     USCC,
@@ -25,7 +24,7 @@ from log_story import (  # noqa: F401 - fixtures among them
 from coordinator import accounts, tlog
 from coordinator.client import audit
 from coordinator.errors import NotFound, Unprocessable
-from coordinator.storage import Database, transaction
+from coordinator.storage import Database, Session, transaction
 from coordinator.tlog import proofs
 from shared import canonical, merkle
 from shared import log_entries as L
@@ -247,7 +246,7 @@ async def test_the_loop_signs_while_the_log_grows(
     try:
         for batch in (story.opening(), story.receipts(2)):
 
-            def append(db: sqlite_utils.Database, batch: list[bytes] = batch) -> int:
+            def append(db: Session, batch: list[bytes] = batch) -> int:
                 return tlog.append_entries(db, batch)
 
             await database.run(append)
@@ -261,7 +260,7 @@ async def test_the_loop_signs_while_the_log_grows(
             else:
                 pytest.fail(f"no checkpoint of size {target} was signed")
 
-        def signed(db: sqlite_utils.Database) -> int:
+        def signed(db: Session) -> int:
             return int(db.conn.execute("SELECT COUNT(*) FROM log_checkpoints").fetchone()[0])
 
         count = await database.run(signed)

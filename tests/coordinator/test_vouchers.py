@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
 from ledger_world import World, uscc
 
 from coordinator import billing
 from coordinator.billing import VoucherPolicy, VoucherPolicyError, split_charge
-from coordinator.storage import connect, transaction
+from coordinator.storage import Session, connect, transaction
 from shared import ledger_names as names
 from shared.errors import SuanliError
 
@@ -212,7 +211,7 @@ def test_periods_are_utc_calendar_months() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
+def db(tmp_path: Path) -> Iterator[Session]:
     database = connect(tmp_path / "coordinator.db")
     yield database
     database.conn.close()
@@ -230,7 +229,7 @@ POLICY = VoucherPolicy(
 class Market:
     """Two enterprises (the second is also a provider), a provider, and a way to post usage."""
 
-    def __init__(self, db: sqlite_utils.Database, policy: VoucherPolicy = POLICY) -> None:
+    def __init__(self, db: Session, policy: VoucherPolicy = POLICY) -> None:
         self.db, self.policy, self.world = db, policy, World(db)
         with transaction(db):
             self.ent = self.world.enterprise(uscc(1), policy)
@@ -280,7 +279,7 @@ class Market:
             return fn(self.db)
 
 
-def test_suspension_names_the_statement_and_payment_reinstates(db: sqlite_utils.Database) -> None:
+def test_suspension_names_the_statement_and_payment_reinstates(db: Session) -> None:
     market = Market(db)
     posting = market.post(4_000_000)
     assert (posting.voucher, posting.deferred, posting.period) == (2_000_000, 2_000_000, "2026-09")
@@ -319,7 +318,7 @@ def test_suspension_names_the_statement_and_payment_reinstates(db: sqlite_utils.
     assert billing.check_invariants(db) == []
 
 
-def test_statements_are_paid_oldest_first(db: sqlite_utils.Database) -> None:
+def test_statements_are_paid_oldest_first(db: Session) -> None:
     market = Market(db)
     market.post(2_000_000)  # September: 1 000 000 deferred
     market.post(6_000_000, now=OCT_1 + DAY)  # October: cap leaves 500 000 voucher
@@ -338,7 +337,7 @@ def test_statements_are_paid_oldest_first(db: sqlite_utils.Database) -> None:
     assert suspended and "2026-10" in why and "2026-09" not in why
 
 
-def test_closing_a_period_freezes_it(db: sqlite_utils.Database) -> None:
+def test_closing_a_period_freezes_it(db: Session) -> None:
     market = Market(db)
     market.post(1_000)
     with pytest.raises(billing.PeriodNotEnded, match="2026-09"):
@@ -353,7 +352,7 @@ def test_closing_a_period_freezes_it(db: sqlite_utils.Database) -> None:
 
 
 def test_the_cap_is_per_company_and_the_pool_is_first_come_first_served(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     assert market.post(10_000_000).voucher == 3_000_000  # cap ¥3 of a ¥5 share
@@ -369,7 +368,7 @@ def test_the_cap_is_per_company_and_the_pool_is_first_come_first_served(
     assert billing.check_invariants(db) == []
 
 
-def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: sqlite_utils.Database) -> None:
+def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: Session) -> None:
     market = Market(db)
     market.run(
         lambda db: billing.open_enterprise_accounts(db, "ent-alias", uscc(1), POLICY, SEP_21)
@@ -399,7 +398,7 @@ def test_one_entitlement_per_uscc_even_across_enterprise_ids(db: sqlite_utils.Da
 
 
 def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     own = market.post(1_000, ent=market.both, prov=market.both_provider)
@@ -417,7 +416,7 @@ def test_no_subsidy_for_paying_yourself_and_providers_as_the_policy_says(
     )
 
 
-def test_each_fiscal_year_has_its_own_pool_and_caps(db: sqlite_utils.Database) -> None:
+def test_each_fiscal_year_has_its_own_pool_and_caps(db: Session) -> None:
     market = Market(db)
     jan_2027 = 1_798_761_600_000
     assert billing.period_of(jan_2027) == "2027-01"
@@ -434,7 +433,7 @@ def test_each_fiscal_year_has_its_own_pool_and_caps(db: sqlite_utils.Database) -
 
 
 def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     market.policy = VoucherPolicy(
@@ -452,7 +451,7 @@ def test_a_larger_policy_tops_the_pool_up_and_a_smaller_takes_nothing_back(
     assert billing.check_invariants(db) == []
 
 
-def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) -> None:
+def test_use_first_pay_later_within_the_credit_limit(db: Session) -> None:
     market = Market(db)
     reservation = market.run(
         lambda db: billing.reserve_job(
@@ -512,7 +511,7 @@ def test_use_first_pay_later_within_the_credit_limit(db: sqlite_utils.Database) 
     assert billing.check_invariants(db) == []
 
 
-def test_providers_earn_both_parts_and_are_never_paid_more(db: sqlite_utils.Database) -> None:
+def test_providers_earn_both_parts_and_are_never_paid_more(db: Session) -> None:
     market = Market(db)
     market.post(1_000_000)
     earnings = market.run(lambda db: billing.provider_earnings(db, market.prov))
@@ -531,7 +530,7 @@ def test_providers_earn_both_parts_and_are_never_paid_more(db: sqlite_utils.Data
     assert billing.check_invariants(db) == []
 
 
-def test_bad_input_is_refused_with_a_sentence(db: sqlite_utils.Database) -> None:
+def test_bad_input_is_refused_with_a_sentence(db: Session) -> None:
     market = Market(db)
     with pytest.raises(SuanliError, match="check character"):
         market.run(
@@ -557,9 +556,7 @@ def test_bad_input_is_refused_with_a_sentence(db: sqlite_utils.Database) -> None
         ("enterprise_uscc", "entitlement is under USCC"),  # nor switch to another company's cap
     ],
 )
-def test_usccs_must_be_the_registered_ones(
-    db: sqlite_utils.Database, field: str, message: str
-) -> None:
+def test_usccs_must_be_the_registered_ones(db: Session, field: str, message: str) -> None:
     market = Market(db)
     with transaction(db):
         job, lease = market.world.job(market.both, market.both_provider)
@@ -600,7 +597,7 @@ def _job(market: Market, ent: str, prov: str) -> str:
 
 
 def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_credit(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     job = _job(market, market.ent, market.prov)
@@ -637,7 +634,7 @@ def test_a_reservation_holds_the_voucher_share_on_cap_and_pool_and_the_rest_on_c
 
 
 def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     """1 µ¥ receipts have no voucher share of their own; the job's voucher hold takes what its
     credit hold cannot, so all of its maximum is paid with no free credit at all."""
@@ -673,7 +670,7 @@ def test_rounding_each_receipt_down_never_strands_usage_within_the_maximum(
 
 
 def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     """Self-dealing, first case: the enterprise's company is a provider when the job is
     accepted, so its own agents may win it and no voucher would pay: nothing is counted on."""
@@ -696,7 +693,7 @@ def test_a_company_that_also_provides_holds_its_whole_maximum_on_credit(
 
 
 def test_a_company_that_also_provides_still_gets_vouchers_from_others(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     job = _job(market, market.both, market.prov)
@@ -710,7 +707,7 @@ def test_a_company_that_also_provides_still_gets_vouchers_from_others(
     assert billing.check_invariants(db) == []
 
 
-def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils.Database) -> None:
+def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: Session) -> None:
     """Self-dealing, second case: the company registers as a provider while its job is open."""
     from coordinator import accounts
 
@@ -740,7 +737,7 @@ def test_becoming_a_provider_moves_open_voucher_holds_to_credit(db: sqlite_utils
 
 
 def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_holds(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     from coordinator import accounts
 
@@ -757,7 +754,7 @@ def test_becoming_a_provider_is_refused_when_credit_cannot_take_the_voucher_hold
 
 
 def test_voucher_money_held_in_one_year_pays_the_job_after_the_year_ends(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     market.run(lambda db: billing.set_credit_limit(db, market.ent, 2_000_000, SEP_21))
@@ -771,7 +768,7 @@ def test_voucher_money_held_in_one_year_pays_the_job_after_the_year_ends(
     assert billing.check_invariants(db) == []
 
 
-def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.Database) -> None:
+def test_check_invariants_finds_a_reservation_that_cannot_pay(db: Session) -> None:
     market = Market(db)
     job = _job(market, market.ent, market.prov)
     _reserve(market, job, market.ent, 4_000_000)
@@ -781,7 +778,7 @@ def test_check_invariants_finds_a_reservation_that_cannot_pay(db: sqlite_utils.D
 
 
 def test_check_invariants_finds_held_voucher_money_that_went_astray(
-    db: sqlite_utils.Database,
+    db: Session,
 ) -> None:
     market = Market(db)
     job = _job(market, market.ent, market.prov)

@@ -1,0 +1,97 @@
+"""The database engines the coordinator's tests run on: SQLite files in the test's directory,
+and databases in one private PostgreSQL cluster started for the whole run (`postgres_cluster`).
+
+`SUANLI_TEST_ENGINES` (default `sqlite,postgresql`) names which run. Where PostgreSQL is not
+installed its tests skip, except under CI, where a missing engine must not pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres_cluster import Cluster, bin_dir, running_cluster
+
+from coordinator.storage.postgres import is_postgres_url, translate
+
+ENGINES = tuple(
+    e.strip() for e in os.environ.get("SUANLI_TEST_ENGINES", "sqlite,postgresql").split(",")
+)
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_cluster: Cluster | None = None
+_cluster_context: Any = None
+
+
+def shared_cluster() -> Cluster:
+    """The run's PostgreSQL cluster, started on first use (stopped by `stop_shared_cluster`)."""
+    global _cluster, _cluster_context
+    if _cluster is None:
+        if bin_dir() is None:
+            message = "PostgreSQL is not installed (scripts/install-test-deps installs it)"
+            if UNDER_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        _cluster_context = running_cluster()
+        _cluster = _cluster_context.__enter__()
+    return _cluster
+
+
+def stop_shared_cluster() -> None:
+    global _cluster, _cluster_context
+    if _cluster_context is not None:
+        _cluster_context.__exit__(None, None, None)
+    _cluster = _cluster_context = None
+
+
+def new_database(engine: str, directory: Path, name: str = "coordinator.db") -> str:
+    """A fresh, empty database on `engine`: its `--db` location."""
+    if engine == "sqlite":
+        return str(directory / name)
+    if engine == "postgresql":
+        return shared_cluster().create_database()
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+def engine_params() -> list[Any]:
+    return [pytest.param(engine, id=engine) for engine in ENGINES]
+
+
+def rows(location: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Read rows straight from a coordinator's database (as an auditor or an attacker would),
+    whichever engine it is on; `?` placeholders on both."""
+    text = str(location)
+    if is_postgres_url(text):
+        import psycopg
+
+        with psycopg.connect(text, autocommit=True) as conn:
+            return [tuple(row) for row in conn.execute(translate(sql), params).fetchall()]
+    with sqlite3.connect(f"file:{text}?mode=ro", uri=True) as conn:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def write(location: str | Path, sql: str, params: Sequence[Any] = ()) -> None:
+    """Change a coordinator's database behind its back (a tampering test's attacker)."""
+    text = str(location)
+    if is_postgres_url(text):
+        import psycopg
+
+        with psycopg.connect(text, autocommit=True) as conn:
+            conn.execute(translate(sql), params)
+        return
+    with sqlite3.connect(text) as conn:
+        conn.execute(sql, params)
+
+
+@pytest.fixture(params=engine_params())
+def engine_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_location(engine_name: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database on each engine in turn."""
+    yield new_database(engine_name, tmp_path)
