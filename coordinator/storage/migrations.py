@@ -384,4 +384,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE leases ADD COLUMN stop_grace_ms INTEGER;
     ALTER TABLE leases ADD COLUMN stop_requested_at_ms INTEGER;
     """,
+    # 8: who leads (coordinator.leadership): one row, its epoch the fencing token every write
+    # of the leader carries (checked by the database on PostgreSQL), and each takeover kept
+    """
+    CREATE TABLE coordinator_leader (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch INTEGER NOT NULL CHECK (epoch > 0),
+        holder TEXT NOT NULL,
+        url TEXT,
+        session_pid INTEGER,
+        renewed_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE coordinator_takeovers (
+        epoch INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL,
+        url TEXT,
+        previous_holder TEXT,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    """,
 ]
