@@ -22,7 +22,7 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--db", required=True, type=database_flag, help=DB_HELP)
+    serve.add_argument("--db", type=database_flag, help=DB_HELP)
     serve.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8420)")
     serve.add_argument("--config", type=Path, help="coordinator.toml")
     serve.add_argument("--tls-cert", help="PEM certificate chain; serve HTTPS")
