@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 from aiohttp import web
 
 from coordinator.billing import VoucherPolicy
@@ -23,11 +24,13 @@ from coordinator.http.app import make_app
 from coordinator.leadership import Election, LeaseKeeper, fence_for
 from coordinator.role import LEADER, STANDBY, Role
 from coordinator.storage import is_postgres_url, sqlite_path
+from shared.errors import SuanliError
 
 log = logging.getLogger(__name__)
 
 FENCED_EXIT = 3  # the exit status of a leader that lost the lead (systemd restarts it)
 ELECTION_POLL_S = 0.2
+ELECTION_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,21 @@ async def _serve_elected(
     standby: web.AppRunner | None = None
     try:
         while not stop.is_set():
-            lead = await asyncio.to_thread(election.try_lead)
-            if lead is not None:
-                break
-            seen = await asyncio.to_thread(election.seen)
+            try:
+                lead = await asyncio.to_thread(election.try_lead)
+                if lead is not None:
+                    break
+                seen = await asyncio.to_thread(election.seen)
+                role.takeovers = await asyncio.to_thread(election.takeovers)
+            except psycopg.Error as exc:  # the database went away: stand by, and ask again
+                log.warning("the election could not reach the database: %s", exc)
+                role.leader_url = None
+                await asyncio.sleep(ELECTION_RETRY_S)
+                with contextlib.suppress(psycopg.Error, SuanliError):
+                    await asyncio.to_thread(election.reconnect)
+                continue
             role.epoch = None if seen is None else seen.epoch
             role.leader_url = seen.url if seen is not None and seen.live else None
-            role.takeovers = await asyncio.to_thread(election.takeovers)
             if standby is None:
                 app = make_app(settings, location, policy=policy, role=role)
                 standby = await _start(app, listener, settings)

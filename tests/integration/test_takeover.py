@@ -24,12 +24,14 @@ from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgen
 from databases import new_database
 
 from agent.coordinator_client import CoordinatorClient
+from coordinator.client import audit
 from shared.http_client import CoordinatorError
 from shared.receipts import SealedReceipt
 
 PRICE = 36_000_000  # µ¥ per GPU-hour
 SETTINGS = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000, "start_deadline_ms": 15_000}
 BATCH = 8
+AGENTS = 3
 
 
 def _now() -> int:
@@ -137,16 +139,22 @@ async def test_a_standby_serves_reads_redirects_writes_and_takes_over_a_killed_l
     assert seen["leader"] == leader.url and seen["epoch"] == 1
     things: list[Any] = []
     try:
-        agent = FakeAgent(leader.url, ["GPU-t0"], PRICE)
-        things.append(agent)
-        await agent.enrol(leader.add_provider(1))
-        await agent.heartbeat()
-        agent.keep_alive()
+        agents = [FakeAgent(leader.url, [f"GPU-t{n}"], PRICE) for n in range(AGENTS)]
+        things += agents
+        for n, agent in enumerate(agents):
+            await agent.enrol(leader.add_provider(10 + n))
+            await agent.heartbeat()
+            agent.keep_alive()
         api = Api(leader.url, leader.add_enterprise(2))
         on_standby = Api(standby.url, api.token)
         things += [api, on_standby]
-        status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=PRICE)
-        assert status == 201, job
+        jobs = []
+        for n in range(AGENTS):
+            status, job = await api.submit(
+                max_price_per_gpu_hour_micro_yuan=PRICE, idempotency_key=f"storm-{n}"
+            )
+            assert status == 201, job
+            jobs.append(job["id"])
 
         # the standby reads from the database and sends writes to the leader, unfollowed
         async with aiohttp.ClientSession() as session:
@@ -161,53 +169,70 @@ async def test_a_standby_serves_reads_redirects_writes_and_takes_over_a_killed_l
                 assert answer.status == 200
         deadline = time.monotonic() + 10
         while True:  # within a refresh of the standby's view
-            status, shown = await on_standby.call("GET", f"/v1/jobs/{job['id']}")
+            status, shown = await on_standby.call("GET", f"/v1/jobs/{jobs[0]}")
             if status == 200:
                 break
             assert time.monotonic() < deadline, shown
             await asyncio.sleep(0.2)
-        standby_client = CoordinatorClient(standby.url, agent.key)
-        things.append(standby_client)
+        streams = []
+        for agent in agents:
+            to_standby = CoordinatorClient(standby.url, agent.key)
+            things.append(to_standby)
+            lease = await agent.wait_for_lease()
+            await agent.client.status(lease["lease_id"], "started")
+            streams.append(Stream(agent, [agent.client, to_standby], lease, _now()))
         with pytest.raises(CoordinatorError) as refused:
-            await standby_client.heartbeat(PRICE, {})
+            await streams[0].clients[1].heartbeat(PRICE, {})
         assert (refused.value.status, getattr(refused.value, "error", None)) == (
             307,
             "not_leader",
         )
 
-        lease = await agent.wait_for_lease()
-        await agent.client.status(lease["lease_id"], "started")
-        stream = Stream(agent, [agent.client, standby_client], lease, _now())
         stop = asyncio.Event()
-        streaming = asyncio.create_task(stream.run(stop))
-        await asyncio.sleep(1.5)
+        storm = asyncio.gather(*(stream.run(stop) for stream in streams))
+        await asyncio.sleep(1.0)
+        state = tmp_path / "audit.json"
+        before = await audit.verify_log(leader.url, None, state)
+        assert before.ok, before.discrepancies
         killed_at = time.monotonic()
         leader.stop(kill=True)
         health = await _until_role(standby.url, "leader")
         took_over_s = time.monotonic() - killed_at
         print(f"takeover after kill -9: {took_over_s:.2f} s")
         assert health["epoch"] == 2 and health["leader"] == standby.url
-        agent.client = standby_client  # its heartbeats follow the new leader
+        for stream in streams:
+            stream.agent.client = stream.clients[1]  # its heartbeats follow the new leader
         await asyncio.sleep(1.5)
         stop.set()
-        await streaming
-        assert stream.errors > 0, "no receipt ever met the takeover"
-        assert sorted(stream.acked) == list(range(1, len(stream.signed) + 1))
-        await stream.clients[1].status(lease["lease_id"], "exited", exit_code=0)
-        done = await on_standby.wait_for(
-            job["id"], lambda j: j["state"] == "succeeded", timeout_s=20
-        )
-        assert done["charged_micro_yuan"] == stream.signed[-1].receipt.amount
-        assert done["attempts"] == 0, "the lease was lost in the takeover"
+        await storm
+        assert sum(stream.errors for stream in streams) > 0, "no receipt met the takeover"
+        for stream in streams:
+            assert sorted(stream.acked) == list(range(1, len(stream.signed) + 1))
+            await stream.clients[1].status(stream.lease["lease_id"], "exited", exit_code=0)
+        signed = {s.lease["job_id"]: s.signed[-1].receipt.amount for s in streams}
+        for job_id in jobs:
+            done = await on_standby.wait_for(
+                job_id, lambda j: j["state"] == "succeeded", timeout_s=20
+            )
+            assert done["charged_micro_yuan"] == signed[job_id]
+            assert done["attempts"] == 0, "a lease was lost in the takeover"
+        for _ in range(100):  # the auditor's saved checkpoint carries across to the new leader
+            after = await audit.verify_log(standby.url, None, state)
+            if after.receipts == sum(len(s.signed) for s in streams):
+                break
+            await asyncio.sleep(0.1)
+        assert after.ok, after.discrepancies
+        assert after.charged == sum(signed.values())
     finally:
         for thing in things:
             await thing.close()
         standby.stop()
         leader.stop()
-    stored = standby.rows("SELECT COUNT(*), MAX(seq) FROM receipts")[0]
-    assert stored == (len(stream.signed), len(stream.signed))
+    total = sum(len(s.signed) for s in streams)
+    assert standby.rows("SELECT COUNT(*) FROM receipts") == [(total,)]
+    assert standby.rows("SELECT COUNT(*) FROM receipt_rejections") == [(0,)]
     posted = standby.rows("SELECT SUM(amount), SUM(voucher) + SUM(deferred) FROM ledger_postings")
-    assert posted[0] == (stream.signed[-1].receipt.amount,) * 2
+    assert posted[0] == (sum(signed.values()),) * 2
     takeovers = standby.rows("SELECT epoch, reason FROM coordinator_takeovers ORDER BY epoch")
     assert takeovers == [(1, "first leader"), (2, "the leader's database session ended")]
     check = standby.admin("check-ledger", check=False)
