@@ -72,6 +72,19 @@ async def _until_role(url: str, role: str, timeout_s: float = 30) -> dict[str, A
     raise AssertionError(f"{url} never became the {role}")
 
 
+async def _text(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url) as answer:
+        assert answer.status == 200
+        return await answer.text()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
 @dataclass
 class Stream:
     """One lease as its agent sees it, sending to whichever of the two coordinators leads."""
@@ -167,6 +180,7 @@ async def test_a_standby_serves_reads_redirects_writes_and_takes_over_a_killed_l
                 assert (body["error"], body["leader"]) == ("not_leader", leader.url)
             async with session.get(standby.url + "/v1/log/checkpoint") as answer:
                 assert answer.status == 200
+            assert _metric(await _text(session, standby.url + "/metrics"), "suanli_leader") == 0
         deadline = time.monotonic() + 10
         while True:  # within a refresh of the standby's view
             status, shown = await on_standby.call("GET", f"/v1/jobs/{jobs[0]}")
@@ -200,6 +214,13 @@ async def test_a_standby_serves_reads_redirects_writes_and_takes_over_a_killed_l
         took_over_s = time.monotonic() - killed_at
         print(f"takeover after kill -9: {took_over_s:.2f} s")
         assert health["epoch"] == 2 and health["leader"] == standby.url
+        async with aiohttp.ClientSession() as session:
+            metrics = await _text(session, standby.url + "/metrics")
+        assert (_metric(metrics, "suanli_leader"), _metric(metrics, "suanli_leader_epoch")) == (
+            1,
+            2,
+        )
+        assert _metric(metrics, "suanli_takeovers_total") == 1
         for stream in streams:
             stream.agent.client = stream.clients[1]  # its heartbeats follow the new leader
         await asyncio.sleep(1.5)
