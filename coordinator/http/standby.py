@@ -34,7 +34,8 @@ async def standby_gate(request: web.Request, handler: Handler) -> web.StreamResp
 
 async def keep_warm(app: web.Application, interval_s: float) -> None:
     """Reload the market, jobs and leases from the database, so the read-only views are
-    current and a takeover starts from a recent view."""
+    current, and forget the tokens looked up, so one revoked on the leader is refused here
+    within a refresh too."""
     coordinator = app[COORDINATOR]
     while True:
         await asyncio.sleep(interval_s)
@@ -43,5 +44,6 @@ async def keep_warm(app: web.Application, interval_s: float) -> None:
                 lambda db: load_state(db, coordinator.settings, coordinator.clock())
             )
             coordinator.state.refresh_from(fresher)
+            coordinator.principals.forget_all()
         except Exception:
             log.exception("refreshing the standby's view failed")

@@ -313,3 +313,35 @@ async def test_a_paused_leader_that_wakes_after_a_takeover_writes_nothing(
             await thing.close()
         standby.stop()
         leader.stop()
+
+
+@pytest.mark.slow
+async def test_a_token_revoked_on_the_leader_is_refused_by_the_standby_within_a_refresh(
+    tmp_path: Path,
+) -> None:
+    leader, standby = _pair(tmp_path)
+    leader.start()
+    await _until_role(leader.url, "leader")
+    standby.start()
+    await _until_role(standby.url, "standby")
+    token = leader.add_enterprise(1)
+    on_leader, on_standby = Api(leader.url, token), Api(standby.url, token)
+    try:
+        _, job = await on_leader.submit()
+        deadline = time.monotonic() + 10
+        while (await on_standby.call("GET", f"/v1/jobs/{job['id']}"))[0] != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        leader.admin("revoke-token", "--token", token)
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = await on_standby.call("GET", f"/v1/jobs/{job['id']}")
+            if status == 401:
+                break
+            assert status == 200 and time.monotonic() < deadline, body
+            await asyncio.sleep(0.2)
+    finally:
+        await on_leader.close()
+        await on_standby.close()
+        standby.stop()
+        leader.stop()
