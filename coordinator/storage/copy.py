@@ -1,0 +1,322 @@
+"""Copying a coordinator's SQLite database into an empty PostgreSQL one, row for row, in one
+transaction of the target: all of it, or (on any failure) nothing.
+
+The source is opened read-only and read in one snapshot; it must be at this suanli's schema
+version, and the target is brought to the same version by its own migrations before anything is
+copied. Every table is copied with its stored values as they are (the log's entries and its
+stored hashes, the ledger's transfers), in an order the foreign keys accept: PostgreSQL checks
+its non-deferrable keys row by row. The immutability triggers refuse only UPDATE and DELETE,
+so the copy's inserts pass them. Identity columns do not advance when values are given, so
+each one's sequence is moved past the largest value copied before the commit.
+
+`copy_database` runs the caller's `check` on the target inside the same transaction, after the
+rows are in: whatever it raises rolls the copy back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import psycopg
+
+from coordinator.storage import postgres
+from coordinator.storage.engines import describe
+from coordinator.storage.migrations import MIGRATIONS
+from coordinator.storage.postgres import PostgresConnection
+from coordinator.storage.session import Session, quoted
+from shared.errors import SuanliError
+
+T = TypeVar("T")
+
+# The one table a fresh PostgreSQL schema has a row in: the log's size, 0.
+SEEDED = {"log_meta": "SELECT 1 FROM log_meta WHERE size <> 0"}
+# Tables whose rows a trigger checks against another table as it now stands, not by a key:
+# a posting is refused into a closed period, and every posting was made before its period's
+# close, so the postings go in first.
+TRIGGER_ORDER = {"ledger_period_closes": {"ledger_postings"}}
+# The target's own bookkeeping (SQLite keeps its version in `user_version`).
+TARGET_ONLY = {"suanli_schema"}
+
+
+class CopyRefused(SuanliError):
+    """The copy did not start: the source or the target is not as a copy needs it."""
+
+    code = "copy_refused"
+
+
+class CopyFailed(SuanliError):
+    """The copy started and failed; its transaction was rolled back."""
+
+    code = "copy_failed"
+
+
+@dataclass(frozen=True)
+class Copied(Generic[T]):
+    """What a committed copy wrote: rows per table in the order copied, the next value each
+    identity column gives, and what the caller's check returned."""
+
+    tables: dict[str, int]
+    sequences: dict[str, int]
+    checked: T
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: tuple[str, ...]
+    order_by: tuple[str, ...]
+    references: frozenset[str] = field(default_factory=frozenset)
+
+
+@contextmanager
+def source_database(path: Path) -> Iterator[Session]:
+    """The SQLite file, read-only, refused unless it is a coordinator's database at this
+    suanli's schema version."""
+    if not path.is_file():
+        raise CopyRefused(f"no SQLite database at {path}")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)) as conn:
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise CopyRefused(f"{path} is not a SQLite database ({exc})") from None
+        _refuse_other_versions(path, version)
+        yield Session(conn, "sqlite")
+
+
+def _refuse_other_versions(path: Path, version: int) -> None:
+    latest = len(MIGRATIONS)
+    if version == 0:
+        raise CopyRefused(f"{path} is not a Suanli coordinator's database (it has no schema)")
+    if version > latest:
+        raise CopyRefused(
+            f"{path} is at schema version {version}, newer than this suanli knows "
+            f"({latest}); move it with the suanli that wrote it"
+        )
+    if version < latest:
+        raise CopyRefused(
+            f"{path} is at schema version {version} and this suanli's is {latest}: run "
+            f"`suanli-coordinator admin --db {path} check-ledger` once (it brings the file to "
+            "this version and checks its ledger), then migrate again"
+        )
+
+
+@contextmanager
+def target_database(url: str) -> Iterator[Session]:
+    """The PostgreSQL database, refused unless it is empty, then migrated to this suanli's
+    schema (which writes no rows but the log's size, 0)."""
+    try:
+        conn = postgres.open_connection(url)
+    except psycopg.Error as exc:
+        raise CopyRefused(f"cannot connect to {describe(url)}: {_why(exc)}") from None
+    with closing(conn):
+        target = Session(conn, postgres.ENGINE)
+        written = rows_in(target)
+        if written:
+            raise CopyRefused(_not_empty(written))
+        postgres.migrate(conn)
+        yield target
+
+
+def rows_in(target: Session) -> dict[str, int]:
+    """The tables of the target's schema that hold rows a fresh Suanli schema does not have
+    (and at least one row each: this counts no further)."""
+    raw = _raw(target)
+    found = {}
+    for name in _target_tables(raw):
+        probe = SEEDED.get(name, f"SELECT 1 FROM {quoted(name)}")
+        if name not in TARGET_ONLY and raw.execute(f"{probe} LIMIT 1").fetchone():
+            found[name] = 1
+    return found
+
+
+def copy_database(source: Session, target: Session, check: Callable[[Session], T]) -> Copied[T]:
+    """Copy every table of `source` (SQLite, from `source_database`) into `target` (PostgreSQL,
+    migrated and empty) in one transaction, run `check(target)` in it, and commit."""
+    raw = _raw(target)
+    if not isinstance(source.conn, sqlite3.Connection):
+        raise CopyRefused("the copy comes from a SQLite file (sqlite:PATH)")
+    reader = source.conn
+    reader.execute("BEGIN")  # one snapshot of the source, however long the copy takes
+    try:
+        tables = _source_tables(reader)
+        _same_tables(tables, raw)
+        postgres.begin(target.conn)  # type: ignore[arg-type]  # a PostgreSQL session's
+        try:
+            copied = _copy_all(reader, raw, tables, check, target)
+            raw.execute("COMMIT")
+        except BaseException:
+            with suppress(psycopg.Error):
+                raw.execute("ROLLBACK")
+            raise
+    finally:
+        reader.execute("ROLLBACK")
+    return copied
+
+
+def _copy_all(
+    source: sqlite3.Connection,
+    raw: psycopg.Connection[Any],
+    tables: dict[str, _Table],
+    check: Callable[[Session], T],
+    target: Session,
+) -> Copied[T]:
+    # a coordinator started on the target since it was found empty would have written by now
+    written = rows_in(target)
+    if written:
+        raise CopyRefused(_not_empty(written))
+    counts: dict[str, int] = {}
+    for table in _in_key_order(tables, _target_references(raw)):
+        counts[table.name] = _copy_table(source, raw, table)
+    for name, count in counts.items():
+        on_target = raw.execute(f"SELECT COUNT(*) FROM {quoted(name)}").fetchone()
+        if on_target is None or on_target[0] != count:
+            raise CopyFailed(f"{name} has {on_target} rows on the target after copying {count}")
+    sequences = _reset_sequences(raw)
+    try:
+        checked = check(target)
+    except psycopg.Error as exc:
+        raise CopyFailed(f"checking the copy failed: {_why(exc)}; nothing was written") from exc
+    return Copied(counts, sequences, checked)
+
+
+def _copy_table(source: sqlite3.Connection, raw: psycopg.Connection[Any], t: _Table) -> int:
+    names = ", ".join(quoted(c) for c in t.columns)
+    order = ", ".join(quoted(c) for c in t.order_by)
+    count = 0
+    try:
+        if t.name in SEEDED:
+            raw.execute(f"DELETE FROM {quoted(t.name)}")  # the fresh schema's row, replaced
+        with raw.cursor().copy(f"COPY {quoted(t.name)} ({names}) FROM STDIN") as copy:
+            for row in source.execute(f"SELECT {names} FROM {quoted(t.name)} ORDER BY {order}"):
+                copy.write_row(row)
+                count += 1
+    except psycopg.Error as exc:
+        raise CopyFailed(f"copying {t.name} failed: {_why(exc)}; nothing was written") from exc
+    return count
+
+
+def _why(exc: psycopg.Error) -> str:
+    primary = exc.diag.message_primary if exc.diag else None
+    return primary or str(exc).strip() or type(exc).__name__
+
+
+def _raw(target: Session) -> psycopg.Connection[Any]:
+    if not isinstance(target.conn, PostgresConnection):
+        raise CopyRefused("the copy goes into PostgreSQL (postgresql://USER@HOST/DBNAME)")
+    return target.conn.raw
+
+
+def _source_tables(conn: sqlite3.Connection) -> dict[str, _Table]:
+    tables = {}
+    names = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    ).fetchall()
+    for (name,) in names:
+        info = conn.execute(f"PRAGMA table_info({quoted(name)})").fetchall()
+        columns = tuple(str(row[1]) for row in info)
+        key = tuple(str(row[1]) for row in sorted(info, key=lambda row: row[5]) if row[5] > 0)
+        references = frozenset(
+            str(row[2]) for row in conn.execute(f"PRAGMA foreign_key_list({quoted(name)})")
+        )
+        tables[name] = _Table(name, columns, key or ("rowid",), references)
+    return tables
+
+
+def _target_tables(raw: psycopg.Connection[Any]) -> list[str]:
+    return [
+        str(row[0])
+        for row in raw.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        )
+    ]
+
+
+def _target_references(raw: psycopg.Connection[Any]) -> dict[str, set[str]]:
+    """Each table's foreign keys on the target (beside the source's own)."""
+    found: dict[str, set[str]] = {}
+    for table, referenced in raw.execute(
+        "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+        "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+    ):
+        found.setdefault(str(table).strip('"'), set()).add(str(referenced).strip('"'))
+    return found
+
+
+def _same_tables(tables: dict[str, _Table], raw: psycopg.Connection[Any]) -> None:
+    target = set(_target_tables(raw)) - TARGET_ONLY
+    if set(tables) != target:
+        raise CopyRefused(
+            "the two schemas differ (only in the SQLite file: "
+            f"{sorted(set(tables) - target) or 'none'}; only in PostgreSQL: "
+            f"{sorted(target - set(tables)) or 'none'})"
+        )
+    for table in tables.values():
+        columns = {
+            str(row[0])
+            for row in raw.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = %s",
+                [table.name],
+            )
+        }
+        if columns != set(table.columns):
+            raise CopyRefused(
+                f"{table.name} has columns {sorted(table.columns)} in the SQLite file and "
+                f"{sorted(columns)} in PostgreSQL"
+            )
+
+
+def _in_key_order(tables: dict[str, _Table], target: dict[str, set[str]]) -> Iterator[_Table]:
+    """Each table after the tables it refers to (itself excepted: its rows go in key order,
+    each after those it names) and after those `TRIGGER_ORDER` puts first."""
+    needs = {
+        name: (set(t.references) | target.get(name, set()) | TRIGGER_ORDER.get(name, set()))
+        - {name}
+        for name, t in tables.items()
+    }
+    done: set[str] = set()
+    while len(done) < len(tables):
+        ready = sorted(name for name in tables if name not in done and needs[name] <= done)
+        if not ready:
+            raise CopyRefused(f"the tables' references go round in a circle: {needs}")
+        for name in ready:
+            done.add(name)
+            yield tables[name]
+
+
+def _reset_sequences(raw: psycopg.Connection[Any]) -> dict[str, int]:
+    """Move each identity column's sequence past the largest value copied into it; the next
+    value each will give, by `table.column`."""
+    following = {}
+    identities = raw.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND is_identity = 'YES' "
+        "ORDER BY table_name, column_name"
+    ).fetchall()
+    for table, column in identities:
+        largest = raw.execute(f"SELECT MAX({quoted(column)}) FROM {quoted(table)}").fetchone()
+        next_value = (largest[0] if largest and largest[0] is not None else 0) + 1
+        raw.execute(
+            "SELECT setval(pg_get_serial_sequence(%s, %s), %s, false)",
+            [quoted(table), column, next_value],
+        )
+        following[f"{table}.{column}"] = int(next_value)
+    return following
+
+
+def _not_empty(tables: dict[str, int]) -> str:
+    return (
+        f"the PostgreSQL database already holds rows (in {', '.join(sorted(tables))}); the "
+        "move goes only into an empty database: create a new one (createdb) and give it as --to"
+    )
