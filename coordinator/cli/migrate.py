@@ -77,10 +77,7 @@ def _source_flag(text: str) -> Path:
             f"{describe(text)} is not a SQLite file; --from names the SQLite database to move "
             "(sqlite:PATH or a path)"
         )
-    path = sqlite_path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no SQLite database at {path}")
-    return path
+    return sqlite_path(text)
 
 
 def _target_flag(text: str) -> str:
@@ -117,6 +114,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     source_path: Path = args.source
     if args.db is not None:
         raise CopyRefused("migrate takes --from and --to, not admin's --db")
+    if not source_path.is_file():  # before the lock beside it is made
+        raise CopyRefused(f"--from {source_path}: no SQLite database there")
     with _unserved(source_path), source_database(source_path) as source:
         before = log_state(source)
         problem = before.problem(str(source_path))
@@ -235,7 +234,7 @@ def _report(args: argparse.Namespace, source_path: Path, copied: Copied[Checked]
     ]
     if not key.is_file():
         lines.append(
-            f"WARNING: no log key at {key}: find the key the SQLite coordinator signed with "
-            "before serving; a coordinator without it makes a new key, and auditors refuse it"
+            f"WARNING: no log key at {key}: serve refuses the moved log without the key that "
+            "signed its checkpoints; find it (and any *.retired keys beside it) first"
         )
     print_result(args, data, "\n".join(lines))

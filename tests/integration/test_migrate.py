@@ -243,6 +243,24 @@ async def test_a_moved_market_verifies_against_the_auditors_saved_state(
         served.stop()
 
 
+def test_a_closed_period_moves_with_the_postings_made_before_its_close(
+    market: Market, tmp_path: Path
+) -> None:
+    # the target refuses a posting into a closed period, so the postings must go in first
+    source = _copy_of(market, tmp_path / "closed")
+    ((period,),) = rows(str(source), "SELECT DISTINCT period FROM ledger_postings")
+    admin = CoordinatorProcess(source.parent)  # never started: its admin tasks only
+    closed = admin.admin("close-period", period, "--early", check=False)
+    assert closed.returncode == 0, closed.stderr
+    target = new_database("postgresql", tmp_path)
+    moved = _migrate(source, target)
+    assert moved.returncode == 0, moved.stderr
+    tables = json.loads(moved.stdout)["tables"]
+    assert tables["ledger_period_closes"] == 1 and tables["ledger_statements"] >= 2
+    assert tables["ledger_postings"] == 3
+    assert rows(target, "SELECT period FROM ledger_period_closes") == [(period,)]
+
+
 def test_the_move_refuses_a_database_that_holds_rows(market: Market, tmp_path: Path) -> None:
     target = new_database("postgresql", tmp_path)
     used = CoordinatorProcess(tmp_path, database=target)
@@ -323,7 +341,6 @@ def test_a_source_at_another_schema_version_is_refused_unchanged(
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--from", "sqlite:{missing}", "--to", "{target}"], "argument --from: no SQLite"),
         (["--from", "{target}", "--to", "{target}"], "argument --from: postgresql://"),
         (["--from", "{source}", "--to", "mysql://x/market"], "argument --to: mysql://..."),
         (["--from", "{source}", "--to", "{source}"], "argument --to: "),
@@ -331,13 +348,10 @@ def test_a_source_at_another_schema_version_is_refused_unchanged(
     ],
 )
 def test_bad_input_is_one_sentence_naming_the_flag(
-    market: Market, tmp_path: Path, flags: list[str], named: str
+    market: Market, flags: list[str], named: str
 ) -> None:
     target = "postgresql://suanli@127.0.0.1:1/market"
-    words = [
-        word.format(missing=tmp_path / "missing.db", target=target, source=market.db)
-        for word in flags
-    ]
+    words = [word.format(target=target, source=market.db) for word in flags]
     result = subprocess.run(
         [str(BIN / "suanli-coordinator"), "admin", "migrate", *words],
         capture_output=True,
@@ -347,7 +361,20 @@ def test_bad_input_is_one_sentence_naming_the_flag(
     )
     assert result.returncode == 2, result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "missing.db").exists() and not (tmp_path / "missing.db.lock").exists()
+
+
+def test_an_unreachable_target_is_one_sentence_naming_it(market: Market) -> None:
+    result = _migrate(market.db, "postgresql://suanli@127.0.0.1:1/market")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot connect to postgresql://suanli@127.0.0.1:1/market: " in result.stderr
+
+
+def test_a_missing_source_is_named_and_nothing_is_made_beside_it(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    result = _migrate(missing, "postgresql://suanli@127.0.0.1:1/market")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"--from {missing}: no SQLite database there" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_admins_db_is_refused_beside_from_and_to(market: Market, tmp_path: Path) -> None:
