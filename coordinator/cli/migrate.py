@@ -98,11 +98,6 @@ class LogState:
     stored_root: bytes
     entries_root: bytes
 
-    def problem(self, where: str) -> str | None:
-        if self.stored_root != self.entries_root:
-            return f"the log's stored hashes in {where} do not match its entries"
-        return None
-
 
 @dataclass(frozen=True)
 class Checked:
@@ -117,12 +112,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not source_path.is_file():  # before the lock beside it is made
         raise CopyRefused(f"--from {source_path}: no SQLite database there")
     with _unserved(source_path), source_database(source_path) as source:
-        before = log_state(source)
-        problem = before.problem(str(source_path))
-        if problem:
-            raise CopyRefused(f"{problem}; run `suanli audit verify` before moving it")
         with target_database(args.target) as target:
-            copied = copy_database(source, target, lambda db: _check(db, before))
+            copied = copy_database(source, target, _check)
     _report(args, source_path, copied)
     return 0
 
@@ -180,7 +171,15 @@ class _FrontierOnly:
         self._size = size
 
 
-def _check(target: Session, before: LogState) -> Checked:
+def _check(source: Session, target: Session) -> Checked:
+    """The log recomputed on both sides and the ledger checked on the copy; raising rolls the
+    copy back."""
+    before = log_state(source)
+    if before.stored_root != before.entries_root:
+        raise CopyRefused(
+            "the log's stored hashes in the SQLite file do not match its entries; run "
+            "`suanli audit verify` against its coordinator before moving it"
+        )
     after = log_state(target)
     if after != before:
         raise CopyFailed(

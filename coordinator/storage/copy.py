@@ -39,6 +39,7 @@ SEEDED = {"log_meta": "SELECT 1 FROM log_meta WHERE size <> 0"}
 # a posting is refused into a closed period, and every posting was made before its period's
 # close, so the postings go in first.
 TRIGGER_ORDER = {"ledger_period_closes": {"ledger_postings"}}
+WRITER_WAIT_MS = 5_000  # how long the move waits for an admin command writing the source
 # The target's own bookkeeping (SQLite keeps its version in `user_version`).
 TARGET_ONLY = {"suanli_schema"}
 
@@ -79,17 +80,29 @@ class _Table:
 
 @contextmanager
 def source_database(path: Path) -> Iterator[Session]:
-    """The SQLite file, read-only, refused unless it is a coordinator's database at this
-    suanli's schema version."""
+    """The SQLite file, read-only, while the move holds its write lock (an admin command run
+    meanwhile waits, then fails, rather than change it after the copy's snapshot); refused
+    unless it is a coordinator's database at this suanli's schema version."""
     if not path.is_file():
         raise CopyRefused(f"no SQLite database at {path}")
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)) as conn:
+    reading = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    with closing(reading), closing(sqlite3.connect(path, isolation_level=None)) as lock:
         try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            version = int(reading.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise CopyRefused(f"{path} is not a SQLite database ({exc})") from None
         _refuse_other_versions(path, version)
-        yield Session(conn, "sqlite")
+        try:
+            lock.execute(f"PRAGMA busy_timeout = {WRITER_WAIT_MS}")
+            lock.execute("BEGIN IMMEDIATE")  # writes nothing; ended below
+        except sqlite3.OperationalError as exc:
+            raise CopyRefused(
+                f"another process is writing {path} ({exc}); try again when it is done"
+            ) from None
+        try:
+            yield Session(reading, "sqlite")
+        finally:
+            lock.execute("ROLLBACK")
 
 
 def _refuse_other_versions(path: Path, version: int) -> None:
@@ -119,28 +132,31 @@ def target_database(url: str) -> Iterator[Session]:
         raise CopyRefused(f"cannot connect to {describe(url)}: {_why(exc)}") from None
     with closing(conn):
         target = Session(conn, postgres.ENGINE)
-        written = rows_in(target)
-        if written:
-            raise CopyRefused(_not_empty(written))
-        postgres.migrate(conn)
+        _refuse_rows(target)
+        try:
+            postgres.migrate(conn)
+        except RuntimeError as exc:  # a schema newer than this suanli's
+            raise CopyRefused(f"{describe(url)}: {exc}") from None
         yield target
 
 
-def rows_in(target: Session) -> dict[str, int]:
-    """The tables of the target's schema that hold rows a fresh Suanli schema does not have
-    (and at least one row each: this counts no further)."""
+def tables_with_rows(target: Session) -> list[str]:
+    """The tables of the target's schema holding a row that a fresh Suanli schema lacks."""
     raw = _raw(target)
-    found = {}
-    for name in _target_tables(raw):
-        probe = SEEDED.get(name, f"SELECT 1 FROM {quoted(name)}")
-        if name not in TARGET_ONLY and raw.execute(f"{probe} LIMIT 1").fetchone():
-            found[name] = 1
-    return found
+    return [
+        name
+        for name in _target_tables(raw)
+        if name not in TARGET_ONLY
+        and raw.execute(f"{SEEDED.get(name, f'SELECT 1 FROM {quoted(name)}')} LIMIT 1").fetchone()
+    ]
 
 
-def copy_database(source: Session, target: Session, check: Callable[[Session], T]) -> Copied[T]:
+def copy_database(
+    source: Session, target: Session, check: Callable[[Session, Session], T]
+) -> Copied[T]:
     """Copy every table of `source` (SQLite, from `source_database`) into `target` (PostgreSQL,
-    migrated and empty) in one transaction, run `check(target)` in it, and commit."""
+    from `target_database`) in one transaction, run `check(source, target)` in it (both as
+    copied), and commit."""
     raw = _raw(target)
     if not isinstance(source.conn, sqlite3.Connection):
         raise CopyRefused("the copy comes from a SQLite file (sqlite:PATH)")
@@ -148,15 +164,24 @@ def copy_database(source: Session, target: Session, check: Callable[[Session], T
     reader.execute("BEGIN")  # one snapshot of the source, however long the copy takes
     try:
         tables = _source_tables(reader)
-        _same_tables(tables, raw)
-        postgres.begin(target.conn)  # type: ignore[arg-type]  # a PostgreSQL session's
         try:
-            copied = _copy_all(reader, raw, tables, check, target)
-            raw.execute("COMMIT")
+            _same_tables(tables, raw)
+            postgres.begin(target.conn)  # type: ignore[arg-type]  # a PostgreSQL session's
+        except psycopg.Error as exc:
+            raise CopyFailed(f"PostgreSQL failed: {_why(exc)}; nothing was written") from exc
+        try:
+            copied = _copy_all(reader, raw, tables, lambda: check(source, target), target)
         except BaseException:
             with suppress(psycopg.Error):
                 raw.execute("ROLLBACK")
             raise
+        try:
+            raw.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise CopyFailed(
+                f"the commit did not complete ({_why(exc)}): run the move again, which "
+                "refuses if the copy was committed after all"
+            ) from exc
     finally:
         reader.execute("ROLLBACK")
     return copied
@@ -166,13 +191,10 @@ def _copy_all(
     source: sqlite3.Connection,
     raw: psycopg.Connection[Any],
     tables: dict[str, _Table],
-    check: Callable[[Session], T],
+    check: Callable[[], T],
     target: Session,
 ) -> Copied[T]:
-    # a coordinator started on the target since it was found empty would have written by now
-    written = rows_in(target)
-    if written:
-        raise CopyRefused(_not_empty(written))
+    _refuse_rows(target)  # again under the write lock: a coordinator may have started there
     counts: dict[str, int] = {}
     for table in _in_key_order(tables, _target_references(raw)):
         counts[table.name] = _copy_table(source, raw, table)
@@ -182,7 +204,7 @@ def _copy_all(
             raise CopyFailed(f"{name} has {on_target} rows on the target after copying {count}")
     sequences = _reset_sequences(raw)
     try:
-        checked = check(target)
+        checked = check()
     except psycopg.Error as exc:
         raise CopyFailed(f"checking the copy failed: {_why(exc)}; nothing was written") from exc
     return Copied(counts, sequences, checked)
@@ -201,6 +223,10 @@ def _copy_table(source: sqlite3.Connection, raw: psycopg.Connection[Any], t: _Ta
                 count += 1
     except psycopg.Error as exc:
         raise CopyFailed(f"copying {t.name} failed: {_why(exc)}; nothing was written") from exc
+    except sqlite3.Error as exc:
+        raise CopyFailed(
+            f"reading {t.name} from the SQLite file failed: {exc}; nothing was written"
+        ) from exc
     return count
 
 
@@ -315,8 +341,10 @@ def _reset_sequences(raw: psycopg.Connection[Any]) -> dict[str, int]:
     return following
 
 
-def _not_empty(tables: dict[str, int]) -> str:
-    return (
-        f"the PostgreSQL database already holds rows (in {', '.join(sorted(tables))}); the "
-        "move goes only into an empty database: create a new one (createdb) and give it as --to"
-    )
+def _refuse_rows(target: Session) -> None:
+    held = tables_with_rows(target)
+    if held:
+        raise CopyRefused(
+            f"the PostgreSQL database already holds rows (in {', '.join(held)}); the move "
+            "goes only into an empty database: create a new one (createdb) and give it as --to"
+        )

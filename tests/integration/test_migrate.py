@@ -312,7 +312,7 @@ def test_a_target_that_loses_its_connection_before_the_commit_keeps_nothing(
 ) -> None:
     target = new_database("postgresql", tmp_path)
 
-    def connection_lost(db: Any) -> None:
+    def connection_lost(source: Any, db: Any) -> None:
         assert _rows_held(target) == {}  # the copy is not visible outside its transaction
         db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
@@ -321,6 +321,39 @@ def test_a_target_that_loses_its_connection_before_the_commit_keeps_nothing(
             copy_database(source, copy, connection_lost)
     assert _rows_held(target) == {}
     assert _tables(target)  # the schema's migrations are the only thing the move left
+
+
+def test_a_log_whose_stored_hashes_disagree_with_its_entries_is_not_moved(
+    market: Market, tmp_path: Path
+) -> None:
+    source = _copy_of(market, tmp_path / "tampered")
+    ((size,),) = rows(str(source), "SELECT size FROM log_meta")
+    with sqlite3.connect(source) as db:  # the root's largest subtree, as a forger rewrites it
+        db.execute(
+            "UPDATE log_hashes SET hash = zeroblob(32) WHERE level = ? AND idx = 0",
+            [size.bit_length() - 1],
+        )
+    target = new_database("postgresql", tmp_path)
+    refused = _migrate(source, target)
+    assert refused.returncode == 1
+    assert "stored hashes in the SQLite file do not match its entries" in refused.stderr
+    assert _rows_held(target) == {}
+
+
+def test_an_admin_command_writing_the_source_holds_the_move_off(
+    market: Market, tmp_path: Path
+) -> None:
+    source = _copy_of(market, tmp_path / "busy")
+    target = new_database("postgresql", tmp_path)
+    writer = sqlite3.connect(source, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        refused = _migrate(source, target)
+    finally:
+        writer.close()
+    assert refused.returncode == 1
+    assert f"another process is writing {source}" in refused.stderr
+    assert _tables(target) == []
 
 
 def test_a_source_at_another_schema_version_is_refused_unchanged(
