@@ -101,7 +101,8 @@ class LogState:
 
 @dataclass(frozen=True)
 class Checked:
-    log: LogState
+    before: LogState  # the SQLite file's log
+    after: LogState  # the copy's, read back inside the copy's transaction
     ledger_problems: list[str]
 
 
@@ -193,7 +194,7 @@ def _check(source: Session, target: Session) -> Checked:
             f"the ledger check fails on the copy ({'; '.join(problems[:3])}); `admin --db "
             "PATH check-ledger` shows whether the SQLite file fails it too; nothing was written"
         )
-    return Checked(after, problems)
+    return Checked(before, after, problems)
 
 
 def _b64(root: bytes) -> str:
@@ -201,7 +202,7 @@ def _b64(root: bytes) -> str:
 
 
 def _report(args: argparse.Namespace, source_path: Path, copied: Copied[Checked]) -> None:
-    log = copied.checked.log
+    before, after = copied.checked.before, copied.checked.after
     key = log_key_location(load_settings(args.config), str(source_path)).resolve()
     data: dict[str, object] = {
         "from": str(source_path),
@@ -210,9 +211,10 @@ def _report(args: argparse.Namespace, source_path: Path, copied: Copied[Checked]
         "tables": copied.tables,
         "sequences": copied.sequences,
         "log": {
-            "size": log.size,
-            "root_before": _b64(log.entries_root),
-            "root_after": _b64(log.stored_root),
+            "size_before": before.size,
+            "size_after": after.size,
+            "root_before": _b64(before.entries_root),
+            "root_after": _b64(after.entries_root),
         },
         "ledger": {
             "ok": not copied.checked.ledger_problems,
@@ -225,8 +227,9 @@ def _report(args: argparse.Namespace, source_path: Path, copied: Copied[Checked]
         f"copied {copied.rows} rows in {len(copied.tables)} tables from {source_path} into "
         f"{describe(args.target)}, in one transaction",
         *(f"  {name:<28} {count:>10}" for name, count in copied.tables.items()),
-        f"log: {log.size} entries, root {_b64(log.entries_root)} before and after (recomputed "
-        "from the copied entries and from their stored hashes)",
+        f"log before: {before.size} entries, root {_b64(before.entries_root)}",
+        f"log after:  {after.size} entries, root {_b64(after.entries_root)} (recomputed from "
+        "the copied entries, and the same from their stored hashes)",
         "ledger ok: every balance, limit and usage transfer checks out on the copy",
         f"next: set log_key_file = {str(key)!r} in coordinator.toml ([coordinator] table), then "
         f"serve --db {describe(args.target)}",
