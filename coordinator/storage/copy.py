@@ -1,16 +1,19 @@
 """Copying a coordinator's SQLite database into an empty PostgreSQL one, row for row, in one
-transaction of the target: all of it, or (on any failure) nothing.
+transaction of the target: all of it, or (on any failure) no row.
 
-The source is opened read-only and read in one snapshot; it must be at this suanli's schema
-version, and the target is brought to the same version by its own migrations before anything is
-copied. Every table is copied with its stored values as they are (the log's entries and its
-stored hashes, the ledger's transfers), in an order the foreign keys accept: PostgreSQL checks
-its non-deferrable keys row by row. The immutability triggers refuse only UPDATE and DELETE,
+The source is opened read-only and read in one snapshot while the copy holds its write lock;
+it must be at this suanli's schema version. The target must hold no row, and is brought to
+the same version by its own migrations (committed apart: a failed copy leaves that schema,
+empty, as a new coordinator would make it).
+
+Every table is copied with its stored values as they are (the log's entries and its stored
+hashes, the ledger's transfers), in an order the foreign keys accept: PostgreSQL checks its
+non-deferrable keys row by row. The immutability triggers refuse only UPDATE and DELETE,
 so the copy's inserts pass them. Identity columns do not advance when values are given, so
 each one's sequence is moved past the largest value copied before the commit.
 
-`copy_database` runs the caller's `check` on the target inside the same transaction, after the
-rows are in: whatever it raises rolls the copy back.
+`copy_database` runs the caller's `check` on both (the source's snapshot, the target's
+transaction) once the rows are in: whatever it raises rolls the copy back.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ TARGET_ONLY = {"suanli_schema"}
 
 
 class CopyRefused(SuanliError):
-    """The copy did not start: the source or the target is not as a copy needs it."""
+    """The source or the target is not as a copy needs it; nothing was copied."""
 
     code = "copy_refused"
 
@@ -231,8 +234,10 @@ def _copy_table(source: sqlite3.Connection, raw: psycopg.Connection[Any], t: _Ta
 
 
 def _why(exc: psycopg.Error) -> str:
+    """PostgreSQL's own sentence, on one line."""
     primary = exc.diag.message_primary if exc.diag else None
-    return primary or str(exc).strip() or type(exc).__name__
+    text = (primary or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _raw(target: Session) -> psycopg.Connection[Any]:
