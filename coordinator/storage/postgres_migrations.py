@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from coordinator.storage import log_tables
 from coordinator.storage import migrations as sqlite
 
 # tables whose INTEGER PRIMARY KEY SQLite assigns when a row gives none
@@ -100,7 +101,7 @@ CREATE TRIGGER ledger_postings_not_in_closed_period BEFORE INSERT ON ledger_post
 )
 
 LOG_TABLES = (
-    from_sqlite(sqlite.LOG_TABLES)
+    from_sqlite(log_tables.LOG_TABLES)
     + "INSERT INTO log_meta (id, size) VALUES (1, 0) ON CONFLICT DO NOTHING;\n"
     + _REFUSE
     + "DROP TRIGGER IF EXISTS log_entries_no_update ON log_entries;\n"
