@@ -23,6 +23,10 @@ MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT_S = 60.0
 # a long poll is answered within its wait; this much more is allowed for the answer to come
 LONG_POLL_SLACK_S = 30.0
+# A heartbeat waits less than a request may: one sent to a leader whose machine vanished
+# (no answer, no reset) is given up in time for the next, to the new leader, to arrive well
+# within the coordinator's heartbeat timeout (45 s by default), so no lease is lost to it.
+HEARTBEAT_TIMEOUT_S = 20.0
 # a restarted coordinator refuses requests signed before the last moment its previous run may
 # have served (at most about a second after it started); a fresh signature gets through
 SIGNED_BEFORE_RESTART = "signed_before_restart"
@@ -97,6 +101,7 @@ class CoordinatorClient(HttpClient):
             await self.signed(
                 "/v1/agent/heartbeat",
                 {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory},
+                timeout_s=min(HEARTBEAT_TIMEOUT_S, self.timeout_s),
             )
         )
 

@@ -51,9 +51,10 @@ __all__ = [
 ]
 
 # One call tries each URL at most once a round; it starts another round, after a pause, only
-# while some coordinator answered that it is not the leader (a takeover under way). A call
-# therefore sends at most MAX_ROUNDS * len(urls) requests and pauses at most
-# (MAX_ROUNDS - 1) * ROUND_PAUSE_S = 3 s in all, beside the requests' own timeouts.
+# when a standby knew no leader yet or named one among the URLs that did not serve the call
+# (a takeover under way). A call therefore sends at most MAX_ROUNDS * len(urls) requests and
+# pauses at most (MAX_ROUNDS - 1) * ROUND_PAUSE_S = 3 s in all, beside the requests' own
+# timeouts.
 MAX_ROUNDS = 4
 ROUND_PAUSE_S = 1.0
 # A connection (with its TLS handshake) not made by then is given up, and the next URL tried:
@@ -182,7 +183,7 @@ class HttpClient:
         self._current = 0
         secure = next((url for url in self.urls if url.startswith("https://")), self.urls[0])
         self._tls = tls_for(secure, ca_file)
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self._headers = {"User-Agent": _user_agent(product), **(headers or {})}
         self._session = session
         self._owns_session = session is None
@@ -231,15 +232,23 @@ class HttpClient:
                 await asyncio.sleep(self.round_pause_s)
             this_round: set[int] = set()
             index: int | None = start
-            standby_answered = False
+            takeover = False
             while index is not None:
                 this_round.add(index)
                 tried.append(self.urls[index])
                 try:
                     raw = await self._send_to(self.urls[index], method, path, options)
                 except NotLeader as exc:
-                    last, standby_answered = exc, True
+                    last = exc
                     leader = named_leader(self.urls, exc.leader, exc.location, path)
+                    if leader is None and (exc.leader or exc.location) is not None:
+                        _say(
+                            exc,
+                            f"it names {exc.leader or exc.location} as the leader, which "
+                            "is none of the coordinator URLs given, so it is not followed",
+                        )
+                    else:
+                        takeover = True  # a leader is being chosen, or one named has died: wait
                     if leader is None or leader in this_round:
                         index = self._next_untried(index, this_round)
                     else:
@@ -257,7 +266,7 @@ class HttpClient:
                     raise
                 self._current = index
                 return raw
-            if not standby_answered:
+            if not takeover:
                 break
         assert last is not None  # the loop ends only after a failure
         raise self._naming(last, tried)
@@ -271,12 +280,11 @@ class HttpClient:
     def _naming(self, error: _Error, tried: list[str]) -> _Error:
         urls = list(dict.fromkeys(tried))
         if len(urls) > 1:
-            error.detail = f"{error.detail} (tried {', '.join(urls)})"
-            error.args = (error.detail,)
+            _say(error, f"tried {', '.join(urls)}")
         return error
 
     def _timeout(self, timeout_s: float | None) -> aiohttp.ClientTimeout:
-        total = self._timeout_s if timeout_s is None else timeout_s
+        total = self.timeout_s if timeout_s is None else timeout_s
         return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_TIMEOUT_S, total))
 
     async def _send_to(self, url: str, method: str, path: str, options: RequestOptions) -> bytes:
@@ -372,6 +380,12 @@ class HttpClient:
             status,
             "bad_response",
         )
+
+
+def _say(error: CoordinatorError, aside: str) -> None:
+    """Add an aside to the error's sentence (the error is this call's own, made for it)."""
+    error.detail = f"{error.detail} ({aside})"
+    error.args = (error.detail,)
 
 
 def _os_reason(exc: aiohttp.ClientConnectorError) -> str:

@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from subprocess import PIPE
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
+from coordinator_harness import CoordinatorProcess, clean_env
 from test_http_client import Handler, serving
 
+from agent import coordinator_client
 from agent.coordinator_client import CoordinatorClient
 from coordinator.client import cli
 from coordinator.client.api import CoordinatorApi
@@ -33,6 +38,8 @@ from shared.http_client import (
 )
 from shared.identity import PrivateKey
 from shared.signed_request import open_request
+
+SUANLI = Path(sys.executable).parent / "suanli"
 
 
 class Coordinator:
@@ -166,7 +173,11 @@ async def test_a_leader_outside_the_list_is_never_followed() -> None:
             with pytest.raises(NotLeader) as caught:
                 await api.account()
     assert rogue.requests == [], "the token went to a host the client was not given"
-    assert len(standby.requests) == MAX_ROUNDS
+    assert len(standby.requests) == 1, "no takeover is under way: nothing to wait for"
+    assert caught.value.detail == (
+        f"this coordinator is a standby (it names {rogue_url} as the leader, which is none of "
+        "the coordinator URLs given, so it is not followed)"
+    )
     assert (caught.value.status, caught.value.error, caught.value.leader) == (
         307,
         "not_leader",
@@ -252,6 +263,19 @@ async def test_the_agent_long_poll_follows_the_leader() -> None:
     assert (len(standby.requests), len(leader.requests)) == (1, 2)
 
 
+async def test_a_heartbeat_to_a_silent_leader_gives_up_before_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(coordinator_client, "HEARTBEAT_TIMEOUT_S", 0.3)
+    silent, leader = Coordinator("slow", msgpack=True), Coordinator("leader", msgpack=True)
+    async with running(silent, leader) as urls:
+        async with CoordinatorClient(urls, PrivateKey.generate(), timeout_s=60) as client:
+            with pytest.raises(Unreachable, match="did not answer POST /v1/agent/heartbeat"):
+                await client.heartbeat(None, {})
+            assert (await client.heartbeat(None, {}))["served_by"] == "leader"
+    assert (len(silent.requests), len(leader.requests)) == (1, 1)
+
+
 # -- what people type ------------------------------------------------------------------------
 
 
@@ -322,3 +346,47 @@ def test_the_cli_refuses_a_bad_list_before_sending(
     assert "suanli: coordinator URL 'https://a.example.cn' is given twice" in (
         capsys.readouterr().err
     )
+
+
+# -- the commands against a real coordinator behind a standby -------------------------------
+
+
+async def _suanli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(SUANLI, *args, env=env, stdout=PIPE, stderr=PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.integration
+async def test_suanli_and_its_audit_reach_the_leader_through_a_list(tmp_path: Path) -> None:
+    coordinator = CoordinatorProcess(tmp_path).start()
+    standby = Coordinator("standby")
+    try:
+        standby.leader_url = coordinator.url
+        token = coordinator.add_enterprise(1)
+        with closed_port() as dead:
+            async with running(standby) as (standby_url,):
+                env = {
+                    **clean_env(),
+                    "SUANLI_COORDINATOR": f"{dead},{standby_url},{coordinator.url}",
+                    "SUANLI_TOKEN": token,
+                }
+                jobs = ["--image", "busybox:latest", "--gpus", "1", "--max-duration", "10m"]
+                jobs += ["--max-price-per-gpu-hour", "10"]
+                submitted = await _suanli(env, "--json", "job", "submit", *jobs, "--", "true")
+                cancelled = await _suanli(
+                    env, "--json", "job", "cancel", json.loads(submitted[1])["id"]
+                )
+                del env["SUANLI_TOKEN"]  # the log is public
+                audited = await _suanli(env, "audit", "verify", "--json")
+    finally:
+        coordinator.stop()
+    assert submitted[0] == 0 and cancelled[0] == 0, submitted[2] + cancelled[2]
+    assert json.loads(cancelled[1])["state"] == "cancelled"
+    assert audited[0] == 0, audited[2]
+    assert json.loads(audited[1])["coordinator"] == coordinator.url
+    # each process asks the standby once, then keeps to the leader it named
+    paths = [path for path, _, _ in standby.requests]
+    assert len(paths) == 3 and paths[0] == "/v1/jobs" and paths[1].endswith("/cancel")
+    assert [auth for _, auth, _ in standby.requests] == [f"Bearer {token}"] * 2 + [None]
