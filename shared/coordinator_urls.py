@@ -1,12 +1,14 @@
-"""Where the coordinator is: one URL, or an ordered list of them (a leader and its standbys on
-one database). Each URL is checked so that credentials travel only over HTTPS or to loopback,
-and an address a coordinator names as the leader counts only when it is one of the list's:
-a rogue or misconfigured standby cannot send a client's token or signed requests elsewhere.
+"""Where the coordinator is and how it is reached: one URL, or an ordered list of them (a
+leader and its standbys on one database), and the TLS that verifies it. Each URL is checked so
+that credentials travel only over HTTPS or to loopback, and an address a coordinator names as
+the leader counts only when it is one of the list's: a rogue or misconfigured standby cannot
+send a client's token or signed requests elsewhere.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -116,3 +118,20 @@ def named_leader(
         return None
     base = parts._replace(path=parts.path[: len(parts.path) - len(path)], query="", fragment="")
     return index_of(urls, base.geturl())
+
+
+def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verify the coordinator's certificate against the system store or a given CA file."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"cannot use CA file {ca_file}: {exc}") from None
+
+
+def tls_for(url: str, ca_file: str | None = None) -> ssl.SSLContext | bool:
+    """The TLS setting of requests to `url`: a verifying context for HTTPS (or whenever a CA
+    file is given, so that a bad one is refused before anything is sent); aiohttp's default,
+    which also verifies, otherwise."""
+    if url.startswith("https://") or ca_file:
+        return client_ssl_context(ca_file)
+    return True

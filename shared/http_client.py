@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib.metadata import version
@@ -29,8 +28,10 @@ import aiohttp
 from shared.coordinator_urls import (
     TransportError,
     check_coordinator_url,
+    client_ssl_context,
     named_leader,
     parse_coordinator_urls,
+    tls_for,
 )
 from shared.errors import SuanliError
 
@@ -58,8 +59,9 @@ __all__ = [
 MAX_ROUNDS = 4
 ROUND_PAUSE_S = 1.0
 # A connection (with its TLS handshake) not made by then is given up, and the next URL tried:
-# a leader whose machine disappeared answers nothing at all.
-CONNECT_TIMEOUT_S = 10.0
+# a leader whose machine disappeared answers nothing at all. Such a URL is not tried again
+# within the call, so each vanished machine costs a call this long once.
+CONNECT_TIMEOUT_S = 5.0
 NOT_LEADER = "not_leader"
 
 
@@ -115,9 +117,14 @@ class Unreachable(CoordinatorError):
 
 class NotConnected(Unreachable):
     """No connection could be made (refused, no such host, the connection or TLS handshake
-    failed or timed out): nothing was sent, so the next coordinator URL may be tried."""
+    failed or, `timed_out`, took too long): nothing was sent, so the next coordinator URL may
+    be tried."""
 
     code = "not_connected"
+
+    def __init__(self, detail: str, timed_out: bool = False) -> None:
+        super().__init__(detail)
+        self.timed_out = timed_out
 
 
 class BadAnswer(CoordinatorError):
@@ -128,26 +135,6 @@ class BadAnswer(CoordinatorError):
     def __init__(self, detail: str, status: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
-
-
-# -- TLS --------------------------------------------------------------------------------------
-
-
-def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """Verify the coordinator's certificate against the system store or a given CA file."""
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportError(f"cannot use CA file {ca_file}: {exc}") from None
-
-
-def tls_for(url: str, ca_file: str | None = None) -> ssl.SSLContext | bool:
-    """The TLS setting of requests to `url`: a verifying context for HTTPS (or whenever a CA
-    file is given, so that a bad one is refused before anything is sent); aiohttp's default,
-    which also verifies, otherwise."""
-    if url.startswith("https://") or ca_file:
-        return client_ssl_context(ca_file)
-    return True
 
 
 @cache
@@ -227,11 +214,12 @@ class HttpClient:
         tried: list[str] = []
         last: CoordinatorError | None = None
         start = self._current
+        silent: set[int] = set()  # no connection within CONNECT_TIMEOUT_S: not tried again
         for round_number in range(MAX_ROUNDS):
             if round_number:
                 await asyncio.sleep(self.round_pause_s)
-            this_round: set[int] = set()
-            index: int | None = start
+            this_round = set(silent)
+            index = self._first_untried(start, this_round)
             takeover = False
             while index is not None:
                 this_round.add(index)
@@ -250,13 +238,15 @@ class HttpClient:
                     else:
                         takeover = True  # a leader is being chosen, or one named has died: wait
                     if leader is None or leader in this_round:
-                        index = self._next_untried(index, this_round)
+                        index = self._first_untried(index + 1, this_round)
                     else:
                         index = start = leader
                     continue
                 except NotConnected as exc:
                     last = exc
-                    index = self._next_untried(index, this_round)
+                    if exc.timed_out:
+                        silent.add(index)
+                    index = self._first_untried(index + 1, this_round)
                     continue
                 except Unreachable as exc:
                     self._current = (index + 1) % len(self.urls)
@@ -271,10 +261,11 @@ class HttpClient:
         assert last is not None  # the loop ends only after a failure
         raise self._naming(last, tried)
 
-    def _next_untried(self, index: int, tried: set[int]) -> int | None:
+    def _first_untried(self, start: int, tried: set[int]) -> int | None:
+        """The first URL from `start` on (round the list) not in `tried`; None: all were."""
         count = len(self.urls)
         return next(
-            (n % count for n in range(index + 1, index + count) if n % count not in tried), None
+            ((start + n) % count for n in range(count) if (start + n) % count not in tried), None
         )
 
     def _naming(self, error: _Error, tried: list[str]) -> _Error:
@@ -321,7 +312,8 @@ class HttpClient:
         except aiohttp.ConnectionTimeoutError:
             raise NotConnected(
                 f"cannot reach the coordinator at {url} (no connection within "
-                f"{timeout.sock_connect:g} s)"
+                f"{timeout.sock_connect:g} s)",
+                timed_out=True,
             ) from None
         except TimeoutError:
             raise Unreachable(

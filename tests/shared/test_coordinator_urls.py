@@ -6,6 +6,7 @@ remembers the leader for the next call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -25,7 +26,7 @@ from agent.coordinator_client import CoordinatorClient
 from coordinator.client import cli
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.audit import LogClient
-from shared import canonical
+from shared import canonical, http_client
 from shared.clock import now_ms
 from shared.coordinator_urls import index_of, named_leader, parse_coordinator_urls
 from shared.http_client import (
@@ -202,6 +203,50 @@ async def test_a_dead_url_is_skipped() -> None:
             assert client.url == leader_url
             await client.json("/v1/log/entries", {"start": 1})
     assert len(leader.requests) == 2
+
+
+@contextmanager
+def vanished() -> Iterator[str]:
+    """An address that takes no connection and refuses none, as a machine that disappeared:
+    its accept queue is full and never served, so the kernel drops every new SYN."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(server.getsockname())
+            yield url
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_a_vanished_leader_costs_one_connect_timeout_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_client, "CONNECT_TIMEOUT_S", 0.2)
+    standby = Coordinator("standby")
+    with vanished() as gone:
+        async with running(standby) as (standby_url,):
+            standby.leader_url = gone  # not yet told that the leader is gone
+            client = _quick(HttpClient([gone, standby_url], timeout_s=30))
+            tries: list[str] = []
+            send_to = client._send_to
+
+            async def counted(url: str, *args: Any) -> bytes:
+                tries.append(url)
+                return await send_to(url, *args)
+
+            monkeypatch.setattr(client, "_send_to", counted)
+            async with client:
+                with pytest.raises(NotLeader) as caught:
+                    await client.request("POST", "/v1/jobs")
+    assert tries == [gone] + [standby_url] * MAX_ROUNDS
+    assert caught.value.detail.endswith(f"(tried {gone}, {standby_url})")
 
 
 async def test_when_every_url_fails_the_sentence_names_each() -> None:
