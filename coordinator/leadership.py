@@ -23,6 +23,7 @@ that to `leader_lease_ms`, and the epoch makes the overlap harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -227,12 +228,10 @@ class LeaseKeeper:
                     self.on_lost(f"another coordinator leads after epoch {self.lead.epoch}")
                     return
                 renewed = time.monotonic()
-            except psycopg.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - the database went away; try until the lease lapses
                 log.warning("renewing the leader's lease failed: %s", exc)
                 if time.monotonic() - renewed > self.election.lease_ms / 1000:
                     self.on_lost("the leader's lease could not be renewed before it lapsed")
                     return
-                try:
+                with contextlib.suppress(Exception):
                     self.election.reconnect()
-                except psycopg.Error:
-                    pass

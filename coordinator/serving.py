@@ -24,6 +24,7 @@ from coordinator.http.app import make_app
 from coordinator.leadership import Election, LeaseKeeper, fence_for
 from coordinator.role import LEADER, STANDBY, Role
 from coordinator.storage import is_postgres_url, sqlite_path
+from shared.coordinator_urls import TransportError, check_coordinator_url
 from shared.errors import SuanliError
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ async def _serve_elected(
     stop: asyncio.Event,
 ) -> int:
     url = settings.public_url or listener.url
+    try:
+        url = check_coordinator_url(url)
+    except TransportError as exc:
+        raise ConfigError(f"public_url: {exc}") from None
     election = await asyncio.to_thread(Election, location, url, settings.leader_lease_ms)
     role = Role(STANDBY)
     standby: web.AppRunner | None = None
@@ -146,7 +151,14 @@ async def _serve_elected(
         keeper = LeaseKeeper(election, lead, _lost_the_lead)
         keeper.start()
         fence = fence_for(lead, lambda: _lost_the_lead(f"fenced out at epoch {lead.epoch}"))
-        app = make_app(settings, location, policy=policy, role=role, fence=fence)
+        app = make_app(
+            settings,
+            location,
+            policy=policy,
+            role=role,
+            fence=fence,
+            on_writer_died=lambda: _lost_the_lead("the database writer stopped"),
+        )
         runner = await _start(app, listener, settings)
         print(f"serving {listener.url} as the leader at epoch {lead.epoch}", flush=True)
         await stop.wait()

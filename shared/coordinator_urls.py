@@ -34,7 +34,10 @@ def _is_loopback(host: str) -> bool:
 
 def check_coordinator_url(url: str) -> str:
     """Return the URL without a trailing slash, refusing plain HTTP to anything but loopback."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise TransportError(f"coordinator URL {url!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TransportError(f"coordinator URL {url!r} must look like https://host[:port]")
     try:

@@ -10,7 +10,7 @@ from coordinator.config import Settings
 from coordinator.errors import Unauthenticated
 from coordinator.market import Agent
 from coordinator.state import SKEW_MARGIN_MS, State
-from coordinator.storage import Database, Session
+from coordinator.storage import Database, Session, clock_offset_ms
 from shared.errors import SuanliError
 from shared.signed_request import open_request, request_key_id
 
@@ -27,6 +27,9 @@ class SignedRequests:
         self.window_ms = settings.signed_request_window_ms
         self.clock = clock
         self._floors_dirty: dict[str, int] = {}
+        # skews and the alive time are kept on the database's clock, so that a coordinator
+        # taking over with another clock reads the same floors (measured again at each flush)
+        self.db_offset_ms = clock_offset_ms(database.db, clock)
 
     def authenticate(self, body: bytes, method: str, path: str) -> tuple[Agent, Any]:
         """The enrolled agent that signed `body` for this method and path, and what it says."""
@@ -57,7 +60,7 @@ class SignedRequests:
         nonces = agent.nonces
         if signed.nonce in nonces:
             raise Unauthenticated("the request was already received (replayed nonce)")
-        skew = signed.issued_at_ms - now
+        skew = signed.issued_at_ms - (now + self.db_offset_ms)
         if agent.skew_ms is None or skew > agent.skew_ms + SKEW_MARGIN_MS:
             agent.skew_ms = skew
             self._floors_dirty[agent.agent_id] = skew
@@ -74,9 +77,10 @@ class SignedRequests:
         be signed after the last moment the old run served, by the agent's own clock."""
         rows = list(self._floors_dirty.items())
         self._floors_dirty.clear()
-        now = self.clock()
 
         def write(db: Session) -> None:
+            self.db_offset_ms = clock_offset_ms(db, self.clock)
+            now = self.clock() + self.db_offset_ms
             if rows:
                 db.conn.executemany(
                     "INSERT INTO agent_request_floors (agent_id, skew_ms) VALUES (?, ?) "

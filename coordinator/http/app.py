@@ -67,6 +67,7 @@ def make_app(
     policy: VoucherPolicy | None = None,
     role: Role | None = None,
     fence: Fence | None = None,
+    on_writer_died: Callable[[], None] | None = None,
 ) -> web.Application:
     """The coordinator's app: the leader's (the default, and SQLite's only one), or with a
     standby `role` one that only reads and sends the rest to the leader. `fence` is checked
@@ -77,8 +78,9 @@ def make_app(
         middlewares=[errors_and_metrics, standby_gate],
         client_max_size=settings.request_body_limit_bytes,
     )
-    database = Database(db_path)
+    database = Database(db_path, read_only=standby)
     database.fence = fence
+    database.on_writer_died = on_writer_died
     log_key = tlog.LogKey.load(database.db, log_key_location(settings, db_path), create=not standby)
     coordinator = Coordinator(settings, database, log_key, clock, policy, prepare=not standby)
     app[COORDINATOR] = coordinator

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 from aiohttp import web
 
 from coordinator.errors import NotLeader
@@ -25,11 +26,18 @@ def serves_on_a_standby(request: web.Request) -> bool:
 @web.middleware
 async def standby_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     role = request.app[ROLE]
-    if role.name == "leader" or serves_on_a_standby(request):
+    if role.name == "leader":
         return await handler(request)
     leader = role.leader_url
     where = f"the leader is at {leader}" if leader else "no leader has been elected yet"
-    raise NotLeader(f"this coordinator is a standby; {where}", leader)
+    if not serves_on_a_standby(request):
+        raise NotLeader(f"this coordinator is a standby; {where}", leader)
+    try:
+        return await handler(request)
+    except psycopg.errors.ReadOnlySqlTransaction:
+        # a read that writes as it goes (an account opened at its first look): the leader's
+        detail = f"this request writes, and this coordinator is a standby; {where}"
+        raise NotLeader(detail, leader) from None
 
 
 async def keep_warm(app: web.Application, interval_s: float) -> None:

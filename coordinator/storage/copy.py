@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 import psycopg
 
 from coordinator.storage import postgres
-from coordinator.storage.engines import describe
+from coordinator.storage.engines import describe, redact
 from coordinator.storage.migrations import MIGRATIONS
 from coordinator.storage.postgres import PostgresConnection
 from coordinator.storage.session import Session, quoted
@@ -236,7 +236,7 @@ def _copy_table(source: sqlite3.Connection, raw: psycopg.Connection[Any], t: _Ta
 def _why(exc: psycopg.Error) -> str:
     """PostgreSQL's own sentence, on one line."""
     primary = exc.diag.message_primary if exc.diag else None
-    text = (primary or str(exc)).strip()
+    text = redact(primary or str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -29,15 +29,21 @@ def sqlite_path(location: str | Path) -> Path:
     return Path(text[len(SQLITE_PREFIX) :] if text.startswith(SQLITE_PREFIX) else text)
 
 
+_PASSWORD_IN_URL = re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s\"']*):[^@\s\"']*@")
+_PASSWORD_PARAMETER = re.compile(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^&\s\"']*)")
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, or a message quoting one) without any password in it."""
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1@", text))
+
+
 def describe(location: str | Path) -> str:
     """The database as an operator reads it: a file, or a server without its password."""
     text = str(location)
     if not postgres.is_postgres_url(text):
         return str(sqlite_path(text))
-    text = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", text)
-    scheme, _, rest = text.partition("://")
-    who, at, where = rest.rpartition("@")
-    return f"{scheme}://{who.split(':')[0]}{at}{where}" if at else text
+    return redact(text)
 
 
 class DatabaseUnreachable(SuanliError):
@@ -54,7 +60,8 @@ def connect(location: str | Path) -> Session:
             return postgres.connect(text)
         return sqlite.connect(sqlite_path(text))
     except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = redact(str(exc)).strip()
+        reason = message.splitlines()[0] if message else type(exc).__name__
         raise DatabaseUnreachable(f"cannot open the database {describe(text)}: {reason}") from None
 
 
@@ -83,6 +90,11 @@ def check_location(text: str) -> str:
     """A `--db` value as typed, or ValueError naming what is wrong with it."""
     if not text.strip():
         raise ValueError("--db is empty; give a SQLite file path or postgresql://USER@HOST/DBNAME")
+    if re.match(r"\s*\w+\s*=", text):
+        raise ValueError(
+            "--db looks like PostgreSQL's key=value form; write it as a URL, "
+            "postgresql://USER@HOST/DBNAME (a file name cannot start with NAME=)"
+        )
     if "://" in text and not postgres.is_postgres_url(text):
         scheme = text.split("://", 1)[0]
         raise ValueError(
@@ -93,5 +105,18 @@ def check_location(text: str) -> str:
         try:
             psycopg.conninfo.conninfo_to_dict(text)
         except psycopg.ProgrammingError as exc:
-            raise ValueError(f"--db {describe(text)} is not a PostgreSQL URL: {exc}") from None
+            raise ValueError(
+                f"--db {describe(text)} is not a PostgreSQL URL: {redact(str(exc))}"
+            ) from None
     return text
+
+
+def clock_offset_ms(db: Session, local_now: Callable[[], int]) -> int:
+    """How far the database's clock is ahead of this process's (0 on SQLite, whose clock is
+    this machine's): times several coordinators write are kept on the database's clock."""
+    if db.engine != postgres.ENGINE:
+        return 0
+    before = local_now()
+    row = db.conn.execute("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+    database_now = int(row.fetchone()[0])
+    return database_now - (before + local_now()) // 2

@@ -33,6 +33,7 @@ from coordinator.storage import postgres
 from coordinator.storage.engines import DatabaseError, begin, connect, sqlite_path
 from coordinator.storage.session import Session
 from coordinator.storage.sqlite import open_connection
+from shared.errors import SuanliError
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -48,14 +49,22 @@ Fence = Callable[[Session], None]
 class Database:
     """One writer thread serving the event loop with batched transactions."""
 
-    def __init__(self, location: Path | str) -> None:
+    def __init__(self, location: Path | str, read_only: bool = False) -> None:
+        """`read_only`: a standby's, whose transactions the database itself keeps from writing
+        (PostgreSQL's READ ONLY) and which take no write lock, so they never hold up the
+        leader's."""
         self.location = str(location)
         self.engine = postgres.ENGINE if postgres.is_postgres_url(self.location) else "sqlite"
+        if read_only and self.engine != postgres.ENGINE:
+            raise ValueError("only a PostgreSQL database has read-only standbys")
+        self.read_only = read_only
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.db = connect(self.location)
+        self.db = self._open()
+        # told when the writer thread stops other than by close() (the leader then stops)
+        self.on_writer_died: Callable[[], None] | None = None
         self.commits = 0
         self.fence: Fence | None = None
         self.batch_seconds = 0.0  # time spent in transactions, for the latency metric
@@ -78,8 +87,23 @@ class Database:
                 target=self._checkpoint, name="suanli-db-checkpoint", daemon=True
             )
             self._checkpointer.start()
-        self._thread = threading.Thread(target=self._work, name="suanli-db", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="suanli-db", daemon=True)
         self._thread.start()
+
+    def _open(self) -> Session:
+        db = connect(self.location)
+        if self.read_only:
+            db.conn.execute("SET default_transaction_read_only = on")
+        return db
+
+    def _serve(self) -> None:
+        try:
+            self._work()
+        except BaseException:
+            log.exception("the database writer stopped")
+            if self.on_writer_died is not None:
+                self.on_writer_died()
+            raise
 
     def _checkpoint(self) -> None:
         conn = open_connection(self.path)
@@ -169,13 +193,16 @@ class Database:
         """After PostgreSQL dropped the connection: open it again (the queue waits)."""
         while not self._stopping.is_set():
             try:
-                self.db = connect(self.location)
+                self.db = self._open()
                 return
-            except psycopg.OperationalError as exc:
+            except (psycopg.Error, SuanliError) as exc:
                 log.warning("reconnecting to the database failed: %s", exc)
                 time.sleep(RECONNECT_PAUSE_S)
 
     def _begin(self) -> None:
+        if self.read_only:
+            self.db.conn.execute("BEGIN READ ONLY")
+            return
         begin(self.db)
         if self.fence is not None:
             self.fence(self.db)
@@ -226,6 +253,8 @@ class Database:
                     log.error("a queued database write failed: %r", error)
             if stop:
                 return
+            if self._connection_lost():  # its callers have heard; the next batch waits
+                self._reconnect()
 
     def _run_batch(
         self, batch: list[tuple[Any, Any, Any]]
@@ -255,8 +284,6 @@ class Database:
             self.db.conn.execute("ROLLBACK")
         except DatabaseError:
             pass
-        if self._connection_lost():
-            self._reconnect()
 
     def _connection_lost(self) -> bool:
         raw = getattr(self.db.conn, "raw", None)

@@ -34,6 +34,7 @@ def test_a_database_is_named_without_its_password(location: str, shown: str) -> 
         ("mysql://x/y", "--db mysql://...: Suanli runs on SQLite"),
         ("  ", "--db is empty"),
         ("postgresql://u@h/db?bogus_option=1", "is not a PostgreSQL URL"),
+        ("host=db1 dbname=suanli password=s3cret", "looks like PostgreSQL's key=value form"),
     ],
 )
 def test_a_bad_db_flag_is_refused_naming_it(location: str, error: str) -> None:
@@ -54,6 +55,9 @@ def test_an_unreachable_database_is_one_sentence_without_the_password(tmp_path: 
         "suanli-coordinator: cannot open the database postgresql://suanli@127.0.0.1:1/suanli"
     )
     assert "s3cret" not in answer.stderr and "Traceback" not in answer.stderr
+    malformed = _admin("--db", "postgresql://bob:s3cret@[::1/db", "list")
+    assert malformed.returncode == 2 and "is not a PostgreSQL URL" in malformed.stderr
+    assert "s3cret" not in malformed.stderr
     missing = _admin("--db", str(tmp_path / "no" / "such" / "dir.db"), "list")
     assert missing.returncode == 1 and "cannot open the database" in missing.stderr
 

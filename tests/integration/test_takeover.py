@@ -191,7 +191,7 @@ async def test_a_standby_serves_reads_redirects_writes_and_takes_over_a_killed_l
         streams = []
         for agent in agents:
             to_standby = CoordinatorClient(standby.url, agent.key)
-            things.append(to_standby)
+            things += [to_standby, agent.client]  # both closed, whichever the agent ends on
             lease = await agent.wait_for_lease()
             await agent.client.status(lease["lease_id"], "started")
             streams.append(Stream(agent, [agent.client, to_standby], lease, _now()))
@@ -327,6 +327,18 @@ async def test_a_token_revoked_on_the_leader_is_refused_by_the_standby_within_a_
     token = leader.add_enterprise(1)
     on_leader, on_standby = Api(leader.url, token), Api(standby.url, token)
     try:
+        # a read that would open the enterprise's accounts writes: the standby cannot
+        transfers = standby.rows("SELECT COUNT(*) FROM ledger_transfers")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                standby.url + "/v1/account",
+                headers={"Authorization": f"Bearer {token}"},
+                allow_redirects=False,
+            ) as answer:
+                status, body = answer.status, await answer.json()
+        assert (status, body["error"], body["leader"]) == (307, "not_leader", leader.url), body
+        assert standby.rows("SELECT COUNT(*) FROM ledger_transfers") == transfers
+        assert (await on_leader.call("GET", "/v1/account"))[0] == 200
         _, job = await on_leader.submit()
         deadline = time.monotonic() + 10
         while (await on_standby.call("GET", f"/v1/jobs/{job['id']}"))[0] != 200:

@@ -435,3 +435,10 @@ async def test_suanli_and_its_audit_reach_the_leader_through_a_list(tmp_path: Pa
     paths = [path for path, _, _ in standby.requests]
     assert len(paths) == 3 and paths[0] == "/v1/jobs" and paths[1].endswith("/cancel")
     assert [auth for _, auth, _ in standby.requests] == [f"Bearer {token}"] * 2 + [None]
+
+
+def test_a_url_that_does_not_parse_is_a_sentence_not_a_traceback() -> None:
+    from shared.coordinator_urls import TransportError, check_coordinator_url
+
+    with pytest.raises(TransportError, match=r"coordinator URL 'https://\[::1' is not a URL"):
+        check_coordinator_url("https://[::1")
