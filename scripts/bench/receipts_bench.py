@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
+import bench_engines
+import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness lives with the t
 from coordinator_harness import Api, CoordinatorProcess
 
 from agent.coordinator_client import CoordinatorClient
+from coordinator.storage.postgres import is_postgres_url
 from shared.envelope import domain, unverified_payload
 from shared.identity import PrivateKey
 from shared.money import usage_amount
@@ -54,7 +57,7 @@ from shared.signed_request import sign_request
 RECEIPTS = "/v1/agent/receipts"
 PRICE = 3_600_000  # µ¥ per GPU-hour: 1 µ¥ per GPU-millisecond
 ENTERPRISES = 4
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "heartbeat_interval_ms": 60_000,
     "heartbeat_timeout_ms": 600_000,  # nobody heartbeats during the run
     "start_deadline_ms": 600_000,
@@ -80,6 +83,7 @@ class Bench:
     batch: int
     concurrency: int
     profile: bool
+    rounds: int = 1
 
 
 @dataclass
@@ -325,10 +329,23 @@ async def send_all(url: str, loads: list[AgentLoad], concurrency: int) -> HttpRe
     return result
 
 
+Snapshot = tuple[float, dict[int, float], float, float, dict[int, float], int, dict[int, float]]
+
+
 class CpuWatch:
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, database_pids: list[int]) -> None:
         self.process = psutil.Process(pid)
         self.me = psutil.Process()
+        self.database = [psutil.Process(p) for p in database_pids]
+
+    def database_cpu(self) -> dict[int, float]:
+        """CPU seconds of the database server's processes (a private PostgreSQL's)."""
+        used = {}
+        for root in self.database:
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    used[process.pid] = sum(process.cpu_times()[:2])
+        return used
 
     def workers(self) -> dict[int, float]:
         """CPU seconds of each worker process the coordinator started."""
@@ -338,7 +355,7 @@ class CpuWatch:
                 used[child.pid] = sum(child.cpu_times()[:2])
         return used
 
-    def snapshot(self) -> tuple[float, dict[int, float], float, float, dict[int, float], int]:
+    def snapshot(self) -> Snapshot:
         threads = {t.id: t.user_time + t.system_time for t in self.process.threads()}
         return (
             sum(self.process.cpu_times()[:2]),
@@ -347,17 +364,17 @@ class CpuWatch:
             time.perf_counter(),
             self.workers(),
             self.process.io_counters().write_bytes,
+            self.database_cpu(),
         )
 
-    def since(
-        self, before: tuple[float, dict[int, float], float, float, dict[int, float], int]
-    ) -> dict[str, float]:
-        total, threads, mine, at, workers, written = self.snapshot()
+    def since(self, before: Snapshot) -> dict[str, float]:
+        total, threads, mine, at, workers, written, database = self.snapshot()
         wall = at - before[3]
         used = {t: threads[t] - before[1].get(t, 0.0) for t in threads}
         loop = used.get(self.process.pid, 0.0)
         others = sorted((c for t, c in used.items() if t != self.process.pid), reverse=True)
         worker_cpu = sum(c - before[4].get(pid, 0.0) for pid, c in workers.items())
+        database_cpu = sum(c - before[6].get(pid, 0.0) for pid, c in database.items())
         return {
             "server": 100 * (total - before[0]) / wall,
             "loop": 100 * loop / wall,
@@ -367,6 +384,7 @@ class CpuWatch:
             "workers": 100 * worker_cpu / wall,
             "worker_count": len(workers),
             "written": written - before[5],
+            "database": 100 * database_cpu / wall,
         }
 
 
@@ -490,7 +508,7 @@ async def replay_in_process(
 # -- the run ---------------------------------------------------------------------------
 
 
-def _parse() -> Bench:
+def _parse() -> tuple[Bench, str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, help="simulated agents (default 50; quick 10)")
     parser.add_argument(
@@ -507,9 +525,18 @@ def _parse() -> Bench:
         help="requests in flight at once, each from a different agent (default 16)",
     )
     parser.add_argument(
-        "--no-profile", action="store_true", help="skip the in-process replay that times each phase"
+        "--no-profile",
+        action="store_true",
+        help="skip the in-process replay that times each phase (SQLite only)",
     )
     parser.add_argument("--quick", action="store_true", help="10 agents, 4,000 receipts, ~15 s")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with PostgreSQL: run the engines in turn this many times each (default 1)",
+    )
+    bench_engines.add_arguments(parser)
     args = parser.parse_args()
     return Bench(
         agents=args.agents or (10 if args.quick else 50),
@@ -518,7 +545,8 @@ def _parse() -> Bench:
         batch=args.batch,
         concurrency=args.concurrency,
         profile=not args.no_profile,
-    )
+        rounds=max(1, args.rounds),
+    ), bench_engines.choice(args)
 
 
 def _snapshot_db(source: Path, target: Path) -> None:
@@ -532,111 +560,136 @@ def _snapshot_db(source: Path, target: Path) -> None:
 
 
 def main() -> None:
-    bench = _parse()
+    bench, db_choice = _parse()
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
-        coordinator = CoordinatorProcess(Path(tmp), settings=dict(SETTINGS))
-        coordinator.start()
-        assert coordinator.process is not None
-        try:
-            t = time.monotonic()
-            loads = asyncio.run(setup_market(coordinator, bench))
-            leases = sum(len(load.leases) for load in loads)
-            print(
-                f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
-                f"started in {time.monotonic() - t:.1f} s",
-                flush=True,
-            )
-            snapshot = Path(tmp) / "replay.db"
-            if bench.profile:
-                _snapshot_db(coordinator.db, snapshot)
-            total, seal_s = seal_all(loads, bench)
-            sample = loads[0].batches[0][0]
-            print(
-                f"sealed             {total:,} receipts ({total // leases} per lease, "
-                f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
-                f"({total / seal_s:,.0f}/s client side)",
-                flush=True,
-            )
-
-            verify_rate, sign_rate, size = raw_ed25519(loads, 1.5)
-            both = 1 / (1 / verify_rate + 1 / sign_rate)
-            print(
-                f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
-                f"one core ({size}-byte messages); verify + sign {both:,.0f}/s",
-                flush=True,
-            )
-
-            began_warm = time.monotonic()
-            refused = asyncio.run(warm_up(coordinator.url, loads[0]))
-            print(
-                f"warm-up            {refused} forged receipts refused, which started the receipt "
-                f"workers ({time.monotonic() - began_warm:.1f} s)",
-                flush=True,
-            )
-            watch = CpuWatch(coordinator.process.pid)
-            before = watch.snapshot()
-            result = asyncio.run(send_all(coordinator.url, loads, bench.concurrency))
-            cpu = watch.since(before)
-            rate = result.accepted / result.wall_s
-            print(
-                f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
-                f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
-                f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
-                f"errors: {dict(result.errors) or 'none'}"
-            )
-            print(
-                f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
-                f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign"
-            )
-            print(
-                f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
-                f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
-                f"{max(result.latencies, default=0) * 1000:.1f} ms"
-            )
-            print(
-                f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
-                f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
-                f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
-                f"(receipt workers) {cpu['workers']:.0f}%, load generator "
-                f"{cpu['bench']:.0f}%; 100% = one core of {os.cpu_count()}"
-            )
-            if cpu["server"] > 0:
-                per = (
-                    (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
-                )
-                print(
-                    f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
-                    f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
-                    f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk"
-                )
-            with contextlib.closing(
-                sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True)
-            ) as db:
-                stored = db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-                posted = db.execute("SELECT COUNT(*) FROM ledger_postings").fetchone()[0]
-                logged = db.execute(
-                    "SELECT COUNT(*) FROM log_entries WHERE kind = "
-                    "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)"
-                ).fetchone()[0]
-            print(
-                f"  committed        {stored:,} receipts, {posted:,} ledger postings, "
-                f"{logged:,} log entries of the last kind",
-                flush=True,
-            )
-        finally:
-            coordinator.stop()
-
-        if bench.profile:
-            wall, done, phases = asyncio.run(replay_in_process(snapshot, loads, result.accepted))
-            print(
-                f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
-                f"at a time, no HTTP; loop + writer threads)"
-            )
-            order = sorted(phases.seconds.items(), key=lambda item: -item[1])
-            for name, seconds in order:
-                print(f"  {seconds / max(1, done) * 1e6:8.1f} µs/receipt  {name}")
+    figures: dict[str, list[float]] = defaultdict(list)
+    with bench_engines.engines(db_choice) as chosen:
+        print(f"engines            {chosen.describe()}", flush=True)
+        for round_ in range(bench.rounds if len(chosen.names) > 1 else 1):
+            for engine in chosen.names:
+                if len(chosen.names) > 1:
+                    bench_engines.heading(engine, round_, bench.rounds)
+                with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
+                    location = chosen.fresh(engine, Path(tmp))
+                    figures[engine].append(run_engine(bench, location, Path(tmp), chosen))
+    if len(figures) > 1:
+        print()
+        for engine, rates in figures.items():
+            shown = ", ".join(f"{rate:,.0f}" for rate in rates)
+            print(f"{bench_engines.label(engine):<18} receipts/s per round: {shown}")
+        medians = {engine: statistics.median(rates) for engine, rates in figures.items()}
+        print(bench_engines.ratio_line("receipts (median)", medians, "receipts/s", goal=0.7))
     print(f"total              {time.monotonic() - began:.0f} s")
+
+
+def run_engine(bench: Bench, location: str, workdir: Path, chosen: bench_engines.Engines) -> float:
+    """One run of the bench on a fresh database; the end-to-end receipts/s."""
+    engine = bench_engines.POSTGRESQL if is_postgres_url(location) else bench_engines.SQLITE
+    profile = bench.profile and engine == bench_engines.SQLITE
+    coordinator = CoordinatorProcess(workdir, settings=dict(SETTINGS), database=location)
+    coordinator.start()
+    assert coordinator.process is not None
+    try:
+        t = time.monotonic()
+        loads = asyncio.run(setup_market(coordinator, bench))
+        leases = sum(len(load.leases) for load in loads)
+        print(
+            f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
+            f"started in {time.monotonic() - t:.1f} s",
+            flush=True,
+        )
+        snapshot = workdir / "replay.db"
+        if profile:
+            _snapshot_db(Path(coordinator.db), snapshot)
+        total, seal_s = seal_all(loads, bench)
+        sample = loads[0].batches[0][0]
+        print(
+            f"sealed             {total:,} receipts ({total // leases} per lease, "
+            f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
+            f"({total / seal_s:,.0f}/s client side)",
+            flush=True,
+        )
+
+        verify_rate, sign_rate, size = raw_ed25519(loads, 1.5)
+        both = 1 / (1 / verify_rate + 1 / sign_rate)
+        print(
+            f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
+            f"one core ({size}-byte messages); verify + sign {both:,.0f}/s",
+            flush=True,
+        )
+
+        began_warm = time.monotonic()
+        refused = asyncio.run(warm_up(coordinator.url, loads[0]))
+        print(
+            f"warm-up            {refused} forged receipts refused, which started the receipt "
+            f"workers ({time.monotonic() - began_warm:.1f} s)",
+            flush=True,
+        )
+        database_pids = chosen.postgres_pids() if engine == bench_engines.POSTGRESQL else []
+        watch = CpuWatch(coordinator.process.pid, database_pids)
+        before = watch.snapshot()
+        result = asyncio.run(send_all(coordinator.url, loads, bench.concurrency))
+        cpu = watch.since(before)
+        rate = result.accepted / result.wall_s
+        print(
+            f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
+            f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
+            f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
+            f"errors: {dict(result.errors) or 'none'}"
+        )
+        print(
+            f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
+            f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign"
+        )
+        print(
+            f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
+            f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
+            f"{max(result.latencies, default=0) * 1000:.1f} ms"
+        )
+        database = f", PostgreSQL {cpu['database']:.0f}%" if database_pids else ""
+        print(
+            f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
+            f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
+            f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
+            f"(receipt workers) {cpu['workers']:.0f}%, load generator "
+            f"{cpu['bench']:.0f}%{database}; 100% = one core of {os.cpu_count()}"
+        )
+        if cpu["server"] > 0:
+            per = (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
+            print(
+                f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
+                f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
+                f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk by the "
+                "coordinator process"
+            )
+        stored = bench_engines.rows(coordinator.db, "SELECT COUNT(*) FROM receipts")[0][0]
+        posted = bench_engines.rows(coordinator.db, "SELECT COUNT(*) FROM ledger_postings")
+        logged = bench_engines.rows(
+            coordinator.db,
+            "SELECT COUNT(*) FROM log_entries WHERE kind = "
+            "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)",
+        )[0][0]
+        print(
+            f"  committed        {stored:,} receipts, {posted[0][0]:,} ledger postings, "
+            f"{logged:,} log entries of the last kind",
+            flush=True,
+        )
+    finally:
+        coordinator.stop()
+
+    if not profile:
+        if bench.profile:
+            print("in process         (the phase-by-phase replay runs on SQLite only)")
+        return rate
+    wall, done, phases = asyncio.run(replay_in_process(snapshot, loads, result.accepted))
+    print(
+        f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
+        f"at a time, no HTTP; loop + writer threads)"
+    )
+    order = sorted(phases.seconds.items(), key=lambda item: -item[1])
+    for name, seconds in order:
+        print(f"  {seconds / max(1, done) * 1e6:8.1f} µs/receipt  {name}")
+    return rate
 
 
 if __name__ == "__main__":
