@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -285,6 +286,7 @@ class Usage:
     machine: float  # every process on the machine, % of one core
     db_lag_s: float | None  # how far the last committed heartbeat is behind, at the end
     db_lag_max_s: float | None
+    database: float | None = None  # a private PostgreSQL's processes, % of one core
 
 
 class CpuWatch:
@@ -294,10 +296,19 @@ class CpuWatch:
     clock the newest committed `agents.last_seen_ms` is: the backlog of the coordinator's writer.
     """
 
-    def __init__(self, pid: int, db: str | None = None) -> None:
+    def __init__(self, pid: int, db: str | None = None, database_pids: Sequence[int] = ()) -> None:
         self.process = psutil.Process(pid)
         self.db = db
         self._postgres: psycopg.Connection[Any] | None = None
+        self.database = [psutil.Process(p) for p in database_pids]
+
+    def _database_cpu(self) -> dict[int, float]:
+        used = {}
+        for root in self.database:
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    used[process.pid] = sum(process.cpu_times()[:2])
+        return used
 
     def _times(self) -> tuple[float, float, float]:
         total = sum(self.process.cpu_times()[:2])
@@ -340,6 +351,7 @@ class CpuWatch:
     def measure(self, start: float, duration_s: float) -> Usage:
         time.sleep(max(0.0, start - time.monotonic()))
         first = self._times()
+        database_first = self._database_cpu()
         began = last = time.monotonic()
         last_total = first[0]
         peak = 0.0
@@ -355,7 +367,9 @@ class CpuWatch:
             if lag is not None:
                 lags.append(lag)
         total, loop, machine = self._times()
+        database = self._database_cpu()
         wall = time.monotonic() - began
+        database_s = sum(c - database_first.get(pid, 0.0) for pid, c in database.items())
         return Usage(
             100 * (total - first[0]) / wall,
             peak,
@@ -363,6 +377,7 @@ class CpuWatch:
             100 * (machine - first[2]) / wall,
             lags[-1] if lags else None,
             max(lags, default=None),
+            100 * database_s / wall if self.database else None,
         )
 
 
@@ -446,11 +461,12 @@ def _stop(coordinator: CoordinatorProcess, grace_s: float) -> tuple[float, bool]
 
 
 def _cpu_line(server: str, usage: Usage, load_cpu: float, procs: int) -> str:
-    others = max(0.0, usage.machine - usage.server - load_cpu)
+    others = max(0.0, usage.machine - usage.server - load_cpu - (usage.database or 0.0))
+    database = "" if usage.database is None else f", PostgreSQL {usage.database:5.1f}%"
     return (
         f"{server} {usage.server:5.1f}% (event-loop thread {usage.loop:5.1f}%, busiest "
         f"second {usage.server_peak:5.1f}%), load generator {load_cpu:5.1f}% ({procs} "
-        f"process{'es' if procs > 1 else ''}), everything else {others:5.1f}%; "
+        f"process{'es' if procs > 1 else ''}){database}, everything else {others:5.1f}%; "
         f"100% = one core of {os.cpu_count()}"
     )
 
@@ -556,12 +572,13 @@ def coordinator_phases(
     coordinator: CoordinatorProcess,
     specs: list[AgentSpec],
     load_holder: list[LoadProcesses],
+    database_pids: Sequence[int] = (),
 ) -> EngineFigures:
     """Enrol, then the steady and the max-rate phase."""
     coordinator.start()
     assert coordinator.process is not None
     token = coordinator.add_provider(1, max_hosts=run.agents)
-    watch = CpuWatch(coordinator.process.pid, coordinator.db)
+    watch = CpuWatch(coordinator.process.pid, coordinator.db, database_pids)
     try:
         return _phases(run, coordinator, specs, load_holder, token, watch)
     finally:
@@ -709,7 +726,12 @@ def main() -> None:
                         database=chosen.fresh(engine, Path(tmp)),
                     )
                     try:
-                        figures[engine] = coordinator_phases(run, coordinator, specs, load)
+                        database_pids = (
+                            chosen.postgres_pids() if engine == bench_engines.POSTGRESQL else []
+                        )
+                        figures[engine] = coordinator_phases(
+                            run, coordinator, specs, load, database_pids
+                        )
                     finally:
                         _stop(coordinator, 0.0)
                     while len(load) > 1:  # only the last run's load processes stay, for the bare
