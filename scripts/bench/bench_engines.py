@@ -73,6 +73,17 @@ class Engines:
         self.made.append(name)
         return urlunsplit(urlsplit(self.server)._replace(path=f"/{name}"))
 
+    def copy(self, location: str) -> str:
+        """A new database made from `location`'s (nobody may be connected to it): its URL."""
+        assert self.server is not None
+        source = urlsplit(location).path.lstrip("/")
+        copy = self.fresh(POSTGRESQL)
+        name = urlsplit(copy).path.lstrip("/")
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        return copy
+
     def postgres_pids(self) -> list[int]:
         """The private cluster's postmaster (its backends are its children); none elsewhere."""
         process = self.cluster._process if self.cluster is not None else None  # noqa: SLF001
