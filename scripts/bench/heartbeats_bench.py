@@ -471,10 +471,20 @@ def _cpu_line(server: str, usage: Usage, load_cpu: float, procs: int) -> str:
     )
 
 
-def _print_coordinator_load(usage: Usage, cpu_s: float, seconds: float, procs: int) -> None:
+def _print_coordinator_load(
+    usage: Usage, cpu_s: float, seconds: float, procs: int, answered: int
+) -> None:
     """The coordinator's CPU over one phase and its database writer's lag."""
     load_cpu = 100 * cpu_s / seconds
     print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, procs)}")
+    # what a heartbeat costs the coordinator does not depend on what else wants the cores
+    per = usage.server / 100 * seconds / max(1, answered)
+    database = (
+        ""
+        if usage.database is None
+        else f", PostgreSQL {usage.database / 100 * seconds / max(1, answered) * 1e6:,.0f} µs"
+    )
+    print(f"  per heartbeat    {per * 1e6:,.0f} µs of coordinator CPU{database}")
     print(f"  database writer  {_lag_line(usage)}", flush=True)
 
 
@@ -620,7 +630,9 @@ def _phases(
         f"max {_ms(max(steady.latencies, default=0))}   (from when due; load generator lag "
         f"p99 {_ms(_q(steady.lags, 0.99))})"
     )
-    _print_coordinator_load(usage, steady.cpu_s, run.duration_s, run.procs)
+    _print_coordinator_load(
+        usage, steady.cpu_s, run.duration_s, run.procs, _in_window(steady, start, run.duration_s)
+    )
     p99 = _q(steady.latencies, 0.99)
     print(f"  goal             {_goal_line(run, p99, sum(steady.errors.values()))}", flush=True)
 
@@ -632,7 +644,7 @@ def _phases(
         f"connections; p50 {_ms(_q(flood.latencies, 0.5))}  "
         f"p99 {_ms(_q(flood.latencies, 0.99))}; errors: {_errors(flood)}"
     )
-    _print_coordinator_load(usage, flood.cpu_s, run.flood_s, run.procs)
+    _print_coordinator_load(usage, flood.cpu_s, run.flood_s, run.procs, flood.ok)
 
     lag = watch.db_lag_s()
     stop_s, killed = _stop(coordinator, run.grace_s)

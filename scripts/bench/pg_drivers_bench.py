@@ -5,7 +5,9 @@ MAX_BATCH), each call inside its own SAVEPOINT, each call inserting a few receip
 (a 32-byte bytea key, a ~400-byte bytea, 8 bigints), then COMMIT; rows/s for each way of
 sending them:
 
-    psycopg executemany      sync, from a thread, as coordinator/storage/postgres.py does it
+    coordinator's connection coordinator/storage/postgres.py itself (begin, execute,
+                             executemany), from a thread, as the writer calls it
+    psycopg executemany      sync, from a thread, plain psycopg in the same calls
                              (default prepare_threshold; psycopg pipelines executemany itself)
     psycopg prepared         the same with every statement prepared at once (prepare_threshold=0)
     psycopg unprepared       the same with none prepared (prepare_threshold=None)
@@ -133,6 +135,37 @@ def psycopg_run(
     return result[0]
 
 
+def coordinator_run(url: str, calls_per_tx: int, rows: Rows, seconds: float) -> float:
+    """Rows/s through the coordinator's own PostgreSQL connection, as its writer uses it."""
+    from coordinator.storage import postgres
+
+    sql = INSERT.replace("%s", "?")
+    result: list[float] = []
+
+    def work() -> None:
+        conn = postgres.open_connection(url)
+        try:
+            done = 0
+            began = time.perf_counter()
+            while (elapsed := time.perf_counter() - began) < seconds:
+                batch = [rows.call() for _ in range(calls_per_tx)]
+                postgres.begin(conn)
+                for call_rows in batch:
+                    conn.execute("SAVEPOINT call")
+                    conn.executemany(sql, call_rows)
+                    conn.execute("RELEASE call")
+                conn.execute("COMMIT")
+                done += sum(map(len, batch))
+            result.append(done / elapsed)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=work, name="bench-writer")
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
@@ -179,6 +212,7 @@ def asyncpg_version() -> str | None:
 
 def ways(url: str, have_async: bool) -> dict[str, Callable[[int, Rows, float], float]]:
     found: dict[str, Callable[[int, Rows, float], float]] = {
+        "coordinator's conn": lambda n, r, s: coordinator_run(url, n, r, s),
         "psycopg executemany": lambda n, r, s: psycopg_run(url, _executemany, n, r, s),
         "psycopg prepared": lambda n, r, s: psycopg_run(url, _executemany, n, r, s, 0),
         "psycopg unprepared": lambda n, r, s: psycopg_run(url, _executemany, n, r, s, None),
