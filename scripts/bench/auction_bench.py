@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import bench_engines
+
 from coordinator.storage import Session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +36,7 @@ from coordinator.market import Agent, parse_inventory
 from coordinator.service import Coordinator
 from coordinator.state.rows import gpu_row, job_row
 from coordinator.storage import Database
+from coordinator.storage.engines import begin
 from shared.gpu_models import expand_model_filter
 from shared.identity import PrivateKey
 from shared.messages import agent_protocol as ap
@@ -163,7 +166,7 @@ def seed_database(
     now: int,
 ) -> None:
     """Write what enrolment, heartbeats and job submission would already have committed."""
-    db.conn.execute("BEGIN IMMEDIATE")
+    begin(db)
     db.table("providers").insert_all(
         {"id": f"prov-{n:03d}", "name": f"Provider {n}", "uscc": uscc(n), "created_at_ms": now}
         for n in range(100)
@@ -171,11 +174,9 @@ def seed_database(
     db.table("enterprises").insert(
         {"id": "ent-bench", "name": "Bench", "uscc": uscc(999), "created_at_ms": now}
     )
-    db.table("agents").insert_all(agent_rows, batch_size=1000)
-    db.table("gpus").insert_all(gpu_rows, batch_size=1000)
-    db.table("jobs").insert_all(
-        (job_row(job) for job in coordinator.state.jobs.values()), batch_size=1000
-    )
+    db.table("agents").insert_all(agent_rows)
+    db.table("gpus").insert_all(gpu_rows)
+    db.table("jobs").insert_all(job_row(job) for job in coordinator.state.jobs.values())
     db.conn.execute("COMMIT")
 
 
@@ -235,64 +236,78 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smaller market: 4,000 agents and 2,000 jobs"
     )
+    bench_engines.add_arguments(parser)
     args = parser.parse_args()
     if args.agents is None:
         args.agents = 4_000 if args.quick else 20_000
     if args.jobs is None:
         args.jobs = 2_000 if args.quick else 10_000
+    commits: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    with bench_engines.engines(bench_engines.choice(args)) as chosen:
+        print(f"engines            {chosen.describe()}", flush=True)
+        for engine in chosen.names:
+            if len(chosen.names) > 1:
+                bench_engines.heading(engine, 0, 1)
+            with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
+                location = chosen.fresh(engine, Path(tmp))
+                commits[engine], ends[engine] = run_engine(args, location)
+    if len(chosen.names) > 1:
+        print()
+        print(bench_engines.ratio_line("commit", commits, "rows/s"))
+        print(bench_engines.ratio_line("end to end", ends, "placements/s"))
+
+
+def run_engine(args: argparse.Namespace, location: str) -> tuple[float, float]:
+    """Build, place and commit on a fresh database; (commit rows/s, end-to-end placements/s)."""
     rng = random.Random(args.seed)
+    database = Database(location)
+    coordinator = Coordinator(Settings(), database, signing_key=PrivateKey.generate())
+    now = coordinator.clock()
 
-    with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
-        database = Database(Path(tmp) / "coordinator.db")
-        coordinator = Coordinator(Settings(), database, signing_key=PrivateKey.generate())
-        now = coordinator.clock()
+    started = time.perf_counter()
+    agent_rows, gpu_rows = build_market(coordinator, args.agents, rng, now)
+    build_s = time.perf_counter() - started
+    build_jobs(coordinator, args.jobs, rng, now)
+    seed_database(database.db, coordinator, agent_rows, gpu_rows, now)
+    free = sum(
+        1 for a in coordinator.state.market.agents.values() for g in a.gpus.values() if g.offerable
+    )
+    print(
+        f"market             {args.agents:,} agents, {len(gpu_rows):,} GPUs "
+        f"({free:,} free); {len(coordinator.state.pending):,} pending jobs "
+        f"needing {sum(j.request.gpus for j in coordinator.state.pending.values()):,} GPUs; "
+        f"seed {args.seed}"
+    )
+    print(
+        f"enrol+reconcile    {args.agents / build_s:10,.0f} agents/s in memory "
+        f"(parse_inventory + Market.reconcile, 4–8 GPUs each)"
+    )
 
-        started = time.perf_counter()
-        agent_rows, gpu_rows = build_market(coordinator, args.agents, rng, now)
-        build_s = time.perf_counter() - started
-        build_jobs(coordinator, args.jobs, rng, now)
-        seed_database(database.db, coordinator, agent_rows, gpu_rows, now)
-        free = sum(
-            1
-            for a in coordinator.state.market.agents.values()
-            for g in a.gpus.values()
-            if g.offerable
+    watch = Stopwatch(coordinator)
+    started = time.perf_counter()
+    placement = coordinator.scheduler.place_pending(limit=args.jobs)
+    jobs, leases, records = placement.jobs, placement.leases, placement.rounds
+    ended = time.perf_counter()
+    watch.restore()
+    place_s = ended - started
+    per_job = watch.per_job(ended)
+
+    def extra(db: Session) -> None:  # the same rows schedule_once commits
+        db.table("auction_rounds").insert_all(
+            [{"job_id": r.job_id, "at_ms": r.at_ms, "record": r.record} for r in records]
         )
-        print(
-            f"market             {args.agents:,} agents, {len(gpu_rows):,} GPUs "
-            f"({free:,} free); {len(coordinator.state.pending):,} pending jobs "
-            f"needing {sum(j.request.gpus for j in coordinator.state.pending.values()):,} GPUs; "
-            f"seed {args.seed}"
-        )
-        print(
-            f"enrol+reconcile    {args.agents / build_s:10,.0f} agents/s in memory "
-            f"(parse_inventory + Market.reconcile, 4–8 GPUs each)"
-        )
 
-        watch = Stopwatch(coordinator)
-        started = time.perf_counter()
-        placement = coordinator.scheduler.place_pending(limit=args.jobs)
-        jobs, leases, records = placement.jobs, placement.leases, placement.rounds
-        ended = time.perf_counter()
-        watch.restore()
-        place_s = ended - started
-        per_job = watch.per_job(ended)
+    async def commit() -> float:
+        database.start()
+        try:
+            begun = time.perf_counter()
+            await coordinator.scheduler.committer.save(jobs=jobs, leases=leases, extra=extra)
+            return time.perf_counter() - begun
+        finally:
+            database.close()
 
-        def extra(db: Session) -> None:  # the same rows schedule_once commits
-            db.table("auction_rounds").insert_all(
-                [{"job_id": r.job_id, "at_ms": r.at_ms, "record": r.record} for r in records]
-            )
-
-        async def commit() -> float:
-            database.start()
-            try:
-                begun = time.perf_counter()
-                await coordinator.scheduler.committer.save(jobs=jobs, leases=leases, extra=extra)
-                return time.perf_counter() - begun
-            finally:
-                database.close()
-
-        commit_s = asyncio.run(commit())
+    commit_s = asyncio.run(commit())
 
     rounds = len(per_job)
     placed = len(leases)
@@ -341,6 +356,7 @@ def main() -> None:
         f"{placed / (place_s + commit_s) / GOAL:.2f}"
     )
     print(f"ratio to Nomad     {rate / NOMAD_C2M:10.2f}  (Nomad C2M ≈ {NOMAD_C2M:,} placements/s)")
+    return rows / commit_s, placed / (place_s + commit_s)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,24 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
+import bench_engines
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # the loopback harness lives with the tests
 
+import psycopg
 from coordinator_harness import CoordinatorProcess, free_port, inventory
 
 from agent.coordinator_client import CoordinatorClient
+from coordinator.storage.postgres import is_postgres_url
 from shared import canonical
 from shared.http_client import CoordinatorError
 from shared.identity import PrivateKey
@@ -48,6 +52,8 @@ HEARTBEAT = "/v1/agent/heartbeat"
 GPUS_PER_AGENT = 8
 ASK = 15_000_000  # µ¥ per GPU-hour
 ENROL_CONCURRENCY = 128
+GOAL_P99_S = 0.250  # at 20,000 agents heartbeating every 10 s
+GOAL_AGENTS, GOAL_INTERVAL_S = 20_000, 10.0
 
 
 @dataclass
@@ -280,18 +286,29 @@ class Usage:
     machine: float  # every process on the machine, % of one core
     db_lag_s: float | None  # how far the last committed heartbeat is behind, at the end
     db_lag_max_s: float | None
+    database: float | None = None  # a private PostgreSQL's processes, % of one core
 
 
 class CpuWatch:
     """CPU use of the server process, its event-loop thread and the machine over a phase.
 
-    With a database given it also reads, each second, how far behind the wall clock the
-    newest committed `agents.last_seen_ms` is: the backlog of the coordinator's writer.
+    With a database given (either engine) it also reads, each second, how far behind the wall
+    clock the newest committed `agents.last_seen_ms` is: the backlog of the coordinator's writer.
     """
 
-    def __init__(self, pid: int, db: Path | None = None) -> None:
+    def __init__(self, pid: int, db: str | None = None, database_pids: Sequence[int] = ()) -> None:
         self.process = psutil.Process(pid)
         self.db = db
+        self._postgres: psycopg.Connection[Any] | None = None
+        self.database = [psutil.Process(p) for p in database_pids]
+
+    def _database_cpu(self) -> dict[int, float]:
+        used = {}
+        for root in self.database:
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    used[process.pid] = sum(process.cpu_times()[:2])
+        return used
 
     def _times(self) -> tuple[float, float, float]:
         total = sum(self.process.cpu_times()[:2])
@@ -310,15 +327,31 @@ class CpuWatch:
     def db_lag_s(self) -> float | None:
         if self.db is None:
             return None
-        with contextlib.closing(
-            sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-        ) as conn:
-            newest = conn.execute("SELECT MAX(last_seen_ms) FROM agents").fetchone()[0]
+        newest = self._newest_heartbeat_ms(self.db)
         return None if newest is None else max(0.0, time.time() - newest / 1000)
+
+    def _newest_heartbeat_ms(self, db: str) -> int | None:
+        query = "SELECT MAX(last_seen_ms) FROM agents"
+        if is_postgres_url(db):
+            if self._postgres is None:
+                self._postgres = psycopg.connect(db, autocommit=True)
+            row = self._postgres.execute(query).fetchone()
+        else:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            ) as conn:
+                row = conn.execute(query).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def close(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
+            self._postgres = None
 
     def measure(self, start: float, duration_s: float) -> Usage:
         time.sleep(max(0.0, start - time.monotonic()))
         first = self._times()
+        database_first = self._database_cpu()
         began = last = time.monotonic()
         last_total = first[0]
         peak = 0.0
@@ -334,7 +367,9 @@ class CpuWatch:
             if lag is not None:
                 lags.append(lag)
         total, loop, machine = self._times()
+        database = self._database_cpu()
         wall = time.monotonic() - began
+        database_s = sum(c - database_first.get(pid, 0.0) for pid, c in database.items())
         return Usage(
             100 * (total - first[0]) / wall,
             peak,
@@ -342,6 +377,7 @@ class CpuWatch:
             100 * (machine - first[2]) / wall,
             lags[-1] if lags else None,
             max(lags, default=None),
+            100 * database_s / wall if self.database else None,
         )
 
 
@@ -425,19 +461,30 @@ def _stop(coordinator: CoordinatorProcess, grace_s: float) -> tuple[float, bool]
 
 
 def _cpu_line(server: str, usage: Usage, load_cpu: float, procs: int) -> str:
-    others = max(0.0, usage.machine - usage.server - load_cpu)
+    others = max(0.0, usage.machine - usage.server - load_cpu - (usage.database or 0.0))
+    database = "" if usage.database is None else f", PostgreSQL {usage.database:5.1f}%"
     return (
         f"{server} {usage.server:5.1f}% (event-loop thread {usage.loop:5.1f}%, busiest "
         f"second {usage.server_peak:5.1f}%), load generator {load_cpu:5.1f}% ({procs} "
-        f"process{'es' if procs > 1 else ''}), everything else {others:5.1f}%; "
+        f"process{'es' if procs > 1 else ''}){database}, everything else {others:5.1f}%; "
         f"100% = one core of {os.cpu_count()}"
     )
 
 
-def _print_coordinator_load(usage: Usage, cpu_s: float, seconds: float, procs: int) -> None:
+def _print_coordinator_load(
+    usage: Usage, cpu_s: float, seconds: float, procs: int, answered: int
+) -> None:
     """The coordinator's CPU over one phase and its database writer's lag."""
     load_cpu = 100 * cpu_s / seconds
     print(f"  CPU              {_cpu_line('coordinator', usage, load_cpu, procs)}")
+    # what a heartbeat costs the coordinator does not depend on what else wants the cores
+    per = usage.server / 100 * seconds / max(1, answered)
+    database = (
+        ""
+        if usage.database is None
+        else f", PostgreSQL {usage.database / 100 * seconds / max(1, answered) * 1e6:,.0f} µs"
+    )
+    print(f"  per heartbeat    {per * 1e6:,.0f} µs of coordinator CPU{database}")
     print(f"  database writer  {_lag_line(usage)}", flush=True)
 
 
@@ -460,6 +507,7 @@ class BenchRun:
     procs: int
     connections: int
     max_in_flight: int
+    db: str = bench_engines.SQLITE
 
     @property
     def offered(self) -> float:
@@ -501,6 +549,7 @@ def _parse() -> BenchRun:
         action="store_true",
         help="2,000 agents at a 1 s interval (the same offered rate), ~20 s",
     )
+    bench_engines.add_arguments(parser)
     args = parser.parse_args()
     quick = args.quick
     return BenchRun(
@@ -512,7 +561,20 @@ def _parse() -> BenchRun:
         procs=args.load_procs,
         connections=args.connections,
         max_in_flight=args.max_in_flight,
+        db=bench_engines.choice(args),
     )
+
+
+@dataclass
+class EngineFigures:
+    answered: float  # steady phase, answered/s within it
+    p99_s: float  # steady phase, from when due
+    errors: int
+    most: float  # max-rate phase, heartbeats/s
+
+    @property
+    def met(self) -> bool:
+        return self.p99_s < GOAL_P99_S and self.errors == 0
 
 
 def coordinator_phases(
@@ -520,12 +582,27 @@ def coordinator_phases(
     coordinator: CoordinatorProcess,
     specs: list[AgentSpec],
     load_holder: list[LoadProcesses],
-) -> tuple[float, float]:
-    """Enrol, then the steady and the max-rate phase; returns (steady answered/s, max/s)."""
+    database_pids: Sequence[int] = (),
+) -> EngineFigures:
+    """Enrol, then the steady and the max-rate phase."""
     coordinator.start()
     assert coordinator.process is not None
     token = coordinator.add_provider(1, max_hosts=run.agents)
-    watch = CpuWatch(coordinator.process.pid, coordinator.db)
+    watch = CpuWatch(coordinator.process.pid, coordinator.db, database_pids)
+    try:
+        return _phases(run, coordinator, specs, load_holder, token, watch)
+    finally:
+        watch.close()
+
+
+def _phases(
+    run: BenchRun,
+    coordinator: CoordinatorProcess,
+    specs: list[AgentSpec],
+    load_holder: list[LoadProcesses],
+    token: str,
+    watch: CpuWatch,
+) -> EngineFigures:
     started = time.monotonic()
     enrolled, beaten = asyncio.run(enrol_all(coordinator.url, token, specs))
     setup_s = time.monotonic() - started
@@ -553,7 +630,11 @@ def coordinator_phases(
         f"max {_ms(max(steady.latencies, default=0))}   (from when due; load generator lag "
         f"p99 {_ms(_q(steady.lags, 0.99))})"
     )
-    _print_coordinator_load(usage, steady.cpu_s, run.duration_s, run.procs)
+    _print_coordinator_load(
+        usage, steady.cpu_s, run.duration_s, run.procs, _in_window(steady, start, run.duration_s)
+    )
+    p99 = _q(steady.latencies, 0.99)
+    print(f"  goal             {_goal_line(run, p99, sum(steady.errors.values()))}", flush=True)
 
     start = time.monotonic() + 0.3
     flood, usage = load.run(watch, ("flood", coordinator.url, start, run.flood_s))
@@ -563,7 +644,7 @@ def coordinator_phases(
         f"connections; p50 {_ms(_q(flood.latencies, 0.5))}  "
         f"p99 {_ms(_q(flood.latencies, 0.99))}; errors: {_errors(flood)}"
     )
-    _print_coordinator_load(usage, flood.cpu_s, run.flood_s, run.procs)
+    _print_coordinator_load(usage, flood.cpu_s, run.flood_s, run.procs, flood.ok)
 
     lag = watch.db_lag_s()
     stop_s, killed = _stop(coordinator, run.grace_s)
@@ -573,7 +654,21 @@ def coordinator_phases(
         f"{lag if lag is not None else float('nan'):.1f} s old when it was asked to stop",
         flush=True,
     )
-    return answered, most
+    return EngineFigures(answered, p99, sum(steady.errors.values()), most)
+
+
+def _goal_line(run: BenchRun, p99_s: float, errors: int) -> str:
+    met = EngineFigures(0.0, p99_s, errors, 0.0).met
+    shape = (
+        ""
+        if (run.agents, run.interval_s) == (GOAL_AGENTS, GOAL_INTERVAL_S)
+        else f" (this run: {run.agents:,} agents at {run.interval_s:g} s, the goal's is "
+        f"{GOAL_AGENTS:,} at {GOAL_INTERVAL_S:g} s)"
+    )
+    return (
+        f"p99 {p99_s * 1000:.0f} ms, {errors:,} errors; goal p99 < {GOAL_P99_S * 1000:.0f} ms "
+        f"with none: {bench_engines.verdict(met)}{shape}"
+    )
 
 
 def bare_phase(
@@ -624,30 +719,59 @@ def main() -> None:
 
     load: list[LoadProcesses] = []
     bare: list[multiprocessing.process.BaseProcess] = []
-    with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
-        coordinator = CoordinatorProcess(
-            Path(tmp),
-            settings={
-                "heartbeat_interval_ms": int(run.interval_s * 1000),
-                # enrolment takes a while; no agent may time out before the steady phase
-                "heartbeat_timeout_ms": 3_600_000,
-            },
-        )
+    figures: dict[str, EngineFigures] = {}
+    with bench_engines.engines(run.db) as chosen:
+        print(f"engines            {chosen.describe()}", flush=True)
         try:
-            answered, coordinator_max = coordinator_phases(run, coordinator, specs, load)
-            bare_max = bare_phase(run, load[0], bare)
+            for engine in chosen.names:
+                if len(chosen.names) > 1:
+                    bench_engines.heading(engine, 0, 1)
+                with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
+                    coordinator = CoordinatorProcess(
+                        Path(tmp),
+                        settings={
+                            "heartbeat_interval_ms": int(run.interval_s * 1000),
+                            # enrolment takes a while; no agent may time out before the
+                            # steady phase
+                            "heartbeat_timeout_ms": 3_600_000,
+                        },
+                        database=chosen.fresh(engine, Path(tmp)),
+                    )
+                    try:
+                        database_pids = (
+                            chosen.postgres_pids() if engine == bench_engines.POSTGRESQL else []
+                        )
+                        figures[engine] = coordinator_phases(
+                            run, coordinator, specs, load, database_pids
+                        )
+                    finally:
+                        _stop(coordinator, 0.0)
+                    while len(load) > 1:  # only the last run's load processes stay, for the bare
+                        load.pop(0).close()
+            print()
+            bare_max = bare_phase(run, load[-1], bare)
         finally:
-            _stop(coordinator, 0.0)
             for processes in load:
                 processes.close()
             for process in bare:
                 process.terminate()
                 process.join(timeout=10)
-    print(
-        f"ratio              coordinator max / bare {coordinator_max / bare_max:.2f}; "
-        f"steady answered / bare {answered / bare_max:.2f}; "
-        f"steady answered / offered {answered / run.offered:.2f}"
-    )
+    for engine, figure in figures.items():
+        print(
+            f"ratio {bench_engines.label(engine):<12} coordinator max / bare "
+            f"{figure.most / bare_max:.2f}; steady answered / bare "
+            f"{figure.answered / bare_max:.2f}; "
+            f"steady answered / offered {figure.answered / run.offered:.2f}"
+        )
+    if len(figures) > 1:
+        most = {engine: figure.most for engine, figure in figures.items()}
+        print(bench_engines.ratio_line("max heartbeats", most, "/s"))
+        shown = "; ".join(
+            f"{bench_engines.label(engine)} {figure.p99_s * 1000:,.0f} ms, "
+            f"{bench_engines.verdict(figure.met)}"
+            for engine, figure in figures.items()
+        )
+        print(f"{'steady p99':<18} {shown} (goal < {GOAL_P99_S * 1000:.0f} ms, no errors)")
     print(f"total              {time.monotonic() - began:.0f} s")
 
 

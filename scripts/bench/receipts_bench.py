@@ -26,16 +26,19 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
+import bench_engines
+import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback harness lives with the t
 from coordinator_harness import Api, CoordinatorProcess
 
 from agent.coordinator_client import CoordinatorClient
+from coordinator.storage.postgres import is_postgres_url
 from shared.envelope import domain, unverified_payload
 from shared.identity import PrivateKey
 from shared.money import usage_amount
@@ -54,7 +58,7 @@ from shared.signed_request import sign_request
 RECEIPTS = "/v1/agent/receipts"
 PRICE = 3_600_000  # µ¥ per GPU-hour: 1 µ¥ per GPU-millisecond
 ENTERPRISES = 4
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "heartbeat_interval_ms": 60_000,
     "heartbeat_timeout_ms": 600_000,  # nobody heartbeats during the run
     "start_deadline_ms": 600_000,
@@ -80,6 +84,7 @@ class Bench:
     batch: int
     concurrency: int
     profile: bool
+    rounds: int = 1
 
 
 @dataclass
@@ -325,10 +330,23 @@ async def send_all(url: str, loads: list[AgentLoad], concurrency: int) -> HttpRe
     return result
 
 
+Snapshot = tuple[float, dict[int, float], float, float, dict[int, float], int, dict[int, float]]
+
+
 class CpuWatch:
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, database_pids: list[int]) -> None:
         self.process = psutil.Process(pid)
         self.me = psutil.Process()
+        self.database = [psutil.Process(p) for p in database_pids]
+
+    def database_cpu(self) -> dict[int, float]:
+        """CPU seconds of the database server's processes (a private PostgreSQL's)."""
+        used = {}
+        for root in self.database:
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    used[process.pid] = sum(process.cpu_times()[:2])
+        return used
 
     def workers(self) -> dict[int, float]:
         """CPU seconds of each worker process the coordinator started."""
@@ -338,7 +356,7 @@ class CpuWatch:
                 used[child.pid] = sum(child.cpu_times()[:2])
         return used
 
-    def snapshot(self) -> tuple[float, dict[int, float], float, float, dict[int, float], int]:
+    def snapshot(self) -> Snapshot:
         threads = {t.id: t.user_time + t.system_time for t in self.process.threads()}
         return (
             sum(self.process.cpu_times()[:2]),
@@ -347,17 +365,17 @@ class CpuWatch:
             time.perf_counter(),
             self.workers(),
             self.process.io_counters().write_bytes,
+            self.database_cpu(),
         )
 
-    def since(
-        self, before: tuple[float, dict[int, float], float, float, dict[int, float], int]
-    ) -> dict[str, float]:
-        total, threads, mine, at, workers, written = self.snapshot()
+    def since(self, before: Snapshot) -> dict[str, float]:
+        total, threads, mine, at, workers, written, database = self.snapshot()
         wall = at - before[3]
         used = {t: threads[t] - before[1].get(t, 0.0) for t in threads}
         loop = used.get(self.process.pid, 0.0)
         others = sorted((c for t, c in used.items() if t != self.process.pid), reverse=True)
         worker_cpu = sum(c - before[4].get(pid, 0.0) for pid, c in workers.items())
+        database_cpu = sum(c - before[6].get(pid, 0.0) for pid, c in database.items())
         return {
             "server": 100 * (total - before[0]) / wall,
             "loop": 100 * loop / wall,
@@ -367,6 +385,7 @@ class CpuWatch:
             "workers": 100 * worker_cpu / wall,
             "worker_count": len(workers),
             "written": written - before[5],
+            "database": 100 * database_cpu / wall,
         }
 
 
@@ -402,7 +421,7 @@ class Phases:
 
 
 async def replay_in_process(
-    db_path: Path, loads: list[AgentLoad], accepted: int
+    location: str, key_file: Path, loads: list[AgentLoad], accepted: int
 ) -> tuple[float, int, Phases]:
     """Feed the same batches to ReceiptIntake.accept_receipts, one at a time, phases timed."""
     from coordinator import billing, tlog
@@ -416,10 +435,8 @@ async def replay_in_process(
     from shared.messages import convert
 
     phases = Phases()
-    database = Database(db_path)
-    coordinator = Coordinator(
-        Settings(**SETTINGS), database, load_or_create_key(Path(f"{db_path}.key"))
-    )
+    database = Database(location)
+    coordinator = Coordinator(Settings(**SETTINGS), database, load_or_create_key(key_file))
     database.start()
 
     # what the loop thread does
@@ -490,7 +507,7 @@ async def replay_in_process(
 # -- the run ---------------------------------------------------------------------------
 
 
-def _parse() -> Bench:
+def _parse() -> tuple[Bench, str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, help="simulated agents (default 50; quick 10)")
     parser.add_argument(
@@ -507,9 +524,18 @@ def _parse() -> Bench:
         help="requests in flight at once, each from a different agent (default 16)",
     )
     parser.add_argument(
-        "--no-profile", action="store_true", help="skip the in-process replay that times each phase"
+        "--no-profile",
+        action="store_true",
+        help="skip the in-process replay that times each phase",
     )
     parser.add_argument("--quick", action="store_true", help="10 agents, 4,000 receipts, ~15 s")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with PostgreSQL: run the engines in turn this many times each (default 1)",
+    )
+    bench_engines.add_arguments(parser)
     args = parser.parse_args()
     return Bench(
         agents=args.agents or (10 if args.quick else 50),
@@ -518,7 +544,22 @@ def _parse() -> Bench:
         batch=args.batch,
         concurrency=args.concurrency,
         profile=not args.no_profile,
-    )
+        rounds=max(1, args.rounds),
+    ), bench_engines.choice(args)
+
+
+def _snapshot(
+    coordinator: CoordinatorProcess, workdir: Path, chosen: bench_engines.Engines
+) -> tuple[str, Path]:
+    """A copy of the coordinator's database as it is now, and its log key: (location, key)."""
+    if is_postgres_url(coordinator.db):
+        coordinator.stop()  # a database is copied with nobody connected to it
+        copy = chosen.copy(coordinator.db)
+        coordinator.start()
+        return copy, coordinator.log_key_file
+    target = workdir / "replay.db"
+    _snapshot_db(Path(coordinator.db), target)
+    return str(target), Path(f"{target}.key")
 
 
 def _snapshot_db(source: Path, target: Path) -> None:
@@ -532,111 +573,176 @@ def _snapshot_db(source: Path, target: Path) -> None:
 
 
 def main() -> None:
-    bench = _parse()
+    bench, db_choice = _parse()
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
-        coordinator = CoordinatorProcess(Path(tmp), settings=dict(SETTINGS))
-        coordinator.start()
-        assert coordinator.process is not None
-        try:
-            t = time.monotonic()
-            loads = asyncio.run(setup_market(coordinator, bench))
-            leases = sum(len(load.leases) for load in loads)
+    figures: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with bench_engines.engines(db_choice) as chosen:
+        print(f"engines            {chosen.describe()}", flush=True)
+        for round_ in range(bench.rounds if len(chosen.names) > 1 else 1):
+            for engine in chosen.names:
+                if len(chosen.names) > 1:
+                    bench_engines.heading(engine, round_, bench.rounds)
+                with tempfile.TemporaryDirectory(prefix="suanli-bench-") as tmp:
+                    location = chosen.fresh(engine, Path(tmp))
+                    figures[engine].append(run_engine(bench, location, Path(tmp), chosen))
+    if len(figures) > 1:
+        print()
+        for engine, runs in figures.items():
+            shown = ", ".join(f"{rate:,.0f} ({rate / verify:.2f})" for rate, verify in runs)
             print(
-                f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
-                f"started in {time.monotonic() - t:.1f} s",
-                flush=True,
+                f"{bench_engines.label(engine):<18} receipts/s per round: {shown} "
+                "(in brackets: over that run's raw verifies/s)"
             )
-            snapshot = Path(tmp) / "replay.db"
-            if bench.profile:
-                _snapshot_db(coordinator.db, snapshot)
-            total, seal_s = seal_all(loads, bench)
-            sample = loads[0].batches[0][0]
-            print(
-                f"sealed             {total:,} receipts ({total // leases} per lease, "
-                f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
-                f"({total / seal_s:,.0f}/s client side)",
-                flush=True,
+        medians = {e: statistics.median(rate for rate, _ in runs) for e, runs in figures.items()}
+        print(bench_engines.ratio_line("receipts (median)", medians, "receipts/s", goal=0.7))
+        # a busy machine slows one run more than another: each rate over what one core verified
+        # in the same run takes most of that out
+        steadier = {
+            e: statistics.median(rate / verify for rate, verify in runs) * 1000
+            for e, runs in figures.items()
+        }
+        print(
+            bench_engines.ratio_line(
+                "per raw verify", steadier, "receipts per 1,000 verifies", goal=0.7
             )
-
-            verify_rate, sign_rate, size = raw_ed25519(loads, 1.5)
-            both = 1 / (1 / verify_rate + 1 / sign_rate)
-            print(
-                f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
-                f"one core ({size}-byte messages); verify + sign {both:,.0f}/s",
-                flush=True,
-            )
-
-            began_warm = time.monotonic()
-            refused = asyncio.run(warm_up(coordinator.url, loads[0]))
-            print(
-                f"warm-up            {refused} forged receipts refused, which started the receipt "
-                f"workers ({time.monotonic() - began_warm:.1f} s)",
-                flush=True,
-            )
-            watch = CpuWatch(coordinator.process.pid)
-            before = watch.snapshot()
-            result = asyncio.run(send_all(coordinator.url, loads, bench.concurrency))
-            cpu = watch.since(before)
-            rate = result.accepted / result.wall_s
-            print(
-                f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
-                f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
-                f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
-                f"errors: {dict(result.errors) or 'none'}"
-            )
-            print(
-                f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
-                f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign"
-            )
-            print(
-                f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
-                f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
-                f"{max(result.latencies, default=0) * 1000:.1f} ms"
-            )
-            print(
-                f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
-                f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
-                f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
-                f"(receipt workers) {cpu['workers']:.0f}%, load generator "
-                f"{cpu['bench']:.0f}%; 100% = one core of {os.cpu_count()}"
-            )
-            if cpu["server"] > 0:
-                per = (
-                    (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
-                )
-                print(
-                    f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
-                    f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
-                    f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk"
-                )
-            with contextlib.closing(
-                sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True)
-            ) as db:
-                stored = db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-                posted = db.execute("SELECT COUNT(*) FROM ledger_postings").fetchone()[0]
-                logged = db.execute(
-                    "SELECT COUNT(*) FROM log_entries WHERE kind = "
-                    "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)"
-                ).fetchone()[0]
-            print(
-                f"  committed        {stored:,} receipts, {posted:,} ledger postings, "
-                f"{logged:,} log entries of the last kind",
-                flush=True,
-            )
-        finally:
-            coordinator.stop()
-
-        if bench.profile:
-            wall, done, phases = asyncio.run(replay_in_process(snapshot, loads, result.accepted))
-            print(
-                f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
-                f"at a time, no HTTP; loop + writer threads)"
-            )
-            order = sorted(phases.seconds.items(), key=lambda item: -item[1])
-            for name, seconds in order:
-                print(f"  {seconds / max(1, done) * 1e6:8.1f} µs/receipt  {name}")
+        )
     print(f"total              {time.monotonic() - began:.0f} s")
+
+
+def writer_totals(url: str) -> tuple[float, float]:
+    """The coordinator's writer so far, from /metrics: (transactions, seconds in them)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "suanli_database_transactions_total",
+            "suanli_database_transaction_seconds_total",
+        ):
+            found[name] = float(value)
+    return (
+        found.get("suanli_database_transactions_total", 0.0),
+        found.get("suanli_database_transaction_seconds_total", 0.0),
+    )
+
+
+def run_engine(
+    bench: Bench, location: str, workdir: Path, chosen: bench_engines.Engines
+) -> tuple[float, float]:
+    """One run of the bench on a fresh database; (end-to-end receipts/s, raw verifies/s)."""
+    engine = bench_engines.POSTGRESQL if is_postgres_url(location) else bench_engines.SQLITE
+    coordinator = CoordinatorProcess(workdir, settings=dict(SETTINGS), database=location)
+    coordinator.start()
+    assert coordinator.process is not None
+    try:
+        t = time.monotonic()
+        loads = asyncio.run(setup_market(coordinator, bench))
+        leases = sum(len(load.leases) for load in loads)
+        print(
+            f"setup              {bench.agents} agents × {bench.gpus} GPUs, {leases} leases "
+            f"started in {time.monotonic() - t:.1f} s",
+            flush=True,
+        )
+        if bench.profile:
+            snapshot, key_file = _snapshot(coordinator, workdir, chosen)
+        total, seal_s = seal_all(loads, bench)
+        sample = loads[0].batches[0][0]
+        print(
+            f"sealed             {total:,} receipts ({total // leases} per lease, "
+            f"{len(sample)} bytes each, batches of {bench.batch}) in {seal_s:.1f} s "
+            f"({total / seal_s:,.0f}/s client side)",
+            flush=True,
+        )
+
+        verify_rate, sign_rate, size = raw_ed25519(loads, 1.5)
+        both = 1 / (1 / verify_rate + 1 / sign_rate)
+        print(
+            f"raw Ed25519        {verify_rate:,.0f} verifies/s, {sign_rate:,.0f} signs/s on "
+            f"one core ({size}-byte messages); verify + sign {both:,.0f}/s",
+            flush=True,
+        )
+
+        began_warm = time.monotonic()
+        refused = asyncio.run(warm_up(coordinator.url, loads[0]))
+        print(
+            f"warm-up            {refused} forged receipts refused, which started the receipt "
+            f"workers ({time.monotonic() - began_warm:.1f} s)",
+            flush=True,
+        )
+        database_pids = chosen.postgres_pids() if engine == bench_engines.POSTGRESQL else []
+        watch = CpuWatch(coordinator.process.pid, database_pids)
+        writer_before = writer_totals(coordinator.url)
+        before = watch.snapshot()
+        result = asyncio.run(send_all(coordinator.url, loads, bench.concurrency))
+        cpu = watch.since(before)
+        writer_after = writer_totals(coordinator.url)
+        rate = result.accepted / result.wall_s
+        print(
+            f"end to end         {rate:,.0f} receipts/s accepted ({result.accepted:,} of "
+            f"{total:,} in {result.wall_s:.1f} s, {len(result.latencies)} batches, "
+            f"{bench.concurrency} in flight); rejected: {dict(result.rejected) or 'none'}; "
+            f"errors: {dict(result.errors) or 'none'}"
+        )
+        print(
+            f"  ratio            {rate / verify_rate:.2f} of one core's raw verify rate "
+            f"(goal ≥ 0.8); {rate / both:.2f} of raw verify + sign"
+        )
+        print(
+            f"  batch latency    p50 {_q(result.latencies, 0.5) * 1000:.1f} ms   p99 "
+            f"{_q(result.latencies, 0.99) * 1000:.1f} ms   max "
+            f"{max(result.latencies, default=0) * 1000:.1f} ms"
+        )
+        database = f", PostgreSQL {cpu['database']:.0f}%" if database_pids else ""
+        print(
+            f"  CPU              coordinator {cpu['server']:.0f}% (event-loop thread "
+            f"{cpu['loop']:.0f}%, other threads {cpu['others']:.0f}%, busiest of them "
+            f"{cpu['busiest_other']:.0f}%), its {cpu['worker_count']:.0f} child processes "
+            f"(receipt workers) {cpu['workers']:.0f}%, load generator "
+            f"{cpu['bench']:.0f}%{database}; 100% = one core of {os.cpu_count()}"
+        )
+        if cpu["server"] > 0:
+            per = (cpu["server"] + cpu["workers"]) / 100 * result.wall_s / max(1, result.accepted)
+            print(
+                f"  per receipt      {per * 1e6:,.0f} µs of coordinator CPU, workers included "
+                f"(raw verify alone {1e6 / verify_rate:.0f} µs); "
+                f"{cpu['written'] / max(1, result.accepted) / 1024:.1f} KiB written to disk by the "
+                "coordinator process"
+            )
+        transactions = writer_after[0] - writer_before[0]
+        busy_s = writer_after[1] - writer_before[1]
+        print(
+            f"  writer           {transactions:,.0f} transactions, mean "
+            f"{busy_s / max(1, transactions) * 1000:.1f} ms each, in one for "
+            f"{busy_s / result.wall_s:.0%} of the phase "
+            f"({result.accepted / max(1, transactions):,.0f} receipts a transaction)"
+        )
+        stored = bench_engines.rows(coordinator.db, "SELECT COUNT(*) FROM receipts")[0][0]
+        posted = bench_engines.rows(coordinator.db, "SELECT COUNT(*) FROM ledger_postings")
+        logged = bench_engines.rows(
+            coordinator.db,
+            "SELECT COUNT(*) FROM log_entries WHERE kind = "
+            "(SELECT kind FROM log_entries ORDER BY idx DESC LIMIT 1)",
+        )[0][0]
+        print(
+            f"  committed        {stored:,} receipts, {posted[0][0]:,} ledger postings, "
+            f"{logged:,} log entries of the last kind",
+            flush=True,
+        )
+    finally:
+        coordinator.stop()
+
+    if not bench.profile:
+        return rate, verify_rate
+    wall, done, phases = asyncio.run(replay_in_process(snapshot, key_file, loads, result.accepted))
+    print(
+        f"in process         {done / wall:,.0f} receipts/s ({done:,} receipts, one batch "
+        f"at a time, no HTTP; loop + writer threads)"
+    )
+    order = sorted(phases.seconds.items(), key=lambda item: -item[1])
+    for name, seconds in order:
+        print(f"  {seconds / max(1, done) * 1e6:8.1f} µs/receipt  {name}")
+    return rate, verify_rate
 
 
 if __name__ == "__main__":
