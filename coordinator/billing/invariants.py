@@ -126,10 +126,11 @@ def _check(conn: Connection, problems: list[str]) -> None:
             f"pending transfer of the same accounts"
         )
     for pending_id, amount, resolved, voids, last_void, last in conn.execute(
-        f"SELECT r.pending_id, p.amount, SUM(r.amount), SUM(r.kind = '{VOID_PENDING}'), "
+        f"SELECT r.pending_id, p.amount, SUM(r.amount), "
+        f"SUM(CASE WHEN r.kind = '{VOID_PENDING}' THEN 1 ELSE 0 END), "
         f"MAX(CASE WHEN r.kind = '{VOID_PENDING}' THEN r.seq END), MAX(r.seq) "
         "FROM ledger_transfers r JOIN ledger_transfers p ON p.id = r.pending_id "
-        "WHERE r.pending_id IS NOT NULL GROUP BY r.pending_id"
+        "WHERE r.pending_id IS NOT NULL GROUP BY r.pending_id, p.amount"
     ):
         if resolved > amount:
             problems.append(

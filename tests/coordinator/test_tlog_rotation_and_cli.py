@@ -33,9 +33,9 @@ from shared.identity import PrivateKey, load_private_key, parse_verifier_key, ve
 
 
 async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pinned(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     origin = tlog.default_origin(log_key)
     write_log(path, log_key, story.honest())
     assert (await verify(path, log_key, state)).ok
@@ -131,8 +131,10 @@ def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation
         tlog.LogKey.load(db, key_path)
 
 
-async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
-    path = tmp_path / "c.db"
+async def test_replay_auctions_alone(
+    database_location: str, story: Story, log_key: PrivateKey
+) -> None:
+    path = database_location
     write_log(path, log_key, rigged_auction(story))
     async with serving(path, log_key) as url:
         report = await audit.replay_auctions(url, None)
@@ -142,9 +144,9 @@ async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: Priv
 
 
 async def test_one_receipt_is_proven_to_be_in_the_log(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, story.honest())
     async with serving(path, log_key) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
@@ -178,7 +180,11 @@ async def test_one_receipt_is_proven_to_be_in_the_log(
 
 
 async def test_the_cli_exits_non_zero_naming_each_discrepancy(
-    tmp_path: Path, story: Story, log_key: PrivateKey, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    database_location: str,
+    story: Story,
+    log_key: PrivateKey,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def options(parser: argparse.ArgumentParser, top: bool) -> None:
         parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -186,7 +192,7 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
     parser = argparse.ArgumentParser(prog="suanli")
     parser.add_argument("--json", action="store_true", default=False)
     audit.add_commands(parser.add_subparsers(), options)
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     write_log(path, log_key, story.honest())
     async with serving(path, log_key) as url:
         args = parser.parse_args(["audit", "verify", "--state", str(state)])
