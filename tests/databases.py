@@ -89,6 +89,22 @@ def rows(location: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tup
         return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
+def dump(location: str | Path) -> str:
+    """Every row of every table, as text: what someone who copied the database could read."""
+    text = str(location)
+    if not is_postgres_url(text):
+        with sqlite3.connect(f"file:{text}?mode=ro", uri=True) as conn:
+            return "\n".join(conn.iterdump())
+    tables = rows(
+        text,
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    return "\n".join(
+        f"{table} {row!r}" for (table,) in tables for row in rows(text, f'SELECT * FROM "{table}"')
+    )
+
+
 def write(location: str | Path, sql: str, params: Sequence[Any] = ()) -> None:
     """Change a coordinator's database behind its back (a tampering test's attacker)."""
     text = str(location)

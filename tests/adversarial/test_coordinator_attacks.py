@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,7 @@ def _now() -> int:
 def _rows(
     coordinator: CoordinatorProcess, sql: str, params: tuple[Any, ...] = ()
 ) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{coordinator.db}?mode=ro", uri=True) as db:
-        return db.execute(sql, params).fetchall()
+    return coordinator.rows(sql, params)
 
 
 def _count(

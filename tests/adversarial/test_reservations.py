@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -117,12 +116,11 @@ async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[A
     jobs = [await api.job(first[1]["id"]), await api.job(second[1]["id"])]
     assert [j["charged_micro_yuan"] for j in jobs] == [charged, charged]
     assert sum(j["voucher_micro_yuan"] for j in jobs) <= CAP
-    with sqlite3.connect(coordinator.db) as db:
-        earned = db.execute(
-            "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
-            [earnings_account(provider["provider_id"])],
-        ).fetchone()[0]
-        refusals = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
+    [(earned,)] = coordinator.rows(
+        "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
+        [earnings_account(provider["provider_id"])],
+    )
+    [(refusals,)] = coordinator.rows("SELECT COUNT(*) FROM receipt_rejections")
     assert earned == 2 * charged, "the provider is paid for everything it served"
     assert refusals == 0
     check = coordinator.admin("check-ledger", check=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,18 +53,13 @@ class Stack:
             ) from timed_out
 
     def receipts(self, lease_id: str) -> list[tuple[int, int, int, int]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(
-                db.execute(
-                    "SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? "
-                    "ORDER BY seq",
-                    [lease_id],
-                )
-            )
+        return self.coordinator.rows(  # type: ignore[return-value]
+            "SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? ORDER BY seq",
+            [lease_id],
+        )
 
     def rejections(self) -> list[tuple[str, str]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(db.execute("SELECT rule, detail FROM receipt_rejections"))
+        return self.coordinator.rows("SELECT rule, detail FROM receipt_rejections")  # type: ignore[return-value]
 
     def containers(self) -> list[dict[str, Any]]:
         return self.engine.containers_of(self.agent.agent_id)

@@ -12,7 +12,6 @@ import asyncio
 import http.client
 import json
 import re
-import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -113,11 +112,10 @@ class World:
         return self.request("POST", path, envelope, {"Content-Type": MSGPACK})
 
     def counts(self) -> dict[str, int]:
-        with sqlite3.connect(f"file:{self.coordinator.db}?mode=ro", uri=True) as db:
-            return {
-                table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608
-                for table in ("jobs", "receipts", "ledger_postings", "agents", "leases")
-            }
+        return {
+            table: self.coordinator.rows(f"SELECT COUNT(*) FROM {table}")[0][0]  # noqa: S608
+            for table in ("jobs", "receipts", "ledger_postings", "agents", "leases")
+        }
 
     def jobs(self) -> dict[str, tuple[Any, ...]]:
         response = self.json("GET", "/v1/jobs?limit=1000", token=self.auditor)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -73,12 +72,9 @@ class Market:
             await asyncio.sleep(0.3)
 
     def receipts(self, lease_id: str) -> list[tuple[int, int]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(
-                db.execute(
-                    "SELECT seq, amount FROM receipts WHERE lease_id = ? ORDER BY seq", [lease_id]
-                )
-            )
+        return self.coordinator.rows(  # type: ignore[return-value]
+            "SELECT seq, amount FROM receipts WHERE lease_id = ? ORDER BY seq", [lease_id]
+        )
 
 
 @pytest.fixture
