@@ -23,6 +23,7 @@ from coordinator_harness import (
     lease_receipt,
     uscc,
 )
+from databases import new_database
 
 from shared.ledger_names import earnings_account
 from shared.money import usage_amount
@@ -41,6 +42,7 @@ def _config(workdir: Path) -> Path:
     path.write_text(
         "[coordinator]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST_SETTINGS.items())
+        + f"log_key_file = {json.dumps(str(workdir / 'coordinator.key'))}\n"
         + "\n[vouchers]\n"
         f"coverage_bps = 5000\nper_company_cap_micro_yuan = {CAP}\n"
         f"default_credit_limit_micro_yuan = {CREDIT}\n"
@@ -59,10 +61,12 @@ async def _leases(agent: FakeAgent, count: int) -> list[dict[str, Any]]:
 
 
 async def test_three_jobs_on_one_credit_limit_the_third_is_refused_at_submission(
-    tmp_path: Path, cleanup: list[Any]
+    tmp_path: Path, engine_name: str, cleanup: list[Any]
 ) -> None:
     config = _config(tmp_path)
-    coordinator = CoordinatorProcess(tmp_path, extra_args=["--config", str(config)]).start()
+    coordinator = CoordinatorProcess(
+        tmp_path, extra_args=["--config", str(config)], database=new_database(engine_name, tmp_path)
+    ).start()
     try:
         await _attack(coordinator, config, cleanup)
     finally:

@@ -21,6 +21,7 @@ from coordinator_harness import (
     seller_and_buyer,
     started_lease,
 )
+from databases import new_database
 
 from coordinator.client import audit
 from shared.billing_window import CLOCK_SKEW_MS
@@ -101,9 +102,11 @@ class Rogue(LeaseAtHand):
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Any:
+def coordinator(tmp_path: Path, engine_name: str) -> Any:
     process = CoordinatorProcess(
-        tmp_path, settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS}
+        tmp_path,
+        settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS},
+        database=new_database(engine_name, tmp_path),
     ).start()
     try:
         yield process
@@ -237,7 +240,11 @@ def _held(coordinator: CoordinatorProcess, job_id: str) -> int:
     from coordinator.billing import load_reservation
     from coordinator.storage import connect
 
-    found = load_reservation(connect(coordinator.db), job_id)
+    db = connect(coordinator.db)
+    try:
+        found = load_reservation(db, job_id)
+    finally:
+        db.conn.close()
     assert found is not None
     return found.remaining + found.voucher_remaining
 
@@ -262,10 +269,12 @@ async def test_a_job_the_coordinator_ended_still_holds_for_its_last_receipt(rogu
 
 
 async def test_a_flood_of_bad_receipts_is_answered_but_stored_only_to_a_daily_limit(
-    tmp_path: Path, cleanup: list[Any]
+    tmp_path: Path, engine_name: str, cleanup: list[Any]
 ) -> None:
     process = CoordinatorProcess(
-        tmp_path, settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300}
+        tmp_path,
+        settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300},
+        database=new_database(engine_name, tmp_path),
     ).start()
     try:
         started = await started_lease(process, cleanup, PRICE)
