@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from databases import closed_after_the_test
 from log_story import (  # noqa: F401 - fixtures among them
     Story,
     codes,
@@ -89,19 +90,21 @@ async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pin
 
 
 def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, database_location: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from coordinator.cli import main
 
-    db_path = tmp_path / "coordinator.db"
-    key_path = Path(f"{db_path}.key")
-    assert main(["admin", "--db", str(db_path), "rotate-log-key"]) == 0
+    key_path = tmp_path / "log.key"
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f"[coordinator]\nlog_key_file = {json.dumps(str(key_path))}\n")
+    admin = ["admin", "--db", database_location, "--config", str(config), "rotate-log-key"]
+    assert main(admin) == 0
     assert "log key rotated at entry 0" in capsys.readouterr().out
-    assert main(["admin", "--db", str(db_path), "rotate-log-key", "--json"]) == 0
+    assert main([*admin, "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
-    retired = sorted(tmp_path.glob("coordinator.db.key.*.retired"))
+    retired = sorted(tmp_path.glob("log.key.*.retired"))
     assert len(retired) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in retired)
-    db = connect(db_path)
+    db = closed_after_the_test(connect(database_location))
     assert tlog.log_key_changes(db) == [0, 1] == [second["log_index"] - 1, second["log_index"]]
     first_key = next(
         load_private_key(p)
