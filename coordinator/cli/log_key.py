@@ -29,7 +29,7 @@ def cmd_rotate_log_key(args: argparse.Namespace) -> int:
     try:
         rotated = tlog.rotate_log_key(db, key_path, now_ms())
     finally:
-        db.conn.close()
+        db.conn.close()  # type: ignore[attr-defined]  # both engines' connections close
     print_result(
         args,
         rotated,
