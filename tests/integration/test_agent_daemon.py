@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from agent_harness import AgentProcess
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
+from databases import new_database
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
@@ -67,10 +68,15 @@ class Stack:
 
 @pytest.fixture
 async def stack(
-    tmp_path: Path, engine_service: EngineService, cleanup: list
+    tmp_path: Path, engine_service: EngineService, engine_name: str, cleanup: list
 ) -> AsyncIterator[Stack]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
-    coordinator.workdir.mkdir()
+    """A real agent on a container engine, and a coordinator on each database engine."""
+    (tmp_path / "coordinator").mkdir()
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator",
+        settings=UNHURRIED,
+        database=new_database(engine_name, tmp_path / "coordinator"),
+    )
     coordinator.start()
     agent = AgentProcess(tmp_path / "agent", coordinator, engine_service.socket, GPUS)
     agent.workdir.mkdir()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from agent_harness import AgentProcess
 from coordinator_harness import CoordinatorProcess
+from databases import new_database
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
@@ -78,9 +79,13 @@ class Market:
 
 
 @pytest.fixture
-async def market(tmp_path: Path, docker_service: EngineService) -> AsyncIterator[Market]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator")
-    coordinator.workdir.mkdir()
+async def market(
+    tmp_path: Path, docker_service: EngineService, engine_name: str
+) -> AsyncIterator[Market]:
+    (tmp_path / "coordinator").mkdir()
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator", database=new_database(engine_name, tmp_path / "coordinator")
+    )
     coordinator.start()
     agents = []
     for name, ask, prefix in (("cheap", "4.00", "1"), ("dear", "7.50", "2")):
