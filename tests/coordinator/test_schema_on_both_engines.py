@@ -10,7 +10,7 @@ from typing import Any
 
 import databases
 import pytest
-from databases import ENGINES, shared_cluster
+from databases import ENGINES, closed_after_the_test, shared_cluster
 
 from coordinator.storage import connect
 
@@ -29,7 +29,7 @@ Schema = dict[str, tuple[list[Column], list[str]]]  # table -> columns, primary 
 
 
 def _sqlite_schema(path: Path) -> tuple[Schema, set[tuple[str, str]]]:
-    connect(path).conn.close()
+    closed_after_the_test(connect(path))
     tables = [
         name
         for (name,) in databases.rows(
@@ -56,7 +56,7 @@ def _sqlite_schema(path: Path) -> tuple[Schema, set[tuple[str, str]]]:
 
 
 def _postgres_schema(url: str) -> tuple[Schema, set[tuple[str, str]]]:
-    connect(url).conn.close()
+    closed_after_the_test(connect(url))
     here = "table_schema = current_schema()"
     tables = [
         name
