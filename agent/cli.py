@@ -149,7 +149,12 @@ def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Create this host's Ed25519 key (mode 0600) and register it with the "
         "coordinator using the provider's one-time enrolment token.",
     )
-    command.add_argument("--coordinator", required=True, help="coordinator URL (https://...)")
+    command.add_argument(
+        "--coordinator",
+        required=True,
+        help="coordinator URL (https://...), or the URLs of the leader and its standbys "
+        "separated by commas",
+    )
     command.add_argument(
         "--token", required=True, help="enrolment token from the coordinator's operator"
     )
@@ -167,26 +172,28 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.coordinator_client import CoordinatorClient
+    from shared.coordinator_urls import parse_coordinator_urls
 
+    urls = parse_coordinator_urls(args.coordinator)
     state = AgentState(args.state_dir)
     if state.enrolment_path.exists():
         enrolled = state.enrolment()
         print(
             f"suanli-agent: already enrolled as {enrolled['agent_id']} with "
-            f"{enrolled['coordinator_url']}; remove {state.directory} to enrol again",
+            f"{', '.join(state.coordinator_urls())}; remove {state.directory} to enrol again",
             file=sys.stderr,
         )
         return 1
     key = state.key_for_enrolment()
 
     async def enrol() -> dict[str, object]:
-        async with CoordinatorClient(args.coordinator, key, ca_file=args.ca_file) as client:
+        async with CoordinatorClient(urls, key, ca_file=args.ca_file) as client:
             return await client.enrol(args.token, args.hostname)
 
     answer = asyncio.run(enrol())
     state.save_enrolment(
         {
-            "coordinator_url": args.coordinator.rstrip("/"),
+            "coordinator_urls": list(urls),
             "agent_id": answer["agent_id"],
             "provider_id": answer["provider_id"],
             "ca_file": args.ca_file,
@@ -220,7 +227,10 @@ def _add_common_run_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--state-dir", help=f"state directory (default {DEFAULT_STATE_DIR})")
     command.add_argument("--ask-per-gpu-hour", help="ask price in yuan per GPU-hour, e.g. 12.50")
     command.add_argument("--engine-socket", help="Docker Engine API socket of Docker or Podman")
-    command.add_argument("--coordinator", help="coordinator URL (default: the enrolment's)")
+    command.add_argument(
+        "--coordinator",
+        help="coordinator URL, or several separated by commas (default: the enrolment's)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:
@@ -230,8 +240,8 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
             state_dir=args.state_dir,
             ask_per_gpu_hour=args.ask_per_gpu_hour,
             engine_socket=args.engine_socket,
-            coordinator_url=args.coordinator,
         )
+        .with_coordinators(args.coordinator)
         .validate()
     )
 
@@ -350,16 +360,16 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     else:
         new_key = PrivateKey.generate()
         save_private_key(new_path, new_key)
-    url, ca_file = str(enrolled["coordinator_url"]), enrolled.get("ca_file")
+    urls, ca_file = state.coordinator_urls(), enrolled.get("ca_file")
 
     async def rotate() -> dict[str, object]:
-        async with CoordinatorClient(url, old_key, ca_file=ca_file) as client:
+        async with CoordinatorClient(urls, old_key, ca_file=ca_file) as client:
             try:
                 return await client.rotate_key(new_key)
             except CoordinatorError as exc:
                 if exc.status != 401:
                     raise
-        async with CoordinatorClient(url, new_key, ca_file=ca_file) as client:  # done already?
+        async with CoordinatorClient(urls, new_key, ca_file=ca_file) as client:  # done already?
             await client.leases(-1, 0)
         return {"agent_id": new_key.public.agent_id, "provider_id": enrolled["provider_id"]}
 

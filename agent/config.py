@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.registry_policy import RegistryPolicy
+from shared.coordinator_urls import TransportError, parse_coordinator_urls
 from shared.errors import SuanliError
 from shared.money import parse_yuan
 from shared.settings_file import describe, read_table, setting, typed_values
@@ -22,7 +23,14 @@ class AgentConfigError(SuanliError):
 
 @dataclass(frozen=True)
 class AgentSettings:
-    coordinator_url: str | None = setting(None, "coordinator URL (taken from enrolment when unset)")
+    coordinator_urls: list[str] | None = setting(
+        None,
+        "coordinator URLs, the leader and its standbys in any order "
+        '(["https://a.example.cn", "https://b.example.cn"]); unset: the enrolment\'s',
+    )
+    coordinator_url: str | None = setting(
+        None, "one coordinator URL: the same as coordinator_urls with one item"
+    )
     ca_file: str | None = setting(None, "CA bundle that signs the coordinator's certificate")
     state_dir: str = setting("/var/lib/suanli-agent", "key, enrolment and receipt spool live here")
     ask_per_gpu_hour: str | None = setting(
@@ -89,8 +97,38 @@ class AgentSettings:
             return None
         return parse_yuan(self.ask_per_gpu_hour, field="ask_per_gpu_hour")
 
+    def with_coordinators(self, urls: str | None) -> AgentSettings:
+        """These settings with the coordinator URLs of a flag (commas between several), which
+        replace either key of the file; unchanged when `urls` is None."""
+        if urls is None:
+            return self
+        try:
+            listed = list(parse_coordinator_urls(urls))
+        except TransportError as exc:
+            raise AgentConfigError(f"--coordinator: {exc.detail}") from None
+        return replace(self, coordinator_urls=listed, coordinator_url=None)
+
+    @property
+    def coordinators(self) -> list[str] | None:
+        """The coordinator URLs these settings name, whichever key names them; None: unset."""
+        if self.coordinator_urls is not None:
+            return list(self.coordinator_urls)
+        return None if self.coordinator_url is None else [self.coordinator_url]
+
     def validate(self) -> AgentSettings:
         self.ask_micro_yuan  # noqa: B018 - raises on a bad price
+        if self.coordinator_urls is not None and self.coordinator_url is not None:
+            raise AgentConfigError(
+                "coordinator_urls and coordinator_url are both set; keep coordinator_urls "
+                "(a list of one or more URLs) and remove coordinator_url"
+            )
+        for name in ("coordinator_urls", "coordinator_url"):
+            value = getattr(self, name)
+            try:
+                if value is not None:
+                    parse_coordinator_urls(value)
+            except TransportError as exc:
+                raise AgentConfigError(f"{name}: {exc.detail}") from None
         if self.gpu_mode not in ("auto", "nvidia-runtime", "cdi", "none"):
             raise AgentConfigError("gpu_mode must be auto, nvidia-runtime, cdi or none")
         if self.job_network not in ("none", "bridge"):
@@ -139,7 +177,7 @@ def load_agent_settings(path: Path | None) -> AgentSettings:
     section = read_table(path, "agent", AgentConfigError, whole_file=True)
     special = {
         name: section.pop(name)
-        for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow")
+        for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow", "coordinator_urls")
         if name in section
     }
     allow = special.get("registry_allow")
@@ -147,6 +185,13 @@ def load_agent_settings(path: Path | None) -> AgentSettings:
         type(allow) is not list or not all(type(h) is str for h in allow)
     ):
         raise AgentConfigError(f"{path}: registry_allow must be a list of registry hosts")
+    urls = special.get("coordinator_urls")
+    if "coordinator_urls" in special and (
+        type(urls) is not list or not all(type(url) is str for url in urls)
+    ):
+        raise AgentConfigError(
+            f'{path}: coordinator_urls must be a list of URLs like ["https://a.example.cn"]'
+        )
     offered = special.get("offered_gpus")
     if "offered_gpus" in special and (
         type(offered) is not list or not all(type(i) is int and i >= 0 for i in offered)

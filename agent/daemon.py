@@ -54,8 +54,8 @@ class AgentDaemon:
         self.state = state
         self.key = state.load_key()
         self.agent_id = self.key.public.agent_id
-        url = settings.coordinator_url or state.coordinator_url()
-        self.client = CoordinatorClient(url, self.key, ca_file=settings.ca_file)
+        urls = settings.coordinators or state.coordinator_urls()
+        self.client = CoordinatorClient(urls, self.key, ca_file=settings.ca_file)
         self.engine = engine or Engine(settings.engine_socket)
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)

@@ -34,15 +34,18 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
         )
     except (SuanliError, OSError) as exc:
         results.append(("key", False, str(exc)))
+    urls: list[str] | None
     try:
         enrolment = state.enrolment()
-        url = settings.coordinator_url or enrolment["coordinator_url"]
-        results.append(("enrolment", True, f"provider {enrolment['provider_id']} at {url}"))
+        urls = settings.coordinators or state.coordinator_urls()
+        results.append(
+            ("enrolment", True, f"provider {enrolment['provider_id']} at {', '.join(urls)}")
+        )
     except SuanliError as exc:
         results.append(("enrolment", False, exc.detail))
-        url = settings.coordinator_url
-    if url and key is not None:
-        results.append(await _coordinator(url, key, settings.ca_file or state_ca(state)))
+        urls = settings.coordinators
+    if urls and key is not None:
+        results.append(await _coordinator(urls, key, settings.ca_file or state_ca(state)))
     results.append(await _engine(settings.engine_socket))
     results.extend(await _job_isolation(settings))
     results.append(await asyncio.to_thread(_gpus))
@@ -65,11 +68,12 @@ def state_ca(state: AgentState) -> str | None:
     return None if value is None else str(value)
 
 
-async def _coordinator(url: str, key: Any, ca_file: str | None) -> Check:
+async def _coordinator(urls: list[str], key: Any, ca_file: str | None) -> Check:
     try:
-        async with CoordinatorClient(url, key, ca_file=ca_file, timeout_s=10) as client:
+        async with CoordinatorClient(urls, key, ca_file=ca_file, timeout_s=10) as client:
             await client.leases(-1, 0)
-        return ("coordinator", True, f"{url} accepts this agent's signed requests")
+        leader = f" (the leader of {len(urls)})" if len(urls) > 1 else ""
+        return ("coordinator", True, f"{client.url}{leader} accepts this agent's signed requests")
     except SuanliError as exc:
         return ("coordinator", False, exc.detail)
 

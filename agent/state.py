@@ -1,4 +1,5 @@
-"""The agent's state directory: its key (0600), its enrolment, and its receipt spool."""
+"""The agent's state directory: its key (0600), its enrolment (with the coordinator URLs it
+was made with), and its receipt spool."""
 
 from __future__ import annotations
 
@@ -70,5 +71,16 @@ class AgentState:
         except FileNotFoundError:
             raise NotEnrolled(f"this host is not enrolled (no {self.enrolment_path})") from None
 
-    def coordinator_url(self) -> str:
-        return str(self.enrolment()["coordinator_url"])
+    def coordinator_urls(self) -> list[str]:
+        """The coordinator URLs of the enrolment: its `coordinator_urls`, or the one
+        `coordinator_url` of an enrolment made before several were possible."""
+        enrolment = self.enrolment()
+        urls = enrolment.get("coordinator_urls")
+        if urls is None and isinstance(enrolment.get("coordinator_url"), str):
+            urls = [enrolment["coordinator_url"]]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise NotEnrolled(
+                f"{self.enrolment_path} names no coordinator URL; remove {self.directory} and "
+                "enrol again"
+            )
+        return urls

@@ -82,6 +82,11 @@ class Settings:
         "loop does)",
     )
 
+    database: str | None = setting(
+        None,
+        "the database when --db is not given: a SQLite file, or postgresql://USER@HOST/DBNAME "
+        "(a password is better kept in ~/.pgpass than here)",
+    )
     log_key_file: str | None = setting(
         None,
         "the log's signing key file (default: beside a SQLite database, as DB.key); needed on "

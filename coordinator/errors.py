@@ -65,3 +65,15 @@ class TooManyRequests(ApiError):
     def __init__(self, detail: str, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(detail, code)
         self.retry_after_s = retry_after_s
+
+
+class NotLeader(ApiError):
+    """This coordinator is a standby (or was fenced out): the request belongs to the leader.
+    Answered with 307 to the leader when it is known, else 503."""
+
+    status = 503
+    code = "not_leader"
+
+    def __init__(self, detail: str, leader: str | None = None) -> None:
+        super().__init__(detail)
+        self.leader = leader

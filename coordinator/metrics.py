@@ -11,8 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.jobs import JOB_STATES
+from coordinator.role import LEADER, Role
 from coordinator.scheduler import Counters
 from coordinator.state import State
+from coordinator.storage import Database
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -67,9 +69,45 @@ class MarketCollector(Collector):
         )
 
 
+class RoleCollector(Collector):
+    """Leadership and the database's latency: the epoch, takeovers this process made or saw,
+    and the time the writer's transactions take."""
+
+    def __init__(self, role: Role, database: Database) -> None:
+        self.role = role
+        self.database = database
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        role = self.role
+        yield GaugeMetricFamily(
+            "suanli_leader", "1 on the leader, 0 on a standby", value=int(role.name == LEADER)
+        )
+        yield GaugeMetricFamily(
+            "suanli_leader_epoch",
+            "The leader's epoch (the fencing token of its writes; 0 on SQLite)",
+            value=role.epoch or 0,
+        )
+        yield CounterMetricFamily(
+            "suanli_takeovers", "Takeovers of the database's lead so far", value=role.takeovers
+        )
+        yield CounterMetricFamily(
+            "suanli_database_transaction_seconds",
+            "Time spent in the writer's transactions (with _count: mean latency)",
+            value=self.database.batch_seconds,
+        )
+        yield CounterMetricFamily(
+            "suanli_database_transactions", "The writer's transactions", value=self.database.batches
+        )
+
+
 class Metrics:
     def __init__(
-        self, state: State, counters: Counters, rejections_dropped: Callable[[], int]
+        self,
+        state: State,
+        counters: Counters,
+        rejections_dropped: Callable[[], int],
+        role: Role | None = None,
+        database: Database | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
@@ -80,6 +118,8 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
         )
         self.registry.register(MarketCollector(state, counters, rejections_dropped))
+        if role is not None and database is not None:
+            self.registry.register(RoleCollector(role, database))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

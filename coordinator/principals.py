@@ -42,6 +42,10 @@ class Principals:
         self._by_token_hash[token_hash] = principal
         return principal
 
+    def forget_all(self) -> None:
+        """A standby's refresh: tokens revoked on the leader are looked up (and refused)."""
+        self._by_token_hash.clear()
+
     def forget(self, token_hash: str) -> None:
         """The token was revoked: its next use is looked up (and refused)."""
         self._by_token_hash.pop(token_hash, None)

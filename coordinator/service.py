@@ -32,7 +32,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import load_state
-from coordinator.storage import Database, transaction
+from coordinator.storage import Database
 from coordinator.transitions import Transitions
 from shared.clock import now_ms
 from shared.identity import PrivateKey
@@ -48,7 +48,10 @@ class Coordinator:
         signing_key: PrivateKey | tlog.LogKey,
         clock: Callable[[], int] = now_ms,
         policy: billing.VoucherPolicy | None = None,
+        prepare: bool = True,
     ) -> None:
+        """`prepare`: open the fiscal year and log the policy and registrations (the leader's
+        start-up writes); a standby only reads."""
         self.settings = settings
         self.database = database
         self.clock = clock
@@ -59,12 +62,12 @@ class Coordinator:
             if isinstance(signing_key, tlog.LogKey)
             else tlog.LogKey(signing_key, tlog.default_origin(signing_key))
         )
-        db = database.db
-        with transaction(db):
-            billing.open_fiscal_year(db, self.policy, clock())
-            tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), clock())
-            tlog.log_registrations(db)
-        state = self.state = load_state(db, settings, clock())
+        if prepare:
+            with database.transaction() as db:
+                billing.open_fiscal_year(db, self.policy, clock())
+                tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), clock())
+                tlog.log_registrations(db)
+        state = self.state = load_state(database.db, settings, clock())
         signals = self.signals = Signals()
         self.settlement = Settlement(state, database, settings, clock)
         committer = Committer(state, database, self.settlement, clock)

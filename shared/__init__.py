@@ -11,6 +11,7 @@ from shared import (
     checkpoint,
     clock,
     command_line,
+    coordinator_urls,
     envelope,
     errors,
     gpu_models,
@@ -29,6 +30,7 @@ from shared import (
 )
 from shared.auction import AuctionError
 from shared.checkpoint import Checkpoint
+from shared.coordinator_urls import TransportError
 from shared.envelope import Opened
 from shared.errors import (
     EncodingError,
@@ -46,8 +48,9 @@ from shared.gpu_models import GpuModelError
 from shared.http_client import (
     BadAnswer,
     CoordinatorError,
+    NotConnected,
+    NotLeader,
     Refused,
-    TransportError,
     Unreachable,
 )
 from shared.identity import PrivateKey, PublicKey, VerifierKey
@@ -63,6 +66,7 @@ PUBLIC_MODULES = (
     "checkpoint",
     "clock",
     "command_line",
+    "coordinator_urls",
     "envelope",
     "errors",
     "gpu_models",
@@ -93,6 +97,8 @@ __all__ = [
     "LogEntryError",
     "MessageError",
     "MoneyError",
+    "NotConnected",
+    "NotLeader",
     "NoteError",
     "Opened",
     "PrivateKey",

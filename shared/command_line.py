@@ -20,15 +20,19 @@ def run_command(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     errors: tuple[type[Exception], ...],
+    prepare: Callable[[argparse.Namespace], None] | None = None,
 ) -> int:
-    """Parse `argv` and run the chosen command (its `run` default). With no command, the help
-    and exit 2; one of `errors` becomes one line on stderr, `<prog>: <sentence>`, and exit 1."""
+    """Parse `argv`, let `prepare` complete the arguments (from a settings file, say), and run
+    the chosen command (its `run` default). With no command, the help and exit 2; one of
+    `errors` becomes one line on stderr, `<prog>: <sentence>`, and exit 1."""
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        if prepare is not None:
+            prepare(args)
         return int(run(args))
     except errors as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)

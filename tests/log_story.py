@@ -16,7 +16,7 @@ from databases import closed_after_the_test, drop_refusals
 from coordinator import tlog
 from coordinator.client import audit
 from coordinator.storage import Database, Session, connect, transaction
-from coordinator.storage.migrations import LOG_TABLES
+from coordinator.storage.log_tables import LOG_TABLES
 from shared import canonical
 from shared import log_entries as L
 from shared.auction import AgentOffer, GpuOffer, JobSpec, round_record, run_auction

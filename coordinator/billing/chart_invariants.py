@@ -62,7 +62,7 @@ _LEG_OK = (
     f"WHEN '{USAGE_CREDIT}' THEN {_DRAWS} AND "
     f"t.debit_account = '{CREDIT_ACCOUNT}:' || p.enterprise_id AND "
     f"t.credit_account = '{CREDIT_USED}' "
-    f"ELSE 1 = 0 END"  # false on both engines (PostgreSQL has no boolean 0)
+    f"ELSE FALSE END"
 )
 
 
@@ -84,8 +84,8 @@ def check_postings(conn: Connection, problems: list[str], most: int) -> None:
         f"SELECT p.receipt_digest FROM ledger_postings p "
         f"LEFT JOIN ledger_transfers t ON t.receipt_digest = p.receipt_digest "
         f"GROUP BY p.receipt_digest HAVING "
-        f"SUM(CASE WHEN t.seq IS NOT NULL AND NOT COALESCE(({_LEG_OK}), 1 = 0) "
-        f"THEN 1 ELSE 0 END) > 0 "
+        f"SUM(CASE WHEN t.seq IS NOT NULL AND NOT COALESCE(({_LEG_OK}), FALSE) THEN 1 ELSE 0 END) "
+        f"> 0 "
         f"OR {_code_sum(USAGE_VOUCHER)} <> p.voucher OR {_code_sum(USAGE_CAP)} <> p.voucher "
         f"OR {_code_sum(USAGE_DEFERRED)} <> p.deferred OR {_code_sum(USAGE_CREDIT)} <> p.deferred "
         f"OR {_code_sum(USAGE_POOL)} <> {paid_from_held} "

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import ssl
 from pathlib import Path
 
-from aiohttp import web
-
 from coordinator.billing import VoucherPolicy, load_voucher_policy
 from coordinator.cli.database_flag import DB_HELP, database_flag
 from coordinator.config import Settings, load_settings
-from coordinator.http.app import make_app
+from coordinator.serving import Listener, serve
 from shared.errors import SuanliError
 
 
@@ -23,7 +22,7 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--db", required=True, type=database_flag, help=DB_HELP)
+    serve.add_argument("--db", type=database_flag, help=DB_HELP)
     serve.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8420)")
     serve.add_argument("--config", type=Path, help="coordinator.toml")
     serve.add_argument("--tls-cert", help="PEM certificate chain; serve HTTPS")
@@ -64,15 +63,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = make_app(settings, str(args.db), policy=policy)
-    web.run_app(
-        app,
-        host=host.strip("[]"),
-        port=int(port),
-        ssl_context=ssl_context,
-        print=lambda text: print(text, flush=True),
-        access_log=None,
-        # a connection gets this long for each request head (the slow-loris bound)
-        keepalive_timeout=settings.header_timeout_s,
-    )
-    return 0
+    listener = Listener(host.strip("[]"), int(port), ssl_context)
+    return asyncio.run(serve(settings, args.db, policy, listener))

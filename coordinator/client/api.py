@@ -1,13 +1,15 @@
 """The coordinator's enterprise and auditor API, as one small async JSON client.
 
-The session, TLS, timeouts, redirects and the error mapping are `shared.http_client`'s: the
-bearer token goes only where it allows (HTTPS, or plain HTTP to loopback), and every failure
-is one `CoordinatorError` sentence. This module adds the routes and their JSON bodies.
+The session, TLS, timeouts, redirects, following the leader among several coordinator URLs
+and the error mapping are `shared.http_client`'s: the bearer token goes only where it allows
+(HTTPS, or plain HTTP to loopback, and only to the URLs given), and every failure is one
+`CoordinatorError` sentence. This module adds the routes and their JSON bodies.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -21,13 +23,18 @@ def _path_part(value: str) -> str:
 
 
 class CoordinatorApi(HttpClient):
-    """One token's view of the coordinator: jobs, logs, market and account."""
+    """One token's view of the coordinator (one URL, or a leader and its standbys): jobs, logs,
+    market and account."""
 
     def __init__(
-        self, url: str, token: str, ca_file: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        urls: str | Sequence[str],
+        token: str,
+        ca_file: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         super().__init__(
-            url,
+            urls,
             ca_file=ca_file,
             timeout_s=timeout_s,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},

@@ -47,7 +47,8 @@ def _connection_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--coordinator",
         metavar="URL",
         default=default,
-        help=f"the coordinator, https://host[:port] (env {ENV_COORDINATOR})",
+        help="the coordinator, https://host[:port], or the leader and its standbys separated "
+        f"by commas (env {ENV_COORDINATOR})",
     )
     group.add_argument(
         "--token",

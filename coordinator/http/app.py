@@ -22,14 +22,17 @@ from coordinator.http.keys import (
     LOG_LIMITS,
     METRICS,
     OPENAPI,
+    ROLE,
     TOKEN_LIMITS,
 )
 from coordinator.http.openapi import openapi_document
 from coordinator.http.routes import DECLARATIONS, ROUTES
+from coordinator.http.standby import keep_warm, standby_gate
 from coordinator.limits import RateLimiter
 from coordinator.metrics import Metrics
+from coordinator.role import STANDBY, Role
 from coordinator.service import Coordinator
-from coordinator.storage import Database
+from coordinator.storage import Database, Fence
 from shared.clock import now_ms
 from shared.identity import PrivateKey, load_private_key, save_private_key
 
@@ -62,18 +65,30 @@ def make_app(
     db_path: str,
     clock: Callable[[], int] = now_ms,
     policy: VoucherPolicy | None = None,
+    role: Role | None = None,
+    fence: Fence | None = None,
 ) -> web.Application:
+    """The coordinator's app: the leader's (the default, and SQLite's only one), or with a
+    standby `role` one that only reads and sends the rest to the leader. `fence` is checked
+    first in each of the leader's writing transactions."""
+    role = role or Role()
+    standby = role.name == STANDBY
     app = web.Application(
-        middlewares=[errors_and_metrics], client_max_size=settings.request_body_limit_bytes
+        middlewares=[errors_and_metrics, standby_gate],
+        client_max_size=settings.request_body_limit_bytes,
     )
     database = Database(db_path)
-    log_key = tlog.LogKey.load(database.db, log_key_location(settings, db_path))
-    coordinator = Coordinator(settings, database, log_key, clock, policy)
+    database.fence = fence
+    log_key = tlog.LogKey.load(database.db, log_key_location(settings, db_path), create=not standby)
+    coordinator = Coordinator(settings, database, log_key, clock, policy, prepare=not standby)
     app[COORDINATOR] = coordinator
+    app[ROLE] = role
     app[METRICS] = Metrics(
         coordinator.state,
         coordinator.scheduler.counters,
         lambda: coordinator.receipt_store.rejections_dropped,
+        role,
+        database,
     )
     app[AGENT_LIMITS] = RateLimiter(
         settings.agent_requests_per_s, settings.agent_request_burst, "this agent"
@@ -88,6 +103,20 @@ def make_app(
         app.router.add_route(route.method, route.path, handler)
 
     scheduler: list[asyncio.Task[None]] = []
+
+    async def standby_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        database.start()
+        warm = asyncio.create_task(keep_warm(app, settings.standby_refresh_ms / 1000))
+        yield
+        warm.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warm
+        database.close()
+        coordinator.close()
+
+    if standby:
+        app.cleanup_ctx.append(standby_lifecycle)
+        return app
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         database.start()

@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from coordinator.errors import TooManyRequests, status_of
+from coordinator.errors import NotLeader, TooManyRequests, status_of
 from coordinator.http.keys import COORDINATOR, METRICS, Handler
 from shared import canonical
 from shared.errors import SuanliError
@@ -20,12 +20,24 @@ MSGPACK = "application/msgpack"
 AGENT_PREFIX = "/v1/agent/"
 
 
-def error_response(request: web.Request, status: int, body: ErrorBody) -> web.Response:
+def error_response(
+    request: web.Request, status: int, body: ErrorBody, **extra: str | None
+) -> web.Response:
     """The error body in the media type of the route's family."""
-    fields = {"error": body.error, "detail": body.detail}
+    fields: dict[str, str | None] = {"error": body.error, "detail": body.detail, **extra}
     if request.path.startswith(AGENT_PREFIX):
         return web.Response(status=status, body=canonical.encode(fields), content_type=MSGPACK)
     return web.json_response(fields, status=status)
+
+
+def not_leader_response(request: web.Request, exc: NotLeader) -> web.Response:
+    """307 to the same path at the leader, when it is known; else 503, to be asked again."""
+    response = error_response(request, 307 if exc.leader else 503, _body(exc), leader=exc.leader)
+    if exc.leader:
+        response.headers["Location"] = exc.leader.rstrip("/") + str(request.rel_url)
+    else:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 def _body(exc: SuanliError) -> ErrorBody:
@@ -46,6 +58,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         response = error_response(request, exc.status, _body(exc))
         response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    except NotLeader as exc:
+        response = not_leader_response(request, exc)
+        status = response.status
         return response
     except web.HTTPRequestEntityTooLarge:
         status = 413

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.http.keys import COORDINATOR, METRICS, OPENAPI, Handler
+from coordinator.http.keys import COORDINATOR, METRICS, OPENAPI, ROLE, Handler
 from coordinator.http.openapi import TEXT, Route
 from coordinator.metrics import CONTENT_TYPE
 from shared.messages import api
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "time_ms": request.app[COORDINATOR].clock()})
+    role = request.app[ROLE]
+    return web.json_response(
+        {
+            "status": "ok",
+            "time_ms": request.app[COORDINATOR].clock(),
+            "role": role.name,
+            "epoch": role.epoch,
+            "leader": role.leader_url,
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,6 +27,11 @@ class State:
     _job_leases: dict[str, list[str]] = field(default_factory=dict)
     _agent_leases: dict[str, list[str]] = field(default_factory=dict)
 
+    def refresh_from(self, fresher: State) -> None:
+        """Take on what a fresh load from the database holds (a standby's view), keeping this
+        object, which every room was handed."""
+        self.__dict__.update(fresher.__dict__)
+
     def index_job(self, job: Job) -> None:
         self.jobs[job.id] = job
         self.jobs_by_key[(job.enterprise_id, job.idempotency_key)] = job

@@ -28,6 +28,7 @@ append-only and the file bounded); PostgreSQL's reconnection after a lost connec
 
 from coordinator.storage.engines import (
     DatabaseError,
+    DatabaseUnreachable,
     IntegrityError,
     begin,
     connect,
@@ -45,6 +46,7 @@ __all__ = [
     "Cursor",
     "Database",
     "DatabaseError",
+    "DatabaseUnreachable",
     "Fence",
     "IntegrityError",
     "RowNotFound",

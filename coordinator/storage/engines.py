@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import psycopg
 
 from coordinator.storage import postgres, sqlite
 from coordinator.storage.session import Session
+from shared.errors import SuanliError
 
 S = TypeVar("S", bound=Session)
 
@@ -32,17 +34,28 @@ def describe(location: str | Path) -> str:
     text = str(location)
     if not postgres.is_postgres_url(text):
         return str(sqlite_path(text))
+    text = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", text)
     scheme, _, rest = text.partition("://")
     who, at, where = rest.rpartition("@")
     return f"{scheme}://{who.split(':')[0]}{at}{where}" if at else text
 
 
+class DatabaseUnreachable(SuanliError):
+    """The database a `--db` names cannot be opened."""
+
+    code = "database_unreachable"
+
+
 def connect(location: str | Path) -> Session:
     """Open (creating if needed) and migrate the database `location` names."""
     text = str(location)
-    if postgres.is_postgres_url(text):
-        return postgres.connect(text)
-    return sqlite.connect(sqlite_path(text))
+    try:
+        if postgres.is_postgres_url(text):
+            return postgres.connect(text)
+        return sqlite.connect(sqlite_path(text))
+    except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnreachable(f"cannot open the database {describe(text)}: {reason}") from None
 
 
 def begin(db: Session) -> None:

@@ -8,44 +8,7 @@ the log append-only).
 
 from __future__ import annotations
 
-# The log's tables (coordinator.tlog). It may also run on a database that has them already (the
-# tests apply it again to restore the triggers), hence the IF NOT EXISTS and the INSERT OR IGNORE.
-LOG_TABLES = """
-CREATE TABLE IF NOT EXISTS log_entries (
-    idx INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS log_hashes (
-    level INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    hash BLOB NOT NULL CHECK (length(hash) = 32),
-    PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS log_meta (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    size INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO log_meta (id, size) VALUES (1, 0);
-CREATE TABLE IF NOT EXISTS log_checkpoints (
-    size INTEGER PRIMARY KEY,
-    note TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS log_lookup (
-    kind TEXT NOT NULL,
-    key BLOB NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS log_entries_no_update BEFORE UPDATE ON log_entries BEGIN
-    SELECT RAISE(ABORT, 'log entries are append-only');
-END;
-CREATE TRIGGER IF NOT EXISTS log_entries_no_delete BEFORE DELETE ON log_entries BEGIN
-    SELECT RAISE(ABORT, 'log entries are append-only');
-END;
-"""
+from coordinator.storage.log_tables import LOG_TABLES
 
 MIGRATIONS: list[str] = [
     """
@@ -383,5 +346,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE leases ADD COLUMN max_duration_ms INTEGER;
     ALTER TABLE leases ADD COLUMN stop_grace_ms INTEGER;
     ALTER TABLE leases ADD COLUMN stop_requested_at_ms INTEGER;
+    """,
+    # 8: who leads (coordinator.leadership): one row, its epoch the fencing token every write
+    # of the leader carries (checked by the database on PostgreSQL), and each takeover kept
+    """
+    CREATE TABLE coordinator_leader (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch INTEGER NOT NULL CHECK (epoch > 0),
+        holder TEXT NOT NULL,
+        url TEXT,
+        session_pid INTEGER,
+        renewed_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE coordinator_takeovers (
+        epoch INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL,
+        url TEXT,
+        previous_holder TEXT,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
     """,
 ]

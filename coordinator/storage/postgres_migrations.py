@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from coordinator.storage import log_tables
 from coordinator.storage import migrations as sqlite
 
 # tables whose INTEGER PRIMARY KEY SQLite assigns when a row gives none
@@ -100,7 +101,7 @@ CREATE TRIGGER ledger_postings_not_in_closed_period BEFORE INSERT ON ledger_post
 )
 
 LOG_TABLES = (
-    from_sqlite(sqlite.LOG_TABLES)
+    from_sqlite(log_tables.LOG_TABLES)
     + "INSERT INTO log_meta (id, size) VALUES (1, 0) ON CONFLICT DO NOTHING;\n"
     + _REFUSE
     + "DROP TRIGGER IF EXISTS log_entries_no_update ON log_entries;\n"
@@ -132,13 +133,30 @@ ALTER TABLE receipts ALTER COLUMN acknowledgement_id SET NOT NULL;
 ALTER TABLE receipts ADD FOREIGN KEY (acknowledgement_id) REFERENCES receipt_acknowledgements(id);
 """
 
+# 8: the leader's fence, checked at the start of each of its writing transactions while it
+# holds the write lock (a takeover needs the same lock, so the two never interleave)
+FENCED = "SU001"  # the SQLSTATE a fenced-out writer gets
+_FENCE = f"""
+CREATE OR REPLACE FUNCTION suanli_fence(want_epoch BIGINT, want_holder TEXT) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM coordinator_leader
+                   WHERE id = 1 AND epoch = want_epoch AND holder = want_holder) THEN
+        RAISE EXCEPTION USING ERRCODE = '{FENCED}',
+            MESSAGE = 'fenced: epoch ' || want_epoch || ' no longer leads this database';
+    END IF;
+END $$;
+"""
+
 POSTGRES_MIGRATIONS: list[str] = [
     from_sqlite(sqlite.MIGRATIONS[0]),
     from_sqlite(sqlite.MIGRATIONS[1]),
     from_sqlite(sqlite.MIGRATIONS[2]) + _LEDGER_REFUSALS,
     LOG_TABLES,
     _ACKNOWLEDGEMENTS,
-    *(from_sqlite(script) for script in sqlite.MIGRATIONS[5:]),
+    from_sqlite(sqlite.MIGRATIONS[5]),
+    from_sqlite(sqlite.MIGRATIONS[6]),
+    from_sqlite(sqlite.MIGRATIONS[7]) + _FENCE,
 ]
 
 if len(POSTGRES_MIGRATIONS) != len(sqlite.MIGRATIONS):

@@ -21,7 +21,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,6 +179,18 @@ class Database:
         begin(self.db)
         if self.fence is not None:
             self.fence(self.db)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A fenced writing transaction on the writer's connection, before the writer starts
+        (the service's start-up writes)."""
+        self._begin()
+        try:
+            yield self.db
+        except BaseException:
+            self.db.conn.execute("ROLLBACK")
+            raise
+        self.db.conn.execute("COMMIT")
 
     def _work(self) -> None:
         while True:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from coordinator.storage import Connection, Session
 from shared import log_entries
+from shared.checkpoint import open_checkpoint
 from shared.errors import SuanliError
 from shared.identity import PrivateKey, PublicKey, load_private_key, save_private_key, verifier_key
 
@@ -23,6 +24,15 @@ class LogKeyMissing(SuanliError):
     """The log says its key rotated to a key that no key file beside the database holds."""
 
     code = "log_key_missing"
+
+
+def _signs(note: str, key: PrivateKey) -> bool:
+    origin = default_origin(key)
+    try:
+        open_checkpoint(note, verifier_key(origin, key.public), origin)
+    except SuanliError:
+        return False
+    return True
 
 
 def default_origin(key: PrivateKey) -> str:
@@ -96,15 +106,27 @@ class LogKey:
     _seen: int = -1
 
     @classmethod
-    def load(cls, db: Session, key_path: Path) -> LogKey:
-        """The key in force for the log in `db`: key_path (created for a log that never
-        rotated), or the key its last rotation names, wherever beside it that rotation left it.
-        Raises LogKeyMissing rather than sign with a key the log does not name."""
+    def load(cls, db: Session, key_path: Path, create: bool = True) -> LogKey:
+        """The key in force for the log in `db`: key_path (created, when `create`, for a log
+        that never rotated and has signed nothing), or the key its last rotation names,
+        wherever beside it that rotation left it. Raises LogKeyMissing rather than sign with a
+        key the log does not name (a standby, or a second machine, given no copy of it)."""
         index = _last_change_index(db.conn)
         if index is None:
+            signed = db.conn.execute("SELECT note FROM log_checkpoints LIMIT 1").fetchone()
             if not key_path.exists():
+                if signed is not None or not create:
+                    raise LogKeyMissing(
+                        f"the log's key file {key_path} is missing; copy the leader's key "
+                        "there (every coordinator of one database signs with the same key)"
+                    )
                 save_private_key(key_path, PrivateKey.generate())
             key = load_private_key(key_path)
+            if signed is not None and not _signs(str(signed[0]), key):
+                raise LogKeyMissing(
+                    f"the key in {key_path} is not the key this log's checkpoints are signed "
+                    "with; copy the leader's key there"
+                )
             return cls(key, default_origin(key), key_path)
         change = _change_at(db.conn, index)
         return cls(_find_key(key_path, change.new_key), change.origin, key_path, index)

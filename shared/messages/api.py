@@ -350,3 +350,6 @@ class LedgerBalances(Message):
 class Health(Message):
     status: Literal["ok"]
     time_ms: Milliseconds
+    role: Literal["leader", "standby"]
+    epoch: int | None  # the leader's epoch on PostgreSQL; None on SQLite
+    leader: str | None  # where the leader is, when known

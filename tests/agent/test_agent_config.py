@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -113,6 +114,97 @@ def test_enroll_command_registers_once(tmp_path: Path) -> None:
             check=False,
         )
         assert plain.returncode == 1 and "plain HTTP" in plain.stderr
+    finally:
+        coordinator.stop()
+
+
+def test_coordinator_urls_load_as_a_list_and_the_old_key_as_one_item(tmp_path: Path) -> None:
+    listed = load_agent_settings(
+        _write(
+            tmp_path,
+            '[agent]\ncoordinator_urls = ["https://a.example.cn", "https://b.example.cn"]\n',
+        )
+    )
+    assert listed.coordinators == ["https://a.example.cn", "https://b.example.cn"]
+    one = load_agent_settings(
+        _write(tmp_path, '[agent]\ncoordinator_url = "https://a.example.cn"\n')
+    )
+    assert one.coordinators == ["https://a.example.cn"]
+    assert AgentSettings().coordinators is None
+    flagged = one.with_coordinators("https://c.example.cn,https://d.example.cn").validate()
+    assert flagged.coordinators == ["https://c.example.cn", "https://d.example.cn"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'coordinator_url = "https://a.example.cn"\ncoordinator_urls = ["https://b.example.cn"]',
+            "coordinator_urls and coordinator_url are both set",
+        ),
+        ('coordinator_urls = "https://a.example.cn"', "coordinator_urls must be a list of URLs"),
+        (
+            'coordinator_urls = ["https://a.example.cn", "http://b.example.cn"]',
+            "coordinator_urls: refusing to send credentials over plain HTTP to b.example.cn",
+        ),
+        (
+            'coordinator_urls = ["https://a.example.cn", "https://a.example.cn/"]',
+            "coordinator_urls: coordinator URL 'https://a.example.cn' is given twice",
+        ),
+        ("coordinator_urls = []", "coordinator_urls: no coordinator URL given"),
+        ('coordinator_url = "ftp://a.example.cn"', "coordinator_url: coordinator URL 'ftp://"),
+    ],
+)
+def test_bad_coordinator_urls_are_refused_by_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_settings(_write(tmp_path, f"[agent]\n{text}\n"))
+    assert message in caught.value.detail
+    with pytest.raises(AgentConfigError, match="--coordinator: the coordinator URL list"):
+        AgentSettings().with_coordinators("https://a.example.cn,,https://b.example.cn")
+
+
+def test_an_enrolment_keeps_its_list_and_an_old_one_still_loads(tmp_path: Path) -> None:
+    old = AgentState(tmp_path / "old")
+    old.ensure()
+    old.save_enrolment({"coordinator_url": "https://a.example.cn", "agent_id": "x"})
+    assert old.coordinator_urls() == ["https://a.example.cn"]
+    new = AgentState(tmp_path / "new")
+    new.ensure()
+    new.save_enrolment({"coordinator_urls": ["https://a.example.cn", "https://b.example.cn"]})
+    assert new.coordinator_urls() == ["https://a.example.cn", "https://b.example.cn"]
+    new.save_enrolment({"agent_id": "x"})
+    with pytest.raises(NotEnrolled, match="names no coordinator URL"):
+        new.coordinator_urls()
+
+
+def test_enroll_and_self_test_take_a_list_and_skip_a_dead_url(tmp_path: Path) -> None:
+    coordinator = CoordinatorProcess(tmp_path).start()
+    try:
+        token = coordinator.add_provider(1)
+        state_dir = tmp_path / "agent-state"
+        with socket.socket() as dead:
+            dead.bind(("127.0.0.1", 0))  # bound, not listening: the connection is refused
+            urls = f"http://127.0.0.1:{dead.getsockname()[1]},{coordinator.url}"
+            enrol = subprocess.run(
+                [BIN / "suanli-agent", "enroll", "--coordinator", urls, "--token", token]
+                + ["--state-dir", str(state_dir)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert enrol.returncode == 0, enrol.stderr
+            enrolment = json.loads((state_dir / "enrolment.json").read_text())
+            assert enrolment["coordinator_urls"] == urls.split(",")
+            checked = subprocess.run(
+                [BIN / "suanli-agent", "self-test", "--state-dir", str(state_dir), "--json"]
+                + ["--engine-socket", str(tmp_path / "no.sock")],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        checks = {c["check"]: c for c in json.loads(checked.stdout)}
+        assert checks["coordinator"]["ok"], checks["coordinator"]["detail"]
+        assert checks["coordinator"]["detail"].startswith(f"{coordinator.url} (the leader of 2)")
     finally:
         coordinator.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -66,8 +67,10 @@ class Recorder(CoordinatorClient):
         super().__init__("http://127.0.0.1:1", key)
         self.sent: list[tuple[str, bytes]] = []
 
-    async def _post(self, path: str, body: bytes, timeout_s: float | None = None) -> Any:
-        self.sent.append((path, body))
+    async def _post(
+        self, path: str, body: bytes | Callable[[], bytes], timeout_s: float | None = None
+    ) -> Any:
+        self.sent.append((path, body() if callable(body) else body))
         return {}
 
     def opened(self, key: PrivateKey | None = None) -> Any:

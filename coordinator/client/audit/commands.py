@@ -24,7 +24,8 @@ from coordinator.client.audit.receipt import check_receipt
 from coordinator.client.audit.render import render_report
 from coordinator.client.audit.reports import AuditReport, ReceiptReport
 from coordinator.client.audit.verify import replay_auctions, verify_log
-from shared.http_client import CoordinatorError, TransportError, check_coordinator_url
+from shared.coordinator_urls import TransportError, parse_coordinator_urls
+from shared.http_client import CoordinatorError
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -149,8 +150,8 @@ def main(args: argparse.Namespace, url: str | None, ca_file: str | None = None) 
             "no coordinator given; pass --coordinator URL or set SUANLI_COORDINATOR", EXIT_USAGE
         )
     try:
-        url = check_coordinator_url(url)
-        report = asyncio.run(args.audit(args, url, ca_file))
+        urls = ",".join(parse_coordinator_urls(url))  # refused here, before anything runs
+        report = asyncio.run(args.audit(args, urls, ca_file))
     except (AuditUsageError, TransportError) as exc:
         return _fail(exc.detail, EXIT_USAGE)
     except (AuditError, CoordinatorError) as exc:

@@ -1,11 +1,13 @@
 """The coordinator's public log routes, as the auditor reads them; no token is needed or sent
-(but for the ledger balances an auditor's token may read). The session, TLS, timeouts and the
-error mapping are `shared.http_client`'s; this module adds the routes and checks their shape."""
+(but for the ledger balances an auditor's token may read). The session, TLS, timeouts, the
+choice among several coordinator URLs (standbys serve the log too) and the error mapping are
+`shared.http_client`'s; this module adds the routes and checks their shape."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Any
 
 from shared.checkpoint import Checkpoint, parse_checkpoint_body
@@ -17,12 +19,16 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 class LogClient(HttpClient):
-    """The transparency log of one coordinator: its key, checkpoints, entries and proofs."""
+    """The transparency log of one coordinator (at one URL, or any of a leader's and its
+    standbys'): its key, checkpoints, entries and proofs."""
 
     def __init__(
-        self, url: str, ca_file: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        urls: str | Sequence[str],
+        ca_file: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        super().__init__(url, ca_file=ca_file, timeout_s=timeout_s, product="suanli-audit")
+        super().__init__(urls, ca_file=ca_file, timeout_s=timeout_s, product="suanli-audit")
 
     async def text(self, path: str) -> str:
         raw = await self.send("GET", path)

@@ -52,8 +52,8 @@ async def check_receipt(
     report = ReceiptReport(coordinator=url, digest=digest.hex())
     state = load_state(state_path)
     async with LogClient(url, ca_file) as client:
-        report.coordinator = client.url
         key, _, served = await trusted_key(client, log_key, state, state_path, report)
+        report.coordinator = client.url  # the one of the URLs given that answered
         with contextlib.suppress(Stop):
             await _check_receipt(
                 client,

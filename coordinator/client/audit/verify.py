@@ -51,10 +51,10 @@ async def verify_log(
     state = {} if auctions_only else load_state(state_path)
     report = AuditReport(coordinator=url)
     async with LogClient(url, ca_file) as client:
-        report.coordinator = client.url
         key, report.key_trust, served = await trusted_key(
             client, log_key, state, None if auctions_only else state_path, report
         )
+        report.coordinator = client.url  # the one of the URLs given that answered
         report.log_key, report.origin = str(key), key.name
         with contextlib.suppress(Stop):
             await _verify(
