@@ -13,12 +13,24 @@ from pathlib import Path
 
 import pytest
 from coordinator_harness import UNHURRIED_SETTINGS, Api, CoordinatorProcess, FakeAgent
-from databases import database_location, engine_name, new_database, stop_shared_cluster  # noqa: F401
+from databases import (  # noqa: F401
+    close_opened,
+    database_location,
+    engine_name,
+    new_database,
+    stop_shared_cluster,
+)
 from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stop_shared_cluster()
+
+
+@pytest.fixture(autouse=True)
+def _close_opened_databases() -> Iterator[None]:
+    yield
+    close_opened()
 
 
 @pytest.fixture

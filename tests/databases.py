@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from postgres_cluster import Cluster, bin_dir, running_cluster
 
+from coordinator.storage import Session
 from coordinator.storage.postgres import is_postgres_url, translate
 
 ENGINES = tuple(
@@ -23,6 +24,7 @@ ENGINES = tuple(
 )
 UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _cluster: Cluster | None = None
+_opened: list[Session] = []
 _cluster_context: Any = None
 
 
@@ -56,6 +58,20 @@ def new_database(engine: str, directory: Path, name: str = "coordinator.db") -> 
     raise ValueError(f"unknown engine {engine!r}")
 
 
+def closed_after_the_test(session: Session) -> Session:
+    """`session`, closed when the test ends (psycopg warns of a connection left open)."""
+    _opened.append(session)
+    return session
+
+
+def close_opened() -> None:
+    while _opened:
+        conn = _opened.pop().conn
+        close = getattr(conn, "close", None)
+        if close is not None:
+            close()
+
+
 def engine_params() -> list[Any]:
     return [pytest.param(engine, id=engine) for engine in ENGINES]
 
@@ -73,6 +89,22 @@ def rows(location: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tup
         return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
+def dump(location: str | Path) -> str:
+    """Every row of every table, as text: what someone who copied the database could read."""
+    text = str(location)
+    if not is_postgres_url(text):
+        with sqlite3.connect(f"file:{text}?mode=ro", uri=True) as conn:
+            return "\n".join(conn.iterdump())
+    tables = rows(
+        text,
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    return "\n".join(
+        f"{table} {row!r}" for (table,) in tables for row in rows(text, f'SELECT * FROM "{table}"')
+    )
+
+
 def write(location: str | Path, sql: str, params: Sequence[Any] = ()) -> None:
     """Change a coordinator's database behind its back (a tampering test's attacker)."""
     text = str(location)
@@ -84,6 +116,25 @@ def write(location: str | Path, sql: str, params: Sequence[Any] = ()) -> None:
         return
     with sqlite3.connect(text) as conn:
         conn.execute(sql, params)
+
+
+def drop_refusals(db: Session, table: str) -> None:
+    """An attacker holding the database lifts the triggers that make `table` immutable (and,
+    on PostgreSQL, its other triggers with them)."""
+    if db.engine == "postgresql":
+        db.conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        return
+    for kind in ("update", "delete"):
+        db.conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_{kind}")
+
+
+def disable_foreign_keys(db: Session) -> None:
+    """This connection stops checking foreign keys (and, on PostgreSQL, every trigger), as an
+    attacker editing rows behind the coordinator's back would."""
+    if db.engine == "postgresql":
+        db.conn.execute("SET session_replication_role = replica")
+    else:
+        db.conn.execute("PRAGMA foreign_keys = OFF")
 
 
 @pytest.fixture(params=engine_params())

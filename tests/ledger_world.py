@@ -76,9 +76,9 @@ class World:
         )
         acknowledgement = self.db.conn.execute(
             "INSERT INTO receipt_acknowledgements (agent_id, accepted_at_ms, envelope) "
-            "VALUES ('agent', ?, x'00')",
-            [now],
-        ).lastrowid
+            "VALUES ('agent', ?, ?) RETURNING id",
+            [now, b"\x00"],
+        ).fetchone()[0]
         self.db.conn.execute(
             "INSERT INTO receipts (lease_id, seq, agent_id, envelope, digest, issued_at_ms, "
             "accepted_at_ms, gpu_ms, amount, delta, final, acknowledgement_id) "

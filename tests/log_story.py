@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from databases import closed_after_the_test, drop_refusals
 
 from coordinator import tlog
 from coordinator.client import audit
@@ -36,10 +37,9 @@ MAX_DURATION_MS = 3_600_000
 # -- building logs -----------------------------------------------------------------------------
 
 
-def open_db(path: Path) -> Session:
-    db = connect(path)
-    db.conn.executescript(LOG_TABLES)
-    return db
+def open_db(path: str | Path) -> Session:
+    """A database (a SQLite file or a PostgreSQL URL), migrated."""
+    return closed_after_the_test(connect(path))
 
 
 def transfer(digest: bytes, leg: str) -> bytes:
@@ -327,14 +327,15 @@ def story(log_key: PrivateKey) -> Story:
     return Story(log_key)
 
 
-def write_log(path: Path, key: PrivateKey, entries: list[bytes], origin: str | None = None) -> None:
+def write_log(
+    path: str | Path, key: PrivateKey, entries: list[bytes], origin: str | None = None
+) -> None:
     """A log holding exactly these entries, signed (as `origin`, by default the key's own log);
     what an honest coordinator, or an attacker with the database and the key who rebuilds the
     tree, leaves behind."""
     db = open_db(path)
     conn = db.conn
-    conn.execute("DROP TRIGGER IF EXISTS log_entries_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS log_entries_no_delete")
+    drop_refusals(db, "log_entries")
     with transaction(db):
         for table in ("log_entries", "log_hashes", "log_checkpoints", "log_lookup"):
             conn.execute(f"DELETE FROM {table}")
@@ -342,13 +343,21 @@ def write_log(path: Path, key: PrivateKey, entries: list[bytes], origin: str | N
         if entries:
             tlog.append_entries(db, entries)
         tlog.sign_checkpoint(db, key, origin or tlog.default_origin(key), T0)
-    conn.executescript(LOG_TABLES)  # the triggers again
+    restore_log_refusals(db)
     conn.close()
+
+
+def restore_log_refusals(db: Session) -> None:
+    """The log's append-only triggers back in place after `drop_refusals`."""
+    if db.engine == "postgresql":
+        db.conn.execute("ALTER TABLE log_entries ENABLE TRIGGER USER")
+    else:
+        db.conn.executescript(LOG_TABLES)  # type: ignore[attr-defined]  # sqlite3's own
 
 
 @asynccontextmanager
 async def serving(
-    path: Path, key: PrivateKey, interval_s: float = 0.05, origin: str | None = None
+    path: str | Path, key: PrivateKey, interval_s: float = 0.05, origin: str | None = None
 ) -> AsyncIterator[str]:
     """The log's routes on a real aiohttp server on loopback, over the real writer thread."""
     open_db(path).conn.close()
@@ -376,7 +385,7 @@ async def serving(
 
 
 async def verify(
-    path: Path,
+    path: str | Path,
     key: PrivateKey,
     state: Path | None = None,
     log_key: str | None = None,

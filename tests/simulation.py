@@ -130,7 +130,7 @@ class SimDatabase(Database):
     CoordinatorCrash, so a crash falls between two commits.
     """
 
-    def __init__(self, path: Path, hook: Callable[[], None]) -> None:
+    def __init__(self, path: str | Path, hook: Callable[[], None]) -> None:
         super().__init__(path)
         self.hook = hook
 
@@ -629,7 +629,9 @@ def _seeded_ids(rng: random.Random) -> Iterator[None]:
 
 
 class Simulation:
-    def __init__(self, seed: int, steps: int, workdir: Path, verbose: bool = False) -> None:
+    def __init__(
+        self, seed: int, steps: int, workdir: Path, verbose: bool = False, database: str = ""
+    ) -> None:
         self.seed, self.steps, self.workdir, self.verbose = seed, steps, workdir, verbose
         self.rng = random.Random(seed)
         self.now = T0
@@ -647,7 +649,7 @@ class Simulation:
             long_delay=rng.choice([0.0, 0.05, 0.2]),
         )
         self.coordinator_key = PrivateKey.from_seed(rng.randbytes(32))
-        self.path = workdir / "coordinator.db"
+        self.path: str | Path = database or workdir / "coordinator.db"
         self.crash_countdown: int | None = None
         self.coordinator: Coordinator | None = None
         self.database: SimDatabase | None = None
@@ -1032,11 +1034,19 @@ def _uscc(n: int) -> str:
     return prefix + check_character(prefix)
 
 
-def run(seed: int, steps: int, verbose: bool = False, workdir: Path | None = None) -> Result:
-    """Simulate `steps` random steps and a drain for `seed`; raise InvariantViolation on failure."""
+def run(
+    seed: int,
+    steps: int,
+    verbose: bool = False,
+    workdir: Path | None = None,
+    database: str = "",
+) -> Result:
+    """Simulate `steps` random steps and a drain for `seed`; raise InvariantViolation on failure.
+    The coordinator's database is a SQLite file of its own unless `database` names another (an
+    empty PostgreSQL database)."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     directory = Path(tempfile.mkdtemp(prefix=f"suanli-sim-{seed}-", dir=workdir or base))
-    sim = Simulation(seed, steps, directory, verbose)
+    sim = Simulation(seed, steps, directory, verbose, database)
     try:
         with _seeded_ids(random.Random(seed ^ 0x5EED)):
             asyncio.run(sim.main())

@@ -25,7 +25,11 @@ def add_log_key_tasks(
 
 def cmd_rotate_log_key(args: argparse.Namespace) -> int:
     key_path = log_key_location(load_settings(args.config), args.db)
-    rotated = tlog.rotate_log_key(connect(args.db), key_path, now_ms())
+    db = connect(args.db)
+    try:
+        rotated = tlog.rotate_log_key(db, key_path, now_ms())
+    finally:
+        db.conn.close()  # type: ignore[attr-defined]  # both engines' connections close
     print_result(
         args,
         rotated,

@@ -37,6 +37,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from agent_harness import AgentProcess
 from coordinator_harness import BIN, Api, CoordinatorProcess
+from databases import new_database
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
@@ -324,10 +325,12 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def agent_stack(
-    tmp_path: Path, engine_service: EngineService, **settings: Any
+    tmp_path: Path, engine_service: EngineService, database_engine: str, **settings: Any
 ) -> AsyncIterator[Stack]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator")
-    coordinator.workdir.mkdir()
+    (tmp_path / "coordinator").mkdir()
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator", database=new_database(database_engine, tmp_path / "coordinator")
+    )
     coordinator.start()
     agent = AgentProcess(tmp_path / "agent", coordinator, engine_service.socket, GPUS)
     agent.settings.update(settings)
@@ -357,11 +360,13 @@ async def agent_stack(
 
 
 async def test_a_job_asking_2_44_bytes_runs_with_the_hosts_cap(
-    tmp_path: Path, engine_service: EngineService
+    tmp_path: Path, engine_service: EngineService, engine_name: str
 ) -> None:
     """Attack: 2^44 bytes of memory passed through to the engine, not capped by the host."""
     reserve = 2 << 30
-    async with agent_stack(tmp_path, engine_service, memory_reserve_bytes=reserve) as stack:
+    async with agent_stack(
+        tmp_path, engine_service, engine_name, memory_reserve_bytes=reserve
+    ) as stack:
         job_id = await stack.submit(BUSYBOX_IMAGE, ["sleep", "60"], gpus=1, memory_bytes=1 << 44)
         await stack.wait(job_id, lambda j: j["state"] == "running")
         [container] = stack.containers()
@@ -424,7 +429,7 @@ def loopback_service() -> Iterator[Listener]:
 
 
 async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
-    tmp_path: Path, engine_service: EngineService, loopback_service: Listener
+    tmp_path: Path, engine_service: EngineService, engine_name: str, loopback_service: Listener
 ) -> None:
     """Attack: `127.0.0.1:PORT/...` made the provider's engine call its own loopback."""
     registry = f"127.0.0.1:{loopback_service.port}"
@@ -434,7 +439,7 @@ async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
             await engine.pull(f"{registry}/probe:1", timeout_s=20)
     assert loopback_service.connections > 0, "the engine never tried: this test proves nothing"
     before = loopback_service.connections
-    async with agent_stack(tmp_path, engine_service) as stack:
+    async with agent_stack(tmp_path, engine_service, engine_name) as stack:
         for image in (f"{registry}/x:1", f"localhost:{loopback_service.port}/x:1"):
             job_id = await stack.submit(image, ["true"])
             job = await stack.wait(job_id, lambda j: j["state"] == "failed")
@@ -446,13 +451,17 @@ async def test_an_image_on_the_providers_loopback_is_refused_unpulled(
 
 
 async def test_an_engine_pull_error_does_not_reach_the_enterprise(
-    tmp_path: Path, engine_service: EngineService, loopback_service: Listener
+    tmp_path: Path, engine_service: EngineService, engine_name: str, loopback_service: Listener
 ) -> None:
     """Attack: the engine's pull error, naming the provider's network, went to the enterprise.
     Here the operator allows a registry on its own network, which then fails."""
     registry = f"127.0.0.1:{loopback_service.port}"
     async with agent_stack(
-        tmp_path, engine_service, registry_allow=[registry], registry_refuse_private=False
+        tmp_path,
+        engine_service,
+        engine_name,
+        registry_allow=[registry],
+        registry_refuse_private=False,
     ) as stack:
         image = f"{registry}/team/x:1"
         job_id = await stack.submit(image, ["true"])
@@ -502,12 +511,16 @@ def test_self_test_says_whether_container_root_is_host_root(
 
 
 async def test_a_log_flood_through_the_agent_ends_and_ships_what_it_can(
-    tmp_path: Path, engine_service: EngineService
+    tmp_path: Path, engine_service: EngineService, engine_name: str
 ) -> None:
     """The bound on disk must not stall the agent's own log shipping or the job's end. What
     the engine rotated away before the agent read it is lost: the bound is a window."""
     async with agent_stack(
-        tmp_path, engine_service, engine_log_max_bytes=256 * 1024, max_job_log_bytes=512 * 1024
+        tmp_path,
+        engine_service,
+        engine_name,
+        engine_log_max_bytes=256 * 1024,
+        max_job_log_bytes=512 * 1024,
     ) as stack:
         job_id = await stack.submit(
             BUSYBOX_IMAGE, ["sh", "-c", f"echo first; yes {'y' * 99} | head -c 8000000; echo last"]

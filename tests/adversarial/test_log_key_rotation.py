@@ -18,18 +18,24 @@ from coordinator.tlog import routes
 from shared.identity import PrivateKey
 
 
-async def _pinned(tmp_path: Path, story: Story, log_key: PrivateKey) -> tuple[Path, Path, str]:
+async def _pinned(
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
+) -> tuple[Path, Path, str]:
     """An auditor who verified the honest log once and pinned its key."""
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     write_log(path, log_key, story.honest())
     assert (await verify(path, log_key, state)).ok
     return path, state, state.read_text()
 
 
 async def test_a_rotation_signed_by_another_key_than_the_one_in_force_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    database_location: str,
+    story: Story,
+    log_key: PrivateKey,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path, state, before = await _pinned(tmp_path, story, log_key)
+    path, state, before = await _pinned(tmp_path, database_location, story, log_key)
     origin = tlog.default_origin(log_key)
     thief, forger = PrivateKey.generate(), PrivateKey.generate()
     # names the log's key as the old one, but the forger signed it
@@ -62,9 +68,9 @@ async def test_a_rotation_signed_by_another_key_than_the_one_in_force_fails_the_
 
 
 async def test_a_rotation_from_a_key_the_log_never_had_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state, before = await _pinned(tmp_path, story, log_key)
+    path, state, before = await _pinned(tmp_path, database_location, story, log_key)
     origin = tlog.default_origin(log_key)
     thief, accomplice = PrivateKey.generate(), PrivateKey.generate()
     # a chain of its own: the first rotation says the log's first key was the thief's
@@ -82,9 +88,9 @@ async def test_a_rotation_from_a_key_the_log_never_had_fails_the_audit(
 
 
 async def test_a_rotation_signed_by_a_retired_key_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state, _ = await _pinned(tmp_path, story, log_key)
+    path, state, _ = await _pinned(tmp_path, database_location, story, log_key)
     origin = tlog.default_origin(log_key)
     successor, thief = PrivateKey.generate(), PrivateKey.generate()
     # whoever kept the old key after it was rotated out tries to rotate again with it
@@ -99,9 +105,9 @@ async def test_a_rotation_signed_by_a_retired_key_fails_the_audit(
 
 
 async def test_a_checkpoint_signed_by_an_unchained_key_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state, before = await _pinned(tmp_path, story, log_key)
+    path, state, before = await _pinned(tmp_path, database_location, story, log_key)
     origin = tlog.default_origin(log_key)
     successor, stranger = PrivateKey.generate(), PrivateKey.generate()
     # an honest rotation in the log, but the coordinator signs with neither key
@@ -121,9 +127,9 @@ async def test_a_checkpoint_signed_by_an_unchained_key_fails_the_audit(
 
 
 async def test_an_acknowledgement_by_the_old_key_after_the_rotation_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state, _ = await _pinned(tmp_path, story, log_key)
+    path, state, _ = await _pinned(tmp_path, database_location, story, log_key)
     origin = tlog.default_origin(log_key)
     successor = PrivateKey.generate()
     leaves = rotated(story, successor) + [story.acknowledgement_entry()]  # by the retired key
@@ -134,9 +140,9 @@ async def test_an_acknowledgement_by_the_old_key_after_the_rotation_fails_the_au
 
 
 async def test_one_receipt_is_refused_against_a_checkpoint_the_chain_does_not_reach(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     origin = tlog.default_origin(log_key)
     thief, forger = PrivateKey.generate(), PrivateKey.generate()
     write_log(path, thief, rotated(story, thief, signer=forger), origin)
@@ -147,9 +153,9 @@ async def test_one_receipt_is_refused_against_a_checkpoint_the_chain_does_not_re
 
 
 async def test_a_rotation_hidden_from_a_receipt_holder_leaves_the_checkpoint_unverified(
-    tmp_path: Path, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
+    database_location: str, story: Story, log_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     origin = tlog.default_origin(log_key)
     successor = PrivateKey.generate()
     write_log(path, successor, rotated(story, successor), origin)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from coordinator_harness import (
     lease_receipt,
     uscc,
 )
+from databases import new_database
 
 from shared.ledger_names import earnings_account
 from shared.money import usage_amount
@@ -42,6 +42,7 @@ def _config(workdir: Path) -> Path:
     path.write_text(
         "[coordinator]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST_SETTINGS.items())
+        + f"log_key_file = {json.dumps(str(workdir / 'coordinator.key'))}\n"
         + "\n[vouchers]\n"
         f"coverage_bps = 5000\nper_company_cap_micro_yuan = {CAP}\n"
         f"default_credit_limit_micro_yuan = {CREDIT}\n"
@@ -60,10 +61,12 @@ async def _leases(agent: FakeAgent, count: int) -> list[dict[str, Any]]:
 
 
 async def test_three_jobs_on_one_credit_limit_the_third_is_refused_at_submission(
-    tmp_path: Path, cleanup: list[Any]
+    tmp_path: Path, engine_name: str, cleanup: list[Any]
 ) -> None:
     config = _config(tmp_path)
-    coordinator = CoordinatorProcess(tmp_path, extra_args=["--config", str(config)]).start()
+    coordinator = CoordinatorProcess(
+        tmp_path, extra_args=["--config", str(config)], database=new_database(engine_name, tmp_path)
+    ).start()
     try:
         await _attack(coordinator, config, cleanup)
     finally:
@@ -117,12 +120,11 @@ async def _attack(coordinator: CoordinatorProcess, config: Path, cleanup: list[A
     jobs = [await api.job(first[1]["id"]), await api.job(second[1]["id"])]
     assert [j["charged_micro_yuan"] for j in jobs] == [charged, charged]
     assert sum(j["voucher_micro_yuan"] for j in jobs) <= CAP
-    with sqlite3.connect(coordinator.db) as db:
-        earned = db.execute(
-            "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
-            [earnings_account(provider["provider_id"])],
-        ).fetchone()[0]
-        refusals = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
+    [(earned,)] = coordinator.rows(
+        "SELECT credits_posted FROM ledger_accounts WHERE id = ?",
+        [earnings_account(provider["provider_id"])],
+    )
+    [(refusals,)] = coordinator.rows("SELECT COUNT(*) FROM receipt_rejections")
     assert earned == 2 * charged, "the provider is paid for everything it served"
     assert refusals == 0
     check = coordinator.admin("check-ledger", check=False)

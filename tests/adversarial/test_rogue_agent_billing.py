@@ -5,7 +5,6 @@ nothing beyond the window, and the log the coordinator keeps still passes `suanl
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from coordinator_harness import (
     seller_and_buyer,
     started_lease,
 )
+from databases import new_database
 
 from coordinator.client import audit
 from shared.billing_window import CLOCK_SKEW_MS
@@ -77,12 +77,11 @@ class Rogue(LeaseAtHand):
 
     def window(self) -> tuple[int | None, int]:
         """(opened, closes) as the coordinator keeps them: what bounds the lease's bill."""
-        with sqlite3.connect(self.coordinator.db) as db:
-            created, started, max_ms, grace, stop, ended = db.execute(
-                "SELECT created_at_ms, started_at_ms, max_duration_ms, stop_grace_ms, "
-                "stop_requested_at_ms, ended_at_ms FROM leases WHERE id = ?",
-                [self.lease["lease_id"]],
-            ).fetchone()
+        [(created, started, max_ms, grace, stop, ended)] = self.coordinator.rows(
+            "SELECT created_at_ms, started_at_ms, max_duration_ms, stop_grace_ms, "
+            "stop_requested_at_ms, ended_at_ms FROM leases WHERE id = ?",
+            [self.lease["lease_id"]],
+        )
         closes = created + max_ms
         if stop is not None:
             closes = min(closes, stop + grace)
@@ -91,13 +90,10 @@ class Rogue(LeaseAtHand):
         return started, closes
 
     def charged(self) -> int:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return int(
-                db.execute(
-                    "SELECT COALESCE(SUM(amount), 0) FROM ledger_postings WHERE job_id = ?",
-                    [self.job_id],
-                ).fetchone()[0]
-            )
+        [(charged,)] = self.coordinator.rows(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger_postings WHERE job_id = ?", [self.job_id]
+        )
+        return int(charged)
 
     async def audit_passes(self) -> None:
         await asyncio.sleep(2.5)  # the next checkpoint covers everything logged
@@ -106,9 +102,11 @@ class Rogue(LeaseAtHand):
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Any:
+def coordinator(tmp_path: Path, engine_name: str) -> Any:
     process = CoordinatorProcess(
-        tmp_path, settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS}
+        tmp_path,
+        settings={**FAST_SETTINGS, "stop_grace_ms": GRACE_MS},
+        database=new_database(engine_name, tmp_path),
     ).start()
     try:
         yield process
@@ -173,13 +171,12 @@ async def test_after_the_maximum_duration_the_agent_bills_nothing_more_and_is_en
     job = await rogue.api.wait_for(rogue.job_id, lambda j: j["state"] != "running", timeout_s=10)
     assert (job["state"], job["reason"]) == ("failed", "agent_overran"), job
     assert "did not stop" in job["reason_detail"]
-    with sqlite3.connect(coordinator.db) as db:
-        penalty = db.execute(
-            "SELECT penalty_ppm FROM agents WHERE agent_id = ?", [rogue.agent.agent_id]
-        ).fetchone()[0]
-        end = db.execute(
-            "SELECT end_reason FROM leases WHERE id = ?", [rogue.lease["lease_id"]]
-        ).fetchone()[0]
+    [(penalty,)] = coordinator.rows(
+        "SELECT penalty_ppm FROM agents WHERE agent_id = ?", [rogue.agent.agent_id]
+    )
+    [(end,)] = coordinator.rows(
+        "SELECT end_reason FROM leases WHERE id = ?", [rogue.lease["lease_id"]]
+    )
     assert penalty > 0 and end == "overrun"
     # later receipts still cannot reach past the close
     late = await rogue.send(rogue.receipt(gpus * (_now() - opened)))
@@ -243,7 +240,11 @@ def _held(coordinator: CoordinatorProcess, job_id: str) -> int:
     from coordinator.billing import load_reservation
     from coordinator.storage import connect
 
-    found = load_reservation(connect(coordinator.db), job_id)
+    db = connect(coordinator.db)
+    try:
+        found = load_reservation(db, job_id)
+    finally:
+        db.conn.close()
     assert found is not None
     return found.remaining + found.voucher_remaining
 
@@ -268,10 +269,12 @@ async def test_a_job_the_coordinator_ended_still_holds_for_its_last_receipt(rogu
 
 
 async def test_a_flood_of_bad_receipts_is_answered_but_stored_only_to_a_daily_limit(
-    tmp_path: Path, cleanup: list[Any]
+    tmp_path: Path, engine_name: str, cleanup: list[Any]
 ) -> None:
     process = CoordinatorProcess(
-        tmp_path, settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300}
+        tmp_path,
+        settings={**FAST_SETTINGS, "rejections_per_agent_per_day": 300},
+        database=new_database(engine_name, tmp_path),
     ).start()
     try:
         started = await started_lease(process, cleanup, PRICE)
@@ -280,8 +283,7 @@ async def test_a_flood_of_bad_receipts_is_answered_but_stored_only_to_a_daily_li
         for _ in range(3):
             answer = await rogue.agent.client.signed("/v1/agent/receipts", {"receipts": bad})
             assert {r["status"] for r in answer["results"]} == {"rejected"}
-        with sqlite3.connect(process.db) as db:
-            [(stored,)] = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchall()
+        [(stored,)] = process.rows("SELECT COUNT(*) FROM receipt_rejections")
         assert stored == 300
         async with aiohttp.ClientSession() as http, http.get(process.url + "/metrics") as response:
             assert "suanli_receipt_rejections_dropped_total 300.0" in await response.text()

@@ -65,9 +65,9 @@ def event(kind: str, at_ms: int, reason: str) -> bytes:
 
 
 async def audited(
-    tmp_path: Path, story: Story, log_key: PrivateKey, entries: list[bytes]
+    database_location: str, story: Story, log_key: PrivateKey, entries: list[bytes]
 ) -> tuple[set[str], set[int]]:
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, entries)
     report = await verify(path, log_key)
     return codes(report), {
@@ -76,18 +76,18 @@ async def audited(
 
 
 async def test_the_honest_story_passes_with_its_window_closed_after_its_receipts(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     entries = honest_without_lease(story) + [
         award(story),
         started(story),
         event(L.LEASE_ENDED, T0 + STARTED + 200_000, "exited"),
     ]
-    assert await audited(tmp_path, story, log_key, entries) == (set(), set())
+    assert await audited(database_location, story, log_key, entries) == (set(), set())
 
 
 async def test_receipts_after_the_lease_ended_fail_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     # the agent was lost 90 s in; the coordinator accepted two more minutes of GPU time
     entries = honest_without_lease(story) + [
@@ -95,13 +95,13 @@ async def test_receipts_after_the_lease_ended_fail_the_audit(
         started(story),
         event(L.LEASE_ENDED, T0 + STARTED + 90_000, "agent_lost"),
     ]
-    found, where = await audited(tmp_path, story, log_key, entries)
+    found, where = await audited(database_location, story, log_key, entries)
     assert found == {"outside_billable_window"}
     assert where == {FIRST_RECEIPT + 1, FIRST_RECEIPT + 2}
 
 
 async def test_receipts_past_a_cancel_and_its_grace_fail_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     # cancelled 60 s in with a 60 s grace: the second receipt ends exactly at the close
     entries = honest_without_lease(story) + [
@@ -109,25 +109,25 @@ async def test_receipts_past_a_cancel_and_its_grace_fail_the_audit(
         started(story),
         event(L.LEASE_STOP_REQUESTED, T0 + STARTED + 60_000, "cancelled"),
     ]
-    found, where = await audited(tmp_path, story, log_key, entries)
+    found, where = await audited(database_location, story, log_key, entries)
     assert (found, where) == ({"outside_billable_window"}, {FIRST_RECEIPT + 2})
 
 
 async def test_a_lease_never_started_may_bill_nothing(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     found, where = await audited(
-        tmp_path, story, log_key, honest_without_lease(story) + [award(story)]
+        database_location, story, log_key, honest_without_lease(story) + [award(story)]
     )
     assert found == {"outside_billable_window"}
     assert where == {FIRST_RECEIPT, FIRST_RECEIPT + 1, FIRST_RECEIPT + 2}
 
 
 async def test_a_start_the_agent_never_signed_opens_no_window(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     entries = honest_without_lease(story) + [award(story), started(story, signer=story.rival)]
-    found, where = await audited(tmp_path, story, log_key, entries)
+    found, where = await audited(database_location, story, log_key, entries)
     assert found == {"bad_start_report", "outside_billable_window"}
     assert len(where) == 3
     # a start the coordinator logged before the agent signed it is refused the same way
@@ -136,12 +136,12 @@ async def test_a_start_the_agent_never_signed_opens_no_window(
         award(story),
         L.encode_entry(L.LEASE_EVENT, T0 + STARTED, signed_late),
     ]
-    found, _ = await audited(tmp_path, story, log_key, entries)
+    found, _ = await audited(database_location, story, log_key, entries)
     assert "bad_start_report" in found
 
 
 async def test_a_receipt_accepted_before_it_was_issued_fails_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     entries = honest_without_lease(story) + [award(story), started(story)]
     third = story.sealed[2]
@@ -150,16 +150,16 @@ async def test_a_receipt_accepted_before_it_was_issued_fails_the_audit(
         third.receipt.issued_at_ms - 31_000,
         L.ReceiptEntry(third.envelope, usage_postings(third.digest, story.delta(third))),
     )
-    found, where = await audited(tmp_path, story, log_key, entries)
+    found, where = await audited(database_location, story, log_key, entries)
     assert (found, where) == ({"outside_billable_window"}, {FIRST_RECEIPT + 2})
 
 
 async def test_receipts_of_a_lease_the_log_never_awarded_fail_the_audit(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    found, where = await audited(tmp_path, story, log_key, honest_without_lease(story))
+    found, where = await audited(database_location, story, log_key, honest_without_lease(story))
     assert found == {"outside_billable_window"} and len(where) == 3
     # an award at another price than the auction's is caught, and the receipts do not match it
     entries = honest_without_lease(story) + [award(story, price=story.price + 1), started(story)]
-    found, _ = await audited(tmp_path, story, log_key, entries)
+    found, _ = await audited(database_location, story, log_key, entries)
     assert {"unawarded_lease", "lease_terms"} <= found

@@ -5,7 +5,6 @@ stop, and a bill no larger than the job's window."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, seller_and_buyer
@@ -20,8 +19,7 @@ async def _market(coordinator: CoordinatorProcess, cleanup: list[Any]) -> tuple[
 
 
 def _rows(coordinator: CoordinatorProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(coordinator.db) as db:
-        return list(db.execute(sql, params))
+    return coordinator.rows(sql, params)
 
 
 async def test_one_job_is_made_of_many_concurrent_submits_with_one_key(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+import databases
 import pytest
 from coordinator_harness import BIN, CoordinatorProcess, uscc
+from databases import new_database
 
 
 @pytest.fixture
-def admin(tmp_path: Path) -> CoordinatorProcess:
-    return CoordinatorProcess(tmp_path)
+def admin(tmp_path: Path, engine_name: str) -> CoordinatorProcess:
+    return CoordinatorProcess(tmp_path, database=new_database(engine_name, tmp_path))
 
 
 def test_tokens_are_shown_once_and_stored_only_as_hashes(admin: CoordinatorProcess) -> None:
@@ -20,7 +21,7 @@ def test_tokens_are_shown_once_and_stored_only_as_hashes(admin: CoordinatorProce
     auditor = admin.admin_json("add-auditor", "--name", "Audit office")
     secrets = [enterprise["token"], provider["enrolment_token"], auditor["token"]]
     assert [s[:7] for s in secrets] == ["sk_ent_", "sk_enr_", "sk_aud_"]
-    dump = "\n".join(sqlite3.connect(admin.db).iterdump())
+    dump = databases.dump(admin.db)
     for secret in secrets:
         assert secret not in dump
 

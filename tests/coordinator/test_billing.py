@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from typing import Any
 
 import aiohttp
+import databases
 import pytest
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, lease_receipt, uscc
 
@@ -156,8 +156,7 @@ async def test_a_batch_is_accepted_up_to_the_receipt_that_leaves_the_window(
     assert results[2]["rule"] == "outside_billable_window"
     assert (await api.job(job["id"]))["charged_micro_yuan"] == usage_amount(400, agent.ask)
     assert coordinator.admin("check-ledger", check=False).returncode == 0
-    with sqlite3.connect(coordinator.db) as db:
-        postings = db.execute("SELECT amount FROM ledger_postings").fetchall()
+    postings = coordinator.rows("SELECT amount FROM ledger_postings")
     assert [row[0] for row in postings] == [usage_amount(400, agent.ask)]
 
 
@@ -190,7 +189,6 @@ async def test_the_audit_compares_ledger_balances_with_the_log(
     coordinator: CoordinatorProcess, cleanup: list
 ) -> None:
     import os
-    import sqlite3
     import subprocess
     import sys
     from pathlib import Path
@@ -212,11 +210,10 @@ async def test_the_audit_compares_ledger_balances_with_the_log(
     assert json.loads(honest.stdout)["balances_compared"] == 5, "receivable x2, earnings, pool, cap"
     refused = await asyncio.to_thread(audit, api.token)
     assert refused.returncode == 1 and "auditors" in refused.stderr
-    with sqlite3.connect(coordinator.db) as db:
-        db.execute(
-            "UPDATE ledger_accounts SET debits_posted = debits_posted - 1 "
-            "WHERE id LIKE 'receivable:%'"
-        )
+    databases.write(
+        coordinator.db,
+        "UPDATE ledger_accounts SET debits_posted = debits_posted - 1 WHERE id LIKE 'receivable:%'",
+    )
     edited = await asyncio.to_thread(audit, auditor)
     assert edited.returncode == 3, edited.stdout + edited.stderr
     codes = {d["code"] for d in json.loads(edited.stdout)["discrepancies"]}

@@ -1,5 +1,6 @@
-"""The coordinator's SQLite file: migrations that rebuild a table, the writer's checkpoints and
-grouped calls, and the storage interface the engine offers."""
+"""The coordinator's database: SQLite's migrations that rebuild a table and its checkpoints,
+PostgreSQL's migrations taking turns, and on both engines the writer's grouped calls and the
+storage interface each offers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.storage import Database, Session, Store, connect
+import databases
+import pytest
+from databases import ENGINES, shared_cluster
+
+from coordinator.storage import Database, Session, Store, connect, postgres
 from coordinator.storage.migrations import MIGRATIONS
 
 
@@ -114,8 +119,10 @@ def test_the_checkpointer_copies_the_log_into_the_file_and_close_empties_it(tmp_
     reader.close()
 
 
-def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path: Path) -> None:
-    database = Database(tmp_path / "coordinator.db")
+def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(
+    database_location: str,
+) -> None:
+    database = Database(database_location)
     calls: list[list[str]] = []
 
     def group(db: Any, names: list[str]) -> list[int]:
@@ -128,7 +135,7 @@ def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path:
         return [
             db.conn.execute(
                 "INSERT INTO auditors (id, name, created_at_ms) VALUES (?, ?, 1)", [name, name]
-            ).lastrowid
+            ).rowcount
             for name in names
         ]
 
@@ -147,17 +154,54 @@ def test_grouped_calls_share_one_pass_and_a_bad_item_fails_only_itself(tmp_path:
     assert calls[0] == ["a", "b", "bad", "c"]  # one pass for the whole burst
     assert calls[1:] == [["a"], ["b"], ["bad"], ["c"]]  # then each alone, after the failure
     assert isinstance(results[2], ValueError)
-    assert all(type(r) is int for r in results[:2] + results[3:])
-    reader = sqlite3.connect(tmp_path / "coordinator.db")
-    assert sorted(row[0] for row in reader.execute("SELECT id FROM auditors")) == ["a", "b", "c"]
-    reader.close()
+    assert results[:2] + results[3:] == [1, 1, 1]
+    auditors = databases.rows(database_location, "SELECT id FROM auditors ORDER BY id")
+    assert auditors == [("a",), ("b",), ("c",)]
 
 
-def test_the_sqlite_engine_offers_the_whole_storage_interface(tmp_path: Path) -> None:
-    """What a second engine must also offer: every member the rooms above may use."""
-    database = Database(tmp_path / "coordinator.db")
+def test_each_engine_offers_the_whole_storage_interface(database_location: str) -> None:
+    """Every member the rooms above may use."""
+    database = Database(database_location)
     for interface, engine in ((Store, database), (Session, database.db)):
         members = {name for name in vars(interface) if not name.startswith("_")}
         assert members and all(hasattr(engine, name) for name in members), interface.__name__
     assert hasattr(database.db.conn, "execute") and hasattr(database.db.conn, "executemany")
     database.close()
+
+
+@pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL is not among the engines")
+def test_two_processes_migrating_one_postgresql_database_take_turns(tmp_path: Path) -> None:
+    """Two coordinators starting at once on an empty database: one migrates, the other waits
+    for the migration lock and then finds nothing left to do; neither fails."""
+    import subprocess
+    import sys
+
+    url = shared_cluster().create_database()
+    script = "import sys; from coordinator.storage import connect; connect(sys.argv[1])"
+    holder = postgres.open_connection(url)
+    holder.raw.execute("SELECT pg_advisory_lock(%s)", [postgres.MIGRATION_LOCK])
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # both are queued behind the lock we hold
+            waiting = holder.raw.execute(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchone()
+            if waiting is not None and waiting[0] == 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the two migrations never queued for the lock")
+    finally:
+        holder.raw.execute("SELECT pg_advisory_unlock(%s)", [postgres.MIGRATION_LOCK])
+    for start in starts:
+        _, errors = start.communicate(timeout=60)
+        assert start.returncode == 0, errors.decode()
+    assert postgres.schema_version(holder) == len(MIGRATIONS)
+    assert databases.rows(url, "SELECT COUNT(*) FROM suanli_schema") == [(1,)]
+    assert databases.rows(url, "SELECT size FROM log_meta") == [(0,)]
+    holder.close()

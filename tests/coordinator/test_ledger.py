@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import ENGINES, disable_foreign_keys, drop_refusals, new_database
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -21,13 +21,13 @@ from ledger_world import DAY, NOW, World, uscc
 from coordinator import billing
 from coordinator.billing import Transfer, check_invariants, create_transfers, transfer_id
 from coordinator.billing.periods import utc
-from coordinator.storage import Database, Session, connect, transaction
+from coordinator.storage import Database, IntegrityError, Session, begin, connect, transaction
 from shared import ledger_names as names
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    database = connect(tmp_path / "coordinator.db")
+def db(database_location: str) -> Iterator[Session]:
+    database = connect(database_location)
     yield database
     database.conn.close()
 
@@ -227,14 +227,18 @@ def test_the_database_refuses_to_update_or_delete_a_transfer(
     posted: tuple[Session, billing.Posting],
 ) -> None:
     db, _ = posted
-    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+    with pytest.raises(IntegrityError, match="immutable"):
         db.conn.execute("UPDATE ledger_transfers SET amount = amount + 1")
-    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+    with pytest.raises(IntegrityError, match="immutable"):
         db.conn.execute("DELETE FROM ledger_transfers")
-    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+    with pytest.raises(IntegrityError, match="immutable"):
         db.conn.execute("DELETE FROM ledger_postings")
-    with pytest.raises(sqlite3.IntegrityError, match="keeps its id"):
+    with pytest.raises(IntegrityError, match="keeps its id"):
         db.conn.execute("UPDATE ledger_accounts SET flags = '' WHERE kind = 'pool'")
+    if db.engine == "postgresql":  # SQLite has no TRUNCATE; PostgreSQL's skips row triggers
+        for table in ("ledger_transfers", "ledger_postings", "ledger_accounts"):
+            with pytest.raises(IntegrityError, match="immutable|never deleted"):
+                db.conn.execute(f"TRUNCATE {table} CASCADE")
     assert check_invariants(db) == []
 
 
@@ -252,7 +256,7 @@ def test_a_raised_limit_is_caught(posted: tuple[Session, billing.Posting]) -> No
     db, posting = posted
     # spend the enterprise's credit behind the ledger's back, keeping balances consistent
     credit = names.credit_account(posting.enterprise_id)
-    db.conn.execute("PRAGMA foreign_keys = OFF")
+    disable_foreign_keys(db)
     db.conn.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
         "cause, at_ms) VALUES (?, 'posted', ?, 'credit_used', ?, 'forged', 'forged', 0)",
@@ -275,7 +279,7 @@ def test_usage_naming_no_accepted_receipt_is_caught(
     posted: tuple[Session, billing.Posting],
 ) -> None:
     db, posting = posted
-    db.conn.execute("PRAGMA foreign_keys = OFF")
+    disable_foreign_keys(db)
     db.conn.execute("DELETE FROM receipts WHERE digest = ?", [posting.receipt_digest])
     problems = check_invariants(db)
     assert any("not an accepted receipt" in p for p in problems)
@@ -286,7 +290,7 @@ def test_a_forged_usage_transfer_is_caught(
     posted: tuple[Session, billing.Posting],
 ) -> None:
     db, posting = posted
-    db.conn.execute("PRAGMA foreign_keys = OFF")
+    disable_foreign_keys(db)
     earnings = names.earnings_account(posting.provider_id)
     db.conn.execute(
         "INSERT INTO ledger_transfers (id, kind, debit_account, credit_account, amount, code, "
@@ -310,7 +314,7 @@ def test_a_posting_that_disagrees_with_its_transfers_is_caught(
     posted: tuple[Session, billing.Posting],
 ) -> None:
     db, _ = posted
-    db.conn.execute("DROP TRIGGER ledger_postings_no_update")
+    drop_refusals(db, "ledger_postings")
     db.conn.execute("UPDATE ledger_postings SET voucher = voucher + 1, deferred = deferred - 1")
     assert any("its transfers move" in p for p in check_invariants(db))
 
@@ -319,9 +323,9 @@ def test_a_posting_that_disagrees_with_its_transfers_is_caught(
 
 
 async def test_postings_run_on_the_writer_thread_and_a_failure_rolls_back_only_itself(
-    tmp_path: Path,
+    database_location: str,
 ) -> None:
-    database = Database(tmp_path / "writer.db")
+    database = Database(database_location)
     world = World(database.db)
     with transaction(database.db):
         ent = world.enterprise(uscc(1), POLICY)
@@ -378,10 +382,12 @@ AMOUNTS = st.one_of(
 class LedgerMachine(RuleBasedStateMachine):
     """Companies, jobs, receipts, payments and period closes against a model of what they owe."""
 
+    engine = "sqlite"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="suanli-ledger-"))
-        self.path = self.dir / "coordinator.db"
+        self.path = new_database(self.engine, self.dir)
         self.db = connect(self.path)
         self.world = World(self.db)
         self.now = START
@@ -413,7 +419,7 @@ class LedgerMachine(RuleBasedStateMachine):
     # the writer's way: one transaction that commits even when a call raised, so every
     # function must undo its own partial work
     def call(self, fn: Callable[[Session], Any]) -> Any:
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        begin(self.db)
         try:
             return fn(self.db)
         except billing.LedgerError as exc:
@@ -751,7 +757,7 @@ class LedgerMachine(RuleBasedStateMachine):
             for job, held in self.voucher_held.items()
             if held and self.jobs[job][0] == ent and job not in self.covered
         )
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        begin(self.db)
         try:
             result: Any = billing.cover_self_dealing(self.db, code, self.now)
             provider = self.world.provider(code, self.now)
@@ -873,7 +879,7 @@ class LedgerMachine(RuleBasedStateMachine):
         there."""
         job = data.draw(st.sampled_from(sorted(self.jobs)))
         ent, prov, lease = self.jobs[job]
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        begin(self.db)
         digest = self.world.receipt(lease, self.now)
         try:
             billing.post_usage(
@@ -945,6 +951,20 @@ TestLedgerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    """The same model on PostgreSQL, fewer runs: a fresh database costs a server round."""
+
+    engine = "postgresql"
+
+
+TestPostgresLedgerMachine = PostgresLedgerMachine.TestCase
+TestPostgresLedgerMachine.settings = settings(TestLedgerMachine.settings, max_examples=15)
+if "postgresql" not in ENGINES:
+    del TestPostgresLedgerMachine
+if "sqlite" not in ENGINES:
+    del TestLedgerMachine
 
 
 def test_the_billing_surface_is_complete() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from typing import Any
 
@@ -60,8 +59,7 @@ class Lab(LeaseAtHand):
         )
 
     def rejections(self) -> list[tuple[str, str]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(db.execute("SELECT rule, lease_id FROM receipt_rejections ORDER BY id"))
+        return self.coordinator.rows("SELECT rule, lease_id FROM receipt_rejections ORDER BY id")
 
 
 @pytest.fixture
@@ -79,7 +77,7 @@ async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab)
     # one countersignature answers the batch, and names each receipt
     assert [r["acknowledgement"] for r in results] == [0, 0]
     [envelope] = answer["acknowledgements"]
-    coordinator_key = load_private_key(lab.coordinator.workdir / "coordinator.db.key")
+    coordinator_key = load_private_key(lab.coordinator.log_key_file)
     ack = open_acknowledgement(envelope, coordinator_key.public)
     assert ack.agent_id == lab.agent.agent_id
     one, two = ack.receipts
@@ -97,21 +95,19 @@ async def test_a_chain_is_accepted_and_acknowledged_by_the_coordinator(lab: Lab)
     )
     assert two.log_index == one.log_index + 1
     # the lease's receipts are posted together, on the last: its transfers are the posting's
-    with sqlite3.connect(lab.coordinator.db) as db:
-        postings = db.execute("SELECT receipt_digest, amount FROM ledger_postings").fetchall()
-        transfers = {
-            row[0]
-            for row in db.execute(
-                "SELECT id FROM ledger_transfers WHERE receipt_digest = ?", [second.digest]
-            )
-        }
-        logged = [
-            row[0]
-            for row in db.execute(
-                "SELECT data FROM log_entries WHERE idx IN (?, ?) ORDER BY idx",
-                [one.log_index, two.log_index],
-            )
-        ]
+    rows = lab.coordinator.rows
+    postings = rows("SELECT receipt_digest, amount FROM ledger_postings")
+    transfers = {
+        row[0]
+        for row in rows("SELECT id FROM ledger_transfers WHERE receipt_digest = ?", [second.digest])
+    }
+    logged = [
+        row[0]
+        for row in rows(
+            "SELECT data FROM log_entries WHERE idx IN (?, ?) ORDER BY idx",
+            [one.log_index, two.log_index],
+        )
+    ]
     assert postings == [(second.digest, second.receipt.amount)]
     assert one.transfer_ids == () and set(two.transfer_ids) == transfers and transfers
     assert [decode_entry(data).body.envelope for data in logged] == [
@@ -136,7 +132,7 @@ async def test_a_large_batch_is_verified_by_the_receipt_workers_in_order(lab: La
     assert (results[10]["rule"], results[10]["seq"]) == ("signature", 11)
     assert [r["seq"] for r in results if r["status"] == "accepted"] == list(range(1, 21))
     [envelope] = answer["acknowledgements"]
-    coordinator_key = load_private_key(lab.coordinator.workdir / "coordinator.db.key")
+    coordinator_key = load_private_key(lab.coordinator.log_key_file)
     acknowledged = open_acknowledgement(envelope, coordinator_key.public).receipts
     assert [a.digest for a in acknowledged] == [s.digest for s in chain]
     assert [a.log_index - acknowledged[0].log_index for a in acknowledged] == list(range(20))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import drop_refusals
 from log_story import (  # noqa: F401 - fixtures among them
     T0,
     Story,
@@ -38,9 +39,9 @@ from shared.identity import PrivateKey
 
 
 async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     report = await verify(path, log_key, state)
@@ -77,9 +78,9 @@ async def test_an_honest_log_verifies_and_later_runs_check_it_only_grew(
 
 
 async def test_an_entry_changed_in_the_database_is_caught(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     assert (await verify(path, log_key, state)).ok
@@ -88,7 +89,7 @@ async def test_an_entry_changed_in_the_database_is_caught(
         story.sealed[1], postings=usage_postings(story.sealed[1].digest, 2_000_000)
     )
     db = open_db(path)
-    db.conn.execute("DROP TRIGGER log_entries_no_update")
+    drop_refusals(db, "log_entries")
     db.conn.execute("UPDATE log_entries SET data = ? WHERE idx = 6", [inflated])
     db.conn.close()
     report = await verify(path, log_key, state)
@@ -99,9 +100,9 @@ async def test_an_entry_changed_in_the_database_is_caught(
 
 @pytest.mark.parametrize("padding", [0, 3], ids=["shrunk", "padded-to-grow"])
 async def test_a_removed_entry_is_caught_even_when_the_tree_is_rebuilt_and_re_signed(
-    tmp_path: Path, story: Story, log_key: PrivateKey, padding: int
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey, padding: int
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     assert (await verify(path, log_key, state)).ok
@@ -118,9 +119,9 @@ async def test_a_removed_entry_is_caught_even_when_the_tree_is_rebuilt_and_re_si
 
 
 async def test_a_forked_history_re_signed_with_the_same_key_is_caught(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     leaves = story.honest()
     write_log(path, log_key, leaves)
     assert (await verify(path, log_key, state)).ok
@@ -135,9 +136,9 @@ async def test_a_forked_history_re_signed_with_the_same_key_is_caught(
 
 
 async def test_a_coordinator_presenting_another_key_is_caught(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     write_log(path, log_key, story.honest())
     assert (await verify(path, log_key, state)).ok
     impostor = PrivateKey.generate()
@@ -169,9 +170,9 @@ async def test_a_coordinator_presenting_another_key_is_caught(
     ids=lambda value: value if isinstance(value, str) else None,
 )
 async def test_a_self_consistent_log_with_bad_contents_fails(
-    tmp_path: Path, story: Story, log_key: PrivateKey, build: Any, code: str, index: int
+    database_location: str, story: Story, log_key: PrivateKey, build: Any, code: str, index: int
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, build(story))
     report = await verify(path, log_key)
     assert not report.ok
@@ -181,7 +182,7 @@ async def test_a_self_consistent_log_with_bad_contents_fails(
 
 
 async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
     leaves = story.honest()
     total = story.sealed[2].receipt.amount
@@ -190,7 +191,7 @@ async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
     leaves[7] = story.receipt_entry(
         story.sealed[2], postings=usage_postings(story.sealed[2].digest, total)
     )
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, leaves)
     report = await verify(path, log_key)
     assert report.ok, report.discrepancies
@@ -198,9 +199,9 @@ async def test_a_lease_posted_once_for_a_batch_of_receipts_passes(
 
 
 async def test_the_logged_acknowledgements_must_match_the_receipts(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, story.honest() + [story.acknowledgement_entry()])
     report = await verify(path, log_key)
     assert report.ok, report.discrepancies

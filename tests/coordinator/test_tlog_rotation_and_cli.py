@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from databases import closed_after_the_test
 from log_story import (  # noqa: F401 - fixtures among them
     Story,
     codes,
@@ -33,9 +34,9 @@ from shared.identity import PrivateKey, load_private_key, parse_verifier_key, ve
 
 
 async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pinned(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    tmp_path: Path, database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     origin = tlog.default_origin(log_key)
     write_log(path, log_key, story.honest())
     assert (await verify(path, log_key, state)).ok
@@ -89,19 +90,21 @@ async def test_a_rotated_log_is_followed_from_the_old_key_and_the_new_one_is_pin
 
 
 def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, database_location: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from coordinator.cli import main
 
-    db_path = tmp_path / "coordinator.db"
-    key_path = Path(f"{db_path}.key")
-    assert main(["admin", "--db", str(db_path), "rotate-log-key"]) == 0
+    key_path = tmp_path / "log.key"
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f"[coordinator]\nlog_key_file = {json.dumps(str(key_path))}\n")
+    admin = ["admin", "--db", database_location, "--config", str(config), "rotate-log-key"]
+    assert main(admin) == 0
     assert "log key rotated at entry 0" in capsys.readouterr().out
-    assert main(["admin", "--db", str(db_path), "rotate-log-key", "--json"]) == 0
+    assert main([*admin, "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
-    retired = sorted(tmp_path.glob("coordinator.db.key.*.retired"))
+    retired = sorted(tmp_path.glob("log.key.*.retired"))
     assert len(retired) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in retired)
-    db = connect(db_path)
+    db = closed_after_the_test(connect(database_location))
     assert tlog.log_key_changes(db) == [0, 1] == [second["log_index"] - 1, second["log_index"]]
     first_key = next(
         load_private_key(p)
@@ -131,8 +134,10 @@ def test_rotate_log_key_keeps_every_old_key_and_survives_an_interrupted_rotation
         tlog.LogKey.load(db, key_path)
 
 
-async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: PrivateKey) -> None:
-    path = tmp_path / "c.db"
+async def test_replay_auctions_alone(
+    database_location: str, story: Story, log_key: PrivateKey
+) -> None:
+    path = database_location
     write_log(path, log_key, rigged_auction(story))
     async with serving(path, log_key) as url:
         report = await audit.replay_auctions(url, None)
@@ -142,9 +147,9 @@ async def test_replay_auctions_alone(tmp_path: Path, story: Story, log_key: Priv
 
 
 async def test_one_receipt_is_proven_to_be_in_the_log(
-    tmp_path: Path, story: Story, log_key: PrivateKey
+    database_location: str, story: Story, log_key: PrivateKey
 ) -> None:
-    path = tmp_path / "c.db"
+    path = database_location
     write_log(path, log_key, story.honest())
     async with serving(path, log_key) as url:
         report = await audit.check_receipt(url, story.sealed[1].envelope, wait_s=0)
@@ -178,7 +183,11 @@ async def test_one_receipt_is_proven_to_be_in_the_log(
 
 
 async def test_the_cli_exits_non_zero_naming_each_discrepancy(
-    tmp_path: Path, story: Story, log_key: PrivateKey, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    database_location: str,
+    story: Story,
+    log_key: PrivateKey,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def options(parser: argparse.ArgumentParser, top: bool) -> None:
         parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -186,7 +195,7 @@ async def test_the_cli_exits_non_zero_naming_each_discrepancy(
     parser = argparse.ArgumentParser(prog="suanli")
     parser.add_argument("--json", action="store_true", default=False)
     audit.add_commands(parser.add_subparsers(), options)
-    path, state = tmp_path / "c.db", tmp_path / "audit.json"
+    path, state = database_location, tmp_path / "audit.json"
     write_log(path, log_key, story.honest())
     async with serving(path, log_key) as url:
         args = parser.parse_args(["audit", "verify", "--state", str(state)])

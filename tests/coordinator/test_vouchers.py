@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import drop_refusals
 from hypothesis import given
 from hypothesis import strategies as st
 from ledger_world import World, uscc
@@ -211,8 +212,8 @@ def test_periods_are_utc_calendar_months() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    database = connect(tmp_path / "coordinator.db")
+def db(database_location: str) -> Iterator[Session]:
+    database = connect(database_location)
     yield database
     database.conn.close()
 
@@ -772,7 +773,7 @@ def test_check_invariants_finds_a_reservation_that_cannot_pay(db: Session) -> No
     market = Market(db)
     job = _job(market, market.ent, market.prov)
     _reserve(market, job, market.ent, 4_000_000)
-    db.conn.execute("DROP TRIGGER ledger_reservations_no_update")
+    drop_refusals(db, "ledger_reservations")
     db.conn.execute("UPDATE ledger_reservations SET max_cost = max_cost + 1")
     assert any("reservation holds only" in p for p in billing.check_invariants(db))
 
@@ -793,7 +794,7 @@ def test_check_invariants_finds_held_voucher_money_that_went_astray(
         names.USAGE_CREDIT,
     ]
     assert billing.check_invariants(db) == []
-    db.conn.execute("DROP TRIGGER ledger_transfers_no_update")
+    drop_refusals(db, "ledger_transfers")
     db.conn.execute(
         "UPDATE ledger_transfers SET credit_account = 'bank' WHERE code = ?", [names.USAGE_VOUCHER]
     )

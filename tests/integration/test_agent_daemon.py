@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from agent_harness import AgentProcess
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
+from databases import new_database
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
@@ -54,18 +54,13 @@ class Stack:
             ) from timed_out
 
     def receipts(self, lease_id: str) -> list[tuple[int, int, int, int]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(
-                db.execute(
-                    "SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? "
-                    "ORDER BY seq",
-                    [lease_id],
-                )
-            )
+        return self.coordinator.rows(  # type: ignore[return-value]
+            "SELECT seq, final, gpu_ms, amount FROM receipts WHERE lease_id = ? ORDER BY seq",
+            [lease_id],
+        )
 
     def rejections(self) -> list[tuple[str, str]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(db.execute("SELECT rule, detail FROM receipt_rejections"))
+        return self.coordinator.rows("SELECT rule, detail FROM receipt_rejections")  # type: ignore[return-value]
 
     def containers(self) -> list[dict[str, Any]]:
         return self.engine.containers_of(self.agent.agent_id)
@@ -73,10 +68,15 @@ class Stack:
 
 @pytest.fixture
 async def stack(
-    tmp_path: Path, engine_service: EngineService, cleanup: list
+    tmp_path: Path, engine_service: EngineService, engine_name: str, cleanup: list
 ) -> AsyncIterator[Stack]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator", settings=UNHURRIED)
-    coordinator.workdir.mkdir()
+    """A real agent on a container engine, and a coordinator on each database engine."""
+    (tmp_path / "coordinator").mkdir()
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator",
+        settings=UNHURRIED,
+        database=new_database(engine_name, tmp_path / "coordinator"),
+    )
     coordinator.start()
     agent = AgentProcess(tmp_path / "agent", coordinator, engine_service.socket, GPUS)
     agent.workdir.mkdir()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from coordinator_harness import CoordinatorProcess, FakeAgent, inventory
+from databases import new_database
 
 from agent.coordinator_client import CoordinatorClient
 from shared import canonical
@@ -215,11 +217,15 @@ async def test_body_limit_and_content_type(coordinator: CoordinatorProcess, clea
             assert canonical.decode(await response.read())["error"] == "unsupported_media_type"
 
 
-async def test_log_chunks_are_idempotent_by_offset_and_bounded(tmp_path, cleanup: list) -> None:
+async def test_log_chunks_are_idempotent_by_offset_and_bounded(
+    tmp_path: Path, engine_name: str, cleanup: list
+) -> None:
     from coordinator_harness import FAST_SETTINGS, Api
 
     coordinator = CoordinatorProcess(
-        tmp_path, settings={**FAST_SETTINGS, "job_log_limit_bytes": 10}
+        tmp_path,
+        settings={**FAST_SETTINGS, "job_log_limit_bytes": 10},
+        database=new_database(engine_name, tmp_path),
     ).start()
     try:
         agent = await _enrolled(coordinator, cleanup, ["GPU-l0"], ask=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from agent_harness import AgentProcess
 from coordinator_harness import CoordinatorProcess
+from databases import new_database
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
 
@@ -73,18 +73,19 @@ class Market:
             await asyncio.sleep(0.3)
 
     def receipts(self, lease_id: str) -> list[tuple[int, int]]:
-        with sqlite3.connect(self.coordinator.db) as db:
-            return list(
-                db.execute(
-                    "SELECT seq, amount FROM receipts WHERE lease_id = ? ORDER BY seq", [lease_id]
-                )
-            )
+        return self.coordinator.rows(  # type: ignore[return-value]
+            "SELECT seq, amount FROM receipts WHERE lease_id = ? ORDER BY seq", [lease_id]
+        )
 
 
 @pytest.fixture
-async def market(tmp_path: Path, docker_service: EngineService) -> AsyncIterator[Market]:
-    coordinator = CoordinatorProcess(tmp_path / "coordinator")
-    coordinator.workdir.mkdir()
+async def market(
+    tmp_path: Path, docker_service: EngineService, engine_name: str
+) -> AsyncIterator[Market]:
+    (tmp_path / "coordinator").mkdir()
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator", database=new_database(engine_name, tmp_path / "coordinator")
+    )
     coordinator.start()
     agents = []
     for name, ask, prefix in (("cheap", "4.00", "1"), ("dear", "7.50", "2")):

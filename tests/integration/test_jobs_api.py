@@ -7,13 +7,15 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from coordinator_harness import Api, CoordinatorProcess
+from databases import engine_params, new_database
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=engine_params())
 def server(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[CoordinatorProcess, dict[str, str]]]:
-    process = CoordinatorProcess(tmp_path_factory.mktemp("jobs-api")).start()
+    workdir = tmp_path_factory.mktemp("jobs-api")
+    process = CoordinatorProcess(workdir, database=new_database(request.param, workdir)).start()
     tokens = {
         "a": process.add_enterprise(1),
         "b": process.add_enterprise(2),

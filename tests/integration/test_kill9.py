@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, FakeAgent, lease_receipt
+from databases import new_database
 
 from shared.http_client import CoordinatorError
 from shared.money import usage_amount
@@ -160,8 +160,12 @@ async def _leases_of(agents: list[FakeAgent], count: int) -> list[Stream]:
 
 
 @pytest.mark.slow
-async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) -> None:
-    coordinator = CoordinatorProcess(tmp_path, settings=dict(FAST_SETTINGS))
+async def test_kill9_under_load_loses_and_double_counts_nothing(
+    tmp_path: Path, engine_name: str
+) -> None:
+    coordinator = CoordinatorProcess(
+        tmp_path, settings=dict(FAST_SETTINGS), database=new_database(engine_name, tmp_path)
+    )
     coordinator.start()
     agents: list[FakeAgent] = []
     apis: list[Api] = []
@@ -218,22 +222,18 @@ async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) 
             await thing.close()
         coordinator.stop()
 
-    # the ledger, read from the file with the coordinator stopped
-    with sqlite3.connect(coordinator.db) as db:
-        posted = dict(
-            db.execute("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id")
+    # the ledger, read from the database with the coordinator stopped
+    rows = coordinator.rows
+    posted = dict(rows("SELECT lease_id, SUM(amount) FROM ledger_postings GROUP BY lease_id"))
+    stored = {
+        lease_id: (count, top)
+        for lease_id, count, top in rows(
+            "SELECT lease_id, COUNT(*), MAX(seq) FROM receipts GROUP BY lease_id"
         )
-        stored = {
-            lease_id: (count, top)
-            for lease_id, count, top in db.execute(
-                "SELECT lease_id, COUNT(*), MAX(seq) FROM receipts GROUP BY lease_id"
-            )
-        }
-        rejected = db.execute("SELECT COUNT(*) FROM receipt_rejections").fetchone()[0]
-        lost = db.execute("SELECT COUNT(*) FROM leases WHERE end_reason != 'exited'").fetchone()[0]
-        parts = db.execute(
-            "SELECT SUM(amount), SUM(voucher), SUM(deferred) FROM ledger_postings"
-        ).fetchone()
+    }
+    [(rejected,)] = rows("SELECT COUNT(*) FROM receipt_rejections")
+    [(lost,)] = rows("SELECT COUNT(*) FROM leases WHERE end_reason != 'exited'")
+    [parts] = rows("SELECT SUM(amount), SUM(voucher), SUM(deferred) FROM ledger_postings")
     assert rejected == 0
     assert lost == 0
     assert set(posted) == set(by_lease)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import simulation
+from databases import ENGINES, new_database
 
 from coordinator import billing
 
@@ -23,6 +24,20 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_every_invariant_holds_for_the_seed(seed: int) -> None:
     simulation.run(seed, STEPS)
+
+
+POSTGRES_SEEDS = 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL is not among the engines")
+@pytest.mark.parametrize("seed", range(POSTGRES_SEEDS))
+def test_every_invariant_holds_for_the_seed_on_postgresql(seed: int) -> None:
+    """A few seeds with the coordinator's database on PostgreSQL: crashes between commits, lost
+    and duplicated requests, the same invariants and the same trace as on SQLite."""
+    database = new_database("postgresql", Path())
+    on_postgresql = simulation.run(seed, STEPS, database=database)
+    assert on_postgresql.digest == simulation.run(seed, STEPS).digest
 
 
 def test_the_simulation_exercises_the_faults_it_claims_to() -> None:

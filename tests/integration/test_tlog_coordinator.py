@@ -129,7 +129,7 @@ async def test_a_running_coordinator_signs_with_a_rotated_key_and_the_auditor_fo
     archived = Path(rotated["archived_key"])
     assert archived.stat().st_mode & 0o777 == 0o600
     assert load_private_key(archived).public == old_key.public  # the old key is kept
-    assert load_private_key(Path(f"{coordinator.db}.key")).public == new_key.public
+    assert load_private_key(coordinator.log_key_file).public == new_key.public
     async with audit.LogClient(coordinator.url) as client:
         for _ in range(40):  # the server follows within a poll
             if (await client.text("/v1/log/key")).strip() == str(new_key):
