@@ -3,15 +3,24 @@ leases at the end of their duration."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from coordinator.attention import Attention
 from coordinator.jobs import LEASE_OFFERED, LEASE_RUNNING
 from coordinator.scheduler_parts import Changes, SchedulerParts
 
 
+@dataclass(eq=False)
 class Deadlines(SchedulerParts):
-    """Each pass, ends what has run out of time: silent agents, unstarted leases, overruns."""
+    """Each pass, ends what has run out of time: silent agents, unstarted leases, overruns;
+    only the time the coordinator was listening counts against an agent (`attention`)."""
+
+    attention: Attention
 
     async def check(self) -> None:
+        self.attention.tick()
         now = self.clock()
+        listening_since = self.attention.listening_since_ms
         changes = Changes()
         self._silent_agents(now, changes)
         transitions, market = self.transitions, self.state.market
@@ -19,7 +28,9 @@ class Deadlines(SchedulerParts):
             if not lease.active:
                 continue
             job = self.state.jobs[lease.job_id]
-            if lease.state == LEASE_OFFERED and now > lease.start_deadline_ms:
+            if lease.state == LEASE_OFFERED and now > max(
+                lease.start_deadline_ms, listening_since + self.settings.start_deadline_ms
+            ):
                 agent = market.agents[lease.agent_id]
                 lost = transitions.lose(
                     lease,
@@ -36,6 +47,7 @@ class Deadlines(SchedulerParts):
                 lease.state == LEASE_RUNNING
                 and (lease.stop_requested_at_ms is not None or now >= lease.ends_at_ms)
                 and now > (closed := lease.window().closes_at_ms) + lease.stop_grace_ms
+                and now > listening_since + lease.stop_grace_ms
             ):
                 agent = market.agents[lease.agent_id]
                 changes.ended(
@@ -60,13 +72,15 @@ class Deadlines(SchedulerParts):
             self.signals.wake_scheduler()
 
     def _silent_agents(self, now: int, changes: Changes) -> None:
-        """Agents past their heartbeat timeout go offline; their leases end as lost."""
+        """Agents past their heartbeat timeout go offline; their leases end as lost. One whose
+        heartbeat the coordinator is still answering is not silent."""
         timeout = self.settings.heartbeat_timeout_ms
         for agent in self.state.market.agents.values():
             if (
                 agent.online
                 and agent.last_seen_ms is not None
-                and now - agent.last_seen_ms > timeout
+                and agent.heartbeats_in_hand == 0
+                and now - self.attention.heard_since(agent.last_seen_ms) > timeout
             ):
                 self.state.market.mark_offline(agent)
                 changes.agents.append(agent)

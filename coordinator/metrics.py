@@ -63,6 +63,12 @@ class MarketCollector(Collector):
             "suanli_auction_seconds", "Time spent in auction rounds", value=counters.auction_seconds
         )
         yield CounterMetricFamily(
+            "suanli_event_loop_stalls",
+            "Times the coordinator's event loop went over a second without a turn (no agent's "
+            "silence counts against it for that time)",
+            value=counters.loop_stalls,
+        )
+        yield CounterMetricFamily(
             "suanli_receipt_rejections_dropped",
             "Refused receipts answered but not stored: an agent's daily limit was reached",
             value=self.rejections_dropped(),

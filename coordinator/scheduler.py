@@ -19,6 +19,7 @@ class Counters:
     auction_rounds: int = 0
     placements: int = 0
     auction_seconds: float = 0.0
+    loop_stalls: int = 0  # the event loop went more than attention.STALL_MS without a turn
 
 
 @dataclass

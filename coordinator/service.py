@@ -18,6 +18,7 @@ from coordinator.agent_door.enrolment import Enrolment
 from coordinator.agent_door.heartbeats import Heartbeats
 from coordinator.agent_door.reports import LeaseReports
 from coordinator.agent_door.signed_requests import SignedRequests
+from coordinator.attention import Attention
 from coordinator.commit import Committer
 from coordinator.config import Settings
 from coordinator.deadlines import Deadlines
@@ -89,7 +90,10 @@ class Coordinator:
             state, database, transitions, committer, signals, settings, self.policy, clock
         )
         self.scheduler = Scheduler(state, transitions, committer, signals, settings, clock)
-        self.deadlines = Deadlines(state, transitions, committer, signals, settings, clock)
+        self.attention = Attention(clock, self.scheduler.counters)
+        self.deadlines = Deadlines(
+            state, transitions, committer, signals, settings, clock, self.attention
+        )
         # receipts
         self.signature_workers = SignatureWorkers(settings.receipt_workers)
         self.receipt_store = ReceiptStore(

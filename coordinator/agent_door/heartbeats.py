@@ -52,7 +52,11 @@ class Heartbeats:
         cleared = [f for f in flags if f.cleared_at_ms is not None]
         if new_gpus or flags or not was_online:
             extra = capacity_writes(new_gpus, new_flags, cleared, now)
-            await self.committer.save(agents=[agent], extra=extra)
+            agent.heartbeats_in_hand += 1
+            try:
+                await self.committer.save(agents=[agent], extra=extra)
+            finally:
+                agent.heartbeats_in_hand -= 1
             for entry in new_flags:
                 log.warning("capacity flag %s: %s", entry.kind, entry.detail)
             self.signals.wake_scheduler()

@@ -122,6 +122,7 @@ def make_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         database.start()
+        scheduler.append(asyncio.create_task(coordinator.attention.run(), name="attention"))
         scheduler.append(asyncio.create_task(coordinator.run_scheduler(), name="scheduler"))
         scheduler.append(asyncio.create_task(_watch_admin(coordinator), name="admin-watch"))
         yield

@@ -76,6 +76,8 @@ class Agent:
     # replay protection across restarts: requests issued before this are refused
     not_before_ms: int = 0
     skew_ms: int | None = None
+    # heartbeats received and not yet answered (their writes are committing)
+    heartbeats_in_hand: int = 0
 
     def free_gpus(self) -> list[Gpu]:
         return sorted((g for g in self.gpus.values() if g.offerable), key=lambda g: g.index)

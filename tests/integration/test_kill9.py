@@ -81,7 +81,7 @@ class Stream:
             await asyncio.sleep(0.05)
             return
         for sealed, result in zip(batch, answer["results"], strict=True):
-            assert result["status"] == "accepted", (sealed.receipt, result)
+            assert result["status"] == "accepted", (result["detail"], self.seen_at_ms, sealed)
             assert (result["lease_id"], result["seq"]) == (
                 sealed.receipt.lease_id,
                 sealed.receipt.seq,
@@ -159,9 +159,7 @@ async def _leases_of(agents: list[FakeAgent], count: int) -> list[Stream]:
     return list(streams.values())
 
 
-# On PostgreSQL this cycle once saw a receipt refused as outside its lease's billable window
-# under a loaded fresh-clone run (issue 13's note); until that is understood it runs on SQLite,
-# and PostgreSQL's crash-safety is shown by the takeover tests (tests/integration/test_takeover.py)
+# SQLite only, for the suite's time: PostgreSQL's crash-safety is the takeover tests' subject
 @pytest.mark.slow
 async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) -> None:
     coordinator = CoordinatorProcess(
@@ -171,17 +169,19 @@ async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) 
     agents: list[FakeAgent] = []
     apis: list[Api] = []
     try:
-        for n in range(3):
-            agent = FakeAgent(coordinator.url, [f"GPU-k{n}a", f"GPU-k{n}b"], PRICE)
-            agents.append(agent)
-            await agent.enrol(coordinator.add_provider(10 + n))
-            await agent.heartbeat()
-            agent.keep_alive()
+        # the admin commands block this loop, so they all run before any agent heartbeats
+        enrolments = [coordinator.add_provider(10 + n) for n in range(3)]
         apis = [Api(coordinator.url, coordinator.add_enterprise(20 + n)) for n in range(2)]
         auditor = Api(
             coordinator.url, coordinator.admin_json("add-auditor", "--name", "Audit")["token"]
         )
         apis.append(auditor)
+        for n, enrolment in enumerate(enrolments):
+            agent = FakeAgent(coordinator.url, [f"GPU-k{n}a", f"GPU-k{n}b"], PRICE)
+            agents.append(agent)
+            await agent.enrol(enrolment)
+            await agent.heartbeat()
+            agent.keep_alive()
         jobs = []
         for api in apis[:2]:
             for i in range(3):

@@ -1,0 +1,88 @@
+"""A coordinator that stops listening (paused, starved of CPU) does not blame the agents for
+the silence it did not hear: an agent that kept heartbeating keeps its lease, and one that
+really fell silent is still lost, a full heartbeat timeout after the coordinator listens again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from coordinator_harness import FAST_SETTINGS, CoordinatorProcess, started_lease
+
+TIMEOUT_MS = FAST_SETTINGS["heartbeat_timeout_ms"]
+PRICE = 36_000_000
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _stalls(url: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        text = await response.text()
+    [line] = [ln for ln in text.splitlines() if ln.startswith("suanli_event_loop_stalls_total ")]
+    return float(line.split()[1])
+
+
+def _pause(coordinator: CoordinatorProcess, seconds: float) -> int:
+    """SIGSTOP the coordinator for `seconds`; returns the moment it was let go again."""
+    assert coordinator.process is not None
+    coordinator.process.send_signal(signal.SIGSTOP)
+    time.sleep(seconds)
+    resumed = _now()
+    coordinator.process.send_signal(signal.SIGCONT)
+    return resumed
+
+
+@pytest.mark.slow
+async def test_an_agent_heartbeating_through_a_paused_coordinator_keeps_its_lease(
+    tmp_path: Path,
+) -> None:
+    coordinator = CoordinatorProcess(tmp_path).start()
+    cleanup: list[object] = []
+    try:
+        at_hand = await started_lease(coordinator, cleanup, PRICE)
+        before = await _stalls(coordinator.url)
+        # the agent's heartbeats queue up unanswered while the coordinator is stopped
+        await asyncio.to_thread(_pause, coordinator, TIMEOUT_MS / 1000 + 1.5)
+        await asyncio.sleep(1.5)  # several scheduler passes after it woke
+        job = await at_hand.api.job(at_hand.job_id)
+        assert job["state"] == "running", job
+        assert job["attempts"] == 0, job
+        assert await _stalls(coordinator.url) > before
+    finally:
+        for thing in cleanup:
+            await thing.close()  # type: ignore[attr-defined]
+        coordinator.stop()
+    [(ended, reason)] = coordinator.rows("SELECT ended_at_ms, end_reason FROM leases")
+    assert (ended, reason) == (None, None)
+
+
+@pytest.mark.slow
+async def test_a_silent_agent_is_still_lost_a_full_timeout_after_the_coordinator_wakes(
+    tmp_path: Path,
+) -> None:
+    coordinator = CoordinatorProcess(tmp_path).start()
+    cleanup: list[object] = []
+    try:
+        at_hand = await started_lease(coordinator, cleanup, PRICE)
+        await at_hand.agent.stop_heartbeats()
+        resumed = await asyncio.to_thread(_pause, coordinator, TIMEOUT_MS / 1000 + 1.5)
+        deadline = time.monotonic() + TIMEOUT_MS / 1000 + 20
+        while (job := await at_hand.api.job(at_hand.job_id))["attempts"] == 0:
+            assert time.monotonic() < deadline, f"the silent agent was never lost: {job}"
+            await asyncio.sleep(0.2)
+    finally:
+        for thing in cleanup:
+            await thing.close()  # type: ignore[attr-defined]
+        coordinator.stop()
+    [(ended, reason)] = coordinator.rows(
+        "SELECT ended_at_ms, end_reason FROM leases WHERE id = ?", [at_hand.lease["lease_id"]]
+    )
+    assert reason == "agent_lost"
+    assert ended > resumed + TIMEOUT_MS, "the agent was blamed for silence nobody listened to"
