@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from coordinator_harness import UNHURRIED_SETTINGS, Api, CoordinatorProcess, FakeAgent
 from databases import (  # noqa: F401
+    ENGINES,
     close_opened,
     database_location,
     engine_name,
     new_database,
+    runs_on,
     stop_shared_cluster,
 )
 from engines import docker_service, engine, engine_service, podman_service  # noqa: F401
@@ -92,6 +94,17 @@ def _starts_real_processes(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, deselected = [], []
     for item in items:
         if _starts_real_processes(item):
             item.add_marker(pytest.mark.integration)
+        callspec = getattr(item, "callspec", None)
+        # fixtures parametrised by `engine_params()`, whatever their names, take engine names
+        values = callspec.params.values() if callspec is not None else ()
+        engines = [value for value in values if isinstance(value, str) and value in ENGINES]
+        module = item.nodeid.split("::", 1)[0]
+        on = all(runs_on(module, engine) for engine in engines)
+        (kept if on else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

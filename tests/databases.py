@@ -72,6 +72,43 @@ def close_opened() -> None:
             close()
 
 
+# The coordinator's code above its storage is the same on both engines. These test modules are
+# about what the engine itself decides (transactions, triggers, constraints, locks, recovery,
+# the ledger and the log as stored, a market run end to end), so they run on every engine; the
+# others run on SQLite only unless SUANLI_TEST_EVERY_ENGINE=1 (the nightly way: every test on
+# every engine, about twice the time).
+ON_EVERY_ENGINE = frozenset(
+    {
+        "tests/coordinator/test_database.py",
+        "tests/coordinator/test_database_flag.py",
+        "tests/coordinator/test_ledger.py",
+        "tests/coordinator/test_tlog.py",
+        "tests/coordinator/test_tlog_audit.py",
+        "tests/coordinator/test_tlog_rotation_and_cli.py",
+        "tests/coordinator/test_vouchers.py",
+        "tests/coordinator/test_receipt_acceptance.py",
+        "tests/coordinator/test_accounts.py",
+        "tests/coordinator/test_billing.py",
+        "tests/adversarial/test_rogue_agent_billing.py",
+        "tests/adversarial/test_rogue_coordinator.py",
+        "tests/adversarial/test_log_key_rotation.py",
+        "tests/adversarial/test_rogue_enterprise_races.py",
+        "tests/adversarial/test_reservations.py",
+        "tests/integration/test_end_to_end.py",
+        "tests/integration/test_simulation.py",
+        "tests/integration/test_tlog_coordinator.py",
+        "tests/integration/test_migrate.py",
+        "tests/test_readme.py",
+    }
+)
+EVERY_TEST_ON_EVERY_ENGINE = os.environ.get("SUANLI_TEST_EVERY_ENGINE", "") == "1"
+
+
+def runs_on(module: str, engine: str) -> bool:
+    """Whether a test module's engine-parametrised tests run on `engine` in this run."""
+    return engine == "sqlite" or EVERY_TEST_ON_EVERY_ENGINE or module in ON_EVERY_ENGINE
+
+
 def engine_params() -> list[Any]:
     return [pytest.param(engine, id=engine) for engine in ENGINES]
 
