@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from coordinator.config import ConfigError, Settings
 from coordinator.http.app import make_app
 from coordinator.leadership import Election, LeaseKeeper, fence_for
 from coordinator.role import LEADER, STANDBY, Role
-from coordinator.storage import is_postgres_url, sqlite_path
+from coordinator.storage import is_postgres_url, sqlite, sqlite_path
 from shared.coordinator_urls import TransportError, check_coordinator_url
 from shared.errors import SuanliError
 
@@ -50,16 +49,14 @@ class Listener:
 @contextlib.contextmanager
 def sqlite_serve_lock(location: str) -> Iterator[None]:
     """One serving process per SQLite file: a second one is refused, not left to interleave."""
-    path = f"{sqlite_path(location)}.lock"
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"another suanli-coordinator already serves {sqlite_path(location)}; SQLite "
-                "has one coordinator (several share a PostgreSQL database)"
-            ) from None
-        yield
+    try:
+        with sqlite.sole_user(sqlite_path(location)):
+            yield
+    except sqlite.InUse:
+        raise ConfigError(
+            f"another suanli-coordinator already serves {sqlite_path(location)}; SQLite "
+            "has one coordinator (several share a PostgreSQL database)"
+        ) from None
 
 
 async def _start(app: web.Application, listener: Listener, settings: Settings) -> web.AppRunner:

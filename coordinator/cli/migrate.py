@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from coordinator import billing
 from coordinator.cli.output import print_result
 from coordinator.config import load_settings, log_key_location
-from coordinator.storage import Session, describe, is_postgres_url, sqlite_path
+from coordinator.storage import Session, describe, is_postgres_url, sqlite, sqlite_path
 from coordinator.storage.copy import (
     Copied,
     CopyFailed,
@@ -123,18 +122,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _unserved(path: Path) -> Iterator[None]:
     """Hold the lock a coordinator serving `path` holds (coordinator.serving), or refuse."""
     try:
-        lock = open(f"{path}.lock", "a+")  # noqa: SIM115 - closed below, after the move
+        with sqlite.sole_user(path):
+            yield
+    except sqlite.InUse:
+        raise CopyRefused(
+            f"a suanli-coordinator is serving {path}: stop it, then migrate (the move "
+            "copies a market at rest; nothing was copied)"
+        ) from None
     except OSError as exc:
         raise CopyRefused(f"cannot take the lock beside {path}: {exc.strerror}") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CopyRefused(
-                f"a suanli-coordinator is serving {path}: stop it, then migrate (the move "
-                "copies a market at rest; nothing was copied)"
-            ) from None
-        yield
 
 
 def log_state(db: Session) -> LogState:

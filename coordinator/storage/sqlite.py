@@ -3,7 +3,10 @@ and migrated."""
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from coordinator.storage.migrations import MIGRATIONS
@@ -14,6 +17,22 @@ ENGINE = "sqlite"
 WAL_SIZE_LIMIT = 64 << 20  # what a checkpointed write-ahead log is cut back to
 PAGE_CACHE_KIB = 256 << 10
 BUSY_TIMEOUT_S = 30
+
+
+class InUse(Exception):
+    """Another process holds the lock a coordinator serving this SQLite file holds."""
+
+
+@contextmanager
+def sole_user(path: Path | str) -> Iterator[None]:
+    """Hold the lock beside a SQLite file (`FILE.lock`) that the one coordinator serving it
+    holds while it serves; raises InUse when another process holds it."""
+    with open(f"{path}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InUse(str(path)) from None
+        yield
 
 
 def open_connection(path: Path | str) -> sqlite3.Connection:
