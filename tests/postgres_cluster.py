@@ -106,6 +106,7 @@ class Cluster:
             start_new_session=True,
             **self._user(),  # type: ignore[arg-type]
         )
+        self._watch_owner()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             ready = subprocess.run(
@@ -127,6 +128,30 @@ class Cluster:
                     + (self.directory / "server.log").read_text()[-2000:]
                 )
             time.sleep(0.1)
+
+    def _watch_owner(self) -> None:
+        """A run killed with SIGKILL cannot stop its cluster: a watchdog outside it does, and
+        removes the cluster's directory, once this process is gone."""
+        assert self._process is not None
+        script = (
+            'while kill -0 "$1" 2>/dev/null; do sleep 2; done; kill -INT "$2" 2>/dev/null; '
+            'while kill -0 "$2" 2>/dev/null; do sleep 0.5; done; rm -rf "$3"'
+        )
+        subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                script,
+                "watchdog",
+                str(os.getpid()),
+                str(self._process.pid),
+                str(self.directory),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
