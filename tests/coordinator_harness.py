@@ -213,11 +213,13 @@ class FakeAgent:
 
     def __init__(self, url: str, uuids: list[str], ask: int | None, **gpu: Any) -> None:
         self.key = PrivateKey.generate()
+        self.url = url
         self.client = CoordinatorClient(url, self.key)
         self.uuids = uuids
         self.ask = ask
         self.gpu = gpu
         self.version = -1
+        self.heartbeat_errors: list[str] = []  # what keep_alive's heartbeats met
 
     @property
     def agent_id(self) -> str:
@@ -243,33 +245,68 @@ class FakeAgent:
         raise AssertionError("no lease arrived")
 
     def keep_alive(self, interval_s: float = 0.3) -> None:
-        """Heartbeat in the background until close(), as a live agent would."""
-        import asyncio
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(interval_s)
-                try:
-                    await self.heartbeat()
-                except Exception:  # noqa: BLE001 - a restart in progress; try again
-                    pass
-
-        self._keep_alive = asyncio.create_task(beat())
+        """Heartbeat in the background until close(), as a live agent would: from a thread of
+        its own, so a test that blocks its event loop (an admin command run as a subprocess)
+        does not make its agents look silent."""
+        self._keep_alive = Heartbeater(self, interval_s)
 
     async def stop_heartbeats(self) -> None:
         import asyncio
-        import contextlib
 
-        task = getattr(self, "_keep_alive", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._keep_alive = None
+        heartbeater, self._keep_alive = getattr(self, "_keep_alive", None), None
+        if heartbeater is not None:
+            await asyncio.to_thread(heartbeater.stop)
 
     async def close(self) -> None:
         await self.stop_heartbeats()
         await self.client.close()
+
+
+class Heartbeater:
+    """An agent's heartbeats every `interval_s`, signed with its key by a client of its own on
+    an event loop of its own in a thread; what the heartbeats meet goes to `heartbeat_errors`."""
+
+    def __init__(self, agent: FakeAgent, interval_s: float) -> None:
+        import asyncio
+        import threading
+
+        self.agent = agent
+        self.interval_s = interval_s
+        self._loop = asyncio.new_event_loop()
+        self._task: Any = None
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+        import contextlib
+
+        self._task = self._loop.create_task(self._beat())
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+    async def _beat(self) -> None:
+        import asyncio
+
+        agent = self.agent
+        client = CoordinatorClient(agent.url, agent.key)
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                try:
+                    await client.heartbeat(agent.ask, inventory(agent.uuids, **agent.gpu))
+                except Exception as exc:  # noqa: BLE001 - a restart in progress; try again
+                    agent.heartbeat_errors.append(repr(exc))
+        finally:
+            await client.close()
+
+    def stop(self) -> None:
+        while self._task is None and self._thread.is_alive():
+            time.sleep(0.01)
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join()
 
 
 class Api:

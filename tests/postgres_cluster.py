@@ -62,6 +62,7 @@ class Cluster:
         self.settings = dict(TEST_SETTINGS if settings is None else settings)
         self._as_postgres = os.geteuid() == 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._names = count(1)
 
     def _user(self) -> dict[str, str]:
@@ -137,7 +138,7 @@ class Cluster:
             'while kill -0 "$1" 2>/dev/null; do sleep 2; done; kill -INT "$2" 2>/dev/null; '
             'while kill -0 "$2" 2>/dev/null; do sleep 0.5; done; rm -rf "$3"'
         )
-        subprocess.Popen(
+        self._watchdog = subprocess.Popen(
             [
                 "sh",
                 "-c",
@@ -177,6 +178,10 @@ class Cluster:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
         if hasattr(self, "_server_log"):
             self._server_log.close()
 

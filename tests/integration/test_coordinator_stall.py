@@ -6,13 +6,16 @@ really fell silent is still lost, a full heartbeat timeout after the coordinator
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_harness import FAST_SETTINGS, CoordinatorProcess, started_lease
+from coordinator_harness import FAST_SETTINGS, CoordinatorProcess, StartedLease, started_lease
 
 TIMEOUT_MS = FAST_SETTINGS["heartbeat_timeout_ms"]
 PRICE = 36_000_000
@@ -39,14 +42,24 @@ def _pause(coordinator: CoordinatorProcess, seconds: float) -> int:
     return resumed
 
 
+@contextlib.asynccontextmanager
+async def _running_lease(tmp_path: Path) -> AsyncIterator[tuple[CoordinatorProcess, StartedLease]]:
+    """A coordinator on SQLite with one started lease; stopped (and its clients closed) after."""
+    coordinator = CoordinatorProcess(tmp_path).start()
+    cleanup: list[Any] = []
+    try:
+        yield coordinator, await started_lease(coordinator, cleanup, PRICE)
+    finally:
+        for thing in cleanup:
+            await thing.close()
+        coordinator.stop()
+
+
 @pytest.mark.slow
 async def test_an_agent_heartbeating_through_a_paused_coordinator_keeps_its_lease(
     tmp_path: Path,
 ) -> None:
-    coordinator = CoordinatorProcess(tmp_path).start()
-    cleanup: list[object] = []
-    try:
-        at_hand = await started_lease(coordinator, cleanup, PRICE)
+    async with _running_lease(tmp_path) as (coordinator, at_hand):
         before = await _stalls(coordinator.url)
         # the agent's heartbeats queue up unanswered while the coordinator is stopped
         await asyncio.to_thread(_pause, coordinator, TIMEOUT_MS / 1000 + 1.5)
@@ -55,10 +68,6 @@ async def test_an_agent_heartbeating_through_a_paused_coordinator_keeps_its_leas
         assert job["state"] == "running", job
         assert job["attempts"] == 0, job
         assert await _stalls(coordinator.url) > before
-    finally:
-        for thing in cleanup:
-            await thing.close()  # type: ignore[attr-defined]
-        coordinator.stop()
     [(ended, reason)] = coordinator.rows("SELECT ended_at_ms, end_reason FROM leases")
     assert (ended, reason) == (None, None)
 
@@ -67,20 +76,13 @@ async def test_an_agent_heartbeating_through_a_paused_coordinator_keeps_its_leas
 async def test_a_silent_agent_is_still_lost_a_full_timeout_after_the_coordinator_wakes(
     tmp_path: Path,
 ) -> None:
-    coordinator = CoordinatorProcess(tmp_path).start()
-    cleanup: list[object] = []
-    try:
-        at_hand = await started_lease(coordinator, cleanup, PRICE)
+    async with _running_lease(tmp_path) as (coordinator, at_hand):
         await at_hand.agent.stop_heartbeats()
         resumed = await asyncio.to_thread(_pause, coordinator, TIMEOUT_MS / 1000 + 1.5)
         deadline = time.monotonic() + TIMEOUT_MS / 1000 + 20
         while (job := await at_hand.api.job(at_hand.job_id))["attempts"] == 0:
             assert time.monotonic() < deadline, f"the silent agent was never lost: {job}"
             await asyncio.sleep(0.2)
-    finally:
-        for thing in cleanup:
-            await thing.close()  # type: ignore[attr-defined]
-        coordinator.stop()
     [(ended, reason)] = coordinator.rows(
         "SELECT ended_at_ms, end_reason FROM leases WHERE id = ?", [at_hand.lease["lease_id"]]
     )
