@@ -209,4 +209,7 @@ def in_flag_words(detail: str, found: JobFileKeys) -> str:
     if flag is None:
         return detail
     inner = where[len(field_name) :].lstrip(".")
+    index = re.fullmatch(r"\[(\d+)\]", inner)
+    if index:
+        inner = f"#{int(index[1]) + 1}"
     return f"{flag} {inner}: {rest}" if inner else f"{flag}: {rest}"

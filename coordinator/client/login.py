@@ -39,8 +39,8 @@ def _unset(args: argparse.Namespace, name: str) -> bool:
 def use_profile(args: argparse.Namespace) -> None:
     """Fill the connection settings no flag or environment variable gives from the profile."""
     name, named = chosen_profile(getattr(args, "profile", None))
-    if not named and not any(_unset(args, setting) for setting in SETTINGS):
-        return  # everything is given: the settings file is not even read
+    if not named and not _unset(args, "coordinator") and not _unset(args, "token"):
+        return  # both given: the settings file is not even read
     path = config_path()
     profiles = read_profiles(path)
     if name not in profiles:

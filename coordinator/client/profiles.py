@@ -8,7 +8,6 @@ never read while anyone but its owner could read or write it (as ssh treats its 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -126,6 +125,19 @@ def chosen_profile(flag: str | None, environ: Mapping[str, str] = os.environ) ->
     return DEFAULT_PROFILE, False
 
 
+def toml_string(value: str) -> str:
+    """A TOML basic string: quote, backslash and control characters escaped."""
+    out = []
+    for char in value:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def save_profile(path: Path, name: str, profile: Profile) -> None:
     """Add or replace one profile, keeping the others; the file is replaced atomically."""
     profiles = read_profiles(path)
@@ -138,8 +150,7 @@ def save_profile(path: Path, name: str, profile: Profile) -> None:
         for key in KEYS:
             value = getattr(entry, key)
             if value is not None:
-                # a JSON string is a TOML basic string: the same escapes
-                lines.append(f"{key} = {json.dumps(value)}\n")
+                lines.append(f"{key} = {toml_string(value)}\n")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
