@@ -68,10 +68,12 @@ def accept_job_file(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.dest in NOT_KEYS or action.dest == argparse.SUPPRESS:
             continue
-        found.keys[key_of(action)] = _Key(action, action.default, action.required)
-        if action.required:
-            action.required = False
+        # argparse calls a `*` positional without a default required, yet lets it be empty
+        required = action.required and action.nargs != argparse.ZERO_OR_MORE
+        found.keys[key_of(action)] = _Key(action, action.default, required)
+        if required:
             action.help = f"{action.help} (required: here or in the job file)"
+        action.required = False
         action.default = None
     parser.add_argument(
         "-f",
@@ -103,12 +105,14 @@ def complete(found: JobFileKeys, args: argparse.Namespace) -> None:
         action = spec.action
         given = getattr(args, action.dest, None)
         from_file = _convert(f"{path}: {key}", values[key], action) if key in values else None
-        if given not in (None, []) or (given == [] and from_file is None):
+        if given is not None and given != []:
             if isinstance(action, EnvAction) and from_file:
                 given = {**from_file, **given}
             setattr(args, action.dest, given)
         elif from_file is not None:
             setattr(args, action.dest, from_file)
+        elif given == []:
+            pass  # a `*` positional left empty: its own empty list
         else:
             default = spec.default
             setattr(args, action.dest, default.copy() if hasattr(default, "copy") else default)
