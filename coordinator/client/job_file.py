@@ -8,7 +8,8 @@ floats). A repeatable flag takes a list (`gpu-model = ["H100", "A100"]`), `env` 
 `secret-env` a table, a flag without a value true or false.
 
 Flags given on the command line override the file: a list or a single value is replaced,
-a table is merged name by name. An unknown key is refused, naming the key and the file.
+a table is merged name by name. An unknown key is refused, naming the key and the file. The
+coordinator's refusal of the job is shown with its field named as the flag (`in_flag_words`).
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def _convert(where: str, value: Any, action: argparse.Action) -> Any:
         if not isinstance(value, bool):
             raise CommandLineError(f"{where}: expected true or false, got {_kind(value)}")
         return action.const if value else None
+    if action.nargs == argparse.ZERO_OR_MORE and not isinstance(value, list):
+        # one string would be one argument, "python train.py" a program of that name
+        raise CommandLineError(f'{where}: expected a list, like ["python", "train.py"]')
     if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
         items = value if isinstance(value, list) else [value]
         return [

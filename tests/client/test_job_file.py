@@ -134,6 +134,7 @@ def test_a_job_file_on_stdin(tmp_path: Path, env: dict[str, str]) -> None:
         ("max-price-per-gpu-hour = 1e3\n", "job.toml: max-price-per-gpu-hour: price '1E+3'"),
         ("[env]\nA = { nested = 1 }\n", "job.toml: env.A: expected a string or a number"),
         ('env = "A=1"\n', "job.toml: env: expected a table"),
+        ('command = "python train.py"\n', 'job.toml: command: expected a list, like ["python"'),
         ("command = [[[1]]]\n", "job.toml: command[0]: expected a string or a number, got a list"),
         ("gpus = 1979-05-27\n", "job.toml: gpus: expected a string or a number, got date"),
         ("image = \n", "job file job.toml is not valid TOML"),
