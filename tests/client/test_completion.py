@@ -13,6 +13,9 @@ from suanli_run import SUANLI, ok, suanli
 from coordinator.client.cli import build_parser
 from coordinator.client.completion import tree
 
+# each test runs the real `suanli` command
+pytestmark = pytest.mark.integration
+
 BASH_CASES = {
     "suanli j": ["job"],
     "suanli job su": ["submit"],

@@ -11,6 +11,9 @@ import pytest
 from coordinator_harness import CoordinatorProcess
 from suanli_run import refused, suanli
 
+# each test runs the real `suanli` command
+pytestmark = pytest.mark.integration
+
 JOB = ["--image", "busybox", "--gpus", "1", "--max-duration", "1h"]
 PRICE = ["--max-price-per-gpu-hour", "1"]
 

@@ -9,6 +9,9 @@ import pytest
 from coordinator_harness import GIB, CoordinatorProcess
 from suanli_run import ok, refused, suanli
 
+# each test runs the real `suanli` command
+pytestmark = pytest.mark.integration
+
 NOWHERE = {"SUANLI_COORDINATOR": "http://127.0.0.1:9", "SUANLI_TOKEN": "t"}
 FULL = """\
 image = "busybox:latest"

@@ -16,6 +16,9 @@ from suanli_run import ok, refused, suanli
 
 from coordinator.client.profiles import Profile, config_path, read_profiles, save_profile
 
+# each test runs the real `suanli` command
+pytestmark = pytest.mark.integration
+
 
 def _config(home: Path) -> Path:
     return home / ".config" / "suanli" / "config.toml"
