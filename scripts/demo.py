@@ -38,7 +38,7 @@ from engines import (  # noqa: E402  # noqa: E402
 )
 from fake_nvml.fixture import FakeGpu, environment, write_config  # noqa: E402
 
-from shared.money import format_yuan  # noqa: E402
+from shared.money import format_money  # noqa: E402
 from shared.uscc import check_character  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -312,7 +312,7 @@ class Client:
 
 
 def yuan(micro: int | None) -> str:
-    return "-" if micro is None else f"¥{format_yuan(micro)}"
+    return "-" if micro is None else format_money(micro)
 
 
 async def wait_for_market(client: Client, gpus: int) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from postgres_cluster import BENCH_SETTINGS, running_cluster  # noqa: E402
 
 from agent.coordinator_client import CoordinatorClient  # noqa: E402
 from shared.http_client import CoordinatorError  # noqa: E402
-from shared.money import format_yuan  # noqa: E402
+from shared.money import format_money  # noqa: E402
 
 PRICE = 36_000_000  # ¥36 per GPU-hour
 
@@ -110,8 +110,8 @@ async def main(workdir: Path, database: str) -> int:
     done = await on_b.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout_s=20)
     assert last is not None
     print(
-        f"state {done['state']}, charged {format_yuan(done['charged_micro_yuan'])}, "
-        f"signed {format_yuan(last.receipt.amount)}, lease attempts {done['attempts']}"
+        f"state {done['state']}, charged {format_money(done['charged_micro_yuan'])}, "
+        f"signed {format_money(last.receipt.amount)}, lease attempts {done['attempts']}"
     )
     check = second.admin("check-ledger", check=False)
     print("check-ledger:", (check.stdout or check.stderr).strip())

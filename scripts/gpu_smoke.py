@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shared.clock import now_ms  # noqa: E402  (the repository is on sys.path only now)
+from shared.money import format_money  # noqa: E402
 
 PRICE_PER_GPU_HOUR = 10_000_000  # µ¥: ¥10 per GPU-hour
 SAMPLE_HZ = 5
@@ -241,8 +242,8 @@ def main() -> None:
         f"  peak_memory_bytes {receipt.peak_memory_bytes}  "
         f"({receipt.peak_memory_bytes / 2**30:.2f} GiB)"
     )
-    print(f"  price             {receipt.price_per_gpu_hour} µ¥/GPU-h")
-    print(f"  amount            {receipt.amount} µ¥  (¥{receipt.amount / 1e6:.6f})")
+    print(f"  price             {format_money(receipt.price_per_gpu_hour)} per GPU-hour")
+    print(f"  amount            {format_money(receipt.amount)}")
     print(f"  envelope          {len(sealed.envelope)} bytes, SHA-256 {sealed.digest.hex()}")
 
     problems = []

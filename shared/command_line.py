@@ -10,8 +10,12 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 
-def top_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def top_parser(
+    prog: str,
+    description: str,
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = parser_class(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('suanli')}")
     return parser
 

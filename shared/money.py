@@ -49,6 +49,18 @@ def format_yuan(micro: int) -> str:
     return f"{sign}{whole}.{digits}"
 
 
+def format_money(micro: int) -> str:
+    """Micro-yuan as people read money: "¥1,000,000,000.00", "-¥12.50", "¥0.000001" — the
+    yuan sign, thousands separators, two decimals or as many more as the amount needs. The one
+    form every command shows (µ¥ integers only in `--json`)."""
+    if type(micro) is not int:
+        raise MoneyError("an amount in micro-yuan must be an int")
+    sign = "-" if micro < 0 else ""
+    whole, fraction = divmod(abs(micro), MICRO_PER_YUAN)
+    digits = f"{fraction:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}¥{whole:,}.{digits}"
+
+
 def usage_amount(gpu_ms: int, price_per_gpu_hour: int) -> int:
     """What `gpu_ms` GPU-milliseconds cost at a price in µ¥ per GPU-hour, rounded down."""
     if gpu_ms < 0 or price_per_gpu_hour < 0:

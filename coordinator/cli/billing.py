@@ -14,7 +14,7 @@ from coordinator.storage import connect, transaction
 from shared import log_entries
 from shared.clock import now_ms
 from shared.errors import SuanliError
-from shared.money import format_yuan, parse_yuan
+from shared.money import format_money, parse_yuan
 
 
 def add_billing_tasks(
@@ -130,7 +130,7 @@ def cmd_record_payment(args: argparse.Namespace) -> int:
     print_result(
         args,
         payment.to_dict(),
-        f"payment {args.reference} of ¥{format_yuan(amount)} recorded for {args.enterprise}",
+        f"payment {args.reference} of {format_money(amount)} recorded for {args.enterprise}",
     )
     return 0
 
@@ -157,7 +157,7 @@ def cmd_set_credit_limit(args: argparse.Namespace) -> int:
     print_result(
         args,
         {"enterprise_id": args.enterprise, "credit_limit_micro_yuan": amount},
-        f"credit limit of {args.enterprise} is now ¥{format_yuan(amount)}",
+        f"credit limit of {args.enterprise} is now {format_money(amount)}",
     )
     return 0
 
@@ -179,8 +179,8 @@ def cmd_statements(args: argparse.Namespace) -> int:
     for enterprise, items in listing.items():
         for item in items:
             print(
-                f"{enterprise} {item['period']}: ¥{format_yuan(item['deferred_micro_yuan'])} due "
-                f"{item['due_date']}, outstanding ¥{format_yuan(item['outstanding_micro_yuan'])}, "
+                f"{enterprise} {item['period']}: {format_money(item['deferred_micro_yuan'])} due "
+                f"{item['due_date']}, outstanding {format_money(item['outstanding_micro_yuan'])}, "
                 f"{item['status']}"
             )
     return 0
@@ -204,6 +204,6 @@ def cmd_pool(args: argparse.Namespace) -> int:
     print_result(
         args,
         {"fiscal_year": policy.fiscal_year, **pool},
-        "\n".join(f"{key}: ¥{format_yuan(value)}" for key, value in pool.items()),
+        "\n".join(f"{key}: {format_money(value)}" for key, value in pool.items()),
     )
     return 0

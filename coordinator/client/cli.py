@@ -15,11 +15,11 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from coordinator.client import arguments, audit, render
+from coordinator.client import arguments, audit, completion, job_file, login, render
 from coordinator.client.api import CoordinatorApi
-from coordinator.client.units import parse_cores, parse_duration, parse_size
+from coordinator.client.connection import connection_options as _connection_options
 from shared.command_line import top_parser
-from shared.http_client import CoordinatorError, TransportError
+from shared.http_client import CoordinatorError, Refused, TransportError
 
 ENV_COORDINATOR = "SUANLI_COORDINATOR"
 ENV_TOKEN = "SUANLI_TOKEN"
@@ -38,38 +38,6 @@ class UsageError(Exception):
 # -- the parser -----------------------------------------------------------------------
 
 
-def _connection_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # Below a subcommand the defaults are suppressed so that they never overwrite what
-    # was given before it: `suanli --json job show ID` and `suanli job show ID --json`.
-    default: Any = None if top else argparse.SUPPRESS
-    group = parser.add_argument_group("connection and output")
-    group.add_argument(
-        "--coordinator",
-        metavar="URL",
-        default=default,
-        help="the coordinator, https://host[:port], or the leader and its standbys separated "
-        f"by commas (env {ENV_COORDINATOR})",
-    )
-    group.add_argument(
-        "--token",
-        metavar="T",
-        default=default,
-        help=f"your API token (env {ENV_TOKEN}, which keeps it out of the process list)",
-    )
-    group.add_argument(
-        "--ca-file",
-        metavar="PATH",
-        default=default,
-        help=f"CA certificate(s) to verify the coordinator with (env {ENV_CA_FILE})",
-    )
-    group.add_argument(
-        "--json",
-        action="store_true",
-        default=False if top else argparse.SUPPRESS,
-        help="print machine-readable JSON only",
-    )
-
-
 def _leaf(
     commands: Any, name: str, run: Command, help_text: str, description: str | None = None
 ) -> argparse.ArgumentParser:
@@ -85,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = top_parser(
         "suanli",
         "Suanli client: post and follow GPU jobs, see the market and your account.",
+        parser_class=arguments.Parser,
     )
     _connection_options(parser, top=True)
     parser.set_defaults(run=None, help_parser=parser)
@@ -109,14 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--image", required=True, help="container image reference")
     submit.add_argument(
-        "--gpus", required=True, type=arguments.positive_int, metavar="N", help="number of GPUs"
+        "--gpus",
+        required=True,
+        type=arguments.count("gpus", "GPUs"),
+        metavar="N",
+        help="number of GPUs",
     )
     submit.add_argument(
         "--min-gpu-memory",
-        type=arguments.unit(parse_size),
+        type=arguments.size("min_gpu_memory_bytes"),
         metavar="SIZE",
         dest="min_gpu_memory_bytes",
-        help="least memory per GPU, e.g. 40GiB",
+        help="least memory per GPU, e.g. 80G (G, GiB: binary; GB: decimal)",
     )
     submit.add_argument(
         "--gpu-model",
@@ -127,25 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--cpus",
-        type=arguments.unit(parse_cores),
+        type=arguments.cores("cpus_milli"),
         metavar="CORES",
         dest="cpus_milli",
         help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)",
     )
     submit.add_argument(
         "--memory",
-        type=arguments.unit(parse_size),
+        type=arguments.size("memory_bytes"),
         metavar="SIZE",
         dest="memory_bytes",
-        help="container memory limit, e.g. 64GiB (default 16 GiB per GPU)",
+        help="container memory limit, e.g. 64G or 64GiB (default 16 GiB per GPU)",
     )
     submit.add_argument(
         "--max-duration",
         required=True,
-        type=arguments.unit(parse_duration),
+        type=arguments.duration("max_duration_s"),
         metavar="DURATION",
         dest="max_duration_s",
-        help="longest the job may run, e.g. 90s, 30m, 2h, 1d, 1h30m",
+        help="longest the job may run, e.g. 90m, 1.5h, 2d, 1h30m or 1:30:00 (a unit is needed)",
     )
     submit.add_argument(
         "--max-price-per-gpu-hour",
@@ -217,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     _leaf(commands, "market", cmd_market, "capacity and asks by GPU model, and the pool in PFLOPS")
     _leaf(commands, "account", cmd_account, "who your token is")
     audit.add_commands(commands, _connection_options)
+    login.add_login(commands, _connection_options)
+    completion.add_completion(commands, parser)
+    job_file.accept_job_file(submit)  # last: every flag of submit gets its key
     return parser
 
 
@@ -334,10 +310,13 @@ def _setting(args: argparse.Namespace, name: str, env: str) -> str | None:
 def _api(args: argparse.Namespace) -> CoordinatorApi:
     url = _setting(args, "coordinator", ENV_COORDINATOR)
     if url is None:
-        raise UsageError(f"no coordinator given; pass --coordinator URL or set {ENV_COORDINATOR}")
+        raise UsageError(
+            f"no coordinator given; pass --coordinator URL, set {ENV_COORDINATOR} "
+            "or run suanli login"
+        )
     token = _setting(args, "token", ENV_TOKEN)
     if token is None:
-        raise UsageError(f"no token given; pass --token T or set {ENV_TOKEN}")
+        raise UsageError(f"no token given; pass --token T, set {ENV_TOKEN} or run suanli login")
     return CoordinatorApi(url, token, _setting(args, "ca_file", ENV_CA_FILE))
 
 
@@ -353,10 +332,18 @@ def _fail(message: str, status: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.run is None:
-        args.help_parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    try:
+        args = parser.parse_args(argv)
+        if args.run is None:
+            args.help_parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        if getattr(args, "local", None) is not None:  # needs no coordinator
+            return int(args.local(args))
+        if getattr(args, "complete", None) is not None:  # the job file
+            args.complete(args)
+        getattr(args, "prepare", login.use_profile)(args)
+    except arguments.CommandLineError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     if getattr(args, "audit", None) is not None:  # the log is public: no token
         return audit.main(
             args,
@@ -370,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except TransportError as exc:
         return _fail(exc.detail, EXIT_USAGE)
+    except Refused as exc:
+        if getattr(args, "job_file_keys", None) is not None:
+            return _fail(job_file.in_flag_words(exc.detail, args.job_file_keys), EXIT_REFUSED)
+        return _fail(exc.detail, EXIT_REFUSED)
     except CoordinatorError as exc:
         return _fail(exc.detail, EXIT_REFUSED)
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """What `suanli` prints for people: job details, job and market tables, the account.
 
-Money is shown from integer micro-yuan through `shared.money.format_yuan`; times are
-integer milliseconds shown in UTC. Machine-readable output is not made here: `--json`
-prints the coordinator's objects as they came.
+Money is shown from integer micro-yuan one way everywhere, `shared.money.format_money`
+("¥1,234.50"); times are integer milliseconds shown in UTC. Machine-readable output is not
+made here: `--json` prints the coordinator's objects as they came (money in integer µ¥).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from coordinator.client.units import format_cores, format_duration, format_size
-from shared.money import format_yuan
+from shared.money import format_money
 
 NONE = "-"
 
@@ -36,11 +36,11 @@ def when(ms: int | None) -> str:
 def price(micro: int | None, unit: str = " per GPU-hour") -> str:
     if micro is None:
         return NONE
-    return f"{micro} µ¥ ({format_yuan(micro)} yuan){unit}"
+    return f"{format_money(micro)}{unit}"
 
 
 def yuan(micro: int | None) -> str:
-    return NONE if micro is None else format_yuan(micro)
+    return NONE if micro is None else format_money(micro)
 
 
 def _text(value: Any) -> str:
@@ -133,7 +133,7 @@ def jobs_table(jobs: list[dict[str, Any]], out: IO[str] | None = None) -> None:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name in ("ID", "STATE", "REASON", "GPUS", "PRICE ¥/GPU-h", "IMAGE", "CREATED"):
+    for name in ("ID", "STATE", "REASON", "GPUS", "PRICE/GPU-h", "IMAGE", "CREATED"):
         table.add_column(name, no_wrap=name in ("ID", "STATE", "CREATED"))
     for job in jobs:
         spec = job.get("spec") or {}
@@ -161,7 +161,7 @@ def market_table(summary: dict[str, Any], out: IO[str] | None = None) -> None:
         "FREE",
         "LEASED",
         "UNAVAILABLE",
-        "ASK MIN ¥/GPU-h",
+        "ASK MIN/GPU-h",
         "MEDIAN",
         "MAX",
         "TFLOPS BF16",
@@ -201,9 +201,6 @@ def account_text(account: dict[str, Any]) -> str:
     if account.get("role") != "enterprise" or "voucher" not in account:
         return "\n".join(lines)
     voucher = account["voucher"]
-
-    def yuan(micro: int) -> str:
-        return f"¥{format_yuan(micro)}"
 
     if voucher.get("eligible"):
         lines.append(

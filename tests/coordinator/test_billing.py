@@ -180,7 +180,7 @@ async def test_suanli_account_shows_the_money_in_yuan(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "voucher 20" in result.stdout and "¥0.15 used of ¥5000000.00" in result.stdout
+    assert "voucher 20" in result.stdout and "¥0.15 used of ¥5,000,000.00" in result.stdout
     assert "covers 50% of each charge" in result.stdout
     assert "owed (deferred): ¥0.15" in result.stdout
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from shared import log_entries as L
 from shared.auction import AuctionError, Outcome, replay, replay_round, round_from_record
+from shared.money import format_money
 
 Problem = Callable[[str, str, int], None]
 
@@ -61,8 +62,8 @@ class AuctionAudit:
             self.problem(
                 "unawarded_lease",
                 f"{what} job {job_id} on agent {agent_id[:16]}… at "
-                f"{price} µ¥ per GPU-hour, but no earlier auction round of the log (that "
-                "replays) awarded the job to that agent, price and GPUs",
+                f"{format_money(price)} per GPU-hour, but no earlier auction round of the log "
+                "(that replays) awarded the job to that agent, price and GPUs",
                 index,
             )
 
@@ -71,7 +72,8 @@ def _outcome_text(outcome: Outcome) -> str:
     if outcome.winner is None:
         return f"no winner ({outcome.reason})"
     ranking = ", ".join(agent[:12] for agent in outcome.eligible)
+    price = outcome.price_per_gpu_hour
     return (
-        f"winner {outcome.winner[:16]}… at {outcome.price_per_gpu_hour} µ¥ per GPU-hour on "
-        f"{', '.join(outcome.gpu_uuids)} (ranking {ranking})"
+        f"winner {outcome.winner[:16]}… at {'-' if price is None else format_money(price)} per "
+        f"GPU-hour on {', '.join(outcome.gpu_uuids)} (ranking {ranking})"
     )

@@ -15,7 +15,7 @@ from shared import log_entries as L
 from shared.envelope import peek_key_id
 from shared.errors import ReceiptRuleError, SuanliError
 from shared.identity import PublicKey, verifier_key
-from shared.money import format_yuan
+from shared.money import format_money
 from shared.receipts import SealedReceipt, check_pure, open_receipt
 from shared.uscc import validate_uscc
 
@@ -183,8 +183,8 @@ class EntryAuditor:
                 self.problem(
                     "postings_mismatch",
                     f"{where}: the postings charge "
-                    f"{format_yuan(charge)} yuan but the lease's receipts added "
-                    f"{format_yuan(unposted)} yuan since its last posting",
+                    f"{format_money(charge)} but the lease's receipts added "
+                    f"{format_money(unposted)} since its last posting",
                     index,
                 )
             self.posted[receipt.lease_id] = receipt.amount
@@ -246,7 +246,7 @@ class EntryAuditor:
                 self.problem(
                     "unposted_usage",
                     f"lease {lease_id}'s receipts add "
-                    f"{format_yuan(unposted)} yuan after its last posting, but no "
+                    f"{format_money(unposted)} after its last posting, but no "
                     "posting of the log charges it",
                     self.last_receipt_index[lease_id],
                 )
@@ -259,8 +259,8 @@ class EntryAuditor:
                 self.problem(
                     "bad_payment",
                     f"payment {body.reference} of "
-                    f"{format_yuan(body.amount)} yuan has a posting of "
-                    f"{format_yuan(posting.amount)} yuan",
+                    f"{format_money(body.amount)} has a posting of "
+                    f"{format_money(posting.amount)}",
                     index,
                 )
             self.post(index, posting)
@@ -271,8 +271,8 @@ class EntryAuditor:
                 self.problem(
                     "bad_statement",
                     f"the {body.period} statement of {s.party_kind} "
-                    f"{s.party_id} totals {format_yuan(s.total)} yuan, not its voucher "
-                    f"{format_yuan(s.voucher)} plus deferred {format_yuan(s.deferred)}",
+                    f"{s.party_id} totals {format_money(s.total)}, not its voucher "
+                    f"{format_money(s.voucher)} plus deferred {format_money(s.deferred)}",
                     index,
                 )
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.client.audit.reports import AuditReport, ReceiptReport
-from shared.money import format_yuan
+from shared.money import format_money
 
 # more than this many discrepancies are counted, not listed (`--json` lists them all)
 _MAX_LISTED = 200
@@ -36,9 +36,9 @@ def render_report(report: AuditReport | ReceiptReport, console: Console) -> None
                 if report.balances_compared is None
                 else str(report.balances_compared),
             ),
-            ("total charged", f"¥{format_yuan(report.charged)}"),
-            ("  voucher part", f"¥{format_yuan(report.voucher)}"),
-            ("  deferred part", f"¥{format_yuan(report.deferred)}"),
+            ("total charged", format_money(report.charged)),
+            ("  voucher part", format_money(report.voucher)),
+            ("  deferred part", format_money(report.deferred)),
         ]
         if report.previous_size is not None:
             rows.insert(3, ("previous checkpoint", f"{report.previous_size} entries"))
@@ -48,8 +48,8 @@ def render_report(report: AuditReport | ReceiptReport, console: Console) -> None
             ("log entry", "—" if report.index is None else f"{report.index} of {report.size}"),
             ("lease", f"{report.lease_id} seq {report.seq}"),
             ("agent", report.agent_id),
-            ("cumulative amount", f"¥{format_yuan(report.amount)}"),
-            ("charged by it", f"¥{format_yuan(report.charged)}"),
+            ("cumulative amount", format_money(report.amount)),
+            ("charged by it", format_money(report.charged)),
         ]
     for name, value in rows:
         table.add_row(name, value)

@@ -30,6 +30,7 @@ from shared.errors import SuanliError
 from shared.http_client import Refused
 from shared.identity import VerifierKey, parse_verifier_key
 from shared.merkle import MerkleTree, verify_consistency
+from shared.money import format_money
 
 # how long a checkpoint covering the ledger balances read may take to be signed
 BALANCE_WAIT_S = 10
@@ -181,9 +182,9 @@ def compare_balances(entries: list[bytes], accounts: list[Any], report: AuditRep
             if value != logged[0 if side == "debits" else 1]:
                 report.problem(
                     "balance_mismatch",
-                    f"the coordinator reports {value} µ¥ of {side} on "
+                    f"the coordinator reports {format_money(value)} of {side} on "
                     f"{name}, but the log's postings add up to "
-                    f"{logged[0 if side == 'debits' else 1]} µ¥",
+                    f"{format_money(logged[0 if side == 'debits' else 1])}",
                 )
     report.balances_compared = compared
 
