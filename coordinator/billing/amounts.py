@@ -4,7 +4,7 @@ sentences."""
 from __future__ import annotations
 
 from coordinator.billing.errors import InvalidTransfer
-from shared.money import format_yuan
+from shared.money import format_money
 
 MAX_AMOUNT = 2**62
 
@@ -20,4 +20,5 @@ def check_amount(value: object, name: str, *, allow_zero: bool = False) -> int:
 
 
 def yuan(micro: int) -> str:
-    return "¥" + format_yuan(micro)
+    """An amount in a sentence people read, the one way money is shown (`format_money`)."""
+    return format_money(micro)
