@@ -1,6 +1,8 @@
 """A container's output on its way to the coordinator: a chunk as soon as LOG_CHUNK bytes are
-buffered, and whatever is buffered at the latest FLUSH_S after it began to wait, so a job that
-prints a line is seen within about a second while a job that floods ships full chunks."""
+buffered, else what is buffered once it has gathered for GATHER_S and FLUSH_S have passed since
+the last chunk. A line printed after a quiet spell leaves at once, one printed soon after
+another at most FLUSH_S later; a job that prints steadily sends a chunk a second, one that
+floods sends full chunks."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 LOG_CHUNK = 64 * 1024
 FLUSH_S = 1.0
+GATHER_S = 0.05  # what a job prints in one go (several writes) travels in one chunk
 # Past this much unsent output the pump stops reading; the engine keeps the rest in its log.
 MAX_BUFFERED = 4 * LOG_CHUNK
 
@@ -31,6 +34,7 @@ class LogPump:
         self.coordinator_full = False
         self._buffer = bytearray()
         self._waiting_since = 0.0
+        self._last_sent = float("-inf")
         self._seen = 0
         self._ended = False
         self._failure: BaseException | None = None
@@ -48,7 +52,7 @@ class LogPump:
                     break
                 chunk = bytes(self._buffer[: min(LOG_CHUNK, self.room)])
                 del self._buffer[: len(chunk)]
-                self._waiting_since = self._now()  # what is left waits its own second
+                self._last_sent = self._waiting_since = self._now()
                 self._drained.set()
                 self.room -= len(chunk)
                 if not await self.send(chunk):
@@ -86,12 +90,12 @@ class LogPump:
             self._wake.set()
 
     async def _chunk_ready(self) -> None:
-        """Until a full chunk is buffered, the stream has ended, or buffered bytes have waited
-        FLUSH_S."""
+        """Until a full chunk is buffered, the stream has ended, or buffered bytes are due."""
         while not self._ended and len(self._buffer) < LOG_CHUNK:
             timeout = None
             if self._buffer:
-                timeout = self._waiting_since + FLUSH_S - self._now()
+                due = max(self._waiting_since + GATHER_S, self._last_sent + FLUSH_S)
+                timeout = due - self._now()
                 if timeout <= 0:
                     return
             self._wake.clear()
