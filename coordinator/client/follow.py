@@ -40,8 +40,9 @@ exit status, once the job has ended:
   1-255     the container's exit code, when it ended with one that is not 0
             (a cancelled or stopped job's container often exits 137 or 143)
   {EXIT_NO_CODE}       the job ended without a failing exit code: cancelled before it
-            ran, lost with its agents, failed to start (its image, its credit), or
-            stopped by the market with exit code 0; the reason is on stderr
+            ran, lost with its agents, failed to start (its image), or stopped
+            (cancelled, out of credit, out of time) with exit code 0; the reason
+            is on stderr
   1 or 2    before that: the coordinator refused (an unknown job, another
             enterprise's job) or could not be reached for {GIVE_UP_S:g} s (1), or the
             command line is wrong (2); the error is on stderr
@@ -220,7 +221,7 @@ def add_commands(actions: Any, leaf: Callable[..., argparse.ArgumentParser]) -> 
         "logs",
         cmd_logs,
         "print a job's log; with --follow, until the job ends",
-        "Print a job's log. With --follow, keep printing what the job prints until it "
+        "Print a job's log. With --follow, keep printing what the job prints until it\n"
         "ends, then exit with its exit code.",
     )
     logs.epilog = "with --follow, " + EXIT_STATUS_HELP
@@ -237,8 +238,8 @@ def add_commands(actions: Any, leaf: Callable[..., argparse.ArgumentParser]) -> 
         "wait",
         cmd_wait,
         "wait for a job to end; exits with its exit code",
-        "Wait for a job to end, saying on stderr why it waits for an agent, then exit with "
-        "its exit code.",
+        "Wait for a job to end, saying on stderr why it waits for an agent, then exit\n"
+        "with its exit code.",
     )
     wait.epilog = EXIT_STATUS_HELP
     wait.formatter_class = argparse.RawDescriptionHelpFormatter
