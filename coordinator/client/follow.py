@@ -97,7 +97,10 @@ class Follower:
             more = False
             if self.show_logs:
                 page = await self._call(self._page)
-                more, state, done = self._print_page(page)
+                more, state, complete = self._print_page(page)
+                # an ended job's last page says complete; a server that never does is not
+                # followed forever
+                done = complete or (state in FINAL and not more)
             else:
                 job = await self._call(self._job)
                 state = job.get("state")

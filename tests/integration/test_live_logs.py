@@ -132,7 +132,7 @@ async def live(tmp_path: Path, engine_service: EngineService) -> AsyncIterator[L
 
 async def test_a_line_is_shown_while_the_job_still_runs(live: Live) -> None:
     code, out, err = await live.run(
-        *live.submit_args("echo first line of training; sleep 20; echo never seen")
+        *live.submit_args("echo first line of training; sleep 120; echo never seen")
     )
     assert code == 0, err
     job_id = out.strip()
