@@ -373,21 +373,25 @@ class AgentDaemon:
             self.kick_reports()
             await asyncio.sleep(0.1)
 
-    async def send_log(self, record: LeaseRecord, data: bytes) -> None:
+    async def send_log(self, record: LeaseRecord, data: bytes) -> bool:
+        """Ship a chunk of the lease's log; False once the coordinator keeps no more of it."""
         if not data:
-            return
+            return True
         backoff = Backoff()
         while True:
             try:
-                await self.client.log_chunk(record.lease_id, record.reporting.log_offset, data)
+                answer = await self.client.log_chunk(
+                    record.lease_id, record.reporting.log_offset, data
+                )
                 break
             except CoordinatorError as exc:
                 if exc.status in (404, 409, 422):
                     log.warning("log chunk of %s refused: %s", record.lease_id, exc.detail)
-                    return
+                    return False
                 await backoff.wait()
         record.reporting.log_offset += len(data)
         await self.save(record)
+        return answer.get("truncated") is not True
 
     async def save(self, record: LeaseRecord) -> None:
         await asyncio.to_thread(self.spool.save_lease, record)

@@ -20,12 +20,12 @@ from agent.engine import (
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
 from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
 from agent.lease import Failure, LeaseRecord
+from agent.log_pump import LogPump
 from agent.nvml import GpuSample
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from shared.clock import now_ms
 
 log = logging.getLogger(__name__)
-LOG_CHUNK = 64 * 1024
 
 
 class LeaseHost(Protocol):
@@ -54,7 +54,7 @@ class LeaseHost(Protocol):
 
     async def save(self, record: LeaseRecord) -> None: ...
 
-    async def send_log(self, record: LeaseRecord, data: bytes) -> None: ...
+    async def send_log(self, record: LeaseRecord, data: bytes) -> bool: ...
 
     async def seal_final(self, record: LeaseRecord) -> None: ...
 
@@ -256,32 +256,21 @@ class LeaseRunner:
         when the container has exited the whole log is read once more and the rest shipped.
         """
         try:
-            await self._ship_pass(follow=True)
-            await self._ship_pass(follow=False)
+            if await self._ship_pass(follow=True):
+                await self._ship_pass(follow=False)
         except EngineError as exc:
             log.warning("logs of lease %s: %s", self.record.lease_id, exc.detail)
 
-    async def _ship_pass(self, follow: bool) -> None:
+    async def _ship_pass(self, follow: bool) -> bool:
+        """One pass of the log pump; False once no more of the log is wanted."""
         reporting, daemon = self.record.reporting, self.daemon
         container_id = self.record.container.container_id
         assert container_id is not None
-        seen = 0
-        limit = daemon.settings.max_job_log_bytes
-        buffer = bytearray()
-        async for _stream, data in daemon.engine.logs(container_id, follow=follow):
-            start = max(0, reporting.log_offset - reporting.note_bytes + len(buffer) - seen)
-            seen += len(data)
-            if start < len(data):
-                buffer += data[start:]
-            if len(buffer) >= LOG_CHUNK:
-                await self._flush(buffer, limit)
-            if reporting.log_offset >= limit:
-                return
-        await self._flush(buffer, limit)
-
-    async def _flush(self, buffer: bytearray, limit: int) -> None:
-        room = max(0, limit - self.record.reporting.log_offset)
-        chunk = bytes(buffer[: min(LOG_CHUNK, room)]) if room else b""
-        del buffer[:]
-        if chunk:
-            await self.daemon.send_log(self.record, chunk)
+        pump = LogPump(
+            daemon.engine.logs(container_id, follow=follow),
+            lambda chunk: daemon.send_log(self.record, chunk),
+            skip=reporting.log_offset - reporting.note_bytes,
+            room=daemon.settings.max_job_log_bytes - reporting.log_offset,
+        )
+        await pump.run()
+        return not pump.coordinator_full and pump.room > 0

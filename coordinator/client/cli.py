@@ -2,6 +2,8 @@
 
 Exit status: 0 done; 1 the coordinator refused or could not be reached; 2 the command
 line or its settings are wrong (nothing was sent); 3 `suanli audit` found discrepancies.
+`job wait`, `job logs --follow` and `job submit --wait/--follow` exit with the job's exit
+code once it has ended (see coordinator.client.follow).
 Errors are one sentence on stderr, `suanli: …`; with `--json`, stdout carries JSON only.
 """
 
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from coordinator.client import arguments, audit, completion, job_file, login, render
+from coordinator.client import arguments, audit, completion, follow, job_file, login, render
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.connection import connection_options as _connection_options
 from shared.command_line import top_parser
@@ -24,7 +26,6 @@ from shared.http_client import CoordinatorError, Refused, TransportError
 ENV_COORDINATOR = "SUANLI_COORDINATOR"
 ENV_TOKEN = "SUANLI_TOKEN"
 ENV_CA_FILE = "SUANLI_CA_FILE"
-LOG_POLL_S = 0.5
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
@@ -150,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="makes a retried submit return the first job instead of posting "
         "another (default: a fresh key each time)",
     )
+    then = submit.add_mutually_exclusive_group()
+    then.add_argument(
+        "--wait", action="store_true", help="then wait for the job to end (as `job wait`)"
+    )
+    then.add_argument(
+        "--follow",
+        action="store_true",
+        help="then print its log until it ends (as `job logs --follow`); the id goes to stderr",
+    )
     submit.add_argument(
         "job_command",
         nargs="*",
@@ -175,14 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("job_id", metavar="ID")
 
-    logs = _leaf(actions, "logs", cmd_logs, "print a job's log")
-    logs.add_argument("job_id", metavar="ID")
-    logs.add_argument(
-        "--follow",
-        "-f",
-        action="store_true",
-        help="keep printing until the job has ended and its log is complete",
-    )
+    follow.add_commands(actions, _leaf)
 
     cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="ID")
@@ -219,9 +222,15 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
             body[field] = getattr(args, field)
     job = await api.submit_job(body)
     if args.json:
-        render.print_json(job)
+        render.print_json(job, lines=args.wait or args.follow)
+    elif args.follow:
+        print(f"suanli: job {job['id']} posted", file=sys.stderr, flush=True)
     else:
-        print(job["id"])
+        print(job["id"], flush=True)
+    if args.wait or args.follow:
+        return await follow.follow(
+            api, str(job["id"]), show_logs=args.follow, json_output=args.json
+        )
     return 0
 
 
@@ -243,26 +252,6 @@ async def cmd_show(api: CoordinatorApi, args: argparse.Namespace) -> int:
     else:
         print(render.job_details(job))
     return 0
-
-
-async def cmd_logs(api: CoordinatorApi, args: argparse.Namespace) -> int:
-    offset = 0
-    while True:
-        chunk = await api.job_logs(args.job_id, offset)
-        data = str(chunk.get("data", ""))
-        offset = int(chunk["next_offset"])
-        complete = bool(chunk.get("complete"))
-        last = complete or (not data and not args.follow)
-        if args.json:
-            if data or last:
-                render.print_json(chunk, lines=True)
-        elif data:
-            sys.stdout.write(data)
-            sys.stdout.flush()
-        if last:
-            return 0
-        if not data:
-            await asyncio.sleep(LOG_POLL_S)
 
 
 async def cmd_cancel(api: CoordinatorApi, args: argparse.Namespace) -> int:

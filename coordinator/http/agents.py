@@ -17,8 +17,13 @@ from shared.messages import agent_protocol as ap
 from shared.messages import convert
 from shared.messages.fields import Message
 
-# log chunks an agent may send a second, over all its leases (they are coalesced as stored)
-LOG_CHUNKS_PER_S, LOG_CHUNK_BURST = 20, 200
+# Log chunks an agent may send a second, over all its leases (they are coalesced as stored).
+# Live logs ship at most a chunk a second for each job that prints a little: a full agent runs
+# up to one job per GPU, so the rate is one a second per GPU it may have, and a little for jobs
+# that print 64 KiB chunks; a flood beyond it waits out the 429s, and stops at the job's bound
+# on log bytes. It stays below the agent's whole allowance (agent_requests_per_s, 100 by
+# default), which its heartbeats, lease polls and receipts share.
+LOG_CHUNKS_PER_S, LOG_CHUNK_BURST = ap.MAX_GPUS_PER_AGENT + 16, 200
 
 
 def _agent_handler(
