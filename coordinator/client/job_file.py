@@ -27,8 +27,19 @@ from typing import Any
 from coordinator.client.arguments import CommandLineError, EnvAction
 
 MAX_FILE_BYTES = 1 << 20
-# the connection settings are the user's, not the job's: never read from a job file
-NOT_KEYS = {"help", "coordinator", "token", "ca_file", "json", "profile", "job_file"}
+# the connection settings and what the client does after submitting are the user's, not the
+# job's: never read from a job file
+NOT_KEYS = {
+    "help",
+    "coordinator",
+    "token",
+    "ca_file",
+    "json",
+    "profile",
+    "job_file",
+    "wait",
+    "follow",
+}
 FLAG_OF_FIELD = {
     "max_price_per_gpu_hour_micro_yuan": "--max-price-per-gpu-hour",
     "command": "the command after --",
