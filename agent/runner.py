@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from agent.config import AgentSettings
@@ -16,6 +17,7 @@ from agent.engine import (
     ImagePullFailed,
     ImageTooLarge,
     LimitNotEnforced,
+    RegistryAuthRefused,
 )
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
 from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
@@ -128,17 +130,11 @@ class LeaseRunner:
         policy = settings.registry_policy
         try:
             policy.check_name(image)
-            if not await engine.image_exists(image):
+            # an image that needs credentials is pulled with them even when the host has it:
+            # the registry, not the host's cache, decides whether this job may have it
+            if job.registry_auth is not None or not await engine.image_exists(image):
                 await policy.check(image)
-                await self._note(f"[suanli] pulling image {image}\n")
-                progress = PullProgress()
-                await engine.pull(
-                    image,
-                    timeout_s=settings.image_pull_timeout_s,
-                    max_bytes=settings.image_max_bytes,
-                    progress=progress.add,
-                )
-                await self._note(progress.summary(image))
+                await self._pull(image)
             isolation, _ = await engine.root_isolation()
             await self._note(limits_note(limits, isolation, settings.memory_by_gpu_share))
             spec = job_spec(
@@ -165,6 +161,10 @@ class LeaseRunner:
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
             await self._fail("image_pull_failed", exc.detail)
+            return False
+        except RegistryAuthRefused as exc:  # the job's credentials, in its registry's words
+            log.warning("lease %s: %s", record.lease_id, exc.detail)
+            await self._fail(exc.code, exc.detail)
             return False
         except (ImageNotFound, ImagePullFailed) as exc:
             # The engine's words name the provider's addresses, resolvers and proxies.
@@ -193,6 +193,25 @@ class LeaseRunner:
         await daemon.save(record)
         daemon.kick_reports()
         return True
+
+    async def _pull(self, image: str) -> None:
+        """Pull the job's image, with its credentials if it has any, then forget them: they
+        serve this one pull."""
+        settings, terms = self.daemon.settings, self.record.terms
+        job = job_terms(self.record)
+        await self._note(f"[suanli] pulling image {image}\n")
+        progress = PullProgress()
+        try:
+            await self.daemon.engine.pull(
+                image,
+                timeout_s=settings.image_pull_timeout_s,
+                max_bytes=settings.image_max_bytes,
+                progress=progress.add,
+                auth=job.registry_auth,
+            )
+        finally:
+            self.record.terms = replace(terms, job=replace(job, registry_auth=None))
+        await self._note(progress.summary(image))
 
     async def _supervise(self) -> int:
         """Wait for the container to exit, stopping it on request; returns its exit code."""
@@ -223,6 +242,7 @@ class LeaseRunner:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, timeout=30)
         await self._remove_container()
+        await self._remove_private_image()
         if not record.chain.final_sealed:
             await daemon.seal_final(record)
             daemon.kick_reports()
@@ -232,6 +252,7 @@ class LeaseRunner:
         container.failure = Failure(code, detail[:500])
         container.ended_at_ms = container.ended_at_ms or now_ms()
         await self.daemon.save(self.record)
+        await self._remove_private_image()
         self.daemon.kick_reports()
 
     async def _remove_container(self) -> None:
@@ -239,6 +260,14 @@ class LeaseRunner:
         if container_id is not None:
             with contextlib.suppress(EngineError):
                 await self.daemon.engine.remove(container_id, force=True)
+
+    async def _remove_private_image(self) -> None:
+        """A private image leaves the host with its lease, so that no job without its
+        credentials finds it in the host's cache."""
+        job = self.record.terms.job
+        if job is not None and job.private_image:
+            with contextlib.suppress(EngineError):
+                await self.daemon.engine.remove_image(job.image)
 
     async def _note(self, text: str) -> None:
         """A line of the agent's own in the job's log, before the container's output (whose
