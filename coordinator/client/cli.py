@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from coordinator.client import arguments, audit, render
+from coordinator.client import arguments, audit, registry_login, render
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.units import parse_cores, parse_duration, parse_size
 from shared.command_line import top_parser
@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         "when the job ends",
     )
     submit.add_argument(
+        "--registry-auth",
+        metavar="FILE",
+        help="a Docker config.json holding credentials for the image's registry (default: "
+        "those `suanli registry login` saved for it); only the winning agent gets them",
+    )
+    submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
         help="makes a retried submit return the first job instead of posting "
@@ -217,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _leaf(commands, "market", cmd_market, "capacity and asks by GPU model, and the pool in PFLOPS")
     _leaf(commands, "account", cmd_account, "who your token is")
     audit.add_commands(commands, _connection_options)
+    registry_login.add_commands(commands)
     return parser
 
 
@@ -238,6 +245,9 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
         if both:
             raise UsageError(f"{', '.join(both)} is given both as --env and --secret-env")
         body["secret_env"] = dict(args.secret_env)
+    registry_auth = registry_login.auth_for_image(args.image, args.registry_auth)
+    if registry_auth is not None:
+        body["registry_auth"] = registry_auth
     for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
@@ -354,6 +364,8 @@ def _fail(message: str, status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "local", None) is not None:  # nothing goes to the coordinator
+        return registry_login.run_local(args)
     if args.run is None:
         args.help_parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -366,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         api = _api(args)
         return asyncio.run(_run(args.run, api, args))
-    except UsageError as exc:
+    except (UsageError, registry_login.RegistryLoginError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except TransportError as exc:
         return _fail(exc.detail, EXIT_USAGE)
