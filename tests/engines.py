@@ -302,7 +302,13 @@ driver = "overlay"
 graphroot = "{workdir}/storage"
 runroot = "{workdir}/run"
 """)
-    env = {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+    # its own HOME: registry certificates a test trusts go to $HOME/.config/containers/certs.d
+    env = {
+        **os.environ,
+        "CONTAINERS_CONF": str(conf),
+        "CONTAINERS_STORAGE_CONF": str(storage),
+        "HOME": str(workdir / "home"),
+    }
     argv = ["podman", "system", "service", "--time=0", f"unix://{workdir}/podman.sock"]
     return _spawn("podman", workdir, argv, env)
 
