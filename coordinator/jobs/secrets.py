@@ -4,11 +4,10 @@ job_secrets rows), so that they are delivered, masked and erased together."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from shared.messages import api
+from shared.messages.registry_auth import RegistryAuth
 
 # no env name can take it: they start with a letter or _
 REGISTRY_AUTH = "@registry_auth"
@@ -27,12 +26,17 @@ def secret_env(secrets: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in secrets.items() if name != REGISTRY_AUTH}
 
 
-def registry_auth(secrets: dict[str, str]) -> dict[str, Any] | None:
+def registry_auth(secrets: dict[str, str]) -> dict[str, str] | None:
     """The registry credentials, for the winning agent's pull; None for a public image."""
     stored = secrets.get(REGISTRY_AUTH)
     if stored is None:
         return None
-    return msgspec.to_builtins(msgspec.json.decode(stored, type=api.RegistryAuth))  # type: ignore[no-any-return]
+    auth = msgspec.json.decode(stored, type=RegistryAuth)
+    return {
+        "username": auth.username,
+        "password": auth.password,
+        "serveraddress": auth.serveraddress,
+    }
 
 
 def masked_values(secrets: dict[str, str]) -> list[str]:
