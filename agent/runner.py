@@ -21,13 +21,16 @@ from agent.engine import (
 )
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
 from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
-from agent.lease import Failure, LeaseRecord
+from agent.lease import Failure, JobTerms, LeaseRecord
 from agent.nvml import GpuSample
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from shared.clock import now_ms
 
 log = logging.getLogger(__name__)
 LOG_CHUNK = 64 * 1024
+# how long a restarted agent waits for the coordinator to send a private image's credentials
+# again (its spool never kept them) before it gives the lease back
+CREDENTIALS_WAIT_S = 30.0
 
 
 class LeaseHost(Protocol):
@@ -69,6 +72,8 @@ class LeaseRunner:
         self._stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._pulled = False
+        self._credentials = asyncio.Event()
 
     @property
     def lease_id(self) -> str:
@@ -76,6 +81,31 @@ class LeaseRunner:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"lease {self.lease_id}")
+
+    def refresh_credentials(self, job: object) -> None:
+        """Take the credentials of the lease's job again from a lease poll (a restarted agent
+        has none), as long as the image is still to be pulled."""
+        terms = self.record.terms
+        if terms.job is None or not terms.job.private_image or terms.job.registry_auth:
+            return
+        fresh = JobTerms.from_wire(job)
+        if self._pulled or fresh is None or fresh.registry_auth is None:
+            return
+        self.record.terms = replace(
+            terms, job=replace(terms.job, registry_auth=fresh.registry_auth)
+        )
+        self._credentials.set()
+
+    async def _credentials_again(self) -> bool:
+        """Wait for refresh_credentials, or a stop; True once the credentials are back."""
+        stop = asyncio.create_task(self._stop.wait())
+        back = asyncio.create_task(self._credentials.wait())
+        await asyncio.wait(
+            {stop, back}, timeout=CREDENTIALS_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        back.cancel()
+        return job_terms(self.record).registry_auth is not None
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -127,6 +157,15 @@ class LeaseRunner:
                 "and cannot give a job the least a container needs",
             )
             return False
+        if job.private_image and job.registry_auth is None:
+            if not await self._credentials_again():
+                await self._fail(
+                    "registry_auth_missing",
+                    "the agent restarted before it pulled the job's private image, and did not "
+                    "get the image's credentials again",
+                )
+                return False
+            job = job_terms(record)
         policy = settings.registry_policy
         try:
             policy.check_name(image)
@@ -210,6 +249,7 @@ class LeaseRunner:
                 auth=job.registry_auth,
             )
         finally:
+            self._pulled = True
             self.record.terms = replace(terms, job=replace(job, registry_auth=None))
         await self._note(progress.summary(image))
 

@@ -3,15 +3,18 @@ spool, and a registry's refusal told in the registry's own words."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from agent.engine import RegistryAuthRefused, RegistryCredentials
 from agent.engine.errors import auth_refusal
 from agent.lease import LeaseRecord, LeaseTerms
+from agent.runner import LeaseRunner
 from agent.spool import Spool
 
 PASSWORD = "pw-9d1e5c0a-not-in-the-spool"
@@ -91,3 +94,42 @@ def test_a_refusal_is_told_in_the_registrys_words(message: str) -> None:
 def test_other_failures_are_not_called_refusals() -> None:
     assert auth_refusal(REF, "h", "manifest unknown: manifest unknown") is None
     assert auth_refusal(REF, "h", "dial tcp 10.0.0.3:5000: connect: connection refused") is None
+
+
+def _restarted_runner(tmp_path: Path) -> LeaseRunner:
+    """The runner of a private image's lease as a restarted agent has it: from the spool,
+    which never kept the credentials."""
+    spool = Spool(tmp_path / "spool.db")
+    spool.save_lease(LeaseRecord(_lease({"registry_auth": AUTH}), created_at_ms=1))
+    (record,) = spool.leases()
+    spool.close()
+    return LeaseRunner(cast(Any, None), record)
+
+
+async def test_a_restarted_agent_takes_the_credentials_again_from_a_lease_poll(
+    tmp_path: Path,
+) -> None:
+    runner = _restarted_runner(tmp_path)
+    waiting = asyncio.create_task(runner._credentials_again())
+    await asyncio.sleep(0)
+    runner.refresh_credentials({"registry_auth": AUTH})  # not a whole job: ignored
+    runner.refresh_credentials(_lease({"registry_auth": AUTH}).job.to_wire())  # type: ignore[union-attr]
+    assert not waiting.done()
+    runner.refresh_credentials({**_lease({}).job.to_wire(), "registry_auth": AUTH})  # type: ignore[union-attr]
+    assert await waiting is True
+    job = runner.record.terms.job
+    assert job is not None and job.registry_auth is not None
+    assert job.registry_auth.password == PASSWORD
+
+
+async def test_credentials_are_not_taken_again_once_the_image_was_pulled(tmp_path: Path) -> None:
+    runner = _restarted_runner(tmp_path)
+    runner._pulled = True
+    runner.refresh_credentials({**_lease({}).job.to_wire(), "registry_auth": AUTH})  # type: ignore[union-attr]
+    assert runner.record.terms.job is not None and runner.record.terms.job.registry_auth is None
+
+
+async def test_a_stop_ends_the_wait_for_credentials(tmp_path: Path) -> None:
+    runner = _restarted_runner(tmp_path)
+    runner._stop.set()
+    assert await runner._credentials_again() is False
