@@ -60,6 +60,18 @@ EnvValue = Annotated[
     ),
 ]
 Env = Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=MAX_ENV)]
+SecretEnvValue = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_ENV_VALUE,
+        pattern=UNICODE_TEXT,
+        extra={
+            "expected": f"a string of at most {MAX_ENV_VALUE} characters without NUL",
+            "secret": True,  # a refusal never repeats it
+        },
+    ),
+]
+SecretEnv = Annotated[dict[EnvName, SecretEnvValue], msgspec.Meta(max_length=MAX_ENV)]
 CommandPart = Annotated[
     str,
     msgspec.Meta(
@@ -105,7 +117,7 @@ class JobSubmit(Message, forbid_unknown_fields=True):
     ] = []
     env: Annotated[Env, msgspec.Meta(description="environment variables")] = {}
     secret_env: Annotated[
-        Env,
+        SecretEnv,
         msgspec.Meta(
             description="secret environment variables: delivered only to the winning agent, "
             "never shown back (the name is, with a redacted value), never logged, erased when "

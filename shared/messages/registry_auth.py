@@ -33,7 +33,10 @@ class RegistryAuth(Message, forbid_unknown_fields=True):
             min_length=1,
             max_length=MAX_REGISTRY_PASSWORD,
             pattern=UNICODE_TEXT,
-            extra={"expected": f"a password or token of 1 to {MAX_REGISTRY_PASSWORD} characters"},
+            extra={
+                "expected": f"a password or token of 1 to {MAX_REGISTRY_PASSWORD} characters",
+                "secret": True,
+            },
         ),
     ]
     serveraddress: Annotated[

@@ -108,6 +108,15 @@ async def test_credentials_for_another_registry_than_the_images_are_refused(
     assert "attacker.example" in answer["detail"] and PASSWORD not in json.dumps(answer)
     status, answer = await api.submit(image=IMAGE, registry_auth={**AUTH, "password": ""})
     assert status == 422 and "password" in answer["detail"], answer
+    # a refused secret is never repeated back (nor logged with the refusal)
+    status, answer = await api.submit(
+        image=IMAGE, registry_auth={**AUTH, "password": "\0" + PASSWORD}
+    )
+    assert status == 422 and answer["detail"].startswith("registry_auth.password: expected")
+    assert PASSWORD not in json.dumps(answer)
+    status, answer = await api.submit(image=IMAGE, secret_env={"HF_TOKEN": SECRET + "\0"})
+    assert status == 422 and answer["detail"].startswith("secret_env.HF_TOKEN: expected")
+    assert SECRET not in json.dumps(answer)
     status, answer = await api.submit(image=IMAGE, registry_auth={**AUTH, "token": "x"})
     assert status == 422 and "token" in answer["detail"], answer
     # a Docker Hub image takes credentials for docker.io
@@ -116,6 +125,7 @@ async def test_credentials_for_another_registry_than_the_images_are_refused(
     )
     assert status == 201, job
     assert coordinator.rows("SELECT COUNT(*) FROM job_secrets")[0][0] == 1
+    assert PASSWORD not in coordinator.log() and SECRET not in coordinator.log()
 
 
 async def test_a_retry_with_other_credentials_is_a_conflict(
