@@ -3,8 +3,8 @@ under a key file the coordinator holds beside its log key, so a copy of the data
 a standby's replica, a stolen disk image) holds no secret in clear.
 
 Each value is bound to its job and name (the GCM associated data), so a sealed value moved to
-another job's row does not open. Values written before sealing existed are read as they are;
-they are erased, as every secret is, when their job ends.
+another job's row does not open. Values written in clear before sealing existed are sealed by
+the leader as it starts (`seal_clear_secrets`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 
 from coordinator.config import ConfigError
+from coordinator.storage import Session
 from shared.sealing import KEY_BYTES, SealError, new_key, open_sealed, seal
 
-__all__ = ["SEALED_PREFIX", "SecretBox", "secrets_key_location"]
+__all__ = ["SEALED_PREFIX", "SecretBox", "seal_clear_secrets", "secrets_key_location"]
 
 SEALED_PREFIX = "sealed1:"
 
@@ -48,7 +49,7 @@ class SecretBox:
 
     def open(self, job_id: str, name: str, stored: str) -> str:
         if not stored.startswith(SEALED_PREFIX):
-            return stored  # written before values were sealed
+            return stored  # written in clear before values were sealed, not yet resealed
         raw = base64.b64decode(stored[len(SEALED_PREFIX) :])
         try:
             plain = open_sealed(self._secret_key(), _context(job_id, name), raw)
@@ -77,6 +78,21 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise ConfigError(f"{path} is not a secrets key: expected {KEY_BYTES} bytes")
         return key
+
+
+def seal_clear_secrets(db: Session, box: SecretBox) -> int:
+    """Seal the values a coordinator from before sealing left in clear; how many there were."""
+    clear = [
+        (row["job_id"], row["name"], row["value"])
+        for row in db.query("SELECT job_id, name, value FROM job_secrets")
+        if not str(row["value"]).startswith(SEALED_PREFIX)
+    ]
+    for job_id, name, value in clear:
+        db.conn.execute(
+            "UPDATE job_secrets SET value = ? WHERE job_id = ? AND name = ?",
+            [box.seal(job_id, name, value), job_id, name],
+        )
+    return len(clear)
 
 
 def _context(job_id: str, name: str) -> bytes:

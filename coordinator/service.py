@@ -30,7 +30,7 @@ from coordinator.receipts.intake import ReceiptIntake
 from coordinator.receipts.signature_workers import SignatureWorkers
 from coordinator.receipts.store import ReceiptStore
 from coordinator.scheduler import Scheduler
-from coordinator.secret_box import SecretBox
+from coordinator.secret_box import SecretBox, seal_clear_secrets
 from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import load_state
@@ -66,12 +66,13 @@ class Coordinator:
             if isinstance(signing_key, tlog.LogKey)
             else tlog.LogKey(signing_key, tlog.default_origin(signing_key))
         )
+        self.secret_box = secret_box or SecretBox.ephemeral()
         if prepare:
             with database.transaction() as db:
                 billing.open_fiscal_year(db, self.policy, clock())
                 tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), clock())
                 tlog.log_registrations(db)
-        self.secret_box = secret_box or SecretBox.ephemeral()
+                seal_clear_secrets(db, self.secret_box)
         # a standby delivers no lease, so it opens no secret
         opener = self.secret_box if prepare else None
         state = self.state = load_state(database.db, settings, clock(), opener)

@@ -10,6 +10,7 @@ import stat
 from typing import Any
 
 import databases
+import pytest
 from coordinator_harness import Api, CoordinatorProcess, FakeAgent, seller_and_buyer
 
 from shared.http_client import Unreachable
@@ -139,3 +140,40 @@ async def test_a_retry_with_other_credentials_is_a_conflict(
     assert (status, answer["error"]) == (409, "idempotency_conflict")
     status, answer = await api.submit(**{**fields, "registry_auth": None})
     assert (status, answer["error"]) == (409, "idempotency_conflict")
+
+
+async def test_secrets_a_coordinator_left_in_clear_are_sealed_at_the_next_start(
+    unhurried_coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
+    coordinator = unhurried_coordinator
+    agent, api = await seller_and_buyer(coordinator, cleanup, ["GPU-old"], ask=1_000_000)
+    status, job = await api.submit(secret_env={"HF_TOKEN": SECRET})
+    assert status == 201, job
+    lease = await agent.wait_for_lease()
+    await agent.client.status(lease["lease_id"], "started")
+    coordinator.stop()
+    # as a coordinator from before sealing wrote it
+    databases.write(coordinator.db, "UPDATE job_secrets SET value = ?", [SECRET])
+    coordinator.start()
+    ((_, _, value),) = _secret_rows(coordinator)
+    assert value.startswith("sealed1:") and SECRET not in databases.dump(coordinator.db)
+    again = await _lease_after_restart(agent)
+    assert again["job"]["env"] == {"HF_TOKEN": SECRET}
+
+
+async def test_a_sealed_value_moved_to_another_job_does_not_open(
+    unhurried_coordinator: CoordinatorProcess, cleanup: list[Any]
+) -> None:
+    coordinator = unhurried_coordinator
+    _, api = await seller_and_buyer(coordinator, cleanup, ["GPU-x"], ask=9_000_000)
+    first = (await api.submit(secret_env={"HF_TOKEN": SECRET}))[1]
+    second = (await api.submit(secret_env={"HF_TOKEN": "other"}))[1]
+    coordinator.stop()
+    databases.write(
+        coordinator.db,
+        "UPDATE job_secrets SET value = (SELECT value FROM job_secrets WHERE job_id = ?) "
+        "WHERE job_id = ?",
+        [first["id"], second["id"]],
+    )
+    with pytest.raises(RuntimeError, match="does not open with the key"):
+        coordinator.start()
