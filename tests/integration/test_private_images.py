@@ -224,9 +224,10 @@ async def test_a_private_image_runs_with_its_credentials_and_only_with_them(
     stack.coordinator.stop()
     places = {
         "the coordinator's database": databases.dump(stack.coordinator.db),
-        "the coordinator's database file": Path(stack.coordinator.db)
-        .read_bytes()
-        .decode("latin-1"),
+        "the coordinator's database files": "".join(
+            path.read_bytes().decode("latin-1")
+            for path in Path(stack.coordinator.db).parent.glob("coordinator.db*")
+        ),
         "the coordinator's log": stack.coordinator.log(),
         "the agent's log": stack.agent.log(),
         "the agent's spool": (stack.agent.state_dir / "spool.db").read_bytes().decode("latin-1"),
