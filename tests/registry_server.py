@@ -3,9 +3,13 @@ on loopback, with htpasswd (bcrypt) auth and TLS under a CA the test makes.
 
 `htpasswd -B` (apache2-utils) writes the bcrypt line: a system tool, as the registry itself
 is, rather than a Python package added to the project's test dependencies for one line.
-Engines must trust the CA: `trust_in_podman` writes it where Podman looks
-($HOME/.config/containers/certs.d/HOST:PORT/, HOME being the test engine's own), and dockerd
-treats registries on 127.0.0.0/8 as insecure, so it does not check the certificate at all.
+
+The registry listens on this host's own non-loopback address when it has one: dockerd treats
+every registry on 127.0.0.0/8 as insecure and checks no certificate there. Engines trust the
+CA only in the tests' own instances: `trust_in_podman` writes it where Podman looks
+($HOME/.config/containers/certs.d/HOST:PORT/, HOME being the test engine's own), and
+`ca_bundle` makes the SSL_CERT_FILE a test's own dockerd is started with (dockerd 20.10 reads
+certs.d only under /etc/docker, the host's).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import ipaddress
 import json
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -42,16 +47,42 @@ MANIFEST_TYPES = (
 )
 
 
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def own_address() -> str:
+    """This host's address on its default route (no packet is sent), else loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+    return address if not address.startswith("127.") else "127.0.0.1"
+
+
 @dataclass
 class Registry:
     workdir: Path
+    address: str
     port: int
     ca_path: Path
     process: subprocess.Popen[bytes]
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
+
+    @property
+    def verified_by_docker(self) -> bool:
+        return not self.address.startswith("127.")
+
+    def ca_bundle(self, directory: Path) -> Path:
+        """The system's CAs and the test's, for a test dockerd's SSL_CERT_FILE."""
+        system = SYSTEM_CA_BUNDLE.read_bytes() if SYSTEM_CA_BUNDLE.exists() else b""
+        bundle = directory / "ca-bundle.crt"
+        bundle.write_bytes(system + b"\n" + self.ca_path.read_bytes())
+        return bundle
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
@@ -92,8 +123,8 @@ class Registry:
                 self.process.wait()
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate for 127.0.0.1 it signs: (ca, cert, key) files."""
+def _certificates(directory: Path, address: str) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate for `address` it signs: (ca, cert, key) files."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "suanli test registry CA")])
@@ -111,14 +142,14 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -147,7 +178,8 @@ def serve_registry(workdir: Path) -> Iterator[Registry]:
             "run scripts/install-test-deps as root"
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    ca, cert, key = _certificates(workdir)
+    address = own_address()
+    ca, cert, key = _certificates(workdir, address)
     line = subprocess.run(
         ["htpasswd", "-B", "-b", "-n", USERNAME, PASSWORD],
         capture_output=True,
@@ -161,7 +193,7 @@ def serve_registry(workdir: Path) -> Iterator[Registry]:
         "log": {"level": "info"},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
         "http": {
-            "addr": f"127.0.0.1:{port}",
+            "addr": f"{address}:{port}",
             "tls": {"certificate": str(cert), "key": str(key)},
         },
         "auth": {"htpasswd": {"realm": "suanli-test", "path": str(workdir / "htpasswd")}},
@@ -177,7 +209,7 @@ def serve_registry(workdir: Path) -> Iterator[Registry]:
             cwd=workdir,
             start_new_session=True,
         )
-    registry = Registry(workdir, port, ca, process)
+    registry = Registry(workdir, address, port, ca, process)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while registry.status("/v2/") != 200:

@@ -5,6 +5,10 @@ The image is pushed with credentials, then jobs pull it: with the right password
 a wrong one the job fails as its own fault in the registry's words; without credentials the
 host's cache does not hand it over. Neither password appears anywhere but sealed: not in the
 coordinator's database, its log, the agent's log or spool, or any answer of the API.
+
+Each engine trusts the registry's CA in its own configuration only, and the test shows each
+checks it: Podman refuses the push until its certs.d has the CA, and a dockerd started without
+the CA in its SSL_CERT_FILE refuses the pull.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import databases
 import pytest
 from agent_harness import AGENT_SETTINGS, AgentProcess
 from coordinator_harness import BIN, UNHURRIED_SETTINGS, Api, CoordinatorProcess, clean_env
-from engines import BUSYBOX_IMAGE, EngineService
+from engines import BUSYBOX_IMAGE, KINDS, EngineService, serve
 from fake_nvml.fixture import FakeGpu
 from registry_server import PASSWORD, USERNAME, Registry, serve_registry
 
@@ -35,6 +39,24 @@ GPUS = [FakeGpu(uuid="GPU-5e1c0a00-0000-4000-8000-000000000001", power_mw=300_00
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     yield from serve_registry(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="module")
+def trusting_docker(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineService]:
+    """A dockerd of the test's own that trusts the registry's CA (and the system's)."""
+    bundle = registry.ca_bundle(tmp_path_factory.mktemp("docker-trust"))
+    yield from serve("docker", {"SSL_CERT_FILE": str(bundle)})
+
+
+@pytest.fixture(params=KINDS)
+def engine_service(request: pytest.FixtureRequest) -> EngineService:
+    """Each engine, trusting the registry's CA in its own configuration only."""
+    name = "trusting_docker" if request.param == "docker" else "podman_service"
+    service = request.getfixturevalue(name)
+    assert isinstance(service, EngineService)
+    return service
 
 
 async def _engine(
@@ -170,9 +192,21 @@ async def stack(
 
 
 async def test_a_private_image_runs_with_its_credentials_and_only_with_them(
-    stack: Stack, engine_service: EngineService, registry: Registry, tmp_path: Path
+    stack: Stack,
+    engine_service: EngineService,
+    registry: Registry,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     image = await _push_private_image(engine_service, registry, f"private-{engine_service.kind}")
+    if engine_service.kind == "docker" and registry.verified_by_docker:
+        # off loopback dockerd checks the certificate: one that does not trust the CA refuses
+        untrusting: EngineService = request.getfixturevalue("docker_service")
+        repo, _, tag = image.rpartition(":")
+        _, body = await _engine(
+            untrusting, "POST", f"/images/create?fromImage={repo}&tag={tag}", registry.auth()
+        )
+        assert "certificate signed by unknown authority" in body, body
     config_home = tmp_path / "config"
 
     # the right password, from a Docker config.json given to `job submit --registry-auth`
@@ -215,7 +249,7 @@ async def test_a_private_image_runs_with_its_credentials_and_only_with_them(
     # no credentials: the host's cache does not hand the private image over
     stack.suanli("registry", "logout", registry.host, config_home=config_home)
     anonymous = await stack.ended(await stack.submit(image, config_home))
-    # (dockerd, refused over TLS, retries a loopback registry over plain HTTP and says so)
+    # (on a loopback registry, dockerd refused over TLS retries over plain HTTP and says so)
     assert anonymous["state"] == "failed", anonymous
     assert anonymous["reason"] in ("image_not_found", "image_pull_failed"), anonymous
 
