@@ -280,6 +280,7 @@ class AgentDaemon:
                 self._start_runner(record)
             elif runner is not None:
                 runner.record.terms = replace(runner.record.terms, ends_at_ms=lease["ends_at_ms"])
+                runner.refresh_credentials(lease.get("job"))
                 learn_window(runner.record, lease.get("window"))
                 if lease["desired"] == "stop":
                     runner.request_stop(lease.get("stop_reason") or "stopped by the coordinator")

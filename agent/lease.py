@@ -7,12 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.engine.registry_auth import RegistryCredentials
+
 Reported = Literal["", "started", "exited", "failed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobTerms:
-    """The job to run, as the enterprise asked for it."""
+    """The job to run, as the enterprise asked for it. Its registry credentials are kept in
+    memory for its pull only, never written to the spool; `private_image` (the image came
+    with credentials) is, so that the image is removed at the lease's end even after a
+    restart, and no job without credentials runs it from the host's cache."""
 
     image: str
     command: tuple[str, ...]
@@ -20,12 +25,15 @@ class JobTerms:
     cpus_milli: int
     memory_bytes: int
     max_duration_s: int | None = None
+    registry_auth: RegistryCredentials | None = None
+    private_image: bool = False
 
     @classmethod
     def from_wire(cls, job: object) -> JobTerms | None:
         """The job of a lease as the coordinator sends it; None if it is not a whole job."""
         if not isinstance(job, Mapping):
             return None
+        auth = RegistryCredentials.from_wire(job.get("registry_auth"))
         try:
             return cls(
                 image=str(job["image"]),
@@ -34,6 +42,8 @@ class JobTerms:
                 cpus_milli=int(job["cpus_milli"]),
                 memory_bytes=int(job["memory_bytes"]),
                 max_duration_s=job.get("max_duration_s"),
+                registry_auth=auth,
+                private_image=auth is not None or job.get("private_image") is True,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -46,6 +56,7 @@ class JobTerms:
             "cpus_milli": self.cpus_milli,
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
+            "private_image": self.private_image,
         }
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from shared.errors import SuanliError
+from shared.image_refs import DOCKER_HUB, registry_host
+from shared.image_refs import hostname as _hostname
 
 __all__ = [
     "DOCKER_HUB",
@@ -43,8 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB = "docker.io"
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 RESOLVE_TIMEOUT_S = 5.0
 
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
@@ -68,31 +68,6 @@ def pull_failed_sentence(ref: str) -> str:
     """What the enterprise learns of any failed pull; the engine's own words stay in the
     agent's log, since they name addresses, resolvers and proxies of the provider."""
     return f"the provider's engine could not pull image {ref}"
-
-
-def registry_host(ref: str) -> str:
-    """The registry host[:port] of an image reference, lowercased, read as Docker reads it:
-    the first path component is a host when it has a '.' or ':', is "localhost", or has an
-    upper-case letter; otherwise the image is on Docker Hub ("docker.io")."""
-    name = ref.split("@", 1)[0]
-    first, slash, _ = name.partition("/")
-    if not slash or (
-        not any(c in first for c in ".:") and first != "localhost" and first.lower() == first
-    ):
-        return DOCKER_HUB
-    host = first.lower()
-    return DOCKER_HUB if _hostname(host) in _HUB_ALIASES else host
-
-
-def _hostname(host: str) -> str:
-    """host[:port] without the port and brackets, without a trailing dot."""
-    if host.startswith("["):
-        inside, _, _ = host[1:].partition("]")
-        return inside
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        host = name
-    return host.rstrip(".")
 
 
 def non_global_address(text: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from agent.config import AgentSettings
@@ -16,16 +17,20 @@ from agent.engine import (
     ImagePullFailed,
     ImageTooLarge,
     LimitNotEnforced,
+    RegistryAuthRefused,
 )
 from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
 from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
-from agent.lease import Failure, LeaseRecord
+from agent.lease import Failure, JobTerms, LeaseRecord
 from agent.log_pump import LogPump
 from agent.nvml import GpuSample
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from shared.clock import now_ms
 
 log = logging.getLogger(__name__)
+# how long a restarted agent waits for the coordinator to send a private image's credentials
+# again (its spool never kept them) before it gives the lease back
+CREDENTIALS_WAIT_S = 30.0
 
 
 class LeaseHost(Protocol):
@@ -67,6 +72,8 @@ class LeaseRunner:
         self._stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._pulled = False
+        self._credentials = asyncio.Event()
 
     @property
     def lease_id(self) -> str:
@@ -74,6 +81,31 @@ class LeaseRunner:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"lease {self.lease_id}")
+
+    def refresh_credentials(self, job: object) -> None:
+        """Take the credentials of the lease's job again from a lease poll (a restarted agent
+        has none), as long as the image is still to be pulled."""
+        terms = self.record.terms
+        if terms.job is None or not terms.job.private_image or terms.job.registry_auth:
+            return
+        fresh = JobTerms.from_wire(job)
+        if self._pulled or fresh is None or fresh.registry_auth is None:
+            return
+        self.record.terms = replace(
+            terms, job=replace(terms.job, registry_auth=fresh.registry_auth)
+        )
+        self._credentials.set()
+
+    async def _credentials_again(self) -> bool:
+        """Wait for refresh_credentials, or a stop; True once the credentials are back."""
+        stop = asyncio.create_task(self._stop.wait())
+        back = asyncio.create_task(self._credentials.wait())
+        await asyncio.wait(
+            {stop, back}, timeout=CREDENTIALS_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        back.cancel()
+        return job_terms(self.record).registry_auth is not None
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -125,20 +157,23 @@ class LeaseRunner:
                 "and cannot give a job the least a container needs",
             )
             return False
+        if job.private_image and job.registry_auth is None:
+            if not await self._credentials_again():
+                await self._fail(
+                    "registry_auth_missing",
+                    "the agent restarted before it pulled the job's private image, and did not "
+                    "get the image's credentials again",
+                )
+                return False
+            job = job_terms(record)
         policy = settings.registry_policy
         try:
             policy.check_name(image)
-            if not await engine.image_exists(image):
+            # an image that needs credentials is pulled with them even when the host has it:
+            # the registry, not the host's cache, decides whether this job may have it
+            if job.registry_auth is not None or not await engine.image_exists(image):
                 await policy.check(image)
-                await self._note(f"[suanli] pulling image {image}\n")
-                progress = PullProgress()
-                await engine.pull(
-                    image,
-                    timeout_s=settings.image_pull_timeout_s,
-                    max_bytes=settings.image_max_bytes,
-                    progress=progress.add,
-                )
-                await self._note(progress.summary(image))
+                await self._pull(image)
             isolation, _ = await engine.root_isolation()
             await self._note(limits_note(limits, isolation, settings.memory_by_gpu_share))
             spec = job_spec(
@@ -165,6 +200,10 @@ class LeaseRunner:
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
             await self._fail("image_pull_failed", exc.detail)
+            return False
+        except RegistryAuthRefused as exc:  # the job's credentials, in its registry's words
+            log.warning("lease %s: %s", record.lease_id, exc.detail)
+            await self._fail(exc.code, exc.detail)
             return False
         except (ImageNotFound, ImagePullFailed) as exc:
             # The engine's words name the provider's addresses, resolvers and proxies.
@@ -193,6 +232,26 @@ class LeaseRunner:
         await daemon.save(record)
         daemon.kick_reports()
         return True
+
+    async def _pull(self, image: str) -> None:
+        """Pull the job's image, with its credentials if it has any, then forget them: they
+        serve this one pull."""
+        settings, terms = self.daemon.settings, self.record.terms
+        job = job_terms(self.record)
+        await self._note(f"[suanli] pulling image {image}\n")
+        progress = PullProgress()
+        try:
+            await self.daemon.engine.pull(
+                image,
+                timeout_s=settings.image_pull_timeout_s,
+                max_bytes=settings.image_max_bytes,
+                progress=progress.add,
+                auth=job.registry_auth,
+            )
+        finally:
+            self._pulled = True
+            self.record.terms = replace(terms, job=replace(job, registry_auth=None))
+        await self._note(progress.summary(image))
 
     async def _supervise(self) -> int:
         """Wait for the container to exit, stopping it on request; returns its exit code."""
@@ -223,6 +282,7 @@ class LeaseRunner:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, timeout=30)
         await self._remove_container()
+        await self._remove_private_image()
         if not record.chain.final_sealed:
             await daemon.seal_final(record)
             daemon.kick_reports()
@@ -232,6 +292,7 @@ class LeaseRunner:
         container.failure = Failure(code, detail[:500])
         container.ended_at_ms = container.ended_at_ms or now_ms()
         await self.daemon.save(self.record)
+        await self._remove_private_image()
         self.daemon.kick_reports()
 
     async def _remove_container(self) -> None:
@@ -239,6 +300,14 @@ class LeaseRunner:
         if container_id is not None:
             with contextlib.suppress(EngineError):
                 await self.daemon.engine.remove(container_id, force=True)
+
+    async def _remove_private_image(self) -> None:
+        """A private image leaves the host with its lease, so that no job without its
+        credentials finds it in the host's cache."""
+        job = self.record.terms.job
+        if job is not None and job.private_image:
+            with contextlib.suppress(EngineError):
+                await self.daemon.engine.remove_image(job.image)
 
     async def _note(self, text: str) -> None:
         """A line of the agent's own in the job's log, before the container's output (whose

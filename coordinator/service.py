@@ -30,6 +30,7 @@ from coordinator.receipts.intake import ReceiptIntake
 from coordinator.receipts.signature_workers import SignatureWorkers
 from coordinator.receipts.store import ReceiptStore
 from coordinator.scheduler import Scheduler
+from coordinator.secret_box import SecretBox, seal_clear_secrets
 from coordinator.settlement import Settlement
 from coordinator.signals import Signals
 from coordinator.state import load_state
@@ -50,9 +51,11 @@ class Coordinator:
         clock: Callable[[], int] = now_ms,
         policy: billing.VoucherPolicy | None = None,
         prepare: bool = True,
+        secret_box: SecretBox | None = None,
     ) -> None:
         """`prepare`: open the fiscal year and log the policy and registrations (the leader's
-        start-up writes); a standby only reads."""
+        start-up writes); a standby only reads. `secret_box` seals job secrets at rest (by
+        default under a key that lives in memory only)."""
         self.settings = settings
         self.database = database
         self.clock = clock
@@ -63,12 +66,16 @@ class Coordinator:
             if isinstance(signing_key, tlog.LogKey)
             else tlog.LogKey(signing_key, tlog.default_origin(signing_key))
         )
+        self.secret_box = secret_box or SecretBox.ephemeral()
         if prepare:
             with database.transaction() as db:
                 billing.open_fiscal_year(db, self.policy, clock())
                 tlog.log_voucher_policy(db, dataclasses.asdict(self.policy), clock())
                 tlog.log_registrations(db)
-        state = self.state = load_state(database.db, settings, clock())
+                seal_clear_secrets(db, self.secret_box)
+        # a standby delivers no lease, so it opens no secret
+        opener = self.secret_box if prepare else None
+        state = self.state = load_state(database.db, settings, clock(), opener)
         signals = self.signals = Signals()
         self.settlement = Settlement(state, database, settings, clock)
         committer = Committer(state, database, self.settlement, clock)
@@ -87,7 +94,15 @@ class Coordinator:
         self.reports = LeaseReports(state, transitions, committer, signals, self.logs, clock)
         # jobs, and placing them
         self.jobs = JobBoard(
-            state, database, transitions, committer, signals, settings, self.policy, clock
+            state,
+            database,
+            transitions,
+            committer,
+            signals,
+            settings,
+            self.policy,
+            clock,
+            self.secret_box,
         )
         self.scheduler = Scheduler(state, transitions, committer, signals, settings, clock)
         self.attention = Attention(clock, self.scheduler.counters)

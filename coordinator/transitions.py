@@ -24,7 +24,14 @@ from shared import log_entries
 MAX_REASON = 512
 # a failure to start that is the job's own fault fails the job instead of requeueing it
 JOB_FAULTS = frozenset(
-    {"image_not_found", "image_pull_failed", "invalid_command", "start_failed", "registry_refused"}
+    {
+        "image_not_found",
+        "image_pull_failed",
+        "invalid_command",
+        "start_failed",
+        "registry_refused",
+        "registry_auth_refused",
+    }
 )
 
 

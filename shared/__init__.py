@@ -17,6 +17,7 @@ from shared import (
     gpu_models,
     http_client,
     identity,
+    image_refs,
     ledger_names,
     log_entries,
     merkle,
@@ -24,6 +25,7 @@ from shared import (
     money,
     note,
     receipts,
+    sealing,
     settings_file,
     signed_request,
     uscc,
@@ -57,6 +59,7 @@ from shared.identity import PrivateKey, PublicKey, VerifierKey
 from shared.log_entries import LogEntryError
 from shared.messages import MessageError
 from shared.receipts import Receipt, SealedReceipt
+from shared.sealing import SealError
 from shared.uscc import UsccError
 
 PUBLIC_MODULES = (
@@ -72,6 +75,7 @@ PUBLIC_MODULES = (
     "gpu_models",
     "http_client",
     "identity",
+    "image_refs",
     "ledger_names",
     "log_entries",
     "merkle",
@@ -79,6 +83,7 @@ PUBLIC_MODULES = (
     "money",
     "note",
     "receipts",
+    "sealing",
     "settings_file",
     "signed_request",
     "uscc",
@@ -108,6 +113,7 @@ __all__ = [
     "ReceiptError",
     "ReceiptRuleError",
     "Refused",
+    "SealError",
     "SealedReceipt",
     "SignatureError",
     "SuanliError",

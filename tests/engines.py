@@ -253,7 +253,7 @@ def _spawn(kind: str, workdir: Path, argv: list[str], env: dict[str, str]) -> En
     return EngineService(kind, workdir, sock, process, log_path)
 
 
-def start_docker(workdir: Path) -> EngineService:
+def start_docker(workdir: Path, extra_env: dict[str, str] | None = None) -> EngineService:
     config = workdir / "daemon.json"
     config.write_text("{}\n")  # not the host's /etc/docker/daemon.json
     argv = [
@@ -272,10 +272,10 @@ def start_docker(workdir: Path) -> EngineService:
         "--ip6tables=false",
         "--bridge=none",
     ]
-    return _spawn("docker", workdir, argv, dict(os.environ))
+    return _spawn("docker", workdir, argv, {**os.environ, **(extra_env or {})})
 
 
-def start_podman(workdir: Path) -> EngineService:
+def start_podman(workdir: Path, extra_env: dict[str, str] | None = None) -> EngineService:
     # crun fails on this hybrid-cgroup host and the default rlimits are refused (see
     # environment-notes); storage, state and temp files stay under workdir.
     conf = workdir / "containers.conf"
@@ -302,13 +302,21 @@ driver = "overlay"
 graphroot = "{workdir}/storage"
 runroot = "{workdir}/run"
 """)
-    env = {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+    # its own HOME: registry certificates a test trusts go to $HOME/.config/containers/certs.d
+    env = {
+        **os.environ,
+        "CONTAINERS_CONF": str(conf),
+        "CONTAINERS_STORAGE_CONF": str(storage),
+        "HOME": str(workdir / "home"),
+        **(extra_env or {}),
+    }
     argv = ["podman", "system", "service", "--time=0", f"unix://{workdir}/podman.sock"]
     return _spawn("podman", workdir, argv, env)
 
 
-def serve(kind: str) -> Iterator[EngineService]:
-    """Start one engine with the busybox image, yield it, and tear it all down."""
+def serve(kind: str, extra_env: dict[str, str] | None = None) -> Iterator[EngineService]:
+    """Start one engine with the busybox image, yield it, and tear it all down; `extra_env`
+    goes to the engine's process (a test's CA bundle in SSL_CERT_FILE, say)."""
     if os.geteuid() != 0:
         unavailable(f"{kind} engine tests start the engine as root, and this is uid {os.geteuid()}")
     missing = missing_binaries(kind)
@@ -319,7 +327,7 @@ def serve(kind: str) -> Iterator[EngineService]:
     # Short and under /tmp: containerd and conmon put unix sockets in here (108-byte limit).
     workdir = Path(tempfile.mkdtemp(prefix=f"suanli-{kind}-", dir="/tmp"))
     began = time.monotonic()
-    service = (start_docker if kind == "docker" else start_podman)(workdir)
+    service = (start_docker if kind == "docker" else start_podman)(workdir, extra_env)
     try:
         service.wait_ready()
         service.import_image(BUSYBOX_IMAGE, busybox_rootfs())

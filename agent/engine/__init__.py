@@ -20,9 +20,11 @@ from agent.engine.errors import (
     ImageTooLarge,
     InvalidContainerSpec,
     LimitNotEnforced,
+    RegistryAuthRefused,
 )
 from agent.engine.hardening import build_create_body, build_libpod_create_body, unenforced_limits
 from agent.engine.info import ContainerState, EngineInfo
+from agent.engine.registry_auth import RegistryCredentials
 from agent.engine.spec import (
     FALLBACK_USER,
     GPU_MODES,
@@ -58,6 +60,8 @@ __all__ = [
     "ImageTooLarge",
     "InvalidContainerSpec",
     "LimitNotEnforced",
+    "RegistryAuthRefused",
+    "RegistryCredentials",
     "build_create_body",
     "build_libpod_create_body",
     "cdi_device_name",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from shared.errors import SuanliError
 
@@ -41,6 +42,12 @@ class ImageTooLarge(ImagePullFailed):
     """The image's layers add up to more than the pull was allowed to fetch."""
 
     code = "image_too_large"
+
+
+class RegistryAuthRefused(ImagePullFailed):
+    """The image's registry refused the credentials the job gave for it."""
+
+    code = "registry_auth_refused"
 
 
 class ContainerNotFound(EngineError):
@@ -107,6 +114,23 @@ def pull_error(ref: str, message: str) -> EngineError:
     if any(word in message.lower() for word in _NOT_FOUND_WORDS):
         return ImageNotFound(f"image {ref} was not found in its registry: {message}")
     return ImagePullFailed(f"pulling image {ref} failed: {message}")
+
+
+# what a registry answers to wrong credentials, as Docker and Podman pass it on
+_AUTH_REFUSED = re.compile(r"\b(unauthorized|denied|authentication required)\b.*", re.I | re.S)
+
+
+def auth_refusal(ref: str, host: str, message: str) -> RegistryAuthRefused | None:
+    """The refusal of a pull made with credentials, in the registry's own words (the part of the
+    engine's message the registry wrote, which names neither the password nor the provider's
+    network); None when the failure was something else."""
+    found = _AUTH_REFUSED.search(message)
+    if found is None:
+        return None
+    words = found.group(0).strip()[:300]
+    return RegistryAuthRefused(
+        f"registry {host} refused the credentials given for image {ref}: {words}"
+    )
 
 
 def start_error(container_id: str, message: str) -> EngineError:

@@ -16,9 +16,12 @@ from agent.engine.errors import (
     EngineError,
     ImageNotFound,
     ImagePullFailed,
+    ImageTooLarge,
+    auth_refusal,
     engine_message,
     pull_error,
 )
+from agent.engine.registry_auth import RegistryCredentials
 from agent.engine.streams import follow_pull, split_image_ref
 
 
@@ -42,10 +45,31 @@ class ImageCalls(EngineApi):
         timeout_s: float = 600.0,
         max_bytes: int | None = None,
         progress: Callable[[str], object] | None = None,
+        auth: RegistryCredentials | None = None,
     ) -> None:
-        """Pull an image, giving up after timeout_s or once its layers exceed max_bytes.
+        """Pull an image, giving up after timeout_s or once its layers exceed max_bytes; with
+        `auth`, credentials for its registry (this request only), and a RegistryAuthRefused if
+        the registry refuses them.
 
         Closing the request is what stops the engine's download, so both limits end it."""
+        try:
+            await self._pull(ref, timeout_s, max_bytes, progress, auth)
+        except ImageTooLarge:
+            raise
+        except (ImageNotFound, ImagePullFailed) as exc:
+            refused = None if auth is None else auth_refusal(ref, auth.serveraddress, exc.detail)
+            if refused is not None:
+                raise refused from exc
+            raise
+
+    async def _pull(
+        self,
+        ref: str,
+        timeout_s: float,
+        max_bytes: int | None,
+        progress: Callable[[str], object] | None,
+        auth: RegistryCredentials | None,
+    ) -> None:
         image, tag = split_image_ref(ref)
         params = {"fromImage": image, **({"tag": tag} if tag else {})}
         path = f"{await self._prefix()}/images/create"
@@ -55,6 +79,7 @@ class ImageCalls(EngineApi):
                     "POST",
                     path,
                     params=params,
+                    headers=auth.header() if auth is not None else None,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
                 )
                 async with response:

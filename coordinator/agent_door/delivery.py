@@ -8,6 +8,7 @@ from typing import Any
 
 from coordinator.config import Settings
 from coordinator.jobs import Lease
+from coordinator.jobs.secrets import registry_auth, secret_env
 from coordinator.market import Agent
 from coordinator.signals import Signals
 from coordinator.state import State
@@ -52,6 +53,7 @@ class LeaseDelivery:
 
     def lease_view(self, lease: Lease) -> dict[str, Any]:
         request = self.state.jobs[lease.job_id].request
+        secrets = self.state.secrets.get(lease.job_id, {})
         return {
             "lease_id": lease.id,
             "job_id": lease.job_id,
@@ -66,10 +68,11 @@ class LeaseDelivery:
             "job": {
                 "image": request.image,
                 "command": list(request.command),
-                "env": {**dict(request.env), **self.state.secrets.get(lease.job_id, {})},
+                "env": {**dict(request.env), **secret_env(secrets)},
                 "cpus_milli": request.cpus_milli,
                 "memory_bytes": request.memory_bytes,
                 "max_duration_s": request.max_duration_s,
+                "registry_auth": registry_auth(secrets),
             },
         }
 

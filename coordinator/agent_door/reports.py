@@ -10,6 +10,7 @@ from coordinator.commit import Committer
 from coordinator.errors import NotFound
 from coordinator.jobs import LEASE_OFFERED, Lease
 from coordinator.jobs.logs import JobLogs
+from coordinator.jobs.secrets import masked_values
 from coordinator.market import Agent
 from coordinator.signals import Signals
 from coordinator.state import State
@@ -78,7 +79,7 @@ class LeaseReports:
             lease.job_id,
             body.offset,
             body.data,
-            list(self.state.secrets.get(lease.job_id, {}).values()),
+            masked_values(self.state.secrets.get(lease.job_id, {})),
         )
 
 

@@ -17,7 +17,16 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from coordinator.client import arguments, audit, completion, follow, job_file, login, render
+from coordinator.client import (
+    arguments,
+    audit,
+    completion,
+    follow,
+    job_file,
+    login,
+    registry_login,
+    render,
+)
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.connection import connection_options as _connection_options
 from shared.command_line import top_parser
@@ -146,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "when the job ends",
     )
     submit.add_argument(
+        "--registry-auth",
+        metavar="FILE",
+        help="a Docker config.json holding credentials for the image's registry (default: "
+        "those `suanli registry login` saved for it); only the winning agent gets them",
+    )
+    submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
         help="makes a retried submit return the first job instead of posting "
@@ -194,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _leaf(commands, "account", cmd_account, "who your token is")
     audit.add_commands(commands, _connection_options)
     login.add_login(commands, _connection_options)
+    registry_login.add_commands(commands)
     completion.add_completion(commands, parser)
     job_file.accept_job_file(submit)  # last: every flag of submit gets its key
     return parser
@@ -217,6 +233,9 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
         if both:
             raise UsageError(f"{', '.join(both)} is given both as --env and --secret-env")
         body["secret_env"] = dict(args.secret_env)
+    registry_auth = registry_login.auth_for_image(args.image, args.registry_auth)
+    if registry_auth is not None:
+        body["registry_auth"] = registry_auth
     for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
@@ -323,11 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "local", None) is not None:  # needs no coordinator
+            return registry_login.run_local(args)
         if args.run is None:
             args.help_parser.print_help(sys.stderr)
             return EXIT_USAGE
-        if getattr(args, "local", None) is not None:  # needs no coordinator
-            return int(args.local(args))
         if getattr(args, "complete", None) is not None:  # the job file
             args.complete(args)
         getattr(args, "prepare", login.use_profile)(args)
@@ -342,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         api = _api(args)
         return asyncio.run(_run(args.run, api, args))
-    except UsageError as exc:
+    except (UsageError, registry_login.RegistryLoginError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except TransportError as exc:
         return _fail(exc.detail, EXIT_USAGE)

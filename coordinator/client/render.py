@@ -115,6 +115,8 @@ def job_details(job: dict[str, Any]) -> str:
                     " ".join(f"{name}=<redacted>" for name in sorted(spec["secret_env"])),
                 )
             )
+        if spec.get("registry_auth"):
+            rows.append(("registry auth", "given (shown to nobody)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

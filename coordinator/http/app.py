@@ -31,6 +31,7 @@ from coordinator.http.standby import keep_warm, standby_gate
 from coordinator.limits import RateLimiter
 from coordinator.metrics import Metrics
 from coordinator.role import STANDBY, Role
+from coordinator.secret_box import SecretBox, secrets_key_location
 from coordinator.service import Coordinator
 from coordinator.storage import Database, Fence
 from shared.clock import now_ms
@@ -81,8 +82,12 @@ def make_app(
     database = Database(db_path, read_only=standby)
     database.fence = fence
     database.on_writer_died = on_writer_died
-    log_key = tlog.LogKey.load(database.db, log_key_location(settings, db_path), create=not standby)
-    coordinator = Coordinator(settings, database, log_key, clock, policy, prepare=not standby)
+    key_path = log_key_location(settings, db_path)
+    log_key = tlog.LogKey.load(database.db, key_path, create=not standby)
+    box = SecretBox(secrets_key_location(key_path), create=not standby)
+    coordinator = Coordinator(
+        settings, database, log_key, clock, policy, prepare=not standby, secret_box=box
+    )
     app[COORDINATOR] = coordinator
     app[ROLE] = role
     app[METRICS] = Metrics(

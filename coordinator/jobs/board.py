@@ -12,7 +12,9 @@ from coordinator.commit import Committer
 from coordinator.config import Settings
 from coordinator.errors import Conflict, Forbidden, NotFound, Unprocessable
 from coordinator.jobs.model import PENDING, Job
+from coordinator.jobs.secrets import submitted_secrets
 from coordinator.jobs.spec import JobRequest, parse_job_request
+from coordinator.secret_box import SecretBox
 from coordinator.signals import Signals
 from coordinator.state import State
 from coordinator.state.rows import job_row
@@ -36,8 +38,10 @@ class JobBoard:
         settings: Settings,
         policy: billing.VoucherPolicy,
         clock: Callable[[], int],
+        secret_box: SecretBox,
     ) -> None:
         self.state = state
+        self.secret_box = secret_box
         self.database = database
         self.transitions = transitions
         self.committer = committer
@@ -66,7 +70,7 @@ class JobBoard:
                 code="invalid_job",
             )
         request = parse_job_request(body)
-        secrets = dict(body.secret_env)
+        secrets = submitted_secrets(body)
         if request.gpu_models:
             request = _with_models(request)
         state = self.state
@@ -103,7 +107,9 @@ class JobBoard:
         # auctioned only once its reservation and row are committed
         state.jobs_by_key[(job.enterprise_id, key)] = job
         try:
-            await self.database.run(_submission_writes(job, secrets, self.policy, now))
+            await self.database.run(
+                _submission_writes(job, secrets, self.secret_box, self.policy, now)
+            )
         except BaseException:
             state.jobs_by_key.pop((job.enterprise_id, key), None)
             raise
@@ -151,9 +157,14 @@ class JobBoard:
 
 
 def _submission_writes(
-    job: Job, secrets: dict[str, str], policy: billing.VoucherPolicy, now: int
+    job: Job,
+    secrets: dict[str, str],
+    box: SecretBox,
+    policy: billing.VoucherPolicy,
+    now: int,
 ) -> Callable[[Session], None]:
-    """The job's reservation (unless its enterprise is suspended), row and secret values."""
+    """The job's reservation (unless its enterprise is suspended), row and secret values
+    (sealed: the database never holds them in clear)."""
     row = job_row(job)
     max_cost = job.request.max_cost_micro_yuan
 
@@ -166,7 +177,7 @@ def _submission_writes(
         if secrets:
             db.table("job_secrets").insert_all(
                 [
-                    {"job_id": job.id, "name": name, "value": value}
+                    {"job_id": job.id, "name": name, "value": box.seal(job.id, name, value)}
                     for name, value in secrets.items()
                 ]
             )

@@ -3,7 +3,8 @@ defaults that depend on its GPU count filled in."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ class JobRequest:
     max_price_per_gpu_hour: int
     # only the names: the values live apart (job_secrets) until the job ends
     secret_env_names: tuple[str, ...] = ()
+    registry_auth: bool = False  # whether credentials came (they live apart, as secrets do)
 
     def to_json(self, env_values: bool = True) -> dict[str, Any]:
         """The spec as JSON; secret values are never in it, and `env_values=False` (for an
@@ -39,6 +41,7 @@ class JobRequest:
             "command": list(self.command),
             "env": {name: value if env_values else REDACTED for name, value in self.env},
             "secret_env": {name: REDACTED for name in self.secret_env_names},
+            "registry_auth": self.registry_auth,
             "gpus": self.gpus,
             "min_gpu_memory_bytes": self.min_gpu_memory_bytes,
             "gpu_models": list(self.gpu_models),
@@ -79,9 +82,13 @@ def parse_job_request(body: api.JobSubmit) -> JobRequest:
         max_duration_s=body.max_duration_s,
         max_price_per_gpu_hour=body.max_price_per_gpu_hour_micro_yuan,
         secret_env_names=tuple(sorted(body.secret_env)),
+        registry_auth=body.registry_auth is not None,
     )
 
 
 def load_job_request(spec: str) -> JobRequest:
     """A job's spec as stored (`JobRequest.to_json`), read back as a submission is read."""
-    return parse_job_request(decode_json(api.JobSubmit, spec.encode(), code="invalid_job"))
+    fields = json.loads(spec)
+    with_auth = fields.pop("registry_auth", False) is True
+    body = decode_json(api.JobSubmit, json.dumps(fields).encode(), code="invalid_job")
+    return replace(parse_job_request(body), registry_auth=with_auth)

@@ -8,6 +8,7 @@ from typing import Any
 from coordinator.config import Settings
 from coordinator.jobs import Job, Lease, load_job_request
 from coordinator.market import FLAG_KINDS, Agent, Flag, Gpu, Market
+from coordinator.secret_box import SecretBox
 from coordinator.state.memory import State
 from coordinator.storage import Session
 from shared.identity import PublicKey
@@ -18,11 +19,17 @@ ALIVE_INTERVAL_MS = 600  # at most this long between two writes of coordinator_a
 SKEW_MARGIN_MS = 25
 
 
-def load_state(db: Session, settings: Settings, now: int) -> State:
+def load_state(
+    db: Session, settings: Settings, now: int, secret_box: SecretBox | None = None
+) -> State:
+    """The state as the database holds it; job secrets only with `secret_box` (a standby,
+    which delivers no lease, reads none)."""
     state = State(Market(settings.reliability_half_life_ms))
     _load_agents(db, state.market)
-    for row in db.query("SELECT job_id, name, value FROM job_secrets"):
-        state.secrets.setdefault(row["job_id"], {})[row["name"]] = row["value"]
+    if secret_box is not None:
+        for row in db.query("SELECT job_id, name, value FROM job_secrets"):
+            value = secret_box.open(row["job_id"], row["name"], row["value"])
+            state.secrets.setdefault(row["job_id"], {})[row["name"]] = value
     for row in db.query("SELECT * FROM jobs"):
         state.index_job(_job(row))
     for row in db.query("SELECT * FROM leases"):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from shared.messages.fields import INT64_MAX, Count, Message, Milliseconds, require_printable
+from shared.messages.registry_auth import RegistryAuth
 
 MAX_GPUS_PER_AGENT = 64
 MAX_TEXT = 128
@@ -151,7 +152,8 @@ class Window(Message):
 
 
 class LeaseJob(Message):
-    """What the agent runs: the job's container, env (secret values included) and limits."""
+    """What the agent runs: the job's container, env (secret values included) and limits, and
+    the credentials for its image's registry (for that pull only; None: a public image)."""
 
     image: str
     command: list[str]
@@ -159,6 +161,7 @@ class LeaseJob(Message):
     cpus_milli: int
     memory_bytes: int
     max_duration_s: int
+    registry_auth: RegistryAuth | None = None
 
 
 class LeaseView(Message):

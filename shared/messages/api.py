@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared.image_refs import registry_host
 from shared.messages.fields import (
     UNICODE_TEXT,
     Count,
@@ -16,6 +17,7 @@ from shared.messages.fields import (
     Milliseconds,
     require_printable,
 )
+from shared.messages.registry_auth import RegistryAuth
 
 JobState = Literal["pending", "leased", "running", "succeeded", "failed", "cancelled", "lost"]
 Role = Literal["enterprise", "auditor"]
@@ -58,6 +60,18 @@ EnvValue = Annotated[
     ),
 ]
 Env = Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=MAX_ENV)]
+SecretEnvValue = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_ENV_VALUE,
+        pattern=UNICODE_TEXT,
+        extra={
+            "expected": f"a string of at most {MAX_ENV_VALUE} characters without NUL",
+            "secret": True,  # a refusal never repeats it
+        },
+    ),
+]
+SecretEnv = Annotated[dict[EnvName, SecretEnvValue], msgspec.Meta(max_length=MAX_ENV)]
 CommandPart = Annotated[
     str,
     msgspec.Meta(
@@ -103,13 +117,24 @@ class JobSubmit(Message, forbid_unknown_fields=True):
     ] = []
     env: Annotated[Env, msgspec.Meta(description="environment variables")] = {}
     secret_env: Annotated[
-        Env,
+        SecretEnv,
         msgspec.Meta(
             description="secret environment variables: delivered only to the winning agent, "
             "never shown back (the name is, with a redacted value), never logged, erased when "
             "the job ends"
         ),
     ] = {}
+    registry_auth: (
+        Annotated[
+            RegistryAuth,
+            msgspec.Meta(
+                description="credentials for the image's registry: delivered only to the "
+                "winning agent for its pull, never shown back (a view says registry_auth: "
+                "true), never logged, erased when the job ends"
+            ),
+        ]
+        | None
+    ) = None
     min_gpu_memory_bytes: Annotated[int, _limit(0, 1 << 50, "least memory each GPU must have")] = 0
     gpu_models: Annotated[
         list[ModelName],
@@ -151,6 +176,13 @@ class JobSubmit(Message, forbid_unknown_fields=True):
             raise ValueError(
                 f"env: expected at most {MAX_ENV} variables together with secret_env, got {count}"
             )
+        if self.registry_auth is not None:
+            host = registry_host(self.image)
+            if self.registry_auth.serveraddress.lower() != host:
+                raise ValueError(
+                    f"registry_auth: expected credentials for {host}, the registry of image "
+                    f"{self.image}, got them for {self.registry_auth.serveraddress}"
+                )
 
 
 class JobSpecView(Message):
@@ -160,6 +192,7 @@ class JobSpecView(Message):
     command: list[str]
     env: dict[str, str]
     secret_env: dict[str, str]
+    registry_auth: bool
     gpus: int
     min_gpu_memory_bytes: int
     gpu_models: list[str]

@@ -46,9 +46,20 @@ def explain(root: Any, error: msgspec.ValidationError, value: Any, fmt: str) -> 
         shown = name if name.isidentifier() else quote(name)
         return f"{_join(label, shown)}: unknown field; the fields are {known}"
     if what.startswith(("Expected", "Invalid", "Integer value out of range")):
-        return _sentence(label, node_type, node_value, fmt)
+        return _sentence(label, node_type, UNKNOWN if secret(node_type) else node_value, fmt)
     # raised by a struct's own check (__post_init__), already naming its field
     return f"{label}.{what}" if label else what
+
+
+def secret(tp: Any) -> bool:
+    """Whether a declared field holds a secret (Meta extra "secret"): a refusal then says
+    what it expected, never what was sent."""
+    if typing.get_origin(tp) is not typing.Annotated:
+        return False
+    return any(
+        isinstance(meta, msgspec.Meta) and bool((meta.extra or {}).get("secret"))
+        for meta in typing.get_args(tp)[1:]
+    )
 
 
 def _sentence(label: str, expected: Any, got: Any, fmt: str) -> str:
