@@ -180,7 +180,8 @@ class EnvAction(argparse.Action):
     ) -> None:
         name, sep, value = str(values).partition("=")
         if not sep or not name:
-            raise argparse.ArgumentError(self, f"{values!r} is not NAME=VALUE")
+            shown = "the value given" if "secret" in self.dest else repr(values)
+            raise argparse.ArgumentError(self, f"{shown} is not NAME=VALUE")
         env = dict(getattr(namespace, self.dest, None) or {})
         if name in env:
             raise argparse.ArgumentError(self, f"{name} is given twice")

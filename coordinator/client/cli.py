@@ -21,6 +21,7 @@ from coordinator.client import (
     arguments,
     audit,
     completion,
+    env_file,
     follow,
     job_file,
     login,
@@ -155,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         "when the job ends",
     )
     submit.add_argument(
+        "--secret-env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="secret variables from a file of NAME=VALUE lines, as docker --env-file reads "
+        "them (repeatable; --secret-env wins over a file)",
+    )
+    submit.add_argument(
         "--registry-auth",
         metavar="FILE",
         help="a Docker config.json holding credentials for the image's registry (default: "
@@ -228,6 +237,10 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
         "max_price_per_gpu_hour_micro_yuan": args.max_price_micro_yuan,
         "idempotency_key": args.idempotency_key or f"cli-{secrets.token_urlsafe(18)}",
     }
+    try:
+        args.secret_env = env_file.merged_secret_env(args.secret_env, args.secret_env_file)
+    except env_file.EnvFileError as exc:
+        raise UsageError(str(exc)) from None
     if args.secret_env:
         both = sorted(set(args.env) & set(args.secret_env))
         if both:

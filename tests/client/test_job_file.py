@@ -78,6 +78,7 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
         "max-price-per-gpu-hour",
         "env",
         "secret-env",
+        "secret-env-file",
         "registry-auth",
         "idempotency-key",
         "command",
