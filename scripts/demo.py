@@ -139,7 +139,8 @@ def run(*argv: object, env: dict[str, str] | None = None) -> str:
 
 
 @contextlib.contextmanager
-def container_engine(workdir: Path) -> Iterator[EngineService]:
+def container_engine(workdir: Path, keep: bool = False) -> Iterator[EngineService]:
+    """The demo's own engine, stopped afterwards unless `keep` (the kept market runs on it)."""
     if os.geteuid() != 0:
         raise SystemExit(
             "demo: it starts its own container engine, which needs root; run it as root "
@@ -157,7 +158,8 @@ def container_engine(workdir: Path) -> Iterator[EngineService]:
         service.import_image(BUSYBOX_IMAGE, busybox_rootfs())
         yield service
     finally:
-        service.stop()
+        if not keep:
+            service.stop()
 
 
 class Coordinator:
@@ -593,40 +595,47 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
                 f"used {yuan(pool['used'])}, remaining {yuan(pool['remaining'])}"
             )
 
-            say(
-                "6. The month is closed: statements with due dates",
-                "(closed early for the demo: `admin close-period YYYY-MM --early`)",
-            )
             period = time.strftime("%Y-%m", time.gmtime())
-            closed = coordinator.admin("close-period", period, "--early")
-            listing = coordinator.admin("list")
-            party_names = {
-                row["id"]: row["name"]
-                for kind in ("providers", "enterprises")
-                for row in listing[kind]
-            }
-            table = Table(title=f"statements for {period}")
-            for column in (
-                "party",
-                "kind",
-                "total",
-                "voucher",
-                "due from the enterprise",
-                "due date",
-            ):
-                table.add_column(column)
-            for statement in closed["statements"]:
-                table.add_row(
-                    party_names.get(statement["party_id"], statement["party_id"]),
-                    statement["party_kind"],
-                    yuan(statement["total_micro_yuan"]),
-                    yuan(statement["voucher_micro_yuan"]),
-                    yuan(statement.get("amount_due_micro_yuan"))
-                    if statement["party_kind"] == "enterprise"
-                    else "-",
-                    statement.get("due_date") or "-",
+            if args.keep:
+                say(
+                    "6. The month stays open, so the kept market goes on billing",
+                    f"close it later with `suanli-coordinator admin --db {coordinator.db} "
+                    f"close-period {period} --early`; usage after a close cannot be posted",
                 )
-            console.print(table)
+            else:
+                say(
+                    "6. The month is closed: statements with due dates",
+                    "(closed early for the demo: `admin close-period YYYY-MM --early`)",
+                )
+                closed = coordinator.admin("close-period", period, "--early")
+                listing = coordinator.admin("list")
+                party_names = {
+                    row["id"]: row["name"]
+                    for kind in ("providers", "enterprises")
+                    for row in listing[kind]
+                }
+                table = Table(title=f"statements for {period}")
+                for column in (
+                    "party",
+                    "kind",
+                    "total",
+                    "voucher",
+                    "due from the enterprise",
+                    "due date",
+                ):
+                    table.add_column(column)
+                for statement in closed["statements"]:
+                    table.add_row(
+                        party_names.get(statement["party_id"], statement["party_id"]),
+                        statement["party_kind"],
+                        yuan(statement["total_micro_yuan"]),
+                        yuan(statement["voucher_micro_yuan"]),
+                        yuan(statement.get("amount_due_micro_yuan"))
+                        if statement["party_kind"] == "enterprise"
+                        else "-",
+                        statement.get("due_date") or "-",
+                    )
+                console.print(table)
             check = subprocess.run(
                 [BIN / "suanli-coordinator", "admin", "--db", str(coordinator.db), "check-ledger"],
                 capture_output=True,
@@ -645,7 +654,7 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
                 f"audit {'passed' if audit_ok else 'FAILED'}"
             )
             if args.keep:
-                keep(coordinator, tokens, auditor)
+                keep(coordinator, tokens, auditor, agents, engine, workdir, period)
             return (
                 0
                 if check.returncode == 0
@@ -657,9 +666,9 @@ async def demo(args: argparse.Namespace, workdir: Path, engine: EngineService) -
             for client in clients.values():
                 await client.close()
     finally:
-        for agent in agents:
-            agent.stop()
         if not args.keep:
+            for agent in agents:
+                agent.stop()
             coordinator.stop()
 
 
@@ -694,18 +703,39 @@ async def audit(coordinator: Coordinator, workdir: Path, auditor_token: str) -> 
     return result.returncode == 0
 
 
-def keep(coordinator: Coordinator, tokens: dict[str, str], auditor: str) -> None:
+def keep(
+    coordinator: Coordinator,
+    tokens: dict[str, str],
+    auditor: str,
+    agents: list[Agent],
+    engine: EngineService,
+    workdir: Path,
+    period: str,
+) -> None:
+    """What `--keep` leaves running, and the commands that work against it as printed."""
+    pids = [p.pid for p in (coordinator.process, *(a.process for a in agents)) if p is not None]
     say(
-        "The coordinator keeps running",
-        f"pid {coordinator.process.pid if coordinator.process else '?'}, database {coordinator.db}",
+        "The market keeps running",
+        f"the coordinator, {len(agents)} agents and a {engine.kind} engine; "
+        f"database {coordinator.db}",
     )
+    console.print(f"  export PATH={BIN}:$PATH      # suanli, suanli-agent, suanli-coordinator")
     console.print(f"  export SUANLI_COORDINATOR={coordinator.url}")
     console.print(f"  export SUANLI_TOKEN={tokens['biotech']}      # Qiantang Biotech")
     console.print("  suanli market; suanli job list; suanli account")
     console.print(
-        f"  suanli audit verify --coordinator {coordinator.url}      # no token: the log is public"
+        "  suanli job submit --gpus 1 --max-duration 10m --max-price-per-gpu-hour 20 "
+        f"--image {BUSYBOX_IMAGE} --follow -- sh -c 'echo hello; sleep 5'"
     )
-    console.print(f"  stop it with: kill {coordinator.process.pid if coordinator.process else ''}")
+    console.print(
+        f"  suanli audit verify --coordinator {coordinator.url} --token {auditor} "
+        f"--state {workdir / 'audit-state.json'}      # the auditor's token"
+    )
+    console.print(f"  the month {period} is left open: jobs posted now are billed into it")
+    console.print(
+        f"  stop it all with: kill {' '.join(map(str, pids))} {engine.process.pid}; "
+        f"then remove {workdir} and {engine.workdir}"
+    )
 
 
 def main() -> int:
@@ -724,7 +754,7 @@ def main() -> int:
         )
     )
     try:
-        with container_engine(workdir) as engine:
+        with container_engine(workdir, keep=args.keep) as engine:
             code = asyncio.run(demo(args, workdir, engine))
     finally:
         if not args.keep:
