@@ -98,6 +98,7 @@ ON_EVERY_ENGINE = frozenset(
         "tests/integration/test_simulation.py",
         "tests/integration/test_tlog_coordinator.py",
         "tests/integration/test_migrate.py",
+        "tests/integration/test_kill9.py",
         "tests/integration/test_registry_credentials.py",
         "tests/test_readme.py",
     }

@@ -159,11 +159,12 @@ async def _leases_of(agents: list[FakeAgent], count: int) -> list[Stream]:
     return list(streams.values())
 
 
-# SQLite only, for the suite's time: PostgreSQL's crash-safety is the takeover tests' subject
 @pytest.mark.slow
-async def test_kill9_under_load_loses_and_double_counts_nothing(tmp_path: Path) -> None:
+async def test_kill9_under_load_loses_and_double_counts_nothing(
+    tmp_path: Path, engine_name: str
+) -> None:
     coordinator = CoordinatorProcess(
-        tmp_path, settings=dict(FAST_SETTINGS), database=new_database("sqlite", tmp_path)
+        tmp_path, settings=dict(FAST_SETTINGS), database=new_database(engine_name, tmp_path)
     )
     coordinator.start()
     agents: list[FakeAgent] = []
