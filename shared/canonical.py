@@ -46,6 +46,8 @@ def _check(obj: object, depth: int, require_sorted: bool) -> bool:
             if require_sorted and previous is not None and key <= previous:
                 raise EncodingError("map keys in a payload must be sorted and unique")
             previous = key
+            if depth >= MAX_DEPTH:  # the value, scalar or not, would be one level too deep
+                raise EncodingError(f"payload nests deeper than {MAX_DEPTH} levels")
             value_kind = type(value)
             if value_kind is int:
                 if not INT_MIN <= value <= INT_MAX:
