@@ -46,7 +46,14 @@ def _check(obj: object, depth: int, require_sorted: bool) -> bool:
             if require_sorted and previous is not None and key <= previous:
                 raise EncodingError("map keys in a payload must be sorted and unique")
             previous = key
-            _check(value, depth + 1, require_sorted)
+            if depth >= MAX_DEPTH:  # the value, scalar or not, would be one level too deep
+                raise EncodingError(f"payload nests deeper than {MAX_DEPTH} levels")
+            value_kind = type(value)
+            if value_kind is int:
+                if not INT_MIN <= value <= INT_MAX:
+                    raise EncodingError("an integer in the payload is outside the 64-bit range")
+            elif value_kind not in _SCALARS:  # scalars inline: a call per value costs the most
+                _check(value, depth + 1, require_sorted)
         return True
     if kind is int:
         if not INT_MIN <= obj <= INT_MAX:  # type: ignore[operator]  # exact type() check

@@ -24,6 +24,8 @@ MAX_JSON_DEPTH = 32
 
 async def read_body(request: web.Request) -> bytes:
     """The whole body, or a refusal when the client sends it too slowly (half a request)."""
+    if request.content.is_eof():  # all of it has arrived: nothing to wait for, no timer
+        return await request.read()
     timeout = request.app[COORDINATOR].settings.body_timeout_s
     try:
         return await asyncio.wait_for(request.read(), timeout)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from shared.gpu_models import canonical_model
 from shared.messages import agent_protocol as ap
@@ -11,8 +11,9 @@ from shared.messages import agent_protocol as ap
 MAX_GPUS_PER_AGENT = ap.MAX_GPUS_PER_AGENT
 
 
-@dataclass(frozen=True, slots=True)
-class GpuReport:
+# frozen Structs rather than frozen dataclasses: a heartbeat builds one per GPU, and a Struct
+# is built in C (a frozen dataclass sets each field through object.__setattr__)
+class GpuReport(msgspec.Struct, frozen=True):
     index: int
     uuid: str
     model: str
@@ -27,16 +28,14 @@ class GpuReport:
     health_reason: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class HostReport:
+class HostReport(msgspec.Struct, frozen=True):
     cpu_count: int
     memory_total_bytes: int
     memory_available_bytes: int | None
     disk_free_bytes: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Inventory:
+class Inventory(msgspec.Struct, frozen=True):
     gpus: tuple[GpuReport, ...]
     host: HostReport
     driver_version: str | None

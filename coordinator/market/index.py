@@ -8,7 +8,6 @@ Agents are also bucketed by how many free GPUs they have (in powers of two), in 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Iterator
 
 from sortedcontainers import SortedList
@@ -38,24 +37,32 @@ class OfferIndex:
 
     def update(self, agent: Agent, capacity_may_grow: bool = True) -> None:
         """Put the agent in, or take it out of, the index after anything changed."""
-        old = self._offering_keys.pop(agent.agent_id, None)
-        if old is not None:
-            self._offering.remove(old)
-        new_index = None
+        ask = agent.ask_per_gpu_hour
+        key: tuple[int, str] | None = None
         if (
             agent.online
             and not agent.revoked
-            and agent.ask_per_gpu_hour is not None
+            and ask is not None
             and any(g.offerable for g in agent.gpus.values())
         ):
-            key = (agent.ask_per_gpu_hour, agent.agent_id)
-            self._offering.add(key)
-            self._offering_keys[agent.agent_id] = key
-            counts = Counter(
-                (g.model, g.memory_total_bytes) for g in agent.gpus.values() if g.offerable
-            )
+            key = (ask, agent.agent_id)
+        old = self._offering_keys.get(agent.agent_id)
+        if old != key:  # most updates (a heartbeat) leave the agent where it is
+            if old is not None:
+                del self._offering_keys[agent.agent_id]
+                self._offering.remove(old)
+            if key is not None:
+                self._offering.add(key)
+                self._offering_keys[agent.agent_id] = key
+        new_index = None
+        if key is not None:
+            counts: dict[tuple[str, int], int] = {}
+            for g in agent.gpus.values():
+                if g.offerable:
+                    kind = (g.model, g.memory_total_bytes)
+                    counts[kind] = counts.get(kind, 0) + 1
             new_index = (
-                agent.ask_per_gpu_hour,
+                key[0],
                 tuple(sorted((model, memory, _bucket(n)) for (model, memory), n in counts.items())),
                 _bucket(sum(counts.values())),
             )

@@ -76,9 +76,10 @@ def reconcile(
                 now_ms,
                 changed,
             )
-        else:
+        elif agent.flags or gpu.flag is not None:  # else there is no flag to clear
             clear_flag_kind(agent, report.uuid, FLAG_MEMORY_CHANGED, now_ms, changed)
-        clear_flag_kind(agent, report.uuid, FLAG_MISSING, now_ms, changed)
+        if agent.flags or gpu.flag is not None:
+            clear_flag_kind(agent, report.uuid, FLAG_MISSING, now_ms, changed)
         gpu.index = report.index
         gpu.healthy = report.healthy
         gpu.health_reason = report.health_reason

@@ -5,7 +5,7 @@ every writing transaction takes first, so writers queue as they do on SQLite's o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -24,6 +24,11 @@ WRITE_LOCK = 0x5375616E6C6901  # "Suanli" 01
 MIGRATION_LOCK = 0x5375616E6C6902
 CONNECT_TIMEOUT_S = 10
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|%|::|:[A-Za-z_]\w*")
+# an INSERT of one row of `?` values and nothing more: many rows of it can go as one COPY
+_PLAIN_INSERT = re.compile(
+    r"\s*INSERT INTO (\w+) \(\s*(\w+(?:\s*,\s*\w+)*)\s*\) VALUES \(\s*(\?(?:\s*,\s*\?)*)\s*\)\s*",
+    re.IGNORECASE,
+)
 
 
 def is_postgres_url(location: str) -> bool:
@@ -75,12 +80,41 @@ class PostgresConnection:
         return self.raw.execute(translate(sql), parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Parameters], /) -> Cursor:
+        """Each row of `parameters` through `sql`, in as few round trips as it allows: none for
+        no rows, one statement for one, and a COPY for the rows of a plain INSERT (half the
+        time of psycopg's pipelined executemany, or less, at a receipt batch's size; the
+        tables' row triggers and constraints hold for COPY as for INSERT)."""
+        rows = list(parameters)
+        if not rows:
+            return self.raw.cursor()
+        if len(rows) == 1:
+            return self.execute(sql, rows[0])
+        copy = _copy_statement(sql)
         cursor = self.raw.cursor()
-        cursor.executemany(translate(sql), list(parameters))
+        sequences = [row for row in rows if not isinstance(row, Mapping)]
+        if copy is not None and len(sequences) == len(rows):
+            with cursor.copy(copy) as stream:
+                for row in sequences:
+                    stream.write_row(row)
+            return cursor
+        cursor.executemany(translate(sql), rows)
         return cursor
 
     def close(self) -> None:
         self.raw.close()
+
+
+@lru_cache(maxsize=256)
+def _copy_statement(sql: str) -> str | None:
+    """`COPY table (columns) FROM STDIN` for a plain one-row INSERT of `?` values, else None."""
+    plain = _PLAIN_INSERT.fullmatch(sql)
+    if plain is None:
+        return None
+    table, columns, values = plain.groups()
+    names = [name.strip() for name in columns.split(",")]
+    if len(names) != values.count("?"):
+        return None
+    return f"COPY {table} ({', '.join(names)}) FROM STDIN"
 
 
 def open_connection(url: str) -> PostgresConnection:
