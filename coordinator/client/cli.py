@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--registry-auth",
-        metavar="FILE",
-        help="a Docker config.json holding credentials for the image's registry (default: "
-        "those `suanli registry login` saved for it); only the winning agent gets them",
+        metavar="FILE|saved",
+        help="send credentials for the image's registry with the job: a Docker config.json's "
+        "entry for it, or `saved` for those `suanli registry login` kept; only the winning "
+        "agent gets them, so none are sent unless asked for",
     )
     submit.add_argument(
         "--idempotency-key",
@@ -238,7 +239,7 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
         "idempotency_key": args.idempotency_key or f"cli-{secrets.token_urlsafe(18)}",
     }
     try:
-        args.secret_env = env_file.merged_secret_env(args.secret_env, args.secret_env_file)
+        args.secret_env = env_file.merged_secret_env(args.secret_env, args.secret_env_file or [])
     except env_file.EnvFileError as exc:
         raise UsageError(str(exc)) from None
     if args.secret_env:

@@ -27,8 +27,9 @@ from typing import Any
 from coordinator.client.arguments import CommandLineError, EnvAction
 
 MAX_FILE_BYTES = 1 << 20
-# the connection settings and what the client does after submitting are the user's, not the
-# job's: never read from a job file
+# never read from a job file: the connection settings and what the client does after
+# submitting are the user's, not the job's; and a key that names a file of credentials would
+# let a job file someone hands you send your secrets to an agent of its choosing
 NOT_KEYS = {
     "help",
     "coordinator",
@@ -39,6 +40,8 @@ NOT_KEYS = {
     "job_file",
     "wait",
     "follow",
+    "registry_auth",
+    "secret_env_file",
 }
 FLAG_OF_FIELD = {
     "max_price_per_gpu_hour_micro_yuan": "--max-price-per-gpu-hour",

@@ -99,24 +99,34 @@ def _read_config(path: Path, what: str) -> Any:
         raise RegistryLoginError(f"{what} {path} is not JSON: {exc}") from None
 
 
-def auth_for_image(image: str, registry_auth_file: str | None) -> dict[str, str] | None:
-    """The credentials a submission of `image` carries: those of `--registry-auth FILE` for the
-    image's registry (refused if FILE has none), else those `suanli registry login` saved for
-    it, else none (a public image)."""
+SAVED = "saved"
+
+
+def auth_for_image(image: str, registry_auth: str | None) -> dict[str, str] | None:
+    """The credentials a submission of `image` carries: none unless asked for, since they go to
+    whichever agent wins the job; with `--registry-auth saved`, those `suanli registry login`
+    saved for the image's registry; with `--registry-auth FILE`, that Docker config's entry for
+    it. Either is refused when it has none for that registry."""
+    if registry_auth is None:
+        return None
     host = registry_host(image)
-    if registry_auth_file is not None:
-        path = Path(registry_auth_file)
-        found = credentials_for(_read_config(path, "--registry-auth"), host, str(path))
+    if registry_auth == SAVED:
+        path, what = registries_path(), "the saved registry logins"
+        config = _read_config(path, what) if path.exists() else {}
+        found = credentials_for(config, host, str(path))
         if found is None:
             raise RegistryLoginError(
-                f"--registry-auth {path} has no credentials for {host}, the registry of "
-                f"image {image}"
+                f"--registry-auth saved: no login saved for {host}, the registry of image "
+                f"{image} (suanli registry login {host})"
             )
         return found
-    saved = registries_path()
-    if not saved.exists():
-        return None
-    return credentials_for(_read_config(saved, "the saved registry logins"), host, str(saved))
+    path = Path(registry_auth)
+    found = credentials_for(_read_config(path, "--registry-auth"), host, str(path))
+    if found is None:
+        raise RegistryLoginError(
+            f"--registry-auth {path} has no credentials for {host}, the registry of image {image}"
+        )
+    return found
 
 
 def save_login(host: str, username: str, password: str, path: Path | None = None) -> Path:

@@ -78,8 +78,6 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
         "max-price-per-gpu-hour",
         "env",
         "secret-env",
-        "secret-env-file",
-        "registry-auth",
         "idempotency-key",
         "command",
     ]
@@ -129,6 +127,9 @@ def test_a_job_file_on_stdin(tmp_path: Path, env: dict[str, str]) -> None:
             "job.toml: unknown key 'max_duration' (did you mean max-duration?)",
         ),
         ('token = "sk_ent_x"\n', "job.toml: unknown key 'token'"),  # the user's, not the job's
+        # a file handed to you cannot send your credentials to an agent of its choosing
+        ('registry-auth = ".docker/config.json"\n', "job.toml: unknown key 'registry-auth'"),
+        ('secret-env-file = [".env"]\n', "job.toml: unknown key 'secret-env-file'"),
         ('max-duration = "100000d"\n', "job.toml: max-duration: at most 30d (2592000 s)"),
         ("max-duration = 90\n", "job.toml: max-duration: duration '90' has no unit; add one"),
         (f"gpus = {10**30}\n", "job.toml: gpus: "),

@@ -124,9 +124,14 @@ def test_login_keeps_a_private_docker_config_that_submissions_use(
         "serveraddress": HOST,
     }
     registry_login.save_login(HOST, "team", "second-pw")
-    assert auth_for_image(IMAGE, None)["password"] == "second-pw"  # type: ignore[index]
-    assert auth_for_image("public.example/x:1", None) is None
-    assert registry_login.forget_login(HOST) and auth_for_image(IMAGE, None) is None
+    # a saved login goes with a job only when asked for: whoever wins the job receives it
+    assert auth_for_image(IMAGE, None) is None
+    assert auth_for_image(IMAGE, "saved")["password"] == "second-pw"  # type: ignore[index]
+    with pytest.raises(RegistryLoginError, match="no login saved for public.example"):
+        auth_for_image("public.example/x:1", "saved")
+    assert registry_login.forget_login(HOST)
+    with pytest.raises(RegistryLoginError, match="no login saved"):
+        auth_for_image(IMAGE, "saved")
 
 
 def test_submit_refuses_a_file_without_the_images_registry_before_sending(

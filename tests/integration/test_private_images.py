@@ -238,7 +238,7 @@ async def test_a_private_image_runs_with_its_credentials_and_only_with_them(
     # a wrong password, saved by `suanli registry login`
     login = _login(stack, registry, config_home)
     assert login.returncode == 0, login.stderr
-    failed = await stack.ended(await stack.submit(image, config_home))
+    failed = await stack.ended(await stack.submit(image, config_home, "--registry-auth", "saved"))
     assert (failed["state"], failed["reason"]) == ("failed", "registry_auth_refused"), failed
     assert failed["reason_detail"] == (
         f"registry {registry.host} refused the credentials given for image {image}: "
