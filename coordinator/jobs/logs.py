@@ -11,21 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator.errors import Conflict
+from coordinator.jobs.log_masking import LogMasker, Masked
 from coordinator.storage import Database
 
 # Live logs send most chunks small (a second's output) and each joins by rewriting its row:
 # rows kept this short cost little to rewrite, and a 1 MiB log is still at most 129 rows.
 COALESCE_BYTES = 8 * 1024
-MIN_MASKED = 4  # shorter secret values would mask ordinary text; they are not looked for
-
-
-def mask(data: bytes, secrets: list[str]) -> bytes:
-    """`data` with every occurrence of a secret value replaced by as many asterisks."""
-    for secret in secrets:
-        raw = secret.encode()
-        if len(raw) >= MIN_MASKED and raw in data:
-            data = data.replace(raw, b"*" * len(raw))
-    return data
 
 
 class JobLogs:
@@ -35,6 +26,7 @@ class JobLogs:
         self._sizes: dict[str, int] = {}
         # job -> (offset, length) of its last row, while that row may still grow
         self._last: dict[str, tuple[int, int]] = {}
+        self._masker = LogMasker()
 
     async def size(self, job_id: str) -> int:
         cached = self._sizes.get(job_id)
@@ -68,14 +60,16 @@ class JobLogs:
         skip = size - offset
         if skip >= len(data) or size >= self.limit:
             return {"stored_bytes": size, "truncated": size >= self.limit}
-        chunk = mask(data[skip:][: self.limit - size], secrets or [])
+        masked = self._masker.mask(job_id, size, data[skip:][: self.limit - size], secrets or [])
+        chunk = masked.chunk
         stored = size + len(chunk)
         self._sizes[job_id] = stored
         last = self._last.get(job_id)
         if last is not None and last[0] + last[1] == size and last[1] < COALESCE_BYTES:
             row_offset, row_length = last[0], last[1] + len(chunk)
 
-            def grow(db: Any) -> None:
+            def write(db: Any) -> None:
+                _rewrite(db, job_id, masked)
                 # joined here, not with SQL's ||, which makes text of the bytes
                 (data,) = db.conn.execute(
                     'SELECT data FROM job_logs WHERE job_id = ? AND "offset" = ?',
@@ -86,14 +80,14 @@ class JobLogs:
                     [bytes(data) + chunk, job_id, row_offset],
                 )
 
-            await self.database.run(grow)
         else:
             row_offset, row_length = size, len(chunk)
-            await self.database.run(
-                lambda db: db.table("job_logs").insert(
-                    {"job_id": job_id, "offset": size, "data": chunk}
-                )
-            )
+
+            def write(db: Any) -> None:
+                _rewrite(db, job_id, masked)
+                db.table("job_logs").insert({"job_id": job_id, "offset": size, "data": chunk})
+
+        await self.database.run(write)
         if row_length < COALESCE_BYTES:
             self._last[job_id] = (row_offset, row_length)
         else:
@@ -118,3 +112,25 @@ class JobLogs:
     def forget(self, job_id: str) -> None:
         self._sizes.pop(job_id, None)
         self._last.pop(job_id, None)
+        self._masker.forget(job_id)
+
+
+def _rewrite(db: Any, job_id: str, masked: Masked) -> None:
+    """Put `masked.rewrite` over the stored bytes at `masked.rewrite_at` (a secret that began in
+    them), in whichever rows hold them."""
+    if not masked.rewrite:
+        return
+    start, end = masked.rewrite_at, masked.rewrite_at + len(masked.rewrite)
+    rows = db.conn.execute(
+        'SELECT "offset", data FROM job_logs WHERE job_id = ? AND "offset" < ? '
+        'AND "offset" + LENGTH(data) > ?',
+        [job_id, end, start],
+    ).fetchall()
+    for row_offset, data in rows:
+        data = bytearray(bytes(data))
+        low, high = max(start, row_offset), min(end, row_offset + len(data))
+        data[low - row_offset : high - row_offset] = masked.rewrite[low - start : high - start]
+        db.conn.execute(
+            'UPDATE job_logs SET data = ? WHERE job_id = ? AND "offset" = ?',
+            [bytes(data), job_id, row_offset],
+        )

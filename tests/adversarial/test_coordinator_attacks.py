@@ -460,6 +460,14 @@ async def test_secret_env_reaches_only_the_winning_agent_and_is_erased_at_the_en
     status, page = await api.call("GET", f"/v1/jobs/{job_id}/logs")
     assert SECRET not in page["data"] and page["next_offset"] == len(line)
     assert page["data"] == "connecting with " + "*" * len(SECRET) + "\n"
+    # printed in two writes, the secret reaches the coordinator in two chunks: masked still
+    half, rest = f"again {SECRET[:6]}".encode(), f"{SECRET[6:]}\n".encode()
+    await agent.client.log_chunk(lease["lease_id"], len(line), half)
+    await agent.client.log_chunk(lease["lease_id"], len(line) + len(half), rest)
+    status, page = await api.call("GET", f"/v1/jobs/{job_id}/logs")
+    masked_line = "*" * len(SECRET) + "\n"
+    assert page["data"] == "connecting with " + masked_line + "again " + masked_line
+    logged = page["next_offset"]
     # a retry with the same key but another secret is a conflict, not the same job
     key = shown["idempotency_key"]
     status, answer = await api.submit(
@@ -473,6 +481,11 @@ async def test_secret_env_reaches_only_the_winning_agent_and_is_erased_at_the_en
     await agent.client.status(lease["lease_id"], "exited", exit_code=0)
     await api.wait_for(job_id, lambda j: j["state"] == "succeeded")
     assert _count(roomy, "job_secrets") == 0
+    # after the end its values are gone, so nothing could be masked: the log takes no more
+    late = await agent.client.log_chunk(lease["lease_id"], logged, f"late {SECRET}\n".encode())
+    assert (late["stored_bytes"], late["truncated"]) == (logged, True)
+    status, page = await api.call("GET", f"/v1/jobs/{job_id}/logs")
+    assert page["next_offset"] == logged and SECRET not in page["data"]
     roomy.stop()
     if roomy.engine == "sqlite":  # secure_delete: the deleted row's bytes are gone from the file
         assert SECRET.encode() not in Path(roomy.db).read_bytes()
