@@ -20,7 +20,7 @@ class Deadlines(SchedulerParts):
     async def check(self) -> None:
         self.attention.tick()
         now = self.clock()
-        listening_since = self.attention.listening_since_ms
+        deaf_since = self.attention.deaf_since
         changes = Changes()
         self._silent_agents(now, changes)
         transitions, market = self.transitions, self.state.market
@@ -28,8 +28,8 @@ class Deadlines(SchedulerParts):
             if not lease.active:
                 continue
             job = self.state.jobs[lease.job_id]
-            if lease.state == LEASE_OFFERED and now > max(
-                lease.start_deadline_ms, listening_since + self.settings.start_deadline_ms
+            if lease.state == LEASE_OFFERED and now > lease.start_deadline_ms + deaf_since(
+                lease.created_at_ms
             ):
                 agent = market.agents[lease.agent_id]
                 lost = transitions.lose(
@@ -46,8 +46,8 @@ class Deadlines(SchedulerParts):
             elif (
                 lease.state == LEASE_RUNNING
                 and (lease.stop_requested_at_ms is not None or now >= lease.ends_at_ms)
-                and now > (closed := lease.window().closes_at_ms) + lease.stop_grace_ms
-                and now > listening_since + lease.stop_grace_ms
+                and now
+                > (closed := lease.window().closes_at_ms) + lease.stop_grace_ms + deaf_since(closed)
             ):
                 agent = market.agents[lease.agent_id]
                 changes.ended(
@@ -80,7 +80,8 @@ class Deadlines(SchedulerParts):
                 agent.online
                 and agent.last_seen_ms is not None
                 and agent.heartbeats_in_hand == 0
-                and now - self.attention.heard_since(agent.last_seen_ms) > timeout
+                and now - agent.last_seen_ms - self.attention.deaf_since(agent.last_seen_ms)
+                > timeout
             ):
                 self.state.market.mark_offline(agent)
                 changes.agents.append(agent)
