@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,19 @@ def ending(job: dict[str, Any]) -> str:
     if type(code) is int and state != "succeeded" and (detail is None or str(code) not in detail):
         text += f" (exit code {code})"
     return _printable(f"{text}: {detail}" if detail else text)
+
+
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def for_terminal(data: str, out: IO[str]) -> str:
+    """A job's output as a terminal may show it: control characters other than newline, tab
+    and carriage return (escape sequences that write the clipboard, retitle the window or move
+    the cursor over earlier lines) become "?". Output to a pipe or a file is left as it is."""
+    isatty = getattr(out, "isatty", None)
+    if isatty is None or not isatty():
+        return data
+    return _TERMINAL_CONTROLS.sub("?", data)
 
 
 def _printable(text: str) -> str:
@@ -131,7 +145,7 @@ class Follower:
             if data or complete:
                 render.print_json(page, self.out, lines=True)
         elif data:
-            self.out.write(data)
+            self.out.write(for_terminal(data, self.out))
             self.out.flush()
         return bool(data) and read >= FULL_PAGE_BYTES, page.get("job_state"), complete
 
@@ -207,7 +221,7 @@ async def cmd_logs(api: CoordinatorApi, args: argparse.Namespace) -> int:
             if data or last:
                 render.print_json(chunk, lines=True)
         elif data:
-            sys.stdout.write(data)
+            sys.stdout.write(for_terminal(data, sys.stdout))
             sys.stdout.flush()
         if last:
             return 0

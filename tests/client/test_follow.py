@@ -4,6 +4,7 @@ real coordinator with an agent that speaks the real protocol, and against a host
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 from coordinator_harness import GIB, CoordinatorProcess, FakeAgent, clean_env, free_port
 
-from coordinator.client.follow import EXIT_NO_CODE, MAX_NOTES, POLL_S
+from coordinator.client.follow import EXIT_NO_CODE, MAX_NOTES, POLL_S, for_terminal
 
 SUANLI = Path(sys.executable).parent / "suanli"
 JOB = ["--image", "busybox:latest", "--gpus", "1", "--max-duration", "10m"]
@@ -318,3 +319,16 @@ async def test_a_coordinator_busy_for_a_moment_is_asked_again_after_a_pause() ->
     assert (code, out) == (0, "a\nb\n"), err
     assert err == "suanli: the coordinator is busy; trying again for up to 120 s\n"
     assert offsets == ["0", "2", "2"], "the same page asked again, nothing printed twice"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_jobs_escape_sequences_reach_a_terminal_defused_and_a_pipe_as_they_are() -> None:
+    hostile = "ok\n\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b1Acarriage\rtab\t\n"
+    shown = for_terminal(hostile, _Terminal())
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown
+    assert shown == "ok\n?]52;c;ZXZpbA==??[2J?1Acarriage\rtab\t\n"
+    assert for_terminal(hostile, io.StringIO()) == hostile
