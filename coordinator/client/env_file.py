@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from coordinator.client import small_files
+
 MAX_BYTES = 64 * 1024
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 
@@ -20,14 +22,11 @@ def read_env_file(path: str) -> dict[str, str]:
     """The variables `path` names, in order; raises EnvFileError naming what is wrong."""
     where = f"--secret-env-file {path}"
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_BYTES + 1)
+        text = small_files.read_text(path, MAX_BYTES)
     except OSError as exc:
         raise EnvFileError(f"{where}: cannot read it ({exc.strerror})") from None
-    if len(data) > MAX_BYTES:
-        raise EnvFileError(f"{where}: more than {MAX_BYTES // 1024} KiB")
-    try:
-        text = data.decode("utf-8")
+    except small_files.TooLarge:
+        raise EnvFileError(f"{where}: more than {MAX_BYTES // 1024} KiB") from None
     except UnicodeDecodeError:
         raise EnvFileError(f"{where}: not UTF-8 text") from None
     values: dict[str, str] = {}

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from coordinator.client import small_files
 from coordinator.client.arguments import CommandLineError, EnvAction
 
 MAX_FILE_BYTES = 1 << 20
@@ -143,19 +143,15 @@ def complete(found: JobFileKeys, args: argparse.Namespace) -> None:
 def load(path: str) -> dict[str, Any]:
     """The job file's table, read exactly (numbers as typed), at most 1 MiB."""
     try:
-        if path == "-":
-            raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
-        else:
-            with open(path, "rb") as file:
-                raw = file.read(MAX_FILE_BYTES + 1)
+        text = small_files.read_text(path, MAX_FILE_BYTES, dash_is_stdin=True)
     except OSError as exc:
         raise CommandLineError(f"cannot read job file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise CommandLineError(f"job file {path} is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return tomllib.loads(raw.decode(), parse_float=Decimal)
+    except small_files.TooLarge:
+        raise CommandLineError(f"job file {path} is larger than {MAX_FILE_BYTES} bytes") from None
     except UnicodeDecodeError:
         raise CommandLineError(f"job file {path} is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text, parse_float=Decimal)
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         raise CommandLineError(f"job file {path} is not valid TOML: {exc}") from None
 
