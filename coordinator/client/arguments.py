@@ -29,6 +29,10 @@ from shared.messages.api import JobSubmit
 from shared.money import format_money, parse_yuan
 
 
+class UsageError(Exception):
+    """The command line or the environment lacks something; nothing was sent."""
+
+
 class CommandLineError(Exception):
     """The command line, a job file or the client's settings are wrong; nothing was sent
     (exit 2). The message is one sentence naming what was wrong as the user wrote it."""

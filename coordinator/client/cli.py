@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -21,14 +20,15 @@ from coordinator.client import (
     arguments,
     audit,
     completion,
-    env_file,
     follow,
     job_file,
     login,
     registry_login,
     render,
 )
+from coordinator.client import submit as submit_command
 from coordinator.client.api import CoordinatorApi
+from coordinator.client.arguments import UsageError
 from coordinator.client.connection import connection_options as _connection_options
 from shared.command_line import top_parser
 from shared.http_client import CoordinatorError, Refused, TransportError
@@ -40,10 +40,6 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
 Command = Callable[[CoordinatorApi, argparse.Namespace], Awaitable[int]]
-
-
-class UsageError(Exception):
-    """The command line or the environment lacks something; nothing was sent."""
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -79,118 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(job, top=False)
     actions = job.add_subparsers(dest="action", metavar="ACTION")
 
-    submit = _leaf(
-        actions,
-        "submit",
-        cmd_submit,
-        "post a job; prints its id",
-        "Post a job: a container image run on N GPUs for at most a given time, at no more "
-        "than a given price per GPU-hour. Put the command after `--`.",
-    )
-    submit.add_argument("--image", required=True, help="container image reference")
-    submit.add_argument(
-        "--gpus",
-        required=True,
-        type=arguments.count("gpus", "GPUs"),
-        metavar="N",
-        help="number of GPUs",
-    )
-    submit.add_argument(
-        "--min-gpu-memory",
-        type=arguments.size("min_gpu_memory_bytes"),
-        metavar="SIZE",
-        dest="min_gpu_memory_bytes",
-        help="least memory per GPU, e.g. 80G (G, GiB: binary; GB: decimal)",
-    )
-    submit.add_argument(
-        "--gpu-model",
-        action="append",
-        metavar="MODEL",
-        dest="gpu_models",
-        help="an allowed GPU model, e.g. H100 (repeat for several; default any)",
-    )
-    submit.add_argument(
-        "--cpus",
-        type=arguments.cores("cpus_milli"),
-        metavar="CORES",
-        dest="cpus_milli",
-        help="CPU limit in cores, e.g. 8 or 0.5 (default 4 per GPU)",
-    )
-    submit.add_argument(
-        "--memory",
-        type=arguments.size("memory_bytes"),
-        metavar="SIZE",
-        dest="memory_bytes",
-        help="container memory limit, e.g. 64G or 64GiB (default 16 GiB per GPU)",
-    )
-    submit.add_argument(
-        "--max-duration",
-        required=True,
-        type=arguments.duration("max_duration_s"),
-        metavar="DURATION",
-        dest="max_duration_s",
-        help="longest the job may run, e.g. 90m, 1.5h, 2d, 1h30m or 1:30:00 (a unit is needed)",
-    )
-    submit.add_argument(
-        "--max-price-per-gpu-hour",
-        required=True,
-        type=arguments.price,
-        metavar="YUAN",
-        dest="max_price_micro_yuan",
-        help="most you pay per GPU-hour, in yuan, e.g. 12.50",
-    )
-    submit.add_argument(
-        "--env",
-        action=arguments.EnvAction,
-        metavar="NAME=VALUE",
-        default={},
-        help="an environment variable for the container (repeatable)",
-    )
-    submit.add_argument(
-        "--secret-env",
-        action=arguments.EnvAction,
-        metavar="NAME=VALUE",
-        default={},
-        help="a secret environment variable (repeatable): only the winning "
-        "agent gets its value; it is never shown back or logged, and is erased "
-        "when the job ends",
-    )
-    submit.add_argument(
-        "--secret-env-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="secret variables from a file of NAME=VALUE lines, as docker --env-file reads "
-        "them (repeatable; --secret-env wins over a file)",
-    )
-    submit.add_argument(
-        "--registry-auth",
-        metavar="FILE|saved",
-        help="send credentials for the image's registry with the job: a Docker config.json's "
-        "entry for it, or `saved` for those `suanli registry login` kept; only the winning "
-        "agent gets them, so none are sent unless asked for",
-    )
-    submit.add_argument(
-        "--idempotency-key",
-        metavar="KEY",
-        help="makes a retried submit return the first job instead of posting "
-        "another (default: a fresh key each time)",
-    )
-    then = submit.add_mutually_exclusive_group()
-    then.add_argument(
-        "--wait", action="store_true", help="then wait for the job to end (as `job wait`)"
-    )
-    then.add_argument(
-        "--follow",
-        action="store_true",
-        help="then print its log until it ends (as `job logs --follow`); the id goes to stderr",
-    )
-    submit.add_argument(
-        "job_command",
-        nargs="*",
-        metavar="-- CMD ARGS",
-        help="the command and its arguments (default: the image's own)",
-    )
+    submit = submit_command.add_submit(actions, _leaf)
 
     listing = _leaf(actions, "list", cmd_list, "list your jobs, newest first")
     listing.add_argument(
@@ -226,45 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ---------------------------------------------------------------------------
-
-
-async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
-        "image": args.image,
-        "command": list(args.job_command),
-        "env": dict(args.env),
-        "gpus": args.gpus,
-        "max_duration_s": args.max_duration_s,
-        "max_price_per_gpu_hour_micro_yuan": args.max_price_micro_yuan,
-        "idempotency_key": args.idempotency_key or f"cli-{secrets.token_urlsafe(18)}",
-    }
-    try:
-        args.secret_env = env_file.merged_secret_env(args.secret_env, args.secret_env_file or [])
-    except env_file.EnvFileError as exc:
-        raise UsageError(str(exc)) from None
-    if args.secret_env:
-        both = sorted(set(args.env) & set(args.secret_env))
-        if both:
-            raise UsageError(f"{', '.join(both)} is given both as --env and --secret-env")
-        body["secret_env"] = dict(args.secret_env)
-    registry_auth = registry_login.auth_for_image(args.image, args.registry_auth)
-    if registry_auth is not None:
-        body["registry_auth"] = registry_auth
-    for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
-    job = await api.submit_job(body)
-    if args.json:
-        render.print_json(job, lines=args.wait or args.follow)
-    elif args.follow:
-        print(f"suanli: job {job['id']} posted", file=sys.stderr, flush=True)
-    else:
-        print(job["id"], flush=True)
-    if args.wait or args.follow:
-        return await follow.follow(
-            api, str(job["id"]), show_logs=args.follow, json_output=args.json
-        )
-    return 0
 
 
 async def cmd_list(api: CoordinatorApi, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from agent.coordinator_client import CoordinatorClient
 from agent.inventory import heartbeat_inventory
 from agent.nvml import GpuSample
 from coordinator.client import cli as client_cli
+from coordinator.client import submit as client_submit
 from shared import canonical
 from shared.identity import PrivateKey
 from shared.messages import (
@@ -199,7 +200,7 @@ async def test_what_suanli_submit_sends_decodes() -> None:
             "--secret-env", "TOKEN=s3cret", "--", "python", "train.py",
         ]
     )  # fmt: skip
-    await client_cli.cmd_submit(Api(), args)  # type: ignore[arg-type]  # a stub client
+    await client_submit.cmd_submit(Api(), args)  # type: ignore[arg-type]  # a stub client
     job = decode_json(api.JobSubmit, json.dumps(sent[0]).encode())
     assert (job.gpus, job.cpus_milli, job.memory_bytes) == (2, 8000, 64 * GIB)
     assert job.command == ["python", "train.py"] and job.secret_env == {"TOKEN": "s3cret"}
