@@ -27,6 +27,7 @@ EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**31 - 1
 GpuText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 Bytes64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 LeaseState = Literal["offered", "running", "ended"]
+JobNetwork = Literal["none", "egress"]
 
 # -- enrolment and key rotation ---------------------------------------------------------
 
@@ -101,6 +102,8 @@ class HostReport(Message):
     memory_total_bytes: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     memory_available_bytes: Bytes64 | None = None
     disk_free_bytes: Bytes64 | None = None
+    scratch_free_bytes: Bytes64 | None = None
+    egress_allowed: bool = False
 
 
 class Inventory(Message):
@@ -162,6 +165,8 @@ class LeaseJob(Message):
     memory_bytes: int
     max_duration_s: int
     registry_auth: RegistryAuth | None = None
+    network: JobNetwork = "none"
+    scratch_bytes: Bytes64 = 0
 
 
 class LeaseView(Message):
