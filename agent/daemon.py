@@ -30,6 +30,7 @@ from agent.metering import (
     seal_interim_receipt,
 )
 from agent.nvml import GpuSample, NvmlSampler
+from agent.private_images import PrivateImages
 from agent.receipt_delivery import deliver_receipts
 from agent.reports import StatusReports
 from agent.runner import LeaseRunner
@@ -59,6 +60,7 @@ class AgentDaemon:
         self.engine = engine or Engine(settings.engine_socket)
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)
+        self.private_images = PrivateImages(self.spool, self.engine)
         self.runners: dict[str, LeaseRunner] = {}
         self._finals: set[asyncio.Task[None]] = set()
         self.contact_until_ms: int | None = None
