@@ -11,13 +11,6 @@ from typing import Any
 from coordinator.client import job_file, render
 from coordinator.client.api import CoordinatorApi
 
-WHY = {
-    "no_agent_with_enough_gpus": "no agent has enough free GPUs",
-    "no_agent_with_that_model": "no agent has enough free GPUs of the models asked for",
-    "no_agent_with_enough_gpu_memory": "no agent has enough free GPUs with the memory asked for",
-    "no_agent_at_or_below_max_price": "every agent that could run it asks more than its max price",
-}
-
 
 def add_commands(
     actions: Any,
@@ -66,8 +59,7 @@ def quote_text(quote: dict[str, Any]) -> str:
     if quote["runs_now"]:
         verdict = "yes, if posted now"
     else:
-        reason = quote.get("reason") or ""
-        verdict = f"no: {WHY.get(reason, reason)} ({reason}: {quote.get('reason_detail')})"
+        verdict = f"no, it would wait ({quote.get('reason')}): {quote.get('reason_detail')}"
     price = quote.get("price_per_gpu_hour_micro_yuan")
     if price is None:
         price_text = render.NONE

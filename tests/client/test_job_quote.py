@@ -205,7 +205,8 @@ async def test_a_quote_nobody_can_take_says_why_in_a_pending_jobs_words(
     text = ok(
         _cli(server, token, tmp_path, "job", "quote", *JOB, "--max-price-per-gpu-hour", "1")
     ).stdout
-    assert "would run      no: every agent that could run it asks more than its max price" in text
+    assert "would run      no, it would wait (no_agent_at_or_below_max_price): " in text, text
+    assert "agents could run the job, but all ask more than its max price" in text, text
 
 
 def _body(flags: list[str]) -> dict[str, Any]:
