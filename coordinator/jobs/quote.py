@@ -185,7 +185,7 @@ class Quotes:
             answer["voucher_micro_yuan"] = held.voucher_estimate
             answer["own_money_micro_yuan"] = held.amount
         except (billing.CreditExceeded, billing.Suspended) as exc:
-            answer["refused"] = exc.detail
+            answer["refused"] = exc.detail.replace(f"job {job.id}'s", "this job's")
         return answer
 
 

@@ -270,7 +270,7 @@ async def test_a_hundred_quotes_change_nothing(
             "POST", "/v1/jobs/quote", {**body, "max_price_per_gpu_hour_micro_yuan": price}
         )
         assert status == 200, quote
-        decode_json(JobQuote, json.dumps(quote).encode())
+        assert msgspec.to_builtins(decode_json(JobQuote, json.dumps(quote).encode())) == quote
         assert quote["runs_now"] == (price >= CHEAP)
     assert _state(server) == before
     status, account = await api.call("GET", "/v1/account")
@@ -314,3 +314,43 @@ async def test_quotes_are_for_enterprises_and_limited_per_enterprise(
     assert answer["detail"].startswith("this enterprise's quotes sent more than"), answer
     status, answer = await rogue.call("GET", "/v1/jobs")  # other calls still go through
     assert status == 200, answer
+
+
+async def test_a_quote_says_when_posting_would_be_refused_and_reads_job_files(
+    server: CoordinatorProcess, cleanup: list[Any], tmp_path: Path
+) -> None:
+    token = server.add_enterprise(14)
+    api = Api(server.url, token)
+    cleanup.append(api)
+    (tmp_path / "job.toml").write_text(
+        'image = "busybox:latest"\ngpus = 64\nmax-duration = "30d"\n'
+        'max-price-per-gpu-hour = "100"\nname = "too-big"\n[label]\nteam = "nlp"\n'
+    )
+    quote = ok(
+        suanli(
+            "--json",
+            "job",
+            "quote",
+            "-f",
+            "job.toml",
+            home=tmp_path,
+            cwd=tmp_path,
+            env={"SUANLI_COORDINATOR": server.url, "SUANLI_TOKEN": token},
+        )
+    ).json()
+    assert quote["max_cost_micro_yuan"] == 64 * 30 * 24 * 100_000_000
+    status, job = await api.submit(
+        gpus=64, max_duration_s=30 * 86_400, max_price_per_gpu_hour_micro_yuan=100_000_000
+    )
+    assert status == 402 and job["error"] == "credit_exceeded", job
+    assert quote["refused"].startswith("this job's reservation")
+    real = job["detail"].split("'s reservation", 1)[1]
+    assert quote["refused"] == "this job's reservation" + real
+    text = ok(
+        _cli(
+            server, token, tmp_path, "job", "submit", "--dry-run", "-f", str(tmp_path / "job.toml")
+        )
+    ).stdout
+    assert "refused        posting it now would be refused: this job's reservation" in text
+    status, listed = await api.call("GET", "/v1/jobs")
+    assert listed["jobs"] == []
