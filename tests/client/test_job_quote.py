@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,10 @@ async def test_a_quote_nobody_can_take_says_why_in_a_pending_jobs_words(
         status, job = await api.submit(**_body(flags))
         assert status == 201, job
         pending = await api.wait_for(job["id"], lambda j: j["reason"] != "waiting_for_auction")
-        assert (pending["reason"], pending["reason_detail"]) == (
+        # the same words; counts may differ if an earlier test's agents went offline since
+        assert (pending["reason"], _words(pending["reason_detail"])) == (
             quote["reason"],
-            quote["reason_detail"],
+            _words(quote["reason_detail"]),
         )
         await api.call("POST", f"/v1/jobs/{job['id']}/cancel")
     text = ok(
@@ -207,6 +209,11 @@ async def test_a_quote_nobody_can_take_says_why_in_a_pending_jobs_words(
     ).stdout
     assert "would run      no, it would wait (no_agent_at_or_below_max_price): " in text, text
     assert "agents could run the job, but all ask more than its max price" in text, text
+
+
+def _words(detail: str) -> str:
+    """A reason's words with its numbers (the counts of agents) left out."""
+    return re.sub(r"\d+", "N", detail)
 
 
 def _body(flags: list[str]) -> dict[str, Any]:
