@@ -10,6 +10,7 @@ the leader as it starts (`seal_clear_secrets`).
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 from pathlib import Path
@@ -50,9 +51,16 @@ class SecretBox:
     def open(self, job_id: str, name: str, stored: str) -> str:
         if not stored.startswith(SEALED_PREFIX):
             return stored  # written in clear before values were sealed, not yet resealed
-        raw = base64.b64decode(stored[len(SEALED_PREFIX) :])
         try:
-            plain = open_sealed(self._secret_key(), _context(job_id, name), raw)
+            raw = base64.b64decode(stored[len(SEALED_PREFIX) :], validate=True)
+        except binascii.Error:
+            raise ConfigError(
+                f"the stored secret {name} of job {job_id} is damaged (not base64)"
+            ) from None
+        # a sealed value proves a key was made for this database: never make another
+        key = self._secret_key(may_create=False)
+        try:
+            plain = open_sealed(key, _context(job_id, name), raw)
         except SealError:
             raise ConfigError(
                 f"the secret {name} of job {job_id} does not open with the key in {self.path}: "
@@ -60,19 +68,22 @@ class SecretBox:
             ) from None
         return plain.decode()
 
-    def _secret_key(self) -> bytes:
+    def _secret_key(self, may_create: bool = True) -> bytes:
         if self._key is None:
             assert self.path is not None
-            self._key = self._load_key(self.path)
+            self._key = self._load_key(self.path, may_create and self.create)
         return self._key
 
-    def _load_key(self, path: Path) -> bytes:
+    @staticmethod
+    def _load_key(path: Path, may_create: bool) -> bytes:
         try:
             key = path.read_bytes()
         except FileNotFoundError:
-            if not self.create:
+            if not may_create:
                 raise ConfigError(
-                    f"no secrets key at {path}: copy the leader's, which sits beside its log key"
+                    f"no secrets key at {path}, and the database holds values sealed with one: "
+                    "copy the key of the coordinator that sealed them (it sits beside its log "
+                    "key) instead of letting this one make another"
                 ) from None
             key = _write_new_key(path)
         if len(key) != KEY_BYTES:

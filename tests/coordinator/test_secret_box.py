@@ -47,3 +47,20 @@ def test_a_standby_makes_no_key_and_says_where_it_looks(tmp_path: Path) -> None:
     (tmp_path / "log.secrets-key").write_bytes(b"short")
     with pytest.raises(ConfigError, match="is not a secrets key"):
         standby.seal("job-1", "A", "v")
+
+
+def test_a_leader_without_the_key_of_sealed_values_makes_none(tmp_path: Path) -> None:
+    sealed = SecretBox(tmp_path / "first.secrets-key").seal("job-1", "A", "v")
+    second = SecretBox(tmp_path / "second.secrets-key")  # a leader on another machine
+    with pytest.raises(ConfigError, match="no secrets key at .*second.secrets-key.*copy the key"):
+        second.open("job-1", "A", sealed)
+    assert not (tmp_path / "second.secrets-key").exists(), "no key of its own was made"
+
+
+def test_a_damaged_sealed_value_is_named(tmp_path: Path) -> None:
+    box = SecretBox(tmp_path / "s.secrets-key")
+    box.seal("job-1", "A", "v")
+    with pytest.raises(ConfigError, match="secret A of job job-1 is damaged"):
+        box.open("job-1", "A", SEALED_PREFIX + "not base64!")
+    with pytest.raises(ConfigError, match="does not open"):
+        box.open("job-1", "A", SEALED_PREFIX + "c2hvcnQ=")
