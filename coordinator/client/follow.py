@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from coordinator.client import render
+from coordinator.client import arguments, render
 from coordinator.client.api import CoordinatorApi
+from coordinator.client.arguments import UsageError
+from coordinator.client.units import format_duration
 from shared.http_client import BadAnswer, CoordinatorError, Unreachable
 
 POLL_S = 0.5  # after a read that brought nothing new, or less than a full page
@@ -32,6 +34,7 @@ MAX_NOTE_CHARS = 300
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 EXIT_NO_CODE = 125
+EXIT_TIMED_OUT = 124  # as GNU timeout: --timeout passed and the job goes on
 WAITING = frozenset({"pending", "leased"})
 FINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
 
@@ -44,6 +47,7 @@ exit status, once the job has ended:
             ran, lost with its agents, failed to start (its image), or stopped
             (cancelled, out of credit, out of time) with exit code 0; the reason
             is on stderr
+  {EXIT_TIMED_OUT}       --timeout passed before the job ended; the job goes on
   1 or 2    before that: the coordinator refused (an unknown job, another
             enterprise's job) or could not be reached for {GIVE_UP_S:g} s (1), or the
             command line is wrong (2); the error is on stderr
@@ -199,18 +203,38 @@ class Follower:
 
 
 async def follow(
-    api: CoordinatorApi, job_id: str, *, show_logs: bool, json_output: bool = False
+    api: CoordinatorApi,
+    job_id: str,
+    *,
+    show_logs: bool,
+    json_output: bool = False,
+    timeout_s: int | None = None,
 ) -> int:
-    """Follow a job to its end; the exit status (see EXIT_STATUS_HELP)."""
-    return await Follower(api, job_id, show_logs, json_output).run()
+    """Follow a job to its end, or for at most `timeout_s`; the exit status (see
+    EXIT_STATUS_HELP)."""
+    follower = Follower(api, job_id, show_logs, json_output)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await follower.run()
+    except TimeoutError:
+        assert timeout_s is not None
+        follower._say(
+            f"job {job_id} has not ended after {format_duration(timeout_s)}; it goes on "
+            f"(suanli job cancel {job_id} stops it)"
+        )
+        return EXIT_TIMED_OUT
 
 
 # -- the commands -----------------------------------------------------------------------
 
 
 async def cmd_logs(api: CoordinatorApi, args: argparse.Namespace) -> int:
+    if args.timeout_s is not None and not args.follow:
+        raise UsageError("--timeout goes with --follow")
     if args.follow:
-        return await follow(api, args.job_id, show_logs=True, json_output=args.json)
+        return await follow(
+            api, args.job_id, show_logs=True, json_output=args.json, timeout_s=args.timeout_s
+        )
     offset = 0
     while True:
         chunk = await api.job_logs(args.job_id, offset)
@@ -228,7 +252,20 @@ async def cmd_logs(api: CoordinatorApi, args: argparse.Namespace) -> int:
 
 
 async def cmd_wait(api: CoordinatorApi, args: argparse.Namespace) -> int:
-    return await follow(api, args.job_id, show_logs=False, json_output=args.json)
+    return await follow(
+        api, args.job_id, show_logs=False, json_output=args.json, timeout_s=args.timeout_s
+    )
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=arguments.duration("max_duration_s"),
+        metavar="DURATION",
+        dest="timeout_s",
+        help=f"give up waiting after this long, e.g. 10m or 1h (exit {EXIT_TIMED_OUT}); "
+        "the job goes on",
+    )
 
 
 def add_commands(actions: Any, leaf: Callable[..., argparse.ArgumentParser]) -> None:
@@ -250,6 +287,7 @@ def add_commands(actions: Any, leaf: Callable[..., argparse.ArgumentParser]) -> 
         action="store_true",
         help="keep printing until the job has ended and its log is complete",
     )
+    add_timeout(logs)
     wait = leaf(
         actions,
         "wait",
@@ -261,3 +299,4 @@ def add_commands(actions: Any, leaf: Callable[..., argparse.ArgumentParser]) -> 
     wait.epilog = EXIT_STATUS_HELP
     wait.formatter_class = argparse.RawDescriptionHelpFormatter
     wait.add_argument("job_id", metavar="ID")
+    add_timeout(wait)

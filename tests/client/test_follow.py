@@ -16,7 +16,13 @@ import pytest
 from aiohttp import web
 from coordinator_harness import GIB, CoordinatorProcess, FakeAgent, clean_env, free_port
 
-from coordinator.client.follow import EXIT_NO_CODE, MAX_NOTES, POLL_S, for_terminal
+from coordinator.client.follow import (
+    EXIT_NO_CODE,
+    EXIT_TIMED_OUT,
+    MAX_NOTES,
+    POLL_S,
+    for_terminal,
+)
 
 SUANLI = Path(sys.executable).parent / "suanli"
 JOB = ["--image", "busybox:latest", "--gpus", "1", "--max-duration", "10m"]
@@ -122,6 +128,26 @@ async def test_a_pending_job_is_said_to_be_pending_and_a_cancel_ends_the_wait(
         notes = [line for line in process.stderr.splitlines() if " is pending: " in line]
         assert len(notes) == len(set(notes)), "each reason said once"
     assert follower.stdout == waiter.stdout == ""
+
+
+async def test_a_wait_with_a_timeout_gives_up_with_124_and_the_job_goes_on(
+    coordinator: CoordinatorProcess,
+) -> None:
+    token = coordinator.add_enterprise(36)
+    url = coordinator.url
+    code, out, err = await suanli("job", "submit", *JOB, *PRICE, url=url, token=token)
+    assert code == 0, err
+    job_id = out.strip()
+    for command in (["wait", job_id], ["logs", job_id, "--follow"]):
+        code, _, err = await suanli("job", *command, "--timeout", "2s", url=url, token=token)
+        assert code == EXIT_TIMED_OUT, err
+        assert f"suanli: job {job_id} has not ended after 2s; it goes on" in err, err
+    code, out, _ = await suanli("job", "show", job_id, "--json", url=url, token=token)
+    assert json.loads(out)["state"] == "pending"
+    code, _, err = await suanli("job", "wait", job_id, "--timeout", "5", url=url, token=token)
+    assert code == 2 and "--timeout" in err and "unit" in err, err
+    code, _, err = await suanli("job", "logs", job_id, "--timeout", "1m", url=url, token=token)
+    assert (code, err.strip()) == (2, "suanli: --timeout goes with --follow"), err
 
 
 async def test_follow_and_wait_exit_with_the_containers_exit_code(
