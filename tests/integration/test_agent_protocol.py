@@ -178,8 +178,9 @@ async def test_agent_cannot_touch_another_agents_lease(
 
     owner = await _enrolled(coordinator, cleanup, ["GPU-o0"], ask=1_000_000)
     intruder = await _enrolled(coordinator, cleanup, ["GPU-i0"], ask=2_000_000)
-    await owner.heartbeat()
+    # the admin command first: under load it can outlast the heartbeat timeout
     api = Api(coordinator.url, coordinator.add_enterprise(50))
+    await owner.heartbeat()
     cleanup.append(api)
     status, job = await api.submit(max_price_per_gpu_hour_micro_yuan=1_500_000)
     assert status == 201
@@ -229,8 +230,8 @@ async def test_log_chunks_are_idempotent_by_offset_and_bounded(
     ).start()
     try:
         agent = await _enrolled(coordinator, cleanup, ["GPU-l0"], ask=1)
-        await agent.heartbeat()
         api = Api(coordinator.url, coordinator.add_enterprise(77))
+        await agent.heartbeat()
         cleanup.append(api)
         _, job = await api.submit()
         lease = await agent.wait_for_lease()

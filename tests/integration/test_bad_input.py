@@ -829,8 +829,8 @@ async def test_a_job_with_a_lone_surrogate_cannot_poison_an_agents_lease_polls(
     agent = FakeAgent(coordinator.url, ["GPU-s0"], 1_000)
     cleanup.append(agent)
     await agent.enrol(coordinator.add_provider(41))
-    await agent.heartbeat()
     api = Api(coordinator.url, coordinator.add_enterprise(42))
+    await agent.heartbeat()
     cleanup.append(api)
     status, _ = await api.call(
         "POST",
