@@ -32,6 +32,24 @@ while True:
     with conn:
         conn.sendall(sys.argv[2].encode() + b"\\n")
 """
+# A resolver for the internet host: every A query answered with the host's own address.
+_DNS = """
+import socket, sys
+address = socket.inet_aton(sys.argv[1])
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("0.0.0.0", 53))
+while True:
+    query, peer = srv.recvfrom(512)
+    end = 12
+    while end < len(query) and query[end]:
+        end += query[end] + 1
+    qtype = query[end + 1 : end + 3]
+    answers = b"\\x00\\x01" if qtype == b"\\x00\\x01" else b"\\x00\\x00"
+    head = query[:2] + b"\\x81\\x80\\x00\\x01" + answers + b"\\x00\\x00\\x00\\x00"
+    body = query[12 : end + 5]
+    if qtype == b"\\x00\\x01":
+        body += b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04" + address
+    srv.sendto(head + body, peer)
+"""
 
 
 def ip(*args: str) -> None:
@@ -49,6 +67,7 @@ class Host:
     host_side: str
     link: str  # the host side of its veth pair
     server: subprocess.Popen[bytes] | None = None
+    resolver: subprocess.Popen[bytes] | None = None
 
     def run(self, *argv: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -135,8 +154,8 @@ def _serve_in(host: Host, banner: str) -> None:
 
 @contextlib.contextmanager
 def world() -> Iterator[World]:
-    """The internet host (198.18.<n>.2), the LAN host (10.77.<n>.2 and 169.254.169.254) and a
-    server on this host; all removed afterwards."""
+    """The internet host (198.18.<n>.2, with a resolver on port 53), the LAN host
+    (10.77.<n>.2 and 169.254.169.254) and a server on this host; all removed afterwards."""
     if os.geteuid() != 0:
         unavailable("network namespace tests need root")
     if shutil.which("ip") is None:
@@ -152,15 +171,22 @@ def world() -> Iterator[World]:
         ip("route", "add", f"{METADATA}/32", "via", lan.address)
         _serve_in(internet, "internet")
         _serve_in(lan, "lan")
+        internet.resolver = subprocess.Popen(
+            ["ip", "netns", "exec", internet.name, sys.executable, "-c", _DNS, internet.address],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         yield World(internet, lan, server.port)
     finally:
         server.close()
         with contextlib.suppress(RuntimeError):
             ip("route", "del", f"{METADATA}/32")
         for host in hosts:
-            if host.server is not None:
-                host.server.kill()
-                host.server.wait()
+            for process in (host.server, host.resolver):
+                if process is not None:
+                    process.kill()
+                    process.wait()
             with contextlib.suppress(RuntimeError):
                 ip("link", "del", host.link)  # now, not when the kernel frees the namespace
             with contextlib.suppress(RuntimeError):

@@ -18,6 +18,7 @@ from engines import BUSYBOX_IMAGE
 from netns import METADATA, PORT, World, leftovers, world
 
 from agent.egress import EgressNetwork
+from agent.egress.self_check import egress_checks
 from agent.engine import ContainerSpec, Engine, EngineError
 
 pytestmark = pytest.mark.integration
@@ -44,14 +45,14 @@ def hosts() -> Any:
 
 
 @pytest.fixture
-async def egress(engine: Engine) -> AsyncIterator[EgressNetwork]:
+async def egress(engine: Engine, hosts: World) -> AsyncIterator[EgressNetwork]:
     tag = secrets.token_hex(3)
     network = EgressNetwork(
         engine,
         allow=True,
         block=[],
         subnet=f"10.254.{secrets.randbelow(200) + 20}.0/24",
-        dns=["198.18.0.53"],
+        dns=[hosts.internet.address],  # the internet host's resolver
         name=f"sl-egt{tag}",
     )
     await network.start()
@@ -144,6 +145,26 @@ try neighbour {neighbour_ip} 7000
     # inbound: the LAN cannot open a connection to a job
     assert not hosts.lan.connects(neighbour_ip, 7000)
     await engine.remove(neighbour, force=True)
+
+
+async def test_an_egress_job_resolves_names_through_the_resolver_it_is_given(
+    engine: Engine, egress: EgressNetwork, hosts: World
+) -> None:
+    """Podman writes the resolver into the job's resolv.conf; Docker's embedded resolver
+    forwards to it from the job's own namespace, so both pass the same rules."""
+    output = await _run(engine, _spec(egress, "dns", "nslookup -type=a files.example.test"))
+    assert f"Address: {hosts.internet.address}" in output, output
+
+
+async def test_self_test_shows_what_egress_jobs_cannot_reach(
+    engine: Engine, egress: EgressNetwork
+) -> None:
+    checks = {name: (ok, detail) for name, ok, detail in await egress_checks(egress)}
+    ok, detail = checks["egress"]
+    assert ok and f"network {egress.name} in use by 0 job(s)" in detail, detail
+    ok, detail = checks["egress blocked"]
+    assert ok and "10.0.0.0/8" in detail and "169.254.0.0/16" in detail and "IPv6" in detail
+    assert checks["egress resolvers"] == (True, egress.attachment.dns[0])
 
 
 async def test_a_job_with_network_none_reaches_nothing(

@@ -3,8 +3,12 @@ with that reason before anything is pulled or created: never a quiet fallback to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from agent.config import AgentSettings
@@ -15,6 +19,7 @@ from agent.engine import Engine
 from agent.lease import LeaseRecord, LeaseTerms
 from agent.runner import LeaseRunner
 from agent.state import AgentState
+from shared.messages import agent_protocol as ap
 
 
 def _daemon(tmp_path: Path, **settings: object) -> AgentDaemon:
@@ -96,3 +101,35 @@ async def test_self_test_says_why_egress_is_off_or_unavailable(
         assert "egress jobs are refused" in detail and "nft is not installed" in detail
     finally:
         await engine.close()
+
+
+class _Heartbeats:
+    """A coordinator client that keeps the first heartbeat's inventory and ends the loop."""
+
+    def __init__(self) -> None:
+        self.inventory: dict[str, Any] | None = None
+
+    async def heartbeat(self, ask: int | None, inventory: dict[str, Any]) -> dict[str, Any]:
+        self.inventory = inventory
+        raise asyncio.CancelledError
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ready", [False, True])
+async def test_the_heartbeat_says_egress_is_allowed_only_once_it_is_set_up(
+    tmp_path: Path, ready: bool
+) -> None:
+    daemon = _daemon(tmp_path, allow_egress=True)
+    sent = _Heartbeats()
+    daemon.client = sent  # type: ignore[assignment]
+    try:
+        daemon.egress.reason = None if ready else "nft is not installed"
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon._heartbeat_loop()
+        assert sent.inventory is not None
+        report = msgspec.convert(sent.inventory, ap.Inventory, strict=False)
+        assert report.host.egress_allowed is ready
+    finally:
+        await daemon.close()
