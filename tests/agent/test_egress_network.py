@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -64,12 +63,7 @@ async def egress(engine: Engine, hosts: World) -> AsyncIterator[EgressNetwork]:
                 await engine.remove(container["Id"], force=True)
         await network.close()
         assert network.plan.table not in _tables()
-        assert (await _network_names(engine)).count(network.name) == 0
-
-
-async def _network_names(engine: Engine) -> list[str]:
-    _, body = await engine._call("GET", "/networks")
-    return [str(n["Name"]) for n in json.loads(body)]
+        assert await engine.network(network.name) is None
 
 
 def _spec(egress: EgressNetwork, name: str, script: str, network: str = "egress") -> ContainerSpec:

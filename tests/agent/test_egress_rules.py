@@ -19,6 +19,7 @@ from agent.egress.ruleset import host_update, removal, sealed
 from agent.egress.service import resolvers
 from agent.engine import ContainerSpec, InvalidContainerSpec
 from agent.engine.hardening import build_create_body, build_libpod_create_body
+from agent.engine.networks import bridge_network_body, libpod_bridge_network_body
 from agent.lease import JobTerms
 
 HOST = [ipaddress.IPv4Address("198.18.5.1"), ipaddress.IPv4Address("192.0.2.2")]
@@ -215,3 +216,13 @@ def test_a_lease_names_its_network_or_is_not_read() -> None:
     assert egress is not None and egress.network == "egress"
     assert egress.to_wire()["network"] == "egress"
     assert JobTerms.from_wire({**job, "network": "bridge"}) is None
+
+
+def test_the_engine_network_has_ipv6_icc_and_the_engines_dns_off() -> None:
+    docker = bridge_network_body("sl-egress", "sl-egress", PLAN.subnet, {"suanli.egress": "x"})
+    assert docker["EnableIPv6"] is False and docker["Internal"] is False
+    assert docker["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert docker["IPAM"]["Config"] == [{"Subnet": "10.254.77.0/24", "Gateway": "10.254.77.1"}]
+    podman = libpod_bridge_network_body("sl-egress", "sl-egress", PLAN.subnet, {})
+    assert podman["ipv6_enabled"] is False and podman["dns_enabled"] is False
+    assert podman["network_interface"] == "sl-egress"
