@@ -122,6 +122,7 @@ class EgressNetwork:
         """Set the network up; never raises: a failure is the reason, logged and kept."""
         if not self.allow:
             self.reason = "allow_egress is false in the agent's settings"
+            log.info("egress off (allow_egress = false): jobs that ask egress are refused")
             await self._remove_leftovers()
             return
         try:
@@ -181,7 +182,14 @@ class EgressNetwork:
             log.log(logging.DEBUG if quiet else logging.WARNING, "egress tear-down: %s", exc)
 
     async def _remove_leftovers(self) -> None:
-        """An earlier run with allow_egress left its rules: the same tear-down, best effort."""
+        """An earlier run with allow_egress left its network on this engine: the same
+        tear-down, best effort. Without that network here nothing is touched, so an agent
+        of another engine on the host keeps its rules."""
+        try:
+            if await self.engine.network(self.name) is None:
+                return
+        except EngineError:
+            return
         self._installed = True
         await self.close(quiet=True)
         self._installed = False
