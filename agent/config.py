@@ -48,7 +48,7 @@ class AgentSettings:
         600, "stop a job if none of its receipts is accepted by then"
     )
     job_network: str = setting(
-        "none", "network of jobs that ask none (the only value; egress: allow_egress)"
+        "none", "network of jobs that ask none: none, the only value (egress: allow_egress)"
     )
     allow_egress: bool = setting(
         False,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from engines import BUSYBOX_IMAGE
-from netns import METADATA, PORT, World, leftovers, world
+from netns import METADATA, PORT, World, ip, leftovers, world
 
 from agent.egress import EgressNetwork
 from agent.egress.self_check import egress_checks
@@ -159,6 +159,29 @@ async def test_self_test_shows_what_egress_jobs_cannot_reach(
     ok, detail = checks["egress blocked"]
     assert ok and "10.0.0.0/8" in detail and "169.254.0.0/16" in detail and "IPv6" in detail
     assert checks["egress resolvers"] == (True, egress.attachment.dns[0])
+
+
+async def test_a_new_host_address_joins_the_blocked_set_before_the_next_egress_job(
+    engine: Engine, egress: EgressNetwork, hosts: World
+) -> None:
+    added = hosts.internet.host_side.rsplit(".", 1)[0] + ".77"  # in the open 198.18/15
+
+    def host_set() -> str:
+        command = ["nft", "list", "set", "inet", egress.plan.table, "host4"]
+        return subprocess.run(command, capture_output=True, text=True).stdout
+
+    ip("addr", "add", f"{added}/32", "dev", hosts.internet.link)
+    try:
+        await egress.refresh_host_addresses()
+        assert added in host_set()
+        script = f"try new-host-address {added} {hosts.host_server_port}"
+        assert _verdicts(await _run(engine, _spec(egress, "newaddr", script))) == {
+            "new-host-address": "closed"
+        }
+    finally:
+        ip("addr", "del", f"{added}/32", "dev", hosts.internet.link)
+    await egress.refresh_host_addresses()
+    assert added not in host_set()
 
 
 async def test_a_job_with_network_none_reaches_nothing(
