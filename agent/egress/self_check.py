@@ -25,8 +25,11 @@ async def egress_checks(egress: EgressNetwork) -> list[Check]:
     except firewall.FirewallError as exc:
         return [("egress", False, f"NOT AVAILABLE, egress jobs are refused: {exc}")]
     try:
-        present = await engine_network.containers_on(egress.engine, egress.name)
-        in_place = f"network {egress.name} in use by {len(present)} job(s)"
+        if await egress.engine.network(egress.name) is None:
+            in_place = f"network {egress.name} is made when the agent starts"
+        else:
+            present = await engine_network.containers_on(egress.engine, egress.name)
+            in_place = f"network {egress.name} in use by {len(present)} job(s)"
     except EngineError as exc:
         return [("egress", False, f"NOT AVAILABLE: the container engine: {exc.detail}")]
     fixed = ", ".join(cidr for cidr, _ in BLOCKED_IPV4)
