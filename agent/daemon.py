@@ -31,6 +31,7 @@ from agent.metering import (
     seal_interim_receipt,
 )
 from agent.nvml import GpuSample, NvmlSampler
+from agent.private_images import PrivateImages
 from agent.receipt_delivery import deliver_receipts
 from agent.reports import StatusReports
 from agent.runner import LeaseRunner
@@ -61,6 +62,7 @@ class AgentDaemon:
         self.egress = EgressNetwork.for_agent(self.engine, settings)
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)
+        self.private_images = PrivateImages(self.spool, self.engine)
         self.runners: dict[str, LeaseRunner] = {}
         self._finals: set[asyncio.Task[None]] = set()
         self.contact_until_ms: int | None = None
@@ -233,10 +235,8 @@ class AgentDaemon:
                 timeout = answer.get("heartbeat_timeout_ms")
                 if type(timeout) is int and timeout > 0:
                     self.contact_until_ms = sent + timeout
-                self.heartbeat_interval_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
-                self.heartbeat_interval_s = min(
-                    self.heartbeat_interval_s, self.settings.heartbeat_interval_s
-                )
+                asked_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
+                self.heartbeat_interval_s = min(asked_s, self.settings.heartbeat_interval_s)
                 for flag in answer.get("flags", []):
                     log.warning(
                         "the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind")

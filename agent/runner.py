@@ -25,6 +25,7 @@ from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_t
 from agent.lease import Failure, JobTerms, LeaseRecord
 from agent.log_pump import LogPump
 from agent.nvml import GpuSample
+from agent.private_images import PrivateImages
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
 from shared.clock import now_ms
 
@@ -45,6 +46,9 @@ class LeaseHost(Protocol):
 
     @property
     def egress(self) -> EgressNetwork: ...
+
+    @property
+    def private_images(self) -> PrivateImages: ...
 
     @property
     def agent_id(self) -> str: ...
@@ -181,9 +185,12 @@ class LeaseRunner:
         policy = settings.registry_policy
         try:
             policy.check_name(image)
-            # an image that needs credentials is pulled with them even when the host has it:
-            # the registry, not the host's cache, decides whether this job may have it
-            if job.registry_auth is not None or not await engine.image_exists(image):
+            # an image that needs credentials is pulled with them even when the host has it,
+            # and another lease's private image is pulled as if the host lacked it: the
+            # registry, not the host's cache, decides whether this job may have it
+            if job.registry_auth is not None or not await daemon.private_images.may_use_cached(
+                image
+            ):
                 await policy.check(image)
                 await self._pull(image)
             isolation, _ = await engine.root_isolation()
@@ -253,6 +260,8 @@ class LeaseRunner:
         job = job_terms(self.record)
         await self._note(f"[suanli] pulling image {image}\n")
         progress = PullProgress()
+        private = self.daemon.private_images
+        ids_before = await private.before_pull() if job.registry_auth is not None else None
         try:
             await self.daemon.engine.pull(
                 image,
@@ -264,6 +273,8 @@ class LeaseRunner:
         finally:
             self._pulled = True
             self.record.terms = replace(terms, job=replace(job, registry_auth=None))
+        if ids_before is not None:
+            await private.pulled(image, self.lease_id, ids_before)
         await self._note(progress.summary(image))
 
     async def _supervise(self) -> int:
@@ -320,7 +331,7 @@ class LeaseRunner:
         job = self.record.terms.job
         if job is not None and job.private_image:
             with contextlib.suppress(EngineError):
-                await self.daemon.engine.remove_image(job.image)
+                await self.daemon.private_images.release(self.lease_id, job.image)
 
     async def _note(self, text: str) -> None:
         """A line of the agent's own in the job's log, before the container's output (whose

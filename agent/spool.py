@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS acknowledgements (
     digest BLOB PRIMARY KEY,
     envelope BLOB NOT NULL
 );
+-- images pulled with a lease's credentials, by content ID; lease_id '' marks one whose
+-- leases have all ended and which is still to be removed
+CREATE TABLE IF NOT EXISTS private_images (
+    image_id TEXT NOT NULL,
+    lease_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, lease_id)
+);
 """
 
 
@@ -201,4 +208,38 @@ class Spool:
                 "UPDATE receipts SET rejected_rule = ?, rejected_detail = ? "
                 "WHERE lease_id = ? AND seq = ?",
                 (rule, detail, lease_id, seq),
+            )
+
+    # -- private images -----------------------------------------------------------------
+
+    def hold_private_image(self, image_id: str, lease_id: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO private_images (image_id, lease_id) VALUES (?, ?)",
+                (image_id, lease_id),
+            )
+
+    def private_image_ids(self) -> set[str]:
+        return {row["image_id"] for row in self._rows("SELECT image_id FROM private_images")}
+
+    def release_private_images(self, lease_id: str) -> tuple[set[str], set[str]]:
+        """Drop a lease's holds; (the images now to be removed, the images still held)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                "INSERT OR IGNORE INTO private_images (image_id, lease_id) "
+                "SELECT image_id, '' FROM private_images WHERE lease_id = ? AND image_id NOT IN "
+                "(SELECT image_id FROM private_images WHERE lease_id NOT IN (?, ''))",
+                (lease_id, lease_id),
+            )
+            self._conn.execute("DELETE FROM private_images WHERE lease_id = ?", (lease_id,))
+            self._conn.execute("COMMIT")
+            rows = list(self._conn.execute("SELECT image_id, lease_id FROM private_images"))
+        to_remove = {image_id for image_id, holder in rows if holder == ""}
+        return to_remove, {image_id for image_id, holder in rows if holder != ""}
+
+    def forget_private_image(self, image_id: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM private_images WHERE image_id = ? AND lease_id = ''", (image_id,)
             )

@@ -69,6 +69,12 @@ class Settings:
     token_request_burst: int = setting(
         500, "requests one API token may make at once above its rate"
     )
+    quote_requests_per_minute: int = setting(
+        2,
+        "job quotes one enterprise may ask for a minute on average (0: no limit): a quote is "
+        "an auction nobody pays for, and each tells a little about the asks",
+    )
+    quote_request_burst: int = setting(10, "job quotes one enterprise may ask for at once")
     header_timeout_s: int = setting(
         20,
         "a connection that has not sent a whole request head in this long, or sat idle, is closed",

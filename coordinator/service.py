@@ -25,6 +25,7 @@ from coordinator.deadlines import Deadlines
 from coordinator.enterprises import Enterprises
 from coordinator.jobs.board import JobBoard
 from coordinator.jobs.logs import JobLogs
+from coordinator.jobs.quote import Quotes
 from coordinator.principals import Principals
 from coordinator.receipts.intake import ReceiptIntake
 from coordinator.receipts.signature_workers import SignatureWorkers
@@ -104,6 +105,7 @@ class Coordinator:
             clock,
             self.secret_box,
         )
+        self.quotes = Quotes(state, database, self.policy, settings, clock)
         self.scheduler = Scheduler(state, transitions, committer, signals, settings, clock)
         self.attention = Attention(clock, self.scheduler.counters)
         self.deadlines = Deadlines(

@@ -151,8 +151,9 @@ class HashStore(Protocol):
     """Where a MerkleTree keeps its hashes: the hash of each complete perfect subtree, keyed by
     (level, index) for the leaves [index * 2**level, (index + 1) * 2**level), and the leaf count.
 
-    put_many must overwrite existing keys: a tree writes hashes before the size, so hashes
-    beyond the stored size are leftovers of an interrupted append and get replaced.
+    A tree writes hashes before the size, so a store that can be interrupted between the two
+    must let put_many overwrite the leftovers beyond the stored size; a store that writes both
+    in one transaction has none, and may refuse a key it already holds.
     """
 
     def get(self, level: int, index: int) -> bytes:

@@ -101,6 +101,8 @@ ON_EVERY_ENGINE = frozenset(
         "tests/integration/test_kill9.py",
         "tests/integration/test_registry_credentials.py",
         "tests/test_readme.py",
+        "tests/client/test_job_quote.py",
+        "tests/client/test_job_labels.py",
     }
 )
 EVERY_TEST_ON_EVERY_ENGINE = os.environ.get("SUANLI_TEST_EVERY_ENGINE", "") == "1"

@@ -109,9 +109,15 @@ class Registry:
             return 0  # not listening yet
 
     def trust_in_podman(self, engine: EngineService) -> None:
-        certs = engine.workdir / "home" / ".config" / "containers" / "certs.d" / self.host
+        certs = self._podman_certs(engine)
         certs.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.ca_path, certs / "ca.crt")
+
+    def trusted_by(self, engine: EngineService) -> bool:
+        return (self._podman_certs(engine) / "ca.crt").exists()
+
+    def _podman_certs(self, engine: EngineService) -> Path:
+        return engine.workdir / "home" / ".config" / "containers" / "certs.d" / self.host
 
     def stop(self) -> None:
         if self.process.poll() is None:

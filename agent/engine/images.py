@@ -32,6 +32,21 @@ class ImageCalls(EngineApi):
         status, _ = await self._call("GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(200, 404))
         return status == 200
 
+    async def image_id(self, ref: str) -> str | None:
+        """The content ID of the image a reference names on this host (tag, digest or ID alike),
+        without its `sha256:` prefix; None if the host has none."""
+        status, body = await self._call(
+            "GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(200, 404)
+        )
+        if status != 200:
+            return None
+        return _bare_id(json.loads(body).get("Id"))
+
+    async def image_ids(self) -> set[str]:
+        """The content IDs of every image on this host."""
+        _, body = await self._call("GET", "/images/json", params={"all": "true"})
+        return {bare for image in json.loads(body) if (bare := _bare_id(image.get("Id")))}
+
     async def remove_image(self, ref: str) -> None:
         """Delete an image (forced: even if stopped containers use it); absent is fine."""
         await self._call(
@@ -132,3 +147,9 @@ class ImageCalls(EngineApi):
             "POST", f"/images/{image_id}/tag", params={"repo": repo, "tag": tag}, ok=(200, 201)
         )
         return image_id
+
+
+def _bare_id(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value.removeprefix("sha256:")

@@ -72,7 +72,8 @@ class LeaseDelivery:
                 "cpus_milli": request.cpus_milli,
                 "memory_bytes": request.memory_bytes,
                 "max_duration_s": request.max_duration_s,
-                "registry_auth": registry_auth(secrets),
+                # for the pull only: once the container started, the agent needs them no more
+                "registry_auth": registry_auth(secrets) if lease.state == "offered" else None,
             },
         }
 

@@ -63,12 +63,23 @@ class CoordinatorApi(HttpClient):
     async def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         return await self.call("POST", "/v1/jobs", body=job)
 
-    async def list_jobs(self, state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    async def list_jobs(
+        self,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        name: str | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any]:
         query = {}
         if state is not None:
             query["state"] = state
         if limit is not None:
             query["limit"] = str(limit)
+        if name is not None:
+            query["name"] = name
+        if label is not None:
+            query["label"] = label
         return await self.call("GET", "/v1/jobs", query=query)
 
     async def job(self, job_id: str) -> dict[str, Any]:

@@ -22,7 +22,9 @@ from coordinator.client import (
     completion,
     follow,
     job_file,
+    job_labels,
     login,
+    quote,
     registry_login,
     render,
 )
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N jobs (server default 100)",
     )
+    job_labels.add_filters(listing)
 
     show = _leaf(
         actions, "show", cmd_show, "a job's state, why it waits, its agent, GPUs, price and times"
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job_id", metavar="ID")
 
     follow.add_commands(actions, _leaf)
+    quote.add_commands(actions, _leaf, submit_command.add_submit)
 
     cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="ID")
@@ -114,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def cmd_list(api: CoordinatorApi, args: argparse.Namespace) -> int:
-    answer = await api.list_jobs(args.state, args.limit)
+    answer = await api.list_jobs(
+        args.state, args.limit, name=args.name, label=job_labels.selector(args.labels)
+    )
     if args.json:
         render.print_json(answer)
     elif not answer.get("jobs"):

@@ -42,6 +42,7 @@ NOT_KEYS = {
     "follow",
     "registry_auth",
     "secret_env_file",
+    "dry_run",
 }
 FLAG_OF_FIELD = {
     "max_price_per_gpu_hour_micro_yuan": "--max-price-per-gpu-hour",

@@ -43,6 +43,11 @@ def yuan(micro: int | None) -> str:
     return NONE if micro is None else format_money(micro)
 
 
+def labels_text(labels: dict[str, str] | None) -> str:
+    """Labels as `kubectl get --show-labels` shows them: key=value,key=value."""
+    return ",".join(f"{key}={value}" for key, value in sorted((labels or {}).items())) or NONE
+
+
 def _text(value: Any) -> str:
     return NONE if value is None or value == "" or value == [] else str(value)
 
@@ -55,6 +60,8 @@ def job_details(job: dict[str, Any]) -> str:
         reason = f"{reason}: {job['reason_detail']}"
     rows: list[tuple[str, str]] = [
         ("id", _text(job.get("id"))),
+        ("name", _text(spec.get("name"))),
+        ("labels", labels_text(spec.get("labels"))),
         (
             "state",
             _text(job.get("state"))
@@ -135,12 +142,13 @@ def jobs_table(jobs: list[dict[str, Any]], out: IO[str] | None = None) -> None:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name in ("ID", "STATE", "REASON", "GPUS", "PRICE/GPU-h", "IMAGE", "CREATED"):
-        table.add_column(name, no_wrap=name in ("ID", "STATE", "CREATED"))
+    for name in ("ID", "NAME", "STATE", "REASON", "GPUS", "PRICE/GPU-h", "IMAGE", "CREATED"):
+        table.add_column(name, no_wrap=name in ("ID", "NAME", "STATE", "CREATED"))
     for job in jobs:
         spec = job.get("spec") or {}
         table.add_row(
             _text(job.get("id")),
+            _text(spec.get("name")),
             _text(job.get("state")),
             _text(job.get("reason")),
             _text(spec.get("gpus")),

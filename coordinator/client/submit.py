@@ -8,7 +8,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.client import arguments, env_file, follow, registry_login, render
+from coordinator.client import (
+    arguments,
+    env_file,
+    follow,
+    job_labels,
+    quote,
+    registry_login,
+    render,
+)
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.arguments import UsageError
 
@@ -114,6 +122,12 @@ def add_submit(
         help="makes a retried submit return the first job instead of posting "
         "another (default: a fresh key each time)",
     )
+    job_labels.add_flags(submit)
+    submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="post nothing: say what the job would meet now (as `job quote`)",
+    )
     then = submit.add_mutually_exclusive_group()
     then.add_argument(
         "--wait", action="store_true", help="then wait for the job to end (as `job wait`)"
@@ -158,6 +172,9 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
     for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
+    body.update(job_labels.body_fields(args))
+    if args.dry_run:
+        return await quote.print_quote(api, body, args.json)
     job = await api.submit_job(body)
     if args.json:
         render.print_json(job, lines=args.wait or args.follow)

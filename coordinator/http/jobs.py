@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.errors import Forbidden
+from coordinator.errors import Forbidden, Unprocessable
 from coordinator.http.bodies import decode_json_body, json_body
 from coordinator.http.keys import COORDINATOR, Handler
 from coordinator.http.openapi import Route
 from coordinator.http.tokens import principal
 from coordinator.jobs.views import job_view
 from shared.messages import api, decode_query
+from shared.messages.labels import BadSelector, parse_selector
+from shared.messages.quote import JobQuote
 
 
 async def submit_job(request: web.Request) -> web.Response:
@@ -23,11 +25,24 @@ async def submit_job(request: web.Request) -> web.Response:
     return web.json_response(job_view(coordinator.state, job), status=201 if created else 200)
 
 
+async def quote_job(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    who = await principal(request)
+    coordinator.quotes.require_quoter(who)
+    raw = await json_body(request)
+    body = decode_json_body(api.JobSubmit, raw, code="invalid_job")
+    return web.json_response(await coordinator.quotes.quote(who, body))
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     who = await principal(request)
     query = decode_query(api.JobListQuery, request.query)
-    jobs = coordinator.jobs.search(who, query.state, query.limit)
+    try:
+        labels = parse_selector(query.label) if query.label is not None else None
+    except BadSelector as exc:
+        raise Unprocessable(str(exc)) from None
+    jobs = coordinator.jobs.search(who, query.state, query.limit, query.name, labels)
     return web.json_response({"jobs": [job_view(coordinator.state, j, who.role) for j in jobs]})
 
 
@@ -99,11 +114,24 @@ ROUTES: list[tuple[Route, Handler]] = [
     ),
     (
         Route(
+            "POST",
+            "/v1/jobs/quote",
+            api.JobSubmit,
+            JobQuote,
+            "What a job would meet if posted now: the offers that fit it, its price (rounded "
+            "up unless it is the job's max price), its voucher share and the most it would "
+            "hold; nothing is stored, reserved or logged (enterprise; limited per enterprise)",
+        ),
+        quote_job,
+    ),
+    (
+        Route(
             "GET",
             "/v1/jobs",
             None,
             api.JobList,
-            "List your jobs, newest first (auditors: all, without env values)",
+            "List your jobs, newest first, by state, name or labels (auditors: all, without env "
+            "values, names or label values)",
             query=api.JobListQuery,
         ),
         list_jobs,

@@ -23,6 +23,7 @@ from coordinator.transitions import Transitions
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.messages import api
+from shared.messages.labels import matches
 
 MAX_KEY = api.MAX_KEY
 
@@ -128,13 +129,26 @@ class JobBoard:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def search(self, principal: Principal, state: str | None, limit: int) -> list[Job]:
-        """The caller's jobs (an auditor's: everyone's), newest first."""
+    def search(
+        self,
+        principal: Principal,
+        state: str | None,
+        limit: int,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> list[Job]:
+        """The caller's jobs (an auditor's: everyone's), newest first; with `name` or `labels`,
+        only those with that name and all those labels (never for an auditor, who sees them
+        redacted: a filter would tell what the redaction hides)."""
+        if principal.role == "auditor" and (name is not None or labels):
+            raise Forbidden("auditors see job names and labels redacted, so cannot filter by them")
         jobs = [
             j
             for j in self.state.jobs.values()
             if (principal.role == "auditor" or j.enterprise_id == principal.subject_id)
             and (state is None or j.state == state)
+            and (name is None or j.request.name == name)
+            and (not labels or matches(j.request.labels, labels))
         ]
         jobs.sort(key=lambda j: j.created_at_ms, reverse=True)
         return jobs[:limit]

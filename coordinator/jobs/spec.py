@@ -32,10 +32,13 @@ class JobRequest:
     # only the names: the values live apart (job_secrets) until the job ends
     secret_env_names: tuple[str, ...] = ()
     registry_auth: bool = False  # whether credentials came (they live apart, as secrets do)
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key
 
     def to_json(self, env_values: bool = True) -> dict[str, Any]:
         """The spec as JSON; secret values are never in it, and `env_values=False` (for an
-        auditor) redacts the plain env values too."""
+        auditor) redacts the plain env values too, and the name and label values, which may
+        carry business names an audit of money does not need."""
         return {
             "image": self.image,
             "command": list(self.command),
@@ -49,6 +52,8 @@ class JobRequest:
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
             "max_price_per_gpu_hour_micro_yuan": self.max_price_per_gpu_hour,
+            "name": self.name if env_values or self.name is None else REDACTED,
+            "labels": {key: value if env_values else REDACTED for key, value in self.labels},
         }
 
     @property
@@ -83,6 +88,8 @@ def parse_job_request(body: api.JobSubmit) -> JobRequest:
         max_price_per_gpu_hour=body.max_price_per_gpu_hour_micro_yuan,
         secret_env_names=tuple(sorted(body.secret_env)),
         registry_auth=body.registry_auth is not None,
+        name=body.name,
+        labels=tuple(sorted(body.labels.items())),
     )
 
 

@@ -14,7 +14,12 @@ from shared.merkle import MerkleTree
 
 
 class LogHashStore:
-    """shared.merkle's HashStore in the log_hashes and log_meta tables."""
+    """shared.merkle's HashStore in the log_hashes and log_meta tables.
+
+    Hashes and the size are written in one savepoint (`append_entries`), so no hash outlives
+    an interrupted append and each is inserted once: a plain INSERT, which PostgreSQL takes as
+    one COPY, and a key already held is refused rather than overwritten.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -28,11 +33,7 @@ class LogHashStore:
         return bytes(row[0])
 
     def put_many(self, items: list[tuple[int, int, bytes]]) -> None:
-        self._conn.executemany(
-            "INSERT INTO log_hashes (level, idx, hash) VALUES (?, ?, ?) "
-            "ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash",
-            items,
-        )
+        self._conn.executemany("INSERT INTO log_hashes (level, idx, hash) VALUES (?, ?, ?)", items)
 
     def size(self) -> int:
         row = self._conn.execute("SELECT size FROM log_meta WHERE id = 1").fetchone()

@@ -17,6 +17,7 @@ from shared.messages.fields import (
     Milliseconds,
     require_printable,
 )
+from shared.messages.labels import JobName, Labels, Selector
 from shared.messages.registry_auth import RegistryAuth
 
 JobState = Literal["pending", "leased", "running", "succeeded", "failed", "cancelled", "lost"]
@@ -157,6 +158,8 @@ class JobSubmit(Message, forbid_unknown_fields=True):
         | Unset
     ) = UNSET
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)] | None = None
+    name: JobName | None = None
+    labels: Labels = {}
 
     def __post_init__(self) -> None:
         require_printable(self, ("idempotency_key",), 1, MAX_KEY)
@@ -200,6 +203,8 @@ class JobSpecView(Message):
     memory_bytes: int
     max_duration_s: int
     max_price_per_gpu_hour_micro_yuan: MicroYuan
+    name: str | None = None  # auditors see "<redacted>" for a name and each label's value
+    labels: dict[str, str] = {}
 
 
 class JobView(Message):
@@ -231,10 +236,13 @@ class JobList(Message):
 
 
 class JobListQuery(Message):
-    """GET /v1/jobs?state=&limit= (newest first)."""
+    """GET /v1/jobs?state=&limit=&name=&label= (newest first; name and label: not for
+    auditors, who see them redacted)."""
 
     state: JobState | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    name: JobName | None = None
+    label: Selector | None = None
 
 
 class JobLogQuery(Message):

@@ -23,6 +23,7 @@ memory = "1.5GiB"
 max-duration = "1.5h"
 max-price-per-gpu-hour = 12.345678   # a TOML number, read exactly as typed
 idempotency-key = "from-the-file"
+name = "train-from-file"
 command = ["python", "-c", "print(1)"]
 
 [env]
@@ -31,6 +32,10 @@ EPOCHS = 3
 
 [secret-env]
 HF_TOKEN = "hf_secret"
+
+[label]
+team = "nlp"
+"example.com/stage" = "prod"
 """
 
 
@@ -64,6 +69,8 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
     assert list(spec["secret_env"]) == ["HF_TOKEN"] and "hf_secret" not in str(job)
     assert job["idempotency_key"] == "from-the-file"
     assert len(spec["gpu_models"]) >= 2
+    assert spec["name"] == "train-from-file"
+    assert spec["labels"] == {"team": "nlp", "example.com/stage": "prod"}
 
     help_text = ok(suanli("job", "submit", "--help", home=tmp_path)).stdout
     keys = help_text.split("job file keys:")[1].split()
@@ -79,6 +86,8 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
         "env",
         "secret-env",
         "idempotency-key",
+        "name",
+        "label",
         "command",
     ]
 

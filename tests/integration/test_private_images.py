@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import subprocess
+import tarfile
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -28,12 +30,16 @@ import databases
 import pytest
 from agent_harness import AGENT_SETTINGS, AgentProcess
 from coordinator_harness import BIN, UNHURRIED_SETTINGS, Api, CoordinatorProcess, clean_env
-from engines import BUSYBOX_IMAGE, KINDS, EngineService, serve
+from engines import BUSYBOX_IMAGE, KINDS, EngineService, busybox_rootfs, serve
 from fake_nvml.fixture import FakeGpu
 from registry_server import PASSWORD, USERNAME, Registry, serve_registry
 
 WRONG_PASSWORD = "wrong-pw-3b8e1d77c2"
-GPUS = [FakeGpu(uuid="GPU-5e1c0a00-0000-4000-8000-000000000001", power_mw=300_000)]
+GPUS = [
+    FakeGpu(uuid="GPU-5e1c0a00-0000-4000-8000-000000000001", power_mw=300_000),
+    FakeGpu(uuid="GPU-5e1c0a00-0000-4000-8000-000000000002", power_mw=300_000),
+]
+SECRET_FILE_TEXT = "model weights only the owner may read 6d1f"
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +82,22 @@ async def _engine(
             return response.status, await response.text()
 
 
-async def _push_private_image(service: EngineService, registry: Registry, name: str) -> str:
-    """Tag the test's busybox as a private image, push it with credentials, drop the tag."""
+async def _push_private_image(
+    service: EngineService, registry: Registry, name: str, content: bytes | None = None
+) -> str:
+    """Tag the test's busybox (or import `content`, a root filesystem tarball) as a private
+    image, push it with credentials, drop the tag."""
     image = f"{registry.host}/team/{name}"
-    status, body = await _engine(
-        service,
-        "POST",
-        f"/images/{urllib.parse.quote(BUSYBOX_IMAGE, safe='')}/tag?repo={image}&tag=1",
-    )
-    assert status in (200, 201), body
-    if service.kind == "podman":
+    if content is not None:
+        service.import_image(f"{image}:1", content)
+    else:
+        status, body = await _engine(
+            service,
+            "POST",
+            f"/images/{urllib.parse.quote(BUSYBOX_IMAGE, safe='')}/tag?repo={image}&tag=1",
+        )
+        assert status in (200, 201), body
+    if service.kind == "podman" and not registry.trusted_by(service):
         # Podman checks the registry's certificate: refused until its own certs.d trusts the CA
         _, body = await _engine(service, "POST", f"/images/{image}/push?tag=1", registry.auth())
         assert "certificate" in body or "x509" in body, body
@@ -105,11 +117,13 @@ class Stack:
         self.coordinator, self.agent, self.api, self.token = coordinator, agent, api, token
         self.answers: list[str] = []
 
-    def suanli(self, *args: str, config_home: Path) -> subprocess.CompletedProcess[str]:
+    def suanli(
+        self, *args: str, config_home: Path, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             **clean_env(),
             "SUANLI_COORDINATOR": self.coordinator.url,
-            "SUANLI_TOKEN": self.token,
+            "SUANLI_TOKEN": token or self.token,
             "XDG_CONFIG_HOME": str(config_home),
         }
         result = subprocess.run(
@@ -118,7 +132,14 @@ class Stack:
         self.answers.append(result.stdout + result.stderr)
         return result
 
-    async def submit(self, image: str, config_home: Path, *flags: str) -> str:
+    async def submit(
+        self,
+        image: str,
+        config_home: Path,
+        *flags: str,
+        command: str = "echo the private image ran",
+        token: str | None = None,
+    ) -> str:
         result = self.suanli(
             "job",
             "submit",
@@ -134,8 +155,9 @@ class Stack:
             "--",
             "sh",
             "-c",
-            "echo the private image ran",
+            command,
             config_home=config_home,
+            token=token,
         )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
@@ -143,7 +165,7 @@ class Stack:
     async def ended(self, job_id: str) -> dict[str, Any]:
         try:
             job = await self.api.wait_for(
-                job_id, lambda j: j["state"] in ("succeeded", "failed"), 60
+                job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), 60
             )
         except AssertionError as timed_out:
             raise AssertionError(self.agent.log()[-4000:]) from timed_out
@@ -178,7 +200,7 @@ async def stack(
     deadline = time.monotonic() + 20
     while True:
         _, market = await api.call("GET", "/v1/market")
-        if market.get("models") and market["models"][0]["free"] == 1:
+        if market.get("models") and market["models"][0]["free"] == len(GPUS):
             break
         assert time.monotonic() < deadline, "the agent's GPU never reached the market"
         await asyncio.sleep(0.2)
@@ -271,6 +293,78 @@ async def test_a_private_image_runs_with_its_credentials_and_only_with_them(
         for secret in (PASSWORD, WRONG_PASSWORD):
             assert secret not in text, f"{secret} found in {place}"
             assert base64.b64encode(f"{USERNAME}:{secret}".encode()).decode() not in text
+
+
+async def test_a_private_image_on_the_host_is_no_other_tenants_while_its_lease_runs(
+    stack: Stack, engine_service: EngineService, registry: Registry, tmp_path: Path
+) -> None:
+    image = await _push_private_image(
+        engine_service, registry, f"weights-{engine_service.kind}", content=_image_with_secret()
+    )
+    config_home = tmp_path / "config"
+    docker_config = tmp_path / "docker-config.json"
+    login = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+    owner_job = await stack.submit(
+        image,
+        config_home,
+        "--registry-auth",
+        str(docker_config),
+        command="cat /secret.txt; sleep 120",
+    )
+    await stack.api.wait_for(owner_job, lambda j: j["state"] == "running", 60)
+    image_id = await _image_id(engine_service, image)
+    assert image_id is not None, "the owner's lease pulled the image"
+
+    # another enterprise names the cached image by its tag and by its content ID
+    rival_token = stack.coordinator.add_enterprise(6)
+    rival = Api(stack.coordinator.url, rival_token)
+    try:
+        for ref in (image, image_id):
+            job_id = await stack.submit(
+                ref, config_home, command="cat /secret.txt", token=rival_token
+            )
+            ended = await rival.wait_for(
+                job_id, lambda j: j["state"] in ("succeeded", "failed"), 60
+            )
+            assert ended["state"] == "failed", ended
+            assert ended["reason"] in ("image_not_found", "image_pull_failed", "registry_refused")
+            _, page = await rival.call("GET", f"/v1/jobs/{job_id}/logs")
+            assert SECRET_FILE_TEXT not in page.get("data", ""), page
+    finally:
+        await rival.close()
+    assert await _image_id(engine_service, image) == image_id, "the owner's image stays"
+
+    cancelled = stack.suanli("job", "cancel", owner_job, config_home=config_home)
+    assert cancelled.returncode == 0, cancelled.stderr
+    owner = await stack.ended(owner_job)
+    assert SECRET_FILE_TEXT in owner["log"], "the owner's job read its own image"
+    deadline = time.monotonic() + 30
+    while await _image_id(engine_service, image_id) is not None:
+        assert time.monotonic() < deadline, "the private image stayed on the host"
+        await asyncio.sleep(0.2)
+    assert await _image_exists(engine_service, BUSYBOX_IMAGE)
+
+
+def _image_with_secret() -> bytes:
+    """The test's busybox with a file of its own, so that its content is on no host yet."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(busybox_rootfs()), mode="r") as source:
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for member in source.getmembers():
+                tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+            data = (SECRET_FILE_TEXT + "\n").encode()
+            entry = tarfile.TarInfo("secret.txt")
+            entry.size, entry.mode = len(data), 0o644
+            tar.addfile(entry, io.BytesIO(data))
+    return out.getvalue()
+
+
+async def _image_id(service: EngineService, ref: str) -> str | None:
+    status, body = await _engine(
+        service, "GET", f"/images/{urllib.parse.quote(ref, safe='/:')}/json"
+    )
+    return str(json.loads(body)["Id"]) if status == 200 else None
 
 
 def _login(stack: Stack, registry: Registry, config_home: Path) -> subprocess.CompletedProcess[str]:

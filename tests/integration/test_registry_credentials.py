@@ -54,7 +54,17 @@ async def test_credentials_are_sealed_delivered_to_the_winner_only_and_erased_at
     assert lease["job"]["registry_auth"] == AUTH
     assert lease["job"]["env"] == {"HF_TOKEN": SECRET}
     assert await bystander.leases() == []
+
+    # a restarted coordinator opens them again for the lease not yet started
+    coordinator.restart()
+    again = await _lease_after_restart(agent)
+    assert again["job"]["registry_auth"] == AUTH and again["job"]["env"] == {"HF_TOKEN": SECRET}
     await agent.client.status(lease["lease_id"], "started")
+    # once its container started, the credentials are not sent again
+    agent.version = -1
+    started = await agent.wait_for_lease()
+    assert started["state"] == "running" and started["job"]["registry_auth"] is None
+    assert started["job"]["env"] == {"HF_TOKEN": SECRET}
 
     # shown to nobody: the owner and an auditor see only that credentials came
     auditor = Api(coordinator.url, coordinator.admin_json("add-auditor", "--name", "A")["token"])
@@ -75,11 +85,6 @@ async def test_credentials_are_sealed_delivered_to_the_winner_only_and_erased_at
     assert PASSWORD not in dumped and SECRET not in dumped
     key_file = coordinator.log_key_file.with_suffix(".secrets-key")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-
-    # a restarted coordinator opens them again for the same lease
-    coordinator.restart()
-    again = await _lease_after_restart(agent)
-    assert again["job"]["registry_auth"] == AUTH and again["job"]["env"] == {"HF_TOKEN": SECRET}
 
     # a job that prints its password has it masked in its log
     line = f"login {PASSWORD} {SECRET}\n".encode()
