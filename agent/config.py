@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.egress.blocked import BlockedRangeError, blocked_ipv4, parse_ranges, refused
 from agent.registry_policy import RegistryPolicy
 from shared.coordinator_urls import TransportError, parse_coordinator_urls
 from shared.errors import SuanliError
@@ -45,7 +47,25 @@ class AgentSettings:
     acceptance_deadline_s: int = setting(
         600, "stop a job if none of its receipts is accepted by then"
     )
-    job_network: str = setting("none", "container network: none or bridge")
+    job_network: str = setting(
+        "none", "network of jobs that ask none: none, the only value (egress: allow_egress)"
+    )
+    allow_egress: bool = setting(
+        False,
+        "run jobs that ask network egress: the internet, but not this host, its LAN, "
+        "link-local, metadata or other jobs' addresses",
+    )
+    egress_block: list[str] = setting(
+        list, 'CIDR ranges egress jobs may not reach on top of the fixed set ("203.0.113.0/24")'
+    )
+    egress_subnet: str = setting(
+        "10.254.77.0/24", "IPv4 subnet of the egress network's bridge (a range the host lacks)"
+    )
+    egress_dns: list[str] | None = setting(
+        None,
+        "resolvers egress jobs use; unset: the host's /etc/resolv.conf nameservers "
+        "that the firewall lets them reach",
+    )
     max_job_log_bytes: int = setting(16 << 20, "job log bytes shipped to the coordinator per lease")
     pids_limit: int = setting(4096, "most processes one job may run")
     stop_grace_s: int = setting(30, "seconds between SIGTERM and SIGKILL when stopping a job")
@@ -131,8 +151,7 @@ class AgentSettings:
                 raise AgentConfigError(f"{name}: {exc.detail}") from None
         if self.gpu_mode not in ("auto", "nvidia-runtime", "cdi", "none"):
             raise AgentConfigError("gpu_mode must be auto, nvidia-runtime, cdi or none")
-        if self.job_network not in ("none", "bridge"):
-            raise AgentConfigError("job_network must be none or bridge")
+        check_network_settings(self)
         for name in (
             "heartbeat_interval_s",
             "receipt_interval_s",
@@ -171,13 +190,59 @@ class AgentSettings:
         return RegistryPolicy(allow=allow, refuse_private=self.registry_refuse_private)
 
 
+def check_network_settings(settings: AgentSettings) -> None:
+    """job_network, and the egress settings: each refused naming the key and what it takes."""
+    if settings.job_network == "bridge":
+        raise AgentConfigError(
+            'job_network = "bridge" would put jobs on the provider\'s LAN and is no longer '
+            "offered; remove it (jobs get no network) and set allow_egress = true to run "
+            "jobs that ask for the internet without the LAN"
+        )
+    if settings.job_network != "none":
+        raise AgentConfigError('job_network must be "none" (egress: set allow_egress = true)')
+    try:
+        ranges = parse_ranges(settings.egress_block)
+    except BlockedRangeError as exc:
+        raise AgentConfigError(str(exc)) from None
+    try:
+        subnet = ipaddress.IPv4Network(settings.egress_subnet)
+    except ValueError:
+        raise AgentConfigError(
+            f'egress_subnet: {settings.egress_subnet!r} is not an IPv4 range like "10.254.77.0/24"'
+        ) from None
+    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for server in settings.egress_dns or ():
+        try:
+            dns.append(ipaddress.ip_address(server))
+        except ValueError:
+            raise AgentConfigError(
+                f'egress_dns: {server!r} is not an IP address like "1.1.1.1"'
+            ) from None
+    if not 16 <= subnet.prefixlen <= 28:
+        raise AgentConfigError("egress_subnet must be a /16 to /28 range")
+    blocked = blocked_ipv4(ranges)
+    for address in dns:
+        if refused(address, blocked):
+            raise AgentConfigError(
+                f"egress_dns: {address} is in the egress blocked set, so jobs could not reach it; "
+                "name a public resolver"
+            )
+
+
 def load_agent_settings(path: Path | None) -> AgentSettings:
     if path is None:
         return AgentSettings()
     section = read_table(path, "agent", AgentConfigError, whole_file=True)
     special = {
         name: section.pop(name)
-        for name in ("offered_gpus", "ask_per_gpu_hour", "registry_allow", "coordinator_urls")
+        for name in (
+            "offered_gpus",
+            "ask_per_gpu_hour",
+            "registry_allow",
+            "coordinator_urls",
+            "egress_block",
+            "egress_dns",
+        )
         if name in section
     }
     allow = special.get("registry_allow")
@@ -201,5 +266,11 @@ def load_agent_settings(path: Path | None) -> AgentSettings:
         raise AgentConfigError(
             f'{path}: ask_per_gpu_hour must be a quoted yuan amount like "12.50"'
         )
+    for name in ("egress_block", "egress_dns"):
+        listed = special.get(name)
+        if name in special and (
+            type(listed) is not list or not all(type(x) is str for x in listed)
+        ):
+            raise AgentConfigError(f'{path}: {name} must be a list of strings like ["1.1.1.1"]')
     values = typed_values(section, AgentSettings, path, AgentConfigError)
     return AgentSettings(**values, **special).validate()

@@ -18,6 +18,7 @@ from typing import Any
 from agent.backoff import Backoff
 from agent.config import AgentSettings
 from agent.coordinator_client import CoordinatorClient
+from agent.egress import EgressNetwork
 from agent.engine import Engine, EngineError
 from agent.inventory import heartbeat_inventory
 from agent.job_container import LABEL_AGENT, LABEL_LEASE
@@ -58,6 +59,7 @@ class AgentDaemon:
         urls = settings.coordinators or state.coordinator_urls()
         self.client = CoordinatorClient(urls, self.key, ca_file=settings.ca_file)
         self.engine = engine or Engine(settings.engine_socket)
+        self.egress = EgressNetwork.for_agent(self.engine, settings)
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)
         self.private_images = PrivateImages(self.spool, self.engine)
@@ -107,12 +109,13 @@ class AgentDaemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await runner.task
         await self.client.close()
+        await self.egress.close()
         await self.engine.close()
         self.sampler.close()
         self.spool.close()
 
     async def _prepare(self) -> None:
-        await asyncio.to_thread(self.sampler.open)
+        await asyncio.gather(asyncio.to_thread(self.sampler.open), self.egress.start())
         await self._sample_once()
         if self.gpu_mode == "auto":
             self.gpu_mode = await self._detect_gpu_mode()
@@ -179,8 +182,6 @@ class AgentDaemon:
         while True:
             try:
                 await step()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # noqa: BLE001 - a failed round is retried next time
                 log.exception("%s failed", getattr(step, "__name__", step))
             await asyncio.sleep(interval_s)
@@ -229,14 +230,13 @@ class AgentDaemon:
                 inventory = heartbeat_inventory(
                     self.offered_samples(), self.settings.disk_path, self.sampler.driver_version
                 )
+                inventory["host"]["egress_allowed"] = self.egress.ready
                 answer = await self.client.heartbeat(self.settings.ask_micro_yuan, inventory)
                 timeout = answer.get("heartbeat_timeout_ms")
                 if type(timeout) is int and timeout > 0:
                     self.contact_until_ms = sent + timeout
-                self.heartbeat_interval_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
-                self.heartbeat_interval_s = min(
-                    self.heartbeat_interval_s, self.settings.heartbeat_interval_s
-                )
+                asked_s = answer.get("heartbeat_interval_ms", 10_000) / 1000
+                self.heartbeat_interval_s = min(asked_s, self.settings.heartbeat_interval_s)
                 for flag in answer.get("flags", []):
                     log.warning(
                         "the coordinator flags GPU %s: %s", flag.get("gpu_uuid"), flag.get("kind")

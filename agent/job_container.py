@@ -6,6 +6,7 @@ from __future__ import annotations
 import psutil
 
 from agent.config import USERNS_SIZE, AgentSettings
+from agent.egress import NETWORK_NAME, EgressAttachment
 from agent.engine import FALLBACK_USER, ContainerSpec
 from agent.host_limits import SCRATCH_PATH, TMP_PATH, JobLimits
 from agent.lease import JobTerms, LeaseRecord
@@ -27,9 +28,13 @@ def job_spec(
     agent_id: str,
     gpu_mode: str,
     host_cpus_milli: int,
+    egress: EgressAttachment | None = None,
 ) -> ContainerSpec:
-    """The container of a lease's job: what the enterprise asked, within what the host gives."""
+    """The container of a lease's job: what the enterprise asked, within what the host gives;
+    `egress` is the network of a job that asks egress (never another network in its place)."""
     job = job_terms(record)
+    if job.network == "egress" and egress is None:
+        raise ValueError(f"lease {record.lease_id} asks egress and the agent has no egress network")
     env = dict(job.env)
     env.setdefault("HOME", SCRATCH_PATH)  # the root filesystem is read-only
     return ContainerSpec(
@@ -43,7 +48,9 @@ def job_spec(
         cpus_milli=min(job.cpus_milli, host_cpus_milli),
         memory_bytes=limits.memory_bytes,
         pids_limit=settings.pids_limit,
-        network=settings.job_network,
+        network="egress" if job.network == "egress" else "none",
+        egress_network=NETWORK_NAME if egress is None else egress.network,
+        dns=() if egress is None else egress.dns,
         read_only_rootfs=True,
         tmpfs=limits.tmpfs,
         log_max_bytes=settings.engine_log_max_bytes,

@@ -27,6 +27,7 @@ class JobTerms:
     max_duration_s: int | None = None
     registry_auth: RegistryCredentials | None = None
     private_image: bool = False
+    network: str = "none"  # or "egress": the agent's egress network
 
     @classmethod
     def from_wire(cls, job: object) -> JobTerms | None:
@@ -44,6 +45,7 @@ class JobTerms:
                 max_duration_s=job.get("max_duration_s"),
                 registry_auth=auth,
                 private_image=auth is not None or job.get("private_image") is True,
+                network=_network(job.get("network", "none")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -57,7 +59,14 @@ class JobTerms:
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
             "private_image": self.private_image,
+            "network": self.network,
         }
+
+
+def _network(value: object) -> str:
+    if value not in ("none", "egress"):
+        raise ValueError(f"network {value!r} is neither none nor egress")
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from agent.config import AgentSettings
+from agent.egress import EgressNetwork
 from agent.engine import (
     Engine,
     EngineError,
@@ -42,6 +43,9 @@ class LeaseHost(Protocol):
 
     @property
     def engine(self) -> Engine: ...
+
+    @property
+    def egress(self) -> EgressNetwork: ...
 
     @property
     def private_images(self) -> PrivateImages: ...
@@ -161,6 +165,14 @@ class LeaseRunner:
                 "and cannot give a job the least a container needs",
             )
             return False
+        egress = None
+        if job.network == "egress":
+            refusal = daemon.egress.refusal()
+            if refusal is not None:
+                await self._fail("egress_unavailable", refusal)
+                return False
+            await daemon.egress.refresh_host_addresses()
+            egress = daemon.egress.attachment
         if job.private_image and job.registry_auth is None:
             if not await self._credentials_again():
                 await self._fail(
@@ -190,6 +202,7 @@ class LeaseRunner:
                 agent_id=daemon.agent_id,
                 gpu_mode=daemon.gpu_mode,
                 host_cpus_milli=daemon.host_cpus_milli(),
+                egress=egress,
             )
             container_id = await engine.create(spec)
             record.container.container_id = container_id

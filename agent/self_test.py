@@ -14,6 +14,7 @@ import aiohttp
 
 from agent.config import USERNS_SIZE, AgentSettings
 from agent.coordinator_client import CoordinatorClient
+from agent.egress.self_check import run_egress_checks
 from agent.engine import ContainerSpec, Engine, LimitNotEnforced
 from agent.nvml import NvmlSampler
 from agent.state import AgentState
@@ -48,6 +49,15 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
         results.append(await _coordinator(urls, key, settings.ca_file or state_ca(state)))
     results.append(await _engine(settings.engine_socket))
     results.extend(await _job_isolation(settings))
+    results.extend(
+        await run_egress_checks(
+            settings.engine_socket,
+            settings.allow_egress,
+            settings.egress_block,
+            settings.egress_subnet,
+            settings.egress_dns,
+        )
+    )
     results.append(await asyncio.to_thread(_gpus))
     ask = settings.ask_per_gpu_hour
     results.append(

@@ -34,6 +34,7 @@ from agent.engine.hardening import (
 )
 from agent.engine.images import ImageCalls
 from agent.engine.info import ContainerState
+from agent.engine.networks import NetworkCalls
 from agent.engine.spec import FALLBACK_USER, ContainerSpec
 from agent.engine.streams import demultiplex
 
@@ -43,7 +44,7 @@ _REMOVE_FIRST_DELAY_S = 0.2
 _REMOVE_MAX_DELAY_S = 1.0
 
 
-class Engine(ImageCalls):
+class Engine(ImageCalls, NetworkCalls):
     """A client of one engine socket. Methods are coroutines; call `close()` when done."""
 
     async def create(self, spec: ContainerSpec) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.engine.spec import ContainerSpec
+from agent.engine.spec import EGRESS_SYSCTLS, ContainerSpec
 
 _CPU_PERIOD_US = 100_000
 # Docker rotates its json-file log at max-size and keeps max-file files.
@@ -26,7 +26,7 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
         "Memory": spec.memory_bytes,
         "MemorySwap": spec.memory_bytes,  # equal to Memory: no swap on top
         "PidsLimit": spec.pids_limit,
-        "NetworkMode": spec.network,
+        "NetworkMode": spec.engine_network,
         "IpcMode": "private",
         "PidMode": "",
         "Binds": [],
@@ -42,6 +42,9 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
         "AutoRemove": False,
         "OomKillDisable": False,
     }
+    if spec.network == "egress":
+        host["Dns"] = list(spec.dns)
+        host["Sysctls"] = dict(EGRESS_SYSCTLS)
     if spec.gpu_uuids and spec.gpu_mode == "nvidia-runtime":
         host["DeviceRequests"] = [
             {"Driver": "nvidia", "DeviceIDs": list(spec.gpu_uuids), "Capabilities": [["gpu"]]}
@@ -115,6 +118,11 @@ def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.command:
         body["command"] = list(spec.command)
+    if spec.network == "egress":
+        body["netns"] = {"nsmode": "bridge"}
+        body["Networks"] = {spec.egress_network: {}}
+        body["dns_server"] = list(spec.dns)
+        body["sysctl"] = dict(EGRESS_SYSCTLS)
     if spec.user:
         body["user"] = spec.user
     if spec.tmpfs:
@@ -176,6 +184,12 @@ def unenforced_limits(
         maps = (host.get("IDMappings") or {}).get("UidMap")
         if maps != [wanted]:
             problems.append(f"the user namespace {wanted} (the engine has {maps})")
+    networks = sorted(((document.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    wanted_networks = [spec.egress_network] if spec.network == "egress" else []
+    if spec.network == "egress" and networks != wanted_networks:
+        problems.append(f"the network {spec.engine_network} alone (the engine has {networks})")
+    if spec.network == "none" and host.get("NetworkMode") not in ("none", None):
+        problems.append(f"no network (the engine has {host.get('NetworkMode')})")
     tmpfs = host.get("Tmpfs") or {}
     for path in spec.tmpfs:
         if f"size={spec.tmpfs[path]}" not in str(tmpfs.get(path, "")).split(","):

@@ -10,7 +10,12 @@ from types import MappingProxyType
 from agent.engine.errors import InvalidContainerSpec
 
 GPU_MODES: tuple[str, ...] = ("nvidia-runtime", "cdi", "none")
-NETWORKS: tuple[str, ...] = ("none", "bridge")
+# "none": a loopback only; "egress": the agent's egress network, named by `egress_network`.
+NETWORKS: tuple[str, ...] = ("none", "egress")
+# IPv6 off inside an egress job: its network has none, and link-local would reach neighbours.
+EGRESS_SYSCTLS: Mapping[str, str] = MappingProxyType(
+    {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+)
 
 # The pinning the agent intended, on the container itself: checkable where no GPU exists, and
 # read back when the agent re-adopts containers after a restart.
@@ -19,6 +24,7 @@ LABEL_GPU_UUIDS = "suanli.gpu-uuids"
 _RESERVED_ENV = "NVIDIA_VISIBLE_DEVICES"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_IP_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}")
 _GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9/-]+")
 _MIN_MEMORY_BYTES = 6 << 20  # Docker refuses less
 _TMPFS_PATH_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
@@ -52,6 +58,8 @@ class ContainerSpec:
     gpu_uuids: Sequence[str] = ()
     gpu_mode: str = "none"
     network: str = "none"
+    egress_network: str = "suanli-egress"
+    dns: Sequence[str] = ()  # resolvers of an egress job
     read_only_rootfs: bool = False
     user: str | None = None
     init: bool = False
@@ -81,6 +89,7 @@ class ContainerSpec:
 
         fix("command", tuple(self.command))
         fix("gpu_uuids", tuple(self.gpu_uuids))
+        fix("dns", tuple(self.dns))
         fix("env", MappingProxyType(dict(self.env)))
         fix("labels", MappingProxyType(dict(self.labels)))
         fix("tmpfs", MappingProxyType(dict(self.tmpfs)))
@@ -102,6 +111,11 @@ class ContainerSpec:
             return f"gpu_mode must be one of {', '.join(GPU_MODES)}, not {self.gpu_mode!r}"
         if self.network not in NETWORKS:
             return f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}"
+        if not _NAME_RE.fullmatch(self.egress_network):
+            return f"egress_network {self.egress_network!r} is not a network name"
+        for server in self.dns:
+            if not isinstance(server, str) or not _IP_RE.fullmatch(server):
+                return f"dns server {server!r} is not an IP address"
         for uuid in self.gpu_uuids:
             if not _GPU_UUID_RE.fullmatch(uuid):
                 return f"{uuid!r} is not a GPU UUID (GPU-... or MIG-...)"
@@ -141,6 +155,11 @@ class ContainerSpec:
     @property
     def cdi_devices(self) -> tuple[str, ...]:
         return tuple(cdi_device_name(uuid) for uuid in self.gpu_uuids)
+
+    @property
+    def engine_network(self) -> str:
+        """The engine's name for the job's network."""
+        return self.egress_network if self.network == "egress" else "none"
 
     def engine_env(self) -> dict[str, str]:
         env = dict(self.env)
