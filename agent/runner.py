@@ -204,7 +204,8 @@ class LeaseRunner:
                 host_cpus_milli=daemon.host_cpus_milli(),
                 egress=egress,
             )
-            container_id = await engine.create(spec)
+            async with daemon.private_images.creating(image, self.lease_id) as image_id:
+                container_id = await engine.create(replace(spec, image=image_id))
             record.container.container_id = container_id
             await daemon.save(record)
             await engine.start(container_id)
@@ -260,21 +261,23 @@ class LeaseRunner:
         job = job_terms(self.record)
         await self._note(f"[suanli] pulling image {image}\n")
         progress = PullProgress()
-        private = self.daemon.private_images
-        ids_before = await private.before_pull() if job.registry_auth is not None else None
+        held = (
+            self.daemon.private_images.credentialed_pull(image, self.lease_id)
+            if job.registry_auth is not None
+            else contextlib.nullcontext()
+        )
         try:
-            await self.daemon.engine.pull(
-                image,
-                timeout_s=settings.image_pull_timeout_s,
-                max_bytes=settings.image_max_bytes,
-                progress=progress.add,
-                auth=job.registry_auth,
-            )
+            async with held:
+                await self.daemon.engine.pull(
+                    image,
+                    timeout_s=settings.image_pull_timeout_s,
+                    max_bytes=settings.image_max_bytes,
+                    progress=progress.add,
+                    auth=job.registry_auth,
+                )
         finally:
             self._pulled = True
             self.record.terms = replace(terms, job=replace(job, registry_auth=None))
-        if ids_before is not None:
-            await private.pulled(image, self.lease_id, ids_before)
         await self._note(progress.summary(image))
 
     async def _supervise(self) -> int:

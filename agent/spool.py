@@ -17,6 +17,8 @@ from typing import Any
 from agent.lease import LeaseRecord
 from agent.spool_rows import energy_json, lease_from_row, lease_row
 
+PULLING_PREFIX = "pulling:"  # a private_images row marking a credentialed pull under way
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY,
@@ -220,7 +222,28 @@ class Spool:
             )
 
     def private_image_ids(self) -> set[str]:
-        return {row["image_id"] for row in self._rows("SELECT image_id FROM private_images")}
+        rows = self._rows("SELECT image_id FROM private_images WHERE image_id NOT LIKE 'pulling:%'")
+        return {row["image_id"] for row in rows}
+
+    def private_image_holders(self, image_id: str) -> set[str]:
+        """The leases holding an image ('' for one waiting to be removed)."""
+        rows = self._rows("SELECT lease_id FROM private_images WHERE image_id = ?", (image_id,))
+        return {row["lease_id"] for row in rows}
+
+    def mark_pulling(self, lease_id: str) -> bool:
+        """Mark a credentialed pull under way; True if an earlier one was interrupted."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO private_images (image_id, lease_id) VALUES (?, ?)",
+                (PULLING_PREFIX + lease_id, lease_id),
+            )
+            return cursor.rowcount == 0
+
+    def unmark_pulling(self, lease_id: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM private_images WHERE image_id = ?", (PULLING_PREFIX + lease_id,)
+            )
 
     def release_private_images(self, lease_id: str) -> tuple[set[str], set[str]]:
         """Drop a lease's holds; (the images now to be removed, the images still held)."""
@@ -228,7 +251,8 @@ class Spool:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(
                 "INSERT OR IGNORE INTO private_images (image_id, lease_id) "
-                "SELECT image_id, '' FROM private_images WHERE lease_id = ? AND image_id NOT IN "
+                "SELECT image_id, '' FROM private_images WHERE lease_id = ? "
+                "AND image_id NOT LIKE 'pulling:%' AND image_id NOT IN "
                 "(SELECT image_id FROM private_images WHERE lease_id NOT IN (?, ''))",
                 (lease_id, lease_id),
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.engine import EngineError
-from agent.private_images import PrivateImages
+from agent.private_images import PrivateImageHeld, PrivateImages
 from agent.spool import Spool
 
 PUBLIC, PRIVATE = "a" * 64, "b" * 64
@@ -52,10 +52,9 @@ def host_and_book(tmp_path: Path) -> tuple[Host, PrivateImages, Spool]:
 
 
 async def _pull(host: Host, book: PrivateImages, ref: str, image_id: str, lease: str) -> None:
-    before = await book.before_pull()
-    host.refs[ref] = image_id
-    host.contents.add(image_id)
-    await book.pulled(ref, lease, before)
+    async with book.credentialed_pull(ref, lease):
+        host.refs[ref] = image_id
+        host.contents.add(image_id)
 
 
 async def test_a_private_image_is_no_other_jobs_until_its_last_lease_ends(
@@ -102,3 +101,48 @@ async def test_a_failed_removal_keeps_the_image_refused_and_is_retried(
     await reopened.release("lease-9", "busybox:2")
     assert PRIVATE not in host.contents
     assert await reopened.may_use_cached("busybox:1")
+
+
+async def test_a_container_is_created_by_content_id_and_never_from_anothers_content(
+    host_and_book: tuple[Host, PrivateImages, Spool],
+) -> None:
+    host, book, _ = host_and_book
+    await _pull(host, book, "reg/team/w:1", PRIVATE, "lease-1")
+    async with book.creating("reg/team/w:1", "lease-1") as image:
+        assert image == f"sha256:{PRIVATE}"
+    # a rival's registry served a manifest naming the same content under a name of its own
+    host.refs["evil.example/x:1"] = PRIVATE
+    assert await book.may_use_cached("busybox:1")
+    with pytest.raises(PrivateImageHeld, match="another lease pulled"):
+        async with book.creating("evil.example/x:1", "lease-2"):
+            raise AssertionError("no container may be created from it")
+    async with book.creating("busybox:1", "lease-2") as image:
+        assert image == f"sha256:{PUBLIC}"
+
+
+async def test_a_pull_interrupted_by_a_crash_is_held_when_it_is_tried_again(
+    host_and_book: tuple[Host, PrivateImages, Spool], tmp_path: Path
+) -> None:
+    host, _, spool = host_and_book
+    assert spool.mark_pulling("lease-1") is False  # the pull began, then the agent died
+    host.refs["reg/team/w:1"] = PRIVATE  # after its image landed
+    host.contents.add(PRIVATE)
+    spool.close()
+    restarted = PrivateImages(Spool(tmp_path / "spool.db"), host)  # type: ignore[arg-type]
+    await _pull(host, restarted, "reg/team/w:1", PRIVATE, "lease-1")  # found it already there
+    assert not await restarted.may_use_cached("reg/team/w:1")
+    with pytest.raises(PrivateImageHeld):
+        async with restarted.creating(f"sha256:{PRIVATE}", "lease-2"):
+            pass
+
+
+async def test_a_pull_that_fails_after_its_image_landed_still_holds_it(
+    host_and_book: tuple[Host, PrivateImages, Spool],
+) -> None:
+    host, book, _ = host_and_book
+    with pytest.raises(EngineError):
+        async with book.credentialed_pull("reg/team/w:1", "lease-1"):
+            host.refs["reg/team/w:1"] = PRIVATE
+            host.contents.add(PRIVATE)
+            raise EngineError("the pull timed out after its last layer")
+    assert not await book.may_use_cached(f"sha256:{PRIVATE}")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import io
 import json
 import subprocess
@@ -29,7 +31,15 @@ import aiohttp
 import databases
 import pytest
 from agent_harness import AGENT_SETTINGS, AgentProcess
-from coordinator_harness import BIN, UNHURRIED_SETTINGS, Api, CoordinatorProcess, clean_env
+from aiohttp import web
+from coordinator_harness import (
+    BIN,
+    UNHURRIED_SETTINGS,
+    Api,
+    CoordinatorProcess,
+    clean_env,
+    free_port,
+)
 from engines import BUSYBOX_IMAGE, KINDS, EngineService, busybox_rootfs, serve
 from fake_nvml.fixture import FakeGpu
 from registry_server import PASSWORD, USERNAME, Registry, serve_registry
@@ -185,8 +195,7 @@ async def stack(
     coordinator.start()
     settings = {
         **AGENT_SETTINGS,
-        "registry_allow": [registry.host],
-        "registry_refuse_private": False,  # the test's registry is on loopback
+        "registry_refuse_private": False,  # the test's registries are on loopback
     }
     agent = AgentProcess(
         tmp_path / "agent", coordinator, engine_service.socket, GPUS, settings=settings
@@ -344,6 +353,98 @@ async def test_a_private_image_on_the_host_is_no_other_tenants_while_its_lease_r
         assert time.monotonic() < deadline, "the private image stayed on the host"
         await asyncio.sleep(0.2)
     assert await _image_exists(engine_service, BUSYBOX_IMAGE)
+
+
+async def test_a_registry_naming_a_private_images_content_gets_no_container_of_it(
+    stack: Stack, engine_service: EngineService, registry: Registry, tmp_path: Path
+) -> None:
+    """Knowing a private image's ID, a rival serves a manifest naming that content from an
+    anonymous registry of its own: the engine skips the download and tags the cached content
+    with the rival's name. The agent creates containers by content ID after checking it, so the
+    rival's job fails and never reads the image."""
+    image = await _push_private_image(
+        engine_service, registry, f"held-{engine_service.kind}", content=_image_with_secret()
+    )
+    config_home = tmp_path / "config"
+    docker_config = tmp_path / "docker-config.json"
+    login = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+    owner_job = await stack.submit(
+        image, config_home, "--registry-auth", str(docker_config), command="sleep 120"
+    )
+    await stack.api.wait_for(owner_job, lambda j: j["state"] == "running", 60)
+    image_id = await _image_id(engine_service, image)
+    assert image_id is not None
+    async with _manifest_only_registry(image_id) as (port, seen):
+        rival_token = stack.coordinator.add_enterprise(7)
+        rival = Api(stack.coordinator.url, rival_token)
+        try:
+            job_id = await stack.submit(
+                f"localhost:{port}/evil/x:1",
+                config_home,
+                command="cat /secret.txt",
+                token=rival_token,
+            )
+            ended = await rival.wait_for(
+                job_id, lambda j: j["state"] in ("succeeded", "failed"), 60
+            )
+            _, page = await rival.call("GET", f"/v1/jobs/{job_id}/logs")
+        finally:
+            await rival.close()
+    if engine_service.kind == "docker":  # Podman asks a loopback registry over TLS only
+        assert any("/manifests/" in line for line in seen), seen
+    assert ended["state"] == "failed", (ended, page)
+    assert SECRET_FILE_TEXT not in page.get("data", "")
+    stack.suanli("job", "cancel", owner_job, config_home=config_home)
+
+
+@contextlib.asynccontextmanager
+async def _manifest_only_registry(config_digest: str) -> AsyncIterator[tuple[int, list[str]]]:
+    """An anonymous registry serving one manifest whose config is `config_digest`, no blob."""
+    manifest_type = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 1000,
+                "digest": config_digest,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": 1,
+                    "digest": "sha256:" + "0" * 64,
+                }
+            ],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        if request.path.rstrip("/") == "/v2":
+            return web.Response(text="{}")
+        if "/manifests/" in request.path:
+            headers = {"Content-Type": manifest_type, "Docker-Content-Digest": digest}
+            if request.method == "HEAD":
+                headers["Content-Length"] = str(len(manifest))
+                return web.Response(headers=headers)
+            return web.Response(body=manifest, headers=headers)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, seen
+    finally:
+        await runner.cleanup()
 
 
 def _image_with_secret() -> bytes:
