@@ -14,11 +14,14 @@ to tell a rogue enterprise little more than `GET /v1/market` and a real submissi
   ask itself, where the answer flips.
 - The agents and GPUs shown are those whose free GPUs fit the job, whatever they ask: a count
   of offers at or below the max price would, swept over max prices, map every ask exactly.
-- Whether the job would run now is told exactly (it is what the enterprise asks), so a sweep
-  of max prices finds the lowest ask among the agents that fit; the market view publishes
-  that figure for one-GPU jobs already, and a real submission (logged for all to replay)
-  tells it too. What bounds it is the rate: quotes have their own, hard, per-enterprise
-  limit (`quote_requests_per_minute`), so mapping asks by sweeping takes hours, not seconds.
+- Whether the job would run now is told for its max price rounded down to two significant
+  figures (¥4.19 asks as ¥4.10), so a sweep of max prices finds the lowest ask of the agents
+  that fit only to that grid, however narrowly the job's needs single one agent out; an
+  honest enterprise whose max price is within the grid step of that ask is told it may wait
+  when a real submission would run, and the answer says so. Quotes also have their own, hard,
+  per-enterprise limit (`quote_requests_per_minute`).
+- An enterprise that could not post the job (suspended, out of credit) is told that, and
+  nothing of the auction.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from shared.auction.values import INT_MAX, GpuOffer
 from shared.errors import SuanliError
 from shared.gpu_models import expand_model_filter
 from shared.messages import api
+from shared.money import format_money
 
 SIGNIFICANT_FIGURES = 2
 
@@ -51,6 +55,12 @@ def rounded_up(micro_yuan: int, figures: int = SIGNIFICANT_FIGURES) -> int:
     """`micro_yuan` rounded up to `figures` significant figures (12_340_000 → 13_000_000)."""
     step: int = 10 ** max(0, len(str(micro_yuan)) - figures)
     return -(-micro_yuan // step) * step
+
+
+def rounded_down(micro_yuan: int, figures: int = SIGNIFICANT_FIGURES) -> int:
+    """`micro_yuan` rounded down to `figures` significant figures (4_190_000 → 4_100_000)."""
+    step: int = 10 ** max(0, len(str(micro_yuan)) - figures)
+    return micro_yuan // step * step
 
 
 def _below(ceiling: int) -> int:
@@ -120,15 +130,18 @@ class Quotes:
             request = dataclasses.replace(request, gpu_models=models)
         now = self.clock()
         job = Job(accounts.new_id("quote"), principal.subject_id, "quote", request, now)
-        answer = self._auction(job, now)
-        answer.update(await self._reservation(job, now))
-        return answer
+        reservation = await self._reservation(job, now)
+        if reservation["refused"] is not None:
+            return {**_NOTHING_OF_THE_AUCTION, **reservation}
+        return {**self._auction(job, now), **reservation}
 
     def _auction(self, job: Job, now: int) -> dict[str, Any]:
         """The scheduler's auction on the book as it is now, awarding nothing."""
         spec = job_spec(job)
         market = self.state.market
-        outcome = run_auction(spec, market.candidates(spec, now))
+        on_the_grid = rounded_down(spec.max_price_per_gpu_hour)
+        asked = dataclasses.replace(spec, max_price_per_gpu_hour=on_the_grid)
+        outcome = run_auction(asked, market.candidates(asked, now))
         offering = [
             market.offer_of(agent, now)
             for agent in market.agents.values()
@@ -149,10 +162,16 @@ class Quotes:
         if outcome.winner is not None:
             second = fitting[1].ask_per_gpu_hour if len(fitting) > 1 else None
             price, exact = quoted_price(second, spec.max_price_per_gpu_hour)
+        detail = outcome.reason_detail if outcome.winner is None else None
+        if detail is not None and on_the_grid != spec.max_price_per_gpu_hour:
+            detail += (
+                f" (a quote asks at {format_money(on_the_grid)}, your max price rounded down to "
+                f"{SIGNIFICANT_FIGURES} figures; a real submission may still run)"
+            )
         return {
             "runs_now": outcome.winner is not None,
             "reason": outcome.reason,
-            "reason_detail": outcome.reason_detail if outcome.winner is None else None,
+            "reason_detail": detail,
             "agents": len(fitting),
             "gpus": gpus,
             "models": [{"model": m, **counts} for m, counts in sorted(by_model.items())],
@@ -187,6 +206,18 @@ class Quotes:
         except (billing.CreditExceeded, billing.Suspended) as exc:
             answer["refused"] = exc.detail.replace(f"job {job.id}'s", "this job's")
         return answer
+
+
+_NOTHING_OF_THE_AUCTION: dict[str, Any] = {
+    "runs_now": False,
+    "reason": "refused",
+    "reason_detail": None,
+    "agents": 0,
+    "gpus": 0,
+    "models": [],
+    "price_per_gpu_hour_micro_yuan": None,
+    "price_per_gpu_hour_exact": False,
+}
 
 
 def _enterprise_only(principal: Principal) -> None:

@@ -37,8 +37,9 @@ class JobRequest:
 
     def to_json(self, env_values: bool = True) -> dict[str, Any]:
         """The spec as JSON; secret values are never in it, and `env_values=False` (for an
-        auditor) redacts the plain env values too, and the name and label values, which may
-        carry business names an audit of money does not need."""
+        auditor) redacts the plain env values too, and shows no name and no labels at all: their
+        keys as much as their values may carry business names an audit of money does not need,
+        and even whether a job has any would tell something of it."""
         return {
             "image": self.image,
             "command": list(self.command),
@@ -52,8 +53,8 @@ class JobRequest:
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
             "max_price_per_gpu_hour_micro_yuan": self.max_price_per_gpu_hour,
-            "name": self.name if env_values or self.name is None else REDACTED,
-            "labels": {key: value if env_values else REDACTED for key, value in self.labels},
+            "name": self.name if env_values else None,
+            "labels": dict(self.labels) if env_values else {},
         }
 
     @property
