@@ -73,6 +73,8 @@ class LeaseDelivery:
                 "memory_bytes": request.memory_bytes,
                 "max_duration_s": request.max_duration_s,
                 "registry_auth": registry_auth(secrets),
+                "network": request.network,
+                "scratch_bytes": request.scratch_bytes,
             },
         }
 

@@ -32,6 +32,8 @@ class JobRequest:
     # only the names: the values live apart (job_secrets) until the job ends
     secret_env_names: tuple[str, ...] = ()
     registry_auth: bool = False  # whether credentials came (they live apart, as secrets do)
+    network: str = "none"  # api.JobNetwork
+    scratch_bytes: int = 0
 
     def to_json(self, env_values: bool = True) -> dict[str, Any]:
         """The spec as JSON; secret values are never in it, and `env_values=False` (for an
@@ -49,6 +51,8 @@ class JobRequest:
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
             "max_price_per_gpu_hour_micro_yuan": self.max_price_per_gpu_hour,
+            "network": self.network,
+            "scratch_bytes": self.scratch_bytes,
         }
 
     @property
@@ -83,6 +87,8 @@ def parse_job_request(body: api.JobSubmit) -> JobRequest:
         max_price_per_gpu_hour=body.max_price_per_gpu_hour_micro_yuan,
         secret_env_names=tuple(sorted(body.secret_env)),
         registry_auth=body.registry_auth is not None,
+        network=body.network,
+        scratch_bytes=body.scratch_bytes,
     )
 
 

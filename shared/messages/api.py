@@ -34,6 +34,9 @@ MAX_PRICE = 10**12
 MAX_MODELS = 16
 MAX_MODEL_NAME = 128
 MAX_KEY = 128
+MAX_SCRATCH_BYTES = 1 << 44  # 16 TiB: more than any provider's data disk offers one job
+MIN_SCRATCH_BYTES = 16 << 20  # a smaller volume could not hold its own filesystem
+JobNetwork = Literal["none", "egress"]
 
 # (?!\n) keeps `$` from matching before a final newline, as fullmatch would not
 IMAGE = Annotated[
@@ -156,6 +159,22 @@ class JobSubmit(Message, forbid_unknown_fields=True):
         ]
         | Unset
     ) = UNSET
+    network: Annotated[
+        JobNetwork,
+        msgspec.Meta(
+            description="none: no network; egress: the internet only (never the provider's "
+            "LAN), and only on agents that allow it"
+        ),
+    ] = "none"
+    scratch_bytes: Annotated[
+        int,
+        _limit(
+            0,
+            MAX_SCRATCH_BYTES,
+            "size of a writable volume at /scratch, at least 16 MiB (0: none, and /scratch "
+            "is small and in memory)",
+        ),
+    ] = 0
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)] | None = None
 
     def __post_init__(self) -> None:
@@ -164,6 +183,11 @@ class JobSubmit(Message, forbid_unknown_fields=True):
         if size > MAX_COMMAND_BYTES:
             raise ValueError(
                 f"command: expected at most {MAX_COMMAND_BYTES} bytes in all, got {size}"
+            )
+        if 0 < self.scratch_bytes < MIN_SCRATCH_BYTES:
+            raise ValueError(
+                f"scratch_bytes: expected 0 or at least {MIN_SCRATCH_BYTES}, "
+                f"got {self.scratch_bytes}"
             )
         both = sorted(set(self.env) & set(self.secret_env))
         if both:
@@ -200,6 +224,8 @@ class JobSpecView(Message):
     memory_bytes: int
     max_duration_s: int
     max_price_per_gpu_hour_micro_yuan: MicroYuan
+    network: JobNetwork = "none"
+    scratch_bytes: int = 0
 
 
 class JobView(Message):
