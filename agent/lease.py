@@ -27,6 +27,7 @@ class JobTerms:
     max_duration_s: int | None = None
     registry_auth: RegistryCredentials | None = None
     private_image: bool = False
+    scratch_bytes: int = 0
 
     @classmethod
     def from_wire(cls, job: object) -> JobTerms | None:
@@ -44,6 +45,7 @@ class JobTerms:
                 max_duration_s=job.get("max_duration_s"),
                 registry_auth=auth,
                 private_image=auth is not None or job.get("private_image") is True,
+                scratch_bytes=max(0, int(job.get("scratch_bytes") or 0)),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -57,6 +59,7 @@ class JobTerms:
             "memory_bytes": self.memory_bytes,
             "max_duration_s": self.max_duration_s,
             "private_image": self.private_image,
+            "scratch_bytes": self.scratch_bytes,
         }
 
 

@@ -16,6 +16,7 @@ from agent.config import USERNS_SIZE, AgentSettings
 from agent.coordinator_client import CoordinatorClient
 from agent.engine import ContainerSpec, Engine, LimitNotEnforced
 from agent.nvml import NvmlSampler
+from agent.scratch import scratch_check
 from agent.state import AgentState
 from shared.errors import SuanliError
 
@@ -49,6 +50,7 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
     results.append(await _engine(settings.engine_socket))
     results.extend(await _job_isolation(settings))
     results.append(await asyncio.to_thread(_gpus))
+    results.append(await asyncio.to_thread(scratch_check, settings))
     ask = settings.ask_per_gpu_hour
     results.append(
         (

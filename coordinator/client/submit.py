@@ -12,7 +12,7 @@ from coordinator.client import arguments, env_file, follow, registry_login, rend
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.arguments import UsageError
 from coordinator.client.units import format_exact_size
-from shared.messages.api import MIN_SCRATCH_BYTES
+from shared.messages.placement import MIN_SCRATCH_BYTES
 
 
 def add_submit(

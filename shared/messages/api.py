@@ -17,6 +17,7 @@ from shared.messages.fields import (
     Milliseconds,
     require_printable,
 )
+from shared.messages.placement import Network, ScratchBytes, check_scratch
 from shared.messages.registry_auth import RegistryAuth
 
 JobState = Literal["pending", "leased", "running", "succeeded", "failed", "cancelled", "lost"]
@@ -34,9 +35,6 @@ MAX_PRICE = 10**12
 MAX_MODELS = 16
 MAX_MODEL_NAME = 128
 MAX_KEY = 128
-MAX_SCRATCH_BYTES = 1 << 44  # 16 TiB: more than any provider's data disk offers one job
-MIN_SCRATCH_BYTES = 16 << 20  # a smaller volume could not hold its own filesystem
-JobNetwork = Literal["none", "egress"]
 
 # (?!\n) keeps `$` from matching before a final newline, as fullmatch would not
 IMAGE = Annotated[
@@ -159,35 +157,17 @@ class JobSubmit(Message, forbid_unknown_fields=True):
         ]
         | Unset
     ) = UNSET
-    network: Annotated[
-        JobNetwork,
-        msgspec.Meta(
-            description="none: no network; egress: the internet only (never the provider's "
-            "LAN), and only on agents that allow it"
-        ),
-    ] = "none"
-    scratch_bytes: Annotated[
-        int,
-        _limit(
-            0,
-            MAX_SCRATCH_BYTES,
-            "size of a writable volume at /scratch, at least 16 MiB (0: none, and /scratch "
-            "is small and in memory)",
-        ),
-    ] = 0
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)] | None = None
+    network: Network = "none"
+    scratch_bytes: ScratchBytes = 0
 
     def __post_init__(self) -> None:
         require_printable(self, ("idempotency_key",), 1, MAX_KEY)
+        check_scratch(self.scratch_bytes)
         size = sum(len(part.encode()) for part in self.command)
         if size > MAX_COMMAND_BYTES:
             raise ValueError(
                 f"command: expected at most {MAX_COMMAND_BYTES} bytes in all, got {size}"
-            )
-        if 0 < self.scratch_bytes < MIN_SCRATCH_BYTES:
-            raise ValueError(
-                f"scratch_bytes: expected 0 or at least {MIN_SCRATCH_BYTES}, "
-                f"got {self.scratch_bytes}"
             )
         both = sorted(set(self.env) & set(self.secret_env))
         if both:
@@ -224,8 +204,8 @@ class JobSpecView(Message):
     memory_bytes: int
     max_duration_s: int
     max_price_per_gpu_hour_micro_yuan: MicroYuan
-    network: JobNetwork = "none"
-    scratch_bytes: int = 0
+    network: Network = "none"
+    scratch_bytes: ScratchBytes = 0
 
 
 class JobView(Message):
