@@ -94,13 +94,13 @@ class ScratchVolumes:
         if _is_mount(mount):
             return mount
         self.remove(lease_id)
+        self.images.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.mounts.mkdir(parents=True, exist_ok=True, mode=0o700)
         free = self._disk_free()
         if size > free:
             raise ScratchUnavailable(
                 f"the job asks for {size} bytes of scratch and this host has {free} free"
             )
-        self.images.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.mounts.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
