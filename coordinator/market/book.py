@@ -50,7 +50,8 @@ class Market:
         for (uuid, kind), flag in old.flags.items():
             flag.agent_id = new.agent_id
             new.flags[(uuid, kind)] = flag
-        old.gpus, old.flags = {}, {}
+        new.scratch_held.update(old.scratch_held)
+        old.gpus, old.flags, old.scratch_held = {}, {}, {}
         new.ask_per_gpu_hour, new.online, new.last_seen_ms = (
             old.ask_per_gpu_hour,
             old.online,

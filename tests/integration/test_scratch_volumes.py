@@ -139,6 +139,7 @@ JOB = (
     "dd if=/dev/zero of=/scratch/half bs=1M count=32 2>/dev/null && echo wrote 32 MiB; "
     "dd if=/dev/zero of=/scratch/more bs=1M count=64; echo second dd exited $?; "
     "ln -s /etc/passwd /scratch/passwd-link && ln -s / /scratch/root-link; "
+    "mknod /scratch/disk b 7 0 2>/dev/null && echo mknod made a device || echo mknod refused; "
     "sleep 2; echo done"
 )
 
@@ -171,6 +172,7 @@ async def test_a_scratch_job_has_its_size_and_leaves_nothing(with_scratch: Marke
     options = set(mounted.split()[5].split(","))
     assert {"nodev", "nosuid"} <= options, mounted
     assert "a volume of 67108864 bytes on the provider's disk" in log
+    assert "mknod refused" in log and "made a device" not in log
     assert "done" in log
 
     # the job's volume, its image and its loop device are gone; the host's files are intact
