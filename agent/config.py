@@ -86,6 +86,14 @@ class AgentSettings:
         "writable tmpfs at /scratch (the root filesystem is read-only); "
         "counts as the job's memory, at most half of it",
     )
+    scratch_dir: str | None = setting(
+        None,
+        "directory on the data disk for jobs' scratch volumes (--scratch), each a loop-mounted "
+        "ext4 image of the size asked (needs root); unset: no scratch is offered",
+    )
+    scratch_reserve_bytes: int = setting(
+        10 << 30, "space on scratch_dir's filesystem never given to scratch volumes"
+    )
     tmp_bytes: int = setting(
         1 << 30, "writable tmpfs at /tmp; counts as the job's memory, at most a quarter of it"
     )
@@ -171,6 +179,10 @@ class AgentSettings:
                 raise AgentConfigError(f"{name} must be positive")
         if self.memory_reserve_bytes < 0:
             raise AgentConfigError("memory_reserve_bytes must not be negative")
+        if self.scratch_reserve_bytes < 0:
+            raise AgentConfigError("scratch_reserve_bytes must not be negative")
+        if self.scratch_dir is not None and not Path(self.scratch_dir).is_absolute():
+            raise AgentConfigError(f"scratch_dir must be an absolute path, not {self.scratch_dir}")
         if self.engine_log_max_bytes < 64 << 10:
             raise AgentConfigError("engine_log_max_bytes must be at least 65536")
         if self.userns_host_id + USERNS_SIZE >= 1 << 32:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -35,6 +34,7 @@ from agent.private_images import PrivateImages
 from agent.receipt_delivery import deliver_receipts
 from agent.reports import StatusReports
 from agent.runner import LeaseRunner
+from agent.scratch import ScratchVolumes, scratch_at_start, scratch_free
 from agent.spool import Spool
 from agent.state import AgentState
 from shared.clock import now_ms
@@ -63,6 +63,7 @@ class AgentDaemon:
         self.sampler = sampler or NvmlSampler()
         self.spool = Spool(state.spool_path)
         self.private_images = PrivateImages(self.spool, self.engine)
+        self.scratch: ScratchVolumes | None = None  # known at start
         self.runners: dict[str, LeaseRunner] = {}
         self._finals: set[asyncio.Task[None]] = set()
         self.contact_until_ms: int | None = None
@@ -119,6 +120,7 @@ class AgentDaemon:
         await self._sample_once()
         if self.gpu_mode == "auto":
             self.gpu_mode = await self._detect_gpu_mode()
+        self.scratch = await scratch_at_start(self.settings, self.spool)
         await self._adopt()
 
     async def _detect_gpu_mode(self) -> str:
@@ -198,11 +200,6 @@ class AgentDaemon:
         wanted = self.settings.offered_gpus
         return [s for s in self.samples.values() if wanted is None or s.index in wanted]
 
-    @staticmethod
-    def host_cpus_milli() -> int:
-        """The engine refuses a CPU limit above the host's CPUs; a job gets at most all of them."""
-        return (os.cpu_count() or 1) * 1000
-
     def gpus_unavailable(self, record: LeaseRecord) -> str | None:
         offered = {s.uuid: s for s in self.offered_samples()}
         busy = {
@@ -231,6 +228,7 @@ class AgentDaemon:
                     self.offered_samples(), self.settings.disk_path, self.sampler.driver_version
                 )
                 inventory["host"]["egress_allowed"] = self.egress.ready
+                inventory["host"]["scratch_free_bytes"] = scratch_free(self.scratch)
                 answer = await self.client.heartbeat(self.settings.ask_micro_yuan, inventory)
                 timeout = answer.get("heartbeat_timeout_ms")
                 if type(timeout) is int and timeout > 0:

@@ -7,6 +7,7 @@ them, so a job's scratch is carved out of its memory limit, never added to it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SCRATCH_PATH",
     "TMP_PATH",
     "JobLimits",
+    "host_cpus_milli",
     "job_limits",
     "memory_cap",
 ]
@@ -21,6 +23,11 @@ __all__ = [
 MIN_JOB_MEMORY_BYTES = 6 << 20  # Docker refuses a smaller memory limit
 SCRATCH_PATH = "/scratch"
 TMP_PATH = "/tmp"
+
+
+def host_cpus_milli() -> int:
+    """The engine refuses a CPU limit above the host's CPUs; a job gets at most all of them."""
+    return (os.cpu_count() or 1) * 1000
 
 
 def memory_cap(

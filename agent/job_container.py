@@ -29,12 +29,17 @@ def job_spec(
     gpu_mode: str,
     host_cpus_milli: int,
     egress: EgressAttachment | None = None,
+    scratch_volume: str | None = None,
 ) -> ContainerSpec:
     """The container of a lease's job: what the enterprise asked, within what the host gives;
-    `egress` is the network of a job that asks egress (never another network in its place)."""
+    `egress` is the network of a job that asks egress (never another network in its place),
+    and `scratch_volume` (the mount of its scratch volume) is its /scratch instead of a tmpfs."""
     job = job_terms(record)
     if job.network == "egress" and egress is None:
         raise ValueError(f"lease {record.lease_id} asks egress and the agent has no egress network")
+    tmpfs = dict(limits.tmpfs)
+    if scratch_volume is not None:
+        del tmpfs[SCRATCH_PATH]
     env = dict(job.env)
     env.setdefault("HOME", SCRATCH_PATH)  # the root filesystem is read-only
     return ContainerSpec(
@@ -52,7 +57,8 @@ def job_spec(
         egress_network=NETWORK_NAME if egress is None else egress.network,
         dns=() if egress is None else egress.dns,
         read_only_rootfs=True,
-        tmpfs=limits.tmpfs,
+        tmpfs=tmpfs,
+        scratch_volume=scratch_volume,
         log_max_bytes=settings.engine_log_max_bytes,
         userns_host_id=settings.userns_host_id,
         userns_size=USERNS_SIZE,
@@ -65,7 +71,9 @@ def job_terms(record: LeaseRecord) -> JobTerms:
     return record.terms.job
 
 
-def limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
+def limits_note(
+    limits: JobLimits, isolation: str, by_gpu_share: bool, scratch_volume_bytes: int = 0
+) -> str:
     """What the job's owner is told of the limits the provider's host set."""
     lines = []
     if limits.memory_lowered:
@@ -74,11 +82,18 @@ def limits_note(limits: JobLimits, isolation: str, by_gpu_share: bool) -> str:
             f"memory limit {limits.memory_bytes} bytes, not the {limits.asked_memory_bytes} "
             f"asked: the provider's host gives a job at most {share}the memory it can spare"
         )
-    lines.append(
-        f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
-        f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
-        "bytes), both counted in the memory limit"
-    )
+    if scratch_volume_bytes:
+        lines.append(
+            f"the root filesystem is read-only; writable: {SCRATCH_PATH} (a volume of "
+            f"{scratch_volume_bytes} bytes on the provider's disk, deleted when the job ends) "
+            f"and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} bytes, counted in the memory limit)"
+        )
+    else:
+        lines.append(
+            f"the root filesystem is read-only; writable: {SCRATCH_PATH} "
+            f"({limits.tmpfs[SCRATCH_PATH]} bytes) and {TMP_PATH} ({limits.tmpfs[TMP_PATH]} "
+            "bytes), both counted in the memory limit"
+        )
     if isolation == "non-root-user":
         lines.append(f"the job runs as uid:gid {FALLBACK_USER}, not as root")
     return "".join(f"[suanli] {line}\n" for line in lines)

@@ -28,6 +28,7 @@ class JobTerms:
     registry_auth: RegistryCredentials | None = None
     private_image: bool = False
     network: str = "none"  # or "egress": the agent's egress network
+    scratch_bytes: int = 0
 
     @classmethod
     def from_wire(cls, job: object) -> JobTerms | None:
@@ -46,6 +47,7 @@ class JobTerms:
                 registry_auth=auth,
                 private_image=auth is not None or job.get("private_image") is True,
                 network=_network(job.get("network", "none")),
+                scratch_bytes=max(0, int(job.get("scratch_bytes") or 0)),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -60,6 +62,7 @@ class JobTerms:
             "max_duration_s": self.max_duration_s,
             "private_image": self.private_image,
             "network": self.network,
+            "scratch_bytes": self.scratch_bytes,
         }
 
 

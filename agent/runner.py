@@ -20,13 +20,14 @@ from agent.engine import (
     LimitNotEnforced,
     RegistryAuthRefused,
 )
-from agent.host_limits import MIN_JOB_MEMORY_BYTES, job_limits
+from agent.host_limits import MIN_JOB_MEMORY_BYTES, host_cpus_milli, job_limits
 from agent.job_container import PullProgress, host_memory_bytes, job_spec, job_terms, limits_note
 from agent.lease import Failure, JobTerms, LeaseRecord
 from agent.log_pump import LogPump
 from agent.nvml import GpuSample
 from agent.private_images import PrivateImages
 from agent.registry_policy import RegistryAddressRefused, RegistryRefused, pull_failed_sentence
+from agent.scratch import ScratchUnavailable, ScratchVolumes
 from shared.clock import now_ms
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,10 @@ class LeaseHost(Protocol):
     @property
     def samples(self) -> Mapping[str, GpuSample]: ...
 
-    def gpus_unavailable(self, record: LeaseRecord) -> str | None: ...
+    @property
+    def scratch(self) -> ScratchVolumes | None: ...
 
-    def host_cpus_milli(self) -> int: ...
+    def gpus_unavailable(self, record: LeaseRecord) -> str | None: ...
 
     def kick_reports(self) -> None: ...
 
@@ -194,15 +196,19 @@ class LeaseRunner:
                 await policy.check(image)
                 await self._pull(image)
             isolation, _ = await engine.root_isolation()
-            await self._note(limits_note(limits, isolation, settings.memory_by_gpu_share))
+            volume = await self._scratch_volume(job.scratch_bytes)
+            await self._note(
+                limits_note(limits, isolation, settings.memory_by_gpu_share, job.scratch_bytes)
+            )
             spec = job_spec(
                 record,
                 settings,
                 limits,
                 agent_id=daemon.agent_id,
                 gpu_mode=daemon.gpu_mode,
-                host_cpus_milli=daemon.host_cpus_milli(),
+                host_cpus_milli=host_cpus_milli(),
                 egress=egress,
+                scratch_volume=volume,
             )
             async with daemon.private_images.creating(image, self.lease_id) as image_id:
                 container_id = await engine.create(replace(spec, image=image_id))
@@ -218,6 +224,9 @@ class LeaseRunner:
                 else "registry_refused"
             )
             await self._fail(code, exc.detail)
+            return False
+        except ScratchUnavailable as exc:  # the host's disk, not the job: it goes elsewhere
+            await self._fail(exc.code, exc.detail)
             return False
         except ImageTooLarge as exc:  # the agent's own limit, in its own words
             await self._fail("image_pull_failed", exc.detail)
@@ -253,6 +262,22 @@ class LeaseRunner:
         await daemon.save(record)
         daemon.kick_reports()
         return True
+
+    async def _scratch_volume(self, size: int) -> str | None:
+        """The mount of the lease's scratch volume, made now; None when the job asks none."""
+        if not size:
+            return None
+        if self.daemon.scratch is None:
+            raise ScratchUnavailable("this agent offers no scratch space")
+        return str(await asyncio.to_thread(self.daemon.scratch.create, self.lease_id, size))
+
+    async def _remove_scratch(self) -> None:
+        scratch = self.daemon.scratch
+        if scratch is not None:
+            try:
+                await asyncio.to_thread(scratch.remove, self.lease_id)
+            except ScratchUnavailable as exc:
+                log.error("lease %s: its scratch volume stays: %s", self.lease_id, exc.detail)
 
     async def _pull(self, image: str) -> None:
         """Pull the job's image, with its credentials if it has any, then forget them: they
@@ -309,6 +334,7 @@ class LeaseRunner:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, timeout=30)
         await self._remove_container()
+        await self._remove_scratch()
         await self._remove_private_image()
         if not record.chain.final_sealed:
             await daemon.seal_final(record)
@@ -319,6 +345,7 @@ class LeaseRunner:
         container.failure = Failure(code, detail[:500])
         container.ended_at_ms = container.ended_at_ms or now_ms()
         await self.daemon.save(self.record)
+        await self._remove_scratch()
         await self._remove_private_image()
         self.daemon.kick_reports()
 

@@ -17,6 +17,7 @@ from agent.coordinator_client import CoordinatorClient
 from agent.egress.self_check import run_egress_checks
 from agent.engine import ContainerSpec, Engine, LimitNotEnforced
 from agent.nvml import NvmlSampler
+from agent.scratch import scratch_check
 from agent.state import AgentState
 from shared.errors import SuanliError
 
@@ -59,6 +60,7 @@ async def run_checks(settings: AgentSettings) -> list[Check]:
         )
     )
     results.append(await asyncio.to_thread(_gpus))
+    results.append(await asyncio.to_thread(scratch_check, settings))
     ask = settings.ask_per_gpu_hour
     results.append(
         (

@@ -142,4 +142,6 @@ def _job_spec(job: Job) -> JobSpec:
         gpu_models=request.gpu_models,
         max_price_per_gpu_hour=request.max_price_per_gpu_hour,
         excluded_agents=tuple(sorted(set(job.excluded_agents))),
+        egress=request.network == "egress",
+        scratch_bytes=request.scratch_bytes,
     )

@@ -46,7 +46,9 @@ class Transitions:
         """The job won an auction: the lease holds the winner's GPUs until it ends."""
         self.state.index_lease(lease)
         market = self.state.market
-        market.assign(market.agents[lease.agent_id], lease.gpu_uuids, lease.id)
+        market.assign(
+            market.agents[lease.agent_id], lease.gpu_uuids, lease.id, job.request.scratch_bytes
+        )
         job.state, job.lease_id = LEASED, lease.id
         job.reason, job.reason_detail = "waiting_for_agent", "the winning agent is starting the job"
         self.state.pending.pop(job.id, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.engine.spec import EGRESS_SYSCTLS, ContainerSpec
+from agent.engine.spec import EGRESS_SYSCTLS, SCRATCH_MOUNT, ContainerSpec
 
 _CPU_PERIOD_US = 100_000
 # Docker rotates its json-file log at max-size and keeps max-file files.
@@ -56,6 +56,9 @@ def build_create_body(spec: ContainerSpec) -> dict[str, Any]:
         host["Tmpfs"] = {
             path: f"rw,exec,nosuid,nodev,size={size}" for path, size in spec.tmpfs.items()
         }
+    if spec.scratch_volume is not None:
+        # the source is mounted nodev,nosuid, and a bind mount keeps its source's flags
+        host["Mounts"] = [{"Type": "bind", "Source": spec.scratch_volume, "Target": SCRATCH_MOUNT}]
     if spec.shm_bytes is not None:
         host["ShmSize"] = spec.shm_bytes
     if spec.log_max_bytes is not None:
@@ -135,6 +138,15 @@ def build_libpod_create_body(spec: ContainerSpec) -> dict[str, Any]:
             }
             for path, size in spec.tmpfs.items()
         ]
+    if spec.scratch_volume is not None:
+        body["mounts"].append(
+            {
+                "destination": SCRATCH_MOUNT,
+                "type": "bind",
+                "source": spec.scratch_volume,
+                "options": ["rbind", "rw", "nosuid", "nodev"],
+            }
+        )
     if spec.read_only_rootfs:
         # Podman would otherwise add tmpfs mounts of its own, of no set size, at /run, /tmp
         # and /var/tmp of a read-only container.
@@ -190,6 +202,11 @@ def unenforced_limits(
         problems.append(f"the network {spec.engine_network} alone (the engine has {networks})")
     if spec.network == "none" and host.get("NetworkMode") not in ("none", None):
         problems.append(f"no network (the engine has {host.get('NetworkMode')})")
+    if spec.scratch_volume is not None and not any(
+        (mount.get("Destination"), mount.get("Source")) == (SCRATCH_MOUNT, spec.scratch_volume)
+        for mount in document.get("Mounts") or []
+    ):
+        problems.append(f"the scratch volume at {SCRATCH_MOUNT}")
     tmpfs = host.get("Tmpfs") or {}
     for path in spec.tmpfs:
         if f"size={spec.tmpfs[path]}" not in str(tmpfs.get(path, "")).split(","):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ _GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9/-]+")
 _MIN_MEMORY_BYTES = 6 << 20  # Docker refuses less
 _TMPFS_PATH_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
 _MAX_ID = (1 << 32) - 1
+SCRATCH_MOUNT = "/scratch"
 # Who a Docker job runs as when the daemon does not remap user namespaces: nobody/nogroup.
 FALLBACK_USER = "65534:65534"
 
@@ -67,6 +69,9 @@ class ContainerSpec:
     # memory limit (the memory cgroup charges tmpfs to whoever writes it), so a full tmpfs
     # costs the job memory, never the host more than the limit.
     tmpfs: Mapping[str, int] = field(default_factory=dict)
+    # A host directory (a scratch volume's mount, nodev and nosuid) bind-mounted writable at
+    # SCRATCH_MOUNT in place of a tmpfs there. None: no volume.
+    scratch_volume: str | None = None
     shm_bytes: int | None = None  # size of /dev/shm; the engine's default (64 MiB) when None
     # Bound of the engine's own log of the container on the host's disk (all files together);
     # the engine's default (often unbounded) when None.
@@ -144,6 +149,10 @@ class ContainerSpec:
                 return f"tmpfs path {path!r} must be an absolute path of plain names, not /"
             if type(size) is not int or size < 4096:
                 return f"tmpfs {path} must be at least 4096 bytes"
+        if self.scratch_volume is not None and (
+            not os.path.isabs(self.scratch_volume) or SCRATCH_MOUNT in self.tmpfs
+        ):
+            return f"scratch_volume must be an absolute host path, and {SCRATCH_MOUNT} no tmpfs"
         if self.userns_host_id is not None and not (
             1 <= self.userns_host_id
             and 1 <= self.userns_size

@@ -74,6 +74,8 @@ class LeaseDelivery:
                 "max_duration_s": request.max_duration_s,
                 # for the pull only: once the container started, the agent needs them no more
                 "registry_auth": registry_auth(secrets) if lease.state == "offered" else None,
+                "network": request.network,
+                "scratch_bytes": request.scratch_bytes,
             },
         }
 

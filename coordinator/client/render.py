@@ -112,6 +112,8 @@ def job_details(job: dict[str, Any]) -> str:
                 else NONE,
             ),
             ("max price", price(spec.get("max_price_per_gpu_hour_micro_yuan"))),
+            ("network", _text(spec.get("network", "none"))),
+            ("scratch", format_size(spec["scratch_bytes"]) if spec.get("scratch_bytes") else NONE),
         ]
         if spec.get("env"):
             rows.append(("env", " ".join(sorted(spec["env"]))))

@@ -19,6 +19,8 @@ from coordinator.client import (
 )
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.arguments import UsageError
+from coordinator.client.units import format_exact_size
+from shared.messages.placement import MIN_SCRATCH_BYTES
 
 
 def add_submit(
@@ -68,6 +70,20 @@ def add_submit(
         metavar="SIZE",
         dest="memory_bytes",
         help="container memory limit, e.g. 64G or 64GiB (default 16 GiB per GPU)",
+    )
+    submit.add_argument(
+        "--scratch",
+        type=_scratch_size,
+        metavar="SIZE",
+        dest="scratch_bytes",
+        help="a writable volume of this size at /scratch on the provider's data disk, "
+        "deleted when the job ends, e.g. 200G (default none: /scratch is small and in memory)",
+    )
+    submit.add_argument(
+        "--network",
+        choices=("none", "egress"),
+        help="none (the default): no network; egress: outbound to the internet only, never "
+        "the provider's LAN, on agents that allow it",
     )
     submit.add_argument(
         "--max-duration",
@@ -147,6 +163,14 @@ def add_submit(
     return submit
 
 
+def _scratch_size(text: str) -> int:
+    size = arguments.size("scratch_bytes")(text)
+    if size < MIN_SCRATCH_BYTES:
+        shown = format_exact_size(MIN_SCRATCH_BYTES)
+        raise argparse.ArgumentTypeError(f"at least {shown} ({MIN_SCRATCH_BYTES} bytes)")
+    return size
+
+
 async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "image": args.image,
@@ -169,7 +193,14 @@ async def cmd_submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
     registry_auth = registry_login.auth_for_image(args.image, args.registry_auth)
     if registry_auth is not None:
         body["registry_auth"] = registry_auth
-    for field in ("min_gpu_memory_bytes", "gpu_models", "cpus_milli", "memory_bytes"):
+    for field in (
+        "min_gpu_memory_bytes",
+        "gpu_models",
+        "cpus_milli",
+        "memory_bytes",
+        "scratch_bytes",
+        "network",
+    ):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     body.update(job_labels.body_fields(args))

@@ -34,6 +34,8 @@ class JobRequest:
     registry_auth: bool = False  # whether credentials came (they live apart, as secrets do)
     name: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key
+    network: str = "none"  # api.JobNetwork
+    scratch_bytes: int = 0
 
     def to_json(self, env_values: bool = True) -> dict[str, Any]:
         """The spec as JSON; secret values are never in it, and `env_values=False` (for an
@@ -55,6 +57,8 @@ class JobRequest:
             "max_price_per_gpu_hour_micro_yuan": self.max_price_per_gpu_hour,
             "name": self.name if env_values else None,
             "labels": dict(self.labels) if env_values else {},
+            "network": self.network,
+            "scratch_bytes": self.scratch_bytes,
         }
 
     @property
@@ -91,6 +95,8 @@ def parse_job_request(body: api.JobSubmit) -> JobRequest:
         registry_auth=body.registry_auth is not None,
         name=body.name,
         labels=tuple(sorted(body.labels.items())),
+        network=body.network,
+        scratch_bytes=body.scratch_bytes,
     )
 
 

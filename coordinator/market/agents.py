@@ -78,9 +78,23 @@ class Agent:
     skew_ms: int | None = None
     # heartbeats received and not yet answered (their writes are committing)
     heartbeats_in_hand: int = 0
+    # lease id -> the scratch bytes its job holds on this agent, while the lease is active
+    scratch_held: dict[str, int] = field(default_factory=dict)
 
     def free_gpus(self) -> list[Gpu]:
         return sorted((g for g in self.gpus.values() if g.offerable), key=lambda g: g.index)
+
+    @property
+    def egress_allowed(self) -> bool:
+        return self.host is not None and self.host.egress_allowed
+
+    def scratch_free_bytes(self) -> int:
+        """The scratch its latest heartbeat reports, less what its active leases hold (the
+        agent counts its own volumes as free: it cannot know of a lease before its poll)."""
+        reported = self.host.scratch_free_bytes if self.host is not None else None
+        if not reported:
+            return 0
+        return max(0, reported - sum(self.scratch_held.values()))
 
     def reliability_ppm(self, now_ms: int, half_life_ms: int) -> int:
         halvings = max(0, now_ms - self.penalty_at_ms) // max(1, half_life_ms)
@@ -96,4 +110,6 @@ class Agent:
             free_gpus=tuple(
                 GpuOffer(g.uuid, g.model, g.memory_total_bytes, g.healthy) for g in self.free_gpus()
             ),
+            egress_allowed=self.egress_allowed,
+            scratch_free_bytes=self.scratch_free_bytes(),
         )

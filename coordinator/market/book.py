@@ -50,7 +50,8 @@ class Market:
         for (uuid, kind), flag in old.flags.items():
             flag.agent_id = new.agent_id
             new.flags[(uuid, kind)] = flag
-        old.gpus, old.flags = {}, {}
+        new.scratch_held.update(old.scratch_held)
+        old.gpus, old.flags, old.scratch_held = {}, {}, {}
         new.ask_per_gpu_hour, new.online, new.last_seen_ms = (
             old.ask_per_gpu_hour,
             old.online,
@@ -109,9 +110,13 @@ class Market:
 
     # -- leases -------------------------------------------------------------------------
 
-    def assign(self, agent: Agent, gpu_uuids: tuple[str, ...], lease_id: str) -> None:
+    def assign(
+        self, agent: Agent, gpu_uuids: tuple[str, ...], lease_id: str, scratch_bytes: int = 0
+    ) -> None:
         for uuid in gpu_uuids:
             agent.gpus[uuid].lease_id = lease_id
+        if scratch_bytes:
+            agent.scratch_held[lease_id] = scratch_bytes
         self.refresh(agent, capacity_may_grow=False)
 
     def release(self, agent_id: str, gpu_uuids: tuple[str, ...], lease_id: str) -> None:
@@ -122,6 +127,7 @@ class Market:
             gpu = agent.gpus.get(uuid)
             if gpu is not None and gpu.lease_id == lease_id:
                 gpu.lease_id = None
+        agent.scratch_held.pop(lease_id, None)
         self.refresh(agent)
 
     # -- views --------------------------------------------------------------------------

@@ -33,6 +33,8 @@ class HostReport(msgspec.Struct, frozen=True):
     memory_total_bytes: int
     memory_available_bytes: int | None
     disk_free_bytes: int | None
+    scratch_free_bytes: int | None = None  # None: the agent offers no scratch
+    egress_allowed: bool = False
 
 
 class Inventory(msgspec.Struct, frozen=True):
@@ -69,6 +71,8 @@ def parse_inventory(report: ap.Inventory) -> Inventory:
             memory_total_bytes=host.memory_total_bytes,
             memory_available_bytes=host.memory_available_bytes,
             disk_free_bytes=host.disk_free_bytes,
+            scratch_free_bytes=host.scratch_free_bytes,
+            egress_allowed=host.egress_allowed,
         ),
         report.driver_version,
     )

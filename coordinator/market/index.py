@@ -15,10 +15,11 @@ from sortedcontainers import SortedList
 from coordinator.market.agents import Agent
 from shared.auction import AgentOffer, JobSpec
 
-# (ask, kinds of free GPU as (model, memory, count bucket), bucket of all free GPUs)
-_IndexKey = tuple[int, tuple[tuple[str, int, int], ...], int]
+# (ask, kinds of free GPU as (model, memory, count bucket), bucket of all free GPUs,
+#  egress allowed, free scratch in whole GiB: a change of either moves the version)
+_IndexKey = tuple[int, tuple[tuple[str, int, int], ...], int, bool, int]
 
-_TOO_FEW, _WRONG_MODEL, _MEMORY_SHORT, _TOO_DEAR, _ELIGIBLE = 0, 1, 2, 3, 4
+_TOO_FEW, _WRONG_MODEL, _MEMORY_SHORT, _NO_EGRESS, _SCRATCH_SHORT, _TOO_DEAR, _ELIGIBLE = range(7)
 
 
 class OfferIndex:
@@ -65,6 +66,8 @@ class OfferIndex:
                 key[0],
                 tuple(sorted((model, memory, _bucket(n)) for (model, memory), n in counts.items())),
                 _bucket(sum(counts.values())),
+                agent.egress_allowed,
+                agent.scratch_free_bytes() >> 30,
             )
         self._reindex(agent.agent_id, new_index, capacity_may_grow)
 
@@ -77,12 +80,12 @@ class OfferIndex:
         if capacity_may_grow:
             self.version += 1
         if old is not None:
-            ask, keys, free = old
+            ask, keys, free, _, _ = old
             for key in keys:
                 self._by_hardware[key].remove((ask, agent_id))
             self._by_free[free].remove((ask, agent_id))
         if new is not None:
-            ask, keys, free = new
+            ask, keys, free, _, _ = new
             for key in keys:
                 self._by_hardware.setdefault(key, SortedList()).add((ask, agent_id))
             self._by_free.setdefault(free, SortedList()).add((ask, agent_id))
@@ -112,7 +115,8 @@ class OfferIndex:
         else:
             lists = self._hardware_lists(job, job.min_gpu_memory_bytes)
         eligible: list[AgentOffer] = []
-        closest: list[AgentOffer] = []
+        # offers that fit the hardware but miss a later filter, by the stage they reached
+        closest: dict[int, list[AgentOffer]] = {_NO_EGRESS: [], _SCRATCH_SHORT: [], _TOO_DEAR: []}
         second_ask: int | None = None
         for ask, agent_id in _merged(lists):
             if second_ask is not None and ask > second_ask:
@@ -125,12 +129,15 @@ class OfferIndex:
                 eligible.append(agent.offer(now_ms, half_life_ms))
                 if len(eligible) >= 2 and second_ask is None:
                     second_ask = ask
-            elif not eligible and stage == _TOO_DEAR:
-                closest.append(agent.offer(now_ms, half_life_ms))
-                if len(closest) >= reason_sample:
+            elif not eligible and stage in closest and len(closest[stage]) < reason_sample:
+                closest[stage].append(agent.offer(now_ms, half_life_ms))
+                if len(closest[_TOO_DEAR]) >= reason_sample:
                     break
-        if eligible or closest:
-            return eligible or closest
+        if eligible:
+            return eligible
+        furthest = next((found for _, found in sorted(closest.items(), reverse=True) if found), [])
+        if furthest:
+            return furthest
         searches: list[tuple[int, list[SortedList]]] = [
             (_MEMORY_SHORT, self._hardware_lists(job, 0)),
             (_WRONG_MODEL, roomy),
@@ -212,6 +219,10 @@ def _stage(job: JobSpec, agent: Agent, ask: int) -> int:
         return _WRONG_MODEL
     if memory_ok < job.gpu_count:
         return _MEMORY_SHORT
+    if job.egress and not agent.egress_allowed:
+        return _NO_EGRESS
+    if agent.scratch_free_bytes() < job.scratch_bytes:
+        return _SCRATCH_SHORT
     if ask > job.max_price_per_gpu_hour:
         return _TOO_DEAR
     return _ELIGIBLE

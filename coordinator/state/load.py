@@ -40,6 +40,9 @@ def load_state(
             for uuid in lease.gpu_uuids:
                 if uuid in agent.gpus:
                     agent.gpus[uuid].lease_id = lease.id
+            scratch = state.jobs[lease.job_id].request.scratch_bytes
+            if scratch:
+                agent.scratch_held[lease.id] = scratch
     for row in db.query("SELECT lease_id, MAX(amount) AS amount FROM receipts GROUP BY lease_id"):
         charged_lease = state.leases.get(row["lease_id"])
         if charged_lease is not None:

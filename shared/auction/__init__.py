@@ -24,9 +24,11 @@ from shared.auction.record import (
 )
 from shared.auction.rule import eligible_offers, run_auction
 from shared.auction.values import (
+    NO_AGENT_ALLOWS_EGRESS,
     NO_AGENT_AT_OR_BELOW_MAX_PRICE,
     NO_AGENT_WITH_ENOUGH_GPU_MEMORY,
     NO_AGENT_WITH_ENOUGH_GPUS,
+    NO_AGENT_WITH_ENOUGH_SCRATCH,
     NO_AGENT_WITH_THAT_MODEL,
     REASONS,
     RELIABILITY_MAX_PPM,
@@ -38,9 +40,11 @@ from shared.auction.values import (
 )
 
 __all__ = [
+    "NO_AGENT_ALLOWS_EGRESS",
     "NO_AGENT_AT_OR_BELOW_MAX_PRICE",
     "NO_AGENT_WITH_ENOUGH_GPUS",
     "NO_AGENT_WITH_ENOUGH_GPU_MEMORY",
+    "NO_AGENT_WITH_ENOUGH_SCRATCH",
     "NO_AGENT_WITH_THAT_MODEL",
     "REASONS",
     "RELIABILITY_MAX_PPM",

@@ -4,9 +4,10 @@ Wire format (msgpack-ready: positional arrays of ints, strs, bools and None, no 
 no floats; a decoder accepts lists or tuples and returns the dataclasses):
 
     job     = [job_id, gpu_count, min_gpu_memory_bytes, [gpu_model, ...],
-               max_price_per_gpu_hour, [excluded_agent_id, ...]]
+               max_price_per_gpu_hour, [excluded_agent_id, ...], egress, scratch_bytes]
     gpu     = [uuid, model, memory_total_bytes, healthy]
-    offer   = [agent_id, ask_per_gpu_hour, reliability_ppm, [gpu, ...]]
+    offer   = [agent_id, ask_per_gpu_hour, reliability_ppm, [gpu, ...],
+               egress_allowed, scratch_free_bytes]
     outcome = [job_id, winner_agent_id | None, [gpu_uuid, ...],
                price_per_gpu_hour | None, [eligible_agent_id, ...] (rank order),
                reason | None, reason_detail]
@@ -15,6 +16,10 @@ no floats; a decoder accepts lists or tuples and returns the dataclasses):
 `replay` compares everything that decides the round (job id, winner, GPUs, price,
 ranking, reason code) but not `reason_detail`, whose wording may improve without
 making old rounds fail.
+
+Version 1 rounds, recorded before jobs could ask for egress or scratch, have jobs without
+the last two items and offers without the last two; they replay as jobs that asked for
+neither.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from shared.auction.values import (
     need_str,
 )
 
-ROUND_VERSION = 1
+ROUND_VERSION = 2
+_VERSIONS = (1, 2)
 
 
 def _need_array(value: object, length: int, what: str) -> Sequence[Any]:
@@ -57,11 +63,15 @@ def job_to_wire(job: JobSpec) -> list[Any]:
         list(job.gpu_models),
         job.max_price_per_gpu_hour,
         list(job.excluded_agents),
+        job.egress,
+        job.scratch_bytes,
     ]
 
 
-def job_from_wire(value: object) -> JobSpec:
-    job_id, gpu_count, min_memory, models, max_price, excluded = _need_array(value, 6, "a job")
+def job_from_wire(value: object, version: int = ROUND_VERSION) -> JobSpec:
+    items = _need_array(value, 6 if version == 1 else 8, "a job")
+    job_id, gpu_count, min_memory, models, max_price, excluded = items[:6]
+    egress, scratch = (False, 0) if version == 1 else items[6:]
     return JobSpec(
         job_id,
         gpu_count,
@@ -69,6 +79,8 @@ def job_from_wire(value: object) -> JobSpec:
         tuple(_need_list(models, "a job's gpu_models")),
         max_price,
         tuple(_need_list(excluded, "a job's excluded_agents")),
+        egress,
+        scratch,
     )
 
 
@@ -80,20 +92,26 @@ def offers_to_wire(offers: Sequence[AgentOffer]) -> list[Any]:
             offer.ask_per_gpu_hour,
             offer.reliability_ppm,
             [[g.uuid, g.model, g.memory_total_bytes, g.healthy] for g in offer.free_gpus],
+            offer.egress_allowed,
+            offer.scratch_free_bytes,
         ]
         for offer in offers
     ]
 
 
-def offers_from_wire(value: object) -> tuple[AgentOffer, ...]:
+def offers_from_wire(value: object, version: int = ROUND_VERSION) -> tuple[AgentOffer, ...]:
     offers = []
     for item in _need_list(value, "a round's offers"):
-        agent_id, ask, reliability, gpus = _need_array(item, 4, "an offer")
+        items = _need_array(item, 4 if version == 1 else 6, "an offer")
+        agent_id, ask, reliability, gpus = items[:4]
+        egress_allowed, scratch_free = (False, 0) if version == 1 else items[4:]
         free_gpus = tuple(
             GpuOffer(*_need_array(gpu, 4, "an offer's GPU"))
             for gpu in _need_list(gpus, "an offer's free GPUs")
         )
-        offers.append(AgentOffer(agent_id, ask, reliability, free_gpus))
+        offers.append(
+            AgentOffer(agent_id, ask, reliability, free_gpus, egress_allowed, scratch_free)
+        )
     return tuple(offers)
 
 
@@ -142,11 +160,14 @@ def round_record(job: JobSpec, offers: Sequence[AgentOffer], outcome: Outcome) -
 
 def round_from_record(record: object) -> tuple[JobSpec, tuple[AgentOffer, ...], Outcome]:
     version, job, offers, outcome = _need_array(record, 4, "an auction round record")
-    if type(version) is not int or version != ROUND_VERSION:
-        raise AuctionError(
-            f"this code replays auction rounds of version {ROUND_VERSION}, not {version!r}"
-        )
-    return job_from_wire(job), offers_from_wire(offers), outcome_from_wire(outcome)
+    if type(version) is not int or version not in _VERSIONS:
+        shown = " and ".join(str(v) for v in _VERSIONS)
+        raise AuctionError(f"this code replays auction rounds of versions {shown}, not {version!r}")
+    return (
+        job_from_wire(job, version),
+        offers_from_wire(offers, version),
+        outcome_from_wire(outcome),
+    )
 
 
 def replay_round(record: object) -> Outcome:

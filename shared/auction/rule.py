@@ -1,9 +1,10 @@
 """The auction rule: who is eligible, who wins, at what price, and why nobody won.
 
 Rules: an offer is eligible when its agent is not excluded from the job, its ask is at
-or below the job's max price, and it has at least `gpu_count` free GPUs that are healthy,
+or below the job's max price, it has at least `gpu_count` free GPUs that are healthy,
 of an allowed model (any model when the job names none) and with at least the job's
-minimum memory. The lowest ask wins (ties: higher reliability, then lower agent_id).
+minimum memory, it allows egress when the job asks for it, and its free scratch space
+covers the job's scratch. The lowest ask wins (ties: higher reliability, then lower agent_id).
 The price is the second-lowest eligible ask, capped at the job's max price; with one
 eligible offer it is the job's max price. The winner gets the first `gpu_count`
 qualifying GPUs in the order its offer lists them (the agent lists them by NVML index),
@@ -16,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.auction.values import (
+    NO_AGENT_ALLOWS_EGRESS,
     NO_AGENT_WITH_ENOUGH_GPU_MEMORY,
     NO_AGENT_WITH_ENOUGH_GPUS,
+    NO_AGENT_WITH_ENOUGH_SCRATCH,
     NO_AGENT_WITH_THAT_MODEL,
     REASONS,
     AgentOffer,
@@ -29,7 +32,8 @@ from shared.auction.values import (
 
 _GIB = 1 << 30
 _HARDWARE_OK = 3
-_ELIGIBLE = 4
+_RUNNABLE = 5  # hardware, egress and scratch all fit: only the price is left
+_ELIGIBLE = 6
 
 
 def _rank_key(offer: AgentOffer) -> tuple[int, int, str]:
@@ -68,6 +72,18 @@ def _hardware_stage(job: JobSpec, gpus: tuple[GpuOffer, ...]) -> int:
     return 0
 
 
+def _offer_stage(job: JobSpec, offer: AgentOffer) -> int:
+    """How many filters before the price (hardware, egress, scratch) the offer passes."""
+    stage = _hardware_stage(job, offer.free_gpus)
+    if stage < _HARDWARE_OK:
+        return stage
+    if job.egress and not offer.egress_allowed:
+        return _HARDWARE_OK
+    if offer.scratch_free_bytes < job.scratch_bytes:
+        return _HARDWARE_OK + 1
+    return _RUNNABLE
+
+
 @dataclass(slots=True)
 class _Screening:
     ranked: list[AgentOffer]
@@ -103,8 +119,8 @@ def _screen(job: JobSpec, offers: Sequence[AgentOffer]) -> _Screening:
         if offer.ask_per_gpu_hour > max_price:
             too_dear.append(offer)
             continue
-        offer_stage = _hardware_stage(job, offer.free_gpus)
-        if offer_stage == _HARDWARE_OK:
+        offer_stage = _offer_stage(job, offer)
+        if offer_stage == _RUNNABLE:
             ranked.append(offer)
         elif offer_stage > stage:
             stage = offer_stage
@@ -114,8 +130,8 @@ def _screen(job: JobSpec, offers: Sequence[AgentOffer]) -> _Screening:
         ranked.sort(key=_rank_key)
     else:
         for offer in too_dear:
-            offer_stage = _hardware_stage(job, offer.free_gpus)
-            if offer_stage == _HARDWARE_OK:
+            offer_stage = _offer_stage(job, offer)
+            if offer_stage == _RUNNABLE:
                 runnable_too_dear += 1
             stage = max(stage, offer_stage)
     return _Screening(ranked, stage, considered, runnable_too_dear)
@@ -127,7 +143,11 @@ def eligible_offers(job: JobSpec, offers: Sequence[AgentOffer]) -> tuple[AgentOf
 
 
 def _memory_text(n: int) -> str:
-    return f"{n // _GIB} GiB" if n % _GIB == 0 else f"{n} bytes"
+    if n % _GIB == 0:
+        return f"{n // _GIB} GiB"
+    if n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n} bytes"
 
 
 def _no_winner_detail(job: JobSpec, reason: str, screening: _Screening) -> str:
@@ -143,6 +163,14 @@ def _no_winner_detail(job: JobSpec, reason: str, screening: _Screening) -> str:
     if reason == NO_AGENT_WITH_ENOUGH_GPU_MEMORY:
         memory = _memory_text(job.min_gpu_memory_bytes)
         return f"no agent has {gpus}{models} with at least {memory} each {considered}"
+    if reason == NO_AGENT_ALLOWS_EGRESS:
+        return f"no agent allows egress among those that could run the job {considered}"
+    if reason == NO_AGENT_WITH_ENOUGH_SCRATCH:
+        scratch = _memory_text(job.scratch_bytes)
+        return (
+            f"no agent has {scratch} of free scratch among those that could run the job "
+            f"{considered}"
+        )
     runnable = screening.runnable_too_dear
     return (
         f"{runnable} agent{'' if runnable == 1 else 's'} could run the job, but "
@@ -156,9 +184,10 @@ def run_auction(job: JobSpec, offers: Sequence[AgentOffer]) -> Outcome:
 
     When nobody wins, `reason` names the last filter that removed the remaining
     candidates, taking the filters in the order enough free healthy GPUs, allowed
-    model, enough memory, max price: that is the constraint whose relaxation would
-    bring the most promising agent into play. With no candidates at all (no offers,
-    or every offer excluded) the reason is `no_agent_with_enough_gpus`.
+    model, enough memory, egress allowed, enough free scratch, max price: that is the
+    constraint whose relaxation would bring the most promising agent into play. With no
+    candidates at all (no offers, or every offer excluded) the reason is
+    `no_agent_with_enough_gpus`.
     """
     screening = _screen(job, offers)
     ranked = screening.ranked

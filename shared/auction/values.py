@@ -14,12 +14,16 @@ INT_MAX = 2**63 - 1
 NO_AGENT_WITH_ENOUGH_GPUS = "no_agent_with_enough_gpus"
 NO_AGENT_WITH_THAT_MODEL = "no_agent_with_that_model"
 NO_AGENT_WITH_ENOUGH_GPU_MEMORY = "no_agent_with_enough_gpu_memory"
+NO_AGENT_ALLOWS_EGRESS = "no_agent_allows_egress"
+NO_AGENT_WITH_ENOUGH_SCRATCH = "no_agent_with_enough_scratch"
 NO_AGENT_AT_OR_BELOW_MAX_PRICE = "no_agent_at_or_below_max_price"
 # The screening funnel in order; an offer's stage is how many of these filters it passed.
 REASONS = (
     NO_AGENT_WITH_ENOUGH_GPUS,
     NO_AGENT_WITH_THAT_MODEL,
     NO_AGENT_WITH_ENOUGH_GPU_MEMORY,
+    NO_AGENT_ALLOWS_EGRESS,
+    NO_AGENT_WITH_ENOUGH_SCRATCH,
     NO_AGENT_AT_OR_BELOW_MAX_PRICE,
 )
 
@@ -41,6 +45,11 @@ def need_str(value: object, what: str) -> None:
         raise AuctionError(f"{what} must be a non-empty string, not {value!r}")
 
 
+def need_bool(value: object, what: str) -> None:
+    if type(value) is not bool:
+        raise AuctionError(f"{what} must be true or false, not {value!r}")
+
+
 def need_str_tuple(value: object, what: str) -> None:
     if type(value) is not tuple:
         raise AuctionError(f"{what} must be a tuple of strings, not {type(value).__name__}")
@@ -58,6 +67,8 @@ class JobSpec:
     gpu_models: tuple[str, ...]  # empty: any model
     max_price_per_gpu_hour: int
     excluded_agents: tuple[str, ...] = ()  # e.g. agents that already lost this job
+    egress: bool = False  # the job asks for network egress
+    scratch_bytes: int = 0  # the job asks for a scratch volume of this size
 
     def __post_init__(self) -> None:
         need_str(self.job_id, "a job's job_id")
@@ -66,6 +77,8 @@ class JobSpec:
         need_str_tuple(self.gpu_models, "a job's gpu_models")
         need_int(self.max_price_per_gpu_hour, "a job's max_price_per_gpu_hour")
         need_str_tuple(self.excluded_agents, "a job's excluded_agents")
+        need_bool(self.egress, "a job's egress flag")
+        need_int(self.scratch_bytes, "a job's scratch_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +100,15 @@ class GpuOffer:
 
 @dataclass(frozen=True, slots=True)
 class AgentOffer:
-    """An agent's sealed ask (µ¥ per GPU-hour), its reliability score and its free GPUs."""
+    """An agent's sealed ask (µ¥ per GPU-hour), its reliability score, its free GPUs, whether
+    it allows egress, and the scratch space it has free (its other leases' scratch deducted)."""
 
     agent_id: str
     ask_per_gpu_hour: int
     reliability_ppm: int
     free_gpus: tuple[GpuOffer, ...]
+    egress_allowed: bool = False
+    scratch_free_bytes: int = 0
 
     def __post_init__(self) -> None:
         need_str(self.agent_id, "an offer's agent_id")
@@ -108,6 +124,8 @@ class AgentOffer:
             raise AuctionError(
                 f"the free_gpus of agent {self.agent_id} must be a tuple of GpuOffer"
             )
+        need_bool(self.egress_allowed, f"the egress flag of agent {self.agent_id}")
+        need_int(self.scratch_free_bytes, f"the free scratch of agent {self.agent_id}")
         if len({gpu.uuid for gpu in self.free_gpus}) != len(self.free_gpus):
             raise AuctionError(f"agent {self.agent_id} lists the same GPU uuid more than once")
 

@@ -18,10 +18,37 @@ from shared.messages.fields import (
     require_printable,
 )
 from shared.messages.labels import JobName, Labels, Selector
+from shared.messages.money_views import (
+    Account as Account,
+)
+from shared.messages.money_views import (
+    AccountBalance as AccountBalance,
+)
+from shared.messages.money_views import (
+    LedgerBalances as LedgerBalances,
+)
+from shared.messages.money_views import (
+    Reservation as Reservation,
+)
+from shared.messages.money_views import (
+    Role as Role,
+)
+from shared.messages.money_views import (
+    Statement as Statement,
+)
+from shared.messages.money_views import (
+    StatementLine as StatementLine,
+)
+from shared.messages.money_views import (  # declared there, named here as ever
+    Voucher as Voucher,
+)
+from shared.messages.money_views import (
+    VoucherPool as VoucherPool,
+)
+from shared.messages.placement import Network, ScratchBytes, check_scratch
 from shared.messages.registry_auth import RegistryAuth
 
 JobState = Literal["pending", "leased", "running", "succeeded", "failed", "cancelled", "lost"]
-Role = Literal["enterprise", "auditor"]
 Unset = msgspec.UnsetType
 UNSET = msgspec.UNSET
 
@@ -160,9 +187,12 @@ class JobSubmit(Message, forbid_unknown_fields=True):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)] | None = None
     name: JobName | None = None
     labels: Labels = {}
+    network: Network = "none"
+    scratch_bytes: ScratchBytes = 0
 
     def __post_init__(self) -> None:
         require_printable(self, ("idempotency_key",), 1, MAX_KEY)
+        check_scratch(self.scratch_bytes)
         size = sum(len(part.encode()) for part in self.command)
         if size > MAX_COMMAND_BYTES:
             raise ValueError(
@@ -203,8 +233,10 @@ class JobSpecView(Message):
     memory_bytes: int
     max_duration_s: int
     max_price_per_gpu_hour_micro_yuan: MicroYuan
-    name: str | None = None  # auditors see "<redacted>" for a name and each label's value
+    name: str | None = None  # auditors see no name and no labels
     labels: dict[str, str] = {}
+    network: Network = "none"
+    scratch_bytes: ScratchBytes = 0
 
 
 class JobView(Message):
@@ -287,105 +319,6 @@ class Market(Message):
     models: list[MarketModel]
     pflops_bf16_milli: Count
     pflops_bf16: str
-
-
-class Voucher(Message):
-    eligible: bool
-    cap_micro_yuan: MicroYuan
-    used_micro_yuan: MicroYuan
-    held_micro_yuan: MicroYuan
-    remaining_micro_yuan: MicroYuan
-    coverage_bps: int
-
-
-class Reservation(Message):
-    job_id: str
-    enterprise_id: str
-    max_cost_micro_yuan: MicroYuan
-    voucher_estimate_micro_yuan: MicroYuan
-    reserved_micro_yuan: MicroYuan
-    remaining_micro_yuan: MicroYuan
-    voucher_held_micro_yuan: MicroYuan
-    self_dealing_cover_micro_yuan: MicroYuan
-    fiscal_year: int | None
-    transfer_id: str | None
-
-
-class StatementLine(Message):
-    job_id: str
-    total_micro_yuan: MicroYuan
-    voucher_micro_yuan: MicroYuan
-    deferred_micro_yuan: MicroYuan
-    receipts: Count
-
-
-class Statement(Message):
-    """An enterprise's monthly statement with what is paid of it and its status."""
-
-    period: str
-    party_kind: Literal["enterprise", "provider"]
-    party_id: str
-    total_micro_yuan: MicroYuan
-    voucher_micro_yuan: MicroYuan
-    deferred_micro_yuan: MicroYuan
-    lines: list[StatementLine]
-    issued_at_ms: Milliseconds
-    amount_due_micro_yuan: MicroYuan
-    due_at_ms: Milliseconds | None
-    due_date: str | None
-    suspend_after_ms: Milliseconds | None
-    paid_micro_yuan: MicroYuan
-    outstanding_micro_yuan: MicroYuan
-    status: Literal["paid", "open", "late", "overdue"]
-
-
-class Account(Message, omit_defaults=True):
-    """Who the token is; an enterprise also sees its voucher, credit, reservations and
-    statements (the fields an auditor's account leaves out)."""
-
-    role: Role
-    id: str
-    enterprise_id: str | Unset = UNSET
-    uscc: str | Unset = UNSET
-    fiscal_year: int | Unset = UNSET
-    voucher: Voucher | Unset = UNSET
-    pool_remaining_micro_yuan: MicroYuan | Unset = UNSET
-    deferred_balance_micro_yuan: MicroYuan | Unset = UNSET
-    unbilled_micro_yuan: MicroYuan | Unset = UNSET
-    paid_micro_yuan: MicroYuan | Unset = UNSET
-    credit_limit_micro_yuan: MicroYuan | Unset = UNSET
-    reserved_micro_yuan: MicroYuan | Unset = UNSET
-    headroom_micro_yuan: MicroYuan | Unset = UNSET
-    reservations: list[Reservation] | Unset = UNSET
-    statements: list[Statement] | Unset = UNSET
-    suspended: bool | Unset = UNSET
-    suspended_reason: str | None | Unset = UNSET
-
-
-class VoucherPool(Message):
-    """The fiscal year's public voucher pool, in micro-yuan."""
-
-    fiscal_year: int
-    granted: MicroYuan
-    used: MicroYuan
-    held: MicroYuan
-    remaining: MicroYuan
-    policy_total: MicroYuan
-    companies: Count
-    entitlements_granted: MicroYuan
-
-
-class AccountBalance(Message):
-    id: str
-    debits_posted: MicroYuan
-    credits_posted: MicroYuan
-
-
-class LedgerBalances(Message):
-    """Posted balances of the audited accounts, read with the log size they belong to."""
-
-    log_size: Count
-    accounts: list[AccountBalance]
 
 
 class Health(Message):

@@ -20,6 +20,8 @@ min-gpu-memory = "40G"
 gpu-model = ["H100", "A100"]
 cpus = 0.5
 memory = "1.5GiB"
+scratch = "64M"
+network = "egress"
 max-duration = "1.5h"
 max-price-per-gpu-hour = 12.345678   # a TOML number, read exactly as typed
 idempotency-key = "from-the-file"
@@ -68,6 +70,7 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
     assert spec["env"] == {"A": "1", "EPOCHS": "3"}
     assert list(spec["secret_env"]) == ["HF_TOKEN"] and "hf_secret" not in str(job)
     assert job["idempotency_key"] == "from-the-file"
+    assert (spec["scratch_bytes"], spec["network"]) == (64 << 20, "egress")
     assert len(spec["gpu_models"]) >= 2
     assert spec["name"] == "train-from-file"
     assert spec["labels"] == {"team": "nlp", "example.com/stage": "prod"}
@@ -81,6 +84,8 @@ def test_every_flag_is_a_key(tmp_path: Path, env: dict[str, str]) -> None:
         "gpu-model",
         "cpus",
         "memory",
+        "scratch",
+        "network",
         "max-duration",
         "max-price-per-gpu-hour",
         "env",

@@ -356,7 +356,11 @@ def test_tampered_round_does_not_replay() -> None:
     other_asks = [
         record[0],
         record[1],
-        [["a", 100, 900_000, record[2][0][3]], ["b", 250, 900_000, record[2][1][3]], record[2][2]],
+        [
+            ["a", 100, 900_000, record[2][0][3], False, 0],
+            ["b", 250, 900_000, record[2][1][3], False, 0],
+            record[2][2],
+        ],
         record[3],
     ]
     assert not replay(other_asks)  # the recorded price no longer follows from the asks
@@ -374,14 +378,20 @@ def test_reworded_detail_still_replays() -> None:
     ("mutate", "expected"),
     [
         (lambda r: r[:3], "array of 4"),
-        (lambda r: [2, *r[1:]], "version 1"),
-        (lambda r: [True, *r[1:]], "version 1"),
-        (lambda r: [r[0], r[1][:5], *r[2:]], "a job must be an array of 6"),
+        (lambda r: [3, *r[1:]], "versions 1 and 2"),
+        (lambda r: [True, *r[1:]], "versions 1 and 2"),
+        (lambda r: [r[0], r[1][:5], *r[2:]], "a job must be an array of 8"),
+        (lambda r: [1, *r[1:]], "a job must be an array of 6"),
+        (lambda r: [r[0], [*r[1][:6], 1, 0], *r[2:]], "egress flag"),
+        (lambda r: [r[0], r[1], [[*r[2][0][:5], -1]], r[3]], "free scratch of agent a"),
         (lambda r: [r[0], {"job_id": "j"}, *r[2:]], "a job must be"),
         (lambda r: [r[0], r[1], "offers", r[3]], "offers must be an array"),
         (lambda r: [r[0], r[1], [["a", 1, 0]], r[3]], "an offer must be"),
-        (lambda r: [r[0], r[1], [["a", 1, 0, [["u", "A100", 1]]]], r[3]], "GPU must be"),
-        (lambda r: [r[0], r[1], [["a", 1.0, 0, []]], r[3]], "ask of agent a"),
+        (
+            lambda r: [r[0], r[1], [["a", 1, 0, [["u", "A100", 1]], False, 0]], r[3]],
+            "GPU must be",
+        ),
+        (lambda r: [r[0], r[1], [["a", 1.0, 0, [], False, 0]], r[3]], "ask of agent a"),
         (lambda r: [*r[:3], r[3][:6]], "an outcome must be"),
         (
             lambda r: [*r[:3], ["job-1", None, [], 5, [], "no_agent_with_enough_gpus", ""]],

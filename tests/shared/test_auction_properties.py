@@ -25,6 +25,7 @@ GIB = 1 << 30
 
 MODELS = ("A100", "H100", "L40S")
 MEMORIES = (24 * GIB, 40 * GIB, 80 * GIB)
+SCRATCH = (0, 64 << 20, 100 * GIB, 200 * GIB)
 AGENT_IDS = ("0a", "1b", "2c", "3d", "4e", "5f", "6a")
 
 
@@ -45,7 +46,9 @@ def agent_offers(draw: st.DrawFn) -> list[AgentOffer]:
         )
         ask = draw(st.integers(0, 20)) * 10  # coarse, so asks tie often
         reliability = draw(st.sampled_from((0, 500_000, 900_000, 1_000_000)))
-        offers.append(AgentOffer(agent_id, ask, reliability, free))
+        egress = draw(st.booleans())
+        scratch = draw(st.sampled_from(SCRATCH))
+        offers.append(AgentOffer(agent_id, ask, reliability, free, egress, scratch))
     return offers
 
 
@@ -57,6 +60,8 @@ jobs = st.builds(
     gpu_models=st.lists(st.sampled_from(MODELS), unique=True, max_size=2).map(tuple),
     max_price_per_gpu_hour=st.integers(0, 20).map(lambda n: n * 10 + 5),
     excluded_agents=st.lists(st.sampled_from(AGENT_IDS), unique=True, max_size=2).map(tuple),
+    egress=st.booleans(),
+    scratch_bytes=st.sampled_from(SCRATCH),
 )
 
 
@@ -78,10 +83,17 @@ def reference_auction(spec: JobSpec, offers: list[AgentOffer]) -> Outcome:
         of_model = [g for g in healthy if not spec.gpu_models or g.model in spec.gpu_models]
         fitting = [g for g in of_model if g.memory_total_bytes >= spec.min_gpu_memory_bytes]
         cheap = o.ask_per_gpu_hour <= spec.max_price_per_gpu_hour
-        passed = [len(healthy) >= n, len(of_model) >= n, len(fitting) >= n, cheap]
-        stages.append(passed.index(False) if False in passed else 4)
+        passed = [
+            len(healthy) >= n,
+            len(of_model) >= n,
+            len(fitting) >= n,
+            o.egress_allowed or not spec.egress,
+            o.scratch_free_bytes >= spec.scratch_bytes,
+            cheap,
+        ]
+        stages.append(passed.index(False) if False in passed else len(passed))
     ranked = sorted(
-        (o for o, stage in zip(present, stages, strict=True) if stage == 4),
+        (o for o, stage in zip(present, stages, strict=True) if stage == len(REASONS)),
         key=lambda o: (o.ask_per_gpu_hour, -o.reliability_ppm, o.agent_id),
     )
     if not ranked:
@@ -140,6 +152,15 @@ def test_offer_order_does_not_matter(
 ) -> None:
     shuffled = data.draw(st.permutations(offers))
     assert run_auction(spec, shuffled) == run_auction(spec, offers)
+
+
+@given(jobs, agent_offers())
+def test_placement_never_breaks_egress_or_scratch(spec: JobSpec, offers: list[AgentOffer]) -> None:
+    outcome = run_auction(spec, offers)
+    by_id = {o.agent_id: o for o in offers}
+    for agent_id in outcome.eligible:
+        assert by_id[agent_id].egress_allowed or not spec.egress
+        assert by_id[agent_id].scratch_free_bytes >= spec.scratch_bytes
 
 
 @given(jobs, agent_offers())
