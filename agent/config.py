@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.metrics_listen import parse_metrics_listen
 from agent.registry_policy import RegistryPolicy
 from shared.coordinator_urls import TransportError, parse_coordinator_urls
 from shared.errors import SuanliError
@@ -82,6 +83,13 @@ class AgentSettings:
     registry_refuse_private: bool = setting(
         True,
         "refuse registry hosts that are or resolve to loopback, link-local or private addresses",
+    )
+    # -- metrics --
+    metrics_listen: str = setting(
+        "127.0.0.1:9400", 'host:port of the Prometheus /metrics endpoint; "off" to disable'
+    )
+    metrics_allow_remote: bool = setting(
+        False, "let metrics_listen be a non-loopback address (the endpoint has no authentication)"
     )
 
     @classmethod
@@ -163,12 +171,20 @@ class AgentSettings:
             raise AgentConfigError(
                 'registry_allow must list registry hosts like "registry.example.cn"'
             )
+        metrics_address(self)
         return self
 
     @property
     def registry_policy(self) -> RegistryPolicy:
         allow = None if self.registry_allow is None else tuple(self.registry_allow)
         return RegistryPolicy(allow=allow, refuse_private=self.registry_refuse_private)
+
+
+def metrics_address(settings: AgentSettings) -> tuple[str, int] | None:
+    """Where /metrics listens, or None when metrics_listen is off; a bad value names it."""
+    return parse_metrics_listen(
+        settings.metrics_listen, settings.metrics_allow_remote, AgentConfigError
+    )
 
 
 def load_agent_settings(path: Path | None) -> AgentSettings:
