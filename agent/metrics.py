@@ -38,6 +38,7 @@ __all__ = ["AgentCollector", "SpoolTallies", "serve_metrics"]
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1 << 20
+ENERGY = b"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
 # dcgm-exporter's labels, in its order (pci_bus_id is left out: the sampler does not read it)
 DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"]
 
@@ -114,7 +115,7 @@ class AgentCollector(Collector):
                 "DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels=DCGM_LABELS
             ),
             "energy": _RawCounter(
-                "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+                ENERGY.decode(),
                 "Total energy consumption since boot (in mJ).",
                 labels=DCGM_LABELS,
             ),
@@ -210,6 +211,12 @@ class _RawCounter(Metric):
         self.add_sample(self.name, dict(zip(self.label_names, values, strict=True)), value)
 
 
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format, with dcgm-exporter's counter declared under its own name: the client
+    library would declare it as ..._total, which its samples are not called."""
+    return generate_latest(registry).replace(ENERGY + b"_total ", ENERGY + b" ")
+
+
 def _mib(value: int | None) -> int | None:
     return None if value is None else value // MIB
 
@@ -242,7 +249,7 @@ async def serve_metrics(daemon: AgentDaemon) -> AsyncIterator[None]:
             collector.spool_figures = await asyncio.to_thread(collector.spool.read)
         except (sqlite3.Error, SuanliError, ValueError) as exc:
             log.warning("metrics: cannot read the receipt spool: %s", exc)
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application(client_max_size=1024)
     app.router.add_get("/metrics", metrics)

@@ -39,6 +39,9 @@ GPUS = [
     ),
 ]
 DCGM_LABELS = {"gpu", "UUID", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"}
+# prometheus-client's parser names a counter's samples ..._total, whatever the text says;
+# the raw text is checked for dcgm-exporter's own name
+ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total"
 UNHURRIED = {**FAST_SETTINGS, "heartbeat_timeout_ms": 15_000}
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -134,7 +137,7 @@ async def test_gpu_figures_carry_the_dcgm_exporter_names_labels_and_units(stack:
         "DCGM_FI_DEV_FB_FREE",
         "DCGM_FI_DEV_GPU_TEMP",
         "DCGM_FI_DEV_POWER_USAGE",
-        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        ENERGY,
         "DCGM_FI_DEV_XID_ERRORS",
     ):
         labels = {labels["UUID"]: labels for labels, _ in samples[name]}
@@ -150,11 +153,19 @@ async def test_gpu_figures_carry_the_dcgm_exporter_names_labels_and_units(stack:
     assert by_gpu(samples, "DCGM_FI_DEV_FB_FREE")[second] == 80 * 1024
     assert by_gpu(samples, "DCGM_FI_DEV_GPU_TEMP") == {first: 61, second: 38}
     assert by_gpu(samples, "DCGM_FI_DEV_POWER_USAGE") == {first: 312.5, second: 80.0}, "watts"
-    energy = by_gpu(samples, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+    energy = by_gpu(samples, ENERGY)
     assert energy[first] > 9_000_000 and energy[second] > 0, "mJ since the driver loaded"
     assert by_gpu(samples, "DCGM_FI_DEV_XID_ERRORS") == {first: 0, second: 0}
     assert single(samples, "suanli_agent_nvml_up") == 1
     assert single(samples, "suanli_agent_gpus") == 2
+    async with aiohttp.ClientSession() as session, session.get(stack.url) as response:
+        text = await response.text()
+    # the types dcgm-exporter declares, and its counter's name without a _total suffix
+    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n" in text
+    assert "\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in text
+    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total" not in text
+    assert "# TYPE DCGM_FI_DEV_XID_ERRORS gauge\n" in text
+    assert "# TYPE DCGM_FI_DEV_FB_USED gauge\n" in text
 
     # figures follow the daemon's samples; energy, a counter, only grows
     write_config(stack.agent.nvml_config, [replace(GPUS[0], util=88, temperature=70), GPUS[1]])
@@ -162,7 +173,7 @@ async def test_gpu_figures_carry_the_dcgm_exporter_names_labels_and_units(stack:
         lambda s: by_gpu(s, "DCGM_FI_DEV_GPU_UTIL").get(first) == 88, "the new utilisation"
     )
     assert by_gpu(later, "DCGM_FI_DEV_GPU_TEMP")[first] == 70
-    assert by_gpu(later, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")[first] > energy[first]
+    assert by_gpu(later, ENERGY)[first] > energy[first]
 
 
 async def test_an_injected_xid_shows_as_dcgm_does_and_is_counted(stack: Stack) -> None:
@@ -240,6 +251,51 @@ async def test_the_endpoint_is_not_reachable_on_another_address_by_default(
         pytest.skip("this host has no address but loopback")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address, port), timeout=5).close()
+
+
+async def test_a_hostile_scraper_gets_metrics_only(stack: Stack) -> None:
+    await stack.until(lambda s: "suanli_agent_gpus" in s, "metrics on loopback")
+    base = stack.url.removesuffix("/metrics")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.url, data=b"x" * (1 << 20)) as response:
+            assert response.status in (405, 413)
+        for path in ("/", "/metrics/../state/key", "/metrics?name[]=x" + "x" * 4000):
+            async with session.get(base + path) as response:
+                assert response.status != 200 or path.startswith("/metrics?"), path
+        async with session.get(stack.url, headers={"X-Junk": "x" * 20_000}) as response:
+            assert response.status == 400
+    assert "suanli_agent_gpus" in await scrape(stack.url), "still serving"
+
+
+async def test_a_taken_port_leaves_the_agent_running_without_metrics(
+    tmp_path: Path, docker_service: EngineService, docker_coordinator: CoordinatorProcess
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    agent = AgentProcess(tmp_path / "agent", docker_coordinator, docker_service.socket, GPUS)
+    agent.settings["metrics_listen"] = f"127.0.0.1:{squatter.getsockname()[1]}"
+    agent.workdir.mkdir()
+    agent.enroll()
+    agent.start()
+    api = Api(docker_coordinator.url, docker_coordinator.add_enterprise(5))
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot listen there" not in agent.log():
+            assert time.monotonic() < deadline, agent.log()[-3000:]
+            await asyncio.sleep(0.2)
+        assert f"metrics_listen = '{agent.settings['metrics_listen']}'" in agent.log()
+        while True:  # the agent carries on: its GPUs reach the market
+            _, market = await api.call("GET", "/v1/market")
+            if market.get("models") and market["models"][0]["free"] == 2:
+                break
+            assert time.monotonic() < deadline, agent.log()[-3000:]
+            await asyncio.sleep(0.2)
+        assert agent.process is not None and agent.process.poll() is None, "still running"
+    finally:
+        squatter.close()
+        await api.close()
+        agent.stop()
 
 
 def test_a_bad_metrics_listen_is_refused_naming_the_setting(tmp_path: Path) -> None:
