@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1 << 20
 ENERGY = b"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
-# dcgm-exporter's labels, in its order (pci_bus_id is left out: the sampler does not read it)
+# dcgm-exporter's labels, in its order (pci_bus_id is left out: the sampler does not read it).
+# Its DCGM_FI_DEV_FB_FREE is left out too: NVML's free memory also excludes the driver's
+# reservation, which the sampler does not keep, and a figure under DCGM's name means DCGM's.
 DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"]
 
 
@@ -105,9 +107,6 @@ class AgentCollector(Collector):
             "fb_used": GaugeMetricFamily(
                 "DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=DCGM_LABELS
             ),
-            "fb_free": GaugeMetricFamily(
-                "DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=DCGM_LABELS
-            ),
             "temp": GaugeMetricFamily(
                 "DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", labels=DCGM_LABELS
             ),
@@ -139,7 +138,6 @@ class AgentCollector(Collector):
             figures = {
                 "util": sample.utilization_gpu_pct,
                 "fb_used": _mib(sample.memory_used_bytes),
-                "fb_free": _mib(_free(sample)),
                 "temp": sample.temperature_c,
                 "power": None if sample.power_mw is None else sample.power_mw / 1000,
                 "energy": sample.energy_mj,
@@ -221,12 +219,6 @@ def _mib(value: int | None) -> int | None:
     return None if value is None else value // MIB
 
 
-def _free(sample: GpuSample) -> int | None:
-    if sample.memory_total_bytes is None or sample.memory_used_bytes is None:
-        return None
-    return max(0, sample.memory_total_bytes - sample.memory_used_bytes)
-
-
 @asynccontextmanager
 async def serve_metrics(daemon: AgentDaemon) -> AsyncIterator[None]:
     """Watch XIDs and serve GET /metrics from this event loop while the block runs.
@@ -244,9 +236,12 @@ async def serve_metrics(daemon: AgentDaemon) -> AsyncIterator[None]:
     collector = AgentCollector(daemon, xids, SpoolTallies(daemon.spool.path), socket.gethostname())
     registry.register(collector)
 
+    one_read = asyncio.Lock()  # concurrent scrapes share the spool one at a time
+
     async def metrics(request: web.Request) -> web.Response:
         try:
-            collector.spool_figures = await asyncio.to_thread(collector.spool.read)
+            async with one_read:
+                collector.spool_figures = await asyncio.to_thread(collector.spool.read)
         except (sqlite3.Error, SuanliError, ValueError) as exc:
             log.warning("metrics: cannot read the receipt spool: %s", exc)
         return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})

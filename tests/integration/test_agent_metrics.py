@@ -134,7 +134,6 @@ async def test_gpu_figures_carry_the_dcgm_exporter_names_labels_and_units(stack:
     for name in (
         "DCGM_FI_DEV_GPU_UTIL",
         "DCGM_FI_DEV_FB_USED",
-        "DCGM_FI_DEV_FB_FREE",
         "DCGM_FI_DEV_GPU_TEMP",
         "DCGM_FI_DEV_POWER_USAGE",
         ENERGY,
@@ -150,7 +149,6 @@ async def test_gpu_figures_carry_the_dcgm_exporter_names_labels_and_units(stack:
         assert labels[first]["DCGM_FI_DRIVER_VERSION"] == "550.54.15"
     assert by_gpu(samples, "DCGM_FI_DEV_GPU_UTIL") == {first: 37, second: 0}
     assert by_gpu(samples, "DCGM_FI_DEV_FB_USED") == {first: 12_345, second: 0}, "whole MiB"
-    assert by_gpu(samples, "DCGM_FI_DEV_FB_FREE")[second] == 80 * 1024
     assert by_gpu(samples, "DCGM_FI_DEV_GPU_TEMP") == {first: 61, second: 38}
     assert by_gpu(samples, "DCGM_FI_DEV_POWER_USAGE") == {first: 312.5, second: 80.0}, "watts"
     energy = by_gpu(samples, ENERGY)
