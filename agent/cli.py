@@ -252,6 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from agent.daemon import AgentDaemon
+    from agent.metrics import serve_metrics
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -270,7 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         try:
-            await daemon.run()
+            async with serve_metrics(daemon):
+                await daemon.run()
         except asyncio.CancelledError:
             logging.getLogger("agent").info(
                 "stopping; running jobs keep running and are re-adopted"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.egress.blocked import BlockedRangeError, blocked_ipv4, parse_ranges, refused
+from agent.metrics_listen import parse_metrics_listen
 from agent.registry_policy import RegistryPolicy
 from shared.coordinator_urls import TransportError, parse_coordinator_urls
 from shared.errors import SuanliError
@@ -111,6 +112,13 @@ class AgentSettings:
         True,
         "refuse registry hosts that are or resolve to loopback, link-local or private addresses",
     )
+    # -- metrics --
+    metrics_listen: str = setting(
+        "127.0.0.1:9400", 'host:port of the Prometheus /metrics endpoint; "off" to disable'
+    )
+    metrics_allow_remote: bool = setting(
+        False, "let metrics_listen be a non-loopback address (the endpoint has no authentication)"
+    )
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
@@ -194,6 +202,7 @@ class AgentSettings:
             raise AgentConfigError(
                 'registry_allow must list registry hosts like "registry.example.cn"'
             )
+        metrics_address(self)
         return self
 
     @property
@@ -239,6 +248,13 @@ def check_network_settings(settings: AgentSettings) -> None:
                 f"egress_dns: {address} is in the egress blocked set, so jobs could not reach it; "
                 "name a public resolver"
             )
+
+
+def metrics_address(settings: AgentSettings) -> tuple[str, int] | None:
+    """Where /metrics listens, or None when metrics_listen is off; a bad value names it."""
+    return parse_metrics_listen(
+        settings.metrics_listen, settings.metrics_allow_remote, AgentConfigError
+    )
 
 
 def load_agent_settings(path: Path | None) -> AgentSettings:

@@ -15,7 +15,7 @@ import aiohttp
 
 from shared import canonical
 from shared.clock import now_ms
-from shared.http_client import HttpClient, Refused
+from shared.http_client import CoordinatorError, HttpClient, Refused
 from shared.identity import PrivateKey
 from shared.signed_request import sign_request
 
@@ -52,6 +52,7 @@ class CoordinatorClient(HttpClient):
             urls, ca_file=ca_file, timeout_s=timeout_s, product="suanli-agent", session=session
         )
         self.key = key
+        self.heartbeat_failures = 0
 
     def decode(self, raw: bytes) -> Any:
         return canonical.decode(raw)
@@ -97,13 +98,17 @@ class CoordinatorClient(HttpClient):
     async def heartbeat(
         self, ask_per_gpu_hour: int | None, inventory: dict[str, Any]
     ) -> dict[str, Any]:
-        return dict(
-            await self.signed(
-                "/v1/agent/heartbeat",
-                {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory},
-                timeout_s=min(HEARTBEAT_TIMEOUT_S, self.timeout_s),
+        try:
+            return dict(
+                await self.signed(
+                    "/v1/agent/heartbeat",
+                    {"ask_per_gpu_hour": ask_per_gpu_hour, "inventory": inventory},
+                    timeout_s=min(HEARTBEAT_TIMEOUT_S, self.timeout_s),
+                )
             )
-        )
+        except CoordinatorError:
+            self.heartbeat_failures += 1
+            raise
 
     async def leases(self, known_version: int, wait_ms: int) -> dict[str, Any]:
         return dict(

@@ -24,6 +24,10 @@
  * temperature, power, energy, power_limit, cc, ecc, retired_pages -> those calls
  * return NVML_ERROR_NOT_SUPPORTED). Unknown keys make nvmlInit fail, loudly.
  *
+ * xids (comma list of XID numbers, e.g. 79,31) is the GPU's history of critical
+ * XID errors: each event set delivers every XID listed, in order, once, from
+ * nvmlEventSetWait_v2 (appending one to the list injects a new XID).
+ *
  * Energy grows as power_mw x elapsed time (mW x s = mJ) and never decreases
  * within a process. Built with -DFAKE_NVML_OLD_DRIVER the library lacks the
  * symbols of calls that old drivers lack, so the binding raises
@@ -47,6 +51,7 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_RESET_REQUIRED = 16,
     NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18,
@@ -57,6 +62,8 @@ enum {
 #define MAX_GPUS 64
 #define STR_LEN 96
 #define MEMORY_V2_VERSION 0x02000028u
+#define MAX_XIDS 32
+#define EVENT_XID_CRITICAL 0x8ULL
 
 enum { ST_OK, ST_LOST, ST_LOST_HANDLE, ST_RESET_REQUIRED };
 enum {
@@ -84,6 +91,8 @@ typedef struct {
     unsigned long long energy_base_mj;
     int state;
     unsigned unsupported;
+    unsigned long long xids[MAX_XIDS];
+    unsigned xid_count;
 } fake_gpu;
 
 typedef struct nvmlDevice_st {
@@ -202,6 +211,14 @@ static int parse_gpu_field(fake_gpu *g, char *key, char *value) {
         else if (!strcmp(value, "lost_handle")) g->state = ST_LOST_HANDLE;
         else if (!strcmp(value, "reset_required")) g->state = ST_RESET_REQUIRED;
         else return -1;
+    } else if (!strcmp(key, "xids")) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", value);
+        g->xid_count = 0;
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            if (g->xid_count == MAX_XIDS) return -1;
+            g->xids[g->xid_count++] = strtoull(tok, NULL, 10);
+        }
     } else if (!strcmp(key, "unsupported")) {
         g->unsupported = parse_unsupported(value);
         if (g->unsupported == (unsigned)-1) return -1;
@@ -358,6 +375,7 @@ const char *nvmlErrorString(nvmlReturn_t result) {
     case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     case NVML_ERROR_RESET_REQUIRED: return "GPU requires reset";
     case NVML_ERROR_LIB_RM_VERSION_MISMATCH: return "RM has detected an NVML/RM version mismatch.";
@@ -553,4 +571,88 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, unsigned int error
     if (!count || error_type > 1 || counter_type > 1) return leave(NVML_ERROR_INVALID_ARGUMENT);
     *count = error_type == 1 ? g->ecc_uncorrected : g->ecc_corrected;
     return leave(NVML_SUCCESS);
+}
+
+/* Events: an event set remembers which GPUs registered for critical XIDs and how many of
+ * each GPU's listed XIDs it has delivered. */
+typedef struct nvmlEventSet_st {
+    unsigned long long registered[MAX_GPUS];
+    unsigned delivered[MAX_GPUS];
+    char uuid[MAX_GPUS][STR_LEN];
+} *nvmlEventSet_t;
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    nvmlReturn_t ret = enter();
+    if (ret) return ret;
+    if (!set) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    *set = calloc(1, sizeof **set);
+    return leave(*set ? NVML_SUCCESS : NVML_ERROR_UNKNOWN);
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
+    fake_gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g, 0);
+    if (ret) return ret;
+    if (!types) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    *types = EVENT_XID_CRITICAL;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set) {
+    fake_gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g, 0);
+    if (ret) return ret;
+    if (!set) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (types & ~EVENT_XID_CRITICAL) return leave(NVML_ERROR_NOT_SUPPORTED);
+    set->registered[device->slot] |= types;
+    snprintf(set->uuid[device->slot], STR_LEN, "%s", g->uuid);
+    return leave(NVML_SUCCESS);
+}
+
+/* The next undelivered XID of a registered GPU, under the lock; 1 when one was found. */
+static int next_xid(nvmlEventSet_t set, nvmlEventData_t *data) {
+    for (unsigned slot = 0; slot < gpu_count; slot++) {
+        fake_gpu *g = &gpus[slot];
+        if (!(set->registered[slot] & EVENT_XID_CRITICAL) || strcmp(set->uuid[slot], g->uuid)) continue;
+        if (set->delivered[slot] < g->xid_count) {
+            data->device = &handles[slot];
+            data->eventType = EVENT_XID_CRITICAL;
+            data->eventData = g->xids[set->delivered[slot]++];
+            data->gpuInstanceId = 0xFFFFFFFFu;
+            data->computeInstanceId = 0xFFFFFFFFu;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    long long deadline = now_us() + (long long)timeoutms * 1000LL;
+    for (;;) {
+        nvmlReturn_t ret = enter();
+        if (ret) return ret;
+        if (next_xid(set, data)) return leave(NVML_SUCCESS);
+        pthread_mutex_unlock(&lock);
+        if (now_us() >= deadline) return NVML_ERROR_TIMEOUT;
+        struct timespec pause = {0, 20 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    return nvmlEventSetWait_v2(set, data, timeoutms);
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    free(set);
+    return NVML_SUCCESS;
 }

@@ -58,6 +58,7 @@ class FakeGpu:
     retired_pages_pending: bool = False
     energy_base_mj: int = 0
     state: str = "ok"  # ok | lost | lost_handle | reset_required
+    xids: Sequence[int] = field(default=())  # critical XIDs so far; appending one injects it
     unsupported: Sequence[str] = field(default=())
 
     def line(self) -> str:
@@ -78,6 +79,8 @@ class FakeGpu:
             f"energy_base_mj={self.energy_base_mj}",
             f"state={self.state}",
         ]
+        if self.xids:
+            fields.append("xids=" + ",".join(str(xid) for xid in self.xids))
         if self.unsupported:
             fields.append("unsupported=" + ",".join(self.unsupported))
         return "|".join(fields)
