@@ -29,6 +29,7 @@ from shared.auction.values import (
     JobSpec,
     Outcome,
 )
+from shared.money import format_money
 
 _GIB = 1 << 30
 _HARDWARE_OK = 3
@@ -175,7 +176,7 @@ def _no_winner_detail(job: JobSpec, reason: str, screening: _Screening) -> str:
     return (
         f"{runnable} agent{'' if runnable == 1 else 's'} could run the job, but "
         f"{'it asks' if runnable == 1 else 'all ask'} more than its max price of "
-        f"{job.max_price_per_gpu_hour} µ¥ per GPU-hour {considered}"
+        f"{format_money(job.max_price_per_gpu_hour)} per GPU-hour {considered}"
     )
 
 
@@ -212,7 +213,8 @@ def run_auction(job: JobSpec, offers: Sequence[AgentOffer]) -> Outcome:
                 break
     detail = (
         f"agent {winner.agent_id} won with the lowest of {len(ranked)} eligible "
-        f"ask{'' if len(ranked) == 1 else 's'}; the price is {price} µ¥ per GPU-hour, {basis}"
+        f"ask{'' if len(ranked) == 1 else 's'}; the price is {format_money(price)} per GPU-hour, "
+        f"{basis}"
     )
     return Outcome(
         job.job_id,

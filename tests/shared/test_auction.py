@@ -211,7 +211,7 @@ def test_winner_gets_the_first_qualifying_gpus_in_listed_order() -> None:
 
 def test_no_winner_details_are_sentences() -> None:
     price = run_auction(job(max_price=50), [agent("a", 100), agent("b", 60)])
-    assert "max price of 50" in price.reason_detail
+    assert "max price of ¥0.00005 per GPU-hour" in price.reason_detail
     assert "100" not in price.reason_detail  # sealed asks are not revealed
     memory = run_auction(job(2, min_gib=80), [agent("a", 1, 2, gib=40)])
     assert "at least 80 GiB each" in memory.reason_detail
@@ -227,7 +227,7 @@ def test_winner_detail_names_winner_and_price_basis() -> None:
     two = run_auction(job(), [agent("a", 100), agent("b", 200)])
     assert "agent a" in two.reason_detail and "second-lowest" in two.reason_detail
     one = run_auction(job(max_price=700), [agent("a", 100)])
-    assert "700" in one.reason_detail and "only eligible" in one.reason_detail
+    assert "¥0.0007 per GPU-hour" in one.reason_detail and "only eligible" in one.reason_detail
 
 
 # --- validation -----------------------------------------------------------------------------
