@@ -20,6 +20,7 @@ from coordinator.client import (
     arguments,
     audit,
     completion,
+    exec_commands,
     follow,
     job_file,
     login,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job_id", metavar="ID")
 
     follow.add_commands(actions, _leaf)
+    exec_commands.add_commands(actions, _leaf)
 
     cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="ID")
