@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
+import json
 import os
 import secrets
+import select
+import signal
+import struct
+import termios
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +167,132 @@ async def test_exec_output_exit_code_stdin_and_cp(live: Live, tmp_path: Path) ->
     cat = await closed_session(live, job_id, "cat")
     assert cat["bytes_in"] == len(data) and cat["bytes_out"] == len(data) and cat["exit_code"] == 0
     assert cat["enterprise_id"] and cat["token_hash"] and cat["ended_at_ms"] >= cat["started_at_ms"]
+
+
+def read_until(fd: int, needles: tuple[bytes, ...], timeout_s: float = 30) -> bytes:
+    """What the terminal shows until one of `needles` appears (blocking; run in a thread)."""
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while not any(needle in seen for needle in needles):
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        assert ready, f"the terminal never showed {needles!r}; it showed {seen[-500:]!r}"
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            break
+    return seen
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+async def test_a_terminal_shows_a_prompt_and_follows_resizes(live: Live) -> None:
+    job_id = await running_job(live, "sleep 600")
+    master, terminal = os.openpty()
+    set_size(terminal, 30, 100)
+    process = await asyncio.create_subprocess_exec(
+        str(live_suanli()),
+        *("job", "exec", "-it", job_id, "--", "sh"),
+        env={**live.env(), "TERM": "xterm"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        await asyncio.to_thread(read_until, master, (b"$ ", b"# "))
+        os.write(master, b"stty size\n")
+        await asyncio.to_thread(read_until, master, (b"30 100",))
+        set_size(master, 40, 120)
+        process.send_signal(signal.SIGWINCH)
+        for _ in range(40):  # the resize travels beside the keystrokes; ask until it has landed
+            os.write(master, b"stty size\n")
+            if b"40 120" in await asyncio.to_thread(read_until, master, (b"40 120", b"30 100")):
+                break
+        else:
+            raise AssertionError("the terminal's new size never reached the job")
+        os.write(master, b"exit 3\n")
+        assert await asyncio.wait_for(process.wait(), 30) == 3
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        os.close(master)
+
+
+async def start_forward(live: Live, job_id: str, ports: str) -> asyncio.subprocess.Process:
+    forward = await live.start("job", "port-forward", job_id, ports)
+    assert forward.stderr is not None
+    line = await asyncio.wait_for(forward.stderr.readline(), 30)
+    assert line.startswith(b"forwarding 127.0.0.1:"), line
+    return forward
+
+
+async def test_port_forward_reaches_a_server_inside_a_network_none_job(live: Live) -> None:
+    job_id = await running_job(
+        live,
+        "mkdir -p /tmp/www && echo hello from inside > /tmp/www/index.html && "
+        "exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+    )
+    [container] = live.engine.containers_of(live.agent.agent_id)
+    _, inspected = live.engine.request("GET", f"/v1.41/containers/{container['Id']}/json")
+    assert json.loads(inspected)["HostConfig"]["NetworkMode"] == "none"
+    local = free_port()
+    forward = await start_forward(live, job_id, f"{local}:8080")
+    host_calls: list[bytes] = []
+
+    async def host_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host_calls.append(await reader.read(100))
+        writer.write(b"the provider's host answered\n")
+        writer.close()
+
+    host_server = await asyncio.start_server(host_service, "127.0.0.1", 0)
+    host_port = host_server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(50):  # httpd starts as the job does
+                try:
+                    async with http.get(f"http://127.0.0.1:{local}/index.html") as response:
+                        body = await response.text()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+            assert body == "hello from inside\n"
+            pages = await asyncio.gather(
+                *(fetch(http, f"http://127.0.0.1:{local}/index.html") for _ in range(3))
+            )
+            assert pages == ["hello from inside\n"] * 3
+        # attack: the agent's host listens on a port; the job's loopback is not the host's
+        aimed = free_port()
+        at_host = await start_forward(live, job_id, f"{aimed}:{host_port}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", aimed)
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            writer.close()
+            assert at_host.stderr is not None
+            said = await asyncio.wait_for(at_host.stderr.readline(), 30)
+            assert f"nothing answers on port {host_port} inside the job".encode() in said, said
+        finally:
+            at_host.kill()
+            await at_host.wait()
+        assert host_calls == [], "nothing reached the provider's host"
+    finally:
+        host_server.close()
+        forward.kill()
+        await forward.wait()
+    rows = await open_and_closed(live, job_id)
+    assert {row["kind"] for row in rows} == {"port"}
+
+
+async def fetch(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as response:
+        return await response.text()
+
+
+async def open_and_closed(live: Live, job_id: str) -> list[dict[str, Any]]:
+    return list(live.coordinator.admin_json("sessions", "--job", job_id)["sessions"])
