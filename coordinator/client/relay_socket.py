@@ -85,7 +85,7 @@ def read_stdin(fd: int, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]
                 data = b""
             try:
                 asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
-            except (RuntimeError, asyncio.CancelledError):
+            except BaseException:  # noqa: BLE001 - the session (and its loop) ended first
                 return
             if not data:
                 return

@@ -28,6 +28,8 @@ class AgentChannel:
     ws: web.WebSocketResponse
     sessions: dict[int, RelaySession] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dropped: int = 0
+    said_at: float = float("-inf")
 
     async def send(self, frame: relay.Frame) -> None:
         async with self.lock:
@@ -100,12 +102,18 @@ class RelayHub:
         try:
             async for message in ws:
                 if message.type != WSMsgType.BINARY:
-                    self._drop(agent_id, "a frame that is not binary")
+                    self._drop(channel, "a frame that is not binary")
                     continue
                 self._from_agent(channel, message.data)
         finally:
             if self.channels.get(agent_id) is channel:
                 del self.channels[agent_id]
+            if channel.dropped:
+                log.warning(
+                    "relay: agent %s's channel closed; %d of its frames were dropped",
+                    agent_id,
+                    channel.dropped,
+                )
             self._end_channel(channel, "the agent's channel closed")
 
     def _end_channel(self, channel: AgentChannel, reason: str) -> None:
@@ -113,19 +121,29 @@ class RelayHub:
             session.agent_closed = True
             session.end(reason)
 
-    def _drop(self, agent_id: str, what: str) -> None:
+    def _drop(self, channel: AgentChannel, what: str) -> None:
+        """Count a frame the agent had no right to send; said at most once a second."""
         self.dropped_frames += 1
-        log.warning("relay: dropped %s from agent %s", what, agent_id)
+        channel.dropped += 1
+        now = asyncio.get_running_loop().time()
+        if now - channel.said_at >= 1.0:
+            channel.said_at = now
+            log.warning(
+                "relay: dropped %s from agent %s (%d of its frames dropped so far)",
+                what,
+                channel.agent_id,
+                channel.dropped,
+            )
 
     def _from_agent(self, channel: AgentChannel, message: bytes) -> None:
         try:
             frame = relay.decode(message)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self._drop(channel.agent_id, f"a malformed frame ({exc})")
+            self._drop(channel, f"a malformed frame ({exc})")
             return
         session = channel.sessions.get(frame.session)
         if session is None or session.agent_closed:
-            self._drop(channel.agent_id, f"a frame for session {frame.session} it was not given")
+            self._drop(channel, f"a frame for session {frame.session} it was not given")
             return
         session.touch()
         match frame:
@@ -134,7 +152,7 @@ class RelayHub:
                 session.in_flight_from_agent += size
                 session.bytes_out += size
                 if session.in_flight_from_agent > relay.WINDOW:
-                    self._drop(channel.agent_id, "data beyond its credit")
+                    self._drop(channel, "data beyond its credit")
                     session.end("the agent sent more than the session's window")
                 elif session.over_limit():
                     session.end(f"the session carried more than {session.byte_limit} bytes")
@@ -154,9 +172,7 @@ class RelayHub:
             case relay.Eof():
                 session.to_client.put_nowait(relay.Eof(relay.CLIENT_SESSION))
             case _:
-                self._drop(
-                    channel.agent_id, f"a {type(frame).__name__} frame, which agents never send"
-                )
+                self._drop(channel, f"a {type(frame).__name__} frame, which agents never send")
 
     # -- the client's side ------------------------------------------------------------
 
