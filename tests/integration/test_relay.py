@@ -409,3 +409,46 @@ async def test_a_rogue_agents_frames_are_dropped_and_bad_upgrades_refused(live: 
     dropped = int(said.split(closing)[1].split()[0])
     assert dropped == 3 * 63 + 1, "each forged frame dropped and counted"
     assert said.count("relay: dropped") < 10, "and said at most once a second"
+
+
+async def test_a_slow_reader_holds_the_command_back(live: Live) -> None:
+    """Backpressure end to end: while the client reads nothing, the command in the job is held
+    at its writes (the credit window and the sockets' buffers), not buffered without bound."""
+    job_id = await running_job(live, "sleep 600")
+    writer = await live.start(
+        "job",
+        "exec",
+        job_id,
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 400 ]; do head -c 65536 /dev/zero; i=$((i+1)); "
+        "echo $i > /tmp/progress; done",
+    )
+    try:
+        seen = []
+        for _ in range(40):
+            await asyncio.sleep(0.5)
+            code, out, _ = await live.run("job", "exec", job_id, "--", "cat", "/tmp/progress")
+            seen.append(int(out) if code == 0 and out.strip() else 0)
+            if len(seen) >= 4 and seen[-1] == seen[-4] > 0:
+                break
+        else:
+            raise AssertionError(f"the command was never held back: {seen}")
+        held_at = seen[-1] * 65536
+        assert writer.returncode is None, "the session is still open, waiting for its reader"
+    finally:
+        writer.kill()
+        await writer.communicate()  # its pipe's reading was paused full: read it to the end
+    record = await closed_session(live, job_id, seen_command())
+    # what passed the coordinator stayed under the session's bound, so it was not cut: the
+    # command was held at its writes (the rest of `held_at` sat in the engine's pipes)
+    assert record["bytes_out"] < SESSION_BYTES < 400 * 65536
+    print(f"held after {held_at} bytes written, {record['bytes_out']} through the coordinator")
+
+
+def seen_command() -> str:
+    return (
+        "sh -c i=0; while [ $i -lt 400 ]; do head -c 65536 /dev/zero; i=$((i+1)); "
+        "echo $i > /tmp/progress; done"
+    )
