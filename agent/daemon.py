@@ -32,6 +32,7 @@ from agent.metering import (
 from agent.nvml import GpuSample, NvmlSampler
 from agent.private_images import PrivateImages
 from agent.receipt_delivery import deliver_receipts
+from agent.relay.channel import channel_of
 from agent.reports import StatusReports
 from agent.runner import LeaseRunner
 from agent.scratch import ScratchVolumes, scratch_at_start, scratch_free
@@ -92,6 +93,7 @@ class AgentDaemon:
             ),
             asyncio.create_task(self.reports.loop(self.runners), name="reports"),
             asyncio.create_task(self._forever(self._enforce_limits, 1.0), name="limits"),
+            asyncio.create_task(channel_of(self).run(), name="relay"),
         ]
         try:
             await asyncio.gather(*tasks)

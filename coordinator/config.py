@@ -53,6 +53,9 @@ class Settings:
     max_attempts: int = setting(3, "leases a job may lose before it is marked lost")
     long_poll_max_ms: int = setting(25_000, "longest an agent's lease poll is held open")
     job_log_limit_bytes: int = setting(1 << 20, "log bytes kept per job; the rest is dropped")
+    relay_sessions_per_job: int = setting(4, "shells, copies and forwarded ports open at once")
+    relay_session_bytes: int = setting(16 << 30, "bytes one relayed session may carry, both ways")
+    relay_idle_ms: int = setting(1_800_000, "a relayed session silent this long is closed")
     max_jobs_per_enterprise: int = setting(10_000, "unfinished jobs one enterprise may hold")
     scheduler_interval_ms: int = setting(1_000, "how often pending jobs are re-auctioned")
     reliability_penalty_ppm: int = setting(

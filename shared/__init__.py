@@ -29,6 +29,7 @@ from shared import (
     settings_file,
     signed_request,
     uscc,
+    websocket_client,
 )
 from shared.auction import AuctionError
 from shared.checkpoint import Checkpoint
@@ -87,6 +88,7 @@ PUBLIC_MODULES = (
     "settings_file",
     "signed_request",
     "uscc",
+    "websocket_client",
 )
 
 __all__ = [

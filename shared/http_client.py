@@ -179,6 +179,10 @@ class HttpClient:
     def url(self) -> str:
         return self.urls[self._current]
 
+    def next_url(self) -> None:
+        """Use the next of the URLs given (after a refusal that named no leader to follow)."""
+        self._current = (self._current + 1) % len(self.urls)
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -13,6 +13,7 @@ from coordinator.cli.database_flag import DB_HELP, database_flag, fill_database
 from coordinator.cli.log_key import add_log_key_tasks
 from coordinator.cli.migrate import add_migrate_task
 from coordinator.cli.serve import add_serve
+from coordinator.cli.sessions import add_session_tasks
 from shared.command_line import run_command, top_parser
 from shared.errors import SuanliError
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_key_tasks(tasks, json_flag)
     add_database_tasks(tasks, json_flag)
     add_migrate_task(tasks, json_flag)
+    add_session_tasks(tasks, json_flag)
     return parser
 
 

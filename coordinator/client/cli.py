@@ -20,6 +20,7 @@ from coordinator.client import (
     arguments,
     audit,
     completion,
+    exec_commands,
     follow,
     job_file,
     job_labels,
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     follow.add_commands(actions, _leaf)
     quote.add_commands(actions, _leaf, submit_command.add_submit)
+    exec_commands.add_commands(actions, _leaf)
 
     cancel = _leaf(actions, "cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="ID")

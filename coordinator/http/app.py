@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coordinator import tlog
+from coordinator import relay, tlog
 from coordinator.billing import VoucherPolicy
 from coordinator.config import Settings, log_key_location
 from coordinator.http.agents import LOG_CHUNK_BURST, LOG_CHUNKS_PER_S
@@ -108,6 +108,7 @@ def make_app(
     app[tlog.TLOG] = tlog.TransparencyLog(database, log_key, clock=clock)
     for route, handler in ROUTES:
         app.router.add_route(route.method, route.path, handler)
+    relay.mount(app)
 
     scheduler: list[asyncio.Task[None]] = []
 

@@ -368,4 +368,26 @@ MIGRATIONS: list[str] = [
         at_ms INTEGER NOT NULL
     );
     """,
+    # 9: each shell, copy and forwarded port relayed to a job (coordinator.relay): who, when,
+    # how long, how many bytes, how it ended
+    """
+    CREATE TABLE relay_sessions (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        lease_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        enterprise_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        bytes_in INTEGER NOT NULL DEFAULT 0,
+        bytes_out INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        end_reason TEXT
+    );
+    CREATE INDEX relay_sessions_by_job ON relay_sessions(job_id, started_at_ms);
+    CREATE INDEX relay_sessions_by_start ON relay_sessions(started_at_ms);
+    """,
 ]
