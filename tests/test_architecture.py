@@ -252,3 +252,12 @@ def test_no_module_is_over_the_line_limit() -> None:
         if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     ]
     assert over == [], f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(over)
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    # tests/ has no __init__.py files: pytest imports each test module by its bare name, so a
+    # second one of the same name stops the whole run at collection
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
