@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class ScratchUnavailable(SuanliError):
     """The agent cannot give this job the scratch volume it asks for."""
 
     code = "scratch_unavailable"
+
+
+_ALLOCATING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,18 @@ class ScratchVolumes:
         self.remove(lease_id)
         self.images.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.mounts.mkdir(parents=True, exist_ok=True, mode=0o700)
-        free = self._disk_free()
-        if size > free:
-            raise ScratchUnavailable(
-                f"the job asks for {size} bytes of scratch and this host has {free} free"
-            )
         try:
-            fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)
-            finally:
-                os.close(fd)
+            with _ALLOCATING:  # two leases' checks may not both pass on the same free space
+                free = self._disk_free()
+                if size > free:
+                    raise ScratchUnavailable(
+                        f"the job asks for {size} bytes of scratch and this host has {free} free"
+                    )
+                fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                finally:
+                    os.close(fd)
             # nodiscard: discarding the loop device would punch the allocated blocks out again
             _run(
                 "mkfs.ext4",

@@ -153,7 +153,12 @@ class RelayChannel:
                 reason = await run_exec(session, self.engine, container_id, opened)
             else:
                 state = await self.engine.state(container_id)
-                reason = await run_port(session, state.pid, opened)
+
+                async def still_its() -> bool:
+                    now = await self.engine.state(container_id)
+                    return now.running and now.pid == state.pid
+
+                reason = await run_port(session, state.pid, opened, still_its)
         except asyncio.CancelledError:
             reason = "the agent is stopping"
             raise

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 from shared.errors import SuanliError
 
@@ -37,15 +39,37 @@ class PortUnreachable(SuanliError):
     code = "port_unreachable"
 
 
-async def connect_in_job(pid: int, port: int) -> socket.socket:
-    """A socket connected to 127.0.0.1:`port` inside the network namespace of process `pid`."""
+async def connect_in_job(
+    pid: int, port: int, still_its: Callable[[], Awaitable[bool]] | None = None
+) -> socket.socket:
+    """A socket connected to 127.0.0.1:`port` inside the network namespace of process `pid`.
+
+    The namespace is held open first, then `still_its()` must confirm that `pid` is still the
+    job's (a process id freed by the job's exit may be a host process's by now), and a
+    namespace that is the agent's own is refused; the helper enters the namespace held, not
+    whatever the id names by then."""
     if not 1 <= port <= 65535 or pid <= 0:
         raise PortUnreachable(f"port {port} or process {pid} is out of range")
+    try:
+        held = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        raise PortUnreachable("the job's process is gone") from None
+    try:
+        if os.fstat(held).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            raise PortUnreachable("the job's network is the host's; refused")
+        if still_its is not None and not await still_its():
+            raise PortUnreachable("the job's process is gone")
+        return await _connect_through(held, port)
+    finally:
+        os.close(held)
+
+
+async def _connect_through(held: int, port: int) -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         process = await asyncio.create_subprocess_exec(
             "nsenter",
-            f"--net=/proc/{pid}/ns/net",
+            f"--net=/proc/self/fd/{held}",
             "--",
             sys.executable,
             "-I",
@@ -54,7 +78,7 @@ async def connect_in_job(pid: int, port: int) -> socket.socket:
             _HELPER,
             str(theirs.fileno()),
             str(port),
-            pass_fds=(theirs.fileno(),),
+            pass_fds=(theirs.fileno(), held),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

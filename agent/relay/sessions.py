@@ -114,10 +114,15 @@ async def _feed_exec(
                 return
 
 
-async def run_port(session: AgentSession, pid: int, opened: relay.Open) -> str:
+async def run_port(
+    session: AgentSession,
+    pid: int,
+    opened: relay.Open,
+    still_its: Callable[[], Awaitable[bool]] | None = None,
+) -> str:
     """Join the session to a connection to the job's own 127.0.0.1:port until either ends."""
     assert opened.port is not None
-    sock = await connect_in_job(pid, opened.port)
+    sock = await connect_in_job(pid, opened.port, still_its)
     reader, writer = await asyncio.open_connection(sock=sock)
     feeding = asyncio.create_task(_feed_port(session, writer))
     try:

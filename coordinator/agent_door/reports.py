@@ -76,14 +76,24 @@ class LeaseReports:
     async def append_log(self, agent: Agent, body: ap.LogChunk) -> dict[str, Any]:
         lease = self._agents_lease(agent, body.lease_id)
         job = self.state.jobs[lease.job_id]
+        if job.lease_id != lease.id:
+            # the job moved on to another lease, whose output the log now holds
+            return {"stored_bytes": body.offset + len(body.data), "truncated": True}
         secrets = self.state.secrets.get(lease.job_id)
+        if lease.log_base is None:
+            lease.log_base = await self.logs.size(lease.job_id)
+            await self.committer.save(leases=[lease])
         if secrets is None and (job.request.secret_env_names or job.request.registry_auth):
             # its secret values are gone with the job's end, so nothing more could be masked:
             # the log is closed (an honest agent ships it all before it reports the exit)
             size = await self.logs.size(lease.job_id)
-            return {"stored_bytes": size, "truncated": True}
+            return {"stored_bytes": max(0, size - lease.log_base), "truncated": True}
         return await self.logs.append(
-            lease.job_id, body.offset, body.data, masked_values(secrets or {})
+            lease.job_id,
+            body.offset,
+            body.data,
+            masked_values(secrets or {}),
+            base=lease.log_base,
         )
 
 

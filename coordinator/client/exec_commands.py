@@ -17,7 +17,6 @@ import os
 import posixpath
 import signal
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from coordinator.client import render
+from coordinator.client import render, safe_untar
 from coordinator.client.api import CoordinatorApi
 from coordinator.client.arguments import UsageError
 from coordinator.client.relay_socket import (
@@ -112,11 +111,16 @@ async def cmd_exec(api: CoordinatorApi, args: argparse.Namespace) -> int:
         outcome = await _run_exec(ws, args.stdin, write_out, tty=args.tty)
     if outcome.code is None:
         said = outcome.reason or "the session ended without the command's exit code"
-        print(f"suanli: job {args.job_id}: {said}", file=sys.stderr)
+        print(f"suanli: job {args.job_id}: {_shown(said)}", file=sys.stderr)
         return EXIT_NO_CODE
     if outcome.reason:
-        print(f"suanli: job {args.job_id}: {outcome.reason}", file=sys.stderr)
+        print(f"suanli: job {args.job_id}: {_shown(outcome.reason)}", file=sys.stderr)
     return outcome.code if 0 <= outcome.code <= 255 else EXIT_NO_CODE
+
+
+def _shown(text: str) -> str:
+    """An agent's or a job's words as one terminal line: no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:500]
 
 
 # -- cp -----------------------------------------------------------------------------------
@@ -153,11 +157,13 @@ async def cmd_cp(api: CoordinatorApi, args: argparse.Namespace) -> int:
             outcome = await _run_exec(ws, False, output)
         if outcome.code != 0:
             said = errors.decode(errors="replace").strip() or outcome.reason or "no reason given"
-            raise CoordinatorError(f"copying {remote} out of job {job_id} failed: {said}")
+            raise CoordinatorError(f"copying {remote} out of job {job_id} failed: {_shown(said)}")
         unpacked = Path(work) / "unpacked"
         unpacked.mkdir()
-        with tarfile.open(archive_path) as tar:
-            tar.extractall(unpacked, filter="data")
+        try:
+            safe_untar.unpack(archive_path, unpacked, name, archive_path.stat().st_size)
+        except safe_untar.UnsafeArchive as exc:
+            raise CoordinatorError(f"copying {remote} out of job {job_id}: {exc.detail}") from None
         placed = target / name if target.is_dir() else target
         if placed.exists() and placed.is_dir():
             raise CoordinatorError(f"{placed} already exists; remove it or name another place")
@@ -210,7 +216,7 @@ async def _forward(
                 await writer.drain()
             elif isinstance(frame, relay.Eof | relay.Close):
                 if isinstance(frame, relay.Close) and frame.reason:
-                    print(f"suanli: port {remote}: {frame.reason}", file=sys.stderr)
+                    print(f"suanli: port {remote}: {_shown(frame.reason)}", file=sys.stderr)
                 break
     except (ConnectionError, CoordinatorError):
         pass

@@ -51,15 +51,24 @@ class JobLogs:
         return cached
 
     async def append(
-        self, job_id: str, offset: int, data: bytes, secrets: list[str] | None = None
+        self,
+        job_id: str,
+        offset: int,
+        data: bytes,
+        secrets: list[str] | None = None,
+        base: int = 0,
     ) -> dict[str, Any]:
-        """Store a chunk the door checked (ap.LogChunk: offset ≥ 0, data within the limit)."""
+        """Store a chunk the door checked (ap.LogChunk: offset ≥ 0, data within the limit) at
+        `offset` of a lease whose output begins at `base` of the job's log; the answer counts
+        in the lease's offsets."""
         size = await self.size(job_id)
+        offset += base
         if offset > size and size < self.limit:
-            raise Conflict(f"the log has {size} bytes; send from offset {size}", code="log_gap")
+            mine = size - base
+            raise Conflict(f"the log has {mine} bytes; send from offset {mine}", code="log_gap")
         skip = size - offset
         if skip >= len(data) or size >= self.limit:
-            return {"stored_bytes": size, "truncated": size >= self.limit}
+            return {"stored_bytes": max(0, size - base), "truncated": size >= self.limit}
         masked = self._masker.mask(job_id, size, data[skip:][: self.limit - size], secrets or [])
         chunk = masked.chunk
         stored = size + len(chunk)
@@ -92,7 +101,7 @@ class JobLogs:
             self._last[job_id] = (row_offset, row_length)
         else:
             self._last.pop(job_id, None)
-        return {"stored_bytes": stored, "truncated": stored >= self.limit}
+        return {"stored_bytes": stored - base, "truncated": stored >= self.limit}
 
     async def read(self, job_id: str, offset: int, limit: int) -> tuple[bytes, int]:
         end = offset + limit

@@ -73,6 +73,7 @@ class Lease:
     max_duration_ms: int = 0
     stop_grace_ms: int = 0
     stop_requested_at_ms: int | None = None
+    log_base: int | None = None  # its job's log size at its first chunk
 
     @property
     def active(self) -> bool:

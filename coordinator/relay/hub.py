@@ -4,7 +4,10 @@ A session joins one client WebSocket to one session number on the channel of the
 runs the job. Frames from an agent are accepted only for the sessions opened on its own
 channel; anything else is dropped and counted. Each direction is bounded by credit (the
 agent may have `WINDOW` bytes in flight to a session, and so may the client through us), so a
-slow reader holds back its own sender and no queue here grows past a window.
+slow reader holds back its own sender and no queue here grows past a window. Frames that carry
+no bytes are bounded too: an agent's empty data is dropped, its exit and end-of-output taken
+once, at most MAX_QUEUED frames wait for a client, and a client's resizes go on at most
+RESIZES_PER_S a second (the latest one always arrives), its end-of-input once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +24,14 @@ from aiohttp import WSMsgType, web
 from shared.messages import relay
 
 log = logging.getLogger(__name__)
+
+MAX_QUEUED = 16_384  # frames waiting for one slow client, whatever their size
+RESIZES_PER_S = 20
+SWEEP_S = 2.0  # how often each session's right to go on is checked
+
+
+async def _always() -> str | None:
+    return None
 
 
 @dataclass(eq=False)
@@ -58,6 +70,12 @@ class RelaySession:
     closed: bool = False
     agent_closed: bool = False
     last_activity: float = 0.0
+    agent_eof: bool = False
+    client_eof: bool = False
+    latest_resize: tuple[int, int] | None = None
+    resizer: asyncio.Task[None] | None = None
+    # why the session may not go on (its lease ended, its agent or token revoked), or None
+    still_allowed: Callable[[], Awaitable[str | None]] = _always
 
     def over_limit(self) -> bool:
         return self.bytes_in + self.bytes_out > self.byte_limit
@@ -80,6 +98,20 @@ class RelayHub:
         self.by_job: dict[str, set[RelaySession]] = {}
         self.dropped_frames = 0
         self._numbers = 0
+
+    async def sweep(self) -> None:
+        """End, every SWEEP_S, each session whose lease has ended or whose agent or token was
+        revoked: a session is authorised at its start and must stay so."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for sessions in list(self.by_job.values()):
+                for session in list(sessions):
+                    try:
+                        reason = await session.still_allowed()
+                    except Exception as exc:  # a check that fails ends the session
+                        reason = f"the session could not be checked ({exc})"
+                    if reason is not None:
+                        session.end(reason)
 
     def sessions_of(self, job_id: str) -> int:
         return len(self.by_job.get(job_id, ()))
@@ -147,6 +179,12 @@ class RelayHub:
             return
         session.touch()
         match frame:
+            case relay.Data() if not frame.data:
+                return
+            case relay.Data() | relay.Exit() | relay.Eof() if (
+                session.to_client.qsize() >= MAX_QUEUED
+            ):
+                session.end("the client reads too slowly for what the job sends")
             case relay.Data():
                 size = len(frame.data)
                 session.in_flight_from_agent += size
@@ -163,14 +201,19 @@ class RelayHub:
             case relay.Ack():
                 session.credit_to_agent = min(relay.WINDOW, session.credit_to_agent + frame.size)
                 session.credit_changed.set()
+            case relay.Exit() if session.exit_code is not None:
+                self._drop(channel, "a second exit for one session")
             case relay.Exit():
                 session.exit_code = frame.code
                 session.to_client.put_nowait(relay.Exit(relay.CLIENT_SESSION, frame.code))
             case relay.Close():
                 session.agent_closed = True
                 session.end(frame.reason)
-            case relay.Eof():
+            case relay.Eof() if not session.agent_eof:
+                session.agent_eof = True
                 session.to_client.put_nowait(relay.Eof(relay.CLIENT_SESSION))
+            case relay.Eof():
+                self._drop(channel, "a second end of output for one session")
             case _:
                 self._drop(channel, f"a {type(frame).__name__} frame, which agents never send")
 
@@ -201,6 +244,8 @@ class RelayHub:
             await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             session.end("the client closed the session")
+            if session.resizer is not None:
+                session.resizer.cancel()
             for task in (upstream, downstream):
                 if not task.done():
                     task.cancel()
@@ -240,14 +285,28 @@ class RelayHub:
                         return
                     await channel.send(relay.Data(session.number, frame.data, relay.STDIN))
                 case relay.Resize():
-                    await channel.send(relay.Resize(session.number, frame.rows, frame.cols))
-                case relay.Eof():
+                    session.latest_resize = (frame.rows, frame.cols)
+                    if session.resizer is None or session.resizer.done():
+                        session.resizer = asyncio.create_task(self._send_resizes(session))
+                case relay.Eof() if not session.client_eof:
+                    session.client_eof = True
                     await channel.send(relay.Eof(session.number))
+                case relay.Eof():
+                    pass
                 case relay.Close():
                     return
                 case _:
                     session.end(f"the client sent a {type(frame).__name__} frame")
                     return
+
+    @staticmethod
+    async def _send_resizes(session: RelaySession) -> None:
+        """The client's latest terminal size, at most RESIZES_PER_S times a second."""
+        while session.latest_resize is not None and not session.closed:
+            rows, cols = session.latest_resize
+            session.latest_resize = None
+            await session.channel.send(relay.Resize(session.number, rows, cols))
+            await asyncio.sleep(1 / RESIZES_PER_S)
 
     async def _agent_to_client(self, session: RelaySession, client: web.WebSocketResponse) -> None:
         loop = asyncio.get_running_loop()

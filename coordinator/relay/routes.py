@@ -9,9 +9,11 @@ a refusal is an HTTP status with a sentence and nothing is opened on the agent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -139,6 +141,7 @@ async def _client_session(request: web.Request, kind: str) -> web.StreamResponse
         channel=channel,
         byte_limit=settings.relay_session_bytes,
         idle_s=settings.relay_idle_ms / 1000,
+        still_allowed=_still_allowed(coordinator, request, job.id, lease.id),
     )
     hub.attach(session)  # counted from here, so two upgrades at once cannot both pass the bound
     try:
@@ -201,9 +204,39 @@ async def _close_all(app: web.Application) -> None:
             await channel.ws.close()
 
 
+def _still_allowed(
+    coordinator: Any, request: web.Request, job_id: str, lease_id: str
+) -> Callable[[], Awaitable[str | None]]:
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+    async def check() -> str | None:
+        lease = coordinator.state.leases.get(lease_id)
+        if lease is None or lease.state != LEASE_RUNNING:
+            return f"job {job_id} no longer runs on the lease this session opened"
+        agent = coordinator.state.market.agents.get(lease.agent_id)
+        if agent is None or agent.revoked:
+            return "the provider's agent running the job was revoked"
+        try:
+            await coordinator.principals.for_token(token)
+        except ApiError:
+            return "the token that opened this session is no longer valid"
+        return None
+
+    return check
+
+
+async def _sweeping(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[HUB].sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def mount(app: web.Application) -> None:
     """Add the relay's routes and its hub to the coordinator's app."""
     app[HUB] = RelayHub()
+    app.cleanup_ctx.append(_sweeping)
     app.router.add_get(AGENT_PATH, agent_channel)
     app.router.add_get("/v1/jobs/{job_id}/exec", exec_session)
     app.router.add_get("/v1/jobs/{job_id}/port-forward", port_session)

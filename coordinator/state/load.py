@@ -160,4 +160,5 @@ def _lease(row: dict[str, Any], job: Job, settings: Settings) -> Lease:
         if row["stop_grace_ms"] is not None
         else settings.stop_grace_ms,
         stop_requested_at_ms=row["stop_requested_at_ms"],
+        log_base=row["log_base"],
     )

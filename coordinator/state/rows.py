@@ -56,6 +56,7 @@ def lease_row(lease: Lease) -> dict[str, Any]:
         "max_duration_ms": lease.max_duration_ms,
         "stop_grace_ms": lease.stop_grace_ms,
         "stop_requested_at_ms": lease.stop_requested_at_ms,
+        "log_base": lease.log_base,
     }
 
 

@@ -390,4 +390,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX relay_sessions_by_job ON relay_sessions(job_id, started_at_ms);
     CREATE INDEX relay_sessions_by_start ON relay_sessions(started_at_ms);
     """,
+    # 10: where a lease's log begins in its job's log, so a requeued job's next lease adds
+    # to the log instead of writing over its first bytes
+    """
+    ALTER TABLE leases ADD COLUMN log_base INTEGER;
+    """,
 ]

@@ -158,6 +158,7 @@ POSTGRES_MIGRATIONS: list[str] = [
     from_sqlite(sqlite.MIGRATIONS[6]),
     from_sqlite(sqlite.MIGRATIONS[7]) + _FENCE,
     from_sqlite(sqlite.MIGRATIONS[8]),
+    from_sqlite(sqlite.MIGRATIONS[9]),
 ]
 
 if len(POSTGRES_MIGRATIONS) != len(sqlite.MIGRATIONS):

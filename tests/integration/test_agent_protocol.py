@@ -249,3 +249,34 @@ async def test_log_chunks_are_idempotent_by_offset_and_bounded(
         assert tail["data"] == "worl"
     finally:
         coordinator.stop()
+
+
+async def test_a_requeued_jobs_next_lease_adds_to_its_log(
+    coordinator: CoordinatorProcess, cleanup: list
+) -> None:
+    from coordinator_harness import Api
+
+    api = Api(coordinator.url, coordinator.add_enterprise(78))
+    cleanup.append(api)
+    first = await _enrolled(coordinator, cleanup, ["GPU-q0"], ask=1_000_000)
+    second = await _enrolled(coordinator, cleanup, ["GPU-q1"], ask=2_000_000)
+    await first.heartbeat()
+    await second.heartbeat()
+    first.keep_alive()
+    second.keep_alive()
+    _, job = await api.submit(max_price_per_gpu_hour_micro_yuan=3_000_000)
+    lease = await first.wait_for_lease()
+    await first.client.log_chunk(lease["lease_id"], 0, b"pulling on the first host\n")
+    # a host fault (not the job's): the job goes back to the market and to the other agent
+    await first.client.status(
+        lease["lease_id"], "failed", reason_code="gpu_unavailable", reason="GPU fell off the bus"
+    )
+    moved = await second.wait_for_lease()
+    answer = await second.client.log_chunk(moved["lease_id"], 0, b"running on the second\n")
+    assert answer == {"stored_bytes": 22, "truncated": False}
+    late = await first.client.log_chunk(lease["lease_id"], 26, b"a late line\n")
+    assert late["truncated"] is True, "the job moved on: the first lease's log is closed"
+    status, page = await api.call("GET", f"/v1/jobs/{job['id']}/logs")
+    assert page["data"] == "pulling on the first host\nrunning on the second\n", page
+    with pytest.raises(CoordinatorError, match="send from offset 22"):
+        await second.client.log_chunk(moved["lease_id"], 40, b"a gap\n")

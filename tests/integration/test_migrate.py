@@ -35,6 +35,7 @@ from databases import new_database, rows
 
 from agent.coordinator_client import CoordinatorClient
 from coordinator.storage.copy import CopyFailed, copy_database, source_database, target_database
+from coordinator.storage.migrations import MIGRATIONS
 from shared.identity import PrivateKey
 from shared.receipts import SealedReceipt
 
@@ -363,14 +364,15 @@ def test_a_source_at_another_schema_version_is_refused_unchanged(
     market: Market, tmp_path: Path
 ) -> None:
     source = _copy_of(market, tmp_path / "old")
+    older = len(MIGRATIONS) - 1
     with sqlite3.connect(source) as db:
-        db.execute("PRAGMA user_version = 7")
+        db.execute(f"PRAGMA user_version = {older}")
     target = new_database("postgresql", tmp_path)
     refused = _migrate(source, target)
     assert refused.returncode == 1
-    assert "schema version 7 and this suanli's is 8" in refused.stderr
+    assert f"schema version {older} and this suanli's is {len(MIGRATIONS)}" in refused.stderr
     assert f"admin --db {source} check-ledger" in refused.stderr
-    assert rows(str(source), "PRAGMA user_version") == [(7,)]  # the source was only read
+    assert rows(str(source), "PRAGMA user_version") == [(older,)]  # the source was only read
     assert _tables(target) == []
 
 

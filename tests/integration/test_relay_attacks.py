@@ -11,7 +11,7 @@ import secrets
 
 import aiohttp
 import pytest
-from coordinator_harness import FakeAgent
+from coordinator_harness import Api, FakeAgent
 from test_live_logs import Live
 from test_relay import (  # noqa: F401  (live is a fixture)
     AGENT_PATH,
@@ -184,3 +184,38 @@ def seen_command() -> str:
         "sh -c i=0; while [ $i -lt 400 ]; do head -c 65536 /dev/zero; i=$((i+1)); "
         "echo $i > /tmp/progress; done"
     )
+
+
+async def test_a_session_ends_when_the_token_that_opened_it_is_revoked(live: Live) -> None:
+    """Attack: a shell opened with a token that leaks stays open after the token's revocation.
+    The coordinator checks every session's right to go on, so it is cut within seconds."""
+    token = live.coordinator.add_enterprise(43)
+    env = live.env() | {"SUANLI_TOKEN": token}
+
+    async def suanli(*args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            str(live_suanli()),
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    submit = await suanli(*live.submit_args("sleep 600"))
+    out, err = await asyncio.wait_for(submit.communicate(), 60)
+    assert submit.returncode == 0, err
+    job_id = out.decode().strip()
+    owner = Api(live.coordinator.url, token)
+    try:
+        await owner.wait_for(job_id, lambda job: job["state"] == "running", timeout_s=60)
+    finally:
+        await owner.close()
+    shell = await suanli("job", "exec", "-i", job_id, "--", "cat")
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdin.write(b"still here\n")
+    await shell.stdin.drain()
+    assert await asyncio.wait_for(shell.stdout.readline(), 30) == b"still here\n"
+    live.coordinator.admin("revoke-token", "--token", token)
+    _, err = await asyncio.wait_for(shell.communicate(), 30)  # stdin still open: cut, not ended
+    assert shell.returncode == 125 and b"no longer valid" in err, err
