@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator_harness import BIN, CoordinatorProcess
+from coordinator_harness import BIN, Api, CoordinatorProcess
 from fake_nvml.fixture import FakeGpu, build, environment, write_config
 
 AGENT_SETTINGS: dict[str, Any] = {
@@ -112,3 +113,14 @@ def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until_offered(api: Api, agent: AgentProcess, gpus: int, timeout_s: float = 30) -> None:
+    """Wait until the market shows the agent's `gpus` GPUs free, or fail with its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, market = await api.call("GET", "/v1/market")
+        if market.get("models") and market["models"][0]["free"] == gpus:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the agent's GPUs never reached the market:\n{agent.log()}")

@@ -102,6 +102,8 @@ class HostReport(Message):
     memory_total_bytes: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     memory_available_bytes: Bytes64 | None = None
     disk_free_bytes: Bytes64 | None = None
+    # what scratch volumes may take: the filesystem's free space plus what the agent's own
+    # volumes hold, less its reserve; the coordinator subtracts its running leases' scratch
     scratch_free_bytes: Bytes64 | None = None
     egress_allowed: bool = False
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentProcess
+from agent_harness import AgentProcess, until_offered
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
@@ -46,13 +46,7 @@ async def market(tmp_path: Path, engine_service: EngineService) -> AsyncIterator
         try:
             agent.enroll()
             agent.start()
-            for _ in range(150):
-                _, shown = await api.call("GET", "/v1/market")
-                if shown.get("models") and shown["models"][0]["free"] == len(GPUS):
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError(f"the agent never reached the market:\n{agent.log()}")
+            await until_offered(api, agent, len(GPUS))
             yield api, hosts
         finally:
             agent.stop()

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_harness import AgentProcess
+from agent_harness import AgentProcess, until_offered
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess, free_port
 from engines import EngineService
 from test_live_logs import GPUS, Live
@@ -54,13 +54,7 @@ async def live(tmp_path: Path, engine_service: EngineService) -> AsyncIterator[L
     try:
         agent.enroll()
         agent.start()
-        for _ in range(150):
-            _, market = await api.call("GET", "/v1/market")
-            if market.get("models") and market["models"][0]["free"] == len(GPUS):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError(f"the agent's GPUs never reached the market:\n{agent.log()}")
+        await until_offered(api, agent, len(GPUS))
         yield Live(coordinator, agent, api, engine_service)
     finally:
         agent.stop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentProcess
+from agent_harness import AgentProcess, until_offered
 from coordinator_harness import FAST_SETTINGS, Api, CoordinatorProcess
 from engines import BUSYBOX_IMAGE, EngineService
 from fake_nvml.fixture import FakeGpu
@@ -99,13 +99,7 @@ async def _market(
     try:
         agent.enroll()
         agent.start()
-        for _ in range(150):
-            _, market = await api.call("GET", "/v1/market")
-            if market.get("models") and market["models"][0]["free"] == len(GPUS):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError(f"the agent's GPUs never reached the market:\n{agent.log()}")
+        await until_offered(api, agent, len(GPUS))
         yield Market(coordinator, agent, api, scratch_dir)
     finally:
         agent.stop()
